@@ -1,0 +1,52 @@
+"""The small interfaces that sources and frontends implement."""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lbcore.snapshot import Snapshot
+
+
+class FrontendUnavailable(RuntimeError):
+    """A frontend cannot run here; the message says what to install or how to run."""
+
+
+@dataclass(frozen=True)
+class RuntimeContext:
+    """What the daemon tells every plugin about where it runs."""
+
+    node_name: str = "localhost"
+    node_addresses: tuple[str, ...] = ()
+    data_dir: Path = Path(".")
+    service_cidrs: tuple[str, ...] = ()
+    node_port_range: tuple[int, int] = (30000, 32767)
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("lbcore"))
+
+
+class Frontend(abc.ABC):
+    """Turns snapshots into a data path (listeners, kernel rules, ...).
+
+    ``sync`` is the only place where a frontend changes what it installed, as kube-proxy's
+    ``syncProxyRules`` is. It is called from one thread at a time.
+    """
+
+    name: str = ""
+
+    def __init__(self, options: Mapping[str, Any], context: RuntimeContext):
+        self.options = dict(options)
+        self.context = context
+
+    def start(self) -> None:  # noqa: B027 - optional
+        """Check prerequisites; raise :class:`FrontendUnavailable` naming what is missing."""
+
+    @abc.abstractmethod
+    def sync(self, snapshot: Snapshot, changed: frozenset[str]) -> None:
+        """Make the data path match ``snapshot``; ``changed`` names services that changed."""
+
+    def stop(self, keep: bool = False) -> None:  # noqa: B027 - optional
+        """Remove everything installed, unless ``keep`` asks to leave it for a restart."""

@@ -1,0 +1,1 @@
+"""lbcore's built-in plugins, registered through the ``lbcore`` entry-point group."""

@@ -1,0 +1,1 @@
+"""Built-in lbcore plugin (being written; registers nothing yet)."""
