@@ -50,3 +50,40 @@ class Frontend(abc.ABC):
 
     def stop(self, keep: bool = False) -> None:  # noqa: B027 - optional
         """Remove everything installed, unless ``keep`` asks to leave it for a restart."""
+
+
+class SourceSink(abc.ABC):
+    """Where a source sends what it learns. Implemented by the runtime's ``ClusterState``.
+
+    Objects are Kubernetes-shaped dicts (``apiVersion``, ``kind``, ``metadata``, ...) of the kinds
+    Service, Pod, Endpoints and EndpointSlice. Methods are called on the daemon's event-loop
+    thread; a source working in another thread hands calls over with
+    ``loop.call_soon_threadsafe``.
+    """
+
+    @abc.abstractmethod
+    def upsert(self, obj: Mapping[str, Any]) -> None:
+        """An object was added or modified."""
+
+    @abc.abstractmethod
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        """An object was deleted."""
+
+    @abc.abstractmethod
+    def replace(self, kind: str, objects: list[Mapping[str, Any]]) -> None:
+        """A full list of ``kind`` (after a list or relist): anything else of that kind is gone."""
+
+
+class Source(abc.ABC):
+    """Feeds the cluster state from somewhere (the local store, a Kubernetes API server)."""
+
+    name: str = ""
+
+    def __init__(self, options: Mapping[str, Any], context: RuntimeContext):
+        self.options = dict(options)
+        self.context = context
+
+    @abc.abstractmethod
+    async def run(self, sink: SourceSink) -> None:
+        """List, then follow changes into ``sink`` until cancelled. Never hang silently:
+        reconnect with backoff and log each failure on one line."""
