@@ -25,6 +25,8 @@ class RuntimeContext:
     data_dir: Path = Path(".")
     service_cidrs: tuple[str, ...] = ()
     node_port_range: tuple[int, int] = (30000, 32767)
+    # the embedded store (lbcore.store.Store) when the daemon runs one, for the local source
+    store: Any = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("lbcore"))
 
 
