@@ -1,0 +1,390 @@
+"""The daemon's configuration: one YAML file, defaults when absent, flags on top.
+
+Loading is in two steps. :func:`load_config` reads and checks the file's shape and every value
+(addresses, CIDRs, durations, ranges); :func:`resolve_plugins` then checks the source and
+frontend names against the plugins that are installed, so that an unknown name lists the
+available ones. Every error is a :class:`~lbcore.errors.ConfigError` naming the key, as in
+``frontends[1].name: unknown frontend "foo"; available: iptables, nftables, nodeport, socket``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lbcore.errors import ConfigError
+
+DEFAULT_ADMIN_PORT = 10257
+DEFAULT_ADMIN_ADDRESS = f"127.0.0.1:{DEFAULT_ADMIN_PORT}"
+# A loopback service CIDR: ClusterIPs in it can be bound on this machine without root.
+DEFAULT_SERVICE_CIDR = "127.10.0.0/16"
+DEFAULT_NODE_PORT_RANGE = (30000, 32767)
+DEFAULT_MIN_SYNC_PERIOD = 0.2
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+KEYS = (
+    "source",
+    "frontends",
+    "service_cidr",
+    "node_port_range",
+    "node_name",
+    "node_addresses",
+    "min_sync_period",
+    "admin_address",
+    "admin_token",
+    "data_dir",
+    "log_format",
+    "log_level",
+    "keep_rules_on_exit",
+)
+
+
+def default_data_dir() -> Path:
+    """``$LBCORE_DATA_DIR``, else ``$XDG_DATA_HOME/lbcore``, else ``~/.local/share/lbcore``."""
+    env = os.environ.get("LBCORE_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "lbcore"
+
+
+@dataclass(frozen=True)
+class PluginChoice:
+    """A source or frontend named in the config, with its own options."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration. ``frontends`` is ``None`` until resolved: the default list
+    depends on the plugins installed (``socket`` when it exists)."""
+
+    source: PluginChoice = field(default_factory=lambda: PluginChoice("local"))
+    frontends: tuple[PluginChoice, ...] | None = None
+    service_cidrs: tuple[str, ...] = (DEFAULT_SERVICE_CIDR,)
+    node_port_range: tuple[int, int] = DEFAULT_NODE_PORT_RANGE
+    node_name: str = field(default_factory=socket.gethostname)
+    node_addresses: tuple[str, ...] = ("127.0.0.1",)
+    min_sync_period: float = DEFAULT_MIN_SYNC_PERIOD
+    admin_address: tuple[str, int] = ("127.0.0.1", DEFAULT_ADMIN_PORT)
+    admin_token: str | None = None
+    data_dir: Path = field(default_factory=default_data_dir)
+    log_format: str = "text"
+    log_level: str = "info"
+    keep_rules_on_exit: bool = False
+    path: Path | None = None
+
+    @property
+    def service_cidr(self) -> str:
+        """The service CIDRs as the store takes them: comma-separated, as kube-apiserver's flag."""
+        return ",".join(self.service_cidrs)
+
+    @property
+    def admin_url(self) -> str:
+        host, port = self.admin_address
+        return f"http://{format_host(host)}:{port}"
+
+    @property
+    def admin_is_loopback(self) -> bool:
+        return is_loopback(self.admin_address[0])
+
+    def frontend_names(self) -> list[str]:
+        return [f.name for f in self.frontends or ()]
+
+
+# --------------------------------------------------------------------------------------------
+# value checks: each takes the key (for the message) and the raw value
+# --------------------------------------------------------------------------------------------
+
+
+def _fail(key: str, value: Any, why: str) -> ConfigError:
+    return ConfigError(f"{key}: invalid value {value!r}: {why}")
+
+
+def parse_duration(key: str, value: Any) -> float:
+    """Seconds from a number or a string such as ``"500ms"``, ``"2s"``, ``"1m"``."""
+    if isinstance(value, bool):
+        raise _fail(key, value, "expected a duration such as 1s or 500ms")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", value)
+        if not m:
+            raise _fail(key, value, "expected a duration such as 1s or 500ms")
+        scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2) or "s"]
+        seconds = float(m.group(1)) * scale
+    else:
+        raise _fail(key, value, "expected a duration such as 1s or 500ms")
+    if seconds < 0 or seconds > 3600:
+        raise _fail(key, value, "must be between 0s and 1h")
+    return seconds
+
+
+def parse_host_port(key: str, value: Any) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT``; the host must be an IP address or ``localhost``."""
+    if not isinstance(value, str):
+        raise _fail(key, value, "expected HOST:PORT")
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", value.strip())
+    if not m:
+        raise _fail(key, value, "expected HOST:PORT, such as 127.0.0.1:10257 or [::1]:10257")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise _fail(key, value, f"host {host!r} is not an IP address") from None
+    if not 0 <= port <= 65535:
+        raise _fail(key, value, "port must be between 0 and 65535, inclusive")
+    return host, port
+
+
+def parse_port_range(key: str, value: Any) -> tuple[int, int]:
+    """``"30000-32767"`` or ``[30000, 32767]``."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", value)
+        if not m:
+            raise _fail(key, value, "expected FIRST-LAST, such as 30000-32767")
+        first, last = int(m.group(1)), int(m.group(2))
+    elif (
+        isinstance(value, Sequence)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        first, last = value[0], value[1]
+    else:
+        raise _fail(key, value, "expected FIRST-LAST, such as 30000-32767")
+    if not (1 <= first <= last <= 65535):
+        raise _fail(key, value, "ports must satisfy 1 <= first <= last <= 65535")
+    return first, last
+
+
+def parse_cidrs(key: str, value: Any) -> tuple[str, ...]:
+    """One CIDR, a comma-separated pair, or a list of at most one IPv4 and one IPv6 CIDR."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, Sequence) or isinstance(items, str) or not items:
+        raise _fail(key, value, "expected a CIDR such as 127.10.0.0/16")
+    cidrs: list[str] = []
+    families: set[int] = set()
+    for i, item in enumerate(items):
+        where = key if isinstance(value, str) else f"{key}[{i}]"
+        if not isinstance(item, str):
+            raise _fail(where, item, "expected a CIDR such as 127.10.0.0/16")
+        try:
+            net = ipaddress.ip_network(item.strip(), strict=True)
+        except ValueError as exc:
+            raise _fail(where, item, str(exc)) from None
+        if net.version in families:
+            raise _fail(key, value, "at most one IPv4 and one IPv6 CIDR")
+        if net.num_addresses < 4:
+            raise _fail(where, item, "too small to allocate addresses from")
+        families.add(net.version)
+        cidrs.append(str(net))
+    return tuple(cidrs)
+
+
+def parse_addresses(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, Sequence):
+        raise _fail(key, value, "expected a list of IP addresses")
+    out = []
+    for i, item in enumerate(value):
+        try:
+            out.append(str(ipaddress.ip_address(str(item).strip())))
+        except ValueError:
+            raise _fail(f"{key}[{i}]", item, "not an IP address") from None
+    return tuple(out)
+
+
+def parse_choice(key: str, value: Any, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise _fail(key, value, f"must be one of {', '.join(choices)}")
+    return value.lower()
+
+
+def parse_bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(key, value, "expected true or false")
+    return value
+
+
+def parse_plugin(key: str, value: Any) -> PluginChoice:
+    """``name`` or ``{name: NAME, options: {...}}``."""
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, Mapping):
+        raise _fail(key, value, "expected a name or a mapping with name and options")
+    unknown = sorted(set(value) - {"name", "options"})
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}: unknown key; expected name, options")
+    name = value.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise _fail(f"{key}.name", name, "expected a plugin name")
+    options = value.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise _fail(f"{key}.options", options, "expected a mapping")
+    return PluginChoice(name, dict(options))
+
+
+def parse_node_name(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(
+        r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", value.lower()
+    ):
+        raise _fail(key, value, "expected a DNS-1123 subdomain such as node-1")
+    return value
+
+
+def parse_token(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[\x21-\x7e]{16,}", value):
+        raise _fail(key, "<hidden>", "expected at least 16 printable characters, no spaces")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# load, override, resolve
+# --------------------------------------------------------------------------------------------
+
+
+def config_from_mapping(data: Mapping[str, Any], path: Path | None = None) -> Config:
+    """Validate a mapping (the parsed YAML) into a :class:`Config`; absent keys take defaults."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"{path or 'config'}: expected a mapping of keys, got {type(data).__name__}"
+        )
+    unknown = sorted(set(data) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key; known keys: {', '.join(KEYS)}")
+    values: dict[str, Any] = {"path": path}
+    if "source" in data:
+        values["source"] = parse_plugin("source", data["source"])
+    if "frontends" in data and data["frontends"] is not None:
+        raw = data["frontends"]
+        if not isinstance(raw, Sequence) or isinstance(raw, str):
+            raise _fail("frontends", raw, "expected a list of frontends")
+        frontends = tuple(parse_plugin(f"frontends[{i}]", f) for i, f in enumerate(raw))
+        seen: set[str] = set()
+        for i, f in enumerate(frontends):
+            if f.name in seen:
+                raise _fail(f"frontends[{i}].name", f.name, "named twice")
+            seen.add(f.name)
+        values["frontends"] = frontends
+    if "service_cidr" in data:
+        values["service_cidrs"] = parse_cidrs("service_cidr", data["service_cidr"])
+    if "node_port_range" in data:
+        values["node_port_range"] = parse_port_range("node_port_range", data["node_port_range"])
+    if "node_name" in data:
+        values["node_name"] = parse_node_name("node_name", data["node_name"])
+    if "node_addresses" in data:
+        values["node_addresses"] = parse_addresses("node_addresses", data["node_addresses"])
+    if "min_sync_period" in data:
+        values["min_sync_period"] = parse_duration("min_sync_period", data["min_sync_period"])
+    if "admin_address" in data:
+        values["admin_address"] = parse_host_port("admin_address", data["admin_address"])
+    if data.get("admin_token") is not None:
+        values["admin_token"] = parse_token("admin_token", data["admin_token"])
+    if "data_dir" in data:
+        if not isinstance(data["data_dir"], str) or not data["data_dir"]:
+            raise _fail("data_dir", data["data_dir"], "expected a directory path")
+        values["data_dir"] = Path(data["data_dir"]).expanduser()
+    if "log_format" in data:
+        values["log_format"] = parse_choice("log_format", data["log_format"], LOG_FORMATS)
+    if "log_level" in data:
+        values["log_level"] = parse_choice("log_level", data["log_level"], LOG_LEVELS)
+    if "keep_rules_on_exit" in data:
+        values["keep_rules_on_exit"] = parse_bool("keep_rules_on_exit", data["keep_rules_on_exit"])
+    return Config(**values)
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read ``path`` (YAML); ``None`` gives the embedded defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{p}: not valid YAML{where}: {problem}") from None
+    return config_from_mapping(data or {}, path=p)
+
+
+def with_overrides(
+    config: Config,
+    *,
+    data_dir: str | None = None,
+    admin_address: str | None = None,
+    frontends: Sequence[str] | None = None,
+    log_format: str | None = None,
+    keep_rules_on_exit: bool | None = None,
+) -> Config:
+    """Apply command-line flags on top of the file. ``--frontend`` replaces the list; a name the
+    file configured keeps its options."""
+    changes: dict[str, Any] = {}
+    if data_dir is not None:
+        changes["data_dir"] = Path(data_dir).expanduser()
+    if admin_address is not None:
+        changes["admin_address"] = parse_host_port("--admin-address", admin_address)
+    if frontends:
+        configured = {f.name: f for f in config.frontends or ()}
+        chosen = []
+        for i, name in enumerate(frontends):
+            choice = parse_plugin(f"--frontend[{i}]", name)
+            chosen.append(configured.get(choice.name, choice))
+        changes["frontends"] = tuple(chosen)
+    if log_format is not None:
+        changes["log_format"] = parse_choice("--log-format", log_format, LOG_FORMATS)
+    if keep_rules_on_exit is not None:
+        changes["keep_rules_on_exit"] = keep_rules_on_exit
+    return replace(config, **changes)
+
+
+def _unknown(key: str, kind: str, name: str, available: Sequence[str]) -> ConfigError:
+    names = ", ".join(sorted(available)) or "none installed"
+    return ConfigError(f'{key}: unknown {kind} "{name}"; available: {names}')
+
+
+def resolve_plugins(
+    config: Config, sources: Mapping[str, Any], frontends: Mapping[str, Any]
+) -> Config:
+    """Check the names against the installed plugins and fill in the default frontends."""
+    if config.source.name not in sources:
+        raise _unknown("source.name", "source", config.source.name, list(sources))
+    chosen = config.frontends
+    if chosen is None:
+        chosen = (PluginChoice("socket"),) if "socket" in frontends else ()
+    for i, f in enumerate(chosen):
+        if f.name not in frontends:
+            raise _unknown(f"frontends[{i}].name", "frontend", f.name, list(frontends))
+    return replace(config, frontends=tuple(chosen))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def format_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
