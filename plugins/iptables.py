@@ -1,1 +1,498 @@
-"""Built-in lbcore plugin (being written; registers nothing yet)."""
+"""The iptables frontend: kube-proxy's rule layout, applied with ``iptables-restore --noflush``.
+
+nat table::
+
+    PREROUTING, OUTPUT -> LBCORE-SERVICES     one rule per ClusterIP:port -> LBCORE-SVC-<hash>
+                                              then LBCORE-NODEPORTS for local destinations
+    LBCORE-NODEPORTS                          one rule per NodePort -> LBCORE-EXT-<hash>
+    LBCORE-EXT-<hash>                         mark for masquerade, then the service chain
+    LBCORE-SVC-<hash>                         affinity (recent --rcheck), then one
+                                              statistic-random rule per endpoint -> LBCORE-SEP-<hash>
+    LBCORE-SEP-<hash>                         hairpin mark, DNAT to the endpoint
+    POSTROUTING -> LBCORE-POSTROUTING         MASQUERADE what carries the mark
+
+filter table: ``INPUT, FORWARD, OUTPUT -> LBCORE-SERVICES`` REJECTs new connections to a service
+port without endpoints, so clients fail at once.
+
+Chain names hash what they stand for, so a service that did not change keeps its chains and a
+partial sync rewrites only the chains of changed services. Only chains named ``LBCORE-*`` and the
+jump rules into them are ever touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lbcore_plugins.netfilter import (
+    MASQ_MARK,
+    CommandRunner,
+    NetfilterOptions,
+    PortPlan,
+    RuleApplyError,
+    chain_name,
+    delete_flows,
+    endpoint_id,
+    plan_key,
+    plan_ports,
+    require_netns,
+    require_tools,
+    service_port_id,
+    split_probabilities,
+    stale_udp_flows,
+)
+
+from lbcore.hookspecs import hookimpl
+from lbcore.interfaces import Frontend, FrontendUnavailable, RuntimeContext
+from lbcore.snapshot import Snapshot
+
+SERVICES = "LBCORE-SERVICES"
+NODEPORTS = "LBCORE-NODEPORTS"
+POSTROUTING = "LBCORE-POSTROUTING"
+MARK_MASQ = "LBCORE-MARK-MASQ"
+OWN_PREFIX = "LBCORE-"
+HOOK_COMMENT = "lbcore service portals"
+HOOK_LINE_PREFIX = "# lbcore-hook: "
+
+#: jump rules lbcore puts into built-in chains: (table, built-in chain, rule spec)
+HOOKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("nat", "PREROUTING", ("-m", "comment", "--comment", HOOK_COMMENT, "-j", SERVICES)),
+    ("nat", "OUTPUT", ("-m", "comment", "--comment", HOOK_COMMENT, "-j", SERVICES)),
+    ("nat", "POSTROUTING", ("-m", "comment", "--comment", "lbcore masquerade", "-j", POSTROUTING)),
+    *(
+        (
+            "filter",
+            chain,
+            ("-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", HOOK_COMMENT,
+             "-j", SERVICES),
+        )
+        for chain in ("INPUT", "FORWARD", "OUTPUT")
+    ),
+)
+
+#: the matches and targets the rule set uses, with what each is for (checked at start)
+NEEDED_EXTENSIONS: tuple[tuple[str, str], ...] = (
+    ("-m comment --comment probe -j RETURN", "comment match (xt_comment)"),
+    ("-m statistic --mode random --probability 0.5 -j RETURN", "statistic match (xt_statistic)"),
+    ("-m recent --name LBCORE-PROBE --rcheck --seconds 10 --reap -j RETURN", "recent match (xt_recent)"),
+    ("-m addrtype --dst-type LOCAL -j RETURN", "addrtype match (xt_addrtype)"),
+    ("-m conntrack --ctstate NEW -j RETURN", "conntrack match (xt_conntrack)"),
+    ("-m mark --mark 0x4000/0x4000 -j RETURN", "mark match (xt_mark)"),
+    ("-j MARK --or-mark 0x4000", "MARK target (xt_mark)"),
+    ("-p tcp -j DNAT --to-destination 127.0.0.1:1", "DNAT target (nf_nat)"),
+    ("-j MASQUERADE", "MASQUERADE target (xt_MASQUERADE)"),
+)
+
+
+def _q(text: str) -> str:
+    return '"' + text.replace('"', "'") + '"'
+
+
+@dataclass
+class PortRules:
+    """The rules one service port of one family contributes."""
+
+    chains: dict[str, list[str]] = field(default_factory=dict)  # nat chains it owns
+    services: list[str] = field(default_factory=list)  # lines in nat LBCORE-SERVICES
+    nodeports: list[str] = field(default_factory=list)  # lines in nat LBCORE-NODEPORTS
+    reject: list[str] = field(default_factory=list)  # lines in filter LBCORE-SERVICES
+
+
+class RuleRenderer:
+    """Turns plans into iptables-restore text for one address family."""
+
+    def __init__(self, options: NetfilterOptions, family: int):
+        self.options = options
+        self.family = family
+        self.cidr = options.cluster_cidrs.get(family)
+        self.node_addresses = [
+            a for a in options.node_addresses if (":" in a) == (family == 6)
+        ]
+
+    # -- per service port ------------------------------------------------------------------
+
+    def port_rules(self, plan: PortPlan) -> PortRules:
+        sp = plan.sp
+        rules = PortRules()
+        proto = sp.protocol.lower()
+        name = sp.key
+        svc = chain_name("LBCORE-SVC-", service_port_id(sp))
+        comment = _q(name)
+        eps = plan.cluster_endpoints
+        ep_chains = {ep.address: chain_name("LBCORE-SEP-", endpoint_id(sp, ep)) for ep in plan.all_endpoints}
+        affinity = sp.session_affinity == "ClientIP"
+
+        if eps:
+            lines: list[str] = []
+            rules.chains[svc] = lines
+            for cip in plan.cluster_ips:
+                match = f"-A {SERVICES} -m comment --comment {_q(name + ' cluster IP')} -p {proto} -d {cip} --dport {sp.port}"
+                rules.services.append(f"{match} -j {svc}")
+                if self.options.masquerade_all:
+                    lines.append(f"-A {svc} -m comment --comment {comment} -p {proto} -d {cip} --dport {sp.port} -j {MARK_MASQ}")
+                elif self.cidr:
+                    lines.append(f"-A {svc} -m comment --comment {comment} -p {proto} -d {cip} --dport {sp.port} ! -s {self.cidr} -j {MARK_MASQ}")
+            self._balance(lines, svc, comment, [ep_chains[ep.address] for ep in eps], [ep.weight for ep in eps], affinity, sp.affinity_timeout)
+        else:
+            for cip in plan.cluster_ips:
+                rules.reject.append(
+                    f"-A {SERVICES} -m comment --comment {_q(name + ' has no endpoints')} -p {proto} -d {cip} --dport {sp.port} -j REJECT"
+                )
+
+        node_port = plan.node_port
+        if node_port:
+            ext_eps = plan.external_endpoints
+            if ext_eps:
+                ext = chain_name("LBCORE-EXT-", service_port_id(sp))
+                ext_lines = [f"-A {ext} -m comment --comment {_q(name + ' external')} -j {MARK_MASQ}"]
+                if plan.local_endpoints is None:
+                    ext_lines.append(f"-A {ext} -j {svc}")
+                else:
+                    # externalTrafficPolicy Local: no SNAT, only this node's endpoints
+                    ext_lines = []
+                    self._balance(ext_lines, ext, comment, [ep_chains[ep.address] for ep in ext_eps], [ep.weight for ep in ext_eps], affinity, sp.affinity_timeout)
+                rules.chains[ext] = ext_lines
+                rules.nodeports.append(
+                    f"-A {NODEPORTS} -m comment --comment {comment} -p {proto} --dport {node_port} -j {ext}"
+                )
+            else:
+                for dst in self._node_dst_matches():
+                    rules.reject.append(
+                        f"-A {SERVICES} -m comment --comment {_q(name + ' has no endpoints')} {dst}-p {proto} --dport {node_port} -j REJECT"
+                    )
+
+        for ep in plan.all_endpoints:
+            sep = ep_chains[ep.address]
+            dest = f"[{ep.ip}]:{ep.port}" if self.family == 6 else f"{ep.ip}:{ep.port}"
+            recent = f"-m recent --name {sep} --set " if affinity else ""
+            rules.chains[sep] = [
+                f"-A {sep} -m comment --comment {comment} -s {ep.ip} -j {MARK_MASQ}",
+                f"-A {sep} -m comment --comment {comment} -p {proto} {recent}-j DNAT --to-destination {dest}",
+            ]
+        return rules
+
+    def _balance(
+        self,
+        lines: list[str],
+        chain: str,
+        comment: str,
+        targets: list[str],
+        weights: list[int],
+        affinity: bool,
+        timeout: int,
+    ) -> None:
+        if affinity:
+            for target in targets:
+                lines.append(
+                    f"-A {chain} -m comment --comment {comment} -m recent --name {target} --rcheck --seconds {timeout} --reap -j {target}"
+                )
+        probabilities = split_probabilities(weights)
+        last = len(targets) - 1
+        for i, target in enumerate(targets):
+            if i == last:
+                lines.append(f"-A {chain} -m comment --comment {comment} -j {target}")
+            else:
+                lines.append(
+                    f"-A {chain} -m comment --comment {comment} -m statistic --mode random --probability {probabilities[i]:.10f} -j {target}"
+                )
+
+    def _node_dst_matches(self) -> list[str]:
+        if self.node_addresses:
+            return [f"-d {a} " for a in self.node_addresses]
+        return ["-m addrtype --dst-type LOCAL "]
+
+    # -- the fixed chains ------------------------------------------------------------------
+
+    def services_head(self) -> list[str]:
+        """First rules of LBCORE-SERVICES: traffic from outside the pod network and the node
+        itself only reaches NodePorts (ClusterIPs are for the inside)."""
+        if not self.cidr:
+            return []
+        outside = f"! -s {self.cidr} -m addrtype ! --src-type LOCAL"
+        lines = [
+            f"-A {SERVICES} -m comment --comment {_q('from outside: NodePorts only')} {outside} {dst}-g {NODEPORTS}"
+            for dst in self._node_dst_matches()
+        ]
+        lines.append(f"-A {SERVICES} {outside} -j RETURN")
+        return lines
+
+    def services_tail(self) -> list[str]:
+        return [
+            f"-A {SERVICES} -m comment --comment {_q('lbcore service nodeports')} {dst}-j {NODEPORTS}"
+            for dst in self._node_dst_matches()
+        ]
+
+    @staticmethod
+    def fixed_chains() -> dict[str, list[str]]:
+        return {
+            POSTROUTING: [
+                f"-A {POSTROUTING} -m mark ! --mark {MASQ_MARK:#x}/{MASQ_MARK:#x} -j RETURN",
+                f"-A {POSTROUTING} -j MARK --xor-mark {MASQ_MARK:#x}",
+                f"-A {POSTROUTING} -m comment --comment {_q('lbcore service traffic requiring SNAT')} -j MASQUERADE --random-fully",
+            ],
+            MARK_MASQ: [f"-A {MARK_MASQ} -j MARK --or-mark {MASQ_MARK:#x}"],
+        }
+
+
+def hook_comment_lines() -> list[str]:
+    """The jump rules in built-in chains, as comment lines the rule tracer reads."""
+    return [f"{HOOK_LINE_PREFIX}{table} {chain} {' '.join(_q(a) if ' ' in a else a for a in spec)}" for table, chain, spec in HOOKS]
+
+
+@dataclass
+class FamilyState:
+    """What one family's last successful sync installed."""
+
+    plans: dict[str, PortPlan] = field(default_factory=dict)
+    rules: dict[str, PortRules] = field(default_factory=dict)
+    services: list[str] = field(default_factory=list)
+    nodeports: list[str] = field(default_factory=list)
+    reject: list[str] = field(default_factory=list)
+
+
+def _assemble(
+    renderer: RuleRenderer, rules: Mapping[str, PortRules]
+) -> tuple[list[str], list[str], list[str]]:
+    services = renderer.services_head()
+    nodeports: list[str] = []
+    reject: list[str] = []
+    for key in sorted(rules):
+        r = rules[key]
+        services.extend(r.services)
+        nodeports.extend(r.nodeports)
+        reject.extend(r.reject)
+    services.extend(renderer.services_tail())
+    return services, nodeports, reject
+
+
+def _restore_text(
+    nat_chains: Iterable[tuple[str, list[str]]],
+    filter_chains: Iterable[tuple[str, list[str]]],
+    delete_nat: Iterable[str] = (),
+    delete_filter: Iterable[str] = (),
+) -> str:
+    out: list[str] = []
+    for table, chains, deleted in (("filter", filter_chains, delete_filter), ("nat", nat_chains, delete_nat)):
+        chains = list(chains)
+        deleted = sorted(deleted)
+        out.append(f"*{table}")
+        out.extend(f":{name} - [0:0]" for name, _ in chains)
+        out.extend(f":{name} - [0:0]" for name in deleted)
+        for _, lines in chains:
+            out.extend(lines)
+        out.extend(f"-X {name}" for name in deleted)
+        out.append("COMMIT")
+    out.append("")
+    return "\n".join(out)
+
+
+class IptablesFrontend(Frontend):
+    """kube-proxy's iptables mode for the services of a :class:`Snapshot`."""
+
+    name = "iptables"
+
+    def __init__(self, options: Mapping[str, Any], context: RuntimeContext):
+        super().__init__(options, context)
+        self.opts = NetfilterOptions.parse(self.name, self.options)
+        self.runner = CommandRunner(self.opts.netns, self.opts.timeout)
+        self._state: dict[int, FamilyState] = {}
+        self._node: tuple[str, tuple[str, ...]] | None = None
+        self._need_full = True
+        self._hooked: set[int] = set()
+        # last sync's figures, for logs and benchmarks
+        self.last_restore_lines = 0
+
+    # -- rendering (no root needed) ---------------------------------------------------------
+
+    def render(self, snapshot: Snapshot) -> str:
+        """The whole rule set for ``snapshot``: iptables-restore input for IPv4, then for IPv6 when
+        a service has an IPv6 ClusterIP. Hook rules appear as ``# lbcore-hook:`` comments."""
+        parts = ["# lbcore iptables rules (iptables-restore --noflush)", *hook_comment_lines()]
+        for family in (4, 6):
+            plans = plan_ports(snapshot, family)
+            if family == 6 and not plans:
+                continue
+            parts.append(f"# IPv{family} ({'ip6tables' if family == 6 else 'iptables'}-restore)")
+            parts.append(self._render_family(plans, family)[0])
+        return "\n".join(parts)
+
+    def _render_family(
+        self, plans: list[PortPlan], family: int, stale_nat: Iterable[str] = (), stale_filter: Iterable[str] = ()
+    ) -> tuple[str, FamilyState]:
+        renderer = RuleRenderer(self.opts, family)
+        state = FamilyState()
+        for plan in plans:
+            key = plan_key(plan)
+            state.plans[key] = plan
+            state.rules[key] = renderer.port_rules(plan)
+        state.services, state.nodeports, state.reject = _assemble(renderer, state.rules)
+        nat: list[tuple[str, list[str]]] = [
+            (SERVICES, state.services),
+            (NODEPORTS, state.nodeports),
+            *renderer.fixed_chains().items(),
+        ]
+        for rules in state.rules.values():
+            nat.extend(rules.chains.items())
+        owned = {name for name, _ in nat}
+        text = _restore_text(
+            nat,
+            [(SERVICES, state.reject)],
+            delete_nat=set(stale_nat) - owned,
+            delete_filter=set(stale_filter) - {SERVICES},
+        )
+        return text, state
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Check for iptables-restore and every match and target the rules use."""
+        require_tools(self.name, ["iptables", "iptables-restore", "iptables-save"], "iptables")
+        if self.opts.conntrack_cleanup:
+            require_tools(self.name, ["conntrack"], "conntrack")
+        require_netns(self.name, self.opts.netns)
+        self._probe_extensions()
+
+    def _probe_extensions(self) -> None:
+        probe = "LBCORE-PROBE"
+
+        def attempt(rules: list[str]) -> str | None:
+            text = "\n".join(["*nat", f":{probe} - [0:0]", *(f"-A {probe} {r}" for r in rules), "COMMIT", ""])
+            try:
+                self.runner.run(["iptables-restore", "--noflush"], input=text)
+                return None
+            except RuleApplyError as exc:
+                return str(exc)
+            finally:
+                self.runner.run(
+                    ["iptables-restore", "--noflush"],
+                    input=f"*nat\n:{probe} - [0:0]\n-X {probe}\nCOMMIT\n",
+                    check=False,
+                )
+
+        if attempt([rule for rule, _ in NEEDED_EXTENSIONS]) is None:
+            return
+        missing = [what for rule, what in NEEDED_EXTENSIONS if attempt([rule]) is not None]
+        detail = ", ".join(missing) if missing else attempt([r for r, _ in NEEDED_EXTENSIONS])
+        raise FrontendUnavailable(
+            f"{self.name}: the kernel or iptables lacks: {detail}; load the modules "
+            "(modprobe) or run as root"
+        )
+
+    def sync(self, snapshot: Snapshot, changed: frozenset[str]) -> None:
+        """Apply ``snapshot``: a full restore the first time (and after a failure), then only the
+        chains of ``changed`` services plus the dispatch chains when they differ."""
+        node = (snapshot.node_name, snapshot.node_addresses)
+        full = self._need_full or node != self._node
+        self._need_full = True  # until this sync succeeds
+        flows = []
+        for family in (4, 6):
+            tool = "ip6tables" if family == 6 else "iptables"
+            old = self._state.get(family)
+            if full:
+                plans = plan_ports(snapshot, family)
+                if family == 6 and not plans and old is None:
+                    continue
+                stale_nat, stale_filter = self._existing_chains(tool)
+                text, state = self._render_family(plans, family, stale_nat, stale_filter)
+            else:
+                if old is None:
+                    continue
+                text, state = self._partial(snapshot, family, old, changed)
+            if text:
+                self.last_restore_lines = text.count("\n")
+                self.runner.run([f"{tool}-restore", "--noflush"], input=text)
+            if family not in self._hooked:
+                self._ensure_hooks(tool)
+                self._hooked.add(family)
+            if old is not None:
+                flows.extend(stale_udp_flows(old.plans, state.plans))
+            self._state[family] = state
+        self._node = node
+        self._need_full = False
+        if flows and self.opts.conntrack_cleanup:
+            delete_flows(self.runner, flows)
+
+    def _partial(
+        self, snapshot: Snapshot, family: int, old: FamilyState, changed: frozenset[str]
+    ) -> tuple[str, FamilyState]:
+        renderer = RuleRenderer(self.opts, family)
+        keys = [k for k, sp in snapshot.service_ports.items() if sp.service in changed]
+        new_plans = {plan_key(p): p for p in plan_ports(snapshot, family, keys)}
+        state = FamilyState(plans=dict(old.plans), rules=dict(old.rules))
+        touched: dict[str, list[str]] = {}
+        gone: set[str] = set()
+        for key, plan in list(old.plans.items()):
+            if plan.sp.service in changed and key not in new_plans:
+                gone.update(old.rules[key].chains)
+                del state.plans[key]
+                del state.rules[key]
+        for key, plan in new_plans.items():
+            rules = renderer.port_rules(plan)
+            before = old.rules.get(key)
+            if before is not None:
+                gone.update(set(before.chains) - set(rules.chains))
+            state.plans[key] = plan
+            state.rules[key] = rules
+            touched.update(rules.chains)
+        gone -= set(touched)
+        state.services, state.nodeports, state.reject = _assemble(renderer, state.rules)
+        nat: list[tuple[str, list[str]]] = []
+        if state.services != old.services:
+            nat.append((SERVICES, state.services))
+        if state.nodeports != old.nodeports:
+            nat.append((NODEPORTS, state.nodeports))
+        nat.extend(touched.items())
+        filt = [(SERVICES, state.reject)] if state.reject != old.reject else []
+        if not nat and not filt and not gone:
+            return "", state
+        # chains are deleted after the rules that jumped to them were rewritten, in one commit
+        return _restore_text(nat, filt, delete_nat=gone), state
+
+    def _existing_chains(self, tool: str) -> tuple[set[str], set[str]]:
+        """``LBCORE-*`` chains present now in nat and filter (from an earlier run, perhaps)."""
+        found: dict[str, set[str]] = {"nat": set(), "filter": set()}
+        for table in found:
+            proc = self.runner.run([f"{tool}-save", "-t", table], check=False)
+            for line in proc.stdout.splitlines():
+                if line.startswith(":" + OWN_PREFIX):
+                    found[table].add(line[1:].split(" ", 1)[0])
+        return found["nat"], found["filter"]
+
+    def _ensure_hooks(self, tool: str) -> None:
+        for table, chain, spec in HOOKS:
+            check = self.runner.run([tool, "-w", "5", "-t", table, "-C", chain, *spec], check=False)
+            if check.returncode != 0:
+                self.runner.run([tool, "-w", "5", "-t", table, "-I", chain, "1", *spec])
+
+    def stop(self, keep: bool = False) -> None:
+        """Remove the hook rules and every ``LBCORE-*`` chain, unless ``keep`` (or the
+        ``keep_on_exit`` option) asks to leave them for a restart."""
+        if keep or self.opts.keep_on_exit:
+            return
+        families = set(self._state) | {4}
+        for family in sorted(families):
+            tool = "ip6tables" if family == 6 else "iptables"
+            for table, chain, spec in HOOKS:
+                for _ in range(16):  # the same rule inserted twice by hand: remove each copy
+                    if self.runner.run([tool, "-w", "5", "-t", table, "-D", chain, *spec], check=False).returncode:
+                        break
+            nat, filt = self._existing_chains(tool)
+            if nat or filt:
+                self.runner.run(
+                    [f"{tool}-restore", "--noflush"],
+                    input=_restore_text([], [], delete_nat=nat, delete_filter=filt),
+                )
+        self._state.clear()
+        self._hooked.clear()
+        self._need_full = True
+
+
+def create(options: Mapping[str, Any], context: RuntimeContext) -> IptablesFrontend:
+    return IptablesFrontend(options, context)
+
+
+@hookimpl
+def lbcore_register_frontends() -> Mapping[str, Callable[..., Any]]:
+    """The ``iptables`` frontend."""
+    return {"iptables": IptablesFrontend}

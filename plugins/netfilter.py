@@ -1,0 +1,376 @@
+"""What the iptables and nftables frontends share.
+
+Chain naming, the frontend options, kube-proxy's endpoint choice, running the kernel tools
+(optionally inside a named network namespace) and the UDP conntrack clean-up.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lbcore.errors import ConfigError
+from lbcore.interfaces import FrontendUnavailable
+from lbcore.snapshot import EndpointInfo, ServicePortInfo, Snapshot
+
+#: the packet-mark bit that asks LBCORE-POSTROUTING (or nft's masquerading chain) to SNAT
+MASQ_MARK = 0x4000
+
+_chain_names: dict[tuple[str, str], str] = {}
+
+
+def chain_name(prefix: str, key: str, length: int = 16) -> str:
+    """``prefix`` + the first ``length`` base32 characters of sha256(``key``).
+
+    The name depends only on what the chain stands for, so an unchanged service keeps its chains
+    across syncs and restarts. ``LBCORE-SEP-`` plus 16 characters is 27, inside iptables' 28.
+    """
+    cache_key = (prefix, key)
+    name = _chain_names.get(cache_key)
+    if name is None:
+        digest = hashlib.sha256(key.encode()).digest()
+        name = prefix + base64.b32encode(digest)[:length].decode()
+        if len(_chain_names) > 1_000_000:  # bound the memo; names are cheap to recompute
+            _chain_names.clear()
+        _chain_names[cache_key] = name
+    return name
+
+
+def service_port_id(sp: ServicePortInfo) -> str:
+    """``ns/name:port/proto``: what a service chain stands for."""
+    return f"{sp.key}/{sp.protocol.lower()}"
+
+
+def endpoint_id(sp: ServicePortInfo, ep: EndpointInfo) -> str:
+    """``ns/name:port/proto/ip:port``: what an endpoint chain stands for."""
+    return f"{sp.key}/{sp.protocol.lower()}/{ep.address}"
+
+
+def family_of(ip: str) -> int:
+    """4 or 6."""
+    return 6 if ":" in ip else 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Options
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NetfilterOptions:
+    """The options both kernel frontends take (see docs/frontends/kernel.md)."""
+
+    keep_on_exit: bool = False
+    masquerade_all: bool = False
+    # pod network per family: traffic from it (and from local processes) may use ClusterIPs
+    cluster_cidrs: Mapping[int, str] = None  # type: ignore[assignment]
+    # NodePorts only on these node addresses; empty: on every local address
+    node_addresses: tuple[str, ...] = ()
+    netns: str | None = None
+    conntrack_cleanup: bool = True
+    timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.cluster_cidrs is None:
+            object.__setattr__(self, "cluster_cidrs", {})
+
+    @classmethod
+    def parse(cls, frontend: str, options: Mapping[str, Any]) -> NetfilterOptions:
+        """Validate ``options``; a bad value raises :class:`ConfigError` naming the key."""
+        known = {
+            "keep_on_exit",
+            "masquerade_all",
+            "cluster_cidr",
+            "node_addresses",
+            "netns",
+            "conntrack_cleanup",
+            "timeout",
+        }
+        for key in options:
+            if key not in known:
+                raise ConfigError(
+                    f"{frontend}: unknown option {key!r}; known: {', '.join(sorted(known))}"
+                )
+
+        def flag(key: str, default: bool) -> bool:
+            value = options.get(key, default)
+            if not isinstance(value, bool):
+                raise ConfigError(f"{frontend}: option {key!r} must be true or false, not {value!r}")
+            return value
+
+        cidrs: dict[int, str] = {}
+        raw = options.get("cluster_cidr") or ()
+        for text in [raw] if isinstance(raw, str) else list(raw):
+            try:
+                net = ipaddress.ip_network(str(text), strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"{frontend}: option 'cluster_cidr': {text!r} is not a CIDR") from exc
+            if net.version in cidrs:
+                raise ConfigError(
+                    f"{frontend}: option 'cluster_cidr': one CIDR per family, got {cidrs[net.version]!r} and {text!r}"
+                )
+            cidrs[net.version] = str(net)
+
+        addresses: list[str] = []
+        raw_addresses = options.get("node_addresses") or ()
+        for text in [raw_addresses] if isinstance(raw_addresses, str) else list(raw_addresses):
+            try:
+                addresses.append(str(ipaddress.ip_network(str(text), strict=False)))
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{frontend}: option 'node_addresses': {text!r} is not an IP address or CIDR"
+                ) from exc
+
+        netns = options.get("netns")
+        if netns is not None and (not isinstance(netns, str) or not netns or "/" in netns):
+            raise ConfigError(f"{frontend}: option 'netns': {netns!r} is not a namespace name")
+        timeout = options.get("timeout", 60.0)
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+            raise ConfigError(f"{frontend}: option 'timeout': {timeout!r} is not a positive number")
+        return cls(
+            keep_on_exit=flag("keep_on_exit", False),
+            masquerade_all=flag("masquerade_all", False),
+            cluster_cidrs=cidrs,
+            node_addresses=tuple(addresses),
+            netns=netns,
+            conntrack_cleanup=flag("conntrack_cleanup", True),
+            timeout=float(timeout),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Endpoint choice, as kube-proxy makes it
+# ---------------------------------------------------------------------------------------------
+
+
+def usable_endpoints(
+    endpoints: Iterable[EndpointInfo], family: int, node_name: str | None = None
+) -> tuple[EndpointInfo, ...]:
+    """Ready endpoints; if there are none, the serving and terminating ones; else none.
+
+    Only endpoints of ``family``, and, when ``node_name`` is given (a ``Local`` traffic
+    policy), only those on that node.
+    """
+    candidates = [
+        ep
+        for ep in endpoints
+        if family_of(ep.ip) == family and (node_name is None or ep.node_name == node_name)
+    ]
+    ready = [ep for ep in candidates if ep.ready and not ep.terminating]
+    if ready:
+        return tuple(ready)
+    return tuple(ep for ep in candidates if ep.serving and ep.terminating)
+
+
+@dataclass(frozen=True, slots=True)
+class PortPlan:
+    """One service port of one family, with the endpoints each kind of traffic may use."""
+
+    sp: ServicePortInfo
+    family: int
+    cluster_ips: tuple[str, ...]
+    # for ClusterIP traffic (internalTrafficPolicy)
+    cluster_endpoints: tuple[EndpointInfo, ...]
+    # for NodePort traffic (externalTrafficPolicy); None when it uses cluster_endpoints
+    local_endpoints: tuple[EndpointInfo, ...] | None
+
+    @property
+    def node_port(self) -> int | None:
+        return self.sp.node_port if self.sp.type in ("NodePort", "LoadBalancer") else None
+
+    @property
+    def external_endpoints(self) -> tuple[EndpointInfo, ...]:
+        return self.cluster_endpoints if self.local_endpoints is None else self.local_endpoints
+
+    @property
+    def all_endpoints(self) -> tuple[EndpointInfo, ...]:
+        """Every endpoint some chain of this port DNATs to, in a stable order."""
+        if self.local_endpoints is None:
+            return self.cluster_endpoints
+        seen = {ep.address: ep for ep in self.cluster_endpoints}
+        for ep in self.local_endpoints:
+            seen.setdefault(ep.address, ep)
+        return tuple(seen.values())
+
+
+SUPPORTED_PROTOCOLS = ("TCP", "UDP", "SCTP")
+
+
+def plan_ports(snapshot: Snapshot, family: int, keys: Iterable[str] | None = None) -> list[PortPlan]:
+    """The :class:`PortPlan` of every service port of ``snapshot`` with a ClusterIP of ``family``.
+
+    ``keys`` restricts the plan to those ``service_ports`` keys. Ports come out sorted by key, so
+    a rendered rule set does not depend on dict order.
+    """
+    ports = snapshot.service_ports
+    chosen = sorted(ports) if keys is None else sorted(k for k in keys if k in ports)
+    plans: list[PortPlan] = []
+    for key in chosen:
+        sp = ports[key]
+        if sp.protocol not in SUPPORTED_PROTOCOLS:
+            continue
+        ips = tuple(ip for ip in sp.cluster_ips if ip and ip != "None" and family_of(ip) == family)
+        if not ips:
+            continue
+        node = snapshot.node_name
+        internal_local = sp.internal_traffic_policy == "Local"
+        cluster_eps = usable_endpoints(sp.endpoints, family, node if internal_local else None)
+        local_eps = None
+        if sp.external_traffic_policy == "Local" and sp.type in ("NodePort", "LoadBalancer"):
+            local_eps = usable_endpoints(sp.endpoints, family, node)
+        plans.append(PortPlan(sp, family, ips, cluster_eps, local_eps))
+    return plans
+
+
+def split_probabilities(weights: Sequence[int]) -> list[float]:
+    """The ``statistic`` probability of each rule in a cascade so endpoint i gets w_i / sum(w).
+
+    Rule i is tried only when rules before it did not match, so its conditional probability is
+    w_i / (w_i + ... + w_n); the last rule always matches (1.0).
+    """
+    ws = [max(int(w), 1) for w in weights]
+    rest = sum(ws)
+    out: list[float] = []
+    for w in ws:
+        out.append(w / rest if rest else 1.0)
+        rest -= w
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the tools
+# ---------------------------------------------------------------------------------------------
+
+
+class RuleApplyError(RuntimeError):
+    """A kernel tool refused what it was given; the message has its command and its stderr."""
+
+
+class CommandRunner:
+    """Runs iptables/nft/conntrack, inside ``ip netns exec NAME`` when ``netns`` is set."""
+
+    def __init__(self, netns: str | None = None, timeout: float = 60.0):
+        self.netns = netns
+        self.timeout = timeout
+
+    def argv(self, args: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *args] if self.netns else list(args)
+
+    def run(
+        self, args: Sequence[str], input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``args``; with ``check`` a non-zero exit raises :class:`RuleApplyError`."""
+        argv = self.argv(args)
+        try:
+            proc = subprocess.run(
+                argv, input=input, capture_output=True, text=True, timeout=self.timeout
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise RuleApplyError(f"{' '.join(argv)}: no answer within {self.timeout:g}s") from exc
+        except FileNotFoundError as exc:
+            raise RuleApplyError(f"{argv[0]}: not found") from exc
+        if check and proc.returncode != 0:
+            raise RuleApplyError(
+                f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()[:2000]}"
+            )
+        return proc
+
+
+def require_tools(frontend: str, tools: Iterable[str], package: str) -> None:
+    """Raise :class:`FrontendUnavailable` naming every tool of ``tools`` not on PATH."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        raise FrontendUnavailable(
+            f"{frontend}: {', '.join(missing)} not found; install Debian's {package} package"
+        )
+
+
+def require_netns(frontend: str, netns: str | None) -> None:
+    """Raise :class:`FrontendUnavailable` when option ``netns`` names no namespace."""
+    if netns is None:
+        return
+    require_tools(frontend, ["ip"], "iproute2")
+    import os
+
+    if not os.path.exists(f"/run/netns/{netns}"):
+        raise FrontendUnavailable(
+            f"{frontend}: network namespace {netns!r} (option 'netns') does not exist; "
+            f"create it with `ip netns add {netns}`"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# UDP conntrack clean-up
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StaleFlow:
+    """Conntrack entries to delete: UDP to ``dst``:``port`` (or any local address when ``dst`` is
+    None, for a NodePort) whose reply comes from ``endpoint`` (or from anywhere when None)."""
+
+    port: int
+    dst: str | None
+    endpoint: str | None
+
+    def argv(self) -> list[str]:
+        args = ["conntrack", "-D", "-p", "udp", "--orig-port-dst", str(self.port)]
+        if self.dst is not None:
+            args += ["-f", "ipv6" if family_of(self.dst) == 6 else "ipv4", "--orig-dst", self.dst]
+        if self.endpoint is not None:
+            if self.dst is None:
+                args += ["-f", "ipv6" if family_of(self.endpoint) == 6 else "ipv4"]
+            args += ["--reply-src", self.endpoint]
+        return args
+
+
+def stale_udp_flows(old: Mapping[str, PortPlan], new: Mapping[str, PortPlan]) -> list[StaleFlow]:
+    """What to delete from conntrack after a sync, as kube-proxy does for UDP.
+
+    - an endpoint removed from a UDP service port: the flows that still point at it, so clients
+      move on at once instead of talking to a dead pod until the entry times out;
+    - a UDP service port that goes from no endpoints to some: the flows to its ClusterIP, which
+      cached the rejection.
+    ``old`` and ``new`` map a plan key (see :func:`plan_key`) to its plan.
+    """
+    flows: list[StaleFlow] = []
+    for key, before in old.items():
+        if before.sp.protocol != "UDP":
+            continue
+        after = new.get(key)
+        live = {ep.ip for ep in after.all_endpoints} if after else set()
+        gone_ips = sorted({ep.ip for ep in before.all_endpoints} - live)
+        for ip in gone_ips:
+            for cip in before.cluster_ips:
+                flows.append(StaleFlow(before.sp.port, cip, ip))
+            if before.node_port:
+                flows.append(StaleFlow(before.node_port, None, ip))
+    for key, after in new.items():
+        if after.sp.protocol != "UDP" or not after.cluster_endpoints:
+            continue
+        before = old.get(key)
+        if before is not None and before.cluster_endpoints:
+            continue
+        for cip in after.cluster_ips:
+            flows.append(StaleFlow(after.sp.port, cip, None))
+    return flows
+
+
+def plan_key(plan: PortPlan) -> str:
+    return f"{plan.family}|{service_port_id(plan.sp)}"
+
+
+def delete_flows(runner: CommandRunner, flows: Iterable[StaleFlow]) -> int:
+    """Run ``conntrack -D`` for each flow; returns how many commands ran. A flow that is not
+    there (conntrack exits 1 with "0 flow entries") is not an error."""
+    count = 0
+    for flow in flows:
+        runner.run(flow.argv(), check=False)
+        count += 1
+    return count
