@@ -1,0 +1,1 @@
+"""lbcore-echo: an lbcore frontend that writes each sync to a file."""
