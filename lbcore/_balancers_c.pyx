@@ -3,15 +3,16 @@
 
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.math cimport isfinite
+from libc.math cimport ceil, floor, isfinite, log
 from libc.stdint cimport int32_t, int64_t, uint64_t
-from libc.string cimport memset
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
 
 import os
 
 import numpy as np
 
-from lbcore._hashing_c cimport hash_object, hash_u64
+from lbcore._hashing_c cimport XXH3_64bits_withSeed, hash_object, hash_u64
 
 
 cdef inline uint64_t splitmix64(uint64_t* state) noexcept nogil:
@@ -134,6 +135,7 @@ cdef class Balancer:
                 raise ValueError(f"{self.name}: backend {backends[i]!r} is given twice")
             index[nm] = i
         ws = _check_weights(self.name, weights, n)
+        self._check_update(names, ws)
         old = {nm: self.active[i] for i, nm in enumerate(self._names)}
         cdef double* w = <double*>PyMem_Malloc(n * sizeof(double))
         cdef int64_t* act = <int64_t*>PyMem_Malloc(n * sizeof(int64_t))
@@ -161,6 +163,9 @@ cdef class Balancer:
 
     def _extra_nbytes(self) -> int:
         return 0
+
+    def _check_update(self, names, weights) -> None:
+        """Refuse backends or weights this algorithm cannot take, before anything changes."""
 
     def _check_index(self, int i):
         if i < 0 or i >= self.n:
@@ -212,11 +217,691 @@ cdef tuple _check_weights(str algorithm, object weights, Py_ssize_t n):
     return tuple(out)
 
 
-cdef class RoundRobin(Balancer):
-    """Each backend in turn (placeholder until the smooth weighted schedule lands)."""
+cdef inline uint64_t name_hash(bytes name, uint64_t seed) noexcept:
+    return XXH3_64bits_withSeed(<const char*>name, <size_t>len(name), seed)
+
+
+cdef bint _all_equal(const double* w, int n) noexcept nogil:
+    cdef int i
+    for i in range(1, n):
+        if w[i] != w[0]:
+            return False
+    return True
+
+
+cdef double _sum(const double* w, int n) noexcept nogil:
+    cdef double s = 0
+    cdef int i
+    for i in range(n):
+        s += w[i]
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+# Round robin: nginx's smooth weighted round robin
+# ---------------------------------------------------------------------------------------------
+
+DEF SCHEDULE_MAX_WORK = 1 << 23  # precompute the period only when period * n stays this small
+
+
+cdef class WeightedRoundRobin(Balancer):
+    """Smooth weighted round robin, as nginx does it: weights {5, 1, 1} give a a b a c a a.
+
+    Every pick adds each backend's weight to its ``current`` and takes the largest, which then
+    gives back the total: heavy backends are spread through the period, never sent in a burst.
+    With integer weights the period (sum of weights over their gcd) is precomputed, so a pick is
+    one array read; otherwise each pick is the O(n) step.
+    """
+
+    name = "weighted_round_robin"
+    cdef double* current
+    cdef double total
+    cdef bint equal
+    cdef uint64_t counter
+    cdef object _schedule
+    cdef const int32_t* schedule
+    cdef Py_ssize_t period
+
+    def __cinit__(self, *args, **kwargs):
+        self.current = NULL
+        self.schedule = NULL
+        self._schedule = None
+
+    def __dealloc__(self):
+        PyMem_Free(self.current)
+
+    def __init__(self, backends, weights=None, *, seed=None):
+        Balancer.__init__(self, backends, weights, seed=seed)
+
+    def _extra_nbytes(self) -> int:
+        return self.n * sizeof(double) + self.period * sizeof(int32_t)
+
+    cdef int _rebuild(self) except -1:
+        cdef int i
+        PyMem_Free(self.current)
+        self.current = <double*>PyMem_Malloc(self.n * sizeof(double))
+        if self.current == NULL:
+            raise MemoryError()
+        memset(self.current, 0, self.n * sizeof(double))
+        self.total = _sum(self.w, self.n)
+        self.equal = _all_equal(self.w, self.n)
+        self.counter = 0
+        self._schedule = None
+        self.schedule = NULL
+        self.period = 0
+        if self.equal or not all(float(x).is_integer() for x in self._weights):
+            return 0
+        ints = [int(x) for x in self._weights]
+        g = 0
+        for x in ints:
+            g = _gcd(g, x)
+        ints = [x // g for x in ints]
+        period = sum(ints)
+        if period * self.n > SCHEDULE_MAX_WORK:
+            return 0
+        schedule = np.empty(period, dtype=np.int32)
+        cdef int32_t[::1] out = schedule
+        cdef int64_t[::1] cur = np.zeros(self.n, dtype=np.int64)
+        cdef int64_t[::1] wi = np.asarray(ints, dtype=np.int64)
+        cdef int64_t tot = period
+        cdef Py_ssize_t k
+        cdef int best
+        for k in range(period):
+            best = 0
+            for i in range(self.n):
+                cur[i] += wi[i]
+                if cur[i] > cur[best]:
+                    best = i
+            cur[best] -= tot
+            out[k] = best
+        self._schedule = schedule
+        self.schedule = &out[0]
+        self.period = period
+        return 0
+
+    cdef int pick_hash(self, uint64_t h) noexcept nogil:
+        cdef uint64_t c = self.counter
+        self.counter = c + 1
+        if self.equal:
+            return <int>(c % <uint64_t>self.n)
+        if self.schedule != NULL:
+            return self.schedule[c % <uint64_t>self.period]
+        return self._step()
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef int _step(self) noexcept nogil:
+        cdef int i, best = 0
+        for i in range(self.n):
+            self.current[i] += self.w[i]
+            if self.current[i] > self.current[best]:
+                best = i
+        self.current[best] -= self.total
+        return best
+
+
+cdef object _gcd(object a, object b):
+    while b:
+        a, b = b, a % b
+    return a
+
+
+cdef class RoundRobin(WeightedRoundRobin):
+    """Each backend in turn; unequal weights make it the smooth weighted round robin."""
 
     name = "round_robin"
 
+
+# ---------------------------------------------------------------------------------------------
+# Random and least connections (power of two choices)
+# ---------------------------------------------------------------------------------------------
+
+
+cdef class WeightedRandom(Balancer):
+    """A random backend in proportion to its weight: Vose's alias table, O(1) per pick.
+
+    The random source is a splitmix64 state per balancer (``seed=`` makes it repeatable); the
+    key is ignored.
+    """
+
+    name = "random"
+    cdef object _prob_arr, _alias_arr
+    cdef const double* prob
+    cdef const int32_t* alias
+    cdef bint equal
+
+    def __init__(self, backends, weights=None, *, seed=None):
+        Balancer.__init__(self, backends, weights, seed=seed)
+
+    def _extra_nbytes(self) -> int:
+        return self.n * (sizeof(double) + sizeof(int32_t))
+
+    cdef int _rebuild(self) except -1:
+        cdef int n = self.n, i, s, l
+        cdef double total = _sum(self.w, n)
+        prob_arr = np.zeros(n, dtype=np.float64)
+        alias_arr = np.arange(n, dtype=np.int32)
+        cdef double[::1] prob = prob_arr
+        cdef int32_t[::1] alias = alias_arr
+        cdef double[::1] scaled = np.empty(n, dtype=np.float64)
+        small, large = [], []
+        for i in range(n):
+            scaled[i] = self.w[i] * n / total
+            (small if scaled[i] < 1.0 else large).append(i)
+        while small and large:
+            s = small.pop()
+            l = large[len(large) - 1]
+            prob[s] = scaled[s]
+            alias[s] = l
+            scaled[l] = (scaled[l] + scaled[s]) - 1.0
+            if scaled[l] < 1.0:
+                large.pop()
+                small.append(l)
+        for i in large + small:  # leftovers are 1 up to rounding
+            prob[i] = 1.0
+        heaviest = max(range(n), key=lambda k: self.w[k])
+        for i in range(n):  # a zero weight must never be drawn, whatever the rounding did
+            if self.w[i] == 0:
+                prob[i] = 0.0
+                if self.w[alias[i]] == 0:
+                    alias[i] = heaviest
+        self._prob_arr, self._alias_arr = prob_arr, alias_arr
+        self.prob = &prob[0]
+        self.alias = &alias[0]
+        self.equal = _all_equal(self.w, n)
+        return 0
+
+    cdef inline int _sample(self) noexcept nogil:
+        cdef uint64_t r = splitmix64(&self.rng)
+        cdef int i = <int>(((r >> 32) * <uint64_t>self.n) >> 32)
+        if self.equal:
+            return i
+        if (r & 0xFFFFFFFFULL) * (1.0 / 4294967296.0) < self.prob[i]:
+            return i
+        return self.alias[i]
+
     cdef int pick_hash(self, uint64_t h) noexcept nogil:
-        self.rng += 1
-        return <int>(self.rng % <uint64_t>self.n)
+        return self._sample()
+
+
+cdef class LeastConn(WeightedRandom):
+    """Least connections by the power of two choices, as Envoy's least request does it.
+
+    Two backends are drawn at random in proportion to their weights and the one with fewer live
+    connections per unit of weight, ``(active + 1) / weight``, wins. ``acquire``/``release``
+    keep the counts. ``pick_many`` assigns the batch as if each pick were acquired in turn,
+    without changing the live counts.
+    """
+
+    name = "least_conn"
+
+    cdef inline int _choose(self, const int64_t* loads) noexcept nogil:
+        if self.n == 1:
+            return 0
+        cdef int a = self._sample()
+        cdef int b = self._sample()
+        if self.equal:
+            return a if loads[a] <= loads[b] else b
+        if (loads[a] + 1) * self.w[b] <= (loads[b] + 1) * self.w[a]:
+            return a
+        return b
+
+    cdef int pick_hash(self, uint64_t h) noexcept nogil:
+        return self._choose(self.active)
+
+    cdef void pick_many_c(self, const uint64_t* keys, int32_t* out, Py_ssize_t count) noexcept nogil:
+        cdef int64_t* loads = <int64_t*>malloc(self.n * sizeof(int64_t))
+        cdef Py_ssize_t k
+        cdef int i
+        if loads == NULL:
+            Balancer.pick_many_c(self, keys, out, count)
+            return
+        memcpy(loads, self.active, self.n * sizeof(int64_t))
+        for k in range(count):
+            i = self._choose(loads)
+            loads[i] += 1
+            out[k] = i
+        free(loads)
+
+
+# ---------------------------------------------------------------------------------------------
+# Consistent hashing: ring (ketama), bounded loads, Maglev, jump, rendezvous
+# ---------------------------------------------------------------------------------------------
+
+
+cdef class RingHash(Balancer):
+    """Ketama-style ring: each backend owns points ``XXH3(name, seed=j)``; a key goes to the
+    first point at or after its hash.
+
+    A backend's number of points is ``round(scale * weight)`` (at least 1), where ``scale`` is
+    chosen once so that the ring has at least ``min_ring_size`` points and ``vnodes`` points per
+    backend of mean weight. ``update`` keeps ``scale``, so the backends that stay keep exactly
+    their points and only the keys of a removed backend move; the scale is chosen again only when
+    the ring would fall under half of ``min_ring_size`` or over ``max_ring_size``.
+    """
+
+    name = "ring_hash"
+    cdef object _ring_arr, _owner_arr
+    cdef const uint64_t* ring
+    cdef const int32_t* owner
+    cdef Py_ssize_t size
+    cdef double scale
+    cdef Py_ssize_t min_ring_size, max_ring_size
+    cdef int vnodes
+
+    def __init__(self, backends, weights=None, *, min_ring_size=1024, max_ring_size=8388608,
+                 vnodes=160, seed=None):
+        _check_int(self.name, "min_ring_size", min_ring_size, 1)
+        _check_int(self.name, "max_ring_size", max_ring_size, min_ring_size)
+        _check_int(self.name, "vnodes", vnodes, 1)
+        self.min_ring_size = min_ring_size
+        self.max_ring_size = max_ring_size
+        self.vnodes = vnodes
+        self.scale = 0
+        Balancer.__init__(self, backends, weights, seed=seed)
+
+    @property
+    def ring_size(self) -> int:
+        """Number of points on the ring."""
+        return self.size
+
+    def _extra_nbytes(self) -> int:
+        return self.size * (sizeof(uint64_t) + sizeof(int32_t))
+
+    def _points(self, double scale):
+        return [max(1, int(round(scale * x))) if x > 0 else 0 for x in self._weights]
+
+    cdef int _rebuild(self) except -1:
+        cdef int n = self.n, i
+        if n > self.max_ring_size:
+            raise ValueError(f"{self.name}: {n} backends do not fit max_ring_size={self.max_ring_size}")
+        cdef double total = _sum(self.w, n)
+        positive = sum(1 for x in self._weights if x > 0)
+        points = self._points(self.scale) if self.scale > 0 else None
+        if points is None or sum(points) < self.min_ring_size // 2 or sum(points) > self.max_ring_size:
+            self.scale = max(self.vnodes / (total / positive), self.min_ring_size / total)
+            points = self._points(self.scale)
+            if sum(points) > self.max_ring_size:
+                self.scale = (self.max_ring_size - n) / total
+                points = self._points(self.scale)
+        cdef Py_ssize_t size = sum(points), pos = 0, j, count
+        ring_arr = np.empty(size, dtype=np.uint64)
+        owner_arr = np.empty(size, dtype=np.int32)
+        cdef uint64_t[::1] ring = ring_arr
+        cdef int32_t[::1] owner = owner_arr
+        cdef const char* data
+        cdef size_t length
+        cdef bytes nm
+        # points are laid out in name order, so the stable sort breaks (unlikely) hash ties by
+        # name, whatever the order of the backends list
+        for i in sorted(range(n), key=self._names.__getitem__):
+            nm = self._names[i]
+            data = nm
+            length = len(nm)
+            count = points[i]
+            for j in range(count):
+                ring[pos] = XXH3_64bits_withSeed(data, length, <uint64_t>j)
+                owner[pos] = i
+                pos += 1
+        order = np.argsort(ring_arr, kind="stable")
+        ring_arr = np.ascontiguousarray(ring_arr[order])
+        owner_arr = np.ascontiguousarray(owner_arr[order])
+        ring = ring_arr
+        owner = owner_arr
+        self._ring_arr, self._owner_arr = ring_arr, owner_arr
+        self.ring = &ring[0]
+        self.owner = &owner[0]
+        self.size = size
+        return 0
+
+    cdef inline Py_ssize_t _lower(self, uint64_t h) noexcept nogil:
+        # first point >= h, wrapping to the first point of the ring
+        cdef Py_ssize_t lo = 0, hi = self.size, mid
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if self.ring[mid] < h:
+                lo = mid + 1
+            else:
+                hi = mid
+        return 0 if lo == self.size else lo
+
+    cdef int pick_hash(self, uint64_t h) noexcept nogil:
+        return self.owner[self._lower(h)]
+
+
+cdef class BoundedLoad(RingHash):
+    """Consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam).
+
+    A key walks the ring from its point to the first backend whose live connections stay under
+    its capacity ``ceil(balance_factor * (total + 1) * weight / sum(weights))``, so no backend
+    ever holds more than ``ceil(balance_factor * mean)`` (HAProxy's ``hash-balance-factor`` is
+    this factor in percent). ``pick`` reads the counts kept by ``acquire``/``release``;
+    ``pick_many`` assigns the batch as if each pick were acquired in turn.
+    """
+
+    name = "bounded_load"
+    cdef double factor
+    cdef double wsum
+    cdef int64_t total_active
+
+    def __init__(self, backends, weights=None, *, balance_factor=1.25, min_ring_size=1024,
+                 max_ring_size=8388608, vnodes=160, seed=None):
+        if isinstance(balance_factor, bool) or not isinstance(balance_factor, (int, float)) \
+                or not isfinite(balance_factor) or balance_factor < 1.0:
+            raise ValueError(f"{self.name}: balance_factor must be a number >= 1.0, not {balance_factor!r}")
+        self.factor = balance_factor
+        RingHash.__init__(self, backends, weights, min_ring_size=min_ring_size,
+                          max_ring_size=max_ring_size, vnodes=vnodes, seed=seed)
+
+    @property
+    def balance_factor(self) -> float:
+        """The factor c: no backend gets more than ceil(c x mean load)."""
+        return self.factor
+
+    cdef int _rebuild(self) except -1:
+        RingHash._rebuild(self)
+        self.wsum = _sum(self.w, self.n)
+        self.total_active = 0
+        for i in range(self.n):
+            self.total_active += self.active[i]
+        return 0
+
+    cdef inline int _choose(self, uint64_t h, const int64_t* loads, int64_t total) noexcept nogil:
+        cdef Py_ssize_t start = self._lower(h), k = start, step
+        # load < ceil(x) <=> load < x for an integer load; the margin keeps rounding on the safe side
+        cdef double per_weight = self.factor * (total + 1) / self.wsum * (1.0 - 1e-12)
+        cdef int o
+        for step in range(self.size):
+            o = self.owner[k]
+            if loads[o] < per_weight * self.w[o]:
+                return o
+            k += 1
+            if k == self.size:
+                k = 0
+        return self.owner[start]
+
+    cdef int pick_hash(self, uint64_t h) noexcept nogil:
+        return self._choose(h, self.active, self.total_active)
+
+    cdef void acquire_c(self, int i) noexcept nogil:
+        self.active[i] += 1
+        self.total_active += 1
+
+    cdef void release_c(self, int i) noexcept nogil:
+        if self.active[i] > 0:
+            self.active[i] -= 1
+            self.total_active -= 1
+
+    cdef void pick_many_c(self, const uint64_t* keys, int32_t* out, Py_ssize_t count) noexcept nogil:
+        cdef int64_t* loads = <int64_t*>malloc(self.n * sizeof(int64_t))
+        cdef int64_t total = self.total_active
+        cdef Py_ssize_t k
+        cdef int i
+        if loads == NULL:
+            Balancer.pick_many_c(self, keys, out, count)
+            return
+        memcpy(loads, self.active, self.n * sizeof(int64_t))
+        for k in range(count):
+            i = self._choose(hash_u64(keys[k]), loads, total)
+            loads[i] += 1
+            total += 1
+            out[k] = i
+        free(loads)
+
+
+cdef bint _is_prime(uint64_t m) noexcept:
+    cdef uint64_t d = 3
+    if m < 2:
+        return False
+    if m % 2 == 0:
+        return m == 2
+    while d * d <= m:
+        if m % d == 0:
+            return False
+        d += 2
+    return True
+
+
+cdef class Maglev(Balancer):
+    """Maglev hashing (Eisenbud et al., NSDI 2016, section 3.4): a lookup table of prime size
+    ``table_size`` (65537 by default) filled by each backend's permutation
+    ``offset + j * skip (mod M)``, both from the backend's name.
+
+    Backends fill the table in name order, each in proportion to its weight (a backend of the
+    largest weight takes one entry per round, one of a third of that weight one every three
+    rounds), so a pick is one table read and an ``update`` that removes one backend moves a little
+    more than its share of keys (Envoy's simulations: about twice a ring's).
+    """
+
+    name = "maglev"
+    cdef object _table_arr
+    cdef const int32_t* table
+    cdef uint64_t m
+
+    def __init__(self, backends, weights=None, *, table_size=65537, seed=None):
+        _check_int(self.name, "table_size", table_size, 2)
+        if table_size >= (1 << 31) or not _is_prime(table_size):
+            raise ValueError(f"{self.name}: table_size must be a prime below 2**31, not {table_size!r}")
+        self.m = table_size
+        Balancer.__init__(self, backends, weights, seed=seed)
+
+    @property
+    def table_size(self) -> int:
+        """M, the number of entries of the lookup table."""
+        return self.m
+
+    @property
+    def table(self):
+        """The lookup table: entry -> backend index (a read-only copy)."""
+        return np.array(self._table_arr, copy=True)
+
+    def _extra_nbytes(self) -> int:
+        return self.m * sizeof(int32_t)
+
+    def _check_update(self, names, weights) -> None:
+        if len(names) >= <Py_ssize_t>self.m:
+            raise ValueError(f"{self.name}: {len(names)} backends need a table_size above {len(names)}, "
+                             f"not {self.m}")
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef int _rebuild(self) except -1:
+        cdef int n = self.n, k
+        cdef uint64_t m = self.m
+        order = sorted(range(n), key=self._names.__getitem__)
+        cdef int32_t[::1] who = np.asarray(order, dtype=np.int32)
+        cdef uint64_t[::1] pos = np.empty(n, dtype=np.uint64)
+        cdef uint64_t[::1] skip = np.empty(n, dtype=np.uint64)
+        cdef double[::1] rate = np.empty(n, dtype=np.float64)
+        cdef double[::1] credit = np.zeros(n, dtype=np.float64)
+        cdef double wmax = max(self._weights)
+        for k in range(n):
+            nm = self._names[order[k]]
+            pos[k] = name_hash(nm, 0x6D61676C65764F46ULL) % m
+            skip[k] = name_hash(nm, 0x6D61676C65765350ULL) % (m - 1) + 1
+            rate[k] = self.w[order[k]] / wmax
+        table_arr = np.full(m, -1, dtype=np.int32)
+        cdef int32_t[::1] table = table_arr
+        # "is slot c taken" is asked about M ln M times: a bitmap of M bits stays in L1
+        cdef uint64_t[::1] taken = np.zeros((m + 63) // 64, dtype=np.uint64)
+        cdef uint64_t filled = 0, c
+        with nogil:
+            while filled < m:
+                for k in range(n):
+                    if rate[k] <= 0:
+                        continue
+                    credit[k] += rate[k]
+                    if credit[k] < 1.0 - 1e-9:
+                        continue
+                    credit[k] -= 1.0
+                    # every slot is in the permutation (M prime, 0 < skip < M): a free one exists
+                    c = pos[k]
+                    while (taken[c >> 6] >> (c & 63)) & 1:
+                        c += skip[k]
+                        if c >= m:
+                            c -= m
+                    taken[c >> 6] |= (<uint64_t>1) << (c & 63)
+                    table[c] = who[k]
+                    c += skip[k]
+                    if c >= m:
+                        c -= m
+                    pos[k] = c
+                    filled += 1
+                    if filled == m:
+                        break
+        self._table_arr = table_arr
+        self.table = &table[0]
+        return 0
+
+    cdef int pick_hash(self, uint64_t h) noexcept nogil:
+        # the high 32 bits scaled into [0, M): uniform, and no division
+        return self.table[((h >> 32) * self.m) >> 32]
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef void pick_many_c(self, const uint64_t* keys, int32_t* out, Py_ssize_t count) noexcept nogil:
+        cdef Py_ssize_t k
+        cdef const int32_t* table = self.table
+        cdef uint64_t m = self.m
+        for k in range(count):
+            out[k] = table[((hash_u64(keys[k]) >> 32) * m) >> 32]
+
+
+cdef inline int32_t jump_hash(uint64_t key, int32_t buckets) noexcept nogil:
+    """Lamping and Veach, "A Fast, Minimal Memory, Consistent Hash Algorithm" (2014)."""
+    cdef int64_t b = -1, j = 0
+    while j < buckets:
+        b = j
+        key = key * 2862933555777941757ULL + 1
+        j = <int64_t>((b + 1) * (2147483648.0 / <double>((key >> 33) + 1)))
+    return <int32_t>b
+
+
+cdef class JumpHash(Balancer):
+    """Jump consistent hash over slots 0..n-1. No table: memory is one int per backend.
+
+    Jump only ever removes the last slot cheaply, so backends keep their slots across
+    ``update``: a new backend takes a new last slot (moving 1/(n+1) of the keys), and a removed
+    backend's slot goes to the backend of the last slot, so removing the last one moves 1/n of the
+    keys and removing another about 2/n. Jump has no weights: they must all be equal.
+    """
+
+    name = "jump"
+    cdef object _slots           # slot -> backend name
+    cdef object _slot_arr
+    cdef const int32_t* slot_backend
+
+    def __init__(self, backends, weights=None, *, seed=None):
+        self._slots = []
+        Balancer.__init__(self, backends, weights, seed=seed)
+
+    def _check_update(self, names, weights) -> None:
+        if len(set(weights)) > 1:
+            raise ValueError(f"{self.name}: jump hash has no weights; weights must all be equal, "
+                             f"not {list(weights)!r}")
+
+    def _extra_nbytes(self) -> int:
+        return self.n * sizeof(int32_t)
+
+    @property
+    def slots(self) -> tuple:
+        """Slot -> backend index."""
+        return tuple(self._slot_arr.tolist())
+
+    cdef int _rebuild(self) except -1:
+        keep = set(self._names)
+        slots = list(self._slots)
+        i = 0
+        while i < len(slots):
+            if slots[i] in keep:
+                i += 1
+                continue
+            while slots and slots[len(slots) - 1] not in keep:
+                slots.pop()
+            if i < len(slots):
+                slots[i] = slots.pop()
+                i += 1
+        have = set(slots)
+        slots.extend(nm for nm in self._names if nm not in have)
+        index = {nm: k for k, nm in enumerate(self._names)}
+        slot_arr = np.asarray([index[nm] for nm in slots], dtype=np.int32)
+        cdef int32_t[::1] view = slot_arr
+        self._slots = slots
+        self._slot_arr = slot_arr
+        self.slot_backend = &view[0]
+        return 0
+
+    cdef int pick_hash(self, uint64_t h) noexcept nogil:
+        return self.slot_backend[jump_hash(h, self.n)]
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef void pick_many_c(self, const uint64_t* keys, int32_t* out, Py_ssize_t count) noexcept nogil:
+        cdef Py_ssize_t k
+        cdef int32_t n = self.n
+        cdef const int32_t* slots = self.slot_backend
+        for k in range(count):
+            out[k] = slots[jump_hash(hash_u64(keys[k]), n)]
+
+
+cdef class Rendezvous(Balancer):
+    """Highest random weight (Thaler and Ravishankar): the backend whose score for the key is the
+    highest wins. The score mixes the key's hash with the backend's name hash; with weights it is
+    ``weight / -ln(u)`` for that mix as ``u`` in (0, 1) (Schindelhauer and Schomaker), so a
+    backend wins in proportion to its weight. A pick is O(n); removing a backend moves exactly its
+    keys and no other.
+    """
+
+    name = "rendezvous"
+    cdef object _seed_arr
+    cdef const uint64_t* seeds
+    cdef bint equal
+
+    def __init__(self, backends, weights=None, *, seed=None):
+        Balancer.__init__(self, backends, weights, seed=seed)
+
+    def _extra_nbytes(self) -> int:
+        return self.n * sizeof(uint64_t)
+
+    cdef int _rebuild(self) except -1:
+        seed_arr = np.asarray([name_hash(nm, 0x52656E64657A766FULL) for nm in self._names],
+                              dtype=np.uint64)
+        cdef uint64_t[::1] view = seed_arr
+        self._seed_arr = seed_arr
+        self.seeds = &view[0]
+        self.equal = _all_equal(self.w, self.n)
+        return 0
+
+    @cython.cdivision(True)
+    cdef int pick_hash(self, uint64_t h) noexcept nogil:
+        cdef int i, best = 0
+        cdef uint64_t s, top = 0
+        cdef double score, best_score = -1.0
+        if self.equal:
+            for i in range(self.n):
+                s = mix64(h ^ self.seeds[i])
+                if s > top or i == 0:
+                    top = s
+                    best = i
+            return best
+        for i in range(self.n):
+            if self.w[i] <= 0:
+                continue
+            s = mix64(h ^ self.seeds[i])
+            score = self.w[i] / -log(((s >> 11) + 0.5) * (1.0 / 9007199254740992.0))
+            if score > best_score:
+                best_score = score
+                best = i
+        return best
+
+
+cdef _check_int(str algorithm, str field, object value, long minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{algorithm}: {field} must be an integer >= {minimum}, not {value!r}")
+
+
+ALGORITHMS = {
+    cls.name: cls
+    for cls in (RoundRobin, WeightedRoundRobin, WeightedRandom, LeastConn, RingHash, Maglev,
+                JumpHash, Rendezvous, BoundedLoad)
+}
