@@ -1,1 +1,432 @@
-"""Built-in lbcore plugin (being written; registers nothing yet)."""
+"""The nftables frontend: one table (``inet lbcore``), verdict maps, ``numgen`` balancing.
+
+A packet to a service costs one map lookup, whatever the number of services::
+
+    nat-prerouting, nat-output -> services:
+        ip daddr . meta l4proto . th dport vmap @service-ips-v4     -> goto service-<hash>-...
+        fib daddr type local -> nodeports: meta l4proto . th dport vmap @service-nodeports-v4
+    service-...   masquerade mark for off-network clients, affinity sets, then
+                  numgen random mod N vmap { 0 : goto endpoint-..., 1 : ... }
+    endpoint-...  hairpin mark, dnat to the pod
+    nat-postrouting -> masquerading: masquerade what carries the mark
+    filter-input/forward/output: new connections to a port without endpoints -> reject
+
+The first sync replaces the whole table in one transaction; later syncs change only map
+elements and the chains and sets of changed services, also in one ``nft -f`` transaction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lbcore_plugins.netfilter import (
+    MASQ_MARK,
+    CommandRunner,
+    NetfilterOptions,
+    PortPlan,
+    RuleApplyError,
+    chain_name,
+    delete_flows,
+    endpoint_id,
+    plan_key,
+    plan_ports,
+    require_netns,
+    require_tools,
+    service_port_id,
+    stale_udp_flows,
+)
+
+from lbcore.hookspecs import hookimpl
+from lbcore.interfaces import Frontend, FrontendUnavailable, RuntimeContext
+from lbcore.snapshot import EndpointInfo, ServicePortInfo, Snapshot
+
+TABLE = "lbcore"
+FAMILY = "inet"
+_IP = {4: "ip", 6: "ip6"}
+_ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
+
+PROBE = """table inet lbcore-probe {
+	set affinity {
+		type ipv4_addr; flags dynamic,timeout; timeout 10s
+	}
+	chain nat-prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+		fib daddr type local ct state new numgen random mod 2 vmap { 0 : goto ep, 1 : goto ep }
+	}
+	chain ep {
+		update @affinity { ip saddr }
+		meta l4proto tcp dnat ip to 127.0.0.1:1
+	}
+	chain nat-postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		meta mark & 0x4000 != 0 masquerade fully-random
+	}
+	chain filter-output {
+		type filter hook output priority -1; policy accept;
+		ip daddr 127.0.0.2 tcp dport 1 reject
+	}
+}
+delete table inet lbcore-probe
+"""
+
+
+def _name_part(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_./" else "." for c in text)
+
+
+def service_chain(sp: ServicePortInfo, kind: str = "service") -> str:
+    """``service-<hash>-ns/name/proto/port``: kube-proxy's nftables naming."""
+    h = chain_name("", f"{kind}|{service_port_id(sp)}", 8)
+    return f"{kind}-{h}-{sp.namespace}/{sp.name}/{sp.protocol.lower()}/{_name_part(sp.port_name or str(sp.port))}"
+
+
+def endpoint_chain(sp: ServicePortInfo, ep: EndpointInfo) -> str:
+    h = chain_name("", endpoint_id(sp, ep), 8)
+    return (
+        f"endpoint-{h}-{sp.namespace}/{sp.name}/{sp.protocol.lower()}/"
+        f"{_name_part(sp.port_name or str(sp.port))}__{_name_part(ep.ip)}/{ep.port}"
+    )
+
+
+def affinity_set(sp: ServicePortInfo, ep: EndpointInfo) -> str:
+    # the timeout is part of the name: a set's timeout cannot change in place
+    h = chain_name("", f"{endpoint_id(sp, ep)}|{sp.affinity_timeout}", 8)
+    return f"affinity-{h}-{sp.namespace}/{sp.name}/{_name_part(ep.ip)}/{ep.port}"
+
+
+@dataclass
+class PortObjects:
+    """What one service port of one family puts in the table."""
+
+    chains: dict[str, list[str]] = field(default_factory=dict)
+    sets: dict[str, str] = field(default_factory=dict)  # name -> definition body
+    elements: dict[tuple[str, str], str] = field(default_factory=dict)  # (map, key) -> verdict
+
+
+class NftRenderer:
+    """Builds the table's objects from plans."""
+
+    def __init__(self, options: NetfilterOptions):
+        self.options = options
+
+    def port_objects(self, plan: PortPlan) -> PortObjects:
+        sp = plan.sp
+        fam = plan.family
+        ip = _IP[fam]
+        proto = sp.protocol.lower()
+        objs = PortObjects()
+        svc = service_chain(sp)
+        cidr = self.options.cluster_cidrs.get(fam)
+        affinity = sp.session_affinity == "ClientIP"
+        eps = plan.cluster_endpoints
+        ep_chain = {ep.address: endpoint_chain(sp, ep) for ep in plan.all_endpoints}
+        if eps:
+            rules: list[str] = []
+            for cip in plan.cluster_ips:
+                objs.elements[(f"service-ips-v{fam}", f"{cip} . {proto} . {sp.port}")] = f"goto {svc}"
+                if self.options.masquerade_all:
+                    rules.append(f"{ip} daddr {cip} {proto} dport {sp.port} jump mark-for-masquerade")
+                elif cidr:
+                    rules.append(f"{ip} daddr {cip} {proto} dport {sp.port} {ip} saddr != {cidr} jump mark-for-masquerade")
+            rules.extend(self._balance(plan, eps, ep_chain, affinity))
+            objs.chains[svc] = rules
+        else:
+            for cip in plan.cluster_ips:
+                objs.elements[(f"no-endpoint-services-v{fam}", f"{cip} . {proto} . {sp.port}")] = "goto reject-chain"
+        if plan.node_port:
+            ext_eps = plan.external_endpoints
+            key = f"{proto} . {plan.node_port}"
+            if ext_eps:
+                ext = service_chain(sp, "external")
+                if plan.local_endpoints is None:
+                    objs.chains[ext] = ["jump mark-for-masquerade", f"goto {svc}"]
+                else:
+                    objs.chains[ext] = self._balance(plan, ext_eps, ep_chain, affinity)
+                objs.elements[(f"service-nodeports-v{fam}", key)] = f"goto {ext}"
+            else:
+                objs.elements[(f"no-endpoint-nodeports-v{fam}", key)] = "goto reject-chain"
+        for ep in plan.all_endpoints:
+            chain = ep_chain[ep.address]
+            dest = f"[{ep.ip}]:{ep.port}" if fam == 6 else f"{ep.ip}:{ep.port}"
+            rules = [f"{ip} saddr {ep.ip} jump mark-for-masquerade"]
+            if affinity:
+                aff = affinity_set(sp, ep)
+                objs.sets[aff] = f"type {_ADDR_TYPE[fam]}; flags dynamic,timeout; timeout {sp.affinity_timeout}s"
+                rules.append(f"update @{aff} {{ {ip} saddr }}")
+            rules.append(f"meta l4proto {proto} dnat {ip} to {dest}")
+            objs.chains[chain] = rules
+        return objs
+
+    def _balance(
+        self,
+        plan: PortPlan,
+        eps: tuple[EndpointInfo, ...],
+        ep_chain: Mapping[str, str],
+        affinity: bool,
+    ) -> list[str]:
+        ip = _IP[plan.family]
+        rules: list[str] = []
+        if affinity:
+            for ep in eps:
+                rules.append(f"{ip} saddr @{affinity_set(plan.sp, ep)} goto {ep_chain[ep.address]}")
+        if len(eps) == 1:
+            rules.append(f"goto {ep_chain[eps[0].address]}")
+            return rules
+        weights = [max(ep.weight, 1) for ep in eps]
+        g = math.gcd(*weights)
+        weights = [w // g for w in weights]
+        entries = []
+        low = 0
+        for ep, w in zip(eps, weights, strict=True):
+            key = str(low) if w == 1 else f"{low}-{low + w - 1}"
+            entries.append(f"{key} : goto {ep_chain[ep.address]}")
+            low += w
+        rules.append(f"numgen random mod {low} vmap {{ {', '.join(entries)} }}")
+        return rules
+
+    def base_chains(self, families: Iterable[int]) -> dict[str, list[str]]:
+        """The hook chains and the dispatch chains, the same for every snapshot."""
+        fams = sorted(families)
+        services: list[str] = []
+        external = []
+        nodeports: list[str] = []
+        reject: list[str] = []
+        node_match = self._node_matches()
+        for fam in fams:
+            ip = _IP[fam]
+            cidr = self.options.cluster_cidrs.get(fam)
+            if cidr:
+                services.append(f"{ip} saddr != {cidr} fib saddr type != local goto external")
+        for fam in fams:
+            ip = _IP[fam]
+            services.append(f"{ip} daddr . meta l4proto . th dport vmap @service-ips-v{fam}")
+            nodeports.append(f"meta nfproto ipv{fam} meta l4proto . th dport vmap @service-nodeports-v{fam}")
+            reject.append(f"{ip} daddr . meta l4proto . th dport vmap @no-endpoint-services-v{fam}")
+            for match in node_match.get(fam, []):
+                reject.append(f"{match} meta nfproto ipv{fam} meta l4proto . th dport vmap @no-endpoint-nodeports-v{fam}")
+        for match in dict.fromkeys(m for fam in fams for m in node_match.get(fam, [])):
+            services.append(f"{match} jump nodeports")
+            external.append(f"{match} jump nodeports")
+        chains = {
+            "nat-prerouting": ["type nat hook prerouting priority dstnat; policy accept;", "jump services"],
+            "nat-output": ["type nat hook output priority -100; policy accept;", "jump services"],
+            "nat-postrouting": ["type nat hook postrouting priority srcnat; policy accept;", "jump masquerading"],
+            "filter-input": ["type filter hook input priority -1; policy accept;", "ct state new jump reject-services"],
+            "filter-forward": ["type filter hook forward priority -1; policy accept;", "ct state new jump reject-services"],
+            "filter-output": ["type filter hook output priority -1; policy accept;", "ct state new jump reject-services"],
+            "services": services,
+            "external": external,
+            "nodeports": nodeports,
+            "reject-services": reject,
+            "reject-chain": ["reject"],
+            "mark-for-masquerade": [f"meta mark set meta mark | {MASQ_MARK:#x}"],
+            "masquerading": [
+                f"meta mark & {MASQ_MARK:#x} == 0 return",
+                f"meta mark set meta mark ^ {MASQ_MARK:#x}",
+                "masquerade fully-random",
+            ],
+        }
+        return chains
+
+    def _node_matches(self) -> dict[int, list[str]]:
+        addrs = self.options.node_addresses
+        if not addrs:
+            return {4: ["fib daddr type local"], 6: ["fib daddr type local"]}
+        out: dict[int, list[str]] = {}
+        for fam in (4, 6):
+            mine = [a for a in addrs if (":" in a) == (fam == 6)]
+            if mine:
+                out[fam] = [f"{_IP[fam]} daddr {{ {', '.join(mine)} }}"]
+        return out
+
+    @staticmethod
+    def maps(families: Iterable[int]) -> dict[str, str]:
+        out = {}
+        for fam in sorted(families):
+            addr = _ADDR_TYPE[fam]
+            out[f"service-ips-v{fam}"] = f"type {addr} . inet_proto . inet_service : verdict"
+            out[f"no-endpoint-services-v{fam}"] = f"type {addr} . inet_proto . inet_service : verdict"
+            out[f"service-nodeports-v{fam}"] = "type inet_proto . inet_service : verdict"
+            out[f"no-endpoint-nodeports-v{fam}"] = "type inet_proto . inet_service : verdict"
+        return out
+
+
+@dataclass
+class TableState:
+    """What the last successful sync put in the table."""
+
+    plans: dict[str, PortPlan] = field(default_factory=dict)
+    objects: dict[str, PortObjects] = field(default_factory=dict)
+
+
+def _table_text(
+    renderer: NftRenderer, objects: Iterable[PortObjects], families: Iterable[int]
+) -> str:
+    fams = sorted(families)
+    maps = renderer.maps(fams)
+    elements: dict[str, list[str]] = {name: [] for name in maps}
+    sets: dict[str, str] = {}
+    chains: dict[str, list[str]] = {}
+    for objs in objects:
+        for (name, key), verdict in objs.elements.items():
+            elements[name].append(f"{key} : {verdict}")
+        sets.update(objs.sets)
+        chains.update(objs.chains)
+    out = [f"table {FAMILY} {TABLE} {{"]
+    for name, body in maps.items():
+        out.append(f"\tmap {name} {{\n\t\t{body}")
+        if elements[name]:
+            out.append("\t\telements = { " + ",\n\t\t\t".join(elements[name]) + " }")
+        out.append("\t}")
+    for name, body in sets.items():
+        out.append(f"\tset {name} {{\n\t\t{body}\n\t}}")
+    for name, rules in {**renderer.base_chains(fams), **chains}.items():
+        out.append(f"\tchain {name} {{")
+        out.extend(f"\t\t{rule}" for rule in rules)
+        out.append("\t}")
+    out.append("}")
+    out.append("")
+    return "\n".join(out)
+
+
+class NftablesFrontend(Frontend):
+    """kube-proxy's nftables mode for the services of a :class:`Snapshot`."""
+
+    name = "nftables"
+
+    def __init__(self, options: Mapping[str, Any], context: RuntimeContext):
+        super().__init__(options, context)
+        self.opts = NetfilterOptions.parse(self.name, self.options)
+        self.runner = CommandRunner(self.opts.netns, self.opts.timeout)
+        self.renderer = NftRenderer(self.opts)
+        self._state: TableState | None = None
+        self._node: tuple[str, tuple[str, ...]] | None = None
+        self.last_script_lines = 0
+
+    def render(self, snapshot: Snapshot) -> str:
+        """The whole table for ``snapshot``, as ``nft -f`` input."""
+        return self._render(snapshot)[0]
+
+    def _render(self, snapshot: Snapshot) -> tuple[str, TableState]:
+        state = TableState()
+        for family in (4, 6):
+            for plan in plan_ports(snapshot, family):
+                key = plan_key(plan)
+                state.plans[key] = plan
+                state.objects[key] = self.renderer.port_objects(plan)
+        text = _table_text(self.renderer, state.objects.values(), (4, 6))
+        return f"# lbcore nftables rules (nft -f)\n{text}", state
+
+    def start(self) -> None:
+        """Check for nft and the expressions the table uses (numgen, fib, ct, dynamic sets,
+        nat, reject) by loading a probe table and deleting it."""
+        require_tools(self.name, ["nft"], "nftables")
+        if self.opts.conntrack_cleanup:
+            require_tools(self.name, ["conntrack"], "conntrack")
+        require_netns(self.name, self.opts.netns)
+        try:
+            self.runner.run(["nft", "-f", "-"], input=PROBE)
+        except RuleApplyError as exc:
+            self.runner.run(["nft", "delete", "table", "inet", "lbcore-probe"], check=False)
+            raise FrontendUnavailable(
+                f"{self.name}: the kernel or nft cannot load lbcore's table ({exc}); it needs "
+                "nf_tables with nft_numgen, nft_fib, nft_ct, nft_nat, nft_reject and dynamic "
+                "sets (Linux >= 5.2), and root"
+            ) from exc
+
+    def sync(self, snapshot: Snapshot, changed: frozenset[str]) -> None:
+        """Replace the table the first time (and after a failure); afterwards change only the
+        map elements, chains and sets of ``changed`` services, in one transaction."""
+        node = (snapshot.node_name, snapshot.node_addresses)
+        old = self._state
+        self._state = None  # until this sync succeeds
+        if old is None or node != self._node:
+            text, state = self._render(snapshot)
+            script = f"add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n{text}"
+        else:
+            script, state = self._partial(snapshot, old, changed)
+        if script:
+            self.last_script_lines = script.count("\n")
+            self.runner.run(["nft", "-f", "-"], input=script)
+        self._state = state
+        self._node = node
+        if old is not None and self.opts.conntrack_cleanup:
+            delete_flows(self.runner, stale_udp_flows(old.plans, state.plans))
+
+    def _partial(
+        self, snapshot: Snapshot, old: TableState, changed: frozenset[str]
+    ) -> tuple[str, TableState]:
+        keys = [k for k, sp in snapshot.service_ports.items() if sp.service in changed]
+        state = TableState(plans=dict(old.plans), objects=dict(old.objects))
+        for key, plan in old.plans.items():
+            if plan.sp.service in changed:
+                del state.plans[key]
+                del state.objects[key]
+        for family in (4, 6):
+            for plan in plan_ports(snapshot, family, keys):
+                key = plan_key(plan)
+                state.plans[key] = plan
+                state.objects[key] = self.renderer.port_objects(plan)
+
+        def gather(table: TableState, service_keys: Iterable[str]) -> PortObjects:
+            merged = PortObjects()
+            for k in service_keys:
+                objs = table.objects.get(k)
+                if objs is not None:
+                    merged.chains.update(objs.chains)
+                    merged.sets.update(objs.sets)
+                    merged.elements.update(objs.elements)
+            return merged
+
+        touched = {k for k, p in old.plans.items() if p.sp.service in changed}
+        touched.update(k for k, p in state.plans.items() if p.sp.service in changed)
+        before = gather(old, touched)
+        after = gather(state, touched)
+        t = f"{FAMILY} {TABLE}"
+        lines: list[str] = []
+        for name, body in after.sets.items():
+            if name not in before.sets:
+                lines.append(f"add set {t} {name} {{ {body}; }}")
+        # every chain exists before any rule refers to it
+        lines.extend(f"add chain {t} {name}" for name in after.chains if name not in before.chains)
+        for name, rules in after.chains.items():
+            if before.chains.get(name) == rules:
+                continue
+            if name in before.chains:
+                lines.append(f"flush chain {t} {name}")
+            lines.extend(f"add rule {t} {name} {rule}" for rule in rules)
+        for (mapname, key), verdict in before.elements.items():
+            if after.elements.get((mapname, key)) != verdict:
+                lines.append(f"delete element {t} {mapname} {{ {key} }}")
+        for (mapname, key), verdict in after.elements.items():
+            if before.elements.get((mapname, key)) != verdict:
+                lines.append(f"add element {t} {mapname} {{ {key} : {verdict} }}")
+        # chains and sets nothing refers to any more go last, in the same transaction
+        for name in before.chains:
+            if name not in after.chains:
+                lines.append(f"flush chain {t} {name}")
+        for name in before.chains:
+            if name not in after.chains:
+                lines.append(f"delete chain {t} {name}")
+        for name in before.sets:
+            if name not in after.sets:
+                lines.append(f"delete set {t} {name}")
+        return ("\n".join(lines) + "\n") if lines else "", state
+
+    def stop(self, keep: bool = False) -> None:
+        """Delete the table, unless ``keep`` (or ``keep_on_exit``) asks to leave it."""
+        if keep or self.opts.keep_on_exit:
+            return
+        self.runner.run(
+            ["nft", "-f", "-"], input=f"add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n"
+        )
+        self._state = None
+
+
+@hookimpl
+def lbcore_register_frontends() -> Mapping[str, Callable[..., Any]]:
+    """The ``nftables`` frontend."""
+    return {"nftables": NftablesFrontend}
