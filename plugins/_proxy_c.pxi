@@ -1,0 +1,360 @@
+"""C declarations of the socket data path (epoll, sockets, splice) and its structures."""
+
+from libc.stdint cimport uint32_t, uint64_t
+
+
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        void* ptr
+        int fd
+        uint32_t u32
+        uint64_t u64
+
+    cdef struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+
+    enum:
+        EPOLLIN
+        EPOLLOUT
+        EPOLLERR
+        EPOLLHUP
+        EPOLLRDHUP
+        EPOLLET
+        EPOLL_CTL_ADD
+        EPOLL_CTL_DEL
+        EPOLL_CTL_MOD
+        EPOLL_CLOEXEC
+
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event* event)
+    int epoll_wait(int epfd, epoll_event* events, int maxevents, int timeout)
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    ctypedef unsigned short sa_family_t
+
+    cdef struct sockaddr:
+        sa_family_t sa_family
+
+    cdef struct sockaddr_storage:
+        sa_family_t ss_family
+
+    cdef struct linger:
+        int l_onoff
+        int l_linger
+
+    enum:
+        AF_INET
+        AF_INET6
+        SOCK_STREAM
+        SOCK_DGRAM
+        SOCK_NONBLOCK
+        SOCK_CLOEXEC
+        SOL_SOCKET
+        SO_ERROR
+        SO_LINGER
+        SHUT_WR
+        MSG_NOSIGNAL
+        MSG_DONTWAIT
+
+    int socket(int domain, int type, int protocol)
+    int connect(int fd, const sockaddr* addr, socklen_t len)
+    int accept4(int fd, sockaddr* addr, socklen_t* len, int flags)
+    ssize_t recv(int fd, void* buf, size_t n, int flags)
+    ssize_t send(int fd, const void* buf, size_t n, int flags)
+    ssize_t recvfrom(int fd, void* buf, size_t n, int flags, sockaddr* addr, socklen_t* len)
+    ssize_t sendto(int fd, const void* buf, size_t n, int flags, const sockaddr* addr,
+                   socklen_t len)
+    int setsockopt(int fd, int level, int name, const void* value, socklen_t len)
+    int getsockopt(int fd, int level, int name, void* value, socklen_t* len)
+    int shutdown(int fd, int how)
+    int getpeername(int fd, sockaddr* addr, socklen_t* len)
+
+
+cdef extern from "<netinet/in.h>" nogil:
+    enum:
+        IPPROTO_TCP
+
+    cdef struct in_addr:
+        uint32_t s_addr
+
+    cdef struct in6_addr:
+        unsigned char s6_addr[16]
+
+    cdef struct sockaddr_in:
+        sa_family_t sin_family
+        unsigned short sin_port
+        in_addr sin_addr
+
+    cdef struct sockaddr_in6:
+        sa_family_t sin6_family
+        unsigned short sin6_port
+        in6_addr sin6_addr
+
+    unsigned short htons(unsigned short)
+    unsigned short ntohs(unsigned short)
+
+
+cdef extern from "<netinet/tcp.h>" nogil:
+    enum:
+        TCP_NODELAY
+
+
+cdef extern from "<arpa/inet.h>" nogil:
+    int inet_pton(int af, const char* src, void* dst)
+    const char* inet_ntop(int af, const void* src, char* dst, socklen_t size)
+
+
+cdef extern from "<fcntl.h>" nogil:
+    enum:
+        SPLICE_F_MOVE
+        SPLICE_F_NONBLOCK
+        F_SETPIPE_SZ
+        O_NONBLOCK
+        O_CLOEXEC
+
+    ssize_t splice(int fd_in, void* off_in, int fd_out, void* off_out, size_t len,
+                   unsigned int flags)
+    int fcntl(int fd, int cmd, ...)
+
+
+cdef extern from "<unistd.h>" nogil:
+    int pipe2(int* fds, int flags)
+
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    enum:
+        EFD_NONBLOCK
+        EFD_CLOEXEC
+
+    int eventfd(unsigned int initval, int flags)
+
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+
+    int pthread_mutex_init(pthread_mutex_t* m, void* attr)
+    int pthread_mutex_destroy(pthread_mutex_t* m)
+    int pthread_mutex_lock(pthread_mutex_t* m)
+    int pthread_mutex_unlock(pthread_mutex_t* m)
+
+
+cdef extern from *:
+    """
+    static inline int lb_atomic_add(int *p, int v) {
+        return __atomic_add_fetch(p, v, __ATOMIC_ACQ_REL);
+    }
+    static inline int lb_atomic_load(int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    static inline void lb_atomic_store(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+    static inline unsigned long long lb_atomic_load_u64(unsigned long long *p) {
+        return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+    }
+    static inline void lb_atomic_inc_u64(unsigned long long *p) {
+        __atomic_add_fetch(p, 1, __ATOMIC_ACQ_REL);
+    }
+    """
+    int lb_atomic_add(int* p, int v) nogil
+    int lb_atomic_load(int* p) nogil
+    void lb_atomic_store(int* p, int v) nogil
+    unsigned long long lb_atomic_load_u64(unsigned long long* p) nogil
+    void lb_atomic_inc_u64(unsigned long long* p) nogil
+
+
+# ---------------------------------------------------------------------------------------------
+# The data path's structures. Everything registered in an epoll set starts with ``int kind``.
+# ---------------------------------------------------------------------------------------------
+
+cdef enum:
+    MAX_WORKERS = 64
+    K_LISTEN_TCP = 1
+    K_LISTEN_UDP = 2
+    K_CLIENT = 3
+    K_BACKEND = 4
+    K_FLOW = 5
+    K_WAKE = 6
+
+cdef enum:
+    ALG_ROUND_ROBIN = 0
+    ALG_WEIGHTED = 1
+    ALG_RANDOM = 2
+    ALG_LEAST_CONN = 3
+    ALG_SOURCE_HASH = 4
+
+cdef enum:
+    ST_CONNECTING = 0
+    ST_OPEN = 1
+
+# worker counters, summed by Engine.stats()
+cdef enum:
+    C_ACCEPTED = 0
+    C_CLOSED = 1
+    C_CONNECT_FAILED = 2
+    C_RETRIED = 3
+    C_REJECTED = 4
+    C_IDLE_CLOSED = 5
+    C_SPLICED = 6
+    C_UDP_FLOWS = 7
+    C_UDP_DROPPED_FLOWS = 8
+    C_UDP_DATAGRAMS = 9
+    C_PAUSED = 10
+    N_COUNTERS = 11
+
+
+cdef struct Listener
+cdef struct Conn
+
+
+cdef struct Endpoint:
+    sockaddr_storage addr
+    socklen_t addrlen
+    int weight
+    int current          # smooth weighted round robin state
+    int pickable         # 0 for a terminating endpoint: kept for its flows, never picked
+    int removed          # no longer in its service: UDP flows to it are dropped
+    int active           # open connections and flows, for least-connections
+    int refs
+    uint64_t id_hash     # XXH3 of the address, for source-hash (rendezvous) picks
+    double down_until    # refused or timed out: not picked before this time
+
+
+cdef struct AffinityEntry:
+    uint64_t key         # XXH3 of the client IP; 0 marks a free slot
+    Endpoint* ep
+    double expires
+
+
+cdef struct Service:
+    pthread_mutex_t lock
+    Endpoint** eps
+    int neps
+    int algorithm
+    uint64_t rr
+    uint64_t rand
+    double affinity_timeout   # 0: no ClientIP affinity
+    AffinityEntry* aff
+    int aff_cap
+    int aff_used
+    int refs
+
+
+cdef struct ListenSock:
+    int kind
+    int fd
+    int worker
+    int paused
+    Listener* listener
+
+
+cdef struct Listener:
+    Service* svc
+    int max_conns
+    int conns
+    int refs
+    int nsocks
+    ListenSock socks[64]
+
+
+cdef struct Half:
+    char* buf
+    int len
+    int off
+    int pipe_r
+    int pipe_w
+    int piped
+    int splicing
+    int eof
+    int shut
+
+
+cdef struct Side:
+    int kind
+    Conn* conn
+
+
+cdef struct Conn:
+    Side cside
+    Side bside
+    int cfd
+    int bfd
+    int state
+    int closed
+    int tries
+    Half up        # client -> backend
+    Half down      # backend -> client
+    Listener* listener
+    Endpoint* ep
+    Endpoint* tried[8]
+    sockaddr_storage client
+    double started
+    double last_active
+    Conn* prev
+    Conn* next
+    Conn* next_dead
+
+
+cdef struct Flow:
+    int kind
+    int fd
+    int closed
+    ListenSock* lsock
+    Endpoint* ep
+    sockaddr_storage client
+    socklen_t client_len
+    uint64_t hash
+    double last_active
+    Flow* bucket_next
+    Flow* prev
+    Flow* next
+    Flow* next_dead
+
+
+cdef enum:
+    CMD_ADD = 1
+    CMD_DEL = 2
+
+
+cdef struct Command:
+    int op
+    int done
+    ListenSock* ls
+    Command* next
+
+
+cdef struct Config:
+    int buffer_size
+    int splice_mode      # 0 never, 1 auto, 2 always
+    int pipe_size
+    int retries
+    double connect_timeout
+    double idle_timeout
+    double udp_idle_timeout
+    double down_time
+
+
+cdef struct Worker:
+    int kind             # K_WAKE: the wake eventfd's epoll tag points here
+    int id
+    int epfd
+    int wakefd
+    int stop
+    int epoch
+    double now
+    double next_tick
+    Config* cfg
+    Conn* conns
+    Conn* dead
+    Flow* flows
+    Flow* dead_flows
+    Flow** buckets
+    int nbuckets
+    int pipe_pool[128]
+    int npipes
+    char* dgram
+    pthread_mutex_t qlock
+    Command* queue
+    ListenSock* paused[64]
+    int npaused
+    unsigned long long counters[16]
