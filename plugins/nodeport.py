@@ -14,11 +14,12 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any
 
+from lbcore_plugins.socket_frontend import Listen, ProxyFrontend, endpoint_table, proxied_ports
+
 from lbcore.errors import ConfigError
 from lbcore.hookspecs import hookimpl
 from lbcore.interfaces import RuntimeContext
 from lbcore.snapshot import Snapshot
-from lbcore_plugins.socket_frontend import Listen, ProxyFrontend, endpoint_table, proxied_ports
 
 NODE_PORT_TYPES = ("NodePort", "LoadBalancer")
 

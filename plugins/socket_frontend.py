@@ -224,7 +224,9 @@ class ProxyFrontend(Frontend):
             del self._tables[table]
         if failures:
             self.context.log.error("%s: cannot listen on %s", self.name, "; ".join(failures))
-            raise OSError(errno.EADDRNOTAVAIL, f"{self.name}: cannot listen on " + "; ".join(failures))
+            raise OSError(
+                errno.EADDRNOTAVAIL, f"{self.name}: cannot listen on " + "; ".join(failures)
+            )
 
     def stop(self, keep: bool = False) -> None:
         """Close every listener, connection and worker thread (a userspace proxy keeps none)."""
