@@ -1,0 +1,126 @@
+# cython: language_level=3, embedsignature=True
+"""C-level view of the connection and affinity tables (``from lbcore._conntrack_c cimport ...``).
+
+Both tables share one flat layout (see ``_conntrack_c.pyx``): a slab of fixed 56-byte entries and
+an open-addressing index of 32-bit slots. Compiled callers (the Picker's fast path) use the
+``cdef`` methods below with keys already packed into a ``ct_key``; no method releases the GIL
+while it changes the table, which is what makes one table safe to share between threads.
+"""
+
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+
+cdef extern from *:
+    """
+    /* A packed key: hashed over its first 37 bytes (addr, ports, proto). */
+    typedef struct {
+        uint8_t  addr[32];     /* source then destination, 16 bytes each; IPv4 as ::ffff:a.b.c.d */
+        uint16_t sport, dport;
+        uint8_t  proto;
+        uint8_t  pad[3];
+    } ct_key;
+
+    /* One table entry: 56 bytes. Links are 24-bit entry numbers (CT_NIL = none), which caps a
+       table at 16,777,214 entries and keeps an entry plus its share of the index under 64 bytes. */
+    typedef struct {
+        uint8_t  addr[32];
+        uint16_t sport, dport;
+        uint32_t stamp;        /* last use, milliseconds since the table's epoch */
+        uint32_t meta;         /* backend: bits 0-22, closing: bit 23, protocol: bits 24-31 */
+        uint8_t  link[12];     /* class prev, class next, backend prev, backend next */
+    } ct_entry;
+
+    #define CT_NIL 0xFFFFFFu
+    #define CT_EMPTY 0xFFFFFFFFu
+    #define CT_MAX_BACKEND 0x7FFFFF
+    #define CT_MAX_CAPACITY 0xFFFFFEu
+    #define CT_CLOSING 0x800000u
+    #define CT_KEY_BYTES 37
+
+    static inline uint32_t ct_link(const ct_entry* e, int k) {
+        const uint8_t* p = e->link + 3 * k;
+        return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16);
+    }
+    static inline void ct_set_link(ct_entry* e, int k, uint32_t v) {
+        uint8_t* p = e->link + 3 * k;
+        p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16);
+    }
+    """
+    ctypedef struct ct_key:
+        uint8_t addr[32]
+        uint16_t sport
+        uint16_t dport
+        uint8_t proto
+        uint8_t pad[3]
+
+    ctypedef struct ct_entry:
+        uint8_t addr[32]
+        uint16_t sport
+        uint16_t dport
+        uint32_t stamp
+        uint32_t meta
+        uint8_t link[12]
+
+    uint32_t CT_NIL
+    uint32_t CT_EMPTY
+    int32_t CT_MAX_BACKEND
+    uint32_t CT_MAX_CAPACITY
+    uint32_t CT_CLOSING
+    size_t CT_KEY_BYTES
+    uint32_t ct_link(const ct_entry* e, int k) noexcept nogil
+    void ct_set_link(ct_entry* e, int k, uint32_t v) noexcept nogil
+
+
+cdef class _FlatTable:
+    cdef ct_entry* e                 # capacity entries
+    cdef uint32_t* idx               # nslots index slots: (tag << 24) | entry, or CT_EMPTY
+    cdef uint32_t nslots
+    cdef readonly uint32_t capacity
+    cdef uint32_t used
+    cdef uint32_t free_head
+    cdef uint32_t head[3]
+    cdef uint32_t tail[3]
+    cdef uint32_t timeout_ms[3]
+    cdef uint8_t order[3]            # classes in the order expiry and eviction ties visit them
+    cdef uint8_t norder
+    cdef uint8_t cls_of_proto[256]
+    cdef uint32_t* bhead             # per backend id: first entry of its list
+    cdef uint32_t* bcount            # per backend id: entries in its list
+    cdef uint32_t nb                 # length of bhead / bcount
+    cdef double epoch
+    cdef bint has_epoch
+
+    cdef void _reset(self) noexcept
+    cdef uint32_t now_ms(self, double now) except? 0xFFFFFFFF
+    cdef void _rebase(self, double d) noexcept
+    cdef uint32_t _find(self, const ct_key* k, uint64_t h, uint32_t* slot) noexcept nogil
+    cdef uint32_t _first_empty(self, uint64_t h) noexcept nogil
+    cdef uint32_t _slot_of(self, uint32_t i) noexcept nogil
+    cdef void _delete_slot(self, uint32_t j) noexcept nogil
+    cdef int _class_of(self, const ct_entry* x) noexcept nogil
+    cdef void _cls_unlink(self, uint32_t i, int c) noexcept nogil
+    cdef void _cls_append(self, uint32_t i, int c) noexcept nogil
+    cdef void _b_unlink(self, uint32_t i, uint32_t b) noexcept nogil
+    cdef void _b_push(self, uint32_t i, uint32_t b) noexcept nogil
+    cdef int _ensure_backend(self, int32_t b) noexcept nogil
+    cdef void _drop(self, uint32_t i, uint32_t slot) noexcept nogil
+    cdef void _evict_one(self, uint32_t now) noexcept nogil
+    cdef int32_t lookup_c(self, const ct_key* k, uint32_t now) noexcept nogil
+    cdef int insert_c(self, const ct_key* k, int32_t backend, uint32_t now) noexcept nogil
+    cdef bint remove_c(self, const ct_key* k) noexcept nogil
+    cdef bint close_c(self, const ct_key* k, uint32_t now) noexcept nogil
+    cdef uint32_t purge_c(self, int32_t backend) noexcept nogil
+    cdef uint32_t expire_c(self, uint32_t now) noexcept nogil
+
+
+cdef class ConnTable(_FlatTable):
+    pass
+
+
+cdef class AffinityTable(_FlatTable):
+    pass
+
+
+cdef int pack_proto(object proto, uint8_t* out) except -1
+cdef int pack_addr(object addr, uint8_t* out, str field) except -1
+cdef int pack_port(object port, uint16_t* out, str field) except -1

@@ -1,0 +1,833 @@
+# cython: language_level=3, embedsignature=True
+"""Compiled connection tracking: 5-tuple -> backend (``ConnTable``) and client IP -> backend
+(``AffinityTable``), with idle timeouts, LRU eviction at capacity and per-backend purge.
+
+Layout (both tables):
+
+- a slab of ``capacity`` entries of 56 bytes (``ct_entry`` in ``_conntrack_c.pxd``): the packed
+  key (both addresses as 16 bytes, IPv4 as ``::ffff:a.b.c.d``, ports, protocol), the backend id,
+  the time of last use in milliseconds, and four 24-bit links;
+- an open-addressing index of ``1.5 * capacity`` 32-bit slots (load at most 2/3), each holding an
+  entry number and an 8-bit tag from the key's XXH3 hash, so a probe rarely touches the slab;
+  linear probing, and deletion by backward shift (Knuth's algorithm R), so there are no
+  tombstones and no rehash;
+- one doubly linked list per timeout class (TCP/SCTP established, closing, UDP and others) in
+  order of last use: since every entry of a class has the same timeout, each list is also in
+  order of expiry, so ``expire`` only visits what it removes, and the least recently used entry
+  of the table is the oldest of the list heads;
+- one doubly linked list per backend id, so ``purge_backend`` costs the entries it removes.
+
+Times are kept to the millisecond: an entry used at ``t`` is alive while ``now - t`` is below its
+timeout, both rounded down to whole milliseconds since the first time the table was given.
+"""
+
+cimport cython
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.math cimport isfinite
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memchr, memcmp, memcpy, memset
+
+import ipaddress
+
+import numpy as np
+
+from lbcore._hashing_c cimport XXH3_64bits
+from lbcore.errors import Cause, ConfigError, ValidationError
+
+cdef extern from "<arpa/inet.h>" nogil:
+    int inet_pton(int af, const char* src, void* dst)
+    int AF_INET
+    int AF_INET6
+
+# timeout classes
+cdef enum:
+    CLS_ESTABLISHED = 0     # TCP and SCTP, open
+    CLS_CLOSING = 1         # TCP and SCTP after close()
+    CLS_DATAGRAM = 2        # UDP and every other protocol
+
+# links inside an entry
+cdef enum:
+    L_PREV = 0
+    L_NEXT = 1
+    B_PREV = 2
+    B_NEXT = 3
+
+cdef double REBASE_MS = 3221225472.0      # 0xC0000000: rebase the clock past ~37 days
+cdef double KEEP_MS = 2147483648.0        # 2**31 ms: the clock left after a rebase
+MAX_TIMEOUT = 2147483.0                   # seconds: 2**31 ms, the longest timeout kept
+
+PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132, "tcp": 6, "udp": 17, "sctp": 132}
+_PROTOCOL_NAMES = {6: "TCP", 17: "UDP", 132: "SCTP"}
+
+
+cdef object _invalid(str field, object value, str why):
+    return ValidationError("ConnTable", "key", [Cause(field, "FieldValueInvalid", f"{value!r}: {why}")])
+
+
+cdef int pack_proto(object proto, uint8_t* out) except -1:
+    """Protocol as "TCP" / "UDP" / "SCTP" (any case of those) or an IANA number 0..255."""
+    cdef long p
+    if isinstance(proto, str):
+        p = PROTOCOLS.get(proto, -1)
+        if p < 0:
+            p = PROTOCOLS.get((<str>proto).upper(), -1)
+        if p < 0:
+            raise _invalid("proto", proto, 'must be "TCP", "UDP", "SCTP" or a number 0..255')
+    elif isinstance(proto, int) and not isinstance(proto, bool):
+        if not 0 <= proto <= 255:
+            raise _invalid("proto", proto, "must be a protocol number 0..255")
+        p = proto
+    else:
+        raise _invalid("proto", proto, 'must be "TCP", "UDP", "SCTP" or a number 0..255')
+    out[0] = <uint8_t>p
+    return 0
+
+
+cdef int pack_port(object port, uint16_t* out, str field) except -1:
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise _invalid(field, port, "must be a port number 0..65535")
+    out[0] = <uint16_t>port
+    return 0
+
+
+cdef inline void _map4(uint8_t* out) noexcept nogil:
+    memset(out, 0, 10)
+    out[10] = 0xFF
+    out[11] = 0xFF
+
+
+cdef int pack_addr(object addr, uint8_t* out, str field) except -1:
+    """Address as a str (IPv4 dotted quad or IPv6) or packed bytes (4 or 16) into 16 bytes."""
+    cdef const char* s
+    cdef Py_ssize_t n
+    if isinstance(addr, str):
+        s = PyUnicode_AsUTF8AndSize(addr, &n)
+        if memchr(s, 58, <size_t>n) != NULL:  # 58 is ':'
+            if inet_pton(AF_INET6, s, out) == 1:
+                return 0
+        else:
+            _map4(out)
+            if inet_pton(AF_INET, s, out + 12) == 1:
+                return 0
+        raise _invalid(field, addr, "not an IPv4 or IPv6 address")
+    if isinstance(addr, bytes):
+        n = len(<bytes>addr)
+        if n == 4:
+            _map4(out)
+            memcpy(out + 12, <const char*>(<bytes>addr), 4)
+            return 0
+        if n == 16:
+            memcpy(out, <const char*>(<bytes>addr), 16)
+            return 0
+        raise _invalid(field, addr, "packed address must be 4 or 16 bytes")
+    if isinstance(addr, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return pack_addr(addr.packed, out, field)
+    raise _invalid(field, addr, "must be an address string or packed bytes")
+
+
+cdef inline uint32_t _home(uint64_t h, uint32_t n) noexcept nogil:
+    # multiply-shift range reduction: any table size, no power of two needed
+    return <uint32_t>(((h >> 32) * <uint64_t>n) >> 32)
+
+
+cdef inline uint32_t _tag(uint64_t h) noexcept nogil:
+    return <uint32_t>(h & 0xFF) << 24
+
+
+cdef inline uint64_t _key_hash(const ct_key* k) noexcept nogil:
+    return XXH3_64bits(k, CT_KEY_BYTES)
+
+
+cdef inline uint64_t _entry_hash(const ct_entry* x) noexcept nogil:
+    cdef ct_key k
+    memcpy(k.addr, x.addr, 32)
+    k.sport = x.sport
+    k.dport = x.dport
+    k.proto = <uint8_t>(x.meta >> 24)
+    return XXH3_64bits(&k, CT_KEY_BYTES)
+
+
+cdef inline bint _same(const ct_entry* x, const ct_key* k) noexcept nogil:
+    return (x.sport == k.sport and x.dport == k.dport and <uint8_t>(x.meta >> 24) == k.proto
+            and memcmp(x.addr, k.addr, 32) == 0)
+
+
+cdef inline uint32_t _age(uint32_t now, uint32_t stamp) noexcept nogil:
+    return now - stamp if now > stamp else 0
+
+
+cdef class _FlatTable:
+    """The shared core of ``ConnTable`` and ``AffinityTable`` (not used on its own)."""
+
+    def __cinit__(self, capacity, *args, **kwargs):
+        if not isinstance(capacity, int) or isinstance(capacity, bool) or not (
+            1 <= capacity <= CT_MAX_CAPACITY
+        ):
+            raise ConfigError(f"capacity: must be an integer 1..{CT_MAX_CAPACITY}, got {capacity!r}")
+        self.capacity = capacity
+        self.nslots = self.capacity + self.capacity // 2 + 2
+        self.e = <ct_entry*>malloc(sizeof(ct_entry) * self.capacity)
+        self.idx = <uint32_t*>malloc(sizeof(uint32_t) * self.nslots)
+        if self.e == NULL or self.idx == NULL:
+            raise MemoryError(f"capacity: no memory for {capacity} entries")
+        self.bhead = NULL
+        self.bcount = NULL
+        self.nb = 0
+        self.norder = 0
+        memset(self.cls_of_proto, 0, sizeof(self.cls_of_proto))
+        self._reset()
+
+    def __dealloc__(self):
+        free(self.e)
+        free(self.idx)
+        free(self.bhead)
+        free(self.bcount)
+
+    cdef void _reset(self) noexcept:
+        cdef uint32_t i
+        memset(self.idx, 0xFF, sizeof(uint32_t) * self.nslots)
+        for i in range(self.capacity):
+            ct_set_link(&self.e[i], L_NEXT, i + 1 if i + 1 < self.capacity else CT_NIL)
+        self.free_head = 0
+        self.used = 0
+        for i in range(3):
+            self.head[i] = CT_NIL
+            self.tail[i] = CT_NIL
+        for i in range(self.nb):
+            self.bhead[i] = CT_NIL
+            self.bcount[i] = 0
+        self.has_epoch = False
+        self.epoch = 0.0
+
+    # -- clock ------------------------------------------------------------------------------------
+
+    cdef uint32_t now_ms(self, double now) except? 0xFFFFFFFF:
+        """Milliseconds since the table's epoch (the first time it was given); never negative."""
+        cdef double d
+        if not isfinite(now):
+            raise _invalid("now", now, "must be a finite number of seconds")
+        if not self.has_epoch:
+            self.epoch = now
+            self.has_epoch = True
+        d = (now - self.epoch) * 1000.0
+        if d >= REBASE_MS:
+            self._rebase(d)
+            d = (now - self.epoch) * 1000.0
+        return <uint32_t>d if d > 0 else 0
+
+    cdef void _rebase(self, double d) noexcept:
+        # Move the epoch forward by whole seconds so the clock fits 32 bits again. An entry whose
+        # stamp would go below zero has been idle for more than 2**31 ms, longer than any timeout.
+        cdef int64_t shift = <int64_t>((d - KEEP_MS) / 1000.0) * 1000
+        cdef int c
+        cdef uint32_t i, nxt
+        for c in range(3):
+            i = self.head[c]
+            while i != CT_NIL:
+                nxt = ct_link(&self.e[i], L_NEXT)
+                if <int64_t>self.e[i].stamp < shift:
+                    self._drop(i, self._slot_of(i))
+                else:
+                    self.e[i].stamp = <uint32_t>(self.e[i].stamp - shift)
+                i = nxt
+        self.epoch += <double>(shift // 1000)
+
+    # -- index ------------------------------------------------------------------------------------
+
+    cdef uint32_t _find(self, const ct_key* k, uint64_t h, uint32_t* slot) noexcept nogil:
+        cdef uint32_t s = _home(h, self.nslots)
+        cdef uint32_t tag = _tag(h)
+        cdef uint32_t v
+        while True:
+            v = self.idx[s]
+            if v == CT_EMPTY:
+                slot[0] = s
+                return CT_NIL
+            if (v & 0xFF000000u) == tag and _same(&self.e[v & 0xFFFFFFu], k):
+                slot[0] = s
+                return v & 0xFFFFFFu
+            s += 1
+            if s == self.nslots:
+                s = 0
+
+    cdef uint32_t _first_empty(self, uint64_t h) noexcept nogil:
+        cdef uint32_t s = _home(h, self.nslots)
+        while self.idx[s] != CT_EMPTY:
+            s += 1
+            if s == self.nslots:
+                s = 0
+        return s
+
+    cdef uint32_t _slot_of(self, uint32_t i) noexcept nogil:
+        cdef uint32_t s = _home(_entry_hash(&self.e[i]), self.nslots)
+        while (self.idx[s] & 0xFFFFFFu) != i:
+            s += 1
+            if s == self.nslots:
+                s = 0
+        return s
+
+    cdef void _delete_slot(self, uint32_t j) noexcept nogil:
+        # Backward shift: pull later members of the probe run into the hole when their home slot
+        # does not lie cyclically in (hole, their slot], so every key stays reachable from home.
+        cdef uint32_t k = j
+        cdef uint32_t v, h
+        cdef bint stays
+        while True:
+            k += 1
+            if k == self.nslots:
+                k = 0
+            v = self.idx[k]
+            if v == CT_EMPTY:
+                break
+            h = _home(_entry_hash(&self.e[v & 0xFFFFFFu]), self.nslots)
+            if j <= k:
+                stays = j < h <= k
+            else:
+                stays = h > j or h <= k
+            if not stays:
+                self.idx[j] = v
+                j = k
+        self.idx[j] = CT_EMPTY
+
+    # -- lists ------------------------------------------------------------------------------------
+
+    cdef int _class_of(self, const ct_entry* x) noexcept nogil:
+        if x.meta & CT_CLOSING:
+            return CLS_CLOSING
+        return self.cls_of_proto[x.meta >> 24]
+
+    cdef void _cls_unlink(self, uint32_t i, int c) noexcept nogil:
+        cdef uint32_t p = ct_link(&self.e[i], L_PREV)
+        cdef uint32_t q = ct_link(&self.e[i], L_NEXT)
+        if p != CT_NIL:
+            ct_set_link(&self.e[p], L_NEXT, q)
+        else:
+            self.head[c] = q
+        if q != CT_NIL:
+            ct_set_link(&self.e[q], L_PREV, p)
+        else:
+            self.tail[c] = p
+
+    cdef void _cls_append(self, uint32_t i, int c) noexcept nogil:
+        cdef uint32_t t = self.tail[c]
+        ct_set_link(&self.e[i], L_PREV, t)
+        ct_set_link(&self.e[i], L_NEXT, CT_NIL)
+        if t != CT_NIL:
+            ct_set_link(&self.e[t], L_NEXT, i)
+        else:
+            self.head[c] = i
+        self.tail[c] = i
+
+    cdef void _b_unlink(self, uint32_t i, uint32_t b) noexcept nogil:
+        cdef uint32_t p = ct_link(&self.e[i], B_PREV)
+        cdef uint32_t q = ct_link(&self.e[i], B_NEXT)
+        if p != CT_NIL:
+            ct_set_link(&self.e[p], B_NEXT, q)
+        else:
+            self.bhead[b] = q
+        if q != CT_NIL:
+            ct_set_link(&self.e[q], B_PREV, p)
+        self.bcount[b] -= 1
+
+    cdef void _b_push(self, uint32_t i, uint32_t b) noexcept nogil:
+        cdef uint32_t q = self.bhead[b]
+        ct_set_link(&self.e[i], B_PREV, CT_NIL)
+        ct_set_link(&self.e[i], B_NEXT, q)
+        if q != CT_NIL:
+            ct_set_link(&self.e[q], B_PREV, i)
+        self.bhead[b] = i
+        self.bcount[b] += 1
+
+    cdef int _ensure_backend(self, int32_t b) noexcept nogil:
+        """Grow the per-backend arrays to hold id ``b``; -1 when out of memory."""
+        cdef uint32_t n = self.nb * 2 if self.nb else 16
+        cdef uint32_t i
+        cdef uint32_t* nh
+        cdef uint32_t* nc
+        if <uint32_t>b < self.nb:
+            return 0
+        if n <= <uint32_t>b:
+            n = <uint32_t>b + 1
+        nh = <uint32_t*>realloc(self.bhead, sizeof(uint32_t) * n)
+        if nh == NULL:
+            return -1
+        self.bhead = nh
+        nc = <uint32_t*>realloc(self.bcount, sizeof(uint32_t) * n)
+        if nc == NULL:
+            return -1
+        self.bcount = nc
+        for i in range(self.nb, n):
+            self.bhead[i] = CT_NIL
+            self.bcount[i] = 0
+        self.nb = n
+        return 0
+
+    # -- entries ----------------------------------------------------------------------------------
+
+    cdef void _drop(self, uint32_t i, uint32_t slot) noexcept nogil:
+        cdef ct_entry* x = &self.e[i]
+        self._delete_slot(slot)
+        self._cls_unlink(i, self._class_of(x))
+        self._b_unlink(i, x.meta & CT_MAX_BACKEND)
+        ct_set_link(x, L_NEXT, self.free_head)
+        self.free_head = i
+        self.used -= 1
+
+    cdef void _evict_one(self, uint32_t now) noexcept nogil:
+        # An expired head first (it is garbage anyway), else the least recently used entry:
+        # the oldest list head, ties going to the class visited first.
+        cdef uint32_t i, best = CT_NIL
+        cdef int o, c
+        for o in range(self.norder):
+            c = self.order[o]
+            i = self.head[c]
+            if i != CT_NIL and _age(now, self.e[i].stamp) >= self.timeout_ms[c]:
+                self._drop(i, self._slot_of(i))
+                return
+        for o in range(self.norder):
+            i = self.head[self.order[o]]
+            if i != CT_NIL and (best == CT_NIL or self.e[i].stamp < self.e[best].stamp):
+                best = i
+        self._drop(best, self._slot_of(best))
+
+    cdef int32_t lookup_c(self, const ct_key* k, uint32_t now) noexcept nogil:
+        cdef uint32_t slot
+        cdef uint32_t i = self._find(k, _key_hash(k), &slot)
+        cdef ct_entry* x
+        cdef int c
+        if i == CT_NIL:
+            return -1
+        x = &self.e[i]
+        c = self._class_of(x)
+        if _age(now, x.stamp) >= self.timeout_ms[c]:
+            self._drop(i, slot)
+            return -1
+        x.stamp = now
+        if self.tail[c] != i:
+            self._cls_unlink(i, c)
+            self._cls_append(i, c)
+        return <int32_t>(x.meta & CT_MAX_BACKEND)
+
+    cdef int insert_c(self, const ct_key* k, int32_t backend, uint32_t now) noexcept nogil:
+        """Map ``k`` to ``backend`` (0..CT_MAX_BACKEND) as used at ``now``; -1 when out of memory."""
+        cdef uint64_t h = _key_hash(k)
+        cdef uint32_t slot, old
+        cdef uint32_t i
+        cdef ct_entry* x
+        if self._ensure_backend(backend) < 0:
+            return -1
+        i = self._find(k, h, &slot)
+        if i != CT_NIL:
+            # a known key (alive, or expired and not yet removed) starts afresh
+            x = &self.e[i]
+            self._cls_unlink(i, self._class_of(x))
+            old = x.meta & CT_MAX_BACKEND
+            if old != <uint32_t>backend:
+                self._b_unlink(i, old)
+                self._b_push(i, backend)
+            x.meta = (<uint32_t>k.proto << 24) | <uint32_t>backend
+            x.stamp = now
+            self._cls_append(i, self._class_of(x))
+            return 0
+        if self.used == self.capacity:
+            self._evict_one(now)
+            slot = self._first_empty(h)
+        i = self.free_head
+        x = &self.e[i]
+        self.free_head = ct_link(x, L_NEXT)
+        memcpy(x.addr, k.addr, 32)
+        x.sport = k.sport
+        x.dport = k.dport
+        x.meta = (<uint32_t>k.proto << 24) | <uint32_t>backend
+        x.stamp = now
+        self.idx[slot] = _tag(h) | i
+        self._cls_append(i, self._class_of(x))
+        self._b_push(i, backend)
+        self.used += 1
+        return 0
+
+    cdef bint remove_c(self, const ct_key* k) noexcept nogil:
+        cdef uint32_t slot
+        cdef uint32_t i = self._find(k, _key_hash(k), &slot)
+        if i == CT_NIL:
+            return False
+        self._drop(i, slot)
+        return True
+
+    cdef bint close_c(self, const ct_key* k, uint32_t now) noexcept nogil:
+        cdef uint32_t slot
+        cdef uint32_t i = self._find(k, _key_hash(k), &slot)
+        cdef ct_entry* x
+        cdef int c
+        cdef bint alive
+        if i == CT_NIL:
+            return False
+        x = &self.e[i]
+        c = self._class_of(x)
+        alive = _age(now, x.stamp) < self.timeout_ms[c]
+        if not alive or c == CLS_DATAGRAM:
+            # expired already, or a datagram flow: nothing to linger for
+            self._drop(i, slot)
+            return alive
+        self._cls_unlink(i, c)
+        x.meta |= CT_CLOSING
+        x.stamp = now
+        self._cls_append(i, CLS_CLOSING)
+        return True
+
+    cdef uint32_t purge_c(self, int32_t backend) noexcept nogil:
+        cdef uint32_t n = 0
+        cdef uint32_t i
+        if backend < 0 or <uint32_t>backend >= self.nb:
+            return 0
+        while self.bhead[backend] != CT_NIL:
+            i = self.bhead[backend]
+            self._drop(i, self._slot_of(i))
+            n += 1
+        return n
+
+    cdef uint32_t expire_c(self, uint32_t now) noexcept nogil:
+        cdef uint32_t n = 0
+        cdef uint32_t i
+        cdef int o, c
+        for o in range(self.norder):
+            c = self.order[o]
+            while True:
+                i = self.head[c]
+                if i == CT_NIL or _age(now, self.e[i].stamp) < self.timeout_ms[c]:
+                    break
+                self._drop(i, self._slot_of(i))
+                n += 1
+        return n
+
+    # -- Python interface shared by both tables ----------------------------------------------------
+
+    def __len__(self) -> int:
+        return self.used
+
+    def purge_backend(self, backend: int) -> int:
+        """Remove every entry that points at ``backend``; return how many went."""
+        return self.purge_c(backend)
+
+    def expire(self, now: float) -> int:
+        """Remove every entry idle for at least its timeout at ``now``; return how many went."""
+        return self.expire_c(self.now_ms(now))
+
+    def count(self, backend: int) -> int:
+        """Entries that point at ``backend`` (expired ones count until they are removed)."""
+        if backend < 0 or backend >= self.nb:
+            return 0
+        return self.bcount[backend]
+
+    def clear(self) -> None:
+        """Remove every entry and forget the epoch."""
+        self._reset()
+
+    def memory_bytes(self) -> int:
+        """Bytes held in C: the entry slab, the index and the per-backend arrays."""
+        return (sizeof(ct_entry) * self.capacity + sizeof(uint32_t) * self.nslots
+                + 2 * sizeof(uint32_t) * self.nb)
+
+    def _entries(self):
+        """(packed key fields, backend, closing, stamp_ms) of every entry, each class oldest first."""
+        out = []
+        cdef int o, c
+        cdef uint32_t i
+        cdef ct_entry* x
+        for o in range(self.norder):
+            c = self.order[o]
+            i = self.head[c]
+            while i != CT_NIL:
+                x = &self.e[i]
+                out.append((x.meta >> 24, bytes(x.addr[:16]), x.sport, bytes(x.addr[16:32]),
+                            x.dport, x.meta & CT_MAX_BACKEND, bool(x.meta & CT_CLOSING), x.stamp))
+                i = ct_link(x, L_NEXT)
+        return out
+
+    def _check(self) -> None:
+        """Verify every invariant (index, lists, counts); raise AssertionError on the first break."""
+        cdef uint32_t s, v, i, n = 0, total = 0
+        for s in range(self.nslots):
+            v = self.idx[s]
+            if v != CT_EMPTY:
+                n += 1
+                assert (v & 0xFFFFFFu) < self.capacity
+                i = v & 0xFFFFFFu
+                assert _tag(_entry_hash(&self.e[i])) == (v & 0xFF000000u), "tag"
+                assert self._slot_of(i) == s, "entry unreachable from its home slot"
+        assert n == self.used, f"index holds {n}, count says {self.used}"
+        for b in range(self.nb):
+            i = self.bhead[b]
+            m = 0
+            while i != CT_NIL:
+                assert (self.e[i].meta & CT_MAX_BACKEND) == <uint32_t>b
+                i = ct_link(&self.e[i], B_NEXT)
+                m += 1
+            assert m == self.bcount[b], f"backend {b} list {m} != count {self.bcount[b]}"
+            total += m
+        assert total == self.used
+        assert len(self._entries()) == self.used
+
+
+cdef inline int _key(ct_key* k, object proto, object src, object sport, object dst,
+                     object dport) except -1:
+    memset(k, 0, sizeof(ct_key))
+    pack_proto(proto, &k.proto)
+    pack_addr(src, k.addr, "src")
+    pack_addr(dst, k.addr + 16, "dst")
+    pack_port(sport, &k.sport, "sport")
+    pack_port(dport, &k.dport, "dport")
+    return 0
+
+
+cdef inline int _check_backend(object backend) except -1:
+    if not isinstance(backend, int) or not 0 <= backend <= CT_MAX_BACKEND:
+        raise _invalid("backend", backend, f"must be a backend id 0..{CT_MAX_BACKEND}")
+    return 0
+
+
+cdef double _timeout(str name, object value) except -1:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        0 < value <= MAX_TIMEOUT
+    ):
+        raise ConfigError(f"{name}: must be seconds in (0, {MAX_TIMEOUT:g}], got {value!r}")
+    return value
+
+
+def _addr_str(b: bytes) -> str:
+    a = ipaddress.IPv6Address(b)
+    return str(a.ipv4_mapped) if a.ipv4_mapped is not None else str(a)
+
+
+def _addresses16(addrs, str field, Py_ssize_t n):
+    """A batch of addresses as a C-contiguous (n, 16) uint8 array (IPv4 mapped)."""
+    a = np.asarray(addrs)
+    if a.ndim == 1 and a.dtype == np.uint32:
+        out = np.zeros((a.shape[0], 16), dtype=np.uint8)
+        out[:, 10:12] = 0xFF
+        out[:, 12:] = a.astype(">u4").view(np.uint8).reshape(-1, 4)
+    elif a.ndim == 2 and a.dtype == np.uint8 and a.shape[1] == 4:
+        out = np.zeros((a.shape[0], 16), dtype=np.uint8)
+        out[:, 10:12] = 0xFF
+        out[:, 12:] = a
+    elif a.ndim == 2 and a.dtype == np.uint8 and a.shape[1] == 16:
+        out = np.ascontiguousarray(a)
+    else:
+        raise _invalid(field, f"array{a.shape} of {a.dtype}",
+                       "must be uint8 (n, 4) or (n, 16), or uint32 (n,) IPv4")
+    if out.shape[0] != n:
+        raise _invalid(field, f"{out.shape[0]} rows", f"every column needs {n} rows")
+    return out
+
+
+def _column(values, str field, Py_ssize_t n, dtype, long lo, long hi):
+    a = np.asarray(values)
+    if a.ndim == 0:
+        a = np.full(n, a)
+    if a.ndim != 1 or a.shape[0] != n:
+        raise _invalid(field, f"array{a.shape}", f"must be a scalar or {n} values")
+    if a.dtype != dtype:
+        if a.dtype.kind not in "iu" or (n and (a.min() < lo or a.max() > hi)):
+            raise _invalid(field, f"array of {a.dtype}", f"must be integers {lo}..{hi}")
+        a = a.astype(dtype)
+    return np.ascontiguousarray(a)
+
+
+def _protocols(proto, Py_ssize_t n):
+    cdef uint8_t p
+    if isinstance(proto, (str, int)):
+        pack_proto(proto, &p)
+        return np.full(n, p, dtype=np.uint8)
+    return _column(proto, "proto", n, np.uint8, 0, 255)
+
+
+cdef class ConnTable(_FlatTable):
+    """Connection tracking: (protocol, source, source port, destination, destination port) ->
+    backend id, for IPv4 and IPv6.
+
+    :param capacity: most entries held; a full table evicts the least recently used one.
+    :param tcp_timeout: idle seconds of an open TCP or SCTP connection (kube-proxy sets the
+        kernel's established timeout to 86400).
+    :param tcp_closing_timeout: idle seconds of a TCP or SCTP connection after ``close`` (the
+        kernel's TIME_WAIT, 120).
+    :param udp_timeout: idle seconds of a UDP flow or any other protocol (the kernel's 30).
+    """
+
+    def __init__(self, capacity: int, tcp_timeout: float = 86400.0,
+                 tcp_closing_timeout: float = 120.0, udp_timeout: float = 30.0):
+        cdef int p
+        self.timeout_ms[CLS_ESTABLISHED] = <uint32_t>(_timeout("tcp_timeout", tcp_timeout) * 1000)
+        self.timeout_ms[CLS_CLOSING] = <uint32_t>(
+            _timeout("tcp_closing_timeout", tcp_closing_timeout) * 1000)
+        self.timeout_ms[CLS_DATAGRAM] = <uint32_t>(_timeout("udp_timeout", udp_timeout) * 1000)
+        for p in range(256):
+            self.cls_of_proto[p] = CLS_DATAGRAM
+        self.cls_of_proto[6] = CLS_ESTABLISHED
+        self.cls_of_proto[132] = CLS_ESTABLISHED
+        self.order[0] = CLS_CLOSING
+        self.order[1] = CLS_DATAGRAM
+        self.order[2] = CLS_ESTABLISHED
+        self.norder = 3
+
+    @property
+    def timeouts(self) -> dict:
+        """The idle timeouts in seconds, by name."""
+        return {"tcp_timeout": self.timeout_ms[CLS_ESTABLISHED] / 1000.0,
+                "tcp_closing_timeout": self.timeout_ms[CLS_CLOSING] / 1000.0,
+                "udp_timeout": self.timeout_ms[CLS_DATAGRAM] / 1000.0}
+
+    def lookup(self, proto, src, sport, dst, dport, double now) -> int:
+        """The backend of this connection, or -1; a hit counts as use and refreshes its timer."""
+        cdef ct_key k
+        _key(&k, proto, src, sport, dst, dport)
+        return self.lookup_c(&k, self.now_ms(now))
+
+    def insert(self, proto, src, sport, dst, dport, backend, double now) -> None:
+        """Track this connection as going to ``backend`` (replacing any entry of the same key)."""
+        cdef ct_key k
+        _key(&k, proto, src, sport, dst, dport)
+        _check_backend(backend)
+        if self.insert_c(&k, backend, self.now_ms(now)) < 0:
+            raise MemoryError("ConnTable: no memory for the per-backend lists")
+
+    def close(self, proto, src, sport, dst, dport, double now) -> bool:
+        """The connection ended: TCP/SCTP move to the closing timeout, UDP and others go.
+
+        Returns whether a live entry was found."""
+        cdef ct_key k
+        _key(&k, proto, src, sport, dst, dport)
+        return self.close_c(&k, self.now_ms(now))
+
+    def remove(self, proto, src, sport, dst, dport) -> bool:
+        """Forget this connection at once; return whether it was there."""
+        cdef ct_key k
+        _key(&k, proto, src, sport, dst, dport)
+        return self.remove_c(&k)
+
+    def __contains__(self, key) -> bool:
+        cdef ct_key k
+        cdef uint32_t slot
+        proto, src, sport, dst, dport = key
+        _key(&k, proto, src, sport, dst, dport)
+        return self._find(&k, _key_hash(&k), &slot) != CT_NIL
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def lookup_many(self, proto, src, sport, dst, dport, double now):
+        """Look up a batch of connections; return an int32 array of backends (-1 for a miss).
+
+        Columns: ``src``/``dst`` uint8 (n, 16) or (n, 4), or uint32 (n,) IPv4; ``sport``/``dport``
+        integers; ``proto`` a name, a number or uint8 (n,)."""
+        cdef Py_ssize_t n = len(sport)
+        cdef const uint8_t[:, ::1] S = _addresses16(src, "src", n)
+        cdef const uint8_t[:, ::1] D = _addresses16(dst, "dst", n)
+        cdef const uint16_t[::1] SP = _column(sport, "sport", n, np.uint16, 0, 65535)
+        cdef const uint16_t[::1] DP = _column(dport, "dport", n, np.uint16, 0, 65535)
+        cdef const uint8_t[::1] P = _protocols(proto, n)
+        out = np.empty(n, dtype=np.int32)
+        cdef int32_t[::1] O = out
+        cdef uint32_t t = self.now_ms(now)
+        cdef ct_key k
+        cdef Py_ssize_t i
+        memset(&k, 0, sizeof(ct_key))
+        for i in range(n):
+            memcpy(k.addr, &S[i, 0], 16)
+            memcpy(k.addr + 16, &D[i, 0], 16)
+            k.sport = SP[i]
+            k.dport = DP[i]
+            k.proto = P[i]
+            O[i] = self.lookup_c(&k, t)
+        return out
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def insert_many(self, proto, src, sport, dst, dport, backend, double now) -> None:
+        """Insert a batch of connections (columns as in ``lookup_many``; ``backend`` int32 (n,)
+        or one id for all), in row order."""
+        cdef Py_ssize_t n = len(sport)
+        cdef const uint8_t[:, ::1] S = _addresses16(src, "src", n)
+        cdef const uint8_t[:, ::1] D = _addresses16(dst, "dst", n)
+        cdef const uint16_t[::1] SP = _column(sport, "sport", n, np.uint16, 0, 65535)
+        cdef const uint16_t[::1] DP = _column(dport, "dport", n, np.uint16, 0, 65535)
+        cdef const uint8_t[::1] P = _protocols(proto, n)
+        cdef const int32_t[::1] B = _column(backend, "backend", n, np.int32, 0, CT_MAX_BACKEND)
+        cdef uint32_t t = self.now_ms(now)
+        cdef ct_key k
+        cdef Py_ssize_t i
+        if n and (np.min(B) < 0 or np.max(B) > CT_MAX_BACKEND):
+            raise _invalid("backend", "array", f"ids must be 0..{CT_MAX_BACKEND}")
+        memset(&k, 0, sizeof(ct_key))
+        for i in range(n):
+            memcpy(k.addr, &S[i, 0], 16)
+            memcpy(k.addr + 16, &D[i, 0], 16)
+            k.sport = SP[i]
+            k.dport = DP[i]
+            k.proto = P[i]
+            if self.insert_c(&k, B[i], t) < 0:
+                raise MemoryError("ConnTable: no memory for the per-backend lists")
+
+    def entries(self) -> list:
+        """Every entry as ``(proto, src, sport, dst, dport, backend, closing)``, each timeout class
+        (closing, UDP and others, open TCP/SCTP) from least to most recently used."""
+        return [(_PROTOCOL_NAMES.get(p, p), _addr_str(s), sp, _addr_str(d), dp, b, c)
+                for p, s, sp, d, dp, b, c, _ in self._entries()]
+
+
+cdef class AffinityTable(_FlatTable):
+    """ClientIP session affinity: client address -> backend id, each entry alive for
+    ``timeout`` seconds after its last use (a Service's ``sessionAffinityConfig.clientIP.
+    timeoutSeconds``, 10800 by default), refreshed by every connection it sends to its backend.
+
+    :param capacity: most clients held; a full table evicts the least recently used one.
+    :param timeout: idle seconds before a client's affinity lapses.
+    """
+
+    def __init__(self, capacity: int, timeout: float = 10800.0):
+        self.timeout_ms[0] = <uint32_t>(_timeout("timeout", timeout) * 1000)
+        self.order[0] = 0
+        self.norder = 1
+
+    @property
+    def timeout(self) -> float:
+        """The affinity timeout in seconds."""
+        return self.timeout_ms[0] / 1000.0
+
+    def lookup(self, client, double now) -> int:
+        """The backend this client is bound to, or -1; a hit refreshes the binding."""
+        cdef ct_key k
+        memset(&k, 0, sizeof(ct_key))
+        pack_addr(client, k.addr, "client")
+        return self.lookup_c(&k, self.now_ms(now))
+
+    def insert(self, client, backend, double now) -> None:
+        """Bind ``client`` to ``backend`` as of ``now``."""
+        cdef ct_key k
+        memset(&k, 0, sizeof(ct_key))
+        pack_addr(client, k.addr, "client")
+        _check_backend(backend)
+        if self.insert_c(&k, backend, self.now_ms(now)) < 0:
+            raise MemoryError("AffinityTable: no memory for the per-backend lists")
+
+    def remove(self, client) -> bool:
+        """Forget ``client``'s binding; return whether there was one."""
+        cdef ct_key k
+        memset(&k, 0, sizeof(ct_key))
+        pack_addr(client, k.addr, "client")
+        return self.remove_c(&k)
+
+    def entries(self) -> list:
+        """Every binding as ``(client, backend)``, least recently used first."""
+        return [(_addr_str(s), b) for _, s, _, _, _, b, _, _ in self._entries()]
+
+
+def pack_address(addr) -> bytes:
+    """The 16 bytes a table keys ``addr`` by (IPv4 as ``::ffff:a.b.c.d``)."""
+    cdef uint8_t out[16]
+    pack_addr(addr, out, "addr")
+    return bytes(out[:16])
+
+
+def entry_size() -> int:
+    """Bytes of one slab entry (the index adds 6 bytes per entry of capacity)."""
+    return sizeof(ct_entry)
