@@ -1,0 +1,316 @@
+"""The kubernetes source against the admin API of a real store, served on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytest
+from lbcore_plugins.kubernetes_source import Backoff, KubernetesSource
+
+from lbcore.errors import ConfigError
+from lbcore.interfaces import RuntimeContext, SourceSink
+from lbcore.plugins import get_plugin_manager, registered
+from lbcore.store import Store
+
+
+class DictSink(SourceSink):
+    """A sink that keeps what it was told: the state a source must converge to."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.calls: list[str] = []
+
+    def upsert(self, obj: Mapping[str, Any]) -> None:
+        meta = obj["metadata"]
+        self.objects[(obj["kind"], meta["namespace"], meta["name"])] = dict(obj)
+        self.calls.append("upsert")
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        self.objects.pop((kind, namespace, name), None)
+        self.calls.append("delete")
+
+    def replace(self, kind: str, objects: list[Mapping[str, Any]]) -> None:
+        for key in [k for k in self.objects if k[0] == kind]:
+            del self.objects[key]
+        for obj in objects:
+            meta = obj["metadata"]
+            self.objects[(kind, meta["namespace"], meta["name"])] = dict(obj)
+        self.calls.append("replace")
+
+    def versions(self, kinds: tuple[str, ...]) -> dict[tuple[str, str, str], str]:
+        return {k: o["metadata"]["resourceVersion"] for k, o in self.objects.items()
+                if k[0] in kinds}
+
+
+def store_versions(store: Store, kinds: tuple[str, ...]) -> dict[tuple[str, str, str], str]:
+    out = {}
+    for kind in kinds:
+        for obj in store.list(kind)[0]:
+            meta = obj["metadata"]
+            out[(kind, meta["namespace"], meta["name"])] = meta["resourceVersion"]
+    return out
+
+
+def service(name: str, namespace: str = "default", app: str = "web") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"selector": {"app": app}, "ports": [{"name": "http", "port": 80}]}}
+
+
+def pod(name: str, ip: str, app: str = "web") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": app}},
+            "spec": {"containers": [{"name": "c", "image": "x",
+                                     "ports": [{"name": "http", "containerPort": 8080}]}]},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                       "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def endpoint_slice(name: str, service_name: str, ips: list[str]) -> dict[str, Any]:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": service_name}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in ips],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}
+
+
+FAST = {"backoff_initial": 0.05, "backoff_max": 0.3, "connect_timeout": 1, "read_timeout": 5,
+        "watch_timeout": 30}
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+async def converged(sink: DictSink, store: Store, kinds: tuple[str, ...],
+                    timeout: float = 10.0) -> None:
+    await wait_until(lambda: sink.versions(kinds) == store_versions(store, kinds), timeout)
+
+
+def run_source(options: dict[str, Any], scenario: Callable[..., Any]) -> None:
+    """Run the source in a fresh event loop while ``scenario(source, sink)`` runs."""
+
+    async def main() -> None:
+        source = KubernetesSource(options, RuntimeContext())
+        sink = DictSink()
+        task = asyncio.create_task(source.run(sink))
+        try:
+            await scenario(source, sink)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())
+
+
+def test_endpointslices_mode_lists_then_follows_adds_changes_and_deletes(admin):
+    store = admin.store
+    store.create(service("web"))
+    store.create(endpoint_slice("web-1", "web", ["10.0.0.1"]))
+    store.create(pod("ignored", "10.0.0.9"))  # pods are not followed in this mode
+    kinds = ("Service", "EndpointSlice")
+
+    async def scenario(source: KubernetesSource, sink: DictSink) -> None:
+        await asyncio.wait_for(source.synced.wait(), 10)
+        await converged(sink, store, kinds)
+        assert ("Pod", "default", "ignored") not in sink.objects
+        store.create(service("api", app="api"))
+        slice_ = store.get("EndpointSlice", "default", "web-1")
+        slice_["endpoints"].append({"addresses": ["10.0.0.2"], "conditions": {"ready": True}})
+        store.update(slice_)
+        store.delete("Service", "default", "web")
+        await converged(sink, store, kinds)
+        assert ("Service", "default", "web") not in sink.objects
+        got = sink.objects[("EndpointSlice", "default", "web-1")]
+        assert [e["addresses"][0] for e in got["endpoints"]] == ["10.0.0.1", "10.0.0.2"]
+        assert source.lists == {"Service": 1, "EndpointSlice": 1}
+
+    run_source({"server": admin.url, **FAST}, scenario)
+
+
+def test_pods_mode_follows_services_and_pods_in_one_namespace(admin):
+    store = admin.store
+    store.create(service("web"))
+    store.create(pod("web-a", "10.0.0.1"))
+    store.create(service("other", namespace="kube-system"))
+    kinds = ("Service", "Pod")
+
+    async def scenario(source: KubernetesSource, sink: DictSink) -> None:
+        await asyncio.wait_for(source.synced.wait(), 10)
+        await wait_until(lambda: set(sink.objects) == {
+            ("Service", "default", "web"), ("Pod", "default", "web-a")})
+        store.create(pod("web-b", "10.0.0.2"))
+        store.delete("Pod", "default", "web-a")
+        store.create(service("more", namespace="kube-system"))
+        await wait_until(lambda: set(sink.objects) == {
+            ("Service", "default", "web"), ("Pod", "default", "web-b")})
+        assert sink.objects[("Pod", "default", "web-b")]["status"]["podIP"] == "10.0.0.2"
+
+    run_source({"server": admin.url, "mode": "pods", "namespace": "default", **FAST}, scenario)
+    assert kinds
+
+
+def test_converges_after_server_restart_with_changes_made_while_it_was_down(admin):
+    store = admin.store
+    for name in ("a", "b", "c"):
+        store.create(service(name))
+    store.create(endpoint_slice("a-1", "a", ["10.0.0.1"]))
+    kinds = ("Service", "EndpointSlice")
+
+    async def scenario(source: KubernetesSource, sink: DictSink) -> None:
+        await asyncio.wait_for(source.synced.wait(), 10)
+        await converged(sink, store, kinds)
+        await wait_until(lambda: all(source.watches[k] >= 1 for k in kinds))
+        await asyncio.to_thread(admin.stop)  # in the middle of both watches
+        store.delete("Service", "default", "b")
+        store.delete("EndpointSlice", "default", "a-1")
+        store.create(service("d"))
+        svc = store.get("Service", "default", "c")
+        svc["metadata"]["labels"] = {"changed": "yes"}
+        store.update(svc)
+        await asyncio.sleep(0.3)  # the source retries against a closed port meanwhile
+        assert ("Service", "default", "b") in sink.objects
+        await asyncio.to_thread(admin.start)
+        await converged(sink, store, kinds)
+        assert sink.objects[("Service", "default", "c")]["metadata"]["labels"] == {"changed": "yes"}
+        # the history still held every change: the watch resumed, nothing was listed again
+        assert source.lists == {"Service": 1, "EndpointSlice": 1}
+
+    run_source({"server": admin.url, **FAST}, scenario)
+
+
+def test_relists_on_410_gone_when_history_was_compacted_while_away(serve_admin):
+    with Store(None, history=3) as store:
+        server = serve_admin(store)
+        for name in ("a", "b", "c"):
+            store.create(service(name))
+        kinds = ("Service", "EndpointSlice")
+
+        async def scenario(source: KubernetesSource, sink: DictSink) -> None:
+            await asyncio.wait_for(source.synced.wait(), 10)
+            await converged(sink, store, kinds)
+            await asyncio.to_thread(server.stop)
+            seen = source.resource_versions["Service"]
+            store.delete("Service", "default", "a")
+            for name in ("d", "e", "f", "g"):
+                store.create(service(name))
+            assert int(seen) < store.oldest_resource_version  # the watch cannot resume
+            await asyncio.to_thread(server.start)
+            await converged(sink, store, kinds)
+            assert ("Service", "default", "a") not in sink.objects
+            assert source.lists["Service"] >= 2
+
+        run_source({"server": server.url, **FAST}, scenario)
+
+
+def test_retries_with_backoff_until_the_server_comes_up(store: Store, serve_admin):
+    server = serve_admin(store, start=False)
+    store.create(service("web"))
+
+    async def scenario(source: KubernetesSource, sink: DictSink) -> None:
+        await asyncio.sleep(0.5)
+        assert not source.synced.is_set()
+        await asyncio.to_thread(server.start)
+        await asyncio.wait_for(source.synced.wait(), 10)
+        await converged(sink, store, ("Service",))
+
+    run_source({"server": server.url, **FAST}, scenario)
+
+
+def test_a_silent_server_is_noticed_by_the_read_timeout_and_retried(caplog):
+    """A peer that accepts and never answers must not hang the source."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    accepted: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+    async def scenario(source: KubernetesSource, sink: DictSink) -> None:
+        await wait_until(lambda: len(accepted) >= 4, timeout=10)
+        assert not source.synced.is_set()
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="lbcore"):
+            run_source({"server": url, **FAST, "read_timeout": 0.3}, scenario)
+        assert any("list Service failed" in r.getMessage() for r in caplog.records)
+    finally:
+        done.set()
+        thread.join(2)
+        for conn in accepted:
+            conn.close()
+        listener.close()
+
+
+def test_a_watch_ended_by_its_server_timeout_is_resumed_without_listing(admin):
+    store = admin.store
+
+    async def scenario(source: KubernetesSource, sink: DictSink) -> None:
+        await asyncio.wait_for(source.synced.wait(), 10)
+        await wait_until(lambda: source.watches["Service"] >= 3, timeout=10)
+        store.create(service("late"))
+        await converged(sink, store, ("Service",))
+        assert source.lists["Service"] == 1
+
+    run_source({"server": admin.url, **FAST, "watch_timeout": 1}, scenario)
+
+
+def test_bearer_token_is_sent_with_every_request(store: Store, serve_admin):
+    server = serve_admin(store, token="s3cret")
+    store.create(service("web"))
+
+    async def scenario(source: KubernetesSource, sink: DictSink) -> None:
+        await asyncio.wait_for(source.synced.wait(), 10)
+        assert ("Service", "default", "web") in sink.objects
+
+    run_source({"server": server.url, "token": "s3cret", **FAST}, scenario)
+
+
+def test_backoff_doubles_with_jitter_up_to_the_maximum():
+    backoff = Backoff(initial=1.0, maximum=8.0)
+    delays = [backoff.delay() for _ in range(6)]
+    for delay, base in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
+        assert base <= delay <= min(2 * base, 8.0)
+    backoff.reset()
+    assert 1.0 <= backoff.delay() <= 2.0
+
+
+def test_options_are_checked_and_named_in_errors():
+    with pytest.raises(ConfigError, match="mode: 'ipvs'"):
+        KubernetesSource({"mode": "ipvs"}, RuntimeContext())
+    with pytest.raises(ConfigError, match="watch_timeout"):
+        KubernetesSource({"watch_timeout": 0}, RuntimeContext())
+    with pytest.raises(ConfigError, match="unknown option.*kube_config"):
+        KubernetesSource({"kube_config": "x"}, RuntimeContext())
+
+
+def test_registered_under_its_name_through_the_entry_point(monkeypatch):
+    monkeypatch.setenv("LBCORE_LOAD_PLUGINS", "kubernetes")
+    get_plugin_manager.cache_clear()
+    try:
+        assert registered("lbcore_register_sources")["kubernetes"] is KubernetesSource
+    finally:
+        get_plugin_manager.cache_clear()
