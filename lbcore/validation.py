@@ -389,7 +389,9 @@ def _validate_service_ports(errs: FieldErrors, ports: list[Any], stype: Any,
         if key in seen_ports:
             errs.duplicate(path, f"{port}/{proto}")
         seen_ports.add(key)
-        _validate_target_port(errs, sp.get("targetPort"), f"{path}.targetPort")
+        if not (sp.get("targetPort") == port and _is_int(port) and is_valid_port_num(port)):
+            # a targetPort defaulted from an invalid port is reported once, on the port
+            _validate_target_port(errs, sp.get("targetPort"), f"{path}.targetPort")
         node_port = sp.get("nodePort")
         if node_port not in (None, 0):
             npath = f"{path}.nodePort"
@@ -522,6 +524,8 @@ def validate_pod(pod: Mapping[str, Any]) -> list[Cause]:
         errs.each("status.podIP", pod_ip, is_valid_ip(str(pod_ip)))
     for i, entry in enumerate(status.get("podIPs") or []):
         ip = (entry or {}).get("ip") if isinstance(entry, Mapping) else entry
+        if i == 0 and ip == pod_ip:
+            continue  # defaulted from podIP, already checked
         errs.each(f"status.podIPs[{i}].ip", ip, is_valid_ip(str(ip)))
     ips = [(e or {}).get("ip") for e in status.get("podIPs") or [] if isinstance(e, Mapping)]
     if pod_ip and ips and ips[0] != pod_ip:

@@ -1,0 +1,184 @@
+"""Loading manifests and Kubernetes' defaults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import lbcore
+from lbcore.errors import ValidationError
+from lbcore.model import Endpoints, EndpointSlice, Pod, Service
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+SEED = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: my-service
+spec:
+  selector:
+    name: my-app
+  ports:
+  - port: 8080
+    protocol: TCP
+    targetPort: 8080
+"""
+
+
+def minimal(**spec: Any) -> dict[str, Any]:
+    return {"kind": "Service", "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}], **spec}}
+
+
+def test_defaults_for_a_minimal_service() -> None:
+    [svc] = lbcore.load_manifests(minimal())
+    assert isinstance(svc, Service)
+    assert svc.namespace == "default"
+    assert svc.type == "ClusterIP"
+    assert svc.ports[0].protocol == "TCP"
+    assert svc.ports[0].target_port == 80
+    assert svc.session_affinity == "None"
+    assert svc.internal_traffic_policy == "Cluster"
+    assert svc.external_traffic_policy is None  # only for NodePort/LoadBalancer
+    assert svc.ip_family_policy == "SingleStack"
+    d = svc.to_dict()
+    assert d["apiVersion"] == "v1" and d["metadata"]["namespace"] == "default"
+    assert d["spec"]["ports"] == [{"port": 80, "protocol": "TCP", "targetPort": 80}]
+    assert "sessionAffinityConfig" not in d["spec"]
+
+
+def test_client_ip_affinity_defaults_to_10800_seconds() -> None:
+    [svc] = lbcore.load_manifests(minimal(sessionAffinity="ClientIP"))
+    assert svc.affinity_timeout == 10800
+    assert svc.to_dict()["spec"]["sessionAffinityConfig"] == {"clientIP": {"timeoutSeconds": 10800}}
+
+
+@pytest.mark.parametrize("stype", ["NodePort", "LoadBalancer"])
+def test_external_traffic_policy_defaults_to_cluster_for_external_types(stype: str) -> None:
+    [svc] = lbcore.load_manifests(minimal(type=stype))
+    assert svc.external_traffic_policy == "Cluster"
+
+
+@pytest.mark.parametrize(("ip", "family"), [("10.96.0.10", "IPv4"), ("fd00::10", "IPv6")])
+def test_ip_families_follow_the_cluster_ip(ip: str, family: str) -> None:
+    [svc] = lbcore.load_manifests(minimal(clusterIP=ip))
+    assert svc.ip_families == (family,)
+    assert svc.cluster_ips == (ip,)
+    assert svc.proxied and not svc.headless
+
+
+def test_headless_service_is_not_proxied() -> None:
+    [svc] = lbcore.load_manifests(minimal(clusterIP="None"))
+    assert svc.headless and not svc.proxied
+
+
+def test_named_target_port_stays_a_name_and_numeric_string_becomes_a_number() -> None:
+    [svc] = lbcore.load_manifests(minimal(ports=[{"name": "a", "port": 80, "targetPort": "http"},
+                                                 {"name": "b", "port": 81, "targetPort": "8081"}]))
+    assert [p.target_port for p in svc.ports] == ["http", 8081]
+
+
+def test_seed_yaml_string_gives_the_seed_service() -> None:
+    [svc] = lbcore.load_manifests(SEED)
+    assert (svc.name, dict(svc.selector or {}), svc.ports[0].port, svc.ports[0].target_port) == (
+        "my-service", {"name": "my-app"}, 8080, 8080)
+
+
+def test_examples_hold_the_seed_service_and_three_ready_pods() -> None:
+    [svc] = lbcore.load_manifests(EXAMPLES / "my-service.yaml")
+    assert svc.to_dict() == lbcore.load_manifests(SEED)[0].to_dict()
+    pods = lbcore.load_manifests(str(EXAMPLES / "my-app-pods.yaml"))
+    assert [(p.name, p.pod_ip, p.ready, dict(p.labels)) for p in pods] == [
+        (f"my-app-{i}", f"127.0.0.1{i}", True, {"name": "my-app"}) for i in (1, 2, 3)]
+
+
+def test_multi_document_yaml_json_list_and_kind_list(tmp_path: Path) -> None:
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p1", "namespace": "ns1"},
+           "status": {"podIP": "127.0.0.20"}}
+    as_list = {"apiVersion": "v1", "kind": "List", "items": [minimal(), pod]}
+    (tmp_path / "a.json").write_text(json.dumps(as_list))
+    (tmp_path / "b.yaml").write_text(SEED + "---\n" + SEED.replace("my-service", "other"))
+    (tmp_path / "notes.txt").write_text("not a manifest")
+    objs = lbcore.load_manifests(tmp_path)
+    assert [(o.kind, o.key) for o in objs] == [
+        ("Service", "default/web"), ("Pod", "ns1/p1"),
+        ("Service", "default/my-service"), ("Service", "default/other")]
+    assert [o.key for o in lbcore.load_manifests(json.dumps(as_list))] == ["default/web", "ns1/p1"]
+    assert [o.key for o in lbcore.load_manifests([minimal(), pod])] == ["default/web", "ns1/p1"]
+    assert lbcore.load_manifests(SEED.encode())[0].name == "my-service"
+    assert lbcore.load_manifests("---\n") == []
+
+
+def test_missing_file_and_unknown_kind_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        lbcore.load_manifests(str(tmp_path / "absent.yaml"))
+    with pytest.raises(ValidationError) as info:
+        lbcore.load_manifests({"kind": "Deployment", "metadata": {"name": "d"}})
+    assert info.value.causes[0].reason == "FieldValueNotSupported"
+    with pytest.raises(ValidationError):
+        lbcore.load_manifests({"metadata": {"name": "nokind"}})
+
+
+def test_yaml_timestamps_stay_rfc3339_strings() -> None:
+    text = SEED.replace("  name: my-service\n",
+                        "  name: my-service\n  creationTimestamp: 2026-11-25T08:00:00Z\n")
+    [svc] = lbcore.load_manifests(text)
+    assert svc.to_dict()["metadata"]["creationTimestamp"] == "2026-11-25T08:00:00Z"
+    assert svc.created is not None and svc.created.hour == 8
+    json.dumps(svc.to_dict())  # JSON-safe for the REST API
+
+
+def test_to_dict_is_a_copy() -> None:
+    [svc] = lbcore.load_manifests(minimal())
+    svc.to_dict()["spec"]["ports"][0]["port"] = 1
+    assert svc.to_dict()["spec"]["ports"][0]["port"] == 80
+
+
+def test_pod_status_readiness_and_termination() -> None:
+    base = {"kind": "Pod", "metadata": {"name": "p"}}
+    no_ip = Pod.from_dict(base)
+    assert not no_ip.ready and no_ip.pod_ip is None
+    no_condition = Pod.from_dict({**base, "status": {"podIP": "127.0.0.30"}})
+    assert no_condition.ready and no_condition.pod_ips == ("127.0.0.30",)
+    not_ready = Pod.from_dict({**base, "status": {"podIP": "127.0.0.30", "conditions": [
+        {"type": "Ready", "status": "False"}]}})
+    assert not not_ready.ready
+    deleting = Pod.from_dict({"kind": "Pod", "metadata": {
+        "name": "p", "deletionTimestamp": "2026-11-25T08:00:00Z"}, "status": {"podIP": "::1"}})
+    assert deleting.terminating and deleting.ready
+
+
+def test_pod_container_ports_default_to_tcp() -> None:
+    p = Pod.from_dict({"kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [
+        {"name": "c", "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                                {"name": "http", "containerPort": 8080}]}]}})
+    assert p.container_port("http", "TCP") == 8080
+    assert p.container_port("dns", "UDP") == 53
+    assert p.container_port("dns", "TCP") is None
+
+
+def test_endpoint_slice_and_endpoints_objects() -> None:
+    sl = EndpointSlice.from_dict({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "ext-abc", "labels": {"kubernetes.io/service-name": "ext"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080}],
+        "endpoints": [{"addresses": ["127.0.0.40"], "conditions": {"ready": False},
+                       "nodeName": "n1", "zone": "z1"},
+                      {"addresses": ["127.0.0.41"]}]})
+    assert sl.service_name == "ext"
+    assert sl.ports[0].protocol == "TCP"
+    assert [(e.addresses, e.ready, e.serving) for e in sl.endpoints] == [
+        (("127.0.0.40",), False, False), (("127.0.0.41",), True, True)]
+    ep = Endpoints.from_dict({"kind": "Endpoints", "metadata": {"name": "ext"}, "subsets": [
+        {"addresses": [{"ip": "127.0.0.42"}], "notReadyAddresses": [{"ip": "127.0.0.43"}],
+         "ports": [{"port": 9000}]}]})
+    assert ep.subsets[0].addresses[0].ip == "127.0.0.42"
+    assert ep.subsets[0].not_ready_addresses[0].ip == "127.0.0.43"
+    with pytest.raises(ValidationError):
+        EndpointSlice.from_dict({"kind": "EndpointSlice", "metadata": {"name": "x"},
+                                 "addressType": "IPv5"})
