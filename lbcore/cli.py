@@ -263,6 +263,9 @@ def cmd_get(args: argparse.Namespace) -> int:
         items = [client.get(resource, namespace or DEFAULT_NAMESPACE, args.name)]
     else:
         items = client.list(resource, namespace, args.selector)
+    rows: list[Any] = list(items)
+    if resource.kind == "Endpoints" and args.output in (None, "wide"):
+        rows = _endpoints_rows(client, items, namespace, args.name, args.selector)
     if args.output == "json" or args.output == "yaml":
         doc: Any = items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}
         if args.output == "json":
@@ -274,27 +277,79 @@ def cmd_get(args: argparse.Namespace) -> int:
         for item in items:
             print(f"{resource.kind.lower()}/{item['metadata']['name']}")
         return 0
-    if not items:
+    if not rows:
         where = "any namespace" if namespace is None else f"{namespace} namespace"
         print(f"No resources found in {where}.", file=sys.stderr)
         return 0
-    print(format_table(resource, items, wide=args.output == "wide", namespaces=namespace is None))
+    print(format_table(resource, rows, wide=args.output == "wide", namespaces=namespace is None))
     return 0
 
 
-def format_table(
-    resource: Resource, items: list[dict[str, Any]], wide: bool, namespaces: bool
-) -> str:
-    """kubectl's table for ``items``, from :mod:`lbcore.describe`."""
-    describe = importlib.import_module("lbcore.describe")
-    formatter = getattr(describe, f"format_{resource.plural}_table")
-    try:
-        return formatter(items, wide=wide, namespaces=namespaces)
-    except TypeError:
-        return formatter(items, wide=wide)
+def _endpoints_rows(
+    client: Client,
+    items: list[dict[str, Any]],
+    namespace: str | None,
+    name: str | None,
+    selector: str | None,
+) -> list[Any]:
+    """Endpoints objects, plus a row computed from the pods or EndpointSlices for each service
+    that has none (an lbcore store has no endpoints controller writing them)."""
+    from lbcore.model import parse_timestamp
+
+    have = {((i.get("metadata") or {}).get("namespace"), i["metadata"]["name"]) for i in items}
+    table = _service_table(client, namespace)
+    rows: list[Any] = list(items)
+    for service in table.list("Service", namespace, selector):
+        if (service.namespace, service.name) in have or (name and service.name != name):
+            continue
+        created = parse_timestamp(service.raw["metadata"].get("creationTimestamp"))
+        rows.append(
+            (
+                service.name,
+                table.endpoints(service.namespace, service.name),
+                created,
+                service.namespace,
+            )
+        )
+    return rows
 
 
-def _service_table(client: Client, namespace: str | None, node_name: str = "localhost") -> Any:
+def format_table(resource: Resource, items: list[Any], wide: bool, namespaces: bool) -> str:
+    """kubectl's table for ``items`` (:mod:`lbcore.describe`), with NAMESPACE first for -A."""
+    from lbcore import describe, model
+
+    def wrap(cls: Any) -> list[Any]:
+        return [cls.from_dict(item, validate=False) for item in items]
+
+    def namespace_of(item: Any) -> str:
+        if isinstance(item, tuple):
+            return str(item[3])
+        return str((item.get("metadata") or {}).get("namespace", ""))
+
+    if resource.kind == "Service":
+        text = describe.format_services_table(wrap(model.Service), wide=wide)
+    elif resource.kind == "Pod":
+        text = describe.format_pods_table(wrap(model.Pod), wide=wide)
+    elif resource.kind == "Endpoints":
+        text = describe.format_endpoints_table(
+            [
+                i[:3] if isinstance(i, tuple) else model.Endpoints.from_dict(i, validate=False)
+                for i in items
+            ]
+        )
+    else:
+        text = describe.format_endpoint_slices_table(wrap(model.EndpointSlice))
+    if not namespaces:
+        return text.rstrip("\n")
+    text = text.rstrip("\n")
+    column = ["NAMESPACE"] + [namespace_of(i) for i in items]
+    width = max(map(len, column)) + 3
+    return "\n".join(
+        ns.ljust(width) + line for ns, line in zip(column, text.splitlines(), strict=False)
+    )
+
+
+def _service_table(client: Client, namespace: str | None) -> Any:
     """A ServiceTable(allocate=False) filled with everything the server holds."""
     from lbcore.service_table import ServiceTable
 

@@ -93,7 +93,7 @@ class Daemon:
         from lbcore.service_table import ServiceTable
         from lbcore.store import Store
 
-        self.store = Store(data_dir / DB_FILE, config.service_cidr, config.node_port_range)
+        self.store = Store(data_dir / DB_FILE, list(config.service_cidrs), config.node_port_range)
         context = RuntimeContext(
             node_name=config.node_name,
             node_addresses=config.node_addresses,

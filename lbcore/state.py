@@ -144,7 +144,8 @@ class ClusterState(SourceSink):
         self._own_executor = executor is None
         self._clock = clock
         self._health = {name: FrontendHealth(name) for name in self.frontends}
-        self._keys: dict[str, set[tuple[str, str]]] = {k: set() for k in KINDS}
+        # kind -> (namespace, name) -> resourceVersion ("" when the source gives none)
+        self._keys: dict[str, dict[tuple[str, str], str]] = {k: {} for k in KINDS}
         self._version = 0
         self._requested = asyncio.Event()
         self._last_sync_at: float | None = None
@@ -160,6 +161,9 @@ class ClusterState(SourceSink):
         if kind not in self._keys:
             return
         self.metrics.events.labels(kind, "upsert").inc()
+        version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        if version and self._keys[kind].get((namespace, name)) == version:
+            return  # the same version again (a relist): nothing changed
         try:
             self.table.apply(obj)
         except Exception as exc:  # an invalid object must not stop the source
@@ -173,7 +177,7 @@ class ClusterState(SourceSink):
                 error=str(exc),
             )
             return
-        self._keys[kind].add((namespace, name))
+        self._keys[kind][(namespace, name)] = version
         self._changed()
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
@@ -182,7 +186,7 @@ class ClusterState(SourceSink):
         self.metrics.events.labels(kind, "delete").inc()
         if (namespace, name) not in self._keys[kind]:
             return
-        self._keys[kind].discard((namespace, name))
+        del self._keys[kind][(namespace, name)]
         self.table.delete(kind, namespace, name)
         self._changed()
 
@@ -190,7 +194,7 @@ class ClusterState(SourceSink):
         if kind not in self._keys:
             return
         keep = {(_key(o)[1], _key(o)[2]) for o in objects}
-        for namespace, name in sorted(self._keys[kind] - keep):
+        for namespace, name in sorted(set(self._keys[kind]) - keep):
             self.delete(kind, namespace, name)
         for obj in objects:
             self.upsert(obj)

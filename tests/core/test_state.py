@@ -1,0 +1,226 @@
+"""ClusterState: events into the model, coalesced syncs, frontends that fail and recover."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from lbcore.interfaces import Frontend, RuntimeContext
+from lbcore.service_table import ServiceTable
+from lbcore.snapshot import Snapshot
+from lbcore.state import ClusterState
+
+
+class RecordingFrontend(Frontend):
+    """Keeps what each sync received; fails while ``failing`` is set."""
+
+    def __init__(self, name: str = "rec"):
+        super().__init__({}, RuntimeContext())
+        self.name = name
+        self.calls: list[tuple[float, Snapshot, frozenset[str]]] = []
+        self.failing: str | None = None
+
+    def sync(self, snapshot: Snapshot, changed: frozenset[str]) -> None:
+        self.calls.append((time.monotonic(), snapshot, changed))
+        if self.failing:
+            raise RuntimeError(self.failing)
+
+
+def service(name: str = "web", ip: str = "127.10.0.5", selector: str = "web", rv: str = "") -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "default", "resourceVersion": rv},
+        "spec": {
+            "clusterIP": ip,
+            "clusterIPs": [ip],
+            "selector": {"app": selector},
+            "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}],
+        },
+    }
+
+
+def pod(i: int, app: str = "web") -> dict:
+    ip = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{app}-{i}", "namespace": "default", "labels": {"app": app}},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]},
+        "status": {
+            "phase": "Running",
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+
+
+def make_state(*frontends: Frontend, **kw) -> ClusterState:
+    table = ServiceTable("127.10.0.0/16", (30000, 32767), allocate=False)
+    kw.setdefault("min_sync_period", 0.2)
+    return ClusterState(table, {f.name: f for f in frontends}, node_name="n1", **kw)
+
+
+async def _until(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+async def _run(state: ClusterState, body) -> None:
+    task = asyncio.create_task(state.run())
+    try:
+        await body()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def test_a_burst_of_a_thousand_events_makes_one_sync():
+    frontend = RecordingFrontend()
+    state = make_state(frontend, min_sync_period=0.3)
+
+    async def body():
+        state.upsert(service())
+        for i in range(1000):
+            state.upsert(pod(i))
+        await _until(lambda: frontend.calls)
+        await asyncio.sleep(0.5)  # longer than the period: a second sync would have happened
+
+    asyncio.run(_run(state, body))
+    assert state.events == 1001
+    assert state.syncs == 1 and len(frontend.calls) == 1
+    _, snapshot, changed = frontend.calls[0]
+    assert changed == {"default/web"}
+    assert len(snapshot.service_ports["default/web:"].endpoints) == 1000
+
+
+def test_events_spread_over_the_period_join_one_sync_at_its_end():
+    frontend = RecordingFrontend()
+    state = make_state(frontend, min_sync_period=0.4)
+
+    async def body():
+        state.upsert(service())
+        await _until(lambda: len(frontend.calls) == 1)
+        first = frontend.calls[0][0]
+        for i in range(50):  # spread over ~0.1 s, each from its own loop iteration
+            state.upsert(pod(i))
+            await asyncio.sleep(0.002)
+        await _until(lambda: len(frontend.calls) == 2)
+        await asyncio.sleep(0.5)
+        assert len(frontend.calls) == 2
+        assert frontend.calls[1][0] - first >= 0.39  # not before the minimum period
+        assert len(frontend.calls[1][1].service_ports["default/web:"].endpoints) == 50
+
+    asyncio.run(_run(state, body))
+
+
+def test_failing_frontend_backs_off_exponentially_and_does_not_stop_others():
+    bad, good = RecordingFrontend("bad"), RecordingFrontend("good")
+    bad.failing = "iptables-restore: exit status 1"
+    done: list[dict] = []
+    state = make_state(
+        bad,
+        good,
+        min_sync_period=0.0,
+        backoff_initial=0.05,
+        backoff_max=0.2,
+        on_sync_done=lambda **kw: done.append(kw),
+    )
+
+    async def body():
+        state.upsert(service())
+        await _until(lambda: len(bad.calls) >= 5, timeout=5)
+        health = state.health()
+        assert health["good"] == {"healthy": True, "synced": True}
+        assert health["bad"]["healthy"] is False
+        assert health["bad"]["error"] == "RuntimeError: iptables-restore: exit status 1"
+        assert health["bad"]["consecutive_failures"] >= 5
+        assert not state.healthy
+        # the healthy frontend keeps getting changes while the other is failing
+        state.upsert(pod(1))
+        await _until(
+            lambda: any(len(c[1].service_ports["default/web:"].endpoints) == 1 for c in good.calls)
+        )
+        bad.failing = None
+        await _until(lambda: state.healthy)
+
+    asyncio.run(_run(state, body))
+    times = [t for t, _, _ in bad.calls]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    # 0.05, 0.1, 0.2, then capped at 0.2 (timers may fire late, never early)
+    assert gaps[0] >= 0.045 and gaps[1] >= 0.095 and gaps[2] >= 0.19 and gaps[3] >= 0.19
+    assert max(gaps[:4]) < 1.0
+    # the recovering sync is a full one, with the endpoints it missed
+    _, snapshot, changed = bad.calls[-1]
+    assert changed == {"default/web"}
+    assert len(snapshot.service_ports["default/web:"].endpoints) == 1
+    assert any(d["errors"].get("bad") for d in done)
+    assert done[-1]["errors"] == {}
+    metrics = state.metrics.registry
+    assert metrics.get_sample_value("lbcore_frontend_sync_failures_total", {"frontend": "bad"}) >= 5
+    assert metrics.get_sample_value("lbcore_frontend_healthy", {"frontend": "bad"}) == 1
+
+
+def test_replace_removes_what_the_new_list_lacks_and_delete_removes_one():
+    frontend = RecordingFrontend()
+    state = make_state(frontend, min_sync_period=0.0)
+
+    async def body():
+        state.upsert(service("a", "127.10.0.1", rv="7"))
+        state.upsert(service("b", "127.10.0.2", rv="8"))
+        state.replace("Pod", [pod(1), pod(2)])
+        await _until(lambda: len(frontend.calls) == 1)
+        assert frontend.calls[0][1].services == {"default/a", "default/b"}
+        # a relist: "a" comes back at the same resourceVersion, so only "b" changed
+        state.replace("Service", [service("a", "127.10.0.1", rv="7")])
+        await _until(lambda: len(frontend.calls) == 2)
+        assert frontend.calls[1][1].services == {"default/a"}
+        assert frontend.calls[1][2] == {"default/b"}
+        state.delete("Pod", "default", "web-1")
+        await _until(lambda: len(frontend.calls) == 3)
+        assert len(frontend.calls[2][1].service_ports["default/a:"].endpoints) == 1
+        state.delete("Pod", "default", "never-existed")  # nothing to do: no sync
+        await asyncio.sleep(0.1)
+        assert len(frontend.calls) == 3
+
+    asyncio.run(_run(state, body))
+
+
+def test_invalid_object_is_rejected_counted_and_does_not_stop_the_loop():
+    frontend = RecordingFrontend()
+    state = make_state(frontend, min_sync_period=0.0)
+    bad = service()
+    bad["spec"]["ports"][0]["port"] = 70000
+
+    async def body():
+        state.upsert(bad)
+        state.upsert(service("ok", "127.10.0.9"))
+        await _until(lambda: frontend.calls)
+
+    asyncio.run(_run(state, body))
+    assert frontend.calls[-1][1].services == {"default/ok"}
+    assert (
+        state.metrics.registry.get_sample_value("lbcore_source_rejected_total", {"kind": "Service"})
+        == 1
+    )
+    assert state.metrics.registry.get_sample_value("lbcore_endpoints") == 0
+
+
+def test_first_sync_of_an_empty_state_still_reaches_every_frontend():
+    frontend = RecordingFrontend()
+    state = make_state(frontend, min_sync_period=0.0)
+
+    async def body():
+        state.request_sync()
+        await _until(lambda: frontend.calls)
+
+    asyncio.run(_run(state, body))
+    assert state.synced_once.is_set()
+    assert frontend.calls[0][1].services == frozenset() and frontend.calls[0][2] == frozenset()
