@@ -1,0 +1,123 @@
+"""describe and get output in kubectl's layout."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+import lbcore
+from lbcore.describe import (
+    format_endpoint_slices_table,
+    format_endpoints_table,
+    format_pods_table,
+    format_services_table,
+    human_duration,
+    tabulate,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture
+def seeded() -> lbcore.ServiceTable:
+    table = lbcore.ServiceTable()
+    table.apply_all(EXAMPLES / "my-service.yaml")
+    table.apply_all(EXAMPLES / "my-app-pods.yaml")
+    return table
+
+
+def test_seed_describe_output(seeded: lbcore.ServiceTable) -> None:
+    assert seeded.describe_service("default", "my-service") == (
+        "Name:              my-service\n"
+        "Namespace:         default\n"
+        "Labels:            <none>\n"
+        "Annotations:       <none>\n"
+        "Selector:          name=my-app\n"
+        "Type:              ClusterIP\n"
+        "IP Family Policy:  SingleStack\n"
+        "IP Families:       IPv4\n"
+        "IP:                10.96.0.1\n"
+        "IPs:               10.96.0.1\n"
+        "Port:              <unset>  8080/TCP\n"
+        "TargetPort:        8080/TCP\n"
+        "Endpoints:         127.0.0.11:8080,127.0.0.12:8080,127.0.0.13:8080\n"
+        "Session Affinity:  None\n"
+        "Events:            <none>\n")
+
+
+def test_describe_without_endpoints_labels_and_node_port() -> None:
+    table = lbcore.ServiceTable()
+    table.apply({"kind": "Service", "metadata": {"name": "np", "labels": {"b": "2", "a": "1"}},
+                 "spec": {"type": "NodePort", "selector": {"app": "x"}, "sessionAffinity":
+                          "ClientIP", "ports": [{"name": "http", "port": 80, "targetPort": "web",
+                                                 "nodePort": 30080}]}})
+    text = table.describe_service("default", "np")
+    assert "Labels:                    a=1\n                           b=2\n" in text
+    assert "Port:                      http  80/TCP\n" in text
+    assert "TargetPort:                web/TCP\n" in text
+    assert "NodePort:                  http  30080/TCP\n" in text
+    assert "Endpoints:                 <none>\n" in text
+    assert "External Traffic Policy:   Cluster\n" in text
+    assert "Session Affinity Timeout:  10800s\n" in text
+    with pytest.raises(KeyError):
+        table.describe_service("default", "absent")
+
+
+def test_describe_shows_three_ready_endpoints_then_a_count() -> None:
+    table = lbcore.ServiceTable()
+    table.apply({"kind": "Service", "metadata": {"name": "web"},
+                 "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}})
+    for i in range(1, 6):
+        table.apply({"kind": "Pod", "metadata": {"name": f"p{i}", "labels": {"app": "web"}},
+                     "status": {"podIP": f"127.0.0.{i}", "conditions": [
+                         {"type": "Ready", "status": "True" if i != 2 else "False"}]}})
+    text = table.describe_service("default", "web")
+    assert "Endpoints:         127.0.0.1:80,127.0.0.3:80,127.0.0.4:80 + 1 more...\n" in text
+
+
+def test_services_table(seeded: lbcore.ServiceTable) -> None:
+    now = dt.datetime.now(dt.UTC)
+    seeded.apply({"kind": "Service", "metadata": {"name": "lb"}, "spec": {
+        "type": "LoadBalancer", "ports": [{"port": 443, "nodePort": 31443}]}})
+    text = format_services_table(seeded.list("svc"), wide=True, now=now + dt.timedelta(hours=5))
+    assert text.splitlines() == [
+        "NAME         TYPE           CLUSTER-IP   EXTERNAL-IP   PORT(S)         AGE   SELECTOR",
+        "lb           LoadBalancer   10.96.0.2    <pending>     443:31443/TCP   5h    <none>",
+        "my-service   ClusterIP      10.96.0.1    <none>        8080/TCP        5h    name=my-app",
+    ]
+
+
+def test_pods_endpoints_and_slices_tables(seeded: lbcore.ServiceTable) -> None:
+    now = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
+    pods = format_pods_table(seeded.list("po"), wide=True, now=now).splitlines()
+    assert pods[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE",
+                               "NOMINATED", "NODE", "READINESS", "GATES"]
+    assert pods[1].split() == ["my-app-1", "1/1", "Running", "0", "30s", "127.0.0.11",
+                               "localhost", "<none>", "<none>"]
+    svc = seeded.get("svc", "default", "my-service")
+    assert svc is not None
+    eps = format_endpoints_table([(svc.name, seeded.endpoints("default", "my-service"),
+                                   svc.created)], now=now)
+    assert eps.splitlines()[1].split() == ["my-service",
+                                           "127.0.0.11:8080,127.0.0.12:8080,127.0.0.13:8080", "30s"]
+    sl = lbcore.load_manifests({"kind": "EndpointSlice", "metadata": {"name": "ext-1"},
+                                "addressType": "IPv4", "ports": [{"port": 80}],
+                                "endpoints": [{"addresses": ["127.0.0.9"]}]})
+    assert format_endpoint_slices_table(sl).splitlines()[1].split() == [
+        "ext-1", "IPv4", "80", "127.0.0.9", "<unknown>"]
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (-5, "<invalid>"), (0, "0s"), (119, "119s"), (120, "2m"), (150, "2m30s"), (600, "10m"),
+    (3 * 3600, "3h"), (5 * 3600 + 60, "5h1m"), (47 * 3600, "47h"), (3 * 86400, "3d"),
+    (3 * 86400 + 3600, "3d1h"), (100 * 86400, "100d"), (800 * 86400, "2y70d"),
+    (9 * 365 * 86400, "9y")])
+def test_human_duration_as_kubectl(seconds: int, text: str) -> None:
+    assert human_duration(dt.timedelta(seconds=seconds)) == text
+
+
+def test_tabulate_pads_runs_of_rows_that_share_a_column() -> None:
+    assert tabulate([["a:", "x", "y"], ["bbbb:", "z"], ["c:", "long", "w"]], padding=2) == (
+        "a:     x  y\nbbbb:  z\nc:     long  w\n")
