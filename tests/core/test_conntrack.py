@@ -1,0 +1,357 @@
+"""ConnTable behaviour, run against the compiled table and its readable twin."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import numpy as np
+import pytest
+
+from lbcore import _conntrack_c, _conntrack_py
+from lbcore.errors import ConfigError, ValidationError
+
+
+@pytest.fixture(params=["c", "py"])
+def mod(request):
+    return _conntrack_c if request.param == "c" else _conntrack_py
+
+
+def conn(i: int, proto: str = "TCP") -> tuple:
+    return (proto, f"10.1.{i // 250}.{i % 250 + 1}", 40000 + i, "10.96.0.10", 80)
+
+
+def test_chooser_picks_compiled_table():
+    from lbcore import ConnTable, _conntrack
+
+    assert ConnTable is _conntrack.ConnTable is _conntrack_c.ConnTable
+
+
+def test_miss_then_hit(mod):
+    t = mod.ConnTable(16)
+    assert t.lookup(*conn(1), 0.0) == -1
+    t.insert(*conn(1), 7, 0.0)
+    assert t.lookup(*conn(1), 1.0) == 7
+    assert t.lookup(*conn(2), 1.0) == -1
+    assert len(t) == 1
+
+
+def test_insert_replaces_backend_of_same_key(mod):
+    t = mod.ConnTable(16)
+    t.insert(*conn(1), 1, 0.0)
+    t.insert(*conn(1), 2, 0.0)
+    assert len(t) == 1 and t.lookup(*conn(1), 0.0) == 2
+    assert t.count(1) == 0 and t.count(2) == 1
+
+
+def test_every_field_of_the_five_tuple_is_part_of_the_key(mod):
+    t = mod.ConnTable(16)
+    base = ("TCP", "10.0.0.1", 1000, "10.96.0.1", 80)
+    t.insert(*base, 1, 0.0)
+    variants = [
+        ("UDP", "10.0.0.1", 1000, "10.96.0.1", 80),
+        ("TCP", "10.0.0.2", 1000, "10.96.0.1", 80),
+        ("TCP", "10.0.0.1", 1001, "10.96.0.1", 80),
+        ("TCP", "10.0.0.1", 1000, "10.96.0.2", 80),
+        ("TCP", "10.0.0.1", 1000, "10.96.0.1", 81),
+    ]
+    for v in variants:
+        assert t.lookup(*v, 0.0) == -1, v
+    assert t.lookup(*base, 0.0) == 1
+
+
+def test_protocol_by_name_or_number_and_address_as_str_or_packed(mod):
+    t = mod.ConnTable(16)
+    t.insert("tcp", "10.0.0.1", 1, "2001:db8::1", 80, 3, 0.0)
+    assert t.lookup(6, bytes([10, 0, 0, 1]), 1, ipaddress.ip_address("2001:db8::1").packed, 80, 0.0) == 3
+    assert t.lookup("TCP", ipaddress.ip_address("10.0.0.1"), 1, "2001:db8:0::1", 80, 0.0) == 3
+    # an IPv4-mapped IPv6 address is the same peer as the IPv4 one
+    assert t.lookup("TCP", "::ffff:10.0.0.1", 1, "2001:db8::1", 80, 0.0) == 3
+    assert t.lookup("SCTP", "10.0.0.1", 1, "2001:db8::1", 80, 0.0) == -1
+    t.insert(132, "10.0.0.1", 1, "2001:db8::1", 80, 4, 0.0)
+    assert t.lookup("SCTP", "10.0.0.1", 1, "2001:db8::1", 80, 0.0) == 4
+
+
+def test_ipv6_keys(mod):
+    t = mod.ConnTable(64)
+    for i in range(40):
+        t.insert("TCP", f"fd00::{i:x}", 5000 + i, "fd00:96::1", 443, i, 0.0)
+    assert [t.lookup("TCP", f"fd00::{i:x}", 5000 + i, "fd00:96::1", 443, 1.0) for i in range(40)] == list(range(40))
+    assert t.lookup("TCP", "fd00::1", 5000, "fd00:96::1", 443, 1.0) == -1  # port of another entry
+    assert t.entries()[0][1:5] == ("fd00::", 5000, "fd00:96::1", 443)
+
+
+@pytest.mark.parametrize(
+    "field,args",
+    [
+        ("proto", ("ICMPX", "10.0.0.1", 1, "10.0.0.2", 2)),
+        ("proto", (256, "10.0.0.1", 1, "10.0.0.2", 2)),
+        ("src", ("TCP", "10.0.0.256", 1, "10.0.0.2", 2)),
+        ("src", ("TCP", b"\x01\x02\x03", 1, "10.0.0.2", 2)),
+        ("dst", ("TCP", "10.0.0.1", 1, "fe80::1%eth0", 2)),
+        ("sport", ("TCP", "10.0.0.1", 65536, "10.0.0.2", 2)),
+        ("dport", ("TCP", "10.0.0.1", 1, "10.0.0.2", -1)),
+    ],
+)
+def test_bad_key_names_field_and_value(mod, field, args):
+    t = mod.ConnTable(4)
+    with pytest.raises(ValidationError) as err:
+        t.lookup(*args, 0.0)
+    assert err.value.causes[0].field == field
+    assert repr(args[["proto", "src", "sport", "dst", "dport"].index(field)]) in str(err.value)
+
+
+def test_bad_backend_and_settings(mod):
+    t = mod.ConnTable(4)
+    with pytest.raises(ValidationError, match="backend"):
+        t.insert(*conn(1), -1, 0.0)
+    with pytest.raises(ConfigError, match="capacity"):
+        mod.ConnTable(0)
+    with pytest.raises(ConfigError, match="udp_timeout: .* got 0"):
+        mod.ConnTable(4, udp_timeout=0)
+
+
+def test_defaults_are_the_kernel_and_kube_proxy_timeouts(mod):
+    assert mod.ConnTable(1).timeouts == {
+        "tcp_timeout": 86400.0, "tcp_closing_timeout": 120.0, "udp_timeout": 30.0,
+    }
+
+
+# -- timeouts on a fake clock --------------------------------------------------------------------
+
+
+def test_udp_entry_expires_after_idle_timeout(mod):
+    t = mod.ConnTable(8, udp_timeout=30)
+    t.insert(*conn(1, "UDP"), 1, 100.0)
+    assert t.lookup(*conn(1, "UDP"), 129.999) == 1  # refreshed at 129.999
+    assert t.lookup(*conn(1, "UDP"), 159.998) == 1
+    assert t.lookup(*conn(1, "UDP"), 189.998) == -1  # idle exactly 30 s
+    assert len(t) == 0
+
+
+def test_hit_refreshes_idle_timer_but_miss_does_not_create(mod):
+    t = mod.ConnTable(8, tcp_timeout=10)
+    t.insert(*conn(1), 1, 0.0)
+    for now in (9.0, 18.0, 27.0):
+        assert t.lookup(*conn(1), now) == 1
+    assert t.expire(36.9) == 0
+    assert t.expire(37.0) == 1
+    assert t.lookup(*conn(1), 37.0) == -1
+
+
+def test_close_moves_tcp_to_closing_timeout(mod):
+    t = mod.ConnTable(8, tcp_timeout=1000, tcp_closing_timeout=120)
+    t.insert(*conn(1), 1, 0.0)
+    t.insert(*conn(2), 2, 0.0)
+    assert t.close(*conn(1), 10.0) is True
+    assert t.entries()[0][5:] == (1, True)
+    assert t.expire(129.9) == 0
+    assert t.expire(130.0) == 1
+    assert t.lookup(*conn(1), 130.0) == -1 and t.lookup(*conn(2), 130.0) == 2
+
+
+def test_insert_after_close_reopens_the_entry(mod):
+    t = mod.ConnTable(8, tcp_timeout=1000, tcp_closing_timeout=5)
+    t.insert(*conn(1), 1, 0.0)
+    t.close(*conn(1), 0.0)
+    t.insert(*conn(1), 1, 1.0)
+    assert t.expire(500.0) == 0 and t.lookup(*conn(1), 500.0) == 1
+
+
+def test_close_of_udp_removes_and_close_of_unknown_is_false(mod):
+    t = mod.ConnTable(8)
+    t.insert(*conn(1, "UDP"), 1, 0.0)
+    assert t.close(*conn(1, "UDP"), 1.0) is True
+    assert len(t) == 0
+    assert t.close(*conn(1, "UDP"), 1.0) is False
+    t.insert(*conn(2), 1, 0.0)
+    assert t.close(*conn(2), 90000.0) is False  # expired before it was closed
+    assert len(t) == 0
+
+
+def test_expire_visits_only_expired_entries_of_each_class(mod):
+    t = mod.ConnTable(100, tcp_timeout=100, udp_timeout=10)
+    for i in range(10):
+        t.insert(*conn(i, "UDP"), i, float(i))
+        t.insert(*conn(i), i, float(i))
+    assert t.expire(14.5) == 5  # UDP used at 0..4
+    assert t.expire(104.5) == 5 + 5  # the rest of UDP, TCP used at 0..4
+    assert len(t) == 5
+
+
+def test_clock_going_back_counts_as_no_time(mod):
+    t = mod.ConnTable(8, udp_timeout=30)
+    t.insert(*conn(1, "UDP"), 1, 1000.0)
+    assert t.lookup(*conn(1, "UDP"), 900.0) == 1
+    assert t.lookup(*conn(1, "UDP"), 1029.0) == 1
+
+
+def test_long_uptime_keeps_timeouts_exact():
+    # 60 days of simulated time: the compiled table rebases its 32-bit millisecond clock
+    t = _conntrack_c.ConnTable(8, udp_timeout=30, tcp_timeout=86400)
+    start = 1_700_000_000.0
+    t.insert(*conn(1), 1, start)
+    t.insert(*conn(2, "UDP"), 2, start)
+    half_day = 43200.0
+    for d in range(1, 121):
+        now = start + d * half_day
+        assert t.lookup(*conn(1), now) == 1
+        t.insert(*conn(2, "UDP"), 2, now)
+        assert t.lookup(*conn(2, "UDP"), now + 29.9) == 2
+        assert t.lookup(*conn(3, "UDP"), now) == -1
+        t._check()
+    now = start + 120 * half_day
+    assert t.lookup(*conn(2, "UDP"), now + 29.9 + 30.0) == -1
+    assert t.lookup(*conn(1), now + 86399.9) == 1
+    assert t.lookup(*conn(1), now + 86399.9 + 86400.0) == -1
+
+
+# -- capacity and LRU ----------------------------------------------------------------------------
+
+
+def test_full_table_evicts_least_recently_used(mod):
+    t = mod.ConnTable(4)
+    for i in range(4):
+        t.insert(*conn(i), i, float(i))
+    assert t.lookup(*conn(0), 10.0) == 0  # 0 is now the most recent
+    t.insert(*conn(4), 4, 11.0)  # evicts 1
+    assert t.lookup(*conn(1), 12.0) == -1
+    assert [t.lookup(*conn(i), 12.0) for i in (0, 2, 3, 4)] == [0, 2, 3, 4]
+    t.insert(*conn(5), 5, 13.0)  # evicts 0 (looked up first at 12.0)
+    assert t.lookup(*conn(0), 14.0) == -1
+    assert len(t) == 4
+
+
+def test_full_table_evicts_across_protocol_classes_by_last_use(mod):
+    t = mod.ConnTable(3, tcp_timeout=1000, udp_timeout=1000)
+    t.insert(*conn(0, "UDP"), 0, 0.0)
+    t.insert(*conn(1), 1, 1.0)
+    t.insert(*conn(2, "UDP"), 2, 2.0)
+    t.lookup(*conn(0, "UDP"), 3.0)
+    t.insert(*conn(3), 3, 4.0)  # the TCP entry used at 1.0 is the oldest
+    assert t.lookup(*conn(1), 5.0) == -1
+    assert len(t) == 3
+
+
+def test_full_table_drops_an_expired_entry_before_a_live_one(mod):
+    t = mod.ConnTable(2, tcp_timeout=1000, udp_timeout=5)
+    t.insert(*conn(0), 0, 0.0)  # older but alive
+    t.insert(*conn(1, "UDP"), 1, 1.0)  # expired by 10.0
+    t.insert(*conn(2), 2, 10.0)
+    assert t.lookup(*conn(0), 10.0) == 0 and t.lookup(*conn(2), 10.0) == 2
+
+
+def test_capacity_one(mod):
+    t = mod.ConnTable(1)
+    for i in range(20):
+        t.insert(*conn(i), i, float(i))
+        assert len(t) == 1 and t.lookup(*conn(i), float(i)) == i
+
+
+# -- purge ---------------------------------------------------------------------------------------
+
+
+def test_purge_backend_removes_exactly_its_entries(mod):
+    t = mod.ConnTable(1000)
+    for i in range(900):
+        t.insert(*conn(i), i % 9, 0.0)
+    assert t.count(4) == 100
+    assert t.purge_backend(4) == 100
+    assert t.purge_backend(4) == 0 and t.purge_backend(12345) == 0
+    assert len(t) == 800
+    got = [t.lookup(*conn(i), 1.0) for i in range(900)]
+    assert got == [-1 if i % 9 == 4 else i % 9 for i in range(900)]
+
+
+def test_purged_slots_are_reused(mod):
+    t = mod.ConnTable(10)
+    for round_ in range(5):
+        for i in range(10):
+            t.insert(*conn(round_ * 10 + i), round_, float(round_))
+        assert t.purge_backend(round_) == 10
+        assert len(t) == 0
+
+
+# -- batches -------------------------------------------------------------------------------------
+
+
+def test_batch_insert_and_lookup_match_single_calls(mod):
+    n = 500
+    rng = np.random.default_rng(7)
+    src = rng.integers(0, 2**32, n, dtype=np.uint32)
+    sport = rng.integers(1024, 65536, n)
+    dst = np.tile(np.array([[10, 96, 0, 1]], dtype=np.uint8), (n, 1))
+    backends = (np.arange(n) % 13).astype(np.int32)
+    t = mod.ConnTable(1024)
+    t.insert_many("TCP", src, sport, dst, 80, backends, 0.0)
+    assert len(t) == len(set(zip(src.tolist(), sport.tolist(), strict=True)))
+    out = t.lookup_many(6, src, sport, dst, np.full(n, 80, dtype=np.uint16), 1.0)
+    assert out.dtype == np.int32
+    single = [t.lookup("TCP", str(ipaddress.IPv4Address(int(s))), int(p), "10.96.0.1", 80, 1.0)
+              for s, p in zip(src, sport, strict=True)]
+    assert out.tolist() == single
+    assert set(out.tolist()) <= set(range(13))
+    misses = t.lookup_many(np.full(n, 17, dtype=np.uint8), src, sport, dst, 80, 1.0)
+    assert (misses == -1).all()
+
+
+def test_batch_ipv6_columns(mod):
+    n = 64
+    src = np.zeros((n, 16), dtype=np.uint8)
+    src[:, 0] = 0xFD
+    src[:, 15] = np.arange(n)
+    dst = np.zeros((n, 16), dtype=np.uint8)
+    dst[:, 0] = 0xFD
+    dst[:, 1] = 0x96
+    t = mod.ConnTable(128)
+    t.insert_many("UDP", src, np.arange(n) + 1000, dst, 53, 3, 0.0)
+    assert t.lookup("UDP", f"fd00::{n - 1:x}", 1000 + n - 1, "fd96::", 53, 0.0) == 3
+
+
+def test_batch_rejects_mismatched_or_out_of_range_columns(mod):
+    t = mod.ConnTable(8)
+    src = np.zeros((3, 4), dtype=np.uint8)
+    with pytest.raises(ValidationError, match="dst"):
+        t.lookup_many("TCP", src, [1, 2, 3], np.zeros((2, 4), dtype=np.uint8), 80, 0.0)
+    with pytest.raises(ValidationError, match="sport"):
+        t.lookup_many("TCP", src, [1, 2, 70000], src, 80, 0.0)
+    with pytest.raises(ValidationError, match="backend"):
+        t.insert_many("TCP", src, [1, 2, 3], src, 80, [0, -1, 2], 0.0)
+
+
+# -- open addressing under churn -----------------------------------------------------------------
+
+
+def test_deletion_keeps_every_survivor_reachable():
+    # Many keys colliding into long probe runs, deleted in every order: backward-shift deletion
+    # must keep each remaining key reachable from its home slot.
+    rng = np.random.default_rng(1)
+    t = _conntrack_c.ConnTable(300, udp_timeout=1000)
+    live: dict[int, int] = {}
+    for step in range(6000):
+        i = int(rng.integers(0, 600))
+        action = rng.random()
+        if action < 0.5:
+            t.insert(*conn(i, "UDP"), i % 50, 0.0)
+            live[i] = i % 50
+            if len(live) > 300:  # the table evicted its LRU entry; forget what it dropped
+                live = {k: v for k, v in live.items() if conn(k, "UDP") in t}
+        elif action < 0.8:
+            assert t.remove(*conn(i, "UDP")) == (i in live)
+            live.pop(i, None)
+        elif action < 0.82:
+            b = int(rng.integers(0, 50))
+            assert t.purge_backend(b) == sum(1 for v in live.values() if v == b)
+            live = {k: v for k, v in live.items() if v != b}
+        if step % 500 == 0:
+            t._check()
+    t._check()
+    assert len(t) == len(live)
+    for i in range(600):
+        assert t.lookup(*conn(i, "UDP"), 0.0) == live.get(i, -1)
+
+
+def test_memory_per_entry_is_at_most_64_bytes():
+    t = _conntrack_c.ConnTable(100_000)
+    assert _conntrack_c.entry_size() == 56
+    t.insert(*conn(1), 99, 0.0)
+    assert t.memory_bytes() / t.capacity <= 64
