@@ -374,15 +374,15 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 def cmd_rules(args: argparse.Namespace) -> int:
     from lbcore.config import load_config, resolve_plugins
+    from lbcore.daemon import load_plugins
     from lbcore.interfaces import RuntimeContext
-    from lbcore.plugins import registered
 
     config = load_config(args.config)
-    frontends = registered("lbcore_register_frontends")
+    sources, frontends = load_plugins()
     if args.frontend not in frontends:
         names = ", ".join(sorted(frontends)) or "none installed"
         raise CommandError(f'--frontend: unknown frontend "{args.frontend}"; available: {names}')
-    config = resolve_plugins(config, registered("lbcore_register_sources"), frontends)
+    config = resolve_plugins(config, sources, frontends)
     options = next((f.options for f in config.frontends or () if f.name == args.frontend), {})
     context = RuntimeContext(
         node_name=config.node_name,

@@ -56,6 +56,17 @@ def read_or_create_token(data_dir: Path) -> str:
     return token
 
 
+def load_plugins() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The installed sources and frontends; a plugin that fails to load is a one-line error."""
+    try:
+        return registered("lbcore_register_sources"), registered("lbcore_register_frontends")
+    except Exception as exc:
+        raise StartError(
+            f"plugins: cannot load the lbcore plugins: {type(exc).__name__}: {exc} "
+            "(LBCORE_LOAD_PLUGINS=name,... loads only the named ones)"
+        ) from None
+
+
 class Daemon:
     """One running lbcore: call :meth:`start`, then :meth:`stop` (or :meth:`run_until_signal`)."""
 
@@ -84,8 +95,7 @@ class Daemon:
 
     async def _start(self) -> None:
         config = self.config
-        sources = registered("lbcore_register_sources")
-        frontend_factories = registered("lbcore_register_frontends")
+        sources, frontend_factories = load_plugins()
         config = self.config = resolve_plugins(config, sources, frontend_factories)
         data_dir = config.data_dir
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -274,10 +284,5 @@ class Daemon:
 
 def run(config: Config) -> int:
     """Run the daemon in this process until SIGTERM/SIGINT; the exit status."""
-    daemon = Daemon(config)
-    try:
-        asyncio.run(daemon.run_until_signal())
-    except ConfigError as exc:
-        event(log, "cannot start", logging.ERROR, error=str(exc))
-        raise
+    asyncio.run(Daemon(config).run_until_signal())
     return 0

@@ -1,0 +1,254 @@
+"""The daemon as a process: start, admin API, health, metrics, logs, SIGTERM, the seed workflow."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lbcore.config import config_from_mapping
+from lbcore.daemon import Daemon, read_or_create_token
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+def _wait_for(predicate, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    return predicate()
+
+
+class RunningDaemon:
+    """``lbcore run`` in a subprocess, with its own data directory and a free admin port."""
+
+    def __init__(self, tmp: Path, config: dict | None = None, args: list[str] = ()):
+        self.data_dir = tmp / "data"
+        self.config_path = tmp / "lbcore.yaml"
+        base = {"admin_address": "127.0.0.1:0", "data_dir": str(self.data_dir)}
+        self.config_path.write_text(yaml.safe_dump({**base, **(config or {})}))
+        self.env = dict(os.environ, LBCORE_DATA_DIR=str(self.data_dir))
+        self.env.pop("LBCORE_SERVER", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lbcore", "run", "--config", str(self.config_path), *args],
+            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        address_file = self.data_dir / "admin-address"
+        if not _wait_for(lambda: address_file.exists() or self.proc.poll() is not None):
+            self.stop()
+            raise AssertionError("the daemon did not start")
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the daemon exited: {self.proc.communicate()[0]}")
+        self.url = address_file.read_text().strip()
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        out = subprocess.run(
+            ["lbcore", *args], env=self.env, capture_output=True, text=True, timeout=30, cwd=ROOT
+        )
+        if check and out.returncode != 0:
+            raise AssertionError(f"lbcore {' '.join(args)} failed: {out.stderr}")
+        return out
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            output, _ = self.proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            output, _ = self.proc.communicate()
+            raise AssertionError(f"the daemon did not stop on {sig}:\n{output}") from None
+        return self.proc.returncode, output
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_daemon_serves_health_and_metrics_and_stops_cleanly_on_signal(tmp_path, sig):
+    d = RunningDaemon(tmp_path, {"frontends": []})
+    try:
+        assert d.url.startswith("http://127.0.0.1:") and not d.url.endswith(":0")
+        status, body = _wait_for(lambda: (r := d.get("/readyz"))[0] == 200 and r) or d.get(
+            "/readyz"
+        )
+        assert status == 200, body
+        status, body = d.get("/healthz")
+        assert status == 200 and json.loads(body)["status"] == "ok"
+        status, body = d.get("/metrics")
+        assert status == 200
+        assert b"lbcore_syncs_total" in body and b"lbcore_sync_duration_seconds_bucket" in body
+        assert d.get("/api/v1/namespaces/default/services")[0] == 200
+        assert (d.data_dir / "lbcore.db").exists()
+    finally:
+        code, output = d.stop(sig)
+    assert code == 0, output
+    assert not (d.data_dir / "admin-address").exists()
+    lines = output.strip().splitlines()
+    assert any("daemon started" in line for line in lines)
+    assert f"signal received; stopping signal={signal.Signals(sig).name}" in output
+    assert "daemon stopped" in lines[-1]
+    assert "Traceback" not in output
+
+
+def test_seed_workflow_create_then_describe_against_a_running_daemon(tmp_path):
+    d = RunningDaemon(tmp_path, {"min_sync_period": "50ms"})
+    try:
+        out = d.cli("create", "-f", "examples/my-service.yaml")
+        assert out.stdout == "service/my-service created\n"
+        d.cli("create", "-f", "examples/my-app-pods.yaml")
+        out = d.cli("describe", "service", "my-service")
+        text = out.stdout
+        assert text.splitlines()[0].split() == ["Name:", "my-service"]
+        assert "Selector:          name=my-app" in text
+        assert "127.0.0.11:8080,127.0.0.12:8080,127.0.0.13:8080" in text
+
+        # the daemon's model got them too: its sync counted three endpoints
+        def endpoints_metric():
+            body = d.get("/metrics")[1].decode()
+            return "lbcore_endpoints 3.0" in body or None
+
+        status = d.get("/api/v1/namespaces/default/pods")
+        assert status[0] == 200 and len(json.loads(status[1])["items"]) == 3
+        services = json.loads(d.get("/api/v1/namespaces/default/services")[1])["items"]
+        if services[0]["spec"].get("clusterIP"):
+            assert _wait_for(endpoints_metric), d.get("/metrics")[1].decode()
+    finally:
+        code, output = d.stop()
+    assert code == 0, output
+
+
+def test_json_logs_are_one_object_per_line(tmp_path):
+    d = RunningDaemon(tmp_path, {"frontends": [], "log_format": "json"})
+    try:
+        d.cli("create", "-f", "examples/my-service.yaml")
+        _wait_for(lambda: d.get("/readyz")[0] == 200)
+    finally:
+        code, output = d.stop()
+    assert code == 0
+    records = [json.loads(line) for line in output.strip().splitlines()]
+    messages = [r["msg"] for r in records]
+    assert "daemon started" in messages and messages[-1] == "daemon stopped"
+    assert all({"time", "level", "msg"} <= set(r) for r in records)
+
+
+def test_unknown_frontend_exits_1_with_one_line_listing_the_available(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "lbcore", "run", "--admin-address", "127.0.0.1:0",
+         "--data-dir", str(tmp_path), "--frontend", "foo"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert 'frontends[0].name: unknown frontend "foo"; available: ' in out.stderr
+    assert "iptables" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_invalid_config_key_exits_1_naming_the_key(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("min_sync_period: soon\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "lbcore", "run", "--config", str(config)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert (
+        out.stderr
+        == "error: min_sync_period: invalid value 'soon': expected a duration such as 1s or 500ms\n"
+    )
+
+
+def test_admin_port_in_use_is_a_one_line_error(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "lbcore", "run", "--admin-address", f"127.0.0.1:{port}",
+             "--data-dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=30,
+            env=dict(os.environ, LBCORE_LOAD_PLUGINS="local"),
+        )  # fmt: skip
+    assert out.returncode == 1
+    assert f"admin_address: cannot listen on 127.0.0.1:{port}" in out.stderr
+
+
+def _request(url: str, method: str = "GET", body: dict | None = None, token: str | None = None):
+    req = urllib.request.Request(
+        url, method=method, data=json.dumps(body).encode() if body else None
+    )
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_beyond_loopback_writes_need_the_generated_token(tmp_path):
+    """Listening on every address: a token is generated (mode 0600) and writes need it.
+    Requests go to 127.0.0.1 only."""
+    config = config_from_mapping(
+        {"admin_address": "0.0.0.0:0", "data_dir": str(tmp_path), "frontends": []}
+    )
+    pod = yaml.safe_load((EXAMPLES / "my-app-pods.yaml").read_text().split("---")[0])
+
+    async def scenario():
+        daemon = Daemon(config)
+        await daemon.start()
+        try:
+            port = daemon.admin_url.rsplit(":", 1)[1]
+            base = f"http://127.0.0.1:{port}/api/v1/namespaces/default/pods"
+            token = (tmp_path / "token").read_text().strip()
+            assert daemon.token == token and len(token) >= 32
+            assert (tmp_path / "token").stat().st_mode & 0o777 == 0o600
+            loop = asyncio.get_running_loop()
+            call = lambda *a, **k: loop.run_in_executor(None, lambda: _request(*a, **k))  # noqa: E731
+            assert await call(base, "POST", pod) == 401
+            assert await call(base, "POST", pod, token="wrong-" + token) == 401
+            assert await call(base, "POST", pod, token=token) == 201
+            assert await call(base) == 200  # reads stay open
+        finally:
+            await daemon.stop()
+
+    asyncio.run(scenario())
+    assert read_or_create_token(tmp_path) == (tmp_path / "token").read_text().strip()
+
+
+def test_on_loopback_no_token_is_needed_unless_configured(tmp_path):
+    config = config_from_mapping(
+        {"admin_address": "127.0.0.1:0", "data_dir": str(tmp_path), "frontends": []}
+    )
+
+    async def scenario():
+        daemon = Daemon(config)
+        await daemon.start()
+        try:
+            assert daemon.token is None
+        finally:
+            await daemon.stop()
+
+    asyncio.run(scenario())
+    assert not (tmp_path / "token").exists()
