@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import ipaddress
 import json
 import logging
 import sqlite3
@@ -32,7 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lbcore.errors import Cause, LbcoreError, ValidationError
+from lbcore.allocators import ClusterIPAllocator, NodePortAllocator
+from lbcore.errors import AllocationError, Cause, ConfigError, LbcoreError, ValidationError
 
 log = logging.getLogger("lbcore.store")
 
@@ -267,6 +269,7 @@ class Store:
         self.history = int(history)
         self.service_cidrs = [service_cidr] if isinstance(service_cidr, str) else list(service_cidr)
         self.node_port_range = (int(node_port_range[0]), int(node_port_range[1]))
+        self._allocations = _Allocations(self.service_cidrs, self.node_port_range)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(
             ":memory:" if self.path is None else str(self.path),
@@ -280,7 +283,6 @@ class Store:
         self._revision = self._meta("revision")
         self._watchers: set[Watch] = set()
         self._listeners: list[Callable[[Event], None]] = []
-        self._allocations = _Allocations(self.service_cidrs, self.node_port_range)
         self._allocations.rebuild(self._all("Service"))
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -406,11 +408,12 @@ class Store:
             for key in ("deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
                 meta.pop(key, None)
             obj["apiVersion"] = KINDS[kind][0]
-            release = self._allocations.admit(obj, None) if kind == "Service" else _nothing
+            plan = self._allocations.admit(obj, None) if kind == "Service" else None
             try:
                 change = self._commit(kind, namespace, name, "ADDED", obj, None, rv)
             except BaseException:
-                release()
+                if plan is not None:
+                    plan.undo()
                 raise
             self._publish(change)
             return copy.deepcopy(obj)
@@ -466,12 +469,15 @@ class Store:
             generation=generation + 1 if _body_changed(old, obj) else generation,
         )
         obj["apiVersion"] = KINDS[kind][0]
-        release = self._allocations.admit(obj, old) if kind == "Service" else _nothing
+        plan = self._allocations.admit(obj, old) if kind == "Service" else None
         try:
             change = self._commit(kind, namespace, name, "MODIFIED", obj, old, rv)
         except BaseException:
-            release()
+            if plan is not None:
+                plan.undo()
             raise
+        if plan is not None:
+            plan.done()
         self._publish(change)
         return copy.deepcopy(obj)
 
@@ -630,10 +636,6 @@ class Store:
     def _unwatch(self, watcher: Watch) -> None:
         with self._lock:
             self._watchers.discard(watcher)
-
-
-def _nothing() -> None:
-    return None
 
 
 def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
@@ -835,17 +837,163 @@ def _keep_allocated(obj: dict[str, Any], old: Mapping[str, Any]) -> None:
 
 
 class _Allocations:
-    """ClusterIPs and NodePorts in use, through lbcore.allocators."""
+    """ClusterIPs (one allocator per IP family) and NodePorts, through lbcore.allocators.
+
+    ``admit`` allocates what a Service needs (honouring requested values) and returns a
+    :class:`_Plan`: ``undo()`` when the write does not commit, ``done()`` when it does, which
+    frees what an update gave up.
+    """
 
     def __init__(self, service_cidrs: list[str], node_port_range: tuple[int, int]):
-        self.service_cidrs = service_cidrs
-        self.node_port_range = node_port_range
+        self.ips: dict[str, ClusterIPAllocator] = {}
+        for cidr in service_cidrs:
+            try:
+                allocator = ClusterIPAllocator(cidr)
+            except AllocationError as exc:
+                raise ConfigError(f"service_cidr: {exc}") from None
+            if allocator.family in self.ips:
+                raise ConfigError(
+                    f"service_cidr: {cidr!r} is a second {allocator.family} range; "
+                    "give at most one per IP family"
+                )
+            self.ips[allocator.family] = allocator
+        if not self.ips:
+            raise ConfigError("service_cidr: at least one CIDR is needed")
+        self.primary = next(iter(self.ips))
+        try:
+            self.ports = NodePortAllocator(node_port_range)
+        except AllocationError as exc:
+            raise ConfigError(f"node_port_range: {exc}") from None
 
     def rebuild(self, services: list[dict[str, Any]]) -> None:
-        pass
+        """Hold every ClusterIP and NodePort of the stored ``services`` (at open)."""
+        problems = [p for a in self.ips.values() for p in a.rebuild(services)]
+        problems += self.ports.rebuild(services)
+        for problem in problems:
+            log.warning("stored service keeps an address it cannot hold: %s", problem)
 
-    def admit(self, obj: dict[str, Any], old: dict[str, Any] | None) -> Callable[[], None]:
-        return _nothing
+    def admit(self, svc: dict[str, Any], old: Mapping[str, Any] | None) -> _Plan:
+        """Fill ``spec.clusterIP(s)``, ``ipFamilies`` and ``nodePort``s of ``svc`` in place.
 
-    def release(self, obj: Mapping[str, Any]) -> None:
-        pass
+        :raises Invalid: a requested value is taken or out of range, or nothing is left.
+        """
+        meta, spec = svc["metadata"], svc["spec"]
+        owner = f"{meta['namespace']}/{meta['name']}"
+        plan = _Plan(self, owner, old)
+        try:
+            if spec.get("type") != "ExternalName":
+                self._cluster_ips(spec, plan)
+            self._node_ports(spec, plan)
+        except Invalid:
+            plan.undo()
+            raise
+        return plan
+
+    def _cluster_ips(self, spec: dict[str, Any], plan: _Plan) -> None:
+        name = plan.owner.split("/", 1)[1]
+        requested = list(spec.get("clusterIPs") or [])
+        if not requested and spec.get("clusterIP"):
+            requested = [spec["clusterIP"]]
+        if requested == ["None"]:
+            return  # headless
+        policy = spec.get("ipFamilyPolicy") or "SingleStack"
+        families = list(spec.get("ipFamilies") or [])
+        if not families:
+            families = [_family_of(ip) for ip in requested] or [self.primary]
+        if policy in ("PreferDualStack", "RequireDualStack"):
+            families += [f for f in self.ips if f not in families]
+            if policy == "RequireDualStack" and len(families) < 2:
+                raise Invalid("Service", name, [Cause(
+                    "spec.ipFamilyPolicy", "FieldValueInvalid",
+                    'Invalid value: "RequireDualStack": this store has one service CIDR only')])
+        else:
+            families = families[:1]
+        ips = []
+        for i, family in enumerate(families):
+            allocator = self.ips.get(family)
+            if allocator is None:
+                raise Invalid("Service", name, [Cause(
+                    f"spec.ipFamilies[{i}]", "FieldValueInvalid",
+                    f'Invalid value: "{family}": no service CIDR of this family is configured')])
+            want = requested[i] if i < len(requested) else None
+            try:
+                ips.append(plan.take(allocator, want))
+            except AllocationError as exc:
+                raise Invalid("Service", name, [Cause(
+                    f"spec.clusterIPs[{i}]", "FieldValueInvalid",
+                    f'Invalid value: "{want or ""}": {exc}')]) from None
+        spec["clusterIPs"] = ips
+        spec["clusterIP"] = ips[0]
+        spec["ipFamilies"] = families
+        spec["ipFamilyPolicy"] = policy
+
+    def _node_ports(self, spec: dict[str, Any], plan: _Plan) -> None:
+        stype = spec.get("type")
+        if not (stype == "NodePort" or (
+            stype == "LoadBalancer" and spec.get("allocateLoadBalancerNodePorts", True)
+        )):
+            return
+        name = plan.owner.split("/", 1)[1]
+        for i, port in enumerate(spec.get("ports") or []):
+            want = port.get("nodePort") or None
+            try:
+                port["nodePort"] = plan.take(self.ports, want)
+            except AllocationError as exc:
+                raise Invalid("Service", name, [Cause(
+                    f"spec.ports[{i}].nodePort", "FieldValueInvalid",
+                    f"Invalid value: {want or 0}: {exc}")]) from None
+
+    def release(self, svc: Mapping[str, Any]) -> None:
+        """Free everything a deleted Service held."""
+        owner = f"{svc['metadata']['namespace']}/{svc['metadata']['name']}"
+        for allocator in self.ips.values():
+            allocator.release_owner(owner)
+        self.ports.release_owner(owner)
+
+
+class _Plan:
+    """What one write allocated: undone if the write fails; what it gave up, freed if not."""
+
+    def __init__(self, allocations: _Allocations, owner: str, old: Mapping[str, Any] | None):
+        self.allocations = allocations
+        self.owner = owner
+        self.old = old
+        self.new: list[tuple[Any, Any]] = []  # (allocator, value) taken by this write
+        self.kept: list[tuple[Any, Any]] = []  # (allocator, value) the service already held
+
+    def take(self, allocator: Any, want: Any) -> Any:
+        held = want is not None and allocator.in_use(want) and (
+            allocator.owner_of(want) == self.owner)
+        value = allocator.allocate(want, self.owner)
+        (self.kept if held else self.new).append((allocator, value))
+        return value
+
+    def undo(self) -> None:
+        for allocator, value in self.new:
+            allocator.release(value)
+        self.new.clear()
+
+    def done(self) -> None:
+        """Free what the previous version held and this one does not."""
+        if self.old is None:
+            return
+        keep = {(id(a), v) for a, v in self.kept + self.new}
+        spec = self.old.get("spec") or {}
+        allocations = self.allocations
+        for ip in spec.get("clusterIPs") or []:
+            allocator = allocations.ips.get(_family_of(ip)) if ip != "None" else None
+            if allocator is not None and (id(allocator), ip) not in keep:
+                if allocator.owner_of(ip) == self.owner:
+                    allocator.release(ip)
+        for port in spec.get("ports") or []:
+            node_port = port.get("nodePort")
+            if node_port and (id(allocations.ports), node_port) not in keep:
+                if allocations.ports.owner_of(node_port) == self.owner:
+                    allocations.ports.release(node_port)
+
+
+def _family_of(ip: str) -> str:
+    try:
+        return "IPv6" if ipaddress.ip_address(ip).version == 6 else "IPv4"
+    except ValueError:
+        return "IPv4"  # the allocator names the bad address

@@ -1,0 +1,501 @@
+"""The embedded store: writes, allocation, validation, history and watch, on real SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lbcore.errors import ConfigError, ValidationError
+from lbcore.store import (
+    AlreadyExists,
+    BadRequest,
+    Conflict,
+    Gone,
+    Invalid,
+    NotFound,
+    Store,
+)
+
+
+def service(name: str, namespace: str = "default", **spec: Any) -> dict[str, Any]:
+    body = {"selector": {"app": name}, "ports": [{"name": "http", "port": 80}]}
+    body.update(spec)
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace}, "spec": body}
+
+
+def pod(name: str, labels: dict[str, str], ip: str = "10.0.0.1") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": labels},
+            "spec": {"containers": [{"name": "c", "image": "x"}]},
+            "status": {"phase": "Running", "podIP": ip}}
+
+
+@pytest.fixture
+def store() -> Store:
+    with Store(None, service_cidr="127.10.0.0/24", node_port_range=(30000, 30009)) as s:
+        yield s
+
+
+# -- create -------------------------------------------------------------------------------------
+
+
+def test_create_sets_identity_version_generation_and_a_cluster_ip_from_the_cidr(store):
+    created = store.create(service("web"))
+    meta = created["metadata"]
+    assert meta["namespace"] == "default"
+    assert len(meta["uid"]) == 36 and meta["creationTimestamp"].endswith("Z")
+    assert meta["resourceVersion"] == "1" and meta["generation"] == 1
+    assert created["spec"]["clusterIP"] == "127.10.0.1"
+    assert created["spec"]["clusterIPs"] == ["127.10.0.1"]
+    assert created["spec"]["ipFamilies"] == ["IPv4"]
+    assert store.get("Service", "default", "web") == created
+
+
+def test_resource_version_is_one_global_counter_across_kinds_and_deletes(store):
+    versions = [
+        store.create(service("a"))["metadata"]["resourceVersion"],
+        store.create(pod("p", {"app": "a"}))["metadata"]["resourceVersion"],
+        store.delete("Pod", "default", "p")["metadata"]["resourceVersion"],
+        store.create(service("b"))["metadata"]["resourceVersion"],
+    ]
+    assert versions == ["1", "2", "3", "4"]
+    assert store.list("Service")[1] == "4"
+
+
+def test_create_of_an_existing_object_is_409_already_exists(store):
+    store.create(service("web"))
+    with pytest.raises(AlreadyExists) as err:
+        store.create(service("web"))
+    status = err.value.status()
+    assert (status["code"], status["reason"]) == (409, "AlreadyExists")
+    assert status["message"] == 'services "web" already exists'
+    assert status["details"] == {"name": "web", "kind": "services"}
+
+
+def test_invalid_create_stores_nothing_and_reports_every_cause_as_422(store):
+    bad = service("Web_1", ports=[{"port": 0}, {"port": 70000}])
+    with pytest.raises(Invalid) as err:
+        store.create(bad)
+    assert isinstance(err.value, ValidationError)
+    status = err.value.status()
+    assert (status["code"], status["reason"], status["kind"]) == (422, "Invalid", "Status")
+    fields = {c["field"] for c in status["details"]["causes"]}
+    assert {"metadata.name", "spec.ports[0].port", "spec.ports[1].port"} <= fields
+    assert store.revision == 0 and store.list("Service")[0] == []
+    # the ClusterIP it did not get is still the first one
+    assert store.create(service("web"))["spec"]["clusterIP"] == "127.10.0.1"
+
+
+def test_unknown_kind_and_wrong_api_version_are_400(store):
+    with pytest.raises(BadRequest, match="kind: 'Deployment'"):
+        store.create({"kind": "Deployment", "metadata": {"name": "x"}})
+    with pytest.raises(BadRequest, match="apiVersion: 'v2'"):
+        store.create({"apiVersion": "v2", "kind": "Service", "metadata": {"name": "x"}})
+
+
+def test_generate_name_gives_a_fresh_name_with_the_prefix(store):
+    obj = service("")
+    obj["metadata"] = {"generateName": "web-"}
+    created = store.create(obj)
+    assert created["metadata"]["name"].startswith("web-")
+    assert len(created["metadata"]["name"]) == len("web-") + 5
+
+
+# -- allocation ---------------------------------------------------------------------------------
+
+
+def test_requested_cluster_ip_in_use_is_invalid_and_leaks_nothing(store):
+    store.create(service("a", clusterIP="127.10.0.7"))
+    with pytest.raises(Invalid) as err:
+        store.create(service("b", clusterIP="127.10.0.7", type="NodePort"))
+    cause = err.value.status()["details"]["causes"][0]
+    assert cause["field"] == "spec.clusterIPs[0]" and "already allocated" in cause["message"]
+    # b's node port was not kept either: the next NodePort service gets the first port
+    assert store.create(service("c", type="NodePort"))["spec"]["ports"][0]["nodePort"] == 30000
+
+
+def test_requested_cluster_ip_outside_the_cidr_is_invalid(store):
+    with pytest.raises(Invalid, match="not in the service CIDR"):
+        store.create(service("a", clusterIP="10.0.0.1"))
+
+
+def test_node_ports_are_allocated_and_checked_against_the_range(store):
+    svc = store.create(service("a", type="NodePort", ports=[
+        {"name": "http", "port": 80}, {"name": "dns", "port": 53, "nodePort": 30005}]))
+    assert [p["nodePort"] for p in svc["spec"]["ports"]] == [30000, 30005]
+    with pytest.raises(Invalid) as err:
+        store.create(service("b", type="NodePort", ports=[{"port": 80, "nodePort": 31000}]))
+    cause = err.value.status()["details"]["causes"][0]
+    assert cause["field"] == "spec.ports[0].nodePort" and "outside the range" in cause["message"]
+
+
+def test_headless_and_external_name_services_get_no_cluster_ip(store):
+    headless = store.create(service("h", clusterIP="None"))
+    assert headless["spec"]["clusterIP"] == "None"
+    external = store.create({"kind": "Service", "metadata": {"name": "ext"},
+                             "spec": {"type": "ExternalName", "externalName": "example.org"}})
+    assert "clusterIP" not in external["spec"]
+    assert store.create(service("web"))["spec"]["clusterIP"] == "127.10.0.1"
+
+
+def test_dual_stack_is_allocated_from_both_cidrs_when_preferred():
+    with Store(None, service_cidr=["127.10.0.0/24", "fd00:10::/120"]) as store:
+        svc = store.create(service("ds", ipFamilyPolicy="PreferDualStack"))
+        assert svc["spec"]["clusterIPs"] == ["127.10.0.1", "fd00:10::1"]
+        assert svc["spec"]["ipFamilies"] == ["IPv4", "IPv6"]
+        single = store.create(service("v6", ipFamilies=["IPv6"]))
+        assert single["spec"]["clusterIPs"] == ["fd00:10::2"]
+
+
+def test_require_dual_stack_on_a_single_stack_store_is_invalid(store):
+    with pytest.raises(Invalid, match="spec.ipFamilyPolicy"):
+        store.create(service("ds", ipFamilyPolicy="RequireDualStack"))
+
+
+def test_a_bad_service_cidr_is_a_config_error():
+    with pytest.raises(ConfigError, match="service_cidr"):
+        Store(None, service_cidr="127.10.0.0/33")
+
+
+def test_concurrent_creates_get_distinct_addresses_and_versions(store):
+    errors: list[BaseException] = []
+
+    def create(prefix: str) -> None:
+        try:
+            for i in range(30):
+                store.create(service(f"{prefix}{i}"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create, args=(p,)) for p in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    items, rv = store.list("Service")
+    assert len({s["spec"]["clusterIP"] for s in items}) == 60
+    assert sorted(int(s["metadata"]["resourceVersion"]) for s in items) == list(range(1, 61))
+    assert rv == "60"
+
+
+# -- update, apply, delete ----------------------------------------------------------------------
+
+
+def test_update_with_a_stale_resource_version_is_409_conflict(store):
+    first = store.create(service("web"))
+    second = store.update(first)
+    with pytest.raises(Conflict) as err:
+        store.update(first)  # still carries resourceVersion 1
+    assert err.value.status()["reason"] == "Conflict"
+    assert "the object has been modified" in err.value.status()["message"]
+    assert store.get("Service", "default", "web")["metadata"]["resourceVersion"] == \
+        second["metadata"]["resourceVersion"]
+
+
+def test_update_without_resource_version_is_last_write_wins(store):
+    store.create(service("web"))
+    again = service("web")
+    again["metadata"]["labels"] = {"tier": "front"}
+    assert store.update(again)["metadata"]["labels"] == {"tier": "front"}
+
+
+def test_update_of_a_missing_object_is_404(store):
+    with pytest.raises(NotFound):
+        store.update(service("web"))
+
+
+def test_generation_counts_spec_changes_only(store):
+    svc = store.create(service("web"))
+    svc["metadata"]["labels"] = {"a": "b"}
+    svc = store.update(svc)
+    assert svc["metadata"]["generation"] == 1
+    svc["spec"]["ports"][0]["port"] = 8080
+    svc["spec"]["ports"][0]["targetPort"] = 8080
+    assert store.update(svc)["metadata"]["generation"] == 2
+
+
+def test_update_keeps_uid_creation_time_and_allocated_addresses_left_out(store):
+    created = store.create(service("web", type="NodePort"))
+    updated = store.update(service("web", type="NodePort"))  # as a re-applied manifest
+    for key in ("uid", "creationTimestamp"):
+        assert updated["metadata"][key] == created["metadata"][key]
+    assert updated["spec"]["clusterIP"] == created["spec"]["clusterIP"]
+    assert updated["spec"]["ports"][0]["nodePort"] == created["spec"]["ports"][0]["nodePort"]
+
+
+def test_cluster_ip_may_not_change_once_set(store):
+    store.create(service("web"))
+    with pytest.raises(Invalid, match="may not change once set"):
+        store.update(service("web", clusterIP="127.10.0.9"))
+
+
+def test_leaving_node_port_type_frees_the_node_port(store):
+    store.create(service("a", type="NodePort", ports=[{"port": 80, "nodePort": 30003}]))
+    with pytest.raises(Invalid, match="already allocated"):
+        store.create(service("b", type="NodePort", ports=[{"port": 80, "nodePort": 30003}]))
+    store.update(service("a"))  # back to ClusterIP
+    got = store.create(service("b", type="NodePort", ports=[{"port": 80, "nodePort": 30003}]))
+    assert got["spec"]["ports"][0]["nodePort"] == 30003
+
+
+def test_apply_creates_then_updates(store):
+    assert store.apply(service("web"))["metadata"]["generation"] == 1
+    changed = service("web", sessionAffinity="ClientIP")
+    applied = store.apply(changed)
+    assert applied["spec"]["sessionAffinity"] == "ClientIP"
+    assert applied["metadata"]["generation"] == 2
+    assert applied["spec"]["clusterIP"] == "127.10.0.1"
+
+
+def test_delete_returns_the_object_and_frees_its_cluster_ip(store):
+    store.create(service("a", clusterIP="127.10.0.5"))
+    gone = store.delete("Service", "default", "a")
+    assert gone["metadata"]["name"] == "a" and gone["metadata"]["resourceVersion"] == "2"
+    with pytest.raises(NotFound) as err:
+        store.get("Service", "default", "a")
+    assert err.value.status()["code"] == 404
+    assert err.value.status()["message"] == 'services "a" not found'
+    assert store.create(service("b", clusterIP="127.10.0.5"))["spec"]["clusterIP"] == "127.10.0.5"
+
+
+def test_delete_of_a_missing_object_is_404(store):
+    with pytest.raises(NotFound):
+        store.delete("Service", "default", "nope")
+
+
+# -- list ---------------------------------------------------------------------------------------
+
+
+def test_list_filters_by_namespace_and_label_selector(store):
+    store.create(pod("a", {"app": "web", "tier": "front"}))
+    store.create(pod("b", {"app": "web", "tier": "back"}))
+    store.create(pod("c", {"app": "db"}))
+    other = pod("d", {"app": "web"})
+    other["metadata"]["namespace"] = "prod"
+    store.create(other)
+    names = lambda items: [o["metadata"]["name"] for o in items]  # noqa: E731
+    assert names(store.list("Pod")[0]) == ["a", "b", "c", "d"]
+    assert names(store.list("Pod", "prod")[0]) == ["d"]
+    assert names(store.list("Pod", None, "app=web,tier notin (back)")[0]) == ["a", "d"]
+    assert names(store.list("Pod", "default", "!tier")[0]) == ["c"]
+    with pytest.raises(BadRequest, match="labelSelector"):
+        store.list("Pod", None, "app in (")
+
+
+# -- persistence --------------------------------------------------------------------------------
+
+
+def test_objects_revision_and_allocations_survive_a_reopen(tmp_path: Path):
+    path = tmp_path / "store.db"
+    with Store(path, service_cidr="127.10.0.0/24") as first:
+        first.create(service("a"))
+        first.create(service("b", type="NodePort"))
+        first.delete("Service", "default", "a")
+    with Store(path, service_cidr="127.10.0.0/24") as second:
+        assert [s["metadata"]["name"] for s in second.list("Service")[0]] == ["b"]
+        assert second.revision == 3
+        assert second.create(service("c"))["metadata"]["resourceVersion"] == "4"
+        with pytest.raises(Invalid, match="already allocated"):
+            second.create(service("d", clusterIP="127.10.0.2"))  # b's, rebuilt at open
+        with pytest.raises(Invalid, match="already allocated"):
+            second.create(service("e", type="NodePort", ports=[{"port": 1, "nodePort": 30000}]))
+
+
+# -- subscribe ----------------------------------------------------------------------------------
+
+
+def test_subscribers_see_each_commit_in_order_until_they_unsubscribe(store):
+    seen: list[tuple[str, str]] = []
+    unsubscribe = store.subscribe(lambda e: seen.append(
+        (e["type"], e["object"]["metadata"]["resourceVersion"])))
+    store.create(service("a"))
+    store.update(service("a", sessionAffinity="ClientIP"))
+    store.delete("Service", "default", "a")
+    store.create(pod("p", {}))
+    with pytest.raises(AlreadyExists):
+        store.create(pod("p", {}))  # a refused write is not an event
+    unsubscribe()
+    store.create(service("b"))
+    assert seen == [("ADDED", "1"), ("MODIFIED", "2"), ("DELETED", "3"), ("ADDED", "4")]
+
+
+def test_a_failing_subscriber_does_not_undo_the_write(store):
+    def broken(event: dict[str, Any]) -> None:
+        raise RuntimeError("listener bug")
+
+    store.subscribe(broken)
+    store.create(service("a"))
+    assert store.get("Service", "default", "a")["metadata"]["resourceVersion"] == "1"
+
+
+# -- watch --------------------------------------------------------------------------------------
+
+
+async def take(watch: Any, n: int, timeout: float = 5.0) -> list[tuple[str, str]]:
+    out = []
+    async with asyncio.timeout(timeout):
+        async for event in watch:
+            obj = event["object"]
+            out.append((event["type"], obj["metadata"].get("name", obj["metadata"]["resourceVersion"])))
+            if len(out) == n:
+                break
+    return out
+
+
+def test_watch_from_a_version_replays_later_changes_then_follows(store):
+    store.create(service("a"))
+    store.create(service("b"))
+    store.delete("Service", "default", "a")
+
+    async def main() -> list[tuple[str, str]]:
+        watch = store.watch("Service", resource_version="1")
+        store.create(service("c"))
+        try:
+            return await take(watch, 3)
+        finally:
+            watch.close()
+
+    assert asyncio.run(main()) == [("ADDED", "b"), ("DELETED", "a"), ("ADDED", "c")]
+
+
+def test_watch_without_a_version_starts_with_the_current_objects(store):
+    store.create(service("a"))
+    store.create(service("b"))
+    store.delete("Service", "default", "a")
+
+    async def main() -> list[tuple[str, str]]:
+        watch = store.watch("Service")
+        store.update(service("b", sessionAffinity="ClientIP"))
+        try:
+            return await take(watch, 2)
+        finally:
+            watch.close()
+
+    assert asyncio.run(main()) == [("ADDED", "b"), ("MODIFIED", "b")]
+
+
+def test_watch_from_a_compacted_version_is_410_gone():
+    with Store(None, history=2) as store:
+        for name in "abcd":
+            store.create(service(name))
+
+        async def main() -> None:
+            store.watch("Service", resource_version="2").close()  # 3 and 4 are kept
+            with pytest.raises(Gone) as err:
+                store.watch("Service", resource_version="1")
+            status = err.value.status()
+            assert (status["code"], status["reason"]) == (410, "Expired")
+            assert status["message"] == "too old resource version: 1 (2)"
+
+        asyncio.run(main())
+
+
+def test_watch_history_survives_a_reopen(tmp_path: Path):
+    path = tmp_path / "store.db"
+    with Store(path) as first:
+        first.create(service("a"))
+        first.create(service("b"))
+    with Store(path) as second:
+        async def main() -> list[tuple[str, str]]:
+            watch = second.watch("Service", resource_version="1")
+            try:
+                return await take(watch, 1)
+            finally:
+                watch.close()
+
+        assert asyncio.run(main()) == [("ADDED", "b")]
+
+
+def test_watch_filters_by_namespace_and_kind(store):
+    async def main() -> list[tuple[str, str]]:
+        watch = store.watch("Service", namespace="prod", resource_version="0")
+        store.create(service("a"))
+        store.create(pod("p", {"app": "a"}))
+        store.create(service("b", namespace="prod"))
+        try:
+            return await take(watch, 1)
+        finally:
+            watch.close()
+
+    assert asyncio.run(main()) == [("ADDED", "b")]
+
+
+def test_watch_with_a_label_selector_sees_objects_move_in_and_out(store):
+    store.create(pod("p", {"app": "web"}))
+
+    async def main() -> list[tuple[str, str]]:
+        watch = store.watch("Pod", resource_version="1", label_selector="app=web")
+        p = store.get("Pod", "default", "p")
+        p["metadata"]["labels"] = {"app": "db"}
+        store.update(p)  # moves out
+        p = store.get("Pod", "default", "p")
+        p["metadata"]["labels"] = {"app": "db", "x": "y"}
+        store.update(p)  # not seen at all
+        p = store.get("Pod", "default", "p")
+        p["metadata"]["labels"] = {"app": "web"}
+        store.update(p)  # moves in
+        try:
+            return await take(watch, 2)
+        finally:
+            watch.close()
+
+    assert asyncio.run(main()) == [("DELETED", "p"), ("ADDED", "p")]
+
+
+def test_bookmarks_carry_the_version_reached_including_other_kinds(store):
+    store.create(service("a"))
+
+    async def main() -> dict[str, Any]:
+        watch = store.watch("Service", resource_version="1", allow_bookmarks=True,
+                            bookmark_interval=0.05)
+        store.create(pod("p", {}))  # revision 2, not a Service
+        try:
+            async with asyncio.timeout(5):
+                return await anext(watch)
+        finally:
+            watch.close()
+
+    event = asyncio.run(main())
+    assert event["type"] == "BOOKMARK"
+    assert event["object"] == {"kind": "Service", "apiVersion": "v1",
+                               "metadata": {"resourceVersion": "2"}}
+
+
+def test_watch_receives_writes_made_in_another_thread(store):
+    async def main() -> list[tuple[str, str]]:
+        watch = store.watch("Service", resource_version="0")
+        writer = threading.Thread(target=lambda: [store.create(service(n)) for n in "xyz"])
+        writer.start()
+        try:
+            return await take(watch, 3)
+        finally:
+            writer.join(5)
+            watch.close()
+
+    assert asyncio.run(main()) == [("ADDED", "x"), ("ADDED", "y"), ("ADDED", "z")]
+
+
+def test_closing_a_watch_ends_its_iteration(store):
+    async def main() -> list[Any]:
+        watch = store.watch("Service")
+        asyncio.get_running_loop().call_later(0.05, watch.close)
+        async with asyncio.timeout(5):
+            return [e async for e in watch]
+
+    assert asyncio.run(main()) == []
+
+
+def test_bad_resource_version_and_selector_are_400(store):
+    async def main() -> None:
+        with pytest.raises(BadRequest, match="resourceVersion"):
+            store.watch("Service", resource_version="abc")
+        with pytest.raises(BadRequest, match="labelSelector"):
+            store.watch("Service", label_selector="a in (")
+
+    asyncio.run(main())
