@@ -1,0 +1,196 @@
+"""The local source: the embedded store's lists, then its commits, into a sink."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytest
+from lbcore_plugins.local_source import LocalSource
+
+from lbcore.errors import ConfigError
+from lbcore.interfaces import RuntimeContext, SourceSink
+from lbcore.plugins import get_plugin_manager, registered
+from lbcore.store import Store
+
+KINDS = ("Service", "Pod", "Endpoints", "EndpointSlice")
+
+
+class DictSink(SourceSink):
+    """Keeps what it is told; ``on_replace`` lets a test write to the store mid-listing."""
+
+    def __init__(self, on_replace: Callable[[str], None] | None = None) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.upserts = 0
+        self.on_replace = on_replace
+
+    def upsert(self, obj: Mapping[str, Any]) -> None:
+        meta = obj["metadata"]
+        self.objects[(obj["kind"], meta["namespace"], meta["name"])] = dict(obj)
+        self.upserts += 1
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        del self.objects[(kind, namespace, name)]
+
+    def replace(self, kind: str, objects: list[Mapping[str, Any]]) -> None:
+        for key in [k for k in self.objects if k[0] == kind]:
+            del self.objects[key]
+        for obj in objects:
+            meta = obj["metadata"]
+            self.objects[(kind, meta["namespace"], meta["name"])] = dict(obj)
+        if self.on_replace:
+            self.on_replace(kind)
+
+
+def state(store: Store, namespace: str | None = None) -> dict[tuple[str, str, str], str]:
+    return {(k, o["metadata"]["namespace"], o["metadata"]["name"]): o["metadata"]["resourceVersion"]
+            for k in KINDS for o in store.list(k, namespace)[0]}
+
+
+def versions(sink: DictSink) -> dict[tuple[str, str, str], str]:
+    return {k: o["metadata"]["resourceVersion"] for k, o in sink.objects.items()}
+
+
+def service(name: str, namespace: str = "default") -> dict[str, Any]:
+    return {"kind": "Service", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"selector": {"app": name}, "ports": [{"port": 80}]}}
+
+
+def pod(name: str) -> dict[str, Any]:
+    return {"kind": "Pod", "metadata": {"name": name, "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "image": "x"}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.1"}}
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"condition not met within {timeout} s"
+        await asyncio.sleep(0.01)
+
+
+def run(store: Store, sink: DictSink, scenario: Callable[[LocalSource], Any],
+        options: dict[str, Any] | None = None) -> None:
+    async def main() -> None:
+        source = LocalSource(options or {}, RuntimeContext(store=store))
+        task = asyncio.create_task(source.run(sink))
+        try:
+            await asyncio.wait_for(source.synced.wait(), 5)
+            await scenario(source)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(main())
+
+
+@pytest.fixture
+def store() -> Store:
+    with Store(None) as s:
+        yield s
+
+
+def test_lists_every_kind_then_follows_creates_updates_and_deletes(store):
+    store.create(service("web"))
+    store.create(pod("web-a"))
+    sink = DictSink()
+
+    async def scenario(source: LocalSource) -> None:
+        assert versions(sink) == state(store)
+        store.create(pod("web-b"))
+        svc = store.get("Service", "default", "web")
+        svc["metadata"]["labels"] = {"changed": "yes"}
+        store.update(svc)
+        store.delete("Pod", "default", "web-a")
+        await wait_until(lambda: versions(sink) == state(store))
+        assert sink.objects[("Service", "default", "web")]["metadata"]["labels"] == {
+            "changed": "yes"}
+
+    run(store, sink, scenario)
+
+
+def test_writes_during_the_listing_are_neither_lost_nor_applied_twice(store):
+    """A write made while kind A is being listed lands in a later kind's list or as an event."""
+    store.create(service("web"))
+
+    def write_while_listing(kind: str) -> None:
+        if kind == "Service":
+            store.create(pod("listed"))  # before the Pod list: arrives in it, not as an event
+        if kind == "EndpointSlice":
+            store.create(service("after"))  # Services already listed: arrives as an event
+
+    sink = DictSink(on_replace=write_while_listing)
+
+    async def scenario(source: LocalSource) -> None:
+        await wait_until(lambda: versions(sink) == state(store))
+        assert sink.upserts == 1  # only "after"; "listed" came in the Pod list
+
+    run(store, sink, scenario)
+
+
+def test_writes_from_another_thread_arrive(store):
+    sink = DictSink()
+
+    async def scenario(source: LocalSource) -> None:
+        writer = threading.Thread(target=lambda: [store.create(service(f"s{i}")) for i in range(20)])
+        writer.start()
+        await wait_until(lambda: len(sink.objects) == 20)
+        writer.join(5)
+        assert versions(sink) == state(store)
+
+    run(store, sink, scenario)
+
+
+def test_namespace_and_kinds_options_restrict_what_is_followed(store):
+    store.create(service("a", "prod"))
+    store.create(service("b", "dev"))
+    store.create(pod("p"))
+    sink = DictSink()
+
+    async def scenario(source: LocalSource) -> None:
+        store.create(service("c", "prod"))
+        store.create(service("d", "dev"))
+        await wait_until(lambda: len(sink.objects) == 2)
+        await asyncio.sleep(0.05)
+        assert set(sink.objects) == {("Service", "prod", "a"), ("Service", "prod", "c")}
+
+    run(store, sink, scenario, {"namespace": "prod", "kinds": ["Service"]})
+
+
+def test_cancelling_stops_following_the_store(store):
+    sink = DictSink()
+
+    async def main() -> None:
+        source = LocalSource({}, RuntimeContext(store=store))
+        task = asyncio.create_task(source.run(sink))
+        await asyncio.wait_for(source.synced.wait(), 5)
+        store.create(service("a"))
+        await wait_until(lambda: len(sink.objects) == 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        store.create(service("b"))  # the loop still runs: only unsubscribing keeps b out
+        await asyncio.sleep(0.1)
+
+    asyncio.run(main())
+    assert set(sink.objects) == {("Service", "default", "a")}
+
+
+def test_without_a_store_it_is_a_config_error():
+    with pytest.raises(ConfigError, match="no store"):
+        LocalSource({}, RuntimeContext())
+    with pytest.raises(ConfigError, match="kinds"):
+        LocalSource({"kinds": "Service"}, RuntimeContext(store=object()))
+
+
+def test_registered_under_its_name_through_the_entry_point(monkeypatch):
+    monkeypatch.setenv("LBCORE_LOAD_PLUGINS", "local")
+    get_plugin_manager.cache_clear()
+    try:
+        assert registered("lbcore_register_sources")["local"] is LocalSource
+    finally:
+        get_plugin_manager.cache_clear()
