@@ -474,6 +474,7 @@ cdef void conn_opened(Worker* w, Conn* c) noexcept nogil:
         get_pipe(w, &c.down)
         c.up.splicing = c.up.pipe_r >= 0
         c.down.splicing = c.down.pipe_r >= 0
+        w.counters[C_SPLICED] += c.up.splicing + c.down.splicing
     pump(w, c)
 
 

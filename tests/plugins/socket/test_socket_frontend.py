@@ -1,0 +1,399 @@
+"""The socket frontend with real sockets on loopback: balancing, failures, half-close, syncs."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import socket
+import threading
+import time
+
+import pytest
+from lbcore_plugins import socket_frontend
+from lbcore_plugins.socket_frontend import SocketFrontend
+from proxy_helpers import (
+    cluster_ip,
+    read_line,
+    service_port,
+    snapshot,
+    tag_of,
+    wait_until,
+)
+
+from lbcore.errors import ConfigError
+from lbcore.snapshot import EndpointInfo
+
+
+def test_round_robin_gives_three_backends_equal_shares(backends, make_frontend):
+    bs = [backends(t) for t in "ABC"]
+    sp = service_port("web", [b.endpoint() for b in bs])
+    fe = make_frontend()
+    fe.sync(snapshot(sp), frozenset({"default/web"}))
+    counts = collections.Counter(tag_of((sp.cluster_ips[0], 8080)) for _ in range(300))
+    assert counts == {"A": 100, "B": 100, "C": 100}
+
+
+@pytest.mark.parametrize("algorithm", ["random", "least_connections", "weighted_round_robin"])
+def test_each_algorithm_shares_within_tolerance(backends, make_frontend, algorithm):
+    bs = [backends(t) for t in "ABC"]
+    sp = service_port("web", [b.endpoint() for b in bs])
+    fe = make_frontend(algorithm=algorithm)
+    fe.sync(snapshot(sp), frozenset({"default/web"}))
+    counts = collections.Counter(tag_of((sp.cluster_ips[0], 8080)) for _ in range(600))
+    # binomial(600, 1/3): sd 11.5; 60 is over 5 sd
+    assert set(counts) == {"A", "B", "C"}
+    assert all(abs(n - 200) <= 60 for n in counts.values()), counts
+
+
+def test_weights_shift_the_shares(backends, make_frontend):
+    a, b = backends("A"), backends("B")
+    sp = service_port("web", [a.endpoint(weight=3), b.endpoint(weight=1)])
+    fe = make_frontend(algorithm="weighted_round_robin")
+    fe.sync(snapshot(sp), frozenset({"default/web"}))
+    counts = collections.Counter(tag_of((sp.cluster_ips[0], 8080)) for _ in range(200))
+    assert counts == {"A": 150, "B": 50}
+
+
+def test_client_ip_affinity_keeps_each_client_on_one_backend(backends, make_frontend):
+    bs = [backends(t) for t in "ABC"]
+    sp = service_port("web", [b.endpoint() for b in bs], session_affinity="ClientIP")
+    fe = make_frontend()
+    fe.sync(snapshot(sp), frozenset({"default/web"}))
+    chosen = {}
+    for i in range(2, 11):
+        source = f"127.0.0.{i}"
+        tags = {tag_of((sp.cluster_ips[0], 8080), source=source) for _ in range(8)}
+        assert len(tags) == 1, (source, tags)
+        chosen[source] = tags.pop()
+    assert len(set(chosen.values())) == 3
+
+
+def test_refused_backend_is_skipped_without_client_error(backends, make_frontend):
+    a, b, c = backends("A"), backends("B"), backends("C")
+    sp = service_port("web", [a.endpoint(), b.endpoint(), c.endpoint()])
+    fe = make_frontend(down_time=30.0)
+    fe.sync(snapshot(sp), frozenset({"default/web"}))
+    b.close()
+    tags = [tag_of((sp.cluster_ips[0], 8080)) for _ in range(60)]
+    assert set(tags) == {"A", "C"}
+    assert fe.stats()["connect_failed"] >= 1
+    down = {e["address"]: e["down"] for e in fe.engine.service_endpoints(f"cluster/{sp.key}")}
+    assert down[f"127.0.0.1:{b.port}"] is True
+
+
+def test_backend_that_never_answers_times_out_and_the_next_one_serves(backends, make_frontend):
+    a = backends("A")
+    # a listener whose accept queue is full: its SYNs are dropped, connects hang
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(0)
+    fillers = []
+    for _ in range(3):
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(silent.getsockname())
+        fillers.append(f)
+    time.sleep(0.1)
+    try:
+        port = silent.getsockname()[1]
+        sp = service_port("web", [EndpointInfo("127.0.0.1", port), a.endpoint()])
+        fe = make_frontend(connect_timeout=0.3, down_time=30.0)
+        fe.sync(snapshot(sp), frozenset({"default/web"}))
+        tags = [tag_of((sp.cluster_ips[0], 8080), timeout=3) for _ in range(4)]
+        assert tags == ["A"] * 4
+        assert fe.stats()["connect_failed"] >= 1
+    finally:
+        for f in fillers:
+            f.close()
+        silent.close()
+
+
+def test_no_endpoint_left_resets_the_client(backends, make_frontend):
+    a = backends("A")
+    sp = service_port("web", [a.endpoint()])
+    fe = make_frontend(retries=1)
+    fe.sync(snapshot(sp), frozenset({"default/web"}))
+    a.close()
+    # accepted, then reset: the reset may even reach the client before connect() returns
+    with pytest.raises(ConnectionResetError):
+        with socket.create_connection((sp.cluster_ips[0], 8080), timeout=3) as s:
+            s.recv(10)
+    assert fe.stats()["rejected"] == 1
+
+
+def test_half_close_passes_fin_and_keeps_the_reply_direction(backends, make_frontend):
+    a = backends("A")
+    sp = service_port("web", [a.endpoint()])
+    fe = make_frontend()
+    fe.sync(snapshot(sp), frozenset({"default/web"}))
+    with socket.create_connection((sp.cluster_ips[0], 8080), timeout=3) as s:
+        assert read_line(s) == "A"
+        s.sendall(b"hello world")
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    # the echo came back, then the backend saw our FIN and still could answer
+    assert data == b"hello worldEOF A 11"
+
+
+@pytest.mark.parametrize("splice", ["auto", "always", "never"])
+def test_bulk_transfer_is_exact_in_both_directions(backends, make_frontend, splice):
+    a = backends("A")
+    sp = service_port("bulk", [a.endpoint()])
+    fe = make_frontend(splice=splice)
+    fe.sync(snapshot(sp), frozenset({"default/bulk"}))
+    payload = os.urandom(4 << 20)
+    received = bytearray()
+    with socket.create_connection((sp.cluster_ips[0], 8080), timeout=5) as s:
+        assert read_line(s) == "A"
+
+        def reader() -> None:
+            while True:
+                chunk = s.recv(1 << 16)
+                if not chunk:
+                    return
+                received.extend(chunk)
+
+        t = threading.Thread(target=reader)
+        t.start()
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        t.join(20)
+    assert not t.is_alive()
+    tail = b"EOF A %d" % len(payload)
+    assert bytes(received[-len(tail) :]) == tail
+    assert hashlib.sha256(received[: -len(tail)]).digest() == hashlib.sha256(payload).digest()
+    if splice != "never":
+        assert fe.stats()["spliced"] >= 1
+
+
+def test_silent_client_does_not_hold_up_others_and_idles_out(backends, make_frontend):
+    a = backends("A")
+    sp = service_port("web", [a.endpoint()])
+    fe = make_frontend(idle_timeout=0.5)
+    fe.sync(snapshot(sp), frozenset({"default/web"}))
+    silent = socket.create_connection((sp.cluster_ips[0], 8080), timeout=3)
+    try:
+        started = time.monotonic()
+        assert [tag_of((sp.cluster_ips[0], 8080)) for _ in range(20)] == ["A"] * 20
+        assert time.monotonic() - started < 2
+        assert read_line(silent) == "A"
+        silent.settimeout(3)
+        assert silent.recv(10) == b""  # closed by the idle timeout
+        assert fe.stats()["idle_closed"] >= 1
+    finally:
+        silent.close()
+
+
+def test_max_connections_queues_the_next_client(backends, make_frontend):
+    a = backends("A")
+    sp = service_port("web", [a.endpoint()])
+    fe = make_frontend(max_connections=2, workers=1)
+    fe.sync(snapshot(sp), frozenset({"default/web"}))
+    addr = (sp.cluster_ips[0], 8080)
+    first = [socket.create_connection(addr, timeout=3) for _ in range(2)]
+    assert [read_line(s) for s in first] == ["A", "A"]
+    third = socket.create_connection(addr, timeout=3)
+    try:
+        third.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            third.recv(10)  # waiting in the accept queue
+        first[0].close()
+        third.settimeout(3)
+        assert read_line(third) == "A"
+    finally:
+        third.close()
+        first[1].close()
+
+
+def test_udp_replies_come_from_the_service_address(udp_backends, make_frontend):
+    u = udp_backends("U")
+    sp = service_port("dns", [u.endpoint()], protocol="UDP", port=5353)
+    fe = make_frontend()
+    fe.sync(snapshot(sp), frozenset({"default/dns"}))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.settimeout(3)
+        for i in range(5):
+            c.sendto(b"q%d" % i, (sp.cluster_ips[0], 5353))
+            data, peer = c.recvfrom(100)
+            assert data == b"U:q%d" % i
+            assert peer == (sp.cluster_ips[0], 5353)
+    assert fe.stats()["udp_flows"] == 1
+
+
+def test_udp_flow_moves_at_once_when_its_endpoint_is_removed(udp_backends, make_frontend):
+    u1, u2 = udp_backends("U1"), udp_backends("U2")
+    sp = service_port("dns", [u1.endpoint()], protocol="UDP", port=5353)
+    fe = make_frontend(udp_idle_timeout=300.0)
+    fe.sync(snapshot(sp), frozenset({"default/dns"}))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.settimeout(3)
+        c.connect((sp.cluster_ips[0], 5353))
+        c.send(b"a")
+        assert c.recv(100) == b"U1:a"
+        moved = service_port(
+            "dns", [u2.endpoint()], ip=sp.cluster_ips[0], protocol="UDP", port=5353
+        )
+        fe.sync(snapshot(moved, version=2), frozenset({"default/dns"}))
+        c.send(b"b")
+        assert c.recv(100) == b"U2:b"
+    assert fe.stats()["udp_dropped_flows"] == 1
+
+
+def test_udp_flow_to_a_terminating_endpoint_is_kept(udp_backends, make_frontend):
+    u1, u2 = udp_backends("U1"), udp_backends("U2")
+    ip = cluster_ip()
+    sp = service_port("dns", [u1.endpoint()], ip=ip, protocol="UDP", port=5353)
+    fe = make_frontend()
+    fe.sync(snapshot(sp), frozenset({"default/dns"}))
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other,
+    ):
+        c.settimeout(3)
+        other.settimeout(3)
+        c.connect((ip, 5353))
+        c.send(b"a")
+        assert c.recv(100) == b"U1:a"
+        ending = u1.endpoint(ready=False, serving=True, terminating=True)
+        sp2 = service_port("dns", [ending, u2.endpoint()], ip=ip, protocol="UDP", port=5353)
+        fe.sync(snapshot(sp2, version=2), frozenset({"default/dns"}))
+        c.send(b"b")
+        assert c.recv(100) == b"U1:b"  # established flow finishes on its endpoint
+        other.sendto(b"c", (ip, 5353))
+        assert other.recvfrom(100)[0] == b"U2:c"  # new flows avoid it
+
+
+def test_removed_tcp_endpoint_keeps_established_and_gets_no_new(backends, make_frontend):
+    a, b = backends("A"), backends("B")
+    ip = cluster_ip()
+    fe = make_frontend()
+    fe.sync(snapshot(service_port("web", [a.endpoint()], ip=ip)), frozenset({"default/web"}))
+    with socket.create_connection((ip, 8080), timeout=3) as established:
+        assert read_line(established) == "A"
+        fe.sync(
+            snapshot(service_port("web", [b.endpoint()], ip=ip), version=2),
+            frozenset({"default/web"}),
+        )
+        assert {tag_of((ip, 8080)) for _ in range(10)} == {"B"}
+        established.sendall(b"still here")
+        assert established.recv(100) == b"still here"
+
+
+def test_terminating_endpoint_gets_no_new_connections(backends, make_frontend):
+    a, b = backends("A"), backends("B")
+    ip = cluster_ip()
+    fe = make_frontend()
+    sp = service_port("web", [a.endpoint(), b.endpoint()], ip=ip)
+    fe.sync(snapshot(sp), frozenset({"default/web"}))
+    ending = a.endpoint(ready=False, serving=True, terminating=True)
+    fe.sync(
+        snapshot(service_port("web", [ending, b.endpoint()], ip=ip), version=2),
+        frozenset({"default/web"}),
+    )
+    assert {tag_of((ip, 8080)) for _ in range(10)} == {"B"}
+    # when every endpoint is terminating, the serving ones still take traffic (kube-proxy)
+    fe.sync(snapshot(service_port("web", [ending], ip=ip), version=3), frozenset({"default/web"}))
+    assert tag_of((ip, 8080)) == "A"
+
+
+def test_listeners_follow_syncs_without_breaking_other_services(backends, make_frontend):
+    a, b = backends("A"), backends("B")
+    ip_a, ip_b = cluster_ip(), cluster_ip()
+    svc_a = service_port("alpha", [a.endpoint()], ip=ip_a)
+    svc_b = service_port("beta", [b.endpoint()], ip=ip_b, port=9090)
+    fe = make_frontend()
+    fe.sync(snapshot(svc_a), frozenset({"default/alpha"}))
+    assert fe.listening == [(ip_a, 8080, "TCP")]
+    with socket.create_connection((ip_a, 8080), timeout=3) as established:
+        assert read_line(established) == "A"
+        fe.sync(snapshot(svc_a, svc_b, version=2), frozenset({"default/beta"}))
+        assert tag_of((ip_b, 9090)) == "B"
+        # beta's port changes, then alpha's connection must not notice anything
+        svc_b2 = service_port("beta", [b.endpoint()], ip=ip_b, port=9191)
+        fe.sync(snapshot(svc_a, svc_b2, version=3), frozenset({"default/beta"}))
+        assert tag_of((ip_b, 9191)) == "B"
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((ip_b, 9090), timeout=3)
+        established.sendall(b"ping")
+        assert established.recv(10) == b"ping"
+        # alpha goes away: its listener closes, its established connection may finish
+        fe.sync(snapshot(svc_b2, version=4), frozenset({"default/alpha"}))
+        assert fe.listening == [(ip_b, 9191, "TCP")]
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((ip_a, 8080), timeout=3)
+        established.sendall(b"pong")
+        assert established.recv(10) == b"pong"
+
+
+def test_ten_thousand_connections_leak_no_file_descriptor(backends, make_frontend):
+    a = backends("A")
+    sp = service_port("web", [a.endpoint()])
+    fe = make_frontend()
+    fe.sync(snapshot(sp), frozenset({"default/web"}))
+    addr = (sp.cluster_ips[0], 8080)
+    tag_of(addr)  # warm up: every lazily opened descriptor exists before counting
+    assert wait_until(lambda: fe.stats()["connections"] == 0)
+    before = len(os.listdir("/proc/self/fd"))
+    deadline = time.monotonic() + 90
+    for _ in range(10_000):
+        with socket.socket() as s:
+            s.settimeout(3)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            s.connect(addr)
+            assert s.recv(2) == b"A\n"
+        assert time.monotonic() < deadline
+    assert wait_until(lambda: fe.stats()["connections"] == 0, timeout=5)
+    assert wait_until(lambda: a.open == 0, timeout=5)
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert fe.stats()["accepted"] >= 10_000
+
+
+def test_stop_closes_every_listener_and_thread(backends, context):
+    a = backends("A")
+    ip = cluster_ip()
+    fd_before = len(os.listdir("/proc/self/fd"))
+    fe = SocketFrontend({"workers": 2}, context)
+    fe.start()
+    fe.sync(
+        snapshot(
+            service_port("web", [a.endpoint()], ip=ip),
+            service_port("dns", [a.endpoint()], ip=ip, port=5353, protocol="UDP"),
+        ),
+        frozenset({"default/web", "default/dns"}),
+    )
+    open_conn = socket.create_connection((ip, 8080), timeout=3)
+    assert read_line(open_conn) == "A"
+    assert any(t.name.startswith("lbcore-proxy-") for t in threading.enumerate())
+    fe.stop()
+    assert not any(t.name.startswith("lbcore-proxy-") for t in threading.enumerate())
+    open_conn.settimeout(3)
+    assert open_conn.recv(10) == b""
+    open_conn.close()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((ip, 8080), timeout=3)
+    assert wait_until(lambda: a.open == 0)
+    assert len(os.listdir("/proc/self/fd")) == fd_before
+    # the ports are free again
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((ip, 5353))
+
+
+def test_options_are_validated_with_the_key_named(context):
+    with pytest.raises(ConfigError, match="algorithm: 'fastest'"):
+        SocketFrontend({"algorithm": "fastest"}, context)
+    with pytest.raises(ConfigError, match="workers: 'two'"):
+        SocketFrontend({"workers": "two"}, context)
+    with pytest.raises(ConfigError, match="colour: unknown option"):
+        SocketFrontend({"colour": "blue"}, context)
+    with pytest.raises(ConfigError, match="idle_timeout: -1"):
+        SocketFrontend({"idle_timeout": -1}, context)
+
+
+def test_plugin_registers_the_socket_frontend():
+    assert socket_frontend.lbcore_register_frontends() == {"socket": SocketFrontend}
