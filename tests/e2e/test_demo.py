@@ -1,0 +1,62 @@
+"""``lbcore demo``: the README's main job, as a user runs it."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def demo_run() -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lbcore", "demo"], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_demo_exits_0_without_errors(demo_run):
+    assert demo_run.returncode == 0, demo_run.stdout + demo_run.stderr
+    assert "Traceback" not in demo_run.stderr
+
+
+def test_demo_spreads_every_request_over_the_three_pods(demo_run):
+    rows = re.findall(r"^  (my-app-\d)  (127\.0\.0\.1\d):8080\s+(\d+) ", demo_run.stdout, re.M)
+    assert [(name, ip) for name, ip, _ in rows] == [
+        ("my-app-1", "127.0.0.11"),
+        ("my-app-2", "127.0.0.12"),
+        ("my-app-3", "127.0.0.13"),
+    ]
+    counts = [int(n) for _, _, n in rows]
+    requests = int(re.search(r"^(\d+) requests to my-service via", demo_run.stdout, re.M).group(1))
+    assert sum(counts) == requests == 300
+    assert min(counts) > 0  # every pod got a share
+    assert "failed:" not in demo_run.stdout
+
+
+def test_demo_goes_through_the_clusterip_when_the_socket_frontend_is_installed(demo_run):
+    from lbcore.daemon import load_plugins
+
+    if "socket" not in load_plugins()[1]:
+        pytest.skip("the socket frontend is not installed")
+    m = re.search(r"via (127\.10\.\d+\.\d+):8080 through the socket frontend", demo_run.stdout)
+    assert m, demo_run.stdout
+
+
+def test_demo_prints_describe_service_with_the_three_endpoints(demo_run):
+    describe = demo_run.stdout.split("$ lbcore describe service my-service\n", 1)[1]
+    assert describe.startswith("Name:              my-service\n")
+    assert "Endpoints:         127.0.0.11:8080,127.0.0.12:8080,127.0.0.13:8080" in describe
+
+
+def test_demo_leaves_nothing_behind(demo_run):
+    data_dir = re.search(r"data in (\S+)", demo_run.stdout).group(1)
+    assert not Path(data_dir).exists()
+    for ip in ("127.0.0.11", "127.0.0.12", "127.0.0.13"):
+        with socket.socket() as s:  # the pods' port is free again
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((ip, 8080))
+    assert demo_run.stdout.rstrip().endswith("everything stopped.")
