@@ -31,6 +31,8 @@ class Balancer:
         """Index of the backend for ``key``."""
     def pick_hashed(self, h: int) -> int:
         """Index of the backend for a key already hashed with ``lbcore.hash64``."""
+    def pick_retry(self, key: str | bytes | int, attempt: int) -> int:
+        """Backend for the ``attempt``-th retry of ``key`` (0 is ``pick(key)``)."""
     def pick_many(self, keys: npt.ArrayLike) -> npt.NDArray[np.int32]:
         """Indices for a 1-D array of uint64 keys, each hashed as ``hash64(int(k))``."""
     def acquire(self, i: int) -> None:

@@ -97,6 +97,13 @@ cdef class Balancer:
         """Index of the backend for a key already hashed with ``lbcore.hash64``."""
         return self.pick_hash(h)
 
+    def pick_retry(self, key, int attempt) -> int:
+        """Backend for the ``attempt``-th retry of ``key`` (0 is ``pick(key)``): where a new
+        connection goes when the backend it was first given refused it."""
+        if attempt < 0:
+            raise ValueError(f"attempt must be >= 0, not {attempt}")
+        return self.pick_hash_retry(hash_object(key), attempt)
+
     def pick_many(self, keys):
         """Indices (int32 array) for a 1-D array of uint64 keys, each hashed as ``hash64(int(k))``."""
         cdef const uint64_t[::1] src = np.ascontiguousarray(keys, dtype=np.uint64)
