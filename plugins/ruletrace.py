@@ -24,6 +24,7 @@ BUILTIN = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
 }
 HOOK_PREFIX = "# lbcore-hook: "
+_BUILTIN_TARGETS = {"ACCEPT", "DROP", "REJECT", "RETURN", "DNAT", "SNAT", "MASQUERADE", "MARK"}
 
 
 class TraceError(ValueError):
@@ -129,32 +130,39 @@ def _parse_rule(tokens: list[str], line: str) -> Rule:
 class RuleSet:
     """An iptables-restore text, parsed into tables of chains of rules."""
 
-    def __init__(self, text: str):
+    def __init__(self, text: str = ""):
         self.tables: dict[str, dict[str, list[Rule]]] = {}
-        hooks: list[tuple[str, str, list[str]]] = []
+        self.hooks: list[tuple[str, str, list[str]]] = []
+        if text:
+            self.apply(text)
+
+    def apply(self, text: str) -> RuleSet:
+        """Load restore text as ``iptables-restore --noflush`` would: ``:CHAIN`` creates or
+        flushes a chain, ``-X`` deletes one, chains not named keep their rules."""
         table: dict[str, list[Rule]] | None = None
         for raw in text.splitlines():
             line = raw.strip()
             if line.startswith(HOOK_PREFIX):
                 tokens = shlex.split(line[len(HOOK_PREFIX) :])
-                hooks.append((tokens[0], tokens[1], tokens[2:]))
+                self._hook(tokens[0], tokens[1], tokens[2:])
                 continue
             if not line or line.startswith("#"):
                 continue
             if line.startswith("*"):
-                table = self.tables.setdefault(line[1:], {})
-                for chain in BUILTIN.get(line[1:], ()):
-                    table.setdefault(chain, [])
+                table = self._table(line[1:])
             elif line == "COMMIT":
+                self._check(table)
                 table = None
             elif table is None:
                 raise TraceError(f"rule outside a table: {line}")
             elif line.startswith(":"):
-                table.setdefault(line[1:].split()[0], [])
+                table[line[1:].split()[0]] = []
             else:
-                tokens = shlex.split(line)
+                tokens = shlex.split(line) if '"' in line or "'" in line else line.split()
                 if tokens[0] == "-X":
-                    table.pop(tokens[1], None)
+                    if tokens[1] not in table:
+                        raise TraceError(f"-X of missing chain {tokens[1]!r}")
+                    del table[tokens[1]]
                     continue
                 if tokens[0] not in ("-A", "-I"):
                     raise TraceError(f"unknown command {tokens[0]!r}: {line}")
@@ -165,14 +173,36 @@ class RuleSet:
                     table[tokens[1]].insert(0, rule)
                 else:
                     table[tokens[1]].append(rule)
-        for name, chain, spec in hooks:
-            tbl = self.tables.setdefault(name, {c: [] for c in BUILTIN.get(name, ())})
-            tbl.setdefault(chain, []).insert(0, _parse_rule(spec, " ".join(spec)))
-        for name, tbl in self.tables.items():
-            for chain, rules in tbl.items():
-                for rule in rules:
-                    if rule.target and rule.target.isupper() and "-" in rule.target and rule.target not in tbl:
-                        raise TraceError(f"{name} {chain}: jump to missing chain {rule.target!r}")
+        return self
+
+    def _table(self, name: str) -> dict[str, list[Rule]]:
+        table = self.tables.get(name)
+        if table is None:
+            table = self.tables[name] = {chain: [] for chain in BUILTIN.get(name, ())}
+            for tname, chain, spec in self.hooks:
+                if tname == name:
+                    table[chain].insert(0, _parse_rule(spec, " ".join(spec)))
+        return table
+
+    def _hook(self, table: str, chain: str, spec: list[str]) -> None:
+        self.hooks.append((table, chain, spec))
+        if table in self.tables:
+            self.tables[table].setdefault(chain, []).insert(0, _parse_rule(spec, " ".join(spec)))
+
+    def _check(self, table: dict[str, list[Rule]] | None) -> None:
+        """Every jump goes to a chain that exists, as the kernel insists at commit."""
+        for chain, rules in (table or {}).items():
+            for rule in rules:
+                t = rule.target
+                if t and t not in _BUILTIN_TARGETS and t not in table:  # type: ignore[operator]
+                    raise TraceError(f"{chain}: jump to missing chain {t!r}")
+
+    def dump(self) -> dict[str, dict[str, list[str]]]:
+        """Table -> chain -> rule lines (without their ``-A CHAIN``), for comparisons."""
+        return {
+            name: {chain: [r.line.split(" ", 2)[2] if r.line.startswith("-A ") else r.line for r in rules] for chain, rules in table.items()}
+            for name, table in self.tables.items()
+        }
 
     def chains(self, table: str) -> dict[str, list[Rule]]:
         return self.tables.get(table, {})

@@ -1,0 +1,137 @@
+"""Shared parts of the kernel frontends: names, options, endpoint choice, conntrack clean-up."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from kernel_snapshots import port, snap
+from lbcore_plugins.netfilter import (
+    NetfilterOptions,
+    StaleFlow,
+    chain_name,
+    plan_key,
+    plan_ports,
+    split_probabilities,
+    stale_udp_flows,
+    usable_endpoints,
+)
+
+from lbcore.errors import ConfigError
+from lbcore.snapshot import EndpointInfo
+
+
+def test_chain_names_are_stable_prefixed_and_fit_iptables_limit():
+    a = chain_name("LBCORE-SEP-", "ns/web:http/tcp/10.0.0.1:80")
+    assert a == chain_name("LBCORE-SEP-", "ns/web:http/tcp/10.0.0.1:80")
+    assert a != chain_name("LBCORE-SEP-", "ns/web:http/tcp/10.0.0.2:80")
+    assert a.startswith("LBCORE-SEP-") and len(a) <= 28
+    assert a[len("LBCORE-SEP-"):].isalnum()
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"keep_on_exit": "yes"}, "'keep_on_exit'"),
+        ({"cluster_cidr": "10.244.0.0/33"}, "'10.244.0.0/33'"),
+        ({"cluster_cidr": ["10.0.0.0/8", "10.244.0.0/16"]}, "one CIDR per family"),
+        ({"node_addresses": ["node-a"]}, "'node-a'"),
+        ({"netns": "a/b"}, "'netns'"),
+        ({"masquerade": True}, "unknown option 'masquerade'"),
+        ({"timeout": 0}, "'timeout'"),
+    ],
+)
+def test_bad_options_name_the_key_and_value(options, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("/", "/").replace("[", r"\[")):
+        NetfilterOptions.parse("iptables", options)
+
+
+def test_options_parse_dual_stack_cidrs_and_addresses():
+    opts = NetfilterOptions.parse(
+        "nftables",
+        {"cluster_cidr": ["10.244.0.0/16", "fd00:10:244::/56"], "node_addresses": "192.168.1.5",
+         "keep_on_exit": True, "netns": "node1"},
+    )
+    assert opts.cluster_cidrs == {4: "10.244.0.0/16", 6: "fd00:10:244::/56"}
+    assert opts.node_addresses == ("192.168.1.5/32",)
+    assert opts.keep_on_exit and opts.netns == "node1"
+
+
+def ep(ip: str, **kw: object) -> EndpointInfo:
+    return EndpointInfo(ip=ip, port=80, **kw)  # type: ignore[arg-type]
+
+
+def test_ready_endpoints_win_over_terminating_ones():
+    eps = [ep("10.0.0.1"), ep("10.0.0.2", ready=False, serving=True, terminating=True)]
+    assert [e.ip for e in usable_endpoints(eps, 4)] == ["10.0.0.1"]
+
+
+def test_serving_terminating_endpoints_are_used_when_none_is_ready():
+    eps = [
+        ep("10.0.0.1", ready=False, serving=False, terminating=True),
+        ep("10.0.0.2", ready=False, serving=True, terminating=True),
+        ep("10.0.0.3", ready=False, serving=False, terminating=False),
+    ]
+    assert [e.ip for e in usable_endpoints(eps, 4)] == ["10.0.0.2"]
+
+
+def test_no_ready_or_serving_endpoint_means_none():
+    eps = [ep("10.0.0.1", ready=False, serving=False, terminating=True)]
+    assert usable_endpoints(eps, 4) == ()
+
+
+def test_endpoints_of_the_other_family_and_other_nodes_are_left_out():
+    eps = [ep("10.0.0.1", node_name="a"), ep("fd00::1", node_name="a"), ep("10.0.0.2", node_name="b")]
+    assert [e.ip for e in usable_endpoints(eps, 6)] == ["fd00::1"]
+    assert [e.ip for e in usable_endpoints(eps, 4, node_name="a")] == ["10.0.0.1"]
+
+
+def test_internal_traffic_policy_local_keeps_only_this_nodes_endpoints():
+    sp = dataclasses.replace(
+        port("web", "10.96.0.1", []),
+        endpoints=(ep("10.0.0.1", node_name="node-a"), ep("10.0.0.2", node_name="node-b")),
+        internal_traffic_policy="Local",
+    )
+    (plan,) = plan_ports(snap(sp, node_name="node-a"), 4)
+    assert [e.ip for e in plan.cluster_endpoints] == ["10.0.0.1"]
+
+
+@given(st.lists(st.integers(min_value=1, max_value=1000), min_size=1, max_size=40))
+def test_cascade_probabilities_give_each_endpoint_its_weight_share(weights):
+    probabilities = split_probabilities(weights)
+    assert probabilities[-1] == 1.0
+    reach = 1.0
+    total = sum(weights)
+    for w, p in zip(weights, probabilities, strict=True):
+        assert reach * p == pytest.approx(w / total, rel=1e-9, abs=1e-12)
+        reach *= 1.0 - p
+
+
+def test_removed_udp_endpoint_yields_conntrack_deletions_for_cluster_ip_and_node_port():
+    sp = port("dns", "10.96.0.10", ["10.244.1.2", "10.244.2.2"], protocol="UDP", port=53,
+              type="NodePort", node_port=30053)
+    before = {plan_key(p): p for p in plan_ports(snap(sp), 4)}
+    after_sp = dataclasses.replace(sp, endpoints=sp.endpoints[:1])
+    after = {plan_key(p): p for p in plan_ports(snap(after_sp), 4)}
+    flows = stale_udp_flows(before, after)
+    assert flows == [StaleFlow(53, "10.96.0.10", "10.244.2.2"), StaleFlow(30053, None, "10.244.2.2")]
+    assert flows[0].argv() == [
+        "conntrack", "-D", "-p", "udp", "--orig-port-dst", "53", "-f", "ipv4",
+        "--orig-dst", "10.96.0.10", "--reply-src", "10.244.2.2",
+    ]
+
+
+def test_udp_service_getting_its_first_endpoint_clears_flows_to_its_cluster_ip():
+    empty = port("dns", "10.96.0.10", [], protocol="UDP", port=53)
+    before = {plan_key(p): p for p in plan_ports(snap(empty), 4)}
+    after = {plan_key(p): p for p in plan_ports(snap(port("dns", "10.96.0.10", ["10.244.1.2"], protocol="UDP", port=53)), 4)}
+    assert stale_udp_flows(before, after) == [StaleFlow(53, "10.96.0.10", None)]
+
+
+def test_tcp_endpoint_removal_needs_no_conntrack_deletion():
+    sp = port("web", "10.96.0.10", ["10.244.1.2", "10.244.2.2"])
+    before = {plan_key(p): p for p in plan_ports(snap(sp), 4)}
+    after = {plan_key(p): p for p in plan_ports(snap(dataclasses.replace(sp, endpoints=sp.endpoints[:1])), 4)}
+    assert stale_udp_flows(before, after) == []
