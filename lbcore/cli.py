@@ -259,7 +259,16 @@ def cmd_get(args: argparse.Namespace) -> int:
     namespace = (
         None if args.all_namespaces else (getattr(args, "namespace", None) or DEFAULT_NAMESPACE)
     )
-    if args.name:
+    if args.name and resource.kind == "Endpoints":
+        # an lbcore store has no endpoints controller: a service without an Endpoints object
+        # still has endpoints, computed below
+        try:
+            items = [client.get(resource, namespace or DEFAULT_NAMESPACE, args.name)]
+        except ApiError as exc:
+            if exc.code != 404 or not _exists(client, "svc", namespace, args.name):
+                raise
+            items = []
+    elif args.name:
         items = [client.get(resource, namespace or DEFAULT_NAMESPACE, args.name)]
     else:
         items = client.list(resource, namespace, args.selector)
@@ -283,6 +292,16 @@ def cmd_get(args: argparse.Namespace) -> int:
         return 0
     print(format_table(resource, rows, wide=args.output == "wide", namespaces=namespace is None))
     return 0
+
+
+def _exists(client: Client, kind: str, namespace: str | None, name: str) -> bool:
+    try:
+        client.get(resource_for(kind), namespace or DEFAULT_NAMESPACE, name)
+    except ApiError as exc:
+        if exc.code == 404:
+            return False
+        raise
+    return True
 
 
 def _endpoints_rows(
