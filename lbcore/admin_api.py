@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import hmac
 import json
 import logging
@@ -51,7 +52,6 @@ DEFAULT_WATCH_TIMEOUT = 1800.0
 KUBERNETES_VERSION = ("1", "31")
 
 _WATCHES = web.AppKey("lbcore_watches", set)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class UnsupportedMediaType(StoreError):
@@ -82,12 +82,17 @@ def add_routes(
     app[_WATCHES] = api.watches
     app.on_shutdown.append(api.end_watches)
     add = app.router.add_route
-    add("GET", "/version", api.version)
-    add("GET", "/api", api.api_versions)
-    add("GET", "/api/v1", api.core_resources)
-    add("GET", "/apis", api.api_groups)
-    add("GET", f"/apis/{DISCOVERY_GROUP}", api.discovery_group)
-    add("GET", DISCOVERY, api.discovery_resources)
+    # discovery, with and without the trailing slash the official client's calls end with
+    for path, handler in (
+        ("/version", api.version),
+        ("/api", api.api_versions),
+        ("/api/v1", api.core_resources),
+        ("/apis", api.api_groups),
+        (f"/apis/{DISCOVERY_GROUP}", api.discovery_group),
+        (DISCOVERY, api.discovery_resources),
+    ):
+        add("GET", path, handler)
+        add("GET", path + "/", handler)
     for prefix in (CORE, DISCOVERY):
         collection = prefix + "/namespaces/{namespace}/{resource}"
         add("GET", collection, api.list_or_watch)
@@ -107,18 +112,19 @@ def _status_response(error: StoreError) -> web.Response:
     return web.json_response(error.status(), status=error.code)
 
 
-def _handles_errors(handler: Handler) -> Handler:
-    async def wrapped(request: web.Request) -> web.StreamResponse:
+def _handles_errors(handler: Callable[[Any, web.Request], Awaitable[web.StreamResponse]]) -> Any:
+    """Answer a StoreError with its Status, anything unexpected with a 500 Status."""
+
+    @functools.wraps(handler)
+    async def wrapped(self: Any, request: web.Request) -> web.StreamResponse:
         try:
-            return await handler(request)
+            return await handler(self, request)
         except StoreError as error:
             return _status_response(error)
         except Exception as exc:  # the client gets a Status, the log the traceback
             log.exception("%s %s failed", request.method, request.path)
             return _status_response(StoreError(f"{type(exc).__name__}: {exc}"))
 
-    wrapped.__name__ = handler.__name__
-    wrapped.__doc__ = handler.__doc__
     return wrapped
 
 
