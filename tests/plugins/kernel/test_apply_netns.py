@@ -1,0 +1,134 @@
+"""The rendered rules load into a real kernel, and a chain of partial syncs ends where a full
+sync of the same state would (root: each test makes and deletes its own network namespaces)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from kernel_snapshots import POD_CIDR, many, port, snap
+from lbcore_plugins.iptables import IptablesFrontend
+from lbcore_plugins.nftables import NftablesFrontend
+
+from lbcore.interfaces import FrontendUnavailable, RuntimeContext
+from lbcore.snapshot import EndpointInfo, Snapshot
+
+FRONTENDS = {"iptables": IptablesFrontend, "nftables": NftablesFrontend}
+
+
+def test_frontends_register_through_the_plugin_manager(monkeypatch):
+    from lbcore import plugins
+
+    monkeypatch.setenv("LBCORE_LOAD_PLUGINS", "iptables,nftables")
+    plugins.get_plugin_manager.cache_clear()
+    try:
+        found = plugins.registered("lbcore_register_frontends")
+    finally:
+        plugins.get_plugin_manager.cache_clear()
+    assert found == {"iptables": IptablesFrontend, "nftables": NftablesFrontend}
+
+
+@pytest.mark.parametrize("kind", sorted(FRONTENDS))
+def test_start_names_a_missing_namespace(kind):
+    name = f"lbcore-absent-{secrets.token_hex(4)}"
+    with pytest.raises(FrontendUnavailable, match=name):
+        FRONTENDS[kind]({"netns": name}, RuntimeContext()).start()
+
+
+@pytest.fixture
+def namespaces() -> Iterator[tuple[str, str]]:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 for network namespaces")
+    names = [f"lbk-{secrets.token_hex(4)}" for _ in range(2)]
+    made = []
+    try:
+        for name in names:
+            subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
+            made.append(name)
+        yield names[0], names[1]
+    finally:
+        for name in made:
+            subprocess.run(["ip", "netns", "del", name], timeout=30)
+
+
+def listing(kind: str, netns: str) -> list[str]:
+    """What the kernel holds, as sorted lines (set elements one per line, counters dropped)."""
+    if kind == "iptables":
+        out = ""
+        for tool in ("iptables-save", "ip6tables-save"):
+            out += subprocess.run(["ip", "netns", "exec", netns, tool], capture_output=True, text=True, check=True).stdout
+        lines = [line for line in out.splitlines() if not line.startswith("#")]
+    else:
+        out = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "table", "inet", "lbcore"],
+                             capture_output=True, text=True, check=True).stdout
+        lines = out.replace("elements = {", "\n").replace(",", "\n").splitlines()
+    return sorted(line.strip().rstrip("}").strip() for line in lines if line.strip())
+
+
+def mutate(rng: random.Random, s: Snapshot) -> tuple[Snapshot, frozenset[str]]:
+    ports = dict(s.service_ports)
+    changed = set()
+    for key in rng.sample(sorted(ports), 4):
+        sp = ports[key]
+        action = rng.choice(["drop", "empty", "delete", "affinity", "add", "nodeport"])
+        if action == "delete":
+            del ports[key]
+        elif action == "empty":
+            ports[key] = dataclasses.replace(sp, endpoints=())
+        elif action == "drop":
+            ports[key] = dataclasses.replace(sp, endpoints=sp.endpoints[1:])
+        elif action == "affinity":
+            ports[key] = dataclasses.replace(sp, session_affinity="ClientIP", affinity_timeout=rng.choice([60, 600]))
+        elif action == "nodeport":
+            ports[key] = dataclasses.replace(sp, type="NodePort", node_port=31000 + rng.randrange(500))
+        else:
+            ports[key] = dataclasses.replace(sp, endpoints=(*sp.endpoints, EndpointInfo(ip="10.250.0.9", port=9)))
+        changed.add(sp.service)
+    new_key = f"ns/new{rng.randrange(10**6)}:p"
+    ports[new_key] = port(new_key.split("/")[1].split(":")[0], f"10.97.0.{s.version}", ["10.244.9.9"], protocol="UDP")
+    changed.add(ports[new_key].service)
+    return Snapshot(version=s.version + 1, service_ports=ports, node_name=s.node_name), frozenset(changed)
+
+
+@pytest.mark.parametrize("kind", sorted(FRONTENDS))
+def test_partial_syncs_end_where_a_full_sync_of_the_same_state_does(kind, namespaces):
+    a, b = namespaces
+    rng = random.Random(7)
+    state = many(60, endpoints=3)
+    incremental = FRONTENDS[kind]({"netns": a, "cluster_cidr": POD_CIDR}, RuntimeContext())
+    incremental.start()
+    incremental.sync(state, frozenset())
+    for round_ in range(4):
+        state, changed = mutate(rng, state)
+        incremental.sync(state, changed)
+        fresh = FRONTENDS[kind]({"netns": b, "cluster_cidr": POD_CIDR}, RuntimeContext())
+        fresh.sync(state, frozenset())
+        assert listing(kind, a) == listing(kind, b), f"round {round_}"
+    incremental.stop()
+    fresh.stop()
+
+
+@pytest.mark.parametrize("kind", sorted(FRONTENDS))
+def test_dual_stack_and_every_option_load_into_the_kernel(kind, namespaces):
+    a, _ = namespaces
+    v6 = port("web6", "fd00:96::10", ["fd00:244::2", "fd00:244::3"], session_affinity="ClientIP")
+    local = dataclasses.replace(
+        port("np", "10.96.0.3", [], type="NodePort", node_port=30080, external_traffic_policy="Local"),
+        endpoints=(EndpointInfo(ip="10.244.1.2", port=8080, node_name="node-a"),
+                   EndpointInfo(ip="10.244.2.2", port=8080, node_name="node-b", weight=3)),
+    )
+    s = snap(v6, local, port("empty", "fd00:96::11", [], protocol="UDP"), node_name="node-a")
+    options = {"netns": a, "cluster_cidr": [POD_CIDR, "fd00:244::/64"], "masquerade_all": True,
+               "node_addresses": ["192.168.77.1", "fd00:77::1"]}
+    fe = FRONTENDS[kind](options, RuntimeContext())
+    fe.start()
+    fe.sync(s, frozenset())
+    held = "\n".join(listing(kind, a))
+    assert "fd00:244::2" in held and "10.244.1.2" in held and "10.244.2.2" in held
+    fe.stop()
