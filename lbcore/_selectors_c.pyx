@@ -758,7 +758,7 @@ cdef class _Parser:
                 raise self.fail(f"{_PREFIX}found '{self.lit(self.at - 1)}', expected: ',', or identifier", self.at - 1)
 
 
-def parse_selector(text: str) -> Selector:
+def parse_selector(text) -> Selector:
     """Parse a Kubernetes label-selector string (``app=web,tier in (a,b),!canary``).
 
     The empty string (or only whitespace) gives the selector that matches everything.
