@@ -483,8 +483,9 @@ cdef class RingHash(Balancer):
     A backend's number of points is ``round(scale * weight)`` (at least 1), where ``scale`` is
     chosen once so that the ring has at least ``min_ring_size`` points and ``vnodes`` points per
     backend of mean weight. ``update`` keeps ``scale``, so the backends that stay keep exactly
-    their points and only the keys of a removed backend move; the scale is chosen again only when
-    the ring would fall under half of ``min_ring_size`` or over ``max_ring_size``.
+    their points and only the keys of a removed backend move, however many go (the ring may then
+    fall under ``min_ring_size``, never under ``vnodes`` points per backend of the first mean
+    weight); the scale is chosen again only when the ring would grow over ``max_ring_size``.
     """
 
     name = "ring_hash"
@@ -525,7 +526,7 @@ cdef class RingHash(Balancer):
         cdef double total = _sum(self.w, n)
         positive = sum(1 for x in self._weights if x > 0)
         points = self._points(self.scale) if self.scale > 0 else None
-        if points is None or sum(points) < self.min_ring_size // 2 or sum(points) > self.max_ring_size:
+        if points is None or sum(points) > self.max_ring_size:
             self.scale = max(self.vnodes / (total / positive), self.min_ring_size / total)
             points = self._points(self.scale)
             if sum(points) > self.max_ring_size:
