@@ -18,9 +18,9 @@ after, and work per service is proportional to that one pod, not to the service'
 
 from __future__ import annotations
 
-import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from socket import AF_INET, AF_INET6, inet_pton
 
 from lbcore._selectors import SelectorIndex, selector_from_map
 from lbcore.model import (
@@ -47,11 +47,14 @@ __all__ = [
 PortEndpoints = dict[str, tuple[EndpointInfo, ...]]
 
 
+def _address_key(ep: EndpointInfo) -> tuple[bool, bytes, int]:
+    # IPv4 before IPv6, then numeric address order; inet_pton is C, ipaddress is far slower
+    v6 = ":" in ep.ip
+    return v6, inet_pton(AF_INET6 if v6 else AF_INET, ep.ip), ep.port
+
+
 def _order(eps: Iterable[EndpointInfo]) -> tuple[EndpointInfo, ...]:
-    def key(ep: EndpointInfo) -> tuple[int, int, int]:
-        addr = ipaddress.ip_address(ep.ip)
-        return addr.version, int(addr), ep.port
-    return tuple(sorted(eps, key=key))
+    return tuple(sorted(eps, key=_address_key))
 
 
 def resolve_target_port(port: ServicePort, pod: Pod) -> int | None:
@@ -65,9 +68,9 @@ def resolve_target_port(port: ServicePort, pod: Pod) -> int | None:
 def _family_ip(service: Service, pod: Pod) -> str | None:
     if not service.ip_families:
         return pod.pod_ip
-    want = 6 if service.ip_families[0] == "IPv6" else 4
+    want_v6 = service.ip_families[0] == "IPv6"
     for ip in pod.pod_ips:
-        if ipaddress.ip_address(ip).version == want:
+        if (":" in ip) == want_v6:
             return ip
     return None
 
@@ -156,6 +159,19 @@ def endpoints_from_endpoints_object(service: Service, endpoints: Endpoints) -> P
     return result
 
 
+_Member = tuple[tuple[bool, bytes, str], tuple[EndpointInfo | None, ...]]
+
+
+def _first(member: _Member) -> tuple[bool, bytes, str]:
+    return member[0]
+
+
+def _member_key(per_port: tuple[EndpointInfo | None, ...], pod_key: str) -> tuple[bool, bytes, str]:
+    ep = next(ep for ep in per_port if ep is not None)
+    v6 = ":" in ep.ip
+    return v6, inet_pton(AF_INET6 if v6 else AF_INET, ep.ip), pod_key
+
+
 class EndpointTracker:
     """Services, pods, slices and Endpoints objects, with every service's endpoints up to date.
 
@@ -170,7 +186,8 @@ class EndpointTracker:
         self._pods: dict[str, Pod] = {}
         self._pods_by_node: defaultdict[str, set[str]] = defaultdict(set)
         # service key -> pod key -> that pod's endpoint per service port (None: not on that port)
-        self._members: dict[str, dict[str, tuple[EndpointInfo | None, ...]]] = {}
+        # sort key first, so that reading a service's endpoints is one sort of its members
+        self._members: dict[str, dict[str, _Member]] = {}
         self._slices: dict[str, EndpointSlice] = {}
         self._slices_by_service: defaultdict[str, dict[str, EndpointSlice]] = defaultdict(dict)
         self._endpoints_objects: dict[str, Endpoints] = {}
@@ -196,10 +213,9 @@ class EndpointTracker:
         elif key in self._endpoints_objects:
             result = endpoints_from_endpoints_object(service, self._endpoints_objects[key])
         else:
-            members = self._members.get(key, {})
+            ordered = sorted(self._members.get(key, {}).values(), key=_first)
             result = {
-                sp.name: _order(per_port[i] for per_port in members.values()  # type: ignore[misc]
-                                if per_port[i] is not None)
+                sp.name: tuple(pp[i] for _, pp in ordered if pp[i] is not None)  # type: ignore[misc]
                 for i, sp in enumerate(service.ports)
             }
         self._cache[key] = result
@@ -230,7 +246,7 @@ class EndpointTracker:
                 pod = self._pods[f"{service.namespace}/{pod_name}"]
                 per_port = pod_endpoints(service, pod, self.node_zones)
                 if any(ep is not None for ep in per_port):
-                    members[pod.key] = per_port
+                    members[pod.key] = (_member_key(per_port, pod.key), per_port)
             self._members[key] = members
         else:
             idx.remove_selector(service.name)
@@ -252,17 +268,17 @@ class EndpointTracker:
     def _refresh_member(self, service_key: str, pod: Pod | None, pod_key: str) -> bool:
         members = self._members.setdefault(service_key, {})
         old = members.get(pod_key)
-        per_port = None
+        per_port: tuple[EndpointInfo | None, ...] | None = None
         if pod is not None:
             per_port = pod_endpoints(self._services[service_key], pod, self.node_zones)
             if all(ep is None for ep in per_port):
                 per_port = None
-        if per_port == old:
+        if per_port == (old[1] if old is not None else None):
             return False
         if per_port is None:
             del members[pod_key]
         else:
-            members[pod_key] = per_port
+            members[pod_key] = (_member_key(per_port, pod_key), per_port)
         self._cache.pop(service_key, None)
         return True
 
