@@ -1,0 +1,198 @@
+"""SelectorIndex: which selectors match which label sets, kept up to date one change at a time.
+
+Each test runs against the compiled and the readable twin (``sel`` fixture); the hypothesis test
+replays random changes on the index and on a brute-force model and compares them after each.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lbcore import _selectors_c, _selectors_py
+
+TWINS = {"compiled": _selectors_c, "python": _selectors_py}
+
+
+@pytest.fixture(params=list(TWINS), scope="module")
+def sel(request):
+    """The selector module under test: compiled, then readable."""
+    return TWINS[request.param]
+
+
+def test_label_set_change_reports_selectors_added_and_removed(sel):
+    index = sel.SelectorIndex()
+    assert index.set_selector("web", sel.selector_from_map({"app": "web"})) == (set(), set())
+    assert index.set_selector("prod", sel.parse_selector("env=prod")) == (set(), set())
+    assert index.set_labels("pod-1", {"app": "web", "env": "dev"}) == ({"web"}, set())
+    assert index.set_labels("pod-1", {"app": "web", "env": "prod"}) == ({"prod"}, set())
+    assert index.set_labels("pod-1", {"app": "db", "env": "prod"}) == (set(), {"web"})
+    assert index.selectors_matching("pod-1") == {"prod"}
+    assert index.matching("web") == set()
+    assert index.matching("prod") == {"pod-1"}
+    assert index.remove_labels("pod-1") == {"prod"}
+    assert index.matching("prod") == set()
+    assert index.remove_labels("pod-1") == set()
+
+
+def test_selector_change_reports_label_sets_added_and_removed(sel):
+    index = sel.SelectorIndex()
+    for i in range(6):
+        index.set_labels(f"pod-{i}", {"app": "web" if i % 2 else "db", "n": str(i)})
+    added, removed = index.set_selector("svc", sel.parse_selector("app=web"))
+    assert added == {"pod-1", "pod-3", "pod-5"} and removed == set()
+    added, removed = index.set_selector("svc", sel.parse_selector("app=web,n in (1,2,3)"))
+    assert added == set() and removed == {"pod-5"}
+    added, removed = index.set_selector("svc", sel.parse_selector("n>3"))
+    assert added == {"pod-4", "pod-5"} and removed == {"pod-1", "pod-3"}
+    assert index.selectors_matching("pod-4") == {"svc"}
+    assert index.remove_selector("svc") == {"pod-4", "pod-5"}
+    assert index.selectors_matching("pod-4") == set()
+    assert index.remove_selector("svc") == set()
+
+
+def test_negative_only_selectors_match_label_sets_without_the_key(sel):
+    index = sel.SelectorIndex()
+    index.set_selector("not-prod", sel.parse_selector("env!=prod"))
+    index.set_selector("no-canary", sel.parse_selector("!canary,tier notin (db)"))
+    assert index.set_labels("a", {}) == ({"not-prod", "no-canary"}, set())
+    assert index.set_labels("b", {"env": "prod", "canary": "1"})[0] == set()
+    assert index.matching("not-prod") == {"a"}
+    assert index.set_labels("b", {"env": "dev"}) == ({"not-prod", "no-canary"}, set())
+
+
+def test_everything_and_nothing_selectors(sel):
+    index = sel.SelectorIndex()
+    index.set_labels("a", {"x": "1"})
+    index.set_labels("b", {})
+    assert index.set_selector("all", sel.parse_selector("")) == ({"a", "b"}, set())
+    assert index.set_selector("none", sel.selector_from_map(None)) == (set(), set())
+    assert index.set_labels("c", {"y": "2"}) == ({"all"}, set())
+    assert index.set_selector("all", sel.selector_from_map({})) == (set(), {"a", "b", "c"})
+
+
+def test_lookups_for_a_label_set_or_selector_not_in_the_index(sel):
+    index = sel.SelectorIndex()
+    index.set_selector("web", sel.parse_selector("app in (web,api)"))
+    index.set_selector("has-zone", sel.parse_selector("zone"))
+    index.set_labels("pod", {"app": "api"})
+    assert index.selectors_matching({"app": "web", "zone": "z"}) == {"web", "has-zone"}
+    assert index.matching(sel.parse_selector("app=api")) == {"pod"}
+    assert index.matching(sel.parse_selector("app!=api")) == set()
+
+
+def test_sizes_and_stored_values(sel):
+    index = sel.SelectorIndex()
+    s = sel.parse_selector("a=1")
+    index.set_selector(("ns", "svc"), s)
+    index.set_labels(("ns", "pod"), {"a": "1"})
+    assert len(index) == 2 and index.selector_count == 1 and index.label_count == 1
+    assert index.has_selector(("ns", "svc")) and not index.has_selector("svc")
+    assert index.has_labels(("ns", "pod"))
+    assert index.get_selector(("ns", "svc")) == s
+    assert index.get_labels(("ns", "pod")) == {"a": "1"}
+    assert index.selector_ids() == [("ns", "svc")] and index.label_ids() == [("ns", "pod")]
+    with pytest.raises(KeyError):
+        index.matching("unknown")
+    with pytest.raises(TypeError):
+        index.set_selector("x", "a=1")
+
+
+def test_stored_labels_are_a_copy(sel):
+    index = sel.SelectorIndex()
+    labels = {"a": "1"}
+    index.set_selector("s", sel.parse_selector("a=1"))
+    index.set_labels("p", labels)
+    labels["a"] = "2"  # the caller's dict changing does not change the index
+    assert index.matching("s") == {"p"}
+
+
+def test_one_index_per_namespace(sel):
+    indexes = defaultdict(sel.SelectorIndex)
+    indexes["shop"].set_selector("web", sel.selector_from_map({"app": "web"}))
+    indexes["blog"].set_labels("web-1", {"app": "web"})
+    indexes["shop"].set_labels("web-2", {"app": "web"})
+    assert indexes["shop"].matching("web") == {"web-2"}
+    assert indexes["blog"].selectors_matching("web-1") == set()
+
+
+def test_many_selectors_sharing_a_label_are_anchored_apart(sel):
+    """Every service shares tier=web; each is still found through its own app label."""
+    index = sel.SelectorIndex()
+    for i in range(50):
+        index.set_selector(i, sel.selector_from_map({"tier": "web", "app": f"a{i}"}))
+    assert index.set_labels("p", {"tier": "web", "app": "a7"}) == ({7}, set())
+    assert index.set_labels("p", {"tier": "db", "app": "a7"}) == (set(), {7})
+
+
+# --------------------------------------------------------------------------- against brute force
+
+KEYS = ["a", "b", "c"]
+VALUES = ["", "1", "2", "x"]
+label_sets = st.dictionaries(st.sampled_from(KEYS), st.sampled_from(VALUES), max_size=3)
+requirement = st.one_of(
+    st.tuples(st.sampled_from(KEYS), st.sampled_from(["=", "==", "!="]), st.sampled_from(VALUES).map(lambda v: [v])),
+    st.tuples(st.sampled_from(KEYS), st.sampled_from(["in", "notin"]), st.lists(st.sampled_from(VALUES), min_size=1, max_size=3)),
+    st.tuples(st.sampled_from(KEYS), st.sampled_from(["exists", "!"]), st.just([])),
+    st.tuples(st.sampled_from(KEYS), st.sampled_from(["gt", "lt"]), st.sampled_from(["0", "1", "2"]).map(lambda v: [v])),
+)
+selector_specs = st.one_of(st.none(), st.lists(requirement, max_size=3))
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("labels"), st.integers(0, 5), label_sets),
+        st.tuples(st.just("selector"), st.integers(0, 5), selector_specs),
+        st.tuples(st.just("remove-labels"), st.integers(0, 5), st.none()),
+        st.tuples(st.just("remove-selector"), st.integers(0, 5), st.none()),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=operations)
+def test_index_agrees_with_brute_force(sel, ops):
+    index = sel.SelectorIndex()
+    selectors: dict = {}
+    labels: dict = {}
+
+    def brute(selector_ids, label_ids):
+        return {(s, lid) for s in selector_ids for lid in label_ids if selectors[s].matches(labels[lid])}
+
+    for kind, n, arg in ops:
+        before = brute(selectors, labels)
+        if kind == "labels":
+            lid = f"pod-{n}"
+            labels[lid] = arg
+            got = index.set_labels(lid, arg)
+            after = brute(selectors, labels)
+            added = {s for s, p in after - before if p == lid}
+            removed = {s for s, p in before - after if p == lid}
+            assert got == (added, removed)
+        elif kind == "selector":
+            sid = f"svc-{n}"
+            selectors[sid] = sel.Selector.nothing() if arg is None else sel.Selector(arg)
+            got = index.set_selector(sid, selectors[sid])
+            after = brute(selectors, labels)
+            added = {p for s, p in after - before if s == sid}
+            removed = {p for s, p in before - after if s == sid}
+            assert got == (added, removed)
+        elif kind == "remove-labels":
+            lid = f"pod-{n}"
+            expected = {s for s, p in before if p == lid}
+            labels.pop(lid, None)
+            assert index.remove_labels(lid) == expected
+        else:
+            sid = f"svc-{n}"
+            expected = {p for s, p in before if s == sid}
+            selectors.pop(sid, None)
+            assert index.remove_selector(sid) == expected
+        relation = brute(selectors, labels)
+        for s in selectors:
+            assert index.matching(s) == {p for q, p in relation if q == s}
+            assert index.matching(selectors[s]) == {p for q, p in relation if q == s}
+        for lid in labels:
+            assert index.selectors_matching(lid) == {s for s, p in relation if p == lid}
+            assert index.selectors_matching(labels[lid]) == {s for s, p in relation if p == lid}
