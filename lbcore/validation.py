@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from lbcore._selectors import validate_label_key as _selector_key_errors
+from lbcore._selectors import validate_label_value as _selector_value_errors
 from lbcore.errors import Cause, ValidationError
 
 __all__ = [
@@ -52,10 +54,6 @@ _DNS1123_SUBDOMAIN_RE = re.compile(_DNS1123_SUBDOMAIN_FMT)
 _DNS1035_LABEL_RE = re.compile(_DNS1035_LABEL_FMT)
 _PORT_NAME_CHARSET_RE = re.compile("[-a-z0-9]+")
 _PORT_NAME_LETTER_RE = re.compile(".*[a-z].*")
-_QUALIFIED_NAME_FMT = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
-_QUALIFIED_NAME_RE = re.compile(_QUALIFIED_NAME_FMT)
-_LABEL_VALUE_FMT = "(" + _QUALIFIED_NAME_FMT + ")?"
-_LABEL_VALUE_RE = re.compile(_LABEL_VALUE_FMT)
 
 
 def _regex_error(msg: str, fmt: str, *examples: str) -> str:
@@ -139,62 +137,14 @@ def is_valid_ip(value: str) -> list[str]:
     return []
 
 
-def _qualified_name_errors(value: str) -> list[str]:
-    errs: list[str] = []
-    parts = value.split("/")
-    if len(parts) == 1:
-        name = parts[0]
-    elif len(parts) == 2:
-        prefix, name = parts
-        if not prefix:
-            errs.append("prefix part must be non-empty")
-        else:
-            errs.extend("prefix part " + m for m in is_dns1123_subdomain(prefix))
-    else:
-        return [_regex_error(
-            "a qualified name must consist of alphanumeric characters, '-', '_' or '.', and must"
-            " start and end with an alphanumeric character",
-            _QUALIFIED_NAME_FMT, "MyName", "my.name", "123-abc")
-            + " with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"]
-    if not name:
-        errs.append("name part must be non-empty")
-    elif len(name) > 63:
-        errs.append("name part " + _max_len(63))
-    if name and not _QUALIFIED_NAME_RE.fullmatch(name):
-        errs.append("name part " + _regex_error(
-            "must consist of alphanumeric characters, '-', '_' or '.', and must start and end"
-            " with an alphanumeric character", _QUALIFIED_NAME_FMT, "MyName", "my.name", "123-abc"))
-    return errs
-
-
-def _label_value_errors(value: str) -> list[str]:
-    errs = []
-    if len(value) > 63:
-        errs.append(_max_len(63))
-    if not _LABEL_VALUE_RE.fullmatch(value):
-        errs.append(_regex_error(
-            "a valid label must be an empty string or consist of alphanumeric characters, '-', '_'"
-            " or '.', and must start and end with an alphanumeric character",
-            _LABEL_VALUE_FMT, "MyValue", "my_value", "12345"))
-    return errs
-
-
 def label_key_errors(key: str) -> list[str]:
-    """Problems with ``key`` as a label key; [] if none (the selectors' rule when available)."""
-    try:
-        from lbcore._selectors import validate_label_key
-    except ImportError:  # the selector module is optional at this layer
-        return _qualified_name_errors(key)
-    return list(validate_label_key(key))
+    """Problems with ``key`` as a label key (a qualified name); [] if none."""
+    return list(_selector_key_errors(key))
 
 
 def label_value_errors(value: str) -> list[str]:
-    """Problems with ``value`` as a label value; [] if none (the selectors' rule when available)."""
-    try:
-        from lbcore._selectors import validate_label_value
-    except ImportError:
-        return _label_value_errors(value)
-    return list(validate_label_value(value))
+    """Problems with ``value`` as a label value; [] if none."""
+    return list(_selector_value_errors(value))
 
 
 # --- field errors ----------------------------------------------------------------------------
