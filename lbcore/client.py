@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import yaml
 
 from lbcore.config import DEFAULT_ADMIN_PORT, default_data_dir
+from lbcore.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -213,10 +214,17 @@ _REASONS = {
 class KubeTransport:
     """A real cluster through the official client and a kubeconfig."""
 
-    def __init__(self, kubeconfig: str | None = None, context: str | None = None):
+    def __init__(
+        self, kubeconfig: str | None = None, context: str | None = None, server: str | None = None
+    ):
         from kubernetes import config as kube_config
 
-        self.api = kube_config.new_client_from_config(config_file=kubeconfig, context=context)
+        try:
+            self.api = kube_config.new_client_from_config(config_file=kubeconfig, context=context)
+        except (kube_config.ConfigException, OSError) as exc:
+            raise ConfigError(f"--kubeconfig {kubeconfig}: {exc}") from None
+        if server:  # --server overrides the kubeconfig's cluster address, as with kubectl
+            self.api.configuration.host = server.rstrip("/")
         self.server = self.api.configuration.host
 
     def request(
@@ -229,29 +237,31 @@ class KubeTransport:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
+        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        params = list((query or {}).items())
+        payload = dict(body) if body is not None else None
         try:
-            resp = self.api.call_api(
-                path,
-                method,
-                query_params=list((query or {}).items()),
-                header_params={"Accept": "application/json", "Content-Type": "application/json"},
-                body=dict(body) if body is not None else None,
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=30,
-            )
+            if hasattr(self.api, "param_serialize"):  # clients generated since v31
+                request = self.api.param_serialize(
+                    method, path, query_params=params, header_params=headers, body=payload,
+                    auth_settings=["BearerToken"],
+                )  # fmt: skip
+                resp = self.api.call_api(*request, _request_timeout=30)
+                resp.read()
+            else:
+                resp = self.api.call_api(
+                    path, method, query_params=params, header_params=headers, body=payload,
+                    auth_settings=["BearerToken"], _preload_content=False, _request_timeout=30,
+                )[0]  # fmt: skip
         except ApiException as exc:
-            raise ApiError(
-                _status_of(
-                    exc.status or 0,
-                    (exc.body or b"")
-                    if isinstance(exc.body, bytes)
-                    else str(exc.body or "").encode(),
-                )
-            ) from None
+            data = exc.body if isinstance(exc.body, bytes) else str(exc.body or "").encode()
+            raise ApiError(_status_of(exc.status or 0, data)) from None
         except (HTTPError, OSError) as exc:
-            raise Unreachable(self.server, str(exc)) from None
-        data = resp[0].data
+            raise Unreachable(urllib.parse.urlsplit(self.server).netloc, str(exc)) from None
+        status = getattr(resp, "status", 200)
+        data = resp.data or b""
+        if status >= 400:
+            raise ApiError(_status_of(status, data))
         return json.loads(data) if data else {}
 
 
@@ -367,7 +377,7 @@ def connect(
 ) -> Client:
     """A client for ``server`` (an lbcore daemon), a kubeconfig's cluster, or the default daemon."""
     if kubeconfig:
-        return Client(KubeTransport(kubeconfig, context))
+        return Client(KubeTransport(kubeconfig, context, server))
     return Client(HttpTransport(server or default_server(), token or default_token()))
 
 

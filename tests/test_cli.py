@@ -310,3 +310,35 @@ def test_rules_prints_the_iptables_rules_for_the_daemons_state(daemon, tmp_path)
     out = cli("rules", "--frontend", "nope", env=daemon)
     assert out.returncode == 1 and 'unknown frontend "nope"; available:' in out.stderr
     assert cli("delete", "svc", "ruled", env=daemon).returncode == 0
+
+
+def test_kubeconfig_talks_to_a_cluster_through_the_official_client(daemon, tmp_path):
+    """The daemon speaks the Kubernetes API, so it stands in for a cluster's API server."""
+    server = Path(daemon["LBCORE_DATA_DIR"], "admin-address").read_text().strip()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": server}}],
+                "users": [{"name": "u", "user": {"token": "t" * 20}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    elsewhere = dict(daemon, LBCORE_SERVER="http://127.0.0.1:1")  # proves the kubeconfig is used
+    k = ("--kubeconfig", str(kubeconfig))
+    f = manifest(tmp_path, "k.yaml", SERVICE.format(name="via-kube", team="k", port=84))
+    assert cli(*k, "create", "-f", f, env=elsewhere).stdout == "service/via-kube created\n"
+    out = cli(*k, "get", "svc", "-l", "team=k", "-o", "name", env=elsewhere)
+    assert out.stdout == "service/via-kube\n"
+    out = cli(*k, "create", "-f", f, env=elsewhere)
+    assert out.stderr == 'Error from server (AlreadyExists): services "via-kube" already exists\n'
+    assert cli(*k, "apply", "-f", f, env=elsewhere).stdout == "service/via-kube configured\n"
+    out = cli(*k, "get", "svc", "ghost", env=elsewhere)
+    assert out.stderr == 'Error from server (NotFound): services "ghost" not found\n'
+    assert cli(*k, "delete", "svc", "via-kube", env=elsewhere).returncode == 0
+    out = cli("--kubeconfig", str(tmp_path / "missing"), "get", "svc", env=elsewhere)
+    assert out.returncode == 1 and out.stderr.startswith("error: --kubeconfig ")
