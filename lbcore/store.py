@@ -143,7 +143,7 @@ class Gone(StoreError):
     reason = "Expired"
 
 
-class Invalid(StoreError, ValidationError):
+class Invalid(StoreError, ValidationError):  # type: ignore[misc]  # kind/name: str in both
     """422: an object that fails validation or allocation; ``causes`` lists every field."""
 
     code = 422
@@ -385,19 +385,19 @@ class Store:
         """
         kind, namespace, name = _identity(obj)
         with self._lock:
-            obj = copy.deepcopy(dict(obj))
-            meta = obj.setdefault("metadata", {})
+            body = copy.deepcopy(dict(obj))
+            meta = body.setdefault("metadata", {})
             if not name and meta.get("generateName"):
                 name = self._generate_name(kind, namespace, str(meta["generateName"]))
                 meta["name"] = name
-            obj = _admit(obj)
-            kind, namespace, name = _identity(obj)
+            body = _admit(body)
+            kind, namespace, name = _identity(body)
             if self._load(kind, namespace, name) is not None:
                 raise AlreadyExists(
                     f'{_plural(kind)} "{name}" already exists', kind=_plural(kind), name=name
                 )
             rv = self._revision + 1
-            meta = obj["metadata"]
+            meta = body["metadata"]
             meta.update(
                 namespace=namespace,
                 uid=str(uuid.uuid4()),
@@ -407,16 +407,16 @@ class Store:
             )
             for key in ("deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
                 meta.pop(key, None)
-            obj["apiVersion"] = KINDS[kind][0]
-            plan = self._allocations.admit(obj, None) if kind == "Service" else None
+            body["apiVersion"] = KINDS[kind][0]
+            plan = self._allocations.admit(body, None) if kind == "Service" else None
             try:
-                change = self._commit(kind, namespace, name, "ADDED", obj, None, rv)
+                change = self._commit(kind, namespace, name, "ADDED", body, None, rv)
             except BaseException:
                 if plan is not None:
                     plan.undo()
                 raise
             self._publish(change)
-            return copy.deepcopy(obj)
+            return copy.deepcopy(body)
 
     def update(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Replace a stored object (PUT); return it as stored.
