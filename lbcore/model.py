@@ -434,7 +434,7 @@ class SliceEndpoint:
     target: str | None = None  # "namespace/name" of the target reference
 
 
-def _ports(entries: Iterable[Any]) -> tuple[EndpointPort, ...]:
+def _ports(entries: Any) -> tuple[EndpointPort, ...]:
     return tuple(EndpointPort(p.get("name") or "", p.get("port"), p.get("protocol", "TCP"))
                  for p in entries or [] if isinstance(p, Mapping))
 

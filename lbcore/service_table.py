@@ -57,6 +57,9 @@ def canonical_kind(kind: str) -> str:
     return found
 
 
+_Names = list[str]  # the ``list`` method shadows the builtin inside the class
+
+
 def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0)
 
@@ -215,14 +218,14 @@ class ServiceTable:
 
     def _allocate(self, service: Service, old: Service | None) -> Service:
         """``service`` with its cluster IP and node ports; allocators hold them on success."""
+        if not self.allocate:
+            return service  # allocated elsewhere (a store, a cluster): taken as given
         if old is not None and old.cluster_ip and service.cluster_ip \
                 and service.cluster_ip != old.cluster_ip and old.type != "ExternalName" \
                 and service.type != "ExternalName":
             raise ValidationError("Service", service.name, [Cause(
                 "spec.clusterIPs[0]", "FieldValueInvalid",
                 f'Invalid value: "{service.cluster_ip}": field is immutable')])
-        if not self.allocate:
-            return service
         owner = service.key
         taken_ips: list[tuple[ClusterIPAllocator, str]] = []
         taken_ports: list[int] = []
@@ -335,7 +338,7 @@ class ServiceTable:
             raise KeyError(f'service "{key}" not found')
         return self._tracker.endpoints(key)
 
-    def selected_pods(self, namespace: str, name: str) -> list[str]:
+    def selected_pods(self, namespace: str, name: str) -> _Names:
         """``namespace/name`` of the pods a service's selector picks."""
         return self._tracker.selected_pods(f"{namespace}/{name}")
 

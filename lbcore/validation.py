@@ -339,7 +339,8 @@ def _validate_service_ports(errs: FieldErrors, ports: list[Any], stype: Any,
         if key in seen_ports:
             errs.duplicate(path, f"{port}/{proto}")
         seen_ports.add(key)
-        if not (sp.get("targetPort") == port and _is_int(port) and is_valid_port_num(port)):
+        if not (sp.get("targetPort") == port and isinstance(port, int)
+                and is_valid_port_num(port)):
             # a targetPort defaulted from an invalid port is reported once, on the port
             _validate_target_port(errs, sp.get("targetPort"), f"{path}.targetPort")
         node_port = sp.get("nodePort")

@@ -171,3 +171,10 @@ def test_selectorless_service_uses_applied_slices() -> None:
                  "endpoints": [{"addresses": ["127.0.0.50"]}]})
     eps = table.snapshot().service_ports["default/ext:"].endpoints
     assert [e.address for e in eps] == ["127.0.0.50:8080"]
+
+
+def test_allocate_false_takes_a_changed_cluster_ip_as_given() -> None:
+    table = lbcore.ServiceTable(allocate=False)
+    table.apply(service("web", clusterIP="10.96.0.5"))
+    assert table.apply(service("web", clusterIP="10.96.0.6")).cluster_ip == "10.96.0.6"
+    assert not table.cluster_ips[0].in_use("10.96.0.6")
