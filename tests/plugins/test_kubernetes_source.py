@@ -314,3 +314,26 @@ def test_registered_under_its_name_through_the_entry_point(monkeypatch):
         assert registered("lbcore_register_sources")["kubernetes"] is KubernetesSource
     finally:
         get_plugin_manager.cache_clear()
+
+
+def test_reads_server_and_token_from_a_kubeconfig(store: Store, serve_admin, tmp_path):
+    server = serve_admin(store, token="s3cret")
+    store.create(service("web"))
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\n"
+        f"clusters: [{{name: local, cluster: {{server: '{server.url}'}}}}]\n"
+        "users: [{name: me, user: {token: s3cret}}]\n"
+        "contexts: [{name: here, context: {cluster: local, user: me}}]\n"
+        "current-context: here\n"
+    )
+    source = KubernetesSource({"kubeconfig": str(kubeconfig)}, RuntimeContext())
+    configuration = source.api_client().configuration
+    assert configuration.host == server.url
+    assert configuration.auth_settings()["BearerToken"]["value"] == "Bearer s3cret"
+
+    async def scenario(source: KubernetesSource, sink: DictSink) -> None:
+        await asyncio.wait_for(source.synced.wait(), 10)
+        assert ("Service", "default", "web") in sink.objects
+
+    run_source({"kubeconfig": str(kubeconfig), **FAST}, scenario)
