@@ -240,6 +240,8 @@ class KubernetesSource(Source):
             except Exception as exc:
                 if self._stop.is_set():
                     break
+                if rv is not None:  # resume after the last event handed over, not before it
+                    rv = self.resource_versions[kind] or rv
                 delay = backoff.delay()
                 self.log.warning(
                     "%s %s failed: %s; retrying in %.1fs", "watch" if rv else "list", kind,

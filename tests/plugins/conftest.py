@@ -92,12 +92,14 @@ def store() -> Iterator[Store]:
 
 @pytest.fixture
 def serve_admin() -> Iterator[Callable[..., AdminServer]]:
-    """``serve_admin(store, token=None, start=True)``: an :class:`AdminServer` (bookmarks every
-    0.3 s), stopped at the end of the test."""
+    """``serve_admin(store, token=None, start=True, bookmark_interval=0.3)``: an
+    :class:`AdminServer`, stopped at the end of the test."""
     servers: list[AdminServer] = []
 
-    def serve(store: Store, token: str | None = None, start: bool = True) -> AdminServer:
-        server = AdminServer(store, token=token, bookmark_interval=0.3)
+    def serve(
+        store: Store, token: str | None = None, start: bool = True, bookmark_interval: float = 0.3
+    ) -> AdminServer:
+        server = AdminServer(store, token=token, bookmark_interval=bookmark_interval)
         servers.append(server)
         if start:
             server.start()

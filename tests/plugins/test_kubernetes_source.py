@@ -337,3 +337,20 @@ def test_reads_server_and_token_from_a_kubeconfig(store: Store, serve_admin, tmp
         assert ("Service", "default", "web") in sink.objects
 
     run_source({"kubeconfig": str(kubeconfig), **FAST}, scenario)
+
+
+def test_a_watch_broken_mid_stream_resumes_after_the_last_event_it_handed_over(
+        store: Store, serve_admin):
+    server = serve_admin(store, bookmark_interval=60)  # a quiet stream: the read times out
+
+    async def scenario(source: KubernetesSource, sink: DictSink) -> None:
+        await asyncio.wait_for(source.synced.wait(), 10)
+        for name in ("a", "b", "c"):
+            store.create(service(name))
+        await converged(sink, store, ("Service",))
+        watches = source.watches["Service"]
+        await wait_until(lambda: source.watches["Service"] >= watches + 2, timeout=10)
+        assert sink.calls.count("upsert") == 3  # nothing handed over twice
+        assert source.lists["Service"] == 1
+
+    run_source({"server": server.url, **FAST, "read_timeout": 0.4}, scenario)
