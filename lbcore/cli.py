@@ -350,12 +350,12 @@ def format_table(resource: Resource, items: list[Any], wide: bool, namespaces: b
     elif resource.kind == "Pod":
         text = describe.format_pods_table(wrap(model.Pod), wide=wide)
     elif resource.kind == "Endpoints":
-        text = describe.format_endpoints_table(
-            [
-                i[:3] if isinstance(i, tuple) else model.Endpoints.from_dict(i, validate=False)
-                for i in items
-            ]
-        )
+        # stored Endpoints objects and computed (name, endpoints, created) rows, mixed
+        rows: Any = [
+            i[:3] if isinstance(i, tuple) else model.Endpoints.from_dict(i, validate=False)
+            for i in items
+        ]
+        text = describe.format_endpoints_table(rows)
     else:
         text = describe.format_endpoint_slices_table(wrap(model.EndpointSlice))
     if not namespaces:

@@ -121,6 +121,10 @@ class Daemon:
                 await loop.run_in_executor(None, frontend.start)
             except FrontendUnavailable as exc:
                 raise StartError(f"frontend {choice.name}: {exc}") from None
+            except Exception as exc:
+                raise StartError(
+                    f"frontend {choice.name}: cannot start: {type(exc).__name__}: {exc}"
+                ) from None
             self.frontends[choice.name] = frontend
             event(log, "frontend started", frontend=choice.name)
         self.source = sources[config.source.name](config.source.options, context)

@@ -252,3 +252,101 @@ def test_on_loopback_no_token_is_needed_unless_configured(tmp_path):
 
     asyncio.run(scenario())
     assert not (tmp_path / "token").exists()
+
+
+class FlakyFrontend:
+    """A frontend plugin whose sync fails until ``healed`` is set."""
+
+    healed = False
+
+    def __init__(self, options, context):
+        self.name = "flaky"
+        self.syncs = 0
+
+    def start(self) -> None:
+        pass
+
+    def sync(self, snapshot, changed) -> None:
+        self.syncs += 1
+        if not FlakyFrontend.healed:
+            raise OSError("iptables-restore: exit status 4")
+
+    def stop(self, keep: bool = False) -> None:
+        pass
+
+
+class FlakyPlugin:
+    """Registered on the plugin manager like any plugin: a frontend and a sync observer."""
+
+    def __init__(self):
+        self.observed: list[dict] = []
+
+    @staticmethod
+    def lbcore_register_frontends():
+        return {"flaky": FlakyFrontend}
+
+    def lbcore_sync_done(self, snapshot, changed, duration, errors):
+        self.observed.append(dict(errors))
+
+
+def test_failing_frontend_shows_in_healthz_and_metrics_and_recovers(tmp_path):
+    from lbcore.hookspecs import hookimpl
+    from lbcore.plugins import get_plugin_manager
+
+    plugin = FlakyPlugin()
+    hookimpl(FlakyPlugin.lbcore_register_frontends)
+    hookimpl(FlakyPlugin.lbcore_sync_done)
+    pm = get_plugin_manager()
+    pm.register(plugin, name="flaky-test")
+    FlakyFrontend.healed = False
+    config = config_from_mapping(
+        {
+            "admin_address": "127.0.0.1:0",
+            "data_dir": str(tmp_path),
+            "frontends": ["flaky"],
+            "min_sync_period": "10ms",
+        }
+    )
+
+    async def get(url):
+        loop = asyncio.get_running_loop()
+
+        def fetch():
+            try:
+                with urllib.request.urlopen(url, timeout=10) as resp:
+                    return resp.status, resp.read()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read()
+
+        return await loop.run_in_executor(None, fetch)
+
+    async def scenario():
+        daemon = Daemon(config)
+        await daemon.start()
+        try:
+            for _ in range(200):
+                if plugin.observed:
+                    break
+                await asyncio.sleep(0.02)
+            status, body = await get(daemon.admin_url + "/healthz")
+            assert status == 503
+            flaky = json.loads(body)["frontends"]["flaky"]
+            assert flaky["healthy"] is False
+            assert flaky["error"] == "OSError: iptables-restore: exit status 4"
+            assert plugin.observed[0] == {"flaky": "OSError: iptables-restore: exit status 4"}
+            metrics = (await get(daemon.admin_url + "/metrics"))[1].decode()
+            assert 'lbcore_frontend_sync_failures_total{frontend="flaky"} 1.0' in metrics
+            FlakyFrontend.healed = True  # the retry, one backoff (1 s) later, succeeds
+            for _ in range(150):
+                if (await get(daemon.admin_url + "/healthz"))[0] == 200:
+                    break
+                await asyncio.sleep(0.02)
+            assert (await get(daemon.admin_url + "/healthz"))[0] == 200
+            assert plugin.observed[-1] == {}
+        finally:
+            await daemon.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        pm.unregister(name="flaky-test")
