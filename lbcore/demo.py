@@ -8,7 +8,7 @@ were spread and ``lbcore describe service my-service``, and stops everything. No
 root are needed.
 
 When the socket frontend is not installed or the service has no ClusterIP, the requests go
-straight to the backends that :class:`lbcore.Picker` picks, and the demo says so.
+straight to the backends the compiled round-robin balancer picks, and the demo says so.
 """
 
 from __future__ import annotations
@@ -159,28 +159,33 @@ async def _send(count: int, target: Callable[[int], tuple[str, int]]) -> tuple[C
     return answers, failures
 
 
-def _picker_target(endpoints: list[str]) -> Callable[[int], tuple[str, int]]:
-    """Direct connections to the backend that lbcore's Picker chooses for each request."""
-    import lbcore
+def _core_target(endpoints: list[str]) -> Callable[[int], tuple[str, int]]:
+    """Direct connections to the backend the compiled core picks for each request (round
+    robin, as the socket frontend's default)."""
+    from lbcore import balancers
 
-    picker = lbcore.Picker(endpoints)
-    port_of = {e: int(e.rsplit(":", 1)[1]) for e in endpoints}
+    balancer = balancers.create("round_robin", endpoints)
 
     def target(i: int) -> tuple[str, int]:
-        chosen = str(picker.pick(f"127.0.0.1:{40000 + i}"))
-        return chosen.rsplit(":", 1)[0], port_of.get(chosen, 8080)
+        ip, port = endpoints[int(balancer.pick(f"127.0.0.1:{40000 + i}"))].rsplit(":", 1)
+        return ip, int(port)
 
     return target
 
 
-async def run_demo(requests: int = 300, out: TextIO = sys.stdout) -> dict[str, Any]:
-    """Run the demo; returns what it measured (for tests): answers, failures, path, describe."""
+async def run_demo(
+    requests: int = 300, out: TextIO = sys.stdout, via_socket: bool | None = None
+) -> dict[str, Any]:
+    """Run the demo; returns what it measured (for tests): answers, failures, path, describe.
+
+    :param via_socket: send the requests through the socket frontend (default: when installed).
+    """
     objects = manifests()
     pods = [o for o in objects if o["kind"] == "Pod"]
     port = int(objects[0]["spec"]["ports"][0].get("targetPort", 8080))
     backends = [Backend(p["metadata"]["name"], p["status"]["podIP"], port) for p in pods]
     _, frontends = load_plugins()
-    use_socket = "socket" in frontends
+    use_socket = "socket" in frontends if via_socket is None else via_socket
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="lbcore-demo-") as data_dir:
         config = config_from_mapping(
@@ -225,9 +230,9 @@ async def run_demo(requests: int = 300, out: TextIO = sys.stdout) -> dict[str, A
                 answers, failures = await _send(requests, lambda i: (cluster_ip, port))
             else:
                 why = "no socket frontend" if not use_socket else "the service has no ClusterIP"
-                path = f"the backends lbcore.Picker picks ({why})"
+                path = f"the backends lbcore's balancer picks ({why})"
                 endpoints = [f"{b.ip}:{b.port}" for b in backends]
-                answers, failures = await _send(requests, _picker_target(endpoints))
+                answers, failures = await _send(requests, _core_target(endpoints))
             print(f"\n{requests} requests to {SERVICE} via {path}:", file=out)
             for backend in backends:
                 n = answers.get(backend.name, 0)

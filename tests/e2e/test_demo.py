@@ -60,3 +60,17 @@ def test_demo_leaves_nothing_behind(demo_run):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((ip, 8080))
     assert demo_run.stdout.rstrip().endswith("everything stopped.")
+
+
+def test_without_the_socket_frontend_the_core_balancer_picks_the_backends():
+    import asyncio
+    import io
+
+    from lbcore.demo import run_demo
+
+    out = io.StringIO()
+    result = asyncio.run(run_demo(requests=60, out=out, via_socket=False))
+    assert "the backends lbcore's balancer picks (no socket frontend)" in out.getvalue()
+    assert result["failures"] == 0
+    assert result["answers"] == {"my-app-1": 20, "my-app-2": 20, "my-app-3": 20}
+    assert result["served"] == result["answers"]
