@@ -24,6 +24,10 @@ Options:
     in_cluster: use the pod's service account (default: when ``KUBERNETES_SERVICE_HOST`` is set
         and neither ``server`` nor ``kubeconfig`` is).
     namespace: follow one namespace only (default: all).
+    label_selector: which Services and EndpointSlices to follow (default, as kube-proxy:
+        ``!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless``, leaving
+        out services another proxy serves and headless ones; ``""`` follows all). Pods are
+        never filtered.
     watch_timeout: seconds a watch request lasts on the server (default 300).
     connect_timeout: seconds to connect (default 10).
     read_timeout: seconds without a byte after which a connection is dead (default 120; the
@@ -55,10 +59,12 @@ MODES: dict[str, tuple[str, ...]] = {
     "pods": ("Service", "Pod"),
 }
 API_VERSIONS = {"Service": "v1", "Pod": "v1", "EndpointSlice": "discovery.k8s.io/v1"}
+# kube-proxy's own filter: what another proxy serves, and headless services, are not its job
+DEFAULT_LABEL_SELECTOR = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
 
 _OPTIONS = {
     "mode", "server", "token", "verify_ssl", "ca_file", "kubeconfig", "context", "in_cluster",
-    "namespace", "watch_timeout", "connect_timeout", "read_timeout", "backoff_initial",
+    "namespace", "label_selector", "watch_timeout", "connect_timeout", "read_timeout", "backoff_initial",
     "backoff_max",
 }
 
@@ -116,6 +122,7 @@ class KubernetesSource(Source):
         self.mode: str = mode
         self.kinds = MODES[mode]
         self.namespace: str | None = self.options.get("namespace")
+        self.label_selector = str(self.options.get("label_selector", DEFAULT_LABEL_SELECTOR))
         self.watch_timeout = int(_positive(self.options, "watch_timeout", 300))
         self.connect_timeout = _positive(self.options, "connect_timeout", 10)
         self.read_timeout = _positive(self.options, "read_timeout", 120)
@@ -175,10 +182,13 @@ class KubernetesSource(Source):
             "Pod": core.list_pod_for_all_namespaces,
             "EndpointSlice": discovery.list_endpoint_slice_for_all_namespaces,
         }
+        selector = {"label_selector": self.label_selector} if (
+            kind != "Pod" and self.label_selector) else {}
         if self.namespace is not None:
             function, namespace = namespaced[kind], self.namespace
-            return lambda **kw: function(namespace, **kw)
-        return everywhere[kind]
+            return lambda **kw: function(namespace, **selector, **kw)
+        function = everywhere[kind]
+        return lambda **kw: function(**selector, **kw)
 
     # -- run ------------------------------------------------------------------------------------
 

@@ -354,3 +354,26 @@ def test_a_watch_broken_mid_stream_resumes_after_the_last_event_it_handed_over(
         assert source.lists["Service"] == 1
 
     run_source({"server": server.url, **FAST, "read_timeout": 0.4}, scenario)
+
+
+def test_like_kube_proxy_it_leaves_out_services_of_another_proxy_and_headless_slices(admin):
+    store = admin.store
+    store.create(service("mine"))
+    theirs = service("theirs")
+    theirs["metadata"]["labels"] = {"service.kubernetes.io/service-proxy-name": "other"}
+    store.create(theirs)
+    headless = endpoint_slice("h-1", "h", ["10.0.0.3"])
+    headless["metadata"]["labels"]["service.kubernetes.io/headless"] = ""
+    store.create(headless)
+    store.create(endpoint_slice("mine-1", "mine", ["10.0.0.1"]))
+
+    async def scenario(source: KubernetesSource, sink: DictSink) -> None:
+        await asyncio.wait_for(source.synced.wait(), 10)
+        await wait_until(lambda: set(sink.objects) == {
+            ("Service", "default", "mine"), ("EndpointSlice", "default", "mine-1")})
+        mine = store.get("Service", "default", "mine")
+        mine["metadata"]["labels"] = {"service.kubernetes.io/service-proxy-name": "other"}
+        store.update(mine)  # handed to another proxy: gone for this one
+        await wait_until(lambda: ("Service", "default", "mine") not in sink.objects)
+
+    run_source({"server": admin.url, **FAST}, scenario)
