@@ -115,7 +115,8 @@ def test_events_spread_over_the_period_join_one_sync_at_its_end():
         await _until(lambda: len(frontend.calls) == 2)
         await asyncio.sleep(0.5)
         assert len(frontend.calls) == 2
-        assert frontend.calls[1][0] - first >= 0.39  # not before the minimum period
+        # not before the minimum period (measured from inside the first sync, hence the margin)
+        assert frontend.calls[1][0] - first >= 0.3
         assert len(frontend.calls[1][1].service_ports["default/web:"].endpoints) == 50
 
     asyncio.run(_run(state, body))
@@ -142,6 +143,7 @@ def test_failing_frontend_backs_off_exponentially_and_does_not_stop_others():
         assert health["bad"]["healthy"] is False
         assert health["bad"]["error"] == "RuntimeError: iptables-restore: exit status 1"
         assert health["bad"]["consecutive_failures"] >= 5
+        assert 0 <= health["bad"]["retry_in_seconds"] <= 0.2  # capped at backoff_max
         assert not state.healthy
         # the healthy frontend keeps getting changes while the other is failing
         state.upsert(pod(1))
@@ -156,7 +158,7 @@ def test_failing_frontend_backs_off_exponentially_and_does_not_stop_others():
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     # 0.05, 0.1, 0.2, then capped at 0.2 (timers may fire late, never early)
     assert gaps[0] >= 0.045 and gaps[1] >= 0.095 and gaps[2] >= 0.19 and gaps[3] >= 0.19
-    assert max(gaps[:4]) < 1.0
+    assert max(gaps[:4]) < 2.0
     # the recovering sync is a full one, with the endpoints it missed
     _, snapshot, changed = bad.calls[-1]
     assert changed == {"default/web"}
