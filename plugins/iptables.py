@@ -31,16 +31,15 @@ from lbcore_plugins.netfilter import (
     NetfilterOptions,
     PortPlan,
     RuleApplyError,
-    chain_name,
+    chain_hash,
     delete_flows,
-    endpoint_id,
     plan_key,
     plan_ports,
+    probability_texts,
     require_netns,
     require_tools,
-    service_port_id,
-    split_probabilities,
     stale_udp_flows,
+    uniform_probability_texts,
 )
 
 from lbcore.hookspecs import hookimpl
@@ -89,14 +88,16 @@ def _q(text: str) -> str:
     return '"' + text.replace('"', "'") + '"'
 
 
-@dataclass
 class PortRules:
     """The rules one service port of one family contributes."""
 
-    chains: dict[str, list[str]] = field(default_factory=dict)  # nat chains it owns
-    services: list[str] = field(default_factory=list)  # lines in nat LBCORE-SERVICES
-    nodeports: list[str] = field(default_factory=list)  # lines in nat LBCORE-NODEPORTS
-    reject: list[str] = field(default_factory=list)  # lines in filter LBCORE-SERVICES
+    __slots__ = ("chains", "services", "nodeports", "reject")
+
+    def __init__(self) -> None:
+        self.chains: dict[str, str] = {}  # nat chain -> its rules, one per line
+        self.services: list[str] = []  # lines in nat LBCORE-SERVICES
+        self.nodeports: list[str] = []  # lines in nat LBCORE-NODEPORTS
+        self.reject: list[str] = []  # lines in filter LBCORE-SERVICES
 
 
 class RuleRenderer:
@@ -116,60 +117,77 @@ class RuleRenderer:
         sp = plan.sp
         rules = PortRules()
         proto = sp.protocol.lower()
-        name = sp.key
-        svc = chain_name("LBCORE-SVC-", service_port_id(sp))
-        comment = _q(name)
-        eps = plan.cluster_endpoints
-        ep_chains = {ep.address: chain_name("LBCORE-SEP-", endpoint_id(sp, ep)) for ep in plan.all_endpoints}
+        name = f"{sp.namespace}/{sp.name}:{sp.port_name}"
+        svc_id = f"{name}/{proto}"
+        svc = "LBCORE-SVC-" + chain_hash(svc_id)
+        comment = f'-m comment --comment "{name}"'
+        v6 = self.family == 6
+        # endpoint chain per (ip, port); the id is endpoint_id(sp, ep)
+        seps: dict[tuple[str, int], str] = {}
+        for ep in plan.all_endpoints:
+            addr = f"[{ep.ip}]:{ep.port}" if v6 else f"{ep.ip}:{ep.port}"
+            seps[(ep.ip, ep.port)] = "LBCORE-SEP-" + chain_hash(f"{svc_id}/{addr}")
         affinity = sp.session_affinity == "ClientIP"
+        eps = plan.cluster_endpoints
+        port = sp.port
 
         if eps:
             lines: list[str] = []
-            rules.chains[svc] = lines
             for cip in plan.cluster_ips:
-                match = f"-A {SERVICES} -m comment --comment {_q(name + ' cluster IP')} -p {proto} -d {cip} --dport {sp.port}"
-                rules.services.append(f"{match} -j {svc}")
+                rules.services.append(
+                    f'-A {SERVICES} -m comment --comment "{name} cluster IP" -p {proto} -d {cip} --dport {port} -j {svc}'
+                )
                 if self.options.masquerade_all:
-                    lines.append(f"-A {svc} -m comment --comment {comment} -p {proto} -d {cip} --dport {sp.port} -j {MARK_MASQ}")
+                    lines.append(f"-A {svc} {comment} -p {proto} -d {cip} --dport {port} -j {MARK_MASQ}")
                 elif self.cidr:
-                    lines.append(f"-A {svc} -m comment --comment {comment} -p {proto} -d {cip} --dport {sp.port} ! -s {self.cidr} -j {MARK_MASQ}")
-            self._balance(lines, svc, comment, [ep_chains[ep.address] for ep in eps], [ep.weight for ep in eps], affinity, sp.affinity_timeout)
+                    lines.append(f"-A {svc} {comment} -p {proto} -d {cip} --dport {port} ! -s {self.cidr} -j {MARK_MASQ}")
+            targets = [seps[(ep.ip, ep.port)] for ep in eps]
+            if affinity or any(ep.weight > 1 for ep in eps):
+                self._balance(lines, svc, comment, targets, [ep.weight for ep in eps], affinity, sp.affinity_timeout)
+            else:
+                # the common case in one pass: equal shares, no affinity
+                head = f"-A {svc} {comment} -m statistic --mode random --probability "
+                probabilities = uniform_probability_texts(len(targets))
+                lines.extend([f"{head}{p} -j {t}" for p, t in zip(probabilities, targets[:-1], strict=False)])
+                lines.append(f"-A {svc} {comment} -j {targets[-1]}")
+            rules.chains[svc] = "\n".join(lines)
         else:
             for cip in plan.cluster_ips:
                 rules.reject.append(
-                    f"-A {SERVICES} -m comment --comment {_q(name + ' has no endpoints')} -p {proto} -d {cip} --dport {sp.port} -j REJECT"
+                    f'-A {SERVICES} -m comment --comment "{name} has no endpoints" -p {proto} -d {cip} --dport {port} -j REJECT'
                 )
 
         node_port = plan.node_port
         if node_port:
             ext_eps = plan.external_endpoints
             if ext_eps:
-                ext = chain_name("LBCORE-EXT-", service_port_id(sp))
-                ext_lines = [f"-A {ext} -m comment --comment {_q(name + ' external')} -j {MARK_MASQ}"]
+                ext = "LBCORE-EXT-" + chain_hash(svc_id)
                 if plan.local_endpoints is None:
-                    ext_lines.append(f"-A {ext} -j {svc}")
+                    ext_lines = [
+                        f'-A {ext} -m comment --comment "{name} external" -j {MARK_MASQ}',
+                        f"-A {ext} -j {svc}",
+                    ]
                 else:
                     # externalTrafficPolicy Local: no SNAT, only this node's endpoints
                     ext_lines = []
-                    self._balance(ext_lines, ext, comment, [ep_chains[ep.address] for ep in ext_eps], [ep.weight for ep in ext_eps], affinity, sp.affinity_timeout)
-                rules.chains[ext] = ext_lines
-                rules.nodeports.append(
-                    f"-A {NODEPORTS} -m comment --comment {comment} -p {proto} --dport {node_port} -j {ext}"
-                )
+                    self._balance(ext_lines, ext, comment, [seps[(ep.ip, ep.port)] for ep in ext_eps], [ep.weight for ep in ext_eps], affinity, sp.affinity_timeout)
+                rules.chains[ext] = "\n".join(ext_lines)
+                rules.nodeports.append(f"-A {NODEPORTS} {comment} -p {proto} --dport {node_port} -j {ext}")
             else:
                 for dst in self._node_dst_matches():
                     rules.reject.append(
-                        f"-A {SERVICES} -m comment --comment {_q(name + ' has no endpoints')} {dst}-p {proto} --dport {node_port} -j REJECT"
+                        f'-A {SERVICES} -m comment --comment "{name} has no endpoints" {dst}-p {proto} --dport {node_port} -j REJECT'
                     )
 
-        for ep in plan.all_endpoints:
-            sep = ep_chains[ep.address]
-            dest = f"[{ep.ip}]:{ep.port}" if self.family == 6 else f"{ep.ip}:{ep.port}"
+        chains = rules.chains
+        p_proto = f"-p {proto} "
+        for (ip, ep_port), sep in seps.items():
+            dest = f"[{ip}]:{ep_port}" if v6 else f"{ip}:{ep_port}"
             recent = f"-m recent --name {sep} --set " if affinity else ""
-            rules.chains[sep] = [
-                f"-A {sep} -m comment --comment {comment} -s {ep.ip} -j {MARK_MASQ}",
-                f"-A {sep} -m comment --comment {comment} -p {proto} {recent}-j DNAT --to-destination {dest}",
-            ]
+            chains[sep] = (
+                f"-A {sep} {comment} -s {ip} -j {MARK_MASQ}\n"
+                f"-A {sep} {comment} {p_proto}{recent}-j DNAT --to-destination {dest}"
+            )
         return rules
 
     def _balance(
@@ -185,16 +203,16 @@ class RuleRenderer:
         if affinity:
             for target in targets:
                 lines.append(
-                    f"-A {chain} -m comment --comment {comment} -m recent --name {target} --rcheck --seconds {timeout} --reap -j {target}"
+                    f"-A {chain} {comment} -m recent --name {target} --rcheck --seconds {timeout} --reap -j {target}"
                 )
-        probabilities = split_probabilities(weights)
+        probabilities = probability_texts(weights)
         last = len(targets) - 1
         for i, target in enumerate(targets):
             if i == last:
-                lines.append(f"-A {chain} -m comment --comment {comment} -j {target}")
+                lines.append(f"-A {chain} {comment} -j {target}")
             else:
                 lines.append(
-                    f"-A {chain} -m comment --comment {comment} -m statistic --mode random --probability {probabilities[i]:.10f} -j {target}"
+                    f"-A {chain} {comment} -m statistic --mode random --probability {probabilities[i]} -j {target}"
                 )
 
     def _node_dst_matches(self) -> list[str]:
@@ -267,21 +285,26 @@ def _assemble(
 
 
 def _restore_text(
-    nat_chains: Iterable[tuple[str, list[str]]],
-    filter_chains: Iterable[tuple[str, list[str]]],
+    nat_chains: Iterable[tuple[str, str | list[str]]],
+    filter_chains: Iterable[tuple[str, str | list[str]]],
     delete_nat: Iterable[str] = (),
     delete_filter: Iterable[str] = (),
 ) -> str:
+    """iptables-restore input: declare (create or flush) each chain, fill it, delete the rest."""
     out: list[str] = []
     for table, chains, deleted in (("filter", filter_chains, delete_filter), ("nat", nat_chains, delete_nat)):
         chains = list(chains)
         deleted = sorted(deleted)
         out.append(f"*{table}")
-        out.extend(f":{name} - [0:0]" for name, _ in chains)
-        out.extend(f":{name} - [0:0]" for name in deleted)
-        for _, lines in chains:
-            out.extend(lines)
-        out.extend(f"-X {name}" for name in deleted)
+        out.extend([f":{name} - [0:0]" for name, _ in chains])
+        out.extend([f":{name} - [0:0]" for name in deleted])
+        for _, body in chains:
+            if isinstance(body, str):
+                if body:
+                    out.append(body)
+            else:
+                out.extend(body)
+        out.extend([f"-X {name}" for name in deleted])
         out.append("COMMIT")
     out.append("")
     return "\n".join(out)
@@ -327,7 +350,7 @@ class IptablesFrontend(Frontend):
             state.plans[key] = plan
             state.rules[key] = renderer.port_rules(plan)
         state.services, state.nodeports, state.reject = _assemble(renderer, state.rules)
-        nat: list[tuple[str, list[str]]] = [
+        nat: list[tuple[str, str | list[str]]] = [
             (SERVICES, state.services),
             (NODEPORTS, state.nodeports),
             *renderer.fixed_chains().items(),
@@ -342,6 +365,14 @@ class IptablesFrontend(Frontend):
             delete_filter=set(stale_filter) - {SERVICES},
         )
         return text, state
+
+    def render_update(
+        self, before: Snapshot, after: Snapshot, changed: frozenset[str], family: int = 4
+    ) -> str:
+        """The restore input of a partial sync from ``before`` to ``after`` (empty: nothing to
+        do), as :meth:`sync` computes it; no root needed."""
+        _, old = self._render_family(plan_ports(before, family), family)
+        return self._partial(after, family, old, changed)[0]
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -420,7 +451,7 @@ class IptablesFrontend(Frontend):
         keys = [k for k, sp in snapshot.service_ports.items() if sp.service in changed]
         new_plans = {plan_key(p): p for p in plan_ports(snapshot, family, keys)}
         state = FamilyState(plans=dict(old.plans), rules=dict(old.rules))
-        touched: dict[str, list[str]] = {}
+        touched: dict[str, str] = {}
         gone: set[str] = set()
         for key, plan in list(old.plans.items()):
             if plan.sp.service in changed and key not in new_plans:
@@ -434,10 +465,12 @@ class IptablesFrontend(Frontend):
                 gone.update(set(before.chains) - set(rules.chains))
             state.plans[key] = plan
             state.rules[key] = rules
-            touched.update(rules.chains)
-        gone -= set(touched)
+            old_chains = before.chains if before is not None else {}
+            touched.update((n, lines) for n, lines in rules.chains.items() if old_chains.get(n) != lines)
+        # names hash the service port, so only a changed port can take a removed name back
+        gone -= {n for key in new_plans for n in state.rules[key].chains}
         state.services, state.nodeports, state.reject = _assemble(renderer, state.rules)
-        nat: list[tuple[str, list[str]]] = []
+        nat: list[tuple[str, str | list[str]]] = []
         if state.services != old.services:
             nat.append((SERVICES, state.services))
         if state.nodeports != old.nodeports:

@@ -22,7 +22,19 @@ from lbcore.snapshot import EndpointInfo, ServicePortInfo, Snapshot
 #: the packet-mark bit that asks LBCORE-POSTROUTING (or nft's masquerading chain) to SNAT
 MASQ_MARK = 0x4000
 
-_chain_names: dict[tuple[str, str], str] = {}
+_hashes: dict[str, str] = {}
+
+
+def chain_hash(key: str) -> str:
+    """16 base32 characters of sha256(``key``), memoised (syncs ask for the same names again)."""
+    h = _hashes.get(key)
+    if h is None:
+        # the first 10 bytes give exactly the first 16 base32 characters of the whole digest
+        h = base64.b32encode(hashlib.sha256(key.encode()).digest()[:10]).decode()
+        if len(_hashes) > 1_000_000:  # bound the memo; names are cheap to recompute
+            _hashes.clear()
+        _hashes[key] = h
+    return h
 
 
 def chain_name(prefix: str, key: str, length: int = 16) -> str:
@@ -31,15 +43,7 @@ def chain_name(prefix: str, key: str, length: int = 16) -> str:
     The name depends only on what the chain stands for, so an unchanged service keeps its chains
     across syncs and restarts. ``LBCORE-SEP-`` plus 16 characters is 27, inside iptables' 28.
     """
-    cache_key = (prefix, key)
-    name = _chain_names.get(cache_key)
-    if name is None:
-        digest = hashlib.sha256(key.encode()).digest()
-        name = prefix + base64.b32encode(digest)[:length].decode()
-        if len(_chain_names) > 1_000_000:  # bound the memo; names are cheap to recompute
-            _chain_names.clear()
-        _chain_names[cache_key] = name
-    return name
+    return prefix + chain_hash(key)[:length]
 
 
 def service_port_id(sp: ServicePortInfo) -> str:
@@ -49,7 +53,12 @@ def service_port_id(sp: ServicePortInfo) -> str:
 
 def endpoint_id(sp: ServicePortInfo, ep: EndpointInfo) -> str:
     """``ns/name:port/proto/ip:port``: what an endpoint chain stands for."""
-    return f"{sp.key}/{sp.protocol.lower()}/{ep.address}"
+    return f"{sp.namespace}/{sp.name}:{sp.port_name}/{sp.protocol.lower()}/{endpoint_address(ep.ip, ep.port)}"
+
+
+def endpoint_address(ip: str, port: int) -> str:
+    """``ip:port``, with brackets for IPv6."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def family_of(ip: str) -> int:
@@ -157,10 +166,11 @@ def usable_endpoints(
     Only endpoints of ``family``, and, when ``node_name`` is given (a ``Local`` traffic
     policy), only those on that node.
     """
+    v6 = family == 6
     candidates = [
         ep
         for ep in endpoints
-        if family_of(ep.ip) == family and (node_name is None or ep.node_name == node_name)
+        if (":" in ep.ip) == v6 and (node_name is None or ep.node_name == node_name)
     ]
     ready = [ep for ep in candidates if ep.ready and not ep.terminating]
     if ready:
@@ -168,7 +178,7 @@ def usable_endpoints(
     return tuple(ep for ep in candidates if ep.serving and ep.terminating)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PortPlan:
     """One service port of one family, with the endpoints each kind of traffic may use."""
 
@@ -211,11 +221,12 @@ def plan_ports(snapshot: Snapshot, family: int, keys: Iterable[str] | None = Non
     ports = snapshot.service_ports
     chosen = sorted(ports) if keys is None else sorted(k for k in keys if k in ports)
     plans: list[PortPlan] = []
+    v6 = family == 6
     for key in chosen:
         sp = ports[key]
         if sp.protocol not in SUPPORTED_PROTOCOLS:
             continue
-        ips = tuple(ip for ip in sp.cluster_ips if ip and ip != "None" and family_of(ip) == family)
+        ips = tuple([ip for ip in sp.cluster_ips if ip and ip != "None" and (":" in ip) == v6])
         if not ips:
             continue
         node = snapshot.node_name
@@ -234,13 +245,31 @@ def split_probabilities(weights: Sequence[int]) -> list[float]:
     Rule i is tried only when rules before it did not match, so its conditional probability is
     w_i / (w_i + ... + w_n); the last rule always matches (1.0).
     """
-    ws = [max(int(w), 1) for w in weights]
+    ws = [w if w > 1 else 1 for w in weights]
     rest = sum(ws)
     out: list[float] = []
     for w in ws:
-        out.append(w / rest if rest else 1.0)
+        out.append(w / rest)
         rest -= w
     return out
+
+
+_uniform: dict[int, list[str]] = {}
+
+
+def probability_texts(weights: Sequence[int]) -> list[str]:
+    """:func:`split_probabilities` formatted for ``--probability`` (10 decimals, as kube-proxy)."""
+    if all(w <= 1 for w in weights):
+        return uniform_probability_texts(len(weights))
+    return [f"{p:.10f}" for p in split_probabilities(weights)]
+
+
+def uniform_probability_texts(n: int) -> list[str]:
+    """The ``--probability`` texts of a cascade over ``n`` equal endpoints, memoised."""
+    texts = _uniform.get(n)
+    if texts is None:
+        texts = _uniform[n] = [f"{p:.10f}" for p in split_probabilities([1] * n)]
+    return texts
 
 
 # ---------------------------------------------------------------------------------------------

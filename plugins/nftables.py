@@ -18,6 +18,7 @@ elements and the chains and sets of changed services, also in one ``nft -f`` tra
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,8 +29,9 @@ from lbcore_plugins.netfilter import (
     NetfilterOptions,
     PortPlan,
     RuleApplyError,
-    chain_name,
+    chain_hash,
     delete_flows,
+    endpoint_address,
     endpoint_id,
     plan_key,
     plan_ports,
@@ -73,27 +75,33 @@ delete table inet lbcore-probe
 """
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9_./-]")
+
+
 def _name_part(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_./" else "." for c in text)
+    return _UNSAFE.sub(".", text)
+
+
+def _service_label(sp: ServicePortInfo) -> str:
+    return f"{sp.namespace}/{sp.name}/{sp.protocol.lower()}/{_name_part(sp.port_name or str(sp.port))}"
 
 
 def service_chain(sp: ServicePortInfo, kind: str = "service") -> str:
     """``service-<hash>-ns/name/proto/port``: kube-proxy's nftables naming."""
-    h = chain_name("", f"{kind}|{service_port_id(sp)}", 8)
-    return f"{kind}-{h}-{sp.namespace}/{sp.name}/{sp.protocol.lower()}/{_name_part(sp.port_name or str(sp.port))}"
+    return f"{kind}-{chain_hash(f'{kind}|{service_port_id(sp)}')[:8]}-{_service_label(sp)}"
 
 
 def endpoint_chain(sp: ServicePortInfo, ep: EndpointInfo) -> str:
-    h = chain_name("", endpoint_id(sp, ep), 8)
-    return (
-        f"endpoint-{h}-{sp.namespace}/{sp.name}/{sp.protocol.lower()}/"
-        f"{_name_part(sp.port_name or str(sp.port))}__{_name_part(ep.ip)}/{ep.port}"
-    )
+    return _endpoint_chain(_service_label(sp), endpoint_id(sp, ep), ep)
+
+
+def _endpoint_chain(label: str, ep_id: str, ep: EndpointInfo) -> str:
+    return f"endpoint-{chain_hash(ep_id)[:8]}-{label}__{_name_part(ep.ip)}/{ep.port}"
 
 
 def affinity_set(sp: ServicePortInfo, ep: EndpointInfo) -> str:
     # the timeout is part of the name: a set's timeout cannot change in place
-    h = chain_name("", f"{endpoint_id(sp, ep)}|{sp.affinity_timeout}", 8)
+    h = chain_hash(f"{endpoint_id(sp, ep)}|{sp.affinity_timeout}")[:8]
     return f"affinity-{h}-{sp.namespace}/{sp.name}/{_name_part(ep.ip)}/{ep.port}"
 
 
@@ -122,7 +130,12 @@ class NftRenderer:
         cidr = self.options.cluster_cidrs.get(fam)
         affinity = sp.session_affinity == "ClientIP"
         eps = plan.cluster_endpoints
-        ep_chain = {ep.address: endpoint_chain(sp, ep) for ep in plan.all_endpoints}
+        label = _service_label(sp)
+        base_id = f"{sp.namespace}/{sp.name}:{sp.port_name}/{proto}/"
+        ep_chain = {
+            (ep.ip, ep.port): _endpoint_chain(label, base_id + endpoint_address(ep.ip, ep.port), ep)
+            for ep in plan.all_endpoints
+        }
         if eps:
             rules: list[str] = []
             for cip in plan.cluster_ips:
@@ -149,7 +162,7 @@ class NftRenderer:
             else:
                 objs.elements[(f"no-endpoint-nodeports-v{fam}", key)] = "goto reject-chain"
         for ep in plan.all_endpoints:
-            chain = ep_chain[ep.address]
+            chain = ep_chain[(ep.ip, ep.port)]
             dest = f"[{ep.ip}]:{ep.port}" if fam == 6 else f"{ep.ip}:{ep.port}"
             rules = [f"{ip} saddr {ep.ip} jump mark-for-masquerade"]
             if affinity:
@@ -164,16 +177,16 @@ class NftRenderer:
         self,
         plan: PortPlan,
         eps: tuple[EndpointInfo, ...],
-        ep_chain: Mapping[str, str],
+        ep_chain: Mapping[tuple[str, int], str],
         affinity: bool,
     ) -> list[str]:
         ip = _IP[plan.family]
         rules: list[str] = []
         if affinity:
             for ep in eps:
-                rules.append(f"{ip} saddr @{affinity_set(plan.sp, ep)} goto {ep_chain[ep.address]}")
+                rules.append(f"{ip} saddr @{affinity_set(plan.sp, ep)} goto {ep_chain[(ep.ip, ep.port)]}")
         if len(eps) == 1:
-            rules.append(f"goto {ep_chain[eps[0].address]}")
+            rules.append(f"goto {ep_chain[(eps[0].ip, eps[0].port)]}")
             return rules
         weights = [max(ep.weight, 1) for ep in eps]
         g = math.gcd(*weights)
@@ -182,7 +195,7 @@ class NftRenderer:
         low = 0
         for ep, w in zip(eps, weights, strict=True):
             key = str(low) if w == 1 else f"{low}-{low + w - 1}"
-            entries.append(f"{key} : goto {ep_chain[ep.address]}")
+            entries.append(f"{key} : goto {ep_chain[(ep.ip, ep.port)]}")
             low += w
         rules.append(f"numgen random mod {low} vmap {{ {', '.join(entries)} }}")
         return rules
@@ -319,6 +332,11 @@ class NftablesFrontend(Frontend):
                 state.objects[key] = self.renderer.port_objects(plan)
         text = _table_text(self.renderer, state.objects.values(), (4, 6))
         return f"# lbcore nftables rules (nft -f)\n{text}", state
+
+    def render_update(self, before: Snapshot, after: Snapshot, changed: frozenset[str]) -> str:
+        """The ``nft -f`` transaction of a partial sync from ``before`` to ``after`` (empty:
+        nothing to do), as :meth:`sync` computes it; no root needed."""
+        return self._partial(after, self._render(before)[1], changed)[0]
 
     def start(self) -> None:
         """Check for nft and the expressions the table uses (numgen, fib, ct, dynamic sets,
