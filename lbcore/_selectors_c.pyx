@@ -268,18 +268,48 @@ cdef bint _requirement_ok(str key, int op, tuple values) except -1:
     return True
 
 
-cdef object _new_requirement(object key, object operator, object values, str path=""):
-    """A validated Requirement (values sorted, duplicates dropped), or SelectorError."""
+cdef object _tuple_new = tuple.__new__
+
+
+cdef inline object _make_requirement(str key, str operator, tuple values):
+    # tuple.__new__ directly: the namedtuple's own __new__ is Python code
+    return _tuple_new(Requirement, (_intern(key), operator, values))
+
+
+cdef str _requirement_text(int op, str key, tuple values):
+    """Kubernetes' Requirement.String(): ``!k``, ``k``, ``k in (a,b)``, ``k=v``, ``k>1``."""
+    if op == OP_NOT_EXISTS:
+        return "!" + key
+    if op == OP_EXISTS:
+        return key
+    joined = values[0] if len(values) == 1 else ",".join(values)
+    if op == OP_IN:
+        return key + " in (" + joined + ")"
+    if op == OP_NOTIN:
+        return key + " notin (" + joined + ")"
+    if op == OP_GT:
+        return key + ">" + joined
+    if op == OP_LT:
+        return key + "<" + joined
+    return key + _OP_NAME[op] + joined
+
+
+cdef object _new_requirement(object key, object operator, object values, str where="", object where_key=None):
+    """A validated Requirement (values sorted, duplicates dropped), or SelectorError naming the
+    field ``where[where_key]`` (built only when there is an error)."""
     cdef tuple vals = tuple(values)
     code = _OP_CODE.get(operator) if isinstance(operator, str) else None
     if code is None or not isinstance(key, str) or not _requirement_ok(<str>key, <int>code, vals):
+        path = where if where_key is None else f"{where}[{where_key}]"
         problems = _ref.requirement_errors(key, operator, vals, path)
         if not problems:  # pragma: no cover - both checks agree by construction
             problems = [(f"invalid requirement {key!r} {operator!r} {vals!r}", None)]
         index = problems[0][1]
         culprit = key if index is None or index == -1 else vals[index]
         raise _ref._error(_ref.aggregate([m for m, _ in problems]), token=culprit)
-    return Requirement(_intern(key), operator, tuple(sorted(set(vals))))
+    if len(vals) > 1:
+        vals = tuple(sorted(set(vals)))
+    return _make_requirement(key, operator, vals)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,7 +389,8 @@ cdef class Selector:
         cdef CReq* r
         cdef tuple values
         cdef int64_t number
-        reqs.sort(key=_ref._sort_key)
+        if len(reqs) > 1:
+            reqs.sort()  # Requirement tuples order by key, then operator, then values
         PyMem_Free(self._reqs)
         PyMem_Free(self._value_ptrs)
         self._reqs = NULL
@@ -367,7 +398,6 @@ cdef class Selector:
         self._requirements = tuple(reqs)
         self._nothing = nothing
         self._sets = []
-        self._text = ",".join([str(q) for q in reqs])
         self._n = len(reqs)
         for q in reqs:
             total += len(q[2])
@@ -396,6 +426,11 @@ cdef class Selector:
             if r.op == OP_GT or r.op == OP_LT:
                 _str_int64(values[0], &number)
                 r.number = number
+        if self._n == 1:
+            self._text = _requirement_text(self._reqs[0].op, self._requirements[0][0], self._requirements[0][2])
+        else:
+            self._text = ",".join([_requirement_text(self._reqs[i].op, q[0], q[2])
+                                   for i, q in enumerate(self._requirements)])
         return 0
 
     @staticmethod
@@ -668,7 +703,7 @@ cdef class _Parser:
         if (kind == T_END or kind == T_COMMA) and op != OP_NOT_EXISTS:
             op = OP_EXISTS
         if op == OP_EXISTS or op == OP_NOT_EXISTS:
-            return Requirement(_intern(key), _OP_NAME[op], ())
+            return _make_requirement(key, _OP_NAME[op], ())
         op = self.operator()
         if op == OP_IN or op == OP_NOTIN:
             value_ats = self.value_list()
@@ -680,7 +715,7 @@ cdef class _Parser:
             value = self.lit(at) if at >= 0 else ""
             if value not in positions:
                 positions[value] = self.toks[at if at >= 0 else -at - 1].start
-        values = tuple(sorted(positions))
+        values = tuple(positions) if len(positions) == 1 else tuple(sorted(positions))
         if not _requirement_ok(key, op, values):
             problems = _ref.requirement_errors(key, _OP_NAME[op], values)
             index = problems[0][1]
@@ -688,7 +723,7 @@ cdef class _Parser:
             if index is None or index == -1:
                 raise self.fail(message, key_at)
             raise _ref._error(message, token=values[index], position=positions[values[index]])
-        return Requirement(_intern(key), _OP_NAME[op], values)
+        return _make_requirement(key, _OP_NAME[op], values)
 
     cdef int operator(self) except -1:
         cdef int kind = self.peek(False)
@@ -777,7 +812,7 @@ def selector_from_map(selector) -> Selector:
     """
     if not selector:
         return _build([], True)
-    return _build([_new_requirement(k, _ref.EQUALS, (v,), f"selector[{k}]")
+    return _build([_new_requirement(k, _ref.EQUALS, (v,), "selector", k)
                    for k, v in selector.items()], False)
 
 
@@ -793,7 +828,7 @@ def selector_from_label_selector(label_selector) -> Selector:
     field = _ref._field
     match_labels = field(label_selector, "matchLabels", "match_labels") or {}
     expressions = field(label_selector, "matchExpressions", "match_expressions") or []
-    reqs = [_new_requirement(k, _ref.EQUALS, (v,), f"matchLabels[{k}]") for k, v in match_labels.items()]
+    reqs = [_new_requirement(k, _ref.EQUALS, (v,), "matchLabels", k) for k, v in match_labels.items()]
     for i, expr in enumerate(expressions):
         path = f"matchExpressions[{i}]"
         raw_op = field(expr, "operator", "operator")
@@ -836,6 +871,7 @@ cdef inline dict _submap(dict table, object key):
 
 
 cdef object _MISSING = object()
+cdef dict _EMPTY = {}  # read-only stand-in for a missing sub-table
 cdef tuple _NO_ANCHOR = ("none", "", ())
 cdef tuple _NOTHING_ANCHOR = ("nothing", "", ())
 
@@ -1042,23 +1078,26 @@ cdef class SelectorIndex:
         fewest label sets), so that no anchor collects every selector."""
         cdef tuple best = None, cost, anchor = _NO_ANCHOR
         cdef dict by_value, labs
-        cdef Py_ssize_t nsel, nlab
-        for r in selector._requirements:
-            op = r[1]
-            if op == _ref.EQUALS or op == _ref.DOUBLE_EQUALS or op == _ref.IN:
-                by_value = self._sel_by_pair.get(r[0], {})
-                labs = self._lab_by_pair.get(r[0], {})
+        cdef Py_ssize_t nsel, nlab, i
+        cdef int op
+        for i in range(selector._n):
+            op = selector._reqs[i].op
+            key = <object>selector._reqs[i].key
+            if op == OP_EQ or op == OP_DEQ or op == OP_IN:
+                values = (<tuple>selector._requirements[i])[2]
+                by_value = self._sel_by_pair.get(key, _EMPTY)
+                labs = self._lab_by_pair.get(key, _EMPTY)
                 nsel = 0
                 nlab = 0
-                for v in r[2]:
+                for v in values:
                     nsel += len(by_value.get(v, ()))
                     nlab += len(labs.get(v, ()))
                 cost = (nsel, nlab)
-                candidate = ("pair", r[0], r[2])
-            elif op == _ref.EXISTS or op == _ref.GREATER_THAN or op == _ref.LESS_THAN:
-                cost = (len(self._sel_by_key.get(r[0], ())) + 1_000_000,
-                        len(self._lab_by_key.get(r[0], ())))
-                candidate = ("key", r[0], ())
+                candidate = ("pair", key, values)
+            elif op == OP_EXISTS or op == OP_GT or op == OP_LT:
+                cost = (len(self._sel_by_key.get(key, ())) + 1_000_000,
+                        len(self._lab_by_key.get(key, ())))
+                candidate = ("key", key, ())
             else:
                 continue
             if best is None or cost < best:
@@ -1099,23 +1138,25 @@ cdef class SelectorIndex:
         cdef dict labels = self._labels
         cdef dict by_value
         cdef list groups = None, found
-        cdef Py_ssize_t size = -1, n
+        cdef Py_ssize_t size = -1, n, i
+        cdef int op
         if selector._nothing:
             return result
         # the smallest candidate set any positive requirement gives, else every label set
-        for r in selector._requirements:
-            op = r[1]
-            if op == _ref.EQUALS or op == _ref.DOUBLE_EQUALS or op == _ref.IN:
-                by_value = self._lab_by_pair.get(r[0], {})
+        for i in range(selector._n):
+            op = selector._reqs[i].op
+            key = <object>selector._reqs[i].key
+            if op == OP_EQ or op == OP_DEQ or op == OP_IN:
+                by_value = self._lab_by_pair.get(key, _EMPTY)
                 found = []
                 n = 0
-                for v in r[2]:
+                for v in (<tuple>selector._requirements[i])[2]:
                     g = by_value.get(v)
                     if g is not None:
                         found.append(g)
                         n += len(<set>g)
-            elif op == _ref.EXISTS or op == _ref.GREATER_THAN or op == _ref.LESS_THAN:
-                g = self._lab_by_key.get(r[0], ())
+            elif op == OP_EXISTS or op == OP_GT or op == OP_LT:
+                g = self._lab_by_key.get(key, ())
                 found = [g]
                 n = len(g)
             else:
