@@ -50,6 +50,8 @@ VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 # the API server's --min-request-timeout: a watch without timeoutSeconds ends after this long
 DEFAULT_WATCH_TIMEOUT = 1800.0
 KUBERNETES_VERSION = ("1", "31")
+# how often a quiet watch checks that its client is still connected (seconds)
+CLIENT_CHECK_INTERVAL = 1.0
 
 _WATCHES = web.AppKey("lbcore_watches", set)
 
@@ -346,6 +348,7 @@ class _AdminAPI:
             await response.write_eof()
             return response
         self.watches.add(watcher)
+        reaper = asyncio.create_task(_close_when_client_leaves(request, watcher))
         try:
             await response.prepare(request)
             try:
@@ -363,6 +366,7 @@ class _AdminAPI:
         except ConnectionResetError:
             log.debug("watch of %s: the client went away", kind)
         finally:
+            reaper.cancel()
             watcher.close()
             self.watches.discard(watcher)
         return response
@@ -433,6 +437,16 @@ class _AdminAPI:
     async def not_allowed(self, request: web.Request) -> web.StreamResponse:
         self._kind(request)
         raise MethodNotAllowed(f"{request.method}: the server does not allow this method here")
+
+
+async def _close_when_client_leaves(request: web.Request, watcher: Watch) -> None:
+    """End a quiet watch whose client went away, rather than hold it until timeoutSeconds."""
+    while True:
+        await asyncio.sleep(CLIENT_CHECK_INTERVAL)
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            watcher.close()
+            return
 
 
 def _merge_patch(target: Any, patch: Any) -> Any:

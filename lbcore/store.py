@@ -323,6 +323,11 @@ class Store:
         return self._revision
 
     @property
+    def watchers(self) -> int:
+        """How many watches are open."""
+        return len(self._watchers)
+
+    @property
     def oldest_resource_version(self) -> int:
         """The oldest resourceVersion a watch can still start from."""
         return max(0, self._revision - self.history)

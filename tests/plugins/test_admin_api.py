@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -366,3 +367,16 @@ def test_official_client_with_the_token(store: Store, serve_admin):
     assert err.value.status == 401
     api = client.CoreV1Api(kube(server.url, token="s3cret"))
     assert api.create_namespaced_service("default", service("a")).metadata.name == "a"
+
+
+def test_a_quiet_watch_whose_client_left_is_closed(admin):
+    request = (b"GET /api/v1/services?watch=true&timeoutSeconds=600 HTTP/1.1\r\n"
+               b"Host: 127.0.0.1\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", admin.port), timeout=5) as conn:
+        conn.sendall(request)
+        assert conn.recv(1024).startswith(b"HTTP/1.1 200")
+        assert admin.store.watchers == 1
+    deadline = time.monotonic() + 5
+    while admin.store.watchers and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert admin.store.watchers == 0
