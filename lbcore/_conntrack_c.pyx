@@ -547,7 +547,7 @@ cdef class _FlatTable:
 
     def _check(self) -> None:
         """Verify every invariant (index, lists, counts); raise AssertionError on the first break."""
-        cdef uint32_t s, v, i, n = 0, total = 0
+        cdef uint32_t s, v, i, h, n = 0, total = 0
         for s in range(self.nslots):
             v = self.idx[s]
             if v != CT_EMPTY:
@@ -555,7 +555,10 @@ cdef class _FlatTable:
                 assert (v & 0xFFFFFFu) < self.capacity
                 i = v & 0xFFFFFFu
                 assert _tag(_entry_hash(&self.e[i])) == (v & 0xFF000000u), "tag"
-                assert self._slot_of(i) == s, "entry unreachable from its home slot"
+                h = _home(_entry_hash(&self.e[i]), self.nslots)
+                while h != s:  # linear probing: no hole between home and slot
+                    assert self.idx[h] != CT_EMPTY, "entry unreachable from its home slot"
+                    h = h + 1 if h + 1 < self.nslots else 0
         assert n == self.used, f"index holds {n}, count says {self.used}"
         for b in range(self.nb):
             i = self.bhead[b]
