@@ -466,6 +466,8 @@ cdef class _FlatTable:
         x = &self.e[i]
         c = self._class_of(x)
         alive = _age(now, x.stamp) < self.timeout_ms[c]
+        if alive and c == CLS_CLOSING:
+            return False  # closed before: the first close started its timer
         if not alive or c == CLS_DATAGRAM:
             # expired already, or a datagram flow: nothing to linger for
             self._drop(i, slot)
@@ -697,7 +699,8 @@ cdef class ConnTable(_FlatTable):
     def close(self, proto, src, sport, dst, dport, double now) -> bool:
         """The connection ended: TCP/SCTP move to the closing timeout, UDP and others go.
 
-        Returns whether a live entry was found."""
+        Returns whether an open entry was closed (False when absent, expired or closed already,
+        so a caller counting live connections releases each one once)."""
         cdef ct_key k
         _key(&k, proto, src, sport, dst, dport)
         return self.close_c(&k, self.now_ms(now))

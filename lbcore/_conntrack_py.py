@@ -301,7 +301,9 @@ class ConnTable(_FlatTable):
         self._insert(key, _check_backend(backend), self._now_ms(now))
 
     def close(self, proto: str | int, src: Any, sport: int, dst: Any, dport: int, now: float) -> bool:
-        """The connection ended: TCP/SCTP move to the closing timeout, UDP and others go."""
+        """The connection ended: TCP/SCTP move to the closing timeout, UDP and others go.
+
+        Returns whether an open entry was closed (False when absent, expired or closed already)."""
         key = _key(proto, src, sport, dst, dport)
         t = self._now_ms(now)
         entry = self._entries.get(key)
@@ -309,6 +311,8 @@ class ConnTable(_FlatTable):
             return False
         c = self._class_of(key, entry)
         alive = not self._expired(key, entry, t)
+        if alive and c == CLOSING:
+            return False  # closed before: the first close started its timer
         if not alive or c == DATAGRAM:
             self._drop(key)
             return alive

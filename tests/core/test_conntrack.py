@@ -143,6 +143,7 @@ def test_close_moves_tcp_to_closing_timeout(mod):
     t.insert(*conn(1), 1, 0.0)
     t.insert(*conn(2), 2, 0.0)
     assert t.close(*conn(1), 10.0) is True
+    assert t.close(*conn(1), 11.0) is False  # once only: the timer runs from the first close
     assert t.entries()[0][5:] == (1, True)
     assert t.expire(129.9) == 0
     assert t.expire(130.0) == 1
