@@ -785,6 +785,42 @@ cdef inline int32_t jump_hash(uint64_t key, int32_t buckets) noexcept nogil:
     return <int32_t>b
 
 
+cdef enum:
+    JUMP_LANES = 8
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void jump_lanes(const uint64_t* keys, int32_t* out, int32_t buckets) noexcept nogil:
+    """``jump_hash(hash_u64(key), buckets)`` for JUMP_LANES keys at once, in lockstep.
+
+    One key's jumps are a chain of dependent divisions ended by an unpredictable branch; eight
+    independent chains advanced together without branches keep the divider busy instead.
+    """
+    cdef uint64_t key[JUMP_LANES]
+    cdef int64_t b[JUMP_LANES]
+    cdef int64_t j[JUMP_LANES]
+    cdef uint64_t nk
+    cdef int64_t nj
+    cdef int l, running = 1
+    for l in range(JUMP_LANES):
+        key[l] = hash_u64(keys[l])
+        b[l] = 0
+        j[l] = 0
+    while running:
+        running = 0
+        for l in range(JUMP_LANES):
+            nk = key[l] * 2862933555777941757ULL + 1
+            nj = <int64_t>((j[l] + 1) * (2147483648.0 / <double>((nk >> 33) + 1)))
+            if j[l] < buckets:
+                b[l] = j[l]
+                key[l] = nk
+                j[l] = nj
+                running = 1
+    for l in range(JUMP_LANES):
+        out[l] = <int32_t>b[l]
+
+
 cdef class JumpHash(Balancer):
     """Jump consistent hash over slots 0..n-1. No table: memory is one int per backend.
 
@@ -845,10 +881,16 @@ cdef class JumpHash(Balancer):
     @cython.boundscheck(False)
     @cython.wraparound(False)
     cdef void pick_many_c(self, const uint64_t* keys, int32_t* out, Py_ssize_t count) noexcept nogil:
-        cdef Py_ssize_t k
+        cdef Py_ssize_t k, base, whole = count - count % JUMP_LANES
         cdef int32_t n = self.n
         cdef const int32_t* slots = self.slot_backend
-        for k in range(count):
+        base = 0
+        while base < whole:
+            jump_lanes(keys + base, out + base, n)
+            for k in range(base, base + JUMP_LANES):
+                out[k] = slots[out[k]]
+            base += JUMP_LANES
+        for k in range(whole, count):
             out[k] = slots[jump_hash(hash_u64(keys[k]), n)]
 
 
