@@ -2,7 +2,7 @@
 """Kubernetes label selectors, compiled twin: parse, validate, match, and an incremental index.
 
 The same API and behaviour as ``lbcore._selectors_py`` (the readable reference it is tested
-against). A parsed selector is an array of C structs: operator, interned key, value pointers
+against). A parsed selector is an array of C structs: operator, key, value pointers
 (or a frozenset for long value lists) and the integer of ``>``/``<``; matching a label dict is a
 C loop of dict look-ups and string compares, no Python-level code and no regex.
 
@@ -26,8 +26,6 @@ from libc.string cimport memcmp
 from lbcore._hashing_c cimport hash_object
 
 from collections.abc import Mapping
-import sys
-
 from lbcore.errors import SelectorError
 from lbcore import _selectors_py as _ref
 from lbcore._selectors_py import Requirement
@@ -50,19 +48,18 @@ cdef extern from "Python.h":
     int unicode_kind "PyUnicode_KIND"(PyObject* o)
     void* unicode_data "PyUnicode_DATA"(PyObject* o)
 
-cdef object _intern = sys.intern
-
-# Operators, as in Kubernetes' selection package.
+# Operators, as in Kubernetes' selection package, numbered in the order of their names so that
+# (key, code, values) tuples sort as the readable twin's (key, operator, values) do.
 cdef enum:
-    OP_EQ = 0
-    OP_DEQ = 1
-    OP_NEQ = 2
-    OP_IN = 3
-    OP_NOTIN = 4
-    OP_EXISTS = 5
-    OP_NOT_EXISTS = 6
-    OP_GT = 7
-    OP_LT = 8
+    OP_NOT_EXISTS = 0   # "!"
+    OP_NEQ = 1          # "!="
+    OP_EQ = 2           # "="
+    OP_DEQ = 3          # "=="
+    OP_EXISTS = 4       # "exists"
+    OP_GT = 5           # "gt"
+    OP_IN = 6           # "in"
+    OP_LT = 7           # "lt"
+    OP_NOTIN = 8        # "notin"
 
 cdef dict _OP_CODE = {
     _ref.EQUALS: OP_EQ, _ref.DOUBLE_EQUALS: OP_DEQ, _ref.NOT_EQUALS: OP_NEQ, _ref.IN: OP_IN,
@@ -70,9 +67,10 @@ cdef dict _OP_CODE = {
     _ref.GREATER_THAN: OP_GT, _ref.LESS_THAN: OP_LT,
 }
 cdef tuple _OP_NAME = (
-    _ref.EQUALS, _ref.DOUBLE_EQUALS, _ref.NOT_EQUALS, _ref.IN, _ref.NOT_IN, _ref.EXISTS,
-    _ref.DOES_NOT_EXIST, _ref.GREATER_THAN, _ref.LESS_THAN,
+    _ref.DOES_NOT_EXIST, _ref.NOT_EQUALS, _ref.EQUALS, _ref.DOUBLE_EQUALS, _ref.EXISTS,
+    _ref.GREATER_THAN, _ref.IN, _ref.LESS_THAN, _ref.NOT_IN,
 )
+assert list(_OP_NAME) == sorted(_OP_NAME) and all(_OP_CODE[name] == i for i, name in enumerate(_OP_NAME))
 
 # Past this many values an in/notin requirement looks the label value up in a frozenset.
 cdef enum:
@@ -268,12 +266,9 @@ cdef bint _requirement_ok(str key, int op, tuple values) except -1:
     return True
 
 
-cdef object _tuple_new = tuple.__new__
-
-
-cdef inline object _make_requirement(str key, str operator, tuple values):
-    # tuple.__new__ directly: the namedtuple's own __new__ is Python code
-    return _tuple_new(Requirement, (_intern(key), operator, values))
+cdef inline tuple _plain(str key, int code, tuple values):
+    """The internal form of a requirement: (key, operator code, sorted values)."""
+    return (key, code, values)
 
 
 cdef str _requirement_text(int op, str key, tuple values):
@@ -294,8 +289,8 @@ cdef str _requirement_text(int op, str key, tuple values):
     return key + _OP_NAME[op] + joined
 
 
-cdef object _new_requirement(object key, object operator, object values, str where="", object where_key=None):
-    """A validated Requirement (values sorted, duplicates dropped), or SelectorError naming the
+cdef tuple _new_requirement(object key, object operator, object values, str where="", object where_key=None):
+    """A validated requirement (values sorted, duplicates dropped), or SelectorError naming the
     field ``where[where_key]`` (built only when there is an error)."""
     cdef tuple vals = tuple(values)
     code = _OP_CODE.get(operator) if isinstance(operator, str) else None
@@ -309,7 +304,7 @@ cdef object _new_requirement(object key, object operator, object values, str whe
         raise _ref._error(_ref.aggregate([m for m, _ in problems]), token=culprit)
     if len(vals) > 1:
         vals = tuple(sorted(set(vals)))
-    return _make_requirement(key, operator, vals)
+    return _plain(key, <int>code, vals)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,7 +313,7 @@ cdef object _new_requirement(object key, object operator, object values, str whe
 
 cdef struct CReq:
     int op
-    PyObject* key          # interned str, owned by the Requirement tuple
+    PyObject* key          # str, owned by the requirements tuple
     Py_ssize_t nvalues
     PyObject** values      # borrowed from the Requirement's values tuple
     PyObject* value_set    # frozenset of the values when there are many, else NULL
@@ -363,9 +358,10 @@ cdef class Selector:
     cdef PyObject** _value_ptrs
     cdef Py_ssize_t _n
     cdef bint _nothing
-    cdef tuple _requirements
+    cdef tuple _requirements   # (key, operator code, values) tuples, sorted
     cdef list _sets            # keeps the frozensets of long value lists alive
-    cdef str _text
+    cdef str _text             # canonical string, made on first use
+    cdef tuple _public         # Requirement tuples, made on first use
 
     def __cinit__(self):
         self._reqs = NULL
@@ -373,8 +369,9 @@ cdef class Selector:
         self._n = 0
         self._nothing = False
         self._requirements = ()
-        self._sets = []
-        self._text = ""
+        self._sets = None
+        self._text = None
+        self._public = None
 
     def __dealloc__(self):
         PyMem_Free(self._reqs)
@@ -390,14 +387,16 @@ cdef class Selector:
         cdef tuple values
         cdef int64_t number
         if len(reqs) > 1:
-            reqs.sort()  # Requirement tuples order by key, then operator, then values
+            reqs.sort()  # by key, then operator, then values
         PyMem_Free(self._reqs)
         PyMem_Free(self._value_ptrs)
         self._reqs = NULL
         self._value_ptrs = NULL
         self._requirements = tuple(reqs)
         self._nothing = nothing
-        self._sets = []
+        self._sets = None
+        self._text = None
+        self._public = None
         self._n = len(reqs)
         for q in reqs:
             total += len(q[2])
@@ -410,7 +409,7 @@ cdef class Selector:
             q = self._requirements[i]
             values = q[2]
             r = &self._reqs[i]
-            r.op = _OP_CODE[q[1]]
+            r.op = q[1]
             r.key = <PyObject*>q[0]
             r.nvalues = len(values)
             r.values = self._value_ptrs + total
@@ -421,17 +420,23 @@ cdef class Selector:
             total += r.nvalues
             if r.nvalues > SMALL_SET:
                 s = frozenset(values)
+                if self._sets is None:
+                    self._sets = []
                 self._sets.append(s)
                 r.value_set = <PyObject*>s
             if r.op == OP_GT or r.op == OP_LT:
                 _str_int64(values[0], &number)
                 r.number = number
-        if self._n == 1:
-            self._text = _requirement_text(self._reqs[0].op, self._requirements[0][0], self._requirements[0][2])
-        else:
-            self._text = ",".join([_requirement_text(self._reqs[i].op, q[0], q[2])
-                                   for i, q in enumerate(self._requirements)])
         return 0
+
+    cdef str _canonical(self):
+        if self._text is None:
+            if self._n == 1:
+                q = self._requirements[0]
+                self._text = _requirement_text(q[1], q[0], q[2])
+            else:
+                self._text = ",".join([_requirement_text(q[1], q[0], q[2]) for q in self._requirements])
+        return self._text
 
     @staticmethod
     def everything():
@@ -446,7 +451,9 @@ cdef class Selector:
     @property
     def requirements(self):
         """The requirements, sorted by key."""
-        return self._requirements
+        if self._public is None:
+            self._public = tuple([Requirement(q[0], _OP_NAME[q[1]], q[2]) for q in self._requirements])
+        return self._public
 
     @property
     def empty(self):
@@ -500,18 +507,18 @@ cdef class Selector:
         """The one value ``key`` must have (``=``, ``==`` or a one-value ``in``), else None."""
         for r in self._requirements:
             if r[0] == key:
-                if r[1] in (_ref.EQUALS, _ref.DOUBLE_EQUALS, _ref.IN) and len(r[2]) == 1:
+                if r[1] in (OP_EQ, OP_DEQ, OP_IN) and len(r[2]) == 1:
                     return r[2][0]
                 return None
         return None
 
     def __str__(self):
-        return self._text
+        return self._canonical()
 
     def __repr__(self):
         if self._nothing:
             return "Selector.nothing()"
-        return f"parse_selector({self._text!r})"
+        return f"parse_selector({self._canonical()!r})"
 
     def __eq__(self, other):
         cdef Selector o
@@ -522,12 +529,12 @@ cdef class Selector:
 
     def __hash__(self):
         # XXH3 of the canonical text: stable, and it tells nothing from everything
-        cdef uint64_t h = hash_object(("\x00nothing" if self._nothing else "") + self._text)
+        cdef uint64_t h = hash_object(("\x00nothing" if self._nothing else "") + self._canonical())
         cdef Py_hash_t out = <Py_hash_t>(h >> 1)
         return out if out != -1 else -2
 
     def __reduce__(self):
-        return (_restore, (list(self._requirements), self._nothing))
+        return (_restore, ([tuple(r) for r in self.requirements], self._nothing))
 
 
 cdef Selector _build(list reqs, bint nothing):
@@ -537,7 +544,7 @@ cdef Selector _build(list reqs, bint nothing):
 
 
 def _restore(reqs, nothing):
-    return _build([Requirement(_intern(r[0]), r[1], tuple(r[2])) for r in reqs], nothing)
+    return _build([_plain(r[0], _OP_CODE[r[1]], tuple(r[2])) for r in reqs], nothing)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -703,27 +710,31 @@ cdef class _Parser:
         if (kind == T_END or kind == T_COMMA) and op != OP_NOT_EXISTS:
             op = OP_EXISTS
         if op == OP_EXISTS or op == OP_NOT_EXISTS:
-            return _make_requirement(key, _OP_NAME[op], ())
+            return _plain(key, op, ())
         op = self.operator()
         if op == OP_IN or op == OP_NOTIN:
             value_ats = self.value_list()
         else:
             value_ats = self.exact_value()
-        # a set of values, like Kubernetes' sets.String: first position of each kept
-        positions = {}
-        for at in value_ats:
-            value = self.lit(at) if at >= 0 else ""
-            if value not in positions:
-                positions[value] = self.toks[at if at >= 0 else -at - 1].start
-        values = tuple(positions) if len(positions) == 1 else tuple(sorted(positions))
+        # a set of values, like Kubernetes' sets.String
+        if len(value_ats) == 1:
+            values = (self.value_at(value_ats[0]),)
+        else:
+            values = tuple(sorted({self.value_at(at) for at in value_ats}))
         if not _requirement_ok(key, op, values):
+            positions = {}  # the first position of each value, to point at the culprit
+            for at in value_ats:
+                positions.setdefault(self.value_at(at), self.toks[at if at >= 0 else -at - 1].start)
             problems = _ref.requirement_errors(key, _OP_NAME[op], values)
             index = problems[0][1]
             message = _PREFIX + _ref.aggregate([m for m, _ in problems])
             if index is None or index == -1:
                 raise self.fail(message, key_at)
             raise _ref._error(message, token=values[index], position=positions[values[index]])
-        return _make_requirement(key, _OP_NAME[op], values)
+        return _plain(key, op, values)
+
+    cdef inline str value_at(self, object at):
+        return self.lit(at) if at >= 0 else ""
 
     cdef int operator(self) except -1:
         cdef int kind = self.peek(False)
