@@ -337,12 +337,21 @@ class IptablesFrontend(Frontend):
             if family == 6 and not plans:
                 continue
             parts.append(f"# IPv{family} ({'ip6tables' if family == 6 else 'iptables'}-restore)")
-            parts.append(self._render_family(plans, family)[0])
+            parts.extend(self._render_family(plans, family)[0])
         return "\n".join(parts)
 
     def _render_family(
-        self, plans: list[PortPlan], family: int, stale_nat: Iterable[str] = (), stale_filter: Iterable[str] = ()
-    ) -> tuple[str, FamilyState]:
+        self,
+        plans: list[PortPlan],
+        family: int,
+        stale_nat: Iterable[str] = (),
+        stale_filter: Iterable[str] = (),
+        chunk: int = 0,
+    ) -> tuple[list[str], FamilyState]:
+        """Full restore input for ``plans``: one transaction, or with ``chunk`` > 0 and more
+        chains than that, several: service chains ``chunk`` at a time (each service whole in
+        one), then the dispatch chains and the deletions in the last. A packet then always meets
+        a whole old or a whole new version of each service."""
         renderer = RuleRenderer(self.opts, family)
         state = FamilyState()
         for plan in plans:
@@ -350,28 +359,32 @@ class IptablesFrontend(Frontend):
             state.plans[key] = plan
             state.rules[key] = renderer.port_rules(plan)
         state.services, state.nodeports, state.reject = _assemble(renderer, state.rules)
-        nat: list[tuple[str, str | list[str]]] = [
-            (SERVICES, state.services),
-            (NODEPORTS, state.nodeports),
-            *renderer.fixed_chains().items(),
-        ]
-        for rules in state.rules.values():
-            nat.extend(rules.chains.items())
-        owned = {name for name, _ in nat}
-        text = _restore_text(
-            nat,
-            [(SERVICES, state.reject)],
-            delete_nat=set(stale_nat) - owned,
-            delete_filter=set(stale_filter) - {SERVICES},
-        )
-        return text, state
+        fixed: list[tuple[str, str | list[str]]] = list(renderer.fixed_chains().items())
+        groups = [list(rules.chains.items()) for rules in state.rules.values()]
+        owned = {name for name, _ in fixed} | {SERVICES, NODEPORTS}
+        owned.update(name for group in groups for name, _ in group)
+        dispatch: list[tuple[str, str | list[str]]] = [(SERVICES, state.services), (NODEPORTS, state.nodeports)]
+        deletions = {"delete_nat": set(stale_nat) - owned, "delete_filter": set(stale_filter) - {SERVICES}}
+        total = sum(len(g) for g in groups)
+        if chunk <= 0 or total <= chunk:
+            nat = dispatch + fixed + [item for group in groups for item in group]
+            return [_restore_text(nat, [(SERVICES, state.reject)], **deletions)], state
+        texts: list[str] = []
+        batch: list[tuple[str, str | list[str]]] = list(fixed)
+        for group in groups:
+            if len(batch) + len(group) > chunk and batch:
+                texts.append(_restore_text(batch, []))
+                batch = []
+            batch.extend(group)
+        texts.append(_restore_text(batch + dispatch, [(SERVICES, state.reject)], **deletions))
+        return texts, state
 
     def render_update(
         self, before: Snapshot, after: Snapshot, changed: frozenset[str], family: int = 4
     ) -> str:
         """The restore input of a partial sync from ``before`` to ``after`` (empty: nothing to
         do), as :meth:`sync` computes it; no root needed."""
-        _, old = self._render_family(plan_ports(before, family), family)
+        old = self._render_family(plan_ports(before, family), family)[1]
         return self._partial(after, family, old, changed)[0]
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -425,13 +438,16 @@ class IptablesFrontend(Frontend):
                 if family == 6 and not plans and old is None:
                     continue
                 stale_nat, stale_filter = self._existing_chains(tool)
-                text, state = self._render_family(plans, family, stale_nat, stale_filter)
+                texts, state = self._render_family(
+                    plans, family, stale_nat, stale_filter, chunk=self.opts.restore_chunk_chains
+                )
             else:
                 if old is None:
                     continue
                 text, state = self._partial(snapshot, family, old, changed)
-            if text:
-                self.last_restore_lines = text.count("\n")
+                texts = [text] if text else []
+            self.last_restore_lines = sum(text.count("\n") for text in texts)
+            for text in texts:
                 self.runner.run([f"{tool}-restore", "--noflush"], input=text)
             if family not in self._hooked:
                 self._ensure_hooks(tool)

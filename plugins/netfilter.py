@@ -84,6 +84,9 @@ class NetfilterOptions:
     netns: str | None = None
     conntrack_cleanup: bool = True
     timeout: float = 60.0
+    # iptables: a full sync with more chains than this is split into transactions (0: never).
+    # iptables-nft-restore --noflush grows with the square of the chains in one transaction.
+    restore_chunk_chains: int = 2000
 
     def __post_init__(self) -> None:
         if self.cluster_cidrs is None:
@@ -100,6 +103,7 @@ class NetfilterOptions:
             "netns",
             "conntrack_cleanup",
             "timeout",
+            "restore_chunk_chains",
         }
         for key in options:
             if key not in known:
@@ -142,7 +146,13 @@ class NetfilterOptions:
         timeout = options.get("timeout", 60.0)
         if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
             raise ConfigError(f"{frontend}: option 'timeout': {timeout!r} is not a positive number")
+        chunk = options.get("restore_chunk_chains", 2000)
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 0:
+            raise ConfigError(
+                f"{frontend}: option 'restore_chunk_chains': {chunk!r} is not a count (0 or more)"
+            )
         return cls(
+            restore_chunk_chains=chunk,
             keep_on_exit=flag("keep_on_exit", False),
             masquerade_all=flag("masquerade_all", False),
             cluster_cidrs=cidrs,

@@ -101,7 +101,8 @@ def test_partial_syncs_end_where_a_full_sync_of_the_same_state_does(kind, namesp
     a, b = namespaces
     rng = random.Random(7)
     state = many(60, endpoints=3)
-    incremental = FRONTENDS[kind]({"netns": a, "cluster_cidr": POD_CIDR}, RuntimeContext())
+    # small transactions for the first full sync, to cover the split path too
+    incremental = FRONTENDS[kind]({"netns": a, "cluster_cidr": POD_CIDR, "restore_chunk_chains": 40}, RuntimeContext())
     incremental.start()
     incremental.sync(state, frozenset())
     for round_ in range(4):

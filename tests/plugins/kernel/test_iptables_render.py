@@ -8,6 +8,7 @@ import random
 import pytest
 from kernel_snapshots import CLIENT, NODE_IP, OUTSIDE, POD_CIDR, many, port, snap
 from lbcore_plugins.iptables import IptablesFrontend
+from lbcore_plugins.netfilter import plan_ports
 from lbcore_plugins.ruletrace import Packet, RuleSet, trace
 
 from lbcore.interfaces import RuntimeContext
@@ -238,3 +239,16 @@ def test_no_change_means_no_restore_at_all():
     fe = IptablesFrontend({"cluster_cidr": POD_CIDR}, RuntimeContext())
     s = many(10)
     assert fe.render_update(s, s, frozenset({"ns0/svc0"})) == ""
+
+
+def test_large_full_sync_split_in_transactions_adds_up_to_the_single_one():
+    fe = IptablesFrontend({"cluster_cidr": POD_CIDR}, RuntimeContext())
+    plans = plan_ports(many(30), 4)
+    (single,), _ = fe._render_family(plans, 4, stale_nat={"LBCORE-SEP-OLD"})
+    split, _ = fe._render_family(plans, 4, stale_nat={"LBCORE-SEP-OLD"}, chunk=25)
+    assert len(split) > 3
+    # no service is cut in two: each SVC chain sits in the transaction of its endpoint chains
+    for text in split[:-1]:
+        assert "LBCORE-SERVICES" not in text and "-X " not in text
+    old = "*nat\n:LBCORE-SEP-OLD - [0:0]\nCOMMIT\n"
+    assert RuleSet(old).apply("".join(split)).dump() == RuleSet(old).apply(single).dump()
