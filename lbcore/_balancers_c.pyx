@@ -2,6 +2,9 @@
 """Compiled balancing algorithms behind one interface (see ``lbcore.balancers``)."""
 
 cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SIZE
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_CheckExact
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_CheckExact
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.math cimport ceil, floor, isfinite, log
 from libc.stdint cimport int32_t, int64_t, uint64_t
@@ -12,7 +15,7 @@ import os
 
 import numpy as np
 
-from lbcore._hashing_c cimport XXH3_64bits_withSeed, hash_object, hash_u64
+from lbcore._hashing_c cimport XXH3_64bits, XXH3_64bits_withSeed, hash_object, hash_u64
 
 
 cdef inline uint64_t splitmix64(uint64_t* state) noexcept nogil:
@@ -28,6 +31,24 @@ cdef inline uint64_t mix64(uint64_t z) noexcept nogil:
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL
     return z ^ (z >> 31)
+
+
+cdef inline uint64_t fast_hash(object key) except? 0:
+    """``hash_object(key)`` with the common exact types first and no Python-level comparison."""
+    cdef const char* data
+    cdef Py_ssize_t size
+    cdef int overflow
+    cdef long long value
+    if PyUnicode_CheckExact(key):
+        data = PyUnicode_AsUTF8AndSize(key, &size)
+        return XXH3_64bits(data, <size_t>size)
+    if PyLong_CheckExact(key):
+        value = PyLong_AsLongLongAndOverflow(key, &overflow)
+        if overflow == 0:
+            return hash_u64(<uint64_t>value)  # a negative key wraps as in hash64
+    elif PyBytes_CheckExact(key):
+        return XXH3_64bits(PyBytes_AS_STRING(key), <size_t>PyBytes_GET_SIZE(key))
+    return hash_object(key)
 
 
 cdef bytes _identity(object backend):
@@ -89,9 +110,10 @@ cdef class Balancer:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} n={self.n}>"
 
+    @cython.always_allow_keywords(False)
     def pick(self, key) -> int:
         """Index of the backend for ``key`` (str as UTF-8, bytes, or int as ``hash64`` hashes it)."""
-        return self.pick_hash(hash_object(key))
+        return self.pick_hash(fast_hash(key))
 
     def pick_hashed(self, uint64_t h) -> int:
         """Index of the backend for a key already hashed with ``lbcore.hash64``."""
@@ -102,7 +124,7 @@ cdef class Balancer:
         connection goes when the backend it was first given refused it."""
         if attempt < 0:
             raise ValueError(f"attempt must be >= 0, not {attempt}")
-        return self.pick_hash_retry(hash_object(key), attempt)
+        return self.pick_hash_retry(fast_hash(key), attempt)
 
     def pick_many(self, keys):
         """Indices (int32 array) for a 1-D array of uint64 keys, each hashed as ``hash64(int(k))``."""

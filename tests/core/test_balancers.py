@@ -432,3 +432,18 @@ def test_plugin_algorithm_is_gone_once_unregistered(balancer_plugin):
 def test_plugin_algorithm_with_no_backends_is_refused(balancer_plugin):
     with pytest.raises(ValueError, match="first_healthy: backends must not be empty"):
         balancers.create("first_healthy", [])
+
+
+@pytest.mark.parametrize(
+    ("key", "error"), [(True, TypeError), (1.5, TypeError), (2**64, OverflowError), (-(2**63) - 1, OverflowError)]
+)
+def test_pick_refuses_the_keys_hash64_refuses(key, error):
+    b = balancers.create("maglev", names(3))
+    with pytest.raises(error):
+        b.pick(key)
+
+
+def test_pick_hashes_edge_ints_as_hash64_does():
+    b = balancers.create("rendezvous", names(50))
+    for key in (0, 2**63 - 1, 2**63, 2**64 - 1, -1, -(2**63), bytearray(b"ab"), memoryview(b"cd")):
+        assert b.pick(key) == b.pick_hashed(hash64(key))
