@@ -965,9 +965,13 @@ cdef class SelectorIndex:
 
     def selectors_matching(self, labels) -> set:
         """Ids of the selectors that match a label set: by label-set id, or for a mapping given."""
-        if isinstance(labels, Mapping):
+        cdef set found
+        if type(labels) is dict:
+            return self._selectors_for(<dict>labels)
+        if isinstance(labels, Mapping):  # an ABC check: slower, so after the plain-dict case
             return self._selectors_for(dict(labels))
-        return set(self._lab_matches[labels])
+        found = self._lab_matches[labels]
+        return set(found)
 
     # -- label sets --------------------------------------------------------------------------
 
@@ -977,6 +981,8 @@ cdef class SelectorIndex:
         cdef dict new = dict(labels)
         cdef dict old = self._labels.get(label_id)
         cdef set matched, before, added, removed
+        if old is not None and old == new:
+            return set(), set()
         if old is not None:
             self._unfile_labels(label_id, old, new)
         self._file_labels(label_id, new, old)

@@ -682,6 +682,8 @@ class SelectorIndex:
         selector ids it matched and no longer does)."""
         new = dict(labels)
         old = self._labels.get(label_id)
+        if old == new:  # nothing changed, nothing to do
+            return set(), set()
         if old is not None:
             self._unfile_labels(label_id, old, new)
         self._file_labels(label_id, new, old)
