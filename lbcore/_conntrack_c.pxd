@@ -7,6 +7,7 @@ an open-addressing index of 32-bit slots. Compiled callers (the Picker's fast pa
 while it changes the table, which is what makes one table safe to share between threads.
 """
 
+cimport cython
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 
@@ -91,25 +92,44 @@ cdef class _FlatTable:
     cdef bint has_epoch
 
     cdef void _reset(self) noexcept
+    @cython.final
     cdef uint32_t now_ms(self, double now) except? 0xFFFFFFFF
     cdef void _rebase(self, double d) noexcept
+    @cython.final
     cdef uint32_t _find(self, const ct_key* k, uint64_t h, uint32_t* slot) noexcept nogil
+    @cython.final
     cdef uint32_t _first_empty(self, uint64_t h) noexcept nogil
+    @cython.final
     cdef uint32_t _slot_of(self, uint32_t i) noexcept nogil
+    @cython.final
     cdef void _delete_slot(self, uint32_t j) noexcept nogil
+    @cython.final
     cdef int _class_of(self, const ct_entry* x) noexcept nogil
+    @cython.final
     cdef void _cls_unlink(self, uint32_t i, int c) noexcept nogil
+    @cython.final
     cdef void _cls_append(self, uint32_t i, int c) noexcept nogil
+    @cython.final
     cdef void _b_unlink(self, uint32_t i, uint32_t b) noexcept nogil
+    @cython.final
     cdef void _b_push(self, uint32_t i, uint32_t b) noexcept nogil
+    @cython.final
     cdef int _ensure_backend(self, int32_t b) noexcept nogil
+    @cython.final
     cdef void _drop(self, uint32_t i, uint32_t slot) noexcept nogil
+    @cython.final
     cdef void _evict_one(self, uint32_t now) noexcept nogil
+    @cython.final
     cdef int32_t lookup_c(self, const ct_key* k, uint32_t now) noexcept nogil
+    @cython.final
     cdef int insert_c(self, const ct_key* k, int32_t backend, uint32_t now) noexcept nogil
+    @cython.final
     cdef bint remove_c(self, const ct_key* k) noexcept nogil
+    @cython.final
     cdef bint close_c(self, const ct_key* k, uint32_t now) noexcept nogil
+    @cython.final
     cdef uint32_t purge_c(self, int32_t backend) noexcept nogil
+    @cython.final
     cdef uint32_t expire_c(self, uint32_t now) noexcept nogil
 
 

@@ -22,6 +22,7 @@ timeout, both rounded down to whole milliseconds since the first time the table 
 """
 
 cimport cython
+from cpython.long cimport PyLong_AsLong, PyLong_CheckExact
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.math cimport isfinite
@@ -67,16 +68,24 @@ cdef object _invalid(str field, object value, str why):
 
 cdef int pack_proto(object proto, uint8_t* out) except -1:
     """Protocol as "TCP" / "UDP" / "SCTP" (any case of those) or an IANA number 0..255."""
-    cdef long p
+    cdef const char* s
+    cdef Py_ssize_t n
+    cdef long p = -1
     if isinstance(proto, str):
-        p = PROTOCOLS.get(proto, -1)
-        if p < 0:
+        s = PyUnicode_AsUTF8AndSize(proto, &n)
+        if n == 3 and memcmp(s, b"TCP", 3) == 0:
+            p = 6
+        elif n == 3 and memcmp(s, b"UDP", 3) == 0:
+            p = 17
+        else:
             p = PROTOCOLS.get((<str>proto).upper(), -1)
         if p < 0:
             raise _invalid("proto", proto, 'must be "TCP", "UDP", "SCTP" or a number 0..255')
-    elif isinstance(proto, int) and not isinstance(proto, bool):
-        if not 0 <= proto <= 255:
+    elif PyLong_CheckExact(proto):
+        p = PyLong_AsLong(proto)
+        if not 0 <= p <= 255:
             raise _invalid("proto", proto, "must be a protocol number 0..255")
+    elif isinstance(proto, int) and not isinstance(proto, bool) and 0 <= proto <= 255:
         p = proto
     else:
         raise _invalid("proto", proto, 'must be "TCP", "UDP", "SCTP" or a number 0..255')
@@ -85,10 +94,16 @@ cdef int pack_proto(object proto, uint8_t* out) except -1:
 
 
 cdef int pack_port(object port, uint16_t* out, str field) except -1:
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
-        raise _invalid(field, port, "must be a port number 0..65535")
-    out[0] = <uint16_t>port
-    return 0
+    cdef long p
+    if PyLong_CheckExact(port):
+        p = PyLong_AsLong(port)
+        if 0 <= p <= 65535:
+            out[0] = <uint16_t>p
+            return 0
+    elif isinstance(port, int) and not isinstance(port, bool) and 0 <= port <= 65535:
+        out[0] = <uint16_t>port
+        return 0
+    raise _invalid(field, port, "must be a port number 0..65535")
 
 
 cdef inline void _map4(uint8_t* out) noexcept nogil:
@@ -202,6 +217,7 @@ cdef class _FlatTable:
 
     # -- clock ------------------------------------------------------------------------------------
 
+    @cython.final
     cdef uint32_t now_ms(self, double now) except? 0xFFFFFFFF:
         """Milliseconds since the table's epoch (the first time it was given); never negative."""
         cdef double d
@@ -235,6 +251,7 @@ cdef class _FlatTable:
 
     # -- index ------------------------------------------------------------------------------------
 
+    @cython.final
     cdef uint32_t _find(self, const ct_key* k, uint64_t h, uint32_t* slot) noexcept nogil:
         cdef uint32_t s = _home(h, self.nslots)
         cdef uint32_t tag = _tag(h)
@@ -251,6 +268,7 @@ cdef class _FlatTable:
             if s == self.nslots:
                 s = 0
 
+    @cython.final
     cdef uint32_t _first_empty(self, uint64_t h) noexcept nogil:
         cdef uint32_t s = _home(h, self.nslots)
         while self.idx[s] != CT_EMPTY:
@@ -259,6 +277,7 @@ cdef class _FlatTable:
                 s = 0
         return s
 
+    @cython.final
     cdef uint32_t _slot_of(self, uint32_t i) noexcept nogil:
         cdef uint32_t s = _home(_entry_hash(&self.e[i]), self.nslots)
         while (self.idx[s] & 0xFFFFFFu) != i:
@@ -267,6 +286,7 @@ cdef class _FlatTable:
                 s = 0
         return s
 
+    @cython.final
     cdef void _delete_slot(self, uint32_t j) noexcept nogil:
         # Backward shift: pull later members of the probe run into the hole when their home slot
         # does not lie cyclically in (hole, their slot], so every key stays reachable from home.
@@ -292,11 +312,13 @@ cdef class _FlatTable:
 
     # -- lists ------------------------------------------------------------------------------------
 
+    @cython.final
     cdef int _class_of(self, const ct_entry* x) noexcept nogil:
         if x.meta & CT_CLOSING:
             return CLS_CLOSING
         return self.cls_of_proto[x.meta >> 24]
 
+    @cython.final
     cdef void _cls_unlink(self, uint32_t i, int c) noexcept nogil:
         cdef uint32_t p = ct_link(&self.e[i], L_PREV)
         cdef uint32_t q = ct_link(&self.e[i], L_NEXT)
@@ -309,6 +331,7 @@ cdef class _FlatTable:
         else:
             self.tail[c] = p
 
+    @cython.final
     cdef void _cls_append(self, uint32_t i, int c) noexcept nogil:
         cdef uint32_t t = self.tail[c]
         ct_set_link(&self.e[i], L_PREV, t)
@@ -319,6 +342,7 @@ cdef class _FlatTable:
             self.head[c] = i
         self.tail[c] = i
 
+    @cython.final
     cdef void _b_unlink(self, uint32_t i, uint32_t b) noexcept nogil:
         cdef uint32_t p = ct_link(&self.e[i], B_PREV)
         cdef uint32_t q = ct_link(&self.e[i], B_NEXT)
@@ -330,6 +354,7 @@ cdef class _FlatTable:
             ct_set_link(&self.e[q], B_PREV, p)
         self.bcount[b] -= 1
 
+    @cython.final
     cdef void _b_push(self, uint32_t i, uint32_t b) noexcept nogil:
         cdef uint32_t q = self.bhead[b]
         ct_set_link(&self.e[i], B_PREV, CT_NIL)
@@ -339,6 +364,7 @@ cdef class _FlatTable:
         self.bhead[b] = i
         self.bcount[b] += 1
 
+    @cython.final
     cdef int _ensure_backend(self, int32_t b) noexcept nogil:
         """Grow the per-backend arrays to hold id ``b``; -1 when out of memory."""
         cdef uint32_t n = self.nb * 2 if self.nb else 16
@@ -365,6 +391,7 @@ cdef class _FlatTable:
 
     # -- entries ----------------------------------------------------------------------------------
 
+    @cython.final
     cdef void _drop(self, uint32_t i, uint32_t slot) noexcept nogil:
         cdef ct_entry* x = &self.e[i]
         self._delete_slot(slot)
@@ -374,6 +401,7 @@ cdef class _FlatTable:
         self.free_head = i
         self.used -= 1
 
+    @cython.final
     cdef void _evict_one(self, uint32_t now) noexcept nogil:
         # An expired head first (it is garbage anyway), else the least recently used entry:
         # the oldest list head, ties going to the class visited first.
@@ -391,6 +419,7 @@ cdef class _FlatTable:
                 best = i
         self._drop(best, self._slot_of(best))
 
+    @cython.final
     cdef int32_t lookup_c(self, const ct_key* k, uint32_t now) noexcept nogil:
         cdef uint32_t slot
         cdef uint32_t i = self._find(k, _key_hash(k), &slot)
@@ -409,6 +438,7 @@ cdef class _FlatTable:
             self._cls_append(i, c)
         return <int32_t>(x.meta & CT_MAX_BACKEND)
 
+    @cython.final
     cdef int insert_c(self, const ct_key* k, int32_t backend, uint32_t now) noexcept nogil:
         """Map ``k`` to ``backend`` (0..CT_MAX_BACKEND) as used at ``now``; -1 when out of memory."""
         cdef uint64_t h = _key_hash(k)
@@ -447,6 +477,7 @@ cdef class _FlatTable:
         self.used += 1
         return 0
 
+    @cython.final
     cdef bint remove_c(self, const ct_key* k) noexcept nogil:
         cdef uint32_t slot
         cdef uint32_t i = self._find(k, _key_hash(k), &slot)
@@ -455,6 +486,7 @@ cdef class _FlatTable:
         self._drop(i, slot)
         return True
 
+    @cython.final
     cdef bint close_c(self, const ct_key* k, uint32_t now) noexcept nogil:
         cdef uint32_t slot
         cdef uint32_t i = self._find(k, _key_hash(k), &slot)
@@ -478,6 +510,7 @@ cdef class _FlatTable:
         self._cls_append(i, CLS_CLOSING)
         return True
 
+    @cython.final
     cdef uint32_t purge_c(self, int32_t backend) noexcept nogil:
         cdef uint32_t n = 0
         cdef uint32_t i
@@ -489,6 +522,7 @@ cdef class _FlatTable:
             n += 1
         return n
 
+    @cython.final
     cdef uint32_t expire_c(self, uint32_t now) noexcept nogil:
         cdef uint32_t n = 0
         cdef uint32_t i

@@ -1,0 +1,410 @@
+"""The Picker: one per service port, it answers "which endpoint takes this connection?".
+
+A frontend (or any embedding proxy) calls ``pick`` with a connection's 5-tuple and gets an
+``EndpointInfo`` back, or ``NO_ENDPOINTS``, which it turns into a refusal (kube-proxy's REJECT).
+For every call, in this order:
+
+1. the connection table: a connection (or UDP flow) already tracked stays on its endpoint while
+   that endpoint is in the set, even when it is terminating or no longer ready; this is what the
+   kernel does, where conntrack answers every packet of a known flow before any NAT rule runs;
+2. for a new connection, ClientIP session affinity (when the service asks for it): the client's
+   endpoint from the affinity table, if it still takes new connections; the binding is refreshed
+   by every connection it sends, as kube-proxy's ``recent --set`` does, and lapses after the
+   service's ``timeoutSeconds`` of disuse;
+3. else the balancing algorithm, over the endpoints that take new connections: the ready ones,
+   or, when none is ready, the serving and terminating ones (kube-proxy's fallback). An endpoint
+   marked down (``mark_down``) is skipped unless every candidate is down.
+
+``update(endpoints)`` applies a new endpoint set. Endpoints are identified by ``ip:port``:
+survivors keep their ids (and their connections and affinity), the entries of removed ones are
+purged at once.
+
+Threads: one lock guards each Picker. ``pick``, ``close``, ``mark_down`` and ``update`` take it,
+so a data-path thread may pick while the sync thread updates; a pick sees the endpoint set either
+before or after an update, never a mix. In the compiled core the lock is a bare C lock taken
+without a Python call, and is waited for with the GIL released.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable
+from typing import Any, Final
+
+from lbcore import balancers
+from lbcore._conntrack import AffinityTable, ConnTable
+from lbcore._extensions import NO_EXTENSIONS
+from lbcore._hashing import hash64
+from lbcore.errors import ConfigError
+from lbcore.snapshot import EndpointInfo, ServicePortInfo
+
+__all__ = ["NO_ENDPOINTS", "NoEndpoints", "Picker"]
+
+
+class NoEndpoints:
+    """The answer when a service port has no endpoint to take a new connection (a singleton)."""
+
+    _instance: NoEndpoints | None = None
+
+    def __new__(cls) -> NoEndpoints:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "NO_ENDPOINTS"
+
+    def __reduce__(self) -> str:
+        return "NO_ENDPOINTS"
+
+
+NO_ENDPOINTS: Final = NoEndpoints()
+
+
+def _key_bytes(proto: Any, src: Any, sport: int, dst: Any, dport: int) -> tuple[bytes, bytes]:
+    """The packed 5-tuple the balancer hashes (the same bytes the compiled core hashes), and the
+    packed client address."""
+    from lbcore._conntrack_py import _port, pack_address, pack_proto
+
+    s = pack_address(src, "src")
+    key = (
+        s
+        + pack_address(dst, "dst")
+        + _port(sport, "sport").to_bytes(2, "little")
+        + _port(dport, "dport").to_bytes(2, "little")
+        + bytes([pack_proto(proto)])
+    )
+    return key, s
+
+
+class _PickCorePy:
+    """The readable core: what the compiled ``lbcore._picker_c.PickCore`` does, in Python."""
+
+    def __init__(self, conns: Any, affinity: Any, clock: Callable[[], float]) -> None:
+        self.conns = conns
+        self.affinity = affinity
+        self.clock = clock
+        self._lock = threading.Lock()
+        self.install([], {}, [], None)
+
+    def lock(self) -> None:
+        self._lock.acquire()
+
+    def unlock(self) -> None:
+        self._lock.release()
+
+    def install(self, eps: list[EndpointInfo | None], id_of: dict[tuple[str, int], int],
+                bal_ids: list[int], balancer: Any) -> None:
+        """Take a new endpoint set (call with the lock held)."""
+        self.eps = list(eps)
+        self.id_of = dict(id_of)
+        self.bal_ids = list(bal_ids)
+        self.bidx = [-1] * len(self.eps)
+        for i, ident in enumerate(self.bal_ids):
+            self.bidx[ident] = i
+        self.balancer = balancer
+        self.down = [0.0] * len(self.eps)
+
+    def mark_down(self, ident: int, until: float) -> None:
+        with self._lock:
+            self.down[ident] = until
+
+    def _excluded(self, exclude: Collection[Any] | None) -> set[int]:
+        out: set[int] = set()
+        for item in exclude or ():
+            if isinstance(item, int):
+                out.add(item)
+            elif isinstance(item, EndpointInfo):
+                ident = self.id_of.get((item.ip, item.port))
+                if ident is not None:
+                    out.add(ident)
+        return out
+
+    def _choose(self, h: int, excl: set[int], now: float) -> int:
+        if self.balancer is None:
+            return -1
+        n = len(self.bal_ids)
+        first = self.balancer.pick_hashed(h)
+        if first < 0:
+            return -1
+        for honour_down in (True, False):
+            for j in range(n):
+                ident = self.bal_ids[(first + j) % n]
+                if ident in excl or (honour_down and self.down[ident] > now):
+                    continue
+                return ident
+        return -1
+
+    def pick_index(self, proto: Any, src: Any, sport: int, dst: Any, dport: int,
+                   now: float | None = None, exclude: Collection[Any] | None = None) -> int:
+        key, client = _key_bytes(proto, src, sport, dst, dport)
+        if now is None:
+            now = self.clock()
+        with self._lock:
+            excl = self._excluded(exclude)
+            b = self.conns.lookup(proto, src, sport, dst, dport, now)
+            if 0 <= b < len(self.eps) and self.eps[b] is not None and b not in excl:
+                return b
+            chosen = -1
+            if self.affinity is not None:
+                a = self.affinity.lookup(client, now)
+                if (0 <= a < len(self.eps) and self.bidx[a] >= 0 and a not in excl
+                        and not self.down[a] > now):
+                    chosen = a
+            if chosen < 0:
+                chosen = self._choose(hash64(key), excl, now)
+            if chosen < 0:
+                return -1
+            if 0 <= b < len(self.eps) and b != chosen and self.bidx[b] >= 0:
+                self._release(self.bidx[b])
+            self.conns.insert(proto, src, sport, dst, dport, chosen, now)
+            if self.affinity is not None:
+                self.affinity.insert(client, chosen, now)
+            self.balancer.acquire(self.bidx[chosen])
+            return chosen
+
+    def pick(self, proto: Any, src: Any, sport: int, dst: Any, dport: int,
+             now: float | None = None, exclude: Collection[Any] | None = None) -> Any:
+        i = self.pick_index(proto, src, sport, dst, dport, now, exclude)
+        return NO_ENDPOINTS if i < 0 else self.eps[i]
+
+    def _release(self, i: int) -> None:
+        if self.balancer.active[i] > 0:
+            self.balancer.release(i)
+
+    def close(self, proto: Any, src: Any, sport: int, dst: Any, dport: int,
+              now: float | None = None) -> bool:
+        if now is None:
+            now = self.clock()
+        with self._lock:
+            b = self.conns.lookup(proto, src, sport, dst, dport, now)
+            if b < 0 or not self.conns.close(proto, src, sport, dst, dport, now):
+                return False
+            if b < len(self.bidx) and self.bidx[b] >= 0:
+                self._release(self.bidx[b])
+            return True
+
+
+def _compiled_core() -> Any:
+    if NO_EXTENSIONS:
+        return None
+    try:
+        from lbcore import _picker_c
+    except ImportError:  # pragma: no cover - an unbuilt checkout
+        return None
+    return _picker_c.PickCore
+
+
+class Picker:
+    """Chooses the endpoint of each connection to one service port.
+
+    :param service_port: the port's settings (session affinity and its timeout) and its first
+        endpoint set; ``None`` to configure by keywords and ``update`` later.
+    :param algorithm: a name from ``lbcore.balancers.available()``.
+    :param capacity: most connections tracked at once (the least recently used go first).
+    :param session_affinity: ``"None"`` or ``"ClientIP"``; overrides ``service_port``'s.
+    :param affinity_timeout: seconds; overrides ``service_port``'s (10800 by default).
+    :param tcp_timeout: idle seconds of an open TCP connection in the table.
+    :param tcp_closing_timeout: idle seconds of a TCP connection after ``close``.
+    :param udp_timeout: idle seconds of a UDP flow.
+    :param clock: the time source when a call passes no ``now`` (``time.monotonic``).
+    :param options: the algorithm's options (``table_size`` for maglev, ...).
+    """
+
+    def __init__(
+        self,
+        service_port: ServicePortInfo | None = None,
+        algorithm: str = "round_robin",
+        capacity: int = 65536,
+        *,
+        session_affinity: str | None = None,
+        affinity_timeout: float | None = None,
+        affinity_capacity: int | None = None,
+        tcp_timeout: float = 86400.0,
+        tcp_closing_timeout: float = 120.0,
+        udp_timeout: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        compiled: bool | None = None,
+        **options: Any,
+    ) -> None:
+        if session_affinity is None:
+            session_affinity = service_port.session_affinity if service_port else "None"
+        if session_affinity not in ("None", "ClientIP"):
+            raise ConfigError(f'session_affinity: must be "None" or "ClientIP", got {session_affinity!r}')
+        if affinity_timeout is None:
+            affinity_timeout = service_port.affinity_timeout if service_port else 10800
+        if algorithm not in balancers.available():
+            raise ConfigError(
+                f"algorithm: unknown {algorithm!r}; available: {', '.join(balancers.available())}"
+            )
+        self.service_port = service_port
+        self.algorithm = algorithm
+        self.session_affinity = session_affinity
+        self._options = options
+        self._conns = ConnTable(capacity, tcp_timeout, tcp_closing_timeout, udp_timeout)
+        self._affinity = (
+            AffinityTable(affinity_capacity or capacity, affinity_timeout)
+            if session_affinity == "ClientIP"
+            else None
+        )
+        compiled_core = _compiled_core()
+        if compiled is None:
+            compiled = compiled_core is not None and algorithm in balancers.builtin()
+        if compiled and compiled_core is None:
+            raise ConfigError("compiled: the compiled core is not available here")
+        core_cls = compiled_core if compiled else _PickCorePy
+        self.compiled = bool(compiled)
+        self._core = core_cls(self._conns, self._affinity, clock)
+        self._clock = clock
+        self._update_lock = threading.Lock()  # one update at a time; picks use the core's lock
+        self._balancer: Any = None
+        self._ids: dict[tuple[str, int], int] = {}
+        self._eps: list[EndpointInfo | None] = []
+        self._free: list[int] = []
+        self._eligible: list[int] = []
+        # the hot calls go straight to the core
+        self.pick = self._core.pick  # type: ignore[method-assign]
+        self.pick_index = self._core.pick_index  # type: ignore[method-assign]
+        self.close = self._core.close  # type: ignore[method-assign]
+        if service_port is not None:
+            self.update(service_port.endpoints)
+
+    # -- the data path (bound to the core in __init__; these document the calls) --------------------
+
+    def pick(self, proto: str | int, src: Any, sport: int, dst: Any, dport: int,
+             now: float | None = None, exclude: Collection[Any] | None = None
+             ) -> EndpointInfo | NoEndpoints:
+        """The endpoint for this connection, or ``NO_ENDPOINTS``.
+
+        :param exclude: endpoints (or ids) not to use for it, e.g. one that refused it; a tracked
+            connection on an excluded endpoint is moved to another one.
+        """
+        return self._core.pick(proto, src, sport, dst, dport, now, exclude)  # pragma: no cover
+
+    def pick_index(self, proto: str | int, src: Any, sport: int, dst: Any, dport: int,
+                   now: float | None = None, exclude: Collection[Any] | None = None) -> int:
+        """As ``pick``, but the endpoint's id (``endpoint(i)``), or -1."""
+        return self._core.pick_index(proto, src, sport, dst, dport, now, exclude)  # pragma: no cover
+
+    def close(self, proto: str | int, src: Any, sport: int, dst: Any, dport: int,
+              now: float | None = None) -> bool:
+        """This connection ended: it leaves the live counts (least_conn) and the connection table
+        keeps it for the closing timeout (TCP) or forgets it (UDP). False when it was not open."""
+        return self._core.close(proto, src, sport, dst, dport, now)  # pragma: no cover
+
+    release = close
+
+    def mark_down(self, endpoint: EndpointInfo | str | int, seconds: float,
+                  now: float | None = None) -> None:
+        """Give ``endpoint`` (an EndpointInfo, ``ip:port`` or id) no new connection for ``seconds``
+        (e.g. after it refused one); connections it has are untouched."""
+        ident = self._id_of(endpoint)
+        if ident is None:
+            raise KeyError(f"endpoint: {endpoint!r} is not an endpoint of this picker")
+        self._core.mark_down(ident, (self._clock() if now is None else now) + seconds)
+
+    def _id_of(self, endpoint: EndpointInfo | str | int) -> int | None:
+        if isinstance(endpoint, int):
+            return endpoint if 0 <= endpoint < len(self._eps) and self._eps[endpoint] else None
+        if isinstance(endpoint, str):
+            ip, _, port = endpoint.rpartition(":")
+            return self._ids.get((ip.strip("[]"), int(port)))
+        return self._ids.get((endpoint.ip, endpoint.port))
+
+    # -- the sync path -----------------------------------------------------------------------------
+
+    def update(self, endpoints: Iterable[EndpointInfo]) -> None:
+        """Apply a new endpoint set: survivors (same ``ip:port``) keep their ids, connections and
+        affinity; the entries of removed endpoints are purged."""
+        new: dict[tuple[str, int], EndpointInfo] = {}
+        for ep in endpoints:
+            new[(ep.ip, ep.port)] = ep
+        with self._update_lock:
+            eps = list(self._eps)
+            ids = dict(self._ids)
+            removed = [ids.pop(addr) for addr in list(ids) if addr not in new]
+            for ident in removed:
+                eps[ident] = None
+            free = sorted(set(self._free) | set(removed), reverse=True)
+            for addr, ep in new.items():
+                ident = ids.get(addr)
+                if ident is None:
+                    ident = free.pop() if free else len(eps)
+                    if ident == len(eps):
+                        eps.append(None)
+                    ids[addr] = ident
+                eps[ident] = ep
+            eligible = [i for i, ep in enumerate(eps) if ep is not None and ep.ready]
+            if not eligible:  # kube-proxy's fallback: serving and terminating endpoints
+                eligible = [
+                    i for i, ep in enumerate(eps) if ep is not None and ep.serving and ep.terminating
+                ]
+            balancer = self._balancer_for([eps[i] for i in eligible])  # type: ignore[misc]
+            self._core.lock()
+            try:
+                self._core.install(eps, ids, eligible, balancer)
+                for ident in removed:
+                    self._conns.purge_backend(ident)
+                    if self._affinity is not None:
+                        self._affinity.purge_backend(ident)
+            finally:
+                self._core.unlock()
+            self._eps, self._ids, self._free, self._balancer = eps, ids, free, balancer
+            self._eligible = eligible
+
+    def _balancer_for(self, eligible: list[EndpointInfo]) -> Any:
+        if not eligible:
+            return None
+        names = [ep.address for ep in eligible]
+        weights: list[float] | None = [float(ep.weight) for ep in eligible]
+        if all(w == 1.0 for w in weights) or not any(w > 0 for w in weights):  # type: ignore[union-attr]
+            weights = None
+        if self._balancer is not None:
+            self._balancer.update(names, weights)
+            return self._balancer
+        return balancers.create(self.algorithm, names, weights, **self._options)
+
+    # -- views -------------------------------------------------------------------------------------
+
+    def endpoint(self, ident: int) -> EndpointInfo:
+        """The endpoint with id ``ident``."""
+        ep = self._eps[ident] if 0 <= ident < len(self._eps) else None
+        if ep is None:
+            raise KeyError(f"endpoint id {ident} is not in use")
+        return ep
+
+    @property
+    def endpoints(self) -> tuple[EndpointInfo, ...]:
+        """The current endpoints, by id."""
+        return tuple(ep for ep in self._eps if ep is not None)
+
+    @property
+    def eligible(self) -> tuple[EndpointInfo, ...]:
+        """The endpoints that take new connections now (ready, else serving and terminating)."""
+        return tuple(self._eps[i] for i in self._eligible)  # type: ignore[misc]
+
+    @property
+    def connections(self) -> Any:
+        """The connection table (``lbcore.ConnTable``)."""
+        return self._conns
+
+    @property
+    def affinity(self) -> Any:
+        """The ClientIP affinity table, or None when the service has no session affinity."""
+        return self._affinity
+
+    def expire(self, now: float | None = None) -> int:
+        """Drop idle connections and lapsed affinities; return how many entries went."""
+        now = self._clock() if now is None else now
+        self._core.lock()
+        try:
+            gone = self._conns.expire(now)
+            if self._affinity is not None:
+                gone += self._affinity.expire(now)
+            return gone
+        finally:
+            self._core.unlock()
