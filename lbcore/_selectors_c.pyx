@@ -1017,7 +1017,8 @@ cdef class SelectorIndex:
             if old is not None and old.get(k, _MISSING) == v:
                 continue
             _members(_submap(self._lab_by_pair, k), v).add(lid)
-            _members(self._lab_by_key, k).add(lid)
+            if old is None or k not in old:
+                _members(self._lab_by_key, k).add(lid)
 
     cdef void _unfile_labels(self, object lid, dict old, dict new) except *:
         cdef dict by_value

@@ -714,7 +714,8 @@ class SelectorIndex:
             if old is not None and old.get(k, _MISSING) == v:
                 continue
             self._lab_by_pair.setdefault(k, {}).setdefault(v, set()).add(lid)
-            self._lab_by_key.setdefault(k, set()).add(lid)
+            if old is None or k not in old:
+                self._lab_by_key.setdefault(k, set()).add(lid)
 
     def _unfile_labels(self, lid: Hashable, old: dict[str, str], new: dict[str, str]) -> None:
         for k, v in old.items():
