@@ -87,6 +87,10 @@ class NetfilterOptions:
     # iptables: a full sync with more chains than this is split into transactions (0: never).
     # iptables-nft-restore --noflush grows with the square of the chains in one transaction.
     restore_chunk_chains: int = 2000
+    # nftables: "cascade" (one numgen rule per endpoint) or "vmap" (one anonymous numgen vmap
+    # per service, as kube-proxy writes it; slow to load with thousands of services, because
+    # the kernel scans every anonymous set to name each new one)
+    endpoint_selection: str = "cascade"
 
     def __post_init__(self) -> None:
         if self.cluster_cidrs is None:
@@ -104,6 +108,7 @@ class NetfilterOptions:
             "conntrack_cleanup",
             "timeout",
             "restore_chunk_chains",
+            "endpoint_selection",
         }
         for key in options:
             if key not in known:
@@ -151,7 +156,13 @@ class NetfilterOptions:
             raise ConfigError(
                 f"{frontend}: option 'restore_chunk_chains': {chunk!r} is not a count (0 or more)"
             )
+        selection = options.get("endpoint_selection", "cascade")
+        if selection not in ("cascade", "vmap"):
+            raise ConfigError(
+                f"{frontend}: option 'endpoint_selection': {selection!r} is not 'cascade' or 'vmap'"
+            )
         return cls(
+            endpoint_selection=selection,
             restore_chunk_chains=chunk,
             keep_on_exit=flag("keep_on_exit", False),
             masquerade_all=flag("masquerade_all", False),

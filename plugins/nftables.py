@@ -191,6 +191,15 @@ class NftRenderer:
         weights = [max(ep.weight, 1) for ep in eps]
         g = math.gcd(*weights)
         weights = [w // g for w in weights]
+        if self.options.endpoint_selection == "cascade":
+            # rule i draws a fresh number in [0, rest) and takes w_i of it: w_i / (w_i+...+w_n)
+            rest = sum(weights)
+            for ep, w in zip(eps[:-1], weights[:-1], strict=True):
+                test = "0" if w == 1 else f"< {w}"
+                rules.append(f"numgen random mod {rest} {test} goto {ep_chain[(ep.ip, ep.port)]}")
+                rest -= w
+            rules.append(f"goto {ep_chain[(eps[-1].ip, eps[-1].port)]}")
+            return rules
         entries = []
         low = 0
         for ep, w in zip(eps, weights, strict=True):

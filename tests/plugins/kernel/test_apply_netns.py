@@ -126,7 +126,7 @@ def test_dual_stack_and_every_option_load_into_the_kernel(kind, namespaces):
     )
     s = snap(v6, local, port("empty", "fd00:96::11", [], protocol="UDP"), node_name="node-a")
     options = {"netns": a, "cluster_cidr": [POD_CIDR, "fd00:244::/64"], "masquerade_all": True,
-               "node_addresses": ["192.168.77.1", "fd00:77::1"]}
+               "node_addresses": ["192.168.77.1", "fd00:77::1"], "endpoint_selection": "vmap"}
     fe = FRONTENDS[kind](options, RuntimeContext())
     fe.start()
     fe.sync(s, frozenset())

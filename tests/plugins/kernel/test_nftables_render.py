@@ -24,9 +24,23 @@ def chain_body(text: str, name: str) -> list[str]:
     return [line.strip() for line in m.group(1).splitlines()]
 
 
-def test_cluster_ip_is_one_map_element_and_endpoints_one_numgen_vmap():
+def test_cluster_ip_is_one_map_element_and_endpoints_a_numgen_cascade():
     sp = port("web", "10.96.0.1", PODS)
     text = fe().render(snap(sp))
+    svc = service_chain(sp)
+    assert f"10.96.0.1 . tcp . 80 : goto {svc}" in text
+    chains = [endpoint_chain(sp, ep) for ep in sp.endpoints]
+    # each rule draws a fresh number: 1/3, then 1/2 of the rest, then the rest
+    assert chain_body(text, svc)[1:] == [
+        f"numgen random mod 3 0 goto {chains[0]}",
+        f"numgen random mod 2 0 goto {chains[1]}",
+        f"goto {chains[2]}",
+    ]
+
+
+def test_vmap_option_writes_one_numgen_vmap_per_service():
+    sp = port("web", "10.96.0.1", PODS)
+    text = fe(endpoint_selection="vmap").render(snap(sp))
     svc = service_chain(sp)
     assert f"10.96.0.1 . tcp . 80 : goto {svc}" in text
     body = chain_body(text, svc)
@@ -48,9 +62,14 @@ def test_weights_become_numgen_ranges():
         port("web", "10.96.0.1", []),
         endpoints=tuple(EndpointInfo(ip=p, port=8080, weight=w) for p, w in zip(PODS, (2, 4, 10), strict=True)),
     )
-    body = chain_body(fe().render(snap(sp)), service_chain(sp))
     chains = [endpoint_chain(sp, ep) for ep in sp.endpoints]
+    body = chain_body(fe(endpoint_selection="vmap").render(snap(sp)), service_chain(sp))
     assert body[-1] == f"numgen random mod 8 vmap {{ 0 : goto {chains[0]}, 1-2 : goto {chains[1]}, 3-7 : goto {chains[2]} }}"
+    # cascade: 1/8, then 2/7 of the rest (= 2/8), then the rest (5/8)
+    body = chain_body(fe().render(snap(sp)), service_chain(sp))
+    assert body == [f"ip daddr 10.96.0.1 tcp dport 80 ip saddr != {POD_CIDR} jump mark-for-masquerade",
+                    f"numgen random mod 8 0 goto {chains[0]}", f"numgen random mod 7 < 2 goto {chains[1]}",
+                    f"goto {chains[2]}"]
 
 
 def test_affinity_uses_a_timed_dynamic_set_per_endpoint():
