@@ -343,9 +343,11 @@ class Picker:
                 eligible = [
                     i for i, ep in enumerate(eps) if ep is not None and ep.serving and ep.terminating
                 ]
-            balancer = self._balancer_for([eps[i] for i in eligible])  # type: ignore[misc]
             self._core.lock()
             try:
+                # the balancer changes in place (it keeps its structure and live counts), so
+                # only under the lock the picks take
+                balancer = self._balancer_for([eps[i] for i in eligible])  # type: ignore[misc]
                 self._core.install(eps, ids, eligible, balancer)
                 for ident in removed:
                     self._conns.purge_backend(ident)
