@@ -527,14 +527,36 @@ class IptablesFrontend(Frontend):
                     if self.runner.run([tool, "-w", "5", "-t", table, "-D", chain, *spec], check=False).returncode:
                         break
             nat, filt = self._existing_chains(tool)
-            if nat or filt:
-                self.runner.run(
-                    [f"{tool}-restore", "--noflush"],
-                    input=_restore_text([], [], delete_nat=nat, delete_filter=filt),
-                )
+            for text in _deletion_texts(nat, filt, self.opts.restore_chunk_chains):
+                self.runner.run([f"{tool}-restore", "--noflush"], input=text)
         self._state.clear()
         self._hooked.clear()
         self._need_full = True
+
+
+_DELETE_ORDER = ("LBCORE-SERVICES", "LBCORE-NODEPORTS", "LBCORE-EXT-", "LBCORE-SVC-", "LBCORE-SEP-")
+
+
+def _deletion_texts(nat: set[str], filt: set[str], chunk: int) -> list[str]:
+    """Restore inputs that delete ``nat`` and ``filt`` chains, ``chunk`` at a time (0: at once).
+
+    Chains that jump go before the chains they jump to, so every transaction deletes only
+    chains nothing left refers to.
+    """
+
+    def rank(name: str) -> tuple[int, str]:
+        for i, prefix in enumerate(_DELETE_ORDER):
+            if name.startswith(prefix):
+                return i, name
+        return len(_DELETE_ORDER), name
+
+    ordered = sorted(nat, key=rank)
+    if chunk <= 0 or len(ordered) <= chunk:
+        return [_restore_text([], [], delete_nat=nat, delete_filter=filt)] if nat or filt else []
+    texts = [_restore_text([], [], delete_filter=filt)] if filt else []
+    for start in range(0, len(ordered), chunk):
+        texts.append(_restore_text([], [], delete_nat=ordered[start : start + chunk]))
+    return texts
 
 
 def create(options: Mapping[str, Any], context: RuntimeContext) -> IptablesFrontend:

@@ -252,3 +252,18 @@ def test_large_full_sync_split_in_transactions_adds_up_to_the_single_one():
         assert "LBCORE-SERVICES" not in text and "-X " not in text
     old = "*nat\n:LBCORE-SEP-OLD - [0:0]\nCOMMIT\n"
     assert RuleSet(old).apply("".join(split)).dump() == RuleSet(old).apply(single).dump()
+
+
+def test_chunked_removal_deletes_every_chain_and_never_one_still_jumped_to():
+    from lbcore_plugins.iptables import _deletion_texts
+
+    fe = IptablesFrontend({"cluster_cidr": POD_CIDR}, RuntimeContext())
+    # stop() removes the jumps from built-in chains first, so load the rules without them
+    text = "\n".join(line for line in fe.render(many(30)).splitlines() if not line.startswith("# lbcore-hook"))
+    rs = RuleSet(text)
+    nat = {c for c in rs.dump()["nat"] if c.startswith("LBCORE-")}
+    texts = _deletion_texts(nat, {"LBCORE-SERVICES"}, chunk=20)
+    assert len(texts) > 5
+    for text in texts:
+        rs.apply(text)  # the tracer refuses a commit that leaves a jump to a missing chain
+    assert not [c for table in rs.dump().values() for c in table if c.startswith("LBCORE-")]
