@@ -70,6 +70,9 @@ class RingHash(Balancer):
     @property
     def ring_size(self) -> int:
         """Number of points on the ring."""
+    @property
+    def points(self) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int32]]:
+        """(sorted point hashes, owning backend index): copies of the ring."""
 
 class BoundedLoad(RingHash):
     """Consistent hashing with bounded loads."""

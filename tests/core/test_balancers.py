@@ -447,3 +447,18 @@ def test_pick_hashes_edge_ints_as_hash64_does():
     b = balancers.create("rendezvous", names(50))
     for key in (0, 2**63 - 1, 2**63, 2**64 - 1, -1, -(2**63), bytearray(b"ab"), memoryview(b"cd")):
         assert b.pick(key) == b.pick_hashed(hash64(key))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 257])
+def test_ring_pick_is_the_first_point_at_or_after_the_key_wrapping_around(n):
+    from lbcore._hashing import hash64_many
+
+    b = balancers.create("ring_hash", names(n), min_ring_size=1, vnodes=3)
+    hashes, owners = b.points
+    assert (np.diff(hashes.astype(object)) >= 0).all()
+    probes = np.concatenate([KEYS[:5000], hashes, hashes - np.uint64(1), hashes + np.uint64(1)])
+    keyed = hash64_many(KEYS[:5000])
+    expected = owners[np.searchsorted(hashes, keyed, side="left") % len(hashes)]
+    assert (b.pick_many(KEYS[:5000]) == expected).all()
+    for h in probes[5000:].tolist():  # exactly on, just before and just after each point
+        assert b.pick_hashed(h) == owners[np.searchsorted(hashes, np.uint64(h)) % len(hashes)]
