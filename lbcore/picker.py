@@ -331,13 +331,13 @@ class Picker:
                 eps[ident] = None
             free = sorted(set(self._free) | set(removed), reverse=True)
             for addr, ep in new.items():
-                ident = ids.get(addr)
-                if ident is None:
-                    ident = free.pop() if free else len(eps)
-                    if ident == len(eps):
+                known = ids.get(addr)
+                if known is None:
+                    known = free.pop() if free else len(eps)
+                    if known == len(eps):
                         eps.append(None)
-                    ids[addr] = ident
-                eps[ident] = ep
+                    ids[addr] = known
+                eps[known] = ep
             eligible = [i for i, ep in enumerate(eps) if ep is not None and ep.ready]
             if not eligible:  # kube-proxy's fallback: serving and terminating endpoints
                 eligible = [
