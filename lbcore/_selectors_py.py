@@ -639,28 +639,36 @@ class SelectorIndex:
 
     @property
     def selector_count(self) -> int:
+        """Number of selectors."""
         return len(self._selectors)
 
     @property
     def label_count(self) -> int:
+        """Number of label sets."""
         return len(self._labels)
 
     def has_selector(self, selector_id: Hashable) -> bool:
+        """True when a selector is stored under this id."""
         return selector_id in self._selectors
 
     def has_labels(self, label_id: Hashable) -> bool:
+        """True when a label set is stored under this id."""
         return label_id in self._labels
 
     def get_selector(self, selector_id: Hashable) -> Selector:
+        """The selector stored under this id (KeyError if none)."""
         return self._selectors[selector_id]
 
     def get_labels(self, label_id: Hashable) -> dict[str, str]:
+        """A copy of the label set stored under this id (KeyError if none)."""
         return dict(self._labels[label_id])
 
     def selector_ids(self) -> list[Hashable]:
+        """Ids of the stored selectors."""
         return list(self._selectors)
 
     def label_ids(self) -> list[Hashable]:
+        """Ids of the stored label sets."""
         return list(self._labels)
 
     def matching(self, selector: Hashable | Selector) -> set[Hashable]:
