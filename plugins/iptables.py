@@ -32,6 +32,7 @@ from lbcore_plugins.netfilter import (
     PortPlan,
     RuleApplyError,
     chain_hash,
+    changed_port_keys,
     delete_flows,
     plan_key,
     plan_ports,
@@ -264,6 +265,10 @@ class FamilyState:
 
     plans: dict[str, PortPlan] = field(default_factory=dict)
     rules: dict[str, PortRules] = field(default_factory=dict)
+    # service -> its plan keys, so a partial sync finds what it replaces without a scan
+    by_service: dict[str, list[str]] = field(default_factory=dict)
+    # plan keys the last partial sync looked at
+    touched: set[str] = field(default_factory=set)
     services: list[str] = field(default_factory=list)
     nodeports: list[str] = field(default_factory=list)
     reject: list[str] = field(default_factory=list)
@@ -358,6 +363,7 @@ class IptablesFrontend(Frontend):
             key = plan_key(plan)
             state.plans[key] = plan
             state.rules[key] = renderer.port_rules(plan)
+            state.by_service.setdefault(plan.sp.service, []).append(key)
         state.services, state.nodeports, state.reject = _assemble(renderer, state.rules)
         fixed: list[tuple[str, str | list[str]]] = list(renderer.fixed_chains().items())
         groups = [list(rules.chains.items()) for rules in state.rules.values()]
@@ -453,7 +459,14 @@ class IptablesFrontend(Frontend):
                 self._ensure_hooks(tool)
                 self._hooked.add(family)
             if old is not None:
-                flows.extend(stale_udp_flows(old.plans, state.plans))
+                if full:
+                    flows.extend(stale_udp_flows(old.plans, state.plans))
+                else:
+                    keys = state.touched
+                    flows.extend(stale_udp_flows(
+                        {k: old.plans[k] for k in keys if k in old.plans},
+                        {k: state.plans[k] for k in keys if k in state.plans},
+                    ))
             self._state[family] = state
         self._node = node
         self._need_full = False
@@ -464,28 +477,39 @@ class IptablesFrontend(Frontend):
         self, snapshot: Snapshot, family: int, old: FamilyState, changed: frozenset[str]
     ) -> tuple[str, FamilyState]:
         renderer = RuleRenderer(self.opts, family)
-        keys = [k for k, sp in snapshot.service_ports.items() if sp.service in changed]
-        new_plans = {plan_key(p): p for p in plan_ports(snapshot, family, keys)}
-        state = FamilyState(plans=dict(old.plans), rules=dict(old.rules))
+        new_plans = {plan_key(p): p for p in plan_ports(snapshot, family, changed_port_keys(snapshot, changed))}
+        old_keys = {k for service in changed for k in old.by_service.get(service, ())}
+        state = FamilyState(plans=dict(old.plans), rules=dict(old.rules), by_service=dict(old.by_service))
+        state.touched = old_keys | set(new_plans)
+        for service in changed:
+            state.by_service.pop(service, None)
         touched: dict[str, str] = {}
         gone: set[str] = set()
-        for key, plan in list(old.plans.items()):
-            if plan.sp.service in changed and key not in new_plans:
-                gone.update(old.rules[key].chains)
-                del state.plans[key]
-                del state.rules[key]
+        dispatch_changed = False
+        for key in old_keys - set(new_plans):
+            gone.update(old.rules[key].chains)
+            del state.plans[key]
+            del state.rules[key]
+            dispatch_changed = True
         for key, plan in new_plans.items():
             rules = renderer.port_rules(plan)
             before = old.rules.get(key)
-            if before is not None:
-                gone.update(set(before.chains) - set(rules.chains))
+            old_chains = before.chains if before is not None else {}
+            gone.update(set(old_chains) - set(rules.chains))
             state.plans[key] = plan
             state.rules[key] = rules
-            old_chains = before.chains if before is not None else {}
+            state.by_service.setdefault(plan.sp.service, []).append(key)
             touched.update((n, lines) for n, lines in rules.chains.items() if old_chains.get(n) != lines)
+            if before is None or (rules.services, rules.nodeports, rules.reject) != (
+                before.services, before.nodeports, before.reject
+            ):
+                dispatch_changed = True
         # names hash the service port, so only a changed port can take a removed name back
         gone -= {n for key in new_plans for n in state.rules[key].chains}
-        state.services, state.nodeports, state.reject = _assemble(renderer, state.rules)
+        if dispatch_changed:
+            state.services, state.nodeports, state.reject = _assemble(renderer, state.rules)
+        else:
+            state.services, state.nodeports, state.reject = old.services, old.nodeports, old.reject
         nat: list[tuple[str, str | list[str]]] = []
         if state.services != old.services:
             nat.append((SERVICES, state.services))

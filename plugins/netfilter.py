@@ -416,6 +416,22 @@ def plan_key(plan: PortPlan) -> str:
     return f"{plan.family}|{service_port_id(plan.sp)}"
 
 
+def changed_port_keys(snapshot: Snapshot, changed: frozenset[str]) -> list[str]:
+    """The ``service_ports`` keys of the services in ``changed``.
+
+    Snapshots key ports by ``namespace/name:port``; when they do, only keys are compared, which
+    keeps a partial sync of a large snapshot cheap.
+    """
+    ports = snapshot.service_ports
+    if not changed or not ports:
+        return []
+    first = next(iter(ports))
+    if first == ports[first].key:
+        prefixes = tuple(f"{service}:" for service in changed)
+        return [k for k in ports if k.startswith(prefixes) and ports[k].service in changed]
+    return [k for k, sp in ports.items() if sp.service in changed]
+
+
 def delete_flows(runner: CommandRunner, flows: Iterable[StaleFlow]) -> int:
     """Run ``conntrack -D`` for each flow; returns how many commands ran. A flow that is not
     there (conntrack exits 1 with "0 flow entries") is not an error."""

@@ -30,6 +30,7 @@ from lbcore_plugins.netfilter import (
     PortPlan,
     RuleApplyError,
     chain_hash,
+    changed_port_keys,
     delete_flows,
     endpoint_address,
     endpoint_id,
@@ -282,6 +283,10 @@ class TableState:
 
     plans: dict[str, PortPlan] = field(default_factory=dict)
     objects: dict[str, PortObjects] = field(default_factory=dict)
+    # service -> its plan keys, so a partial sync finds what it replaces without a scan
+    by_service: dict[str, list[str]] = field(default_factory=dict)
+    # plan keys the last partial sync looked at
+    touched: set[str] = field(default_factory=set)
 
 
 def _table_text(
@@ -339,6 +344,7 @@ class NftablesFrontend(Frontend):
                 key = plan_key(plan)
                 state.plans[key] = plan
                 state.objects[key] = self.renderer.port_objects(plan)
+                state.by_service.setdefault(plan.sp.service, []).append(key)
         text = _table_text(self.renderer, state.objects.values(), (4, 6))
         return f"# lbcore nftables rules (nft -f)\n{text}", state
 
@@ -370,7 +376,8 @@ class NftablesFrontend(Frontend):
         node = (snapshot.node_name, snapshot.node_addresses)
         old = self._state
         self._state = None  # until this sync succeeds
-        if old is None or node != self._node:
+        full = old is None or node != self._node
+        if full:
             text, state = self._render(snapshot)
             script = f"add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n{text}"
         else:
@@ -381,22 +388,33 @@ class NftablesFrontend(Frontend):
         self._state = state
         self._node = node
         if old is not None and self.opts.conntrack_cleanup:
-            delete_flows(self.runner, stale_udp_flows(old.plans, state.plans))
+            if not full:
+                keys = state.touched
+                before = {k: old.plans[k] for k in keys if k in old.plans}
+                after = {k: state.plans[k] for k in keys if k in state.plans}
+            else:
+                before, after = old.plans, state.plans
+            delete_flows(self.runner, stale_udp_flows(before, after))
 
     def _partial(
         self, snapshot: Snapshot, old: TableState, changed: frozenset[str]
     ) -> tuple[str, TableState]:
-        keys = [k for k, sp in snapshot.service_ports.items() if sp.service in changed]
-        state = TableState(plans=dict(old.plans), objects=dict(old.objects))
-        for key, plan in old.plans.items():
-            if plan.sp.service in changed:
-                del state.plans[key]
-                del state.objects[key]
+        keys = changed_port_keys(snapshot, changed)
+        state = TableState(plans=dict(old.plans), objects=dict(old.objects), by_service=dict(old.by_service))
+        old_keys = {k for service in changed for k in old.by_service.get(service, ())}
+        for key in old_keys:
+            del state.plans[key]
+            del state.objects[key]
+        for service in changed:
+            state.by_service.pop(service, None)
         for family in (4, 6):
             for plan in plan_ports(snapshot, family, keys):
                 key = plan_key(plan)
                 state.plans[key] = plan
                 state.objects[key] = self.renderer.port_objects(plan)
+                state.by_service.setdefault(plan.sp.service, []).append(key)
+                old_keys.add(key)
+        state.touched = old_keys
 
         def gather(table: TableState, service_keys: Iterable[str]) -> PortObjects:
             merged = PortObjects()
@@ -408,8 +426,7 @@ class NftablesFrontend(Frontend):
                     merged.elements.update(objs.elements)
             return merged
 
-        touched = {k for k, p in old.plans.items() if p.sp.service in changed}
-        touched.update(k for k, p in state.plans.items() if p.sp.service in changed)
+        touched = state.touched
         before = gather(old, touched)
         after = gather(state, touched)
         t = f"{FAMILY} {TABLE}"
