@@ -37,6 +37,7 @@ cdef extern from *:
     #define CT_MAX_CAPACITY 0xFFFFFEu
     #define CT_CLOSING 0x800000u
     #define CT_KEY_BYTES 37
+    #define ct_prefetch(p) __builtin_prefetch(p)
 
     static inline uint32_t ct_link(const ct_entry* e, int k) {
         const uint8_t* p = e->link + 3 * k;
@@ -70,6 +71,7 @@ cdef extern from *:
     size_t CT_KEY_BYTES
     uint32_t ct_link(const ct_entry* e, int k) noexcept nogil
     void ct_set_link(ct_entry* e, int k, uint32_t v) noexcept nogil
+    void ct_prefetch(const void* p) noexcept nogil
 
 
 cdef class _FlatTable:
@@ -121,6 +123,12 @@ cdef class _FlatTable:
     cdef void _evict_one(self, uint32_t now) noexcept nogil
     @cython.final
     cdef int32_t lookup_c(self, const ct_key* k, uint32_t now) noexcept nogil
+    @cython.final
+    cdef int32_t lookup_h(self, const ct_key* k, uint64_t h, uint32_t now) noexcept nogil
+    @cython.final
+    cdef int insert_h(self, const ct_key* k, uint64_t h, int32_t backend, uint32_t now) noexcept nogil
+    @cython.final
+    cdef void prefetch_h(self, uint64_t h, int stage) noexcept nogil
     @cython.final
     cdef int insert_c(self, const ct_key* k, int32_t backend, uint32_t now) noexcept nogil
     @cython.final

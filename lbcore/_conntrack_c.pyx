@@ -421,8 +421,25 @@ cdef class _FlatTable:
 
     @cython.final
     cdef int32_t lookup_c(self, const ct_key* k, uint32_t now) noexcept nogil:
+        return self.lookup_h(k, _key_hash(k), now)
+
+    @cython.final
+    cdef void prefetch_h(self, uint64_t h, int stage) noexcept nogil:
+        """Batch pipelining: stage 0 fetches the key's index slot, stage 1 the entry it names."""
+        cdef uint32_t s = _home(h, self.nslots)
+        cdef uint32_t v
+        if stage == 0:
+            ct_prefetch(&self.idx[s])
+        else:
+            v = self.idx[s]
+            if v != CT_EMPTY:  # an entry may straddle two cache lines
+                ct_prefetch(&self.e[v & 0xFFFFFFu])
+                ct_prefetch((<const char*>&self.e[v & 0xFFFFFFu]) + sizeof(ct_entry) - 1)
+
+    @cython.final
+    cdef int32_t lookup_h(self, const ct_key* k, uint64_t h, uint32_t now) noexcept nogil:
         cdef uint32_t slot
-        cdef uint32_t i = self._find(k, _key_hash(k), &slot)
+        cdef uint32_t i = self._find(k, h, &slot)
         cdef ct_entry* x
         cdef int c
         if i == CT_NIL:
@@ -441,7 +458,10 @@ cdef class _FlatTable:
     @cython.final
     cdef int insert_c(self, const ct_key* k, int32_t backend, uint32_t now) noexcept nogil:
         """Map ``k`` to ``backend`` (0..CT_MAX_BACKEND) as used at ``now``; -1 when out of memory."""
-        cdef uint64_t h = _key_hash(k)
+        return self.insert_h(k, _key_hash(k), backend, now)
+
+    @cython.final
+    cdef int insert_h(self, const ct_key* k, uint64_t h, int32_t backend, uint32_t now) noexcept nogil:
         cdef uint32_t slot, old
         cdef uint32_t i
         cdef ct_entry* x
@@ -634,6 +654,19 @@ cdef double _timeout(str name, object value) except -1:
     return value
 
 
+cdef enum:
+    RING = 16     # rows in flight in the batch pipeline (a power of two)
+
+
+cdef inline void _row(ct_key* k, const uint8_t* src, const uint8_t* dst, uint16_t sport,
+                      uint16_t dport, uint8_t proto) noexcept nogil:
+    memcpy(k.addr, src, 16)
+    memcpy(k.addr + 16, dst, 16)
+    k.sport = sport
+    k.dport = dport
+    k.proto = proto
+
+
 def _addr_str(b: bytes) -> str:
     a = ipaddress.IPv6Address(b)
     return str(a.ipv4_mapped) if a.ipv4_mapped is not None else str(a)
@@ -768,16 +801,23 @@ cdef class ConnTable(_FlatTable):
         out = np.empty(n, dtype=np.int32)
         cdef int32_t[::1] O = out
         cdef uint32_t t = self.now_ms(now)
-        cdef ct_key k
-        cdef Py_ssize_t i
-        memset(&k, 0, sizeof(ct_key))
-        for i in range(n):
-            memcpy(k.addr, &S[i, 0], 16)
-            memcpy(k.addr + 16, &D[i, 0], 16)
-            k.sport = SP[i]
-            k.dport = DP[i]
-            k.proto = P[i]
-            O[i] = self.lookup_c(&k, t)
+        cdef ct_key ring[RING]
+        cdef uint64_t hr[RING]
+        cdef Py_ssize_t i, j
+        memset(ring, 0, sizeof(ring))
+        # pipeline: hash row i and fetch its index slot, fetch the entry of row i - RING/2,
+        # answer row i - RING, so memory latency overlaps instead of adding up
+        for i in range(n + RING):
+            j = i - RING
+            if j >= 0:
+                O[j] = self.lookup_h(&ring[j & (RING - 1)], hr[j & (RING - 1)], t)
+            j = i - RING // 2
+            if 0 <= j < n:
+                self.prefetch_h(hr[j & (RING - 1)], 1)
+            if i < n:
+                _row(&ring[i & (RING - 1)], &S[i, 0], &D[i, 0], SP[i], DP[i], P[i])
+                hr[i & (RING - 1)] = _key_hash(&ring[i & (RING - 1)])
+                self.prefetch_h(hr[i & (RING - 1)], 0)
         return out
 
     @cython.boundscheck(False)
@@ -793,19 +833,28 @@ cdef class ConnTable(_FlatTable):
         cdef const uint8_t[::1] P = _protocols(proto, n)
         cdef const int32_t[::1] B = _column(backend, "backend", n, np.int32, 0, CT_MAX_BACKEND)
         cdef uint32_t t = self.now_ms(now)
-        cdef ct_key k
-        cdef Py_ssize_t i
+        cdef ct_key ring[RING]
+        cdef uint64_t hr[RING]
+        cdef Py_ssize_t i, j
+        cdef int failed = 0
         if n and (np.min(B) < 0 or np.max(B) > CT_MAX_BACKEND):
             raise _invalid("backend", "array", f"ids must be 0..{CT_MAX_BACKEND}")
-        memset(&k, 0, sizeof(ct_key))
-        for i in range(n):
-            memcpy(k.addr, &S[i, 0], 16)
-            memcpy(k.addr + 16, &D[i, 0], 16)
-            k.sport = SP[i]
-            k.dport = DP[i]
-            k.proto = P[i]
-            if self.insert_c(&k, B[i], t) < 0:
-                raise MemoryError("ConnTable: no memory for the per-backend lists")
+        if n and self._ensure_backend(np.max(B)) < 0:
+            raise MemoryError("ConnTable: no memory for the per-backend lists")
+        memset(ring, 0, sizeof(ring))
+        for i in range(n + RING):  # the pipeline of lookup_many
+            j = i - RING
+            if j >= 0:
+                failed |= self.insert_h(&ring[j & (RING - 1)], hr[j & (RING - 1)], B[j], t)
+            j = i - RING // 2
+            if 0 <= j < n:
+                self.prefetch_h(hr[j & (RING - 1)], 1)
+            if i < n:
+                _row(&ring[i & (RING - 1)], &S[i, 0], &D[i, 0], SP[i], DP[i], P[i])
+                hr[i & (RING - 1)] = _key_hash(&ring[i & (RING - 1)])
+                self.prefetch_h(hr[i & (RING - 1)], 0)
+        if failed:
+            raise MemoryError("ConnTable: no memory for the per-backend lists")
 
     def entries(self) -> list:
         """Every entry as ``(proto, src, sport, dst, dport, backend, closing)``, each timeout class
