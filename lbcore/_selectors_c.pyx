@@ -865,6 +865,14 @@ cdef inline void _discard(dict table, object key, object member):
             del table[key]
 
 
+cdef inline void _pop(dict table, object key, object member):
+    cdef dict members = table.get(key)
+    if members is not None:
+        members.pop(member, None)
+        if not members:
+            del table[key]
+
+
 cdef inline set _members(dict table, object key):
     cdef set members = table.get(key)
     if members is None:
@@ -904,9 +912,11 @@ cdef class SelectorIndex:
 
     cdef dict _selectors      # id -> Selector
     cdef dict _anchors        # id -> (kind, key, values)
-    cdef dict _sel_by_pair    # key -> value -> {selector id}
-    cdef dict _sel_by_key     # key -> {selector id}
-    cdef set _sel_unanchored
+    # the selector postings map each id to its Selector, so a candidate is checked without a
+    # look-up in the (large) table of all selectors
+    cdef dict _sel_by_pair    # key -> value -> {selector id: Selector}
+    cdef dict _sel_by_key     # key -> {selector id: Selector}
+    cdef dict _sel_unanchored # {selector id: Selector}
     cdef dict _labels         # id -> dict
     cdef dict _lab_by_pair    # key -> value -> {label id}
     cdef dict _lab_by_key     # key -> {label id}
@@ -918,7 +928,7 @@ cdef class SelectorIndex:
         self._anchors = {}
         self._sel_by_pair = {}
         self._sel_by_key = {}
-        self._sel_unanchored = set()
+        self._sel_unanchored = {}
         self._labels = {}
         self._lab_by_pair = {}
         self._lab_by_key = {}
@@ -1043,24 +1053,22 @@ cdef class SelectorIndex:
 
     cdef set _selectors_for(self, dict labels):
         cdef set result = set()
-        cdef dict by_value
-        cdef set found
-        cdef dict selectors = self._selectors
-        for sid in self._sel_unanchored:
-            if (<Selector>selectors[sid])._match(labels):
+        cdef dict by_value, found
+        for sid, sel in self._sel_unanchored.items():
+            if (<Selector>sel)._match(labels):
                 result.add(sid)
         for k, v in labels.items():
             by_value = self._sel_by_pair.get(k)
             if by_value is not None:
                 found = by_value.get(v)
                 if found is not None:
-                    for sid in found:
-                        if (<Selector>selectors[sid])._match(labels):
+                    for sid, sel in found.items():
+                        if (<Selector>sel)._match(labels):
                             result.add(sid)
             found = self._sel_by_key.get(k)
             if found is not None:
-                for sid in found:
-                    if (<Selector>selectors[sid])._match(labels):
+                for sid, sel in found.items():
+                    if (<Selector>sel)._match(labels):
                         result.add(sid)
         return result
 
@@ -1138,11 +1146,11 @@ cdef class SelectorIndex:
         if kind == "pair":
             by_value = _submap(self._sel_by_pair, key)
             for v in values:
-                _members(by_value, v).add(sid)
+                _submap(by_value, v)[sid] = selector
         elif kind == "key":
-            _members(self._sel_by_key, key).add(sid)
+            _submap(self._sel_by_key, key)[sid] = selector
         elif kind == "none":
-            self._sel_unanchored.add(sid)
+            self._sel_unanchored[sid] = selector
         self._anchors[sid] = anchor
 
     cdef void _unfile_selector(self, object sid) except *:
@@ -1151,13 +1159,13 @@ cdef class SelectorIndex:
         if kind == "pair":
             by_value = self._sel_by_pair[key]
             for v in values:
-                _discard(by_value, v, sid)
+                _pop(by_value, v, sid)
             if not by_value:
                 del self._sel_by_pair[key]
         elif kind == "key":
-            _discard(self._sel_by_key, key, sid)
+            _pop(self._sel_by_key, key, sid)
         elif kind == "none":
-            self._sel_unanchored.discard(sid)
+            del self._sel_unanchored[sid]
 
     cdef set _labels_matching(self, Selector selector):
         cdef set result = set()
