@@ -356,3 +356,26 @@ def test_memory_per_entry_is_at_most_64_bytes():
     assert _conntrack_c.entry_size() == 56
     t.insert(*conn(1), 99, 0.0)
     assert t.memory_bytes() / t.capacity <= 64
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 33])
+def test_batch_sizes_around_the_pipeline_depth(mod, n):
+    src = np.arange(1, n + 1, dtype=np.uint32)
+    t = mod.ConnTable(64, udp_timeout=10)
+    t.insert_many("UDP", src, np.full(n, 53), src, 53, np.arange(n, dtype=np.int32), 0.0)
+    assert len(t) == n
+    assert t.lookup_many("UDP", src, np.full(n, 53), src, 53, 5.0).tolist() == list(range(n))
+    assert (t.lookup_many("UDP", src, np.full(n, 53), src, 53, 15.0) == -1).all() and len(t) == 0
+
+
+def test_batch_rows_apply_in_order_even_for_repeated_keys(mod):
+    src = np.array([7, 8, 7, 7, 8], dtype=np.uint32)
+    t = mod.ConnTable(8)
+    t.insert_many("TCP", src, np.full(5, 1000), src, 80, np.array([1, 2, 3, 4, 5], dtype=np.int32), 0.0)
+    assert t.lookup_many("TCP", src, np.full(5, 1000), src, 80, 0.0).tolist() == [4, 5, 4, 4, 5]
+    # a full table evicting inside one batch still keeps the last rows
+    t = mod.ConnTable(4)
+    many = np.arange(1, 41, dtype=np.uint32)
+    t.insert_many("TCP", many, np.full(40, 1000), many, 80, np.arange(40, dtype=np.int32), 0.0)
+    assert len(t) == 4
+    assert t.lookup_many("TCP", many[-4:], np.full(4, 1000), many[-4:], 80, 0.0).tolist() == [36, 37, 38, 39]
