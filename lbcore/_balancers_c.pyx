@@ -270,7 +270,8 @@ cdef double _sum(const double* w, int n) noexcept nogil:
 # Round robin: nginx's smooth weighted round robin
 # ---------------------------------------------------------------------------------------------
 
-DEF SCHEDULE_MAX_WORK = 1 << 23  # precompute the period only when period * n stays this small
+cdef enum:
+    SCHEDULE_MAX_WORK = 1 << 23  # precompute the period only when period * n stays this small
 
 
 cdef class WeightedRoundRobin(Balancer):
