@@ -20,10 +20,12 @@ def conn(i: int, proto: str = "TCP") -> tuple:
     return (proto, f"10.1.{i // 250}.{i % 250 + 1}", 40000 + i, "10.96.0.10", 80)
 
 
-def test_chooser_picks_compiled_table():
+def test_chooser_picks_compiled_table_unless_told_not_to():
     from lbcore import ConnTable, _conntrack
+    from lbcore._extensions import NO_EXTENSIONS
 
-    assert ConnTable is _conntrack.ConnTable is _conntrack_c.ConnTable
+    twin = _conntrack_py if NO_EXTENSIONS else _conntrack_c
+    assert ConnTable is _conntrack.ConnTable is twin.ConnTable
 
 
 def test_miss_then_hit(mod):

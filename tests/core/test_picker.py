@@ -38,8 +38,11 @@ def test_no_endpoints_is_a_falsy_singleton():
     assert pickle.loads(pickle.dumps(NO_ENDPOINTS)) is NO_ENDPOINTS
 
 
-def test_compiled_core_is_the_default():
-    assert Picker().compiled is True
+def test_compiled_core_is_the_default_unless_told_not_to():
+    from lbcore._extensions import NO_EXTENSIONS
+
+    assert Picker().compiled is not NO_EXTENSIONS
+    assert Picker(algorithm="round_robin", compiled=False).compiled is False
 
 
 def test_picker_without_endpoints_answers_no_endpoints(compiled):
