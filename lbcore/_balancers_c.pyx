@@ -547,10 +547,13 @@ cdef class RingHash(Balancer):
     def _points(self, double scale):
         return [max(1, int(round(scale * x))) if x > 0 else 0 for x in self._weights]
 
+    def _check_update(self, names, weights) -> None:
+        if len(names) > self.max_ring_size:
+            raise ValueError(f"{self.name}: {len(names)} backends do not fit "
+                             f"max_ring_size={self.max_ring_size}")
+
     cdef int _rebuild(self) except -1:
         cdef int n = self.n, i
-        if n > self.max_ring_size:
-            raise ValueError(f"{self.name}: {n} backends do not fit max_ring_size={self.max_ring_size}")
         cdef double total = _sum(self.w, n)
         positive = sum(1 for x in self._weights if x > 0)
         points = self._points(self.scale) if self.scale > 0 else None

@@ -462,3 +462,18 @@ def test_ring_pick_is_the_first_point_at_or_after_the_key_wrapping_around(n):
     assert (b.pick_many(KEYS[:5000]) == expected).all()
     for h in probes[5000:].tolist():  # exactly on, just before and just after each point
         assert b.pick_hashed(h) == owners[np.searchsorted(hashes, np.uint64(h)) % len(hashes)]
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "options", "backends", "message"),
+    [
+        ("ring_hash", {"min_ring_size": 4, "max_ring_size": 4}, 5, "5 backends do not fit max_ring_size=4"),
+        ("maglev", {"table_size": 5}, 5, "5 backends need a table_size above 5"),
+    ],
+)
+def test_an_update_the_structure_cannot_hold_changes_nothing(algorithm, options, backends, message):
+    b = balancers.create(algorithm, names(3), **options)
+    before = b.pick_many(KEYS[:1000])
+    with pytest.raises(ValueError, match=message):
+        b.update(names(backends))
+    assert b.backends == tuple(names(3)) and (b.pick_many(KEYS[:1000]) == before).all()
