@@ -658,60 +658,129 @@ cdef enum:
     RING = 16     # rows in flight in the batch pipeline (a power of two)
 
 
-cdef inline void _row(ct_key* k, const uint8_t* src, const uint8_t* dst, uint16_t sport,
-                      uint16_t dport, uint8_t proto) noexcept nogil:
-    memcpy(k.addr, src, 16)
-    memcpy(k.addr + 16, dst, 16)
-    k.sport = sport
-    k.dport = dport
-    k.proto = proto
-
-
 def _addr_str(b: bytes) -> str:
     a = ipaddress.IPv6Address(b)
     return str(a.ipv4_mapped) if a.ipv4_mapped is not None else str(a)
 
 
-def _addresses16(addrs, str field, Py_ssize_t n):
-    """A batch of addresses as a C-contiguous (n, 16) uint8 array (IPv4 mapped)."""
-    a = np.asarray(addrs)
-    if a.ndim == 1 and a.dtype == np.uint32:
-        out = np.zeros((a.shape[0], 16), dtype=np.uint8)
-        out[:, 10:12] = 0xFF
-        out[:, 12:] = a.astype(">u4").view(np.uint8).reshape(-1, 4)
-    elif a.ndim == 2 and a.dtype == np.uint8 and a.shape[1] == 4:
-        out = np.zeros((a.shape[0], 16), dtype=np.uint8)
-        out[:, 10:12] = 0xFF
-        out[:, 12:] = a
-    elif a.ndim == 2 and a.dtype == np.uint8 and a.shape[1] == 16:
-        out = np.ascontiguousarray(a)
-    else:
-        raise _invalid(field, f"array{a.shape} of {a.dtype}",
-                       "must be uint8 (n, 4) or (n, 16), or uint32 (n,) IPv4")
-    if out.shape[0] != n:
-        raise _invalid(field, f"{out.shape[0]} rows", f"every column needs {n} rows")
-    return out
+cdef inline void _put_addr(uint8_t* out, const uint8_t* base, int kind, Py_ssize_t i) noexcept nogil:
+    cdef uint32_t v
+    if kind == 16:
+        memcpy(out, base + 16 * i, 16)
+        return
+    _map4(out)
+    if kind == 4:
+        memcpy(out + 12, base + 4 * i, 4)
+    else:  # uint32 IPv4 as an integer, host order
+        v = (<const uint32_t*>base)[i]
+        out[12] = <uint8_t>(v >> 24)
+        out[13] = <uint8_t>(v >> 16)
+        out[14] = <uint8_t>(v >> 8)
+        out[15] = <uint8_t>v
 
 
-def _column(values, str field, Py_ssize_t n, dtype, long lo, long hi):
-    a = np.asarray(values)
+cdef class _Batch:
+    """The columns of a batch, read in place: no (n, 16) copies, scalars stay scalars."""
+
+    cdef const uint8_t* src
+    cdef const uint8_t* dst
+    cdef int skind, dkind
+    cdef const uint16_t* sport
+    cdef const uint16_t* dport
+    cdef const uint8_t* proto
+    cdef const int32_t* backend
+    cdef uint16_t sport1, dport1
+    cdef uint8_t proto1
+    cdef int32_t backend1
+    cdef list keep                      # the arrays the pointers point into
+
+    cdef object address_column(self, addrs, str field, Py_ssize_t n):
+        cdef const uint8_t[::1] flat
+        a = np.asarray(addrs)
+        if a.ndim == 1 and a.dtype == np.uint32:
+            kind = 0
+        elif a.ndim == 2 and a.dtype == np.uint8 and a.shape[1] in (4, 16):
+            kind = a.shape[1]
+        else:
+            raise _invalid(field, f"array{a.shape} of {a.dtype}",
+                           "must be uint8 (n, 4) or (n, 16), or uint32 (n,) IPv4")
+        if a.shape[0] != n:
+            raise _invalid(field, f"{a.shape[0]} rows", f"every column needs {n} rows")
+        a = np.ascontiguousarray(a)
+        if self.keep is None:
+            self.keep = []
+        self.keep.append(a)
+        self.skind = kind
+        self.src = NULL
+        if n:
+            flat = a.reshape(-1).view(np.uint8)
+            self.src = &flat[0]
+        return a
+
+    cdef int columns(self, proto, src, sport, dst, dport, backend, Py_ssize_t n) except -1:
+        self.keep = []
+        self.address_column(dst, "dst", n)
+        self.dst, self.dkind = self.src, self.skind
+        self.address_column(src, "src", n)
+        self.sport = <const uint16_t*>self._ints(sport, "sport", n, np.uint16, 0, 65535)
+        self.dport = <const uint16_t*>self._ints(dport, "dport", n, np.uint16, 0, 65535)
+        if isinstance(proto, (str, int)):
+            pack_proto(proto, &self.proto1)
+            self.proto = NULL
+        else:
+            self.proto = <const uint8_t*>self._ints(proto, "proto", n, np.uint8, 0, 255)
+        if backend is not None:
+            self.backend = <const int32_t*>self._ints(backend, "backend", n, np.int32, 0,
+                                                      CT_MAX_BACKEND)
+        return 0
+
+    cdef const void* _ints(self, values, str field, Py_ssize_t n, dtype, long lo, long hi) except? NULL:
+        """A column of integers, or NULL with the scalar kept for every row."""
+        cdef const uint8_t[::1] flat
+        cdef long v
+        a = np.asarray(values)
+        if a.ndim == 0:
+            if a.dtype.kind not in "iu" or not lo <= int(a) <= hi:
+                raise _invalid(field, values, f"must be an integer {lo}..{hi}")
+            v = int(a)
+            if field == "sport":
+                self.sport1 = <uint16_t>v
+            elif field == "dport":
+                self.dport1 = <uint16_t>v
+            elif field == "proto":
+                self.proto1 = <uint8_t>v
+            else:
+                self.backend1 = <int32_t>v
+            return NULL
+        if a.ndim != 1 or a.shape[0] != n:
+            raise _invalid(field, f"array{a.shape}", f"must be a scalar or {n} values")
+        if a.dtype != dtype or (dtype == np.int32 and n and (a.min() < lo or a.max() > hi)):
+            if a.dtype.kind not in "iu" or (n and (a.min() < lo or a.max() > hi)):
+                raise _invalid(field, f"array of {a.dtype}", f"must be integers {lo}..{hi}")
+            a = a.astype(dtype)
+        a = np.ascontiguousarray(a)
+        self.keep.append(a)
+        if n == 0:
+            return NULL
+        flat = a.view(np.uint8)
+        return &flat[0]
+
+    cdef inline void row(self, Py_ssize_t i, ct_key* k) noexcept nogil:
+        _put_addr(k.addr, self.src, self.skind, i)
+        _put_addr(k.addr + 16, self.dst, self.dkind, i)
+        k.sport = self.sport[i] if self.sport != NULL else self.sport1
+        k.dport = self.dport[i] if self.dport != NULL else self.dport1
+        k.proto = self.proto[i] if self.proto != NULL else self.proto1
+
+    cdef inline int32_t backend_of(self, Py_ssize_t i) noexcept nogil:
+        return self.backend[i] if self.backend != NULL else self.backend1
+
+
+def _batch_rows(src) -> Py_ssize_t:
+    a = np.asarray(src)
     if a.ndim == 0:
-        a = np.full(n, a)
-    if a.ndim != 1 or a.shape[0] != n:
-        raise _invalid(field, f"array{a.shape}", f"must be a scalar or {n} values")
-    if a.dtype != dtype:
-        if a.dtype.kind not in "iu" or (n and (a.min() < lo or a.max() > hi)):
-            raise _invalid(field, f"array of {a.dtype}", f"must be integers {lo}..{hi}")
-        a = a.astype(dtype)
-    return np.ascontiguousarray(a)
-
-
-def _protocols(proto, Py_ssize_t n):
-    cdef uint8_t p
-    if isinstance(proto, (str, int)):
-        pack_proto(proto, &p)
-        return np.full(n, p, dtype=np.uint8)
-    return _column(proto, "proto", n, np.uint8, 0, 255)
+        raise _invalid("src", src, "a batch needs an array of addresses")
+    return a.shape[0]
 
 
 cdef class ConnTable(_FlatTable):
@@ -792,12 +861,9 @@ cdef class ConnTable(_FlatTable):
 
         Columns: ``src``/``dst`` uint8 (n, 16) or (n, 4), or uint32 (n,) IPv4; ``sport``/``dport``
         integers; ``proto`` a name, a number or uint8 (n,)."""
-        cdef Py_ssize_t n = len(sport)
-        cdef const uint8_t[:, ::1] S = _addresses16(src, "src", n)
-        cdef const uint8_t[:, ::1] D = _addresses16(dst, "dst", n)
-        cdef const uint16_t[::1] SP = _column(sport, "sport", n, np.uint16, 0, 65535)
-        cdef const uint16_t[::1] DP = _column(dport, "dport", n, np.uint16, 0, 65535)
-        cdef const uint8_t[::1] P = _protocols(proto, n)
+        cdef Py_ssize_t n = _batch_rows(src)
+        cdef _Batch cols = _Batch.__new__(_Batch)
+        cols.columns(proto, src, sport, dst, dport, None, n)
         out = np.empty(n, dtype=np.int32)
         cdef int32_t[::1] O = out
         cdef uint32_t t = self.now_ms(now)
@@ -815,7 +881,7 @@ cdef class ConnTable(_FlatTable):
             if 0 <= j < n:
                 self.prefetch_h(hr[j & (RING - 1)], 1)
             if i < n:
-                _row(&ring[i & (RING - 1)], &S[i, 0], &D[i, 0], SP[i], DP[i], P[i])
+                cols.row(i, &ring[i & (RING - 1)])
                 hr[i & (RING - 1)] = _key_hash(&ring[i & (RING - 1)])
                 self.prefetch_h(hr[i & (RING - 1)], 0)
         return out
@@ -825,32 +891,31 @@ cdef class ConnTable(_FlatTable):
     def insert_many(self, proto, src, sport, dst, dport, backend, double now) -> None:
         """Insert a batch of connections (columns as in ``lookup_many``; ``backend`` int32 (n,)
         or one id for all), in row order."""
-        cdef Py_ssize_t n = len(sport)
-        cdef const uint8_t[:, ::1] S = _addresses16(src, "src", n)
-        cdef const uint8_t[:, ::1] D = _addresses16(dst, "dst", n)
-        cdef const uint16_t[::1] SP = _column(sport, "sport", n, np.uint16, 0, 65535)
-        cdef const uint16_t[::1] DP = _column(dport, "dport", n, np.uint16, 0, 65535)
-        cdef const uint8_t[::1] P = _protocols(proto, n)
-        cdef const int32_t[::1] B = _column(backend, "backend", n, np.int32, 0, CT_MAX_BACKEND)
+        cdef Py_ssize_t n = _batch_rows(src)
+        cdef _Batch cols = _Batch.__new__(_Batch)
+        cols.columns(proto, src, sport, dst, dport, backend, n)
         cdef uint32_t t = self.now_ms(now)
         cdef ct_key ring[RING]
         cdef uint64_t hr[RING]
         cdef Py_ssize_t i, j
         cdef int failed = 0
-        if n and (np.min(B) < 0 or np.max(B) > CT_MAX_BACKEND):
-            raise _invalid("backend", "array", f"ids must be 0..{CT_MAX_BACKEND}")
-        if n and self._ensure_backend(np.max(B)) < 0:
+        cdef int32_t most = cols.backend1
+        for i in range(n if cols.backend != NULL else 0):
+            if cols.backend[i] > most:
+                most = cols.backend[i]
+        if n and self._ensure_backend(most) < 0:
             raise MemoryError("ConnTable: no memory for the per-backend lists")
         memset(ring, 0, sizeof(ring))
         for i in range(n + RING):  # the pipeline of lookup_many
             j = i - RING
             if j >= 0:
-                failed |= self.insert_h(&ring[j & (RING - 1)], hr[j & (RING - 1)], B[j], t)
+                failed |= self.insert_h(&ring[j & (RING - 1)], hr[j & (RING - 1)],
+                                        cols.backend_of(j), t)
             j = i - RING // 2
             if 0 <= j < n:
                 self.prefetch_h(hr[j & (RING - 1)], 1)
             if i < n:
-                _row(&ring[i & (RING - 1)], &S[i, 0], &D[i, 0], SP[i], DP[i], P[i])
+                cols.row(i, &ring[i & (RING - 1)])
                 hr[i & (RING - 1)] = _key_hash(&ring[i & (RING - 1)])
                 self.prefetch_h(hr[i & (RING - 1)], 0)
         if failed:

@@ -333,7 +333,9 @@ class ConnTable(_FlatTable):
         return _key(*key) in self._entries
 
     def _rows(self, proto: Any, src: Any, sport: Any, dst: Any, dport: Any) -> list[Key]:
-        n = len(sport)
+        n = np.asarray(src).shape[0] if np.ndim(src) else 0
+        if not np.ndim(src):
+            raise _invalid("src", src, "a batch needs an array of addresses")
         s, d = _addresses16(src, "src", n), _addresses16(dst, "dst", n)
         sp = _column(sport, "sport", n, np.uint16, 0, 65535)
         dp = _column(dport, "dport", n, np.uint16, 0, 65535)

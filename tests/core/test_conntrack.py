@@ -381,3 +381,16 @@ def test_batch_rows_apply_in_order_even_for_repeated_keys(mod):
     t.insert_many("TCP", many, np.full(40, 1000), many, 80, np.arange(40, dtype=np.int32), 0.0)
     assert len(t) == 4
     assert t.lookup_many("TCP", many[-4:], np.full(4, 1000), many[-4:], 80, 0.0).tolist() == [36, 37, 38, 39]
+
+
+def test_batch_scalars_apply_to_every_row_and_are_checked(mod):
+    src = np.array([[10, 0, 0, 1], [10, 0, 0, 2]], dtype=np.uint8)
+    t = mod.ConnTable(8)
+    t.insert_many(np.uint8(17), src, np.int64(53), src, 53, np.int32(4), 0.0)
+    assert t.lookup("UDP", "10.0.0.2", 53, "10.0.0.2", 53, 0.0) == 4
+    with pytest.raises(ValidationError, match="backend"):
+        t.insert_many("UDP", src, 53, src, 53, -1, 0.0)
+    with pytest.raises(ValidationError, match="dport"):
+        t.lookup_many("UDP", src, 53, src, 70000, 0.0)
+    with pytest.raises(ValidationError, match="src"):
+        t.lookup_many("UDP", "10.0.0.1", 53, src, 53, 0.0)
