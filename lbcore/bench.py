@@ -164,7 +164,11 @@ def plot_disruption(path: Path, rows: Sequence[QualityRow]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``lbcore bench``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="lbcore bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="lbcore bench",
+        description="Measure every balancing algorithm against uhashring: imbalance, disruption "
+        "when a backend goes, build cost; write quality.md and PNG plots.",
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     return run(args)
