@@ -172,7 +172,8 @@ cdef class PickCore:
     cdef int32_t _pick(self, ct_key* k, double now, const int32_t* excl, int nexcl) except -2:
         cdef uint32_t t = self.conns.now_ms(now)
         cdef uint32_t ta = 0
-        cdef int32_t b = self.conns.lookup_c(k, t)
+        cdef uint64_t h = XXH3_64bits(k, CT_KEY_BYTES)  # once: table probe, balancer, insert
+        cdef int32_t b = self.conns.lookup_h(k, h, t)
         cdef int32_t chosen = -1, a
         cdef int x
         cdef bint ok
@@ -195,12 +196,12 @@ cdef class PickCore:
                     if excl[x] == a:
                         chosen = -1
         if chosen < 0:
-            chosen = self._choose(XXH3_64bits(k, CT_KEY_BYTES), excl, nexcl, now)
+            chosen = self._choose(h, excl, nexcl, now)
         if chosen < 0:
             return -1
         if 0 <= b < self.nids and b != chosen and self.bidx[b] >= 0:
             self.balancer.release_c(self.bidx[b])
-        if self.conns.insert_c(k, chosen, t) < 0:
+        if self.conns.insert_h(k, h, chosen, t) < 0:
             raise MemoryError("ConnTable: no memory for the per-backend lists")
         if self.affinity is not None:
             if self.affinity.insert_c(&client, chosen, ta) < 0:
