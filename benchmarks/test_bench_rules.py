@@ -228,7 +228,7 @@ def test_print_ratios():
 
     def ratio(label: str, a: str, b: str) -> None:
         if a in r and b in r and r[b] > 0:
-            print(f"RATIO {label}: {r[a] / r[b]:.2f}x ({r[a] * 1e3:.1f} ms vs {r[b] * 1e3:.1f} ms)")
+            print(f"RATIO {label}: {r[a] / r[b]:.3g}x ({r[a] * 1e3:.1f} ms vs {r[b] * 1e3:.1f} ms)")
 
     print()
     ratio("render nftables vs iptables", "render nftables", "render iptables")
