@@ -224,3 +224,17 @@ def test_stop_keep_leaves_the_rules_serving(cluster):
     finally:
         subprocess.run(["ip", "netns", "exec", c.node, "nft", "delete", "table", "inet", "lbcore"], capture_output=True)
     assert _lbcore_leftovers(c) == []
+
+
+def test_nftables_vmap_endpoint_selection_spreads_connections_too(cluster):
+    kind, c = cluster
+    if kind != "nftables":
+        pytest.skip("an nftables option")
+    fe = NftablesFrontend({"netns": c.node, "cluster_cidr": POD_CIDR, "endpoint_selection": "vmap"}, RuntimeContext())
+    fe.sync(snapshot(service("web", "10.96.0.20", c.pod_ips)), frozenset({"e2e/web"}))
+    try:
+        counts = Counter(c.pod_name(r) for r in c.tcp(c.client, "10.96.0.20", 80, count=300))
+    finally:
+        fe.stop()
+    assert set(counts) == {"pod1", "pod2", "pod3"}, counts
+    assert sum((n - 100) ** 2 / 100 for n in counts.values()) < CHI2_DF2_1PCT, counts
