@@ -404,8 +404,8 @@ def stale_udp_flows(old: Mapping[str, PortPlan], new: Mapping[str, PortPlan]) ->
     for key, after in new.items():
         if after.sp.protocol != "UDP" or not after.cluster_endpoints:
             continue
-        before = old.get(key)
-        if before is not None and before.cluster_endpoints:
+        previous = old.get(key)
+        if previous is not None and previous.cluster_endpoints:
             continue
         for cip in after.cluster_ips:
             flows.append(StaleFlow(after.sp.port, cip, None))

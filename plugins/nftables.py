@@ -377,7 +377,7 @@ class NftablesFrontend(Frontend):
         old = self._state
         self._state = None  # until this sync succeeds
         full = old is None or node != self._node
-        if full:
+        if old is None or full:
             text, state = self._render(snapshot)
             script = f"add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n{text}"
         else:
