@@ -455,7 +455,7 @@ class IptablesFrontend(Frontend):
             self.last_restore_lines = sum(text.count("\n") for text in texts)
             for text in texts:
                 self.runner.run([f"{tool}-restore", "--noflush"], input=text)
-            if family not in self._hooked:
+            if full or family not in self._hooked:  # a full sync also repairs removed jumps
                 self._ensure_hooks(tool)
                 self._hooked.add(family)
             if old is not None:
