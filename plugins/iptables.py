@@ -30,11 +30,13 @@ from lbcore_plugins.netfilter import (
     CommandRunner,
     NetfilterOptions,
     PortPlan,
+    RenderCache,
     RuleApplyError,
     chain_hash,
     changed_port_keys,
     delete_flows,
     plan_key,
+    plan_port,
     plan_ports,
     probability_texts,
     require_netns,
@@ -92,13 +94,25 @@ def _q(text: str) -> str:
 class PortRules:
     """The rules one service port of one family contributes."""
 
-    __slots__ = ("chains", "services", "nodeports", "reject")
+    __slots__ = ("chains", "services", "nodeports", "reject", "_text")
 
     def __init__(self) -> None:
         self.chains: dict[str, str] = {}  # nat chain -> its rules, one per line
         self.services: list[str] = []  # lines in nat LBCORE-SERVICES
         self.nodeports: list[str] = []  # lines in nat LBCORE-NODEPORTS
         self.reject: list[str] = []  # lines in filter LBCORE-SERVICES
+        self._text: tuple[str, str] | None = None
+
+    def text(self) -> tuple[str, str]:
+        """(the ``:chain - [0:0]`` declarations, the rules) of :attr:`chains`, each one string,
+        joined once and kept: an unchanged port reuses them in the next full render."""
+        if self._text is None:
+            chains = self.chains
+            self._text = (
+                "\n".join([f":{name} - [0:0]" for name in chains]),
+                "\n".join([body for body in chains.values() if body]),
+            )
+        return self._text
 
 
 class RuleRenderer:
@@ -315,6 +329,40 @@ def _restore_text(
     return "\n".join(out)
 
 
+def _full_restore_text(
+    head: list[tuple[str, str | list[str]]],
+    rendered: list[PortRules],
+    reject: list[str],
+    delete_nat: Iterable[str] = (),
+    delete_filter: Iterable[str] = (),
+) -> str:
+    """What :func:`_restore_text` writes for ``head`` then every chain of ``rendered`` in nat and
+    filter's LBCORE-SERVICES = ``reject``, from each port's joined text (no per-line work)."""
+    texts = [rules.text() for rules in rendered]
+    deleted_filter = sorted(delete_filter)
+    deleted_nat = sorted(delete_nat)
+    out = ["*filter", f":{SERVICES} - [0:0]"]
+    out.extend([f":{name} - [0:0]" for name in deleted_filter])
+    out.extend(reject)
+    out.extend([f"-X {name}" for name in deleted_filter])
+    out.append("COMMIT")
+    out.append("*nat")
+    out.extend([f":{name} - [0:0]" for name, _ in head])
+    out.extend([decl for decl, _ in texts if decl])
+    out.extend([f":{name} - [0:0]" for name in deleted_nat])
+    for _, body in head:
+        if isinstance(body, str):
+            if body:
+                out.append(body)
+        else:
+            out.extend(body)
+    out.extend([body for _, body in texts if body])
+    out.extend([f"-X {name}" for name in deleted_nat])
+    out.append("COMMIT")
+    out.append("")
+    return "\n".join(out)
+
+
 class IptablesFrontend(Frontend):
     """kube-proxy's iptables mode for the services of a :class:`Snapshot`."""
 
@@ -328,6 +376,7 @@ class IptablesFrontend(Frontend):
         self._node: tuple[str, tuple[str, ...]] | None = None
         self._need_full = True
         self._hooked: set[int] = set()
+        self.cache = RenderCache()
         # last sync's figures, for logs and benchmarks
         self.last_restore_lines = 0
 
@@ -337,13 +386,46 @@ class IptablesFrontend(Frontend):
         """The whole rule set for ``snapshot``: iptables-restore input for IPv4, then for IPv6 when
         a service has an IPv6 ClusterIP. Hook rules appear as ``# lbcore-hook:`` comments."""
         parts = ["# lbcore iptables rules (iptables-restore --noflush)", *hook_comment_lines()]
+        fresh: dict = {}
         for family in (4, 6):
-            plans = plan_ports(snapshot, family)
+            plans, rendered = self._cached(snapshot, family, fresh)
             if family == 6 and not plans:
                 continue
             parts.append(f"# IPv{family} ({'ip6tables' if family == 6 else 'iptables'}-restore)")
-            parts.extend(self._render_family(plans, family)[0])
+            parts.extend(self._render_family(plans, family, rendered=rendered)[0])
+        self.cache.entries = fresh
         return "\n".join(parts)
+
+    def _cached(
+        self, snapshot: Snapshot, family: int, fresh: dict
+    ) -> tuple[list[PortPlan], list[tuple[str, str, PortRules]]]:
+        """Plans and rules of every port of ``snapshot`` for ``family``, sorted by port key; a port
+        whose :class:`ServicePortInfo` and node are those of the last render is not recomputed.
+        The entries used are put in ``fresh`` (the next cache)."""
+        renderer = RuleRenderer(self.opts, family)
+        ports = snapshot.service_ports
+        node = snapshot.node_name
+        entries = self.cache.entries
+        plans: list[PortPlan] = []
+        rendered: list[tuple[str, str, PortRules]] = []
+        hits = 0
+        for key in sorted(ports):
+            sp = ports[key]
+            entry = entries.get((family, key))
+            # identity first: an unchanged port is usually the same object in the next snapshot
+            if entry is not None and (entry[0] is sp or entry[0] == sp) and entry[1] == node:
+                hits += 1
+            else:
+                plan = plan_port(sp, family, node)
+                done = (plan_key(plan), sp.service, renderer.port_rules(plan)) if plan is not None else None
+                entry = (sp, node, plan, done)
+            fresh[(family, key)] = entry
+            if entry[2] is not None:
+                plans.append(entry[2])
+                rendered.append(entry[3])
+        self.cache.hits += hits
+        self.cache.misses += len(ports) - hits
+        return plans, rendered
 
     def _render_family(
         self,
@@ -352,29 +434,40 @@ class IptablesFrontend(Frontend):
         stale_nat: Iterable[str] = (),
         stale_filter: Iterable[str] = (),
         chunk: int = 0,
+        rendered: list[tuple[str, str, PortRules]] | None = None,
     ) -> tuple[list[str], FamilyState]:
         """Full restore input for ``plans``: one transaction, or with ``chunk`` > 0 and more
         chains than that, several: service chains ``chunk`` at a time (each service whole in
         one), then the dispatch chains and the deletions in the last. A packet then always meets
-        a whole old or a whole new version of each service."""
+        a whole old or a whole new version of each service.
+
+        ``rendered`` holds (plan key, service, :class:`PortRules`) of each plan when the caller has
+        them (from the render cache)."""
         renderer = RuleRenderer(self.opts, family)
+        if rendered is None:
+            rendered = [(plan_key(plan), plan.sp.service, renderer.port_rules(plan)) for plan in plans]
         state = FamilyState()
-        for plan in plans:
-            key = plan_key(plan)
-            state.plans[key] = plan
-            state.rules[key] = renderer.port_rules(plan)
-            state.by_service.setdefault(plan.sp.service, []).append(key)
+        by_service = state.by_service
+        state_plans = state.plans
+        state_rules = state.rules
+        for plan, (key, service, rules) in zip(plans, rendered, strict=True):
+            state_plans[key] = plan
+            state_rules[key] = rules
+            by_service.setdefault(service, []).append(key)
+        port_rules = list(state_rules.values())
         state.services, state.nodeports, state.reject = _assemble(renderer, state.rules)
         fixed: list[tuple[str, str | list[str]]] = list(renderer.fixed_chains().items())
-        groups = [list(rules.chains.items()) for rules in state.rules.values()]
-        owned = {name for name, _ in fixed} | {SERVICES, NODEPORTS}
-        owned.update(name for group in groups for name, _ in group)
         dispatch: list[tuple[str, str | list[str]]] = [(SERVICES, state.services), (NODEPORTS, state.nodeports)]
-        deletions = {"delete_nat": set(stale_nat) - owned, "delete_filter": set(stale_filter) - {SERVICES}}
-        total = sum(len(g) for g in groups)
-        if chunk <= 0 or total <= chunk:
-            nat = dispatch + fixed + [item for group in groups for item in group]
-            return [_restore_text(nat, [(SERVICES, state.reject)], **deletions)], state
+        stale_nat = set(stale_nat)
+        if stale_nat:
+            owned = {name for name, _ in fixed} | {SERVICES, NODEPORTS}
+            for rules in port_rules:
+                owned.update(rules.chains)
+            stale_nat -= owned
+        deletions = {"delete_nat": stale_nat, "delete_filter": set(stale_filter) - {SERVICES}}
+        if chunk <= 0 or sum([len(rules.chains) for rules in port_rules]) <= chunk:
+            return [_full_restore_text(dispatch + fixed, port_rules, state.reject, **deletions)], state
+        groups = [list(rules.chains.items()) for rules in port_rules]
         texts: list[str] = []
         batch: list[tuple[str, str | list[str]]] = list(fixed)
         for group in groups:
@@ -436,16 +529,18 @@ class IptablesFrontend(Frontend):
         full = self._need_full or node != self._node
         self._need_full = True  # until this sync succeeds
         flows = []
+        fresh: dict = {}
         for family in (4, 6):
             tool = "ip6tables" if family == 6 else "iptables"
             old = self._state.get(family)
             if full:
-                plans = plan_ports(snapshot, family)
+                plans, rendered = self._cached(snapshot, family, fresh)
                 if family == 6 and not plans and old is None:
                     continue
                 stale_nat, stale_filter = self._existing_chains(tool)
                 texts, state = self._render_family(
-                    plans, family, stale_nat, stale_filter, chunk=self.opts.restore_chunk_chains
+                    plans, family, stale_nat, stale_filter, chunk=self.opts.restore_chunk_chains,
+                    rendered=rendered,
                 )
             else:
                 if old is None:
@@ -470,6 +565,8 @@ class IptablesFrontend(Frontend):
             self._state[family] = state
         self._node = node
         self._need_full = False
+        if full:
+            self.cache.entries = fresh
         if flows and self.opts.conntrack_cleanup:
             delete_flows(self.runner, flows)
 

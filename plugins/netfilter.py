@@ -241,23 +241,61 @@ def plan_ports(snapshot: Snapshot, family: int, keys: Iterable[str] | None = Non
     """
     ports = snapshot.service_ports
     chosen = sorted(ports) if keys is None else sorted(k for k in keys if k in ports)
+    node = snapshot.node_name
     plans: list[PortPlan] = []
-    v6 = family == 6
     for key in chosen:
-        sp = ports[key]
-        if sp.protocol not in SUPPORTED_PROTOCOLS:
-            continue
-        ips = tuple([ip for ip in sp.cluster_ips if ip and ip != "None" and (":" in ip) == v6])
-        if not ips:
-            continue
-        node = snapshot.node_name
-        internal_local = sp.internal_traffic_policy == "Local"
-        cluster_eps = usable_endpoints(sp.endpoints, family, node if internal_local else None)
-        local_eps = None
-        if sp.external_traffic_policy == "Local" and sp.type in ("NodePort", "LoadBalancer"):
-            local_eps = usable_endpoints(sp.endpoints, family, node)
-        plans.append(PortPlan(sp, family, ips, cluster_eps, local_eps))
+        plan = plan_port(ports[key], family, node)
+        if plan is not None:
+            plans.append(plan)
     return plans
+
+
+def plan_port(sp: ServicePortInfo, family: int, node: str | None) -> PortPlan | None:
+    """The :class:`PortPlan` of ``sp`` for ``family`` on node ``node``; None when ``sp`` has no
+    ClusterIP of that family or a protocol the kernel frontends do not carry."""
+    if sp.protocol not in SUPPORTED_PROTOCOLS:
+        return None
+    v6 = family == 6
+    ips = tuple([ip for ip in sp.cluster_ips if ip and ip != "None" and (":" in ip) == v6])
+    if not ips:
+        return None
+    internal_local = sp.internal_traffic_policy == "Local"
+    cluster_eps = usable_endpoints(sp.endpoints, family, node if internal_local else None)
+    local_eps = None
+    if sp.external_traffic_policy == "Local" and sp.type in ("NodePort", "LoadBalancer"):
+        local_eps = usable_endpoints(sp.endpoints, family, node)
+    return PortPlan(sp, family, ips, cluster_eps, local_eps)
+
+
+class RenderCache:
+    """What each service port rendered to, keyed by ``(family, service port key)`` and valid while
+    the :class:`ServicePortInfo` (a frozen value) and the node name are the same.
+
+    A render computes only ports whose value changed; a full render keeps just the entries it
+    used, so the cache never outgrows the snapshot.
+    """
+
+    __slots__ = ("entries", "hits", "misses")
+
+    def __init__(self) -> None:
+        # (family, key) -> (sp, node, plan or None, rendered object or None)
+        self.entries: dict[tuple[int, str], tuple[ServicePortInfo, str | None, PortPlan | None, Any]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def lookup(
+        self, family: int, key: str, sp: ServicePortInfo, node: str | None
+    ) -> tuple[ServicePortInfo, str | None, PortPlan | None, Any] | None:
+        entry = self.entries.get((family, key))
+        # identity first: an unchanged port is usually the same object in the next snapshot
+        if entry is not None and (entry[0] is sp or entry[0] == sp) and entry[1] == node:
+            self.hits += 1
+            return entry
+        self.misses += 1
+        return None
 
 
 def split_probabilities(weights: Sequence[int]) -> list[float]:
