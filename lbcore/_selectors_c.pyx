@@ -25,6 +25,7 @@ from libc.string cimport memcmp
 
 from lbcore._hashing_c cimport hash_object
 
+import sys
 from collections.abc import Mapping
 from lbcore.errors import SelectorError
 from lbcore import _selectors_py as _ref
@@ -41,8 +42,68 @@ __all__ = [
     "validate_label_value",
 ]
 
+cdef extern from *:
+    """
+    /* A borrowed dict look-up for an exact, hashed str key. On CPython 3.11 it probes the
+       compact table of an all-str-keys dict inline, as the interpreter's own
+       unicodekeys_lookup_unicode does (pointer first, then hash, length and bytes), which saves
+       three nested calls per requirement; any other dict, key or version takes the public
+       PyDict_GetItemWithError. The layout below is CPython 3.11's PyDictKeysObject. */
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && !defined(Py_LIMITED_API) && !defined(PYPY_VERSION)
+    typedef struct {
+        Py_ssize_t dk_refcnt;
+        uint8_t dk_log2_size;
+        uint8_t dk_log2_index_bytes;
+        uint8_t dk_kind;
+        uint32_t dk_version;
+        Py_ssize_t dk_usable;
+        Py_ssize_t dk_nentries;
+        char dk_indices[];
+    } lb_dictkeys;
+    typedef struct { PyObject *me_key; PyObject *me_value; } lb_unicode_entry;
+
+    static inline PyObject* lb_dict_get(PyObject* d, PyObject* key) {
+        PyDictObject* mp = (PyDictObject*)d;
+        lb_dictkeys* dk = (lb_dictkeys*)mp->ma_keys;
+        Py_hash_t hash;
+        if (mp->ma_values != NULL || dk->dk_kind != 1 || !PyUnicode_CheckExact(key)
+                || (hash = ((PyASCIIObject*)key)->hash) == -1)
+            return PyDict_GetItemWithError(d, key);
+        const uint8_t log2 = dk->dk_log2_size;
+        const size_t mask = ((size_t)1 << log2) - 1;
+        size_t i = (size_t)hash & mask, perturb = (size_t)hash;
+        const lb_unicode_entry* entries =
+            (const lb_unicode_entry*)(&dk->dk_indices[(size_t)1 << dk->dk_log2_index_bytes]);
+        for (;;) {
+            Py_ssize_t ix;
+            if (log2 < 8) ix = ((const int8_t*)dk->dk_indices)[i];
+            else if (log2 < 16) ix = ((const int16_t*)dk->dk_indices)[i];
+            else if (log2 >= 32) ix = (Py_ssize_t)((const int64_t*)dk->dk_indices)[i];
+            else ix = ((const int32_t*)dk->dk_indices)[i];
+            if (ix >= 0) {
+                PyObject* k = entries[ix].me_key;
+                if (k == key) return entries[ix].me_value;
+                if (((PyASCIIObject*)k)->hash == hash
+                        && PyUnicode_GET_LENGTH(k) == PyUnicode_GET_LENGTH(key)
+                        && PyUnicode_KIND(k) == PyUnicode_KIND(key)
+                        && memcmp(PyUnicode_DATA(k), PyUnicode_DATA(key),
+                                  (size_t)PyUnicode_GET_LENGTH(k) * PyUnicode_KIND(k)) == 0)
+                    return entries[ix].me_value;
+            }
+            else if (ix == -1) {
+                return NULL;
+            }
+            perturb >>= 5;
+            i = (i * 5 + perturb + 1) & mask;
+        }
+    }
+    #else
+    #define lb_dict_get PyDict_GetItemWithError
+    #endif
+    """
+    PyObject* dict_get "lb_dict_get"(PyObject* d, PyObject* key) except? NULL
+
 cdef extern from "Python.h":
-    PyObject* dict_get "PyDict_GetItemWithError"(PyObject* d, PyObject* key) except? NULL
     bint unicode_check_exact "PyUnicode_CheckExact"(PyObject* o)
     Py_ssize_t unicode_length "PyUnicode_GET_LENGTH"(PyObject* o)
     int unicode_kind "PyUnicode_KIND"(PyObject* o)
@@ -320,6 +381,12 @@ cdef struct CReq:
     int64_t number         # the integer of > and <
 
 
+cdef object _interned(object text):
+    if type(text) is str:
+        return sys.intern(text)
+    return text
+
+
 cdef inline bint _str_eq(PyObject* a, PyObject* b) except -1:
     cdef Py_ssize_t n
     cdef int kind
@@ -392,7 +459,10 @@ cdef class Selector:
         PyMem_Free(self._value_ptrs)
         self._reqs = NULL
         self._value_ptrs = NULL
-        self._requirements = tuple(reqs)
+        # interned keys carry their hash and are the very objects of most label dicts' keys
+        # (literals, and every key interned by a parser), so a dict look-up compares pointers
+        self._requirements = tuple([(_interned(q[0]), q[1], tuple([_interned(v) for v in q[2]]))
+                                    for q in reqs])
         self._nothing = nothing
         self._sets = None
         self._text = None
@@ -468,35 +538,42 @@ cdef class Selector:
     @cython.boundscheck(False)
     @cython.wraparound(False)
     cdef bint _match(self, dict labels) except -1:
-        """The C loop: every requirement against a dict of labels."""
+        """The C loop: every requirement against a dict of labels. Keys are interned and carry
+        their hash, so a look-up is one probe of the dict's table; values compare by identity,
+        then by length and memcmp; nothing is allocated and no exception is set on a miss."""
         cdef Py_ssize_t i
         cdef CReq* r
         cdef PyObject* value
         cdef int64_t have
+        cdef int op
         if self._nothing:
             return False
         for i in range(self._n):
             r = &self._reqs[i]
+            op = r.op
             value = dict_get(<PyObject*>labels, r.key)
             if value == NULL:
-                if r.op == OP_NEQ or r.op == OP_NOTIN or r.op == OP_NOT_EXISTS:
+                if op == OP_NEQ or op == OP_NOTIN or op == OP_NOT_EXISTS:
                     continue
                 return False
-            if r.op == OP_EQ or r.op == OP_DEQ or r.op == OP_IN:
+            if op == OP_EQ or op == OP_DEQ or op == OP_IN:
                 if not _has_value(r, value):
                     return False
-            elif r.op == OP_NEQ or r.op == OP_NOTIN:
+            elif op == OP_EXISTS:
+                continue
+            elif op == OP_NEQ or op == OP_NOTIN:
                 if _has_value(r, value):
                     return False
-            elif r.op == OP_NOT_EXISTS:
+            elif op == OP_NOT_EXISTS:
                 return False
-            elif r.op == OP_GT or r.op == OP_LT:
+            else:  # OP_GT, OP_LT
                 if not _str_int64(<object>value, &have):
                     return False
-                if (have <= r.number) if r.op == OP_GT else (have >= r.number):
+                if (have <= r.number) if op == OP_GT else (have >= r.number):
                     return False
         return True
 
+    @cython.always_allow_keywords(False)
     def matches(self, labels) -> bool:
         """True when every requirement holds for ``labels`` (a mapping of str to str)."""
         if type(labels) is not dict:
