@@ -177,13 +177,6 @@ cdef enum:
     K_WAKE = 6
 
 cdef enum:
-    ALG_ROUND_ROBIN = 0
-    ALG_WEIGHTED = 1
-    ALG_RANDOM = 2
-    ALG_LEAST_CONN = 3
-    ALG_SOURCE_HASH = 4
-
-cdef enum:
     ST_CONNECTING = 0
     ST_OPEN = 1
 
@@ -210,33 +203,25 @@ cdef struct Conn
 cdef struct Endpoint:
     sockaddr_storage addr
     socklen_t addrlen
-    int weight
-    int current          # smooth weighted round robin state
-    int pickable         # 0 for a terminating endpoint: kept for its flows, never picked
+    int slot             # index in the service's balancer; -1: takes no new connection
+    int ident            # id in the service's affinity table, kept while the endpoint stays
     int removed          # no longer in its service: UDP flows to it are dropped
-    int active           # open connections and flows, for least-connections
+    int active           # open connections and flows (changed under the service's lock)
     int refs
-    uint64_t id_hash     # XXH3 of the address, for source-hash (rendezvous) picks
     double down_until    # refused or timed out: not picked before this time
 
 
-cdef struct AffinityEntry:
-    uint64_t key         # XXH3 of the client IP; 0 marks a free slot
-    Endpoint* ep
-    double expires
-
-
 cdef struct Service:
-    pthread_mutex_t lock
-    Endpoint** eps
+    pthread_mutex_t lock     # guards everything below but refs; never held while taking the GIL
+    Endpoint** eps           # every endpoint of the table, pickable or not
     int neps
-    int algorithm
-    uint64_t rr
-    uint64_t rand
-    double affinity_timeout   # 0: no ClientIP affinity
-    AffinityEntry* aff
-    int aff_cap
-    int aff_used
+    Endpoint** picks         # balancer index -> endpoint (the endpoints taking new connections)
+    int npicks
+    void* balancer           # an lbcore Balancer (borrowed: the Engine keeps it alive), or NULL
+    void* affinity           # an lbcore AffinityTable (borrowed likewise), or NULL
+    Endpoint** by_ident      # affinity id -> endpoint, or NULL for a free id
+    int nidents
+    double affinity_epoch    # the affinity table's clock origin, in mono() seconds
     int refs
 
 
@@ -282,6 +267,9 @@ cdef struct Conn:
     int state
     int closed
     int tries
+    int cready           # the client socket may have bytes (or an end) to read
+    int bready           # the backend socket likewise
+    unsigned long long connect_iter   # loop iteration that created the backend socket
     Half up        # client -> backend
     Half down      # backend -> client
     Listener* listener
@@ -340,12 +328,14 @@ cdef struct Worker:
     int epfd
     int wakefd
     int stop
-    int epoch
+    unsigned long long iter    # loop iterations, to tell an event of a closed socket from a new one's
     double now
     double next_tick
     Config* cfg
     Conn* conns
     Conn* dead
+    Conn* spare          # closed connections kept with their buffers for the next ones
+    int nspare
     Flow* flows
     Flow* dead_flows
     Flow** buckets

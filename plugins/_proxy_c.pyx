@@ -3,10 +3,14 @@
 
 One event loop per worker thread. TCP listeners are bound once per worker with ``SO_REUSEPORT``
 so the kernel spreads new connections over the workers; a UDP listener belongs to one worker,
-which keeps every flow of a client on one thread. Endpoint tables are pushed from Python on
-each sync and picked from in C (round robin, smooth weighted round robin, random, least
-connections by two random choices, source hash), with ClientIP affinity kept per service, so
-the GIL is never taken on the data path.
+which keeps every flow of a client on one thread.
+
+Picks use lbcore's own compiled parts, called from C without the GIL: the service's
+``lbcore.balancers`` Balancer (any algorithm ``lbcore.balancers.available()`` lists, keyed by the
+XXH3 hash of the client IP) and, for ClientIP session affinity, an ``lbcore.AffinityTable``.
+Both are shared by the workers under the service's lock, which also keeps the live-connection
+counts of least_conn and bounded_load exact. A sync never changes a Balancer in place: it builds
+a new one and swaps it in under that lock, so no worker is ever inside a Balancer being rebuilt.
 
 Bytes are relayed through a user-space buffer; a direction that fills the buffer in one read
 is a bulk transfer and switches to ``splice(2)`` through a pipe (zero copy), as HAProxy does
@@ -16,13 +20,15 @@ file descriptor is closed under a running loop.
 """
 
 cimport cython
-from libc.stdint cimport uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport int32_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
 from libc.errno cimport errno, EAGAIN, EINPROGRESS, ECONNREFUSED
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.unistd cimport close, read, write, usleep
 
+from lbcore._balancers_c cimport Balancer
+from lbcore._conntrack_c cimport AffinityTable, CT_KEY_BYTES, ct_key
 from lbcore._hashing_c cimport XXH3_64bits, hash_u64
 
 # declarations (epoll, sockets, splice) and the data path's structures; included rather than a
@@ -32,16 +38,9 @@ include "_proxy_c.pxi"
 import ipaddress
 import threading
 
+from lbcore import balancers
 from lbcore.errors import ConfigError
 
-ALGORITHMS = {
-    "round_robin": ALG_ROUND_ROBIN,
-    "weighted_round_robin": ALG_WEIGHTED,
-    "random": ALG_RANDOM,
-    "least_connections": ALG_LEAST_CONN,
-    "least_conn": ALG_LEAST_CONN,
-    "source_hash": ALG_SOURCE_HASH,
-}
 SPLICE_MODES = {"never": 0, "auto": 1, "always": 2}
 COUNTERS = (
     "accepted", "closed", "connect_failed", "retried", "rejected", "idle_closed", "spliced",
@@ -51,6 +50,17 @@ COUNTERS = (
 cdef enum:
     DGRAM_MAX = 65536
     BATCH = 64
+    SPARE_CONNS = 64     # closed connections (with their buffers) a worker keeps for reuse
+
+# read readiness of a socket (Conn.cready / Conn.bready): nothing known to read, bytes, or an
+# end (FIN, reset) pending, which must be read to the end even after a short read
+cdef enum:
+    DRAINED = 0
+    READABLE = 1
+    ENDING = 2
+
+# an AffinityTable moves its millisecond clock forward past this (see lbcore/_conntrack_c.pyx)
+cdef double AFFINITY_REBASE_MS = 3221225472.0
 
 
 cdef inline double mono() noexcept nogil:
@@ -86,24 +96,27 @@ cdef inline void ep_decref(Endpoint* ep) noexcept nogil:
         free(ep)
 
 
-cdef inline void ep_release(Endpoint* ep) noexcept nogil:
-    """Give back what a pick took: one active connection and one reference."""
+cdef void ep_release(Service* s, Endpoint* ep) noexcept nogil:
+    """Give back what a pick took: one live connection (in the balancer too) and one reference."""
+    pthread_mutex_lock(&s.lock)
+    if ep.slot >= 0 and s.balancer != NULL:
+        (<Balancer>s.balancer).release_c(ep.slot)
     lb_atomic_add(&ep.active, -1)
+    pthread_mutex_unlock(&s.lock)
     ep_decref(ep)
 
 
 cdef void svc_decref(Service* s) noexcept nogil:
+    """Free a service once nothing holds it; the Engine has detached its balancer and table."""
     cdef int i
     if lb_atomic_add(&s.refs, -1) != 0:
         return
     for i in range(s.neps):
         lb_atomic_store(&s.eps[i].removed, 1)
         ep_decref(s.eps[i])
-    for i in range(s.aff_cap):
-        if s.aff[i].key != 0:
-            ep_decref(s.aff[i].ep)
     free(s.eps)
-    free(s.aff)
+    free(s.picks)
+    free(s.by_ident)
     pthread_mutex_destroy(&s.lock)
     free(s)
 
@@ -115,97 +128,31 @@ cdef void listener_decref(Listener* l) noexcept nogil:
 
 
 cdef inline uint64_t client_ip_hash(sockaddr_storage* a) noexcept nogil:
+    """XXH3 of the packed client IP: the key ``Balancer.pick(ip_address(client).packed)`` hashes,
+    so the data path and the Python API pick alike."""
     if a.ss_family == AF_INET6:
-        return XXH3_64bits(&(<sockaddr_in6*>a).sin6_addr, 16) | 1
-    return XXH3_64bits(&(<sockaddr_in*>a).sin_addr, 4) | 1
+        return XXH3_64bits(&(<sockaddr_in6*>a).sin6_addr, 16)
+    return XXH3_64bits(&(<sockaddr_in*>a).sin_addr, 4)
 
 
-cdef inline uint64_t xorshift(uint64_t* state) noexcept nogil:
-    cdef uint64_t x = state[0]
-    x ^= x << 13
-    x ^= x >> 7
-    x ^= x << 17
-    state[0] = x
-    return x
-
-
-# -- ClientIP affinity: open addressing, linear probing, rebuilt (never deleted from) ----------
-
-cdef AffinityEntry* aff_find(Service* s, uint64_t key) noexcept nogil:
-    cdef int i, mask
-    if s.aff_cap == 0:
-        return NULL
-    mask = s.aff_cap - 1
-    i = <int>(key & <uint64_t>mask)
-    while s.aff[i].key != 0:
-        if s.aff[i].key == key:
-            return &s.aff[i]
-        i = (i + 1) & mask
-    return NULL
-
-
-cdef void aff_insert(AffinityEntry* table, int cap, uint64_t key, Endpoint* ep,
-                     double expires) noexcept nogil:
-    cdef int mask = cap - 1
-    cdef int i = <int>(key & <uint64_t>mask)
-    while table[i].key != 0:
-        i = (i + 1) & mask
-    table[i].key = key
-    table[i].ep = ep
-    table[i].expires = expires
-
-
-cdef void aff_rebuild(Service* s, double now, int grow) noexcept nogil:
-    """Drop expired entries and entries of removed endpoints; double the table if ``grow``."""
-    cdef int i, live = 0, cap = 64
-    cdef AffinityEntry* table
-    for i in range(s.aff_cap):
-        if s.aff[i].key != 0:
-            if s.aff[i].expires > now and not s.aff[i].ep.removed:
-                live += 1
-    while (live + grow) * 2 + 2 > cap:
-        cap *= 2
-    table = <AffinityEntry*>calloc(cap, sizeof(AffinityEntry))
-    if table == NULL:
-        return
-    for i in range(s.aff_cap):
-        if s.aff[i].key == 0:
-            continue
-        if s.aff[i].expires > now and not s.aff[i].ep.removed:
-            aff_insert(table, cap, s.aff[i].key, s.aff[i].ep, s.aff[i].expires)
-        else:
-            ep_decref(s.aff[i].ep)
-    free(s.aff)
-    s.aff = table
-    s.aff_cap = cap
-    s.aff_used = live
-
-
-cdef void aff_store(Service* s, uint64_t key, Endpoint* ep, double expires,
-                    double now) noexcept nogil:
-    cdef AffinityEntry* e = aff_find(s, key)
-    if e != NULL:
-        if e.ep != ep:
-            ep_incref(ep)
-            ep_decref(e.ep)
-            e.ep = ep
-        e.expires = expires
-        return
-    if (s.aff_used + 1) * 2 > s.aff_cap:
-        aff_rebuild(s, now, 1)
-        if (s.aff_used + 1) * 2 > s.aff_cap:
-            return
-    ep_incref(ep)
-    aff_insert(s.aff, s.aff_cap, key, ep, expires)
-    s.aff_used += 1
+cdef inline void client_key(sockaddr_storage* a, ct_key* k) noexcept nogil:
+    """The affinity table's key of a client: its IP as 16 bytes, IPv4 as ::ffff:a.b.c.d."""
+    memset(k, 0, sizeof(ct_key))
+    if a.ss_family == AF_INET6:
+        memcpy(k.addr, &(<sockaddr_in6*>a).sin6_addr, 16)
+    else:
+        k.addr[10] = 0xFF
+        k.addr[11] = 0xFF
+        memcpy(k.addr + 12, &(<sockaddr_in*>a).sin_addr, 4)
 
 
 # -- picking ----------------------------------------------------------------------------------
 
 cdef inline bint candidate(Endpoint* ep, double now, Endpoint** tried, int ntried,
                            bint ignore_down) noexcept nogil:
+    """Takes new connections, was not tried by this connection, and is not marked down."""
     cdef int i
-    if not ep.pickable or ep.removed:
+    if ep.slot < 0:
         return False
     if not ignore_down and ep.down_until > now:
         return False
@@ -215,86 +162,82 @@ cdef inline bint candidate(Endpoint* ep, double now, Endpoint** tried, int ntrie
     return True
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
-cdef Endpoint* pick_from(Service* s, uint64_t client_hash, double now, Endpoint** tried,
-                         int ntried, bint ignore_down) noexcept nogil:
-    """The algorithm's choice among the candidates; indices stay in 0..neps-1 (modulo)."""
-    cdef int n = s.neps, k, i, start
-    cdef int total = 0
+cdef Endpoint* choose(Service* s, uint64_t h, int attempt, double now, Endpoint** tried,
+                      int ntried) noexcept nogil:
+    """The balancer's pick for the ``attempt``-th try of key ``h`` (under the service's lock).
+
+    When that endpoint is down or was tried, the next candidate in balancer order takes it, as
+    the Picker does; an endpoint marked down is taken only when every other one is.
+    """
+    cdef int n = s.npicks, first, j, p
     cdef Endpoint* ep
-    cdef Endpoint* best = NULL
-    cdef Endpoint* other = NULL
-    cdef uint64_t score, best_score = 0
-    if n == 0:
+    if s.balancer == NULL or n == 0:
         return NULL
-    if s.algorithm == ALG_WEIGHTED:
-        for i in range(n):
-            ep = s.eps[i]
-            if candidate(ep, now, tried, ntried, ignore_down):
-                ep.current += ep.weight
-                total += ep.weight
-                if best == NULL or ep.current > best.current:
-                    best = ep
-        if best != NULL:
-            best.current -= total
-        return best
-    if s.algorithm == ALG_SOURCE_HASH:
-        for i in range(n):
-            ep = s.eps[i]
-            if candidate(ep, now, tried, ntried, ignore_down):
-                score = hash_u64(client_hash ^ ep.id_hash)
-                if best == NULL or score > best_score:
-                    best = ep
-                    best_score = score
-        return best
-    if s.algorithm == ALG_ROUND_ROBIN:
-        start = <int>(s.rr % <uint64_t>n)
-    else:
-        start = <int>(xorshift(&s.rand) % <uint64_t>n)
-    for k in range(n):
-        i = (start + k) % n
-        if candidate(s.eps[i], now, tried, ntried, ignore_down):
-            best = s.eps[i]
-            break
-    if best == NULL:
-        return NULL
-    if s.algorithm == ALG_ROUND_ROBIN:
-        s.rr = <uint64_t>(i + 1)
-    elif s.algorithm == ALG_LEAST_CONN:
-        # power of two choices: a second random candidate, keep the less loaded one
-        start = <int>(xorshift(&s.rand) % <uint64_t>n)
-        for k in range(n):
-            i = (start + k) % n
-            if s.eps[i] != best and candidate(s.eps[i], now, tried, ntried, ignore_down):
-                other = s.eps[i]
-                break
-        if other != NULL and lb_atomic_load(&other.active) < lb_atomic_load(&best.active):
-            best = other
-    return best
+    first = (<Balancer>s.balancer).pick_hash_retry(h, attempt)
+    if first < 0 or first >= n:
+        first = <int>(h % <uint64_t>n)  # a (plugin) balancer without an answer
+    for p in range(2):
+        for j in range(n):
+            ep = s.picks[(first + j) % n]
+            if candidate(ep, now, tried, ntried, p == 1):
+                return ep
+    return NULL
+
+
+cdef void rebase_affinity(Service* s, double now) noexcept nogil:
+    """Move the affinity table's millisecond clock forward (once in about 37 days of its life).
+
+    That is the table's own ``now_ms``, which needs the GIL; the lock is taken after the GIL,
+    and no thread ever asks for the GIL while it holds a service's lock, so this cannot deadlock.
+    """
+    with gil:
+        pthread_mutex_lock(&s.lock)
+        try:
+            if s.affinity != NULL and (now - s.affinity_epoch) * 1000.0 >= AFFINITY_REBASE_MS:
+                (<AffinityTable>s.affinity).now_ms(now)
+                s.affinity_epoch = (<AffinityTable>s.affinity).epoch
+        except Exception:
+            pass
+        finally:
+            pthread_mutex_unlock(&s.lock)
 
 
 cdef Endpoint* svc_pick(Service* s, sockaddr_storage* client, double now, Endpoint** tried,
                         int ntried) noexcept nogil:
-    """Pick an endpoint for a new connection or flow; the caller owns one reference."""
+    """Pick an endpoint for a new connection or flow: the client's affinity, else the balancer.
+    The caller owns one reference and one live connection of the result (``ep_release``)."""
     cdef Endpoint* ep = NULL
-    cdef AffinityEntry* e
     cdef uint64_t h = client_ip_hash(client)
+    cdef ct_key key
+    cdef uint64_t kh = 0
+    cdef uint32_t ms = 0
+    cdef int32_t ident
+    cdef double d
+    cdef bint sticky = False
     pthread_mutex_lock(&s.lock)
-    if s.affinity_timeout > 0:
-        e = aff_find(s, h)
-        if e != NULL and e.expires > now and candidate(e.ep, now, tried, ntried, False):
-            ep = e.ep
+    if s.affinity != NULL:
+        if (now - s.affinity_epoch) * 1000.0 >= AFFINITY_REBASE_MS:
+            pthread_mutex_unlock(&s.lock)
+            rebase_affinity(s, now)
+            pthread_mutex_lock(&s.lock)
+        sticky = s.affinity != NULL
+    if sticky:
+        d = (now - s.affinity_epoch) * 1000.0
+        ms = <uint32_t>d if d > 0 else 0
+        client_key(client, &key)
+        kh = XXH3_64bits(&key, CT_KEY_BYTES)
+        ident = (<AffinityTable>s.affinity).lookup_h(&key, kh, ms)
+        if 0 <= ident < s.nidents and s.by_ident[ident] != NULL and \
+                candidate(s.by_ident[ident], now, tried, ntried, False):
+            ep = s.by_ident[ident]  # the lookup refreshed the binding
     if ep == NULL:
-        ep = pick_from(s, h, now, tried, ntried, False)
-        if ep == NULL:
-            # every endpoint is marked down: one of them may be back, better than refusing
-            ep = pick_from(s, h, now, tried, ntried, True)
+        ep = choose(s, h, ntried, now, tried, ntried)
+        if ep != NULL and sticky:
+            (<AffinityTable>s.affinity).insert_h(&key, kh, ep.ident, ms)
     if ep != NULL:
-        if s.affinity_timeout > 0:
-            aff_store(s, h, ep, now + s.affinity_timeout, now)
-        ep_incref(ep)
+        (<Balancer>s.balancer).acquire_c(ep.slot)
         lb_atomic_add(&ep.active, 1)
+        ep_incref(ep)
     pthread_mutex_unlock(&s.lock)
     return ep
 
@@ -342,15 +285,25 @@ cdef inline void half_init(Half* h, char* buf) noexcept nogil:
     h.pipe_w = -1
 
 
-cdef Conn* conn_new(Worker* w, int cfd, Listener* l, sockaddr_storage* client) noexcept nogil:
-    cdef Conn* c = <Conn*>calloc(1, sizeof(Conn))
+cdef Conn* conn_new(Worker* w, int cfd, Listener* l, sockaddr_storage* client,
+                    socklen_t alen) noexcept nogil:
+    cdef Conn* c
     cdef char* buf
-    if c == NULL:
-        return NULL
-    buf = <char*>malloc(2 * <size_t>w.cfg.buffer_size)
-    if buf == NULL:
-        free(c)
-        return NULL
+    if w.spare != NULL:
+        # a closed connection's memory and buffers, reused: no allocation per connection
+        c = w.spare
+        w.spare = c.next_dead
+        w.nspare -= 1
+        buf = c.up.buf
+        memset(c, 0, sizeof(Conn))
+    else:
+        c = <Conn*>calloc(1, sizeof(Conn))
+        if c == NULL:
+            return NULL
+        buf = <char*>malloc(2 * <size_t>w.cfg.buffer_size)
+        if buf == NULL:
+            free(c)
+            return NULL
     c.cside.kind = K_CLIENT
     c.cside.conn = c
     c.bside.kind = K_BACKEND
@@ -362,7 +315,7 @@ cdef Conn* conn_new(Worker* w, int cfd, Listener* l, sockaddr_storage* client) n
     c.listener = l
     lb_atomic_add(&l.refs, 1)
     lb_atomic_add(&l.conns, 1)
-    memcpy(&c.client, client, sizeof(sockaddr_storage))
+    memcpy(&c.client, client, alen)
     c.started = w.now
     c.last_active = w.now
     c.next = w.conns
@@ -396,7 +349,7 @@ cdef void conn_close(Worker* w, Conn* c, bint reset) noexcept nogil:
     put_pipe(w, &c.up)
     put_pipe(w, &c.down)
     if c.ep != NULL:
-        ep_release(c.ep)
+        ep_release(l.svc, c.ep)
         c.ep = NULL
     if c.prev != NULL:
         c.prev.next = c.next
@@ -411,8 +364,14 @@ cdef void conn_close(Worker* w, Conn* c, bint reset) noexcept nogil:
     listener_decref(l)
 
 
-cdef int pump_half(Worker* w, Half* h, int src, int dst) noexcept nogil:
-    """Move bytes from ``src`` to ``dst`` until one side would block; -1 on a socket error."""
+cdef int pump_half(Worker* w, Half* h, int src, int dst, int* ready) noexcept nogil:
+    """Move bytes from ``src`` to ``dst`` until one side would block; -1 on a socket error.
+
+    ``ready`` is what the last events said of ``src`` (DRAINED, READABLE, ENDING). A short
+    ``recv`` empties the socket, so ``src`` is not read again before its next event: with
+    edge-triggered epoll, bytes arriving later bring one. An end seen in the event (ENDING) is
+    read to the end, its event will not come twice.
+    """
     cdef ssize_t r
     while True:
         if h.piped > 0:
@@ -437,6 +396,8 @@ cdef int pump_half(Worker* w, Half* h, int src, int dst) noexcept nogil:
                 shutdown(dst, SHUT_WR)
                 h.shut = 1
             return 0
+        if ready[0] == DRAINED:
+            return 0
         if h.splicing:
             r = splice(src, NULL, h.pipe_w, NULL, <size_t>w.cfg.pipe_size,
                        SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
@@ -447,7 +408,10 @@ cdef int pump_half(Worker* w, Half* h, int src, int dst) noexcept nogil:
             r = recv(src, h.buf, <size_t>w.cfg.buffer_size, MSG_DONTWAIT)
             if r > 0:
                 h.len = <int>r
-                if w.cfg.splice_mode == 1 and r == w.cfg.buffer_size:
+                if r < w.cfg.buffer_size:
+                    if ready[0] == READABLE:
+                        ready[0] = DRAINED
+                elif w.cfg.splice_mode == 1:
                     get_pipe(w, h)
                     if h.pipe_r >= 0:
                         h.splicing = 1
@@ -455,12 +419,17 @@ cdef int pump_half(Worker* w, Half* h, int src, int dst) noexcept nogil:
                 continue
         if r == 0:
             h.eof = 1
+            ready[0] = DRAINED
             continue
-        return 0 if errno == EAGAIN else -1
+        if errno == EAGAIN:
+            ready[0] = DRAINED
+            return 0
+        return -1
 
 
 cdef void pump(Worker* w, Conn* c) noexcept nogil:
-    if pump_half(w, &c.up, c.cfd, c.bfd) < 0 or pump_half(w, &c.down, c.bfd, c.cfd) < 0:
+    if pump_half(w, &c.up, c.cfd, c.bfd, &c.cready) < 0 or \
+            pump_half(w, &c.down, c.bfd, c.cfd, &c.bready) < 0:
         conn_close(w, c, True)
     elif c.up.shut and c.down.shut:
         conn_close(w, c, False)
@@ -484,12 +453,13 @@ cdef bint backend_failed(Worker* w, Conn* c) noexcept nogil:
     if c.bfd >= 0:
         close(c.bfd)
         c.bfd = -1
+    c.bready = DRAINED
     if c.ep != NULL:
         mark_down(w, c.ep)
         if c.tries < 8:
             c.tried[c.tries] = c.ep
         c.tries += 1
-        ep_release(c.ep)
+        ep_release(c.listener.svc, c.ep)
         c.ep = NULL
     if c.tries > w.cfg.retries:
         w.counters[C_REJECTED] += 1
@@ -512,7 +482,7 @@ cdef void connect_backend(Worker* w, Conn* c) noexcept nogil:
             return
         fd = socket(ep.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
         if fd < 0:
-            ep_release(ep)
+            ep_release(c.listener.svc, ep)
             w.counters[C_REJECTED] += 1
             conn_close(w, c, True)
             return
@@ -521,6 +491,7 @@ cdef void connect_backend(Worker* w, Conn* c) noexcept nogil:
         c.ep = ep
         c.started = w.now
         c.state = ST_CONNECTING
+        c.connect_iter = w.iter
         r = connect(fd, <sockaddr*>&ep.addr, ep.addrlen)
         if r == 0 or errno == EINPROGRESS:
             ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
@@ -533,26 +504,37 @@ cdef void connect_backend(Worker* w, Conn* c) noexcept nogil:
             return
 
 
+cdef inline int readiness(uint32_t events) noexcept nogil:
+    if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+        return ENDING
+    return READABLE if events & EPOLLIN else DRAINED
+
+
 cdef void on_conn_event(Worker* w, Side* side, uint32_t events) noexcept nogil:
     cdef Conn* c = side.conn
-    cdef int err = 0
-    cdef socklen_t len = sizeof(err)
-    cdef sockaddr_storage peer
-    cdef socklen_t plen = sizeof(peer)
+    cdef int ready = readiness(events)
     if c.closed:
         return
-    if c.state == ST_CONNECTING:
-        # client bytes wait in the kernel until the backend is there
-        if side.kind != K_BACKEND:
+    if side.kind == K_CLIENT:
+        if ready > c.cready:
+            c.cready = ready
+        if c.state == ST_CONNECTING:
+            return  # client bytes wait in the kernel until the backend is there
+    elif c.state == ST_CONNECTING:
+        if c.connect_iter == w.iter:
+            # the socket was made after this batch of events was read: the event is about the
+            # socket of an attempt that failed and was closed earlier in the batch
             return
-        getsockopt(c.bfd, SOL_SOCKET, SO_ERROR, &err, &len)
-        if err != 0:
+        if events & (EPOLLERR | EPOLLHUP):
             if backend_failed(w, c):
                 connect_backend(w, c)
-        elif getpeername(c.bfd, <sockaddr*>&peer, &plen) == 0:
-            # (an event left from a previous attempt's socket finds this one still connecting)
+        elif events & EPOLLOUT:
+            # writable and no error: the handshake is done (no getsockopt, no getpeername)
+            c.bready = ready
             conn_opened(w, c)
         return
+    elif ready > c.bready:
+        c.bready = ready
     c.last_active = w.now
     pump(w, c)
 
@@ -578,13 +560,12 @@ cdef void on_accept(Worker* w, ListenSock* ls) noexcept nogil:
                 w.counters[C_PAUSED] += 1
             return
         alen = sizeof(client)
-        memset(&client, 0, sizeof(client))
+        # non-blocking from the start, TCP_NODELAY inherited from the listener: no more calls
         fd = accept4(ls.fd, <sockaddr*>&client, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC)
         if fd < 0:
             return
         w.counters[C_ACCEPTED] += 1
-        set_nodelay(fd)
-        c = conn_new(w, fd, l, &client)
+        c = conn_new(w, fd, l, &client, alen)
         if c == NULL:
             close_with_reset(fd)
             continue
@@ -631,7 +612,7 @@ cdef void flow_close(Worker* w, Flow* f) noexcept nogil:
         w.flows = f.next
     if f.next != NULL:
         f.next.prev = f.prev
-    ep_release(f.ep)
+    ep_release(f.lsock.listener.svc, f.ep)
     listener_decref(f.lsock.listener)
     f.next_dead = w.dead_flows
     w.dead_flows = f
@@ -648,16 +629,16 @@ cdef Flow* flow_new(Worker* w, ListenSock* ls, sockaddr_storage* client, socklen
         return NULL
     fd = socket(ep.addr.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
     if fd < 0:
-        ep_release(ep)
+        ep_release(ls.listener.svc, ep)
         return NULL
     if connect(fd, <sockaddr*>&ep.addr, ep.addrlen) != 0:
         close(fd)
-        ep_release(ep)
+        ep_release(ls.listener.svc, ep)
         return NULL
     f = <Flow*>calloc(1, sizeof(Flow))
     if f == NULL:
         close(fd)
-        ep_release(ep)
+        ep_release(ls.listener.svc, ep)
         return NULL
     f.kind = K_FLOW
     f.fd = fd
@@ -831,8 +812,13 @@ cdef void free_dead(Worker* w) noexcept nogil:
     while w.dead != NULL:
         c = w.dead
         w.dead = c.next_dead
-        free(c.up.buf)
-        free(c)
+        if w.nspare < SPARE_CONNS:
+            c.next_dead = w.spare
+            w.spare = c
+            w.nspare += 1
+        else:
+            free(c.up.buf)
+            free(c)
     while w.dead_flows != NULL:
         f = w.dead_flows
         w.dead_flows = f.next_dead
@@ -865,12 +851,13 @@ cdef void worker_loop(Worker* w) noexcept nogil:
             tick(w)
             free_dead(w)
             w.next_tick = w.now + 0.1
-        lb_atomic_add(&w.epoch, 1)
+        w.iter += 1
 
 
 cdef void worker_shutdown(Worker* w) noexcept nogil:
     """After the loop has ended: close everything the worker owns."""
     cdef int i
+    cdef Conn* c
     w.now = mono()
     run_commands(w)
     while w.conns != NULL:
@@ -881,6 +868,12 @@ cdef void worker_shutdown(Worker* w) noexcept nogil:
         listener_decref(w.paused[i].listener)
     w.npaused = 0
     free_dead(w)
+    while w.spare != NULL:
+        c = w.spare
+        w.spare = c.next_dead
+        free(c.up.buf)
+        free(c)
+    w.nspare = 0
     for i in range(2 * w.npipes):
         close(w.pipe_pool[i])
     w.npipes = 0
@@ -945,6 +938,7 @@ cdef class Engine:
     cdef Config cfg
     cdef object threads
     cdef dict services
+    cdef dict owned       # key -> (Balancer, AffinityTable, timeout, capacity) the Services borrow
     cdef dict listeners
     cdef int next_listener
     cdef bint is_running
@@ -981,6 +975,7 @@ cdef class Engine:
             self.ws[i].wakefd = -1
         self.threads = []
         self.services = {}
+        self.owned = {}
         self.listeners = {}
         self.next_listener = 1
         self.is_running = False
@@ -1092,49 +1087,79 @@ cdef class Engine:
             self._drop_all()
 
     cdef void _drop_all(self):
-        cdef uintptr_t p
         for ident in list(self.listeners):
             self._remove_listener(ident)
-        for key, p in list(self.services.items()):
-            svc_decref(<Service*>p)
-        self.services.clear()
+        for key in list(self.services):
+            self._forget_service(key)
 
     # -- services ------------------------------------------------------------------------
 
     def set_service(self, str key, list endpoints, str algorithm="round_robin",
-                    double affinity_timeout=0.0) -> None:
+                    double affinity_timeout=0.0, int affinity_capacity=65536,
+                    dict options=None) -> None:
         """Create or update the endpoint table of service port ``key``.
 
         :param endpoints: ``(ip, port, weight, pickable)`` tuples; an endpoint that is not
             pickable (terminating) gets no new connection but keeps its UDP flows; an
             endpoint missing from the list is removed: its UDP flows are dropped, its TCP
-            connections are left to finish.
-        :param algorithm: one of :data:`ALGORITHMS`.
+            connections are left to finish. Weights go to the algorithm; an endpoint of weight
+            0 gets no new connection unless every pickable endpoint has weight 0.
+        :param algorithm: a name from ``lbcore.balancers.available()``.
         :param affinity_timeout: seconds of ClientIP affinity, 0 for none.
+        :param affinity_capacity: clients the affinity table holds (least recently used go).
+        :param options: the algorithm's options (``table_size`` for maglev, ...).
+        :raises ConfigError: an unknown algorithm (the message lists the available ones), an
+            option or weight the algorithm refuses, an invalid address, port or weight.
         """
         cdef Service* s
         cdef uintptr_t p
-        cdef int n = len(endpoints), i, j
-        cdef Endpoint** eps
-        cdef Endpoint** old
-        cdef int nold
+        cdef int n, npicks, nidents, nold, i, k
+        cdef Endpoint** eps = NULL
+        cdef Endpoint** picks = NULL
+        cdef Endpoint** by_ident = NULL
+        cdef Endpoint** old_eps
+        cdef Endpoint** old_picks
+        cdef Endpoint** old_ids
         cdef Endpoint* ep
         cdef sockaddr_storage addr
         cdef socklen_t alen
-        cdef bint removed_any = False
-        cdef int alg
-        if algorithm not in ALGORITHMS:
-            raise ConfigError(
-                f"algorithm: {algorithm!r} is not one of {', '.join(sorted(ALGORITHMS))}")
-        alg = ALGORITHMS[algorithm]
-        parsed = []
+        cdef Balancer bal = None
+        cdef AffinityTable table = None
+        cdef void* bal_p = NULL
+        cdef void* table_p = NULL
+        cdef void* kept_table_p = NULL
+        cdef double epoch = 0.0
+        available = balancers.available()
+        if algorithm not in available:
+            raise ConfigError(f"algorithm: {algorithm!r} is not one of {', '.join(available)}")
+        rows = {}
         for item in endpoints:
             ip, port, weight, pickable = item
             parse_address(ip, int(port), &addr, &alen)
             if int(weight) < 0:
                 raise ConfigError(f"endpoint weight: {weight!r} of {ip} must not be negative")
-            parsed.append((ip, int(port), int(weight), bool(pickable)))
+            rows[(<char*>&addr)[:alen]] = (ip, int(port), int(weight), bool(pickable))
+        keys = list(rows)
+        chosen = [i for i, b in enumerate(keys) if rows[b][3] and rows[b][2] > 0]
+        if not chosen:
+            chosen = [i for i, b in enumerate(keys) if rows[b][3]]
+        if chosen:
+            bal = self._balancer(algorithm, [rows[keys[i]] for i in chosen], options)
+            bal_p = <void*>bal
+        n = len(keys)
+        npicks = len(chosen)
         with self.lock:
+            old = self.owned.get(key)
+            if affinity_timeout > 0:
+                if old is not None and old[1] is not None and old[2:] == (affinity_timeout,
+                                                                         affinity_capacity):
+                    table = old[1]
+                    kept_table_p = <void*>table
+                else:
+                    table = AffinityTable(affinity_capacity, affinity_timeout)
+                    table.now_ms(mono())  # the table's clock starts now
+                table_p = <void*>table
+                epoch = table.epoch
             p = self.services.get(key, 0)
             if p == 0:
                 s = <Service*>calloc(1, sizeof(Service))
@@ -1142,85 +1167,214 @@ cdef class Engine:
                     raise MemoryError()
                 pthread_mutex_init(&s.lock, NULL)
                 s.refs = 1
-                s.rand = hash_u64(<uint64_t><uintptr_t>s) | 1
                 self.services[key] = <uintptr_t>s
             else:
                 s = <Service*>p
-            eps = <Endpoint**>calloc(n if n > 0 else 1, sizeof(Endpoint*))
-            if eps == NULL:
+            # endpoints that stay keep their structure: connections, flows, affinity id
+            known = {(<char*>&s.eps[i].addr)[:s.eps[i].addrlen]: <uintptr_t>s.eps[i]
+                     for i in range(s.neps)}
+            kept = {known[b] for b in keys if b in known}
+            taken = {(<Endpoint*><uintptr_t>q).ident for q in kept}
+            free_ids = (i for i in range(n + len(taken) + 1) if i not in taken)
+            eps = <Endpoint**>calloc(n + 1, sizeof(Endpoint*))
+            picks = <Endpoint**>calloc(npicks + 1, sizeof(Endpoint*))
+            if eps == NULL or picks == NULL:
+                free(eps)
+                free(picks)
                 raise MemoryError()
-            for i, (ip, port, weight, pickable) in enumerate(parsed):
-                parse_address(ip, port, &addr, &alen)
-                ep = NULL
-                for j in range(s.neps):
-                    if s.eps[j] != NULL and s.eps[j].addrlen == alen and \
-                            memcmp(&s.eps[j].addr, &addr, alen) == 0:
-                        ep = s.eps[j]
-                        s.eps[j] = NULL  # moved into the new table
-                        break
-                if ep == NULL:
+            nidents = 0
+            for i, b in enumerate(keys):
+                q = known.get(b, 0)
+                if q:
+                    ep = <Endpoint*><uintptr_t>q
+                else:
                     ep = <Endpoint*>calloc(1, sizeof(Endpoint))
                     if ep == NULL:
+                        for k in range(i):
+                            if <uintptr_t>eps[k] not in kept:
+                                free(eps[k])
+                        free(eps)
+                        free(picks)
                         raise MemoryError()
-                    memcpy(&ep.addr, &addr, sizeof(addr))
-                    ep.addrlen = alen
+                    memcpy(&ep.addr, <char*>b, len(b))
+                    ep.addrlen = <socklen_t>len(b)
                     ep.refs = 1
-                    ep.id_hash = XXH3_64bits(&addr, alen)
-                ep.weight = weight
-                ep.pickable = pickable
+                    ep.slot = -1
+                    ep.ident = next(free_ids)
                 eps[i] = ep
+                nidents = max(nidents, ep.ident + 1)
+            for k, i in enumerate(chosen):
+                picks[k] = eps[i]
+            by_ident = <Endpoint**>calloc(nidents + 1, sizeof(Endpoint*))
+            if by_ident == NULL:
+                for i in range(n):
+                    if <uintptr_t>eps[i] not in kept:
+                        free(eps[i])
+                free(eps)
+                free(picks)
+                raise MemoryError()
+            for i in range(n):
+                by_ident[eps[i].ident] = eps[i]
+            gone = [q for q in known.values() if q not in kept]
             with nogil:
                 pthread_mutex_lock(&s.lock)
-                old = s.eps
-                nold = s.neps
-                s.eps = eps
-                s.neps = n
-                s.algorithm = alg
+                old_eps, old_picks, old_ids, nold = s.eps, s.picks, s.by_ident, s.neps
                 for i in range(nold):
-                    if old[i] != NULL:
-                        lb_atomic_store(&old[i].removed, 1)
-                        removed_any = True
-                if removed_any or affinity_timeout != s.affinity_timeout:
-                    aff_rebuild(s, mono(), 0)
-                s.affinity_timeout = affinity_timeout
+                    old_eps[i].slot = -1
+                    if old_eps[i].ident >= nidents or by_ident[old_eps[i].ident] != old_eps[i]:
+                        # gone: its UDP flows are dropped, its clients pick again
+                        lb_atomic_store(&old_eps[i].removed, 1)
+                        if kept_table_p != NULL:
+                            (<AffinityTable>kept_table_p).purge_c(old_eps[i].ident)
+                for i in range(npicks):
+                    picks[i].slot = i
+                    # the new balancer starts from the live connections of each endpoint
+                    for k in range(lb_atomic_load(&picks[i].active)):
+                        bal.acquire_c(i)
+                s.eps, s.neps, s.picks, s.npicks = eps, n, picks, npicks
+                s.by_ident, s.nidents = by_ident, nidents
+                s.balancer = bal_p
+                s.affinity = table_p
+                s.affinity_epoch = epoch
                 pthread_mutex_unlock(&s.lock)
-                for i in range(nold):
-                    if old[i] != NULL:
-                        ep_decref(old[i])
-                free(old)
+            # no worker can reach the previous balancer or table now: let them go
+            self.owned[key] = (bal, table, affinity_timeout, affinity_capacity)
+            for q in gone:
+                ep_decref(<Endpoint*><uintptr_t>q)
+            free(old_eps)
+            free(old_picks)
+            free(old_ids)
+
+    cdef Balancer _balancer(self, str algorithm, list rows, dict options):
+        """A new balancer over ``rows`` (never an update in place: workers may be picking)."""
+        names = [f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip, port, _, _ in rows]
+        weights = [float(w) for _, _, w, _ in rows]
+        if algorithm == "jump" or len(set(weights)) == 1 or not any(weights):
+            weights = None  # jump has no weights
+        try:
+            made = balancers.create(algorithm, names, weights, **(options or {}))
+        except ValueError as exc:
+            raise ConfigError(f"algorithm: {algorithm}: {exc}") from None
+        if not isinstance(made, Balancer):
+            raise ConfigError(
+                f"algorithm: {algorithm!r} gives a {type(made).__name__}, not a compiled "
+                "lbcore.balancers.Balancer; the data path picks without the GIL and needs one")
+        return <Balancer>made
 
     def remove_service(self, str key) -> None:
         """Forget service port ``key`` (its listeners must be removed first)."""
-        cdef uintptr_t p
         with self.lock:
-            p = self.services.pop(key, 0)
-        if p != 0:
-            svc_decref(<Service*>p)
+            self._forget_service(key)
+
+    cdef void _forget_service(self, str key):
+        cdef uintptr_t p = self.services.pop(key, 0)
+        cdef Service* s
+        if p == 0:
+            return
+        s = <Service*>p
+        # connections still open on it give their counts back to no balancer
+        with nogil:
+            pthread_mutex_lock(&s.lock)
+            s.balancer = NULL
+            s.affinity = NULL
+            s.npicks = 0
+            pthread_mutex_unlock(&s.lock)
+        self.owned.pop(key, None)
+        svc_decref(s)
 
     def service_endpoints(self, str key) -> list:
-        """``[{"address", "active", "pickable", "down"}]`` for service port ``key``."""
+        """``[{"address", "active", "pickable", "down", "balancer_active"}]`` for service port
+        ``key``: ``active`` counts its open connections and flows, ``balancer_active`` what the
+        balancer counts for it (None when it takes no new connection)."""
         cdef uintptr_t p
         cdef Service* s
-        cdef int i
+        cdef int i, n
         cdef double now = mono()
+        cdef Endpoint** copy
+        cdef long long* counts
         out = []
         with self.lock:
             p = self.services.get(key, 0)
             if p == 0:
                 return out
             s = <Service*>p
-            pthread_mutex_lock(&s.lock)
+            n = s.neps
+            copy = <Endpoint**>calloc(n + 1, sizeof(Endpoint*))
+            counts = <long long*>calloc(n + 1, sizeof(long long))
+            if copy == NULL or counts == NULL:
+                free(copy)
+                free(counts)
+                raise MemoryError()
+            # only C under the service's lock: Python code there could hand the GIL to a worker
+            # that then waits for this lock
+            with nogil:
+                pthread_mutex_lock(&s.lock)
+                for i in range(n):
+                    copy[i] = s.eps[i]
+                    counts[i] = -1
+                    if copy[i].slot >= 0 and s.balancer != NULL:
+                        counts[i] = (<Balancer>s.balancer).active[copy[i].slot]
+                pthread_mutex_unlock(&s.lock)
             try:
-                for i in range(s.neps):
+                for i in range(n):
                     out.append({
-                        "address": format_address(s.eps[i]),
-                        "active": lb_atomic_load(&s.eps[i].active),
-                        "pickable": bool(s.eps[i].pickable),
-                        "down": s.eps[i].down_until > now,
+                        "address": format_address(copy[i]),
+                        "active": lb_atomic_load(&copy[i].active),
+                        "pickable": counts[i] >= 0,
+                        "down": copy[i].down_until > now,
+                        "balancer_active": counts[i] if counts[i] >= 0 else None,
                     })
             finally:
-                pthread_mutex_unlock(&s.lock)
+                free(copy)
+                free(counts)
         return out
+
+    def service_info(self, str key) -> dict:
+        """``{"algorithm", "endpoints", "pickable", "affinity_bindings", "affinity_clock_ms"}``
+        for service port ``key`` (the last two None without ClientIP affinity)."""
+        cdef uintptr_t p
+        cdef Service* s
+        cdef int neps = 0, npicks = 0
+        cdef long long bindings = -1
+        cdef double clock = -1.0
+        with self.lock:
+            p = self.services.get(key, 0)
+            if p == 0:
+                raise KeyError(f"service port: {key!r} has no endpoint table")
+            s = <Service*>p
+            with nogil:
+                pthread_mutex_lock(&s.lock)
+                neps, npicks = s.neps, s.npicks
+                if s.affinity != NULL:
+                    bindings = (<AffinityTable>s.affinity).used
+                    clock = (mono() - s.affinity_epoch) * 1000.0
+                pthread_mutex_unlock(&s.lock)
+            bal, table = self.owned[key][:2]
+        return {
+            "algorithm": bal.name if bal is not None else None,
+            "endpoints": neps,
+            "pickable": npicks,
+            "affinity_bindings": bindings if bindings >= 0 else None,
+            "affinity_clock_ms": clock if clock >= 0 else None,
+        }
+
+    def _age_affinity_clock(self, str key, double seconds) -> None:
+        """Move service ``key``'s affinity clock ``seconds`` into the future (tests of the
+        clock's rebase, which otherwise comes after about 37 days)."""
+        cdef uintptr_t p
+        cdef Service* s
+        cdef AffinityTable table
+        with self.lock:
+            p = self.services.get(key, 0)
+            table = self.owned[key][1] if p != 0 else None
+            if table is None:
+                raise KeyError(f"service port: {key!r} has no affinity table")
+            s = <Service*>p
+            with nogil:
+                pthread_mutex_lock(&s.lock)
+                table.epoch -= seconds
+                s.affinity_epoch -= seconds
+                pthread_mutex_unlock(&s.lock)
 
     # -- listeners -----------------------------------------------------------------------
 
@@ -1264,6 +1418,8 @@ cdef class Engine:
             for i, fd in enumerate(fds):
                 l.socks[i].kind = kind
                 l.socks[i].fd = fd
+                if kind == K_LISTEN_TCP:
+                    set_nodelay(fd)  # accepted sockets inherit it: no call per connection
                 l.socks[i].listener = l
                 # a UDP socket goes to one worker, spread over them by listener id
                 l.socks[i].worker = i if kind == K_LISTEN_TCP else ident % self.nworkers

@@ -12,19 +12,19 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from lbcore import balancers
 from lbcore.errors import ConfigError
 from lbcore.hookspecs import hookimpl
 from lbcore.interfaces import Frontend, FrontendUnavailable, RuntimeContext
 from lbcore.snapshot import EndpointInfo, ServicePortInfo, Snapshot
 
 try:
-    from lbcore_plugins._proxy_c import ALGORITHMS, Engine
+    from lbcore_plugins._proxy_c import Engine
 except ImportError as exc:  # pragma: no cover - only without a build
     Engine = None  # type: ignore[assignment,misc]
-    ALGORITHMS = {}
     _IMPORT_ERROR: ImportError | None = exc
 else:
     _IMPORT_ERROR = None
@@ -38,6 +38,8 @@ class ProxyOptions:
 
     workers: int = 2
     algorithm: str = "round_robin"
+    algorithm_options: dict[str, Any] = field(default_factory=dict)
+    affinity_capacity: int = 65536
     connect_timeout: float = 2.0
     idle_timeout: float = 3600.0
     udp_idle_timeout: float = 30.0
@@ -61,24 +63,37 @@ class ProxyOptions:
                 raise ConfigError(
                     f"{key}: unknown option, expected one of {', '.join(sorted([*known, *extra]))}"
                 )
-            kind = type(known[key].default)
+            spec = known[key]
+            kind = dict if spec.default_factory is dict else type(spec.default)
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise ConfigError(f"{key}: {value!r} is not a {kind.__name__}")
             values[key] = value
         opts = cls(**values)
-        if ALGORITHMS and opts.algorithm not in ALGORITHMS:
-            raise ConfigError(
-                f"algorithm: {opts.algorithm!r} is not one of {', '.join(sorted(ALGORITHMS))}"
-            )
-        for key in ("connect_timeout", "workers", "backlog"):
+        opts.check_algorithm()
+        for key in ("connect_timeout", "workers", "backlog", "affinity_capacity"):
             if getattr(opts, key) <= 0:
                 raise ConfigError(f"{key}: {getattr(opts, key)!r} must be positive")
         for key in ("idle_timeout", "udp_idle_timeout", "retries", "down_time", "max_connections"):
             if getattr(opts, key) < 0:
                 raise ConfigError(f"{key}: {getattr(opts, key)!r} must not be negative")
         return opts
+
+    def check_algorithm(self) -> None:
+        """The algorithm must be one ``lbcore.balancers.available()`` lists and take
+        ``algorithm_options`` (tried on two stand-in backends)."""
+        available = balancers.available()
+        if self.algorithm not in available:
+            raise ConfigError(f"algorithm: {self.algorithm!r} is not one of {', '.join(available)}")
+        try:
+            balancers.create(
+                self.algorithm, ["192.0.2.1:1", "192.0.2.2:1"], **self.algorithm_options
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"algorithm_options: {self.algorithm_options!r} for {self.algorithm}: {exc}"
+            ) from None
 
     def engine_kwargs(self) -> dict[str, Any]:
         return {
@@ -192,11 +207,18 @@ class ProxyFrontend(Frontend):
         if self.engine is None:
             self.start()
         listeners, tables, affinity = self.wanted(snapshot)
-        algorithm = self.settings.algorithm
+        opts = self.settings
         for table, rows in tables.items():
             state = (rows, affinity.get(table, 0.0))
             if self._tables.get(table) != state:
-                self.engine.set_service(table, list(rows), algorithm, state[1])
+                self.engine.set_service(
+                    table,
+                    list(rows),
+                    opts.algorithm,
+                    state[1],
+                    opts.affinity_capacity,
+                    dict(opts.algorithm_options),
+                )
                 self._tables[table] = state
         wanted = set(listeners)
         for listen in [lst for lst in self._listeners if lst not in wanted]:

@@ -34,7 +34,7 @@ def test_round_robin_gives_three_backends_equal_shares(backends, make_frontend):
     assert counts == {"A": 100, "B": 100, "C": 100}
 
 
-@pytest.mark.parametrize("algorithm", ["random", "least_connections", "weighted_round_robin"])
+@pytest.mark.parametrize("algorithm", ["random", "least_conn", "weighted_round_robin"])
 def test_each_algorithm_shares_within_tolerance(backends, make_frontend, algorithm):
     bs = [backends(t) for t in "ABC"]
     sp = service_port("web", [b.endpoint() for b in bs])
