@@ -70,6 +70,10 @@ def family_of(ip: str) -> int:
 # Options
 # ---------------------------------------------------------------------------------------------
 
+#: nftables endpoint choice: a chain per endpoint behind a numgen cascade or a numgen vmap, or
+#: the DNAT inside the service chain (a cascade of dnat rules, or a numgen dnat map)
+ENDPOINT_SELECTIONS = ("cascade", "vmap", "inline", "map")
+
 
 @dataclass(frozen=True)
 class NetfilterOptions:
@@ -157,9 +161,10 @@ class NetfilterOptions:
                 f"{frontend}: option 'restore_chunk_chains': {chunk!r} is not a count (0 or more)"
             )
         selection = options.get("endpoint_selection", "cascade")
-        if selection not in ("cascade", "vmap"):
+        if selection not in ENDPOINT_SELECTIONS:
             raise ConfigError(
-                f"{frontend}: option 'endpoint_selection': {selection!r} is not 'cascade' or 'vmap'"
+                f"{frontend}: option 'endpoint_selection': {selection!r} is not one of "
+                f"{', '.join(repr(v) for v in ENDPOINT_SELECTIONS)}"
             )
         return cls(
             endpoint_selection=selection,

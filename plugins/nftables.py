@@ -28,6 +28,7 @@ from lbcore_plugins.netfilter import (
     CommandRunner,
     NetfilterOptions,
     PortPlan,
+    RenderCache,
     RuleApplyError,
     chain_hash,
     changed_port_keys,
@@ -35,6 +36,7 @@ from lbcore_plugins.netfilter import (
     endpoint_address,
     endpoint_id,
     plan_key,
+    plan_port,
     plan_ports,
     require_netns,
     require_tools,
@@ -113,6 +115,22 @@ class PortObjects:
     chains: dict[str, list[str]] = field(default_factory=dict)
     sets: dict[str, str] = field(default_factory=dict)  # name -> definition body
     elements: dict[tuple[str, str], str] = field(default_factory=dict)  # (map, key) -> verdict
+    _text: tuple[dict[str, list[str]], str, str] | None = field(default=None, compare=False, repr=False)
+
+    def text(self) -> tuple[dict[str, list[str]], str, str]:
+        """(map -> its ``key : verdict`` elements, the set definitions, the chain definitions) as
+        ``_table_text`` writes them, joined once and kept for the next full render."""
+        if self._text is None:
+            elements: dict[str, list[str]] = {}
+            for (name, key), verdict in self.elements.items():
+                elements.setdefault(name, []).append(f"{key} : {verdict}")
+            sets = "\n".join([f"\tset {name} {{\n\t\t{body}\n\t}}" for name, body in self.sets.items()])
+            chains = "\n".join(
+                [f"\tchain {name} {{\n\t\t" + "\n\t\t".join(rules) + "\n\t}" if rules
+                 else f"\tchain {name} {{\n\t}}" for name, rules in self.chains.items()]
+            )
+            self._text = (elements, sets, chains)
+        return self._text
 
 
 class NftRenderer:
@@ -131,12 +149,18 @@ class NftRenderer:
         cidr = self.options.cluster_cidrs.get(fam)
         affinity = sp.session_affinity == "ClientIP"
         eps = plan.cluster_endpoints
-        label = _service_label(sp)
-        base_id = f"{sp.namespace}/{sp.name}:{sp.port_name}/{proto}/"
-        ep_chain = {
-            (ep.ip, ep.port): _endpoint_chain(label, base_id + endpoint_address(ep.ip, ep.port), ep)
-            for ep in plan.all_endpoints
-        }
+        # inline forms: each service chain DNATs itself; ClientIP affinity still needs a chain
+        # per endpoint (it records the client in that endpoint's set)
+        inline = self.options.endpoint_selection in ("inline", "map") and not affinity
+        if inline:
+            ep_chain: dict[tuple[str, int], str] = {}
+        else:
+            label = _service_label(sp)
+            base_id = f"{sp.namespace}/{sp.name}:{sp.port_name}/{proto}/"
+            ep_chain = {
+                (ep.ip, ep.port): _endpoint_chain(label, base_id + endpoint_address(ep.ip, ep.port), ep)
+                for ep in plan.all_endpoints
+            }
         if eps:
             rules: list[str] = []
             for cip in plan.cluster_ips:
@@ -145,7 +169,10 @@ class NftRenderer:
                     rules.append(f"{ip} daddr {cip} {proto} dport {sp.port} jump mark-for-masquerade")
                 elif cidr:
                     rules.append(f"{ip} daddr {cip} {proto} dport {sp.port} {ip} saddr != {cidr} jump mark-for-masquerade")
-            rules.extend(self._balance(plan, eps, ep_chain, affinity))
+            if inline:
+                rules.extend(self._dnat_inline(plan, eps))
+            else:
+                rules.extend(self._balance(plan, eps, ep_chain, affinity))
             objs.chains[svc] = rules
         else:
             for cip in plan.cluster_ips:
@@ -157,11 +184,15 @@ class NftRenderer:
                 ext = service_chain(sp, "external")
                 if plan.local_endpoints is None:
                     objs.chains[ext] = ["jump mark-for-masquerade", f"goto {svc}"]
+                elif inline:
+                    objs.chains[ext] = self._dnat_inline(plan, ext_eps)
                 else:
                     objs.chains[ext] = self._balance(plan, ext_eps, ep_chain, affinity)
                 objs.elements[(f"service-nodeports-v{fam}", key)] = f"goto {ext}"
             else:
                 objs.elements[(f"no-endpoint-nodeports-v{fam}", key)] = "goto reject-chain"
+        if inline:
+            return objs
         for ep in plan.all_endpoints:
             chain = ep_chain[(ep.ip, ep.port)]
             dest = f"[{ep.ip}]:{ep.port}" if fam == 6 else f"{ep.ip}:{ep.port}"
@@ -173,6 +204,47 @@ class NftRenderer:
             rules.append(f"meta l4proto {proto} dnat {ip} to {dest}")
             objs.chains[chain] = rules
         return objs
+
+    def _dnat_inline(self, plan: PortPlan, eps: tuple[EndpointInfo, ...]) -> list[str]:
+        """Hairpin marks and the DNAT of ``eps`` as rules of the service chain itself.
+
+        ``inline``: one ``numgen random mod k`` rule per endpoint that DNATs when it draws 0 (the
+        cascade, with no chain per endpoint). ``map``: one ``dnat to numgen random mod n map {…}``
+        with an anonymous map per service. A client that is itself one of ``eps`` is marked for
+        masquerading whichever endpoint it then reaches (a chain per endpoint would mark only
+        the connection to itself)."""
+        fam = plan.family
+        ip = _IP[fam]
+        proto = plan.sp.protocol.lower()
+        rules = [f"{ip} saddr {ep.ip} jump mark-for-masquerade" for ep in eps]
+        if fam == 6:
+            dests = [f"[{ep.ip}]:{ep.port}" for ep in eps]
+        else:
+            dests = [f"{ep.ip}:{ep.port}" for ep in eps]
+        head = f"meta l4proto {proto} dnat {ip} to "
+        if len(eps) == 1:
+            rules.append(head + dests[0])
+            return rules
+        weights = [ep.weight if ep.weight > 1 else 1 for ep in eps]
+        if max(weights) > 1:
+            g = math.gcd(*weights)
+            weights = [w // g for w in weights]
+        if self.options.endpoint_selection == "map":
+            entries = []
+            low = 0
+            for ep, w in zip(eps, weights, strict=True):
+                key = str(low) if w == 1 else f"{low}-{low + w - 1}"
+                entries.append(f"{key} : {ep.ip} . {ep.port}")
+                low += w
+            rules.append(f"{head}numgen random mod {low} map {{ {', '.join(entries)} }}")
+            return rules
+        rest = sum(weights)
+        for dest, w in zip(dests[:-1], weights[:-1], strict=True):
+            test = "0" if w == 1 else f"< {w}"
+            rules.append(f"numgen random mod {rest} {test} {head}{dest}")
+            rest -= w
+        rules.append(head + dests[-1])
+        return rules
 
     def _balance(
         self,
@@ -295,25 +367,28 @@ def _table_text(
     fams = sorted(families)
     maps = renderer.maps(fams)
     elements: dict[str, list[str]] = {name: [] for name in maps}
-    sets: dict[str, str] = {}
-    chains: dict[str, list[str]] = {}
+    sets: list[str] = []
+    chains: list[str] = []
     for objs in objects:
-        for (name, key), verdict in objs.elements.items():
-            elements[name].append(f"{key} : {verdict}")
-        sets.update(objs.sets)
-        chains.update(objs.chains)
+        port_elements, port_sets, port_chains = objs.text()
+        for name, items in port_elements.items():
+            elements[name].extend(items)
+        if port_sets:
+            sets.append(port_sets)
+        if port_chains:
+            chains.append(port_chains)
     out = [f"table {FAMILY} {TABLE} {{"]
     for name, body in maps.items():
         out.append(f"\tmap {name} {{\n\t\t{body}")
         if elements[name]:
             out.append("\t\telements = { " + ",\n\t\t\t".join(elements[name]) + " }")
         out.append("\t}")
-    for name, body in sets.items():
-        out.append(f"\tset {name} {{\n\t\t{body}\n\t}}")
-    for name, rules in {**renderer.base_chains(fams), **chains}.items():
+    out.extend(sets)
+    for name, rules in renderer.base_chains(fams).items():
         out.append(f"\tchain {name} {{")
-        out.extend(f"\t\t{rule}" for rule in rules)
+        out.extend([f"\t\t{rule}" for rule in rules])
         out.append("\t}")
+    out.extend(chains)
     out.append("}")
     out.append("")
     return "\n".join(out)
@@ -329,6 +404,7 @@ class NftablesFrontend(Frontend):
         self.opts = NetfilterOptions.parse(self.name, self.options)
         self.runner = CommandRunner(self.opts.netns, self.opts.timeout)
         self.renderer = NftRenderer(self.opts)
+        self.cache = RenderCache()
         self._state: TableState | None = None
         self._node: tuple[str, tuple[str, ...]] | None = None
         self.last_script_lines = 0
@@ -338,14 +414,38 @@ class NftablesFrontend(Frontend):
         return self._render(snapshot)[0]
 
     def _render(self, snapshot: Snapshot) -> tuple[str, TableState]:
+        """The whole table and its state. A port whose :class:`ServicePortInfo` and node are those
+        of the last full render reuses its plan and objects (and their joined text)."""
         state = TableState()
+        plans, objects, by_service = state.plans, state.objects, state.by_service
+        ports = snapshot.service_ports
+        node = snapshot.node_name
+        entries = self.cache.entries
+        fresh: dict = {}
+        hits = 0
+        keys = sorted(ports)
         for family in (4, 6):
-            for plan in plan_ports(snapshot, family):
-                key = plan_key(plan)
-                state.plans[key] = plan
-                state.objects[key] = self.renderer.port_objects(plan)
-                state.by_service.setdefault(plan.sp.service, []).append(key)
-        text = _table_text(self.renderer, state.objects.values(), (4, 6))
+            for key in keys:
+                sp = ports[key]
+                entry = entries.get((family, key))
+                # identity first: an unchanged port is usually the same object in the next snapshot
+                if entry is not None and (entry[0] is sp or entry[0] == sp) and entry[1] == node:
+                    hits += 1
+                else:
+                    plan = plan_port(sp, family, node)
+                    done = None if plan is None else (plan_key(plan), sp.service, self.renderer.port_objects(plan))
+                    entry = (sp, node, plan, done)
+                fresh[(family, key)] = entry
+                plan = entry[2]
+                if plan is not None:
+                    pkey, service, objs = entry[3]
+                    plans[pkey] = plan
+                    objects[pkey] = objs
+                    by_service.setdefault(service, []).append(pkey)
+        self.cache.hits += hits
+        self.cache.misses += 2 * len(keys) - hits
+        self.cache.entries = fresh
+        text = _table_text(self.renderer, objects.values(), (4, 6))
         return f"# lbcore nftables rules (nft -f)\n{text}", state
 
     def render_update(self, before: Snapshot, after: Snapshot, changed: frozenset[str]) -> str:
