@@ -8,8 +8,9 @@ import socket
 import pytest
 from lbcore_plugins import nodeport
 from lbcore_plugins.nodeport import NodePortFrontend
-from proxy_helpers import service_port, snapshot, tag_of
+from proxy_helpers import service_port, snapshot, tag_of, wait_until
 
+from lbcore import balancers
 from lbcore.errors import ConfigError
 from lbcore.interfaces import RuntimeContext
 
@@ -139,3 +140,43 @@ def test_addresses_default_to_the_context_then_to_local_ones():
 
 def test_plugin_registers_the_nodeport_frontend():
     assert nodeport.lbcore_register_frontends() == {"nodeport": NodePortFrontend}
+
+
+@pytest.mark.parametrize("algorithm", ["maglev", "bounded_load"])
+def test_node_port_balances_with_lbcore_algorithms(backends, make_frontend, algorithm):
+    bs = [backends(t) for t in "ABC"]
+    port = free_port()
+    sp = service_port("web", [b.endpoint() for b in bs], type="NodePort", node_port=port)
+    fe = make_frontend(NodePortFrontend, addresses=["127.0.0.1"], algorithm=algorithm)
+    fe.sync(snapshot(sp), frozenset({"default/web"}))
+    reference = balancers.create(algorithm, [f"127.0.0.1:{b.port}" for b in bs])
+    for i in range(2, 10):
+        src = f"127.0.1.{i}"
+        # one connection at a time: bounded_load's bound never binds, it answers as its ring
+        expected = "ABC"[reference.pick(socket.inet_aton(src))]
+        for _ in range(3):
+            assert wait_until(lambda: fe.stats()["connections"] == 0)
+            assert tag_of(("127.0.0.1", port), source=src) == expected
+
+
+def test_udp_flows_of_one_client_ip_share_a_backend_with_a_hash_algorithm(
+    udp_backends, make_frontend
+):
+    us = [udp_backends(t) for t in ("U1", "U2", "U3")]
+    port = free_port(socket.SOCK_DGRAM)
+    sp = service_port(
+        "dns", [u.endpoint() for u in us], protocol="UDP", type="NodePort", node_port=port
+    )
+    fe = make_frontend(NodePortFrontend, addresses=["127.0.0.1"], algorithm="rendezvous")
+    fe.sync(snapshot(sp), frozenset({"default/dns"}))
+    reference = balancers.create("rendezvous", [f"127.0.0.1:{u.port}" for u in us])
+    for i in range(2, 8):
+        src = f"127.0.2.{i}"
+        expected = ("U1", "U2", "U3")[reference.pick(socket.inet_aton(src))]
+        for _ in range(3):  # a new flow (source port) each time
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+                c.settimeout(3)
+                c.bind((src, 0))
+                c.sendto(b"q", ("127.0.0.1", port))
+                assert c.recvfrom(100)[0] == expected.encode() + b":q"
+    assert fe.stats()["udp_flows"] == 18
