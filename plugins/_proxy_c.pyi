@@ -2,12 +2,16 @@
 
 from typing import Any
 
-ALGORITHMS: dict[str, int]
 SPLICE_MODES: dict[str, int]
 COUNTERS: tuple[str, ...]
 
 class Engine:
-    """A pool of worker threads, each an epoll loop relaying TCP connections and UDP flows."""
+    """A pool of worker threads, each an epoll loop relaying TCP connections and UDP flows.
+
+    Picks use an ``lbcore.balancers`` Balancer per service port (any algorithm of
+    ``lbcore.balancers.available()`` that is a compiled Balancer) and, for ClientIP affinity,
+    an ``lbcore.AffinityTable``.
+    """
 
     def __init__(
         self,
@@ -33,9 +37,13 @@ class Engine:
         endpoints: list[tuple[str, int, int, bool]],
         algorithm: str = "round_robin",
         affinity_timeout: float = 0.0,
+        affinity_capacity: int = 65536,
+        options: dict[str, Any] | None = None,
     ) -> None: ...
     def remove_service(self, key: str) -> None: ...
     def service_endpoints(self, key: str) -> list[dict[str, Any]]: ...
+    def service_info(self, key: str) -> dict[str, Any]: ...
+    def _age_affinity_clock(self, key: str, seconds: float) -> None: ...
     def add_listener(
         self, key: str, protocol: str, fds: list[int], max_connections: int = 0
     ) -> int: ...

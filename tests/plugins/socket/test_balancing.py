@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import socket
+import threading
 
 import pytest
 from lbcore_plugins.socket_frontend import SocketFrontend
@@ -198,3 +199,29 @@ def test_jump_ignores_weights_and_weight_zero_takes_no_new_connection(backends, 
     fe.sync(snapshot(sp), frozenset({"default/web"}))
     counts = collections.Counter(tag_of((sp.cluster_ips[0], 8080), source=s) for s in sources(40))
     assert set(counts) == {"A", "B"}, counts
+
+
+def test_counts_stay_exact_when_both_workers_pick_at_once(backends, make_frontend):
+    bs = [backends(t) for t in "ABC"]
+    sp = service_port("web", [b.endpoint() for b in bs])
+    fe = make_frontend(algorithm="bounded_load", workers=2)
+    fe.sync(snapshot(sp), frozenset({"default/web"}))
+    errors: list[BaseException] = []
+
+    def client(n: int) -> None:
+        try:
+            for _ in range(n):
+                assert tag_of((sp.cluster_ips[0], 8080)) in ("A", "B", "C")
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(150,)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert wait_until(lambda: fe.stats()["connections"] == 0)
+    rows = fe.engine.service_endpoints(f"cluster/{sp.key}")
+    assert [(r["active"], r["balancer_active"]) for r in rows] == [(0, 0)] * 3
+    assert fe.stats()["accepted"] == 900
