@@ -52,7 +52,19 @@ class WeightedRandom(Balancer):
     """Weighted random through an alias table."""
 
 class LeastConn(WeightedRandom):
-    """Least connections by the power of two choices, weighted."""
+    """Least connections by the power of two distinct choices, weighted as Envoy's least request."""
+
+    def __init__(
+        self,
+        backends: Iterable[Any],
+        weights: Sequence[float] | None = None,
+        *,
+        active_request_bias: float = 1.0,
+        seed: int | None = None,
+    ) -> None: ...
+    @property
+    def active_request_bias(self) -> float:
+        """The exponent of ``active + 1`` in the effective weight ``weight / (active + 1) ** bias``."""
 
 class RingHash(Balancer):
     """Ketama-style hash ring."""

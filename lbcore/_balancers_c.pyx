@@ -6,7 +6,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SI
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_CheckExact
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_CheckExact
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.math cimport ceil, floor, isfinite, log
+from libc.math cimport ceil, floor, isfinite, log, pow
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
@@ -455,26 +455,103 @@ cdef class WeightedRandom(Balancer):
 
 
 cdef class LeastConn(WeightedRandom):
-    """Least connections by the power of two choices, as Envoy's least request does it.
+    """Least connections by the power of two choices, weighted as Envoy's least request.
 
-    Two backends are drawn at random in proportion to their weights and the one with fewer live
-    connections per unit of weight, ``(active + 1) / weight``, wins. ``acquire``/``release``
-    keep the counts. ``pick_many`` assigns the batch as if each pick were acquired in turn,
-    without changing the live counts.
+    Two *distinct* backends are drawn at random in proportion to their weights (the second among
+    the others), and the one of larger effective weight ``weight / (active + 1) ** bias`` wins
+    (``active_request_bias``, 1.0 by default: fewer live connections per unit of weight). With
+    equal weights the one with fewer live connections wins, whatever the bias; so with two
+    backends the idle one always wins. ``acquire``/``release`` keep the counts. ``pick_many``
+    assigns the batch as if each pick were acquired in turn, without changing the live counts.
     """
 
     name = "least_conn"
+    cdef double bias
+    cdef object _cum_arr
+    cdef const double* cum       # n + 1 running sums of the weights: backend i owns [cum[i], cum[i+1])
+    cdef int positive            # backends of weight > 0
+    cdef int only                # the one of weight > 0 when positive == 1
+
+    def __init__(self, backends, weights=None, *, active_request_bias=1.0, seed=None):
+        if isinstance(active_request_bias, bool) or not isinstance(active_request_bias, (int, float)) \
+                or not isfinite(active_request_bias) or active_request_bias < 0:
+            raise ValueError(f"{self.name}: active_request_bias must be a number >= 0.0, "
+                             f"not {active_request_bias!r}")
+        self.bias = active_request_bias
+        WeightedRandom.__init__(self, backends, weights, seed=seed)
+
+    @property
+    def active_request_bias(self) -> float:
+        """The exponent of ``active + 1`` in the effective weight ``weight / (active + 1) ** bias``."""
+        return self.bias
+
+    def _extra_nbytes(self) -> int:
+        return WeightedRandom._extra_nbytes(self) + (self.n + 1) * sizeof(double)
+
+    cdef int _rebuild(self) except -1:
+        WeightedRandom._rebuild(self)
+        cum_arr = np.zeros(self.n + 1, dtype=np.float64)
+        cdef double[::1] cum = cum_arr
+        cdef int i
+        self.positive = 0
+        self.only = 0
+        for i in range(self.n):
+            cum[i + 1] = cum[i] + self.w[i]
+            if self.w[i] > 0:
+                self.positive += 1
+                self.only = i
+        self._cum_arr = cum_arr
+        self.cum = &cum[0]
+        return 0
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef int _other(self, int a) noexcept nogil:
+        """A backend other than ``a``, in proportion to its weight (``a`` has weight > 0)."""
+        cdef int n = self.n, b, tries, lo, hi, mid
+        cdef uint64_t r
+        cdef double x
+        if self.equal:
+            r = splitmix64(&self.rng)
+            b = <int>(((r >> 32) * <uint64_t>(n - 1)) >> 32)
+            return b + (b >= a)
+        for tries in range(4):  # a few draws from the alias table settle it unless a is heavy
+            b = self._sample()
+            if b != a:
+                return b
+        # exact draw over the other backends' weights: skip a's interval [cum[a], cum[a+1])
+        r = splitmix64(&self.rng)
+        x = (r >> 11) * (1.0 / 9007199254740992.0) * (self.cum[n] - self.w[a])
+        if x >= self.cum[a]:
+            x += self.w[a]
+        lo = 0
+        hi = n - 1  # the last i with cum[i] <= x, among those of weight > 0 and not a
+        while lo < hi:
+            mid = (lo + hi + 1) >> 1
+            if self.cum[mid] <= x:
+                lo = mid
+            else:
+                hi = mid - 1
+        b = lo
+        while b >= 0 and (b == a or self.w[b] <= 0):  # rounding landed on an empty interval
+            b -= 1
+        if b < 0:
+            b = lo
+            while b < n and (b == a or self.w[b] <= 0):
+                b += 1
+        return b
 
     cdef inline int _choose(self, const int64_t* loads) noexcept nogil:
-        if self.n == 1:
-            return 0
+        if self.positive == 1:
+            return self.only
         cdef int a = self._sample()
-        cdef int b = self._sample()
+        cdef int b = self._other(a)
         if self.equal:
             return a if loads[a] <= loads[b] else b
-        if (loads[a] + 1) * self.w[b] <= (loads[b] + 1) * self.w[a]:
-            return a
-        return b
+        if self.bias == 1.0:
+            return a if self.w[a] * (loads[b] + 1) >= self.w[b] * (loads[a] + 1) else b
+        return a if self.w[a] * pow(<double>(loads[b] + 1), self.bias) \
+            >= self.w[b] * pow(<double>(loads[a] + 1), self.bias) else b
 
     cdef int pick_hash(self, uint64_t h) noexcept nogil:
         return self._choose(self.active)

@@ -18,7 +18,8 @@ Built-in algorithms:
 ``round_robin``             each backend in turn (smooth weighted when weights differ)
 ``weighted_round_robin``    nginx's smooth weighted round robin
 ``random``                  weighted random (alias table)
-``least_conn``              power of two choices over live connections, weighted
+``least_conn``              power of two distinct choices over live connections, weighted;
+                            ``active_request_bias`` (1.0)
 ``ring_hash``               ketama ring; ``min_ring_size``, ``max_ring_size``, ``vnodes``
 ``maglev``                  Maglev lookup table; ``table_size`` (prime, 65537)
 ``jump``                    Lamping and Veach jump hash (no weights)
@@ -71,7 +72,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "round_robin": ("seed",),
     "weighted_round_robin": ("seed",),
     "random": ("seed",),
-    "least_conn": ("seed",),
+    "least_conn": ("active_request_bias", "seed"),
     "ring_hash": ("min_ring_size", "max_ring_size", "vnodes", "seed"),
     "maglev": ("table_size", "seed"),
     "jump": ("seed",),

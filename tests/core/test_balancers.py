@@ -261,7 +261,67 @@ def test_least_conn_keeps_live_connections_level():
     picks = [b.pick(0) for _ in range(1000)]
     for i in picks:
         b.acquire(i)
-    assert picks.count(0) >= 150  # 1 - (9/10)**2 = 19% of the picks, against a fair 10%
+    assert picks.count(0) >= 150  # drawn in 2 of 10 draws: 20% of the picks, against a fair 10%
+
+
+@pytest.mark.parametrize("weights", [None, [1, 3], [3, 1], [1, 1000]])
+def test_least_conn_with_two_backends_always_gives_a_new_connection_to_the_idle_one(weights):
+    # the two candidates are distinct: the idle backend is always one of them, and it wins
+    for busy in (0, 1):
+        b = balancers.create("least_conn", names(2), weights, seed=busy + 9)
+        for _ in range(3):
+            b.acquire(busy)
+        idle = 1 - busy
+        w = weights or [1, 1]
+        if w[busy] / 4 > w[idle] / 1:  # a heavy enough backend may still outweigh the idle one
+            continue
+        assert b.pick_many(np.zeros(1, dtype=np.uint64)).tolist() == [idle]
+        assert {b.pick(k) for k in range(500)} == {idle}
+
+
+def test_least_conn_draws_two_distinct_candidates():
+    # with three backends, one of them far busier, it is never chosen: it is never both candidates
+    b = balancers.create("least_conn", names(3), seed=4)
+    for _ in range(50):
+        b.acquire(2)
+    picks = [b.pick(0) for _ in range(3000)]
+    assert 2 not in picks
+    assert abs(picks.count(0) - picks.count(1)) < 300  # a tie between 0 and 1 is settled at random
+
+
+def test_least_conn_second_candidate_follows_the_weights_of_the_others():
+    # 0 is always loaded, so it wins only when the other candidate is more loaded per weight;
+    # 1 and 2 are idle: whenever 0 is the first candidate, the second is 1 or 2 by weight 1:4,
+    # even though 0 dominates the draws (the fallback from the alias table is exercised)
+    b = balancers.create("least_conn", names(3), [1000, 1, 4], seed=6)
+    for _ in range(10_000):
+        b.acquire(0)
+    counts = np.bincount([b.pick(k) for k in range(20_000)], minlength=3)
+    assert counts[0] == 0
+    share = counts[1] / (counts[1] + counts[2])
+    assert abs(share - 0.2) < 0.03, counts
+
+
+def test_least_conn_never_draws_a_zero_weight_backend_as_second_candidate():
+    b = balancers.create("least_conn", names(4), [1, 0, 0, 1], seed=8)
+    for _ in range(5):
+        b.acquire(0)
+    assert {b.pick(k) for k in range(300)} == {3}
+    only = balancers.create("least_conn", names(3), [0, 2, 0], seed=8)
+    assert {only.pick(k) for k in range(50)} == {1}
+
+
+def test_least_conn_active_request_bias_scales_the_effective_weight():
+    # weights 1 and 4: backend 1 with 3 live connections has effective weight 4 / 4**bias
+    # against backend 0's 1 / 1**bias: it wins at bias 0.5 (2 > 1) and loses at bias 2 (0.25 < 1)
+    for bias, winner in ((0.5, 1), (2.0, 0)):
+        b = balancers.create("least_conn", names(2), [1, 4], active_request_bias=bias, seed=1)
+        for _ in range(3):
+            b.acquire(1)
+        assert b.active_request_bias == bias
+        assert {b.pick(k) for k in range(200)} == {winner}
+    with pytest.raises(ValueError, match="active_request_bias must be a number >= 0.0, not -1"):
+        balancers.create("least_conn", names(2), active_request_bias=-1)
 
 
 @pytest.mark.parametrize("factor", [1.0, 1.1, 1.25, 2.0])
