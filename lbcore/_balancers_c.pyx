@@ -894,40 +894,103 @@ cdef inline int32_t jump_hash(uint64_t key, int32_t buckets) noexcept nogil:
     return <int32_t>b
 
 
-cdef enum:
-    JUMP_LANES = 8
-
-
-@cython.boundscheck(False)
-@cython.wraparound(False)
-cdef inline void jump_lanes(const uint64_t* keys, int32_t* out, int32_t buckets) noexcept nogil:
-    """``jump_hash(hash_u64(key), buckets)`` for JUMP_LANES keys at once, in lockstep.
-
-    One key's jumps are a chain of dependent divisions ended by an unpredictable branch; eight
-    independent chains advanced together without branches keep the divider busy instead.
+cdef extern from *:
     """
-    cdef uint64_t key[JUMP_LANES]
-    cdef int64_t b[JUMP_LANES]
-    cdef int64_t j[JUMP_LANES]
-    cdef uint64_t nk
-    cdef int64_t nj
-    cdef int l, running = 1
-    for l in range(JUMP_LANES):
-        key[l] = hash_u64(keys[l])
-        b[l] = 0
-        j[l] = 0
-    while running:
-        running = 0
-        for l in range(JUMP_LANES):
-            nk = key[l] * 2862933555777941757ULL + 1
-            nj = <int64_t>((j[l] + 1) * (2147483648.0 / <double>((nk >> 33) + 1)))
-            if j[l] < buckets:
-                b[l] = j[l]
-                key[l] = nk
-                j[l] = nj
-                running = 1
-    for l in range(JUMP_LANES):
-        out[l] = <int32_t>b[l]
+    /* Jump hash of a group of keys, for pick_many.
+     *
+     * A key's divisions depend on its LCG sequence only, never on the bucket reached so far: all
+     * `steps` divisions of every key of a group are independent and overlap in the divider. The
+     * group runs `steps` rounds without a branch (a key that already left keeps its bucket), then
+     * the few keys that need more rounds finish alone. The arithmetic is the reference's,
+     * operation for operation: (double)(b + 1) * (2^31 / (double)((key >> 33) + 1)), truncated.
+     * On x86-64 two keys share one SSE2 register (SSE2 is part of the base instruction set), so
+     * one divpd does two divisions; elsewhere the same rounds run in scalar C.
+     */
+    #include <stdint.h>
+    #if defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2)
+    #include <emmintrin.h>
+    #define LBC_JUMP_SSE2 1
+    #endif
+    #define LBC_JUMP_GROUP 8
+    #define LBC_JUMP_LCG 2862933555777941757ULL
+
+    static inline int32_t lbc_jump_finish(uint64_t key, int64_t b, int64_t buckets) {
+        for (;;) {
+            key = key * LBC_JUMP_LCG + 1;
+            int64_t j = (int64_t)((double)(b + 1) * (2147483648.0 / (double)((key >> 33) + 1)));
+            if (j >= buckets) return (int32_t)b;
+            b = j;
+        }
+    }
+
+    #ifdef LBC_JUMP_SSE2
+    static void lbc_jump_group(uint64_t* key, int32_t* out, int32_t buckets, int steps) {
+        const __m128d one = _mm_set1_pd(1.0), two31 = _mm_set1_pd(2147483648.0);
+        const __m128d limit = _mm_set1_pd((double)buckets);
+        __m128d b[LBC_JUMP_GROUP / 2], left[LBC_JUMP_GROUP / 2];
+        int v, t;
+        for (v = 0; v < LBC_JUMP_GROUP / 2; v++) {
+            b[v] = _mm_setzero_pd();
+            left[v] = _mm_setzero_pd();
+        }
+        for (t = 0; t < steps; t++) {
+            for (v = 0; v < LBC_JUMP_GROUP / 2; v++) {
+                uint64_t k0 = key[2 * v] * LBC_JUMP_LCG + 1, k1 = key[2 * v + 1] * LBC_JUMP_LCG + 1;
+                key[2 * v] = k0;
+                key[2 * v + 1] = k1;
+                /* (key >> 33) < 2^31 fits an int32; + 1.0 is exact in a double */
+                __m128d r = _mm_add_pd(
+                    _mm_cvtepi32_pd(_mm_set_epi32(0, 0, (int)(k1 >> 33), (int)(k0 >> 33))), one);
+                __m128d p = _mm_mul_pd(_mm_add_pd(b[v], one), _mm_div_pd(two31, r));
+                /* trunc(p) >= buckets <=> p >= buckets; below it, p fits an int32 */
+                __m128d j = _mm_cvtepi32_pd(_mm_cvttpd_epi32(_mm_min_pd(p, limit)));
+                left[v] = _mm_or_pd(left[v], _mm_cmpge_pd(j, limit));
+                b[v] = _mm_or_pd(_mm_and_pd(left[v], b[v]), _mm_andnot_pd(left[v], j));
+            }
+        }
+        for (v = 0; v < LBC_JUMP_GROUP / 2; v++) {
+            int done = _mm_movemask_pd(left[v]);
+            __m128i bi = _mm_cvttpd_epi32(b[v]);
+            int32_t b0 = _mm_cvtsi128_si32(bi), b1 = _mm_cvtsi128_si32(_mm_srli_si128(bi, 4));
+            out[2 * v] = (done & 1) ? b0 : lbc_jump_finish(key[2 * v], b0, buckets);
+            out[2 * v + 1] = (done & 2) ? b1 : lbc_jump_finish(key[2 * v + 1], b1, buckets);
+        }
+    }
+    #else
+    static void lbc_jump_group(uint64_t* key, int32_t* out, int32_t buckets, int steps) {
+        int64_t b[LBC_JUMP_GROUP];
+        int left[LBC_JUMP_GROUP];
+        int l, t;
+        for (l = 0; l < LBC_JUMP_GROUP; l++) {
+            b[l] = 0;
+            left[l] = 0;
+        }
+        for (t = 0; t < steps; t++) {
+            for (l = 0; l < LBC_JUMP_GROUP; l++) {
+                uint64_t k = key[l] * LBC_JUMP_LCG + 1;
+                int64_t j = (int64_t)((double)(b[l] + 1) * (2147483648.0 / (double)((k >> 33) + 1)));
+                key[l] = k;
+                left[l] |= j >= buckets;
+                b[l] = left[l] ? b[l] : j;
+            }
+        }
+        for (l = 0; l < LBC_JUMP_GROUP; l++)
+            out[l] = left[l] ? (int32_t)b[l] : lbc_jump_finish(key[l], b[l], buckets);
+    }
+    #endif
+    """
+    enum: LBC_JUMP_GROUP
+    void lbc_jump_group(uint64_t* key, int32_t* out, int32_t buckets, int steps) noexcept nogil
+
+
+cdef int jump_steps(int n) noexcept:
+    """Rounds every key of a group runs: the mean number of divisions of a key, H(n) (one per
+    bucket it lands in, and the last), plus 1.7 standard deviations: about 2% of the keys need
+    more and finish alone."""
+    cdef double h = log(n) + 0.5772156649015329 + 0.5 / n
+    cdef double h2 = 1.6449340668482264 - 1.0 / n
+    cdef double sd = (h - h2) ** 0.5 if h > h2 else 0.0
+    return max(2, min(64, <int>ceil(h + 1.7 * sd)))
 
 
 cdef class JumpHash(Balancer):
@@ -943,6 +1006,7 @@ cdef class JumpHash(Balancer):
     cdef object _slots           # slot -> backend name
     cdef object _slot_arr
     cdef const int32_t* slot_backend
+    cdef int steps               # branch-free rounds of pick_many (see jump_steps)
 
     def __init__(self, backends, weights=None, *, seed=None):
         self._slots = []
@@ -982,6 +1046,7 @@ cdef class JumpHash(Balancer):
         self._slots = slots
         self._slot_arr = slot_arr
         self.slot_backend = &view[0]
+        self.steps = jump_steps(self.n)
         return 0
 
     cdef int pick_hash(self, uint64_t h) noexcept nogil:
@@ -990,15 +1055,18 @@ cdef class JumpHash(Balancer):
     @cython.boundscheck(False)
     @cython.wraparound(False)
     cdef void pick_many_c(self, const uint64_t* keys, int32_t* out, Py_ssize_t count) noexcept nogil:
-        cdef Py_ssize_t k, base, whole = count - count % JUMP_LANES
+        cdef Py_ssize_t k, base = 0, whole = count - count % LBC_JUMP_GROUP
         cdef int32_t n = self.n
+        cdef int steps = self.steps, l
         cdef const int32_t* slots = self.slot_backend
-        base = 0
+        cdef uint64_t group[LBC_JUMP_GROUP]
         while base < whole:
-            jump_lanes(keys + base, out + base, n)
-            for k in range(base, base + JUMP_LANES):
+            for l in range(LBC_JUMP_GROUP):
+                group[l] = hash_u64(keys[base + l])
+            lbc_jump_group(group, out + base, n, steps)
+            for k in range(base, base + LBC_JUMP_GROUP):
                 out[k] = slots[out[k]]
-            base += JUMP_LANES
+            base += LBC_JUMP_GROUP
         for k in range(whole, count):
             out[k] = slots[jump_hash(hash_u64(keys[k]), n)]
 

@@ -423,6 +423,18 @@ def test_jump_adding_a_backend_moves_one_n_plus_first():
     assert abs(d.moved - 1 / 10) <= 0.015
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 100, 1000, 65_537])
+def test_jump_pick_many_equals_the_reference_jump_hash(n):
+    # pick_many runs keys in groups with a fixed number of branch-free rounds and finishes the
+    # keys that need more alone (many of them at n = 1000): every path must give the reference
+    jump = pytest.importorskip("jump", reason="jump-consistent-hash is the reference")
+    b = balancers.create("jump", names(n))
+    keys = KEYS[:5003]  # not a multiple of the group: the tail goes one key at a time
+    slots = np.asarray(b.slots)
+    expected = slots[[jump.hash(hash64(int(k)), n) for k in keys]]
+    assert b.pick_many(keys).tolist() == expected.tolist()
+
+
 def test_ring_keeps_its_scale_across_updates_so_survivors_keep_their_points():
     b = balancers.create("ring_hash", names(10))
     size = b.ring_size
