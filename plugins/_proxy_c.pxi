@@ -21,6 +21,7 @@ cdef extern from "<sys/epoll.h>" nogil:
         EPOLLHUP
         EPOLLRDHUP
         EPOLLET
+        EPOLLEXCLUSIVE
         EPOLL_CTL_ADD
         EPOLL_CTL_DEL
         EPOLL_CTL_MOD

@@ -52,12 +52,14 @@ cdef enum:
     BATCH = 64
     SPARE_CONNS = 64     # closed connections (with their buffers) a worker keeps for reuse
 
-# read readiness of a socket (Conn.cready / Conn.bready): nothing known to read, bytes, or an
-# end (FIN, reset) pending, which must be read to the end even after a short read
+# read readiness of a socket (Conn.cready / Conn.bready), from its last events: nothing known to
+# read; bytes; bytes then the peer's FIN (a short read reached the FIN); an error or hang-up
+# (read until recv says what it is)
 cdef enum:
     DRAINED = 0
     READABLE = 1
-    ENDING = 2
+    PEER_DONE = 2
+    ENDING = 3
 
 # an AffinityTable moves its millisecond clock forward past this (see lbcore/_conntrack_c.pyx)
 cdef double AFFINITY_REBASE_MS = 3221225472.0
@@ -325,11 +327,22 @@ cdef Conn* conn_new(Worker* w, int cfd, Listener* l, sockaddr_storage* client,
     return c
 
 
-cdef void resume_listener(Worker* w, ListenSock* ls) noexcept nogil:
+cdef void watch_listener(Worker* w, ListenSock* ls) noexcept nogil:
+    """Add a listening socket to the worker's epoll set.
+
+    A TCP socket shared by the workers (one file, a ``dup`` per worker) wakes one idle worker
+    per connection (``EPOLLEXCLUSIVE``), not all of them; with a socket per worker
+    (``SO_REUSEPORT``) the flag changes nothing. Such a registration cannot be modified, so a
+    paused listener is removed and added again.
+    """
     cdef epoll_event ev
-    ev.events = EPOLLIN
+    ev.events = EPOLLIN | (EPOLLEXCLUSIVE if ls.kind == K_LISTEN_TCP else 0)
     ev.data.ptr = ls
-    epoll_ctl(w.epfd, EPOLL_CTL_MOD, ls.fd, &ev)
+    epoll_ctl(w.epfd, EPOLL_CTL_ADD, ls.fd, &ev)
+
+
+cdef void resume_listener(Worker* w, ListenSock* ls) noexcept nogil:
+    watch_listener(w, ls)
     ls.paused = 0
 
 
@@ -364,13 +377,14 @@ cdef void conn_close(Worker* w, Conn* c, bint reset) noexcept nogil:
     listener_decref(l)
 
 
-cdef int pump_half(Worker* w, Half* h, int src, int dst, int* ready) noexcept nogil:
+cdef int pump_half(Worker* w, Half* h, int src, int dst, int* ready,
+                   Half* other) noexcept nogil:
     """Move bytes from ``src`` to ``dst`` until one side would block; -1 on a socket error.
 
-    ``ready`` is what the last events said of ``src`` (DRAINED, READABLE, ENDING). A short
-    ``recv`` empties the socket, so ``src`` is not read again before its next event: with
-    edge-triggered epoll, bytes arriving later bring one. An end seen in the event (ENDING) is
-    read to the end, its event will not come twice.
+    ``ready`` is what the last events said of ``src``. A short ``recv`` empties the socket, so
+    ``src`` is not read again before its next event (with edge-triggered epoll, bytes arriving
+    later bring one); when the event also said the peer had sent its FIN (PEER_DONE), that short
+    read reached it: the end of stream is known without one more ``recv``.
     """
     cdef ssize_t r
     while True:
@@ -392,8 +406,10 @@ cdef int pump_half(Worker* w, Half* h, int src, int dst, int* ready) noexcept no
             return 0 if r < 0 and errno == EAGAIN else -1
         if h.eof:
             if not h.shut:
-                # half-close: pass the FIN on, the other direction keeps flowing
-                shutdown(dst, SHUT_WR)
+                # half-close: pass the FIN on, the other direction keeps flowing; when that one
+                # has ended too, the close() that follows sends the FIN
+                if not other.shut:
+                    shutdown(dst, SHUT_WR)
                 h.shut = 1
             return 0
         if ready[0] == DRAINED:
@@ -409,7 +425,10 @@ cdef int pump_half(Worker* w, Half* h, int src, int dst, int* ready) noexcept no
             if r > 0:
                 h.len = <int>r
                 if r < w.cfg.buffer_size:
-                    if ready[0] == READABLE:
+                    if ready[0] == PEER_DONE:
+                        h.eof = 1
+                        ready[0] = DRAINED
+                    elif ready[0] == READABLE:
                         ready[0] = DRAINED
                 elif w.cfg.splice_mode == 1:
                     get_pipe(w, h)
@@ -428,8 +447,8 @@ cdef int pump_half(Worker* w, Half* h, int src, int dst, int* ready) noexcept no
 
 
 cdef void pump(Worker* w, Conn* c) noexcept nogil:
-    if pump_half(w, &c.up, c.cfd, c.bfd, &c.cready) < 0 or \
-            pump_half(w, &c.down, c.bfd, c.cfd, &c.bready) < 0:
+    if pump_half(w, &c.up, c.cfd, c.bfd, &c.cready, &c.down) < 0 or \
+            pump_half(w, &c.down, c.bfd, c.cfd, &c.bready, &c.up) < 0:
         conn_close(w, c, True)
     elif c.up.shut and c.down.shut:
         conn_close(w, c, False)
@@ -505,8 +524,10 @@ cdef void connect_backend(Worker* w, Conn* c) noexcept nogil:
 
 
 cdef inline int readiness(uint32_t events) noexcept nogil:
-    if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+    if events & (EPOLLHUP | EPOLLERR):
         return ENDING
+    if events & EPOLLRDHUP:
+        return PEER_DONE
     return READABLE if events & EPOLLIN else DRAINED
 
 
@@ -550,9 +571,7 @@ cdef void on_accept(Worker* w, ListenSock* ls) noexcept nogil:
         if l.max_conns > 0 and lb_atomic_load(&l.conns) >= l.max_conns:
             # at the limit: stop accepting, new connections wait in the kernel's queue
             if not ls.paused and w.npaused < 64:
-                ev.events = 0
-                ev.data.ptr = ls
-                epoll_ctl(w.epfd, EPOLL_CTL_MOD, ls.fd, &ev)
+                epoll_ctl(w.epfd, EPOLL_CTL_DEL, ls.fd, NULL)
                 ls.paused = 1
                 lb_atomic_add(&l.refs, 1)
                 w.paused[w.npaused] = ls
@@ -721,15 +740,12 @@ cdef void on_flow(Worker* w, Flow* f) noexcept nogil:
 # ---------------------------------------------------------------------------------------------
 
 cdef void run_command(Worker* w, Command* cmd) noexcept nogil:
-    cdef epoll_event ev
     cdef ListenSock* ls = cmd.ls
     cdef Flow* f
     cdef Flow* nxt
     cdef int i
     if cmd.op == CMD_ADD:
-        ev.events = EPOLLIN
-        ev.data.ptr = ls
-        epoll_ctl(w.epfd, EPOLL_CTL_ADD, ls.fd, &ev)
+        watch_listener(w, ls)
         return
     # CMD_DEL: forget the socket, close it and every UDP flow it answers for
     if ls.paused:
@@ -1451,7 +1467,6 @@ cdef class Engine:
         cdef Command* cmd
         cdef uint64_t one = 1
         cdef int waited = 0
-        cdef epoll_event ev
         if not self.is_running:
             # no loop runs: apply it here, nothing else can hold the socket
             if op == CMD_DEL:
@@ -1462,9 +1477,7 @@ cdef class Engine:
                 ls.fd = -1
                 listener_decref(ls.listener)
             else:
-                ev.events = EPOLLIN
-                ev.data.ptr = ls
-                epoll_ctl(w.epfd, EPOLL_CTL_ADD, ls.fd, &ev)
+                watch_listener(w, ls)
             return
         cmd = <Command*>calloc(1, sizeof(Command))
         cmd.op = op

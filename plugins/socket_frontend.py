@@ -10,6 +10,7 @@ addresses and ports.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -47,6 +48,7 @@ class ProxyOptions:
     down_time: float = 5.0
     max_connections: int = 0
     backlog: int = 4096
+    reuseport: bool = True
     buffer_size: int = 16384
     splice: str = "auto"
     pipe_size: int = 262144
@@ -67,7 +69,7 @@ class ProxyOptions:
             kind = dict if spec.default_factory is dict else type(spec.default)
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
-            if not isinstance(value, kind) or isinstance(value, bool):
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
                 raise ConfigError(f"{key}: {value!r} is not a {kind.__name__}")
             values[key] = value
         opts = cls(**values)
@@ -130,18 +132,22 @@ def endpoint_table(
     return tuple(rows)
 
 
-def bind_listener(address: str, port: int, protocol: str, count: int, backlog: int) -> list[int]:
-    """Bound sockets for one listener, detached (the engine owns them): ``count`` TCP sockets
-    sharing the port with ``SO_REUSEPORT`` (one per worker), or one UDP socket."""
+def bind_listener(
+    address: str, port: int, protocol: str, count: int, backlog: int, reuseport: bool = True
+) -> list[int]:
+    """Bound sockets for one listener, detached (the engine owns them): ``count`` TCP sockets,
+    one per worker, either each its own socket sharing the port with ``SO_REUSEPORT`` (the
+    kernel spreads connections over them) or ``count`` descriptors of one socket (any idle
+    worker takes the next connection); or one UDP socket."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     kind = socket.SOCK_STREAM if protocol == "TCP" else socket.SOCK_DGRAM
     socks: list[socket.socket] = []
     try:
-        for _ in range(count if protocol == "TCP" else 1):
+        for _ in range(count if protocol == "TCP" and reuseport else 1):
             sock = socket.socket(family, kind)
             socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if protocol == "TCP":
+            if protocol == "TCP" and reuseport:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -149,6 +155,8 @@ def bind_listener(address: str, port: int, protocol: str, count: int, backlog: i
             if protocol == "TCP":
                 sock.listen(backlog)
             sock.setblocking(False)
+        if protocol == "TCP" and not reuseport:
+            socks += [socket.socket(fileno=os.dup(socks[0].fileno())) for _ in range(count - 1)]
     except OSError:
         for sock in socks:
             sock.close()
@@ -234,6 +242,7 @@ class ProxyFrontend(Frontend):
                     listen.protocol,
                     self.settings.workers,
                     self.settings.backlog,
+                    self.settings.reuseport,
                 )
             except OSError as exc:
                 failures.append(f"{listen.protocol} {listen.address}:{listen.port}: {exc.strerror}")

@@ -403,3 +403,24 @@ def test_options_are_validated_with_the_key_named(context):
 
 def test_plugin_registers_the_socket_frontend():
     assert socket_frontend.lbcore_register_frontends() == {"socket": SocketFrontend}
+
+
+def test_one_shared_listening_socket_serves_and_closes_with_the_engine(backends, context):
+    a = backends("A")
+    ip = cluster_ip()
+    fd_before = len(os.listdir("/proc/self/fd"))
+    fe = SocketFrontend({"workers": 2, "reuseport": False}, context)
+    fe.start()
+    try:
+        fe.sync(snapshot(service_port("web", [a.endpoint()], ip=ip)), frozenset({"default/web"}))
+        # without SO_REUSEPORT a second socket cannot bind the port: there is one socket
+        with socket.socket() as other, pytest.raises(OSError):
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            other.bind((ip, 8080))
+        assert [tag_of((ip, 8080)) for _ in range(40)] == ["A"] * 40
+        assert fe.stats()["accepted"] == 40
+    finally:
+        fe.stop()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((ip, 8080), timeout=3)
+    assert len(os.listdir("/proc/self/fd")) == fd_before
