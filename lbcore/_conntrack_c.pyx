@@ -22,11 +22,12 @@ timeout, both rounded down to whole milliseconds since the first time the table 
 """
 
 cimport cython
-from cpython.long cimport PyLong_AsLong, PyLong_CheckExact
+from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_CheckExact
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.math cimport isfinite
 from libc.stdlib cimport free, malloc, realloc
+from posix.stdlib cimport posix_memalign
 from libc.string cimport memchr, memcmp, memcpy, memset
 
 import ipaddress
@@ -35,6 +36,13 @@ import numpy as np
 
 from lbcore._hashing_c cimport XXH3_64bits
 from lbcore.errors import Cause, ConfigError, ValidationError
+
+cdef extern from "<sys/mman.h>" nogil:
+    int madvise(void* addr, size_t length, int advice)
+    int MADV_HUGEPAGE
+
+cdef enum:
+    HUGE_PAGE = 2097152
 
 cdef extern from "<arpa/inet.h>" nogil:
     int inet_pton(int af, const char* src, void* dst)
@@ -66,11 +74,39 @@ cdef object _invalid(str field, object value, str why):
     return ValidationError("ConnTable", "key", [Cause(field, "FieldValueInvalid", f"{value!r}: {why}")])
 
 
+cdef extern from "Python.h":
+    bint PyUnicode_IS_COMPACT_ASCII(object o)
+    bint PyUnicode_CheckExact(object o)
+    bint PyBytes_CheckExact(object o)
+    Py_ssize_t PyBytes_GET_SIZE(object o)
+    const char* PyBytes_AS_STRING(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    const void* PyUnicode_DATA(object o)
+
+# The spellings callers pass most, compared by identity before anything else (string literals
+# and these constants are the same interned objects).
+cdef object _TCP = "TCP"
+cdef object _UDP = "UDP"
+
+
 cdef int pack_proto(object proto, uint8_t* out) except -1:
     """Protocol as "TCP" / "UDP" / "SCTP" (any case of those) or an IANA number 0..255."""
     cdef const char* s
     cdef Py_ssize_t n
     cdef long p = -1
+    cdef int overflow = 0
+    if proto is _TCP:
+        out[0] = 6
+        return 0
+    if proto is _UDP:
+        out[0] = 17
+        return 0
+    if PyLong_CheckExact(proto):
+        p = PyLong_AsLongAndOverflow(proto, &overflow)
+        if not overflow and 0 <= p <= 255:
+            out[0] = <uint8_t>p
+            return 0
+        raise _invalid("proto", proto, "must be a protocol number 0..255")
     if isinstance(proto, str):
         s = PyUnicode_AsUTF8AndSize(proto, &n)
         if n == 3 and memcmp(s, b"TCP", 3) == 0:
@@ -81,10 +117,6 @@ cdef int pack_proto(object proto, uint8_t* out) except -1:
             p = PROTOCOLS.get((<str>proto).upper(), -1)
         if p < 0:
             raise _invalid("proto", proto, 'must be "TCP", "UDP", "SCTP" or a number 0..255')
-    elif PyLong_CheckExact(proto):
-        p = PyLong_AsLong(proto)
-        if not 0 <= p <= 255:
-            raise _invalid("proto", proto, "must be a protocol number 0..255")
     elif isinstance(proto, int) and not isinstance(proto, bool) and 0 <= proto <= 255:
         p = proto
     else:
@@ -95,9 +127,10 @@ cdef int pack_proto(object proto, uint8_t* out) except -1:
 
 cdef int pack_port(object port, uint16_t* out, str field) except -1:
     cdef long p
+    cdef int overflow = 0
     if PyLong_CheckExact(port):
-        p = PyLong_AsLong(port)
-        if 0 <= p <= 65535:
+        p = PyLong_AsLongAndOverflow(port, &overflow)
+        if not overflow and 0 <= p <= 65535:
             out[0] = <uint16_t>p
             return 0
     elif isinstance(port, int) and not isinstance(port, bool) and 0 <= port <= 65535:
@@ -112,33 +145,98 @@ cdef inline void _map4(uint8_t* out) noexcept nogil:
     out[11] = 0xFF
 
 
+cdef int parse_ipv4(const char* s, Py_ssize_t n, uint8_t* out) noexcept nogil:
+    """Dotted-quad text into 4 bytes; 1 when ``s[:n]`` is one, else 0 (``out`` then undefined).
+
+    The rules of ``inet_pton(AF_INET)``: exactly four decimal octets 0..255 separated by dots,
+    no leading zero (so no octal reading), nothing else, not even a trailing NUL."""
+    cdef Py_ssize_t i
+    cdef int part = 0, digits = 0
+    cdef uint32_t v = 0
+    cdef uint8_t c
+    if n < 7 or n > 15:
+        return 0
+    for i in range(n):
+        c = <uint8_t>s[i]
+        if 48 <= c <= 57:  # '0'..'9'
+            if digits and v == 0:
+                return 0
+            v = v * 10 + (c - 48)
+            if v > 255:
+                return 0
+            digits += 1
+        elif c == 46 and digits and part < 3:  # '.'
+            out[part] = <uint8_t>v
+            part += 1
+            v = 0
+            digits = 0
+        else:
+            return 0
+    if not digits or part != 3:
+        return 0
+    out[3] = <uint8_t>v
+    return 1
+
+
+cdef int _parse_text(const char* s, Py_ssize_t n, uint8_t* out) noexcept nogil:
+    """An address in text into 16 bytes (IPv4 mapped); 1 on success."""
+    cdef char buf[48]
+    if parse_ipv4(s, n, out + 12):
+        _map4(out)
+        return 1
+    # IPv6: inet_pton on a NUL-terminated copy, so an embedded NUL cannot cut the text short
+    if n < 2 or n > 45 or memchr(s, 58, <size_t>n) == NULL:  # 58 is ':'
+        return 0
+    memcpy(buf, s, <size_t>n)
+    buf[n] = 0
+    if memchr(buf, 0, <size_t>n) != NULL:
+        return 0
+    return inet_pton(AF_INET6, buf, out) == 1
+
+
 cdef int pack_addr(object addr, uint8_t* out, str field) except -1:
     """Address as a str (IPv4 dotted quad or IPv6) or packed bytes (4 or 16) into 16 bytes."""
     cdef const char* s
     cdef Py_ssize_t n
-    if isinstance(addr, str):
-        s = PyUnicode_AsUTF8AndSize(addr, &n)
-        if memchr(s, 58, <size_t>n) != NULL:  # 58 is ':'
-            if inet_pton(AF_INET6, s, out) == 1:
-                return 0
-        else:
-            _map4(out)
-            if inet_pton(AF_INET, s, out + 12) == 1:
-                return 0
+    if PyUnicode_CheckExact(addr) and PyUnicode_IS_COMPACT_ASCII(addr):
+        # the str's own ASCII buffer: no encoding, no copy
+        if _parse_text(<const char*>PyUnicode_DATA(addr), PyUnicode_GET_LENGTH(addr), out):
+            return 0
         raise _invalid(field, addr, "not an IPv4 or IPv6 address")
-    if isinstance(addr, bytes):
-        n = len(<bytes>addr)
+    if PyBytes_CheckExact(addr):
+        n = PyBytes_GET_SIZE(addr)
+        s = PyBytes_AS_STRING(addr)
         if n == 4:
             _map4(out)
-            memcpy(out + 12, <const char*>(<bytes>addr), 4)
+            memcpy(out + 12, s, 4)
             return 0
         if n == 16:
-            memcpy(out, <const char*>(<bytes>addr), 16)
+            memcpy(out, s, 16)
             return 0
         raise _invalid(field, addr, "packed address must be 4 or 16 bytes")
+    if isinstance(addr, str):
+        if (<str>addr).isascii() and not PyUnicode_CheckExact(addr):
+            return pack_addr(str.__str__(addr), out, field)  # a subclass: its plain str value
+        raise _invalid(field, addr, "not an IPv4 or IPv6 address")
+    if isinstance(addr, bytes):
+        return pack_addr(bytes(addr), out, field)
     if isinstance(addr, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         return pack_addr(addr.packed, out, field)
     raise _invalid(field, addr, "must be an address string or packed bytes")
+
+
+cdef void* _big_alloc(size_t n) noexcept nogil:
+    """Memory for the slab or the index. From 1 MiB up it is rounded up to whole 2 MiB pages,
+    aligned to them and offered to the kernel for transparent huge pages: a probe lands anywhere in these arrays, and with 4 KiB
+    pages nearly every probe of a large table would also miss the TLB."""
+    cdef void* p = NULL
+    if n < HUGE_PAGE // 2:
+        return malloc(n)
+    n = (n + HUGE_PAGE - 1) // HUGE_PAGE * HUGE_PAGE
+    if posix_memalign(&p, HUGE_PAGE, n) != 0:
+        return NULL
+    madvise(p, n, MADV_HUGEPAGE)  # advice only: without THP it is plain memory
+    return p
 
 
 cdef inline uint32_t _home(uint64_t h, uint32_t n) noexcept nogil:
@@ -182,8 +280,8 @@ cdef class _FlatTable:
             raise ConfigError(f"capacity: must be an integer 1..{CT_MAX_CAPACITY}, got {capacity!r}")
         self.capacity = capacity
         self.nslots = self.capacity + self.capacity // 2 + 2
-        self.e = <ct_entry*>malloc(sizeof(ct_entry) * self.capacity)
-        self.idx = <uint32_t*>malloc(sizeof(uint32_t) * self.nslots)
+        self.e = <ct_entry*>_big_alloc(sizeof(ct_entry) * self.capacity)
+        self.idx = <uint32_t*>_big_alloc(sizeof(uint32_t) * self.nslots)
         if self.e == NULL or self.idx == NULL:
             raise MemoryError(f"capacity: no memory for {capacity} entries")
         self.bhead = NULL

@@ -394,3 +394,30 @@ def test_batch_scalars_apply_to_every_row_and_are_checked(mod):
         t.lookup_many("UDP", src, 53, src, 70000, 0.0)
     with pytest.raises(ValidationError, match="src"):
         t.lookup_many("UDP", "10.0.0.1", 53, src, 53, 0.0)
+
+
+def test_address_spellings_beyond_plain_ascii_str_and_bytes(mod):
+    class Text(str):
+        pass
+
+    class Packed(bytes):
+        pass
+
+    t = mod.ConnTable(8)
+    t.insert("TCP", Text("10.0.0.1"), 1, Packed(b"\x0a\x60\x00\x01"), 80, 5, 0.0)
+    assert t.lookup("TCP", "10.0.0.1", 1, "10.96.0.1", 80, 0.0) == 5
+    for bad in ("10.0.0.1\x00", "10.0.0.1 ", "1０.0.0.1", "fe80::1\x00junk", "\udcff", "01.2.3.4"):
+        with pytest.raises(ValidationError) as err:
+            t.lookup("TCP", bad, 1, "10.96.0.1", 80, 0.0)
+        assert err.value.causes[0].field == "src"
+
+
+def test_ports_and_protocol_numbers_out_of_range_even_when_huge(mod):
+    t = mod.ConnTable(8)
+    for field, args in [("sport", ("TCP", "10.0.0.1", 2**70, "10.0.0.2", 80)),
+                        ("dport", ("TCP", "10.0.0.1", 1, "10.0.0.2", -(2**70))),
+                        ("proto", (2**70, "10.0.0.1", 1, "10.0.0.2", 80)),
+                        ("sport", ("TCP", "10.0.0.1", True, "10.0.0.2", 80))]:
+        with pytest.raises(ValidationError) as err:
+            t.lookup(*args, 0.0)
+        assert err.value.causes[0].field == field

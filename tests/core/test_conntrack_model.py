@@ -6,7 +6,7 @@ eviction, expiry, purge and backward-shift deletion all run many times in every 
 
 from __future__ import annotations
 
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -132,3 +132,38 @@ TestAffinityTableMatchesModel = AffinityTableMatchesModel.TestCase
 TestAffinityTableMatchesModel.settings = settings(
     max_examples=50, stateful_step_count=30, deadline=None
 )
+
+
+# -- address text: the compiled parser accepts exactly what inet_pton and the twin accept ---------
+
+DOTTED = st.text(alphabet="0123456789.", min_size=0, max_size=17)
+QUADS = st.tuples(*[st.integers(0, 255)] * 4).map(lambda q: ".".join(map(str, q)))
+V6ISH = st.text(alphabet="0123456789abcdefABCDEF:.%", min_size=0, max_size=46)
+
+
+def _packed_or_none(mod, text):
+    from lbcore.errors import ValidationError
+
+    try:
+        return mod.pack_address(text)
+    except ValidationError:
+        return None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(text=st.one_of(DOTTED, QUADS))
+def test_dotted_quad_parser_agrees_with_inet_pton_and_the_twin(text):
+    import socket
+
+    try:
+        want = b"\0" * 10 + b"\xff\xff" + socket.inet_pton(socket.AF_INET, text)
+    except OSError:
+        want = None
+    assert _packed_or_none(_conntrack_c, text) == want
+    assert _packed_or_none(_conntrack_py, text) == want
+
+
+@settings(max_examples=2000, deadline=None)
+@given(text=st.one_of(V6ISH, st.ip_addresses(v=6).map(str)))
+def test_ipv6_text_is_packed_as_the_twin_packs_it(text):
+    assert _packed_or_none(_conntrack_c, text) == _packed_or_none(_conntrack_py, text)
