@@ -315,6 +315,8 @@ def table(results: dict[str, Figures]) -> tuple[str, list[str]]:
         f"RATIO socket bulk throughput vs haproxy: {lb.bulk_gbps / h.bulk_gbps:.2f}x",
         f"RATIO socket bulk throughput vs direct: {lb.bulk_gbps / d.bulk_gbps:.2f}x",
         f"RATIO socket p99 latency vs haproxy: {lb.p99_ms / h.p99_ms:.2f}x",
+        f"RATIO socket connection-per-request p99 latency vs haproxy: "
+        f"{lb.close_p99_ms / h.close_p99_ms:.2f}x",
     ]
     return "\n".join(rows), ratios
 
@@ -326,11 +328,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="proxy threads of both")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median)")
     parser.add_argument("--splice", default="auto", choices=["auto", "always", "never"])
+    parser.add_argument(
+        "--algorithm",
+        default="round_robin",
+        help="lbcore's balancing algorithm (HAProxy: roundrobin)",
+    )
+    parser.add_argument(
+        "--no-reuseport", action="store_true", help="lbcore: one listening socket shared by workers"
+    )
     parser.add_argument("--write", type=Path, help="also write the table into this markdown file")
     args = parser.parse_args(argv)
-    results = run(
-        args.duration, args.connections, args.workers, {"splice": args.splice}, args.rounds
-    )
+    options = {
+        "splice": args.splice,
+        "algorithm": args.algorithm,
+        "reuseport": not args.no_reuseport,
+    }
+    results = run(args.duration, args.connections, args.workers, options, args.rounds)
     text, ratios = table(results)
     print()
     print(text)
@@ -348,15 +361,20 @@ def main(argv: list[str] | None = None) -> int:
 def write_doc(path: Path, text: str, args: argparse.Namespace) -> None:
     """Replace the generated block of ``path`` (between the markers) with this run's table."""
     start, end = "<!-- peers-table -->", "<!-- /peers-table -->"
-    command = "python benchmarks/peers/run_http_peers.py " + " ".join(
-        f"--{k} {v}"
-        for k, v in (
-            ("duration", args.duration),
-            ("connections", args.connections),
-            ("workers", args.workers),
-            ("rounds", args.rounds),
-            ("splice", args.splice),
+    command = (
+        "python benchmarks/peers/run_http_peers.py "
+        + " ".join(
+            f"--{k} {v}"
+            for k, v in (
+                ("duration", args.duration),
+                ("connections", args.connections),
+                ("workers", args.workers),
+                ("rounds", args.rounds),
+                ("splice", args.splice),
+                ("algorithm", args.algorithm),
+            )
         )
+        + (" --no-reuseport" if args.no_reuseport else "")
     )
     block = (
         f"{start}\n{datetime.date.today().isoformat()}, {machine()}; {versions()}.\n"
