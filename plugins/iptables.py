@@ -380,6 +380,14 @@ class IptablesFrontend(Frontend):
         # last sync's figures, for logs and benchmarks
         self.last_restore_lines = 0
 
+    def tool(self, family: int) -> str:
+        """The command that changes ``family``'s rules: ``iptables``/``ip6tables`` (whichever
+        backend the host's alternatives chose) or its ``-nft``/``-legacy`` variant, as option
+        ``backend`` asks; ``-restore`` and ``-save`` are appended to it."""
+        base = "ip6tables" if family == 6 else "iptables"
+        backend = self.opts.backend
+        return base if backend == "auto" else f"{base}-{backend}"
+
     # -- rendering (no root needed) ---------------------------------------------------------
 
     def render(self, snapshot: Snapshot) -> str:
@@ -490,7 +498,8 @@ class IptablesFrontend(Frontend):
 
     def start(self) -> None:
         """Check for iptables-restore and every match and target the rules use."""
-        require_tools(self.name, ["iptables", "iptables-restore", "iptables-save"], "iptables")
+        base = self.tool(4)
+        require_tools(self.name, [base, f"{base}-restore", f"{base}-save"], "iptables")
         if self.opts.conntrack_cleanup:
             require_tools(self.name, ["conntrack"], "conntrack")
         require_netns(self.name, self.opts.netns)
@@ -502,13 +511,13 @@ class IptablesFrontend(Frontend):
         def attempt(rules: list[str]) -> str | None:
             text = "\n".join(["*nat", f":{probe} - [0:0]", *(f"-A {probe} {r}" for r in rules), "COMMIT", ""])
             try:
-                self.runner.run(["iptables-restore", "--noflush"], input=text)
+                self.runner.run([f"{self.tool(4)}-restore", "--noflush"], input=text)
                 return None
             except RuleApplyError as exc:
                 return str(exc)
             finally:
                 self.runner.run(
-                    ["iptables-restore", "--noflush"],
+                    [f"{self.tool(4)}-restore", "--noflush"],
                     input=f"*nat\n:{probe} - [0:0]\n-X {probe}\nCOMMIT\n",
                     check=False,
                 )
@@ -531,7 +540,7 @@ class IptablesFrontend(Frontend):
         flows = []
         fresh: dict = {}
         for family in (4, 6):
-            tool = "ip6tables" if family == 6 else "iptables"
+            tool = self.tool(family)
             old = self._state.get(family)
             if full:
                 plans, rendered = self._cached(snapshot, family, fresh)
@@ -642,7 +651,7 @@ class IptablesFrontend(Frontend):
             return
         families = set(self._state) | {4}
         for family in sorted(families):
-            tool = "ip6tables" if family == 6 else "iptables"
+            tool = self.tool(family)
             for table, chain, spec in HOOKS:
                 for _ in range(16):  # the same rule inserted twice by hand: remove each copy
                     if self.runner.run([tool, "-w", "5", "-t", table, "-D", chain, *spec], check=False).returncode:

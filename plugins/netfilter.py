@@ -95,6 +95,9 @@ class NetfilterOptions:
     # per service, as kube-proxy writes it; slow to load with thousands of services, because
     # the kernel scans every anonymous set to name each new one)
     endpoint_selection: str = "cascade"
+    # iptables: "auto" (the iptables command of the host, nft or legacy as its alternatives say,
+    # what kube-proxy detects), "nft" (iptables-nft-*) or "legacy" (iptables-legacy-*)
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         if self.cluster_cidrs is None:
@@ -113,6 +116,7 @@ class NetfilterOptions:
             "timeout",
             "restore_chunk_chains",
             "endpoint_selection",
+            "backend",
         }
         for key in options:
             if key not in known:
@@ -166,7 +170,13 @@ class NetfilterOptions:
                 f"{frontend}: option 'endpoint_selection': {selection!r} is not one of "
                 f"{', '.join(repr(v) for v in ENDPOINT_SELECTIONS)}"
             )
+        backend = options.get("backend", "auto")
+        if backend not in ("auto", "nft", "legacy"):
+            raise ConfigError(
+                f"{frontend}: option 'backend': {backend!r} is not 'auto', 'nft' or 'legacy'"
+            )
         return cls(
+            backend=backend,
             endpoint_selection=selection,
             restore_chunk_chains=chunk,
             keep_on_exit=flag("keep_on_exit", False),
