@@ -39,6 +39,7 @@ import ipaddress
 import threading
 
 from lbcore import balancers
+from lbcore._balancers_c import ALGORITHMS as BUILTIN_ALGORITHMS
 from lbcore.errors import ConfigError
 
 SPLICE_MODES = {"never": 0, "auto": 1, "always": 2}
@@ -1145,9 +1146,11 @@ cdef class Engine:
         cdef void* table_p = NULL
         cdef void* kept_table_p = NULL
         cdef double epoch = 0.0
-        available = balancers.available()
-        if algorithm not in available:
-            raise ConfigError(f"algorithm: {algorithm!r} is not one of {', '.join(available)}")
+        if algorithm not in BUILTIN_ALGORITHMS:  # a plugin's (asking plugins costs more)
+            available = balancers.available()
+            if algorithm not in available:
+                raise ConfigError(
+                    f"algorithm: {algorithm!r} is not one of {', '.join(available)}")
         rows = {}
         for item in endpoints:
             ip, port, weight, pickable = item

@@ -423,4 +423,5 @@ def test_one_shared_listening_socket_serves_and_closes_with_the_engine(backends,
         fe.stop()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((ip, 8080), timeout=3)
+    assert wait_until(lambda: a.open == 0)  # the backend's side of the last connection
     assert len(os.listdir("/proc/self/fd")) == fd_before
