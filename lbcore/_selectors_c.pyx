@@ -413,6 +413,43 @@ cdef inline bint _has_value(CReq* r, PyObject* value) except -1:
     return False
 
 
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef bint _match_reqs(CReq* reqs, Py_ssize_t n, dict labels) except -1:
+    """The C loop: every requirement against a dict of labels. Keys are interned and carry
+    their hash, so a look-up is one probe of the dict's table; values compare by identity,
+    then by length and memcmp; nothing is allocated and no exception is set on a miss."""
+    cdef Py_ssize_t i
+    cdef CReq* r
+    cdef PyObject* value
+    cdef int64_t have
+    cdef int op
+    for i in range(n):
+        r = &reqs[i]
+        op = r.op
+        value = dict_get(<PyObject*>labels, r.key)
+        if value == NULL:
+            if op == OP_NEQ or op == OP_NOTIN or op == OP_NOT_EXISTS:
+                continue
+            return False
+        if op == OP_EQ or op == OP_DEQ or op == OP_IN:
+            if not _has_value(r, value):
+                return False
+        elif op == OP_EXISTS:
+            continue
+        elif op == OP_NEQ or op == OP_NOTIN:
+            if _has_value(r, value):
+                return False
+        elif op == OP_NOT_EXISTS:
+            return False
+        else:  # OP_GT, OP_LT
+            if not _str_int64(<object>value, &have):
+                return False
+            if (have <= r.number) if op == OP_GT else (have >= r.number):
+                return False
+    return True
+
+
 cdef class Selector:
     """A parsed label selector: an AND of requirements, or the selector that matches nothing.
 
@@ -442,7 +479,6 @@ cdef class Selector:
 
     def __dealloc__(self):
         PyMem_Free(self._reqs)
-        PyMem_Free(self._value_ptrs)
 
     def __init__(self, requirements=()):
         """Validate and AND ``requirements``: Requirement or ``(key, operator, values)`` tuples."""
@@ -456,7 +492,6 @@ cdef class Selector:
         if len(reqs) > 1:
             reqs.sort()  # by key, then operator, then values
         PyMem_Free(self._reqs)
-        PyMem_Free(self._value_ptrs)
         self._reqs = NULL
         self._value_ptrs = NULL
         # interned keys carry their hash and are the very objects of most label dicts' keys
@@ -470,10 +505,12 @@ cdef class Selector:
         self._n = len(reqs)
         for q in reqs:
             total += len(q[2])
-        self._reqs = <CReq*>PyMem_Malloc(max(self._n, 1) * sizeof(CReq))
-        self._value_ptrs = <PyObject**>PyMem_Malloc(max(total, 1) * sizeof(PyObject*))
-        if self._reqs == NULL or self._value_ptrs == NULL:
+        # one block: the requirements, then the pointers to their values (one cache line or
+        # two for a Service's selector)
+        self._reqs = <CReq*>PyMem_Malloc(self._n * sizeof(CReq) + max(total, 1) * sizeof(PyObject*))
+        if self._reqs == NULL:
             raise MemoryError()
+        self._value_ptrs = <PyObject**>(self._reqs + self._n)
         total = 0
         for i in range(self._n):
             q = self._requirements[i]
@@ -535,43 +572,11 @@ cdef class Selector:
         """True for the selector that matches nothing."""
         return self._nothing
 
-    @cython.boundscheck(False)
-    @cython.wraparound(False)
     cdef bint _match(self, dict labels) except -1:
-        """The C loop: every requirement against a dict of labels. Keys are interned and carry
-        their hash, so a look-up is one probe of the dict's table; values compare by identity,
-        then by length and memcmp; nothing is allocated and no exception is set on a miss."""
-        cdef Py_ssize_t i
-        cdef CReq* r
-        cdef PyObject* value
-        cdef int64_t have
-        cdef int op
+        """Every requirement against a dict of labels (see _match_reqs)."""
         if self._nothing:
             return False
-        for i in range(self._n):
-            r = &self._reqs[i]
-            op = r.op
-            value = dict_get(<PyObject*>labels, r.key)
-            if value == NULL:
-                if op == OP_NEQ or op == OP_NOTIN or op == OP_NOT_EXISTS:
-                    continue
-                return False
-            if op == OP_EQ or op == OP_DEQ or op == OP_IN:
-                if not _has_value(r, value):
-                    return False
-            elif op == OP_EXISTS:
-                continue
-            elif op == OP_NEQ or op == OP_NOTIN:
-                if _has_value(r, value):
-                    return False
-            elif op == OP_NOT_EXISTS:
-                return False
-            else:  # OP_GT, OP_LT
-                if not _str_int64(<object>value, &have):
-                    return False
-                if (have <= r.number) if op == OP_GT else (have >= r.number):
-                    return False
-        return True
+        return _match_reqs(self._reqs, self._n, labels)
 
     @cython.always_allow_keywords(False)
     def matches(self, labels) -> bool:
@@ -933,43 +938,185 @@ def selector_from_label_selector(label_selector) -> Selector:
 # ---------------------------------------------------------------------------------------------
 # SelectorIndex
 # ---------------------------------------------------------------------------------------------
+#
+# Everything a change touches lives in C arrays of int32 ids; Python objects appear only at the
+# API boundary (the ids the caller gave, the label dicts the selectors match against, the sets
+# returned).
+#
+# - An *entry* is one label pair (key, value) or one key alone, found through an open-addressing
+#   table keyed by XXH3 of the strings' data (verified against the strings it holds). It keeps
+#   two postings: the label-set slots that have it, and the selector slots anchored on it.
+# - A label-set slot keeps its entry ids and, for each, its position in that entry's posting, so
+#   leaving a posting is a swap with the last element (whose owner's position is then fixed by a
+#   short scan of its few entries). It also keeps the sorted slots of the selectors it matches.
+# - A selector slot keeps its anchor entries and positions the same way.
+#
+# Finding the selectors of a label set is then: its entries' selector postings, each candidate
+# checked with Selector._match against the label dict.
 
-cdef inline void _discard(dict table, object key, object member):
-    cdef set members = table.get(key)
-    if members is not None:
-        members.discard(member)
-        if not members:
-            del table[key]
+from cpython.dict cimport PyDict_Next, PyDict_SetItem
+from cpython.mem cimport PyMem_Realloc
+from cpython.ref cimport Py_XINCREF, Py_XDECREF
+from libc.stdint cimport int32_t, uint32_t
+from libc.stdlib cimport qsort
+from libc.string cimport memcpy, memmove, memset
+
+from lbcore._hashing_c cimport XXH3_64bits_withSeed
+
+cdef extern from "Python.h":
+    bint unicode_check "PyUnicode_Check"(PyObject* o)
+    void PyUnicode_InternInPlace(PyObject** p)
+    void prefetch "__builtin_prefetch"(const void* p)
+    int unicode_ready "PyUnicode_READY"(PyObject* o) except -1
 
 
-cdef inline void _pop(dict table, object key, object member):
-    cdef dict members = table.get(key)
-    if members is not None:
-        members.pop(member, None)
-        if not members:
-            del table[key]
+cdef struct Vec:
+    int32_t* data
+    int32_t n
+    int32_t cap
 
 
-cdef inline set _members(dict table, object key):
-    cdef set members = table.get(key)
-    if members is None:
-        members = set()
-        table[key] = members
-    return members
+cdef int _vec_reserve(Vec* v, Py_ssize_t need) except -1:
+    cdef Py_ssize_t cap = v.cap if v.cap > 0 else 4
+    cdef int32_t* grown
+    if need <= v.cap:
+        return 0
+    while cap < need:
+        cap *= 2
+    if cap > 0x7FFFFFFF:
+        raise MemoryError("selector index posting too large")
+    grown = <int32_t*>PyMem_Realloc(v.data, <size_t>cap * sizeof(int32_t))
+    if grown == NULL:
+        raise MemoryError()
+    v.data = grown
+    v.cap = <int32_t>cap
+    return 0
 
 
-cdef inline dict _submap(dict table, object key):
-    cdef dict sub = table.get(key)
-    if sub is None:
-        sub = {}
-        table[key] = sub
-    return sub
+cdef inline int _vec_push(Vec* v, int32_t x) except -1:
+    if v.n == v.cap:
+        _vec_reserve(v, <Py_ssize_t>v.n + 1)
+    v.data[v.n] = x
+    v.n += 1
+    return 0
 
 
-cdef object _MISSING = object()
-cdef dict _EMPTY = {}  # read-only stand-in for a missing sub-table
-cdef tuple _NO_ANCHOR = ("none", "", ())
-cdef tuple _NOTHING_ANCHOR = ("nothing", "", ())
+cdef inline void _vec_free(Vec* v) noexcept:
+    PyMem_Free(v.data)
+    v.data = NULL
+    v.n = 0
+    v.cap = 0
+
+
+cdef Py_ssize_t _bisect(const Vec* v, int32_t x) noexcept:
+    """First position in the sorted ``v`` whose element is not below ``x``."""
+    cdef Py_ssize_t lo = 0, hi = v.n, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if v.data[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef int _sorted_insert(Vec* v, int32_t x) except -1:
+    cdef Py_ssize_t at = _bisect(v, x)
+    if at < v.n and v.data[at] == x:
+        return 0
+    _vec_reserve(v, <Py_ssize_t>v.n + 1)
+    memmove(v.data + at + 1, v.data + at, <size_t>(v.n - at) * sizeof(int32_t))
+    v.data[at] = x
+    v.n += 1
+    return 0
+
+
+cdef void _sorted_remove(Vec* v, int32_t x) noexcept:
+    cdef Py_ssize_t at = _bisect(v, x)
+    if at < v.n and v.data[at] == x:
+        memmove(v.data + at, v.data + at + 1, <size_t>(v.n - at - 1) * sizeof(int32_t))
+        v.n -= 1
+
+
+cdef int _cmp_i32(const void* a, const void* b) noexcept nogil:
+    cdef int32_t x = (<const int32_t*>a)[0], y = (<const int32_t*>b)[0]
+    return (x > y) - (x < y)
+
+
+cdef void _sort(int32_t* a, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i, j
+    cdef int32_t x
+    if n > 16:
+        qsort(a, <size_t>n, sizeof(int32_t), _cmp_i32)
+        return
+    for i in range(1, n):
+        x = a[i]
+        j = i - 1
+        while j >= 0 and a[j] > x:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = x
+
+
+cdef struct Entry:
+    uint64_t hash
+    PyObject* key          # owned; NULL while the entry is free
+    PyObject* value        # owned; NULL for a key entry
+    Py_ssize_t refs        # label sets holding it plus selectors anchored on it
+    uint32_t mark          # scratch for one set_labels
+    int32_t spot           # scratch: where it was in the label set's old entries
+    Vec labels             # label-set slots
+    Vec sels               # anchored selector slots
+
+
+cdef struct LabelSlot:
+    PyObject* id           # owned; NULL while the slot is free
+    PyObject* labels       # owned: a dict of the entries' own (interned) strings
+    int32_t n
+    int32_t cap
+    int32_t* items         # per pair and key entry: its id, then this slot's place in its posting
+    Vec matched            # selector slots it matches, sorted
+
+
+cdef struct SelectorSlot:
+    PyObject* id           # owned; NULL while the slot is free
+    PyObject* selector     # owned
+    PyObject* matches      # owned: the set of label-set ids it matches
+    CReq* reqs             # the selector's requirements, matched without touching the object
+    Py_ssize_t nreqs
+    int kind
+    int32_t n
+    int32_t* ents          # anchor entries
+    int32_t* pos           # position in each entry's selector posting (or in the unanchored list)
+
+
+cdef enum:
+    ANCHOR_PAIRS = 0       # one entry per value of an =, ==, in requirement
+    ANCHOR_KEY = 1         # the key of an exists, gt, lt requirement
+    ANCHOR_NONE = 2        # only negative requirements: checked against every label set
+    ANCHOR_NOTHING = 3     # the selector that matches nothing
+
+cdef uint64_t _KEY_SEED = 0x6C62636F72656B79ULL
+cdef uint64_t _OTHER = 0x9E3779B97F4A7C15ULL   # every label that is not a str: compared by ==
+
+
+cdef inline uint64_t _text_hash(PyObject* text, uint64_t seed) except? 0:
+    """XXH3 of a str's canonical (PEP 393) data, seeded; one shared value for anything else."""
+    cdef Py_ssize_t kind
+    if not unicode_check(text):
+        return seed ^ _OTHER
+    unicode_ready(text)
+    kind = unicode_kind(text)
+    return XXH3_64bits_withSeed(unicode_data(text), <size_t>(unicode_length(text) * kind), seed + <uint64_t>kind)
+
+
+cdef PyObject* _canonical_text(PyObject* text) noexcept:
+    """A new reference to the interned copy of an exact str (the very object selectors hold,
+    so a match compares pointers), else to the object itself."""
+    Py_XINCREF(text)
+    if unicode_check_exact(text):
+        PyUnicode_InternInPlace(&text)
+    return text
 
 
 cdef class SelectorIndex:
@@ -982,303 +1129,774 @@ cdef class SelectorIndex:
     one label set or one selector then looks only at the candidates its anchors reach, and the
     match relation is stored both ways, so each change returns what it added and removed.
 
+    The postings are C arrays of integer slots behind a table of pairs hashed with XXH3, so a
+    change costs a few probes and array writes, not look-ups in large Python dicts.
+
     Ids are any hashable values. The index does not know namespaces: keep one index per
     namespace (``collections.defaultdict(SelectorIndex)``), since a Service selects only pods
     of its own namespace.
     """
 
-    cdef dict _selectors      # id -> Selector
-    cdef dict _anchors        # id -> (kind, key, values)
-    # the selector postings map each id to its Selector, so a candidate is checked without a
-    # look-up in the (large) table of all selectors
-    cdef dict _sel_by_pair    # key -> value -> {selector id: Selector}
-    cdef dict _sel_by_key     # key -> {selector id: Selector}
-    cdef dict _sel_unanchored # {selector id: Selector}
-    cdef dict _labels         # id -> dict
-    cdef dict _lab_by_pair    # key -> value -> {label id}
-    cdef dict _lab_by_key     # key -> {label id}
-    cdef dict _sel_matches    # selector id -> {label id}
-    cdef dict _lab_matches    # label id -> {selector id}
+    # pairs and keys
+    cdef Entry* _entries
+    cdef Py_ssize_t _entries_cap, _entries_top
+    cdef Vec _free_entries
+    cdef int32_t* _table        # entry id, or -1 for an empty place
+    cdef size_t _mask
+    cdef Py_ssize_t _live
+    cdef uint32_t _stamp
+    # label sets
+    cdef LabelSlot* _labsets
+    cdef Py_ssize_t _labsets_cap, _labsets_top
+    cdef Vec _free_labsets
+    cdef dict _lab_slot         # label id -> slot
+    # selectors
+    cdef SelectorSlot* _selslots
+    cdef Py_ssize_t _selslots_cap, _selslots_top
+    cdef Vec _free_selslots
+    cdef Vec _unanchored
+    cdef dict _sel_slot         # selector id -> slot
+    # scratch arrays, reused by every call
+    cdef Vec _scr_ents, _scr_pos, _scr_found
+
+    def __cinit__(self):
+        self._table = <int32_t*>PyMem_Malloc(8 * sizeof(int32_t))
+        if self._table == NULL:
+            raise MemoryError()
+        memset(self._table, 0xFF, 8 * sizeof(int32_t))
+        self._mask = 7
+        self._stamp = 0
 
     def __init__(self):
-        self._selectors = {}
-        self._anchors = {}
-        self._sel_by_pair = {}
-        self._sel_by_key = {}
-        self._sel_unanchored = {}
-        self._labels = {}
-        self._lab_by_pair = {}
-        self._lab_by_key = {}
-        self._sel_matches = {}
-        self._lab_matches = {}
+        self._lab_slot = {}
+        self._sel_slot = {}
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(self._entries_top):
+            if self._entries[i].key != NULL:
+                Py_XDECREF(self._entries[i].key)
+                Py_XDECREF(self._entries[i].value)
+                _vec_free(&self._entries[i].labels)
+                _vec_free(&self._entries[i].sels)
+        for i in range(self._labsets_top):
+            Py_XDECREF(self._labsets[i].id)
+            Py_XDECREF(self._labsets[i].labels)
+            PyMem_Free(self._labsets[i].items)
+            _vec_free(&self._labsets[i].matched)
+        for i in range(self._selslots_top):
+            Py_XDECREF(self._selslots[i].id)
+            Py_XDECREF(self._selslots[i].selector)
+            Py_XDECREF(self._selslots[i].matches)
+            PyMem_Free(self._selslots[i].ents)
+            PyMem_Free(self._selslots[i].pos)
+        PyMem_Free(self._entries)
+        PyMem_Free(self._table)
+        PyMem_Free(self._labsets)
+        PyMem_Free(self._selslots)
+        _vec_free(&self._free_entries)
+        _vec_free(&self._free_labsets)
+        _vec_free(&self._free_selslots)
+        _vec_free(&self._unanchored)
+        _vec_free(&self._scr_ents)
+        _vec_free(&self._scr_pos)
+        _vec_free(&self._scr_found)
+
+    # -- the table of pairs and keys ---------------------------------------------------------
+
+    cdef inline bint _is(self, Entry* e, uint64_t h, PyObject* key, PyObject* value) except -1:
+        if e.hash != h or (e.value == NULL) != (value == NULL):
+            return False
+        if not _str_eq(e.key, key):
+            return False
+        return value == NULL or _str_eq(e.value, value)
+
+    cdef int32_t _find(self, uint64_t h, PyObject* key, PyObject* value) except -2:
+        """The entry of (key, value), or of the key alone when value is NULL; -1 if none."""
+        cdef size_t i = <size_t>h & self._mask
+        cdef int32_t e
+        while True:
+            e = self._table[i]
+            if e < 0:
+                return -1
+            if self._is(&self._entries[e], h, key, value):
+                return e
+            i = (i + 1) & self._mask
+
+    cdef int32_t _find_or_add(self, uint64_t h, PyObject* key, PyObject* value) except -1:
+        """The entry of (key, value), made (with no reference yet) when there is none."""
+        cdef size_t i = <size_t>h & self._mask
+        cdef int32_t e
+        cdef Entry* entry
+        while True:
+            e = self._table[i]
+            if e < 0:
+                break
+            if self._is(&self._entries[e], h, key, value):
+                return e
+            i = (i + 1) & self._mask
+        if self._free_entries.n:
+            self._free_entries.n -= 1
+            e = self._free_entries.data[self._free_entries.n]
+        else:
+            if self._entries_top == self._entries_cap:
+                self._grow_entries()
+            e = <int32_t>self._entries_top
+            self._entries_top += 1
+        entry = &self._entries[e]
+        memset(entry, 0, sizeof(Entry))
+        entry.hash = h
+        entry.key = _canonical_text(key)
+        entry.value = _canonical_text(value) if value != NULL else NULL
+        self._table[i] = e
+        self._live += 1
+        if <size_t>self._live * 2 > self._mask + 1:
+            self._rehash((self._mask + 1) * 2)
+        return e
+
+    cdef int _grow_entries(self) except -1:
+        cdef Py_ssize_t cap = self._entries_cap * 2 if self._entries_cap else 64
+        cdef Entry* grown
+        if cap > 0x7FFFFFFF:
+            raise MemoryError("too many label pairs in one selector index")
+        grown = <Entry*>PyMem_Realloc(self._entries, <size_t>cap * sizeof(Entry))
+        if grown == NULL:
+            raise MemoryError()
+        self._entries = grown
+        self._entries_cap = cap
+        _vec_reserve(&self._free_entries, cap)  # so that _release never allocates
+        return 0
+
+    cdef int _rehash(self, size_t size) except -1:
+        cdef int32_t* table = <int32_t*>PyMem_Malloc(size * sizeof(int32_t))
+        cdef size_t mask = size - 1, i
+        cdef Py_ssize_t e
+        if table == NULL:
+            raise MemoryError()
+        memset(table, 0xFF, size * sizeof(int32_t))
+        for e in range(self._entries_top):
+            if self._entries[e].key != NULL:
+                i = <size_t>self._entries[e].hash & mask
+                while table[i] >= 0:
+                    i = (i + 1) & mask
+                table[i] = <int32_t>e
+        PyMem_Free(self._table)
+        self._table = table
+        self._mask = mask
+        return 0
+
+    cdef void _release(self, int32_t e) noexcept:
+        """Drop one reference to an entry; the last one takes it out of the table."""
+        cdef Entry* entry = &self._entries[e]
+        cdef size_t i, j, home, mask = self._mask
+        entry.refs -= 1
+        if entry.refs > 0:
+            return
+        i = <size_t>entry.hash & mask
+        while self._table[i] != e:
+            i = (i + 1) & mask
+        # backward-shift deletion: pull later members of the probe run into the hole
+        j = i
+        while True:
+            j = (j + 1) & mask
+            if self._table[j] < 0:
+                break
+            home = <size_t>self._entries[self._table[j]].hash & mask
+            if (i < j and (home <= i or home > j)) or (i > j and home <= i and home > j):
+                self._table[i] = self._table[j]
+                i = j
+        self._table[i] = -1
+        Py_XDECREF(entry.key)
+        Py_XDECREF(entry.value)
+        entry.key = NULL
+        entry.value = NULL
+        _vec_free(&entry.labels)
+        _vec_free(&entry.sels)
+        self._live -= 1
+        self._free_entries.data[self._free_entries.n] = e  # room reserved by _grow_entries
+        self._free_entries.n += 1
+
+    # -- postings ----------------------------------------------------------------------------
+
+    cdef void _unpost_label(self, int32_t e, int32_t at) noexcept:
+        """Take the label set at position ``at`` out of entry e's label posting."""
+        cdef Vec* v = &self._entries[e].labels
+        cdef int32_t moved
+        cdef LabelSlot* owner
+        cdef Py_ssize_t j
+        v.n -= 1
+        if at == v.n:
+            return
+        moved = v.data[v.n]
+        v.data[at] = moved
+        owner = &self._labsets[moved]
+        for j in range(owner.n):
+            if owner.items[2 * j] == e:
+                owner.items[2 * j + 1] = at
+                return
+
+    cdef void _unpost_selector(self, int32_t e, int32_t at) noexcept:
+        """Take the selector at position ``at`` out of entry e's selector posting."""
+        cdef Vec* v = &self._entries[e].sels
+        cdef int32_t moved
+        cdef SelectorSlot* owner
+        cdef Py_ssize_t j
+        v.n -= 1
+        if at == v.n:
+            return
+        moved = v.data[v.n]
+        v.data[at] = moved
+        owner = &self._selslots[moved]
+        for j in range(owner.n):
+            if owner.ents[j] == e:
+                owner.pos[j] = at
+                return
+
+    # -- slots -------------------------------------------------------------------------------
+
+    cdef int32_t _new_label_slot(self, object label_id) except -1:
+        cdef int32_t slot
+        cdef Py_ssize_t cap
+        cdef LabelSlot* grown
+        if self._free_labsets.n:
+            self._free_labsets.n -= 1
+            slot = self._free_labsets.data[self._free_labsets.n]
+        else:
+            if self._labsets_top == self._labsets_cap:
+                cap = self._labsets_cap * 2 if self._labsets_cap else 64
+                if cap > 0x7FFFFFFF:
+                    raise MemoryError("too many label sets in one selector index")
+                grown = <LabelSlot*>PyMem_Realloc(self._labsets, <size_t>cap * sizeof(LabelSlot))
+                if grown == NULL:
+                    raise MemoryError()
+                self._labsets = grown
+                self._labsets_cap = cap
+                _vec_reserve(&self._free_labsets, cap)
+            slot = <int32_t>self._labsets_top
+            self._labsets_top += 1
+        self._lab_slot[label_id] = slot
+        memset(&self._labsets[slot], 0, sizeof(LabelSlot))
+        Py_XINCREF(<PyObject*>label_id)
+        self._labsets[slot].id = <PyObject*>label_id
+        return slot
+
+    cdef void _free_label_slot(self, int32_t slot) noexcept:
+        cdef LabelSlot* ls = &self._labsets[slot]
+        Py_XDECREF(ls.id)
+        Py_XDECREF(ls.labels)
+        PyMem_Free(ls.items)
+        _vec_free(&ls.matched)
+        memset(ls, 0, sizeof(LabelSlot))
+        self._free_labsets.data[self._free_labsets.n] = slot  # room reserved on growth
+        self._free_labsets.n += 1
+
+    cdef int32_t _new_selector_slot(self, object selector_id) except -1:
+        cdef int32_t slot
+        cdef Py_ssize_t cap
+        cdef SelectorSlot* grown
+        if self._free_selslots.n:
+            self._free_selslots.n -= 1
+            slot = self._free_selslots.data[self._free_selslots.n]
+        else:
+            if self._selslots_top == self._selslots_cap:
+                cap = self._selslots_cap * 2 if self._selslots_cap else 64
+                if cap > 0x7FFFFFFF:
+                    raise MemoryError("too many selectors in one selector index")
+                grown = <SelectorSlot*>PyMem_Realloc(self._selslots, <size_t>cap * sizeof(SelectorSlot))
+                if grown == NULL:
+                    raise MemoryError()
+                self._selslots = grown
+                self._selslots_cap = cap
+                _vec_reserve(&self._free_selslots, cap)
+            slot = <int32_t>self._selslots_top
+            self._selslots_top += 1
+        self._sel_slot[selector_id] = slot
+        memset(&self._selslots[slot], 0, sizeof(SelectorSlot))
+        self._selslots[slot].kind = ANCHOR_NOTHING
+        Py_XINCREF(<PyObject*>selector_id)
+        self._selslots[slot].id = <PyObject*>selector_id
+        return slot
+
+    cdef void _unpost_unanchored(self, int32_t at) noexcept:
+        cdef Vec* v = &self._unanchored
+        cdef int32_t moved
+        v.n -= 1
+        if at == v.n:
+            return
+        moved = v.data[v.n]
+        v.data[at] = moved
+        self._selslots[moved].pos[0] = at
+
+    cdef uint32_t _next_stamp(self) noexcept:
+        cdef Py_ssize_t e
+        self._stamp += 1
+        if self._stamp == 0:  # wrapped: forget every old mark
+            for e in range(self._entries_top):
+                self._entries[e].mark = 0
+            self._stamp = 1
+        return self._stamp
 
     # -- sizes and look-ups ------------------------------------------------------------------
 
     def __len__(self):
         """Number of selectors plus label sets."""
-        return len(self._selectors) + len(self._labels)
+        return len(self._sel_slot) + len(self._lab_slot)
 
     @property
     def selector_count(self):
         """Number of selectors."""
-        return len(self._selectors)
+        return len(self._sel_slot)
 
     @property
     def label_count(self):
         """Number of label sets."""
-        return len(self._labels)
+        return len(self._lab_slot)
 
     def has_selector(self, selector_id) -> bool:
         """True when a selector is stored under this id."""
-        return selector_id in self._selectors
+        return selector_id in self._sel_slot
 
     def has_labels(self, label_id) -> bool:
         """True when a label set is stored under this id."""
-        return label_id in self._labels
+        return label_id in self._lab_slot
 
     def get_selector(self, selector_id) -> Selector:
         """The selector stored under this id (KeyError if none)."""
-        return self._selectors[selector_id]
+        return <object>self._selslots[<int32_t>self._sel_slot[selector_id]].selector
 
     def get_labels(self, label_id) -> dict:
         """A copy of the label set stored under this id (KeyError if none)."""
-        return dict(self._labels[label_id])
+        return dict(<dict>self._labsets[<int32_t>self._lab_slot[label_id]].labels)
 
     def selector_ids(self) -> list:
         """Ids of the stored selectors."""
-        return list(self._selectors)
+        return list(self._sel_slot)
 
     def label_ids(self) -> list:
         """Ids of the stored label sets."""
-        return list(self._labels)
+        return list(self._lab_slot)
 
     def matching(self, selector) -> set:
         """Ids of the label sets a selector matches: by selector id, or for a Selector given."""
+        cdef set result
+        cdef Py_ssize_t t
         if isinstance(selector, Selector):
-            return self._labels_matching(<Selector>selector)
-        return set(self._sel_matches[selector])
+            self._labels_matching(<Selector>selector)
+            result = set()
+            for t in range(self._scr_found.n):
+                result.add(<object>self._labsets[self._scr_found.data[t]].id)
+            return result
+        return set(<set>self._selslots[<int32_t>self._sel_slot[selector]].matches)
 
     def selectors_matching(self, labels) -> set:
         """Ids of the selectors that match a label set: by label-set id, or for a mapping given."""
-        cdef set found
+        cdef LabelSlot* ls
+        cdef set result
+        cdef Py_ssize_t t
         if type(labels) is dict:
             return self._selectors_for(<dict>labels)
         if isinstance(labels, Mapping):  # an ABC check: slower, so after the plain-dict case
             return self._selectors_for(dict(labels))
-        found = self._lab_matches[labels]
-        return set(found)
+        ls = &self._labsets[<int32_t>self._lab_slot[labels]]
+        result = set()
+        for t in range(ls.matched.n):
+            result.add(<object>self._selslots[ls.matched.data[t]].id)
+        return result
 
     # -- label sets --------------------------------------------------------------------------
+
+    cdef int _entries_of(self, dict labels, bint add) except -1:
+        """Fill the scratch entry list with the pair and key entries of ``labels``: made when
+        ``add``, else only those that exist."""
+        cdef Py_ssize_t it = 0
+        cdef PyObject* k
+        cdef PyObject* v
+        cdef uint64_t hk
+        cdef int32_t e
+        self._scr_ents.n = 0
+        _vec_reserve(&self._scr_ents, 2 * len(labels))
+        while PyDict_Next(labels, &it, &k, &v):
+            hk = _text_hash(k, _KEY_SEED)
+            if add:
+                e = self._find_or_add(_text_hash(v, hk), k, v)
+                self._scr_ents.data[self._scr_ents.n] = e
+                e = self._find_or_add(hk, k, NULL)
+                self._scr_ents.data[self._scr_ents.n + 1] = e
+                self._scr_ents.n += 2
+            else:
+                e = self._find(_text_hash(v, hk), k, v)
+                if e >= 0:
+                    self._scr_ents.data[self._scr_ents.n] = e
+                    self._scr_ents.n += 1
+                e = self._find(hk, k, NULL)
+                if e >= 0:
+                    self._scr_ents.data[self._scr_ents.n] = e
+                    self._scr_ents.n += 1
+        return 0
+
+    cdef int _matching_selectors(self, dict labels) except -1:
+        """Fill the scratch found list with the sorted slots of the selectors that match
+        ``labels``: those anchored on its entries (the scratch entry list) and the unanchored."""
+        cdef Py_ssize_t j, t
+        cdef Vec* sels
+        cdef int32_t s
+        cdef SelectorSlot* ss
+        self._scr_found.n = 0
+        for j in range(self._scr_ents.n):
+            sels = &self._entries[self._scr_ents.data[j]].sels
+            for t in range(sels.n):
+                s = sels.data[t]
+                ss = &self._selslots[s]
+                if _match_reqs(ss.reqs, ss.nreqs, labels):
+                    _vec_push(&self._scr_found, s)
+        for t in range(self._unanchored.n):
+            s = self._unanchored.data[t]
+            ss = &self._selslots[s]
+            if _match_reqs(ss.reqs, ss.nreqs, labels):
+                _vec_push(&self._scr_found, s)
+        _sort(self._scr_found.data, self._scr_found.n)
+        return 0
+
+    cdef set _selectors_for(self, dict labels):
+        cdef set result = set()
+        cdef Py_ssize_t t
+        self._entries_of(labels, False)
+        self._matching_selectors(labels)
+        for t in range(self._scr_found.n):
+            result.add(<object>self._selslots[self._scr_found.data[t]].id)
+        return result
 
     def set_labels(self, label_id, labels) -> tuple:
         """Add or replace a label set; return (selector ids it now matches and did not,
         selector ids it matched and no longer does)."""
-        cdef dict new = dict(labels)
-        cdef dict old = self._labels.get(label_id)
-        cdef set matched, before, added, removed
-        if old is not None and old == new:
-            return set(), set()
-        if old is not None:
-            self._unfile_labels(label_id, old, new)
-        self._file_labels(label_id, new, old)
-        self._labels[label_id] = new
-        matched = self._selectors_for(new)
-        before = self._lab_matches.get(label_id)
-        if before is None:
-            added, removed = set(matched), set()
-        else:
-            added = matched - before
-            removed = before - matched
-        for sid in added:
-            (<set>self._sel_matches[sid]).add(label_id)
-        for sid in removed:
-            (<set>self._sel_matches[sid]).discard(label_id)
-        self._lab_matches[label_id] = matched
+        cdef dict given = <dict>labels if type(labels) is dict else dict(labels)
+        cdef dict stored
+        cdef object found = self._lab_slot.get(label_id)
+        cdef int32_t slot = -1, e
+        cdef LabelSlot* ls = NULL
+        cdef Entry* entry
+        cdef Py_ssize_t j, n, kept = 0
+        cdef uint32_t stamp = self._next_stamp()
+        if found is not None:
+            slot = found
+            ls = &self._labsets[slot]
+            for j in range(ls.n):
+                entry = &self._entries[ls.items[2 * j]]
+                entry.mark = stamp
+                entry.spot = <int32_t>j
+        self._entries_of(given, True)
+        n = self._scr_ents.n
+        if ls != NULL:
+            for j in range(n):
+                if self._entries[self._scr_ents.data[j]].mark == stamp:
+                    kept += 1
+            if kept == n and n == ls.n:  # nothing changed, nothing to do
+                for j in range(n):
+                    self._entries[self._scr_ents.data[j]].mark = 0
+                return set(), set()
+        # the stored copy holds the entries' strings: shared by every label set with the pair
+        stored = {}
+        for j in range(0, n, 2):
+            entry = &self._entries[self._scr_ents.data[j]]
+            PyDict_SetItem(stored, <object>entry.key, <object>entry.value)
+        self._matching_selectors(stored)
+        if ls == NULL:
+            slot = self._new_label_slot(label_id)
+            ls = &self._labsets[slot]
+        _vec_reserve(&self._scr_pos, n)
+        # entries it keeps keep their posting places; new ones join the end of their postings
+        for j in range(n):
+            e = self._scr_ents.data[j]
+            entry = &self._entries[e]
+            if entry.mark == stamp:
+                entry.mark = 0
+                self._scr_pos.data[j] = ls.items[2 * entry.spot + 1]
+            else:
+                self._scr_pos.data[j] = entry.labels.n
+                _vec_push(&entry.labels, slot)
+                entry.refs += 1
+        for j in range(ls.n):
+            e = ls.items[2 * j]
+            if self._entries[e].mark == stamp:  # an entry it no longer has
+                self._entries[e].mark = 0
+                self._unpost_label(e, ls.items[2 * j + 1])
+                self._release(e)
+        if n > ls.cap:
+            self._grow_label_slot(ls, n)
+        for j in range(n):
+            ls.items[2 * j] = self._scr_ents.data[j]
+            ls.items[2 * j + 1] = self._scr_pos.data[j]
+        ls.n = <int32_t>n
+        Py_XINCREF(<PyObject*>stored)
+        Py_XDECREF(ls.labels)
+        ls.labels = <PyObject*>stored
+        return self._update_matches(label_id, slot)
+
+    cdef int _grow_label_slot(self, LabelSlot* ls, Py_ssize_t n) except -1:
+        cdef int32_t* items = <int32_t*>PyMem_Realloc(ls.items, <size_t>(2 * n) * sizeof(int32_t))
+        if items == NULL:
+            raise MemoryError()
+        ls.items = items
+        ls.cap = <int32_t>n
+        return 0
+
+    cdef tuple _update_matches(self, object label_id, int32_t slot):
+        """Replace the label set's matched selectors with the scratch found list; return the
+        ids added and removed, and update the selectors' own match sets."""
+        cdef LabelSlot* ls = &self._labsets[slot]
+        cdef Vec* old = &ls.matched
+        cdef Vec* now = &self._scr_found
+        cdef set added = set(), removed = set()
+        cdef Py_ssize_t a = 0, b = 0
+        cdef int32_t s
+        while a < old.n or b < now.n:
+            if b == now.n or (a < old.n and old.data[a] < now.data[b]):
+                s = old.data[a]
+                a += 1
+                removed.add(<object>self._selslots[s].id)
+                (<set>self._selslots[s].matches).discard(label_id)
+            elif a == old.n or now.data[b] < old.data[a]:
+                s = now.data[b]
+                b += 1
+                added.add(<object>self._selslots[s].id)
+                (<set>self._selslots[s].matches).add(label_id)
+            else:
+                a += 1
+                b += 1
+        _vec_reserve(old, now.n)
+        memcpy(old.data, now.data, <size_t>now.n * sizeof(int32_t))
+        old.n = now.n
         return added, removed
 
     def remove_labels(self, label_id) -> set:
         """Forget a label set; return the selector ids it matched. Unknown ids are ignored."""
-        cdef dict old = self._labels.pop(label_id, None)
-        if old is None:
-            return set()
-        self._unfile_labels(label_id, old, {})
-        cdef set before = self._lab_matches.pop(label_id)
-        for sid in before:
-            (<set>self._sel_matches[sid]).discard(label_id)
+        cdef object found = self._lab_slot.pop(label_id, None)
+        cdef int32_t slot, s
+        cdef LabelSlot* ls
+        cdef Py_ssize_t j
+        cdef set before = set()
+        if found is None:
+            return before
+        slot = found
+        ls = &self._labsets[slot]
+        for j in range(ls.n):
+            self._unpost_label(ls.items[2 * j], ls.items[2 * j + 1])
+            self._release(ls.items[2 * j])
+        for j in range(ls.matched.n):
+            s = ls.matched.data[j]
+            before.add(<object>self._selslots[s].id)
+            (<set>self._selslots[s].matches).discard(label_id)
+        self._free_label_slot(slot)
         return before
 
-    cdef void _file_labels(self, object lid, dict new, dict old) except *:
-        for k, v in new.items():
-            if old is not None and old.get(k, _MISSING) == v:
-                continue
-            _members(_submap(self._lab_by_pair, k), v).add(lid)
-            if old is None or k not in old:
-                _members(self._lab_by_key, k).add(lid)
-
-    cdef void _unfile_labels(self, object lid, dict old, dict new) except *:
-        cdef dict by_value
-        for k, v in old.items():
-            nv = new.get(k, _MISSING)
-            if nv == v:
-                continue
-            by_value = self._lab_by_pair[k]
-            _discard(by_value, v, lid)
-            if nv is _MISSING:
-                _discard(self._lab_by_key, k, lid)
-            if not by_value:
-                del self._lab_by_pair[k]
-
-    cdef set _selectors_for(self, dict labels):
-        cdef set result = set()
-        cdef dict by_value, found
-        for sid, sel in self._sel_unanchored.items():
-            if (<Selector>sel)._match(labels):
-                result.add(sid)
-        for k, v in labels.items():
-            by_value = self._sel_by_pair.get(k)
-            if by_value is not None:
-                found = by_value.get(v)
-                if found is not None:
-                    for sid, sel in found.items():
-                        if (<Selector>sel)._match(labels):
-                            result.add(sid)
-            found = self._sel_by_key.get(k)
-            if found is not None:
-                for sid, sel in found.items():
-                    if (<Selector>sel)._match(labels):
-                        result.add(sid)
-        return result
-
     # -- selectors ---------------------------------------------------------------------------
+
+    cdef int _anchor(self, Selector selector) except -2:
+        """The positive requirement with the fewest selectors already filed under it (then the
+        fewest label sets), so that no anchor collects every selector; -1 when none."""
+        cdef Py_ssize_t i, j, nsel, nlab, best_sel = 0, best_lab = 0
+        cdef int best = -1, op
+        cdef CReq* r
+        cdef uint64_t hk
+        cdef int32_t e
+        for i in range(selector._n):
+            r = &selector._reqs[i]
+            op = r.op
+            hk = _text_hash(r.key, _KEY_SEED)
+            nsel = 0
+            nlab = 0
+            if op == OP_EQ or op == OP_DEQ or op == OP_IN:
+                for j in range(r.nvalues):
+                    e = self._find(_text_hash(r.values[j], hk), r.key, r.values[j])
+                    if e >= 0:
+                        nsel += self._entries[e].sels.n
+                        nlab += self._entries[e].labels.n
+            elif op == OP_EXISTS or op == OP_GT or op == OP_LT:
+                nsel = 1_000_000
+                e = self._find(hk, r.key, NULL)
+                if e >= 0:
+                    nsel += self._entries[e].sels.n
+                    nlab = self._entries[e].labels.n
+            else:
+                continue
+            if best < 0 or nsel < best_sel or (nsel == best_sel and nlab < best_lab):
+                best = <int>i
+                best_sel = nsel
+                best_lab = nlab
+        return best
+
+    cdef int _file_selector(self, int32_t slot, Selector selector) except -1:
+        cdef SelectorSlot* ss = &self._selslots[slot]
+        cdef int best
+        cdef CReq* r
+        cdef uint64_t hk
+        cdef Py_ssize_t j, n
+        cdef int32_t e
+        cdef Entry* entry
+        ss.kind = ANCHOR_NOTHING
+        ss.n = 0
+        if selector._nothing:
+            return 0
+        best = self._anchor(selector)
+        n = 1 if best < 0 else (selector._reqs[best].nvalues or 1)
+        ss.ents = <int32_t*>PyMem_Malloc(<size_t>n * sizeof(int32_t))
+        ss.pos = <int32_t*>PyMem_Malloc(<size_t>n * sizeof(int32_t))
+        if ss.ents == NULL or ss.pos == NULL:
+            raise MemoryError()
+        if best < 0:
+            ss.kind = ANCHOR_NONE
+            ss.n = 1
+            ss.ents[0] = -1
+            ss.pos[0] = self._unanchored.n
+            _vec_push(&self._unanchored, slot)
+            return 0
+        r = &selector._reqs[best]
+        hk = _text_hash(r.key, _KEY_SEED)
+        ss.kind = ANCHOR_KEY if r.nvalues == 0 or r.op == OP_GT or r.op == OP_LT else ANCHOR_PAIRS
+        if ss.kind == ANCHOR_KEY:
+            n = 1
+        for j in range(n):
+            if ss.kind == ANCHOR_KEY:
+                e = self._find_or_add(hk, r.key, NULL)
+            else:
+                e = self._find_or_add(_text_hash(r.values[j], hk), r.key, r.values[j])
+            entry = &self._entries[e]
+            ss.ents[j] = e
+            ss.pos[j] = entry.sels.n
+            _vec_push(&entry.sels, slot)
+            entry.refs += 1
+            ss.n = <int32_t>(j + 1)
+        return 0
+
+    cdef void _unfile_selector(self, int32_t slot) noexcept:
+        cdef SelectorSlot* ss = &self._selslots[slot]
+        cdef Py_ssize_t j
+        if ss.kind == ANCHOR_NONE:
+            self._unpost_unanchored(ss.pos[0])
+        elif ss.kind == ANCHOR_PAIRS or ss.kind == ANCHOR_KEY:
+            for j in range(ss.n):
+                self._unpost_selector(ss.ents[j], ss.pos[j])
+                self._release(ss.ents[j])
+        PyMem_Free(ss.ents)
+        PyMem_Free(ss.pos)
+        ss.ents = NULL
+        ss.pos = NULL
+        ss.n = 0
+        ss.kind = ANCHOR_NOTHING
+
+    cdef int _labels_matching(self, Selector selector) except -1:
+        """Fill the scratch found list with the slots of the label sets ``selector`` matches,
+        checking only the smallest candidate group a positive requirement gives."""
+        cdef Py_ssize_t i, j, t, size = -1, total
+        cdef int best = -1, op
+        cdef CReq* r
+        cdef uint64_t hk
+        cdef int32_t e, lslot
+        cdef Vec* group
+        self._scr_found.n = 0
+        if selector._nothing:
+            return 0
+        for i in range(selector._n):
+            r = &selector._reqs[i]
+            op = r.op
+            hk = _text_hash(r.key, _KEY_SEED)
+            total = 0
+            if op == OP_EQ or op == OP_DEQ or op == OP_IN:
+                for j in range(r.nvalues):
+                    e = self._find(_text_hash(r.values[j], hk), r.key, r.values[j])
+                    if e >= 0:
+                        total += self._entries[e].labels.n
+            elif op == OP_EXISTS or op == OP_GT or op == OP_LT:
+                e = self._find(hk, r.key, NULL)
+                if e >= 0:
+                    total = self._entries[e].labels.n
+            else:
+                continue
+            if best < 0 or total < size:
+                best = <int>i
+                size = total
+        if best < 0:  # no positive requirement: every label set is a candidate
+            for t in range(self._labsets_top):
+                if self._labsets[t].id != NULL and selector._match(<dict>self._labsets[t].labels):
+                    _vec_push(&self._scr_found, <int32_t>t)
+            return 0
+        r = &selector._reqs[best]
+        hk = _text_hash(r.key, _KEY_SEED)
+        for j in range(r.nvalues if r.op == OP_EQ or r.op == OP_DEQ or r.op == OP_IN else 1):
+            if r.op == OP_EQ or r.op == OP_DEQ or r.op == OP_IN:
+                e = self._find(_text_hash(r.values[j], hk), r.key, r.values[j])
+            else:
+                e = self._find(hk, r.key, NULL)
+            if e < 0:
+                continue
+            group = &self._entries[e].labels
+            for t in range(group.n):
+                lslot = group.data[t]
+                if selector._match(<dict>self._labsets[lslot].labels):
+                    _vec_push(&self._scr_found, lslot)
+        return 0
 
     def set_selector(self, selector_id, Selector selector not None) -> tuple:
         """Add or replace a selector; return (label-set ids it now matches and did not,
         label-set ids it matched and no longer does)."""
-        cdef set matched, before, added, removed
-        if selector_id in self._selectors:
-            self._unfile_selector(selector_id)
-        self._selectors[selector_id] = selector
-        self._file_selector(selector_id, selector)
-        matched = self._labels_matching(selector)
-        before = self._sel_matches.get(selector_id)
-        if before is None:
-            added, removed = set(matched), set()
+        cdef object found = self._sel_slot.get(selector_id)
+        cdef int32_t slot, lslot
+        cdef set before = None, matched = set(), added = set(), removed
+        cdef SelectorSlot* ss
+        cdef Py_ssize_t t
+        if found is None:
+            slot = self._new_selector_slot(selector_id)
         else:
-            added = matched - before
+            slot = found
+            self._unfile_selector(slot)
+            before = <set>self._selslots[slot].matches
+        ss = &self._selslots[slot]
+        Py_XINCREF(<PyObject*>selector)
+        Py_XDECREF(ss.selector)
+        ss.selector = <PyObject*>selector
+        ss.reqs = selector._reqs
+        ss.nreqs = selector._n
+        self._file_selector(slot, selector)
+        self._labels_matching(selector)
+        for t in range(self._scr_found.n):
+            lslot = self._scr_found.data[t]
+            lid = <object>self._labsets[lslot].id
+            matched.add(lid)
+            if before is None or lid not in before:
+                added.add(lid)
+                _sorted_insert(&self._labsets[lslot].matched, slot)
+        if before is None:
+            removed = set()
+        else:
             removed = before - matched
-        for lid in added:
-            (<set>self._lab_matches[lid]).add(selector_id)
-        for lid in removed:
-            (<set>self._lab_matches[lid]).discard(selector_id)
-        self._sel_matches[selector_id] = matched
+            for lid in removed:
+                _sorted_remove(&self._labsets[<int32_t>self._lab_slot[lid]].matched, slot)
+        ss = &self._selslots[slot]
+        Py_XINCREF(<PyObject*>matched)
+        Py_XDECREF(ss.matches)
+        ss.matches = <PyObject*>matched
         return added, removed
 
     def remove_selector(self, selector_id) -> set:
         """Forget a selector; return the label-set ids it matched. Unknown ids are ignored."""
-        if selector_id not in self._selectors:
+        cdef object found = self._sel_slot.pop(selector_id, None)
+        cdef int32_t slot
+        cdef set before
+        cdef SelectorSlot* ss
+        if found is None:
             return set()
-        self._unfile_selector(selector_id)
-        del self._selectors[selector_id]
-        cdef set before = self._sel_matches.pop(selector_id)
+        slot = found
+        self._unfile_selector(slot)
+        ss = &self._selslots[slot]
+        before = <set>ss.matches
         for lid in before:
-            (<set>self._lab_matches[lid]).discard(selector_id)
+            _sorted_remove(&self._labsets[<int32_t>self._lab_slot[lid]].matched, slot)
+        ss = &self._selslots[slot]
+        Py_XDECREF(ss.id)
+        Py_XDECREF(ss.selector)
+        Py_XDECREF(ss.matches)  # ``before`` holds its own reference
+        memset(ss, 0, sizeof(SelectorSlot))
+        ss.kind = ANCHOR_NOTHING
+        self._free_selslots.data[self._free_selslots.n] = slot  # room reserved on growth
+        self._free_selslots.n += 1
         return before
-
-    cdef tuple _choose_anchor(self, Selector selector):
-        """The positive requirement with the fewest selectors already filed under it (then the
-        fewest label sets), so that no anchor collects every selector."""
-        cdef tuple best = None, cost, anchor = _NO_ANCHOR
-        cdef dict by_value, labs
-        cdef Py_ssize_t nsel, nlab, i
-        cdef int op
-        for i in range(selector._n):
-            op = selector._reqs[i].op
-            key = <object>selector._reqs[i].key
-            if op == OP_EQ or op == OP_DEQ or op == OP_IN:
-                values = (<tuple>selector._requirements[i])[2]
-                by_value = self._sel_by_pair.get(key, _EMPTY)
-                labs = self._lab_by_pair.get(key, _EMPTY)
-                nsel = 0
-                nlab = 0
-                for v in values:
-                    nsel += len(by_value.get(v, ()))
-                    nlab += len(labs.get(v, ()))
-                cost = (nsel, nlab)
-                candidate = ("pair", key, values)
-            elif op == OP_EXISTS or op == OP_GT or op == OP_LT:
-                cost = (len(self._sel_by_key.get(key, ())) + 1_000_000,
-                        len(self._lab_by_key.get(key, ())))
-                candidate = ("key", key, ())
-            else:
-                continue
-            if best is None or cost < best:
-                best = cost
-                anchor = candidate
-        return anchor
-
-    cdef void _file_selector(self, object sid, Selector selector) except *:
-        cdef tuple anchor = _NOTHING_ANCHOR if selector._nothing else self._choose_anchor(selector)
-        cdef dict by_value
-        kind, key, values = anchor
-        if kind == "pair":
-            by_value = _submap(self._sel_by_pair, key)
-            for v in values:
-                _submap(by_value, v)[sid] = selector
-        elif kind == "key":
-            _submap(self._sel_by_key, key)[sid] = selector
-        elif kind == "none":
-            self._sel_unanchored[sid] = selector
-        self._anchors[sid] = anchor
-
-    cdef void _unfile_selector(self, object sid) except *:
-        cdef dict by_value
-        kind, key, values = self._anchors.pop(sid)
-        if kind == "pair":
-            by_value = self._sel_by_pair[key]
-            for v in values:
-                _pop(by_value, v, sid)
-            if not by_value:
-                del self._sel_by_pair[key]
-        elif kind == "key":
-            _pop(self._sel_by_key, key, sid)
-        elif kind == "none":
-            del self._sel_unanchored[sid]
-
-    cdef set _labels_matching(self, Selector selector):
-        cdef set result = set()
-        cdef dict labels = self._labels
-        cdef dict by_value
-        cdef list groups = None, found
-        cdef Py_ssize_t size = -1, n, i
-        cdef int op
-        if selector._nothing:
-            return result
-        # the smallest candidate set any positive requirement gives, else every label set
-        for i in range(selector._n):
-            op = selector._reqs[i].op
-            key = <object>selector._reqs[i].key
-            if op == OP_EQ or op == OP_DEQ or op == OP_IN:
-                by_value = self._lab_by_pair.get(key, _EMPTY)
-                found = []
-                n = 0
-                for v in (<tuple>selector._requirements[i])[2]:
-                    g = by_value.get(v)
-                    if g is not None:
-                        found.append(g)
-                        n += len(<set>g)
-            elif op == OP_EXISTS or op == OP_GT or op == OP_LT:
-                g = self._lab_by_key.get(key, ())
-                found = [g]
-                n = len(g)
-            else:
-                continue
-            if groups is None or n < size:
-                groups = found
-                size = n
-        if groups is None:
-            groups = [labels]
-        for g in groups:
-            for lid in g:
-                if selector._match(<dict>labels[lid]):
-                    result.add(lid)
-        return result
