@@ -226,11 +226,12 @@ def test_stop_keep_leaves_the_rules_serving(cluster):
     assert _lbcore_leftovers(c) == []
 
 
-def test_nftables_vmap_endpoint_selection_spreads_connections_too(cluster):
+@pytest.mark.parametrize("selection", ["vmap", "inline", "map"])
+def test_nftables_other_endpoint_selections_spread_connections_too(cluster, selection):
     kind, c = cluster
     if kind != "nftables":
         pytest.skip("an nftables option")
-    fe = NftablesFrontend({"netns": c.node, "cluster_cidr": POD_CIDR, "endpoint_selection": "vmap"}, RuntimeContext())
+    fe = NftablesFrontend({"netns": c.node, "cluster_cidr": POD_CIDR, "endpoint_selection": selection}, RuntimeContext())
     fe.sync(snapshot(service("web", "10.96.0.20", c.pod_ips)), frozenset({"e2e/web"}))
     try:
         counts = Counter(c.pod_name(r) for r in c.tcp(c.client, "10.96.0.20", 80, count=300))
