@@ -413,40 +413,55 @@ cdef inline bint _has_value(CReq* r, PyObject* value) except -1:
     return False
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
+cdef inline int _holds(CReq* r, PyObject* value) except -1:
+    """1 when requirement r holds for a label value (NULL: the key is absent), else 0."""
+    cdef int op = r.op
+    cdef int64_t have
+    if value == NULL:
+        return op == OP_NEQ or op == OP_NOTIN or op == OP_NOT_EXISTS
+    if op == OP_EQ or op == OP_DEQ or op == OP_IN:
+        return _has_value(r, value)
+    if op == OP_EXISTS:
+        return True
+    if op == OP_NEQ or op == OP_NOTIN:
+        return not _has_value(r, value)
+    if op == OP_NOT_EXISTS:
+        return False
+    # OP_GT, OP_LT
+    if not _str_int64(<object>value, &have):
+        return False
+    return have > r.number if op == OP_GT else have < r.number
+
+
 cdef bint _match_reqs(CReq* reqs, Py_ssize_t n, dict labels) except -1:
     """The C loop: every requirement against a dict of labels. Keys are interned and carry
     their hash, so a look-up is one probe of the dict's table; values compare by identity,
     then by length and memcmp; nothing is allocated and no exception is set on a miss."""
     cdef Py_ssize_t i
-    cdef CReq* r
-    cdef PyObject* value
-    cdef int64_t have
-    cdef int op
     for i in range(n):
-        r = &reqs[i]
-        op = r.op
-        value = dict_get(<PyObject*>labels, r.key)
-        if value == NULL:
-            if op == OP_NEQ or op == OP_NOTIN or op == OP_NOT_EXISTS:
-                continue
+        if not _holds(&reqs[i], dict_get(<PyObject*>labels, reqs[i].key)):
             return False
-        if op == OP_EQ or op == OP_DEQ or op == OP_IN:
-            if not _has_value(r, value):
-                return False
-        elif op == OP_EXISTS:
-            continue
-        elif op == OP_NEQ or op == OP_NOTIN:
-            if _has_value(r, value):
-                return False
-        elif op == OP_NOT_EXISTS:
+    return True
+
+
+cdef bint _match_pairs(CReq* reqs, Py_ssize_t n, PyObject** pairs, Py_ssize_t npairs) except -1:
+    """Every requirement against a label set kept as (key, value) pointers: a label set in a
+    SelectorIndex, whose strings are interned like the requirements' (so keys and most values
+    compare as pointers)."""
+    cdef Py_ssize_t i, j
+    cdef PyObject* key
+    cdef PyObject* value
+    for i in range(n):
+        key = reqs[i].key
+        value = NULL
+        for j in range(npairs):
+            if pairs[2 * j] == key or (
+                    not (unicode_check_exact(key) and unicode_check_exact(pairs[2 * j]))
+                    and _str_eq(pairs[2 * j], key)):
+                value = pairs[2 * j + 1]
+                break
+        if not _holds(&reqs[i], value):
             return False
-        else:  # OP_GT, OP_LT
-            if not _str_int64(<object>value, &have):
-                return False
-            if (have <= r.number) if op == OP_GT else (have >= r.number):
-                return False
     return True
 
 
@@ -1071,10 +1086,10 @@ cdef struct Entry:
 
 cdef struct LabelSlot:
     PyObject* id           # owned; NULL while the slot is free
-    PyObject* labels       # owned: a dict of the entries' own (interned) strings
-    int32_t n
+    int32_t n              # entries: a pair entry and a key entry per label
     int32_t cap
-    int32_t* items         # per pair and key entry: its id, then this slot's place in its posting
+    int32_t* items         # per entry: its id, then this slot's place in its posting
+    PyObject** pairs       # per label: key, value (the pair entry's strings; same block as items)
     Vec matched            # selector slots it matches, sorted
 
 
@@ -1158,6 +1173,8 @@ cdef class SelectorIndex:
     cdef dict _sel_slot         # selector id -> slot
     # scratch arrays, reused by every call
     cdef Vec _scr_ents, _scr_pos, _scr_found
+    cdef PyObject** _scr_pairs
+    cdef Py_ssize_t _scr_pairs_cap
 
     def __cinit__(self):
         self._table = <int32_t*>PyMem_Malloc(8 * sizeof(int32_t))
@@ -1181,7 +1198,6 @@ cdef class SelectorIndex:
                 _vec_free(&self._entries[i].sels)
         for i in range(self._labsets_top):
             Py_XDECREF(self._labsets[i].id)
-            Py_XDECREF(self._labsets[i].labels)
             PyMem_Free(self._labsets[i].items)
             _vec_free(&self._labsets[i].matched)
         for i in range(self._selslots_top):
@@ -1192,6 +1208,7 @@ cdef class SelectorIndex:
             PyMem_Free(self._selslots[i].pos)
         PyMem_Free(self._entries)
         PyMem_Free(self._table)
+        PyMem_Free(self._scr_pairs)
         PyMem_Free(self._labsets)
         PyMem_Free(self._selslots)
         _vec_free(&self._free_entries)
@@ -1383,7 +1400,6 @@ cdef class SelectorIndex:
     cdef void _free_label_slot(self, int32_t slot) noexcept:
         cdef LabelSlot* ls = &self._labsets[slot]
         Py_XDECREF(ls.id)
-        Py_XDECREF(ls.labels)
         PyMem_Free(ls.items)
         _vec_free(&ls.matched)
         memset(ls, 0, sizeof(LabelSlot))
@@ -1466,7 +1482,12 @@ cdef class SelectorIndex:
 
     def get_labels(self, label_id) -> dict:
         """A copy of the label set stored under this id (KeyError if none)."""
-        return dict(<dict>self._labsets[<int32_t>self._lab_slot[label_id]].labels)
+        cdef LabelSlot* ls = &self._labsets[<int32_t>self._lab_slot[label_id]]
+        cdef dict labels = {}
+        cdef Py_ssize_t j
+        for j in range(ls.n // 2):
+            PyDict_SetItem(labels, <object>ls.pairs[2 * j], <object>ls.pairs[2 * j + 1])
+        return labels
 
     def selector_ids(self) -> list:
         """Ids of the stored selectors."""
@@ -1534,26 +1555,27 @@ cdef class SelectorIndex:
                     self._scr_ents.n += 1
         return 0
 
-    cdef int _matching_selectors(self, dict labels) except -1:
-        """Fill the scratch found list with the sorted slots of the selectors that match
-        ``labels``: those anchored on its entries (the scratch entry list) and the unanchored."""
+    cdef int _matching_selectors(self, dict labels, PyObject** pairs, Py_ssize_t npairs) except -1:
+        """Fill the scratch found list with the sorted slots of the selectors that match a label
+        set (``labels``, or when None the ``pairs``): those anchored on its entries (the scratch
+        entry list) and the unanchored."""
         cdef Py_ssize_t j, t
         cdef Vec* sels
         cdef int32_t s
         cdef SelectorSlot* ss
+        cdef bint ok
         self._scr_found.n = 0
-        for j in range(self._scr_ents.n):
-            sels = &self._entries[self._scr_ents.data[j]].sels
+        for j in range(self._scr_ents.n + 1):
+            sels = &self._entries[self._scr_ents.data[j]].sels if j < self._scr_ents.n else &self._unanchored
             for t in range(sels.n):
                 s = sels.data[t]
                 ss = &self._selslots[s]
-                if _match_reqs(ss.reqs, ss.nreqs, labels):
+                if labels is None:
+                    ok = _match_pairs(ss.reqs, ss.nreqs, pairs, npairs)
+                else:
+                    ok = _match_reqs(ss.reqs, ss.nreqs, labels)
+                if ok:
                     _vec_push(&self._scr_found, s)
-        for t in range(self._unanchored.n):
-            s = self._unanchored.data[t]
-            ss = &self._selslots[s]
-            if _match_reqs(ss.reqs, ss.nreqs, labels):
-                _vec_push(&self._scr_found, s)
         _sort(self._scr_found.data, self._scr_found.n)
         return 0
 
@@ -1561,7 +1583,7 @@ cdef class SelectorIndex:
         cdef set result = set()
         cdef Py_ssize_t t
         self._entries_of(labels, False)
-        self._matching_selectors(labels)
+        self._matching_selectors(labels, NULL, 0)
         for t in range(self._scr_found.n):
             result.add(<object>self._selslots[self._scr_found.data[t]].id)
         return result
@@ -1570,7 +1592,6 @@ cdef class SelectorIndex:
         """Add or replace a label set; return (selector ids it now matches and did not,
         selector ids it matched and no longer does)."""
         cdef dict given = <dict>labels if type(labels) is dict else dict(labels)
-        cdef dict stored
         cdef object found = self._lab_slot.get(label_id)
         cdef int32_t slot = -1, e
         cdef LabelSlot* ls = NULL
@@ -1594,12 +1615,15 @@ cdef class SelectorIndex:
                 for j in range(n):
                     self._entries[self._scr_ents.data[j]].mark = 0
                 return set(), set()
-        # the stored copy holds the entries' strings: shared by every label set with the pair
-        stored = {}
+        # the label set is kept as the pair entries' strings: shared by every label set with
+        # the pair, interned like the selectors' (matching compares pointers), and no dict
+        if n > self._scr_pairs_cap:
+            self._grow_scratch_pairs(n)
         for j in range(0, n, 2):
             entry = &self._entries[self._scr_ents.data[j]]
-            PyDict_SetItem(stored, <object>entry.key, <object>entry.value)
-        self._matching_selectors(stored)
+            self._scr_pairs[j] = entry.key
+            self._scr_pairs[j + 1] = entry.value
+        self._matching_selectors(None, self._scr_pairs, n // 2)
         if ls == NULL:
             slot = self._new_label_slot(label_id)
             ls = &self._labsets[slot]
@@ -1626,18 +1650,27 @@ cdef class SelectorIndex:
         for j in range(n):
             ls.items[2 * j] = self._scr_ents.data[j]
             ls.items[2 * j + 1] = self._scr_pos.data[j]
+        memcpy(ls.pairs, self._scr_pairs, <size_t>n * sizeof(PyObject*))
         ls.n = <int32_t>n
-        Py_XINCREF(<PyObject*>stored)
-        Py_XDECREF(ls.labels)
-        ls.labels = <PyObject*>stored
         return self._update_matches(label_id, slot)
 
     cdef int _grow_label_slot(self, LabelSlot* ls, Py_ssize_t n) except -1:
-        cdef int32_t* items = <int32_t*>PyMem_Realloc(ls.items, <size_t>(2 * n) * sizeof(int32_t))
+        """Room for n entries: 2n int32 of items, then n pointers of pairs, in one block."""
+        cdef int32_t* items = <int32_t*>PyMem_Realloc(
+            ls.items, <size_t>(2 * n) * sizeof(int32_t) + <size_t>n * sizeof(PyObject*))
         if items == NULL:
             raise MemoryError()
         ls.items = items
+        ls.pairs = <PyObject**>(items + 2 * n)
         ls.cap = <int32_t>n
+        return 0
+
+    cdef int _grow_scratch_pairs(self, Py_ssize_t n) except -1:
+        cdef PyObject** grown = <PyObject**>PyMem_Realloc(self._scr_pairs, <size_t>n * sizeof(PyObject*))
+        if grown == NULL:
+            raise MemoryError()
+        self._scr_pairs = grown
+        self._scr_pairs_cap = n
         return 0
 
     cdef tuple _update_matches(self, object label_id, int32_t slot):
@@ -1793,6 +1826,7 @@ cdef class SelectorIndex:
         cdef uint64_t hk
         cdef int32_t e, lslot
         cdef Vec* group
+        cdef LabelSlot* ls
         self._scr_found.n = 0
         if selector._nothing:
             return 0
@@ -1817,7 +1851,8 @@ cdef class SelectorIndex:
                 size = total
         if best < 0:  # no positive requirement: every label set is a candidate
             for t in range(self._labsets_top):
-                if self._labsets[t].id != NULL and selector._match(<dict>self._labsets[t].labels):
+                ls = &self._labsets[t]
+                if ls.id != NULL and _match_pairs(selector._reqs, selector._n, ls.pairs, ls.n // 2):
                     _vec_push(&self._scr_found, <int32_t>t)
             return 0
         r = &selector._reqs[best]
@@ -1832,7 +1867,8 @@ cdef class SelectorIndex:
             group = &self._entries[e].labels
             for t in range(group.n):
                 lslot = group.data[t]
-                if selector._match(<dict>self._labsets[lslot].labels):
+                ls = &self._labsets[lslot]
+                if _match_pairs(selector._reqs, selector._n, ls.pairs, ls.n // 2):
                     _vec_push(&self._scr_found, lslot)
         return 0
 
