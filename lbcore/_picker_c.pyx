@@ -17,6 +17,7 @@ from cpython.pythread cimport (
     PyThread_type_lock,
 )
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
+from libc.math cimport isfinite
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -55,7 +56,11 @@ cdef class PickCore:
     cdef int32_t* bal_ids         # balancer index -> id
     cdef double* down             # id -> marked down until
     cdef PyThread_type_lock mutex
+    cdef int writers              # lock() holders: while above 0, picks wait for the mutex
+    cdef unsigned long gen        # endpoint sets installed so far
     cdef object no_endpoints
+    cdef object last_dst          # the last destination parsed (a service's own address)
+    cdef uint8_t last_dst_key[16]
 
     def __cinit__(self, ConnTable conns, AffinityTable affinity, clock):
         self.mutex = PyThread_allocate_lock()
@@ -64,6 +69,9 @@ cdef class PickCore:
         self.bidx = NULL
         self.bal_ids = NULL
         self.down = NULL
+        self.writers = 0
+        self.gen = 0
+        self.last_dst = None
 
     def __init__(self, ConnTable conns, AffinityTable affinity, clock):
         self.conns = conns
@@ -85,11 +93,14 @@ cdef class PickCore:
                 PyThread_acquire_lock(self.mutex, WAIT_LOCK)
 
     def lock(self) -> None:
-        """Take the core's lock (``update`` holds it while it swaps the endpoint set)."""
+        """Take the core's lock (``update`` holds it while it swaps the endpoint set); until
+        ``unlock``, every pick, close and mark_down waits for it."""
         self._lock()
+        self.writers += 1
 
     def unlock(self) -> None:
         """Give the core's lock back."""
+        self.writers -= 1
         PyThread_release_lock(self.mutex)
 
     def install(self, list eps, dict id_of, list bal_ids, balancer) -> None:
@@ -118,9 +129,14 @@ cdef class PickCore:
         self.nids = n
         self.nbal = m
         self.balancer = balancer
+        self.gen += 1
 
     def mark_down(self, Py_ssize_t ident, double until) -> None:
         """No new connection for endpoint ``ident`` before ``until``."""
+        if self.writers == 0:  # the GIL is the lock (see _pick_py)
+            if 0 <= ident < self.nids:
+                self.down[ident] = until
+            return
         self._lock()
         try:
             if 0 <= ident < self.nids:
@@ -173,11 +189,19 @@ cdef class PickCore:
         cdef uint32_t t = self.conns.now_ms(now)
         cdef uint32_t ta = 0
         cdef uint64_t h = XXH3_64bits(k, CT_KEY_BYTES)  # once: table probe, balancer, insert
-        cdef int32_t b = self.conns.lookup_h(k, h, t)
-        cdef int32_t chosen = -1, a
+        cdef uint64_t ha = 0
+        cdef int32_t b, chosen = -1, a
         cdef int x
         cdef bint ok
         cdef ct_key client
+        if self.affinity is not None:
+            # start fetching the client's affinity slot now, so a new connection's two probes
+            # overlap instead of paying two cache misses one after the other
+            memset(&client, 0, sizeof(ct_key))
+            memcpy(client.addr, k.addr, 16)
+            ha = XXH3_64bits(&client, CT_KEY_BYTES)
+            self.affinity.prefetch_h(ha, 0)
+        b = self.conns.lookup_h(k, h, t)
         if 0 <= b < self.nids and self.eps[b] is not None:
             ok = True
             for x in range(nexcl):
@@ -186,10 +210,8 @@ cdef class PickCore:
             if ok:
                 return b
         if self.affinity is not None:
-            memset(&client, 0, sizeof(ct_key))
-            memcpy(client.addr, k.addr, 16)
             ta = self.affinity.now_ms(now)
-            a = self.affinity.lookup_c(&client, ta)
+            a = self.affinity.lookup_h(&client, ha, ta)
             if 0 <= a < self.nids and self.bidx[a] >= 0 and not self.down[a] > now:
                 chosen = a
                 for x in range(nexcl):
@@ -204,31 +226,54 @@ cdef class PickCore:
         if self.conns.insert_h(k, h, chosen, t) < 0:
             raise MemoryError("ConnTable: no memory for the per-backend lists")
         if self.affinity is not None:
-            if self.affinity.insert_c(&client, chosen, ta) < 0:
+            if self.affinity.insert_h(&client, ha, chosen, ta) < 0:
                 raise MemoryError("AffinityTable: no memory for the per-backend lists")
         self.balancer.acquire_c(self.bidx[chosen])
         return chosen
 
+    cdef inline int _key(self, ct_key* k, proto, src, sport, dst, dport) except -1:
+        memset(k, 0, sizeof(ct_key))
+        pack_proto(proto, &k.proto)
+        pack_addr(src, k.addr, "src")
+        if dst is self.last_dst:  # the same object: the same address (str and bytes are immutable)
+            memcpy(k.addr + 16, self.last_dst_key, 16)
+        else:
+            pack_addr(dst, k.addr + 16, "dst")
+            memcpy(self.last_dst_key, k.addr + 16, 16)
+            self.last_dst = dst
+        pack_port(sport, &k.sport, "sport")
+        pack_port(dport, &k.dport, "dport")
+        return 0
+
     cdef int32_t _pick_py(self, proto, src, sport, dst, dport, now, exclude) except -2:
+        # Locking rule: every entry point runs with the GIL held, and the work between the check
+        # of ``writers`` and the return runs no Python code (no bytecode, so no switch of the GIL
+        # to another thread). So while no ``lock()`` is held, the GIL alone serializes picks,
+        # closes and mark_downs, and the mutex (50-100 ns a pair) is only taken while an update
+        # holds it. Anything that can run Python code (the clock, the exclusion list, the key's
+        # parsing and its errors) happens before that check.
         cdef ct_key k
         cdef int32_t excl[MAX_EXCLUDE]
         cdef int nexcl = 0
         cdef double t
-        memset(&k, 0, sizeof(ct_key))
-        pack_proto(proto, &k.proto)
-        pack_addr(src, k.addr, "src")
-        pack_addr(dst, k.addr + 16, "dst")
-        pack_port(sport, &k.sport, "sport")
-        pack_port(dport, &k.dport, "dport")
+        cdef unsigned long gen = self.gen
+        self._key(&k, proto, src, sport, dst, dport)
         t = self.clock() if now is None else now
+        if not isfinite(t):
+            self.conns.now_ms(t)  # raises the table's error for a time that is no number
+        if exclude:
+            nexcl = self._excluded(exclude, excl)
+        if self.writers == 0 and self.gen == gen:
+            return self._pick(&k, t, excl, nexcl)
         self._lock()
         try:
-            if exclude:
+            if exclude:  # ids may have changed while this thread waited
                 nexcl = self._excluded(exclude, excl)
             return self._pick(&k, t, excl, nexcl)
         finally:
             PyThread_release_lock(self.mutex)
 
+    @cython.binding(False)
     def pick(self, proto, src, sport, dst, dport, now=None, exclude=None):
         """The EndpointInfo for this connection, or NO_ENDPOINTS."""
         cdef int32_t i = self._pick_py(proto, src, sport, dst, dport, now, exclude)
@@ -236,31 +281,33 @@ cdef class PickCore:
             return self.no_endpoints
         return self.eps[i]
 
+    @cython.binding(False)
     def pick_index(self, proto, src, sport, dst, dport, now=None, exclude=None) -> int:
         """The endpoint id for this connection, or -1."""
         return self._pick_py(proto, src, sport, dst, dport, now, exclude)
 
+    @cython.binding(False)
     def close(self, proto, src, sport, dst, dport, now=None) -> bool:
         """This connection ended; False when it was not open."""
         cdef ct_key k
-        cdef uint32_t t
-        cdef int32_t b
-        memset(&k, 0, sizeof(ct_key))
-        pack_proto(proto, &k.proto)
-        pack_addr(src, k.addr, "src")
-        pack_addr(dst, k.addr + 16, "dst")
-        pack_port(sport, &k.sport, "sport")
-        pack_port(dport, &k.dport, "dport")
-        if now is None:
-            now = self.clock()
+        cdef double t
+        self._key(&k, proto, src, sport, dst, dport)
+        t = self.clock() if now is None else now
+        if not isfinite(t):
+            self.conns.now_ms(t)  # raises the table's error for a time that is no number
+        if self.writers == 0:  # the GIL is the lock (see _pick_py)
+            return self._close(&k, t)
         self._lock()
         try:
-            t = self.conns.now_ms(now)
-            b = self.conns.lookup_c(&k, t)
-            if b < 0 or not self.conns.close_c(&k, t):
-                return False
-            if b < self.nids and self.bidx[b] >= 0:
-                self.balancer.release_c(self.bidx[b])
-            return True
+            return self._close(&k, t)
         finally:
             PyThread_release_lock(self.mutex)
+
+    cdef bint _close(self, ct_key* k, double now) except -1:
+        cdef uint32_t t = self.conns.now_ms(now)
+        cdef int32_t b = self.conns.lookup_c(k, t)
+        if b < 0 or not self.conns.close_c(k, t):
+            return False
+        if b < self.nids and self.bidx[b] >= 0:
+            self.balancer.release_c(self.bidx[b])
+        return True
