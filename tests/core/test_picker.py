@@ -265,3 +265,47 @@ def test_picks_and_updates_from_two_threads(compiled):
         i for i in range(8) if i < len(p._eps) and p._eps[i] is not None
     }
     assert all(p.pick(*conn(i), now=1e9).ip in current for i in range(3000))
+
+
+def test_a_pick_waits_while_an_update_holds_the_lock(compiled):
+    # picks run under the GIL alone while no update is in progress; once the sync path holds
+    # the lock, a pick from another thread must wait for it, not read a half-installed set
+    p = Picker(compiled=compiled)
+    p.update([ep(1)])
+    got: list = []
+    p._core.lock()
+    try:
+        t = threading.Thread(target=lambda: got.append(p.pick(*conn(1), now=1.0)))
+        t.start()
+        t.join(0.2)
+        assert t.is_alive() and got == []
+    finally:
+        p._core.unlock()
+    t.join(5)
+    assert not t.is_alive() and got == [ep(1)]
+
+
+def test_each_destination_address_is_its_own_key(compiled):
+    # the compiled core keeps the last destination it parsed; a new one must not reuse it
+    p = Picker(compiled=compiled, algorithm="round_robin")
+    p.update([ep(1), ep(2)])
+    first = p.pick("TCP", "192.168.0.1", 40000, "10.96.0.10", 80, now=1.0)
+    other = p.pick("TCP", "192.168.0.1", 40000, "10.96.0.11", 80, now=1.0)
+    assert first != other
+    assert len(p.connections) == 2
+    for _ in range(3):
+        assert p.pick("TCP", "192.168.0.1", 40000, "10.96.0.10", 80, now=2.0) == first
+        assert p.pick("TCP", "192.168.0.1", 40000, b"\x0a\x60\x00\x0b", 80, now=2.0) == other
+
+
+def test_a_time_that_is_no_number_is_refused_before_anything_changes(compiled):
+    from lbcore.errors import ValidationError
+
+    p = Picker(compiled=compiled)
+    p.update([ep(1)])
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValidationError, match="now"):
+            p.pick(*conn(1), now=bad)
+        with pytest.raises(ValidationError, match="now"):
+            p.close(*conn(1), now=bad)
+    assert len(p.connections) == 0
