@@ -1175,6 +1175,8 @@ cdef class SelectorIndex:
     cdef Vec _scr_ents, _scr_pos, _scr_found
     cdef PyObject** _scr_pairs
     cdef Py_ssize_t _scr_pairs_cap
+    cdef uint64_t* _scr_hash
+    cdef Py_ssize_t _scr_hash_cap
 
     def __cinit__(self):
         self._table = <int32_t*>PyMem_Malloc(8 * sizeof(int32_t))
@@ -1209,6 +1211,7 @@ cdef class SelectorIndex:
         PyMem_Free(self._entries)
         PyMem_Free(self._table)
         PyMem_Free(self._scr_pairs)
+        PyMem_Free(self._scr_hash)
         PyMem_Free(self._labsets)
         PyMem_Free(self._selslots)
         _vec_free(&self._free_entries)
@@ -1526,33 +1529,65 @@ cdef class SelectorIndex:
 
     # -- label sets --------------------------------------------------------------------------
 
-    cdef int _entries_of(self, dict labels, bint add) except -1:
-        """Fill the scratch entry list with the pair and key entries of ``labels``: made when
-        ``add``, else only those that exist."""
-        cdef Py_ssize_t it = 0
+    cdef int _hash_labels(self, dict labels) except -1:
+        """Hash each label's pair and key into the scratch hashes, and start loading the table
+        places they probe first: in a large index those loads miss the cache, and issued here
+        they overlap with what the caller does next (its own look-up of the label set's id)."""
+        cdef Py_ssize_t it = 0, i = 0, n = len(labels)
         cdef PyObject* k
         cdef PyObject* v
-        cdef uint64_t hk
-        cdef int32_t e
-        self._scr_ents.n = 0
-        _vec_reserve(&self._scr_ents, 2 * len(labels))
+        cdef uint64_t hk, hp
+        cdef uint64_t* grown
+        if 2 * n > self._scr_hash_cap:
+            grown = <uint64_t*>PyMem_Realloc(self._scr_hash, <size_t>(2 * n) * sizeof(uint64_t))
+            if grown == NULL:
+                raise MemoryError()
+            self._scr_hash = grown
+            self._scr_hash_cap = 2 * n
         while PyDict_Next(labels, &it, &k, &v):
             hk = _text_hash(k, _KEY_SEED)
+            hp = _text_hash(v, hk)
+            self._scr_hash[i] = hp
+            self._scr_hash[i + 1] = hk
+            prefetch(&self._table[<size_t>hp & self._mask])
+            prefetch(&self._table[<size_t>hk & self._mask])
+            i += 2
+        return 0
+
+    cdef int _entries_of(self, dict labels, bint add) except -1:
+        """Fill the scratch entry list with the pair and key entries of ``labels`` (hashed by
+        _hash_labels just before): made when ``add``, else only those that exist."""
+        cdef Py_ssize_t it = 0, i, n = 2 * len(labels)
+        cdef PyObject* k
+        cdef PyObject* v
+        cdef int32_t e
+        cdef uint64_t* hashes = self._scr_hash
+        # first the entries the first probes name, all loading at once
+        for i in range(n):
+            e = self._table[<size_t>hashes[i] & self._mask]
+            if e >= 0:
+                prefetch(&self._entries[e])
+        self._scr_ents.n = 0
+        _vec_reserve(&self._scr_ents, n)
+        i = 0
+        while PyDict_Next(labels, &it, &k, &v):
             if add:
-                e = self._find_or_add(_text_hash(v, hk), k, v)
+                e = self._find_or_add(hashes[i], k, v)
                 self._scr_ents.data[self._scr_ents.n] = e
-                e = self._find_or_add(hk, k, NULL)
+                prefetch(self._entries[e].sels.data)
+                e = self._find_or_add(hashes[i + 1], k, NULL)
                 self._scr_ents.data[self._scr_ents.n + 1] = e
                 self._scr_ents.n += 2
             else:
-                e = self._find(_text_hash(v, hk), k, v)
+                e = self._find(hashes[i], k, v)
                 if e >= 0:
                     self._scr_ents.data[self._scr_ents.n] = e
                     self._scr_ents.n += 1
-                e = self._find(hk, k, NULL)
+                e = self._find(hashes[i + 1], k, NULL)
                 if e >= 0:
                     self._scr_ents.data[self._scr_ents.n] = e
                     self._scr_ents.n += 1
+            i += 2
         return 0
 
     cdef int _matching_selectors(self, dict labels, PyObject** pairs, Py_ssize_t npairs) except -1:
@@ -1582,6 +1617,7 @@ cdef class SelectorIndex:
     cdef set _selectors_for(self, dict labels):
         cdef set result = set()
         cdef Py_ssize_t t
+        self._hash_labels(labels)
         self._entries_of(labels, False)
         self._matching_selectors(labels, NULL, 0)
         for t in range(self._scr_found.n):
@@ -1592,22 +1628,26 @@ cdef class SelectorIndex:
         """Add or replace a label set; return (selector ids it now matches and did not,
         selector ids it matched and no longer does)."""
         cdef dict given = <dict>labels if type(labels) is dict else dict(labels)
-        cdef object found = self._lab_slot.get(label_id)
+        cdef object found
         cdef int32_t slot = -1, e
         cdef LabelSlot* ls = NULL
         cdef Entry* entry
         cdef Py_ssize_t j, n, kept = 0
         cdef uint32_t stamp = self._next_stamp()
+        self._hash_labels(given)
+        found = self._lab_slot.get(label_id)
         if found is not None:
             slot = found
             ls = &self._labsets[slot]
+            prefetch(ls.items)
+            prefetch(ls.matched.data)
+        self._entries_of(given, True)
+        n = self._scr_ents.n
+        if ls != NULL:
             for j in range(ls.n):
                 entry = &self._entries[ls.items[2 * j]]
                 entry.mark = stamp
                 entry.spot = <int32_t>j
-        self._entries_of(given, True)
-        n = self._scr_ents.n
-        if ls != NULL:
             for j in range(n):
                 if self._entries[self._scr_ents.data[j]].mark == stamp:
                     kept += 1
