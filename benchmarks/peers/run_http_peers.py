@@ -23,8 +23,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +147,28 @@ class Figures:
     p99_ms: float = 0.0
     close_p99_ms: float = 0.0
     bulk_gbps: float = 0.0
+    # CPU time the proxy spent per request (all its threads, user + system), a figure that
+    # holds on a shared machine where requests/s follow whatever else runs
+    keepalive_cpu_us: float = float("nan")
+    close_cpu_us: float = float("nan")
     errors: list[str] = field(default_factory=list)
+
+
+def cpu_seconds(pid: int, threads: str | None = None) -> float:
+    """User + system CPU seconds of process ``pid``, or only of this process's threads whose
+    name starts with ``threads``."""
+    tasks = [f"/proc/{pid}/stat"]
+    if threads is not None:
+        tasks = [
+            f"/proc/{pid}/task/{t.native_id}/stat"
+            for t in threading.enumerate()
+            if t.name.startswith(threads)
+        ]
+    total = 0
+    for path in tasks:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(url: str, duration: int, connections: int, close: bool) -> tuple[float, float, str]:
@@ -158,6 +180,8 @@ def wrk(url: str, duration: int, connections: int, close: bool) -> tuple[float, 
     m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     p99 = float(m.group(1)) * UNITS[m.group(2)] if m else float("nan")
     errors = re.search(r"Socket errors:.*|Non-2xx.*", out)
+    done = re.search(r"(\d+) requests in", out)
+    wrk.requests = int(done.group(1)) if done else 0  # type: ignore[attr-defined]
     return rps, p99, errors.group(0) if errors else ""
 
 
@@ -173,20 +197,33 @@ def iperf(host: str, port: int, duration: int) -> float:
 
 
 def measure(
-    name: str, host: str, port: int, bulk_port: int, duration: int, connections: int
+    name: str,
+    host: str,
+    port: int,
+    bulk_port: int,
+    duration: int,
+    connections: int,
+    cpu: Callable[[], float] | None = None,
 ) -> Figures:
     url = f"http://{host}:{port}/"
     f = Figures()
+    before = cpu() if cpu else 0.0
     f.keepalive_rps, f.p99_ms, err = wrk(url, duration, connections, close=False)
+    if cpu and wrk.requests:  # type: ignore[attr-defined]
+        f.keepalive_cpu_us = (cpu() - before) / wrk.requests * 1e6  # type: ignore[attr-defined]
     if err:
         f.errors.append(f"keep-alive: {err}")
+    before = cpu() if cpu else 0.0
     f.close_rps, f.close_p99_ms, err = wrk(url, duration, connections, close=True)
+    if cpu and wrk.requests:  # type: ignore[attr-defined]
+        f.close_cpu_us = (cpu() - before) / wrk.requests * 1e6  # type: ignore[attr-defined]
     if err:
         f.errors.append(f"close: {err}")
     f.bulk_gbps = iperf(host, bulk_port, max(3, duration // 2))
     print(
         f"  {name:8s} keep-alive {f.keepalive_rps:10.0f}/s  p99 {f.p99_ms:7.2f} ms  "
-        f"close {f.close_rps:9.0f}/s  bulk {f.bulk_gbps:6.2f} Gbit/s",
+        f"close {f.close_rps:9.0f}/s  bulk {f.bulk_gbps:6.2f} Gbit/s  "
+        f"CPU/request {f.keepalive_cpu_us:5.1f} us, /connection {f.close_cpu_us:5.1f} us",
         flush=True,
     )
     return f
@@ -205,6 +242,8 @@ def median(runs: list[Figures]) -> Figures:
         p99_ms=mid([r.p99_ms for r in runs]),
         close_p99_ms=mid([r.close_p99_ms for r in runs]),
         bulk_gbps=mid([r.bulk_gbps for r in runs]),
+        keepalive_cpu_us=mid([r.keepalive_cpu_us for r in runs]),
+        close_cpu_us=mid([r.close_cpu_us for r in runs]),
         errors=[e for r in runs for e in r.errors],
     )
 
@@ -261,7 +300,7 @@ def run(
         stack.enter_context(process(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(bulk)], "iperf3"))
         hp, hb = free_port(), free_port()
         cfg = haproxy_config(root / "haproxy.cfg", hp, hb, backends, bulk, workers)
-        stack.enter_context(process([HAPROXY, "-f", str(cfg), "-db"], "haproxy"))
+        haproxy = stack.enter_context(process([HAPROXY, "-f", str(cfg), "-db"], "haproxy"))
         for port in [*backends, bulk, hp, hb]:
             wait_port("127.0.0.1", port)
         fe = SocketFrontend({"workers": workers, **options}, RuntimeContext())
@@ -280,11 +319,18 @@ def run(
             "haproxy": ("127.0.0.1", hp, hb),
             "lbcore": (LBCORE_IP, 8080, 5201),
         }
+        cpus: dict[str, Callable[[], float] | None] = {
+            "direct": None,
+            "haproxy": lambda: cpu_seconds(haproxy.pid),
+            "lbcore": lambda: cpu_seconds(os.getpid(), threads="lbcore-proxy"),
+        }
         runs: dict[str, list[Figures]] = {name: [] for name in targets}
         for i in range(rounds):
             print(f"round {i + 1}/{rounds}", flush=True)
             for name, (host, port, bulk_port) in targets.items():
-                runs[name].append(measure(name, host, port, bulk_port, duration, connections))
+                runs[name].append(
+                    measure(name, host, port, bulk_port, duration, connections, cpus[name])
+                )
         results = {name: median(r) for name, r in runs.items()}
         results["lbcore"].errors += [
             f"{k}={v}" for k, v in fe.stats().items() if k in ("rejected", "connect_failed") and v
@@ -306,6 +352,10 @@ def table(results: dict[str, Figures]) -> tuple[str, list[str]]:
         f"({lb.bulk_gbps / d.bulk_gbps:.2f}x direct) | >= 1.0x (>= 0.6x direct) |",
         f"| keep-alive p99 latency, ms | {d.p99_ms:.2f} | {h.p99_ms:.2f} | {lb.p99_ms:.2f} | "
         f"{lb.p99_ms / h.p99_ms:.2f}x | <= 1.2x |",
+        f"| proxy CPU per keep-alive request, us | | {h.keepalive_cpu_us:.1f} | "
+        f"{lb.keepalive_cpu_us:.1f} | {lb.keepalive_cpu_us / h.keepalive_cpu_us:.2f}x | |",
+        f"| proxy CPU per new connection, us | | {h.close_cpu_us:.1f} | {lb.close_cpu_us:.1f} | "
+        f"{lb.close_cpu_us / h.close_cpu_us:.2f}x | |",
         f"| connection-per-request p99 latency, ms | {d.close_p99_ms:.2f} | "
         f"{h.close_p99_ms:.2f} | {lb.close_p99_ms:.2f} | {lb.close_p99_ms / h.close_p99_ms:.2f}x | |",
     ]
@@ -315,6 +365,9 @@ def table(results: dict[str, Figures]) -> tuple[str, list[str]]:
         f"RATIO socket bulk throughput vs haproxy: {lb.bulk_gbps / h.bulk_gbps:.2f}x",
         f"RATIO socket bulk throughput vs direct: {lb.bulk_gbps / d.bulk_gbps:.2f}x",
         f"RATIO socket p99 latency vs haproxy: {lb.p99_ms / h.p99_ms:.2f}x",
+        f"RATIO socket CPU per new connection vs haproxy: {lb.close_cpu_us / h.close_cpu_us:.2f}x",
+        f"RATIO socket CPU per keep-alive request vs haproxy: "
+        f"{lb.keepalive_cpu_us / h.keepalive_cpu_us:.2f}x",
         f"RATIO socket connection-per-request p99 latency vs haproxy: "
         f"{lb.close_p99_ms / h.close_p99_ms:.2f}x",
     ]
