@@ -35,5 +35,7 @@ def test_socket_frontend_against_haproxy(benchmark, splice):
         close_rps=lb.close_rps,
         bulk_gbps=lb.bulk_gbps,
         p99_ms=lb.p99_ms,
+        close_cpu_us=lb.close_cpu_us,
+        keepalive_cpu_us=lb.keepalive_cpu_us,
     )
     assert lb.keepalive_rps > 0 and lb.bulk_gbps > 0
