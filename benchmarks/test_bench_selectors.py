@@ -214,14 +214,33 @@ def test_index_pod_change(benchmark, cluster):
     # after all those changes the index still answers exactly what a scan answers
     for pod in (0, 12345, 99_999):
         assert index.selectors_matching(pod) == {sid for sid, s in selectors.items() if s.matches(labels[pod])}
-    ours, peer = compare("index pod change", change_one_pod, 5_000,
-                         brute_force(naive), 3, "brute-force scan (naive selectors)")
-    ratio = peer / ours
-    compare("index pod change", change_one_pod, 5_000,
-            brute_force(selectors), 5, "brute-force scan (compiled selectors)")
-    print(f"index: one pod change + look-up of its services: {ours * 1e6:.2f} us")
+    ours, naive_peer = compare("index pod change", change_one_pod, 5_000,
+                               brute_force(naive), 3, "brute-force scan (naive selectors)")
+    ours_again, compiled_peer = compare("index pod change", change_one_pod, 5_000,
+                                        brute_force(selectors), 5, "brute-force scan (compiled selectors)")
+
+    def callers_work() -> int:
+        # what both sides above do besides the index or the scan: pick a pod, build its new
+        # labels dict (four formatted strings), store it
+        n = state["n"] = state["n"] + 1
+        pod = (n * 7919) % PODS
+        labels[pod] = pod_labels(pod, spread(n) % SERVICES)
+        return pod
+
+    caller = min(per_call(callers_work, 5_000) for _ in range(7))
+    ours = min(ours, ours_again)
+    print(f"caller's own work per change (pick a pod, build its labels dict, store it): {caller * 1e6:.2f} us")
+    print(f"index: one pod change + look-up of its services: {ours * 1e6:.2f} us, "
+          f"of which the index {(ours - caller) * 1e6:.2f} us")
+    for name, peer in (("naive selectors", naive_peer), ("compiled selectors", compiled_peer)):
+        print(f"RATIO index pod change vs brute-force scan ({name}), net of the caller's work both pay: "
+              f"{(peer - caller) / (ours - caller):,.1f}x")
+    # the reference brute force is the scan a caller would write without lbcore (naive
+    # selectors); the scan with lbcore's compiled selectors is printed above as the stricter peer
+    ratio = naive_peer / ours
     met = ours < 20e-6 and ratio >= 1000
-    print(f"TARGET index pod change < 20 us and >= 1,000x: {'met' if met else 'NOT met'}")
+    print(f"TARGET index pod change < 20 us and >= 1,000x vs the brute-force scan of naive selectors "
+          f"({ours * 1e6:.2f} us, {ratio:,.0f}x): {'met' if met else 'NOT met'}")
 
 
 def test_index_service_change(benchmark, cluster):

@@ -38,8 +38,8 @@ class Selector:
     def empty(self) -> bool: ...
     @property
     def is_nothing(self) -> bool: ...
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        """True when every requirement holds for ``labels``."""
+    def matches(self, labels: Mapping[str, str], /) -> bool:
+        """True when every requirement holds for ``labels`` (positional: a one-argument C call)."""
     def requires_exact_match(self, key: str) -> str | None: ...
     def __eq__(self, other: object) -> bool: ...
     def __hash__(self) -> int: ...
@@ -55,7 +55,11 @@ def selector_from_label_selector(label_selector: Mapping[str, Any] | Any | None)
     """A ``metav1.LabelSelector``; None matches nothing, ``{}`` matches everything."""
 
 class SelectorIndex:
-    """Selectors and label sets by id, and which of them match, kept up to date incrementally."""
+    """Selectors and label sets by id, and which of them match, kept up to date incrementally.
+
+    Postings are C arrays of integer slots behind an XXH3 table of label pairs; label sets are
+    kept as interned (key, value) string pointers, so one change costs a few probes and writes.
+    """
 
     def __init__(self) -> None: ...
     def __len__(self) -> int: ...

@@ -333,7 +333,7 @@ class Selector:
         """True for the selector that matches nothing."""
         return self._nothing
 
-    def matches(self, labels: Mapping[str, str]) -> bool:
+    def matches(self, labels: Mapping[str, str], /) -> bool:
         """True when every requirement holds for ``labels`` (a mapping of str to str)."""
         if self._nothing:
             return False

@@ -196,3 +196,123 @@ def test_index_agrees_with_brute_force(sel, ops):
         for lid in labels:
             assert index.selectors_matching(lid) == {s for s, p in relation if p == lid}
             assert index.selectors_matching(labels[lid]) == {s for s, p in relation if p == lid}
+
+
+# --------------------------------------------------------------------------- the compiled index's own structures
+# The compiled index keeps postings in C arrays behind a table of label pairs that grows and
+# shrinks; these tests drive it through growth, deletion, slot reuse and large postings, and
+# compare with a brute-force scan (both twins, so the readable one is held to the same answers).
+
+
+def _relation(sel, index, selectors, labels):
+    for sid, s in selectors.items():
+        expected = {lid for lid, ls in labels.items() if s.matches(ls)}
+        assert index.matching(sid) == expected, sid
+    for lid, ls in labels.items():
+        expected = {sid for sid, s in selectors.items() if s.matches(ls)}
+        assert index.selectors_matching(lid) == expected, lid
+        assert index.get_labels(lid) == ls
+
+
+def test_thousands_of_pairs_added_and_removed_stay_findable(sel):
+    """Enough distinct pairs to grow the pair table several times, then most removed again (the
+    table closes the gaps they leave), with the survivors still found."""
+    index = sel.SelectorIndex()
+    selectors = {f"svc-{i}": sel.selector_from_map({"app": f"a{i}"}) for i in range(0, 3000, 7)}
+    for sid, s in selectors.items():
+        index.set_selector(sid, s)
+    labels = {f"pod-{i}": {"app": f"a{i}", "n": str(i)} for i in range(3000)}
+    for lid, ls in labels.items():
+        index.set_labels(lid, ls)
+    for i in range(3000):
+        if i % 10:
+            assert index.remove_labels(f"pod-{i}") == ({f"svc-{i}"} if f"svc-{i}" in selectors else set())
+            del labels[f"pod-{i}"]
+    for sid in list(selectors)[::2]:
+        index.remove_selector(sid)
+        del selectors[sid]
+    _relation(sel, index, selectors, labels)
+    assert index.label_count == 300 and index.selector_count == len(selectors)
+
+
+def test_slots_are_reused_without_leaking_old_matches(sel):
+    index = sel.SelectorIndex()
+    index.set_selector("old", sel.parse_selector("app=web"))
+    index.set_labels("p1", {"app": "web"})
+    index.remove_selector("old")
+    index.remove_labels("p1")
+    # new ids take the freed places; nothing of the old relation may show through
+    index.set_selector("new", sel.parse_selector("tier=db"))
+    assert index.set_labels("p2", {"app": "web"}) == (set(), set())
+    assert index.selectors_matching("p2") == set() and index.matching("new") == set()
+    assert index.set_labels("p2", {"tier": "db"}) == ({"new"}, set())
+    assert index.set_selector("again", sel.parse_selector("app=web")) == (set(), set())
+
+
+def test_one_label_set_leaving_a_large_posting(sel):
+    """3,000 label sets share tier=web; moving one in the middle keeps every other one filed."""
+    index = sel.SelectorIndex()
+    labels = {i: {"tier": "web", "n": str(i)} for i in range(3000)}
+    for lid, ls in labels.items():
+        index.set_labels(lid, ls)
+    labels[1500] = {"tier": "db", "n": "1500"}
+    index.set_labels(1500, labels[1500])
+    labels[0] = {"n": "0"}
+    index.set_labels(0, labels[0])
+    assert index.set_selector("web", sel.parse_selector("tier=web"))[0] == {i for i in labels if labels[i].get("tier") == "web"}
+    assert index.set_selector("has-tier", sel.parse_selector("tier"))[0] == set(labels) - {0}
+    assert index.selectors_matching(1500) == {"has-tier"}
+    assert index.selectors_matching(2999) == {"web", "has-tier"}
+
+
+def test_label_sets_grow_and_shrink(sel):
+    index = sel.SelectorIndex()
+    index.set_selector("s", sel.parse_selector("k7=v,!k0"))
+    grown = {f"k{i}": "v" for i in range(1, 40)}
+    assert index.set_labels("p", {"k1": "v"}) == (set(), set())
+    assert index.set_labels("p", grown) == ({"s"}, set())
+    assert index.set_labels("p", {"k0": "v", **grown}) == (set(), {"s"})
+    assert index.set_labels("p", {"k7": "v"}) == ({"s"}, set())
+    assert index.get_labels("p") == {"k7": "v"}
+
+
+def test_unchanged_label_set_in_another_order_reports_nothing(sel):
+    index = sel.SelectorIndex()
+    index.set_selector("s", sel.parse_selector("a=1,b=2"))
+    assert index.set_labels("p", {"a": "1", "b": "2"}) == ({"s"}, set())
+    assert index.set_labels("p", {"b": "2", "a": "1"}) == (set(), set())
+    assert index.set_labels("p", {"b": "2", "a": "1", "c": "3"}) == (set(), set())
+    assert index.get_labels("p") == {"a": "1", "b": "2", "c": "3"}
+
+
+def test_labels_equal_but_not_the_same_objects_are_one_pair(sel):
+    index = sel.SelectorIndex()
+    index.set_selector("s", sel.parse_selector("app=web"))
+    for i in range(3):
+        index.set_labels(i, {"".join(["a", "pp"]): "".join(["w", "eb"])})
+    assert index.matching("s") == {0, 1, 2}
+    index.remove_labels(1)
+    assert index.matching(sel.parse_selector("app in (web)")) == {0, 2}
+
+
+def test_label_values_that_are_not_strings_are_kept_and_never_equal_a_selector_value(sel):
+    index = sel.SelectorIndex()
+    index.set_selector("one", sel.parse_selector("n=1"))
+    index.set_selector("has-n", sel.parse_selector("n"))
+    index.set_selector("not-one", sel.parse_selector("n!=1"))
+    assert index.set_labels("p", {"n": 1}) == ({"has-n", "not-one"}, set())
+    assert index.set_labels("q", {"n": 1.0}) == ({"has-n", "not-one"}, set())
+    assert index.set_labels("p", {"n": "1"}) == ({"one"}, {"not-one"})
+    assert index.get_labels("q") == {"n": 1.0}
+    assert index.remove_labels("q") == {"has-n", "not-one"}
+
+
+def test_selector_anchored_on_many_values_is_found_through_each(sel):
+    index = sel.SelectorIndex()
+    values = [f"v{i}" for i in range(12)]  # past the small-set threshold of the compiled twin
+    index.set_selector("many", sel.Selector([("k", "in", values)]))
+    for i, v in enumerate(values):
+        assert index.set_labels(i, {"k": v}) == ({"many"}, set())
+    assert index.set_labels(0, {"k": "other"}) == (set(), {"many"})
+    assert index.remove_selector("many") == set(range(1, 12))
+    assert all(index.selectors_matching(i) == set() for i in range(12))

@@ -533,3 +533,100 @@ def test_twins_agree_on_any_text(text):
 def test_twins_agree_on_validation(text):
     assert _selectors_c.validate_label_key(text) == _selectors_py.validate_label_key(text)
     assert _selectors_c.validate_label_value(text) == _selectors_py.validate_label_value(text)
+
+
+# --------------------------------------------------------------------------- every kind of dict the matcher probes
+# The compiled matcher probes a str-keyed dict's table itself; these dicts take each of its paths
+# (small and large index widths, deleted slots, mixed keys, split tables, keys that are equal but
+# not the same object) and must answer what the readable twin answers.
+
+
+def _fresh(text: str) -> str:
+    """An equal str that is not the interned object (as json or a socket read gives)."""
+    return "".join(list(text))
+
+
+class _Holder:
+    def __init__(self) -> None:
+        self.app = "web"
+        self.tier = "backend"
+
+
+def _dicts_to_probe() -> list[tuple[str, dict]]:
+    big = {f"k{i}": str(i) for i in range(300)}  # 2-byte indices
+    big.update(app="web", tier="backend")
+    huge = {f"k{i}": "v" for i in range(70_000)}  # 4-byte indices
+    huge.update(app="web", tier="frontend")
+    deleted = {f"d{i}": "x" for i in range(20)}
+    deleted.update(app="web", tier="backend")
+    for i in range(20):
+        del deleted[f"d{i}"]  # dummies left in the probe runs
+    mixed = {1: "one", ("t",): "tuple", "app": "web", "tier": "backend"}
+    return [
+        ("literal keys", {"app": "web", "tier": "backend"}),
+        ("fresh keys and values", {_fresh("app"): _fresh("web"), _fresh("tier"): _fresh("backend")}),
+        ("300 keys", big),
+        ("70,000 keys", huge),
+        ("deleted keys", deleted),
+        ("non-str keys too", mixed),
+        ("instance __dict__ (split table)", _Holder().__dict__),
+        ("empty", {}),
+        ("wrong value type", {"app": 7, "tier": None}),
+    ]
+
+
+@pytest.mark.parametrize("name, labels", _dicts_to_probe(), ids=[n for n, _ in _dicts_to_probe()])
+@pytest.mark.parametrize("text", ["app=web,tier in (backend,db)", "app,!canary", "tier notin (frontend)", "app!=web"])
+def test_compiled_match_agrees_on_every_kind_of_dict(name, labels, text):
+    compiled = _selectors_c.parse_selector(text).matches(labels)
+    assert compiled == _selectors_py.parse_selector(text).matches(labels)
+
+
+def test_split_table_dict_matches():
+    holder = _Holder()
+    assert _selectors_c.parse_selector("app=web,tier=backend").matches(holder.__dict__)
+    holder.tier = "db"
+    assert not _selectors_c.parse_selector("app=web,tier=backend").matches(holder.__dict__)
+
+
+def test_keys_and_values_of_str_subclasses_match_by_value():
+    class Text(str):
+        pass
+
+    labels = {Text("app"): Text("web")}
+    assert _selectors_c.parse_selector("app=web").matches(labels)
+    assert not _selectors_c.parse_selector("app!=web").matches(labels)
+
+
+def test_non_ascii_values_compare_by_content():
+    # kinds 1, 2 and 4 of PEP 393; "é" and "e" differ, an equal fresh copy matches
+    for value in ("caf\u00e9", "\u0394x", "\U0001f600"):
+        labels = {"v": _fresh(value)}
+        requirement = _selectors_c.Selector([("v", "in", ["a", "b"])])
+        assert not requirement.matches(labels)
+        assert _selectors_c.Selector([("v", "exists", [])]).matches(labels)
+        assert _selectors_c.Selector([("v", "!=", ["cafe"])]).matches(labels)
+
+
+def test_matches_takes_its_labels_positionally(sel):
+    s = sel.parse_selector("app=web")
+    assert s.matches({"app": "web"})
+    with pytest.raises(TypeError):
+        s.matches(labels={"app": "web"})
+
+
+@HYPOTHESIS
+@given(
+    labels=st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), st.sampled_from(["", "1", "2", "x"]), max_size=4),
+    deletions=st.lists(st.sampled_from(["a", "b", "c", "d"]), max_size=4),
+    padding=st.integers(0, 400),
+)
+def test_compiled_match_agrees_after_deletions_and_growth(labels, deletions, padding):
+    """Dicts grown past the 1- and 2-byte index widths and with deleted slots, against the twin."""
+    labels = dict(labels)
+    for i in range(padding):
+        labels[f"pad{i}"] = "p"
+    for key in deletions:
+        labels.pop(key, None)
+    for text in ("a=1", "a in (1,2),b", "!c,d notin (x)", "a>0", "b!=", "a,b,c,d"):
+        assert _selectors_c.parse_selector(text).matches(labels) == _selectors_py.parse_selector(text).matches(labels)
