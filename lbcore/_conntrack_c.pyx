@@ -746,21 +746,38 @@ cdef class _FlatTable:
         assert len(self._entries()) == self.used
 
 
+# The destination parsed last, by identity: a proxy passes its service's address, the same
+# object, with every connection, so most calls skip parsing it. Holding the reference keeps the
+# object alive, so its identity cannot pass to another one; str and bytes never change.
+cdef object _last_dst = None
+cdef uint8_t _last_dst_key[16]
+
+
 cdef inline int _key(ct_key* k, object proto, object src, object sport, object dst,
                      object dport) except -1:
+    global _last_dst
     memset(k, 0, sizeof(ct_key))
     pack_proto(proto, &k.proto)
     pack_addr(src, k.addr, "src")
-    pack_addr(dst, k.addr + 16, "dst")
+    if dst is _last_dst:
+        memcpy(k.addr + 16, _last_dst_key, 16)
+    else:
+        pack_addr(dst, k.addr + 16, "dst")
+        memcpy(_last_dst_key, k.addr + 16, 16)
+        _last_dst = dst
     pack_port(sport, &k.sport, "sport")
     pack_port(dport, &k.dport, "dport")
     return 0
 
 
-cdef inline int _check_backend(object backend) except -1:
-    if not isinstance(backend, int) or not 0 <= backend <= CT_MAX_BACKEND:
-        raise _invalid("backend", backend, f"must be a backend id 0..{CT_MAX_BACKEND}")
-    return 0
+cdef inline int32_t _backend_id(object backend) except -1:
+    cdef long b
+    cdef int overflow = 0
+    if isinstance(backend, int):
+        b = PyLong_AsLongAndOverflow(backend, &overflow)
+        if not overflow and 0 <= b <= CT_MAX_BACKEND:
+            return <int32_t>b
+    raise _invalid("backend", backend, f"must be a backend id 0..{CT_MAX_BACKEND}")
 
 
 cdef double _timeout(str name, object value) except -1:
@@ -956,20 +973,22 @@ cdef class ConnTable(_FlatTable):
                 "tcp_closing_timeout": self.timeout_ms[CLS_CLOSING] / 1000.0,
                 "udp_timeout": self.timeout_ms[CLS_DATAGRAM] / 1000.0}
 
+    @cython.binding(False)
     def lookup(self, proto, src, sport, dst, dport, double now) -> int:
         """The backend of this connection, or -1; a hit counts as use and refreshes its timer."""
         cdef ct_key k
         _key(&k, proto, src, sport, dst, dport)
         return self.lookup_c(&k, self.now_ms(now))
 
+    @cython.binding(False)
     def insert(self, proto, src, sport, dst, dport, backend, double now) -> None:
         """Track this connection as going to ``backend`` (replacing any entry of the same key)."""
         cdef ct_key k
         _key(&k, proto, src, sport, dst, dport)
-        _check_backend(backend)
-        if self.insert_c(&k, backend, self.now_ms(now)) < 0:
+        if self.insert_c(&k, _backend_id(backend), self.now_ms(now)) < 0:
             raise MemoryError("ConnTable: no memory for the per-backend lists")
 
+    @cython.binding(False)
     def close(self, proto, src, sport, dst, dport, double now) -> bool:
         """The connection ended: TCP/SCTP move to the closing timeout, UDP and others go.
 
@@ -979,6 +998,7 @@ cdef class ConnTable(_FlatTable):
         _key(&k, proto, src, sport, dst, dport)
         return self.close_c(&k, self.now_ms(now))
 
+    @cython.binding(False)
     def remove(self, proto, src, sport, dst, dport) -> bool:
         """Forget this connection at once; return whether it was there."""
         cdef ct_key k
@@ -1083,8 +1103,7 @@ cdef class AffinityTable(_FlatTable):
         cdef ct_key k
         memset(&k, 0, sizeof(ct_key))
         pack_addr(client, k.addr, "client")
-        _check_backend(backend)
-        if self.insert_c(&k, backend, self.now_ms(now)) < 0:
+        if self.insert_c(&k, _backend_id(backend), self.now_ms(now)) < 0:
             raise MemoryError("AffinityTable: no memory for the per-backend lists")
 
     def remove(self, client) -> bool:
