@@ -1018,7 +1018,10 @@ cdef class ConnTable(_FlatTable):
         """Look up a batch of connections; return an int32 array of backends (-1 for a miss).
 
         Columns: ``src``/``dst`` uint8 (n, 16) or (n, 4), or uint32 (n,) IPv4; ``sport``/``dport``
-        integers; ``proto`` a name, a number or uint8 (n,)."""
+        integers; ``proto`` a name, a number or uint8 (n,).
+
+        The loop keeps the GIL: every hit moves its entry in the LRU order, so the batch changes
+        the table, and the GIL is what keeps another thread from changing it at the same time."""
         cdef Py_ssize_t n = _batch_rows(src)
         cdef _Batch cols = _Batch.__new__(_Batch)
         cols.columns(proto, src, sport, dst, dport, None, n)

@@ -7,13 +7,16 @@ from lbcore._conntrack_c import AffinityTable, ConnTable
 from lbcore.snapshot import EndpointInfo
 
 class PickCore:
-    """Connection table, affinity and balancer behind one lock; see ``lbcore.picker``."""
+    """Connection table, affinity and balancer; see ``lbcore.picker``.
+
+    Picks, closes and ``mark_down`` are serialized by the GIL alone while no ``lock()`` is held;
+    while one is, they wait for it (with the GIL released)."""
 
     def __init__(
         self, conns: ConnTable, affinity: AffinityTable | None, clock: Callable[[], float]
     ) -> None: ...
     def lock(self) -> None:
-        """Take the core's lock (waits with the GIL released)."""
+        """Take the core's lock (waits with the GIL released); picks wait until ``unlock``."""
     def unlock(self) -> None:
         """Give the core's lock back."""
     def install(
