@@ -54,7 +54,6 @@ cdef extern from "<sys/socket.h>" nogil:
         SOCK_NONBLOCK
         SOCK_CLOEXEC
         SOL_SOCKET
-        SO_ERROR
         SO_LINGER
         SHUT_WR
         MSG_NOSIGNAL
@@ -69,9 +68,7 @@ cdef extern from "<sys/socket.h>" nogil:
     ssize_t sendto(int fd, const void* buf, size_t n, int flags, const sockaddr* addr,
                    socklen_t len)
     int setsockopt(int fd, int level, int name, const void* value, socklen_t len)
-    int getsockopt(int fd, int level, int name, void* value, socklen_t* len)
     int shutdown(int fd, int how)
-    int getpeername(int fd, sockaddr* addr, socklen_t* len)
 
 
 cdef extern from "<netinet/in.h>" nogil:
