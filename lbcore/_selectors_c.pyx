@@ -16,7 +16,7 @@ Which constructor gives which semantics:
 """
 
 cimport cython
-from cpython.object cimport PyObject, PyObject_RichCompareBool, Py_EQ
+from cpython.object cimport PyObject, PyObject_Hash, PyObject_RichCompareBool, Py_EQ
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cpython.set cimport PySet_Contains
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
@@ -62,13 +62,16 @@ cdef extern from *:
     } lb_dictkeys;
     typedef struct { PyObject *me_key; PyObject *me_value; } lb_unicode_entry;
 
-    static inline PyObject* lb_dict_get(PyObject* d, PyObject* key) {
+    /* The keys table of a dict the probe can read (combined, every key a str), else NULL. */
+    static inline void* lb_dict_keys(PyObject* d) {
         PyDictObject* mp = (PyDictObject*)d;
         lb_dictkeys* dk = (lb_dictkeys*)mp->ma_keys;
-        Py_hash_t hash;
-        if (mp->ma_values != NULL || dk->dk_kind != 1 || !PyUnicode_CheckExact(key)
-                || (hash = ((PyASCIIObject*)key)->hash) == -1)
-            return PyDict_GetItemWithError(d, key);
+        return (mp->ma_values == NULL && dk->dk_kind == 1) ? (void*)dk : NULL;
+    }
+
+    /* The value of an exact str key whose hash is given, in a table from lb_dict_keys. */
+    static inline PyObject* lb_dict_probe(void* keys, PyObject* key, Py_hash_t hash) {
+        const lb_dictkeys* dk = (const lb_dictkeys*)keys;
         const uint8_t log2 = dk->dk_log2_size;
         const size_t mask = ((size_t)1 << log2) - 1;
         size_t i = (size_t)hash & mask, perturb = (size_t)hash;
@@ -98,10 +101,15 @@ cdef extern from *:
         }
     }
     #else
-    #define lb_dict_get PyDict_GetItemWithError
+    static inline void* lb_dict_keys(PyObject* d) { (void)d; return NULL; }
+    static inline PyObject* lb_dict_probe(void* keys, PyObject* key, Py_hash_t hash) {
+        (void)keys; (void)key; (void)hash; return NULL;  /* never called: no keys table */
+    }
     #endif
     """
-    PyObject* dict_get "lb_dict_get"(PyObject* d, PyObject* key) except? NULL
+    void* dict_keys "lb_dict_keys"(PyObject* d) noexcept
+    PyObject* dict_probe "lb_dict_probe"(void* keys, PyObject* key, Py_hash_t hash) noexcept
+    PyObject* dict_get "PyDict_GetItemWithError"(PyObject* d, PyObject* key) except? NULL
 
 cdef extern from "Python.h":
     bint unicode_check_exact "PyUnicode_CheckExact"(PyObject* o)
@@ -379,6 +387,7 @@ cdef struct CReq:
     PyObject** values      # borrowed from the Requirement's values tuple
     PyObject* value_set    # frozenset of the values when there are many, else NULL
     int64_t number         # the integer of > and <
+    Py_hash_t hash         # the key's str hash (what a dict probes with), -1 if not an exact str
 
 
 cdef object _interned(object text):
@@ -433,13 +442,19 @@ cdef inline int _holds(CReq* r, PyObject* value) except -1:
     return have > r.number if op == OP_GT else have < r.number
 
 
-cdef bint _match_reqs(CReq* reqs, Py_ssize_t n, dict labels) except -1:
+cdef inline bint _match_reqs(CReq* reqs, Py_ssize_t n, dict labels) except -1:
     """The C loop: every requirement against a dict of labels. Keys are interned and carry
     their hash, so a look-up is one probe of the dict's table; values compare by identity,
     then by length and memcmp; nothing is allocated and no exception is set on a miss."""
     cdef Py_ssize_t i
+    cdef void* keys = dict_keys(<PyObject*>labels)
+    cdef PyObject* value
     for i in range(n):
-        if not _holds(&reqs[i], dict_get(<PyObject*>labels, reqs[i].key)):
+        if keys != NULL and reqs[i].hash != -1:
+            value = dict_probe(keys, reqs[i].key, reqs[i].hash)
+        else:
+            value = dict_get(<PyObject*>labels, reqs[i].key)
+        if not _holds(&reqs[i], value):
             return False
     return True
 
@@ -537,6 +552,8 @@ cdef class Selector:
             r.values = self._value_ptrs + total
             r.value_set = NULL
             r.number = 0
+            # the dict's own hash of the key (cached in the str), to probe label dicts with
+            r.hash = PyObject_Hash(q[0]) if type(q[0]) is str else -1
             for j in range(r.nvalues):
                 r.values[j] = <PyObject*>values[j]
             total += r.nvalues
@@ -598,7 +615,9 @@ cdef class Selector:
         """True when every requirement holds for ``labels`` (a mapping of str to str)."""
         if type(labels) is not dict:
             labels = dict(labels)
-        return self._match(<dict>labels)
+        if self._nothing:
+            return False
+        return _match_reqs(self._reqs, self._n, <dict>labels)
 
     def requires_exact_match(self, str key):
         """The one value ``key`` must have (``=``, ``==`` or a one-value ``in``), else None."""
