@@ -225,3 +225,43 @@ def test_counts_stay_exact_when_both_workers_pick_at_once(backends, make_fronten
     rows = fe.engine.service_endpoints(f"cluster/{sp.key}")
     assert [(r["active"], r["balancer_active"]) for r in rows] == [(0, 0)] * 3
     assert fe.stats()["accepted"] == 900
+
+
+def test_syncs_swap_balancers_under_traffic_without_losing_a_connection(backends, make_frontend):
+    bs = [backends(t) for t in "ABCD"]
+    ip = cluster_ip()
+    sets = [bs[:2], bs[1:], bs[::2], bs]
+    fe = make_frontend(algorithm="least_conn", workers=2)
+    fe.sync(snapshot(service_port("web", [b.endpoint() for b in bs], ip=ip)), frozenset())
+    stop = threading.Event()
+    served: list[str] = []
+    errors: list[BaseException] = []
+
+    def client() -> None:
+        try:
+            while not stop.is_set() and len(served) < 5000:
+                served.append(tag_of((ip, 8080)))
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for version in range(2, 42):
+            chosen = sets[version % len(sets)]
+            sp = service_port("web", [b.endpoint() for b in chosen], ip=ip)
+            fe.sync(snapshot(sp, version=version), frozenset({"default/web"}))
+            # a few connections between syncs, every one under another balancer
+            goal = len(served) + 5
+            assert wait_until(lambda: len(served) >= goal or bool(errors))  # noqa: B023
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not errors, errors[:3]
+    assert len(served) >= 100 and set(served) <= set("ABCD")
+    assert wait_until(lambda: fe.stats()["connections"] == 0)
+    assert fe.stats()["rejected"] == 0
+    rows = fe.engine.service_endpoints("cluster/" + service_port("web", [], ip=ip).key)
+    assert [(r["active"], r["balancer_active"]) for r in rows] == [(0, 0)] * len(rows)
