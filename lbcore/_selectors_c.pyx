@@ -1195,7 +1195,7 @@ cdef class SelectorIndex:
     cdef PyObject** _scr_pairs
     cdef Py_ssize_t _scr_pairs_cap
     cdef uint64_t* _scr_hash
-    cdef Py_ssize_t _scr_hash_cap
+    cdef Py_ssize_t _scr_hash_cap, _scr_hash_n
 
     def __cinit__(self):
         self._table = <int32_t*>PyMem_Malloc(8 * sizeof(int32_t))
@@ -1571,6 +1571,7 @@ cdef class SelectorIndex:
             prefetch(&self._table[<size_t>hp & self._mask])
             prefetch(&self._table[<size_t>hk & self._mask])
             i += 2
+        self._scr_hash_n = i
         return 0
 
     cdef int _entries_of(self, dict labels, bint add) except -1:
@@ -1581,6 +1582,8 @@ cdef class SelectorIndex:
         cdef PyObject* v
         cdef int32_t e
         cdef uint64_t* hashes = self._scr_hash
+        if n != self._scr_hash_n:  # only a label's own __eq__ or __hash__ could do this
+            raise RuntimeError("labels changed size during the index update")
         # first the entries the first probes name, all loading at once
         for i in range(n):
             e = self._table[<size_t>hashes[i] & self._mask]
@@ -1590,6 +1593,8 @@ cdef class SelectorIndex:
         _vec_reserve(&self._scr_ents, n)
         i = 0
         while PyDict_Next(labels, &it, &k, &v):
+            if i >= n:
+                raise RuntimeError("labels changed during the index update")
             if add:
                 e = self._find_or_add(hashes[i], k, v)
                 self._scr_ents.data[self._scr_ents.n] = e

@@ -316,3 +316,28 @@ def test_selector_anchored_on_many_values_is_found_through_each(sel):
     assert index.set_labels(0, {"k": "other"}) == (set(), {"many"})
     assert index.remove_selector("many") == set(range(1, 12))
     assert all(index.selectors_matching(i) == set() for i in range(12))
+
+
+def test_a_label_value_that_changes_the_labels_while_compared_is_refused_safely():
+    """The compiled index reads the caller's dict in place; a value whose __eq__ adds labels to
+    it while the index compares it must not make the index read past what it hashed."""
+
+    class Meddler:
+        def __init__(self, labels: dict) -> None:
+            self.labels = labels
+
+        def __eq__(self, other: object) -> bool:
+            self.labels[f"extra-{len(self.labels)}"] = "x"
+            return False
+
+        __hash__ = object.__hash__
+
+    index = _selectors_c.SelectorIndex()
+    index.set_selector("has-a", _selectors_c.parse_selector("a"))
+    index.set_labels("p", {"a": 1})  # a non-str value of key "a" to compare against
+    labels: dict = {}
+    labels["a"] = Meddler(labels)
+    with pytest.raises(RuntimeError, match="changed"):
+        index.set_labels("q", labels)
+    assert index.set_labels("r", {"a": "1"}) == ({"has-a"}, set())
+    assert index.matching("has-a") == {"p", "r"}
