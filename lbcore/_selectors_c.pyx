@@ -1105,6 +1105,7 @@ cdef struct Entry:
 
 cdef struct LabelSlot:
     PyObject* id           # owned; NULL while the slot is free
+    uint64_t hash          # the id's hash, mixed: where the id table files it
     int32_t n              # entries: a pair entry and a key entry per label
     int32_t cap
     int32_t* items         # per entry: its id, then this slot's place in its posting
@@ -1183,7 +1184,9 @@ cdef class SelectorIndex:
     cdef LabelSlot* _labsets
     cdef Py_ssize_t _labsets_cap, _labsets_top
     cdef Vec _free_labsets
-    cdef dict _lab_slot         # label id -> slot
+    cdef dict _lab_slot         # label id -> slot, in the order ids came (label_ids())
+    cdef int32_t* _lab_table    # the same, as a C table of slots by the id's hash (the hot path)
+    cdef size_t _lab_mask
     # selectors
     cdef SelectorSlot* _selslots
     cdef Py_ssize_t _selslots_cap, _selslots_top
@@ -1203,6 +1206,11 @@ cdef class SelectorIndex:
             raise MemoryError()
         memset(self._table, 0xFF, 8 * sizeof(int32_t))
         self._mask = 7
+        self._lab_table = <int32_t*>PyMem_Malloc(8 * sizeof(int32_t))
+        if self._lab_table == NULL:
+            raise MemoryError()
+        memset(self._lab_table, 0xFF, 8 * sizeof(int32_t))
+        self._lab_mask = 7
         self._stamp = 0
 
     def __init__(self):
@@ -1229,6 +1237,7 @@ cdef class SelectorIndex:
             PyMem_Free(self._selslots[i].pos)
         PyMem_Free(self._entries)
         PyMem_Free(self._table)
+        PyMem_Free(self._lab_table)
         PyMem_Free(self._scr_pairs)
         PyMem_Free(self._scr_hash)
         PyMem_Free(self._labsets)
@@ -1391,9 +1400,84 @@ cdef class SelectorIndex:
                 owner.pos[j] = at
                 return
 
+    # -- label-set ids -----------------------------------------------------------------------
+    # A label set's id is found through a C table of slots keyed by the id's hash (Python's: ids
+    # are any hashable values), checked against the id the slot holds. A Python dict would also
+    # read its entry, the stored key and the slot number's int object: three more cache lines
+    # at a random place of a large heap, on every change.
+
+    cdef inline uint64_t _id_hash(self, object label_id) except? 0:
+        # Fibonacci mixing, so that ids hashing to a stride (ints do) spread over the table
+        return <uint64_t>PyObject_Hash(label_id) * 0x9E3779B97F4A7C15ULL
+
+    cdef int32_t _lab_find(self, object label_id, uint64_t h) except -2:
+        """The slot of a label-set id whose mixed hash is ``h``, or -1."""
+        cdef size_t i = <size_t>(h >> 32) & self._lab_mask
+        cdef int32_t slot
+        cdef LabelSlot* ls
+        while True:
+            slot = self._lab_table[i]
+            if slot < 0:
+                return -1
+            ls = &self._labsets[slot]
+            if ls.hash == h and (ls.id == <PyObject*>label_id
+                                 or PyObject_RichCompareBool(<object>ls.id, label_id, Py_EQ)):
+                return slot
+            i = (i + 1) & self._lab_mask
+
+    cdef int32_t _lab_slot_of(self, object label_id) except -1:
+        """The slot of a stored label-set id; KeyError if there is none."""
+        cdef int32_t slot = self._lab_find(label_id, self._id_hash(label_id))
+        if slot < 0:
+            raise KeyError(label_id)
+        return slot
+
+    cdef int _lab_file(self, int32_t slot) except -1:
+        """File a new slot in the id table (its hash set), growing the table at half full."""
+        cdef size_t i, size
+        cdef int32_t* table
+        cdef Py_ssize_t s
+        if <size_t>len(self._lab_slot) * 2 > self._lab_mask + 1:
+            size = (self._lab_mask + 1) * 2
+            table = <int32_t*>PyMem_Malloc(size * sizeof(int32_t))
+            if table == NULL:
+                raise MemoryError()
+            memset(table, 0xFF, size * sizeof(int32_t))
+            for s in range(self._labsets_top):
+                if self._labsets[s].id != NULL and s != slot:
+                    i = <size_t>(self._labsets[s].hash >> 32) & (size - 1)
+                    while table[i] >= 0:
+                        i = (i + 1) & (size - 1)
+                    table[i] = <int32_t>s
+            PyMem_Free(self._lab_table)
+            self._lab_table = table
+            self._lab_mask = size - 1
+        i = <size_t>(self._labsets[slot].hash >> 32) & self._lab_mask
+        while self._lab_table[i] >= 0:
+            i = (i + 1) & self._lab_mask
+        self._lab_table[i] = slot
+        return 0
+
+    cdef void _lab_unfile(self, int32_t slot) noexcept:
+        """Take a slot out of the id table (backward-shift deletion, as for the pair table)."""
+        cdef size_t mask = self._lab_mask, i, j, home
+        i = <size_t>(self._labsets[slot].hash >> 32) & mask
+        while self._lab_table[i] != slot:
+            i = (i + 1) & mask
+        j = i
+        while True:
+            j = (j + 1) & mask
+            if self._lab_table[j] < 0:
+                break
+            home = <size_t>(self._labsets[self._lab_table[j]].hash >> 32) & mask
+            if (i < j and (home <= i or home > j)) or (i > j and home <= i and home > j):
+                self._lab_table[i] = self._lab_table[j]
+                i = j
+        self._lab_table[i] = -1
+
     # -- slots -------------------------------------------------------------------------------
 
-    cdef int32_t _new_label_slot(self, object label_id) except -1:
+    cdef int32_t _new_label_slot(self, object label_id, uint64_t h) except -1:
         cdef int32_t slot
         cdef Py_ssize_t cap
         cdef LabelSlot* grown
@@ -1417,6 +1501,8 @@ cdef class SelectorIndex:
         memset(&self._labsets[slot], 0, sizeof(LabelSlot))
         Py_XINCREF(<PyObject*>label_id)
         self._labsets[slot].id = <PyObject*>label_id
+        self._labsets[slot].hash = h
+        self._lab_file(slot)
         return slot
 
     cdef void _free_label_slot(self, int32_t slot) noexcept:
@@ -1540,7 +1626,7 @@ cdef class SelectorIndex:
             return self._selectors_for(<dict>labels)
         if isinstance(labels, Mapping):  # an ABC check: slower, so after the plain-dict case
             return self._selectors_for(dict(labels))
-        ls = &self._labsets[<int32_t>self._lab_slot[labels]]
+        ls = &self._labsets[self._lab_slot_of(labels)]
         result = set()
         for t in range(ls.matched.n):
             result.add(<object>self._selslots[ls.matched.data[t]].id)
@@ -1652,16 +1738,16 @@ cdef class SelectorIndex:
         """Add or replace a label set; return (selector ids it now matches and did not,
         selector ids it matched and no longer does)."""
         cdef dict given = <dict>labels if type(labels) is dict else dict(labels)
-        cdef object found
-        cdef int32_t slot = -1, e
+        cdef uint64_t h = self._id_hash(label_id)
+        cdef int32_t slot, e
         cdef LabelSlot* ls = NULL
         cdef Entry* entry
         cdef Py_ssize_t j, n, kept = 0
         cdef uint32_t stamp = self._next_stamp()
+        prefetch(&self._lab_table[<size_t>(h >> 32) & self._lab_mask])
         self._hash_labels(given)
-        found = self._lab_slot.get(label_id)
-        if found is not None:
-            slot = found
+        slot = self._lab_find(label_id, h)
+        if slot >= 0:
             ls = &self._labsets[slot]
             prefetch(ls.items)
             prefetch(ls.matched.data)
@@ -1689,7 +1775,7 @@ cdef class SelectorIndex:
             self._scr_pairs[j + 1] = entry.value
         self._matching_selectors(None, self._scr_pairs, n // 2)
         if ls == NULL:
-            slot = self._new_label_slot(label_id)
+            slot = self._new_label_slot(label_id, h)
             ls = &self._labsets[slot]
         _vec_reserve(&self._scr_pos, n)
         # entries it keeps keep their posting places; new ones join the end of their postings
@@ -1767,14 +1853,14 @@ cdef class SelectorIndex:
 
     def remove_labels(self, label_id) -> set:
         """Forget a label set; return the selector ids it matched. Unknown ids are ignored."""
-        cdef object found = self._lab_slot.pop(label_id, None)
-        cdef int32_t slot, s
+        cdef int32_t slot = self._lab_find(label_id, self._id_hash(label_id)), s
         cdef LabelSlot* ls
         cdef Py_ssize_t j
         cdef set before = set()
-        if found is None:
+        if slot < 0:
             return before
-        slot = found
+        del self._lab_slot[label_id]
+        self._lab_unfile(slot)
         ls = &self._labsets[slot]
         for j in range(ls.n):
             self._unpost_label(ls.items[2 * j], ls.items[2 * j + 1])
@@ -1970,7 +2056,7 @@ cdef class SelectorIndex:
         else:
             removed = before - matched
             for lid in removed:
-                _sorted_remove(&self._labsets[<int32_t>self._lab_slot[lid]].matched, slot)
+                _sorted_remove(&self._labsets[self._lab_slot_of(lid)].matched, slot)
         ss = &self._selslots[slot]
         Py_XINCREF(<PyObject*>matched)
         Py_XDECREF(ss.matches)
@@ -1990,7 +2076,7 @@ cdef class SelectorIndex:
         ss = &self._selslots[slot]
         before = <set>ss.matches
         for lid in before:
-            _sorted_remove(&self._labsets[<int32_t>self._lab_slot[lid]].matched, slot)
+            _sorted_remove(&self._labsets[self._lab_slot_of(lid)].matched, slot)
         ss = &self._selslots[slot]
         Py_XDECREF(ss.id)
         Py_XDECREF(ss.selector)
