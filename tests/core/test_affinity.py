@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lbcore import EndpointInfo, Picker, _conntrack_c, _conntrack_py
+from lbcore._extensions import NO_EXTENSIONS
 from lbcore.errors import ConfigError
 
 
@@ -15,6 +16,8 @@ def mod(request):
 
 @pytest.fixture(params=[True, False], ids=["compiled", "python"])
 def compiled(request):
+    if request.param and NO_EXTENSIONS:
+        pytest.skip("LBCORE_NO_EXTENSIONS is set: the compiled core is not offered")
     return request.param
 
 

@@ -10,11 +10,14 @@ import time
 import pytest
 
 from lbcore import NO_ENDPOINTS, EndpointInfo, Picker, ServicePortInfo
+from lbcore._extensions import NO_EXTENSIONS
 from lbcore.errors import ConfigError
 
 
 @pytest.fixture(params=[True, False], ids=["compiled", "python"])
 def compiled(request):
+    if request.param and NO_EXTENSIONS:
+        pytest.skip("LBCORE_NO_EXTENSIONS is set: the compiled core is not offered")
     return request.param
 
 
@@ -200,6 +203,7 @@ def test_weights_shape_the_share():
 
 @pytest.mark.parametrize("algorithm,affinity", [("round_robin", "None"), ("maglev", "ClientIP"),
                                                 ("least_conn", "None")])
+@pytest.mark.skipif(NO_EXTENSIONS, reason="LBCORE_NO_EXTENSIONS is set: no compiled core")
 def test_compiled_core_answers_as_the_python_core(algorithm, affinity):
     rng = random.Random(5)
     opts = {"seed": 11} if algorithm == "least_conn" else {}
