@@ -149,33 +149,34 @@ cdef int parse_ipv4(const char* s, Py_ssize_t n, uint8_t* out) noexcept nogil:
     """Dotted-quad text into 4 bytes; 1 when ``s[:n]`` is one, else 0 (``out`` then undefined).
 
     The rules of ``inet_pton(AF_INET)``: exactly four decimal octets 0..255 separated by dots,
-    no leading zero (so no octal reading), nothing else, not even a trailing NUL."""
-    cdef Py_ssize_t i
-    cdef int part = 0, digits = 0
-    cdef uint32_t v = 0
-    cdef uint8_t c
+    no leading zero (so no octal reading), nothing else, not even a trailing NUL. Each octet's
+    one to three digits are read at once and its value chosen without a branch on the number of
+    digits: in random addresses that number is random, and a mispredicted branch per octet cost
+    more than the arithmetic."""
+    cdef Py_ssize_t i = 0
+    cdef int part
+    cdef uint32_t d0, d1, d2, v
+    cdef bint has1, has2
     if n < 7 or n > 15:
         return 0
-    for i in range(n):
-        c = <uint8_t>s[i]
-        if 48 <= c <= 57:  # '0'..'9'
-            if digits and v == 0:
+    for part in range(4):
+        if part:
+            if i >= n or s[i] != 46:  # '.'
                 return 0
-            v = v * 10 + (c - 48)
-            if v > 255:
-                return 0
-            digits += 1
-        elif c == 46 and digits and part < 3:  # '.'
-            out[part] = <uint8_t>v
-            part += 1
-            v = 0
-            digits = 0
-        else:
+            i += 1
+        if i >= n:
             return 0
-    if not digits or part != 3:
-        return 0
-    out[3] = <uint8_t>v
-    return 1
+        d0 = <uint8_t>s[i] - 48u
+        d1 = (<uint8_t>s[i + 1] - 48u) if i + 1 < n else 255
+        d2 = (<uint8_t>s[i + 2] - 48u) if i + 2 < n else 255
+        has1 = d1 <= 9
+        has2 = has1 and d2 <= 9
+        v = d0 * 100 + d1 * 10 + d2 if has2 else (d0 * 10 + d1 if has1 else d0)
+        if d0 > 9 or v > 255 or (d0 == 0 and has1):
+            return 0
+        out[part] = <uint8_t>v
+        i += 1 + has1 + has2
+    return i == n
 
 
 cdef int _parse_text(const char* s, Py_ssize_t n, uint8_t* out) noexcept nogil:
