@@ -6,8 +6,6 @@ Chain naming, the frontend options, kube-proxy's endpoint choice, running the ke
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import ipaddress
 import shutil
 import subprocess
@@ -15,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lbcore import hash64
 from lbcore.errors import ConfigError
 from lbcore.interfaces import FrontendUnavailable
 from lbcore.snapshot import EndpointInfo, ServicePortInfo, Snapshot
@@ -26,11 +25,15 @@ _hashes: dict[str, str] = {}
 
 
 def chain_hash(key: str) -> str:
-    """16 base32 characters of sha256(``key``), memoised (syncs ask for the same names again)."""
+    """16 upper-case hex digits of the XXH3-64 hash of ``key`` (as UTF-8), memoised (syncs ask
+    for the same names again).
+
+    XXH3 is a fixed, seedless specification (lbcore vendors it), so a name computed today is the
+    name every later version computes: an unchanged service keeps its chains across upgrades.
+    """
     h = _hashes.get(key)
     if h is None:
-        # the first 10 bytes give exactly the first 16 base32 characters of the whole digest
-        h = base64.b32encode(hashlib.sha256(key.encode()).digest()[:10]).decode()
+        h = f"{hash64(key):016X}"
         if len(_hashes) > 1_000_000:  # bound the memo; names are cheap to recompute
             _hashes.clear()
         _hashes[key] = h
@@ -38,10 +41,10 @@ def chain_hash(key: str) -> str:
 
 
 def chain_name(prefix: str, key: str, length: int = 16) -> str:
-    """``prefix`` + the first ``length`` base32 characters of sha256(``key``).
+    """``prefix`` + the first ``length`` hex digits of :func:`chain_hash` of ``key``.
 
     The name depends only on what the chain stands for, so an unchanged service keeps its chains
-    across syncs and restarts. ``LBCORE-SEP-`` plus 16 characters is 27, inside iptables' 28.
+    across syncs and restarts. ``LBCORE-SEP-`` plus 16 digits is 27, inside iptables' 28.
     """
     return prefix + chain_hash(key)[:length]
 
