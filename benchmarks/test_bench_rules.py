@@ -132,12 +132,11 @@ def cpu_seconds(fn, *args: object) -> float:
 @pytest.mark.parametrize("kind", RENDERED)
 def test_render_full_rule_set_10k_services(benchmark, kind):
     """Warm: every port unchanged since the last render (the render cache holds its text), the
-    case of a full sync after the first. Cold: a new frontend, chain names not yet memoised.
+    case of a full sync after the first. Cold: a new frontend, empty render cache.
     Figures are CPU time of this process (the machine is shared), medians of 5."""
     fe = make(kind)
     colds = []
     for _ in range(5):
-        netfilter._hashes.clear()
         fe.cache.clear()
         colds.append(cpu_seconds(fe.render, BIG))
     text = fe.render(BIG)

@@ -35,6 +35,7 @@ from lbcore_plugins.netfilter import (
     chain_hash,
     changed_port_keys,
     delete_flows,
+    paused_gc,
     plan_key,
     plan_port,
     plan_ports,
@@ -395,14 +396,15 @@ class IptablesFrontend(Frontend):
         a service has an IPv6 ClusterIP. Hook rules appear as ``# lbcore-hook:`` comments."""
         parts = ["# lbcore iptables rules (iptables-restore --noflush)", *hook_comment_lines()]
         fresh: dict = {}
-        for family in (4, 6):
-            plans, rendered = self._cached(snapshot, family, fresh)
-            if family == 6 and not plans:
-                continue
-            parts.append(f"# IPv{family} ({'ip6tables' if family == 6 else 'iptables'}-restore)")
-            parts.extend(self._render_family(plans, family, rendered=rendered)[0])
-        self.cache.entries = fresh
-        return "\n".join(parts)
+        with paused_gc():
+            for family in (4, 6):
+                plans, rendered = self._cached(snapshot, family, fresh)
+                if family == 6 and not plans:
+                    continue
+                parts.append(f"# IPv{family} ({'ip6tables' if family == 6 else 'iptables'}-restore)")
+                parts.extend(self._render_family(plans, family, rendered=rendered)[0])
+            self.cache.entries = fresh
+            return "\n".join(parts)
 
     def _cached(
         self, snapshot: Snapshot, family: int, fresh: dict
@@ -417,20 +419,22 @@ class IptablesFrontend(Frontend):
         plans: list[PortPlan] = []
         rendered: list[tuple[str, str, PortRules]] = []
         hits = 0
-        for key in sorted(ports):
-            sp = ports[key]
-            entry = entries.get((family, key))
-            # identity first: an unchanged port is usually the same object in the next snapshot
-            if entry is not None and (entry[0] is sp or entry[0] == sp) and entry[1] == node:
-                hits += 1
-            else:
-                plan = plan_port(sp, family, node)
-                done = (plan_key(plan), sp.service, renderer.port_rules(plan)) if plan is not None else None
-                entry = (sp, node, plan, done)
-            fresh[(family, key)] = entry
-            if entry[2] is not None:
-                plans.append(entry[2])
-                rendered.append(entry[3])
+        port_rules = renderer.port_rules
+        with paused_gc():
+            for key in sorted(ports):
+                sp = ports[key]
+                entry = entries.get((family, key))
+                # identity first: an unchanged port is usually the same object in the next snapshot
+                if entry is not None and (entry[0] is sp or entry[0] == sp) and entry[1] == node:
+                    hits += 1
+                else:
+                    plan = plan_port(sp, family, node)
+                    done = (plan_key(plan), sp.service, port_rules(plan)) if plan is not None else None
+                    entry = (sp, node, plan, done)
+                fresh[(family, key)] = entry
+                if entry[2] is not None:
+                    plans.append(entry[2])
+                    rendered.append(entry[3])
         self.cache.hits += hits
         self.cache.misses += len(ports) - hits
         return plans, rendered
@@ -547,10 +551,11 @@ class IptablesFrontend(Frontend):
                 if family == 6 and not plans and old is None:
                     continue
                 stale_nat, stale_filter = self._existing_chains(tool)
-                texts, state = self._render_family(
-                    plans, family, stale_nat, stale_filter, chunk=self.opts.restore_chunk_chains,
-                    rendered=rendered,
-                )
+                with paused_gc():
+                    texts, state = self._render_family(
+                        plans, family, stale_nat, stale_filter, chunk=self.opts.restore_chunk_chains,
+                        rendered=rendered,
+                    )
             else:
                 if old is None:
                     continue

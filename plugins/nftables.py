@@ -35,6 +35,7 @@ from lbcore_plugins.netfilter import (
     delete_flows,
     endpoint_address,
     endpoint_id,
+    paused_gc,
     plan_key,
     plan_port,
     plan_ports,
@@ -416,7 +417,10 @@ class NftablesFrontend(Frontend):
     def _render(self, snapshot: Snapshot) -> tuple[str, TableState]:
         """The whole table and its state. A port whose :class:`ServicePortInfo` and node are those
         of the last full render reuses its plan and objects (and their joined text)."""
-        state = TableState()
+        with paused_gc():
+            return self._render_ports(snapshot, TableState())
+
+    def _render_ports(self, snapshot: Snapshot, state: TableState) -> tuple[str, TableState]:
         plans, objects, by_service = state.plans, state.objects, state.by_service
         ports = snapshot.service_ports
         node = snapshot.node_name

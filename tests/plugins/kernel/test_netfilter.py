@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 
 import pytest
 from hypothesis import given
@@ -11,7 +12,9 @@ from kernel_snapshots import port, snap
 from lbcore_plugins.netfilter import (
     NetfilterOptions,
     StaleFlow,
+    chain_hash,
     chain_name,
+    paused_gc,
     plan_key,
     plan_ports,
     split_probabilities,
@@ -30,6 +33,37 @@ def test_chain_names_are_stable_prefixed_and_fit_iptables_limit():
     assert a.startswith("LBCORE-SEP-") and len(a) <= 28
     assert a[len("LBCORE-SEP-"):].isalnum()
 
+
+
+@pytest.mark.parametrize(
+    ("key", "digest"),
+    [
+        # published names: these must never change (an upgrade would orphan every chain)
+        ("ns/web:http/tcp/10.0.0.1:80", "0E3095C903AA4661"),
+        ("ns/web:http/tcp", "C312D152856FAADA"),
+        ("\u00e9/\u00fc:p/udp/[fd00::1]:53", "2CDEEFA98356FD48"),
+    ],
+)
+def test_chain_hash_is_xxh3_of_the_utf8_key_in_upper_hex(key, digest):
+    import xxhash
+
+    assert chain_hash(key) == digest
+    # the same digest from an independent XXH3 implementation
+    assert chain_hash(key) == xxhash.xxh3_64_hexdigest(key.encode()).upper()
+    assert chain_name("LBCORE-SVC-", key) == "LBCORE-SVC-" + digest
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_paused_gc_restores_the_collector_state_even_on_error(enabled):
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        with pytest.raises(RuntimeError), paused_gc():
+            assert not gc.isenabled()
+            raise RuntimeError("boom")
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
 
 @pytest.mark.parametrize(
     ("options", "fragment"),
