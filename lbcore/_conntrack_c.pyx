@@ -290,6 +290,72 @@ cdef inline uint32_t _age(uint32_t now, uint32_t stamp) noexcept nogil:
     return now - stamp if now > stamp else 0
 
 
+# The hot paths as inline functions, so the compiler can fold them into the loops that call
+# them (the methods of the same names delegate to them).
+
+cdef inline uint32_t _find_i(_FlatTable t, const ct_key* k, uint64_t h, uint32_t* slot) noexcept nogil:
+    cdef uint32_t s = _home(h, t.nslots)
+    cdef uint32_t tag = _tag(h)
+    cdef uint32_t v
+    while True:
+        v = t.idx[s]
+        if v == CT_EMPTY:
+            slot[0] = s
+            return CT_NIL
+        if (v & 0xFF000000u) == tag and _same(&t.e[v & 0xFFFFFFu], k):
+            slot[0] = s
+            return v & 0xFFFFFFu
+        s += 1
+        if s == t.nslots:
+            s = 0
+
+
+cdef inline void _cls_unlink_i(_FlatTable t, uint32_t i, int c) noexcept nogil:
+    cdef uint32_t p = ct_link(&t.e[i], L_PREV)
+    cdef uint32_t q = ct_link(&t.e[i], L_NEXT)
+    if p != CT_NIL:
+        ct_set_link(&t.e[p], L_NEXT, q)
+    else:
+        t.head[c] = q
+    if q != CT_NIL:
+        ct_set_link(&t.e[q], L_PREV, p)
+    else:
+        t.tail[c] = p
+
+
+cdef inline void _cls_append_i(_FlatTable t, uint32_t i, int c) noexcept nogil:
+    cdef uint32_t last = t.tail[c]
+    ct_set_link(&t.e[i], L_PREV, last)
+    ct_set_link(&t.e[i], L_NEXT, CT_NIL)
+    if last != CT_NIL:
+        ct_set_link(&t.e[last], L_NEXT, i)
+    else:
+        t.head[c] = i
+    t.tail[c] = i
+
+
+cdef inline void _b_unlink_i(_FlatTable t, uint32_t i, uint32_t b) noexcept nogil:
+    cdef uint32_t p = ct_link(&t.e[i], B_PREV)
+    cdef uint32_t q = ct_link(&t.e[i], B_NEXT)
+    if p != CT_NIL:
+        ct_set_link(&t.e[p], B_NEXT, q)
+    else:
+        t.bhead[b] = q
+    if q != CT_NIL:
+        ct_set_link(&t.e[q], B_PREV, p)
+    t.bcount[b] -= 1
+
+
+cdef inline void _b_push_i(_FlatTable t, uint32_t i, uint32_t b) noexcept nogil:
+    cdef uint32_t q = t.bhead[b]
+    ct_set_link(&t.e[i], B_PREV, CT_NIL)
+    ct_set_link(&t.e[i], B_NEXT, q)
+    if q != CT_NIL:
+        ct_set_link(&t.e[q], B_PREV, i)
+    t.bhead[b] = i
+    t.bcount[b] += 1
+
+
 cdef class _FlatTable:
     """The shared core of ``ConnTable`` and ``AffinityTable`` (not used on its own)."""
 
@@ -371,20 +437,7 @@ cdef class _FlatTable:
 
     @cython.final
     cdef uint32_t _find(self, const ct_key* k, uint64_t h, uint32_t* slot) noexcept nogil:
-        cdef uint32_t s = _home(h, self.nslots)
-        cdef uint32_t tag = _tag(h)
-        cdef uint32_t v
-        while True:
-            v = self.idx[s]
-            if v == CT_EMPTY:
-                slot[0] = s
-                return CT_NIL
-            if (v & 0xFF000000u) == tag and _same(&self.e[v & 0xFFFFFFu], k):
-                slot[0] = s
-                return v & 0xFFFFFFu
-            s += 1
-            if s == self.nslots:
-                s = 0
+        return _find_i(self, k, h, slot)
 
     @cython.final
     cdef uint32_t _first_empty(self, uint64_t h) noexcept nogil:
@@ -438,49 +491,19 @@ cdef class _FlatTable:
 
     @cython.final
     cdef void _cls_unlink(self, uint32_t i, int c) noexcept nogil:
-        cdef uint32_t p = ct_link(&self.e[i], L_PREV)
-        cdef uint32_t q = ct_link(&self.e[i], L_NEXT)
-        if p != CT_NIL:
-            ct_set_link(&self.e[p], L_NEXT, q)
-        else:
-            self.head[c] = q
-        if q != CT_NIL:
-            ct_set_link(&self.e[q], L_PREV, p)
-        else:
-            self.tail[c] = p
+        _cls_unlink_i(self, i, c)
 
     @cython.final
     cdef void _cls_append(self, uint32_t i, int c) noexcept nogil:
-        cdef uint32_t t = self.tail[c]
-        ct_set_link(&self.e[i], L_PREV, t)
-        ct_set_link(&self.e[i], L_NEXT, CT_NIL)
-        if t != CT_NIL:
-            ct_set_link(&self.e[t], L_NEXT, i)
-        else:
-            self.head[c] = i
-        self.tail[c] = i
+        _cls_append_i(self, i, c)
 
     @cython.final
     cdef void _b_unlink(self, uint32_t i, uint32_t b) noexcept nogil:
-        cdef uint32_t p = ct_link(&self.e[i], B_PREV)
-        cdef uint32_t q = ct_link(&self.e[i], B_NEXT)
-        if p != CT_NIL:
-            ct_set_link(&self.e[p], B_NEXT, q)
-        else:
-            self.bhead[b] = q
-        if q != CT_NIL:
-            ct_set_link(&self.e[q], B_PREV, p)
-        self.bcount[b] -= 1
+        _b_unlink_i(self, i, b)
 
     @cython.final
     cdef void _b_push(self, uint32_t i, uint32_t b) noexcept nogil:
-        cdef uint32_t q = self.bhead[b]
-        ct_set_link(&self.e[i], B_PREV, CT_NIL)
-        ct_set_link(&self.e[i], B_NEXT, q)
-        if q != CT_NIL:
-            ct_set_link(&self.e[q], B_PREV, i)
-        self.bhead[b] = i
-        self.bcount[b] += 1
+        _b_push_i(self, i, b)
 
     @cython.final
     cdef int _ensure_backend(self, int32_t b) noexcept nogil:
@@ -556,22 +579,7 @@ cdef class _FlatTable:
 
     @cython.final
     cdef int32_t lookup_h(self, const ct_key* k, uint64_t h, uint32_t now) noexcept nogil:
-        cdef uint32_t slot
-        cdef uint32_t i = self._find(k, h, &slot)
-        cdef ct_entry* x
-        cdef int c
-        if i == CT_NIL:
-            return -1
-        x = &self.e[i]
-        c = self._class_of(x)
-        if _age(now, x.stamp) >= self.timeout_ms[c]:
-            self._drop(i, slot)
-            return -1
-        x.stamp = now
-        if self.tail[c] != i:
-            self._cls_unlink(i, c)
-            self._cls_append(i, c)
-        return <int32_t>(x.meta & CT_MAX_BACKEND)
+        return _lookup_i(self, k, h, now)
 
     @cython.final
     cdef int insert_c(self, const ct_key* k, int32_t backend, uint32_t now) noexcept nogil:
@@ -580,39 +588,9 @@ cdef class _FlatTable:
 
     @cython.final
     cdef int insert_h(self, const ct_key* k, uint64_t h, int32_t backend, uint32_t now) noexcept nogil:
-        cdef uint32_t slot, old
-        cdef uint32_t i
-        cdef ct_entry* x
         if self._ensure_backend(backend) < 0:
             return -1
-        i = self._find(k, h, &slot)
-        if i != CT_NIL:
-            # a known key (alive, or expired and not yet removed) starts afresh
-            x = &self.e[i]
-            self._cls_unlink(i, self._class_of(x))
-            old = x.meta & CT_MAX_BACKEND
-            if old != <uint32_t>backend:
-                self._b_unlink(i, old)
-                self._b_push(i, backend)
-            x.meta = (<uint32_t>k.proto << 24) | <uint32_t>backend
-            x.stamp = now
-            self._cls_append(i, self._class_of(x))
-            return 0
-        if self.used == self.capacity:
-            self._evict_one(now)
-            slot = self._first_empty(h)
-        i = self.free_head
-        x = &self.e[i]
-        self.free_head = ct_link(x, L_NEXT)
-        memcpy(x.addr, k.addr, 32)
-        x.sport = k.sport
-        x.dport = k.dport
-        x.meta = (<uint32_t>k.proto << 24) | <uint32_t>backend
-        x.stamp = now
-        self.idx[slot] = _tag(h) | i
-        self._cls_append(i, self._class_of(x))
-        self._b_push(i, backend)
-        self.used += 1
+        _insert_i(self, k, h, backend, now)
         return 0
 
     @cython.final
@@ -745,6 +723,64 @@ cdef class _FlatTable:
             total += m
         assert total == self.used
         assert len(self._entries()) == self.used
+
+
+cdef inline int32_t _lookup_i(_FlatTable t, const ct_key* k, uint64_t h, uint32_t now) noexcept nogil:
+    cdef uint32_t slot
+    cdef uint32_t i = _find_i(t, k, h, &slot)
+    cdef ct_entry* x
+    cdef int c
+    if i == CT_NIL:
+        return -1
+    x = &t.e[i]
+    c = t._class_of(x)
+    if _age(now, x.stamp) >= t.timeout_ms[c]:
+        t._drop(i, slot)
+        return -1
+    x.stamp = now
+    if t.tail[c] != i:
+        _cls_unlink_i(t, i, c)
+        _cls_append_i(t, i, c)
+    return <int32_t>(x.meta & CT_MAX_BACKEND)
+
+
+cdef inline void _insert_i(_FlatTable t, const ct_key* k, uint64_t h, int32_t backend,
+                           uint32_t now) noexcept nogil:
+    """``insert_h`` once the per-backend arrays are known to hold ``backend``."""
+    cdef uint32_t slot, old, meta = (<uint32_t>k.proto << 24) | <uint32_t>backend
+    cdef uint32_t i = _find_i(t, k, h, &slot)
+    cdef ct_entry* x
+    cdef int c
+    if i != CT_NIL:
+        # a known key (alive, or expired and not yet removed) starts afresh
+        x = &t.e[i]
+        c = t._class_of(x)
+        old = x.meta & CT_MAX_BACKEND
+        if old != <uint32_t>backend:
+            _b_unlink_i(t, i, old)
+            _b_push_i(t, i, backend)
+        x.stamp = now
+        if x.meta == meta and t.tail[c] == i:
+            return  # same class, already the most recently used
+        _cls_unlink_i(t, i, c)
+        x.meta = meta
+        _cls_append_i(t, i, t.cls_of_proto[k.proto])
+        return
+    if t.used == t.capacity:
+        t._evict_one(now)
+        slot = t._first_empty(h)
+    i = t.free_head
+    x = &t.e[i]
+    t.free_head = ct_link(x, L_NEXT)
+    memcpy(x.addr, k.addr, 32)
+    x.sport = k.sport
+    x.dport = k.dport
+    x.meta = meta
+    x.stamp = now
+    t.idx[slot] = _tag(h) | i
+    _cls_append_i(t, i, t.cls_of_proto[k.proto])
+    _b_push_i(t, i, backend)
+    t.used += 1
 
 
 # The destination parsed last, by identity: a proxy passes its service's address, the same
@@ -979,7 +1015,7 @@ cdef class ConnTable(_FlatTable):
         """The backend of this connection, or -1; a hit counts as use and refreshes its timer."""
         cdef ct_key k
         _key(&k, proto, src, sport, dst, dport)
-        return self.lookup_c(&k, self.now_ms(now))
+        return _lookup_i(self, &k, _key_hash(&k), self.now_ms(now))
 
     @cython.binding(False)
     def insert(self, proto, src, sport, dst, dport, backend, double now) -> None:
@@ -1036,7 +1072,7 @@ cdef class ConnTable(_FlatTable):
         for i in range(n + LAG_ANSWER):
             j = i - LAG_ANSWER
             if j >= 0:
-                O[j] = self.lookup_h(&ring[j & (RING - 1)], hr[j & (RING - 1)], t)
+                O[j] = _lookup_i(self, &ring[j & (RING - 1)], hr[j & (RING - 1)], t)
             _pipeline(self, cols, i, n, ring, hr)
         return out
 
@@ -1052,7 +1088,6 @@ cdef class ConnTable(_FlatTable):
         cdef ct_key ring[RING]
         cdef uint64_t hr[RING]
         cdef Py_ssize_t i, j
-        cdef int failed = 0
         cdef int32_t most = cols.backend1
         for i in range(n if cols.backend != NULL else 0):
             if cols.backend[i] > most:
@@ -1063,11 +1098,8 @@ cdef class ConnTable(_FlatTable):
         for i in range(n + LAG_ANSWER):  # the pipeline of lookup_many
             j = i - LAG_ANSWER
             if j >= 0:
-                failed |= self.insert_h(&ring[j & (RING - 1)], hr[j & (RING - 1)],
-                                        cols.backend_of(j), t)
+                _insert_i(self, &ring[j & (RING - 1)], hr[j & (RING - 1)], cols.backend_of(j), t)
             _pipeline(self, cols, i, n, ring, hr)
-        if failed:
-            raise MemoryError("ConnTable: no memory for the per-backend lists")
 
     def entries(self) -> list:
         """Every entry as ``(proto, src, sport, dst, dport, backend, closing)``, each timeout class
