@@ -33,7 +33,6 @@ from lbcore_plugins.netfilter import (
     chain_hash,
     changed_port_keys,
     delete_flows,
-    endpoint_address,
     endpoint_id,
     paused_gc,
     plan_key,
@@ -45,6 +44,7 @@ from lbcore_plugins.netfilter import (
     stale_udp_flows,
 )
 
+from lbcore import hash64
 from lbcore.hookspecs import hookimpl
 from lbcore.interfaces import Frontend, FrontendUnavailable, RuntimeContext
 from lbcore.snapshot import EndpointInfo, ServicePortInfo, Snapshot
@@ -156,12 +156,21 @@ class NftRenderer:
         if inline:
             ep_chain: dict[tuple[str, int], str] = {}
         else:
+            # endpoint_chain(sp, ep) in one pass: the hash of endpoint_id, the address written once
             label = _service_label(sp)
             base_id = f"{sp.namespace}/{sp.name}:{sp.port_name}/{proto}/"
-            ep_chain = {
-                (ep.ip, ep.port): _endpoint_chain(label, base_id + endpoint_address(ep.ip, ep.port), ep)
-                for ep in plan.all_endpoints
-            }
+            v6 = fam == 6
+            ep_chain = {}
+            dests: dict[tuple[str, int], str] = {}
+            for ep in plan.all_endpoints:
+                ep_ip, ep_port = ep.ip, ep.port
+                dest = f"[{ep_ip}]:{ep_port}" if v6 else f"{ep_ip}:{ep_port}"
+                # an IPv4 address is already a safe name part
+                part = _UNSAFE.sub(".", ep_ip) if v6 else ep_ip
+                ep_chain[(ep_ip, ep_port)] = (
+                    f"endpoint-{hash64(base_id + dest):016X}"[:17] + f"-{label}__{part}/{ep_port}"
+                )
+                dests[(ep_ip, ep_port)] = dest
         if eps:
             rules: list[str] = []
             for cip in plan.cluster_ips:
@@ -194,16 +203,21 @@ class NftRenderer:
                 objs.elements[(f"no-endpoint-nodeports-v{fam}", key)] = "goto reject-chain"
         if inline:
             return objs
+        chains = objs.chains
+        dnat = f"meta l4proto {proto} dnat {ip} to "
+        saddr = f"{ip} saddr "
         for ep in plan.all_endpoints:
-            chain = ep_chain[(ep.ip, ep.port)]
-            dest = f"[{ep.ip}]:{ep.port}" if fam == 6 else f"{ep.ip}:{ep.port}"
-            rules = [f"{ip} saddr {ep.ip} jump mark-for-masquerade"]
+            at = (ep.ip, ep.port)
             if affinity:
                 aff = affinity_set(sp, ep)
                 objs.sets[aff] = f"type {_ADDR_TYPE[fam]}; flags dynamic,timeout; timeout {sp.affinity_timeout}s"
-                rules.append(f"update @{aff} {{ {ip} saddr }}")
-            rules.append(f"meta l4proto {proto} dnat {ip} to {dest}")
-            objs.chains[chain] = rules
+                chains[ep_chain[at]] = [
+                    f"{saddr}{ep.ip} jump mark-for-masquerade",
+                    f"update @{aff} {{ {ip} saddr }}",
+                    dnat + dests[at],
+                ]
+            else:
+                chains[ep_chain[at]] = [f"{saddr}{ep.ip} jump mark-for-masquerade", dnat + dests[at]]
         return objs
 
     def _dnat_inline(self, plan: PortPlan, eps: tuple[EndpointInfo, ...]) -> list[str]:
