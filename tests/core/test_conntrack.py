@@ -421,3 +421,32 @@ def test_ports_and_protocol_numbers_out_of_range_even_when_huge(mod):
         with pytest.raises(ValidationError) as err:
             t.lookup(*args, 0.0)
         assert err.value.causes[0].field == field
+
+
+def test_reinserting_the_most_recent_entry_refreshes_its_timer_and_keeps_lru_order(mod):
+    t = mod.ConnTable(3, udp_timeout=10)
+    t.insert(*conn(1, "UDP"), 1, 0.0)
+    t.insert(*conn(2, "UDP"), 2, 0.0)
+    t.insert(*conn(2, "UDP"), 2, 8.0)  # already the most recent entry: only its stamp moves
+    t.insert(*conn(3, "UDP"), 3, 9.0)
+    t.insert(*conn(3, "UDP"), 4, 9.5)  # most recent, new backend: moves to that backend's list
+    assert t.count(3) == 0 and t.count(4) == 1
+    t.insert(*conn(4, "UDP"), 5, 9.5)  # full: evicts conn 1, the least recently used
+    assert t.lookup(*conn(1, "UDP"), 9.5) == -1
+    assert t.expire(15.0) == 0 and t.lookup(*conn(2, "UDP"), 15.0) == 2
+    assert t.expire(30.0) == 3 and len(t) == 0
+    if mod is _conntrack_c:
+        t._check()
+
+
+def test_batch_reinsert_of_the_same_rows_keeps_the_table_consistent(mod):
+    src = np.arange(1, 201, dtype=np.uint32)
+    sport = np.full(200, 1000)
+    t = mod.ConnTable(300)
+    for now, b in ((0.0, 1), (1.0, 1), (2.0, 2)):
+        t.insert_many("TCP", src, sport, src, 80, np.full(200, b, dtype=np.int32), now)
+    assert t.count(1) == 0 and t.count(2) == 200
+    assert t.lookup_many("TCP", src, sport, src, 80, 3.0).tolist() == [2] * 200
+    assert [e[1] for e in t.entries()][:2] == ["0.0.0.1", "0.0.0.2"]
+    if mod is _conntrack_c:
+        t._check()
