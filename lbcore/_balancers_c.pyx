@@ -7,7 +7,7 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_CheckExact
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_CheckExact
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.math cimport ceil, floor, isfinite, log, pow
-from libc.stdint cimport int32_t, int64_t, uint16_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -586,12 +586,20 @@ cdef class RingHash(Balancer):
     their points and only the keys of a removed backend move, however many go (the ring may then
     fall under ``min_ring_size``, never under ``vnodes`` points per backend of the first mean
     weight); the scale is chosen again only when the ring would grow over ``max_ring_size``.
+
+    A pick reads a bucket table indexed by the key's top bits (one bucket per point, at most
+    2**20) that gives the first point of each slice of the hash space, so it searches about one
+    point instead of the whole ring; the answer is the same as a search of the whole ring.
     """
 
     name = "ring_hash"
-    cdef object _ring_arr, _owner_arr
+    cdef object _ring_arr, _owner_arr, _bucket_arr
     cdef const uint64_t* ring
     cdef const int32_t* owner
+    # bucket[j] is the first point >= j << shift: a key's top bits narrow the search to the
+    # points of its bucket (about one), instead of a binary search over the whole ring
+    cdef const uint32_t* bucket
+    cdef int shift
     cdef Py_ssize_t size
     cdef double scale
     cdef Py_ssize_t min_ring_size, max_ring_size
@@ -619,7 +627,7 @@ cdef class RingHash(Balancer):
         return np.array(self._ring_arr, copy=True), np.array(self._owner_arr, copy=True)
 
     def _extra_nbytes(self) -> int:
-        return self.size * (sizeof(uint64_t) + sizeof(int32_t))
+        return self.size * (sizeof(uint64_t) + sizeof(int32_t)) + self._bucket_arr.nbytes
 
     def _points(self, double scale):
         return [max(1, int(round(scale * x))) if x > 0 else 0 for x in self._weights]
@@ -664,22 +672,38 @@ cdef class RingHash(Balancer):
         owner_arr = np.ascontiguousarray(owner_arr[order])
         ring = ring_arr
         owner = owner_arr
-        self._ring_arr, self._owner_arr = ring_arr, owner_arr
+        # as many buckets as points (a power of two, at most 2**20), so a bucket holds about one
+        cdef int bits = 1
+        while bits < 20 and (<Py_ssize_t>1 << bits) < size:
+            bits += 1
+        starts = np.arange((1 << bits) + 1, dtype=np.uint64) << np.uint64(64 - bits)
+        bucket_arr = np.searchsorted(ring_arr, starts[:-1], side="left").astype(np.uint32)
+        bucket_arr = np.append(bucket_arr, np.uint32(size))  # the end of the last bucket
+        cdef uint32_t[::1] bucket = bucket_arr
+        self._ring_arr, self._owner_arr, self._bucket_arr = ring_arr, owner_arr, bucket_arr
         self.ring = &ring[0]
         self.owner = &owner[0]
+        self.bucket = &bucket[0]
+        self.shift = 64 - bits
         self.size = size
         return 0
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     cdef inline Py_ssize_t _lower(self, uint64_t h) noexcept nogil:
-        # first point >= h, wrapping to the first point of the ring; the halving has no branch
-        # on the data (a conditional move), so random keys cost no mispredictions
+        # first point >= h, wrapping to the first point of the ring. Every point >= h of the
+        # bucket of h lies in [bucket[j], bucket[j + 1]), and bucket[j + 1] is the answer when
+        # none of them is (the last entry is the ring's size: the wrap)
         cdef const uint64_t* ring = self.ring
-        cdef Py_ssize_t base = 0, length = self.size, half
-        while length > 1:
+        cdef uint64_t j = h >> self.shift
+        cdef Py_ssize_t base = self.bucket[j], length = self.bucket[j + 1] - base, half
+        while length > 0:  # a binary search over the bucket's points: usually one or none
             half = length >> 1
-            base = base + half if ring[base + half] < h else base
-            length -= half
-        base += ring[base] < h
+            if ring[base + half] < h:
+                base += half + 1
+                length -= half + 1
+            else:
+                length = half
         return 0 if base == self.size else base
 
     cdef int pick_hash(self, uint64_t h) noexcept nogil:

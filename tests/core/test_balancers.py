@@ -552,6 +552,24 @@ def test_ring_pick_is_the_first_point_at_or_after_the_key_wrapping_around(n):
         assert b.pick_hashed(h) == owners[np.searchsorted(hashes, np.uint64(h)) % len(hashes)]
 
 
+@pytest.mark.parametrize(("n", "min_ring_size"), [(1, 1), (10, 1024), (300, 1024), (7, 3_000_000)])
+def test_ring_pick_by_bucket_equals_a_search_of_the_whole_ring(n, min_ring_size):
+    # the bucket index must give exactly what a search of the whole ring gives, also at bucket
+    # edges, at both ends of the hash space, and when buckets hold many points (a ring larger
+    # than the 2**20 buckets)
+    b = balancers.create("ring_hash", names(n), min_ring_size=min_ring_size)
+    hashes, owners = b.points
+    bits = min(20, max(1, (len(hashes) - 1).bit_length()))
+    edges = [(j << (64 - bits)) + d for j in range(0, 1 << bits, max(1, (1 << bits) // 4096))
+             for d in (-1, 0, 1)]
+    rng = np.random.default_rng(n)
+    probes = [0, 1, 2**64 - 1, 2**64 - 2, *[e % 2**64 for e in edges],
+              *hashes[rng.integers(0, len(hashes), 2000)].tolist(),
+              *rng.integers(0, 2**64, 2000, dtype=np.uint64, endpoint=False).tolist()]
+    expected = owners[np.searchsorted(hashes, np.array(probes, dtype=np.uint64)) % len(hashes)]
+    assert [b.pick_hashed(h) for h in probes] == expected.tolist()
+
+
 @pytest.mark.parametrize(
     ("algorithm", "options", "backends", "message"),
     [
