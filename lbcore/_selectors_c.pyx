@@ -982,8 +982,11 @@ def selector_from_label_selector(label_selector) -> Selector:
 #   two postings: the label-set slots that have it, and the selector slots anchored on it.
 # - A label-set slot keeps its entry ids and, for each, its position in that entry's posting, so
 #   leaving a posting is a swap with the last element (whose owner's position is then fixed by a
-#   short scan of its few entries). It also keeps the sorted slots of the selectors it matches.
-# - A selector slot keeps its anchor entries and positions the same way.
+#   short scan of its few entries). It also keeps the sorted slots of the selectors it matches:
+#   the one copy of the match relation.
+# - A selector slot keeps its anchor entries and positions the same way. It keeps no list of the
+#   label sets it matches: those are the label sets its anchors reach that list it, read when
+#   asked. A label-set change then writes nothing in the selectors it gains or loses.
 #
 # Finding the selectors of a label set is then: its entries' selector postings, each candidate
 # checked with Selector._match against the label dict.
@@ -1092,6 +1095,23 @@ cdef void _sort(int32_t* a, Py_ssize_t n) noexcept:
         a[j + 1] = x
 
 
+cdef void _sort_unique(Vec* v) noexcept:
+    """Sort ``v`` and drop repeats (a label set reached through two values of one ``in``)."""
+    cdef Py_ssize_t i, kept = 0
+    _sort(v.data, v.n)
+    for i in range(v.n):
+        if kept == 0 or v.data[kept - 1] != v.data[i]:
+            v.data[kept] = v.data[i]
+            kept += 1
+    v.n = <int32_t>kept
+
+
+cdef inline bint _contains(const Vec* v, int32_t x) noexcept:
+    """``x`` in the sorted ``v``."""
+    cdef Py_ssize_t at = _bisect(v, x)
+    return at < v.n and v.data[at] == x
+
+
 cdef struct Entry:
     uint64_t hash
     PyObject* key          # owned; NULL while the entry is free
@@ -1116,7 +1136,6 @@ cdef struct LabelSlot:
 cdef struct SelectorSlot:
     PyObject* id           # owned; NULL while the slot is free
     PyObject* selector     # owned
-    PyObject* matches      # owned: the set of label-set ids it matches
     CReq* reqs             # the selector's requirements, matched without touching the object
     Py_ssize_t nreqs
     int kind
@@ -1194,7 +1213,7 @@ cdef class SelectorIndex:
     cdef Vec _unanchored
     cdef dict _sel_slot         # selector id -> slot
     # scratch arrays, reused by every call
-    cdef Vec _scr_ents, _scr_pos, _scr_found
+    cdef Vec _scr_ents, _scr_pos, _scr_found, _scr_old
     cdef PyObject** _scr_pairs
     cdef Py_ssize_t _scr_pairs_cap
     cdef uint64_t* _scr_hash
@@ -1232,7 +1251,6 @@ cdef class SelectorIndex:
         for i in range(self._selslots_top):
             Py_XDECREF(self._selslots[i].id)
             Py_XDECREF(self._selslots[i].selector)
-            Py_XDECREF(self._selslots[i].matches)
             PyMem_Free(self._selslots[i].ents)
             PyMem_Free(self._selslots[i].pos)
         PyMem_Free(self._entries)
@@ -1249,6 +1267,7 @@ cdef class SelectorIndex:
         _vec_free(&self._scr_ents)
         _vec_free(&self._scr_pos)
         _vec_free(&self._scr_found)
+        _vec_free(&self._scr_old)
 
     # -- the table of pairs and keys ---------------------------------------------------------
 
@@ -1607,15 +1626,17 @@ cdef class SelectorIndex:
 
     def matching(self, selector) -> set:
         """Ids of the label sets a selector matches: by selector id, or for a Selector given."""
-        cdef set result
+        cdef set result = set()
         cdef Py_ssize_t t
+        cdef Vec* found = &self._scr_found
         if isinstance(selector, Selector):
             self._labels_matching(<Selector>selector)
-            result = set()
-            for t in range(self._scr_found.n):
-                result.add(<object>self._labsets[self._scr_found.data[t]].id)
-            return result
-        return set(<set>self._selslots[<int32_t>self._sel_slot[selector]].matches)
+        else:
+            self._selector_labels(<int32_t>self._sel_slot[selector], &self._scr_old)
+            found = &self._scr_old
+        for t in range(found.n):
+            result.add(<object>self._labsets[found.data[t]].id)
+        return result
 
     def selectors_matching(self, labels) -> set:
         """Ids of the selectors that match a label set: by label-set id, or for a mapping given."""
@@ -1802,7 +1823,7 @@ cdef class SelectorIndex:
             ls.items[2 * j + 1] = self._scr_pos.data[j]
         memcpy(ls.pairs, self._scr_pairs, <size_t>n * sizeof(PyObject*))
         ls.n = <int32_t>n
-        return self._update_matches(label_id, slot)
+        return self._update_matches(slot)
 
     cdef int _grow_label_slot(self, LabelSlot* ls, Py_ssize_t n) except -1:
         """Room for n entries: 2n int32 of items, then n pointers of pairs, in one block."""
@@ -1823,9 +1844,9 @@ cdef class SelectorIndex:
         self._scr_pairs_cap = n
         return 0
 
-    cdef tuple _update_matches(self, object label_id, int32_t slot):
+    cdef tuple _update_matches(self, int32_t slot):
         """Replace the label set's matched selectors with the scratch found list; return the
-        ids added and removed, and update the selectors' own match sets."""
+        ids added and removed."""
         cdef LabelSlot* ls = &self._labsets[slot]
         cdef Vec* old = &ls.matched
         cdef Vec* now = &self._scr_found
@@ -1837,12 +1858,10 @@ cdef class SelectorIndex:
                 s = old.data[a]
                 a += 1
                 removed.add(<object>self._selslots[s].id)
-                (<set>self._selslots[s].matches).discard(label_id)
             elif a == old.n or now.data[b] < old.data[a]:
                 s = now.data[b]
                 b += 1
                 added.add(<object>self._selslots[s].id)
-                (<set>self._selslots[s].matches).add(label_id)
             else:
                 a += 1
                 b += 1
@@ -1868,7 +1887,6 @@ cdef class SelectorIndex:
         for j in range(ls.matched.n):
             s = ls.matched.data[j]
             before.add(<object>self._selslots[s].id)
-            (<set>self._selslots[s].matches).discard(label_id)
         self._free_label_slot(slot)
         return before
 
@@ -2022,20 +2040,47 @@ cdef class SelectorIndex:
                     _vec_push(&self._scr_found, lslot)
         return 0
 
+    cdef int _selector_labels(self, int32_t slot, Vec* out) except -1:
+        """Fill ``out`` with the sorted slots of the label sets a stored selector matches: those
+        its anchor entries reach (every label set when it has none) that list it."""
+        cdef SelectorSlot* ss = &self._selslots[slot]
+        cdef Py_ssize_t j, t
+        cdef int32_t lslot
+        cdef Vec* group
+        out.n = 0
+        if ss.kind == ANCHOR_NONE:
+            for t in range(self._labsets_top):
+                if self._labsets[t].id != NULL and _contains(&self._labsets[t].matched, slot):
+                    _vec_push(out, <int32_t>t)
+            return 0
+        if ss.kind == ANCHOR_NOTHING:
+            return 0
+        for j in range(ss.n):
+            group = &self._entries[ss.ents[j]].labels
+            for t in range(group.n):
+                lslot = group.data[t]
+                if _contains(&self._labsets[lslot].matched, slot):
+                    _vec_push(out, lslot)
+        _sort_unique(out)
+        return 0
+
     def set_selector(self, selector_id, Selector selector not None) -> tuple:
         """Add or replace a selector; return (label-set ids it now matches and did not,
         label-set ids it matched and no longer does)."""
         cdef object found = self._sel_slot.get(selector_id)
         cdef int32_t slot, lslot
-        cdef set before = None, matched = set(), added = set(), removed
+        cdef set added = set(), removed = set()
         cdef SelectorSlot* ss
-        cdef Py_ssize_t t
+        cdef Vec* old = &self._scr_old
+        cdef Vec* now = &self._scr_found
+        cdef Py_ssize_t a = 0, b = 0
         if found is None:
             slot = self._new_selector_slot(selector_id)
+            old.n = 0
         else:
             slot = found
+            self._selector_labels(slot, old)
             self._unfile_selector(slot)
-            before = <set>self._selslots[slot].matches
         ss = &self._selslots[slot]
         Py_XINCREF(<PyObject*>selector)
         Py_XDECREF(ss.selector)
@@ -2044,43 +2089,43 @@ cdef class SelectorIndex:
         ss.nreqs = selector._n
         self._file_selector(slot, selector)
         self._labels_matching(selector)
-        for t in range(self._scr_found.n):
-            lslot = self._scr_found.data[t]
-            lid = <object>self._labsets[lslot].id
-            matched.add(lid)
-            if before is None or lid not in before:
-                added.add(lid)
+        _sort_unique(now)
+        # both lists sorted: one merge gives what it gains and what it loses
+        while a < old.n or b < now.n:
+            if b == now.n or (a < old.n and old.data[a] < now.data[b]):
+                lslot = old.data[a]
+                a += 1
+                removed.add(<object>self._labsets[lslot].id)
+                _sorted_remove(&self._labsets[lslot].matched, slot)
+            elif a == old.n or now.data[b] < old.data[a]:
+                lslot = now.data[b]
+                b += 1
+                added.add(<object>self._labsets[lslot].id)
                 _sorted_insert(&self._labsets[lslot].matched, slot)
-        if before is None:
-            removed = set()
-        else:
-            removed = before - matched
-            for lid in removed:
-                _sorted_remove(&self._labsets[self._lab_slot_of(lid)].matched, slot)
-        ss = &self._selslots[slot]
-        Py_XINCREF(<PyObject*>matched)
-        Py_XDECREF(ss.matches)
-        ss.matches = <PyObject*>matched
+            else:
+                a += 1
+                b += 1
         return added, removed
 
     def remove_selector(self, selector_id) -> set:
         """Forget a selector; return the label-set ids it matched. Unknown ids are ignored."""
         cdef object found = self._sel_slot.pop(selector_id, None)
-        cdef int32_t slot
-        cdef set before
+        cdef int32_t slot, lslot
+        cdef set before = set()
         cdef SelectorSlot* ss
+        cdef Py_ssize_t t
         if found is None:
-            return set()
+            return before
         slot = found
+        self._selector_labels(slot, &self._scr_old)
+        for t in range(self._scr_old.n):
+            lslot = self._scr_old.data[t]
+            before.add(<object>self._labsets[lslot].id)
+            _sorted_remove(&self._labsets[lslot].matched, slot)
         self._unfile_selector(slot)
-        ss = &self._selslots[slot]
-        before = <set>ss.matches
-        for lid in before:
-            _sorted_remove(&self._labsets[self._lab_slot_of(lid)].matched, slot)
         ss = &self._selslots[slot]
         Py_XDECREF(ss.id)
         Py_XDECREF(ss.selector)
-        Py_XDECREF(ss.matches)  # ``before`` holds its own reference
         memset(ss, 0, sizeof(SelectorSlot))
         ss.kind = ANCHOR_NOTHING
         self._free_selslots.data[self._free_selslots.n] = slot  # room reserved on growth
