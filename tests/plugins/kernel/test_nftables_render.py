@@ -119,7 +119,9 @@ def test_partial_update_moves_a_service_between_maps_in_one_transaction():
     after = snap(dataclasses.replace(sp, endpoints=()))
     update = fe().render_update(before, after, frozenset({sp.service})).splitlines()
     delete = "delete element inet lbcore service-ips-v4 { 10.96.0.1 . tcp . 80 }"
-    add = "add element inet lbcore no-endpoint-services-v4 { 10.96.0.1 . tcp . 80 : goto reject-chain }"
+    # a map block, not `add element`: nft then reads no chain list from the kernel
+    add = ("add map inet lbcore no-endpoint-services-v4 { type ipv4_addr . inet_proto . inet_service : verdict;"
+           " elements = { 10.96.0.1 . tcp . 80 : goto reject-chain } }")
     assert delete in update and add in update
     # elements that point at a chain go before the chain is deleted
     assert update.index(delete) < update.index(f"delete chain inet lbcore {service_chain(sp)}")
