@@ -992,6 +992,7 @@ def selector_from_label_selector(label_selector) -> Selector:
 # checked with Selector._match against the label dict.
 
 from cpython.dict cimport PyDict_Next, PyDict_SetItem
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.mem cimport PyMem_Realloc
 from cpython.ref cimport Py_XINCREF, Py_XDECREF
 from libc.stdint cimport int32_t, uint32_t
@@ -1126,6 +1127,8 @@ cdef struct Entry:
 cdef struct LabelSlot:
     PyObject* id           # owned; NULL while the slot is free
     uint64_t hash          # the id's hash, mixed: where the id table files it
+    int64_t number         # the id when it is an exact int of 64 bits (numeric), see _int64_id
+    bint numeric
     int32_t n              # entries: a pair entry and a key entry per label
     int32_t cap
     int32_t* items         # per entry: its id, then this slot's place in its posting
@@ -1162,6 +1165,16 @@ cdef inline uint64_t _text_hash(PyObject* text, uint64_t seed) except? 0:
     unicode_ready(text)
     kind = unicode_kind(text)
     return XXH3_64bits_withSeed(unicode_data(text), <size_t>(unicode_length(text) * kind), seed + <uint64_t>kind)
+
+
+cdef inline int _int64_id(object label_id, int64_t* number) except -1:
+    """1 for an exact int id that fits 64 bits, stored in ``number``: two such ids are equal when
+    their numbers are, so finding one need not read the stored id object (a cache miss)."""
+    cdef int overflow = 0
+    if type(label_id) is not int:
+        return 0
+    number[0] = PyLong_AsLongLongAndOverflow(label_id, &overflow)
+    return overflow == 0
 
 
 cdef PyObject* _canonical_text(PyObject* text) noexcept:
@@ -1434,14 +1447,19 @@ cdef class SelectorIndex:
         cdef size_t i = <size_t>(h >> 32) & self._lab_mask
         cdef int32_t slot
         cdef LabelSlot* ls
+        cdef int64_t number = 0
+        cdef bint numeric = _int64_id(label_id, &number)
         while True:
             slot = self._lab_table[i]
             if slot < 0:
                 return -1
             ls = &self._labsets[slot]
-            if ls.hash == h and (ls.id == <PyObject*>label_id
-                                 or PyObject_RichCompareBool(<object>ls.id, label_id, Py_EQ)):
-                return slot
+            if ls.hash == h:
+                if numeric and ls.numeric:
+                    if ls.number == number:
+                        return slot
+                elif ls.id == <PyObject*>label_id or PyObject_RichCompareBool(<object>ls.id, label_id, Py_EQ):
+                    return slot
             i = (i + 1) & self._lab_mask
 
     cdef int32_t _lab_slot_of(self, object label_id) except -1:
@@ -1521,6 +1539,7 @@ cdef class SelectorIndex:
         Py_XINCREF(<PyObject*>label_id)
         self._labsets[slot].id = <PyObject*>label_id
         self._labsets[slot].hash = h
+        self._labsets[slot].numeric = _int64_id(label_id, &self._labsets[slot].number)
         self._lab_file(slot)
         return slot
 
@@ -1645,7 +1664,8 @@ cdef class SelectorIndex:
         cdef Py_ssize_t t
         if type(labels) is dict:
             return self._selectors_for(<dict>labels)
-        if isinstance(labels, Mapping):  # an ABC check: slower, so after the plain-dict case
+        # an ABC check costs more than the look-up: not for the usual ids, never mappings
+        if type(labels) is not int and type(labels) is not str and isinstance(labels, Mapping):
             return self._selectors_for(dict(labels))
         ls = &self._labsets[self._lab_slot_of(labels)]
         result = set()

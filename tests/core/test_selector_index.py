@@ -341,3 +341,23 @@ def test_a_label_value_that_changes_the_labels_while_compared_is_refused_safely(
         index.set_labels("q", labels)
     assert index.set_labels("r", {"a": "1"}) == ({"has-a"}, set())
     assert index.matching("has-a") == {"p", "r"}
+
+
+def test_label_set_ids_that_hash_alike_or_compare_equal_across_types(sel):
+    """-1 and -2 share a hash in CPython, as do 2**61 - 1 and 0; ints past 64 bits and equal
+    ids of other types (True and 1, 1.0 and 1) are one id, as in a dict."""
+    index = sel.SelectorIndex()
+    index.set_selector("web", sel.parse_selector("app=web"))
+    ids = [-1, -2, 0, 2**61 - 1, 2**64 + 5, -(2**70)]
+    for i, lid in enumerate(ids):
+        assert index.set_labels(lid, {"app": "web", "n": str(i)}) == ({"web"}, set())
+    assert index.label_count == len(ids)
+    assert [index.get_labels(lid)["n"] for lid in ids] == [str(i) for i in range(len(ids))]
+    assert index.set_labels(2**64 + 5, {"app": "db"}) == (set(), {"web"})
+    assert index.selectors_matching(-1) == {"web"} and index.selectors_matching(2**64 + 5) == set()
+    assert index.set_labels(True, {"app": "web"}) == ({"web"}, set())
+    assert index.set_labels(1, {"app": "db"}) == (set(), {"web"})   # the same id as True
+    assert index.set_labels(1.0, {"app": "web"}) == ({"web"}, set())
+    assert index.label_count == len(ids) + 1 and index.selectors_matching(True) == {"web"}
+    assert index.remove_labels(1) == {"web"} and index.label_count == len(ids)
+    assert index.matching("web") == {-1, -2, 0, 2**61 - 1, -(2**70)}
