@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from lbcore_plugins.nftlib import NftContext
+
 from lbcore import hash64
 from lbcore.errors import ConfigError
 from lbcore.interfaces import FrontendUnavailable
@@ -366,11 +368,42 @@ class RuleApplyError(RuntimeError):
 
 
 class CommandRunner:
-    """Runs iptables/nft/conntrack, inside ``ip netns exec NAME`` when ``netns`` is set."""
+    """Runs iptables/nft/conntrack, inside ``ip netns exec NAME`` when ``netns`` is set; nft
+    scripts (:meth:`nft`) run in this process through libnftables when it loads."""
 
     def __init__(self, netns: str | None = None, timeout: float = 60.0):
         self.netns = netns
         self.timeout = timeout
+        # False: every nft script goes through the nft command
+        self.in_process = True
+        self._nft: NftContext | None = None
+
+    def nft(self, script: str) -> None:
+        """Run ``script`` as ``nft -f`` does (one transaction); a refusal raises
+        :class:`RuleApplyError`. The first call opens a libnftables context in the namespace
+        (see :mod:`lbcore_plugins.nftlib`); when that fails, this and later calls run
+        ``nft -f -``."""
+        if self.in_process and self._nft is None:
+            try:
+                self._nft = NftContext(self.netns)
+            except OSError:
+                self.in_process = False
+        if self._nft is None:
+            self.run(["nft", "-f", "-"], input=script)
+            return
+        where = f" in network namespace {self.netns}" if self.netns else ""
+        try:
+            status, _, error = self._nft.run(script, self.timeout)
+        except TimeoutError as exc:
+            raise RuleApplyError(f"nft (libnftables){where}: no answer within {self.timeout:g}s") from exc
+        if status != 0:
+            raise RuleApplyError(f"nft (libnftables){where} failed: {error.strip()[:2000]}")
+
+    def close(self) -> None:
+        """Free the libnftables context, if one is open (the next :meth:`nft` opens another)."""
+        if self._nft is not None:
+            self._nft.close()
+            self._nft = None
 
     def argv(self, args: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *args] if self.netns else list(args)

@@ -523,7 +523,7 @@ class NftablesFrontend(Frontend):
             require_tools(self.name, ["conntrack"], "conntrack")
         require_netns(self.name, self.opts.netns)
         try:
-            self.runner.run(["nft", "-f", "-"], input=PROBE)
+            self.runner.nft(PROBE)
         except RuleApplyError as exc:
             self.runner.run(["nft", "delete", "table", "inet", "lbcore-probe"], check=False)
             raise FrontendUnavailable(
@@ -546,7 +546,7 @@ class NftablesFrontend(Frontend):
             script, state = self._partial(snapshot, old, changed)
         if script:
             self.last_script_lines = script.count("\n")
-            self.runner.run(["nft", "-f", "-"], input=script)
+            self.runner.nft(script)
         self._state = state
         self._node = node
         if old is not None and self.opts.conntrack_cleanup:
@@ -595,9 +595,8 @@ class NftablesFrontend(Frontend):
         """Delete the table, unless ``keep`` (or ``keep_on_exit``) asks to leave it."""
         if keep or self.opts.keep_on_exit:
             return
-        self.runner.run(
-            ["nft", "-f", "-"], input=f"add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n"
-        )
+        self.runner.nft(f"add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n")
+        self.runner.close()
         self._state = None
 
 

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 from kernel_snapshots import POD_CIDR, many, port, snap
+from lbcore_plugins import nftlib
 from lbcore_plugins.iptables import IptablesFrontend
+from lbcore_plugins.netfilter import CommandRunner, RuleApplyError
 from lbcore_plugins.nftables import NftablesFrontend
 
 from lbcore.interfaces import FrontendUnavailable, RuntimeContext
@@ -149,3 +151,73 @@ def test_dual_stack_and_every_option_load_into_the_kernel(kind, namespaces, sele
     held = "\n".join(listing(kind, a))
     assert "fd00:244::2" in held and "10.244.1.2" in held and "10.244.2.2" in held
     fe.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# nft scripts through libnftables in this process
+# ---------------------------------------------------------------------------------------------
+
+
+def tables(netns: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "tables"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_libnftables_context_changes_only_its_own_namespace(namespaces):
+    a, b = namespaces
+    try:
+        ctx = nftlib.NftContext(a)
+    except nftlib.NftUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        assert ctx.run("add table inet lbtest\n")[0] == 0
+        status, _, error = ctx.run("add chain inet lbtest c\nadd rule inet lbtest c jump nowhere\n")
+        assert status != 0 and "No such file or directory" in error
+    finally:
+        ctx.close()
+    assert "lbtest" in tables(a)
+    assert "lbtest" not in tables(b)
+    assert "lbtest" not in subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    assert "table inet lbtest" in tables(a) and "chain" not in subprocess.run(
+        ["ip", "netns", "exec", a, "nft", "list", "table", "inet", "lbtest"], capture_output=True, text=True
+    ).stdout  # the refused script changed nothing
+
+
+def test_refused_nft_script_raises_with_nfts_message_both_ways(namespaces):
+    a, _ = namespaces
+    for in_process in (True, False):
+        runner = CommandRunner(a)
+        runner.in_process = in_process
+        with pytest.raises(RuleApplyError, match="No such file or directory"):
+            runner.nft("add rule inet nosuch c accept\n")
+        runner.close()
+
+
+def test_without_libnftables_scripts_go_through_the_nft_command(namespaces, monkeypatch):
+    a, _ = namespaces
+    monkeypatch.setattr(nftlib, "LIBRARY", "libnftables-missing.so.0")
+    runner = CommandRunner(a)
+    runner.nft("add table inet lbtest\n")
+    assert runner.in_process is False
+    assert "lbtest" in tables(a)
+
+
+@pytest.mark.parametrize("selection", ["cascade", "inline"])
+def test_libnftables_and_the_nft_command_leave_the_same_table(namespaces, selection):
+    a, b = namespaces
+    rng = random.Random(11)
+    state = many(30, endpoints=3)
+    fronts = [NftablesFrontend({"netns": ns, "cluster_cidr": POD_CIDR, "endpoint_selection": selection},
+                               RuntimeContext()) for ns in (a, b)]
+    fronts[1].runner.in_process = False
+    for fe in fronts:
+        fe.start()
+        fe.sync(state, frozenset())
+    for _ in range(3):
+        state, changed = mutate(rng, state)
+        for fe in fronts:
+            fe.sync(state, changed)
+        assert listing("nftables", a) == listing("nftables", b)
+    assert fronts[0].runner._nft is not None or not fronts[0].runner.in_process
+    for fe in fronts:
+        fe.stop()
