@@ -250,6 +250,7 @@ cdef struct Half:
     int splicing
     int eof
     int shut
+    int fin_due          # ended and flushed; the FIN waits one loop for the peer to close first
 
 
 cdef struct Side:
@@ -267,6 +268,7 @@ cdef struct Conn:
     int tries
     int cready           # the client socket may have bytes (or an end) to read
     int bready           # the backend socket likewise
+    int cwatch_out       # the client socket's registration includes EPOLLOUT
     unsigned long long connect_iter   # loop iteration that created the backend socket
     Half up        # client -> backend
     Half down      # backend -> client
@@ -279,6 +281,10 @@ cdef struct Conn:
     Conn* prev
     Conn* next
     Conn* next_dead
+    Conn* fin_prev       # in the worker's list of connections with a FIN to pass on
+    Conn* fin_next
+    int fin_queued
+    unsigned long long fin_iter       # loop iteration that queued it
 
 
 cdef struct Flow:
@@ -333,6 +339,7 @@ cdef struct Worker:
     Conn* conns
     Conn* dead
     Conn* spare          # closed connections kept with their buffers for the next ones
+    Conn* fins           # connections with a FIN to pass on after the next batch of events
     int nspare
     Flow* flows
     Flow* dead_flows
