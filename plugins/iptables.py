@@ -46,9 +46,17 @@ from lbcore_plugins.netfilter import (
     uniform_probability_texts,
 )
 
+from lbcore._extensions import NO_EXTENSIONS
 from lbcore.hookspecs import hookimpl
 from lbcore.interfaces import Frontend, FrontendUnavailable, RuntimeContext
 from lbcore.snapshot import Snapshot
+
+IptablesWriter: Any = None
+if not NO_EXTENSIONS:
+    try:
+        from lbcore_plugins._rules_c import IptablesWriter
+    except ImportError:  # not built: the readable renderer alone
+        pass
 
 SERVICES = "LBCORE-SERVICES"
 NODEPORTS = "LBCORE-NODEPORTS"
@@ -93,16 +101,33 @@ def _q(text: str) -> str:
 
 
 class PortRules:
-    """The rules one service port of one family contributes."""
+    """The rules one service port of one family contributes.
 
-    __slots__ = ("chains", "services", "nodeports", "reject", "_text")
+    The readable renderer fills :attr:`chains` and the text is joined from it; the compiled
+    writer gives the text and :attr:`chains` is split from it when a partial sync asks."""
 
-    def __init__(self) -> None:
-        self.chains: dict[str, str] = {}  # nat chain -> its rules, one per line
-        self.services: list[str] = []  # lines in nat LBCORE-SERVICES
-        self.nodeports: list[str] = []  # lines in nat LBCORE-NODEPORTS
-        self.reject: list[str] = []  # lines in filter LBCORE-SERVICES
-        self._text: tuple[str, str] | None = None
+    __slots__ = ("_chains", "services", "nodeports", "reject", "_text")
+
+    def __init__(
+        self,
+        text: tuple[str, str] | None = None,
+        services: list[str] | None = None,
+        nodeports: list[str] | None = None,
+        reject: list[str] | None = None,
+    ) -> None:
+        self._chains: dict[str, str] | None = None if text is not None else {}
+        self.services: list[str] = services if services is not None else []  # nat LBCORE-SERVICES
+        self.nodeports: list[str] = nodeports if nodeports is not None else []  # nat LBCORE-NODEPORTS
+        self.reject: list[str] = reject if reject is not None else []  # filter LBCORE-SERVICES
+        self._text: tuple[str, str] | None = text
+
+    @property
+    def chains(self) -> dict[str, str]:
+        """nat chain -> its rules, one per line."""
+        if self._chains is None:
+            assert self._text is not None
+            self._chains = _split_chains(*self._text)
+        return self._chains
 
     def text(self) -> tuple[str, str]:
         """(the ``:chain - [0:0]`` declarations, the rules) of :attr:`chains`, each one string,
@@ -116,6 +141,14 @@ class PortRules:
         return self._text
 
 
+def _split_chains(decl: str, body: str) -> dict[str, str]:
+    """:attr:`PortRules.chains` from the port's text: each rule line is ``-A CHAIN ...``."""
+    lines: dict[str, list[str]] = {line[1:-8]: [] for line in decl.split("\n")} if decl else {}
+    for line in body.split("\n") if body else ():
+        lines[line.split(" ", 2)[1]].append(line)
+    return {name: "\n".join(rules) for name, rules in lines.items()}
+
+
 class RuleRenderer:
     """Turns plans into iptables-restore text for one address family."""
 
@@ -126,10 +159,25 @@ class RuleRenderer:
         self.node_addresses = [
             a for a in options.node_addresses if (":" in a) == (family == 6)
         ]
+        self._writer = (
+            None if IptablesWriter is None
+            else IptablesWriter(options.masquerade_all, self.cidr, self._node_dst_matches())
+        )
 
     # -- per service port ------------------------------------------------------------------
 
     def port_rules(self, plan: PortPlan) -> PortRules:
+        """The rules of ``plan``: written by the compiled writer when there is one (the same
+        text, byte for byte), else by :meth:`port_rules_py`."""
+        if self._writer is not None:
+            written = self._writer.write(plan)
+            if written is not None:
+                decl, body, services, nodeports, reject = written
+                return PortRules((decl, body), services, nodeports, reject)
+        return self.port_rules_py(plan)
+
+    def port_rules_py(self, plan: PortPlan) -> PortRules:
+        """The readable twin of the compiled writer (and its reference in the tests)."""
         sp = plan.sp
         rules = PortRules()
         proto = sp.protocol.lower()

@@ -1,0 +1,20 @@
+"""Type stub of the compiled per-port rule writers (plugins/_rules_c.pyx)."""
+
+from typing import Any
+
+class IptablesWriter:
+    """Writes what one service port contributes to the iptables-restore input of one family."""
+
+    def __init__(self, masquerade_all: bool, cidr: str | None, node_dst_matches: list[str]) -> None: ...
+    def write(self, plan: Any) -> tuple[str, str, list[str], list[str], list[str]] | None:
+        """(declarations, rules, nat LBCORE-SERVICES lines, LBCORE-NODEPORTS lines, filter
+        LBCORE-SERVICES lines) of ``plan``; None when a name or address is not ASCII."""
+
+class NftWriter:
+    """Writes what one service port puts in the ``inet lbcore`` table (``cascade`` and
+    ``inline`` without ClientIP affinity)."""
+
+    def __init__(self, masquerade_all: bool, cluster_cidrs: dict[int, str], endpoint_selection: str) -> None: ...
+    def write(self, plan: Any) -> tuple[dict[str, list[str]], str, str] | None:
+        """(map -> ``key : verdict`` elements, set definitions, chain definitions) of ``plan``;
+        None for a shape left to ``NftRenderer.port_objects``."""

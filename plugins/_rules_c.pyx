@@ -1,0 +1,727 @@
+# cython: language_level=3, embedsignature=True
+"""The text one service port contributes to the iptables and nftables rule sets, written in C.
+
+A cold full render writes about 234,000 iptables lines (or 150,000 to 300,000 nft lines) for
+10,000 services; built with f-strings, one string per line, that is most of its time. Here each
+port's rules go into one growing byte buffer and come out as a few strings. The readable twins,
+and the reference these writers are tested against byte for byte, are
+``RuleRenderer.port_rules`` (iptables) and ``NftRenderer.port_objects`` (nftables); a writer
+returns None for a port shape it leaves to its twin.
+"""
+
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport free, realloc
+from libc.string cimport memcpy, memmove
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
+
+from lbcore._hashing_c cimport XXH3_64bits
+
+from lbcore_plugins.netfilter import probability_texts, uniform_probability_texts
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object s)
+
+
+# ---------------------------------------------------------------------------------------------
+# A growing byte buffer
+# ---------------------------------------------------------------------------------------------
+
+cdef struct Buf:
+    char* data
+    Py_ssize_t size
+    Py_ssize_t cap
+
+
+cdef int grow(Buf* b, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t cap = b.cap * 2 if b.cap else 4096
+    while cap < b.size + extra:
+        cap *= 2
+    cdef char* data = <char*>realloc(b.data, cap)
+    if data == NULL:
+        raise MemoryError()
+    b.data = data
+    b.cap = cap
+    return 0
+
+
+cdef inline int put(Buf* b, const char* s, Py_ssize_t n) except -1:
+    if b.size + n > b.cap:
+        grow(b, n)
+    memcpy(b.data + b.size, s, n)
+    b.size += n
+    return 0
+
+
+cdef inline int put_c(Buf* b, const char* s) except -1:
+    cdef Py_ssize_t n = 0
+    while s[n]:
+        n += 1
+    return put(b, s, n)
+
+
+cdef inline int put_s(Buf* b, str s) except -1:
+    cdef Py_ssize_t n
+    cdef const char* p = PyUnicode_AsUTF8AndSize(s, &n)
+    return put(b, p, n)
+
+
+cdef inline int put_buf(Buf* b, Buf* src) except -1:
+    return put(b, src.data, src.size)
+
+
+cdef int put_int(Buf* b, long long v) except -1:
+    cdef char tmp[24]
+    cdef int i = 24
+    cdef bint neg = v < 0
+    cdef unsigned long long u = <unsigned long long>(-v) if neg else <unsigned long long>v
+    while True:
+        i -= 1
+        tmp[i] = <char>(48 + u % 10)
+        u //= 10
+        if u == 0:
+            break
+    if neg:
+        i -= 1
+        tmp[i] = 45  # '-'
+    return put(b, tmp + i, 24 - i)
+
+
+cdef const char* HEX = b"0123456789ABCDEF"
+
+
+cdef int put_hex(Buf* b, uint64_t h, int digits) except -1:
+    """The first ``digits`` of the 16 upper-case hex digits of ``h`` (netfilter.chain_hash)."""
+    cdef char tmp[16]
+    cdef int i
+    for i in range(16):
+        tmp[15 - i] = HEX[h & 15]
+        h >>= 4
+    return put(b, tmp, digits)
+
+
+cdef inline int newline(Buf* b) except -1:
+    """A line separator before every line but the first."""
+    if b.size:
+        put(b, b"\n", 1)
+    return 0
+
+
+cdef inline uint64_t hash_buf(Buf* b):
+    return XXH3_64bits(b.data, <size_t>b.size)
+
+
+cdef inline str text_of(Buf* b):
+    return PyUnicode_DecodeUTF8(b.data, b.size, NULL)
+
+
+cdef inline void free_buf(Buf* b) noexcept:
+    free(b.data)
+    b.data = NULL
+    b.size = b.cap = 0
+
+
+cdef int put_address(Buf* b, str ip, object port, bint v6) except -1:
+    """``ip:port``, with brackets for IPv6."""
+    if v6:
+        put(b, b"[", 1)
+        put_s(b, ip)
+        put(b, b"]:", 2)
+    else:
+        put_s(b, ip)
+        put(b, b":", 1)
+    return put_int(b, port)
+
+
+cdef int put_lower(Buf* b, str s) except -1:
+    cdef Py_ssize_t n, i
+    cdef const char* p = PyUnicode_AsUTF8AndSize(s, &n)
+    if b.size + n > b.cap:
+        grow(b, n)
+    for i in range(n):
+        b.data[b.size + i] = p[i] + 32 if 65 <= p[i] <= 90 else p[i]
+    b.size += n
+    return 0
+
+
+cdef int put_name_part(Buf* b, str s) except -1:
+    """nftables.py's ``_name_part`` of an ASCII ``s``: what is not ``[A-Za-z0-9_./-]`` becomes '.'."""
+    cdef Py_ssize_t n, i
+    cdef const char* p = PyUnicode_AsUTF8AndSize(s, &n)
+    cdef char c
+    if b.size + n > b.cap:
+        grow(b, n)
+    for i in range(n):
+        c = p[i]
+        if not (48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122 or c == 95 or c == 46 or c == 47 or c == 45):
+            c = 46
+        b.data[b.size + i] = c
+    b.size += n
+    return 0
+
+
+cdef bint seen_before(uint64_t* hashes, Py_ssize_t i) noexcept:
+    """Whether ``hashes[i]`` occurs in ``hashes[:i]`` (a repeated endpoint writes one chain)."""
+    cdef Py_ssize_t j
+    for j in range(i):
+        if hashes[j] == hashes[i]:
+            return True
+    return False
+
+
+cdef bint distinct(tuple items):
+    """Whether ``items`` has no repeats (checked only when there are two or more)."""
+    return len(items) < 2 or len(set(items)) == len(items)
+
+
+# ---------------------------------------------------------------------------------------------
+# iptables
+# ---------------------------------------------------------------------------------------------
+
+cdef class IptablesWriter:
+    """Writes what one service port contributes to the iptables-restore input of one family."""
+
+    cdef bint masquerade_all
+    cdef str cidr
+    cdef list node_dsts
+    cdef Buf decl, body, line, key, name, svc, ext
+
+    def __init__(self, bint masquerade_all, cidr, list node_dst_matches):
+        """``cidr``: the family's pod network or None; ``node_dst_matches``: the ``-d ADDR `` (or
+        addrtype) match texts of this family's NodePorts, as ``RuleRenderer`` builds them."""
+        self.masquerade_all = masquerade_all
+        self.cidr = cidr or None
+        self.node_dsts = node_dst_matches
+
+    def __dealloc__(self):
+        free_buf(&self.decl)
+        free_buf(&self.body)
+        free_buf(&self.line)
+        free_buf(&self.key)
+        free_buf(&self.name)
+        free_buf(&self.svc)
+        free_buf(&self.ext)
+
+    def write(self, plan):
+        """(the ``:chain - [0:0]`` declarations, the rules of those chains, the lines of nat
+        LBCORE-SERVICES, of LBCORE-NODEPORTS and of filter LBCORE-SERVICES) of ``plan``, as
+        ``RuleRenderer.port_rules`` renders them; None when a name or address is not ASCII."""
+        sp = plan.sp
+        cdef bint v6 = plan.family == 6
+        cdef tuple eps = plan.cluster_endpoints
+        local = plan.local_endpoints
+        cdef tuple all_eps = plan.all_endpoints
+        cdef tuple ext_eps
+        cdef str proto = sp.protocol
+        cdef bint affinity = sp.session_affinity == "ClientIP"
+        cdef list services = [], nodeports = [], reject = []
+        cdef uint64_t h
+        cdef Py_ssize_t i, n = len(all_eps)
+        cdef uint64_t* hashes = NULL
+        cdef uint64_t* targets
+        if not (PyUnicode_IS_ASCII(sp.namespace) and PyUnicode_IS_ASCII(sp.name)
+                and PyUnicode_IS_ASCII(sp.port_name)):
+            return None
+        port = sp.port
+        self.decl.size = self.body.size = self.name.size = self.key.size = 0
+        # name: ns/name:port_name; key: the service's id (endpoint_id without the address)
+        put_s(&self.name, sp.namespace)
+        put(&self.name, b"/", 1)
+        put_s(&self.name, sp.name)
+        put(&self.name, b":", 1)
+        put_s(&self.name, sp.port_name)
+        put_buf(&self.key, &self.name)
+        put(&self.key, b"/", 1)
+        put_lower(&self.key, proto)
+        cdef Py_ssize_t id_len = self.key.size
+        h = hash_buf(&self.key)
+        self.svc.size = self.ext.size = 0
+        put(&self.svc, b"LBCORE-SVC-", 11)
+        put_hex(&self.svc, h, 16)
+        put(&self.ext, b"LBCORE-EXT-", 11)
+        put_hex(&self.ext, h, 16)
+        cdef Buf* body = &self.body
+        cdef Buf* line = &self.line
+        try:
+            hashes = <uint64_t*>realloc(NULL, (n + 1) * sizeof(uint64_t))
+            if hashes == NULL:
+                raise MemoryError()
+            for i in range(n):
+                ep = all_eps[i]
+                if not PyUnicode_IS_ASCII(ep.ip):
+                    return None
+                self.key.size = id_len
+                put(&self.key, b"/", 1)
+                put_address(&self.key, ep.ip, ep.port, v6)
+                hashes[i] = hash_buf(&self.key)
+
+            if eps:
+                for cip in plan.cluster_ips:
+                    line.size = 0
+                    put_c(line, b'-A LBCORE-SERVICES -m comment --comment "')
+                    put_buf(line, &self.name)
+                    put_c(line, b' cluster IP" -p ')
+                    self._proto_dst_port(proto, cip, port)
+                    put(line, b" -j ", 4)
+                    put_buf(line, &self.svc)
+                    services.append(text_of(line))
+                    if self.masquerade_all or self.cidr is not None:
+                        newline(body)
+                        self._head(&self.svc)
+                        put(body, b" -p ", 4)
+                        put_lower(body, proto)
+                        put(body, b" -d ", 4)
+                        put_s(body, cip)
+                        put(body, b" --dport ", 9)
+                        put_int(body, port)
+                        if not self.masquerade_all:
+                            put(body, b" ! -s ", 6)
+                            put_s(body, self.cidr)
+                        put_c(body, b" -j LBCORE-MARK-MASQ")
+                targets = self._targets(eps, all_eps, hashes, id_len, v6)
+                try:
+                    self._balance(&self.svc, eps, targets, affinity, sp.affinity_timeout)
+                finally:
+                    if targets != hashes:
+                        free(targets)
+                self._declare(&self.svc)
+            else:
+                for cip in plan.cluster_ips:
+                    line.size = 0
+                    put_c(line, b'-A LBCORE-SERVICES -m comment --comment "')
+                    put_buf(line, &self.name)
+                    put_c(line, b' has no endpoints" -p ')
+                    self._proto_dst_port(proto, cip, port)
+                    put_c(line, b" -j REJECT")
+                    reject.append(text_of(line))
+
+            node_port = plan.node_port
+            if node_port:
+                ext_eps = plan.external_endpoints
+                if ext_eps:
+                    if local is None:
+                        newline(body)
+                        put(body, b"-A ", 3)
+                        put_buf(body, &self.ext)
+                        put_c(body, b' -m comment --comment "')
+                        put_buf(body, &self.name)
+                        put_c(body, b' external" -j LBCORE-MARK-MASQ\n-A ')
+                        put_buf(body, &self.ext)
+                        put(body, b" -j ", 4)
+                        put_buf(body, &self.svc)
+                    else:
+                        # externalTrafficPolicy Local: no SNAT, only this node's endpoints
+                        targets = self._targets(ext_eps, all_eps, hashes, id_len, v6)
+                        try:
+                            self._balance(&self.ext, ext_eps, targets, affinity, sp.affinity_timeout)
+                        finally:
+                            if targets != hashes:
+                                free(targets)
+                    self._declare(&self.ext)
+                    line.size = 0
+                    put_c(line, b"-A LBCORE-NODEPORTS ")
+                    self._comment(line)
+                    put(line, b" -p ", 4)
+                    put_lower(line, proto)
+                    put(line, b" --dport ", 9)
+                    put_int(line, node_port)
+                    put(line, b" -j ", 4)
+                    put_buf(line, &self.ext)
+                    nodeports.append(text_of(line))
+                else:
+                    for dst in self.node_dsts:
+                        line.size = 0
+                        put_c(line, b'-A LBCORE-SERVICES -m comment --comment "')
+                        put_buf(line, &self.name)
+                        put_c(line, b' has no endpoints" ')
+                        put_s(line, dst)
+                        put(line, b"-p ", 3)
+                        put_lower(line, proto)
+                        put(line, b" --dport ", 9)
+                        put_int(line, node_port)
+                        put_c(line, b" -j REJECT")
+                        reject.append(text_of(line))
+
+            for i in range(n):
+                if seen_before(hashes, i):
+                    continue
+                ep = all_eps[i]
+                self.svc.size = 0  # reused for the endpoint chain's name
+                put(&self.svc, b"LBCORE-SEP-", 11)
+                put_hex(&self.svc, hashes[i], 16)
+                newline(body)
+                self._head(&self.svc)
+                put(body, b" -s ", 4)
+                put_s(body, ep.ip)
+                put_c(body, b" -j LBCORE-MARK-MASQ\n")
+                self._head(&self.svc)
+                put(body, b" -p ", 4)
+                put_lower(body, proto)
+                put(body, b" ", 1)
+                if affinity:
+                    put_c(body, b"-m recent --name ")
+                    put_buf(body, &self.svc)
+                    put_c(body, b" --set ")
+                put_c(body, b"-j DNAT --to-destination ")
+                put_address(body, ep.ip, ep.port, v6)
+                self._declare(&self.svc)
+        finally:
+            free(hashes)
+        return text_of(&self.decl), text_of(body), services, nodeports, reject
+
+    cdef int _comment(self, Buf* b) except -1:
+        put_c(b, b'-m comment --comment "')
+        put_buf(b, &self.name)
+        return put(b, b'"', 1)
+
+    cdef int _head(self, Buf* chain) except -1:
+        """``-A CHAIN -m comment --comment "NAME"`` at the end of the body."""
+        put(&self.body, b"-A ", 3)
+        put_buf(&self.body, chain)
+        put(&self.body, b" ", 1)
+        return self._comment(&self.body)
+
+    cdef int _proto_dst_port(self, str proto, str ip, object port) except -1:
+        put_lower(&self.line, proto)
+        put(&self.line, b" -d ", 4)
+        put_s(&self.line, ip)
+        put(&self.line, b" --dport ", 9)
+        return put_int(&self.line, port)
+
+    cdef int _declare(self, Buf* chain) except -1:
+        newline(&self.decl)
+        put(&self.decl, b":", 1)
+        put_buf(&self.decl, chain)
+        return put(&self.decl, b" - [0:0]", 8)
+
+    cdef uint64_t* _targets(self, tuple eps, tuple all_eps, uint64_t* hashes, Py_ssize_t id_len,
+                            bint v6) except NULL:
+        """The endpoint chain hash of each of ``eps``: ``hashes`` itself when ``eps`` is
+        ``all_eps``, else a new array the caller frees."""
+        if eps is all_eps:
+            return hashes
+        cdef Py_ssize_t i, n = len(eps)
+        cdef uint64_t* out = <uint64_t*>realloc(NULL, (n + 1) * sizeof(uint64_t))
+        if out == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                ep = eps[i]
+                self.key.size = id_len
+                put(&self.key, b"/", 1)
+                put_address(&self.key, ep.ip, ep.port, v6)
+                out[i] = hash_buf(&self.key)
+        except BaseException:
+            free(out)
+            raise
+        return out
+
+    cdef int _balance(self, Buf* chain, tuple eps, uint64_t* targets, bint affinity,
+                      object timeout) except -1:
+        """Affinity checks, then one statistic rule per endpoint (RuleRenderer._balance)."""
+        cdef Py_ssize_t i, n = len(eps)
+        cdef Buf* body = &self.body
+        weights = [ep.weight for ep in eps]
+        cdef bint weighted = False
+        for w in weights:
+            if w > 1:
+                weighted = True
+                break
+        cdef list probabilities = probability_texts(weights) if weighted else uniform_probability_texts(n)
+        if affinity:
+            for i in range(n):
+                newline(body)
+                self._head(chain)
+                put_c(body, b" -m recent --name LBCORE-SEP-")
+                put_hex(body, targets[i], 16)
+                put_c(body, b" --rcheck --seconds ")
+                put_int(body, timeout)
+                put_c(body, b" --reap -j LBCORE-SEP-")
+                put_hex(body, targets[i], 16)
+        for i in range(n):
+            newline(body)
+            self._head(chain)
+            if i < n - 1:
+                put_c(body, b" -m statistic --mode random --probability ")
+                put_s(body, probabilities[i])
+            put_c(body, b" -j LBCORE-SEP-")
+            put_hex(body, targets[i], 16)
+        return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# nftables
+# ---------------------------------------------------------------------------------------------
+
+cdef long long gcd(long long a, long long b) noexcept:
+    while b:
+        a, b = b, a % b
+    return a
+
+
+cdef class NftWriter:
+    """Writes what one service port puts in the ``inet lbcore`` table: the ``cascade`` and
+    ``inline`` endpoint selections without ClientIP affinity (other shapes: None)."""
+
+    cdef bint masquerade_all, inline, supported
+    cdef dict cidrs
+    cdef Buf chains, rule, key, label, svc, ext, ep
+    cdef long long* weights
+    cdef Py_ssize_t weights_cap
+
+    def __init__(self, bint masquerade_all, dict cluster_cidrs, str endpoint_selection):
+        """``cluster_cidrs``: family -> pod network; ``endpoint_selection`` as the option."""
+        self.masquerade_all = masquerade_all
+        self.cidrs = cluster_cidrs
+        self.inline = endpoint_selection == "inline"
+        self.supported = endpoint_selection in ("cascade", "inline")
+
+    def __dealloc__(self):
+        free_buf(&self.chains)
+        free_buf(&self.rule)
+        free_buf(&self.key)
+        free_buf(&self.label)
+        free_buf(&self.svc)
+        free_buf(&self.ext)
+        free_buf(&self.ep)
+        free(self.weights)
+
+    def write(self, plan):
+        """(map -> its ``key : verdict`` elements, the set definitions, the chain definitions)
+        of ``plan``, as ``PortObjects.text`` gives them for ``NftRenderer.port_objects``; None for
+        a shape this writer leaves to it (affinity, ``vmap``, ``map``, repeated ClusterIPs,
+        names or addresses that are not ASCII)."""
+        sp = plan.sp
+        if not self.supported or sp.session_affinity == "ClientIP":
+            return None
+        cdef tuple cips = plan.cluster_ips
+        if not distinct(cips):
+            return None
+        if not (PyUnicode_IS_ASCII(sp.namespace) and PyUnicode_IS_ASCII(sp.name)
+                and PyUnicode_IS_ASCII(sp.port_name)):
+            return None
+        cdef int fam = plan.family
+        cdef bint v6 = fam == 6
+        cdef const char* ip = b"ip6" if v6 else b"ip"
+        cdef tuple eps = plan.cluster_endpoints
+        local = plan.local_endpoints
+        cdef tuple all_eps = plan.all_endpoints
+        cdef tuple ext_eps
+        cdef str proto = sp.protocol
+        cidr = self.cidrs.get(fam)
+        port = sp.port
+        cdef Py_ssize_t i, n = len(all_eps)
+        cdef uint64_t* hashes = NULL
+        cdef dict elements = {}
+        cdef Buf* rule = &self.rule
+        for ep in all_eps:
+            if not PyUnicode_IS_ASCII(ep.ip):
+                return None
+        self.chains.size = self.key.size = self.label.size = 0
+        # label: ns/name/proto/port-name; key: the service's id (endpoint_id without the address)
+        put_s(&self.label, sp.namespace)
+        put(&self.label, b"/", 1)
+        put_s(&self.label, sp.name)
+        put(&self.label, b"/", 1)
+        put_lower(&self.label, proto)
+        put(&self.label, b"/", 1)
+        put_name_part(&self.label, sp.port_name or str(port))
+        put_c(&self.key, b"service|")
+        put_s(&self.key, sp.namespace)
+        put(&self.key, b"/", 1)
+        put_s(&self.key, sp.name)
+        put(&self.key, b":", 1)
+        put_s(&self.key, sp.port_name)
+        put(&self.key, b"/", 1)
+        put_lower(&self.key, proto)
+        self.svc.size = 0
+        put_c(&self.svc, b"service-")
+        put_hex(&self.svc, hash_buf(&self.key), 8)
+        put(&self.svc, b"-", 1)
+        put_buf(&self.svc, &self.label)
+        # the same id behind "external|" (9 bytes against 8)
+        self.ext.size = 0
+        put(&self.ext, b"external|", 9)
+        put(&self.ext, self.key.data + 8, self.key.size - 8)
+        h = hash_buf(&self.ext)
+        self.ext.size = 0
+        put_c(&self.ext, b"external-")
+        put_hex(&self.ext, h, 8)
+        put(&self.ext, b"-", 1)
+        put_buf(&self.ext, &self.label)
+        # from here on key is the service's id alone, the stem of each endpoint's id
+        memmove(self.key.data, self.key.data + 8, self.key.size - 8)
+        self.key.size -= 8
+        cdef Py_ssize_t id_len = self.key.size
+        try:
+            if not self.inline:
+                hashes = <uint64_t*>realloc(NULL, (n + 1) * sizeof(uint64_t))
+                if hashes == NULL:
+                    raise MemoryError()
+                for i in range(n):
+                    ep = all_eps[i]
+                    self.key.size = id_len
+                    put(&self.key, b"/", 1)
+                    put_address(&self.key, ep.ip, ep.port, v6)
+                    hashes[i] = hash_buf(&self.key)
+            if eps:
+                items = []
+                for cip in cips:
+                    items.append(f"{cip} . {proto.lower()} . {port} : goto {text_of(&self.svc)}")
+                elements[f"service-ips-v{fam}"] = items
+                self._open(&self.svc)
+                for cip in cips:
+                    if self.masquerade_all or cidr:
+                        self._rule()
+                        put_c(rule, ip)
+                        put_c(rule, b" daddr ")
+                        put_s(rule, cip)
+                        put(rule, b" ", 1)
+                        put_lower(rule, proto)
+                        put_c(rule, b" dport ")
+                        put_int(rule, port)
+                        if not self.masquerade_all:
+                            put(rule, b" ", 1)
+                            put_c(rule, ip)
+                            put_c(rule, b" saddr != ")
+                            put_s(rule, cidr)
+                        put_c(rule, b" jump mark-for-masquerade")
+                        put_buf(&self.chains, rule)
+                self._choose(eps, all_eps, hashes, id_len, v6, ip, proto)
+                put(&self.chains, b"\n\t}", 3)
+            else:
+                elements[f"no-endpoint-services-v{fam}"] = [
+                    f"{cip} . {proto.lower()} . {port} : goto reject-chain" for cip in cips
+                ]
+            node_port = plan.node_port
+            if node_port:
+                ext_eps = plan.external_endpoints
+                if ext_eps:
+                    self._open(&self.ext)
+                    if local is None:
+                        put_c(&self.chains, b"\n\t\tjump mark-for-masquerade\n\t\tgoto ")
+                        put_buf(&self.chains, &self.svc)
+                    else:
+                        self._choose(ext_eps, all_eps, hashes, id_len, v6, ip, proto)
+                    put(&self.chains, b"\n\t}", 3)
+                    elements[f"service-nodeports-v{fam}"] = [
+                        f"{proto.lower()} . {node_port} : goto {text_of(&self.ext)}"
+                    ]
+                else:
+                    elements[f"no-endpoint-nodeports-v{fam}"] = [
+                        f"{proto.lower()} . {node_port} : goto reject-chain"
+                    ]
+            if not self.inline:
+                for i in range(n):
+                    if seen_before(hashes, i):
+                        continue
+                    ep = all_eps[i]
+                    self._endpoint_chain(hashes[i], ep, v6)
+                    self._open(&self.ep)
+                    self._rule()
+                    self._hairpin(ep, ip)
+                    put_buf(&self.chains, rule)
+                    self._rule()
+                    self._dnat(ep, ip, proto, v6)
+                    put_buf(&self.chains, rule)
+                    put(&self.chains, b"\n\t}", 3)
+        finally:
+            free(hashes)
+        return elements, "", text_of(&self.chains)
+
+    cdef int _open(self, Buf* name) except -1:
+        newline(&self.chains)
+        put_c(&self.chains, b"\tchain ")
+        put_buf(&self.chains, name)
+        return put(&self.chains, b" {", 2)
+
+    cdef int _rule(self) except -1:
+        """Start a rule in ``self.rule`` (with its line break and indent)."""
+        self.rule.size = 0
+        return put(&self.rule, b"\n\t\t", 3)
+
+    cdef int _endpoint_chain(self, uint64_t h, object ep, bint v6) except -1:
+        """``endpoint-<hash>-<label>__<ip>/<port>`` into ``self.ep``."""
+        self.ep.size = 0
+        put_c(&self.ep, b"endpoint-")
+        put_hex(&self.ep, h, 8)
+        put(&self.ep, b"-", 1)
+        put_buf(&self.ep, &self.label)
+        put(&self.ep, b"__", 2)
+        if v6:
+            put_name_part(&self.ep, ep.ip)
+        else:
+            put_s(&self.ep, ep.ip)
+        put(&self.ep, b"/", 1)
+        return put_int(&self.ep, ep.port)
+
+    cdef int _hairpin(self, object ep, const char* ip) except -1:
+        put_c(&self.rule, ip)
+        put_c(&self.rule, b" saddr ")
+        put_s(&self.rule, ep.ip)
+        return put_c(&self.rule, b" jump mark-for-masquerade")
+
+    cdef int _dnat(self, object ep, const char* ip, str proto, bint v6) except -1:
+        put_c(&self.rule, b"meta l4proto ")
+        put_lower(&self.rule, proto)
+        put_c(&self.rule, b" dnat ")
+        put_c(&self.rule, ip)
+        put_c(&self.rule, b" to ")
+        return put_address(&self.rule, ep.ip, ep.port, v6)
+
+    cdef int _choose(self, tuple eps, tuple all_eps, uint64_t* hashes, Py_ssize_t id_len,
+                     bint v6, const char* ip, str proto) except -1:
+        """The rules that pick one of ``eps``: a ``numgen`` cascade to the endpoint chains
+        (NftRenderer._balance) or, ``inline``, hairpin marks and a cascade of DNATs
+        (NftRenderer._dnat_inline)."""
+        cdef Py_ssize_t i, n = len(eps)
+        cdef long long w, g = 0, rest = 0
+        cdef Buf* rule = &self.rule
+        if n > self.weights_cap:
+            self.weights = <long long*>realloc(self.weights, n * sizeof(long long))
+            if self.weights == NULL:
+                self.weights_cap = 0
+                raise MemoryError()
+            self.weights_cap = n
+        for i in range(n):
+            w = eps[i].weight
+            self.weights[i] = w if w > 1 else 1
+            g = gcd(self.weights[i], g)
+        for i in range(n):
+            self.weights[i] //= g
+            rest += self.weights[i]
+        if self.inline:
+            for i in range(n):
+                self._rule()
+                self._hairpin(eps[i], ip)
+                put_buf(&self.chains, rule)
+        for i in range(n):
+            self._rule()
+            if i < n - 1:
+                put_c(rule, b"numgen random mod ")
+                put_int(rule, rest)
+                if self.weights[i] == 1:
+                    put_c(rule, b" 0 ")
+                else:
+                    put_c(rule, b" < ")
+                    put_int(rule, self.weights[i])
+                    put(rule, b" ", 1)
+                rest -= self.weights[i]
+            if self.inline:
+                self._dnat(eps[i], ip, proto, v6)
+            else:
+                put_c(rule, b"goto ")
+                self._endpoint_chain(self._hash_of(eps, all_eps, hashes, i, id_len, v6), eps[i], v6)
+                put_buf(rule, &self.ep)
+            put_buf(&self.chains, rule)
+        return 0
+
+    cdef uint64_t _hash_of(self, tuple eps, tuple all_eps, uint64_t* hashes, Py_ssize_t i,
+                           Py_ssize_t id_len, bint v6) except? 0:
+        """The endpoint chain hash of ``eps[i]``: from ``hashes`` when ``eps`` is ``all_eps``."""
+        if eps is all_eps:
+            return hashes[i]
+        ep = eps[i]
+        self.key.size = id_len
+        put(&self.key, b"/", 1)
+        put_address(&self.key, ep.ip, ep.port, v6)
+        return hash_buf(&self.key)
