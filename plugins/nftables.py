@@ -45,9 +45,17 @@ from lbcore_plugins.netfilter import (
 )
 
 from lbcore import hash64
+from lbcore._extensions import NO_EXTENSIONS
 from lbcore.hookspecs import hookimpl
 from lbcore.interfaces import Frontend, FrontendUnavailable, RuntimeContext
 from lbcore.snapshot import EndpointInfo, ServicePortInfo, Snapshot
+
+NftWriter: Any = None
+if not NO_EXTENSIONS:
+    try:
+        from lbcore_plugins._rules_c import NftWriter
+    except ImportError:  # not built: the readable renderer alone
+        pass
 
 TABLE = "lbcore"
 FAMILY = "inet"
@@ -109,14 +117,61 @@ def affinity_set(sp: ServicePortInfo, ep: EndpointInfo) -> str:
     return f"affinity-{h}-{sp.namespace}/{sp.name}/{_name_part(ep.ip)}/{ep.port}"
 
 
-@dataclass
 class PortObjects:
-    """What one service port of one family puts in the table."""
+    """What one service port of one family puts in the table.
 
-    chains: dict[str, list[str]] = field(default_factory=dict)
-    sets: dict[str, str] = field(default_factory=dict)  # name -> definition body
-    elements: dict[tuple[str, str], str] = field(default_factory=dict)  # (map, key) -> verdict
-    _text: tuple[dict[str, list[str]], str, str] | None = field(default=None, compare=False, repr=False)
+    The readable renderer fills :attr:`chains`, :attr:`sets` and :attr:`elements` and the text
+    is joined from them; the compiled writer gives the text and they are parsed from it when a
+    partial sync asks."""
+
+    __slots__ = ("_chains", "_sets", "_elements", "_text")
+
+    def __init__(self, text: tuple[dict[str, list[str]], str, str] | None = None) -> None:
+        self._text = text
+        self._chains: dict[str, list[str]] | None = None if text is not None else {}
+        self._sets: dict[str, str] | None = None if text is not None else {}  # name -> body
+        # (map, key) -> verdict
+        self._elements: dict[tuple[str, str], str] | None = None if text is not None else {}
+
+    @property
+    def chains(self) -> dict[str, list[str]]:
+        if self._chains is None:
+            self._parse()
+        assert self._chains is not None
+        return self._chains
+
+    @property
+    def sets(self) -> dict[str, str]:
+        if self._sets is None:
+            self._parse()
+        assert self._sets is not None
+        return self._sets
+
+    @property
+    def elements(self) -> dict[tuple[str, str], str]:
+        if self._elements is None:
+            self._parse()
+        assert self._elements is not None
+        return self._elements
+
+    def _parse(self) -> None:
+        """The objects back from the text :meth:`text` gives (one rule or set body a line)."""
+        assert self._text is not None
+        elements, sets, chains = self._text
+        self._elements = {
+            (name, key): verdict
+            for name, items in elements.items()
+            for key, _, verdict in (item.partition(" : ") for item in items)
+        }
+        # each block ends in "\n\t}": what follows the last one is empty
+        self._sets = {}
+        for block in sets.split("\n\t}")[:-1]:
+            head, _, body = block.lstrip("\n").partition(" {\n\t\t")
+            self._sets[head[len("\tset "):]] = body
+        self._chains = {}
+        for block in chains.split("\n\t}")[:-1]:
+            head, *rules = block.lstrip("\n").split("\n\t\t")
+            self._chains[head[len("\tchain "):-len(" {")]] = rules
 
     def text(self) -> tuple[dict[str, list[str]], str, str]:
         """(map -> its ``key : verdict`` elements, the set definitions, the chain definitions) as
@@ -139,8 +194,23 @@ class NftRenderer:
 
     def __init__(self, options: NetfilterOptions):
         self.options = options
+        self._writer = (
+            None if NftWriter is None
+            else NftWriter(options.masquerade_all, dict(options.cluster_cidrs), options.endpoint_selection)
+        )
 
     def port_objects(self, plan: PortPlan) -> PortObjects:
+        """The objects of ``plan``: written by the compiled writer when there is one and it
+        takes this shape of port (the same text, byte for byte), else by
+        :meth:`port_objects_py`."""
+        if self._writer is not None:
+            written = self._writer.write(plan)
+            if written is not None:
+                return PortObjects(written)
+        return self.port_objects_py(plan)
+
+    def port_objects_py(self, plan: PortPlan) -> PortObjects:
+        """The readable twin of the compiled writer (and its reference in the tests)."""
         sp = plan.sp
         fam = plan.family
         ip = _IP[fam]
@@ -453,6 +523,25 @@ def _update_script(before: PortObjects, after: PortObjects) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _split_deletions(script: str) -> tuple[str, tuple[list[str], list[str]]]:
+    """``script`` without its closing ``delete chain`` and ``delete set`` lines, and the chains
+    and sets they name, to be deleted by :meth:`CommandRunner.delete_unreferenced` after it.
+
+    A script that deletes elements keeps them: nft reads the chain list for it anyway, and one
+    transaction is simpler. Otherwise the script needs no chain list at all, and the deletions,
+    of chains the script flushed and sets no rule names any more, change no packet's path: the
+    sync still changes the forwarding in one transaction.
+    """
+    lines = script.splitlines()
+    if any(line.startswith("delete element ") for line in lines):
+        return script, ([], [])
+    prefix = f"{FAMILY} {TABLE} "
+    chains = [line.split(prefix, 1)[1] for line in lines if line.startswith("delete chain ")]
+    sets = [line.split(prefix, 1)[1] for line in lines if line.startswith("delete set ")]
+    kept = [line for line in lines if not line.startswith(("delete chain ", "delete set "))]
+    return ("\n".join(kept) + "\n") if kept else "", (chains, sets)
+
+
 class NftablesFrontend(Frontend):
     """kube-proxy's nftables mode for the services of a :class:`Snapshot`."""
 
@@ -534,7 +623,9 @@ class NftablesFrontend(Frontend):
 
     def sync(self, snapshot: Snapshot, changed: frozenset[str]) -> None:
         """Replace the table the first time (and after a failure); afterwards change only the
-        map elements, chains and sets of ``changed`` services, in one transaction."""
+        map elements, chains and sets of ``changed`` services, in one transaction (then, when
+        the script deleted no element, delete what it left unreferenced by name, see
+        :func:`_split_deletions`)."""
         node = (snapshot.node_name, snapshot.node_addresses)
         old = self._state
         self._state = None  # until this sync succeeds
@@ -546,7 +637,14 @@ class NftablesFrontend(Frontend):
             script, state = self._partial(snapshot, old, changed)
         if script:
             self.last_script_lines = script.count("\n")
-            self.runner.nft(script)
+            garbage: tuple[list[str], list[str]] = ([], [])
+            if not full and self.runner.deletes_by_name:
+                script, garbage = _split_deletions(script)
+            if script:
+                self.runner.nft(script)
+            if garbage[0] or garbage[1]:
+                # left empty and unreferenced by the script: no packet's path changes here
+                self.runner.delete_unreferenced(FAMILY, TABLE, *garbage)
         self._state = state
         self._node = node
         if old is not None and self.opts.conntrack_cleanup:

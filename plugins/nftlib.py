@@ -5,6 +5,10 @@ for it costs 15 to 20 ms before nft reads a byte, which is a fifth of the whole 
 :class:`NftContext` keeps one library context open instead. A network namespace belongs to a
 thread, not to a process, so a context for a named namespace lives in a thread of its own that
 entered the namespace (``setns(2)``) before creating it; every script runs in that thread.
+
+:meth:`NftContext.delete_unreferenced` deletes chains and sets by name with one nf_tables netlink
+batch of its own: nft 1.0.6 reads every chain of the ruleset before any ``delete`` (0.15 to 0.4 s
+with 61,000 chains), the kernel needs only the names.
 """
 
 from __future__ import annotations
@@ -13,11 +17,25 @@ import ctypes
 import ctypes.util
 import os
 import queue
+import socket
+import struct
 import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
+from typing import Any
 
 CLONE_NEWNET = 0x40000000
 LIBRARY = "libnftables.so.1"
+
+# linux/netlink.h, linux/netfilter/nfnetlink.h, linux/netfilter/nf_tables.h
+NETLINK_NETFILTER = 12
+NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
+NLMSG_ERROR = 2
+NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_DELCHAIN, NFT_MSG_DELSET = 5, 11
+NFTA_TABLE, NFTA_CHAIN_NAME, NFTA_SET_NAME = 1, 3, 2  # NFTA_CHAIN_TABLE == NFTA_SET_TABLE == 1
+FAMILIES = {"inet": 1, "ip": 2, "ip6": 10}
 
 
 class NftUnavailable(OSError):
@@ -55,6 +73,54 @@ def _enter_netns(netns: str) -> None:
         os.close(fd)
 
 
+def _attr(kind: int, text: str) -> bytes:
+    data = text.encode() + b"\0"
+    return struct.pack("=HH", 4 + len(data), kind) + data + b"\0" * (-len(data) % 4)
+
+
+def _message(kind: int, flags: int, seq: int, family: int, res_id: int, payload: bytes = b"") -> bytes:
+    body = struct.pack("=BBH", family, 0, socket.htons(res_id)) + payload
+    return struct.pack("=IHHII", 16 + len(body), kind, flags, seq, 0) + body
+
+
+def deletion_batch(family: str, table: str, chains: Iterable[str], sets: Iterable[str], seq: int) -> tuple[bytes, int]:
+    """One nf_tables batch that deletes ``chains`` then ``sets`` of ``family table``, every
+    message asking for an acknowledgement; returns it and how many messages it holds."""
+    fam = FAMILIES[family]
+    parts = [_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES)]
+    for kind, attr, names in ((NFT_MSG_DELCHAIN, NFTA_CHAIN_NAME, chains), (NFT_MSG_DELSET, NFTA_SET_NAME, sets)):
+        for name in names:
+            seq += 1
+            payload = _attr(NFTA_TABLE, table) + _attr(attr, name)
+            parts.append(_message(NFNL_SUBSYS_NFTABLES << 8 | kind, NLM_F_REQUEST | NLM_F_ACK, seq, fam, 0, payload))
+    parts.append(_message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 1, 0, NFNL_SUBSYS_NFTABLES))
+    return b"".join(parts), len(parts) - 2
+
+
+def _send_batch(sock: socket.socket, batch: bytes, acks: int) -> None:
+    """Send ``batch`` and wait for its ``acks`` acknowledgements; the kernel applies all of it
+    or, when one message fails, nothing. Raises ``OSError`` with the first error."""
+    sock.send(batch)
+    first_error = 0
+    while acks:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            if first_error:  # an aborted batch need not acknowledge every message
+                break
+            raise
+        offset = 0
+        while offset + 16 <= len(data):
+            length, kind = struct.unpack_from("=IH", data, offset)
+            if kind == NLMSG_ERROR:
+                acks -= 1
+                code = -struct.unpack_from("=i", data, offset + 16)[0]
+                first_error = first_error or code
+            offset += max(16, (length + 3) & ~3)
+    if first_error:
+        raise OSError(first_error, os.strerror(first_error))
+
+
 class NftContext:
     """One libnftables context in ``netns`` (None: this process's namespace).
 
@@ -65,7 +131,10 @@ class NftContext:
     def __init__(self, netns: str | None = None):
         self.netns = netns
         self._lib = _load()
-        self._jobs: queue.SimpleQueue[tuple[str, Future[tuple[int, str, str]]] | None] = queue.SimpleQueue()
+        self._ctx: int | None = None
+        self._sock: socket.socket | None = None
+        self._seq = 0
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = queue.SimpleQueue()
         ready: Future[None] = Future()
         self._thread = threading.Thread(
             target=self._serve, args=(ready,), name=f"nft-{netns or 'host'}", daemon=True
@@ -78,37 +147,68 @@ class NftContext:
         try:
             if self.netns is not None:
                 _enter_netns(self.netns)
-            ctx = lib.nft_ctx_new(0)
-            if not ctx:
+            self._ctx = lib.nft_ctx_new(0)
+            if not self._ctx:
                 raise NftUnavailable("nft_ctx_new failed")
-            lib.nft_ctx_buffer_output(ctx)
-            lib.nft_ctx_buffer_error(ctx)
+            lib.nft_ctx_buffer_output(self._ctx)
+            lib.nft_ctx_buffer_error(self._ctx)
         except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits
             ready.set_exception(exc)
             return
         ready.set_result(None)
         try:
             while (job := self._jobs.get()) is not None:
-                script, done = job
-                if not done.set_running_or_notify_cancel():
-                    continue
-                status = lib.nft_run_cmd_from_buffer(ctx, script.encode())
-                out = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
-                err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
-                done.set_result((status, out, err))
+                work, done = job
+                if done.set_running_or_notify_cancel():
+                    try:
+                        done.set_result(work())
+                    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                        done.set_exception(exc)
         finally:
-            lib.nft_ctx_free(ctx)
+            lib.nft_ctx_free(self._ctx)
+            if self._sock is not None:
+                self._sock.close()
+
+    def _call(self, work: Callable[[], Any], timeout: float | None) -> Any:
+        if not self._thread.is_alive():
+            raise NftUnavailable("the libnftables context is closed")
+        done: Future[Any] = Future()
+        self._jobs.put((work, done))
+        return done.result(timeout)
 
     def run(self, script: str, timeout: float | None = None) -> tuple[int, str, str]:
         """Run ``script``; raises ``TimeoutError`` when it has not finished within ``timeout``."""
-        if not self._thread.is_alive():
-            raise NftUnavailable("the libnftables context is closed")
-        done: Future[tuple[int, str, str]] = Future()
-        self._jobs.put((script, done))
-        return done.result(timeout)
+
+        def work() -> tuple[int, str, str]:
+            lib = self._lib
+            status = lib.nft_run_cmd_from_buffer(self._ctx, script.encode())
+            out = (lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode(errors="replace")
+            err = (lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(errors="replace")
+            return status, out, err
+
+        return self._call(work, timeout)
+
+    def delete_unreferenced(
+        self, family: str, table: str, chains: Iterable[str], sets: Iterable[str], timeout: float = 60.0
+    ) -> None:
+        """Delete empty ``chains`` and ``sets`` of ``family table`` that nothing refers to, in one
+        batch (all or none); raises ``OSError`` with the kernel's error (``EBUSY``: still in use)."""
+        chains, sets = list(chains), list(sets)
+
+        def work() -> None:
+            if self._sock is None:  # opened here, so it belongs to the namespace
+                self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+                self._sock.bind((0, 0))
+            self._sock.settimeout(timeout)
+            batch, acks = deletion_batch(family, table, chains, sets, self._seq)
+            self._seq += acks + 2
+            _send_batch(self._sock, batch, acks)
+
+        if chains or sets:
+            self._call(work, None)
 
     def close(self) -> None:
-        """Free the context once the scripts already queued have run."""
+        """Free the context once the work already queued has run."""
         if self._thread.is_alive():
             self._jobs.put(None)
             self._thread.join()

@@ -4,6 +4,7 @@ sync of the same state would (root: each test makes and deletes its own network 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import random
 import secrets
@@ -221,3 +222,51 @@ def test_libnftables_and_the_nft_command_leave_the_same_table(namespaces, select
     assert fronts[0].runner._nft is not None or not fronts[0].runner.in_process
     for fe in fronts:
         fe.stop()
+
+
+def test_deletion_batch_is_all_or_nothing_and_names_the_kernel_error(namespaces):
+    a, _ = namespaces
+    try:
+        ctx = nftlib.NftContext(a)
+    except nftlib.NftUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        ctx.run("add table inet lbtest\nadd chain inet lbtest free/x__10.0.0.1/80\nadd chain inet lbtest used\n"
+                "add chain inet lbtest r\nadd rule inet lbtest r jump used\nadd set inet lbtest s { type ipv4_addr; }\n")
+        with pytest.raises(OSError) as refused:
+            ctx.delete_unreferenced("inet", "lbtest", ["free/x__10.0.0.1/80", "used"], ["s"])
+        assert refused.value.errno == errno.EBUSY
+        held = subprocess.run(["ip", "netns", "exec", a, "nft", "list", "table", "inet", "lbtest"],
+                              capture_output=True, text=True, check=True).stdout
+        assert "free/x__10.0.0.1/80" in held and "set s" in held  # nothing of the batch applied
+        ctx.delete_unreferenced("inet", "lbtest", ["free/x__10.0.0.1/80"], ["s"])
+        held = subprocess.run(["ip", "netns", "exec", a, "nft", "list", "table", "inet", "lbtest"],
+                              capture_output=True, text=True, check=True).stdout
+        assert "free" not in held and "set s" not in held and "chain used" in held
+    finally:
+        ctx.close()
+
+
+def test_endpoint_removal_deletes_its_chain_outside_the_nft_script(namespaces, monkeypatch):
+    a, b = namespaces
+    before = many(20, endpoints=3)
+    key = sorted(before.service_ports)[4]
+    sp = before.service_ports[key]
+    ports = dict(before.service_ports)
+    ports[key] = dataclasses.replace(sp, endpoints=sp.endpoints[1:])
+    after = Snapshot(version=2, service_ports=ports, node_name=before.node_name)
+    fe = NftablesFrontend({"netns": a, "cluster_cidr": POD_CIDR}, RuntimeContext())
+    fe.start()
+    fe.sync(before, frozenset())
+    if not fe.runner.deletes_by_name:
+        pytest.skip("libnftables not available")
+    scripts: list[str] = []
+    run = fe.runner.nft
+    monkeypatch.setattr(fe.runner, "nft", lambda script: (scripts.append(script), run(script))[1])
+    fe.sync(after, frozenset({sp.service}))
+    assert scripts and not any("delete" in script for script in scripts)
+    fresh = NftablesFrontend({"netns": b, "cluster_cidr": POD_CIDR}, RuntimeContext())
+    fresh.sync(after, frozenset())
+    assert listing("nftables", a) == listing("nftables", b)
+    fe.stop()
+    fresh.stop()

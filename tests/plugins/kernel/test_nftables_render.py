@@ -130,3 +130,14 @@ def test_partial_update_moves_a_service_between_maps_in_one_transaction():
 def test_unchanged_snapshot_needs_no_transaction():
     s = many(10)
     assert fe().render_update(s, s, frozenset(s.services)) == ""
+
+
+def test_deletions_leave_the_script_only_when_it_deletes_no_element():
+    from lbcore_plugins.nftables import _split_deletions
+
+    t = "inet lbcore"
+    script = f"flush chain {t} svc\nflush chain {t} gone\ndelete chain {t} gone\ndelete set {t} aff\n"
+    assert _split_deletions(script) == (f"flush chain {t} svc\nflush chain {t} gone\n", (["gone"], ["aff"]))
+    with_element = f"delete element {t} service-ips-v4 {{ 10.96.0.1 . tcp . 80 }}\n{script}"
+    assert _split_deletions(with_element) == (with_element, ([], []))
+    assert _split_deletions(f"delete chain {t} gone\n") == ("", (["gone"], []))
