@@ -74,6 +74,24 @@ cdef object _invalid(str field, object value, str why):
     return ValidationError("ConnTable", "key", [Cause(field, "FieldValueInvalid", f"{value!r}: {why}")])
 
 
+cdef extern from *:
+    """
+    /* An exact int of at most one digit (every port, every backend id), read in place: the
+       general PyLong conversion is an out-of-line call and showed in profiles of single calls. */
+    static inline int ct_small_int(PyObject* o, long* v) {
+    #if PY_VERSION_HEX >= 0x030C0000
+        if (!PyUnstable_Long_IsCompact((PyLongObject*)o)) return 0;
+        *v = (long)PyUnstable_Long_CompactValue((PyLongObject*)o);
+    #else
+        Py_ssize_t n = Py_SIZE(o);
+        if (n < 0 || n > 1) return 0;
+        *v = n ? (long)((PyLongObject*)o)->ob_digit[0] : 0;
+    #endif
+        return 1;
+    }
+    """
+    bint ct_small_int(object o, long* v) noexcept
+
 cdef extern from "Python.h":
     bint PyUnicode_IS_COMPACT_ASCII(object o)
     bint PyUnicode_CheckExact(object o)
@@ -128,6 +146,9 @@ cdef int pack_proto(object proto, uint8_t* out) except -1:
 cdef int pack_port(object port, uint16_t* out, str field) except -1:
     cdef long p
     cdef int overflow = 0
+    if PyLong_CheckExact(port) and ct_small_int(port, &p) and 0 <= p <= 65535:
+        out[0] = <uint16_t>p
+        return 0
     if PyLong_CheckExact(port):
         p = PyLong_AsLongAndOverflow(port, &overflow)
         if not overflow and 0 <= p <= 65535:
@@ -145,7 +166,7 @@ cdef inline void _map4(uint8_t* out) noexcept nogil:
     out[11] = 0xFF
 
 
-cdef int parse_ipv4(const char* s, Py_ssize_t n, uint8_t* out) noexcept nogil:
+cdef inline int parse_ipv4(const char* s, Py_ssize_t n, uint8_t* out) noexcept nogil:
     """Dotted-quad text into 4 bytes; 1 when ``s[:n]`` is one, else 0 (``out`` then undefined).
 
     The rules of ``inet_pton(AF_INET)``: exactly four decimal octets 0..255 separated by dots,
@@ -193,6 +214,24 @@ cdef int _parse_text(const char* s, Py_ssize_t n, uint8_t* out) noexcept nogil:
     if memchr(buf, 0, <size_t>n) != NULL:
         return 0
     return inet_pton(AF_INET6, buf, out) == 1
+
+
+cdef inline int _src_addr(object addr, uint8_t* out, str field) except -1:
+    """``pack_addr`` with its common case, IPv4 text, inline."""
+    if (PyUnicode_CheckExact(addr) and PyUnicode_IS_COMPACT_ASCII(addr)
+            and parse_ipv4(<const char*>PyUnicode_DATA(addr), PyUnicode_GET_LENGTH(addr), out + 12)):
+        _map4(out)
+        return 0
+    return pack_addr(addr, out, field)
+
+
+cdef inline int _port(object port, uint16_t* out, str field) except -1:
+    """``pack_port`` with its common case inline."""
+    cdef long p
+    if PyLong_CheckExact(port) and ct_small_int(port, &p) and 0 <= p <= 65535:
+        out[0] = <uint16_t>p
+        return 0
+    return pack_port(port, out, field)
 
 
 cdef int pack_addr(object addr, uint8_t* out, str field) except -1:
@@ -725,6 +764,15 @@ cdef class _FlatTable:
         assert len(self._entries()) == self.used
 
 
+cdef inline uint32_t _now_ms(_FlatTable t, double now) except? 0xFFFFFFFF:
+    """``now_ms`` with its common case inline: a clock past its epoch and short of a rebase
+    (NaN and infinities fail both comparisons and get their error from ``now_ms``)."""
+    cdef double d = (now - t.epoch) * 1000.0
+    if t.has_epoch and 0.0 < d < REBASE_MS:
+        return <uint32_t>d
+    return t.now_ms(now)
+
+
 cdef inline int32_t _lookup_i(_FlatTable t, const ct_key* k, uint64_t h, uint32_t now) noexcept nogil:
     cdef uint32_t slot
     cdef uint32_t i = _find_i(t, k, h, &slot)
@@ -794,22 +842,27 @@ cdef inline int _key(ct_key* k, object proto, object src, object sport, object d
                      object dport) except -1:
     global _last_dst
     memset(k, 0, sizeof(ct_key))
-    pack_proto(proto, &k.proto)
-    pack_addr(src, k.addr, "src")
+    if proto is _TCP:
+        k.proto = 6
+    else:
+        pack_proto(proto, &k.proto)
+    _src_addr(src, k.addr, "src")
     if dst is _last_dst:
         memcpy(k.addr + 16, _last_dst_key, 16)
     else:
         pack_addr(dst, k.addr + 16, "dst")
         memcpy(_last_dst_key, k.addr + 16, 16)
         _last_dst = dst
-    pack_port(sport, &k.sport, "sport")
-    pack_port(dport, &k.dport, "dport")
+    _port(sport, &k.sport, "sport")
+    _port(dport, &k.dport, "dport")
     return 0
 
 
 cdef inline int32_t _backend_id(object backend) except -1:
     cdef long b
     cdef int overflow = 0
+    if PyLong_CheckExact(backend) and ct_small_int(backend, &b) and 0 <= b <= CT_MAX_BACKEND:
+        return <int32_t>b
     if isinstance(backend, int):
         b = PyLong_AsLongAndOverflow(backend, &overflow)
         if not overflow and 0 <= b <= CT_MAX_BACKEND:
@@ -1015,14 +1068,14 @@ cdef class ConnTable(_FlatTable):
         """The backend of this connection, or -1; a hit counts as use and refreshes its timer."""
         cdef ct_key k
         _key(&k, proto, src, sport, dst, dport)
-        return _lookup_i(self, &k, _key_hash(&k), self.now_ms(now))
+        return _lookup_i(self, &k, _key_hash(&k), _now_ms(self, now))
 
     @cython.binding(False)
     def insert(self, proto, src, sport, dst, dport, backend, double now) -> None:
         """Track this connection as going to ``backend`` (replacing any entry of the same key)."""
         cdef ct_key k
         _key(&k, proto, src, sport, dst, dport)
-        if self.insert_c(&k, _backend_id(backend), self.now_ms(now)) < 0:
+        if self.insert_c(&k, _backend_id(backend), _now_ms(self, now)) < 0:
             raise MemoryError("ConnTable: no memory for the per-backend lists")
 
     @cython.binding(False)
