@@ -980,10 +980,11 @@ def selector_from_label_selector(label_selector) -> Selector:
 # - An *entry* is one label pair (key, value) or one key alone, found through an open-addressing
 #   table keyed by XXH3 of the strings' data (verified against the strings it holds). It keeps
 #   two postings: the label-set slots that have it, and the selector slots anchored on it.
-# - A label-set slot keeps its entry ids and, for each, its position in that entry's posting, so
-#   leaving a posting is a swap with the last element (whose owner's position is then fixed by a
-#   short scan of its few entries). It also keeps the sorted slots of the selectors it matches:
-#   the one copy of the match relation.
+# - An entry's label posting is a small open-addressing set of label-set slots: joining or leaving
+#   it touches only the posting's own memory (a list would have to fix the position another
+#   label set keeps of itself when it moves, two more cache misses a change).
+# - A label-set slot keeps its entry ids and the sorted slots of the selectors it matches: the one
+#   copy of the match relation.
 # - A selector slot keeps its anchor entries and positions the same way. It keeps no list of the
 #   label sets it matches: those are the label sets its anchors reach that list it, read when
 #   asked. A label-set change then writes nothing in the selectors it gains or loses.
@@ -1113,14 +1114,73 @@ cdef inline bint _contains(const Vec* v, int32_t x) noexcept:
     return at < v.n and v.data[at] == x
 
 
+# -- sets of slots: open addressing with linear probing, -1 for an empty place; ``cap`` is the
+# table's size (a power of two, at most half full), ``n`` the members
+
+cdef inline size_t _slot_home(int32_t x, size_t mask) noexcept:
+    # Fibonacci hashing: slots that differ by a stride (a pod in every tenth place) spread out
+    return <size_t>((<uint64_t>x * 0x9E3779B97F4A7C15ULL) >> 32) & mask
+
+
+cdef bint _slotset_resize(Vec* v, Py_ssize_t size) noexcept:
+    """Move the members to a table of ``size`` places; False (nothing changed) without memory."""
+    cdef int32_t* table = <int32_t*>PyMem_Malloc(<size_t>size * sizeof(int32_t))
+    cdef int32_t* old = v.data
+    cdef size_t mask = <size_t>size - 1, i
+    cdef Py_ssize_t t
+    if table == NULL:
+        return False
+    memset(table, 0xFF, <size_t>size * sizeof(int32_t))
+    for t in range(v.cap):
+        if old[t] >= 0:
+            i = _slot_home(old[t], mask)
+            while table[i] >= 0:
+                i = (i + 1) & mask
+            table[i] = old[t]
+    PyMem_Free(old)
+    v.data = table
+    v.cap = <int32_t>size
+    return True
+
+
+cdef int _slotset_add(Vec* v, int32_t x) except -1:
+    """Add ``x``, which the set does not hold, at the first empty place from its home."""
+    cdef size_t mask, i
+    if 2 * (<Py_ssize_t>v.n + 1) > v.cap:
+        if v.cap >= 0x40000000:
+            raise MemoryError("selector index posting too large")
+        if not _slotset_resize(v, 2 * v.cap if v.cap else 4):
+            raise MemoryError()
+    mask = <size_t>v.cap - 1
+    i = _slot_home(x, mask)
+    while v.data[i] >= 0:
+        i = (i + 1) & mask
+    v.data[i] = x
+    v.n += 1
+    return 0
+
+
+cdef void _slotset_remove(Vec* v, int32_t x) noexcept:
+    """Remove ``x``, which the set holds. The place is simply emptied: the set is never asked
+    whether it holds a slot, and ``x`` is found by probing from its home up to ``x`` itself
+    (the run it was added at the end of), so a hole left behind misleads no later search."""
+    cdef size_t mask = <size_t>v.cap - 1
+    cdef size_t i = _slot_home(x, mask)
+    while v.data[i] != x:
+        i = (i + 1) & mask
+    v.data[i] = -1
+    v.n -= 1
+    if v.cap > 8 and 8 * <Py_ssize_t>v.n < v.cap:  # a posting most label sets left
+        _slotset_resize(v, v.cap // 2)  # without memory it just stays larger
+
+
 cdef struct Entry:
     uint64_t hash
     PyObject* key          # owned; NULL while the entry is free
     PyObject* value        # owned; NULL for a key entry
     Py_ssize_t refs        # label sets holding it plus selectors anchored on it
     uint32_t mark          # scratch for one set_labels
-    int32_t spot           # scratch: where it was in the label set's old entries
-    Vec labels             # label-set slots
+    Vec labels             # label-set slots, a set (_slotset_add)
     Vec sels               # anchored selector slots
 
 
@@ -1131,8 +1191,8 @@ cdef struct LabelSlot:
     bint numeric
     int32_t n              # entries: a pair entry and a key entry per label
     int32_t cap
-    int32_t* items         # per entry: its id, then this slot's place in its posting
-    PyObject** pairs       # per label: key, value (the pair entry's strings; same block as items)
+    int32_t* items         # entry ids (in the block of pairs, after them)
+    PyObject** pairs       # per label: key, value (the pair entry's strings)
     Vec matched            # selector slots it matches, sorted
 
 
@@ -1226,7 +1286,7 @@ cdef class SelectorIndex:
     cdef Vec _unanchored
     cdef dict _sel_slot         # selector id -> slot
     # scratch arrays, reused by every call
-    cdef Vec _scr_ents, _scr_pos, _scr_found, _scr_old
+    cdef Vec _scr_ents, _scr_found, _scr_old
     cdef PyObject** _scr_pairs
     cdef Py_ssize_t _scr_pairs_cap
     cdef uint64_t* _scr_hash
@@ -1259,7 +1319,7 @@ cdef class SelectorIndex:
                 _vec_free(&self._entries[i].sels)
         for i in range(self._labsets_top):
             Py_XDECREF(self._labsets[i].id)
-            PyMem_Free(self._labsets[i].items)
+            PyMem_Free(self._labsets[i].pairs)
             _vec_free(&self._labsets[i].matched)
         for i in range(self._selslots_top):
             Py_XDECREF(self._selslots[i].id)
@@ -1278,7 +1338,6 @@ cdef class SelectorIndex:
         _vec_free(&self._free_selslots)
         _vec_free(&self._unanchored)
         _vec_free(&self._scr_ents)
-        _vec_free(&self._scr_pos)
         _vec_free(&self._scr_found)
         _vec_free(&self._scr_old)
 
@@ -1397,23 +1456,6 @@ cdef class SelectorIndex:
         self._free_entries.n += 1
 
     # -- postings ----------------------------------------------------------------------------
-
-    cdef void _unpost_label(self, int32_t e, int32_t at) noexcept:
-        """Take the label set at position ``at`` out of entry e's label posting."""
-        cdef Vec* v = &self._entries[e].labels
-        cdef int32_t moved
-        cdef LabelSlot* owner
-        cdef Py_ssize_t j
-        v.n -= 1
-        if at == v.n:
-            return
-        moved = v.data[v.n]
-        v.data[at] = moved
-        owner = &self._labsets[moved]
-        for j in range(owner.n):
-            if owner.items[2 * j] == e:
-                owner.items[2 * j + 1] = at
-                return
 
     cdef void _unpost_selector(self, int32_t e, int32_t at) noexcept:
         """Take the selector at position ``at`` out of entry e's selector posting."""
@@ -1546,7 +1588,7 @@ cdef class SelectorIndex:
     cdef void _free_label_slot(self, int32_t slot) noexcept:
         cdef LabelSlot* ls = &self._labsets[slot]
         Py_XDECREF(ls.id)
-        PyMem_Free(ls.items)
+        PyMem_Free(ls.pairs)
         _vec_free(&ls.matched)
         memset(ls, 0, sizeof(LabelSlot))
         self._free_labsets.data[self._free_labsets.n] = slot  # room reserved on growth
@@ -1790,15 +1832,13 @@ cdef class SelectorIndex:
         slot = self._lab_find(label_id, h)
         if slot >= 0:
             ls = &self._labsets[slot]
-            prefetch(ls.items)
+            prefetch(ls.pairs)
             prefetch(ls.matched.data)
         self._entries_of(given, True)
         n = self._scr_ents.n
         if ls != NULL:
             for j in range(ls.n):
-                entry = &self._entries[ls.items[2 * j]]
-                entry.mark = stamp
-                entry.spot = <int32_t>j
+                self._entries[ls.items[j]].mark = stamp
             for j in range(n):
                 if self._entries[self._scr_ents.data[j]].mark == stamp:
                     kept += 1
@@ -1818,41 +1858,34 @@ cdef class SelectorIndex:
         if ls == NULL:
             slot = self._new_label_slot(label_id, h)
             ls = &self._labsets[slot]
-        _vec_reserve(&self._scr_pos, n)
-        # entries it keeps keep their posting places; new ones join the end of their postings
         for j in range(n):
-            e = self._scr_ents.data[j]
-            entry = &self._entries[e]
-            if entry.mark == stamp:
+            entry = &self._entries[self._scr_ents.data[j]]
+            if entry.mark == stamp:  # kept: it stays in the posting
                 entry.mark = 0
-                self._scr_pos.data[j] = ls.items[2 * entry.spot + 1]
             else:
-                self._scr_pos.data[j] = entry.labels.n
-                _vec_push(&entry.labels, slot)
+                _slotset_add(&entry.labels, slot)
                 entry.refs += 1
         for j in range(ls.n):
-            e = ls.items[2 * j]
+            e = ls.items[j]
             if self._entries[e].mark == stamp:  # an entry it no longer has
                 self._entries[e].mark = 0
-                self._unpost_label(e, ls.items[2 * j + 1])
+                _slotset_remove(&self._entries[e].labels, slot)
                 self._release(e)
         if n > ls.cap:
             self._grow_label_slot(ls, n)
-        for j in range(n):
-            ls.items[2 * j] = self._scr_ents.data[j]
-            ls.items[2 * j + 1] = self._scr_pos.data[j]
+        memcpy(ls.items, self._scr_ents.data, <size_t>n * sizeof(int32_t))
         memcpy(ls.pairs, self._scr_pairs, <size_t>n * sizeof(PyObject*))
         ls.n = <int32_t>n
         return self._update_matches(slot)
 
     cdef int _grow_label_slot(self, LabelSlot* ls, Py_ssize_t n) except -1:
-        """Room for n entries: 2n int32 of items, then n pointers of pairs, in one block."""
-        cdef int32_t* items = <int32_t*>PyMem_Realloc(
-            ls.items, <size_t>(2 * n) * sizeof(int32_t) + <size_t>n * sizeof(PyObject*))
-        if items == NULL:
+        """Room for n entries: n pointers of pairs, then n int32 of entry ids, in one block."""
+        cdef PyObject** pairs = <PyObject**>PyMem_Realloc(
+            ls.pairs, <size_t>n * sizeof(PyObject*) + <size_t>n * sizeof(int32_t))
+        if pairs == NULL:
             raise MemoryError()
-        ls.items = items
-        ls.pairs = <PyObject**>(items + 2 * n)
+        ls.pairs = pairs
+        ls.items = <int32_t*>(pairs + n)
         ls.cap = <int32_t>n
         return 0
 
@@ -1902,8 +1935,8 @@ cdef class SelectorIndex:
         self._lab_unfile(slot)
         ls = &self._labsets[slot]
         for j in range(ls.n):
-            self._unpost_label(ls.items[2 * j], ls.items[2 * j + 1])
-            self._release(ls.items[2 * j])
+            _slotset_remove(&self._entries[ls.items[j]].labels, slot)
+            self._release(ls.items[j])
         for j in range(ls.matched.n):
             s = ls.matched.data[j]
             before.add(<object>self._selslots[s].id)
@@ -2053,8 +2086,10 @@ cdef class SelectorIndex:
             if e < 0:
                 continue
             group = &self._entries[e].labels
-            for t in range(group.n):
+            for t in range(group.cap):
                 lslot = group.data[t]
+                if lslot < 0:
+                    continue
                 ls = &self._labsets[lslot]
                 if _match_pairs(selector._reqs, selector._n, ls.pairs, ls.n // 2):
                     _vec_push(&self._scr_found, lslot)
@@ -2077,9 +2112,9 @@ cdef class SelectorIndex:
             return 0
         for j in range(ss.n):
             group = &self._entries[ss.ents[j]].labels
-            for t in range(group.n):
+            for t in range(group.cap):
                 lslot = group.data[t]
-                if _contains(&self._labsets[lslot].matched, slot):
+                if lslot >= 0 and _contains(&self._labsets[lslot].matched, slot):
                     _vec_push(out, lslot)
         _sort_unique(out)
         return 0

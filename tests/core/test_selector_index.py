@@ -361,3 +361,34 @@ def test_label_set_ids_that_hash_alike_or_compare_equal_across_types(sel):
     assert index.label_count == len(ids) + 1 and index.selectors_matching(True) == {"web"}
     assert index.remove_labels(1) == {"web"} and index.label_count == len(ids)
     assert index.matching("web") == {-1, -2, 0, 2**61 - 1, -(2**70)}
+
+
+def test_label_sets_joining_and_leaving_shared_postings_in_any_order(sel):
+    """Postings of label sets shared by hundreds of them (one pair, one key) grow, shrink and
+    refill while label sets leave and come back in a shuffled order; after each round the index
+    answers what a scan answers."""
+    import random
+
+    rng = random.Random(7)
+    index = sel.SelectorIndex()
+    selectors = {"web": sel.parse_selector("tier=web"), "tier": sel.parse_selector("tier"),
+                 "not-web": sel.parse_selector("tier!=web")}
+    for sid, s in selectors.items():
+        index.set_selector(sid, s)
+    labels = {i * 16: {"tier": "web"} for i in range(600)}  # ids on a stride, as slots may be
+    for lid, ls in labels.items():
+        index.set_labels(lid, ls)
+    for _ in range(6):
+        ids = list(labels)
+        rng.shuffle(ids)
+        for lid in ids[: len(ids) // 2]:
+            if rng.random() < 0.5:
+                index.remove_labels(lid)
+                del labels[lid]
+            else:
+                labels[lid] = {"tier": rng.choice(["web", "db"])} if rng.random() < 0.8 else {}
+                index.set_labels(lid, labels[lid])
+        for lid in rng.sample(range(20_000), 150):
+            labels[lid] = {"tier": rng.choice(["web", "db"])}
+            index.set_labels(lid, labels[lid])
+        _relation(sel, index, selectors, labels)
