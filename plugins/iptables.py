@@ -34,6 +34,7 @@ from lbcore_plugins.netfilter import (
     RuleApplyError,
     chain_hash,
     changed_port_keys,
+    compiled_writer,
     delete_flows,
     paused_gc,
     plan_key,
@@ -46,17 +47,11 @@ from lbcore_plugins.netfilter import (
     uniform_probability_texts,
 )
 
-from lbcore._extensions import NO_EXTENSIONS
 from lbcore.hookspecs import hookimpl
 from lbcore.interfaces import Frontend, FrontendUnavailable, RuntimeContext
 from lbcore.snapshot import Snapshot
 
-IptablesWriter: Any = None
-if not NO_EXTENSIONS:
-    try:
-        from lbcore_plugins._rules_c import IptablesWriter
-    except ImportError:  # not built: the readable renderer alone
-        pass
+IptablesWriter: Any = compiled_writer("IptablesWriter")
 
 SERVICES = "LBCORE-SERVICES"
 NODEPORTS = "LBCORE-NODEPORTS"

@@ -18,6 +18,7 @@ from typing import Any
 from lbcore_plugins.nftlib import NftContext
 
 from lbcore import hash64
+from lbcore._extensions import NO_EXTENSIONS
 from lbcore.errors import ConfigError
 from lbcore.interfaces import FrontendUnavailable
 from lbcore.snapshot import EndpointInfo, ServicePortInfo, Snapshot
@@ -292,6 +293,18 @@ def plan_port(sp: ServicePortInfo, family: int, node: str | None) -> PortPlan | 
     if sp.external_traffic_policy == "Local" and sp.type in ("NodePort", "LoadBalancer"):
         local_eps = usable_endpoints(sp.endpoints, family, node)
     return PortPlan(sp, family, ips, cluster_eps, local_eps)
+
+
+def compiled_writer(name: str) -> Any:
+    """The per-port writer class ``name`` of the compiled ``lbcore_plugins._rules_c``; None when
+    ``LBCORE_NO_EXTENSIONS`` asks for the readable renderers or the module is not built."""
+    if NO_EXTENSIONS:
+        return None
+    try:
+        from lbcore_plugins import _rules_c
+    except ImportError:
+        return None
+    return getattr(_rules_c, name)
 
 
 class RenderCache:

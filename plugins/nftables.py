@@ -32,6 +32,7 @@ from lbcore_plugins.netfilter import (
     RuleApplyError,
     chain_hash,
     changed_port_keys,
+    compiled_writer,
     delete_flows,
     endpoint_id,
     paused_gc,
@@ -45,17 +46,11 @@ from lbcore_plugins.netfilter import (
 )
 
 from lbcore import hash64
-from lbcore._extensions import NO_EXTENSIONS
 from lbcore.hookspecs import hookimpl
 from lbcore.interfaces import Frontend, FrontendUnavailable, RuntimeContext
 from lbcore.snapshot import EndpointInfo, ServicePortInfo, Snapshot
 
-NftWriter: Any = None
-if not NO_EXTENSIONS:
-    try:
-        from lbcore_plugins._rules_c import NftWriter
-    except ImportError:  # not built: the readable renderer alone
-        pass
+NftWriter: Any = compiled_writer("NftWriter")
 
 TABLE = "lbcore"
 FAMILY = "inet"
