@@ -11,7 +11,7 @@ returns None for a port shape it leaves to its twin.
 
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, realloc
-from libc.string cimport memcpy, memmove
+from libc.string cimport memcpy, memmove, strlen
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 
 from lbcore._hashing_c cimport XXH3_64bits
@@ -53,10 +53,8 @@ cdef inline int put(Buf* b, const char* s, Py_ssize_t n) except -1:
 
 
 cdef inline int put_c(Buf* b, const char* s) except -1:
-    cdef Py_ssize_t n = 0
-    while s[n]:
-        n += 1
-    return put(b, s, n)
+    # inlined, the compiler folds strlen of a literal into a constant
+    return put(b, s, <Py_ssize_t>strlen(s))
 
 
 cdef inline int put_s(Buf* b, str s) except -1:
@@ -120,18 +118,6 @@ cdef inline void free_buf(Buf* b) noexcept:
     b.size = b.cap = 0
 
 
-cdef int put_address(Buf* b, str ip, object port, bint v6) except -1:
-    """``ip:port``, with brackets for IPv6."""
-    if v6:
-        put(b, b"[", 1)
-        put_s(b, ip)
-        put(b, b"]:", 2)
-    else:
-        put_s(b, ip)
-        put(b, b":", 1)
-    return put_int(b, port)
-
-
 cdef int put_lower(Buf* b, str s) except -1:
     cdef Py_ssize_t n, i
     cdef const char* p = PyUnicode_AsUTF8AndSize(s, &n)
@@ -143,10 +129,9 @@ cdef int put_lower(Buf* b, str s) except -1:
     return 0
 
 
-cdef int put_name_part(Buf* b, str s) except -1:
-    """nftables.py's ``_name_part`` of an ASCII ``s``: what is not ``[A-Za-z0-9_./-]`` becomes '.'."""
-    cdef Py_ssize_t n, i
-    cdef const char* p = PyUnicode_AsUTF8AndSize(s, &n)
+cdef int put_name_part(Buf* b, const char* p, Py_ssize_t n) except -1:
+    """nftables.py's ``_name_part`` of ASCII text: what is not ``[A-Za-z0-9_./-]`` becomes '.'."""
+    cdef Py_ssize_t i
     cdef char c
     if b.size + n > b.cap:
         grow(b, n)
@@ -159,11 +144,72 @@ cdef int put_name_part(Buf* b, str s) except -1:
     return 0
 
 
-cdef bint seen_before(uint64_t* hashes, Py_ssize_t i) noexcept:
-    """Whether ``hashes[i]`` occurs in ``hashes[:i]`` (a repeated endpoint writes one chain)."""
+cdef inline int put_name_part_s(Buf* b, str s) except -1:
+    cdef Py_ssize_t n
+    cdef const char* p = PyUnicode_AsUTF8AndSize(s, &n)
+    return put_name_part(b, p, n)
+
+
+cdef struct Endpoint:
+    const char* ip  # the UTF-8 of the EndpointInfo's ip, which the plan keeps alive
+    Py_ssize_t ip_len
+    long long port
+    long long weight
+    uint64_t hash  # XXH3 of the endpoint's id: its chain name
+
+
+cdef struct Endpoints:
+    Endpoint* items
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef int read_endpoints(Endpoints* out, tuple eps, Buf* key, Py_ssize_t id_len,
+                        bint v6) except -1:
+    """Each endpoint's ip, port and weight (read once), and the hash of its id, the service's
+    id ``key[:id_len]`` + ``/ip:port``. 1 when an ip is not ASCII (left to the readable twin)."""
+    cdef Py_ssize_t i, n = len(eps)
+    cdef Endpoint* e
+    if n > out.cap:
+        e = <Endpoint*>realloc(out.items, n * sizeof(Endpoint))
+        if e == NULL:
+            raise MemoryError()
+        out.items = e
+        out.cap = n
+    out.n = n
+    for i in range(n):
+        ep = eps[i]
+        ip = ep.ip
+        if not PyUnicode_IS_ASCII(ip):
+            return 1
+        e = &out.items[i]
+        e.ip = PyUnicode_AsUTF8AndSize(ip, &e.ip_len)
+        e.port = ep.port
+        e.weight = ep.weight
+        key.size = id_len
+        put(key, b"/", 1)
+        put_address(key, e, v6)
+        e.hash = hash_buf(key)
+    return 0
+
+
+cdef int put_address(Buf* b, Endpoint* e, bint v6) except -1:
+    """``ip:port``, with brackets for IPv6."""
+    if v6:
+        put(b, b"[", 1)
+        put(b, e.ip, e.ip_len)
+        put(b, b"]:", 2)
+    else:
+        put(b, e.ip, e.ip_len)
+        put(b, b":", 1)
+    return put_int(b, e.port)
+
+
+cdef bint seen_before(Endpoints* eps, Py_ssize_t i) noexcept:
+    """Whether endpoint ``i`` repeats an earlier one (a repeated endpoint has one chain)."""
     cdef Py_ssize_t j
     for j in range(i):
-        if hashes[j] == hashes[i]:
+        if eps.items[j].hash == eps.items[i].hash:
             return True
     return False
 
@@ -183,7 +229,9 @@ cdef class IptablesWriter:
     cdef bint masquerade_all
     cdef str cidr
     cdef list node_dsts
-    cdef Buf decl, body, line, key, name, svc, ext
+    # output: declarations, rules, one dispatch line; scratch: ids, names, rule heads
+    cdef Buf decl, body, line, key, name, svc, ext, head
+    cdef Endpoints all_eps, eps
 
     def __init__(self, bint masquerade_all, cidr, list node_dst_matches):
         """``cidr``: the family's pod network or None; ``node_dst_matches``: the ``-d ADDR `` (or
@@ -200,6 +248,9 @@ cdef class IptablesWriter:
         free_buf(&self.name)
         free_buf(&self.svc)
         free_buf(&self.ext)
+        free_buf(&self.head)
+        free(self.all_eps.items)
+        free(self.eps.items)
 
     def write(self, plan):
         """(the ``:chain - [0:0]`` declarations, the rules of those chains, the lines of nat
@@ -209,21 +260,21 @@ cdef class IptablesWriter:
         cdef bint v6 = plan.family == 6
         cdef tuple eps = plan.cluster_endpoints
         local = plan.local_endpoints
-        cdef tuple all_eps = plan.all_endpoints
-        cdef tuple ext_eps
+        # PortPlan.all_endpoints is the cluster endpoints themselves without a local policy
+        cdef tuple all_eps = eps if local is None else plan.all_endpoints
         cdef str proto = sp.protocol
         cdef bint affinity = sp.session_affinity == "ClientIP"
-        cdef list services = [], nodeports = [], reject = []
-        cdef uint64_t h
-        cdef Py_ssize_t i, n = len(all_eps)
-        cdef uint64_t* hashes = NULL
-        cdef uint64_t* targets
+        cdef Py_ssize_t i, id_len
+        cdef Buf* body = &self.body
+        cdef Buf* line = &self.line
+        cdef Endpoint* e
+        services = nodeports = reject = ()
         if not (PyUnicode_IS_ASCII(sp.namespace) and PyUnicode_IS_ASCII(sp.name)
                 and PyUnicode_IS_ASCII(sp.port_name)):
             return None
         port = sp.port
         self.decl.size = self.body.size = self.name.size = self.key.size = 0
-        # name: ns/name:port_name; key: the service's id (endpoint_id without the address)
+        # name: ns/name:port_name; key: the service's id, the stem of each endpoint's id
         put_s(&self.name, sp.namespace)
         put(&self.name, b"/", 1)
         put_s(&self.name, sp.name)
@@ -232,153 +283,135 @@ cdef class IptablesWriter:
         put_buf(&self.key, &self.name)
         put(&self.key, b"/", 1)
         put_lower(&self.key, proto)
-        cdef Py_ssize_t id_len = self.key.size
+        id_len = self.key.size
         h = hash_buf(&self.key)
         self.svc.size = self.ext.size = 0
         put(&self.svc, b"LBCORE-SVC-", 11)
         put_hex(&self.svc, h, 16)
         put(&self.ext, b"LBCORE-EXT-", 11)
         put_hex(&self.ext, h, 16)
-        cdef Buf* body = &self.body
-        cdef Buf* line = &self.line
-        try:
-            hashes = <uint64_t*>realloc(NULL, (n + 1) * sizeof(uint64_t))
-            if hashes == NULL:
-                raise MemoryError()
-            for i in range(n):
-                ep = all_eps[i]
-                if not PyUnicode_IS_ASCII(ep.ip):
-                    return None
-                self.key.size = id_len
-                put(&self.key, b"/", 1)
-                put_address(&self.key, ep.ip, ep.port, v6)
-                hashes[i] = hash_buf(&self.key)
+        if read_endpoints(&self.all_eps, all_eps, &self.key, id_len, v6):
+            return None
 
-            if eps:
+        if eps:
+            services = []
+            for cip in plan.cluster_ips:
+                line.size = 0
+                put_c(line, b'-A LBCORE-SERVICES -m comment --comment "')
+                put_buf(line, &self.name)
+                put_c(line, b' cluster IP" -p ')
+                self._proto_dst_port(proto, cip, port)
+                put(line, b" -j ", 4)
+                put_buf(line, &self.svc)
+                services.append(text_of(line))
+            services = tuple(services)
+            self._head(&self.svc)
+            if self.masquerade_all or self.cidr is not None:
                 for cip in plan.cluster_ips:
-                    line.size = 0
-                    put_c(line, b'-A LBCORE-SERVICES -m comment --comment "')
-                    put_buf(line, &self.name)
-                    put_c(line, b' cluster IP" -p ')
-                    self._proto_dst_port(proto, cip, port)
-                    put(line, b" -j ", 4)
-                    put_buf(line, &self.svc)
-                    services.append(text_of(line))
-                    if self.masquerade_all or self.cidr is not None:
-                        newline(body)
-                        self._head(&self.svc)
-                        put(body, b" -p ", 4)
-                        put_lower(body, proto)
-                        put(body, b" -d ", 4)
-                        put_s(body, cip)
-                        put(body, b" --dport ", 9)
-                        put_int(body, port)
-                        if not self.masquerade_all:
-                            put(body, b" ! -s ", 6)
-                            put_s(body, self.cidr)
-                        put_c(body, b" -j LBCORE-MARK-MASQ")
-                targets = self._targets(eps, all_eps, hashes, id_len, v6)
-                try:
-                    self._balance(&self.svc, eps, targets, affinity, sp.affinity_timeout)
-                finally:
-                    if targets != hashes:
-                        free(targets)
-                self._declare(&self.svc)
+                    newline(body)
+                    put_buf(body, &self.head)
+                    put(body, b" -p ", 4)
+                    put_lower(body, proto)
+                    put(body, b" -d ", 4)
+                    put_s(body, cip)
+                    put(body, b" --dport ", 9)
+                    put_int(body, port)
+                    if not self.masquerade_all:
+                        put(body, b" ! -s ", 6)
+                        put_s(body, self.cidr)
+                    put_c(body, b" -j LBCORE-MARK-MASQ")
+            self._balance(self._endpoints(eps, all_eps, id_len, v6), affinity, sp.affinity_timeout)
+            self._declare(&self.svc)
+        else:
+            reject = []
+            for cip in plan.cluster_ips:
+                line.size = 0
+                put_c(line, b'-A LBCORE-SERVICES -m comment --comment "')
+                put_buf(line, &self.name)
+                put_c(line, b' has no endpoints" -p ')
+                self._proto_dst_port(proto, cip, port)
+                put_c(line, b" -j REJECT")
+                reject.append(text_of(line))
+
+        node_port = plan.node_port
+        if node_port:
+            ext_eps = eps if local is None else local  # PortPlan.external_endpoints
+            if ext_eps:
+                if local is None:
+                    newline(body)
+                    put(body, b"-A ", 3)
+                    put_buf(body, &self.ext)
+                    put_c(body, b' -m comment --comment "')
+                    put_buf(body, &self.name)
+                    put_c(body, b' external" -j LBCORE-MARK-MASQ\n-A ')
+                    put_buf(body, &self.ext)
+                    put(body, b" -j ", 4)
+                    put_buf(body, &self.svc)
+                else:
+                    # externalTrafficPolicy Local: no SNAT, only this node's endpoints
+                    self._head(&self.ext)
+                    self._balance(self._endpoints(ext_eps, all_eps, id_len, v6), affinity,
+                                  sp.affinity_timeout)
+                self._declare(&self.ext)
+                line.size = 0
+                put_c(line, b'-A LBCORE-NODEPORTS -m comment --comment "')
+                put_buf(line, &self.name)
+                put_c(line, b'" -p ')
+                put_lower(line, proto)
+                put(line, b" --dport ", 9)
+                put_int(line, node_port)
+                put(line, b" -j ", 4)
+                put_buf(line, &self.ext)
+                nodeports = (text_of(line),)
             else:
-                for cip in plan.cluster_ips:
+                reject = list(reject)
+                for dst in self.node_dsts:
                     line.size = 0
                     put_c(line, b'-A LBCORE-SERVICES -m comment --comment "')
                     put_buf(line, &self.name)
-                    put_c(line, b' has no endpoints" -p ')
-                    self._proto_dst_port(proto, cip, port)
-                    put_c(line, b" -j REJECT")
-                    reject.append(text_of(line))
-
-            node_port = plan.node_port
-            if node_port:
-                ext_eps = plan.external_endpoints
-                if ext_eps:
-                    if local is None:
-                        newline(body)
-                        put(body, b"-A ", 3)
-                        put_buf(body, &self.ext)
-                        put_c(body, b' -m comment --comment "')
-                        put_buf(body, &self.name)
-                        put_c(body, b' external" -j LBCORE-MARK-MASQ\n-A ')
-                        put_buf(body, &self.ext)
-                        put(body, b" -j ", 4)
-                        put_buf(body, &self.svc)
-                    else:
-                        # externalTrafficPolicy Local: no SNAT, only this node's endpoints
-                        targets = self._targets(ext_eps, all_eps, hashes, id_len, v6)
-                        try:
-                            self._balance(&self.ext, ext_eps, targets, affinity, sp.affinity_timeout)
-                        finally:
-                            if targets != hashes:
-                                free(targets)
-                    self._declare(&self.ext)
-                    line.size = 0
-                    put_c(line, b"-A LBCORE-NODEPORTS ")
-                    self._comment(line)
-                    put(line, b" -p ", 4)
+                    put_c(line, b' has no endpoints" ')
+                    put_s(line, dst)
+                    put(line, b"-p ", 3)
                     put_lower(line, proto)
                     put(line, b" --dport ", 9)
                     put_int(line, node_port)
-                    put(line, b" -j ", 4)
-                    put_buf(line, &self.ext)
-                    nodeports.append(text_of(line))
-                else:
-                    for dst in self.node_dsts:
-                        line.size = 0
-                        put_c(line, b'-A LBCORE-SERVICES -m comment --comment "')
-                        put_buf(line, &self.name)
-                        put_c(line, b' has no endpoints" ')
-                        put_s(line, dst)
-                        put(line, b"-p ", 3)
-                        put_lower(line, proto)
-                        put(line, b" --dport ", 9)
-                        put_int(line, node_port)
-                        put_c(line, b" -j REJECT")
-                        reject.append(text_of(line))
+                    put_c(line, b" -j REJECT")
+                    reject.append(text_of(line))
 
-            for i in range(n):
-                if seen_before(hashes, i):
-                    continue
-                ep = all_eps[i]
-                self.svc.size = 0  # reused for the endpoint chain's name
-                put(&self.svc, b"LBCORE-SEP-", 11)
-                put_hex(&self.svc, hashes[i], 16)
-                newline(body)
-                self._head(&self.svc)
-                put(body, b" -s ", 4)
-                put_s(body, ep.ip)
-                put_c(body, b" -j LBCORE-MARK-MASQ\n")
-                self._head(&self.svc)
-                put(body, b" -p ", 4)
-                put_lower(body, proto)
-                put(body, b" ", 1)
-                if affinity:
-                    put_c(body, b"-m recent --name ")
-                    put_buf(body, &self.svc)
-                    put_c(body, b" --set ")
-                put_c(body, b"-j DNAT --to-destination ")
-                put_address(body, ep.ip, ep.port, v6)
-                self._declare(&self.svc)
-        finally:
-            free(hashes)
-        return text_of(&self.decl), text_of(body), services, nodeports, reject
-
-    cdef int _comment(self, Buf* b) except -1:
-        put_c(b, b'-m comment --comment "')
-        put_buf(b, &self.name)
-        return put(b, b'"', 1)
+        for i in range(self.all_eps.n):
+            if seen_before(&self.all_eps, i):
+                continue
+            e = &self.all_eps.items[i]
+            self.svc.size = 0  # from here on the endpoint chain's name
+            put(&self.svc, b"LBCORE-SEP-", 11)
+            put_hex(&self.svc, e.hash, 16)
+            self._head(&self.svc)
+            newline(body)
+            put_buf(body, &self.head)
+            put(body, b" -s ", 4)
+            put(body, e.ip, e.ip_len)
+            put_c(body, b" -j LBCORE-MARK-MASQ\n")
+            put_buf(body, &self.head)
+            put(body, b" -p ", 4)
+            put_lower(body, proto)
+            put(body, b" ", 1)
+            if affinity:
+                put_c(body, b"-m recent --name ")
+                put_buf(body, &self.svc)
+                put_c(body, b" --set ")
+            put_c(body, b"-j DNAT --to-destination ")
+            put_address(body, e, v6)
+            self._declare(&self.svc)
+        return text_of(&self.decl), text_of(body), services, nodeports, tuple(reject)
 
     cdef int _head(self, Buf* chain) except -1:
-        """``-A CHAIN -m comment --comment "NAME"`` at the end of the body."""
-        put(&self.body, b"-A ", 3)
-        put_buf(&self.body, chain)
-        put(&self.body, b" ", 1)
-        return self._comment(&self.body)
+        """``-A CHAIN -m comment --comment "NAME"``, how each rule of ``chain`` begins."""
+        self.head.size = 0
+        put(&self.head, b"-A ", 3)
+        put_buf(&self.head, chain)
+        put_c(&self.head, b' -m comment --comment "')
+        put_buf(&self.head, &self.name)
+        return put(&self.head, b'"', 1)
 
     cdef int _proto_dst_port(self, str proto, str ip, object port) except -1:
         put_lower(&self.line, proto)
@@ -393,58 +426,45 @@ cdef class IptablesWriter:
         put_buf(&self.decl, chain)
         return put(&self.decl, b" - [0:0]", 8)
 
-    cdef uint64_t* _targets(self, tuple eps, tuple all_eps, uint64_t* hashes, Py_ssize_t id_len,
-                            bint v6) except NULL:
-        """The endpoint chain hash of each of ``eps``: ``hashes`` itself when ``eps`` is
-        ``all_eps``, else a new array the caller frees."""
+    cdef Endpoints* _endpoints(self, tuple eps, tuple all_eps, Py_ssize_t id_len,
+                               bint v6) except NULL:
+        """``eps`` as read: ``all_eps`` when they are the same tuple, else read again."""
         if eps is all_eps:
-            return hashes
-        cdef Py_ssize_t i, n = len(eps)
-        cdef uint64_t* out = <uint64_t*>realloc(NULL, (n + 1) * sizeof(uint64_t))
-        if out == NULL:
-            raise MemoryError()
-        try:
-            for i in range(n):
-                ep = eps[i]
-                self.key.size = id_len
-                put(&self.key, b"/", 1)
-                put_address(&self.key, ep.ip, ep.port, v6)
-                out[i] = hash_buf(&self.key)
-        except BaseException:
-            free(out)
-            raise
-        return out
+            return &self.all_eps
+        read_endpoints(&self.eps, eps, &self.key, id_len, v6)  # every ip was ASCII in all_eps
+        return &self.eps
 
-    cdef int _balance(self, Buf* chain, tuple eps, uint64_t* targets, bint affinity,
-                      object timeout) except -1:
-        """Affinity checks, then one statistic rule per endpoint (RuleRenderer._balance)."""
-        cdef Py_ssize_t i, n = len(eps)
+    cdef int _balance(self, Endpoints* eps, bint affinity, object timeout) except -1:
+        """Affinity checks, then one statistic rule per endpoint (``RuleRenderer._balance``),
+        each starting with ``self.head``."""
+        cdef Py_ssize_t i, n = eps.n
         cdef Buf* body = &self.body
-        weights = [ep.weight for ep in eps]
         cdef bint weighted = False
-        for w in weights:
-            if w > 1:
+        for i in range(n):
+            if eps.items[i].weight > 1:
                 weighted = True
-                break
-        cdef list probabilities = probability_texts(weights) if weighted else uniform_probability_texts(n)
+        cdef list probabilities = (
+            probability_texts([eps.items[i].weight for i in range(n)]) if weighted
+            else uniform_probability_texts(n)
+        )
         if affinity:
             for i in range(n):
                 newline(body)
-                self._head(chain)
+                put_buf(body, &self.head)
                 put_c(body, b" -m recent --name LBCORE-SEP-")
-                put_hex(body, targets[i], 16)
+                put_hex(body, eps.items[i].hash, 16)
                 put_c(body, b" --rcheck --seconds ")
                 put_int(body, timeout)
                 put_c(body, b" --reap -j LBCORE-SEP-")
-                put_hex(body, targets[i], 16)
+                put_hex(body, eps.items[i].hash, 16)
         for i in range(n):
             newline(body)
-            self._head(chain)
+            put_buf(body, &self.head)
             if i < n - 1:
                 put_c(body, b" -m statistic --mode random --probability ")
                 put_s(body, probabilities[i])
             put_c(body, b" -j LBCORE-SEP-")
-            put_hex(body, targets[i], 16)
+            put_hex(body, eps.items[i].hash, 16)
         return 0
 
 
@@ -464,7 +484,9 @@ cdef class NftWriter:
 
     cdef bint masquerade_all, inline, supported
     cdef dict cidrs
+    # output: chain definitions; scratch: a rule, ids, names
     cdef Buf chains, rule, key, label, svc, ext, ep
+    cdef Endpoints all_eps, eps
     cdef long long* weights
     cdef Py_ssize_t weights_cap
 
@@ -483,6 +505,8 @@ cdef class NftWriter:
         free_buf(&self.svc)
         free_buf(&self.ext)
         free_buf(&self.ep)
+        free(self.all_eps.items)
+        free(self.eps.items)
         free(self.weights)
 
     def write(self, plan):
@@ -504,27 +528,25 @@ cdef class NftWriter:
         cdef const char* ip = b"ip6" if v6 else b"ip"
         cdef tuple eps = plan.cluster_endpoints
         local = plan.local_endpoints
-        cdef tuple all_eps = plan.all_endpoints
-        cdef tuple ext_eps
+        # PortPlan.all_endpoints is the cluster endpoints themselves without a local policy
+        cdef tuple all_eps = eps if local is None else plan.all_endpoints
         cdef str proto = sp.protocol
+        cdef str lproto = proto.lower()
         cidr = self.cidrs.get(fam)
         port = sp.port
-        cdef Py_ssize_t i, n = len(all_eps)
-        cdef uint64_t* hashes = NULL
+        cdef Py_ssize_t i, id_len
         cdef dict elements = {}
         cdef Buf* rule = &self.rule
-        for ep in all_eps:
-            if not PyUnicode_IS_ASCII(ep.ip):
-                return None
+        cdef Endpoint* e
         self.chains.size = self.key.size = self.label.size = 0
-        # label: ns/name/proto/port-name; key: the service's id (endpoint_id without the address)
+        # label: ns/name/proto/port-name; key: "service|" + the service's id
         put_s(&self.label, sp.namespace)
         put(&self.label, b"/", 1)
         put_s(&self.label, sp.name)
         put(&self.label, b"/", 1)
-        put_lower(&self.label, proto)
+        put_s(&self.label, lproto)
         put(&self.label, b"/", 1)
-        put_name_part(&self.label, sp.port_name or str(port))
+        put_name_part_s(&self.label, sp.port_name or str(port))
         put_c(&self.key, b"service|")
         put_s(&self.key, sp.namespace)
         put(&self.key, b"/", 1)
@@ -532,7 +554,7 @@ cdef class NftWriter:
         put(&self.key, b":", 1)
         put_s(&self.key, sp.port_name)
         put(&self.key, b"/", 1)
-        put_lower(&self.key, proto)
+        put_s(&self.key, lproto)
         self.svc.size = 0
         put_c(&self.svc, b"service-")
         put_hex(&self.svc, hash_buf(&self.key), 8)
@@ -551,82 +573,77 @@ cdef class NftWriter:
         # from here on key is the service's id alone, the stem of each endpoint's id
         memmove(self.key.data, self.key.data + 8, self.key.size - 8)
         self.key.size -= 8
-        cdef Py_ssize_t id_len = self.key.size
-        try:
-            if not self.inline:
-                hashes = <uint64_t*>realloc(NULL, (n + 1) * sizeof(uint64_t))
-                if hashes == NULL:
-                    raise MemoryError()
-                for i in range(n):
-                    ep = all_eps[i]
-                    self.key.size = id_len
-                    put(&self.key, b"/", 1)
-                    put_address(&self.key, ep.ip, ep.port, v6)
-                    hashes[i] = hash_buf(&self.key)
-            if eps:
-                items = []
+        id_len = self.key.size
+        if read_endpoints(&self.all_eps, all_eps, &self.key, id_len, v6):
+            return None
+        if eps:
+            svc = text_of(&self.svc)
+            elements[f"service-ips-v{fam}"] = [f"{cip} . {lproto} . {port} : goto {svc}" for cip in cips]
+            self._open(&self.svc)
+            if self.masquerade_all or cidr:
                 for cip in cips:
-                    items.append(f"{cip} . {proto.lower()} . {port} : goto {text_of(&self.svc)}")
-                elements[f"service-ips-v{fam}"] = items
-                self._open(&self.svc)
-                for cip in cips:
-                    if self.masquerade_all or cidr:
-                        self._rule()
-                        put_c(rule, ip)
-                        put_c(rule, b" daddr ")
-                        put_s(rule, cip)
+                    self._rule()
+                    put_c(rule, ip)
+                    put_c(rule, b" daddr ")
+                    put_s(rule, cip)
+                    put(rule, b" ", 1)
+                    put_s(rule, lproto)
+                    put_c(rule, b" dport ")
+                    put_int(rule, port)
+                    if not self.masquerade_all:
                         put(rule, b" ", 1)
-                        put_lower(rule, proto)
-                        put_c(rule, b" dport ")
-                        put_int(rule, port)
-                        if not self.masquerade_all:
-                            put(rule, b" ", 1)
-                            put_c(rule, ip)
-                            put_c(rule, b" saddr != ")
-                            put_s(rule, cidr)
-                        put_c(rule, b" jump mark-for-masquerade")
-                        put_buf(&self.chains, rule)
-                self._choose(eps, all_eps, hashes, id_len, v6, ip, proto)
-                put(&self.chains, b"\n\t}", 3)
-            else:
-                elements[f"no-endpoint-services-v{fam}"] = [
-                    f"{cip} . {proto.lower()} . {port} : goto reject-chain" for cip in cips
-                ]
-            node_port = plan.node_port
-            if node_port:
-                ext_eps = plan.external_endpoints
-                if ext_eps:
-                    self._open(&self.ext)
-                    if local is None:
-                        put_c(&self.chains, b"\n\t\tjump mark-for-masquerade\n\t\tgoto ")
-                        put_buf(&self.chains, &self.svc)
-                    else:
-                        self._choose(ext_eps, all_eps, hashes, id_len, v6, ip, proto)
-                    put(&self.chains, b"\n\t}", 3)
-                    elements[f"service-nodeports-v{fam}"] = [
-                        f"{proto.lower()} . {node_port} : goto {text_of(&self.ext)}"
-                    ]
+                        put_c(rule, ip)
+                        put_c(rule, b" saddr != ")
+                        put_s(rule, cidr)
+                    put_c(rule, b" jump mark-for-masquerade")
+                    put_buf(&self.chains, rule)
+            self._choose(self._endpoints(eps, all_eps, id_len, v6), v6, ip, lproto)
+            put(&self.chains, b"\n\t}", 3)
+        else:
+            elements[f"no-endpoint-services-v{fam}"] = [
+                f"{cip} . {lproto} . {port} : goto reject-chain" for cip in cips
+            ]
+        node_port = plan.node_port
+        if node_port:
+            ext_eps = eps if local is None else local  # PortPlan.external_endpoints
+            if ext_eps:
+                self._open(&self.ext)
+                if local is None:
+                    put_c(&self.chains, b"\n\t\tjump mark-for-masquerade\n\t\tgoto ")
+                    put_buf(&self.chains, &self.svc)
                 else:
-                    elements[f"no-endpoint-nodeports-v{fam}"] = [
-                        f"{proto.lower()} . {node_port} : goto reject-chain"
-                    ]
-            if not self.inline:
-                for i in range(n):
-                    if seen_before(hashes, i):
-                        continue
-                    ep = all_eps[i]
-                    self._endpoint_chain(hashes[i], ep, v6)
-                    self._open(&self.ep)
-                    self._rule()
-                    self._hairpin(ep, ip)
-                    put_buf(&self.chains, rule)
-                    self._rule()
-                    self._dnat(ep, ip, proto, v6)
-                    put_buf(&self.chains, rule)
-                    put(&self.chains, b"\n\t}", 3)
-        finally:
-            free(hashes)
+                    self._choose(self._endpoints(ext_eps, all_eps, id_len, v6), v6, ip, lproto)
+                put(&self.chains, b"\n\t}", 3)
+                elements[f"service-nodeports-v{fam}"] = [
+                    f"{lproto} . {node_port} : goto {text_of(&self.ext)}"
+                ]
+            else:
+                elements[f"no-endpoint-nodeports-v{fam}"] = [
+                    f"{lproto} . {node_port} : goto reject-chain"
+                ]
+        if not self.inline:
+            for i in range(self.all_eps.n):
+                if seen_before(&self.all_eps, i):
+                    continue
+                e = &self.all_eps.items[i]
+                self._endpoint_chain(e, v6)
+                self._open(&self.ep)
+                self._rule()
+                self._hairpin(e, ip)
+                put_buf(&self.chains, rule)
+                self._rule()
+                self._dnat(e, ip, lproto, v6)
+                put_buf(&self.chains, rule)
+                put(&self.chains, b"\n\t}", 3)
         return elements, "", text_of(&self.chains)
+
+    cdef Endpoints* _endpoints(self, tuple eps, tuple all_eps, Py_ssize_t id_len,
+                               bint v6) except NULL:
+        """``eps`` as read: ``all_eps`` when they are the same tuple, else read again."""
+        if eps is all_eps:
+            return &self.all_eps
+        read_endpoints(&self.eps, eps, &self.key, id_len, v6)  # every ip was ASCII in all_eps
+        return &self.eps
 
     cdef int _open(self, Buf* name) except -1:
         newline(&self.chains)
@@ -639,42 +656,41 @@ cdef class NftWriter:
         self.rule.size = 0
         return put(&self.rule, b"\n\t\t", 3)
 
-    cdef int _endpoint_chain(self, uint64_t h, object ep, bint v6) except -1:
+    cdef int _endpoint_chain(self, Endpoint* e, bint v6) except -1:
         """``endpoint-<hash>-<label>__<ip>/<port>`` into ``self.ep``."""
         self.ep.size = 0
         put_c(&self.ep, b"endpoint-")
-        put_hex(&self.ep, h, 8)
+        put_hex(&self.ep, e.hash, 8)
         put(&self.ep, b"-", 1)
         put_buf(&self.ep, &self.label)
         put(&self.ep, b"__", 2)
         if v6:
-            put_name_part(&self.ep, ep.ip)
+            put_name_part(&self.ep, e.ip, e.ip_len)
         else:
-            put_s(&self.ep, ep.ip)
+            put(&self.ep, e.ip, e.ip_len)
         put(&self.ep, b"/", 1)
-        return put_int(&self.ep, ep.port)
+        return put_int(&self.ep, e.port)
 
-    cdef int _hairpin(self, object ep, const char* ip) except -1:
+    cdef int _hairpin(self, Endpoint* e, const char* ip) except -1:
         put_c(&self.rule, ip)
         put_c(&self.rule, b" saddr ")
-        put_s(&self.rule, ep.ip)
+        put(&self.rule, e.ip, e.ip_len)
         return put_c(&self.rule, b" jump mark-for-masquerade")
 
-    cdef int _dnat(self, object ep, const char* ip, str proto, bint v6) except -1:
+    cdef int _dnat(self, Endpoint* e, const char* ip, str lproto, bint v6) except -1:
         put_c(&self.rule, b"meta l4proto ")
-        put_lower(&self.rule, proto)
+        put_s(&self.rule, lproto)
         put_c(&self.rule, b" dnat ")
         put_c(&self.rule, ip)
         put_c(&self.rule, b" to ")
-        return put_address(&self.rule, ep.ip, ep.port, v6)
+        return put_address(&self.rule, e, v6)
 
-    cdef int _choose(self, tuple eps, tuple all_eps, uint64_t* hashes, Py_ssize_t id_len,
-                     bint v6, const char* ip, str proto) except -1:
+    cdef int _choose(self, Endpoints* eps, bint v6, const char* ip, str lproto) except -1:
         """The rules that pick one of ``eps``: a ``numgen`` cascade to the endpoint chains
-        (NftRenderer._balance) or, ``inline``, hairpin marks and a cascade of DNATs
-        (NftRenderer._dnat_inline)."""
-        cdef Py_ssize_t i, n = len(eps)
-        cdef long long w, g = 0, rest = 0
+        (``NftRenderer._balance``) or, ``inline``, hairpin marks and a cascade of DNATs
+        (``NftRenderer._dnat_inline``)."""
+        cdef Py_ssize_t i, n = eps.n
+        cdef long long g = 0, rest = 0
         cdef Buf* rule = &self.rule
         if n > self.weights_cap:
             self.weights = <long long*>realloc(self.weights, n * sizeof(long long))
@@ -683,8 +699,7 @@ cdef class NftWriter:
                 raise MemoryError()
             self.weights_cap = n
         for i in range(n):
-            w = eps[i].weight
-            self.weights[i] = w if w > 1 else 1
+            self.weights[i] = eps.items[i].weight if eps.items[i].weight > 1 else 1
             g = gcd(self.weights[i], g)
         for i in range(n):
             self.weights[i] //= g
@@ -692,7 +707,7 @@ cdef class NftWriter:
         if self.inline:
             for i in range(n):
                 self._rule()
-                self._hairpin(eps[i], ip)
+                self._hairpin(&eps.items[i], ip)
                 put_buf(&self.chains, rule)
         for i in range(n):
             self._rule()
@@ -707,21 +722,10 @@ cdef class NftWriter:
                     put(rule, b" ", 1)
                 rest -= self.weights[i]
             if self.inline:
-                self._dnat(eps[i], ip, proto, v6)
+                self._dnat(&eps.items[i], ip, lproto, v6)
             else:
                 put_c(rule, b"goto ")
-                self._endpoint_chain(self._hash_of(eps, all_eps, hashes, i, id_len, v6), eps[i], v6)
+                self._endpoint_chain(&eps.items[i], v6)
                 put_buf(rule, &self.ep)
             put_buf(&self.chains, rule)
         return 0
-
-    cdef uint64_t _hash_of(self, tuple eps, tuple all_eps, uint64_t* hashes, Py_ssize_t i,
-                           Py_ssize_t id_len, bint v6) except? 0:
-        """The endpoint chain hash of ``eps[i]``: from ``hashes`` when ``eps`` is ``all_eps``."""
-        if eps is all_eps:
-            return hashes[i]
-        ep = eps[i]
-        self.key.size = id_len
-        put(&self.key, b"/", 1)
-        put_address(&self.key, ep.ip, ep.port, v6)
-        return hash_buf(&self.key)

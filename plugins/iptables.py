@@ -106,14 +106,14 @@ class PortRules:
     def __init__(
         self,
         text: tuple[str, str] | None = None,
-        services: list[str] | None = None,
-        nodeports: list[str] | None = None,
-        reject: list[str] | None = None,
+        services: tuple[str, ...] = (),
+        nodeports: tuple[str, ...] = (),
+        reject: tuple[str, ...] = (),
     ) -> None:
         self._chains: dict[str, str] | None = None if text is not None else {}
-        self.services: list[str] = services if services is not None else []  # nat LBCORE-SERVICES
-        self.nodeports: list[str] = nodeports if nodeports is not None else []  # nat LBCORE-NODEPORTS
-        self.reject: list[str] = reject if reject is not None else []  # filter LBCORE-SERVICES
+        self.services = services  # lines in nat LBCORE-SERVICES
+        self.nodeports = nodeports  # lines in nat LBCORE-NODEPORTS
+        self.reject = reject  # lines in filter LBCORE-SERVICES
         self._text: tuple[str, str] | None = text
 
     @property
@@ -175,6 +175,9 @@ class RuleRenderer:
         """The readable twin of the compiled writer (and its reference in the tests)."""
         sp = plan.sp
         rules = PortRules()
+        services: list[str] = []
+        nodeports: list[str] = []
+        reject: list[str] = []
         proto = sp.protocol.lower()
         name = f"{sp.namespace}/{sp.name}:{sp.port_name}"
         svc_id = f"{name}/{proto}"
@@ -193,7 +196,7 @@ class RuleRenderer:
         if eps:
             lines: list[str] = []
             for cip in plan.cluster_ips:
-                rules.services.append(
+                services.append(
                     f'-A {SERVICES} -m comment --comment "{name} cluster IP" -p {proto} -d {cip} --dport {port} -j {svc}'
                 )
                 if self.options.masquerade_all:
@@ -212,7 +215,7 @@ class RuleRenderer:
             rules.chains[svc] = "\n".join(lines)
         else:
             for cip in plan.cluster_ips:
-                rules.reject.append(
+                reject.append(
                     f'-A {SERVICES} -m comment --comment "{name} has no endpoints" -p {proto} -d {cip} --dport {port} -j REJECT'
                 )
 
@@ -231,10 +234,10 @@ class RuleRenderer:
                     ext_lines = []
                     self._balance(ext_lines, ext, comment, [seps[(ep.ip, ep.port)] for ep in ext_eps], [ep.weight for ep in ext_eps], affinity, sp.affinity_timeout)
                 rules.chains[ext] = "\n".join(ext_lines)
-                rules.nodeports.append(f"-A {NODEPORTS} {comment} -p {proto} --dport {node_port} -j {ext}")
+                nodeports.append(f"-A {NODEPORTS} {comment} -p {proto} --dport {node_port} -j {ext}")
             else:
                 for dst in self._node_dst_matches():
-                    rules.reject.append(
+                    reject.append(
                         f'-A {SERVICES} -m comment --comment "{name} has no endpoints" {dst}-p {proto} --dport {node_port} -j REJECT'
                     )
 
@@ -247,6 +250,7 @@ class RuleRenderer:
                 f"-A {sep} {comment} -s {ip} -j {MARK_MASQ}\n"
                 f"-A {sep} {comment} {p_proto}{recent}-j DNAT --to-destination {dest}"
             )
+        rules.services, rules.nodeports, rules.reject = tuple(services), tuple(nodeports), tuple(reject)
         return rules
 
     def _balance(
