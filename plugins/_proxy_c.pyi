@@ -5,6 +5,8 @@ from typing import Any
 SPLICE_MODES: dict[str, int]
 COUNTERS: tuple[str, ...]
 
+def pipe_max_size() -> int: ...
+
 class Engine:
     """A pool of worker threads, each an epoll loop relaying TCP connections and UDP flows.
 
@@ -18,7 +20,7 @@ class Engine:
         workers: int = 2,
         buffer_size: int = 16384,
         splice: str = "auto",
-        pipe_size: int = 262144,
+        pipe_size: int = 1048576,
         connect_timeout: float = 2.0,
         idle_timeout: float = 3600.0,
         udp_idle_timeout: float = 30.0,
@@ -27,6 +29,8 @@ class Engine:
     ) -> None: ...
     @property
     def workers(self) -> int: ...
+    @property
+    def pipe_size(self) -> int: ...
     @property
     def running(self) -> bool: ...
     def start(self) -> None: ...

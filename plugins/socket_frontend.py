@@ -51,7 +51,7 @@ class ProxyOptions:
     reuseport: bool = True
     buffer_size: int = 16384
     splice: str = "auto"
-    pipe_size: int = 262144
+    pipe_size: int = 1048576
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], extra: Iterable[str] = ()) -> ProxyOptions:

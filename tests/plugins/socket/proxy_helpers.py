@@ -101,6 +101,40 @@ class TcpBackend:
         self._wake_w.close()
 
 
+class ReplyBackend:
+    """Answers every connection with ``reply`` at once and closes it, without reading."""
+
+    def __init__(self, reply: bytes):
+        self.reply = reply
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def endpoint(self, **kw: object) -> EndpointInfo:
+        return EndpointInfo(ip="127.0.0.1", port=self.port, **kw)  # type: ignore[arg-type]
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(20)
+                try:
+                    conn.sendall(self.reply)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self._thread.join(5)
+
+
 class UdpBackend:
     """Answers each datagram with ``<tag>:<datagram>``."""
 

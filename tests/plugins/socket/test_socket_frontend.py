@@ -13,6 +13,7 @@ import pytest
 from lbcore_plugins import socket_frontend
 from lbcore_plugins.socket_frontend import SocketFrontend
 from proxy_helpers import (
+    ReplyBackend,
     cluster_ip,
     read_line,
     service_port,
@@ -139,6 +140,63 @@ def test_half_close_passes_fin_and_keeps_the_reply_direction(backends, make_fron
             data += chunk
     # the echo came back, then the backend saw our FIN and still could answer
     assert data == b"hello worldEOF A 11"
+
+
+def test_backend_end_reaches_a_client_that_keeps_its_side_open(make_frontend):
+    # the FIN waits one batch of events for the client to close first; a client that does
+    # not close must still see the end of the reply, at once
+    b = ReplyBackend(b"the whole reply")
+    try:
+        sp = service_port("web", [b.endpoint()])
+        fe = make_frontend()
+        fe.sync(snapshot(sp), frozenset({"default/web"}))
+        for _ in range(20):
+            with socket.create_connection((sp.cluster_ips[0], 8080), timeout=2) as s:
+                data = b""
+                while chunk := s.recv(4096):  # a lost FIN ends in a timeout here
+                    data += chunk
+                assert data == b"the whole reply"
+        assert wait_until(lambda: fe.stats()["connections"] == 0)
+    finally:
+        b.close()
+
+
+def test_client_that_closes_after_the_reply_ends_the_connection(make_frontend):
+    b = ReplyBackend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    try:
+        sp = service_port("web", [b.endpoint()])
+        fe = make_frontend()
+        fe.sync(snapshot(sp), frozenset({"default/web"}))
+        for _ in range(50):
+            with socket.create_connection((sp.cluster_ips[0], 8080), timeout=2) as s:
+                data = b""
+                while not data.endswith(b"ok"):
+                    data += s.recv(4096)
+        assert wait_until(lambda: fe.stats()["connections"] == 0)
+        assert fe.stats()["closed"] == fe.stats()["accepted"] == 50
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("splice", ["auto", "always", "never"])
+def test_reply_to_a_client_that_reads_late_is_exact(make_frontend, splice):
+    # the client's socket fills while it does not read: the proxy's writes block and only the
+    # write space it then waits for (EPOLLOUT) brings the rest
+    payload = os.urandom(16 << 20)
+    b = ReplyBackend(payload)
+    try:
+        sp = service_port("bulk", [b.endpoint()])
+        fe = make_frontend(splice=splice)
+        fe.sync(snapshot(sp), frozenset({"default/bulk"}))
+        with socket.create_connection((sp.cluster_ips[0], 8080), timeout=5) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            time.sleep(0.5)
+            received = bytearray()
+            while chunk := s.recv(1 << 16):
+                received.extend(chunk)
+        assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+    finally:
+        b.close()
 
 
 @pytest.mark.parametrize("splice", ["auto", "always", "never"])
@@ -425,3 +483,13 @@ def test_one_shared_listening_socket_serves_and_closes_with_the_engine(backends,
         socket.create_connection((ip, 8080), timeout=3)
     assert wait_until(lambda: a.open == 0)  # the backend's side of the last connection
     assert len(os.listdir("/proc/self/fd")) == fd_before
+
+
+def test_pipe_size_is_capped_at_the_kernels_pipe_max_size():
+    from lbcore_plugins._proxy_c import Engine, pipe_max_size
+
+    with open("/proc/sys/fs/pipe-max-size") as f:
+        limit = int(f.read())
+    assert pipe_max_size() == limit
+    assert Engine(pipe_size=limit * 4).pipe_size == limit
+    assert Engine(pipe_size=65536).pipe_size == min(65536, limit)
