@@ -151,6 +151,7 @@ class Figures:
     # holds on a shared machine where requests/s follow whatever else runs
     keepalive_cpu_us: float = float("nan")
     close_cpu_us: float = float("nan")
+    bulk_cpu_s_per_gb: float = float("nan")
     errors: list[str] = field(default_factory=list)
 
 
@@ -193,6 +194,7 @@ def iperf(host: str, port: int, duration: int) -> float:
         timeout=duration + 30,
     ).stdout
     data = json.loads(out)
+    iperf.bytes = data["end"]["sum_received"]["bytes"]  # type: ignore[attr-defined]
     return data["end"]["sum_received"]["bits_per_second"] / 1e9
 
 
@@ -219,11 +221,15 @@ def measure(
         f.close_cpu_us = (cpu() - before) / wrk.requests * 1e6  # type: ignore[attr-defined]
     if err:
         f.errors.append(f"close: {err}")
+    before = cpu() if cpu else 0.0
     f.bulk_gbps = iperf(host, bulk_port, max(3, duration // 2))
+    if cpu and iperf.bytes:  # type: ignore[attr-defined]
+        f.bulk_cpu_s_per_gb = (cpu() - before) / iperf.bytes * 1e9  # type: ignore[attr-defined]
     print(
         f"  {name:8s} keep-alive {f.keepalive_rps:10.0f}/s  p99 {f.p99_ms:7.2f} ms  "
         f"close {f.close_rps:9.0f}/s  bulk {f.bulk_gbps:6.2f} Gbit/s  "
-        f"CPU/request {f.keepalive_cpu_us:5.1f} us, /connection {f.close_cpu_us:5.1f} us",
+        f"CPU/request {f.keepalive_cpu_us:5.1f} us, /connection {f.close_cpu_us:5.1f} us, "
+        f"/GB {f.bulk_cpu_s_per_gb:5.3f} s",
         flush=True,
     )
     return f
@@ -244,6 +250,7 @@ def median(runs: list[Figures]) -> Figures:
         bulk_gbps=mid([r.bulk_gbps for r in runs]),
         keepalive_cpu_us=mid([r.keepalive_cpu_us for r in runs]),
         close_cpu_us=mid([r.close_cpu_us for r in runs]),
+        bulk_cpu_s_per_gb=mid([r.bulk_cpu_s_per_gb for r in runs]),
         errors=[e for r in runs for e in r.errors],
     )
 
@@ -356,6 +363,8 @@ def table(results: dict[str, Figures]) -> tuple[str, list[str]]:
         f"{lb.keepalive_cpu_us:.1f} | {lb.keepalive_cpu_us / h.keepalive_cpu_us:.2f}x | |",
         f"| proxy CPU per new connection, us | | {h.close_cpu_us:.1f} | {lb.close_cpu_us:.1f} | "
         f"{lb.close_cpu_us / h.close_cpu_us:.2f}x | |",
+        f"| proxy CPU per GB in bulk, s | | {h.bulk_cpu_s_per_gb:.3f} | "
+        f"{lb.bulk_cpu_s_per_gb:.3f} | {lb.bulk_cpu_s_per_gb / h.bulk_cpu_s_per_gb:.2f}x | |",
         f"| connection-per-request p99 latency, ms | {d.close_p99_ms:.2f} | "
         f"{h.close_p99_ms:.2f} | {lb.close_p99_ms:.2f} | {lb.close_p99_ms / h.close_p99_ms:.2f}x | |",
     ]
@@ -366,6 +375,8 @@ def table(results: dict[str, Figures]) -> tuple[str, list[str]]:
         f"RATIO socket bulk throughput vs direct: {lb.bulk_gbps / d.bulk_gbps:.2f}x",
         f"RATIO socket p99 latency vs haproxy: {lb.p99_ms / h.p99_ms:.2f}x",
         f"RATIO socket CPU per new connection vs haproxy: {lb.close_cpu_us / h.close_cpu_us:.2f}x",
+        f"RATIO socket CPU per GB in bulk vs haproxy: "
+        f"{lb.bulk_cpu_s_per_gb / h.bulk_cpu_s_per_gb:.2f}x",
         f"RATIO socket CPU per keep-alive request vs haproxy: "
         f"{lb.keepalive_cpu_us / h.keepalive_cpu_us:.2f}x",
         f"RATIO socket connection-per-request p99 latency vs haproxy: "

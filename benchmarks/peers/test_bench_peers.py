@@ -37,5 +37,6 @@ def test_socket_frontend_against_haproxy(benchmark, splice):
         p99_ms=lb.p99_ms,
         close_cpu_us=lb.close_cpu_us,
         keepalive_cpu_us=lb.keepalive_cpu_us,
+        bulk_cpu_s_per_gb=lb.bulk_cpu_s_per_gb,
     )
     assert lb.keepalive_rps > 0 and lb.bulk_gbps > 0
