@@ -18,3 +18,6 @@ class NftWriter:
     def write(self, plan: Any) -> tuple[dict[str, list[str]], str, str] | None:
         """(map -> ``key : verdict`` elements, set definitions, chain definitions) of ``plan``;
         None for a shape left to ``NftRenderer.port_objects``."""
+
+def plan_port(sp: Any, family: int, node: str | None) -> Any:
+    """``netfilter.plan_port``: the PortPlan of ``sp`` for ``family`` on ``node``, or None."""

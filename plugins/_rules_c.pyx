@@ -16,7 +16,12 @@ from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 
 from lbcore._hashing_c cimport XXH3_64bits
 
-from lbcore_plugins.netfilter import probability_texts, uniform_probability_texts
+from lbcore_plugins.netfilter import (
+    SUPPORTED_PROTOCOLS,
+    PortPlan,
+    probability_texts,
+    uniform_probability_texts,
+)
 
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object s)
@@ -729,3 +734,55 @@ cdef class NftWriter:
                 put_buf(rule, &self.ep)
             put_buf(&self.chains, rule)
         return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning
+# ---------------------------------------------------------------------------------------------
+
+def plan_port(sp, int family, node):
+    """``netfilter.plan_port`` (its readable twin): the PortPlan of ``sp`` for ``family`` on
+    ``node``, or None. A port whose ClusterIPs or endpoints all qualify keeps ``sp``'s own
+    tuples instead of copies."""
+    if sp.protocol not in SUPPORTED_PROTOCOLS:
+        return None
+    cdef bint v6 = family == 6
+    ips = family_ips(sp.cluster_ips, v6)
+    if not ips:
+        return None
+    endpoints = sp.endpoints
+    cluster = usable_endpoints(endpoints, v6, node if sp.internal_traffic_policy == "Local" else None)
+    local = None
+    if sp.external_traffic_policy == "Local" and sp.type in ("NodePort", "LoadBalancer"):
+        local = usable_endpoints(endpoints, v6, node)
+    return PortPlan(sp, family, ips, cluster, local)
+
+
+cdef tuple family_ips(tuple ips, bint v6):
+    """The ClusterIPs of the family (not empty, not "None")."""
+    cdef Py_ssize_t i, n = len(ips)
+    for i in range(n):
+        ip = ips[i]
+        if not ip or ip == "None" or (":" in ip) != v6:
+            return tuple([ip for ip in ips if ip and ip != "None" and (":" in ip) == v6])
+    return ips
+
+
+cdef tuple usable_endpoints(tuple endpoints, bint v6, node_name):
+    """``netfilter.usable_endpoints``: ready ones; if none, serving and terminating ones."""
+    cdef Py_ssize_t i, n = len(endpoints)
+    for i in range(n):
+        ep = endpoints[i]
+        if ((":" in ep.ip) != v6 or (node_name is not None and ep.node_name != node_name)
+                or not ep.ready or ep.terminating):
+            break
+    else:
+        return endpoints  # all of them: the common case
+    candidates = [
+        ep for ep in endpoints
+        if (":" in ep.ip) == v6 and (node_name is None or ep.node_name == node_name)
+    ]
+    ready = [ep for ep in candidates if ep.ready and not ep.terminating]
+    if ready:
+        return tuple(ready)
+    return tuple([ep for ep in candidates if ep.serving and ep.terminating])

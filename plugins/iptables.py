@@ -52,6 +52,8 @@ from lbcore.interfaces import Frontend, FrontendUnavailable, RuntimeContext
 from lbcore.snapshot import Snapshot
 
 IptablesWriter: Any = compiled_writer("IptablesWriter")
+# netfilter.plan_port, compiled when it can be
+PLAN_PORT: Callable[..., PortPlan | None] = compiled_writer("plan_port") or plan_port
 
 SERVICES = "LBCORE-SERVICES"
 NODEPORTS = "LBCORE-NODEPORTS"
@@ -377,15 +379,16 @@ def _restore_text(
     return "\n".join(out)
 
 
-def _full_restore_text(
+def _full_restore_lines(
     head: list[tuple[str, str | list[str]]],
     rendered: list[PortRules],
     reject: list[str],
     delete_nat: Iterable[str] = (),
     delete_filter: Iterable[str] = (),
-) -> str:
+) -> list[str]:
     """What :func:`_restore_text` writes for ``head`` then every chain of ``rendered`` in nat and
-    filter's LBCORE-SERVICES = ``reject``, from each port's joined text (no per-line work)."""
+    filter's LBCORE-SERVICES = ``reject``, from each port's joined text (no per-line work), as
+    pieces to join with newlines (once, by the caller)."""
     texts = [rules.text() for rules in rendered]
     deleted_filter = sorted(delete_filter)
     deleted_nat = sorted(delete_nat)
@@ -408,7 +411,7 @@ def _full_restore_text(
     out.extend([f"-X {name}" for name in deleted_nat])
     out.append("COMMIT")
     out.append("")
-    return "\n".join(out)
+    return out
 
 
 class IptablesFrontend(Frontend):
@@ -449,7 +452,13 @@ class IptablesFrontend(Frontend):
                 if family == 6 and not plans:
                     continue
                 parts.append(f"# IPv{family} ({'ip6tables' if family == 6 else 'iptables'}-restore)")
-                parts.extend(self._render_family(plans, family, rendered=rendered)[0])
+                # what _render_family writes in one transaction, without its sync state
+                renderer = RuleRenderer(self.opts, family)
+                services, nodeports, reject = _assemble(renderer, {key: rules for key, _, rules in rendered})
+                head: list[tuple[str, str | list[str]]] = [
+                    (SERVICES, services), (NODEPORTS, nodeports), *renderer.fixed_chains().items()
+                ]
+                parts.extend(_full_restore_lines(head, [rules for _, _, rules in rendered], reject))
             self.cache.entries = fresh
             return "\n".join(parts)
 
@@ -467,6 +476,7 @@ class IptablesFrontend(Frontend):
         rendered: list[tuple[str, str, PortRules]] = []
         hits = 0
         port_rules = renderer.port_rules
+        planner = PLAN_PORT
         with paused_gc():
             for key in sorted(ports):
                 sp = ports[key]
@@ -475,7 +485,7 @@ class IptablesFrontend(Frontend):
                 if entry is not None and (entry[0] is sp or entry[0] == sp) and entry[1] == node:
                     hits += 1
                 else:
-                    plan = plan_port(sp, family, node)
+                    plan = planner(sp, family, node)
                     done = (plan_key(plan), sp.service, port_rules(plan)) if plan is not None else None
                     entry = (sp, node, plan, done)
                 fresh[(family, key)] = entry
@@ -525,7 +535,7 @@ class IptablesFrontend(Frontend):
             stale_nat -= owned
         deletions = {"delete_nat": stale_nat, "delete_filter": set(stale_filter) - {SERVICES}}
         if chunk <= 0 or sum([len(rules.chains) for rules in port_rules]) <= chunk:
-            return [_full_restore_text(dispatch + fixed, port_rules, state.reject, **deletions)], state
+            return ["\n".join(_full_restore_lines(dispatch + fixed, port_rules, state.reject, **deletions))], state
         groups = [list(rules.chains.items()) for rules in port_rules]
         texts: list[str] = []
         batch: list[tuple[str, str | list[str]]] = list(fixed)

@@ -51,6 +51,8 @@ from lbcore.interfaces import Frontend, FrontendUnavailable, RuntimeContext
 from lbcore.snapshot import EndpointInfo, ServicePortInfo, Snapshot
 
 NftWriter: Any = compiled_writer("NftWriter")
+# netfilter.plan_port, compiled when it can be
+PLAN_PORT: Callable[..., PortPlan | None] = compiled_writer("plan_port") or plan_port
 
 TABLE = "lbcore"
 FAMILY = "inet"
@@ -578,7 +580,7 @@ class NftablesFrontend(Frontend):
                 if entry is not None and (entry[0] is sp or entry[0] == sp) and entry[1] == node:
                     hits += 1
                 else:
-                    plan = plan_port(sp, family, node)
+                    plan = PLAN_PORT(sp, family, node)
                     done = None if plan is None else (plan_key(plan), sp.service, self.renderer.port_objects(plan))
                     entry = (sp, node, plan, done)
                 fresh[(family, key)] = entry
