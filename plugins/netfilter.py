@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from lbcore_plugins.nftlib import NftContext
+from lbcore_plugins.nftlib import NftContext, NftUnavailable
 
 from lbcore import hash64
 from lbcore._extensions import NO_EXTENSIONS
@@ -409,6 +409,10 @@ class CommandRunner:
             status, _, error = self._nft.run(script, self.timeout)
         except TimeoutError as exc:
             raise RuleApplyError(f"nft (libnftables){where}: no answer within {self.timeout:g}s") from exc
+        except NftUnavailable:  # its thread is gone (a fork, say): the command still works
+            self._nft, self.in_process = None, False
+            self.run(["nft", "-f", "-"], input=script)
+            return
         if status != 0:
             raise RuleApplyError(f"nft (libnftables){where} failed: {error.strip()[:2000]}")
 

@@ -270,3 +270,16 @@ def test_endpoint_removal_deletes_its_chain_outside_the_nft_script(namespaces, m
     assert listing("nftables", a) == listing("nftables", b)
     fe.stop()
     fresh.stop()
+
+
+def test_a_closed_library_context_hands_over_to_the_nft_command(namespaces):
+    a, _ = namespaces
+    runner = CommandRunner(a)
+    runner.nft("add table inet lbtest\n")
+    if runner._nft is None:
+        pytest.skip("libnftables not available")
+    runner._nft.close()  # as in a forked child, where the context's thread does not exist
+    runner.nft("add chain inet lbtest c\n")
+    assert runner.in_process is False
+    assert "chain c" in subprocess.run(["ip", "netns", "exec", a, "nft", "list", "table", "inet", "lbtest"],
+                                       capture_output=True, text=True, check=True).stdout
