@@ -92,6 +92,11 @@ cdef class _FlatTable:
     cdef uint32_t nb                 # length of bhead / bcount
     cdef double epoch
     cdef bint has_epoch
+    cdef bint pending                # an insert not applied yet (see ConnTable.insert)
+    cdef int32_t pend_backend
+    cdef uint32_t pend_now
+    cdef uint64_t pend_hash
+    cdef ct_key pend_key
 
     cdef void _reset(self) noexcept
     @cython.final

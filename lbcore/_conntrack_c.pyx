@@ -444,6 +444,7 @@ cdef class _FlatTable:
         for i in range(self.nb):
             self.bhead[i] = CT_NIL
             self.bcount[i] = 0
+        self.pending = False
         self.has_epoch = False
         self.epoch = 0.0
 
@@ -470,6 +471,7 @@ cdef class _FlatTable:
         cdef int64_t shift = <int64_t>((d - KEEP_MS) / 1000.0) * 1000
         cdef int c
         cdef uint32_t i, nxt
+        _settle(self)  # its stamp is of the old epoch
         for c in range(3):
             i = self.head[c]
             while i != CT_NIL:
@@ -485,6 +487,7 @@ cdef class _FlatTable:
 
     @cython.final
     cdef uint32_t _find(self, const ct_key* k, uint64_t h, uint32_t* slot) noexcept nogil:
+        _settle(self)
         return _find_i(self, k, h, slot)
 
     @cython.final
@@ -627,6 +630,7 @@ cdef class _FlatTable:
 
     @cython.final
     cdef int32_t lookup_h(self, const ct_key* k, uint64_t h, uint32_t now) noexcept nogil:
+        _settle(self)
         return _lookup_i(self, k, h, now)
 
     @cython.final
@@ -638,6 +642,7 @@ cdef class _FlatTable:
     cdef int insert_h(self, const ct_key* k, uint64_t h, int32_t backend, uint32_t now) noexcept nogil:
         if self._ensure_backend(backend) < 0:
             return -1
+        _settle(self)
         _insert_i(self, k, h, backend, now)
         return 0
 
@@ -678,6 +683,7 @@ cdef class _FlatTable:
     cdef uint32_t purge_c(self, int32_t backend) noexcept nogil:
         cdef uint32_t n = 0
         cdef uint32_t i
+        _settle(self)
         if backend < 0 or <uint32_t>backend >= self.nb:
             return 0
         while self.bhead[backend] != CT_NIL:
@@ -691,6 +697,7 @@ cdef class _FlatTable:
         cdef uint32_t n = 0
         cdef uint32_t i
         cdef int o, c
+        _settle(self)
         for o in range(self.norder):
             c = self.order[o]
             while True:
@@ -704,6 +711,7 @@ cdef class _FlatTable:
     # -- Python interface shared by both tables ----------------------------------------------------
 
     def __len__(self) -> int:
+        _settle(self)
         return self.used
 
     def purge_backend(self, backend: int) -> int:
@@ -716,6 +724,7 @@ cdef class _FlatTable:
 
     def count(self, backend: int) -> int:
         """Entries that point at ``backend`` (expired ones count until they are removed)."""
+        _settle(self)
         if backend < 0 or backend >= self.nb:
             return 0
         return self.bcount[backend]
@@ -735,6 +744,7 @@ cdef class _FlatTable:
         cdef int o, c
         cdef uint32_t i
         cdef ct_entry* x
+        _settle(self)
         for o in range(self.norder):
             c = self.order[o]
             i = self.head[c]
@@ -748,6 +758,7 @@ cdef class _FlatTable:
     def _check(self) -> None:
         """Verify every invariant (index, lists, counts); raise AssertionError on the first break."""
         cdef uint32_t s, v, i, h, n = 0, total = 0
+        _settle(self)
         for s in range(self.nslots):
             v = self.idx[s]
             if v != CT_EMPTY:
@@ -838,6 +849,14 @@ cdef inline void _insert_i(_FlatTable t, const ct_key* k, uint64_t h, int32_t ba
     _cls_append_i(t, i, t.cls_of_proto[k.proto])
     _b_push_i(t, i, backend)
     t.used += 1
+
+
+cdef inline void _settle(_FlatTable t) noexcept nogil:
+    """Apply the insert ``ConnTable.insert`` left pending, if any: every entry point that
+    reads or changes the table calls this first, so none can tell the insert was late."""
+    if t.pending:
+        t.pending = False
+        _insert_i(t, &t.pend_key, t.pend_hash, t.pend_backend, t.pend_now)
 
 
 # The destination parsed last, by identity: a proxy passes its service's address, the same
@@ -1077,15 +1096,30 @@ cdef class ConnTable(_FlatTable):
         """The backend of this connection, or -1; a hit counts as use and refreshes its timer."""
         cdef ct_key k
         _key(&k, proto, src, sport, dst, dport)
+        _settle(self)
         return _lookup_i(self, &k, _key_hash(&k), _now_ms(self, now))
 
     @cython.binding(False)
     def insert(self, proto, src, sport, dst, dport, backend, double now) -> None:
         """Track this connection as going to ``backend`` (replacing any entry of the same key)."""
         cdef ct_key k
+        cdef int32_t b
+        cdef uint32_t t
         _key(&k, proto, src, sport, dst, dport)
-        if self.insert_c(&k, _backend_id(backend), _now_ms(self, now)) < 0:
+        b = _backend_id(backend)
+        t = _now_ms(self, now)
+        if self._ensure_backend(b) < 0:
             raise MemoryError("ConnTable: no memory for the per-backend lists")
+        # Nothing is left to fail, and the caller needs no answer: the insert is applied on the
+        # table's next use (``_settle``), its index slot fetched meanwhile, so the cache miss of
+        # that slot overlaps the caller's own work instead of stalling this call.
+        _settle(self)
+        self.pend_key = k
+        self.pend_hash = _key_hash(&k)
+        self.pend_backend = b
+        self.pend_now = t
+        self.pending = True
+        ct_prefetch(&self.idx[_home(self.pend_hash, self.nslots)])
 
     @cython.binding(False)
     def close(self, proto, src, sport, dst, dport, double now) -> bool:
@@ -1124,6 +1158,7 @@ cdef class ConnTable(_FlatTable):
         cdef Py_ssize_t n = _batch_rows(src)
         cdef _Batch cols = _Batch.__new__(_Batch)
         cols.columns(proto, src, sport, dst, dport, None, n)
+        _settle(self)
         out = np.empty(n, dtype=np.int32)
         cdef int32_t[::1] O = out
         cdef uint32_t t = self.now_ms(now)
@@ -1156,6 +1191,7 @@ cdef class ConnTable(_FlatTable):
                 most = cols.backend[i]
         if n and self._ensure_backend(most) < 0:
             raise MemoryError("ConnTable: no memory for the per-backend lists")
+        _settle(self)
         memset(ring, 0, sizeof(ring))
         for i in range(n + LAG_ANSWER):  # the pipeline of lookup_many
             j = i - LAG_ANSWER
