@@ -27,6 +27,7 @@ from typing import Any
 
 from lbcore_plugins.netfilter import (
     MASQ_MARK,
+    CacheEntry,
     CommandRunner,
     NetfilterOptions,
     PortPlan,
@@ -454,47 +455,24 @@ class IptablesFrontend(Frontend):
                 parts.append(f"# IPv{family} ({'ip6tables' if family == 6 else 'iptables'}-restore)")
                 # what _render_family writes in one transaction, without its sync state
                 renderer = RuleRenderer(self.opts, family)
-                services, nodeports, reject = _assemble(renderer, {key: rules for key, _, rules in rendered})
+                services, nodeports, reject = _assemble(renderer, {e[2]: e[4] for e in rendered})
                 head: list[tuple[str, str | list[str]]] = [
                     (SERVICES, services), (NODEPORTS, nodeports), *renderer.fixed_chains().items()
                 ]
-                parts.extend(_full_restore_lines(head, [rules for _, _, rules in rendered], reject))
+                parts.extend(_full_restore_lines(head, [e[4] for e in rendered], reject))
             self.cache.entries = fresh
             return "\n".join(parts)
 
     def _cached(
         self, snapshot: Snapshot, family: int, fresh: dict
-    ) -> tuple[list[PortPlan], list[tuple[str, str, PortRules]]]:
-        """Plans and rules of every port of ``snapshot`` for ``family``, sorted by port key; a port
-        whose :class:`ServicePortInfo` and node are those of the last render is not recomputed.
-        The entries used are put in ``fresh`` (the next cache)."""
+    ) -> tuple[list[PortPlan], list[CacheEntry]]:
+        """Plans and cache entries (with the :class:`PortRules`) of every port of ``snapshot`` for
+        ``family``, sorted by port key, through the render cache; the entries used are put in
+        ``fresh`` (the next cache)."""
         renderer = RuleRenderer(self.opts, family)
-        ports = snapshot.service_ports
-        node = snapshot.node_name
-        entries = self.cache.entries
-        plans: list[PortPlan] = []
-        rendered: list[tuple[str, str, PortRules]] = []
-        hits = 0
-        port_rules = renderer.port_rules
-        planner = PLAN_PORT
         with paused_gc():
-            for key in sorted(ports):
-                sp = ports[key]
-                entry = entries.get((family, key))
-                # identity first: an unchanged port is usually the same object in the next snapshot
-                if entry is not None and (entry[0] is sp or entry[0] == sp) and entry[1] == node:
-                    hits += 1
-                else:
-                    plan = planner(sp, family, node)
-                    done = (plan_key(plan), sp.service, port_rules(plan)) if plan is not None else None
-                    entry = (sp, node, plan, done)
-                fresh[(family, key)] = entry
-                if entry[2] is not None:
-                    plans.append(entry[2])
-                    rendered.append(entry[3])
-        self.cache.hits += hits
-        self.cache.misses += len(ports) - hits
-        return plans, rendered
+            entries = self.cache.render(snapshot, family, fresh, PLAN_PORT, renderer.port_rules)
+        return [entry[1] for entry in entries if entry[1] is not None], entries
 
     def _render_family(
         self,
@@ -503,23 +481,25 @@ class IptablesFrontend(Frontend):
         stale_nat: Iterable[str] = (),
         stale_filter: Iterable[str] = (),
         chunk: int = 0,
-        rendered: list[tuple[str, str, PortRules]] | None = None,
+        rendered: list[CacheEntry] | None = None,
     ) -> tuple[list[str], FamilyState]:
         """Full restore input for ``plans``: one transaction, or with ``chunk`` > 0 and more
         chains than that, several: service chains ``chunk`` at a time (each service whole in
         one), then the dispatch chains and the deletions in the last. A packet then always meets
         a whole old or a whole new version of each service.
 
-        ``rendered`` holds (plan key, service, :class:`PortRules`) of each plan when the caller has
-        them (from the render cache)."""
+        ``rendered`` holds the render cache entry (with the :class:`PortRules`) of each plan when
+        the caller has them."""
         renderer = RuleRenderer(self.opts, family)
         if rendered is None:
-            rendered = [(plan_key(plan), plan.sp.service, renderer.port_rules(plan)) for plan in plans]
+            rendered = [
+                (plan.sp, plan, plan_key(plan), plan.sp.service, renderer.port_rules(plan)) for plan in plans
+            ]
         state = FamilyState()
         by_service = state.by_service
         state_plans = state.plans
         state_rules = state.rules
-        for plan, (key, service, rules) in zip(plans, rendered, strict=True):
+        for _, plan, key, service, rules in rendered:
             state_plans[key] = plan
             state_rules[key] = rules
             by_service.setdefault(service, []).append(key)

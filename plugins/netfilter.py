@@ -10,7 +10,7 @@ import gc
 import ipaddress
 import shutil
 import subprocess
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -307,9 +307,14 @@ def compiled_writer(name: str) -> Any:
     return getattr(_rules_c, name)
 
 
+#: what the render cache keeps of one port for one family: (its ServicePortInfo, its PortPlan or
+#: None, the plan key, the service, what it rendered to)
+CacheEntry = tuple[ServicePortInfo, "PortPlan | None", "str | None", "str | None", Any]
+
+
 class RenderCache:
-    """What each service port rendered to, keyed by ``(family, service port key)`` and valid while
-    the :class:`ServicePortInfo` (a frozen value) and the node name are the same.
+    """What each service port rendered to, per family, valid while the port's
+    :class:`ServicePortInfo` (a frozen value) and the node name are the same.
 
     A render computes only ports whose value changed; a full render keeps just the entries it
     used, so the cache never outgrows the snapshot.
@@ -318,24 +323,55 @@ class RenderCache:
     __slots__ = ("entries", "hits", "misses")
 
     def __init__(self) -> None:
-        # (family, key) -> (sp, node, plan or None, rendered object or None)
-        self.entries: dict[tuple[int, str], tuple[ServicePortInfo, str | None, PortPlan | None, Any]] = {}
+        # family -> (the node it was rendered for, port key -> entry)
+        self.entries: dict[int, tuple[str | None, dict[str, CacheEntry]]] = {}
         self.hits = 0
         self.misses = 0
 
     def clear(self) -> None:
         self.entries.clear()
 
-    def lookup(
-        self, family: int, key: str, sp: ServicePortInfo, node: str | None
-    ) -> tuple[ServicePortInfo, str | None, PortPlan | None, Any] | None:
-        entry = self.entries.get((family, key))
-        # identity first: an unchanged port is usually the same object in the next snapshot
-        if entry is not None and (entry[0] is sp or entry[0] == sp) and entry[1] == node:
-            self.hits += 1
-            return entry
-        self.misses += 1
-        return None
+    def render(
+        self,
+        snapshot: Snapshot,
+        family: int,
+        fresh: dict[int, tuple[str | None, dict[str, CacheEntry]]],
+        planner: Callable[[ServicePortInfo, int, str | None], PortPlan | None],
+        render: Callable[[PortPlan], Any],
+    ) -> list[CacheEntry]:
+        """The entry of every port of ``snapshot`` with a plan for ``family``, sorted by port key.
+
+        A port whose value and node are those of the last render is taken from the cache; the
+        others are planned with ``planner`` (:func:`plan_port` or its compiled twin) and rendered
+        with ``render``. The entries used go in ``fresh[family]``; the caller makes ``fresh`` the
+        cache's entries once the whole render has succeeded.
+        """
+        ports = snapshot.service_ports
+        node = snapshot.node_name
+        last = self.entries.get(family)
+        before = last[1] if last is not None and last[0] == node else {}
+        now: dict[str, CacheEntry] = {}
+        fresh[family] = (node, now)
+        out: list[CacheEntry] = []
+        hits = 0
+        for key in sorted(ports):
+            sp = ports[key]
+            entry = before.get(key)
+            # identity first: an unchanged port is usually the same object in the next snapshot
+            if entry is not None and (entry[0] is sp or entry[0] == sp):
+                hits += 1
+            else:
+                plan = planner(sp, family, node)
+                if plan is None:
+                    entry = (sp, None, None, None, None)
+                else:
+                    entry = (sp, plan, plan_key(plan), sp.service, render(plan))
+            now[key] = entry
+            if entry[1] is not None:
+                out.append(entry)
+        self.hits += hits
+        self.misses += len(ports) - hits
+        return out
 
 
 def split_probabilities(weights: Sequence[int]) -> list[float]:

@@ -556,45 +556,32 @@ class NftablesFrontend(Frontend):
 
     def render(self, snapshot: Snapshot) -> str:
         """The whole table for ``snapshot``, as ``nft -f`` input."""
-        return self._render(snapshot)[0]
+        with paused_gc():
+            return self._render_ports(snapshot, None)
 
     def _render(self, snapshot: Snapshot) -> tuple[str, TableState]:
         """The whole table and its state. A port whose :class:`ServicePortInfo` and node are those
         of the last full render reuses its plan and objects (and their joined text)."""
+        state = TableState()
         with paused_gc():
-            return self._render_ports(snapshot, TableState())
+            return self._render_ports(snapshot, state), state
 
-    def _render_ports(self, snapshot: Snapshot, state: TableState) -> tuple[str, TableState]:
-        plans, objects, by_service = state.plans, state.objects, state.by_service
-        ports = snapshot.service_ports
-        node = snapshot.node_name
-        entries = self.cache.entries
+    def _render_ports(self, snapshot: Snapshot, state: TableState | None) -> str:
+        """The table text, through the render cache; ``state`` (when given) is filled in."""
         fresh: dict = {}
-        hits = 0
-        keys = sorted(ports)
+        objects: list[PortObjects] = []
         for family in (4, 6):
-            for key in keys:
-                sp = ports[key]
-                entry = entries.get((family, key))
-                # identity first: an unchanged port is usually the same object in the next snapshot
-                if entry is not None and (entry[0] is sp or entry[0] == sp) and entry[1] == node:
-                    hits += 1
-                else:
-                    plan = PLAN_PORT(sp, family, node)
-                    done = None if plan is None else (plan_key(plan), sp.service, self.renderer.port_objects(plan))
-                    entry = (sp, node, plan, done)
-                fresh[(family, key)] = entry
-                plan = entry[2]
-                if plan is not None:
-                    pkey, service, objs = entry[3]
+            entries = self.cache.render(snapshot, family, fresh, PLAN_PORT, self.renderer.port_objects)
+            objects.extend([entry[4] for entry in entries])
+            if state is not None:
+                plans, objs, by_service = state.plans, state.objects, state.by_service
+                for _, plan, pkey, service, port_objects in entries:
                     plans[pkey] = plan
-                    objects[pkey] = objs
+                    objs[pkey] = port_objects
                     by_service.setdefault(service, []).append(pkey)
-        self.cache.hits += hits
-        self.cache.misses += 2 * len(keys) - hits
         self.cache.entries = fresh
-        text = _table_text(self.renderer, objects.values(), (4, 6))
-        return f"# lbcore nftables rules (nft -f)\n{text}", state
+        text = _table_text(self.renderer, objects, (4, 6))
+        return f"# lbcore nftables rules (nft -f)\n{text}"
 
     def render_update(self, before: Snapshot, after: Snapshot, changed: frozenset[str]) -> str:
         """The ``nft -f`` transaction of a partial sync from ``before`` to ``after`` (empty:
