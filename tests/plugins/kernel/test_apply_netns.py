@@ -283,3 +283,21 @@ def test_a_closed_library_context_hands_over_to_the_nft_command(namespaces):
     assert runner.in_process is False
     assert "chain c" in subprocess.run(["ip", "netns", "exec", a, "nft", "list", "table", "inet", "lbtest"],
                                        capture_output=True, text=True, check=True).stdout
+
+
+def test_partial_sync_keeps_the_clients_an_affinity_set_remembers(namespaces):
+    a, _ = namespaces
+    sp = port("web", "10.96.0.1", ["10.244.1.2", "10.244.2.2", "10.244.3.2"], session_affinity="ClientIP")
+    fe = NftablesFrontend({"netns": a, "cluster_cidr": POD_CIDR}, RuntimeContext())
+    fe.start()
+    fe.sync(snap(sp), frozenset())
+    sets = subprocess.run(["ip", "netns", "exec", a, "nft", "list", "sets"], capture_output=True, text=True).stdout
+    kept = next(line.split()[1] for line in sets.splitlines() if "set affinity" in line and "10.244.2.2" in line)
+    subprocess.run(["ip", "netns", "exec", a, "nft", "add", "element", "inet", "lbcore", kept, "{ 10.244.100.2 }"],
+                   check=True)
+    # the partial script declares the service's sets again so that nft knows them: a no-op
+    fe.sync(snap(dataclasses.replace(sp, endpoints=sp.endpoints[:2]), version=2), frozenset({sp.service}))
+    held = subprocess.run(["ip", "netns", "exec", a, "nft", "list", "set", "inet", "lbcore", kept],
+                          capture_output=True, text=True, check=True).stdout
+    assert "10.244.100.2" in held
+    fe.stop()
