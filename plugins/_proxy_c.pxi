@@ -250,7 +250,6 @@ cdef struct Half:
     int splicing
     int eof
     int shut
-    int fin_due          # ended and flushed; the FIN waits one loop for the peer to close first
 
 
 cdef struct Side:
@@ -281,10 +280,6 @@ cdef struct Conn:
     Conn* prev
     Conn* next
     Conn* next_dead
-    Conn* fin_prev       # in the worker's list of connections with a FIN to pass on
-    Conn* fin_next
-    int fin_queued
-    unsigned long long fin_iter       # loop iteration that queued it
 
 
 cdef struct Flow:
@@ -339,7 +334,6 @@ cdef struct Worker:
     Conn* conns
     Conn* dead
     Conn* spare          # closed connections kept with their buffers for the next ones
-    Conn* fins           # connections with a FIN to pass on after the next batch of events
     int nspare
     Flow* flows
     Flow* dead_flows

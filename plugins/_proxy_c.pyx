@@ -347,30 +347,6 @@ cdef void resume_listener(Worker* w, ListenSock* ls) noexcept nogil:
     ls.paused = 0
 
 
-cdef void fin_queue(Worker* w, Conn* c) noexcept nogil:
-    if c.fin_queued:
-        return
-    c.fin_queued = 1
-    c.fin_iter = w.iter
-    c.fin_prev = NULL
-    c.fin_next = w.fins
-    if w.fins != NULL:
-        w.fins.fin_prev = c
-    w.fins = c
-
-
-cdef void fin_unqueue(Worker* w, Conn* c) noexcept nogil:
-    if not c.fin_queued:
-        return
-    c.fin_queued = 0
-    if c.fin_prev != NULL:
-        c.fin_prev.fin_next = c.fin_next
-    else:
-        w.fins = c.fin_next
-    if c.fin_next != NULL:
-        c.fin_next.fin_prev = c.fin_prev
-
-
 cdef void conn_close(Worker* w, Conn* c, bint reset) noexcept nogil:
     cdef Listener* l = c.listener
     if c.closed:
@@ -386,7 +362,6 @@ cdef void conn_close(Worker* w, Conn* c, bint reset) noexcept nogil:
             close(c.bfd)
     put_pipe(w, &c.up)
     put_pipe(w, &c.down)
-    fin_unqueue(w, c)
     if c.ep != NULL:
         ep_release(l.svc, c.ep)
         c.ep = NULL
@@ -403,7 +378,7 @@ cdef void conn_close(Worker* w, Conn* c, bint reset) noexcept nogil:
     listener_decref(l)
 
 
-cdef int pump_half(Worker* w, Conn* c, Half* h, int src, int dst, int* ready,
+cdef int pump_half(Worker* w, Half* h, int src, int dst, int* ready,
                    Half* other) noexcept nogil:
     """Move bytes from ``src`` to ``dst`` until one side would block: 1 when ``dst`` would
     block, 0 when ``src`` is drained or has ended, -1 on a socket error.
@@ -433,17 +408,11 @@ cdef int pump_half(Worker* w, Conn* c, Half* h, int src, int dst, int* ready,
             return 1 if r < 0 and errno == EAGAIN else -1
         if h.eof:
             if not h.shut:
-                if other.shut or other.fin_due:
-                    # both directions have ended: the close() that follows sends the FINs
-                    h.shut = 1
-                    other.shut = 1
-                elif not h.fin_due:
-                    # half-close: the FIN is passed on after the next batch of events unless
-                    # the other peer closes first (an HTTP client that has its whole reply
-                    # usually does): then one close() ends both, without a shutdown() and with
-                    # no TIME_WAIT socket on this side
-                    h.fin_due = 1
-                    fin_queue(w, c)
+                # half-close: pass the FIN on, the other direction keeps flowing; when that one
+                # has ended too, the close() that follows sends the FIN
+                if not other.shut:
+                    shutdown(dst, SHUT_WR)
+                h.shut = 1
             return 0
         if ready[0] == DRAINED:
             return 0
@@ -494,35 +463,16 @@ cdef void watch_client_out(Worker* w, Conn* c) noexcept nogil:
 
 cdef void pump(Worker* w, Conn* c) noexcept nogil:
     cdef int down
-    if pump_half(w, c, &c.up, c.cfd, c.bfd, &c.cready, &c.down) < 0:
+    if pump_half(w, &c.up, c.cfd, c.bfd, &c.cready, &c.down) < 0:
         conn_close(w, c, True)
         return
-    down = pump_half(w, c, &c.down, c.bfd, c.cfd, &c.bready, &c.up)
+    down = pump_half(w, &c.down, c.bfd, c.cfd, &c.bready, &c.up)
     if down < 0:
         conn_close(w, c, True)
     elif c.up.shut and c.down.shut:
         conn_close(w, c, False)
     elif down == 1 and not c.cwatch_out:
         watch_client_out(w, c)
-
-
-cdef void pass_fins(Worker* w) noexcept nogil:
-    """Send the FINs that waited a batch of events: the other peer has not closed meanwhile."""
-    cdef Conn* c = w.fins
-    cdef Conn* nxt
-    while c != NULL:
-        nxt = c.fin_next
-        if c.fin_iter != w.iter:
-            fin_unqueue(w, c)
-            if c.up.fin_due and not c.up.shut:
-                shutdown(c.bfd, SHUT_WR)
-                c.up.shut = 1
-            if c.down.fin_due and not c.down.shut:
-                shutdown(c.cfd, SHUT_WR)
-                c.down.shut = 1
-            if c.up.shut and c.down.shut:
-                conn_close(w, c, False)
-        c = nxt
 
 
 cdef void conn_opened(Worker* w, Conn* c) noexcept nogil:
@@ -917,8 +867,7 @@ cdef void worker_loop(Worker* w) noexcept nogil:
     cdef int n, i, kind
     cdef void* p
     while not lb_atomic_load(&w.stop):
-        # while FINs wait, only look for what is ready: the FINs go out after this batch
-        n = epoll_wait(w.epfd, events, 256, 0 if w.fins != NULL else 50)
+        n = epoll_wait(w.epfd, events, 256, 50)
         w.now = mono()
         for i in range(n):
             p = events[i].data.ptr
@@ -933,8 +882,6 @@ cdef void worker_loop(Worker* w) noexcept nogil:
                 on_flow(w, <Flow*>p)
             elif kind == K_WAKE:
                 run_commands(w)
-        if w.fins != NULL:
-            pass_fins(w)
         # closed this round: freed only now, another event of the batch may point at them
         free_dead(w)
         if w.now >= w.next_tick:
@@ -1024,8 +971,8 @@ cdef class Engine:
     :param splice: ``"auto"`` (buffers, then ``splice`` once a direction fills its buffer),
         ``"always"`` or ``"never"``.
     :param pipe_size: capacity asked for each splice pipe (``F_SETPIPE_SZ``), at most
-        ``/proc/sys/fs/pipe-max-size``. A larger pipe moves more per ``splice`` call: fewer
-        calls and fuller segments per gigabyte, for up to this many bytes held per direction.
+        ``/proc/sys/fs/pipe-max-size``. A larger pipe moves more per ``splice`` call (fewer
+        calls per gigabyte) and may hold up to this many bytes per spliced direction.
     :param connect_timeout: seconds to wait for a backend's handshake before trying another.
     :param idle_timeout: seconds without traffic after which a TCP connection is closed
         (0: never).
