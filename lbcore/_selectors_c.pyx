@@ -996,11 +996,22 @@ from cpython.dict cimport PyDict_Next, PyDict_SetItem
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.mem cimport PyMem_Realloc
 from cpython.ref cimport Py_XINCREF, Py_XDECREF
-from libc.stdint cimport int32_t, uint32_t
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t
 from libc.stdlib cimport qsort
 from libc.string cimport memcpy, memmove, memset
 
 from lbcore._hashing_c cimport XXH3_64bits_withSeed
+
+cdef extern from *:
+    """
+    #include <stdlib.h>
+    static void* lb_aligned_alloc(size_t alignment, size_t size) {
+        void* p = NULL;
+        return posix_memalign(&p, alignment, size) == 0 ? p : NULL;
+    }
+    """
+    void* _aligned_alloc "lb_aligned_alloc"(size_t alignment, size_t size) noexcept
+    void _aligned_free "free"(void* p) noexcept
 
 cdef extern from "Python.h":
     bint unicode_check "PyUnicode_Check"(PyObject* o)
@@ -1174,26 +1185,78 @@ cdef void _slotset_remove(Vec* v, int32_t x) noexcept:
         _slotset_resize(v, v.cap // 2)  # without memory it just stays larger
 
 
+cdef enum:
+    ENTRY_TEXT = 54        # bytes of key and value text an entry keeps in itself
+
+
 cdef struct Entry:
+    # Two cache lines (the array is aligned to 64 bytes). A probe compares the first only: the
+    # hash and, for short strs, a copy of their text, so it need not read the str objects (a
+    # label's value is most often a new object, equal to the stored one but elsewhere).
     uint64_t hash
     PyObject* key          # owned; NULL while the entry is free
     PyObject* value        # owned; NULL for a key entry
-    Py_ssize_t refs        # label sets holding it plus selectors anchored on it
     uint32_t mark          # scratch for one set_labels
+    uint16_t key_size      # bytes of the key's text in ``text``, then of the value's;
+    uint16_t value_size    # both 0 when the text is not kept (not exact strs, or too long)
+    uint8_t key_kind       # PEP 393 kinds: equal strs have equal kinds and bytes
+    uint8_t value_kind
+    char text[ENTRY_TEXT]
+    Py_ssize_t refs        # label sets holding it plus selectors anchored on it
     Vec labels             # label-set slots, a set (_slotset_add)
     Vec sels               # anchored selector slots
 
 
+assert sizeof(Entry) == 128
+
+
+cdef inline bint _same_text(PyObject* text, const char* data, Py_ssize_t size, int kind) noexcept:
+    """An exact, ready str against a kept copy of a str's text."""
+    return (unicode_kind(text) == kind and unicode_length(text) * kind == size
+            and memcmp(unicode_data(text), data, <size_t>size) == 0)
+
+
+cdef void _keep_text(Entry* entry) noexcept:
+    """Copy the key's and value's text into the entry when both are short exact strs."""
+    cdef Py_ssize_t ks, vs = 0
+    if not unicode_check_exact(entry.key):
+        return
+    ks = unicode_length(entry.key) * unicode_kind(entry.key)
+    if entry.value != NULL:
+        if not unicode_check_exact(entry.value):
+            return
+        vs = unicode_length(entry.value) * unicode_kind(entry.value)
+    if ks == 0 or ks + vs > ENTRY_TEXT:
+        return
+    memcpy(entry.text, unicode_data(entry.key), <size_t>ks)
+    entry.key_size = <uint16_t>ks
+    entry.key_kind = <uint8_t>unicode_kind(entry.key)
+    if entry.value != NULL:
+        memcpy(entry.text + ks, unicode_data(entry.value), <size_t>vs)
+        entry.value_size = <uint16_t>vs
+        entry.value_kind = <uint8_t>unicode_kind(entry.value)
+
+
 cdef struct LabelSlot:
+    # one cache line (the array is aligned to 64 bytes): finding a label set and reaching its
+    # labels and matches costs a single miss
     PyObject* id           # owned; NULL while the slot is free
     uint64_t hash          # the id's hash, mixed: where the id table files it
     int64_t number         # the id when it is an exact int of 64 bits (numeric), see _int64_id
-    bint numeric
+    int32_t numeric
     int32_t n              # entries: a pair entry and a key entry per label
     int32_t cap
-    int32_t* items         # entry ids (in the block of pairs, after them)
-    PyObject** pairs       # per label: key, value (the pair entry's strings)
+    PyObject** pairs       # per label: key, value (the pair entry's strings); then, in the same
+                           # block, the cap entry ids (_items)
     Vec matched            # selector slots it matches, sorted
+
+
+cdef inline int32_t* _items(LabelSlot* ls) noexcept:
+    """A label set's entry ids: a pair entry and a key entry per label."""
+    return <int32_t*>(ls.pairs + ls.cap)
+
+
+assert sizeof(LabelSlot) == 64
 
 
 cdef struct SelectorSlot:
@@ -1326,12 +1389,12 @@ cdef class SelectorIndex:
             Py_XDECREF(self._selslots[i].selector)
             PyMem_Free(self._selslots[i].ents)
             PyMem_Free(self._selslots[i].pos)
-        PyMem_Free(self._entries)
+        _aligned_free(self._entries)
         PyMem_Free(self._table)
         PyMem_Free(self._lab_table)
         PyMem_Free(self._scr_pairs)
         PyMem_Free(self._scr_hash)
-        PyMem_Free(self._labsets)
+        _aligned_free(self._labsets)
         PyMem_Free(self._selslots)
         _vec_free(&self._free_entries)
         _vec_free(&self._free_labsets)
@@ -1346,6 +1409,12 @@ cdef class SelectorIndex:
     cdef inline bint _is(self, Entry* e, uint64_t h, PyObject* key, PyObject* value) except -1:
         if e.hash != h or (e.value == NULL) != (value == NULL):
             return False
+        if e.key_size and unicode_check_exact(key) and (value == NULL or unicode_check_exact(value)):
+            # from the kept text (the hash was computed from ready strs: unicode_data is valid)
+            if e.key != key and not _same_text(key, e.text, e.key_size, e.key_kind):
+                return False
+            return (value == NULL or e.value == value
+                    or _same_text(value, e.text + e.key_size, e.value_size, e.value_kind))
         if not _str_eq(e.key, key):
             return False
         return value == NULL or _str_eq(e.value, value)
@@ -1387,6 +1456,7 @@ cdef class SelectorIndex:
         entry.hash = h
         entry.key = _canonical_text(key)
         entry.value = _canonical_text(value) if value != NULL else NULL
+        _keep_text(entry)
         self._table[i] = e
         self._live += 1
         if <size_t>self._live * 2 > self._mask + 1:
@@ -1398,9 +1468,12 @@ cdef class SelectorIndex:
         cdef Entry* grown
         if cap > 0x7FFFFFFF:
             raise MemoryError("too many label pairs in one selector index")
-        grown = <Entry*>PyMem_Realloc(self._entries, <size_t>cap * sizeof(Entry))
+        grown = <Entry*>_aligned_alloc(64, <size_t>cap * sizeof(Entry))
         if grown == NULL:
             raise MemoryError()
+        if self._entries != NULL:
+            memcpy(grown, self._entries, <size_t>self._entries_top * sizeof(Entry))
+            _aligned_free(self._entries)
         self._entries = grown
         self._entries_cap = cap
         _vec_reserve(&self._free_entries, cap)  # so that _release never allocates
@@ -1568,9 +1641,12 @@ cdef class SelectorIndex:
                 cap = self._labsets_cap * 2 if self._labsets_cap else 64
                 if cap > 0x7FFFFFFF:
                     raise MemoryError("too many label sets in one selector index")
-                grown = <LabelSlot*>PyMem_Realloc(self._labsets, <size_t>cap * sizeof(LabelSlot))
+                grown = <LabelSlot*>_aligned_alloc(64, <size_t>cap * sizeof(LabelSlot))
                 if grown == NULL:
                     raise MemoryError()
+                if self._labsets != NULL:
+                    memcpy(grown, self._labsets, <size_t>self._labsets_top * sizeof(LabelSlot))
+                    _aligned_free(self._labsets)
                 self._labsets = grown
                 self._labsets_cap = cap
                 _vec_reserve(&self._free_labsets, cap)
@@ -1829,16 +1905,20 @@ cdef class SelectorIndex:
         cdef uint32_t stamp = self._next_stamp()
         prefetch(&self._lab_table[<size_t>(h >> 32) & self._lab_mask])
         self._hash_labels(given)
+        # the slot the id most likely has starts loading now, alongside the label pairs' entries
+        slot = self._lab_table[<size_t>(h >> 32) & self._lab_mask]
+        if slot >= 0:
+            prefetch(&self._labsets[slot])
+        self._entries_of(given, True)
         slot = self._lab_find(label_id, h)
         if slot >= 0:
             ls = &self._labsets[slot]
             prefetch(ls.pairs)
             prefetch(ls.matched.data)
-        self._entries_of(given, True)
         n = self._scr_ents.n
         if ls != NULL:
             for j in range(ls.n):
-                self._entries[ls.items[j]].mark = stamp
+                self._entries[_items(ls)[j]].mark = stamp
             for j in range(n):
                 if self._entries[self._scr_ents.data[j]].mark == stamp:
                     kept += 1
@@ -1866,14 +1946,14 @@ cdef class SelectorIndex:
                 _slotset_add(&entry.labels, slot)
                 entry.refs += 1
         for j in range(ls.n):
-            e = ls.items[j]
+            e = _items(ls)[j]
             if self._entries[e].mark == stamp:  # an entry it no longer has
                 self._entries[e].mark = 0
                 _slotset_remove(&self._entries[e].labels, slot)
                 self._release(e)
         if n > ls.cap:
             self._grow_label_slot(ls, n)
-        memcpy(ls.items, self._scr_ents.data, <size_t>n * sizeof(int32_t))
+        memcpy(_items(ls), self._scr_ents.data, <size_t>n * sizeof(int32_t))
         memcpy(ls.pairs, self._scr_pairs, <size_t>n * sizeof(PyObject*))
         ls.n = <int32_t>n
         return self._update_matches(slot)
@@ -1885,7 +1965,6 @@ cdef class SelectorIndex:
         if pairs == NULL:
             raise MemoryError()
         ls.pairs = pairs
-        ls.items = <int32_t*>(pairs + n)
         ls.cap = <int32_t>n
         return 0
 
@@ -1935,8 +2014,8 @@ cdef class SelectorIndex:
         self._lab_unfile(slot)
         ls = &self._labsets[slot]
         for j in range(ls.n):
-            _slotset_remove(&self._entries[ls.items[j]].labels, slot)
-            self._release(ls.items[j])
+            _slotset_remove(&self._entries[_items(ls)[j]].labels, slot)
+            self._release(_items(ls)[j])
         for j in range(ls.matched.n):
             s = ls.matched.data[j]
             before.add(<object>self._selslots[s].id)

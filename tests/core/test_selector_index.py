@@ -392,3 +392,27 @@ def test_label_sets_joining_and_leaving_shared_postings_in_any_order(sel):
             labels[lid] = {"tier": rng.choice(["web", "db"])}
             index.set_labels(lid, labels[lid])
         _relation(sel, index, selectors, labels)
+
+
+def test_label_values_found_by_their_text_whatever_their_length_and_kind(sel):
+    """Fresh but equal strs are one pair however long they are; strs of one byte length but
+    other text or another width (``ab`` and U+6261 share their two bytes) are not."""
+    index = sel.SelectorIndex()
+    long_value = "v" * 60 + "-ab"
+    index.set_selector("ab", sel.parse_selector("k=ab"))
+    index.set_selector("long", sel.parse_selector(f"k={long_value}"))
+    index.set_selector("long-key", sel.parse_selector("example.com/" + "n" * 40 + "=x1"))
+    for i in range(4):  # each time new str objects, equal to those stored
+        assert index.set_labels(f"a{i}", {"k": "".join(["a", "b"])}) == ({"ab"}, set())
+        assert index.set_labels(f"l{i}", {"k": "".join([long_value[:30], long_value[30:]])}) == ({"long"}, set())
+        assert index.set_labels(f"n{i}", {"example.com/" + "n" * 40: "".join(["x", "1"])}) == ({"long-key"}, set())
+    assert index.set_labels("wide", {"k": "\u6261"}) == (set(), set())
+    assert index.set_labels("ba", {"k": "ba"}) == (set(), set())
+    assert index.set_labels("accented", {"k": "\u00e9b"}) == (set(), set())
+    assert index.set_labels("longer", {"k": long_value[:-1] + "c"}) == (set(), set())
+    assert index.set_labels("x2", {"example.com/" + "n" * 40: "x2"}) == (set(), set())
+    assert index.matching("ab") == {f"a{i}" for i in range(4)}
+    assert index.matching("long") == {f"l{i}" for i in range(4)}
+    assert index.matching("long-key") == {f"n{i}" for i in range(4)}
+    assert index.get_labels("wide") == {"k": "\u6261"}
+    assert index.set_selector("wide-or-ab", sel.parse_selector("k"))[0] >= {"wide", "a0", "ba", "accented"}
