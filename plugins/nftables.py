@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,12 +32,11 @@ from lbcore_plugins.netfilter import (
     RuleApplyError,
     chain_hash,
     changed_port_keys,
-    compiled_writer,
+    compiled,
     delete_flows,
     endpoint_id,
     paused_gc,
     plan_key,
-    plan_port,
     plan_ports,
     require_netns,
     require_tools,
@@ -50,9 +49,7 @@ from lbcore.hookspecs import hookimpl
 from lbcore.interfaces import Frontend, FrontendUnavailable, RuntimeContext
 from lbcore.snapshot import EndpointInfo, ServicePortInfo, Snapshot
 
-NftWriter: Any = compiled_writer("NftWriter")
-# netfilter.plan_port, compiled when it can be
-PLAN_PORT: Callable[..., PortPlan | None] = compiled_writer("plan_port") or plan_port
+NftWriter: Any = compiled("NftWriter")
 
 TABLE = "lbcore"
 FAMILY = "inet"
@@ -114,6 +111,11 @@ def affinity_set(sp: ServicePortInfo, ep: EndpointInfo) -> str:
     return f"affinity-{h}-{sp.namespace}/{sp.name}/{_name_part(ep.ip)}/{ep.port}"
 
 
+#: a port's share of the table text: (map -> its ``key : verdict`` elements, the set definitions,
+#: the chain definitions)
+PortText = tuple[dict[str, Sequence[str]], str, str]
+
+
 class PortObjects:
     """What one service port of one family puts in the table.
 
@@ -123,7 +125,7 @@ class PortObjects:
 
     __slots__ = ("_chains", "_sets", "_elements", "_text")
 
-    def __init__(self, text: tuple[dict[str, list[str]], str, str] | None = None) -> None:
+    def __init__(self, text: PortText | None = None) -> None:
         self._text = text
         self._chains: dict[str, list[str]] | None = None if text is not None else {}
         self._sets: dict[str, str] | None = None if text is not None else {}  # name -> body
@@ -170,13 +172,14 @@ class PortObjects:
             head, *rules = block.lstrip("\n").split("\n\t\t")
             self._chains[head[len("\tchain "):-len(" {")]] = rules
 
-    def text(self) -> tuple[dict[str, list[str]], str, str]:
+    def text(self) -> PortText:
         """(map -> its ``key : verdict`` elements, the set definitions, the chain definitions) as
         ``_table_text`` writes them, joined once and kept for the next full render."""
         if self._text is None:
-            elements: dict[str, list[str]] = {}
+            grouped: dict[str, list[str]] = {}
             for (name, key), verdict in self.elements.items():
-                elements.setdefault(name, []).append(f"{key} : {verdict}")
+                grouped.setdefault(name, []).append(f"{key} : {verdict}")
+            elements: dict[str, Sequence[str]] = dict(grouped)
             sets = "\n".join([f"\tset {name} {{\n\t\t{body}\n\t}}" for name, body in self.sets.items()])
             chains = "\n".join(
                 [f"\tchain {name} {{\n\t\t" + "\n\t\t".join(rules) + "\n\t}" if rules
@@ -482,7 +485,7 @@ def _update_script(before: PortObjects, after: PortObjects) -> str:
 
     Before running a script, nft 1.0.6 reads from the kernel what its commands may refer to:
     every chain of the ruleset for an ``add rule``, ``add element`` or any ``delete`` (0.15 to
-    0.4 s with 61,000 chains, as the dump grows with the square of the chains), but only the
+    0.45 s with 61,000 chains), but only the
     table list for ``add chain``, ``add set`` and ``add map`` and nothing for ``flush chain``.
     So rules go in chain blocks and elements in map blocks, the sets the rules name are declared
     again (a no-op in the kernel) so nft knows them, and only a sync that deletes something pays
@@ -510,7 +513,7 @@ def _update_script(before: PortObjects, after: PortObjects) -> str:
         types = NftRenderer.maps((4, 6))
         for mapname, items in added.items():
             lines.append(f"add map {t} {mapname} {{ {types[mapname]}; elements = {{ {', '.join(items)} }} }}")
-    # chains and sets nothing refers to any more go last, in the same transaction
+    # chains and sets nothing refers to any more go last (see _split_deletions)
     gone = [name for name in before.chains if name not in after.chains]
     lines.extend(f"flush chain {t} {name}" for name in gone)
     lines.extend(f"delete chain {t} {name}" for name in gone)
@@ -571,14 +574,14 @@ class NftablesFrontend(Frontend):
         fresh: dict = {}
         objects: list[PortObjects] = []
         for family in (4, 6):
-            entries = self.cache.render(snapshot, family, fresh, PLAN_PORT, self.renderer.port_objects)
-            objects.extend([entry[4] for entry in entries])
+            entries = self.cache.render(snapshot, family, fresh, self.renderer.port_objects)
+            objects.extend([entry[3] for entry in entries])
             if state is not None:
                 plans, objs, by_service = state.plans, state.objects, state.by_service
-                for _, plan, pkey, service, port_objects in entries:
+                for sp, plan, pkey, port_objects in entries:
                     plans[pkey] = plan
                     objs[pkey] = port_objects
-                    by_service.setdefault(service, []).append(pkey)
+                    by_service.setdefault(sp.service, []).append(pkey)
         self.cache.entries = fresh
         text = _table_text(self.renderer, objects, (4, 6))
         return f"# lbcore nftables rules (nft -f)\n{text}"
