@@ -450,3 +450,57 @@ def test_batch_reinsert_of_the_same_rows_keeps_the_table_consistent(mod):
     assert [e[1] for e in t.entries()][:2] == ["0.0.0.1", "0.0.0.2"]
     if mod is _conntrack_c:
         t._check()
+
+
+# -- a single insert completes on the table's next use: every reader sees it at once -------------
+
+READERS = {
+    "len": lambda t: len(t) == 1,
+    "lookup": lambda t: t.lookup(*conn(1), 1.0) == 7,
+    "contains": lambda t: conn(1) in t,
+    "count": lambda t: t.count(7) == 1,
+    "entries": lambda t: [e[5] for e in t.entries()] == [7],
+    "purge_backend": lambda t: t.purge_backend(7) == 1 and len(t) == 0,
+    "expire": lambda t: t.expire(86401.0) == 1 and len(t) == 0,
+    "close": lambda t: t.close(*conn(1), 1.0) is True,
+    "remove": lambda t: t.remove(*conn(1)) is True and len(t) == 0,
+    "lookup_many": lambda t: t.lookup_many(
+        "TCP", np.array([[10, 1, 0, 2]], dtype=np.uint8), 40001,
+        np.array([[10, 96, 0, 10]], dtype=np.uint8), 80, 1.0).tolist() == [7],
+    "insert_many": lambda t: t.insert_many(
+        "TCP", np.array([[10, 1, 0, 3]], dtype=np.uint8), 40002,
+        np.array([[10, 96, 0, 10]], dtype=np.uint8), 80, 8, 1.0) is None and len(t) == 2,
+    "clear": lambda t: t.clear() is None and len(t) == 0 and t.lookup(*conn(1), 1.0) == -1,
+}
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_the_last_insert_is_seen_by_every_reader(mod, reader):
+    t = mod.ConnTable(4)
+    t.insert(*conn(1), 7, 0.0)
+    assert READERS[reader](t)
+    if mod is _conntrack_c:
+        t._check()
+
+
+def test_an_insert_followed_by_a_full_table_evicts_in_call_order(mod):
+    t = mod.ConnTable(2)
+    t.insert(*conn(1), 1, 0.0)
+    t.insert(*conn(2), 2, 1.0)
+    t.insert(*conn(1), 1, 2.0)  # conn 1 most recent again
+    t.insert(*conn(3), 3, 3.0)  # full: evicts conn 2
+    assert [t.lookup(*conn(i), 4.0) for i in (1, 2, 3)] == [1, -1, 3]
+
+
+def test_an_insert_pending_across_a_clock_rebase_keeps_its_age():
+    # the second insert's time moves the compiled table's epoch forward (past ~37 days), which
+    # drops every entry idle for longer than any timeout: the first insert, still pending, must
+    # be one of them, not start afresh in the new epoch
+    t = _conntrack_c.ConnTable(4, tcp_timeout=2_000_000)
+    start = 1_700_000_000.0
+    t.insert(*conn(1), 1, start)
+    t.insert(*conn(2), 2, start + 38 * 86400.0)
+    assert len(t) == 1 and t.count(1) == 0
+    assert t.lookup(*conn(1), start + 38 * 86400.0) == -1
+    assert t.lookup(*conn(2), start + 38 * 86400.0) == 2
+    t._check()
