@@ -6,7 +6,7 @@ class IptablesWriter:
     """Writes what one service port contributes to the iptables-restore input of one family."""
 
     def __init__(self, masquerade_all: bool, cidr: str | None, node_dst_matches: list[str]) -> None: ...
-    def write(self, plan: Any) -> tuple[str, str, list[str], list[str], list[str]] | None:
+    def write(self, plan: Any) -> tuple[str, str, tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None:
         """(declarations, rules, nat LBCORE-SERVICES lines, LBCORE-NODEPORTS lines, filter
         LBCORE-SERVICES lines) of ``plan``; None when a name or address is not ASCII."""
 
@@ -15,9 +15,12 @@ class NftWriter:
     ``inline`` without ClientIP affinity)."""
 
     def __init__(self, masquerade_all: bool, cluster_cidrs: dict[int, str], endpoint_selection: str) -> None: ...
-    def write(self, plan: Any) -> tuple[dict[str, list[str]], str, str] | None:
+    def write(self, plan: Any) -> tuple[dict[str, tuple[str, ...]], str, str] | None:
         """(map -> ``key : verdict`` elements, set definitions, chain definitions) of ``plan``;
         None for a shape left to ``NftRenderer.port_objects``."""
 
 def plan_port(sp: Any, family: int, node: str | None) -> Any:
     """``netfilter.plan_port``: the PortPlan of ``sp`` for ``family`` on ``node``, or None."""
+
+def plan_key(plan: Any) -> str:
+    """``netfilter.plan_key``: ``family|namespace/name:port_name/protocol``."""

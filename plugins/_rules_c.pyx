@@ -25,6 +25,14 @@ from lbcore_plugins.netfilter import (
 
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object s)
+    void PyObject_GC_UnTrack(void* op)
+
+
+cdef inline tuple untracked(tuple lines):
+    """``lines`` (strings only, so never in a reference cycle) taken off the collector's lists,
+    as CPython does itself at the first collection: a cold render makes 10,000s of them."""
+    PyObject_GC_UnTrack(<void*>lines)
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,6 +227,11 @@ cdef bint seen_before(Endpoints* eps, Py_ssize_t i) noexcept:
     return False
 
 
+cdef node_port_of(sp):
+    """``PortPlan.node_port`` of ``sp``'s plans, without a Python-level property call."""
+    return sp.node_port if sp.type in ("NodePort", "LoadBalancer") else None
+
+
 cdef bint distinct(tuple items):
     """Whether ``items`` has no repeats (checked only when there are two or more)."""
     return len(items) < 2 or len(set(items)) == len(items)
@@ -338,7 +351,7 @@ cdef class IptablesWriter:
                 put_c(line, b" -j REJECT")
                 reject.append(text_of(line))
 
-        node_port = plan.node_port
+        node_port = node_port_of(sp)
         if node_port:
             ext_eps = eps if local is None else local  # PortPlan.external_endpoints
             if ext_eps:
@@ -407,7 +420,8 @@ cdef class IptablesWriter:
             put_c(body, b"-j DNAT --to-destination ")
             put_address(body, e, v6)
             self._declare(&self.svc)
-        return text_of(&self.decl), text_of(body), services, nodeports, tuple(reject)
+        return (text_of(&self.decl), text_of(body), untracked(services), untracked(nodeports),
+                untracked(tuple(reject)))
 
     cdef int _head(self, Buf* chain) except -1:
         """``-A CHAIN -m comment --comment "NAME"``, how each rule of ``chain`` begins."""
@@ -583,7 +597,8 @@ cdef class NftWriter:
             return None
         if eps:
             svc = text_of(&self.svc)
-            elements[f"service-ips-v{fam}"] = [f"{cip} . {lproto} . {port} : goto {svc}" for cip in cips]
+            elements[f"service-ips-v{fam}"] = untracked(
+                tuple([f"{cip} . {lproto} . {port} : goto {svc}" for cip in cips]))
             self._open(&self.svc)
             if self.masquerade_all or cidr:
                 for cip in cips:
@@ -605,10 +620,9 @@ cdef class NftWriter:
             self._choose(self._endpoints(eps, all_eps, id_len, v6), v6, ip, lproto)
             put(&self.chains, b"\n\t}", 3)
         else:
-            elements[f"no-endpoint-services-v{fam}"] = [
-                f"{cip} . {lproto} . {port} : goto reject-chain" for cip in cips
-            ]
-        node_port = plan.node_port
+            elements[f"no-endpoint-services-v{fam}"] = untracked(
+                tuple([f"{cip} . {lproto} . {port} : goto reject-chain" for cip in cips]))
+        node_port = node_port_of(sp)
         if node_port:
             ext_eps = eps if local is None else local  # PortPlan.external_endpoints
             if ext_eps:
@@ -619,13 +633,11 @@ cdef class NftWriter:
                 else:
                     self._choose(self._endpoints(ext_eps, all_eps, id_len, v6), v6, ip, lproto)
                 put(&self.chains, b"\n\t}", 3)
-                elements[f"service-nodeports-v{fam}"] = [
-                    f"{lproto} . {node_port} : goto {text_of(&self.ext)}"
-                ]
+                elements[f"service-nodeports-v{fam}"] = untracked(
+                    (f"{lproto} . {node_port} : goto {text_of(&self.ext)}",))
             else:
-                elements[f"no-endpoint-nodeports-v{fam}"] = [
-                    f"{lproto} . {node_port} : goto reject-chain"
-                ]
+                elements[f"no-endpoint-nodeports-v{fam}"] = untracked(
+                    (f"{lproto} . {node_port} : goto reject-chain",))
         if not self.inline:
             for i in range(self.all_eps.n):
                 if seen_before(&self.all_eps, i):
@@ -640,7 +652,8 @@ cdef class NftWriter:
                 self._dnat(e, ip, lproto, v6)
                 put_buf(&self.chains, rule)
                 put(&self.chains, b"\n\t}", 3)
-        return elements, "", text_of(&self.chains)
+        # a dict of untracked tuples stays untracked, and so does this tuple
+        return untracked((elements, "", text_of(&self.chains)))
 
     cdef Endpoints* _endpoints(self, tuple eps, tuple all_eps, Py_ssize_t id_len,
                                bint v6) except NULL:
@@ -739,6 +752,12 @@ cdef class NftWriter:
 # ---------------------------------------------------------------------------------------------
 # Planning
 # ---------------------------------------------------------------------------------------------
+
+def plan_key(plan):
+    """``netfilter.plan_key``: ``family|namespace/name:port_name/protocol``."""
+    sp = plan.sp
+    return f"{plan.family}|{sp.namespace}/{sp.name}:{sp.port_name}/{sp.protocol.lower()}"
+
 
 def plan_port(sp, int family, node):
     """``netfilter.plan_port`` (its readable twin): the PortPlan of ``sp`` for ``family`` on

@@ -35,11 +35,10 @@ from lbcore_plugins.netfilter import (
     RuleApplyError,
     chain_hash,
     changed_port_keys,
-    compiled_writer,
+    compiled,
     delete_flows,
     paused_gc,
     plan_key,
-    plan_port,
     plan_ports,
     probability_texts,
     require_netns,
@@ -52,9 +51,7 @@ from lbcore.hookspecs import hookimpl
 from lbcore.interfaces import Frontend, FrontendUnavailable, RuntimeContext
 from lbcore.snapshot import Snapshot
 
-IptablesWriter: Any = compiled_writer("IptablesWriter")
-# netfilter.plan_port, compiled when it can be
-PLAN_PORT: Callable[..., PortPlan | None] = compiled_writer("plan_port") or plan_port
+IptablesWriter: Any = compiled("IptablesWriter")
 
 SERVICES = "LBCORE-SERVICES"
 NODEPORTS = "LBCORE-NODEPORTS"
@@ -104,39 +101,39 @@ class PortRules:
     The readable renderer fills :attr:`chains` and the text is joined from it; the compiled
     writer gives the text and :attr:`chains` is split from it when a partial sync asks."""
 
-    __slots__ = ("_chains", "services", "nodeports", "reject", "_text")
+    __slots__ = ("_chains", "services", "nodeports", "reject", "_decl", "_body")
 
     def __init__(
         self,
-        text: tuple[str, str] | None = None,
+        decl: str | None = None,
+        body: str = "",
         services: tuple[str, ...] = (),
         nodeports: tuple[str, ...] = (),
         reject: tuple[str, ...] = (),
     ) -> None:
-        self._chains: dict[str, str] | None = None if text is not None else {}
+        self._chains: dict[str, str] | None = None if decl is not None else {}
         self.services = services  # lines in nat LBCORE-SERVICES
         self.nodeports = nodeports  # lines in nat LBCORE-NODEPORTS
         self.reject = reject  # lines in filter LBCORE-SERVICES
-        self._text: tuple[str, str] | None = text
+        self._decl = decl
+        self._body = body
 
     @property
     def chains(self) -> dict[str, str]:
         """nat chain -> its rules, one per line."""
         if self._chains is None:
-            assert self._text is not None
-            self._chains = _split_chains(*self._text)
+            assert self._decl is not None
+            self._chains = _split_chains(self._decl, self._body)
         return self._chains
 
     def text(self) -> tuple[str, str]:
         """(the ``:chain - [0:0]`` declarations, the rules) of :attr:`chains`, each one string,
         joined once and kept: an unchanged port reuses them in the next full render."""
-        if self._text is None:
+        if self._decl is None:
             chains = self.chains
-            self._text = (
-                "\n".join([f":{name} - [0:0]" for name in chains]),
-                "\n".join([body for body in chains.values() if body]),
-            )
-        return self._text
+            self._decl = "\n".join([f":{name} - [0:0]" for name in chains])
+            self._body = "\n".join([body for body in chains.values() if body])
+        return self._decl, self._body
 
 
 def _split_chains(decl: str, body: str) -> dict[str, str]:
@@ -170,8 +167,7 @@ class RuleRenderer:
         if self._writer is not None:
             written = self._writer.write(plan)
             if written is not None:
-                decl, body, services, nodeports, reject = written
-                return PortRules((decl, body), services, nodeports, reject)
+                return PortRules(*written)
         return self.port_rules_py(plan)
 
     def port_rules_py(self, plan: PortPlan) -> PortRules:
@@ -455,11 +451,11 @@ class IptablesFrontend(Frontend):
                 parts.append(f"# IPv{family} ({'ip6tables' if family == 6 else 'iptables'}-restore)")
                 # what _render_family writes in one transaction, without its sync state
                 renderer = RuleRenderer(self.opts, family)
-                services, nodeports, reject = _assemble(renderer, {e[2]: e[4] for e in rendered})
+                services, nodeports, reject = _assemble(renderer, {e[2]: e[3] for e in rendered})
                 head: list[tuple[str, str | list[str]]] = [
                     (SERVICES, services), (NODEPORTS, nodeports), *renderer.fixed_chains().items()
                 ]
-                parts.extend(_full_restore_lines(head, [e[4] for e in rendered], reject))
+                parts.extend(_full_restore_lines(head, [e[3] for e in rendered], reject))
             self.cache.entries = fresh
             return "\n".join(parts)
 
@@ -471,8 +467,8 @@ class IptablesFrontend(Frontend):
         ``fresh`` (the next cache)."""
         renderer = RuleRenderer(self.opts, family)
         with paused_gc():
-            entries = self.cache.render(snapshot, family, fresh, PLAN_PORT, renderer.port_rules)
-        return [entry[1] for entry in entries if entry[1] is not None], entries
+            entries = self.cache.render(snapshot, family, fresh, renderer.port_rules)
+        return [entry[1] for entry in entries], entries
 
     def _render_family(
         self,
@@ -492,17 +488,15 @@ class IptablesFrontend(Frontend):
         the caller has them."""
         renderer = RuleRenderer(self.opts, family)
         if rendered is None:
-            rendered = [
-                (plan.sp, plan, plan_key(plan), plan.sp.service, renderer.port_rules(plan)) for plan in plans
-            ]
+            rendered = [(plan.sp, plan, plan_key(plan), renderer.port_rules(plan)) for plan in plans]
         state = FamilyState()
         by_service = state.by_service
         state_plans = state.plans
         state_rules = state.rules
-        for _, plan, key, service, rules in rendered:
+        for sp, plan, key, rules in rendered:
             state_plans[key] = plan
             state_rules[key] = rules
-            by_service.setdefault(service, []).append(key)
+            by_service.setdefault(sp.service, []).append(key)
         port_rules = list(state_rules.values())
         state.services, state.nodeports, state.reject = _assemble(renderer, state.rules)
         fixed: list[tuple[str, str | list[str]]] = list(renderer.fixed_chains().items())

@@ -295,9 +295,10 @@ def plan_port(sp: ServicePortInfo, family: int, node: str | None) -> PortPlan | 
     return PortPlan(sp, family, ips, cluster_eps, local_eps)
 
 
-def compiled_writer(name: str) -> Any:
-    """The per-port writer class ``name`` of the compiled ``lbcore_plugins._rules_c``; None when
-    ``LBCORE_NO_EXTENSIONS`` asks for the readable renderers or the module is not built."""
+def compiled(name: str) -> Any:
+    """The compiled twin ``name`` (a per-port writer class, ``plan_port``, ``plan_key``) from
+    ``lbcore_plugins._rules_c``; None when ``LBCORE_NO_EXTENSIONS`` asks for the readable ones or
+    the module is not built. (Imported on use: the module itself imports this one.)"""
     if NO_EXTENSIONS:
         return None
     try:
@@ -307,9 +308,9 @@ def compiled_writer(name: str) -> Any:
     return getattr(_rules_c, name)
 
 
-#: what the render cache keeps of one port for one family: (its ServicePortInfo, its PortPlan or
-#: None, the plan key, the service, what it rendered to)
-CacheEntry = tuple[ServicePortInfo, "PortPlan | None", "str | None", "str | None", Any]
+#: what the render cache keeps of one port for one family: (its ServicePortInfo, its PortPlan,
+#: the plan key, what it rendered to)
+CacheEntry = tuple[ServicePortInfo, "PortPlan", str, Any]
 
 
 class RenderCache:
@@ -336,16 +337,19 @@ class RenderCache:
         snapshot: Snapshot,
         family: int,
         fresh: dict[int, tuple[str | None, dict[str, CacheEntry]]],
-        planner: Callable[[ServicePortInfo, int, str | None], PortPlan | None],
         render: Callable[[PortPlan], Any],
     ) -> list[CacheEntry]:
         """The entry of every port of ``snapshot`` with a plan for ``family``, sorted by port key.
 
         A port whose value and node are those of the last render is taken from the cache; the
-        others are planned with ``planner`` (:func:`plan_port` or its compiled twin) and rendered
-        with ``render``. The entries used go in ``fresh[family]``; the caller makes ``fresh`` the
+        others are planned (:func:`plan_port`, compiled when it can be) and rendered with
+        ``render``. A port with no plan for ``family`` (an IPv4-only service, for IPv6) is
+        planned again each time, which costs less than keeping an entry; it counts as neither
+        hit nor miss. The entries used go in ``fresh[family]``; the caller makes ``fresh`` the
         cache's entries once the whole render has succeeded.
         """
+        planner = compiled("plan_port") or plan_port
+        key_of = compiled("plan_key") or plan_key
         ports = snapshot.service_ports
         node = snapshot.node_name
         last = self.entries.get(family)
@@ -353,7 +357,7 @@ class RenderCache:
         now: dict[str, CacheEntry] = {}
         fresh[family] = (node, now)
         out: list[CacheEntry] = []
-        hits = 0
+        hits = misses = 0
         for key in sorted(ports):
             sp = ports[key]
             entry = before.get(key)
@@ -363,14 +367,13 @@ class RenderCache:
             else:
                 plan = planner(sp, family, node)
                 if plan is None:
-                    entry = (sp, None, None, None, None)
-                else:
-                    entry = (sp, plan, plan_key(plan), sp.service, render(plan))
+                    continue
+                misses += 1
+                entry = (sp, plan, key_of(plan), render(plan))
             now[key] = entry
-            if entry[1] is not None:
-                out.append(entry)
+            out.append(entry)
         self.hits += hits
-        self.misses += len(ports) - hits
+        self.misses += misses
         return out
 
 
