@@ -58,6 +58,7 @@ cdef extern from "<sys/socket.h>" nogil:
         SHUT_WR
         MSG_NOSIGNAL
         MSG_DONTWAIT
+        MSG_MORE
 
     int socket(int domain, int type, int protocol)
     int connect(int fd, const sockaddr* addr, socklen_t len)

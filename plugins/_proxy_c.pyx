@@ -398,7 +398,10 @@ cdef int pump_half(Worker* w, Half* h, int src, int dst, int* ready,
                 continue
             return 1 if r < 0 and errno == EAGAIN else -1
         if h.len > 0:
-            r = send(dst, h.buf + h.off, <size_t>h.len, MSG_NOSIGNAL | MSG_DONTWAIT)
+            # the last bytes before the end (src ended with them): held back (MSG_MORE) so that
+            # the FIN that follows at once leaves in the same segment, as HAProxy does
+            r = send(dst, h.buf + h.off, <size_t>h.len,
+                     MSG_NOSIGNAL | MSG_DONTWAIT | (MSG_MORE if h.eof else 0))
             if r > 0:
                 h.off += <int>r
                 h.len -= <int>r
