@@ -21,7 +21,7 @@ jump rules into them are ever touched.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +117,12 @@ class PortRules:
         self.reject = reject  # lines in filter LBCORE-SERVICES
         self._decl = decl
         self._body = body
+
+    def chain_names(self) -> list[str]:
+        """The nat chains, in order, without splitting the rules apart."""
+        if self._chains is not None:
+            return list(self._chains)
+        return [line[1:-8] for line in self._decl.split("\n")] if self._decl else []
 
     @property
     def chains(self) -> dict[str, str]:
@@ -357,56 +363,42 @@ def _restore_text(
     delete_filter: Iterable[str] = (),
 ) -> str:
     """iptables-restore input: declare (create or flush) each chain, fill it, delete the rest."""
-    out: list[str] = []
-    for table, chains, deleted in (("filter", filter_chains, delete_filter), ("nat", nat_chains, delete_nat)):
-        chains = list(chains)
-        deleted = sorted(deleted)
-        out.append(f"*{table}")
-        out.extend([f":{name} - [0:0]" for name, _ in chains])
-        out.extend([f":{name} - [0:0]" for name in deleted])
-        for _, body in chains:
-            if isinstance(body, str):
-                if body:
-                    out.append(body)
-            else:
-                out.extend(body)
-        out.extend([f"-X {name}" for name in deleted])
-        out.append("COMMIT")
-    out.append("")
-    return "\n".join(out)
+    return "\n".join(_restore_lines(filter_chains, nat_chains, (), (), delete_nat, delete_filter))
 
 
-def _full_restore_lines(
-    head: list[tuple[str, str | list[str]]],
-    rendered: list[PortRules],
-    reject: list[str],
+def _restore_lines(
+    filter_chains: Iterable[tuple[str, str | list[str]]],
+    nat_head: Iterable[tuple[str, str | list[str]]],
+    ports: Sequence[PortRules],
+    nat_tail: Iterable[tuple[str, str | list[str]]] = (),
     delete_nat: Iterable[str] = (),
     delete_filter: Iterable[str] = (),
 ) -> list[str]:
-    """What :func:`_restore_text` writes for ``head`` then every chain of ``rendered`` in nat and
-    filter's LBCORE-SERVICES = ``reject``, from each port's joined text (no per-line work), as
-    pieces to join with newlines (once, by the caller)."""
-    texts = [rules.text() for rules in rendered]
-    deleted_filter = sorted(delete_filter)
-    deleted_nat = sorted(delete_nat)
-    out = ["*filter", f":{SERVICES} - [0:0]"]
-    out.extend([f":{name} - [0:0]" for name in deleted_filter])
-    out.extend(reject)
-    out.extend([f"-X {name}" for name in deleted_filter])
-    out.append("COMMIT")
-    out.append("*nat")
-    out.extend([f":{name} - [0:0]" for name, _ in head])
-    out.extend([decl for decl, _ in texts if decl])
-    out.extend([f":{name} - [0:0]" for name in deleted_nat])
-    for _, body in head:
-        if isinstance(body, str):
-            if body:
-                out.append(body)
-        else:
-            out.extend(body)
-    out.extend([body for _, body in texts if body])
-    out.extend([f"-X {name}" for name in deleted_nat])
-    out.append("COMMIT")
+    """What :func:`_restore_text` writes for ``filter_chains`` and for ``nat_head``, every chain of
+    ``ports`` and ``nat_tail`` in nat, as pieces to join with newlines (once, by the caller); a
+    port adds its two joined texts, not a line at a time."""
+    out: list[str] = []
+    texts = [rules.text() for rules in ports]
+    head, tail = list(nat_head), list(nat_tail)
+    for table, before, after, deleted in (
+        ("filter", list(filter_chains), [], sorted(delete_filter)),
+        ("nat", head, tail, sorted(delete_nat)),
+    ):
+        out.append(f"*{table}")
+        out.extend([f":{name} - [0:0]" for name, _ in before])
+        if table == "nat":
+            out.extend([decl for decl, _ in texts if decl])
+        out.extend([f":{name} - [0:0]" for name, _ in after])
+        out.extend([f":{name} - [0:0]" for name in deleted])
+        for chains in (before, texts if table == "nat" else [], after):
+            for _, body in chains:
+                if isinstance(body, str):
+                    if body:
+                        out.append(body)
+                else:
+                    out.extend(body)
+        out.extend([f"-X {name}" for name in deleted])
+        out.append("COMMIT")
     out.append("")
     return out
 
@@ -455,7 +447,7 @@ class IptablesFrontend(Frontend):
                 head: list[tuple[str, str | list[str]]] = [
                     (SERVICES, services), (NODEPORTS, nodeports), *renderer.fixed_chains().items()
                 ]
-                parts.extend(_full_restore_lines(head, [e[3] for e in rendered], reject))
+                parts.extend(_restore_lines([(SERVICES, reject)], head, [e[3] for e in rendered]))
             self.cache.entries = fresh
             return "\n".join(parts)
 
@@ -501,24 +493,27 @@ class IptablesFrontend(Frontend):
         state.services, state.nodeports, state.reject = _assemble(renderer, state.rules)
         fixed: list[tuple[str, str | list[str]]] = list(renderer.fixed_chains().items())
         dispatch: list[tuple[str, str | list[str]]] = [(SERVICES, state.services), (NODEPORTS, state.nodeports)]
+        names = [rules.chain_names() for rules in port_rules]
         stale_nat = set(stale_nat)
         if stale_nat:
             owned = {name for name, _ in fixed} | {SERVICES, NODEPORTS}
-            for rules in port_rules:
-                owned.update(rules.chains)
+            for chains in names:
+                owned.update(chains)
             stale_nat -= owned
         deletions = {"delete_nat": stale_nat, "delete_filter": set(stale_filter) - {SERVICES}}
-        if chunk <= 0 or sum([len(rules.chains) for rules in port_rules]) <= chunk:
-            return ["\n".join(_full_restore_lines(dispatch + fixed, port_rules, state.reject, **deletions))], state
-        groups = [list(rules.chains.items()) for rules in port_rules]
+        reject: list[tuple[str, str | list[str]]] = [(SERVICES, state.reject)]
+        if chunk <= 0 or sum([len(chains) for chains in names]) <= chunk:
+            return ["\n".join(_restore_lines(reject, dispatch + fixed, port_rules, (), **deletions))], state
         texts: list[str] = []
-        batch: list[tuple[str, str | list[str]]] = list(fixed)
-        for group in groups:
-            if len(batch) + len(group) > chunk and batch:
-                texts.append(_restore_text(batch, []))
-                batch = []
-            batch.extend(group)
-        texts.append(_restore_text(batch + dispatch, [(SERVICES, state.reject)], **deletions))
+        batch: list[PortRules] = []
+        head, size = fixed, len(fixed)
+        for rules, chains in zip(port_rules, names, strict=True):
+            if size + len(chains) > chunk and size:
+                texts.append("\n".join(_restore_lines([], head, batch)))
+                head, batch, size = [], [], 0
+            batch.append(rules)
+            size += len(chains)
+        texts.append("\n".join(_restore_lines(reject, head, batch, dispatch, **deletions)))
         return texts, state
 
     def render_update(
