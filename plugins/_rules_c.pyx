@@ -5,8 +5,10 @@ A cold full render writes about 234,000 iptables lines (or 150,000 to 300,000 nf
 10,000 services; built with f-strings, one string per line, that is most of its time. Here each
 port's rules go into one growing byte buffer and come out as a few strings. The readable twins,
 and the reference these writers are tested against byte for byte, are
-``RuleRenderer.port_rules`` (iptables) and ``NftRenderer.port_objects`` (nftables); a writer
-returns None for a port shape it leaves to its twin.
+``RuleRenderer.port_rules_py`` (iptables) and ``NftRenderer.port_objects_py`` (nftables); a
+writer returns None for a port shape it leaves to its twin. ``plan_port`` and ``plan_key`` are
+the twins of netfilter.py's. ``netfilter.compiled`` picks them unless ``LBCORE_NO_EXTENSIONS``
+is set.
 """
 
 from libc.stdint cimport uint64_t
