@@ -24,7 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import MappingProxyType
 
+import lbcore_plugins.iptables as iptables
 import lbcore_plugins.netfilter as netfilter
+import lbcore_plugins.nftables as nftables
 import pytest
 from lbcore_plugins.iptables import IptablesFrontend
 from lbcore_plugins.nftables import NftablesFrontend
@@ -159,6 +161,22 @@ def test_render_full_rule_set_10k_services(benchmark, kind):
 
 
 @pytest.mark.parametrize("kind", RENDERED)
+def test_render_full_rule_set_cold_readable_peer(kind, monkeypatch):
+    """The peer of the cold figure: the same cold render by the readable (pure Python) planner
+    and renderers, which LBCORE_NO_EXTENSIONS=1 selects. CPU time, median of 5."""
+    monkeypatch.setattr(netfilter, "compiled", lambda name: None)
+    monkeypatch.setattr(iptables, "IptablesWriter", None)
+    monkeypatch.setattr(nftables, "NftWriter", None)
+    fe = make(kind)
+    colds = []
+    for _ in range(5):
+        fe.cache.clear()
+        colds.append(cpu_seconds(fe.render, BIG))
+    RESULTS[f"render cold readable {kind}"] = statistics.median(colds)
+    print(f"\nrender {kind} cold by the readable renderers, CPU median {ms(statistics.median(colds))}")
+
+
+@pytest.mark.parametrize("kind", RENDERED)
 def test_render_partial_sync_one_endpoint_change(benchmark, kind):
     fe = make(kind)
     after, changed = one_endpoint_less(BIG)
@@ -271,6 +289,8 @@ def test_print_ratios():
     ratio("render nftables vs iptables", "render nftables", "render iptables")
     ratio("render warm vs cold, iptables", "render iptables", "render cold iptables")
     ratio("render warm vs cold, nftables", "render nftables", "render cold nftables")
+    for kind in RENDERED:
+        ratio(f"render cold compiled vs readable, {kind}", f"render cold {kind}", f"render cold readable {kind}")
     ratio("render nftables inline vs cascade", "render nftables-inline", "render nftables")
     ratio("apply full nftables inline vs cascade", "apply nftables-inline", "apply nftables")
     ratio("partial sync nftables inline vs cascade", "partial nftables-inline", "partial nftables")
