@@ -39,6 +39,45 @@ cdef extern from *:
     #define CT_KEY_BYTES 37
     #define ct_prefetch(p) __builtin_prefetch(p)
 
+    /* A link is read and written as the 32-bit word around its 3 bytes (links 0 to 2 from their
+       first byte, link 3 from the byte before it, so always inside the entry): one load and one
+       store instead of three byte operations each. The two links of one list are written as one
+       64-bit word, so the second write does not wait for the first one's store to reach the
+       cache (a partly overlapping store cannot be forwarded to a load). Little-endian only; other
+       machines keep the byte operations. */
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    static inline uint32_t ct_link(const ct_entry* e, int k) {
+        uint32_t w;
+        if (k < 3) { memcpy(&w, e->link + 3 * k, 4); return w & 0xFFFFFFu; }
+        memcpy(&w, e->link + 8, 4);
+        return w >> 8;
+    }
+    static inline void ct_set_link(ct_entry* e, int k, uint32_t v) {
+        uint32_t w;
+        if (k < 3) {
+            memcpy(&w, e->link + 3 * k, 4);
+            w = (w & 0xFF000000u) | v;
+            memcpy(e->link + 3 * k, &w, 4);
+        } else {
+            memcpy(&w, e->link + 8, 4);
+            w = (w & 0xFFu) | (v << 8);
+            memcpy(e->link + 8, &w, 4);
+        }
+    }
+    /* k is 0 (class list) or 2 (backend list) */
+    static inline void ct_set_links(ct_entry* e, int k, uint32_t prev, uint32_t next) {
+        uint64_t w, pair = (uint64_t)prev | ((uint64_t)next << 24);
+        if (k == 0) {
+            memcpy(&w, e->link, 8);
+            w = (w & 0xFFFF000000000000ull) | pair;
+            memcpy(e->link, &w, 8);
+        } else {
+            memcpy(&w, e->link + 4, 8);
+            w = (w & 0xFFFFull) | (pair << 16);
+            memcpy(e->link + 4, &w, 8);
+        }
+    }
+    #else
     static inline uint32_t ct_link(const ct_entry* e, int k) {
         const uint8_t* p = e->link + 3 * k;
         return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16);
@@ -47,6 +86,11 @@ cdef extern from *:
         uint8_t* p = e->link + 3 * k;
         p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16);
     }
+    static inline void ct_set_links(ct_entry* e, int k, uint32_t prev, uint32_t next) {
+        ct_set_link(e, k, prev);
+        ct_set_link(e, k + 1, next);
+    }
+    #endif
     """
     ctypedef struct ct_key:
         uint8_t addr[32]
@@ -71,6 +115,7 @@ cdef extern from *:
     size_t CT_KEY_BYTES
     uint32_t ct_link(const ct_entry* e, int k) noexcept nogil
     void ct_set_link(ct_entry* e, int k, uint32_t v) noexcept nogil
+    void ct_set_links(ct_entry* e, int k, uint32_t prev, uint32_t next) noexcept nogil
     void ct_prefetch(const void* p) noexcept nogil
 
 

@@ -373,8 +373,7 @@ cdef inline void _cls_unlink_i(_FlatTable t, uint32_t i, int c) noexcept nogil:
 
 cdef inline void _cls_append_i(_FlatTable t, uint32_t i, int c) noexcept nogil:
     cdef uint32_t last = t.tail[c]
-    ct_set_link(&t.e[i], L_PREV, last)
-    ct_set_link(&t.e[i], L_NEXT, CT_NIL)
+    ct_set_links(&t.e[i], L_PREV, last, CT_NIL)
     if last != CT_NIL:
         ct_set_link(&t.e[last], L_NEXT, i)
     else:
@@ -396,8 +395,7 @@ cdef inline void _b_unlink_i(_FlatTable t, uint32_t i, uint32_t b) noexcept nogi
 
 cdef inline void _b_push_i(_FlatTable t, uint32_t i, uint32_t b) noexcept nogil:
     cdef uint32_t q = t.bhead[b]
-    ct_set_link(&t.e[i], B_PREV, CT_NIL)
-    ct_set_link(&t.e[i], B_NEXT, q)
+    ct_set_links(&t.e[i], B_PREV, CT_NIL, q)
     if q != CT_NIL:
         ct_set_link(&t.e[q], B_PREV, i)
     t.bhead[b] = i
