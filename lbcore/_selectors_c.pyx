@@ -1186,25 +1186,27 @@ cdef void _slotset_remove(Vec* v, int32_t x) noexcept:
 
 
 cdef enum:
-    ENTRY_TEXT = 54        # bytes of key and value text an entry keeps in itself
+    ENTRY_TEXT = 56        # bytes of key and value text an entry keeps in itself
 
 
 cdef struct Entry:
-    # Two cache lines (the array is aligned to 64 bytes). A probe compares the first only: the
-    # hash and, for short strs, a copy of their text, so it need not read the str objects (a
-    # label's value is most often a new object, equal to the stored one but elsewhere).
+    # Two cache lines (the array is aligned to 64 bytes). The first holds all a label-set
+    # change reads of an entry the label set keeps: the hash, the strings, the selectors filed
+    # under it, and the start of a copy of the strs' text (16 bytes of it in this line), so
+    # that a probe need not read the str objects (a label's value is most often a new object,
+    # equal to the stored one but elsewhere).
     uint64_t hash
     PyObject* key          # owned; NULL while the entry is free
     PyObject* value        # owned; NULL for a key entry
+    Vec sels               # anchored selector slots
     uint32_t mark          # scratch for one set_labels
-    uint16_t key_size      # bytes of the key's text in ``text``, then of the value's;
-    uint16_t value_size    # both 0 when the text is not kept (not exact strs, or too long)
+    uint8_t key_size       # bytes of the key's text in ``text``, then of the value's;
+    uint8_t value_size     # both 0 when the text is not kept (not exact strs, or too long)
     uint8_t key_kind       # PEP 393 kinds: equal strs have equal kinds and bytes
     uint8_t value_kind
     char text[ENTRY_TEXT]
     Py_ssize_t refs        # label sets holding it plus selectors anchored on it
     Vec labels             # label-set slots, a set (_slotset_add)
-    Vec sels               # anchored selector slots
 
 
 assert sizeof(Entry) == 128
@@ -1229,11 +1231,11 @@ cdef void _keep_text(Entry* entry) noexcept:
     if ks == 0 or ks + vs > ENTRY_TEXT:
         return
     memcpy(entry.text, unicode_data(entry.key), <size_t>ks)
-    entry.key_size = <uint16_t>ks
+    entry.key_size = <uint8_t>ks
     entry.key_kind = <uint8_t>unicode_kind(entry.key)
     if entry.value != NULL:
         memcpy(entry.text + ks, unicode_data(entry.value), <size_t>vs)
-        entry.value_size = <uint16_t>vs
+        entry.value_size = <uint8_t>vs
         entry.value_kind = <uint8_t>unicode_kind(entry.value)
 
 
@@ -1844,6 +1846,7 @@ cdef class SelectorIndex:
                 e = self._find_or_add(hashes[i], k, v)
                 self._scr_ents.data[self._scr_ents.n] = e
                 prefetch(self._entries[e].sels.data)
+                prefetch(&self._entries[e].labels)  # the second line, if the pair is new to it
                 e = self._find_or_add(hashes[i + 1], k, NULL)
                 self._scr_ents.data[self._scr_ents.n + 1] = e
                 self._scr_ents.n += 2
@@ -1879,6 +1882,7 @@ cdef class SelectorIndex:
                 else:
                     ok = _match_reqs(ss.reqs, ss.nreqs, labels)
                 if ok:
+                    prefetch(ss.id)  # the answer holds it
                     _vec_push(&self._scr_found, s)
         _sort(self._scr_found.data, self._scr_found.n)
         return 0
@@ -1926,6 +1930,14 @@ cdef class SelectorIndex:
                 for j in range(n):
                     self._entries[self._scr_ents.data[j]].mark = 0
                 return set(), set()
+            # start loading what the rest reads at random places: the postings of the pairs it
+            # joins, and the selectors it matched (their ids may go into the answer)
+            for j in range(0, n, 2):
+                entry = &self._entries[self._scr_ents.data[j]]
+                if entry.mark != stamp and entry.labels.cap:
+                    prefetch(&entry.labels.data[_slot_home(slot, <size_t>entry.labels.cap - 1)])
+            for j in range(ls.matched.n):
+                prefetch(&self._selslots[ls.matched.data[j]])
         # the label set is kept as the pair entries' strings: shared by every label set with
         # the pair, interned like the selectors' (matching compares pointers), and no dict
         if n > self._scr_pairs_cap:
@@ -1935,6 +1947,9 @@ cdef class SelectorIndex:
             self._scr_pairs[j] = entry.key
             self._scr_pairs[j + 1] = entry.value
         self._matching_selectors(None, self._scr_pairs, n // 2)
+        if ls != NULL:
+            for j in range(ls.matched.n):
+                prefetch(self._selslots[ls.matched.data[j]].id)
         if ls == NULL:
             slot = self._new_label_slot(label_id, h)
             ls = &self._labsets[slot]
