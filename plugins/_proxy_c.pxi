@@ -99,6 +99,7 @@ cdef extern from "<netinet/in.h>" nogil:
 cdef extern from "<netinet/tcp.h>" nogil:
     enum:
         TCP_NODELAY
+        TCP_QUICKACK
 
 
 cdef extern from "<arpa/inet.h>" nogil:

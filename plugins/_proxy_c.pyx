@@ -77,6 +77,14 @@ cdef inline void set_nodelay(int fd) noexcept nogil:
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
 
 
+cdef inline void delay_handshake_ack(int fd) noexcept nogil:
+    """Before connect(): the handshake's last ACK waits to leave with the first bytes sent
+    (HAProxy's tcp-smart-connect). Only for a client that has sent already: with a protocol
+    where the server speaks first, the server would wait for the delayed ACK."""
+    cdef int zero = 0
+    setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &zero, sizeof(zero))
+
+
 cdef inline void close_with_reset(int fd) noexcept nogil:
     """Close so that the peer sees a reset (RST), not an orderly end of stream."""
     cdef linger lg
@@ -530,6 +538,8 @@ cdef void connect_backend(Worker* w, Conn* c) noexcept nogil:
             conn_close(w, c, True)
             return
         set_nodelay(fd)
+        if c.up.len > 0:
+            delay_handshake_ack(fd)
         c.bfd = fd
         c.ep = ep
         c.started = w.now
@@ -584,6 +594,23 @@ cdef void on_conn_event(Worker* w, Side* side, uint32_t events) noexcept nogil:
     pump(w, c)
 
 
+cdef bint read_first(Worker* w, Conn* c) noexcept nogil:
+    """Read what a just-accepted client has sent already (a request usually comes right
+    behind the handshake), before its socket is watched: the backend's handshake can then
+    carry its last ACK with these bytes; bytes beyond one buffer are reported by the
+    (edge-triggered) registration that follows. False when the client failed (the connection
+    is closed)."""
+    cdef ssize_t r = recv(c.cfd, c.up.buf, <size_t>w.cfg.buffer_size, MSG_DONTWAIT)
+    if r > 0:
+        c.up.len = <int>r
+    elif r == 0:
+        c.up.eof = 1
+    elif errno != EAGAIN:
+        conn_close(w, c, True)
+        return False
+    return True
+
+
 cdef void on_accept(Worker* w, ListenSock* ls) noexcept nogil:
     cdef Listener* l = ls.listener
     cdef sockaddr_storage client
@@ -611,6 +638,8 @@ cdef void on_accept(Worker* w, ListenSock* ls) noexcept nogil:
         c = conn_new(w, fd, l, &client, alen)
         if c == NULL:
             close_with_reset(fd)
+            continue
+        if not read_first(w, c):
             continue
         ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET  # EPOLLOUT once a write blocks
         ev.data.ptr = &c.cside

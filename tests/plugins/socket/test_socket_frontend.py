@@ -142,6 +142,45 @@ def test_half_close_passes_fin_and_keeps_the_reply_direction(backends, make_fron
     assert data == b"hello worldEOF A 11"
 
 
+@pytest.mark.parametrize("size", [4, 100_000])
+def test_bytes_and_fin_sent_right_after_connect_reach_the_backend(backends, make_frontend, size):
+    # what the client sent before the proxy accepted is read at accept, before the backend
+    # connection exists; more than one buffer of it is read on after the backend is there
+    a = backends("A")
+    sp = service_port("web", [a.endpoint()])
+    fe = make_frontend()
+    fe.sync(snapshot(sp), frozenset({"default/web"}))
+    payload = os.urandom(size)
+    for _ in range(5):
+        with socket.create_connection((sp.cluster_ips[0], 8080), timeout=3) as s:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        assert data == b"A\n" + payload + b"EOF A %d" % size
+
+
+def test_bytes_that_waited_in_the_accept_queue_are_all_relayed(backends, make_frontend):
+    # more than one buffer (16 KiB) arrives before the accept and nothing after it: what the
+    # read at accept leaves must still be relayed
+    a = backends("A")
+    sp = service_port("web", [a.endpoint()])
+    fe = make_frontend(max_connections=1, workers=1)
+    fe.sync(snapshot(sp), frozenset({"default/web"}))
+    addr = (sp.cluster_ips[0], 8080)
+    payload = os.urandom(40_000)
+    first = socket.create_connection(addr, timeout=3)
+    assert read_line(first) == "A"
+    with socket.create_connection(addr, timeout=3) as second:
+        second.sendall(payload)  # queued in the kernel: the listener is paused
+        first.close()
+        data = b""
+        while len(data) < 2 + len(payload):
+            data += second.recv(65536)
+        assert data == b"A\n" + payload
+
+
 def test_backend_end_reaches_a_client_that_keeps_its_side_open(make_frontend):
     # the FIN waits one batch of events for the client to close first; a client that does
     # not close must still see the end of the reply, at once
