@@ -246,7 +246,7 @@ cdef bint distinct(tuple items):
 cdef class IptablesWriter:
     """Writes what one service port contributes to the iptables-restore input of one family."""
 
-    cdef bint masquerade_all
+    cdef bint masquerade_all, busy
     cdef str cidr
     cdef list node_dsts
     # output: declarations, rules, one dispatch line; scratch: ids, names, rule heads
@@ -275,7 +275,17 @@ cdef class IptablesWriter:
     def write(self, plan):
         """(the ``:chain - [0:0]`` declarations, the rules of those chains, the lines of nat
         LBCORE-SERVICES, of LBCORE-NODEPORTS and of filter LBCORE-SERVICES) of ``plan``, as
-        ``RuleRenderer.port_rules`` renders them; None when a name or address is not ASCII."""
+        ``RuleRenderer.port_rules`` renders them; None when a name or address is not ASCII (or
+        while another call uses the writer)."""
+        if self.busy:  # its buffers are in use by another thread: leave it to the twin
+            return None
+        self.busy = True
+        try:
+            return self._write(plan)
+        finally:
+            self.busy = False
+
+    cdef object _write(self, plan):
         sp = plan.sp
         cdef bint v6 = plan.family == 6
         cdef tuple eps = plan.cluster_endpoints
@@ -503,7 +513,7 @@ cdef class NftWriter:
     """Writes what one service port puts in the ``inet lbcore`` table: the ``cascade`` and
     ``inline`` endpoint selections without ClientIP affinity (other shapes: None)."""
 
-    cdef bint masquerade_all, inline, supported
+    cdef bint masquerade_all, inline, supported, busy
     cdef dict cidrs
     # output: chain definitions; scratch: a rule, ids, names
     cdef Buf chains, rule, key, label, svc, ext, ep
@@ -534,7 +544,16 @@ cdef class NftWriter:
         """(map -> its ``key : verdict`` elements, the set definitions, the chain definitions)
         of ``plan``, as ``PortObjects.text`` gives them for ``NftRenderer.port_objects``; None for
         a shape this writer leaves to it (affinity, ``vmap``, ``map``, repeated ClusterIPs,
-        names or addresses that are not ASCII)."""
+        names or addresses that are not ASCII) and while another call uses the writer."""
+        if self.busy:  # its buffers are in use by another thread: leave it to the twin
+            return None
+        self.busy = True
+        try:
+            return self._write(plan)
+        finally:
+            self.busy = False
+
+    cdef object _write(self, plan):
         sp = plan.sp
         if not self.supported or sp.session_affinity == "ClientIP":
             return None

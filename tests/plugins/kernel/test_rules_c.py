@@ -137,3 +137,34 @@ def test_a_name_that_is_not_ascii_is_left_to_the_readable_renderers():
     assert ipt.port_rules(plan).text() == ipt.port_rules_py(plan).text()
     assert '--comment "ns/café:p"' in ipt.port_rules(plan).text()[1]
     assert nft.port_objects(plan).text() == nft.port_objects_py(plan).text()
+
+
+@pytest.mark.parametrize("kind", ["iptables", "nftables"])
+def test_a_writer_in_use_leaves_a_second_caller_to_the_readable_renderer(kind):
+    """A writer's buffers belong to one call at a time: a call made while another is inside it
+    (another thread, at a switch of the interpreter) gets None and falls back to the twin."""
+    sp = ServicePortInfo(
+        namespace="ns", name="web", port_name="p", protocol="TCP", port=80,
+        cluster_ips=("10.96.0.1",), endpoints=(EndpointInfo(ip="10.1.0.1", port=8080),),
+    )
+    plan = netfilter.plan_port(sp, 4, "node-a")
+    if kind == "iptables":
+        writer = RuleRenderer(netfilter.NetfilterOptions.parse("iptables", {}), 4)._writer
+    else:
+        writer = NftRenderer(netfilter.NetfilterOptions.parse("nftables", {}))._writer
+    inner: list[object] = []
+
+    class Interleaved:
+        """The plan, read by the writer; reading its ``sp`` runs a second call meanwhile."""
+
+        family, cluster_ips = plan.family, plan.cluster_ips
+        cluster_endpoints, local_endpoints = plan.cluster_endpoints, plan.local_endpoints
+
+        @property
+        def sp(self) -> ServicePortInfo:
+            inner.append(writer.write(plan))
+            return sp
+
+    outer = writer.write(Interleaved())
+    assert inner == [None]
+    assert outer == writer.write(plan) and outer is not None
