@@ -59,6 +59,8 @@ class SelectorIndex:
 
     Postings are C arrays of integer slots behind an XXH3 table of label pairs; label sets are
     kept as interned (key, value) string pointers, so one change costs a few probes and writes.
+    The match relation is kept on the label sets' side only: a label-set change writes nothing
+    in its selectors, and ``matching(selector_id)`` reads the label sets its anchors reach.
     """
 
     def __init__(self) -> None: ...
@@ -74,7 +76,9 @@ class SelectorIndex:
     def selector_ids(self) -> list[Hashable]: ...
     def label_ids(self) -> list[Hashable]: ...
     def matching(self, selector: Hashable | Selector) -> set[Hashable]:
-        """Ids of the label sets a selector matches (by id, or for a Selector given)."""
+        """Ids of the label sets a selector matches (by id, or for a Selector given).
+
+        By id, the cost is that of the label sets the selector's anchor reaches."""
     def selectors_matching(self, labels: Hashable | Mapping[str, str]) -> set[Hashable]:
         """Ids of the selectors that match a label set (by id, or for a mapping given)."""
     def set_labels(self, label_id: Hashable, labels: Mapping[str, str]) -> tuple[set[Hashable], set[Hashable]]:

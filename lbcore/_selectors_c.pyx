@@ -1322,7 +1322,11 @@ cdef class SelectorIndex:
     match relation is stored both ways, so each change returns what it added and removed.
 
     The postings are C arrays of integer slots behind a table of pairs hashed with XXH3, so a
-    change costs a few probes and array writes, not look-ups in large Python dicts.
+    change costs a few probes and array writes, not look-ups in large Python dicts. The match
+    relation is kept once, on the label sets' side: a label-set change writes nothing in the
+    selectors it gains or loses, and ``matching(selector_id)`` reads it back from the label sets
+    the selector's anchors reach (every label set for a selector without a positive
+    requirement).
 
     Ids are any hashable values. The index does not know namespaces: keep one index per
     namespace (``collections.defaultdict(SelectorIndex)``), since a Service selects only pods
@@ -1764,7 +1768,10 @@ cdef class SelectorIndex:
         return list(self._lab_slot)
 
     def matching(self, selector) -> set:
-        """Ids of the label sets a selector matches: by selector id, or for a Selector given."""
+        """Ids of the label sets a selector matches: by selector id, or for a Selector given.
+
+        By id, the cost is that of the label sets its anchor reaches (for ``app=web,tier=db``
+        those with ``app=web`` or those with ``tier=db``), not of the answer alone."""
         cdef set result = set()
         cdef Py_ssize_t t
         cdef Vec* found = &self._scr_found
