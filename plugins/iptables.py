@@ -377,30 +377,35 @@ def _restore_lines(
     """What :func:`_restore_text` writes for ``filter_chains`` and for ``nat_head``, every chain of
     ``ports`` and ``nat_tail`` in nat, as pieces to join with newlines (once, by the caller); a
     port adds its two joined texts, not a line at a time."""
-    out: list[str] = []
     texts = [rules.text() for rules in ports]
-    head, tail = list(nat_head), list(nat_tail)
-    for table, before, after, deleted in (
-        ("filter", list(filter_chains), [], sorted(delete_filter)),
-        ("nat", head, tail, sorted(delete_nat)),
-    ):
-        out.append(f"*{table}")
-        out.extend([f":{name} - [0:0]" for name, _ in before])
-        if table == "nat":
-            out.extend([decl for decl, _ in texts if decl])
-        out.extend([f":{name} - [0:0]" for name, _ in after])
-        out.extend([f":{name} - [0:0]" for name in deleted])
-        for chains in (before, texts if table == "nat" else [], after):
-            for _, body in chains:
-                if isinstance(body, str):
-                    if body:
-                        out.append(body)
-                else:
-                    out.extend(body)
-        out.extend([f"-X {name}" for name in deleted])
-        out.append("COMMIT")
-    out.append("")
+    filt, head, tail = list(filter_chains), list(nat_head), list(nat_tail)
+    deleted_filter, deleted_nat = sorted(delete_filter), sorted(delete_nat)
+    out = ["*filter"]
+    out.extend([f":{name} - [0:0]" for name, _ in filt])
+    out.extend([f":{name} - [0:0]" for name in deleted_filter])
+    _add_rules(out, filt)
+    out.extend([f"-X {name}" for name in deleted_filter])
+    out += ["COMMIT", "*nat"]
+    out.extend([f":{name} - [0:0]" for name, _ in head])
+    out.extend([decl for decl, _ in texts if decl])
+    out.extend([f":{name} - [0:0]" for name, _ in tail])
+    out.extend([f":{name} - [0:0]" for name in deleted_nat])
+    _add_rules(out, head)
+    out.extend([body for _, body in texts if body])
+    _add_rules(out, tail)
+    out.extend([f"-X {name}" for name in deleted_nat])
+    out += ["COMMIT", ""]
     return out
+
+
+def _add_rules(out: list[str], chains: Iterable[tuple[str, str | list[str]]]) -> None:
+    """Each chain's rules: one joined string, or a list of lines."""
+    for _, body in chains:
+        if isinstance(body, str):
+            if body:
+                out.append(body)
+        else:
+            out.extend(body)
 
 
 class IptablesFrontend(Frontend):
