@@ -172,17 +172,17 @@ class KubernetesSource(Source):
         from kubernetes import client
 
         core, discovery = client.CoreV1Api(api_client), client.DiscoveryV1Api(api_client)
-        namespaced = {
+        namespaced: dict[str, Callable[..., Any]] = {
             "Service": core.list_namespaced_service,
             "Pod": core.list_namespaced_pod,
             "EndpointSlice": discovery.list_namespaced_endpoint_slice,
         }
-        everywhere = {
+        everywhere: dict[str, Callable[..., Any]] = {
             "Service": core.list_service_for_all_namespaces,
             "Pod": core.list_pod_for_all_namespaces,
             "EndpointSlice": discovery.list_endpoint_slice_for_all_namespaces,
         }
-        selector = {"label_selector": self.label_selector} if (
+        selector: dict[str, Any] = {"label_selector": self.label_selector} if (
             kind != "Pod" and self.label_selector) else {}
         if self.namespace is not None:
             function, namespace = namespaced[kind], self.namespace

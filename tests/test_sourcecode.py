@@ -1,4 +1,4 @@
-"""The source stays lint-clean and type-checked: ruff over the tree, mypy over lbcore/."""
+"""The source stays lint-clean and type-checked: ruff over the tree, mypy over lbcore/ and plugins/."""
 
 from __future__ import annotations
 
