@@ -1292,6 +1292,24 @@ cdef inline uint64_t _text_hash(PyObject* text, uint64_t seed) except? 0:
     return XXH3_64bits_withSeed(unicode_data(text), <size_t>(unicode_length(text) * kind), seed + <uint64_t>kind)
 
 
+cdef extern from *:
+    """
+    /* str's own hash of a str or a str subclass (its text, whatever the subclass says): cached
+       in the object, so a literal or interned label key costs a load */
+    static inline Py_hash_t lb_str_hash(PyObject* s) { return PyUnicode_Type.tp_hash(s); }
+    """
+    Py_hash_t str_hash "lb_str_hash"(PyObject* s) noexcept
+
+
+cdef inline uint64_t _key_hash(PyObject* key) except? 0:
+    """A label key's hash (the seed of its pairs' hashes): str's own, so the keys a change
+    repeats are not hashed again; one shared value for anything else."""
+    if not unicode_check(key):
+        return _KEY_SEED ^ _OTHER
+    unicode_ready(key)  # entries compare the text of ready strs
+    return <uint64_t>str_hash(key) ^ _KEY_SEED
+
+
 cdef inline int _int64_id(object label_id, int64_t* number) except -1:
     """1 for an exact int id that fits 64 bits, stored in ``number``: two such ids are equal when
     their numbers are, so finding one need not read the stored id object (a cache miss)."""
@@ -1818,7 +1836,7 @@ cdef class SelectorIndex:
             self._scr_hash = grown
             self._scr_hash_cap = 2 * n
         while PyDict_Next(labels, &it, &k, &v):
-            hk = _text_hash(k, _KEY_SEED)
+            hk = _key_hash(k)
             hp = _text_hash(v, hk)
             self._scr_hash[i] = hp
             self._scr_hash[i + 1] = hk
@@ -2057,7 +2075,7 @@ cdef class SelectorIndex:
         for i in range(selector._n):
             r = &selector._reqs[i]
             op = r.op
-            hk = _text_hash(r.key, _KEY_SEED)
+            hk = _key_hash(r.key)
             nsel = 0
             nlab = 0
             if op == OP_EQ or op == OP_DEQ or op == OP_IN:
@@ -2106,7 +2124,7 @@ cdef class SelectorIndex:
             _vec_push(&self._unanchored, slot)
             return 0
         r = &selector._reqs[best]
-        hk = _text_hash(r.key, _KEY_SEED)
+        hk = _key_hash(r.key)
         ss.kind = ANCHOR_KEY if r.nvalues == 0 or r.op == OP_GT or r.op == OP_LT else ANCHOR_PAIRS
         if ss.kind == ANCHOR_KEY:
             n = 1
@@ -2155,7 +2173,7 @@ cdef class SelectorIndex:
         for i in range(selector._n):
             r = &selector._reqs[i]
             op = r.op
-            hk = _text_hash(r.key, _KEY_SEED)
+            hk = _key_hash(r.key)
             total = 0
             if op == OP_EQ or op == OP_DEQ or op == OP_IN:
                 for j in range(r.nvalues):
@@ -2178,7 +2196,7 @@ cdef class SelectorIndex:
                     _vec_push(&self._scr_found, <int32_t>t)
             return 0
         r = &selector._reqs[best]
-        hk = _text_hash(r.key, _KEY_SEED)
+        hk = _key_hash(r.key)
         for j in range(r.nvalues if r.op == OP_EQ or r.op == OP_DEQ or r.op == OP_IN else 1):
             if r.op == OP_EQ or r.op == OP_DEQ or r.op == OP_IN:
                 e = self._find(_text_hash(r.values[j], hk), r.key, r.values[j])

@@ -416,3 +416,16 @@ def test_label_values_found_by_their_text_whatever_their_length_and_kind(sel):
     assert index.matching("long-key") == {f"n{i}" for i in range(4)}
     assert index.get_labels("wide") == {"k": "\u6261"}
     assert index.set_selector("wide-or-ab", sel.parse_selector("k"))[0] >= {"wide", "a0", "ba", "accented"}
+
+
+def test_label_keys_and_values_of_a_str_subclass_are_their_text(sel):
+    class Name(str):
+        pass
+
+    index = sel.SelectorIndex()
+    index.set_selector("web", sel.parse_selector("app=web"))
+    index.set_selector("has-app", sel.parse_selector("app"))
+    assert index.set_labels("p", {Name("app"): Name("web")}) == ({"web", "has-app"}, set())
+    assert index.set_labels("q", {"app": "web"}) == ({"web", "has-app"}, set())
+    assert index.set_labels("p", {Name("app"): "db"}) == (set(), {"web"})
+    assert index.matching("web") == {"q"} and index.matching("has-app") == {"p", "q"}
