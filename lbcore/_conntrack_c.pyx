@@ -949,6 +949,7 @@ cdef class _Batch:
     cdef uint16_t sport1, dport1
     cdef uint8_t proto1
     cdef int32_t backend1
+    cdef int32_t backend_max            # the largest backend id of the batch
     cdef list keep                      # the arrays the pointers point into
 
     cdef object address_column(self, addrs, str field, Py_ssize_t n):
@@ -1007,7 +1008,7 @@ cdef class _Batch:
             elif field == "proto":
                 self.proto1 = <uint8_t>v
             else:
-                self.backend1 = <int32_t>v
+                self.backend1 = self.backend_max = <int32_t>v
             return NULL
         if a.ndim != 1 or a.shape[0] != n:
             raise _invalid(field, f"array{a.shape}", f"must be a scalar or {n} values")
@@ -1019,6 +1020,8 @@ cdef class _Batch:
         self.keep.append(a)
         if n == 0:
             return NULL
+        if field == "backend":
+            self.backend_max = a.max()  # one vectorized pass, not a loop in the insert
         flat = a.view(np.uint8)
         return &flat[0]
 
@@ -1183,11 +1186,7 @@ cdef class ConnTable(_FlatTable):
         cdef ct_key ring[RING]
         cdef uint64_t hr[RING]
         cdef Py_ssize_t i, j
-        cdef int32_t most = cols.backend1
-        for i in range(n if cols.backend != NULL else 0):
-            if cols.backend[i] > most:
-                most = cols.backend[i]
-        if n and self._ensure_backend(most) < 0:
+        if n and self._ensure_backend(cols.backend_max) < 0:
             raise MemoryError("ConnTable: no memory for the per-backend lists")
         _settle(self)
         memset(ring, 0, sizeof(ring))
