@@ -504,3 +504,14 @@ def test_an_insert_pending_across_a_clock_rebase_keeps_its_age():
     assert t.lookup(*conn(1), start + 38 * 86400.0) == -1
     assert t.lookup(*conn(2), start + 38 * 86400.0) == 2
     t._check()
+
+
+def test_batch_insert_grows_the_per_backend_lists_to_its_largest_id(mod):
+    t = mod.ConnTable(8)
+    src = np.array([1, 2, 3], dtype=np.uint32)
+    t.insert_many("TCP", src, 5, src, 80, np.array([7, 5_000_000, 0], dtype=np.int32), 1.0)
+    t.insert_many("TCP", np.array([4], dtype=np.uint32), 5, src[:1], 80, 8_000_000, 1.0)
+    assert [t.count(b) for b in (0, 7, 5_000_000, 8_000_000)] == [1, 1, 1, 1]
+    assert t.purge_backend(5_000_000) == 1 and len(t) == 3
+    if mod is _conntrack_c:
+        t._check()
