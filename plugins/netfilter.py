@@ -83,9 +83,10 @@ def family_of(ip: str) -> int:
 # Options
 # ---------------------------------------------------------------------------------------------
 
-#: nftables endpoint choice: a chain per endpoint behind a numgen cascade or a numgen vmap, or
-#: the DNAT inside the service chain (a cascade of dnat rules, or a numgen dnat map)
-ENDPOINT_SELECTIONS = ("cascade", "vmap", "inline", "map")
+#: nftables endpoint choice: a chain per endpoint behind a numgen cascade or a numgen vmap, the
+#: DNAT inside the service chain (a cascade of dnat rules, or a numgen dnat map), or shared
+#: chains that DNAT through data maps of every service's endpoints ("maps")
+ENDPOINT_SELECTIONS = ("cascade", "vmap", "inline", "map", "maps")
 
 
 @dataclass(frozen=True)

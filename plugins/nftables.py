@@ -178,7 +178,8 @@ class PortObjects:
         if self._text is None:
             grouped: dict[str, list[str]] = {}
             for (name, key), verdict in self.elements.items():
-                grouped.setdefault(name, []).append(f"{key} : {verdict}")
+                # a set element has no verdict
+                grouped.setdefault(name, []).append(f"{key} : {verdict}" if verdict else key)
             elements: dict[str, Sequence[str]] = dict(grouped)
             sets = "\n".join([f"\tset {name} {{\n\t\t{body}\n\t}}" for name, body in self.sets.items()])
             chains = "\n".join(
@@ -189,11 +190,23 @@ class PortObjects:
         return self._text
 
 
+def _slots(eps: tuple[EndpointInfo, ...]) -> list[str]:
+    """The ``ip . port`` of each slot of a ``maps`` port: one per endpoint, or ``w_i / gcd`` per
+    endpoint when weights differ, so a uniform slot gives endpoint i ``w_i / sum(w)``."""
+    dests = [f"{ep.ip} . {ep.port}" for ep in eps]
+    weights = [max(ep.weight, 1) for ep in eps]
+    if max(weights) == 1:
+        return dests
+    g = math.gcd(*weights)
+    return [dest for dest, w in zip(dests, weights, strict=True) for _ in range(w // g)]
+
+
 class NftRenderer:
     """Builds the table's objects from plans."""
 
     def __init__(self, options: NetfilterOptions):
         self.options = options
+        self.maps_mode = options.endpoint_selection == "maps"
         self._writer = (
             None if NftWriter is None
             else NftWriter(options.masquerade_all, dict(options.cluster_cidrs), options.endpoint_selection)
@@ -203,6 +216,8 @@ class NftRenderer:
         """The objects of ``plan``: written by the compiled writer when there is one and it
         takes this shape of port (the same text, byte for byte), else by
         :meth:`port_objects_py`."""
+        if self.maps_mode:
+            return self.port_objects_maps(plan)
         if self._writer is not None:
             written = self._writer.write(plan)
             if written is not None:
@@ -211,6 +226,12 @@ class NftRenderer:
 
     def port_objects_py(self, plan: PortPlan) -> PortObjects:
         """The readable twin of the compiled writer (and its reference in the tests)."""
+        if self.maps_mode:
+            return self.port_objects_maps(plan)
+        return self._port_objects_chains(plan)
+
+    def _port_objects_chains(self, plan: PortPlan) -> PortObjects:
+        """The objects of ``plan`` in the forms with a chain per service port."""
         sp = plan.sp
         fam = plan.family
         ip = _IP[fam]
@@ -290,6 +311,84 @@ class NftRenderer:
                 chains[ep_chain[at]] = [f"{saddr}{ep.ip} jump mark-for-masquerade", dnat + dests[at]]
         return objs
 
+    def port_objects_maps(self, plan: PortPlan) -> PortObjects:
+        """The objects of ``plan`` in the ``maps`` form: only map and set elements.
+
+        ``service-ips`` sends the port to the shared chain ``pick-v<fam>-<n>`` (n: its number of
+        endpoint slots), which DNATs through ``service-endpoints`` keyed by (address, protocol,
+        port, slot); NodePorts go the same way through ``service-nodeports`` and
+        ``nodeport-endpoints``. A port without endpoints is an element of a ``no-endpoint`` set,
+        each endpoint one of the ``hairpin`` set. A ClientIP affinity port keeps the cascade's
+        chains and sets (each endpoint records its clients in its own set)."""
+        sp = plan.sp
+        fam = plan.family
+        if sp.session_affinity == "ClientIP":
+            objs = self._port_objects_chains(plan)
+            elements = objs.elements
+            for mapname, key in [k for k in elements if k[0].startswith("no-endpoint-")]:
+                elements[(mapname, key)] = ""  # a set element here
+            return objs
+        proto = sp.protocol.lower()
+        objs = PortObjects()
+        elements = objs.elements
+        eps = plan.cluster_endpoints
+        for cip in plan.cluster_ips:
+            if eps:
+                slots = _slots(eps)
+                elements[(f"service-ips-v{fam}", f"{cip} . {proto} . {sp.port}")] = f"goto pick-v{fam}-{len(slots)}"
+                for i, dest in enumerate(slots):
+                    elements[(f"service-endpoints-v{fam}", f"{cip} . {proto} . {sp.port} . {i}")] = dest
+            else:
+                elements[(f"no-endpoint-services-v{fam}", f"{cip} . {proto} . {sp.port}")] = ""
+        if plan.node_port:
+            ext_eps = plan.external_endpoints
+            key = f"{proto} . {plan.node_port}"
+            if ext_eps:
+                slots = _slots(ext_eps)
+                kind = "external" if plan.local_endpoints is None else "local"
+                elements[(f"service-nodeports-v{fam}", key)] = f"goto pick-{kind}-v{fam}-{len(slots)}"
+                for i, dest in enumerate(slots):
+                    elements[(f"nodeport-endpoints-v{fam}", f"{key} . {i}")] = dest
+            else:
+                elements[(f"no-endpoint-nodeports-v{fam}", key)] = ""
+        for ep in plan.all_endpoints:
+            elements[(f"hairpin-v{fam}", f"{ep.ip} . {ep.ip} . {proto} . {ep.port}")] = ""
+        return objs
+
+    def pick_chains(self, slots: int) -> dict[str, list[str]]:
+        """The shared chains ``pick[-external|-local]-v<fam>-<n>`` for n = 1 .. ``slots``.
+
+        They are all written with the table and never added later: nft 1.0.6 refuses a new rule
+        that names one of the ``typeof`` maps once that map comes from the kernel ("conflicting
+        protocols specified: tcp vs. th"), so a port with more slots than the table has chains
+        makes the sync a full one."""
+        return {
+            f"{kind}-v{fam}-{n}": self.pick_chain(f"{kind}-v{fam}-{n}")
+            for kind in ("pick", "pick-external", "pick-local")
+            for fam in (4, 6)
+            for n in range(1, slots + 1)
+        }
+
+    def pick_chain(self, name: str) -> list[str]:
+        """The rules of shared chain ``name`` (``pick[-external|-local]-v<fam>-<n>``): a DNAT to
+        slot ``numgen random mod n`` of the port the packet is addressed to. (The maps' keys
+        hold the protocol, so only TCP, UDP and SCTP packets get here.)"""
+        kind, v, n = name.rsplit("-", 2)
+        fam = int(v[1:])
+        ip = _IP[fam]
+        head = f"dnat {ip} to "
+        if kind == "pick":
+            rules = []
+            cidr = self.options.cluster_cidrs.get(fam)
+            if self.options.masquerade_all:
+                rules.append("jump mark-for-masquerade")
+            elif cidr:
+                rules.append(f"{ip} saddr != {cidr} jump mark-for-masquerade")
+            key = f"{ip} daddr . meta l4proto . th dport"
+            return [*rules, f"{head}{key} . numgen random mod {n} map @service-endpoints-v{fam}"]
+        rules = ["jump mark-for-masquerade"] if kind == "pick-external" else []
+        return [*rules, f"{head}meta l4proto . th dport . numgen random mod {n} map @nodeport-endpoints-v{fam}"]
+
     def _dnat_inline(self, plan: PortPlan, eps: tuple[EndpointInfo, ...]) -> list[str]:
         """Hairpin marks and the DNAT of ``eps`` as rules of the service chain itself.
 
@@ -349,7 +448,7 @@ class NftRenderer:
         weights = [max(ep.weight, 1) for ep in eps]
         g = math.gcd(*weights)
         weights = [w // g for w in weights]
-        if self.options.endpoint_selection == "cascade":
+        if self.options.endpoint_selection in ("cascade", "maps"):
             # rule i draws a fresh number in [0, rest) and takes w_i of it: w_i / (w_i+...+w_n)
             rest = sum(weights)
             for ep, w in zip(eps[:-1], weights[:-1], strict=True):
@@ -375,6 +474,7 @@ class NftRenderer:
         nodeports: list[str] = []
         reject: list[str] = []
         node_match = self._node_matches()
+        maps = self.options.endpoint_selection == "maps"
         for fam in fams:
             ip = _IP[fam]
             cidr = self.options.cluster_cidrs.get(fam)
@@ -384,6 +484,12 @@ class NftRenderer:
             ip = _IP[fam]
             services.append(f"{ip} daddr . meta l4proto . th dport vmap @service-ips-v{fam}")
             nodeports.append(f"meta nfproto ipv{fam} meta l4proto . th dport vmap @service-nodeports-v{fam}")
+            if maps:
+                # data sets: adding an element triggers no validation of the table on commit
+                reject.append(f"{ip} daddr . meta l4proto . th dport @no-endpoint-services-v{fam} reject")
+                for match in node_match.get(fam, []):
+                    reject.append(f"{match} meta nfproto ipv{fam} meta l4proto . th dport @no-endpoint-nodeports-v{fam} reject")
+                continue
             reject.append(f"{ip} daddr . meta l4proto . th dport vmap @no-endpoint-services-v{fam}")
             for match in node_match.get(fam, []):
                 reject.append(f"{match} meta nfproto ipv{fam} meta l4proto . th dport vmap @no-endpoint-nodeports-v{fam}")
@@ -409,6 +515,13 @@ class NftRenderer:
                 "masquerade fully-random",
             ],
         }
+        if maps:
+            # hairpin: a DNATed connection whose client is the endpoint it reached
+            chains["masquerading"][:0] = [
+                f"ct status dnat {_IP[fam]} saddr . {_IP[fam]} daddr . meta l4proto . th dport @hairpin-v{fam}"
+                f" meta mark set meta mark | {MASQ_MARK:#x}"
+                for fam in fams
+            ]
         return chains
 
     def _node_matches(self) -> dict[int, list[str]]:
@@ -420,6 +533,24 @@ class NftRenderer:
             mine = [a for a in addrs if (":" in a) == (fam == 6)]
             if mine:
                 out[fam] = [f"{_IP[fam]} daddr {{ {', '.join(mine)} }}"]
+        return out
+
+    @staticmethod
+    def maps_mode_maps(families: Iterable[int]) -> dict[str, str]:
+        """The maps and sets of the ``maps`` form: name -> ``map``/``set`` and its type line."""
+        out = {}
+        for fam in sorted(families):
+            addr, ip = _ADDR_TYPE[fam], _IP[fam]
+            slot = "numgen random mod 1"  # typeof: numgen's integer has no named type
+            out[f"service-ips-v{fam}"] = f"map: type {addr} . inet_proto . inet_service : verdict"
+            out[f"service-nodeports-v{fam}"] = "map: type inet_proto . inet_service : verdict"
+            out[f"service-endpoints-v{fam}"] = (
+                f"map: typeof {ip} daddr . meta l4proto . th dport . {slot} : {ip} daddr . th dport"
+            )
+            out[f"nodeport-endpoints-v{fam}"] = f"map: typeof meta l4proto . th dport . {slot} : {ip} daddr . th dport"
+            out[f"no-endpoint-services-v{fam}"] = f"set: type {addr} . inet_proto . inet_service"
+            out[f"no-endpoint-nodeports-v{fam}"] = "set: type inet_proto . inet_service"
+            out[f"hairpin-v{fam}"] = f"set: type {addr} . {addr} . inet_proto . inet_service"
         return out
 
     @staticmethod
@@ -444,6 +575,9 @@ class TableState:
     by_service: dict[str, list[str]] = field(default_factory=dict)
     # plan keys the last partial sync looked at
     touched: set[str] = field(default_factory=set)
+    # ``maps``: how many ports use each hairpin element; the pick chains' slots
+    shared: dict[tuple[str, str], int] = field(default_factory=dict)
+    pick_slots: int = 0
 
 
 def _table_text(
@@ -477,6 +611,109 @@ def _table_text(
     out.append("}")
     out.append("")
     return "\n".join(out)
+
+
+#: ``maps``: the table has pick chains for at least this many slots
+PICK_SLOTS = 16
+
+
+def _shared(objs: PortObjects | None) -> list[tuple[str, str]]:
+    """The elements a ``maps`` port may share with other ports: those of ``hairpin-v<fam>``
+    (two services can have the same endpoint)."""
+    if objs is None:
+        return []
+    return [item for item in objs.elements if item[0].startswith("hairpin-")]
+
+
+def _slots_used(objs: PortObjects) -> int:
+    """The largest number of slots a ``maps`` port's pick chains have (0: none)."""
+    return max(
+        [int(verdict.rpartition("-")[2]) for verdict in objs.elements.values() if verdict.startswith("goto pick-")],
+        default=0,
+    )
+
+
+def _maps_table_text(
+    renderer: NftRenderer, objects: Iterable[PortObjects], families: Iterable[int]
+) -> tuple[str, int]:
+    """The whole table in the ``maps`` form: per-port elements (each shared one once), the
+    pick chains, the chains and sets of ClientIP affinity ports; and the pick chains' slots."""
+    fams = sorted(families)
+    decls = renderer.maps_mode_maps(fams)
+    elements: dict[str, dict[str, None]] = {name: {} for name in decls}
+    slots = PICK_SLOTS
+    sets: list[str] = []
+    chains: list[str] = []
+    for objs in objects:
+        port_elements, port_sets, port_chains = objs.text()
+        for name, items in port_elements.items():
+            elements[name].update(dict.fromkeys(items))
+        for name in ("service-ips-v4", "service-ips-v6", "service-nodeports-v4", "service-nodeports-v6"):
+            for item in port_elements.get(name, ()):
+                verdict = item.rpartition(" : goto ")[2]
+                if verdict.startswith("pick-"):
+                    slots = max(slots, int(verdict.rpartition("-")[2]))
+        if port_sets:
+            sets.append(port_sets)
+        if port_chains:
+            chains.append(port_chains)
+    out = [f"table {FAMILY} {TABLE} {{"]
+    for name, decl in decls.items():
+        kind, _, body = decl.partition(": ")
+        out.append(f"\t{kind} {name} {{\n\t\t{body}")
+        if elements[name]:
+            out.append("\t\telements = { " + ",\n\t\t\t".join(elements[name]) + " }")
+        out.append("\t}")
+    out.extend(sets)
+    base = renderer.base_chains(fams)
+    base.update(renderer.pick_chains(slots))
+    for name, rules in base.items():
+        out.append(f"\tchain {name} {{")
+        out.extend([f"\t\t{rule}" for rule in rules])
+        out.append("\t}")
+    out.extend(chains)
+    out.append("}")
+    out.append("")
+    return "\n".join(out), slots
+
+
+def _maps_update_script(
+    before: PortObjects, after: PortObjects, added: set[tuple[str, str]], removed: set[tuple[str, str]]
+) -> str:
+    """The transaction of a ``maps`` partial sync: ``before`` and ``after`` are the changed ports'
+    objects, ``added``/``removed`` the shared elements no port used before / uses any more.
+
+    An endpoint change is element deletes and adds in data maps (no validation of the table
+    on commit) and, when its number of slots changes, one ``service-ips`` element; the table
+    has few chains, so nft's read of the chain list before a ``delete`` costs little."""
+    t = f"{FAMILY} {TABLE}"
+    # the sets the rules name are declared again (a no-op in the kernel) so nft knows them
+    lines = [f"add set {t} {name} {{ {body}; }}" for name, body in after.sets.items()]
+    lines.extend(f"add chain {t} {name}" for name in after.chains if name not in before.chains)
+    for name, rules in after.chains.items():
+        if before.chains.get(name) == rules:
+            continue
+        if name in before.chains:
+            lines.append(f"flush chain {t} {name}")
+        if rules:
+            lines.append(f"add chain {t} {name} {{\n\t" + "\n\t".join(rules) + "\n}")
+
+    def own(mapname: str) -> bool:
+        return not mapname.startswith("hairpin-")
+
+    for (mapname, key), verdict in before.elements.items():
+        if (own(mapname) and after.elements.get((mapname, key)) != verdict) or (mapname, key) in removed:
+            lines.append(f"delete element {t} {mapname} {{ {key} }}")
+    adds: dict[str, list[str]] = {}
+    for (mapname, key), verdict in after.elements.items():
+        if (own(mapname) and before.elements.get((mapname, key)) != verdict) or (mapname, key) in added:
+            adds.setdefault(mapname, []).append(f"{key} : {verdict}" if verdict else key)
+    lines.extend(f"add element {t} {mapname} {{ {', '.join(items)} }}" for mapname, items in adds.items())
+    gone = [name for name in before.chains if name not in after.chains]
+    lines.extend(f"flush chain {t} {name}" for name in gone)
+    lines.extend(f"delete chain {t} {name}" for name in gone)
+    lines.extend(f"delete set {t} {name}" for name in before.sets if name not in after.sets)
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def _update_script(before: PortObjects, after: PortObjects) -> str:
@@ -521,6 +758,11 @@ def _update_script(before: PortObjects, after: PortObjects) -> str:
     if len(lines) == len(after.sets) and after.sets == before.sets:
         return ""  # only the declarations of unchanged sets: nothing to do
     return "\n".join(lines) + "\n"
+
+
+def _replace_script(text: str) -> str:
+    """The transaction that replaces the whole table with ``text``."""
+    return f"add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n{text}"
 
 
 def _split_deletions(script: str) -> tuple[str, tuple[list[str], list[str]]]:
@@ -583,7 +825,17 @@ class NftablesFrontend(Frontend):
                     objs[pkey] = port_objects
                     by_service.setdefault(sp.service, []).append(pkey)
         self.cache.entries = fresh
-        text = _table_text(self.renderer, objects, (4, 6))
+        if self.renderer.maps_mode:
+            if state is not None:
+                shared = state.shared
+                for port_objects in objects:
+                    for item in _shared(port_objects):
+                        shared[item] = shared.get(item, 0) + 1
+            text, slots = _maps_table_text(self.renderer, objects, (4, 6))
+            if state is not None:
+                state.pick_slots = slots
+        else:
+            text = _table_text(self.renderer, objects, (4, 6))
         return f"# lbcore nftables rules (nft -f)\n{text}"
 
     def render_update(self, before: Snapshot, after: Snapshot, changed: frozenset[str]) -> str:
@@ -619,7 +871,7 @@ class NftablesFrontend(Frontend):
         full = old is None or node != self._node
         if old is None or full:
             text, state = self._render(snapshot)
-            script = f"add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n{text}"
+            script = _replace_script(text)
         else:
             script, state = self._partial(snapshot, old, changed)
         if script:
@@ -674,6 +926,32 @@ class NftablesFrontend(Frontend):
             return merged
 
         touched = state.touched
+        if self.renderer.maps_mode:
+            if max([_slots_used(state.objects[k]) for k in touched if k in state.objects], default=0) > old.pick_slots:
+                # more slots than the table has pick chains: replace the table (see pick_chains)
+                text, state = self._render(snapshot)
+                state.touched = touched
+                return _replace_script(text), state
+            state.shared = shared = dict(old.shared)
+            state.pick_slots = old.pick_slots
+            added: set[tuple[str, str]] = set()
+            removed: set[tuple[str, str]] = set()
+            for k in touched:
+                for item in _shared(old.objects.get(k)):
+                    shared[item] -= 1
+            for k in touched:
+                for item in _shared(state.objects.get(k)):
+                    shared[item] = shared.get(item, 0) + 1
+                    if shared[item] == 1:
+                        added.add(item)
+            for k in touched:
+                for item in _shared(old.objects.get(k)):
+                    if shared.get(item) == 0:
+                        del shared[item]
+                        removed.add(item)
+            added -= {item for k in touched for item in _shared(old.objects.get(k))}
+            script = _maps_update_script(gather(old, touched), gather(state, touched), added, removed)
+            return script, state
         return _update_script(gather(old, touched), gather(state, touched)), state
 
     def stop(self, keep: bool = False) -> None:
