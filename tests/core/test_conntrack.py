@@ -515,3 +515,46 @@ def test_batch_insert_grows_the_per_backend_lists_to_its_largest_id(mod):
     assert t.purge_backend(5_000_000) == 1 and len(t) == 3
     if mod is _conntrack_c:
         t._check()
+
+
+# -- lookup and insert bind without a new collected object per call (compiled table) -------------
+
+
+def test_bound_lookup_and_insert_behave_like_methods():
+    import sys
+
+    t = _conntrack_c.ConnTable(64)
+    insert, lookup = t.insert, t.lookup
+    assert lookup.__self__ is t and lookup.__name__ == "lookup" and "backend" in lookup.__doc__
+    assert "lookup" in repr(lookup) and "lookup" in repr(_conntrack_c.ConnTable.lookup)
+    insert(*conn(1), 3, 0.0)
+    assert _conntrack_c.ConnTable.lookup(t, *conn(1), 1.0) == 3
+    assert t.lookup(proto="TCP", src=conn(1)[1], sport=conn(1)[2], dst=conn(1)[3],
+                    dport=80, now=1.0) == 3
+    # more bound objects alive at once than the free list keeps, each bound to its own table
+    tables = [_conntrack_c.ConnTable(4) for _ in range(40)]
+    bound = [x.insert for x in tables]
+    for i, f in enumerate(bound):
+        f(*conn(i), i, 0.0)
+    assert [x.lookup(*conn(i), 0.0) for i, x in enumerate(tables)] == list(range(40))
+    refs = sys.getrefcount(t)
+    for _ in range(1000):
+        t.lookup(*conn(1), 1.0)
+        t.insert(*conn(2), 1, 1.0)
+    assert sys.getrefcount(t) == refs
+
+
+def test_a_bound_method_keeps_its_table_alive():
+    lookup = _conntrack_c.ConnTable(4).lookup
+    insert = lookup.__self__.insert
+    insert(*conn(1), 2, 0.0)
+    assert lookup(*conn(1), 1.0) == 2
+
+
+def test_calling_a_table_method_on_something_else_is_a_type_error():
+    with pytest.raises(TypeError):
+        _conntrack_c.ConnTable.lookup(object(), *conn(1), 0.0)
+    with pytest.raises(TypeError):
+        _conntrack_c.ConnTable.insert()
+    with pytest.raises(TypeError):
+        _conntrack_c.ConnTable(4).lookup(*conn(1))  # no time
