@@ -24,7 +24,17 @@ from lbcore.snapshot import EndpointInfo, ServicePortInfo, Snapshot
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 
-FRONTENDS = {"iptables": IptablesFrontend, "nftables": NftablesFrontend}
+# each topology runs the whole suite through one of these: a frontend and its options
+KINDS: dict[str, tuple[type[IptablesFrontend] | type[NftablesFrontend], dict[str, object]]] = {
+    "iptables": (IptablesFrontend, {}),
+    "nftables": (NftablesFrontend, {}),
+    "nftables-maps": (NftablesFrontend, {"endpoint_selection": "maps"}),
+}
+
+
+def make(kind: str, options: dict[str, object]) -> IptablesFrontend | NftablesFrontend:
+    cls, extra = KINDS[kind]
+    return cls({**extra, **options}, RuntimeContext())
 CHI2_DF2_1PCT = 9.210  # chi-square critical value, 2 degrees of freedom, 1% level
 
 
@@ -42,13 +52,13 @@ def snapshot(*ports: ServicePortInfo, version: int = 1) -> Snapshot:
 def kernel_reason(cluster: Cluster, kind: str) -> str | None:
     """None when ``kind`` can run in the node namespace, else a one-line reason."""
     try:
-        FRONTENDS[kind]({"netns": cluster.node}, RuntimeContext()).start()
+        make(kind, {"netns": cluster.node}).start()
     except FrontendUnavailable as exc:
         return str(exc).splitlines()[0]
     return None
 
 
-@pytest.fixture(scope="module", params=sorted(FRONTENDS))
+@pytest.fixture(scope="module", params=sorted(KINDS))
 def cluster(request: pytest.FixtureRequest) -> Iterator[tuple[str, Cluster]]:
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("needs root and iproute2 for network namespaces")
@@ -65,7 +75,7 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[tuple[str, Cluster]]:
 @pytest.fixture
 def frontend(cluster: tuple[str, Cluster]) -> Iterator[IptablesFrontend | NftablesFrontend]:
     kind, c = cluster
-    fe = FRONTENDS[kind]({"netns": c.node, "cluster_cidr": POD_CIDR}, RuntimeContext())
+    fe = make(kind, {"netns": c.node, "cluster_cidr": POD_CIDR})
     fe.start()
     try:
         yield fe
@@ -143,6 +153,15 @@ def test_node_port_reachable_from_client_and_from_outside(cluster, frontend):
     assert {r.split()[1] for r in outside} <= set(c.node_addresses)
 
 
+def test_a_pod_reaches_itself_through_its_service(cluster, frontend):
+    _, c = cluster
+    frontend.sync(snapshot(service("self", "10.96.0.21", c.pod_ips[:1])), frozenset({"e2e/self"}))
+    # unmasqueraded, pod1 would answer its own address directly and the handshake would fail
+    replies = c.tcp(c.pods[0], "10.96.0.21", 80, count=3)
+    assert [c.pod_name(r) for r in replies] == ["pod1"] * 3, replies
+    assert {r.split()[1] for r in replies} <= set(c.node_addresses), replies
+
+
 def test_cluster_ip_is_not_reachable_from_outside(cluster, frontend):
     _, c = cluster
     frontend.sync(snapshot(service("web", "10.96.0.15", c.pod_ips)), frozenset({"e2e/web"}))
@@ -189,7 +208,7 @@ def test_foreign_rules_stay_and_nothing_of_lbcore_is_left_after_stop(cluster):
     sh("nft", "add table inet foreign; add chain inet foreign c; add rule inet foreign c tcp dport 9997 accept", netns=c.node)
     try:
         before = _foreign_state(c)
-        fe = FRONTENDS[kind]({"netns": c.node, "cluster_cidr": POD_CIDR}, RuntimeContext())
+        fe = make(kind, {"netns": c.node, "cluster_cidr": POD_CIDR})
         fe.start()
         sp = service("np", "10.96.0.17", c.pod_ips, type="NodePort", node_port=30081)
         fe.sync(snapshot(sp, service("empty", "10.96.0.18", [])), frozenset({"e2e/np", "e2e/empty"}))
@@ -210,14 +229,14 @@ def test_foreign_rules_stay_and_nothing_of_lbcore_is_left_after_stop(cluster):
 
 def test_stop_keep_leaves_the_rules_serving(cluster):
     kind, c = cluster
-    fe = FRONTENDS[kind]({"netns": c.node, "cluster_cidr": POD_CIDR}, RuntimeContext())
+    fe = make(kind, {"netns": c.node, "cluster_cidr": POD_CIDR})
     fe.start()
     fe.sync(snapshot(service("web", "10.96.0.19", c.pod_ips[:1])), frozenset({"e2e/web"}))
     fe.stop(keep=True)
     try:
         assert c.pod_name(c.tcp(c.client, "10.96.0.19", 80)[0]) == "pod1"
         # a new instance takes over what the old one left, then removes it
-        fe2 = FRONTENDS[kind]({"netns": c.node, "cluster_cidr": POD_CIDR}, RuntimeContext())
+        fe2 = make(kind, {"netns": c.node, "cluster_cidr": POD_CIDR})
         fe2.sync(snapshot(service("web", "10.96.0.19", c.pod_ips[1:2])), frozenset({"e2e/web"}))
         assert c.pod_name(c.tcp(c.client, "10.96.0.19", 80)[0]) == "pod2"
         fe2.stop()
