@@ -625,6 +625,24 @@ def _shared(objs: PortObjects | None) -> list[tuple[str, str]]:
     return [item for item in objs.elements if item[0].startswith("hairpin-")]
 
 
+def _count_shared(old: TableState, new: TableState) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """Fill ``new.shared`` from ``old.shared`` and the ports ``new.touched`` names; return the
+    shared elements no port used before (to add) and those no port uses any more (to delete)."""
+    keys = new.touched
+    new.shared = shared = dict(old.shared)
+    was = [item for k in keys for item in _shared(old.objects.get(k))]
+    now = [item for k in keys for item in _shared(new.objects.get(k))]
+    for item in was:
+        shared[item] -= 1
+    for item in now:
+        shared[item] = shared.get(item, 0) + 1
+    added = {item for item in now if old.shared.get(item, 0) == 0}
+    removed = {item for item in was if shared[item] == 0}
+    for item in removed:
+        del shared[item]
+    return added, removed
+
+
 def _slots_used(objs: PortObjects) -> int:
     """The largest number of slots a ``maps`` port's pick chains have (0: none)."""
     return max(
@@ -926,33 +944,16 @@ class NftablesFrontend(Frontend):
             return merged
 
         touched = state.touched
-        if self.renderer.maps_mode:
-            if max([_slots_used(state.objects[k]) for k in touched if k in state.objects], default=0) > old.pick_slots:
-                # more slots than the table has pick chains: replace the table (see pick_chains)
-                text, state = self._render(snapshot)
-                state.touched = touched
-                return _replace_script(text), state
-            state.shared = shared = dict(old.shared)
-            state.pick_slots = old.pick_slots
-            added: set[tuple[str, str]] = set()
-            removed: set[tuple[str, str]] = set()
-            for k in touched:
-                for item in _shared(old.objects.get(k)):
-                    shared[item] -= 1
-            for k in touched:
-                for item in _shared(state.objects.get(k)):
-                    shared[item] = shared.get(item, 0) + 1
-                    if shared[item] == 1:
-                        added.add(item)
-            for k in touched:
-                for item in _shared(old.objects.get(k)):
-                    if shared.get(item) == 0:
-                        del shared[item]
-                        removed.add(item)
-            added -= {item for k in touched for item in _shared(old.objects.get(k))}
-            script = _maps_update_script(gather(old, touched), gather(state, touched), added, removed)
-            return script, state
-        return _update_script(gather(old, touched), gather(state, touched)), state
+        if not self.renderer.maps_mode:
+            return _update_script(gather(old, touched), gather(state, touched)), state
+        if max([_slots_used(state.objects[k]) for k in touched if k in state.objects], default=0) > old.pick_slots:
+            # more slots than the table has pick chains: replace the table (see pick_chains)
+            text, state = self._render(snapshot)
+            state.touched = touched
+            return _replace_script(text), state
+        state.pick_slots = old.pick_slots
+        added, removed = _count_shared(old, state)
+        return _maps_update_script(gather(old, touched), gather(state, touched), added, removed), state
 
     def stop(self, keep: bool = False) -> None:
         """Delete the table, unless ``keep`` (or ``keep_on_exit``) asks to leave it."""

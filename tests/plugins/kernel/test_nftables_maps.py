@@ -133,6 +133,14 @@ def test_an_endpoint_two_services_share_stays_in_the_hairpin_set_until_neither_u
     assert "delete element inet lbcore hairpin-v4 { 10.244.1.2 . 10.244.1.2 . tcp . 8080 }" in script.splitlines()
 
 
+def test_an_endpoint_two_changed_services_bring_in_is_added_once():
+    a, b = port("a", "10.96.0.60", ["10.244.1.2"]), port("b", "10.96.0.61", ["10.244.1.2"])
+    frontend = fe()
+    script, state = frontend._partial(snap(a, b), frontend._render(snap())[1], frozenset({a.service, b.service}))
+    assert script.count("add element inet lbcore hairpin-v4 { 10.244.1.2 . 10.244.1.2 . tcp . 8080 }") == 1
+    assert state.shared == {("hairpin-v4", "10.244.1.2 . 10.244.1.2 . tcp . 8080"): 2}
+
+
 def test_more_slots_than_the_table_has_chains_replace_the_table():
     small = port("big", "10.96.0.70", ["10.244.1.2"])
     wide = dataclasses.replace(small, endpoints=tuple(EndpointInfo(ip=f"10.244.1.{i}", port=80) for i in range(2, PICK_SLOTS + 3)))
