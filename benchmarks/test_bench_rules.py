@@ -37,16 +37,17 @@ from lbcore.snapshot import EndpointInfo, ServicePortInfo, Snapshot
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
 from netns import CLIENT_IP, POD_CIDR, SERVER_PORT, Cluster  # noqa: E402
 
-FRONTENDS = {"iptables": IptablesFrontend, "nftables": NftablesFrontend}
-KINDS = sorted(FRONTENDS)
 # frontend and options of each measured variant
 VARIANTS: dict[str, tuple[type, dict[str, object]]] = {
     "iptables": (IptablesFrontend, {}),
     "iptables-legacy": (IptablesFrontend, {"backend": "legacy"}),
     "nftables": (NftablesFrontend, {}),
     "nftables-inline": (NftablesFrontend, {"endpoint_selection": "inline"}),
+    "nftables-maps": (NftablesFrontend, {"endpoint_selection": "maps"}),
 }
-RENDERED = ["iptables", "nftables", "nftables-inline"]
+RENDERED = ["iptables", "nftables", "nftables-inline", "nftables-maps"]
+# connection set-up latency
+LATENCY = ["iptables", "nftables", "nftables-maps"]
 
 
 def make(variant: str, **options: object):
@@ -248,14 +249,14 @@ def cluster() -> Iterator[Cluster]:
 
 
 @pytest.mark.parametrize("services", [10, SERVICES])
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", LATENCY)
 def test_connection_setup_latency(benchmark, kind, services, cluster):
     """Connections to the service whose dispatch rule comes last (worst case for a linear list)."""
     target = ServicePortInfo(
         namespace="zz", name="target", port_name="p", protocol="TCP", port=80, cluster_ips=("10.99.0.1",),
         endpoints=tuple(EndpointInfo(ip=ip, port=SERVER_PORT) for ip in cluster.pod_ips),
     )
-    fe = FRONTENDS[kind]({"cluster_cidr": POD_CIDR, "netns": cluster.node, "timeout": 900}, RuntimeContext())
+    fe = make(kind, netns=cluster.node, timeout=900)
     fe.sync(snapshot([*filler(services - 1), target]), frozenset())
     try:
         def measure() -> list[float]:
@@ -295,6 +296,11 @@ def test_print_ratios():
     ratio("apply full nftables inline vs cascade", "apply nftables-inline", "apply nftables")
     ratio("partial sync nftables inline vs cascade", "partial nftables-inline", "partial nftables")
     ratio("partial sync nftables inline vs iptables", "partial nftables-inline", "partial iptables")
+    ratio("render nftables maps vs cascade", "render nftables-maps", "render nftables")
+    ratio("apply full nftables maps vs cascade", "apply nftables-maps", "apply nftables")
+    ratio("partial sync nftables maps vs cascade", "partial nftables-maps", "partial nftables")
+    ratio("partial sync nftables maps vs inline", "partial nftables-maps", "partial nftables-inline")
+    ratio("partial sync nftables maps vs iptables", "partial nftables-maps", "partial iptables")
     ratio("apply full iptables legacy vs nft", "apply iptables-legacy", "apply iptables")
     ratio("partial sync iptables legacy vs nft", "partial iptables-legacy", "partial iptables")
     ratio("render partial vs full, iptables", "render partial iptables", "render iptables")
@@ -306,5 +312,9 @@ def test_print_ratios():
     ratio(f"iptables connect latency {SERVICES} vs 10 services", f"connect iptables {SERVICES}", "connect iptables 10")
     ratio(f"nftables connect latency {SERVICES} vs 10 services", f"connect nftables {SERVICES}", "connect nftables 10")
     ratio(f"connect latency at {SERVICES} services, iptables vs nftables", f"connect iptables {SERVICES}",
+          f"connect nftables {SERVICES}")
+    ratio(f"nftables maps connect latency {SERVICES} vs 10 services", f"connect nftables-maps {SERVICES}",
+          "connect nftables-maps 10")
+    ratio(f"connect latency at {SERVICES} services, nftables maps vs cascade", f"connect nftables-maps {SERVICES}",
           f"connect nftables {SERVICES}")
     assert r, "no benchmark ran"

@@ -107,7 +107,8 @@ class NetfilterOptions:
     restore_chunk_chains: int = 2000
     # nftables: "cascade" (one numgen rule per endpoint) or "vmap" (one anonymous numgen vmap
     # per service, as kube-proxy writes it; slow to load with thousands of services, because
-    # the kernel scans every anonymous set to name each new one)
+    # the kernel scans every anonymous set to name each new one); "inline", "map" and "maps"
+    # (shared chains, per-port state in map elements): see docs/frontends/kernel.md
     endpoint_selection: str = "cascade"
     # iptables: "auto" (the iptables command of the host, nft or legacy as its alternatives say,
     # what kube-proxy detects), "nft" (iptables-nft-*) or "legacy" (iptables-legacy-*)

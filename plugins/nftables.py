@@ -13,6 +13,18 @@ A packet to a service costs one map lookup, whatever the number of services::
 
 The first sync replaces the whole table in one transaction; later syncs change only map
 elements and the chains and sets of changed services, also in one ``nft -f`` transaction.
+
+``endpoint_selection: maps`` keeps each port in map and set elements instead of chains::
+
+    service-ips-v4: addr . proto . port -> goto pick-v4-<n>        (n: the port's endpoint slots)
+    pick-v4-<n>     masquerade mark for off-network clients, then
+                    dnat ip to ip daddr . meta l4proto . th dport . numgen random mod n map @service-endpoints-v4
+    service-nodeports-v4 -> pick-external-v4-<n> / pick-local-v4-<n> -> @nodeport-endpoints-v4
+    masquerading    ct status dnat ip saddr . ip daddr . meta l4proto . th dport @hairpin-v4 -> mark
+    reject-services ip daddr . meta l4proto . th dport @no-endpoint-services-v4 reject
+
+so an endpoint change is a few elements of data maps (which the kernel commits without
+validating the table) plus, when its number of slots changes, one ``service-ips`` element.
 """
 
 from __future__ import annotations
