@@ -670,23 +670,25 @@ def _maps_table_text(
     pick chains, the chains and sets of ClientIP affinity ports; and the pick chains' slots."""
     fams = sorted(families)
     decls = renderer.maps_mode_maps(fams)
-    elements: dict[str, dict[str, None]] = {name: {} for name in decls}
-    slots = PICK_SLOTS
+    elements: dict[str, list[str]] = {name: [] for name in decls}
     sets: list[str] = []
     chains: list[str] = []
     for objs in objects:
         port_elements, port_sets, port_chains = objs.text()
         for name, items in port_elements.items():
-            elements[name].update(dict.fromkeys(items))
-        for name in ("service-ips-v4", "service-ips-v6", "service-nodeports-v4", "service-nodeports-v6"):
-            for item in port_elements.get(name, ()):
-                verdict = item.rpartition(" : goto ")[2]
-                if verdict.startswith("pick-"):
-                    slots = max(slots, int(verdict.rpartition("-")[2]))
+            elements[name].extend(items)
         if port_sets:
             sets.append(port_sets)
         if port_chains:
             chains.append(port_chains)
+    slots = PICK_SLOTS
+    for name in ("service-ips-v4", "service-ips-v6", "service-nodeports-v4", "service-nodeports-v6"):
+        for item in elements[name]:
+            verdict = item.rpartition(" : goto ")[2]
+            if verdict.startswith("pick-"):
+                slots = max(slots, int(verdict.rpartition("-")[2]))
+    for name in ("hairpin-v4", "hairpin-v6"):
+        elements[name] = list(dict.fromkeys(elements[name]))  # two services may share an endpoint
     out = [f"table {FAMILY} {TABLE} {{"]
     for name, decl in decls.items():
         kind, _, body = decl.partition(": ")
