@@ -13,7 +13,7 @@ class IptablesWriter:
 
 class NftWriter:
     """Writes what one service port puts in the ``inet lbcore`` table (``cascade`` and
-    ``inline`` without ClientIP affinity)."""
+    ``inline`` without ClientIP affinity; the elements of a ``maps`` port without it)."""
 
     def __init__(self, masquerade_all: bool, cluster_cidrs: dict[int, str], endpoint_selection: str) -> None: ...
     def write(self, plan: Any) -> tuple[dict[str, tuple[str, ...]], str, str] | None:

@@ -13,7 +13,7 @@ is set.
 
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, realloc
-from libc.string cimport memcpy, memmove, strlen
+from libc.string cimport memcmp, memcpy, memmove, strlen
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 
 from lbcore._hashing_c cimport XXH3_64bits
@@ -206,6 +206,35 @@ cdef int read_endpoints(Endpoints* out, tuple eps, Buf* key, Py_ssize_t id_len,
         put_address(key, e, v6)
         e.hash = hash_buf(key)
     return 0
+
+
+cdef int read_addresses(Endpoints* out, tuple eps) except -1:
+    """Each endpoint's ip, port and weight, without the hash of its id (the ``maps`` form names
+    no chain after an endpoint). 1 when an ip is not ASCII (left to the readable twin)."""
+    cdef Py_ssize_t i, n = len(eps)
+    cdef Endpoint* e
+    if n > out.cap:
+        e = <Endpoint*>realloc(out.items, n * sizeof(Endpoint))
+        if e == NULL:
+            raise MemoryError()
+        out.items = e
+        out.cap = n
+    out.n = n
+    for i in range(n):
+        ep = eps[i]
+        ip = ep.ip
+        if not PyUnicode_IS_ASCII(ip):
+            return 1
+        e = &out.items[i]
+        e.ip = PyUnicode_AsUTF8AndSize(ip, &e.ip_len)
+        e.port = ep.port
+        e.weight = ep.weight
+        e.hash = 0
+    return 0
+
+
+cdef bint same_address(Endpoint* a, Endpoint* b) noexcept:
+    return a.port == b.port and a.ip_len == b.ip_len and memcmp(a.ip, b.ip, <size_t>a.ip_len) == 0
 
 
 cdef int put_address(Buf* b, Endpoint* e, bint v6) except -1:
@@ -509,11 +538,20 @@ cdef long long gcd(long long a, long long b) noexcept:
     return a
 
 
+#: the maps and sets a ``maps`` port has elements in, per family, in the order
+#: ``NftRenderer.port_objects_maps`` fills them
+cdef tuple MAPS_NAMES4 = tuple([f"{name}-v4" for name in (
+    "service-ips", "service-endpoints", "no-endpoint-services", "service-nodeports",
+    "nodeport-endpoints", "no-endpoint-nodeports", "hairpin")])
+cdef tuple MAPS_NAMES6 = tuple([name[:-1] + "6" for name in MAPS_NAMES4])
+
+
 cdef class NftWriter:
     """Writes what one service port puts in the ``inet lbcore`` table: the ``cascade`` and
-    ``inline`` endpoint selections without ClientIP affinity (other shapes: None)."""
+    ``inline`` endpoint selections without ClientIP affinity, and the elements of a ``maps``
+    port without it (other shapes: None)."""
 
-    cdef bint masquerade_all, inline, supported, busy
+    cdef bint masquerade_all, inline, maps, supported, busy
     cdef dict cidrs
     # output: chain definitions; scratch: a rule, ids, names
     cdef Buf chains, rule, key, label, svc, ext, ep
@@ -526,7 +564,8 @@ cdef class NftWriter:
         self.masquerade_all = masquerade_all
         self.cidrs = cluster_cidrs
         self.inline = endpoint_selection == "inline"
-        self.supported = endpoint_selection in ("cascade", "inline")
+        self.maps = endpoint_selection == "maps"
+        self.supported = endpoint_selection in ("cascade", "inline", "maps")
 
     def __dealloc__(self):
         free_buf(&self.chains)
@@ -544,7 +583,8 @@ cdef class NftWriter:
         """(map -> its ``key : verdict`` elements, the set definitions, the chain definitions)
         of ``plan``, as ``PortObjects.text`` gives them for ``NftRenderer.port_objects``; None for
         a shape this writer leaves to it (affinity, ``vmap``, ``map``, repeated ClusterIPs,
-        names or addresses that are not ASCII) and while another call uses the writer."""
+        names or addresses that are not ASCII) and while another call uses the writer. A
+        ``maps`` port has elements only (no sets, no chains)."""
         if self.busy:  # its buffers are in use by another thread: leave it to the twin
             return None
         self.busy = True
@@ -560,6 +600,8 @@ cdef class NftWriter:
         cdef tuple cips = plan.cluster_ips
         if not distinct(cips):
             return None
+        if self.maps:
+            return self._write_maps(plan, sp, cips)
         if not (PyUnicode_IS_ASCII(sp.namespace) and PyUnicode_IS_ASCII(sp.name)
                 and PyUnicode_IS_ASCII(sp.port_name)):
             return None
@@ -684,6 +726,149 @@ cdef class NftWriter:
         read_endpoints(&self.eps, eps, &self.key, id_len, v6)  # every ip was ASCII in all_eps
         return &self.eps
 
+    cdef object _write_maps(self, plan, sp, tuple cips):
+        """``NftRenderer.port_objects_maps`` of a port without ClientIP affinity: a ``goto
+        pick-...-<n>`` element and n slot elements per ClusterIP and NodePort (or a
+        ``no-endpoint`` set element), and a ``hairpin`` element per endpoint."""
+        cdef Py_ssize_t i, j
+        cdef long long slots = 0
+        cdef int fam = plan.family
+        cdef tuple names = MAPS_NAMES6 if fam == 6 else MAPS_NAMES4
+        cdef tuple eps = plan.cluster_endpoints
+        local = plan.local_endpoints
+        # PortPlan.all_endpoints is the cluster endpoints themselves without a local policy
+        cdef tuple all_eps = eps if local is None else plan.all_endpoints
+        cdef str lproto = sp.protocol.lower()
+        cdef dict elements = {}
+        cdef list heads, items
+        cdef Buf* key = &self.key
+        cdef Buf* item = &self.rule
+        cdef Endpoints* chosen = NULL
+        cdef Endpoint* e
+        for cip in cips:
+            if not PyUnicode_IS_ASCII(cip):
+                return None
+        if read_addresses(&self.all_eps, all_eps):
+            return None
+        port = sp.port
+        heads, items = [], []
+        if eps:
+            chosen = self._addresses(eps, all_eps)
+            slots = self._weights(chosen)
+        for cip in cips:
+            key.size = 0  # addr . proto . port
+            put_s(key, cip)
+            put(key, b" . ", 3)
+            put_s(key, lproto)
+            put(key, b" . ", 3)
+            put_int(key, port)
+            if eps:
+                item.size = 0
+                put_buf(item, key)
+                put_c(item, b" : goto pick-v")
+                put_int(item, fam)
+                put(item, b"-", 1)
+                put_int(item, slots)
+                heads.append(text_of(item))
+                self._slot_items(items, chosen)
+            else:
+                heads.append(text_of(key))
+        if eps:
+            elements[names[0]] = untracked(tuple(heads))
+            elements[names[1]] = untracked(tuple(items))
+        else:
+            elements[names[2]] = untracked(tuple(heads))
+        node_port = node_port_of(sp)
+        if node_port:
+            ext_eps = eps if local is None else local  # PortPlan.external_endpoints
+            key.size = 0  # proto . node port
+            put_s(key, lproto)
+            put(key, b" . ", 3)
+            put_int(key, node_port)
+            if ext_eps:
+                chosen = self._addresses(ext_eps, all_eps)
+                slots = self._weights(chosen)
+                item.size = 0
+                put_buf(item, key)
+                put_c(item, b" : goto pick-external-v" if local is None else b" : goto pick-local-v")
+                put_int(item, fam)
+                put(item, b"-", 1)
+                put_int(item, slots)
+                elements[names[3]] = untracked((text_of(item),))
+                items = []
+                self._slot_items(items, chosen)
+                elements[names[4]] = untracked(tuple(items))
+            else:
+                elements[names[5]] = untracked((text_of(key),))
+        if self.all_eps.n:
+            items = []
+            for i in range(self.all_eps.n):
+                e = &self.all_eps.items[i]
+                for j in range(i):  # a repeated endpoint is one element
+                    if same_address(&self.all_eps.items[j], e):
+                        break
+                else:
+                    item.size = 0  # ip . ip . proto . port
+                    put(item, e.ip, e.ip_len)
+                    put(item, b" . ", 3)
+                    put(item, e.ip, e.ip_len)
+                    put(item, b" . ", 3)
+                    put_s(item, lproto)
+                    put(item, b" . ", 3)
+                    put_int(item, e.port)
+                    items.append(text_of(item))
+            elements[names[6]] = untracked(tuple(items))
+        # a dict of untracked tuples stays untracked, and so does this tuple
+        return untracked((elements, "", ""))
+
+    cdef Endpoints* _addresses(self, tuple eps, tuple all_eps) except NULL:
+        """``eps`` as read by ``read_addresses``: ``all_eps`` when they are the same tuple."""
+        if eps is all_eps:
+            return &self.all_eps
+        read_addresses(&self.eps, eps)  # every ip was ASCII in all_eps
+        return &self.eps
+
+    cdef int _slot_items(self, list out, Endpoints* eps) except -1:
+        """``<self.key> . <slot> : <ip> . <port>`` for each slot, ``self.weights[i]`` slots to
+        endpoint i (nftables.py's ``_slots``)."""
+        cdef Py_ssize_t i, slot = 0
+        cdef long long r
+        cdef Buf* item = &self.rule
+        cdef Endpoint* e
+        for i in range(eps.n):
+            e = &eps.items[i]
+            for r in range(self.weights[i]):
+                item.size = 0
+                put_buf(item, &self.key)
+                put(item, b" . ", 3)
+                put_int(item, slot)
+                put(item, b" : ", 3)
+                put(item, e.ip, e.ip_len)
+                put(item, b" . ", 3)
+                put_int(item, e.port)
+                out.append(text_of(item))
+                slot += 1
+        return 0
+
+    cdef long long _weights(self, Endpoints* eps) except -1:
+        """Each endpoint's weight (at least 1) over the gcd of them all, in ``self.weights``;
+        their sum."""
+        cdef Py_ssize_t i, n = eps.n
+        cdef long long g = 0, total = 0
+        if n > self.weights_cap:
+            self.weights = <long long*>realloc(self.weights, n * sizeof(long long))
+            if self.weights == NULL:
+                self.weights_cap = 0
+                raise MemoryError()
+            self.weights_cap = n
+        for i in range(n):
+            self.weights[i] = eps.items[i].weight if eps.items[i].weight > 1 else 1
+            g = gcd(self.weights[i], g)
+        for i in range(n):
+            self.weights[i] //= g
+            total += self.weights[i]
+        return total
+
     cdef int _open(self, Buf* name) except -1:
         newline(&self.chains)
         put_c(&self.chains, b"\tchain ")
@@ -729,20 +914,8 @@ cdef class NftWriter:
         (``NftRenderer._balance``) or, ``inline``, hairpin marks and a cascade of DNATs
         (``NftRenderer._dnat_inline``)."""
         cdef Py_ssize_t i, n = eps.n
-        cdef long long g = 0, rest = 0
+        cdef long long rest = self._weights(eps)
         cdef Buf* rule = &self.rule
-        if n > self.weights_cap:
-            self.weights = <long long*>realloc(self.weights, n * sizeof(long long))
-            if self.weights == NULL:
-                self.weights_cap = 0
-                raise MemoryError()
-            self.weights_cap = n
-        for i in range(n):
-            self.weights[i] = eps.items[i].weight if eps.items[i].weight > 1 else 1
-            g = gcd(self.weights[i], g)
-        for i in range(n):
-            self.weights[i] //= g
-            rest += self.weights[i]
         if self.inline:
             for i in range(n):
                 self._rule()

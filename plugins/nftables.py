@@ -228,8 +228,6 @@ class NftRenderer:
         """The objects of ``plan``: written by the compiled writer when there is one and it
         takes this shape of port (the same text, byte for byte), else by
         :meth:`port_objects_py`."""
-        if self.maps_mode:
-            return self.port_objects_maps(plan)
         if self._writer is not None:
             written = self._writer.write(plan)
             if written is not None:

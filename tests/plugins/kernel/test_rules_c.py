@@ -4,6 +4,7 @@ objects a partial sync reads back from the compiled text equal the readable ones
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from types import MappingProxyType
 
@@ -106,14 +107,16 @@ def test_nftables_writer_equals_the_readable_renderer(seed, options, selection):
             assert written.sets == readable.sets
             assert list(written.elements.items()) == list(readable.elements.items())
             written_ports += renderer._writer.write(plan) is not None
-    # the writer takes cascade and inline ports without affinity; vmap and map it leaves
-    assert (written_ports > 50) == (selection in ("cascade", "inline"))
+    # the writer takes cascade, inline and maps ports without affinity; vmap and map it leaves
+    assert (written_ports > 50) == (selection in ("cascade", "inline", "maps"))
 
 
-@pytest.mark.parametrize("kind", ["iptables", "nftables", "nftables-inline"])
+@pytest.mark.parametrize("kind", ["iptables", "nftables", "nftables-inline", "nftables-maps"])
 def test_full_render_with_and_without_the_compiled_parts_is_identical(kind, monkeypatch):
     cls = IptablesFrontend if kind == "iptables" else NftablesFrontend
-    options = {"cluster_cidr": POD_CIDR, **({"endpoint_selection": "inline"} if kind.endswith("inline") else {})}
+    options: dict[str, object] = {"cluster_cidr": POD_CIDR}
+    if kind.startswith("nftables-"):
+        options["endpoint_selection"] = kind.partition("-")[2]
     s = random_snapshot(7, services=400)
     compiled = cls(options, RuntimeContext()).render(s)
     monkeypatch.setattr(netfilter, "compiled", lambda name: None)
@@ -139,7 +142,25 @@ def test_a_name_that_is_not_ascii_is_left_to_the_readable_renderers():
     assert nft.port_objects(plan).text() == nft.port_objects_py(plan).text()
 
 
-@pytest.mark.parametrize("kind", ["iptables", "nftables"])
+def test_a_maps_port_with_an_address_that_is_not_ascii_is_left_to_the_readable_renderer():
+    """The ``maps`` form names nothing after the service, so only its addresses matter."""
+    nft = NftRenderer(netfilter.NetfilterOptions.parse("nftables", {"endpoint_selection": "maps"}))
+    eps = (EndpointInfo(ip="10.1.0.1", port=8080, weight=3), EndpointInfo(ip="10.1.0.2", port=8080))
+    named = ServicePortInfo(
+        namespace="ns", name="café", port_name="p", protocol="TCP", port=80, cluster_ips=("10.96.0.1",),
+        endpoints=eps,
+    )
+    plan = netfilter.plan_port(named, 4, "node-a")
+    written = nft._writer.write(plan)
+    assert written is not None
+    assert {name: list(items) for name, items in written[0].items()} == nft.port_objects_py(plan).text()[0]
+    odd = netfilter.plan_port(
+        dataclasses.replace(named, endpoints=(*eps, EndpointInfo(ip="10.1.0.٣", port=8080))), 4, "node-a")
+    assert nft._writer.write(odd) is None
+    assert "10.96.0.1 . tcp . 80 . 4 : 10.1.0.٣ . 8080" in nft.port_objects(odd).text()[0]["service-endpoints-v4"]
+
+
+@pytest.mark.parametrize("kind", ["iptables", "nftables", "nftables-maps"])
 def test_a_writer_in_use_leaves_a_second_caller_to_the_readable_renderer(kind):
     """A writer's buffers belong to one call at a time: a call made while another is inside it
     (another thread, at a switch of the interpreter) gets None and falls back to the twin."""
@@ -151,7 +172,8 @@ def test_a_writer_in_use_leaves_a_second_caller_to_the_readable_renderer(kind):
     if kind == "iptables":
         writer = RuleRenderer(netfilter.NetfilterOptions.parse("iptables", {}), 4)._writer
     else:
-        writer = NftRenderer(netfilter.NetfilterOptions.parse("nftables", {}))._writer
+        selection = "maps" if kind == "nftables-maps" else "cascade"
+        writer = NftRenderer(netfilter.NetfilterOptions.parse("nftables", {"endpoint_selection": selection}))._writer
     inner: list[object] = []
 
     class Interleaved:
