@@ -625,6 +625,9 @@ def _table_text(
 
 #: ``maps``: the table has pick chains for at least this many slots
 PICK_SLOTS = 16
+#: the slots of a ``goto pick-...-<n>`` verdict with two digits or more (fewer never exceed
+#: PICK_SLOTS), found in the joined elements rather than element by element
+_MANY_SLOTS = re.compile(r"goto pick-(?:external-|local-)?v[46]-(\d{2,})")
 
 
 def _shared(objs: PortObjects | None) -> list[tuple[str, str]]:
@@ -679,20 +682,18 @@ def _maps_table_text(
             sets.append(port_sets)
         if port_chains:
             chains.append(port_chains)
-    slots = PICK_SLOTS
-    for name in ("service-ips-v4", "service-ips-v6", "service-nodeports-v4", "service-nodeports-v6"):
-        for item in elements[name]:
-            verdict = item.rpartition(" : goto ")[2]
-            if verdict.startswith("pick-"):
-                slots = max(slots, int(verdict.rpartition("-")[2]))
     for name in ("hairpin-v4", "hairpin-v6"):
         elements[name] = list(dict.fromkeys(elements[name]))  # two services may share an endpoint
+    slots = PICK_SLOTS
     out = [f"table {FAMILY} {TABLE} {{"]
     for name, decl in decls.items():
         kind, _, body = decl.partition(": ")
         out.append(f"\t{kind} {name} {{\n\t\t{body}")
         if elements[name]:
-            out.append("\t\telements = { " + ",\n\t\t\t".join(elements[name]) + " }")
+            joined = ",\n\t\t\t".join(elements[name])
+            if name.startswith(("service-ips-", "service-nodeports-")):
+                slots = max([slots, *map(int, _MANY_SLOTS.findall(joined))])
+            out.append(f"\t\telements = {{ {joined} }}")
         out.append("\t}")
     out.extend(sets)
     base = renderer.base_chains(fams)

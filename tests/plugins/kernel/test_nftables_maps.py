@@ -154,6 +154,26 @@ def test_more_slots_than_the_table_has_chains_replace_the_table():
     assert "chain" not in script
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "readable"])
+def test_the_widest_port_of_either_family_sizes_the_pick_chains(compiled):
+    """Slots in three digits, of an IPv6 port and its NodePort, whichever renderer wrote them."""
+    narrow = port("narrow", "10.96.0.80", ["10.244.1.2", "10.244.1.3"])
+    wide = dataclasses.replace(
+        port("wide", "fd00:96::81", [], type="NodePort", node_port=30081),
+        endpoints=(EndpointInfo(ip="fd00:244::2", port=80, weight=100), EndpointInfo(ip="fd00:244::3", port=80)),
+    )
+    frontend = fe()
+    if not compiled:
+        frontend.renderer._writer = None
+    text, state = frontend._render(snap(narrow, wide))
+    assert elements(text, "service-ips-v6") == ["fd00:96::81 . tcp . 80 : goto pick-v6-101"]
+    assert elements(text, "service-nodeports-v6") == ["tcp . 30081 : goto pick-external-v6-101"]
+    assert len(elements(text, "nodeport-endpoints-v6")) == 101
+    assert state.pick_slots == 101
+    names = re.findall(r"\tchain (\S+) \{", text)
+    assert "pick-local-v4-101" in names and "pick-v6-102" not in names
+
+
 # ---------------------------------------------------------------------------------------------
 # In the kernel: root
 # ---------------------------------------------------------------------------------------------
