@@ -297,6 +297,7 @@ def test_print_ratios():
     ratio("partial sync nftables inline vs cascade", "partial nftables-inline", "partial nftables")
     ratio("partial sync nftables inline vs iptables", "partial nftables-inline", "partial iptables")
     ratio("render nftables maps vs cascade", "render nftables-maps", "render nftables")
+    ratio("render cold nftables maps vs cascade", "render cold nftables-maps", "render cold nftables")
     ratio("apply full nftables maps vs cascade", "apply nftables-maps", "apply nftables")
     ratio("partial sync nftables maps vs cascade", "partial nftables-maps", "partial nftables")
     ratio("partial sync nftables maps vs inline", "partial nftables-maps", "partial nftables-inline")
