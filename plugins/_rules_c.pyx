@@ -182,35 +182,8 @@ cdef struct Endpoints:
 cdef int read_endpoints(Endpoints* out, tuple eps, Buf* key, Py_ssize_t id_len,
                         bint v6) except -1:
     """Each endpoint's ip, port and weight (read once), and the hash of its id, the service's
-    id ``key[:id_len]`` + ``/ip:port``. 1 when an ip is not ASCII (left to the readable twin)."""
-    cdef Py_ssize_t i, n = len(eps)
-    cdef Endpoint* e
-    if n > out.cap:
-        e = <Endpoint*>realloc(out.items, n * sizeof(Endpoint))
-        if e == NULL:
-            raise MemoryError()
-        out.items = e
-        out.cap = n
-    out.n = n
-    for i in range(n):
-        ep = eps[i]
-        ip = ep.ip
-        if not PyUnicode_IS_ASCII(ip):
-            return 1
-        e = &out.items[i]
-        e.ip = PyUnicode_AsUTF8AndSize(ip, &e.ip_len)
-        e.port = ep.port
-        e.weight = ep.weight
-        key.size = id_len
-        put(key, b"/", 1)
-        put_address(key, e, v6)
-        e.hash = hash_buf(key)
-    return 0
-
-
-cdef int read_addresses(Endpoints* out, tuple eps) except -1:
-    """Each endpoint's ip, port and weight, without the hash of its id (the ``maps`` form names
-    no chain after an endpoint). 1 when an ip is not ASCII (left to the readable twin)."""
+    id ``key[:id_len]`` + ``/ip:port``; with ``key`` NULL no hash (the ``maps`` form names no
+    chain after an endpoint). 1 when an ip is not ASCII (left to the readable twin)."""
     cdef Py_ssize_t i, n = len(eps)
     cdef Endpoint* e
     if n > out.cap:
@@ -230,7 +203,22 @@ cdef int read_addresses(Endpoints* out, tuple eps) except -1:
         e.port = ep.port
         e.weight = ep.weight
         e.hash = 0
+        if key != NULL:
+            key.size = id_len
+            put(key, b"/", 1)
+            put_address(key, e, v6)
+            e.hash = hash_buf(key)
     return 0
+
+
+cdef Endpoints* subset(Endpoints* scratch, Endpoints* read, tuple eps, tuple all_eps, Buf* key,
+                       Py_ssize_t id_len, bint v6) except NULL:
+    """``eps`` (a part of ``all_eps``, already in ``read``) as read: ``read`` itself when they
+    are the same tuple, else read into ``scratch`` (every ip was ASCII in ``all_eps``)."""
+    if eps is all_eps:
+        return read
+    read_endpoints(scratch, eps, key, id_len, v6)
+    return scratch
 
 
 cdef bint same_address(Endpoint* a, Endpoint* b) noexcept:
@@ -379,7 +367,8 @@ cdef class IptablesWriter:
                         put(body, b" ! -s ", 6)
                         put_s(body, self.cidr)
                     put_c(body, b" -j LBCORE-MARK-MASQ")
-            self._balance(self._endpoints(eps, all_eps, id_len, v6), affinity, sp.affinity_timeout)
+            self._balance(subset(&self.eps, &self.all_eps, eps, all_eps, &self.key, id_len, v6),
+                          affinity, sp.affinity_timeout)
             self._declare(&self.svc)
         else:
             reject = []
@@ -409,8 +398,8 @@ cdef class IptablesWriter:
                 else:
                     # externalTrafficPolicy Local: no SNAT, only this node's endpoints
                     self._head(&self.ext)
-                    self._balance(self._endpoints(ext_eps, all_eps, id_len, v6), affinity,
-                                  sp.affinity_timeout)
+                    self._balance(subset(&self.eps, &self.all_eps, ext_eps, all_eps, &self.key,
+                                         id_len, v6), affinity, sp.affinity_timeout)
                 self._declare(&self.ext)
                 line.size = 0
                 put_c(line, b'-A LBCORE-NODEPORTS -m comment --comment "')
@@ -485,14 +474,6 @@ cdef class IptablesWriter:
         put(&self.decl, b":", 1)
         put_buf(&self.decl, chain)
         return put(&self.decl, b" - [0:0]", 8)
-
-    cdef Endpoints* _endpoints(self, tuple eps, tuple all_eps, Py_ssize_t id_len,
-                               bint v6) except NULL:
-        """``eps`` as read: ``all_eps`` when they are the same tuple, else read again."""
-        if eps is all_eps:
-            return &self.all_eps
-        read_endpoints(&self.eps, eps, &self.key, id_len, v6)  # every ip was ASCII in all_eps
-        return &self.eps
 
     cdef int _balance(self, Endpoints* eps, bint affinity, object timeout) except -1:
         """Affinity checks, then one statistic rule per endpoint (``RuleRenderer._balance``),
@@ -680,7 +661,8 @@ cdef class NftWriter:
                         put_s(rule, cidr)
                     put_c(rule, b" jump mark-for-masquerade")
                     put_buf(&self.chains, rule)
-            self._choose(self._endpoints(eps, all_eps, id_len, v6), v6, ip, lproto)
+            self._choose(subset(&self.eps, &self.all_eps, eps, all_eps, &self.key, id_len, v6),
+                         v6, ip, lproto)
             put(&self.chains, b"\n\t}", 3)
         else:
             elements[f"no-endpoint-services-v{fam}"] = untracked(
@@ -694,7 +676,8 @@ cdef class NftWriter:
                     put_c(&self.chains, b"\n\t\tjump mark-for-masquerade\n\t\tgoto ")
                     put_buf(&self.chains, &self.svc)
                 else:
-                    self._choose(self._endpoints(ext_eps, all_eps, id_len, v6), v6, ip, lproto)
+                    self._choose(subset(&self.eps, &self.all_eps, ext_eps, all_eps, &self.key,
+                                        id_len, v6), v6, ip, lproto)
                 put(&self.chains, b"\n\t}", 3)
                 elements[f"service-nodeports-v{fam}"] = untracked(
                     (f"{lproto} . {node_port} : goto {text_of(&self.ext)}",))
@@ -718,14 +701,6 @@ cdef class NftWriter:
         # a dict of untracked tuples stays untracked, and so does this tuple
         return untracked((elements, "", text_of(&self.chains)))
 
-    cdef Endpoints* _endpoints(self, tuple eps, tuple all_eps, Py_ssize_t id_len,
-                               bint v6) except NULL:
-        """``eps`` as read: ``all_eps`` when they are the same tuple, else read again."""
-        if eps is all_eps:
-            return &self.all_eps
-        read_endpoints(&self.eps, eps, &self.key, id_len, v6)  # every ip was ASCII in all_eps
-        return &self.eps
-
     cdef object _write_maps(self, plan, sp, tuple cips):
         """``NftRenderer.port_objects_maps`` of a port without ClientIP affinity: a ``goto
         pick-...-<n>`` element and n slot elements per ClusterIP and NodePort (or a
@@ -748,12 +723,12 @@ cdef class NftWriter:
         for cip in cips:
             if not PyUnicode_IS_ASCII(cip):
                 return None
-        if read_addresses(&self.all_eps, all_eps):
+        if read_endpoints(&self.all_eps, all_eps, NULL, 0, False):
             return None
         port = sp.port
         heads, items = [], []
         if eps:
-            chosen = self._addresses(eps, all_eps)
+            chosen = subset(&self.eps, &self.all_eps, eps, all_eps, NULL, 0, False)
             slots = self._weights(chosen)
         for cip in cips:
             key.size = 0  # addr . proto . port
@@ -786,7 +761,7 @@ cdef class NftWriter:
             put(key, b" . ", 3)
             put_int(key, node_port)
             if ext_eps:
-                chosen = self._addresses(ext_eps, all_eps)
+                chosen = subset(&self.eps, &self.all_eps, ext_eps, all_eps, NULL, 0, False)
                 slots = self._weights(chosen)
                 item.size = 0
                 put_buf(item, key)
@@ -820,13 +795,6 @@ cdef class NftWriter:
             elements[names[6]] = untracked(tuple(items))
         # a dict of untracked tuples stays untracked, and so does this tuple
         return untracked((elements, "", ""))
-
-    cdef Endpoints* _addresses(self, tuple eps, tuple all_eps) except NULL:
-        """``eps`` as read by ``read_addresses``: ``all_eps`` when they are the same tuple."""
-        if eps is all_eps:
-            return &self.all_eps
-        read_addresses(&self.eps, eps)  # every ip was ASCII in all_eps
-        return &self.eps
 
     cdef int _slot_items(self, list out, Endpoints* eps) except -1:
         """``<self.key> . <slot> : <ip> . <port>`` for each slot, ``self.weights[i]`` slots to
