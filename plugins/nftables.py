@@ -590,12 +590,11 @@ class TableState:
     pick_slots: int = 0
 
 
-def _table_text(
-    renderer: NftRenderer, objects: Iterable[PortObjects], families: Iterable[int]
-) -> str:
-    fams = sorted(families)
-    maps = renderer.maps(fams)
-    elements: dict[str, list[str]] = {name: [] for name in maps}
+def _gather(
+    objects: Iterable[PortObjects], names: Iterable[str]
+) -> tuple[dict[str, list[str]], list[str], list[str]]:
+    """Every port's elements by map name (in port order), its set declarations and its chains."""
+    elements: dict[str, list[str]] = {name: [] for name in names}
     sets: list[str] = []
     chains: list[str] = []
     for objs in objects:
@@ -606,14 +605,14 @@ def _table_text(
             sets.append(port_sets)
         if port_chains:
             chains.append(port_chains)
-    out = [f"table {FAMILY} {TABLE} {{"]
-    for name, body in maps.items():
-        out.append(f"\tmap {name} {{\n\t\t{body}")
-        if elements[name]:
-            out.append("\t\telements = { " + ",\n\t\t\t".join(elements[name]) + " }")
-        out.append("\t}")
+    return elements, sets, chains
+
+
+def _close_table(out: list[str], sets: list[str], base: dict[str, list[str]], chains: list[str]) -> str:
+    """``out`` (the table's head and maps) with the sets, the base chains and the ports' chains,
+    joined."""
     out.extend(sets)
-    for name, rules in renderer.base_chains(fams).items():
+    for name, rules in base.items():
         out.append(f"\tchain {name} {{")
         out.extend([f"\t\t{rule}" for rule in rules])
         out.append("\t}")
@@ -621,6 +620,21 @@ def _table_text(
     out.append("}")
     out.append("")
     return "\n".join(out)
+
+
+def _table_text(
+    renderer: NftRenderer, objects: Iterable[PortObjects], families: Iterable[int]
+) -> str:
+    fams = sorted(families)
+    maps = renderer.maps(fams)
+    elements, sets, chains = _gather(objects, maps)
+    out = [f"table {FAMILY} {TABLE} {{"]
+    for name, body in maps.items():
+        out.append(f"\tmap {name} {{\n\t\t{body}")
+        if elements[name]:
+            out.append("\t\telements = { " + ",\n\t\t\t".join(elements[name]) + " }")
+        out.append("\t}")
+    return _close_table(out, sets, renderer.base_chains(fams), chains)
 
 
 #: ``maps``: the table has pick chains for at least this many slots
@@ -671,17 +685,7 @@ def _maps_table_text(
     pick chains, the chains and sets of ClientIP affinity ports; and the pick chains' slots."""
     fams = sorted(families)
     decls = renderer.maps_mode_maps(fams)
-    elements: dict[str, list[str]] = {name: [] for name in decls}
-    sets: list[str] = []
-    chains: list[str] = []
-    for objs in objects:
-        port_elements, port_sets, port_chains = objs.text()
-        for name, items in port_elements.items():
-            elements[name].extend(items)
-        if port_sets:
-            sets.append(port_sets)
-        if port_chains:
-            chains.append(port_chains)
+    elements, sets, chains = _gather(objects, decls)
     for name in ("hairpin-v4", "hairpin-v6"):
         elements[name] = list(dict.fromkeys(elements[name]))  # two services may share an endpoint
     slots = PICK_SLOTS
@@ -695,17 +699,9 @@ def _maps_table_text(
                 slots = max([slots, *map(int, _MANY_SLOTS.findall(joined))])
             out.append(f"\t\telements = {{ {joined} }}")
         out.append("\t}")
-    out.extend(sets)
     base = renderer.base_chains(fams)
     base.update(renderer.pick_chains(slots))
-    for name, rules in base.items():
-        out.append(f"\tchain {name} {{")
-        out.extend([f"\t\t{rule}" for rule in rules])
-        out.append("\t}")
-    out.extend(chains)
-    out.append("}")
-    out.append("")
-    return "\n".join(out), slots
+    return _close_table(out, sets, base, chains), slots
 
 
 def _maps_update_script(
