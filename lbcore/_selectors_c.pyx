@@ -1018,6 +1018,19 @@ cdef extern from "Python.h":
     void PyUnicode_InternInPlace(PyObject** p)
     void prefetch "__builtin_prefetch"(const void* p)
     int unicode_ready "PyUnicode_READY"(PyObject* o) except -1
+    int PySet_Clear(PyObject* s) except -1
+    PyObject* tuple_item "PyTuple_GET_ITEM"(PyObject* t, Py_ssize_t i) noexcept
+    Py_ssize_t refcount "Py_REFCNT"(PyObject* o) noexcept
+
+cdef extern from *:
+    """
+    /* True when the one reference to a set is its holder's and nothing watches it (no weak
+       reference): the holder may empty and refill it, and nobody can tell. */
+    static inline int lb_set_unshared(PyObject* s) {
+        return Py_REFCNT(s) == 1 && ((PySetObject*)s)->weakreflist == NULL;
+    }
+    """
+    bint set_unshared "lb_set_unshared"(PyObject* s) noexcept
 
 
 cdef struct Vec:
@@ -1378,6 +1391,11 @@ cdef class SelectorIndex:
     cdef Py_ssize_t _scr_pairs_cap
     cdef uint64_t* _scr_hash
     cdef Py_ssize_t _scr_hash_cap, _scr_hash_n
+    # the last answers of set_labels and selectors_matching, refilled when the caller has
+    # dropped them (as CPython's zip and enumerate reuse their result tuples): most callers
+    # read an answer once, and a new set costs more than the rest of a warm change
+    cdef tuple _change
+    cdef set _found
 
     def __cinit__(self):
         self._table = <int32_t*>PyMem_Malloc(8 * sizeof(int32_t))
@@ -1813,10 +1831,31 @@ cdef class SelectorIndex:
         if type(labels) is not int and type(labels) is not str and isinstance(labels, Mapping):
             return self._selectors_for(dict(labels))
         ls = &self._labsets[self._lab_slot_of(labels)]
-        result = set()
+        result = self._found_answer()
         for t in range(ls.matched.n):
             result.add(<object>self._selslots[ls.matched.data[t]].id)
         return result
+
+    cdef set _found_answer(self):
+        """An empty set for selectors_matching to fill: the last answer again when the caller
+        no longer holds it, else a new one."""
+        if self._found is not None and set_unshared(<PyObject*>self._found):
+            PySet_Clear(<PyObject*>self._found)
+        else:
+            self._found = set()
+        return self._found
+
+    cdef tuple _change_answer(self):
+        """Two empty sets for set_labels to fill, (added, removed): the last answer again when
+        the caller kept no part of it, else a new pair."""
+        cdef PyObject* t = <PyObject*>self._change
+        if (self._change is not None and refcount(t) == 1
+                and set_unshared(tuple_item(t, 0)) and set_unshared(tuple_item(t, 1))):
+            PySet_Clear(tuple_item(t, 0))
+            PySet_Clear(tuple_item(t, 1))
+        else:
+            self._change = (set(), set())
+        return self._change
 
     # -- label sets --------------------------------------------------------------------------
 
@@ -1954,7 +1993,7 @@ cdef class SelectorIndex:
             if kept == n and n == ls.n:  # nothing changed, nothing to do
                 for j in range(n):
                     self._entries[self._scr_ents.data[j]].mark = 0
-                return set(), set()
+                return self._change_answer()
             # start loading what the rest reads at random places: the postings of the pairs it
             # joins, and the selectors it matched (their ids may go into the answer)
             for j in range(0, n, 2):
@@ -2022,7 +2061,8 @@ cdef class SelectorIndex:
         cdef LabelSlot* ls = &self._labsets[slot]
         cdef Vec* old = &ls.matched
         cdef Vec* now = &self._scr_found
-        cdef set added = set(), removed = set()
+        cdef tuple answer = self._change_answer()
+        cdef set added = <set>answer[0], removed = <set>answer[1]
         cdef Py_ssize_t a = 0, b = 0
         cdef int32_t s
         while a < old.n or b < now.n:
@@ -2040,7 +2080,7 @@ cdef class SelectorIndex:
         _vec_reserve(old, now.n)
         memcpy(old.data, now.data, <size_t>now.n * sizeof(int32_t))
         old.n = now.n
-        return added, removed
+        return answer
 
     def remove_labels(self, label_id) -> set:
         """Forget a label set; return the selector ids it matched. Unknown ids are ignored."""

@@ -6,6 +6,7 @@ replays random changes on the index and on a brute-force model and compares them
 
 from __future__ import annotations
 
+import weakref
 from collections import defaultdict
 
 import pytest
@@ -247,6 +248,26 @@ def test_slots_are_reused_without_leaking_old_matches(sel):
     assert index.selectors_matching("p2") == set() and index.matching("new") == set()
     assert index.set_labels("p2", {"tier": "db"}) == ({"new"}, set())
     assert index.set_selector("again", sel.parse_selector("app=web")) == (set(), set())
+
+
+def test_answers_a_caller_still_holds_are_never_changed_by_later_calls(sel):
+    """The compiled index refills an answer the caller has dropped; one the caller keeps (the
+    pair, one of its sets, or through a weak reference) must keep what it said."""
+    index = sel.SelectorIndex()
+    index.set_selector("web", sel.parse_selector("app=web"))
+    index.set_selector("db", sel.parse_selector("app=db"))
+    kept = index.set_labels("p", {"app": "web"})
+    added, removed = index.set_labels("p", {"app": "db"})
+    index.set_labels("p", {"app": "web"})  # dropped: may be refilled by the next call
+    assert index.set_labels("p", {"app": "db"}) == ({"db"}, {"web"})
+    assert index.set_labels("p", {"app": "db"}) == (set(), set())
+    assert kept == ({"web"}, set()) and (added, removed) == ({"db"}, {"web"})
+    found = index.selectors_matching("p")
+    index.set_labels("q", {"app": "web"})
+    assert index.selectors_matching("q") == {"web"} and found == {"db"}
+    watched = weakref.ref(index.selectors_matching("p"))
+    assert index.selectors_matching("q") == {"web"}
+    assert watched() is None or watched() == {"db"}
 
 
 def test_one_label_set_leaving_a_large_posting(sel):
