@@ -133,3 +133,7 @@ class Rendezvous(Balancer):
     """Highest random weight, weighted."""
 
 ALGORITHMS: dict[str, type[Balancer]]
+
+def _avx2(enabled: bool | None = None) -> bool:
+    """Whether pick_many uses its AVX2 paths; ``enabled`` turns them on (if the CPU has AVX2) or
+    off, for tests and benchmarks of both paths."""

@@ -18,6 +18,9 @@ import numpy as np
 from lbcore._hashing_c cimport XXH3_64bits, XXH3_64bits_withSeed, hash_object, hash_u64
 
 
+cdef bint use_avx2 = False  # pick_many's AVX2 paths (see lbc_cpu_has_avx2 below)
+
+
 cdef inline uint64_t splitmix64(uint64_t* state) noexcept nogil:
     state[0] += 0x9E3779B97F4A7C15ULL
     cdef uint64_t z = state[0]
@@ -916,11 +919,24 @@ cdef class Maglev(Balancer):
     cdef void pick_many_c(self, const uint64_t* keys, int32_t* out, Py_ssize_t count) noexcept nogil:
         # independent keys: the out-of-order core overlaps the hashes and the table reads of
         # many keys, and the table (128 KiB) stays in L2, so nothing is left to prefetch
-        cdef Py_ssize_t k
+        cdef Py_ssize_t k, base, done, block
         cdef const int32_t* table = self.table
         cdef const uint16_t* table16 = self.table16
         cdef uint64_t m = self.m
-        if table16 != NULL:
+        cdef uint64_t hashes[256]
+        if use_avx2:  # the hashes of a block four at a time, then the block's table reads
+            for base in range(0, count, 256):
+                block = min(256, count - base)
+                done = lbc_hash_u64_avx2(keys + base, hashes, block)
+                for k in range(done, block):
+                    hashes[k] = hash_u64(keys[base + k])
+                if table16 != NULL:
+                    for k in range(block):
+                        out[base + k] = table16[((hashes[k] >> 32) * m) >> 32]
+                else:
+                    for k in range(block):
+                        out[base + k] = table[((hashes[k] >> 32) * m) >> 32]
+        elif table16 != NULL:
             for k in range(count):
                 out[k] = table16[((hash_u64(keys[k]) >> 32) * m) >> 32]
         else:
@@ -1027,6 +1043,142 @@ cdef extern from *:
     void lbc_jump_group(uint64_t* key, int32_t* out, int32_t buckets, int steps) noexcept nogil
 
 
+cdef extern from *:
+    """
+    /* AVX2 paths of pick_many, chosen at run time (the module is built for baseline x86-64).
+     *
+     * lbc_hash_u64_avx2 is hash_u64 (XXH3 of the key's 8 little-endian bytes, seed 0) on four
+     * keys at a time: XXH3's 4-to-8-byte path, its 64-bit products built from 32-bit ones.
+     *
+     * lbc_jump_many_avx2 is the jump hash of lbc_jump_group on four lanes of doubles per
+     * register, with the LCG and the key's hash on the vector unit too: the same operations as
+     * the reference, so the same answers (tested against it). Keys still travelling after the
+     * group's rounds finish alone with lbc_jump_finish.
+     */
+    #if defined(__GNUC__) && defined(__x86_64__)
+    #include <immintrin.h>
+    #define LBC_AVX2 1
+    #define LBC_AVX2_FN __attribute__((target("avx2")))
+    #define LBC_JUMP_VECTORS 6  /* registers of four keys in flight: enough to hide a division */
+
+    static int lbc_cpu_has_avx2(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") != 0;
+    }
+
+    LBC_AVX2_FN static inline __m256i lbc_mul64_x4(__m256i a, __m256i c_lo, __m256i c_hi) {
+        /* the low 64 bits of a * c: a_lo*c_lo + ((a_hi*c_lo + a_lo*c_hi) << 32) */
+        __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(a, 32), c_lo),
+                                         _mm256_mul_epu32(a, c_hi));
+        return _mm256_add_epi64(_mm256_mul_epu32(a, c_lo), _mm256_slli_epi64(cross, 32));
+    }
+
+    LBC_AVX2_FN static inline __m256i lbc_rotl64_x4(__m256i x, int r) {
+        return _mm256_or_si256(_mm256_slli_epi64(x, r), _mm256_srli_epi64(x, 64 - r));
+    }
+
+    LBC_AVX2_FN static inline __m256i lbc_hash_u64_x4(__m256i v) {
+        const __m256i bitflip = _mm256_set1_epi64x(
+            (long long)(XXH_readLE64(XXH3_kSecret + 8) ^ XXH_readLE64(XXH3_kSecret + 16)));
+        const __m256i m_lo = _mm256_set1_epi64x((long long)(PRIME_MX2 & 0xFFFFFFFFULL));
+        const __m256i m_hi = _mm256_set1_epi64x((long long)(PRIME_MX2 >> 32));
+        /* XXH3_len_4to8_64b: the two 32-bit halves swapped, then XXH3_rrmxmx */
+        __m256i h = _mm256_xor_si256(_mm256_shuffle_epi32(v, _MM_SHUFFLE(2, 3, 0, 1)), bitflip);
+        h = _mm256_xor_si256(h, _mm256_xor_si256(lbc_rotl64_x4(h, 49), lbc_rotl64_x4(h, 24)));
+        h = lbc_mul64_x4(h, m_lo, m_hi);
+        h = _mm256_xor_si256(h, _mm256_add_epi64(_mm256_srli_epi64(h, 35), _mm256_set1_epi64x(8)));
+        h = lbc_mul64_x4(h, m_lo, m_hi);
+        return _mm256_xor_si256(h, _mm256_srli_epi64(h, 28));
+    }
+
+    /* hash_u64 of count keys into out; returns how many it did (whole registers) */
+    LBC_AVX2_FN static Py_ssize_t lbc_hash_u64_avx2(const uint64_t* keys, uint64_t* out, Py_ssize_t count) {
+        Py_ssize_t i = 0;
+        for (; i + 4 <= count; i += 4)
+            _mm256_storeu_si256((__m256i*)(out + i),
+                                lbc_hash_u64_x4(_mm256_loadu_si256((const __m256i*)(keys + i))));
+        return i;
+    }
+
+    /* jump buckets of count keys into out; returns how many it did (whole groups) */
+    LBC_AVX2_FN static Py_ssize_t lbc_jump_many_avx2(const uint64_t* keys, int32_t* out, Py_ssize_t count,
+                                                     int32_t buckets, int steps) {
+        const __m256i lcg_lo = _mm256_set1_epi64x((long long)(LBC_JUMP_LCG & 0xFFFFFFFFULL));
+        const __m256i lcg_hi = _mm256_set1_epi64x((long long)(LBC_JUMP_LCG >> 32));
+        const __m256i one64 = _mm256_set1_epi64x(1);
+        /* (key >> 33) | bits of 2^52, as a double, is 2^52 + (key >> 33): minus 2^52 - 1 gives
+           (key >> 33) + 1 exactly, the reference's divisor */
+        const __m256i exp52 = _mm256_set1_epi64x(0x4330000000000000LL);
+        const __m256d exp52_less_one = _mm256_set1_pd(4503599627370495.0);
+        const __m256d one = _mm256_set1_pd(1.0), two31 = _mm256_set1_pd(2147483648.0);
+        const __m256d limit = _mm256_set1_pd((double)buckets);
+        const Py_ssize_t group = 4 * LBC_JUMP_VECTORS;
+        Py_ssize_t base = 0;
+        for (; base + group <= count; base += group) {
+            __m256i key[LBC_JUMP_VECTORS];
+            __m256d b[LBC_JUMP_VECTORS], left[LBC_JUMP_VECTORS];
+            int v, t, l;
+            for (v = 0; v < LBC_JUMP_VECTORS; v++) {
+                key[v] = lbc_hash_u64_x4(_mm256_loadu_si256((const __m256i*)(keys + base + 4 * v)));
+                b[v] = _mm256_setzero_pd();
+                left[v] = _mm256_setzero_pd();
+            }
+            for (t = 0; t < steps; t++) {
+                for (v = 0; v < LBC_JUMP_VECTORS; v++) {
+                    key[v] = _mm256_add_epi64(lbc_mul64_x4(key[v], lcg_lo, lcg_hi), one64);
+                    __m256d r = _mm256_sub_pd(
+                        _mm256_castsi256_pd(_mm256_or_si256(_mm256_srli_epi64(key[v], 33), exp52)),
+                        exp52_less_one);
+                    __m256d p = _mm256_mul_pd(_mm256_add_pd(b[v], one), _mm256_div_pd(two31, r));
+                    __m256d j = _mm256_round_pd(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+                    left[v] = _mm256_or_pd(left[v], _mm256_cmp_pd(j, limit, _CMP_GE_OQ));
+                    b[v] = _mm256_blendv_pd(j, b[v], left[v]);
+                }
+            }
+            for (v = 0; v < LBC_JUMP_VECTORS; v++) {
+                int32_t* o = out + base + 4 * v;
+                __m128i bi = _mm256_cvttpd_epi32(b[v]);
+                int done = _mm256_movemask_pd(left[v]);
+                _mm_storeu_si128((__m128i*)o, bi);
+                if (done != 15) {
+                    uint64_t k[4];
+                    _mm256_storeu_si256((__m256i*)k, key[v]);
+                    for (l = 0; l < 4; l++)
+                        if (!((done >> l) & 1)) o[l] = lbc_jump_finish(k[l], o[l], buckets);
+                }
+            }
+        }
+        return base;
+    }
+    #else
+    static int lbc_cpu_has_avx2(void) { return 0; }
+    static Py_ssize_t lbc_hash_u64_avx2(const uint64_t* keys, uint64_t* out, Py_ssize_t count) {
+        return 0;
+    }
+    static Py_ssize_t lbc_jump_many_avx2(const uint64_t* keys, int32_t* out, Py_ssize_t count,
+                                         int32_t buckets, int steps) {
+        return 0;
+    }
+    #endif
+    """
+    bint lbc_cpu_has_avx2() noexcept nogil
+    Py_ssize_t lbc_hash_u64_avx2(const uint64_t* keys, uint64_t* out, Py_ssize_t count) noexcept nogil
+    Py_ssize_t lbc_jump_many_avx2(const uint64_t* keys, int32_t* out, Py_ssize_t count,
+                                  int32_t buckets, int steps) noexcept nogil
+
+
+use_avx2 = lbc_cpu_has_avx2()
+
+
+def _avx2(enabled=None) -> bool:
+    """Whether pick_many uses its AVX2 paths; ``enabled`` turns them on (if the CPU has AVX2) or
+    off, for tests and benchmarks of both paths."""
+    global use_avx2
+    if enabled is not None:
+        use_avx2 = bool(enabled) and lbc_cpu_has_avx2()
+    return use_avx2
+
+
 cdef int jump_steps(int n) noexcept:
     """Rounds every key of a group runs: the mean number of divisions of a key, H(n) (one per
     bucket it lands in, and the last), plus 1.7 standard deviations: about 2% of the keys need
@@ -1051,6 +1203,7 @@ cdef class JumpHash(Balancer):
     cdef object _slot_arr
     cdef const int32_t* slot_backend
     cdef int steps               # branch-free rounds of pick_many (see jump_steps)
+    cdef bint slots_identity     # slot i is backend i: pick_many skips the mapping
 
     def __init__(self, backends, weights=None, *, seed=None):
         self._slots = []
@@ -1091,6 +1244,7 @@ cdef class JumpHash(Balancer):
         self._slot_arr = slot_arr
         self.slot_backend = &view[0]
         self.steps = jump_steps(self.n)
+        self.slots_identity = bool((slot_arr == np.arange(self.n, dtype=np.int32)).all())
         return 0
 
     cdef int pick_hash(self, uint64_t h) noexcept nogil:
@@ -1104,15 +1258,18 @@ cdef class JumpHash(Balancer):
         cdef int steps = self.steps, l
         cdef const int32_t* slots = self.slot_backend
         cdef uint64_t group[LBC_JUMP_GROUP]
+        if use_avx2:
+            base = lbc_jump_many_avx2(keys, out, count, n, steps)
         while base < whole:
             for l in range(LBC_JUMP_GROUP):
                 group[l] = hash_u64(keys[base + l])
             lbc_jump_group(group, out + base, n, steps)
-            for k in range(base, base + LBC_JUMP_GROUP):
-                out[k] = slots[out[k]]
             base += LBC_JUMP_GROUP
-        for k in range(whole, count):
-            out[k] = slots[jump_hash(hash_u64(keys[k]), n)]
+        for k in range(base, count):
+            out[k] = jump_hash(hash_u64(keys[k]), n)
+        if not self.slots_identity:
+            for k in range(count):
+                out[k] = slots[out[k]]
 
 
 cdef class Rendezvous(Balancer):

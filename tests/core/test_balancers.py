@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from lbcore import balancers, hash64
+from lbcore import _balancers_c, balancers, hash64
 from lbcore.balancer_quality import backend_names, disruption, imbalance, loads, sample_keys
 
 ALL = balancers.builtin()
@@ -20,6 +20,18 @@ KEYS = sample_keys(100_000, seed=7)
 
 def names(n: int) -> list[str]:
     return backend_names(n)
+
+
+@pytest.fixture(params=["avx2", "baseline"])
+def pick_many_path(request):
+    """Run a test on each path pick_many has: AVX2 (where the CPU has it) and baseline x86-64."""
+    before = _balancers_c._avx2()
+    if request.param == "avx2" and not _balancers_c._avx2(True):
+        pytest.skip("this CPU has no AVX2")
+    if request.param == "baseline":
+        _balancers_c._avx2(False)
+    yield request.param
+    _balancers_c._avx2(before)
 
 
 # --- interface -------------------------------------------------------------------------------
@@ -35,7 +47,7 @@ def test_pick_returns_an_index_for_str_bytes_and_int_keys(algorithm):
 
 
 @pytest.mark.parametrize("algorithm", CONSISTENT)
-def test_pick_of_int_key_equals_pick_many_of_that_key(algorithm):
+def test_pick_of_int_key_equals_pick_many_of_that_key(algorithm, pick_many_path):
     b = balancers.create(algorithm, names(7))
     keys = KEYS[:2000]
     many = b.pick_many(keys)
@@ -440,7 +452,7 @@ def test_jump_adding_a_backend_moves_one_n_plus_first():
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 10, 100, 1000, 65_537])
-def test_jump_pick_many_equals_the_reference_jump_hash(n):
+def test_jump_pick_many_equals_the_reference_jump_hash(n, pick_many_path):
     # pick_many runs keys in groups with a fixed number of branch-free rounds and finishes the
     # keys that need more alone (many of them at n = 1000): every path must give the reference
     jump = pytest.importorskip("jump", reason="jump-consistent-hash is the reference")
@@ -449,6 +461,20 @@ def test_jump_pick_many_equals_the_reference_jump_hash(n):
     slots = np.asarray(b.slots)
     expected = slots[[jump.hash(hash64(int(k)), n) for k in keys]]
     assert b.pick_many(keys).tolist() == expected.tolist()
+    if n > 2:  # a backend removed from the middle: its slot now maps to another backend
+        b.update(names(n)[:1] + names(n)[2:])
+        slots = np.asarray(b.slots)
+        expected = slots[[jump.hash(hash64(int(k)), n - 1) for k in keys]]
+        assert b.pick_many(keys).tolist() == expected.tolist()
+
+
+def test_the_vector_hash_of_pick_many_is_hash64(pick_many_path):
+    # maglev's table index is the hash's top 32 bits scaled: any hash difference shows up in
+    # picks over many keys and at the edges of the key space
+    b = balancers.create("maglev", names(65_537 // 2))
+    edges = np.array([0, 1, 2**32 - 1, 2**32, 2**63, 2**64 - 1] * 5, dtype=np.uint64)
+    keys = np.concatenate([KEYS[:4099], edges])
+    assert b.pick_many(keys).tolist() == [b.pick_hashed(hash64(int(k))) for k in keys]
 
 
 def test_ring_keeps_its_scale_across_updates_so_survivors_keep_their_points():
