@@ -1275,14 +1275,19 @@ assert sizeof(LabelSlot) == 64
 
 
 cdef struct SelectorSlot:
+    # within one cache line (the array is aligned to 64 bytes): matching a candidate and
+    # naming it in an answer read this line and the requirements only
     PyObject* id           # owned; NULL while the slot is free
     PyObject* selector     # owned
     CReq* reqs             # the selector's requirements, matched without touching the object
-    Py_ssize_t nreqs
-    int kind
+    int32_t nreqs
+    int32_t kind
     int32_t n
     int32_t* ents          # anchor entries
     int32_t* pos           # position in each entry's selector posting (or in the unanchored list)
+
+
+assert sizeof(SelectorSlot) <= 64
 
 
 cdef enum:
@@ -1389,13 +1394,18 @@ cdef class SelectorIndex:
     cdef Vec _scr_ents, _scr_found, _scr_old
     cdef PyObject** _scr_pairs
     cdef Py_ssize_t _scr_pairs_cap
-    cdef uint64_t* _scr_hash
+    cdef uint64_t* _scr_hash     # per label: its pair's hash, its key's hash
+    cdef PyObject** _scr_kv      # per label: its key, its value (references held)
     cdef Py_ssize_t _scr_hash_cap, _scr_hash_n
     # the last answers of set_labels and selectors_matching, refilled when the caller has
     # dropped them (as CPython's zip and enumerate reuse their result tuples): most callers
     # read an answer once, and a new set costs more than the rest of a warm change
     cdef tuple _change
     cdef set _found
+    # the label set set_labels last wrote (its slot, -1 for none): a caller asks for its
+    # selectors next, and need not have its id hashed and found again
+    cdef object _last_id
+    cdef int32_t _last_slot
 
     def __cinit__(self):
         self._table = <int32_t*>PyMem_Malloc(8 * sizeof(int32_t))
@@ -1409,6 +1419,7 @@ cdef class SelectorIndex:
         memset(self._lab_table, 0xFF, 8 * sizeof(int32_t))
         self._lab_mask = 7
         self._stamp = 0
+        self._last_slot = -1
 
     def __init__(self):
         self._lab_slot = {}
@@ -1435,9 +1446,11 @@ cdef class SelectorIndex:
         PyMem_Free(self._table)
         PyMem_Free(self._lab_table)
         PyMem_Free(self._scr_pairs)
+        self._drop_labels()
         PyMem_Free(self._scr_hash)
+        PyMem_Free(self._scr_kv)
         _aligned_free(self._labsets)
-        PyMem_Free(self._selslots)
+        _aligned_free(self._selslots)
         _vec_free(&self._free_entries)
         _vec_free(&self._free_labsets)
         _vec_free(&self._free_selslots)
@@ -1705,6 +1718,9 @@ cdef class SelectorIndex:
 
     cdef void _free_label_slot(self, int32_t slot) noexcept:
         cdef LabelSlot* ls = &self._labsets[slot]
+        if slot == self._last_slot:
+            self._last_slot = -1
+            self._last_id = None
         Py_XDECREF(ls.id)
         PyMem_Free(ls.pairs)
         _vec_free(&ls.matched)
@@ -1724,9 +1740,12 @@ cdef class SelectorIndex:
                 cap = self._selslots_cap * 2 if self._selslots_cap else 64
                 if cap > 0x7FFFFFFF:
                     raise MemoryError("too many selectors in one selector index")
-                grown = <SelectorSlot*>PyMem_Realloc(self._selslots, <size_t>cap * sizeof(SelectorSlot))
+                grown = <SelectorSlot*>_aligned_alloc(64, <size_t>cap * sizeof(SelectorSlot))
                 if grown == NULL:
                     raise MemoryError()
+                if self._selslots != NULL:
+                    memcpy(grown, self._selslots, <size_t>self._selslots_top * sizeof(SelectorSlot))
+                    _aligned_free(self._selslots)
                 self._selslots = grown
                 self._selslots_cap = cap
                 _vec_reserve(&self._free_selslots, cap)
@@ -1830,7 +1849,10 @@ cdef class SelectorIndex:
         # an ABC check costs more than the look-up: not for the usual ids, never mappings
         if type(labels) is not int and type(labels) is not str and isinstance(labels, Mapping):
             return self._selectors_for(dict(labels))
-        ls = &self._labsets[self._lab_slot_of(labels)]
+        if self._last_slot >= 0 and labels is self._last_id:
+            ls = &self._labsets[self._last_slot]
+        else:
+            ls = &self._labsets[self._lab_slot_of(labels)]
         result = self._found_answer()
         for t in range(ls.matched.n):
             result.add(<object>self._selslots[ls.matched.data[t]].id)
@@ -1860,21 +1882,34 @@ cdef class SelectorIndex:
     # -- label sets --------------------------------------------------------------------------
 
     cdef int _hash_labels(self, dict labels) except -1:
-        """Hash each label's pair and key into the scratch hashes, and start loading the table
-        places they probe first: in a large index those loads miss the cache, and issued here
-        they overlap with what the caller does next (its own look-up of the label set's id)."""
+        """Take each label's key and value (with a reference, until _entries_of is done) and
+        hash its pair and key into the scratch arrays, and start loading the table places they
+        probe first: in a large index those loads miss the cache, and issued here they overlap
+        with what the caller does next (its own look-up of the label set's id)."""
         cdef Py_ssize_t it = 0, i = 0, n = len(labels)
         cdef PyObject* k
         cdef PyObject* v
         cdef uint64_t hk, hp
         cdef uint64_t* grown
+        cdef PyObject** grown_kv
+        self._drop_labels()  # left over only if a call failed between the two
         if 2 * n > self._scr_hash_cap:
             grown = <uint64_t*>PyMem_Realloc(self._scr_hash, <size_t>(2 * n) * sizeof(uint64_t))
             if grown == NULL:
                 raise MemoryError()
             self._scr_hash = grown
+            grown_kv = <PyObject**>PyMem_Realloc(self._scr_kv, <size_t>(2 * n) * sizeof(PyObject*))
+            if grown_kv == NULL:
+                raise MemoryError()
+            self._scr_kv = grown_kv
             self._scr_hash_cap = 2 * n
+        # nothing below runs Python code (str hashes and text only), so the dict stays as it is
         while PyDict_Next(labels, &it, &k, &v):
+            Py_XINCREF(k)
+            Py_XINCREF(v)
+            self._scr_kv[i] = k
+            self._scr_kv[i + 1] = v
+            self._scr_hash_n = i + 2
             hk = _key_hash(k)
             hp = _text_hash(v, hk)
             self._scr_hash[i] = hp
@@ -1882,19 +1917,32 @@ cdef class SelectorIndex:
             prefetch(&self._table[<size_t>hp & self._mask])
             prefetch(&self._table[<size_t>hk & self._mask])
             i += 2
-        self._scr_hash_n = i
         return 0
 
-    cdef int _entries_of(self, dict labels, bint add) except -1:
-        """Fill the scratch entry list with the pair and key entries of ``labels`` (hashed by
-        _hash_labels just before): made when ``add``, else only those that exist."""
-        cdef Py_ssize_t it = 0, i, n = 2 * len(labels)
+    cdef void _drop_labels(self) noexcept:
+        """Let go of the keys and values _hash_labels took."""
+        cdef Py_ssize_t i
+        for i in range(self._scr_hash_n):
+            Py_XDECREF(self._scr_kv[i])
+        self._scr_hash_n = 0
+
+    cdef int _entries_of(self, bint add) except -1:
+        """Fill the scratch entry list with the pair and key entries of the labels _hash_labels
+        took just before (then let go of them): made when ``add``, else only those that exist.
+        The labels are read from the scratch arrays, not the dict again: a label's own __eq__
+        may change the dict, never what is compared."""
+        try:
+            self._find_entries(add)
+        finally:
+            self._drop_labels()
+        return 0
+
+    cdef int _find_entries(self, bint add) except -1:
+        cdef Py_ssize_t i, n = self._scr_hash_n
         cdef PyObject* k
         cdef PyObject* v
         cdef int32_t e
         cdef uint64_t* hashes = self._scr_hash
-        if n != self._scr_hash_n:  # only a label's own __eq__ or __hash__ could do this
-            raise RuntimeError("labels changed size during the index update")
         # first the entries the first probes name, all loading at once
         for i in range(n):
             e = self._table[<size_t>hashes[i] & self._mask]
@@ -1902,10 +1950,9 @@ cdef class SelectorIndex:
                 prefetch(&self._entries[e])
         self._scr_ents.n = 0
         _vec_reserve(&self._scr_ents, n)
-        i = 0
-        while PyDict_Next(labels, &it, &k, &v):
-            if i >= n:
-                raise RuntimeError("labels changed during the index update")
+        for i in range(0, n, 2):
+            k = self._scr_kv[i]
+            v = self._scr_kv[i + 1]
             if add:
                 e = self._find_or_add(hashes[i], k, v)
                 self._scr_ents.data[self._scr_ents.n] = e
@@ -1923,7 +1970,6 @@ cdef class SelectorIndex:
                 if e >= 0:
                     self._scr_ents.data[self._scr_ents.n] = e
                     self._scr_ents.n += 1
-            i += 2
         return 0
 
     cdef int _matching_selectors(self, dict labels, PyObject** pairs, Py_ssize_t npairs) except -1:
@@ -1955,7 +2001,7 @@ cdef class SelectorIndex:
         cdef set result = set()
         cdef Py_ssize_t t
         self._hash_labels(labels)
-        self._entries_of(labels, False)
+        self._entries_of(False)
         self._matching_selectors(labels, NULL, 0)
         for t in range(self._scr_found.n):
             result.add(<object>self._selslots[self._scr_found.data[t]].id)
@@ -1977,7 +2023,7 @@ cdef class SelectorIndex:
         slot = self._lab_table[<size_t>(h >> 32) & self._lab_mask]
         if slot >= 0:
             prefetch(&self._labsets[slot])
-        self._entries_of(given, True)
+        self._entries_of(True)
         slot = self._lab_find(label_id, h)
         if slot >= 0:
             ls = &self._labsets[slot]
@@ -1993,6 +2039,8 @@ cdef class SelectorIndex:
             if kept == n and n == ls.n:  # nothing changed, nothing to do
                 for j in range(n):
                     self._entries[self._scr_ents.data[j]].mark = 0
+                self._last_id = label_id
+                self._last_slot = slot
                 return self._change_answer()
             # start loading what the rest reads at random places: the postings of the pairs it
             # joins, and the selectors it matched (their ids may go into the answer)
@@ -2035,6 +2083,8 @@ cdef class SelectorIndex:
         memcpy(_items(ls), self._scr_ents.data, <size_t>n * sizeof(int32_t))
         memcpy(ls.pairs, self._scr_pairs, <size_t>n * sizeof(PyObject*))
         ls.n = <int32_t>n
+        self._last_id = label_id
+        self._last_slot = slot
         return self._update_matches(slot)
 
     cdef int _grow_label_slot(self, LabelSlot* ls, Py_ssize_t n) except -1:
@@ -2300,7 +2350,7 @@ cdef class SelectorIndex:
         Py_XDECREF(ss.selector)
         ss.selector = <PyObject*>selector
         ss.reqs = selector._reqs
-        ss.nreqs = selector._n
+        ss.nreqs = <int32_t>selector._n
         self._file_selector(slot, selector)
         self._labels_matching(selector)
         _sort_unique(now)
