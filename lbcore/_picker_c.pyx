@@ -26,6 +26,7 @@ from lbcore._conntrack_c cimport (
     CT_KEY_BYTES,
     AffinityTable,
     ConnTable,
+    ct_hash,
     ct_key,
     pack_addr,
     pack_port,
@@ -188,7 +189,8 @@ cdef class PickCore:
     cdef int32_t _pick(self, ct_key* k, double now, const int32_t* excl, int nexcl) except -2:
         cdef uint32_t t = self.conns.now_ms(now)
         cdef uint32_t ta = 0
-        cdef uint64_t h = XXH3_64bits(k, CT_KEY_BYTES)  # once: table probe, balancer, insert
+        cdef uint64_t h = XXH3_64bits(k, CT_KEY_BYTES)  # the balancer's
+        cdef uint64_t hk = ct_hash(k)  # the table's, once for its probe and its insert
         cdef uint64_t ha = 0
         cdef int32_t b, chosen = -1, a
         cdef int x
@@ -199,9 +201,9 @@ cdef class PickCore:
             # overlap instead of paying two cache misses one after the other
             memset(&client, 0, sizeof(ct_key))
             memcpy(client.addr, k.addr, 16)
-            ha = XXH3_64bits(&client, CT_KEY_BYTES)
+            ha = ct_hash(&client)
             self.affinity.prefetch_h(ha, 0)
-        b = self.conns.lookup_h(k, h, t)
+        b = self.conns.lookup_h(k, hk, t)
         if 0 <= b < self.nids and self.eps[b] is not None:
             ok = True
             for x in range(nexcl):
@@ -223,7 +225,7 @@ cdef class PickCore:
             return -1
         if 0 <= b < self.nids and b != chosen and self.bidx[b] >= 0:
             self.balancer.release_c(self.bidx[b])
-        if self.conns.insert_h(k, h, chosen, t) < 0:
+        if self.conns.insert_h(k, hk, chosen, t) < 0:
             raise MemoryError("ConnTable: no memory for the per-backend lists")
         if self.affinity is not None:
             if self.affinity.insert_h(&client, ha, chosen, ta) < 0:

@@ -28,7 +28,7 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.unistd cimport close, read, write, usleep
 
 from lbcore._balancers_c cimport Balancer
-from lbcore._conntrack_c cimport AffinityTable, CT_KEY_BYTES, ct_key
+from lbcore._conntrack_c cimport AffinityTable, ct_hash, ct_key
 from lbcore._hashing_c cimport XXH3_64bits, hash_u64
 
 # declarations (epoll, sockets, splice) and the data path's structures; included rather than a
@@ -236,7 +236,7 @@ cdef Endpoint* svc_pick(Service* s, sockaddr_storage* client, double now, Endpoi
         d = (now - s.affinity_epoch) * 1000.0
         ms = <uint32_t>d if d > 0 else 0
         client_key(client, &key)
-        kh = XXH3_64bits(&key, CT_KEY_BYTES)
+        kh = ct_hash(&key)
         ident = (<AffinityTable>s.affinity).lookup_h(&key, kh, ms)
         if 0 <= ident < s.nidents and s.by_ident[ident] != NULL and \
                 candidate(s.by_ident[ident], now, tried, ntried, False):

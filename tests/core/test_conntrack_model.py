@@ -163,6 +163,28 @@ def test_dotted_quad_parser_agrees_with_inet_pton_and_the_twin(text):
     assert _packed_or_none(_conntrack_py, text) == want
 
 
+# every length the parser reads whole (7 to 15), with the characters on either side of the
+# digits ('/' and ':'), so a range check off by one shows
+NEAR_DOTTED = st.text(alphabet="0123456789./: ", min_size=7, max_size=15)
+ONE_SLIP = st.tuples(QUADS, st.integers(0, 14), st.sampled_from("/:. 0a")).map(
+    lambda t: t[0][: t[1]] + t[2] + t[0][t[1] + 1:])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(text=st.one_of(NEAR_DOTTED, ONE_SLIP))
+def test_dotted_quad_parser_rejects_near_misses_as_inet_pton_does(text):
+    import socket
+
+    try:
+        want = b"\0" * 10 + b"\xff\xff" + socket.inet_pton(socket.AF_INET, text)
+    except OSError:
+        try:  # with a ':' it may be IPv6 text
+            want = socket.inet_pton(socket.AF_INET6, text)
+        except OSError:
+            want = None
+    assert _packed_or_none(_conntrack_c, text) == want
+
+
 @settings(max_examples=2000, deadline=None)
 @given(text=st.one_of(V6ISH, st.ip_addresses(v=6).map(str)))
 def test_ipv6_text_is_packed_as_the_twin_packs_it(text):
