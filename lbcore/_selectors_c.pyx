@@ -20,7 +20,7 @@ from cpython.object cimport PyObject, PyObject_Hash, PyObject_RichCompareBool, P
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cpython.set cimport PySet_Contains
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.string cimport memcmp
 
 from lbcore._hashing_c cimport hash_object
@@ -381,13 +381,17 @@ cdef tuple _new_requirement(object key, object operator, object values, str wher
 # ---------------------------------------------------------------------------------------------
 
 cdef struct CReq:
-    int op
+    # 48 bytes: a Service's selector (two requirements and their values) fills two cache lines
+    int32_t op
+    int32_t nvalues
     PyObject* key          # str, owned by the requirements tuple
-    Py_ssize_t nvalues
-    PyObject** values      # borrowed from the Requirement's values tuple
+    PyObject** values      # its values (borrowed), in the same block after the requirements
     PyObject* value_set    # frozenset of the values when there are many, else NULL
     int64_t number         # the integer of > and <
     Py_hash_t hash         # the key's str hash (what a dict probes with), -1 if not an exact str
+
+
+assert sizeof(CReq) == 48
 
 
 cdef object _interned(object text):
@@ -508,7 +512,7 @@ cdef class Selector:
         self._public = None
 
     def __dealloc__(self):
-        PyMem_Free(self._reqs)
+        _aligned_free(self._reqs)
 
     def __init__(self, requirements=()):
         """Validate and AND ``requirements``: Requirement or ``(key, operator, values)`` tuples."""
@@ -521,7 +525,7 @@ cdef class Selector:
         cdef int64_t number
         if len(reqs) > 1:
             reqs.sort()  # by key, then operator, then values
-        PyMem_Free(self._reqs)
+        _aligned_free(self._reqs)
         self._reqs = NULL
         self._value_ptrs = NULL
         # interned keys carry their hash and are the very objects of most label dicts' keys
@@ -535,9 +539,8 @@ cdef class Selector:
         self._n = len(reqs)
         for q in reqs:
             total += len(q[2])
-        # one block: the requirements, then the pointers to their values (one cache line or
-        # two for a Service's selector)
-        self._reqs = <CReq*>PyMem_Malloc(self._n * sizeof(CReq) + max(total, 1) * sizeof(PyObject*))
+        # one block aligned to a cache line: the requirements, then the pointers to their values
+        self._reqs = <CReq*>_aligned_alloc(64, self._n * sizeof(CReq) + max(total, 1) * sizeof(PyObject*))
         if self._reqs == NULL:
             raise MemoryError()
         self._value_ptrs = <PyObject**>(self._reqs + self._n)
@@ -548,7 +551,7 @@ cdef class Selector:
             r = &self._reqs[i]
             r.op = q[1]
             r.key = <PyObject*>q[0]
-            r.nvalues = len(values)
+            r.nvalues = <int32_t>len(values)
             r.values = self._value_ptrs + total
             r.value_set = NULL
             r.number = 0
@@ -996,7 +999,7 @@ from cpython.dict cimport PyDict_Next, PyDict_SetItem
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.mem cimport PyMem_Realloc
 from cpython.ref cimport Py_XINCREF, Py_XDECREF
-from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from libc.stdlib cimport qsort
 from libc.string cimport memcpy, memmove, memset
 
@@ -1274,6 +1277,12 @@ cdef inline int32_t* _items(LabelSlot* ls) noexcept:
 assert sizeof(LabelSlot) == 64
 
 
+cdef struct LabPlace:
+    # a place of the label-set id table: the slot (-1 for none) and the high half of its hash
+    int32_t slot
+    uint32_t tag
+
+
 cdef struct SelectorSlot:
     # within one cache line (the array is aligned to 64 bytes): matching a candidate and
     # naming it in an answer read this line and the requirements only
@@ -1382,7 +1391,7 @@ cdef class SelectorIndex:
     cdef Py_ssize_t _labsets_cap, _labsets_top
     cdef Vec _free_labsets
     cdef dict _lab_slot         # label id -> slot, in the order ids came (label_ids())
-    cdef int32_t* _lab_table    # the same, as a C table of slots by the id's hash (the hot path)
+    cdef LabPlace* _lab_table   # the same, as a C table of slots by the id's hash (the hot path)
     cdef size_t _lab_mask
     # selectors
     cdef SelectorSlot* _selslots
@@ -1413,10 +1422,10 @@ cdef class SelectorIndex:
             raise MemoryError()
         memset(self._table, 0xFF, 8 * sizeof(int32_t))
         self._mask = 7
-        self._lab_table = <int32_t*>PyMem_Malloc(8 * sizeof(int32_t))
+        self._lab_table = <LabPlace*>PyMem_Malloc(8 * sizeof(LabPlace))
         if self._lab_table == NULL:
             raise MemoryError()
-        memset(self._lab_table, 0xFF, 8 * sizeof(int32_t))
+        memset(self._lab_table, 0xFF, 8 * sizeof(LabPlace))
         self._lab_mask = 7
         self._stamp = 0
         self._last_slot = -1
@@ -1606,7 +1615,9 @@ cdef class SelectorIndex:
     # A label set's id is found through a C table of slots keyed by the id's hash (Python's: ids
     # are any hashable values), checked against the id the slot holds. A Python dict would also
     # read its entry, the stored key and the slot number's int object: three more cache lines
-    # at a random place of a large heap, on every change.
+    # at a random place of a large heap, on every change. Each place keeps the high half of the
+    # hash beside the slot (its home is taken from it), so that passing a place that holds
+    # another id reads no other label set's slot.
 
     cdef inline uint64_t _id_hash(self, object label_id) except? 0:
         # Fibonacci mixing, so that ids hashing to a stride (ints do) spread over the table
@@ -1614,22 +1625,24 @@ cdef class SelectorIndex:
 
     cdef int32_t _lab_find(self, object label_id, uint64_t h) except -2:
         """The slot of a label-set id whose mixed hash is ``h``, or -1."""
-        cdef size_t i = <size_t>(h >> 32) & self._lab_mask
+        cdef uint32_t tag = <uint32_t>(h >> 32)
+        cdef size_t i = <size_t>tag & self._lab_mask
         cdef int32_t slot
         cdef LabelSlot* ls
         cdef int64_t number = 0
         cdef bint numeric = _int64_id(label_id, &number)
         while True:
-            slot = self._lab_table[i]
+            slot = self._lab_table[i].slot
             if slot < 0:
                 return -1
-            ls = &self._labsets[slot]
-            if ls.hash == h:
-                if numeric and ls.numeric:
-                    if ls.number == number:
+            if self._lab_table[i].tag == tag:
+                ls = &self._labsets[slot]
+                if ls.hash == h:
+                    if numeric and ls.numeric:
+                        if ls.number == number:
+                            return slot
+                    elif ls.id == <PyObject*>label_id or PyObject_RichCompareBool(<object>ls.id, label_id, Py_EQ):
                         return slot
-                elif ls.id == <PyObject*>label_id or PyObject_RichCompareBool(<object>ls.id, label_id, Py_EQ):
-                    return slot
             i = (i + 1) & self._lab_mask
 
     cdef int32_t _lab_slot_of(self, object label_id) except -1:
@@ -1641,46 +1654,46 @@ cdef class SelectorIndex:
 
     cdef int _lab_file(self, int32_t slot) except -1:
         """File a new slot in the id table (its hash set), growing the table at half full."""
-        cdef size_t i, size
-        cdef int32_t* table
-        cdef Py_ssize_t s
+        cdef size_t i, size, t
+        cdef LabPlace* table
         if <size_t>len(self._lab_slot) * 2 > self._lab_mask + 1:
             size = (self._lab_mask + 1) * 2
-            table = <int32_t*>PyMem_Malloc(size * sizeof(int32_t))
+            table = <LabPlace*>PyMem_Malloc(size * sizeof(LabPlace))
             if table == NULL:
                 raise MemoryError()
-            memset(table, 0xFF, size * sizeof(int32_t))
-            for s in range(self._labsets_top):
-                if self._labsets[s].id != NULL and s != slot:
-                    i = <size_t>(self._labsets[s].hash >> 32) & (size - 1)
-                    while table[i] >= 0:
+            memset(table, 0xFF, size * sizeof(LabPlace))
+            for t in range(self._lab_mask + 1):
+                if self._lab_table[t].slot >= 0:
+                    i = <size_t>self._lab_table[t].tag & (size - 1)
+                    while table[i].slot >= 0:
                         i = (i + 1) & (size - 1)
-                    table[i] = <int32_t>s
+                    table[i] = self._lab_table[t]
             PyMem_Free(self._lab_table)
             self._lab_table = table
             self._lab_mask = size - 1
         i = <size_t>(self._labsets[slot].hash >> 32) & self._lab_mask
-        while self._lab_table[i] >= 0:
+        while self._lab_table[i].slot >= 0:
             i = (i + 1) & self._lab_mask
-        self._lab_table[i] = slot
+        self._lab_table[i].slot = slot
+        self._lab_table[i].tag = <uint32_t>(self._labsets[slot].hash >> 32)
         return 0
 
     cdef void _lab_unfile(self, int32_t slot) noexcept:
         """Take a slot out of the id table (backward-shift deletion, as for the pair table)."""
         cdef size_t mask = self._lab_mask, i, j, home
         i = <size_t>(self._labsets[slot].hash >> 32) & mask
-        while self._lab_table[i] != slot:
+        while self._lab_table[i].slot != slot:
             i = (i + 1) & mask
         j = i
         while True:
             j = (j + 1) & mask
-            if self._lab_table[j] < 0:
+            if self._lab_table[j].slot < 0:
                 break
-            home = <size_t>(self._labsets[self._lab_table[j]].hash >> 32) & mask
+            home = <size_t>self._lab_table[j].tag & mask
             if (i < j and (home <= i or home > j)) or (i > j and home <= i and home > j):
                 self._lab_table[i] = self._lab_table[j]
                 i = j
-        self._lab_table[i] = -1
+        self._lab_table[i].slot = -1
 
     # -- slots -------------------------------------------------------------------------------
 
@@ -2020,7 +2033,7 @@ cdef class SelectorIndex:
         prefetch(&self._lab_table[<size_t>(h >> 32) & self._lab_mask])
         self._hash_labels(given)
         # the slot the id most likely has starts loading now, alongside the label pairs' entries
-        slot = self._lab_table[<size_t>(h >> 32) & self._lab_mask]
+        slot = self._lab_table[<size_t>(h >> 32) & self._lab_mask].slot
         if slot >= 0:
             prefetch(&self._labsets[slot])
         self._entries_of(True)
