@@ -1202,13 +1202,13 @@ cdef void _slotset_remove(Vec* v, int32_t x) noexcept:
 
 
 cdef enum:
-    ENTRY_TEXT = 56        # bytes of key and value text an entry keeps in itself
+    ENTRY_TEXT = 52        # bytes of key and value text an entry keeps in itself
 
 
 cdef struct Entry:
     # Two cache lines (the array is aligned to 64 bytes). The first holds all a label-set
     # change reads of an entry the label set keeps: the hash, the strings, the selectors filed
-    # under it, and the start of a copy of the strs' text (16 bytes of it in this line), so
+    # under it, and the start of a copy of the strs' text (12 bytes of it in this line), so
     # that a probe need not read the str objects (a label's value is most often a new object,
     # equal to the stored one but elsewhere).
     uint64_t hash
@@ -1220,6 +1220,8 @@ cdef struct Entry:
     uint8_t value_size     # both 0 when the text is not kept (not exact strs, or too long)
     uint8_t key_kind       # PEP 393 kinds: equal strs have equal kinds and bytes
     uint8_t value_kind
+    int32_t first_sel      # sels.data[0] when sels.n: most postings hold one selector, and
+                           # the candidate is then known without reading the array
     char text[ENTRY_TEXT]
     Py_ssize_t refs        # label sets holding it plus selectors anchored on it
     Vec labels             # label-set slots, a set (_slotset_add)
@@ -1605,6 +1607,7 @@ cdef class SelectorIndex:
             return
         moved = v.data[v.n]
         v.data[at] = moved
+        self._entries[e].first_sel = v.data[0]
         owner = &self._selslots[moved]
         for j in range(owner.n):
             if owner.ents[j] == e:
@@ -1969,7 +1972,10 @@ cdef class SelectorIndex:
             if add:
                 e = self._find_or_add(hashes[i], k, v)
                 self._scr_ents.data[self._scr_ents.n] = e
-                prefetch(self._entries[e].sels.data)
+                if self._entries[e].sels.n:  # the first candidate it brings
+                    prefetch(&self._selslots[self._entries[e].first_sel])
+                if self._entries[e].sels.n > 1:
+                    prefetch(self._entries[e].sels.data)
                 prefetch(&self._entries[e].labels)  # the second line, if the pair is new to it
                 e = self._find_or_add(hashes[i + 1], k, NULL)
                 self._scr_ents.data[self._scr_ents.n + 1] = e
@@ -1991,14 +1997,19 @@ cdef class SelectorIndex:
         entry list) and the unanchored."""
         cdef Py_ssize_t j, t
         cdef Vec* sels
-        cdef int32_t s
+        cdef int32_t s, first
         cdef SelectorSlot* ss
         cdef bint ok
         self._scr_found.n = 0
         for j in range(self._scr_ents.n + 1):
-            sels = &self._entries[self._scr_ents.data[j]].sels if j < self._scr_ents.n else &self._unanchored
+            if j < self._scr_ents.n:
+                sels = &self._entries[self._scr_ents.data[j]].sels
+                first = self._entries[self._scr_ents.data[j]].first_sel
+            else:
+                sels = &self._unanchored
+                first = sels.data[0] if sels.n else -1
             for t in range(sels.n):
-                s = sels.data[t]
+                s = first if t == 0 else sels.data[t]
                 ss = &self._selslots[s]
                 if labels is None:
                     ok = _match_pairs(ss.reqs, ss.nreqs, pairs, npairs)
@@ -2240,6 +2251,7 @@ cdef class SelectorIndex:
             ss.ents[j] = e
             ss.pos[j] = entry.sels.n
             _vec_push(&entry.sels, slot)
+            entry.first_sel = entry.sels.data[0]
             entry.refs += 1
             ss.n = <int32_t>(j + 1)
         return 0

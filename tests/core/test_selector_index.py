@@ -270,6 +270,26 @@ def test_answers_a_caller_still_holds_are_never_changed_by_later_calls(sel):
     assert watched() is None or watched() == {"db"}
 
 
+def test_selectors_filed_under_one_pair_leave_it_in_any_order(sel):
+    """Several selectors anchored on app=web; removing or replacing the first filed moves the
+    others in the pair's posting, and a label set still finds exactly those left."""
+    index = sel.SelectorIndex()
+    texts = {"a": "app=web", "b": "app=web,tier", "c": "app=web,!canary", "d": "app=web,tier=db"}
+    for sid, text in texts.items():
+        index.set_selector(sid, sel.parse_selector(text))
+    assert index.set_labels("p", {"app": "web", "tier": "db"}) == ({"a", "b", "c", "d"}, set())
+    index.remove_selector("a")
+    assert index.set_labels("q", {"app": "web"}) == ({"c"}, set())
+    index.set_selector("b", sel.parse_selector("app=api"))
+    assert index.set_labels("r", {"app": "web", "tier": "db"}) == ({"c", "d"}, set())
+    index.remove_selector("c")
+    index.remove_selector("d")
+    assert index.set_labels("s", {"app": "web"}) == (set(), set())
+    assert index.set_selector("e", sel.parse_selector("app=web"))[0] == {"p", "q", "r", "s"}
+    assert index.set_labels("t", {"app": "web", "x": "1"}) == ({"e"}, set())
+    assert index.selectors_matching("p") == {"e"} and index.selectors_matching("t") == {"e"}
+
+
 def test_one_label_set_leaving_a_large_posting(sel):
     """3,000 label sets share tier=web; moving one in the middle keeps every other one filed."""
     index = sel.SelectorIndex()
