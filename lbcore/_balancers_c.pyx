@@ -919,28 +919,17 @@ cdef class Maglev(Balancer):
     cdef void pick_many_c(self, const uint64_t* keys, int32_t* out, Py_ssize_t count) noexcept nogil:
         # independent keys: the out-of-order core overlaps the hashes and the table reads of
         # many keys, and the table (128 KiB) stays in L2, so nothing is left to prefetch
-        cdef Py_ssize_t k, base, done, block
+        cdef Py_ssize_t k = 0
         cdef const int32_t* table = self.table
         cdef const uint16_t* table16 = self.table16
         cdef uint64_t m = self.m
-        cdef uint64_t hashes[256]
-        if use_avx2:  # the hashes of a block four at a time, then the block's table reads
-            for base in range(0, count, 256):
-                block = min(256, count - base)
-                done = lbc_hash_u64_avx2(keys + base, hashes, block)
-                for k in range(done, block):
-                    hashes[k] = hash_u64(keys[base + k])
-                if table16 != NULL:
-                    for k in range(block):
-                        out[base + k] = table16[((hashes[k] >> 32) * m) >> 32]
-                else:
-                    for k in range(block):
-                        out[base + k] = table[((hashes[k] >> 32) * m) >> 32]
-        elif table16 != NULL:
-            for k in range(count):
+        if use_avx2:
+            k = lbc_maglev_many_avx2(keys, out, count, table16, table, m)
+        if table16 != NULL:
+            for k in range(k, count):
                 out[k] = table16[((hash_u64(keys[k]) >> 32) * m) >> 32]
         else:
-            for k in range(count):
+            for k in range(k, count):
                 out[k] = table[((hash_u64(keys[k]) >> 32) * m) >> 32]
 
 
@@ -1047,7 +1036,7 @@ cdef extern from *:
     """
     /* AVX2 paths of pick_many, chosen at run time (the module is built for baseline x86-64).
      *
-     * lbc_hash_u64_avx2 is hash_u64 (XXH3 of the key's 8 little-endian bytes, seed 0) on four
+     * lbc_hash_u64_x4 is hash_u64 (XXH3 of the key's 8 little-endian bytes, seed 0) on four
      * keys at a time: XXH3's 4-to-8-byte path, its 64-bit products built from 32-bit ones.
      *
      * lbc_jump_many_avx2 is the jump hash of lbc_jump_group on four lanes of doubles per
@@ -1091,12 +1080,31 @@ cdef extern from *:
         return _mm256_xor_si256(h, _mm256_srli_epi64(h, 28));
     }
 
-    /* hash_u64 of count keys into out; returns how many it did (whole registers) */
-    LBC_AVX2_FN static Py_ssize_t lbc_hash_u64_avx2(const uint64_t* keys, uint64_t* out, Py_ssize_t count) {
+    /* maglev entries of count keys into out: the hash and the entry, ((h >> 32) * m) >> 32, four
+       keys at a time, then the four table reads; table16 or table32 is NULL; returns how many
+       it did (whole registers) */
+    LBC_AVX2_FN static Py_ssize_t lbc_maglev_many_avx2(const uint64_t* keys, int32_t* out, Py_ssize_t count,
+                                                       const uint16_t* table16, const int32_t* table32,
+                                                       uint64_t m) {
+        const __m256i size = _mm256_set1_epi64x((long long)m);
+        uint64_t entry[4];
         Py_ssize_t i = 0;
-        for (; i + 4 <= count; i += 4)
-            _mm256_storeu_si256((__m256i*)(out + i),
-                                lbc_hash_u64_x4(_mm256_loadu_si256((const __m256i*)(keys + i))));
+        for (; i + 4 <= count; i += 4) {
+            __m256i h = lbc_hash_u64_x4(_mm256_loadu_si256((const __m256i*)(keys + i)));
+            _mm256_storeu_si256((__m256i*)entry,
+                                _mm256_srli_epi64(_mm256_mul_epu32(_mm256_srli_epi64(h, 32), size), 32));
+            if (table16 != NULL) {
+                out[i] = table16[entry[0]];
+                out[i + 1] = table16[entry[1]];
+                out[i + 2] = table16[entry[2]];
+                out[i + 3] = table16[entry[3]];
+            } else {
+                out[i] = table32[entry[0]];
+                out[i + 1] = table32[entry[1]];
+                out[i + 2] = table32[entry[2]];
+                out[i + 3] = table32[entry[3]];
+            }
+        }
         return i;
     }
 
@@ -1152,7 +1160,9 @@ cdef extern from *:
     }
     #else
     static int lbc_cpu_has_avx2(void) { return 0; }
-    static Py_ssize_t lbc_hash_u64_avx2(const uint64_t* keys, uint64_t* out, Py_ssize_t count) {
+    static Py_ssize_t lbc_maglev_many_avx2(const uint64_t* keys, int32_t* out, Py_ssize_t count,
+                                           const uint16_t* table16, const int32_t* table32,
+                                           uint64_t m) {
         return 0;
     }
     static Py_ssize_t lbc_jump_many_avx2(const uint64_t* keys, int32_t* out, Py_ssize_t count,
@@ -1162,7 +1172,9 @@ cdef extern from *:
     #endif
     """
     bint lbc_cpu_has_avx2() noexcept nogil
-    Py_ssize_t lbc_hash_u64_avx2(const uint64_t* keys, uint64_t* out, Py_ssize_t count) noexcept nogil
+    Py_ssize_t lbc_maglev_many_avx2(const uint64_t* keys, int32_t* out, Py_ssize_t count,
+                                    const uint16_t* table16, const int32_t* table32,
+                                    uint64_t m) noexcept nogil
     Py_ssize_t lbc_jump_many_avx2(const uint64_t* keys, int32_t* out, Py_ssize_t count,
                                   int32_t buckets, int steps) noexcept nogil
 
