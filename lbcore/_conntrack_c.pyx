@@ -1177,32 +1177,12 @@ cdef class ConnTable(_FlatTable):
     @cython.binding(False)
     def lookup(self, proto, src, sport, dst, dport, double now) -> int:
         """The backend of this connection, or -1; a hit counts as use and refreshes its timer."""
-        cdef ct_key k
-        _key(&k, proto, src, sport, dst, dport)
-        _settle(self)
-        return _lookup_i(self, &k, _key_hash(&k), _now_ms(self, now))
+        return _lookup(self, proto, src, sport, dst, dport, now)
 
     @cython.binding(False)
     def insert(self, proto, src, sport, dst, dport, backend, double now) -> None:
         """Track this connection as going to ``backend`` (replacing any entry of the same key)."""
-        cdef ct_key k
-        cdef int32_t b
-        cdef uint32_t t
-        _key(&k, proto, src, sport, dst, dport)
-        b = _backend_id(backend)
-        t = _now_ms(self, now)
-        if self._ensure_backend(b) < 0:
-            raise MemoryError("ConnTable: no memory for the per-backend lists")
-        # Nothing is left to fail, and the caller needs no answer: the insert is applied on the
-        # table's next use (``_settle``), its index slot fetched meanwhile, so the cache miss of
-        # that slot overlaps the caller's own work instead of stalling this call.
-        _settle(self)
-        self.pend_key = k
-        self.pend_hash = _key_hash(&k)
-        self.pend_backend = b
-        self.pend_now = t
-        self.pending = True
-        ct_prefetch(&self.idx[_home(self.pend_hash, self.nslots)])
+        _insert(self, proto, src, sport, dst, dport, backend, now)
 
     @cython.binding(False)
     def close(self, proto, src, sport, dst, dport, double now) -> bool:
@@ -1343,6 +1323,39 @@ def entry_size() -> int:
     return sizeof(ct_entry)
 
 
+# -- the single-call entry points ---------------------------------------------------------------
+
+cdef inline object _lookup(ConnTable t, object proto, object src, object sport, object dst,
+                           object dport, double now):
+    cdef ct_key k
+    _key(&k, proto, src, sport, dst, dport)
+    _settle(t)
+    return _lookup_i(t, &k, _key_hash(&k), _now_ms(t, now))
+
+
+cdef inline object _insert(ConnTable t, object proto, object src, object sport, object dst,
+                           object dport, object backend, double now):
+    cdef ct_key k
+    cdef int32_t b
+    cdef uint32_t ms
+    _key(&k, proto, src, sport, dst, dport)
+    b = _backend_id(backend)
+    ms = _now_ms(t, now)
+    if t._ensure_backend(b) < 0:
+        raise MemoryError("ConnTable: no memory for the per-backend lists")
+    # Nothing is left to fail, and the caller needs no answer: the insert is applied on the
+    # table's next use (``_settle``), its index slot fetched meanwhile, so the cache miss of
+    # that slot overlaps the caller's own work instead of stalling this call.
+    _settle(t)
+    t.pend_key = k
+    t.pend_hash = _key_hash(&k)
+    t.pend_backend = b
+    t.pend_now = ms
+    t.pending = True
+    ct_prefetch(&t.idx[_home(t.pend_hash, t.nslots)])
+    return None
+
+
 # -- bound methods without a new object per call -----------------------------------------------------
 
 cdef extern from *:
@@ -1475,36 +1488,66 @@ cdef extern from *:
         .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
     };
 
-    /* Replace the method descriptor ``name`` of ``type`` (a compiled FASTCALL method). */
-    static int ct_fast_method(PyObject* type, PyObject* name) {
+    /* Replace the method descriptor ``name`` of ``type`` (a compiled FASTCALL method) by one whose
+       calls go to ``fast``; ``*wrapped`` gets the compiled method. */
+    static int ct_fast_method(PyObject* type, const char* name, ct_fastmeth fast, ct_fastmeth* wrapped) {
         PyTypeObject* t = (PyTypeObject*)type;
-        PyObject* d = PyDict_GetItemWithError(t->tp_dict, name);
+        PyObject* d = PyDict_GetItemString(t->tp_dict, name);
         PyMethodDef* def;
         ct_method* m;
         if (PyType_Ready(&ct_method_type) < 0 || PyType_Ready(&ct_bound_type) < 0) return -1;
         if (d == NULL || !Py_IS_TYPE(d, &PyMethodDescr_Type)) {
-            PyErr_Format(PyExc_TypeError, "%R is not a compiled method", name);
+            PyErr_Format(PyExc_TypeError, "%s is not a compiled method", name);
             return -1;
         }
         def = ((PyMethodDescrObject*)d)->d_method;
         if (def->ml_flags != (METH_FASTCALL | METH_KEYWORDS)) {
-            PyErr_Format(PyExc_TypeError, "%R does not take fast calls", name);
+            PyErr_Format(PyExc_TypeError, "%s does not take fast calls", name);
             return -1;
         }
         m = PyObject_New(ct_method, &ct_method_type);
         if (m == NULL) return -1;
         m->vectorcall = ct_method_call;
         Py_INCREF(d); m->descr = d;
-        m->meth = (ct_fastmeth)(void(*)(void))def->ml_meth;
+        m->meth = fast;
         m->owner = t;
-        if (PyDict_SetItem(t->tp_dict, name, (PyObject*)m) < 0) { Py_DECREF(m); return -1; }
+        *wrapped = (ct_fastmeth)(void(*)(void))def->ml_meth;
+        if (PyDict_SetItemString(t->tp_dict, name, (PyObject*)m) < 0) { Py_DECREF(m); return -1; }
         Py_DECREF(m);
         PyType_Modified(t);
         return 0;
     }
+
+    /* The common call, all positional and ``now`` a float, goes to the method's body with the
+       caller's own argument array: the compiled method's unpacking (a reference taken and
+       dropped per argument, the keyword check, the float conversion) was 10 ns of a call.
+       Any other call goes to the compiled method, which also raises every argument error. */
+    typedef PyObject* (*ct_lookup_fn)(PyObject*, PyObject*, PyObject*, PyObject*, PyObject*,
+                                      PyObject*, double);
+    typedef PyObject* (*ct_insert_fn)(PyObject*, PyObject*, PyObject*, PyObject*, PyObject*,
+                                      PyObject*, PyObject*, double);
+    static ct_lookup_fn ct_lookup_body;
+    static ct_insert_fn ct_insert_body;
+    static ct_fastmeth ct_lookup_wrapped, ct_insert_wrapped;
+
+    static PyObject* ct_lookup_fast(PyObject* t, PyObject* const* a, Py_ssize_t n, PyObject* kw) {
+        if (n == 6 && kw == NULL && PyFloat_CheckExact(a[5]))
+            return ct_lookup_body(t, a[0], a[1], a[2], a[3], a[4], PyFloat_AS_DOUBLE(a[5]));
+        return ct_lookup_wrapped(t, a, n, kw);
+    }
+    static PyObject* ct_insert_fast(PyObject* t, PyObject* const* a, Py_ssize_t n, PyObject* kw) {
+        if (n == 7 && kw == NULL && PyFloat_CheckExact(a[6]))
+            return ct_insert_body(t, a[0], a[1], a[2], a[3], a[4], a[5], PyFloat_AS_DOUBLE(a[6]));
+        return ct_insert_wrapped(t, a, n, kw);
+    }
+    static int ct_fast_methods(PyObject* type, void* lookup, void* insert) {
+        ct_lookup_body = (ct_lookup_fn)lookup;
+        ct_insert_body = (ct_insert_fn)insert;
+        if (ct_fast_method(type, "lookup", ct_lookup_fast, &ct_lookup_wrapped) < 0) return -1;
+        return ct_fast_method(type, "insert", ct_insert_fast, &ct_insert_wrapped);
+    }
     """
-    int ct_fast_method(object type, object name) except -1
+    int ct_fast_methods(object type, void* lookup, void* insert) except -1
 
 
-ct_fast_method(ConnTable, "lookup")
-ct_fast_method(ConnTable, "insert")
+ct_fast_methods(ConnTable, <void*>_lookup, <void*>_insert)

@@ -558,3 +558,37 @@ def test_calling_a_table_method_on_something_else_is_a_type_error():
         _conntrack_c.ConnTable.insert()
     with pytest.raises(TypeError):
         _conntrack_c.ConnTable(4).lookup(*conn(1))  # no time
+
+
+def test_every_call_shape_of_lookup_and_insert_gives_the_same_answer_and_errors():
+    import sys
+
+    class Seconds(float):
+        pass
+
+    t = _conntrack_c.ConnTable(64)
+    src, dst = conn(1)[1], conn(1)[3]
+    args = ("TCP", src, conn(1)[2], dst, 80)
+    t.lookup(*args, 0.0)  # the table module keeps the last destination it parsed
+    refs = [sys.getrefcount(x) for x in (t, src, dst)]
+    # positional with a float time (the direct path), an int time, a float subclass, keywords
+    for i, now in enumerate((1.0, 2, Seconds(3.0), np.float64(4.0))):
+        t.insert(*args, i, now)
+        assert t.lookup(*args, now) == i
+    t.insert(*args, backend=7, now=5.0)
+    assert t.lookup(*args, now=5.0) == 7 and len(t) == 1
+    assert [sys.getrefcount(x) for x in (t, src, dst)] == refs
+    for bad_now in (float("nan"), "1.0", None):
+        with pytest.raises((TypeError, ValidationError)):
+            t.lookup(*args, bad_now)
+        with pytest.raises((TypeError, ValidationError)):
+            t.insert(*args, 1, bad_now)
+    with pytest.raises(ValidationError, match="sport"):
+        t.lookup("TCP", src, -1, dst, 80, 1.0)
+    with pytest.raises(ValidationError, match="backend"):
+        t.insert(*args, -1, 1.0)
+    with pytest.raises(TypeError):
+        t.lookup(*args, 1.0, 2.0)  # one too many
+    with pytest.raises(TypeError):
+        t.insert(*args, 1.0)  # no backend
+    assert t.lookup(*args, 6.0) == 7 and len(t) == 1
