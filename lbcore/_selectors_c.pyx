@@ -2043,16 +2043,14 @@ cdef class SelectorIndex:
         cdef uint32_t stamp = self._next_stamp()
         prefetch(&self._lab_table[<size_t>(h >> 32) & self._lab_mask])
         self._hash_labels(given)
-        # the slot the id most likely has starts loading now, alongside the label pairs' entries
-        slot = self._lab_table[<size_t>(h >> 32) & self._lab_mask].slot
-        if slot >= 0:
-            prefetch(&self._labsets[slot])
-        self._entries_of(True)
+        # the label set first, while the pairs' table places load: its labels and matches then
+        # load alongside the pairs' entries
         slot = self._lab_find(label_id, h)
         if slot >= 0:
             ls = &self._labsets[slot]
             prefetch(ls.pairs)
             prefetch(ls.matched.data)
+        self._entries_of(True)
         n = self._scr_ents.n
         if ls != NULL:
             for j in range(ls.n):
