@@ -1285,20 +1285,51 @@ cdef struct LabPlace:
     uint32_t tag
 
 
+cdef enum:
+    LOCAL_REQS = 2         # requirements a selector slot keeps in itself (a Service's selector)
+    LOCAL_VALUES = 5       # and their values
+
+
 cdef struct SelectorSlot:
-    # within one cache line (the array is aligned to 64 bytes): matching a candidate and
-    # naming it in an answer read this line and the requirements only
+    # three cache lines (the array is aligned to 64 bytes): the first holds what naming it in
+    # an answer reads; the other two a copy of a small selector's requirements, which a change
+    # then loads along with the slot rather than after it (see _keep_reqs)
     PyObject* id           # owned; NULL while the slot is free
     PyObject* selector     # owned
-    CReq* reqs             # the selector's requirements, matched without touching the object
+    CReq* reqs             # the requirements, matched without touching the object: local_reqs,
+                           # or the selector's own when they do not fit
     int32_t nreqs
     int32_t kind
     int32_t n
     int32_t* ents          # anchor entries
     int32_t* pos           # position in each entry's selector posting (or in the unanchored list)
+    CReq local_reqs[LOCAL_REQS]
+    PyObject* local_values[LOCAL_VALUES]
 
 
-assert sizeof(SelectorSlot) <= 64
+assert sizeof(SelectorSlot) == 192
+
+
+cdef void _keep_reqs(SelectorSlot* ss, Selector selector) noexcept:
+    """Point the slot at the selector's requirements: a copy in the slot itself when they fit
+    (values and keys stay borrowed from the selector, which the slot holds)."""
+    cdef Py_ssize_t i, j, used = 0
+    ss.nreqs = <int32_t>selector._n
+    ss.reqs = selector._reqs
+    if selector._n > LOCAL_REQS:
+        return
+    for i in range(selector._n):
+        used += selector._reqs[i].nvalues
+    if used > LOCAL_VALUES:
+        return
+    used = 0
+    for i in range(selector._n):
+        ss.local_reqs[i] = selector._reqs[i]
+        ss.local_reqs[i].values = &ss.local_values[used]
+        for j in range(selector._reqs[i].nvalues):
+            ss.local_values[used] = selector._reqs[i].values[j]
+            used += 1
+    ss.reqs = ss.local_reqs
 
 
 cdef enum:
@@ -1746,7 +1777,7 @@ cdef class SelectorIndex:
 
     cdef int32_t _new_selector_slot(self, object selector_id) except -1:
         cdef int32_t slot
-        cdef Py_ssize_t cap
+        cdef Py_ssize_t cap, t
         cdef SelectorSlot* grown
         if self._free_selslots.n:
             self._free_selslots.n -= 1
@@ -1763,6 +1794,9 @@ cdef class SelectorIndex:
                     memcpy(grown, self._selslots, <size_t>self._selslots_top * sizeof(SelectorSlot))
                     _aligned_free(self._selslots)
                 self._selslots = grown
+                for t in range(self._selslots_top):  # the copies point into their own slot
+                    if self._selslots[t].selector != NULL:
+                        _keep_reqs(&self._selslots[t], <Selector>self._selslots[t].selector)
                 self._selslots_cap = cap
                 _vec_reserve(&self._free_selslots, cap)
             slot = <int32_t>self._selslots_top
@@ -1955,6 +1989,7 @@ cdef class SelectorIndex:
 
     cdef int _find_entries(self, bint add) except -1:
         cdef Py_ssize_t i, n = self._scr_hash_n
+        cdef SelectorSlot* ss
         cdef PyObject* k
         cdef PyObject* v
         cdef int32_t e
@@ -1972,8 +2007,11 @@ cdef class SelectorIndex:
             if add:
                 e = self._find_or_add(hashes[i], k, v)
                 self._scr_ents.data[self._scr_ents.n] = e
-                if self._entries[e].sels.n:  # the first candidate it brings
-                    prefetch(&self._selslots[self._entries[e].first_sel])
+                if self._entries[e].sels.n:  # the first candidate it brings, with its requirements
+                    ss = &self._selslots[self._entries[e].first_sel]
+                    prefetch(ss)
+                    prefetch(<char*>ss + 64)
+                    prefetch(<char*>ss + 128)
                 if self._entries[e].sels.n > 1:
                     prefetch(self._entries[e].sels.data)
                 prefetch(&self._entries[e].labels)  # the second line, if the pair is new to it
@@ -2372,8 +2410,7 @@ cdef class SelectorIndex:
         Py_XINCREF(<PyObject*>selector)
         Py_XDECREF(ss.selector)
         ss.selector = <PyObject*>selector
-        ss.reqs = selector._reqs
-        ss.nreqs = <int32_t>selector._n
+        _keep_reqs(ss, selector)
         self._file_selector(slot, selector)
         self._labels_matching(selector)
         _sort_unique(now)

@@ -290,6 +290,21 @@ def test_selectors_filed_under_one_pair_leave_it_in_any_order(sel):
     assert index.selectors_matching("p") == {"e"} and index.selectors_matching("t") == {"e"}
 
 
+def test_selectors_filed_before_the_index_grows_still_match_after(sel):
+    """Small selectors (kept by the compiled index in its own slots) and a large one, filed
+    before hundreds more make the index move its slots; each still matches by its values."""
+    index = sel.SelectorIndex()
+    first = {"small": "app=a0,tier in (x,y)", "large": "app=a0,tier in (v,w,x,y,z),!canary"}
+    for sid, text in first.items():
+        index.set_selector(sid, sel.parse_selector(text))
+    for i in range(1, 300):
+        index.set_selector(i, sel.parse_selector(f"app=a{i},tier in (x,y)"))
+    assert index.set_labels("p", {"app": "a0", "tier": "y"}) == ({"small", "large"}, set())
+    assert index.set_labels("p", {"app": "a0", "tier": "z"}) == (set(), {"small"})
+    assert index.set_labels("q", {"app": "a299", "tier": "x"}) == ({299}, set())
+    assert index.set_labels("q", {"app": "a299", "tier": "w"}) == (set(), {299})
+
+
 def test_one_label_set_leaving_a_large_posting(sel):
     """3,000 label sets share tier=web; moving one in the middle keeps every other one filed."""
     index = sel.SelectorIndex()
