@@ -592,3 +592,24 @@ def test_every_call_shape_of_lookup_and_insert_gives_the_same_answer_and_errors(
     with pytest.raises(TypeError):
         t.insert(*args, 1.0)  # no backend
     assert t.lookup(*args, 6.0) == 7 and len(t) == 1
+
+
+def test_the_compiled_picker_and_the_tables_agree_on_where_keys_live():
+    # the Picker's core probes and inserts with the hash it computes itself (ct_hash); the
+    # tables' own methods and their index upkeep on removal must find the same slots
+    from lbcore import EndpointInfo, Picker
+
+    p = Picker(compiled=True, algorithm="round_robin", capacity=64, session_affinity="ClientIP")
+    p.update([EndpointInfo(f"10.0.0.{i}", 8080) for i in range(1, 5)])
+    conns = [conn(i) for i in range(40)]
+    picked = [p.pick(*c, now=1.0) for c in conns]
+    table, affinity = p._conns, p._affinity
+    table._check()
+    affinity._check()
+    assert all(c in table for c in conns) and len(table) == 40
+    assert [affinity.lookup(c[1], 1.0) >= 0 for c in conns] == [True] * 40
+    for c in conns[::2]:
+        assert table.remove(*c)
+    table._check()
+    assert [p.pick(*c, now=2.0) for c in conns[1::2]] == picked[1::2]
+    assert len(table) == 20
