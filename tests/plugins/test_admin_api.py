@@ -324,13 +324,17 @@ def test_official_client_pods_and_endpoint_slices(admin):
 def test_official_client_watch_stream(admin):
     api = client.CoreV1Api(kube(admin.url))
     api.create_namespaced_service("default", service("a"))
-    timer = threading.Timer(0.2, lambda: admin.store.delete("Service", "default", "a"))
-    timer.start()
     seen = []
-    for event in watch.Watch().stream(api.list_namespaced_service, "default",
-                                      resource_version="0", timeout_seconds=1):
+    stream = watch.Watch()
+    for event in stream.stream(api.list_namespaced_service, "default",
+                               resource_version="0", timeout_seconds=10):
         seen.append((event["type"], event["object"].metadata.name))
-    timer.join()
+        if event["type"] == "ADDED":
+            # deleted once the stream has shown it: a delete on a timer could come before a
+            # slow machine has opened the watch, and the watch would then have nothing to show
+            admin.store.delete("Service", "default", "a")
+        else:
+            stream.stop()
     assert seen == [("ADDED", "a"), ("DELETED", "a")]
 
 
