@@ -883,6 +883,7 @@ cdef extern from *:
     """
     void ct_set_v4(uint8_t* a, uint32_t ip) noexcept nogil
     void ct_set_tail(ct_key* k, uint16_t sport, uint16_t dport, uint8_t proto) noexcept nogil
+    uint32_t bswap32 "__builtin_bswap32"(uint32_t v) noexcept nogil
 
 
 cdef inline int _key(ct_key* k, object proto, object src, object sport, object dst,
@@ -948,19 +949,14 @@ def _addr_str(b: bytes) -> str:
 
 
 cdef inline void _put_addr(uint8_t* out, const uint8_t* base, int kind, Py_ssize_t i) noexcept nogil:
-    cdef uint32_t v
+    cdef const uint8_t* b
     if kind == 16:
         memcpy(out, base + 16 * i, 16)
-        return
-    _map4(out)
-    if kind == 4:
-        memcpy(out + 12, base + 4 * i, 4)
-    else:  # uint32 IPv4 as an integer, host order
-        v = (<const uint32_t*>base)[i]
-        out[12] = <uint8_t>(v >> 24)
-        out[13] = <uint8_t>(v >> 16)
-        out[14] = <uint8_t>(v >> 8)
-        out[15] = <uint8_t>v
+    elif kind == 4:
+        b = base + 4 * i
+        ct_set_v4(out, b[0] | (<uint32_t>b[1] << 8) | (<uint32_t>b[2] << 16) | (<uint32_t>b[3] << 24))
+    else:  # uint32 IPv4 as an integer, host order: its first octet is its high byte
+        ct_set_v4(out, bswap32((<const uint32_t*>base)[i]))
 
 
 cdef class _Batch:
@@ -1055,9 +1051,9 @@ cdef class _Batch:
     cdef inline void row(self, Py_ssize_t i, ct_key* k) noexcept nogil:
         _put_addr(k.addr, self.src, self.skind, i)
         _put_addr(k.addr + 16, self.dst, self.dkind, i)
-        k.sport = self.sport[i] if self.sport != NULL else self.sport1
-        k.dport = self.dport[i] if self.dport != NULL else self.dport1
-        k.proto = self.proto[i] if self.proto != NULL else self.proto1
+        ct_set_tail(k, self.sport[i] if self.sport != NULL else self.sport1,
+                    self.dport[i] if self.dport != NULL else self.dport1,
+                    self.proto[i] if self.proto != NULL else self.proto1)
 
     cdef inline int32_t backend_of(self, Py_ssize_t i) noexcept nogil:
         return self.backend[i] if self.backend != NULL else self.backend1
