@@ -4,7 +4,7 @@
 Both tables share one flat layout (see ``_conntrack_c.pyx``): a slab of fixed 56-byte entries and
 an open-addressing index of 32-bit slots. Compiled callers (the Picker's fast path) use the
 ``cdef`` methods below with keys already packed into a ``ct_key`` (its pad bytes zero); the
-``_h`` methods take ``ct_hash(k)``, computed once by a caller that probes and then inserts. No
+``_h`` methods take ``ct_hash(k, table.seed)``, computed once by a caller that probes and then inserts. No
 method releases the GIL while it changes the table, which is what makes one table safe to share
 between threads.
 """
@@ -58,12 +58,14 @@ cdef extern from *:
     #endif
     }
     static inline uint64_t ct_hash_words(uint64_t w0, uint64_t w1, uint64_t w2, uint64_t w3,
-                                         uint64_t w4) {
-        /* w4 holds 40 bits at most, so w4 ^ its constant is never 0 (a zero factor would
-           drop the other words); the address words meet theirs only by design */
-        return ct_mix(ct_mix(w0 ^ 0xa0761d6478bd642full, w1 ^ 0xe7037ed1a0b428dbull)
-                      ^ ct_mix(w2 ^ 0x8ebc6af09c88c6e3ull, w3 ^ 0x589965cc75374cc3ull),
-                      w4 ^ 0x1d8e4e27c47d124full);
+                                         uint64_t w4, uint64_t seed) {
+        /* seed is the table's secret (random at its creation), so which keys collide cannot be
+           worked out from outside and a client cannot choose ports or addresses that pile up in
+           one probe run. w4 holds 40 bits at most and the seed touches only those bits of its
+           constant, so w4 ^ that constant is never 0 (a zero factor would drop the other words) */
+        return ct_mix(ct_mix(w0 ^ 0xa0761d6478bd642full ^ seed, w1 ^ 0xe7037ed1a0b428dbull ^ seed)
+                      ^ ct_mix(w2 ^ 0x8ebc6af09c88c6e3ull ^ seed, w3 ^ 0x589965cc75374cc3ull ^ seed),
+                      w4 ^ 0x1d8e4e27c47d124full ^ (seed & 0xFFFFFFFFFFull));
     }
     static inline uint64_t ct_load64(const void* p) { uint64_t v; memcpy(&v, p, 8); return v; }
     #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
@@ -71,16 +73,16 @@ cdef extern from *:
     #else
     #define CT_TAIL_MASK 0x000000FFFFFFFFFFull
     #endif
-    static inline uint64_t ct_hash(const ct_key* k) {
+    static inline uint64_t ct_hash(const ct_key* k, uint64_t seed) {
         const uint8_t* b = (const uint8_t*)k;
         return ct_hash_words(ct_load64(b), ct_load64(b + 8), ct_load64(b + 16), ct_load64(b + 24),
-                             ct_load64(b + 32) & CT_TAIL_MASK);  /* ports and protocol, no pad */
+                             ct_load64(b + 32) & CT_TAIL_MASK, seed);  /* ports and protocol, no pad */
     }
-    static inline uint64_t ct_entry_hash(const ct_entry* x) {
+    static inline uint64_t ct_entry_hash(const ct_entry* x, uint64_t seed) {
         ct_key k;
         memcpy(&k, x, 36);  /* addresses and ports: the key's layout */
         k.proto = (uint8_t)(x->meta >> 24);
-        return ct_hash(&k);
+        return ct_hash(&k, seed);
     }
 
     /* A link is read and written as the 32-bit word around its 3 bytes (links 0 to 2 from their
@@ -162,15 +164,16 @@ cdef extern from *:
     void ct_set_links(ct_entry* e, int k, uint32_t prev, uint32_t next) noexcept nogil
     void ct_prefetch(const void* p) noexcept nogil
     uint64_t ct_hash_words(uint64_t w0, uint64_t w1, uint64_t w2, uint64_t w3,
-                           uint64_t w4) noexcept nogil
-    uint64_t ct_hash(const ct_key* k) noexcept nogil
-    uint64_t ct_entry_hash(const ct_entry* x) noexcept nogil
+                           uint64_t w4, uint64_t seed) noexcept nogil
+    uint64_t ct_hash(const ct_key* k, uint64_t seed) noexcept nogil
+    uint64_t ct_entry_hash(const ct_entry* x, uint64_t seed) noexcept nogil
 
 
 cdef class _FlatTable:
     cdef ct_entry* e                 # capacity entries
     cdef uint32_t* idx               # nslots index slots: (tag << 24) | entry, or CT_EMPTY
     cdef uint32_t nslots
+    cdef uint64_t seed               # the key hash's secret (see ct_hash_words)
     cdef readonly uint32_t capacity
     cdef uint32_t used
     cdef uint32_t free_head

@@ -74,6 +74,8 @@ class ConnTable(_FlatTable):
     def remove(self, proto: Protocol, src: Address, sport: int, dst: Address, dport: int) -> bool:
         """Forget this connection at once; return whether it was there."""
     def __contains__(self, key: tuple[Protocol, Address, int, Address, int]) -> bool: ...
+    def _slot(self, key: tuple[Protocol, Address, int, Address, int]) -> int:
+        """The index slot holding ``key``, or -1 (for tests of the index's layout)."""
     def lookup_many(
         self, proto: Any, src: npt.ArrayLike, sport: npt.ArrayLike, dst: npt.ArrayLike,
         dport: npt.ArrayLike, now: float,

@@ -31,6 +31,7 @@ from posix.stdlib cimport posix_memalign
 from libc.string cimport memchr, memcmp, memcpy, memset
 
 import ipaddress
+import os
 
 import numpy as np
 
@@ -290,12 +291,12 @@ cdef inline uint32_t _tag(uint64_t h) noexcept nogil:
     return <uint32_t>(h & 0xFF) << 24
 
 
-cdef inline uint64_t _key_hash(const ct_key* k) noexcept nogil:
-    return ct_hash(k)
+cdef inline uint64_t _key_hash(const ct_key* k, uint64_t seed) noexcept nogil:
+    return ct_hash(k, seed)
 
 
-cdef inline uint64_t _entry_hash(const ct_entry* x) noexcept nogil:
-    return ct_entry_hash(x)
+cdef inline uint64_t _entry_hash(const ct_entry* x, uint64_t seed) noexcept nogil:
+    return ct_entry_hash(x, seed)
 
 
 cdef inline uint64_t _load64(const uint8_t* p) noexcept nogil:
@@ -399,6 +400,7 @@ cdef class _FlatTable:
         ):
             raise ConfigError(f"capacity: must be an integer 1..{CT_MAX_CAPACITY}, got {capacity!r}")
         self.capacity = capacity
+        self.seed = int.from_bytes(os.urandom(8), "little")
         self.nslots = self.capacity + self.capacity // 2 + 2
         self.e = <ct_entry*>_big_alloc(sizeof(ct_entry) * self.capacity)
         self.idx = <uint32_t*>_big_alloc(sizeof(uint32_t) * self.nslots)
@@ -487,7 +489,7 @@ cdef class _FlatTable:
 
     @cython.final
     cdef uint32_t _slot_of(self, uint32_t i) noexcept nogil:
-        cdef uint32_t s = _home(_entry_hash(&self.e[i]), self.nslots)
+        cdef uint32_t s = _home(_entry_hash(&self.e[i], self.seed), self.nslots)
         while (self.idx[s] & 0xFFFFFFu) != i:
             s += 1
             if s == self.nslots:
@@ -508,7 +510,7 @@ cdef class _FlatTable:
             v = self.idx[k]
             if v == CT_EMPTY:
                 break
-            h = _home(_entry_hash(&self.e[v & 0xFFFFFFu]), self.nslots)
+            h = _home(_entry_hash(&self.e[v & 0xFFFFFFu], self.seed), self.nslots)
             if j <= k:
                 stays = j < h <= k
             else:
@@ -599,7 +601,7 @@ cdef class _FlatTable:
 
     @cython.final
     cdef int32_t lookup_c(self, const ct_key* k, uint32_t now) noexcept nogil:
-        return self.lookup_h(k, _key_hash(k), now)
+        return self.lookup_h(k, _key_hash(k, self.seed), now)
 
     @cython.final
     cdef void prefetch_h(self, uint64_t h, int stage) noexcept nogil:
@@ -622,7 +624,7 @@ cdef class _FlatTable:
     @cython.final
     cdef int insert_c(self, const ct_key* k, int32_t backend, uint32_t now) noexcept nogil:
         """Map ``k`` to ``backend`` (0..CT_MAX_BACKEND) as used at ``now``; -1 when out of memory."""
-        return self.insert_h(k, _key_hash(k), backend, now)
+        return self.insert_h(k, _key_hash(k, self.seed), backend, now)
 
     @cython.final
     cdef int insert_h(self, const ct_key* k, uint64_t h, int32_t backend, uint32_t now) noexcept nogil:
@@ -635,7 +637,7 @@ cdef class _FlatTable:
     @cython.final
     cdef bint remove_c(self, const ct_key* k) noexcept nogil:
         cdef uint32_t slot
-        cdef uint32_t i = self._find(k, _key_hash(k), &slot)
+        cdef uint32_t i = self._find(k, _key_hash(k, self.seed), &slot)
         if i == CT_NIL:
             return False
         self._drop(i, slot)
@@ -644,7 +646,7 @@ cdef class _FlatTable:
     @cython.final
     cdef bint close_c(self, const ct_key* k, uint32_t now) noexcept nogil:
         cdef uint32_t slot
-        cdef uint32_t i = self._find(k, _key_hash(k), &slot)
+        cdef uint32_t i = self._find(k, _key_hash(k, self.seed), &slot)
         cdef ct_entry* x
         cdef int c
         cdef bint alive
@@ -751,8 +753,8 @@ cdef class _FlatTable:
                 n += 1
                 assert (v & 0xFFFFFFu) < self.capacity
                 i = v & 0xFFFFFFu
-                assert _tag(_entry_hash(&self.e[i])) == (v & 0xFF000000u), "tag"
-                h = _home(_entry_hash(&self.e[i]), self.nslots)
+                assert _tag(_entry_hash(&self.e[i], self.seed)) == (v & 0xFF000000u), "tag"
+                h = _home(_entry_hash(&self.e[i], self.seed), self.nslots)
                 while h != s:  # linear probing: no hole between home and slot
                     assert self.idx[h] != CT_EMPTY, "entry unreachable from its home slot"
                     h = h + 1 if h + 1 < self.nslots else 0
@@ -1067,7 +1069,7 @@ cdef inline void _pipeline(_FlatTable table, _Batch cols, Py_ssize_t i, Py_ssize
         table.prefetch_h(hr[j & (RING - 1)], 1)
     j = i - LAG_HASH
     if 0 <= j < n:
-        hr[j & (RING - 1)] = _key_hash(&ring[j & (RING - 1)])
+        hr[j & (RING - 1)] = _key_hash(&ring[j & (RING - 1)], table.seed)
         table.prefetch_h(hr[j & (RING - 1)], 0)
     if i < n:
         cols.row(i, &ring[i & (RING - 1)])
@@ -1147,7 +1149,17 @@ cdef class ConnTable(_FlatTable):
         cdef uint32_t slot
         proto, src, sport, dst, dport = key
         _key(&k, proto, src, sport, dst, dport)
-        return self._find(&k, _key_hash(&k), &slot) != CT_NIL
+        return self._find(&k, _key_hash(&k, self.seed), &slot) != CT_NIL
+
+    def _slot(self, key) -> int:
+        """The index slot holding ``key``, or -1 (for tests of the index's layout)."""
+        cdef ct_key k
+        cdef uint32_t slot
+        proto, src, sport, dst, dport = key
+        _key(&k, proto, src, sport, dst, dport)
+        if self._find(&k, _key_hash(&k, self.seed), &slot) == CT_NIL:
+            return -1
+        return slot
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
@@ -1271,7 +1283,7 @@ cdef inline object _lookup(ConnTable t, object proto, object src, object sport, 
     cdef ct_key k
     _key(&k, proto, src, sport, dst, dport)
     _settle(t)
-    return _lookup_i(t, &k, _key_hash(&k), _now_ms(t, now))
+    return _lookup_i(t, &k, _key_hash(&k, t.seed), _now_ms(t, now))
 
 
 cdef inline object _insert(ConnTable t, object proto, object src, object sport, object dst,
@@ -1289,7 +1301,7 @@ cdef inline object _insert(ConnTable t, object proto, object src, object sport, 
     # that slot overlaps the caller's own work instead of stalling this call.
     _settle(t)
     t.pend_key = k
-    t.pend_hash = _key_hash(&k)
+    t.pend_hash = _key_hash(&k, t.seed)
     t.pend_backend = b
     t.pend_now = ms
     t.pending = True

@@ -190,7 +190,7 @@ cdef class PickCore:
         cdef uint32_t t = self.conns.now_ms(now)
         cdef uint32_t ta = 0
         cdef uint64_t h = XXH3_64bits(k, CT_KEY_BYTES)  # the balancer's
-        cdef uint64_t hk = ct_hash(k)  # the table's, once for its probe and its insert
+        cdef uint64_t hk = ct_hash(k, self.conns.seed)  # the table's, once for its probe and its insert
         cdef uint64_t ha = 0
         cdef int32_t b, chosen = -1, a
         cdef int x
@@ -201,7 +201,7 @@ cdef class PickCore:
             # overlap instead of paying two cache misses one after the other
             memset(&client, 0, sizeof(ct_key))
             memcpy(client.addr, k.addr, 16)
-            ha = ct_hash(&client)
+            ha = ct_hash(&client, self.affinity.seed)
             self.affinity.prefetch_h(ha, 0)
         b = self.conns.lookup_h(k, hk, t)
         if 0 <= b < self.nids and self.eps[b] is not None:

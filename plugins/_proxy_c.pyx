@@ -236,7 +236,7 @@ cdef Endpoint* svc_pick(Service* s, sockaddr_storage* client, double now, Endpoi
         d = (now - s.affinity_epoch) * 1000.0
         ms = <uint32_t>d if d > 0 else 0
         client_key(client, &key)
-        kh = ct_hash(&key)
+        kh = ct_hash(&key, (<AffinityTable>s.affinity).seed)
         ident = (<AffinityTable>s.affinity).lookup_h(&key, kh, ms)
         if 0 <= ident < s.nidents and s.by_ident[ident] != NULL and \
                 candidate(s.by_ident[ident], now, tried, ntried, False):

@@ -613,3 +613,19 @@ def test_the_compiled_picker_and_the_tables_agree_on_where_keys_live():
     table._check()
     assert [p.pick(*c, now=2.0) for c in conns[1::2]] == picked[1::2]
     assert len(table) == 20
+
+
+def test_each_table_hashes_keys_with_its_own_secret():
+    # the index's layout follows a per-table random seed, so a client cannot work out ports or
+    # addresses that pile up in one probe run of every table
+    keys = [conn(i) for i in range(200)]
+    layouts = []
+    for _ in range(2):
+        t = _conntrack_c.ConnTable(1024)
+        for i, k in enumerate(keys):
+            t.insert(*k, i, 1.0)
+        t._check()
+        layouts.append([t._slot(k) for k in keys])
+        assert -1 not in layouts[-1] and t._slot(conn(999)) == -1
+        assert [t.lookup(*k, 2.0) for k in keys] == list(range(200))
+    assert layouts[0] != layouts[1]
