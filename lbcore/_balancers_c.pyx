@@ -1046,7 +1046,6 @@ cdef extern from *:
      */
     #if defined(__GNUC__) && defined(__x86_64__)
     #include <immintrin.h>
-    #define LBC_AVX2 1
     #define LBC_AVX2_FN __attribute__((target("avx2")))
     #define LBC_JUMP_VECTORS 6  /* registers of four keys in flight: enough to hide a division */
 

@@ -704,6 +704,31 @@ def _maps_table_text(
     return _close_table(out, sets, base, chains), slots
 
 
+def _set_and_chain_lines(t: str, before: PortObjects, after: PortObjects) -> list[str]:
+    """The head of a partial-sync transaction: the sets the rules name, declared again (a no-op
+    in the kernel) so nft knows them, every new chain before any rule or element refers to it,
+    then the rules of each changed chain."""
+    lines = [f"add set {t} {name} {{ {body}; }}" for name, body in after.sets.items()]
+    lines.extend(f"add chain {t} {name}" for name in after.chains if name not in before.chains)
+    for name, rules in after.chains.items():
+        if before.chains.get(name) == rules:
+            continue
+        if name in before.chains:
+            lines.append(f"flush chain {t} {name}")
+        if rules:
+            lines.append(f"add chain {t} {name} {{\n\t" + "\n\t".join(rules) + "\n}")
+    return lines
+
+
+def _unreferenced_lines(t: str, before: PortObjects, after: PortObjects) -> list[str]:
+    """The tail of a partial-sync transaction: the chains and sets nothing refers to any more,
+    last (see _split_deletions)."""
+    gone = [name for name in before.chains if name not in after.chains]
+    return ([f"flush chain {t} {name}" for name in gone]
+            + [f"delete chain {t} {name}" for name in gone]
+            + [f"delete set {t} {name}" for name in before.sets if name not in after.sets])
+
+
 def _maps_update_script(
     before: PortObjects, after: PortObjects, added: set[tuple[str, str]], removed: set[tuple[str, str]]
 ) -> str:
@@ -714,16 +739,7 @@ def _maps_update_script(
     on commit) and, when its number of slots changes, one ``service-ips`` element; the table
     has few chains, so nft's read of the chain list before a ``delete`` costs little."""
     t = f"{FAMILY} {TABLE}"
-    # the sets the rules name are declared again (a no-op in the kernel) so nft knows them
-    lines = [f"add set {t} {name} {{ {body}; }}" for name, body in after.sets.items()]
-    lines.extend(f"add chain {t} {name}" for name in after.chains if name not in before.chains)
-    for name, rules in after.chains.items():
-        if before.chains.get(name) == rules:
-            continue
-        if name in before.chains:
-            lines.append(f"flush chain {t} {name}")
-        if rules:
-            lines.append(f"add chain {t} {name} {{\n\t" + "\n\t".join(rules) + "\n}")
+    lines = _set_and_chain_lines(t, before, after)
 
     def own(mapname: str) -> bool:
         return not mapname.startswith("hairpin-")
@@ -736,10 +752,7 @@ def _maps_update_script(
         if (own(mapname) and before.elements.get((mapname, key)) != verdict) or (mapname, key) in added:
             adds.setdefault(mapname, []).append(f"{key} : {verdict}" if verdict else key)
     lines.extend(f"add element {t} {mapname} {{ {', '.join(items)} }}" for mapname, items in adds.items())
-    gone = [name for name in before.chains if name not in after.chains]
-    lines.extend(f"flush chain {t} {name}" for name in gone)
-    lines.extend(f"delete chain {t} {name}" for name in gone)
-    lines.extend(f"delete set {t} {name}" for name in before.sets if name not in after.sets)
+    lines.extend(_unreferenced_lines(t, before, after))
     return "\n".join(lines) + "\n" if lines else ""
 
 
@@ -756,16 +769,7 @@ def _update_script(before: PortObjects, after: PortObjects) -> str:
     for the chain list.
     """
     t = f"{FAMILY} {TABLE}"
-    lines = [f"add set {t} {name} {{ {body}; }}" for name, body in after.sets.items()]
-    # every chain exists before any rule or element refers to it
-    lines.extend(f"add chain {t} {name}" for name in after.chains if name not in before.chains)
-    for name, rules in after.chains.items():
-        if before.chains.get(name) == rules:
-            continue
-        if name in before.chains:
-            lines.append(f"flush chain {t} {name}")
-        if rules:
-            lines.append(f"add chain {t} {name} {{\n\t" + "\n\t".join(rules) + "\n}")
+    lines = _set_and_chain_lines(t, before, after)
     for (mapname, key), verdict in before.elements.items():
         if after.elements.get((mapname, key)) != verdict:
             lines.append(f"delete element {t} {mapname} {{ {key} }}")
@@ -777,11 +781,7 @@ def _update_script(before: PortObjects, after: PortObjects) -> str:
         types = NftRenderer.maps((4, 6))
         for mapname, items in added.items():
             lines.append(f"add map {t} {mapname} {{ {types[mapname]}; elements = {{ {', '.join(items)} }} }}")
-    # chains and sets nothing refers to any more go last (see _split_deletions)
-    gone = [name for name in before.chains if name not in after.chains]
-    lines.extend(f"flush chain {t} {name}" for name in gone)
-    lines.extend(f"delete chain {t} {name}" for name in gone)
-    lines.extend(f"delete set {t} {name}" for name in before.sets if name not in after.sets)
+    lines.extend(_unreferenced_lines(t, before, after))
     if len(lines) == len(after.sets) and after.sets == before.sets:
         return ""  # only the declarations of unchanged sets: nothing to do
     return "\n".join(lines) + "\n"
