@@ -57,15 +57,26 @@ cdef extern from *:
         return ((ll & 0xFFFFFFFFu) | (mid << 32)) ^ (hh + (lh >> 32) + (hl >> 32) + (mid >> 32));
     #endif
     }
+    /* The hash's five constants keyed with a table's seed: the seed is the table's secret
+       (random at its creation), so which keys collide cannot be worked out from outside and a
+       client cannot choose ports or addresses that pile up in one probe run. w4 holds 40 bits at
+       most and the seed touches only those bits of its constant, so w4 ^ that constant is never
+       0 (a zero factor would drop the other words). A batch keys them once, not per row. */
+    typedef struct { uint64_t k0, k1, k2, k3, k4; } ct_keys;
+    static inline ct_keys ct_keys_of(uint64_t seed) {
+        ct_keys K = {0xa0761d6478bd642full ^ seed, 0xe7037ed1a0b428dbull ^ seed,
+                     0x8ebc6af09c88c6e3ull ^ seed, 0x589965cc75374cc3ull ^ seed,
+                     0x1d8e4e27c47d124full ^ (seed & 0xFFFFFFFFFFull)};
+        return K;
+    }
+    static inline uint64_t ct_hash_keyed(uint64_t w0, uint64_t w1, uint64_t w2, uint64_t w3,
+                                         uint64_t w4, const ct_keys* K) {
+        return ct_mix(ct_mix(w0 ^ K->k0, w1 ^ K->k1) ^ ct_mix(w2 ^ K->k2, w3 ^ K->k3), w4 ^ K->k4);
+    }
     static inline uint64_t ct_hash_words(uint64_t w0, uint64_t w1, uint64_t w2, uint64_t w3,
                                          uint64_t w4, uint64_t seed) {
-        /* seed is the table's secret (random at its creation), so which keys collide cannot be
-           worked out from outside and a client cannot choose ports or addresses that pile up in
-           one probe run. w4 holds 40 bits at most and the seed touches only those bits of its
-           constant, so w4 ^ that constant is never 0 (a zero factor would drop the other words) */
-        return ct_mix(ct_mix(w0 ^ 0xa0761d6478bd642full ^ seed, w1 ^ 0xe7037ed1a0b428dbull ^ seed)
-                      ^ ct_mix(w2 ^ 0x8ebc6af09c88c6e3ull ^ seed, w3 ^ 0x589965cc75374cc3ull ^ seed),
-                      w4 ^ 0x1d8e4e27c47d124full ^ (seed & 0xFFFFFFFFFFull));
+        ct_keys K = ct_keys_of(seed);
+        return ct_hash_keyed(w0, w1, w2, w3, w4, &K);
     }
     static inline uint64_t ct_load64(const void* p) { uint64_t v; memcpy(&v, p, 8); return v; }
     #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
@@ -163,6 +174,11 @@ cdef extern from *:
     void ct_set_link(ct_entry* e, int k, uint32_t v) noexcept nogil
     void ct_set_links(ct_entry* e, int k, uint32_t prev, uint32_t next) noexcept nogil
     void ct_prefetch(const void* p) noexcept nogil
+    ctypedef struct ct_keys:
+        uint64_t k0, k1, k2, k3, k4
+    ct_keys ct_keys_of(uint64_t seed) noexcept nogil
+    uint64_t ct_hash_keyed(uint64_t w0, uint64_t w1, uint64_t w2, uint64_t w3,
+                           uint64_t w4, const ct_keys* K) noexcept nogil
     uint64_t ct_hash_words(uint64_t w0, uint64_t w1, uint64_t w2, uint64_t w3,
                            uint64_t w4, uint64_t seed) noexcept nogil
     uint64_t ct_hash(const ct_key* k, uint64_t seed) noexcept nogil
@@ -229,7 +245,7 @@ cdef class _FlatTable:
     @cython.final
     cdef int insert_h(self, const ct_key* k, uint64_t h, int32_t backend, uint32_t now) noexcept nogil
     @cython.final
-    cdef void prefetch_h(self, uint64_t h, int stage) noexcept nogil
+    cdef void prefetch_h(self, uint64_t h) noexcept nogil
     @cython.final
     cdef int insert_c(self, const ct_key* k, int32_t backend, uint32_t now) noexcept nogil
     @cython.final

@@ -604,17 +604,9 @@ cdef class _FlatTable:
         return self.lookup_h(k, _key_hash(k, self.seed), now)
 
     @cython.final
-    cdef void prefetch_h(self, uint64_t h, int stage) noexcept nogil:
-        """Batch pipelining: stage 0 fetches the key's index slot, stage 1 the entry it names."""
-        cdef uint32_t s = _home(h, self.nslots)
-        cdef uint32_t v
-        if stage == 0:
-            ct_prefetch(&self.idx[s])
-        else:
-            v = self.idx[s]
-            if v != CT_EMPTY:  # an entry may straddle two cache lines
-                ct_prefetch(&self.e[v & 0xFFFFFFu])
-                ct_prefetch((<const char*>&self.e[v & 0xFFFFFFu]) + sizeof(ct_entry) - 1)
+    cdef void prefetch_h(self, uint64_t h) noexcept nogil:
+        """Start loading the index slot of a key hashing to ``h`` (a probe soon to come)."""
+        ct_prefetch(&self.idx[_home(h, self.nslots)])
 
     @cython.final
     cdef int32_t lookup_h(self, const ct_key* k, uint64_t h, uint32_t now) noexcept nogil:
@@ -858,33 +850,36 @@ cdef extern from *:
     """
     /* A key is written as whole 8-byte words where it can be, so the hash's loads of those words
        are each served by one store (a load spanning several narrow stores waits for them to
-       reach the cache). Byte by byte elsewhere. */
+       reach the cache), and a batch hashes the words it has just built without loading them. */
     #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    static inline void ct_set_v4(uint8_t* a, uint32_t ip) {  /* ::ffff:a.b.c.d, a in ip's low byte */
-        uint64_t w0 = 0, w1 = 0xFFFF0000ull | ((uint64_t)ip << 32);
+    static inline uint64_t ct_v4_word(uint32_t ip) {  /* bytes 8-15 of ::ffff:a.b.c.d, a in ip's low byte */
+        return 0xFFFF0000ull | ((uint64_t)ip << 32);
+    }
+    static inline uint64_t ct_tail_word(uint16_t sport, uint16_t dport, uint8_t proto) {
+        return sport | ((uint64_t)dport << 16) | ((uint64_t)proto << 32);  /* and the zero pad */
+    }
+    #else
+    static inline uint64_t ct_v4_word(uint32_t ip) {
+        return (0xFFFFull << 32) | __builtin_bswap32(ip);
+    }
+    static inline uint64_t ct_tail_word(uint16_t sport, uint16_t dport, uint8_t proto) {
+        return ((uint64_t)sport << 48) | ((uint64_t)dport << 32) | ((uint64_t)proto << 24);
+    }
+    #endif
+    static inline void ct_set_v4(uint8_t* a, uint32_t ip) {
+        uint64_t w0 = 0, w1 = ct_v4_word(ip);
         memcpy(a, &w0, 8);
         memcpy(a + 8, &w1, 8);
     }
     static inline void ct_set_tail(ct_key* k, uint16_t sport, uint16_t dport, uint8_t proto) {
-        uint64_t w = sport | ((uint64_t)dport << 16) | ((uint64_t)proto << 32);
+        uint64_t w = ct_tail_word(sport, dport, proto);
         memcpy(&k->sport, &w, 8);  /* ports, protocol and the zero pad */
     }
-    #else
-    static inline void ct_set_v4(uint8_t* a, uint32_t ip) {
-        memset(a, 0, 10);
-        a[10] = a[11] = 0xFF;
-        a[12] = (uint8_t)ip; a[13] = (uint8_t)(ip >> 8); a[14] = (uint8_t)(ip >> 16); a[15] = (uint8_t)(ip >> 24);
-    }
-    static inline void ct_set_tail(ct_key* k, uint16_t sport, uint16_t dport, uint8_t proto) {
-        k->sport = sport;
-        k->dport = dport;
-        k->proto = proto;
-        k->pad[0] = k->pad[1] = k->pad[2] = 0;
-    }
-    #endif
     """
     void ct_set_v4(uint8_t* a, uint32_t ip) noexcept nogil
     void ct_set_tail(ct_key* k, uint16_t sport, uint16_t dport, uint8_t proto) noexcept nogil
+    uint64_t ct_v4_word(uint32_t ip) noexcept nogil
+    uint64_t ct_tail_word(uint16_t sport, uint16_t dport, uint8_t proto) noexcept nogil
     uint32_t bswap32 "__builtin_bswap32"(uint32_t v) noexcept nogil
 
 
@@ -934,15 +929,14 @@ cdef double _timeout(str name, object value) except -1:
     return value
 
 
-# The batch pipeline. At step i, row i's key is written into a ring of keys; row i - LAG_HASH is
-# hashed (its key's stores have long reached the cache, so the hash's wide loads do not stall on
-# store forwarding) and its index slot fetched; the entry named by the slot of row i - LAG_ENTRY
-# is fetched; row i - LAG_ANSWER is answered. Memory latency of many rows overlaps that way.
+# The batch pipeline. At step i, row i's key is built as five words, written into a ring of keys
+# and hashed from the words themselves, and its index slot fetched; the entry named by the slot of
+# row i - LAG_ENTRY is fetched; row i - LAG_ANSWER is answered. Memory latency of many rows
+# overlaps that way.
 cdef enum:
     RING = 64            # keys in flight (a power of two, more than LAG_ANSWER)
-    LAG_HASH = 4
-    LAG_ENTRY = 20
-    LAG_ANSWER = 36
+    LAG_ENTRY = 16
+    LAG_ANSWER = 32
 
 
 def _addr_str(b: bytes) -> str:
@@ -950,15 +944,19 @@ def _addr_str(b: bytes) -> str:
     return str(a.ipv4_mapped) if a.ipv4_mapped is not None else str(a)
 
 
-cdef inline void _put_addr(uint8_t* out, const uint8_t* base, int kind, Py_ssize_t i) noexcept nogil:
+cdef inline void _addr_words(const uint8_t* base, int kind, Py_ssize_t i, uint64_t* hi, uint64_t* lo) noexcept nogil:
+    """The two words of row i's address in a column (as the key stores them)."""
     cdef const uint8_t* b
     if kind == 16:
-        memcpy(out, base + 16 * i, 16)
+        hi[0] = _load64(base + 16 * i)
+        lo[0] = _load64(base + 16 * i + 8)
     elif kind == 4:
         b = base + 4 * i
-        ct_set_v4(out, b[0] | (<uint32_t>b[1] << 8) | (<uint32_t>b[2] << 16) | (<uint32_t>b[3] << 24))
+        hi[0] = 0
+        lo[0] = ct_v4_word(b[0] | (<uint32_t>b[1] << 8) | (<uint32_t>b[2] << 16) | (<uint32_t>b[3] << 24))
     else:  # uint32 IPv4 as an integer, host order: its first octet is its high byte
-        ct_set_v4(out, bswap32((<const uint32_t*>base)[i]))
+        hi[0] = 0
+        lo[0] = ct_v4_word(bswap32((<const uint32_t*>base)[i]))
 
 
 cdef class _Batch:
@@ -1050,29 +1048,64 @@ cdef class _Batch:
         flat = a.view(np.uint8)
         return &flat[0]
 
-    cdef inline void row(self, Py_ssize_t i, ct_key* k) noexcept nogil:
-        _put_addr(k.addr, self.src, self.skind, i)
-        _put_addr(k.addr + 16, self.dst, self.dkind, i)
-        ct_set_tail(k, self.sport[i] if self.sport != NULL else self.sport1,
-                    self.dport[i] if self.dport != NULL else self.dport1,
-                    self.proto[i] if self.proto != NULL else self.proto1)
+    cdef inline uint64_t row(self, Py_ssize_t i, ct_key* k, const ct_keys* keys) noexcept nogil:
+        """Write row i's key into ``k`` as five whole words; return its hash, made from the
+        words as built rather than loaded back (a load would wait for the stores)."""
+        cdef uint64_t w[5]
+        _addr_words(self.src, self.skind, i, &w[0], &w[1])
+        _addr_words(self.dst, self.dkind, i, &w[2], &w[3])
+        w[4] = ct_tail_word(self.sport[i] if self.sport != NULL else self.sport1,
+                            self.dport[i] if self.dport != NULL else self.dport1,
+                            self.proto[i] if self.proto != NULL else self.proto1)
+        memcpy(k, w, sizeof(w))  # the whole key: sizeof(ct_key) is five words
+        return ct_hash_keyed(w[0], w[1], w[2], w[3], w[4], keys)
 
     cdef inline int32_t backend_of(self, Py_ssize_t i) noexcept nogil:
         return self.backend[i] if self.backend != NULL else self.backend1
 
 
-cdef inline void _pipeline(_FlatTable table, _Batch cols, Py_ssize_t i, Py_ssize_t n,
-                           ct_key* ring, uint64_t* hr) noexcept nogil:
-    """The stages of step ``i`` of a batch before its answer (see ``LAG_ANSWER``)."""
-    cdef Py_ssize_t j = i - LAG_ENTRY
-    if 0 <= j < n:
-        table.prefetch_h(hr[j & (RING - 1)], 1)
-    j = i - LAG_HASH
-    if 0 <= j < n:
-        hr[j & (RING - 1)] = _key_hash(&ring[j & (RING - 1)], table.seed)
-        table.prefetch_h(hr[j & (RING - 1)], 0)
+assert sizeof(ct_key) == 40
+
+
+cdef struct _Pipe:
+    # what every step of a batch reads, held in locals (the table's fields would be loaded again
+    # after each store to an entry)
+    ct_entry* e
+    uint32_t* idx
+    uint32_t nslots
+    ct_keys keys
+    ct_key ring[RING]
+    uint64_t hr[RING]
+
+
+cdef inline void _pipe_start(_Pipe* p, _FlatTable table) noexcept nogil:
+    p.e = table.e
+    p.idx = table.idx
+    p.nslots = table.nslots
+    p.keys = ct_keys_of(table.seed)
+
+
+cdef inline void _pipe_key(_Pipe* p, _Batch cols, Py_ssize_t i) noexcept nogil:
+    """Step i's first stage: row i's key and hash, and the fetch of its index slot."""
+    cdef uint64_t h = cols.row(i, &p.ring[i & (RING - 1)], &p.keys)
+    p.hr[i & (RING - 1)] = h
+    ct_prefetch(&p.idx[_home(h, p.nslots)])
+
+
+cdef inline void _pipe_entry(_Pipe* p, Py_ssize_t j) noexcept nogil:
+    """Fetch the entry row j's index slot names (an entry may straddle two cache lines)."""
+    cdef uint32_t v = p.idx[_home(p.hr[j & (RING - 1)], p.nslots)]
+    if v != CT_EMPTY:
+        ct_prefetch(&p.e[v & 0xFFFFFFu])
+        ct_prefetch((<const char*>&p.e[v & 0xFFFFFFu]) + sizeof(ct_entry) - 1)
+
+
+cdef inline void _pipeline(_Pipe* p, _Batch cols, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """The stages of step ``i`` of a batch before its answer, at the batch's start and end."""
+    if 0 <= i - LAG_ENTRY < n:
+        _pipe_entry(p, i - LAG_ENTRY)
     if i < n:
-        cols.row(i, &ring[i & (RING - 1)])
+        _pipe_key(p, cols, i)
 
 
 def _batch_rows(src) -> Py_ssize_t:
@@ -1178,15 +1211,21 @@ cdef class ConnTable(_FlatTable):
         out = np.empty(n, dtype=np.int32)
         cdef int32_t[::1] O = out
         cdef uint32_t t = self.now_ms(now)
-        cdef ct_key ring[RING]
-        cdef uint64_t hr[RING]
+        cdef _Pipe p
         cdef Py_ssize_t i, j
-        memset(ring, 0, sizeof(ring))
-        for i in range(n + LAG_ANSWER):
+        _pipe_start(&p, self)
+        for i in range(min(n, LAG_ANSWER)):
+            _pipeline(&p, cols, i, n)
+        for i in range(LAG_ANSWER, n):  # the steady state: every stage has its row
+            j = i - LAG_ANSWER
+            O[j] = _lookup_i(self, &p.ring[j & (RING - 1)], p.hr[j & (RING - 1)], t)
+            _pipe_entry(&p, i - LAG_ENTRY)
+            _pipe_key(&p, cols, i)
+        for i in range(n, n + LAG_ANSWER):
             j = i - LAG_ANSWER
             if j >= 0:
-                O[j] = _lookup_i(self, &ring[j & (RING - 1)], hr[j & (RING - 1)], t)
-            _pipeline(self, cols, i, n, ring, hr)
+                O[j] = _lookup_i(self, &p.ring[j & (RING - 1)], p.hr[j & (RING - 1)], t)
+            _pipeline(&p, cols, i, n)
         return out
 
     @cython.boundscheck(False)
@@ -1198,18 +1237,24 @@ cdef class ConnTable(_FlatTable):
         cdef _Batch cols = _Batch.__new__(_Batch)
         cols.columns(proto, src, sport, dst, dport, backend, n)
         cdef uint32_t t = self.now_ms(now)
-        cdef ct_key ring[RING]
-        cdef uint64_t hr[RING]
+        cdef _Pipe p
         cdef Py_ssize_t i, j
         if n and self._ensure_backend(cols.backend_max) < 0:
             raise MemoryError("ConnTable: no memory for the per-backend lists")
         _settle(self)
-        memset(ring, 0, sizeof(ring))
-        for i in range(n + LAG_ANSWER):  # the pipeline of lookup_many
+        _pipe_start(&p, self)
+        for i in range(min(n, LAG_ANSWER)):  # the pipeline of lookup_many
+            _pipeline(&p, cols, i, n)
+        for i in range(LAG_ANSWER, n):
+            j = i - LAG_ANSWER
+            _insert_i(self, &p.ring[j & (RING - 1)], p.hr[j & (RING - 1)], cols.backend_of(j), t)
+            _pipe_entry(&p, i - LAG_ENTRY)
+            _pipe_key(&p, cols, i)
+        for i in range(n, n + LAG_ANSWER):
             j = i - LAG_ANSWER
             if j >= 0:
-                _insert_i(self, &ring[j & (RING - 1)], hr[j & (RING - 1)], cols.backend_of(j), t)
-            _pipeline(self, cols, i, n, ring, hr)
+                _insert_i(self, &p.ring[j & (RING - 1)], p.hr[j & (RING - 1)], cols.backend_of(j), t)
+            _pipeline(&p, cols, i, n)
 
     def entries(self) -> list:
         """Every entry as ``(proto, src, sport, dst, dport, backend, closing)``, each timeout class

@@ -202,7 +202,7 @@ cdef class PickCore:
             memset(&client, 0, sizeof(ct_key))
             memcpy(client.addr, k.addr, 16)
             ha = ct_hash(&client, self.affinity.seed)
-            self.affinity.prefetch_h(ha, 0)
+            self.affinity.prefetch_h(ha)
         b = self.conns.lookup_h(k, hk, t)
         if 0 <= b < self.nids and self.eps[b] is not None:
             ok = True
