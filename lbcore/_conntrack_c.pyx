@@ -821,27 +821,35 @@ cdef inline void _insert_at(_FlatTable t, const ct_key* k, uint64_t h, uint32_t 
                             int32_t backend, uint32_t now) noexcept nogil:
     """``_insert_i`` once the probe has found entry ``i`` in ``slot`` (``CT_NIL``: none, and
     ``slot`` is where the key goes)."""
+    cdef uint32_t meta = (<uint32_t>k.proto << 24) | <uint32_t>backend
+    cdef int c
+    if i != CT_NIL and t.e[i].meta == meta:
+        # same backend and protocol, not closing: only its use is new (the common case, kept
+        # small so that it is compiled into the batch loop)
+        c = t.cls_of_proto[k.proto]  # from the key, known before the entry is read
+        t.e[i].stamp = now
+        if t.tail[c] != i:
+            _cls_unlink_i(t, i, c)
+            _cls_append_i(t, i, c)
+        return
+    _insert_changed(t, k, h, i, slot, backend, now)
+
+
+cdef void _insert_changed(_FlatTable t, const ct_key* k, uint64_t h, uint32_t i, uint32_t slot,
+                          int32_t backend, uint32_t now) noexcept nogil:
+    """``_insert_at`` for a new key, or a known one changing backend, protocol or closing state."""
     cdef uint32_t old, meta = (<uint32_t>k.proto << 24) | <uint32_t>backend
     cdef ct_entry* x
     cdef int c
     if i != CT_NIL:
-        x = &t.e[i]
-        if x.meta == meta:  # same backend and protocol, not closing: only its use is new
-            c = t.cls_of_proto[k.proto]  # from the key, known before the entry is read
-            x.stamp = now
-            if t.tail[c] != i:
-                _cls_unlink_i(t, i, c)
-                _cls_append_i(t, i, c)
-            return
         # a known key (alive, or expired and not yet removed) starts afresh
+        x = &t.e[i]
         c = t._class_of(x)
         old = x.meta & CT_MAX_BACKEND
         if old != <uint32_t>backend:
             _b_unlink_i(t, i, old)
             _b_push_i(t, i, backend)
         x.stamp = now
-        if x.meta == meta and t.tail[c] == i:
-            return  # same class, already the most recently used
         _cls_unlink_i(t, i, c)
         x.meta = meta
         _cls_append_i(t, i, t.cls_of_proto[k.proto])
