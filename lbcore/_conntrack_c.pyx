@@ -788,17 +788,21 @@ cdef inline uint32_t _find_seen(_FlatTable t, const ct_key* k, uint64_t h, uint3
 cdef inline int32_t _lookup_i(_FlatTable t, const ct_key* k, uint64_t h, uint32_t now) noexcept nogil:
     cdef uint32_t slot
     cdef uint32_t i = _find_i(t, k, h, &slot)
-    return _lookup_at(t, i, slot, now)
+    return _lookup_at(t, k, i, slot, now)
 
 
-cdef inline int32_t _lookup_at(_FlatTable t, uint32_t i, uint32_t slot, uint32_t now) noexcept nogil:
-    """``_lookup_i`` once the probe has found entry ``i`` in ``slot`` (``CT_NIL``: none)."""
+cdef inline int32_t _lookup_at(_FlatTable t, const ct_key* k, uint32_t i, uint32_t slot,
+                               uint32_t now) noexcept nogil:
+    """``_lookup_i`` once the probe has found key ``k``'s entry ``i`` in ``slot`` (``CT_NIL``:
+    none)."""
     cdef ct_entry* x
     cdef int c
     if i == CT_NIL:
         return -1
     x = &t.e[i]
-    c = t._class_of(x)
+    # its class as _class_of gives it, with the protocol taken from the key (the entry's own)
+    # so that only the closing flag waits for the entry to be read
+    c = CLS_CLOSING if x.meta & CT_CLOSING else t.cls_of_proto[k.proto]
     if _age(now, x.stamp) >= t.timeout_ms[c]:
         t._drop(i, slot)
         return -1
@@ -1271,14 +1275,14 @@ cdef class ConnTable(_FlatTable):
         for i in range(LAG_ANSWER, n):  # the steady state: every stage has its row
             j = i - LAG_ANSWER
             e = _pipe_find(&p, self, j, &slot)
-            O[j] = _lookup_at(self, e, slot, t)
+            O[j] = _lookup_at(self, &p.ring[j & (RING - 1)], e, slot, t)
             _pipe_entry(&p, i - LAG_ENTRY)
             _pipe_key(&p, cols, i)
         for i in range(n, n + LAG_ANSWER):
             j = i - LAG_ANSWER
             if j >= 0:
                 e = _pipe_find(&p, self, j, &slot)
-                O[j] = _lookup_at(self, e, slot, t)
+                O[j] = _lookup_at(self, &p.ring[j & (RING - 1)], e, slot, t)
             _pipeline(&p, cols, i, n)
         return out
 
