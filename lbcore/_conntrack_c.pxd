@@ -73,11 +73,6 @@ cdef extern from *:
                                          uint64_t w4, const ct_keys* K) {
         return ct_mix(ct_mix(w0 ^ K->k0, w1 ^ K->k1) ^ ct_mix(w2 ^ K->k2, w3 ^ K->k3), w4 ^ K->k4);
     }
-    static inline uint64_t ct_hash_words(uint64_t w0, uint64_t w1, uint64_t w2, uint64_t w3,
-                                         uint64_t w4, uint64_t seed) {
-        ct_keys K = ct_keys_of(seed);
-        return ct_hash_keyed(w0, w1, w2, w3, w4, &K);
-    }
     static inline uint64_t ct_load64(const void* p) { uint64_t v; memcpy(&v, p, 8); return v; }
     #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
     #define CT_TAIL_MASK 0xFFFFFFFFFF000000ull
@@ -86,8 +81,9 @@ cdef extern from *:
     #endif
     static inline uint64_t ct_hash(const ct_key* k, uint64_t seed) {
         const uint8_t* b = (const uint8_t*)k;
-        return ct_hash_words(ct_load64(b), ct_load64(b + 8), ct_load64(b + 16), ct_load64(b + 24),
-                             ct_load64(b + 32) & CT_TAIL_MASK, seed);  /* ports and protocol, no pad */
+        ct_keys K = ct_keys_of(seed);
+        return ct_hash_keyed(ct_load64(b), ct_load64(b + 8), ct_load64(b + 16), ct_load64(b + 24),
+                             ct_load64(b + 32) & CT_TAIL_MASK, &K);  /* ports and protocol, no pad */
     }
     static inline uint64_t ct_entry_hash(const ct_entry* x, uint64_t seed) {
         ct_key k;
@@ -179,8 +175,6 @@ cdef extern from *:
     ct_keys ct_keys_of(uint64_t seed) noexcept nogil
     uint64_t ct_hash_keyed(uint64_t w0, uint64_t w1, uint64_t w2, uint64_t w3,
                            uint64_t w4, const ct_keys* K) noexcept nogil
-    uint64_t ct_hash_words(uint64_t w0, uint64_t w1, uint64_t w2, uint64_t w3,
-                           uint64_t w4, uint64_t seed) noexcept nogil
     uint64_t ct_hash(const ct_key* k, uint64_t seed) noexcept nogil
     uint64_t ct_entry_hash(const ct_entry* x, uint64_t seed) noexcept nogil
 
@@ -189,7 +183,7 @@ cdef class _FlatTable:
     cdef ct_entry* e                 # capacity entries
     cdef uint32_t* idx               # nslots index slots: (tag << 24) | entry, or CT_EMPTY
     cdef uint32_t nslots
-    cdef uint64_t seed               # the key hash's secret (see ct_hash_words)
+    cdef uint64_t seed               # the key hash's secret (see ct_keys_of)
     cdef readonly uint32_t capacity
     cdef uint32_t used
     cdef uint32_t free_head

@@ -291,14 +291,6 @@ cdef inline uint32_t _tag(uint64_t h) noexcept nogil:
     return <uint32_t>(h & 0xFF) << 24
 
 
-cdef inline uint64_t _key_hash(const ct_key* k, uint64_t seed) noexcept nogil:
-    return ct_hash(k, seed)
-
-
-cdef inline uint64_t _entry_hash(const ct_entry* x, uint64_t seed) noexcept nogil:
-    return ct_entry_hash(x, seed)
-
-
 cdef inline uint64_t _load64(const uint8_t* p) noexcept nogil:
     cdef uint64_t v
     memcpy(&v, p, 8)  # one unaligned load once compiled
@@ -489,7 +481,7 @@ cdef class _FlatTable:
 
     @cython.final
     cdef uint32_t _slot_of(self, uint32_t i) noexcept nogil:
-        cdef uint32_t s = _home(_entry_hash(&self.e[i], self.seed), self.nslots)
+        cdef uint32_t s = _home(ct_entry_hash(&self.e[i], self.seed), self.nslots)
         while (self.idx[s] & 0xFFFFFFu) != i:
             s += 1
             if s == self.nslots:
@@ -510,7 +502,7 @@ cdef class _FlatTable:
             v = self.idx[k]
             if v == CT_EMPTY:
                 break
-            h = _home(_entry_hash(&self.e[v & 0xFFFFFFu], self.seed), self.nslots)
+            h = _home(ct_entry_hash(&self.e[v & 0xFFFFFFu], self.seed), self.nslots)
             if j <= k:
                 stays = j < h <= k
             else:
@@ -601,7 +593,7 @@ cdef class _FlatTable:
 
     @cython.final
     cdef int32_t lookup_c(self, const ct_key* k, uint32_t now) noexcept nogil:
-        return self.lookup_h(k, _key_hash(k, self.seed), now)
+        return self.lookup_h(k, ct_hash(k, self.seed), now)
 
     @cython.final
     cdef void prefetch_h(self, uint64_t h) noexcept nogil:
@@ -616,7 +608,7 @@ cdef class _FlatTable:
     @cython.final
     cdef int insert_c(self, const ct_key* k, int32_t backend, uint32_t now) noexcept nogil:
         """Map ``k`` to ``backend`` (0..CT_MAX_BACKEND) as used at ``now``; -1 when out of memory."""
-        return self.insert_h(k, _key_hash(k, self.seed), backend, now)
+        return self.insert_h(k, ct_hash(k, self.seed), backend, now)
 
     @cython.final
     cdef int insert_h(self, const ct_key* k, uint64_t h, int32_t backend, uint32_t now) noexcept nogil:
@@ -629,7 +621,7 @@ cdef class _FlatTable:
     @cython.final
     cdef bint remove_c(self, const ct_key* k) noexcept nogil:
         cdef uint32_t slot
-        cdef uint32_t i = self._find(k, _key_hash(k, self.seed), &slot)
+        cdef uint32_t i = self._find(k, ct_hash(k, self.seed), &slot)
         if i == CT_NIL:
             return False
         self._drop(i, slot)
@@ -638,7 +630,7 @@ cdef class _FlatTable:
     @cython.final
     cdef bint close_c(self, const ct_key* k, uint32_t now) noexcept nogil:
         cdef uint32_t slot
-        cdef uint32_t i = self._find(k, _key_hash(k, self.seed), &slot)
+        cdef uint32_t i = self._find(k, ct_hash(k, self.seed), &slot)
         cdef ct_entry* x
         cdef int c
         cdef bint alive
@@ -745,8 +737,8 @@ cdef class _FlatTable:
                 n += 1
                 assert (v & 0xFFFFFFu) < self.capacity
                 i = v & 0xFFFFFFu
-                assert _tag(_entry_hash(&self.e[i], self.seed)) == (v & 0xFF000000u), "tag"
-                h = _home(_entry_hash(&self.e[i], self.seed), self.nslots)
+                assert _tag(ct_entry_hash(&self.e[i], self.seed)) == (v & 0xFF000000u), "tag"
+                h = _home(ct_entry_hash(&self.e[i], self.seed), self.nslots)
                 while h != s:  # linear probing: no hole between home and slot
                     assert self.idx[h] != CT_EMPTY, "entry unreachable from its home slot"
                     h = h + 1 if h + 1 < self.nslots else 0
@@ -1237,7 +1229,7 @@ cdef class ConnTable(_FlatTable):
         cdef uint32_t slot
         proto, src, sport, dst, dport = key
         _key(&k, proto, src, sport, dst, dport)
-        return self._find(&k, _key_hash(&k, self.seed), &slot) != CT_NIL
+        return self._find(&k, ct_hash(&k, self.seed), &slot) != CT_NIL
 
     def _slot(self, key) -> int:
         """The index slot holding ``key``, or -1 (for tests of the index's layout)."""
@@ -1245,7 +1237,7 @@ cdef class ConnTable(_FlatTable):
         cdef uint32_t slot
         proto, src, sport, dst, dport = key
         _key(&k, proto, src, sport, dst, dport)
-        if self._find(&k, _key_hash(&k, self.seed), &slot) == CT_NIL:
+        if self._find(&k, ct_hash(&k, self.seed), &slot) == CT_NIL:
             return -1
         return slot
 
@@ -1389,7 +1381,7 @@ cdef inline object _lookup(ConnTable t, object proto, object src, object sport, 
     cdef ct_key k
     _key(&k, proto, src, sport, dst, dport)
     _settle(t)
-    return _lookup_i(t, &k, _key_hash(&k, t.seed), _now_ms(t, now))
+    return _lookup_i(t, &k, ct_hash(&k, t.seed), _now_ms(t, now))
 
 
 cdef inline object _insert(ConnTable t, object proto, object src, object sport, object dst,
@@ -1407,7 +1399,7 @@ cdef inline object _insert(ConnTable t, object proto, object src, object sport, 
     # that slot overlaps the caller's own work instead of stalling this call.
     _settle(t)
     t.pend_key = k
-    t.pend_hash = _key_hash(&k, t.seed)
+    t.pend_hash = ct_hash(&k, t.seed)
     t.pend_backend = b
     t.pend_now = ms
     t.pending = True
