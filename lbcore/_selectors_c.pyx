@@ -1201,6 +1201,15 @@ cdef void _slotset_remove(Vec* v, int32_t x) noexcept:
         _slotset_resize(v, v.cap // 2)  # without memory it just stays larger
 
 
+cdef inline bint _holds_entry(const int32_t* ents, Py_ssize_t n, int32_t e) noexcept:
+    """Whether the n entry ids hold ``e`` (a label set's few: a scan)."""
+    cdef Py_ssize_t j
+    for j in range(n):
+        if ents[j] == e:
+            return True
+    return False
+
+
 cdef enum:
     ENTRY_TEXT = 52        # bytes of key and value text an entry keeps in itself
 
@@ -2103,10 +2112,16 @@ cdef class SelectorIndex:
                 self._last_slot = slot
                 return self._change_answer()
             # start loading what the rest reads at random places: the postings of the pairs it
-            # joins, and the selectors it matched (their ids may go into the answer)
+            # joins and of those it leaves, and the selectors it matched (their ids may go into
+            # the answer)
             for j in range(0, n, 2):
                 entry = &self._entries[self._scr_ents.data[j]]
                 if entry.mark != stamp and entry.labels.cap:
+                    prefetch(&entry.labels.data[_slot_home(slot, <size_t>entry.labels.cap - 1)])
+            for j in range(0, ls.n, 2):
+                e = _items(ls)[j]
+                if not _holds_entry(self._scr_ents.data, n, e):
+                    entry = &self._entries[e]
                     prefetch(&entry.labels.data[_slot_home(slot, <size_t>entry.labels.cap - 1)])
             for j in range(ls.matched.n):
                 prefetch(&self._selslots[ls.matched.data[j]])
