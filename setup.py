@@ -1,4 +1,5 @@
-"""Build the compiled core: every ``lbcore/_*_c.pyx`` and ``plugins/_*_c.pyx`` is one extension.
+"""Build the compiled core: every ``lbcore/core/_*_c.pyx`` and ``plugins/lbcore_plugins/_*_c.pyx``
+is one extension.
 
 Environment:
   LBCORE_CYTHON_ANNOTATE=1  write Cython's annotated HTML (shows each line that touches Python)
@@ -17,7 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEBUG = os.environ.get("LBCORE_DEBUG") == "1"
 
 ONLY = set(filter(None, os.environ.get("LBCORE_ONLY", "").split(",")))
-SOURCES = {"lbcore": "lbcore", "lbcore_plugins": "plugins"}
+SOURCES = {"lbcore.core": "lbcore/core", "lbcore_plugins": "plugins/lbcore_plugins"}
 
 
 def extensions() -> list[Extension]:
@@ -32,7 +33,7 @@ def extensions() -> list[Extension]:
                 Extension(
                     f"{package}.{stem}",
                     [os.path.relpath(pyx, HERE)],
-                    include_dirs=[numpy.get_include(), os.path.join(HERE, "lbcore", "include")],
+                    include_dirs=[numpy.get_include(), os.path.join(HERE, "lbcore", "core", "include")],
                     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
                     extra_compile_args=flags + ["-Wno-unused-function"],
                 )

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from uhashring import HashRing
 
-from lbcore import balancers, hash64
-from lbcore.balancer_quality import backend_names, sample_keys
-from lbcore.bench import quality_markdown, quality_rows
+from lbcore import hash64
+from lbcore.cli.balancer_quality import backend_names, sample_keys
+from lbcore.cli.bench import quality_markdown, quality_rows
+from lbcore.core import balancers
 
 N = 10
 KEY = "10.1.2.3:45678"

@@ -22,7 +22,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from lbcore import EndpointInfo, Picker, _conntrack_c
+from lbcore import EndpointInfo, Picker
+from lbcore.core import _conntrack_c
 
 N = 100_000
 BIG = 1_000_000

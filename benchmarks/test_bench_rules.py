@@ -31,8 +31,8 @@ import pytest
 from lbcore_plugins.iptables import IptablesFrontend
 from lbcore_plugins.nftables import NftablesFrontend
 
-from lbcore.interfaces import RuntimeContext
-from lbcore.snapshot import EndpointInfo, ServicePortInfo, Snapshot
+from lbcore.model.snapshot import EndpointInfo, ServicePortInfo, Snapshot
+from lbcore.runtime.interfaces import RuntimeContext
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
 from netns import CLIENT_IP, POD_CIDR, SERVER_PORT, Cluster  # noqa: E402

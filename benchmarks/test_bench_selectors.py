@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import pytest
 
-from lbcore import _selectors_c, _selectors_py
+from lbcore.core import _selectors_c, _selectors_py
 
 SELECTOR = "app=web, tier in (frontend,backend), env!=prod, !canary, release"
 LABELS = {

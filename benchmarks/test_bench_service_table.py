@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from lbcore.endpoints import EndpointTracker
-from lbcore.model import Pod, Service
-from lbcore.service_table import ServiceTable
+from lbcore.model.endpoints import EndpointTracker
+from lbcore.model.objects import Pod, Service
+from lbcore.model.service_table import ServiceTable
 
 SERVICES = 10_000
 PODS = 100_000

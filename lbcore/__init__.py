@@ -18,38 +18,48 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     # selectors (compiled)
-    "parse_selector": "lbcore._selectors",
-    "selector_from_map": "lbcore._selectors",
-    "selector_from_label_selector": "lbcore._selectors",
-    "Selector": "lbcore._selectors",
-    "SelectorIndex": "lbcore._selectors",
+    "parse_selector": "lbcore.core._selectors",
+    "selector_from_map": "lbcore.core._selectors",
+    "selector_from_label_selector": "lbcore.core._selectors",
+    "Selector": "lbcore.core._selectors",
+    "SelectorIndex": "lbcore.core._selectors",
     "SelectorError": "lbcore.errors",
     # hashing and balancers (compiled)
-    "hash64": "lbcore._hashing",
+    "hash64": "lbcore.core._hashing",
     "balancers": "lbcore.balancers",
     # connection tracking (compiled)
-    "ConnTable": "lbcore._conntrack",
-    "AffinityTable": "lbcore._conntrack",
-    "Picker": "lbcore.picker",
-    "NO_ENDPOINTS": "lbcore.picker",
+    "ConnTable": "lbcore.core._conntrack",
+    "AffinityTable": "lbcore.core._conntrack",
+    "Picker": "lbcore.model.picker",
+    "NO_ENDPOINTS": "lbcore.model.picker",
     # service model
-    "load_manifests": "lbcore.model",
-    "Service": "lbcore.model",
-    "Pod": "lbcore.model",
-    "EndpointSlice": "lbcore.model",
-    "Endpoints": "lbcore.model",
+    "load_manifests": "lbcore.model.objects",
+    "Service": "lbcore.model.objects",
+    "Pod": "lbcore.model.objects",
+    "EndpointSlice": "lbcore.model.objects",
+    "Endpoints": "lbcore.model.objects",
     "ValidationError": "lbcore.errors",
     "AllocationError": "lbcore.errors",
-    "ClusterIPAllocator": "lbcore.allocators",
-    "NodePortAllocator": "lbcore.allocators",
-    "ServiceTable": "lbcore.service_table",
+    "ClusterIPAllocator": "lbcore.model.allocators",
+    "NodePortAllocator": "lbcore.model.allocators",
+    "ServiceTable": "lbcore.model.service_table",
     # frontends' view of the state
-    "Snapshot": "lbcore.snapshot",
-    "ServicePortInfo": "lbcore.snapshot",
-    "EndpointInfo": "lbcore.snapshot",
-    # plugins
+    "Snapshot": "lbcore.model.snapshot",
+    "ServicePortInfo": "lbcore.model.snapshot",
+    "EndpointInfo": "lbcore.model.snapshot",
+    # plugins: the hook marker and the interfaces sources and frontends implement
     "hookimpl": "lbcore.hookspecs",
+    "Source": "lbcore.runtime.interfaces",
+    "SourceSink": "lbcore.runtime.interfaces",
+    "Frontend": "lbcore.runtime.interfaces",
+    "FrontendUnavailable": "lbcore.runtime.interfaces",
+    "RuntimeContext": "lbcore.runtime.interfaces",
+    "ConfigError": "lbcore.errors",
+    "LbcoreError": "lbcore.errors",
 }
+
+# public names that are whole modules
+_MODULES = {"balancers"}
 
 __all__ = ["__version__", *_EXPORTS]
 
@@ -59,7 +69,7 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'lbcore' has no attribute {name!r}")
     mod = importlib.import_module(module)
-    value = mod if module == f"lbcore.{name}" else getattr(mod, name)
+    value = mod if name in _MODULES else getattr(mod, name)
     globals()[name] = value
     return value
 
@@ -70,28 +80,35 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names
     from lbcore import balancers as balancers
-    from lbcore._conntrack import AffinityTable as AffinityTable
-    from lbcore._conntrack import ConnTable as ConnTable
-    from lbcore._hashing import hash64 as hash64
-    from lbcore._selectors import Selector as Selector
-    from lbcore._selectors import SelectorIndex as SelectorIndex
-    from lbcore._selectors import parse_selector as parse_selector
-    from lbcore._selectors import selector_from_label_selector as selector_from_label_selector
-    from lbcore._selectors import selector_from_map as selector_from_map
-    from lbcore.allocators import ClusterIPAllocator as ClusterIPAllocator
-    from lbcore.allocators import NodePortAllocator as NodePortAllocator
+    from lbcore.core._conntrack import AffinityTable as AffinityTable
+    from lbcore.core._conntrack import ConnTable as ConnTable
+    from lbcore.core._hashing import hash64 as hash64
+    from lbcore.core._selectors import Selector as Selector
+    from lbcore.core._selectors import SelectorIndex as SelectorIndex
+    from lbcore.core._selectors import parse_selector as parse_selector
+    from lbcore.core._selectors import selector_from_label_selector as selector_from_label_selector
+    from lbcore.core._selectors import selector_from_map as selector_from_map
     from lbcore.errors import AllocationError as AllocationError
+    from lbcore.errors import ConfigError as ConfigError
+    from lbcore.errors import LbcoreError as LbcoreError
     from lbcore.errors import SelectorError as SelectorError
     from lbcore.errors import ValidationError as ValidationError
     from lbcore.hookspecs import hookimpl as hookimpl
-    from lbcore.model import Endpoints as Endpoints
-    from lbcore.model import EndpointSlice as EndpointSlice
-    from lbcore.model import Pod as Pod
-    from lbcore.model import Service as Service
-    from lbcore.model import load_manifests as load_manifests
-    from lbcore.picker import NO_ENDPOINTS as NO_ENDPOINTS
-    from lbcore.picker import Picker as Picker
-    from lbcore.service_table import ServiceTable as ServiceTable
-    from lbcore.snapshot import EndpointInfo as EndpointInfo
-    from lbcore.snapshot import ServicePortInfo as ServicePortInfo
-    from lbcore.snapshot import Snapshot as Snapshot
+    from lbcore.model.allocators import ClusterIPAllocator as ClusterIPAllocator
+    from lbcore.model.allocators import NodePortAllocator as NodePortAllocator
+    from lbcore.model.objects import Endpoints as Endpoints
+    from lbcore.model.objects import EndpointSlice as EndpointSlice
+    from lbcore.model.objects import Pod as Pod
+    from lbcore.model.objects import Service as Service
+    from lbcore.model.objects import load_manifests as load_manifests
+    from lbcore.model.picker import NO_ENDPOINTS as NO_ENDPOINTS
+    from lbcore.model.picker import Picker as Picker
+    from lbcore.model.service_table import ServiceTable as ServiceTable
+    from lbcore.model.snapshot import EndpointInfo as EndpointInfo
+    from lbcore.model.snapshot import ServicePortInfo as ServicePortInfo
+    from lbcore.model.snapshot import Snapshot as Snapshot
+    from lbcore.runtime.interfaces import Frontend as Frontend
+    from lbcore.runtime.interfaces import FrontendUnavailable as FrontendUnavailable
+    from lbcore.runtime.interfaces import RuntimeContext as RuntimeContext
+    from lbcore.runtime.interfaces import Source as Source
+    from lbcore.runtime.interfaces import SourceSink as SourceSink

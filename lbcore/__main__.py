@@ -1,5 +1,5 @@
 import sys
 
-from lbcore.cli import main
+from lbcore.cli.main import main
 
 sys.exit(main())

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from lbcore.snapshot import Snapshot
+    from lbcore.model.snapshot import Snapshot
 
 hookspec = pluggy.HookspecMarker("lbcore")
 hookimpl = pluggy.HookimplMarker("lbcore")
@@ -32,8 +32,8 @@ def lbcore_register_sources() -> Mapping[str, Callable[..., Any]]:
     Called once when the daemon loads its configuration, before any source starts.
 
     :return: ``{name: factory}``; ``factory(options, context)`` builds a
-        :class:`lbcore.interfaces.Source`. ``options`` is the source's mapping from the config
-        file, ``context`` the :class:`lbcore.interfaces.RuntimeContext`.
+        :class:`lbcore.runtime.interfaces.Source`. ``options`` is the source's mapping from the config
+        file, ``context`` the :class:`lbcore.runtime.interfaces.RuntimeContext`.
     """
 
 
@@ -44,7 +44,7 @@ def lbcore_register_frontends() -> Mapping[str, Callable[..., Any]]:
     Called once when the daemon loads its configuration, before any frontend starts.
 
     :return: ``{name: factory}``; ``factory(options, context)`` builds a
-        :class:`lbcore.interfaces.Frontend`.
+        :class:`lbcore.runtime.interfaces.Frontend`.
     """
 
 
@@ -52,11 +52,11 @@ def lbcore_register_frontends() -> Mapping[str, Callable[..., Any]]:
 def lbcore_register_balancers() -> Mapping[str, Callable[..., Any]]:
     """Name the balancing algorithms this plugin provides.
 
-    Called the first time :func:`lbcore.balancers.create` or :func:`lbcore.balancers.available`
+    Called the first time :func:`lbcore.core.balancers.create` or :func:`lbcore.core.balancers.available`
     needs the list of algorithms.
 
     :return: ``{name: factory}``; ``factory(backends, weights=None, **options)`` returns an object
-        with the interface of :class:`lbcore.balancers.Balancer` (``pick``, ``pick_many``,
+        with the interface of :class:`lbcore.core.balancers.Balancer` (``pick``, ``pick_many``,
         ``update``, ``acquire``, ``release``).
     """
 
@@ -74,7 +74,7 @@ def lbcore_sync_done(
 
     Called by the daemon after every frontend has been given a snapshot.
 
-    :param snapshot: the :class:`lbcore.snapshot.Snapshot` that was applied.
+    :param snapshot: the :class:`lbcore.model.snapshot.Snapshot` that was applied.
     :param changed: ``namespace/name`` of the services that changed since the previous sync.
     :param duration: seconds the sync took, all frontends included.
     :param errors: frontend name -> error message, for the frontends whose sync failed.

@@ -30,8 +30,8 @@ def lbcore(*args: str, env: dict | None = None, stdin: str | None = None, cwd: P
 
 
 def cli(*args: str, env: dict, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """``lbcore.cli.main`` in this process (fast), with ``env`` and its output captured."""
-    from lbcore.cli import main
+    """``lbcore.cli.main.main`` in this process (fast), with ``env`` and its output captured."""
+    from lbcore.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     saved = dict(os.environ)
@@ -106,9 +106,9 @@ def test_unknown_resource_type_is_an_error():
 
 def test_bench_is_wired_to_lbcore_bench():
     out = lbcore("bench", "--help")
-    if importlib.util.find_spec("lbcore.bench") is None:
+    if importlib.util.find_spec("lbcore.cli.bench") is None:
         assert out.returncode == 1
-        assert out.stderr == "error: bench: lbcore.bench is not part of this installation\n"
+        assert out.stderr == "error: bench: lbcore.cli.bench is not part of this installation\n"
     else:
         assert out.returncode == 0, out.stderr
         assert "usage:" in out.stdout
@@ -292,7 +292,7 @@ def test_describe_unknown_service_and_delete_unknown_object(daemon):
 
 
 def test_rules_prints_the_iptables_rules_for_the_daemons_state(daemon, tmp_path):
-    from lbcore.daemon import load_plugins
+    from lbcore.runtime.daemon import load_plugins
 
     if "iptables" not in load_plugins()[1]:
         pytest.skip("the iptables frontend is not installed")

@@ -10,8 +10,8 @@ import pluggy
 import pytest
 
 from lbcore import hookspecs
-from lbcore.cli import build_parser
-from lbcore.config import KEYS
+from lbcore.cli.main import build_parser
+from lbcore.runtime.config import KEYS
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 

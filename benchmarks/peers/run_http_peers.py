@@ -33,8 +33,8 @@ from types import MappingProxyType
 
 from lbcore_plugins.socket_frontend import SocketFrontend
 
-from lbcore.interfaces import RuntimeContext
-from lbcore.snapshot import EndpointInfo, ServicePortInfo, Snapshot
+from lbcore.model.snapshot import EndpointInfo, ServicePortInfo, Snapshot
+from lbcore.runtime.interfaces import RuntimeContext
 
 NGINX = "/usr/sbin/nginx"
 HAPROXY = "/usr/sbin/haproxy"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lbcore import EndpointInfo, Picker, _conntrack_c, _conntrack_py
-from lbcore._extensions import NO_EXTENSIONS
+from lbcore import EndpointInfo, Picker
+from lbcore.core import _conntrack_c, _conntrack_py
+from lbcore.core._extensions import NO_EXTENSIONS
 from lbcore.errors import ConfigError
 
 

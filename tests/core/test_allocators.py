@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import lbcore
-from lbcore.allocators import ClusterIPAllocator, NodePortAllocator, parse_port_range
 from lbcore.errors import AllocationError
+from lbcore.model.allocators import ClusterIPAllocator, NodePortAllocator, parse_port_range
 
 
 def test_ipv4_skips_network_and_broadcast_and_exhausts_a_slash_29() -> None:

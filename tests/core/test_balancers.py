@@ -10,8 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from lbcore import _balancers_c, balancers, hash64
-from lbcore.balancer_quality import backend_names, disruption, imbalance, loads, sample_keys
+from lbcore import hash64
+from lbcore.cli.balancer_quality import backend_names, disruption, imbalance, loads, sample_keys
+from lbcore.core import _balancers_c, balancers
 
 ALL = balancers.builtin()
 CONSISTENT = sorted(balancers.CONSISTENT)
@@ -565,7 +566,7 @@ def test_pick_hashes_edge_ints_as_hash64_does():
 
 @pytest.mark.parametrize("n", [1, 2, 3, 10, 257])
 def test_ring_pick_is_the_first_point_at_or_after_the_key_wrapping_around(n):
-    from lbcore._hashing import hash64_many
+    from lbcore.core._hashing import hash64_many
 
     b = balancers.create("ring_hash", names(n), min_ring_size=1, vnodes=3)
     hashes, owners = b.points

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lbcore import bench
+from lbcore.cli import bench
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lbcore import balancers
+from lbcore.core import balancers
 
 FAST = settings(max_examples=60, deadline=None)
 

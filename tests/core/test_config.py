@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lbcore.config import (
+from lbcore.errors import ConfigError
+from lbcore.runtime.config import (
     KEYS,
     Config,
     PluginChoice,
@@ -15,7 +16,6 @@ from lbcore.config import (
     resolve_plugins,
     with_overrides,
 )
-from lbcore.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lbcore.yaml"
 SOURCES = {"local": object(), "kubernetes": object()}

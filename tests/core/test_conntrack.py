@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lbcore import _conntrack_c, _conntrack_py
+from lbcore.core import _conntrack_c, _conntrack_py
 from lbcore.errors import ConfigError, ValidationError
 
 
@@ -23,8 +23,9 @@ def conn(i: int, proto: str = "TCP") -> tuple:
 
 
 def test_chooser_picks_compiled_table_unless_told_not_to():
-    from lbcore import ConnTable, _conntrack
-    from lbcore._extensions import NO_EXTENSIONS
+    from lbcore import ConnTable
+    from lbcore.core import _conntrack
+    from lbcore.core._extensions import NO_EXTENSIONS
 
     twin = _conntrack_py if NO_EXTENSIONS else _conntrack_c
     assert ConnTable is _conntrack.ConnTable is twin.ConnTable

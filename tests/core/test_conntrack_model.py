@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from lbcore import _conntrack_c, _conntrack_py
+from lbcore.core import _conntrack_c, _conntrack_py
 
 ADDRS = ["10.0.0.1", "10.0.0.2", "fd00::1", "fd00::2", "::ffff:10.0.0.1"]
 keys = st.tuples(
@@ -70,7 +70,7 @@ class ConnTableMatchesModel(RuleBasedStateMachine):
     def lookup_many_known(self, data) -> None:
         import numpy as np
 
-        from lbcore._conntrack_py import pack_address, pack_proto
+        from lbcore.core._conntrack_py import pack_address, pack_proto
 
         entries = self.py.entries()
         picked = data.draw(st.lists(st.sampled_from(entries), min_size=1, max_size=4))

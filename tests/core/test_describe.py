@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import lbcore
-from lbcore.describe import (
+from lbcore.model.describe import (
     format_endpoint_slices_table,
     format_endpoints_table,
     format_pods_table,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lbcore.endpoints import EndpointTracker, endpoints_from_pods
-from lbcore.model import Endpoints, EndpointSlice, Pod, Service
+from lbcore.model.endpoints import EndpointTracker, endpoints_from_pods
+from lbcore.model.objects import Endpoints, EndpointSlice, Pod, Service
 
 
 def svc(name: str = "web", selector: dict[str, str] | None = None, ports: Any = None,

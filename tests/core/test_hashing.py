@@ -6,7 +6,7 @@ import pytest
 import xxhash
 
 from lbcore import hash64
-from lbcore._hashing import hash64_many
+from lbcore.core._hashing import hash64_many
 
 
 @pytest.mark.parametrize("key", ["", "a", "10.0.0.1:8080", "ünïcode", "x" * 1000])

@@ -10,7 +10,7 @@ import pytest
 
 import lbcore
 from lbcore.errors import ValidationError
-from lbcore.model import Endpoints, EndpointSlice, Pod, Service
+from lbcore.model.objects import Endpoints, EndpointSlice, Pod, Service
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from lbcore import NO_ENDPOINTS, EndpointInfo, Picker, ServicePortInfo
-from lbcore._extensions import NO_EXTENSIONS
+from lbcore.core._extensions import NO_EXTENSIONS
 from lbcore.errors import ConfigError
 
 
@@ -34,7 +34,7 @@ def conn(i: int, proto: str = "TCP") -> tuple:
 
 
 def test_no_endpoints_is_a_falsy_singleton():
-    from lbcore.picker import NoEndpoints
+    from lbcore.model.picker import NoEndpoints
 
     assert NoEndpoints() is NO_ENDPOINTS
     assert not NO_ENDPOINTS and repr(NO_ENDPOINTS) == "NO_ENDPOINTS"
@@ -42,7 +42,7 @@ def test_no_endpoints_is_a_falsy_singleton():
 
 
 def test_compiled_core_is_the_default_unless_told_not_to():
-    from lbcore._extensions import NO_EXTENSIONS
+    from lbcore.core._extensions import NO_EXTENSIONS
 
     assert Picker().compiled is not NO_EXTENSIONS
     assert Picker(algorithm="round_robin", compiled=False).compiled is False

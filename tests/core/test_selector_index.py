@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lbcore import _selectors_c, _selectors_py
+from lbcore.core import _selectors_c, _selectors_py
 
 TWINS = {"compiled": _selectors_c, "python": _selectors_py}
 

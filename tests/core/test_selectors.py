@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lbcore
-from lbcore import _selectors, _selectors_c, _selectors_py
-from lbcore._extensions import NO_EXTENSIONS
+from lbcore.core import _selectors, _selectors_c, _selectors_py
+from lbcore.core._extensions import NO_EXTENSIONS
 
 TWINS = {"compiled": _selectors_c, "python": _selectors_py}
 

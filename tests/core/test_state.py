@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from lbcore.interfaces import Frontend, RuntimeContext
-from lbcore.service_table import ServiceTable
-from lbcore.snapshot import Snapshot
-from lbcore.state import ClusterState
+from lbcore.model.service_table import ServiceTable
+from lbcore.model.snapshot import Snapshot
+from lbcore.runtime.interfaces import Frontend, RuntimeContext
+from lbcore.runtime.state import ClusterState
 
 
 class RecordingFrontend(Frontend):

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from lbcore.errors import ConfigError, ValidationError
-from lbcore.store import (
+from lbcore.runtime.store import (
     AlreadyExists,
     BadRequest,
     Conflict,

@@ -9,7 +9,7 @@ import pytest
 
 import lbcore
 from lbcore.errors import ValidationError
-from lbcore.model import Pod, Service
+from lbcore.model.objects import Pod, Service
 
 
 def service(**spec: Any) -> dict[str, Any]:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lbcore.config import config_from_mapping
-from lbcore.daemon import Daemon, read_or_create_token
+from lbcore.runtime.config import config_from_mapping
+from lbcore.runtime.daemon import Daemon, read_or_create_token
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

@@ -38,7 +38,7 @@ def test_demo_spreads_every_request_over_the_three_pods(demo_run):
 
 
 def test_demo_goes_through_the_clusterip_when_the_socket_frontend_is_installed(demo_run):
-    from lbcore.daemon import load_plugins
+    from lbcore.runtime.daemon import load_plugins
 
     if "socket" not in load_plugins()[1]:
         pytest.skip("the socket frontend is not installed")
@@ -66,7 +66,7 @@ def test_without_the_socket_frontend_the_core_balancer_picks_the_backends():
     import asyncio
     import io
 
-    from lbcore.demo import run_demo
+    from lbcore.cli.demo import run_demo
 
     out = io.StringIO()
     result = asyncio.run(run_demo(requests=60, out=out, via_socket=False))

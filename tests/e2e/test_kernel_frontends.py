@@ -19,8 +19,8 @@ from lbcore_plugins.iptables import IptablesFrontend
 from lbcore_plugins.nftables import NftablesFrontend
 from netns import CLIENT_GW, CLIENT_IP, OUTSIDE_GW, POD_CIDR, SERVER_PORT, Cluster, UdpSession, sh
 
-from lbcore.interfaces import FrontendUnavailable, RuntimeContext
-from lbcore.snapshot import EndpointInfo, ServicePortInfo, Snapshot
+from lbcore.model.snapshot import EndpointInfo, ServicePortInfo, Snapshot
+from lbcore.runtime.interfaces import FrontendUnavailable, RuntimeContext
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 

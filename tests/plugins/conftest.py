@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from lbcore import admin_api
-from lbcore.store import Store
+from lbcore.runtime import admin_api
+from lbcore.runtime.store import Store
 
 
 def free_port() -> int:

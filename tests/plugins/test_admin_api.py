@@ -14,7 +14,7 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from lbcore.store import Store
+from lbcore.runtime.store import Store
 
 
 def call(method: str, url: str, body: Any = None, token: str | None = None,

@@ -14,9 +14,9 @@ import pytest
 from lbcore_plugins.kubernetes_source import Backoff, KubernetesSource
 
 from lbcore.errors import ConfigError
-from lbcore.interfaces import RuntimeContext, SourceSink
 from lbcore.plugins import get_plugin_manager, registered
-from lbcore.store import Store
+from lbcore.runtime.interfaces import RuntimeContext, SourceSink
+from lbcore.runtime.store import Store
 
 
 class DictSink(SourceSink):

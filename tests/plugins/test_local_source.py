@@ -12,9 +12,9 @@ import pytest
 from lbcore_plugins.local_source import LocalSource
 
 from lbcore.errors import ConfigError
-from lbcore.interfaces import RuntimeContext, SourceSink
 from lbcore.plugins import get_plugin_manager, registered
-from lbcore.store import Store
+from lbcore.runtime.interfaces import RuntimeContext, SourceSink
+from lbcore.runtime.store import Store
 
 KINDS = ("Service", "Pod", "Endpoints", "EndpointSlice")
 

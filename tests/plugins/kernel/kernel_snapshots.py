@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from lbcore.snapshot import EndpointInfo, ServicePortInfo, Snapshot
+from lbcore.model.snapshot import EndpointInfo, ServicePortInfo, Snapshot
 
 POD_CIDR = "10.244.0.0/16"
 NODE_IP = "192.168.77.1"

@@ -19,8 +19,8 @@ from lbcore_plugins.iptables import IptablesFrontend
 from lbcore_plugins.netfilter import CommandRunner, RuleApplyError
 from lbcore_plugins.nftables import NftablesFrontend
 
-from lbcore.interfaces import FrontendUnavailable, RuntimeContext
-from lbcore.snapshot import EndpointInfo, Snapshot
+from lbcore.model.snapshot import EndpointInfo, Snapshot
+from lbcore.runtime.interfaces import FrontendUnavailable, RuntimeContext
 
 FRONTENDS = {"iptables": IptablesFrontend, "nftables": NftablesFrontend}
 

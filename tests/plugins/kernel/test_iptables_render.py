@@ -9,10 +9,10 @@ import pytest
 from kernel_snapshots import CLIENT, NODE_IP, OUTSIDE, POD_CIDR, many, port, snap
 from lbcore_plugins.iptables import IptablesFrontend
 from lbcore_plugins.netfilter import plan_ports
-from lbcore_plugins.ruletrace import Packet, RuleSet, trace
+from ruletrace import Packet, RuleSet, trace
 
-from lbcore.interfaces import RuntimeContext
-from lbcore.snapshot import EndpointInfo, Snapshot
+from lbcore.model.snapshot import EndpointInfo, Snapshot
+from lbcore.runtime.interfaces import RuntimeContext
 
 PODS = ["10.244.1.2", "10.244.2.2", "10.244.3.2"]
 

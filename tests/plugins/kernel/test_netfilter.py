@@ -23,7 +23,7 @@ from lbcore_plugins.netfilter import (
 )
 
 from lbcore.errors import ConfigError
-from lbcore.snapshot import EndpointInfo
+from lbcore.model.snapshot import EndpointInfo
 
 
 def test_chain_names_are_stable_prefixed_and_fit_iptables_limit():

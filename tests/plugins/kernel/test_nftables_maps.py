@@ -13,8 +13,8 @@ from kernel_snapshots import POD_CIDR, many, port, snap
 from lbcore_plugins.nftables import PICK_SLOTS, NftablesFrontend
 from test_apply_netns import listing, mutate, namespaces  # noqa: F401  (namespaces: a fixture)
 
-from lbcore.interfaces import RuntimeContext
-from lbcore.snapshot import EndpointInfo
+from lbcore.model.snapshot import EndpointInfo
+from lbcore.runtime.interfaces import RuntimeContext
 
 
 def fe(**options: object) -> NftablesFrontend:

@@ -8,8 +8,8 @@ import re
 from kernel_snapshots import POD_CIDR, many, port, snap
 from lbcore_plugins.nftables import NftablesFrontend, endpoint_chain, service_chain
 
-from lbcore.interfaces import RuntimeContext
-from lbcore.snapshot import EndpointInfo, Snapshot
+from lbcore.model.snapshot import EndpointInfo, Snapshot
+from lbcore.runtime.interfaces import RuntimeContext
 
 PODS = ["10.244.1.2", "10.244.2.2", "10.244.3.2"]
 

@@ -12,8 +12,8 @@ from lbcore_plugins.iptables import IptablesFrontend
 from lbcore_plugins.nftables import NftablesFrontend, service_chain
 
 from lbcore.errors import ConfigError
-from lbcore.interfaces import RuntimeContext
-from lbcore.snapshot import EndpointInfo, Snapshot
+from lbcore.model.snapshot import EndpointInfo, Snapshot
+from lbcore.runtime.interfaces import RuntimeContext
 
 FRONTENDS = {"iptables": IptablesFrontend, "nftables": NftablesFrontend}
 PODS = ["10.244.1.2", "10.244.2.2", "10.244.3.2"]

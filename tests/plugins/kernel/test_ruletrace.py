@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from lbcore_plugins.ruletrace import Packet, RuleSet, TraceError, trace
+from ruletrace import Packet, RuleSet, TraceError, trace
 
 P = Packet("10.0.0.5", "10.96.0.1", 80)
 

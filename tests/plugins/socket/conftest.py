@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from proxy_helpers import TcpBackend, UdpBackend
 
-from lbcore.interfaces import RuntimeContext
+from lbcore.runtime.interfaces import RuntimeContext
 
 
 @pytest.fixture

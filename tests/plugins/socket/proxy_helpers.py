@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from types import MappingProxyType
 
-from lbcore.snapshot import EndpointInfo, ServicePortInfo, Snapshot
+from lbcore.model.snapshot import EndpointInfo, ServicePortInfo, Snapshot
 
 _next_ip = itertools.count(1)
 

@@ -10,7 +10,7 @@ import pytest
 from lbcore_plugins.socket_frontend import SocketFrontend
 from proxy_helpers import cluster_ip, read_line, service_port, snapshot, tag_of, wait_until
 
-from lbcore import balancers
+from lbcore.core import balancers
 from lbcore.errors import ConfigError
 
 HASHES = ["ring_hash", "maglev", "jump", "rendezvous"]

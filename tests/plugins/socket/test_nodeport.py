@@ -10,9 +10,9 @@ from lbcore_plugins import nodeport
 from lbcore_plugins.nodeport import NodePortFrontend
 from proxy_helpers import service_port, snapshot, tag_of, wait_until
 
-from lbcore import balancers
+from lbcore.core import balancers
 from lbcore.errors import ConfigError
-from lbcore.interfaces import RuntimeContext
+from lbcore.runtime.interfaces import RuntimeContext
 
 NODE_ADDRESSES = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
 

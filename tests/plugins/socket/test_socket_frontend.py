@@ -23,7 +23,7 @@ from proxy_helpers import (
 )
 
 from lbcore.errors import ConfigError
-from lbcore.snapshot import EndpointInfo
+from lbcore.model.snapshot import EndpointInfo
 
 
 def test_round_robin_gives_three_backends_equal_shares(backends, make_frontend):

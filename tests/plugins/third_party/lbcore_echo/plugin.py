@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import lbcore
-from lbcore.interfaces import Frontend, FrontendUnavailable
-from lbcore.snapshot import Snapshot
+from lbcore.model.snapshot import Snapshot
+from lbcore.runtime.interfaces import Frontend, FrontendUnavailable
 
 
 class EchoFrontend(Frontend):

@@ -1,0 +1,440 @@
+"""The CLI's client: the Kubernetes REST shape, spoken to an lbcore daemon or a real cluster.
+
+:class:`HttpTransport` talks plain HTTP(S) to ``lbcore run``'s admin API; :class:`KubeTransport`
+talks to the API server of a kubeconfig through the official ``kubernetes`` client. Both return
+the decoded JSON and raise :class:`ApiError` carrying the server's Status, so that the CLI can
+print kubectl's one-line messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from lbcore.errors import ConfigError
+from lbcore.runtime.config import DEFAULT_ADMIN_PORT, default_data_dir
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A kind the CLI knows, with its REST path parts and the names kubectl accepts for it."""
+
+    plural: str
+    kind: str
+    group: str  # "" for the core group
+    version: str
+    aliases: tuple[str, ...]
+
+    @property
+    def api_prefix(self) -> str:
+        return f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+
+    def path(self, namespace: str | None, name: str | None = None) -> str:
+        base = self.api_prefix
+        if namespace is not None:
+            base += f"/namespaces/{urllib.parse.quote(namespace, safe='')}"
+        base += f"/{self.plural}"
+        if name is not None:
+            base += f"/{urllib.parse.quote(name, safe='')}"
+        return base
+
+
+RESOURCES = (
+    Resource("services", "Service", "", "v1", ("svc", "service")),
+    Resource("pods", "Pod", "", "v1", ("po", "pod")),
+    Resource("endpoints", "Endpoints", "", "v1", ("ep", "endpoint")),
+    Resource(
+        "endpointslices",
+        "EndpointSlice",
+        "discovery.k8s.io",
+        "v1",
+        ("endpointslice", "eps"),
+    ),
+)
+_BY_NAME = {n: r for r in RESOURCES for n in (r.plural, r.kind.lower(), *r.aliases)}
+
+
+class UnknownResource(LookupError):
+    """A resource type the CLI does not know."""
+
+
+def resource_for(name: str) -> Resource:
+    """The resource for a plural, singular, short name or kind (``svc``, ``Service``, ...)."""
+    r = _BY_NAME.get(name.lower().split(".", 1)[0])
+    if r is None:
+        raise UnknownResource(f'the server doesn\'t have a resource type "{name}"')
+    return r
+
+
+class ApiError(Exception):
+    """An error answer: ``status`` is the Kubernetes Status (``reason``, ``code``, ``details``)."""
+
+    def __init__(self, status: Mapping[str, Any]):
+        self.status = dict(status)
+        super().__init__(self.message)
+
+    @property
+    def code(self) -> int:
+        return int(self.status.get("code") or 0)
+
+    @property
+    def reason(self) -> str:
+        return str(self.status.get("reason") or "Unknown")
+
+    @property
+    def message(self) -> str:
+        return str(self.status.get("message") or self.reason)
+
+    def kubectl_message(self) -> str:
+        """One line, as kubectl prints it."""
+        details = self.status.get("details") or {}
+        causes = details.get("causes") or []
+        if self.reason == "Invalid":
+            kind = details.get("kind") or "object"
+            kind = {r.plural: r.kind for r in RESOURCES}.get(kind, kind)
+            name = details.get("name") or ""
+            if causes:
+                listed = ", ".join(
+                    f"{c['field']}: {c['message']}" if c.get("field") else str(c.get("message"))
+                    for c in causes
+                )
+                return f'The {kind} "{name}" is invalid: {listed}'
+            return f"The {self.message}"
+        return f"Error from server ({self.reason}): {self.message}"
+
+
+class Unreachable(ApiError):
+    """No server answers at the address."""
+
+    def __init__(self, server: str, why: str):
+        self.server = server
+        super().__init__(
+            {
+                "reason": "ServiceUnavailable",
+                "code": 503,
+                "message": f"The connection to the server {server} was refused - {why}",
+            }
+        )
+
+    def kubectl_message(self) -> str:
+        return self.message
+
+
+class Transport(Protocol):
+    server: str
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        query: Mapping[str, str] | None = None,
+    ) -> Any: ...
+
+
+class HttpTransport:
+    """HTTP to an lbcore admin API, with an optional bearer token."""
+
+    def __init__(self, server: str, token: str | None = None, timeout: float = 10.0):
+        self.server = server.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        query: Mapping[str, str] | None = None,
+    ) -> Any:
+        url = self.server + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method)
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                payload = resp.read()
+        except urllib.error.HTTPError as exc:
+            raise ApiError(_status_of(exc.code, exc.read())) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            host = urllib.parse.urlsplit(self.server).netloc
+            raise Unreachable(
+                host, f"is `lbcore run` running? ({getattr(reason, 'strerror', None) or reason})"
+            ) from None
+        return json.loads(payload) if payload else {}
+
+
+def _status_of(code: int, payload: bytes) -> dict[str, Any]:
+    try:
+        status = json.loads(payload)
+    except ValueError:
+        status = None
+    if not isinstance(status, dict) or status.get("kind") != "Status":
+        text = payload.decode(errors="replace").strip()[:200]
+        status = {
+            "kind": "Status",
+            "code": code,
+            "reason": _REASONS.get(code, "Unknown"),
+            "message": text or f"HTTP {code}",
+        }
+    status.setdefault("code", code)
+    return status
+
+
+_REASONS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    409: "Conflict",
+    410: "Gone",
+    422: "Invalid",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+}
+
+
+class KubeTransport:
+    """A real cluster through the official client and a kubeconfig."""
+
+    def __init__(
+        self, kubeconfig: str | None = None, context: str | None = None, server: str | None = None
+    ):
+        from kubernetes import config as kube_config
+
+        try:
+            self.api = kube_config.new_client_from_config(config_file=kubeconfig, context=context)
+        except (kube_config.ConfigException, OSError) as exc:
+            raise ConfigError(f"--kubeconfig {kubeconfig}: {exc}") from None
+        if server:  # --server overrides the kubeconfig's cluster address, as with kubectl
+            self.api.configuration.host = server.rstrip("/")
+        self.server = self.api.configuration.host
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        query: Mapping[str, str] | None = None,
+    ) -> Any:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        params = list((query or {}).items())
+        payload = dict(body) if body is not None else None
+        try:
+            if hasattr(self.api, "param_serialize"):  # clients generated since v31
+                request = self.api.param_serialize(
+                    method, path, query_params=params, header_params=headers, body=payload,
+                    auth_settings=["BearerToken"],
+                )  # fmt: skip
+                resp = self.api.call_api(*request, _request_timeout=30)
+                resp.read()
+            else:
+                resp = self.api.call_api(
+                    path, method, query_params=params, header_params=headers, body=payload,
+                    auth_settings=["BearerToken"], _preload_content=False, _request_timeout=30,
+                )[0]  # fmt: skip
+        except ApiException as exc:
+            data = exc.body if isinstance(exc.body, bytes) else str(exc.body or "").encode()
+            raise ApiError(_status_of(exc.status or 0, data)) from None
+        except (HTTPError, OSError) as exc:
+            raise Unreachable(urllib.parse.urlsplit(self.server).netloc, str(exc)) from None
+        status = getattr(resp, "status", 200)
+        data = resp.data or b""
+        if status >= 400:
+            raise ApiError(_status_of(status, data))
+        return json.loads(data) if data else {}
+
+
+def default_server(data_dir: Path | None = None) -> str:
+    """``$LBCORE_SERVER``, else the address in the default data dir, else the default port."""
+    env = os.environ.get("LBCORE_SERVER")
+    if env:
+        return env
+    data_dir = data_dir or default_data_dir()
+    try:
+        address = (data_dir / "admin-address").read_text().strip()
+    except OSError:
+        address = ""
+    return address or f"http://127.0.0.1:{DEFAULT_ADMIN_PORT}"
+
+
+def default_token(data_dir: Path | None = None) -> str | None:
+    env = os.environ.get("LBCORE_TOKEN")
+    if env:
+        return env
+    try:
+        return (data_dir or default_data_dir()).joinpath("token").read_text().strip() or None
+    except OSError:
+        return None
+
+
+class Client:
+    """Create, apply, get, list and delete Kubernetes-shaped objects."""
+
+    def __init__(self, transport: Transport):
+        self.transport = transport
+
+    @property
+    def server(self) -> str:
+        return self.transport.server
+
+    def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any]:
+        return self.transport.request("GET", resource.path(namespace, name))
+
+    def list(
+        self, resource: Resource, namespace: str | None, selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Items of ``resource`` in ``namespace`` (``None``: every namespace)."""
+        query = {"labelSelector": selector} if selector else None
+        answer = self.transport.request("GET", resource.path(namespace), query=query)
+        items = answer.get("items") or []
+        for item in items:  # lists leave kind and apiVersion out of their items
+            item.setdefault("kind", resource.kind)
+            item.setdefault(
+                "apiVersion",
+                resource.version if not resource.group else f"{resource.group}/{resource.version}",
+            )
+        return items
+
+    def create(self, obj: Mapping[str, Any], namespace: str) -> dict[str, Any]:
+        resource = resource_for(obj.get("kind", ""))
+        return self.transport.request("POST", resource.path(namespace), body=obj)
+
+    def replace(self, obj: Mapping[str, Any], namespace: str) -> dict[str, Any]:
+        resource = resource_for(obj.get("kind", ""))
+        name = (obj.get("metadata") or {}).get("name")
+        return self.transport.request("PUT", resource.path(namespace, name), body=obj)
+
+    def apply(self, obj: Mapping[str, Any], namespace: str) -> tuple[str, dict[str, Any]]:
+        """Create, or update what exists; ``("created" | "configured", object)``.
+
+        Like ``kubectl apply``, fields the server allocated and the manifest leaves out (the
+        ClusterIP, NodePorts) are kept, and the update is conditional on the version read.
+        """
+        resource = resource_for(obj.get("kind", ""))
+        name = (obj.get("metadata") or {}).get("name") or ""
+        try:
+            current = self.get(resource, namespace, name)
+        except ApiError as exc:
+            if exc.code != 404:
+                raise
+            return "created", self.create(obj, namespace)
+        merged = _keep_allocated(obj, current)
+        return "configured", self.replace(merged, namespace)
+
+    def delete(self, resource: Resource, namespace: str, name: str) -> dict[str, Any]:
+        return self.transport.request("DELETE", resource.path(namespace, name))
+
+
+def _keep_allocated(obj: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
+    new = json.loads(json.dumps(obj))
+    meta = new.setdefault("metadata", {})
+    cur_meta = current.get("metadata") or {}
+    if cur_meta.get("resourceVersion"):
+        meta["resourceVersion"] = cur_meta["resourceVersion"]
+    if new.get("kind") != "Service":
+        return new
+    spec, cur = new.setdefault("spec", {}), current.get("spec") or {}
+    for key in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
+        if key not in spec and key in cur:
+            spec[key] = cur[key]
+    allocated = {
+        (p.get("port"), p.get("protocol", "TCP")): p.get("nodePort") for p in cur.get("ports") or ()
+    }
+    if spec.get("type", "ClusterIP") in ("NodePort", "LoadBalancer"):
+        for port in spec.get("ports") or ():
+            node_port = allocated.get((port.get("port"), port.get("protocol", "TCP")))
+            if "nodePort" not in port and node_port:
+                port["nodePort"] = node_port
+    return new
+
+
+def connect(
+    server: str | None = None,
+    kubeconfig: str | None = None,
+    token: str | None = None,
+    context: str | None = None,
+) -> Client:
+    """A client for ``server`` (an lbcore daemon), a kubeconfig's cluster, or the default daemon."""
+    if kubeconfig:
+        return Client(KubeTransport(kubeconfig, context, server))
+    return Client(HttpTransport(server or default_server(), token or default_token()))
+
+
+# --------------------------------------------------------------------------------------------
+# manifests
+# --------------------------------------------------------------------------------------------
+
+
+class ManifestError(ValueError):
+    """A file that cannot be read or parsed; the message names the file."""
+
+
+def _files(path: str) -> Iterator[tuple[str, str]]:
+    if path == "-":
+        import sys
+
+        yield "<stdin>", sys.stdin.read()
+        return
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(
+            f for f in p.iterdir() if f.suffix in (".yaml", ".yml", ".json") and f.is_file()
+        )
+        for f in found:
+            yield str(f), f.read_text()
+        return
+    try:
+        yield str(p), p.read_text()
+    except OSError as exc:
+        raise ManifestError(
+            f'the path "{path}" does not exist'
+            if isinstance(exc, FileNotFoundError)
+            else f"{path}: {exc.strerror}"
+        ) from None
+
+
+def read_manifests(paths: Iterable[str]) -> list[dict[str, Any]]:
+    """Every object in the files (``-`` is stdin; a directory gives its .yaml/.yml/.json files);
+    ``kind: List`` is flattened."""
+    out: list[dict[str, Any]] = []
+    for name, text in (item for path in paths for item in _files(path)):
+        try:
+            docs = list(yaml.safe_load_all(text))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ManifestError(
+                f"error parsing {name}:{where}: {getattr(exc, 'problem', exc)}"
+            ) from None
+        for i, doc in enumerate(docs):
+            if doc is None:
+                continue
+            if not isinstance(doc, dict):
+                raise ManifestError(f"error parsing {name}: document {i + 1} is not an object")
+            items = doc.get("items") if doc.get("kind") == "List" else [doc]
+            for item in items or ():
+                if not isinstance(item, dict) or not item.get("kind"):
+                    raise ManifestError(f"error validating {name}: Object 'Kind' is missing")
+                out.append(item)
+    return out

@@ -1,0 +1,451 @@
+"""The ``lbcore`` command line: the daemon, kubectl's verbs for the kinds lbcore knows, and tools.
+
+Every command exits 0 on success and 1 with one line on stderr otherwise: an invalid manifest
+(each cause listed, as kubectl prints them), an unknown object, a conflict, an unreachable
+server or an invalid configuration. No traceback is printed for any of these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import yaml
+
+from lbcore import __version__
+from lbcore.cli.client import (
+    ApiError,
+    Client,
+    ManifestError,
+    Resource,
+    UnknownResource,
+    Unreachable,
+    connect,
+    read_manifests,
+    resource_for,
+)
+from lbcore.errors import LbcoreError
+
+DEFAULT_NAMESPACE = "default"
+
+
+class CommandError(Exception):
+    """A failure to report on one line and exit 1."""
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    # SUPPRESS: an option given before the command is not reset by the command's own parser.
+    common = argparse.ArgumentParser(add_help=False)
+    s = argparse.SUPPRESS
+    common.add_argument("-n", "--namespace", default=s, help="namespace (default: default)")
+    common.add_argument(
+        "--server", default=s, help="daemon URL (default: $LBCORE_SERVER, else the local daemon)"
+    )
+    common.add_argument("--kubeconfig", default=s, help="talk to a real cluster instead")
+    common.add_argument("--context", default=s, help="kubeconfig context")
+    common.add_argument("--token", default=s, help="bearer token for writes ($LBCORE_TOKEN)")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _connection_options()
+    parser = argparse.ArgumentParser(
+        prog="lbcore",
+        description="Kubernetes-style service load balancing: run the daemon, manage services.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"lbcore {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
+    run.add_argument("--data-dir", help="store, token and admin address directory")
+    run.add_argument("--admin-address", help="HOST:PORT of the admin API")
+    run.add_argument(
+        "--frontend", action="append", default=None, help="frontend to run (repeatable)"
+    )
+    run.add_argument("--log-format", choices=["text", "json"])
+    run.add_argument(
+        "--keep-rules-on-exit", action="store_true", default=None, help="leave rules on stop"
+    )
+
+    for verb, text in (("create", "create objects from manifests"), ("apply", "create or update")):
+        p = commands.add_parser(verb, help=text, parents=[common])
+        p.add_argument("-f", "--filename", action="append", required=True, help="FILE, DIR or -")
+
+    get = commands.add_parser("get", help="list objects", parents=[common])
+    get.add_argument("kind", help="services|pods|endpoints|endpointslices (svc, po, ep)")
+    get.add_argument("name", nargs="?")
+    get.add_argument("-l", "--selector", help="label selector, such as app=web,tier!=db")
+    get.add_argument("-o", "--output", choices=["wide", "yaml", "json", "name"])
+    get.add_argument("-A", "--all-namespaces", action="store_true")
+
+    describe = commands.add_parser("describe", help="show one service in detail", parents=[common])
+    describe.add_argument("kind", help="service (svc)")
+    describe.add_argument("name")
+
+    delete = commands.add_parser("delete", help="delete objects", parents=[common])
+    delete.add_argument("kind", nargs="?")
+    delete.add_argument("name", nargs="*")
+    delete.add_argument("-f", "--filename", action="append", help="FILE, DIR or -")
+
+    commands.add_parser("version", help="print the version")
+
+    rules = commands.add_parser(
+        "rules", help="print the kernel rules a frontend would write", parents=[common]
+    )
+    rules.add_argument("--frontend", required=True, help="iptables or nftables")
+    rules.add_argument("--config", "-c", help="config file (node name, addresses, options)")
+
+    demo = commands.add_parser("demo", help="a load balancer on loopback, end to end")
+    demo.add_argument("--requests", type=int, default=300)
+
+    commands.add_parser("bench", help="benchmarks of the core (lbcore bench --help)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # lbcore.cli.bench parses its own arguments
+        return _guard(lambda: cmd_bench(argv[1:]))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command: Callable[[argparse.Namespace], int] | None = COMMANDS.get(args.command or "")
+    if command is None:
+        parser.print_help()
+        return 0
+    return _guard(lambda: command(args))
+
+
+def _guard(run: Callable[[], int]) -> int:
+    try:
+        return run()
+    except (CommandError, LbcoreError, ManifestError, UnknownResource) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except ApiError as exc:
+        print(exc.kubectl_message(), file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+# --------------------------------------------------------------------------------------------
+# commands
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(f"lbcore {__version__}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from lbcore.runtime import daemon
+    from lbcore.runtime.config import load_config, with_overrides
+    from lbcore.runtime.logs import setup_logging
+
+    config = with_overrides(
+        load_config(args.config),
+        data_dir=args.data_dir,
+        admin_address=args.admin_address,
+        frontends=args.frontend,
+        log_format=args.log_format,
+        keep_rules_on_exit=args.keep_rules_on_exit,
+    )
+    setup_logging(config.log_format, config.log_level)
+    return daemon.run(config)
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return connect(
+        server=getattr(args, "server", None),
+        kubeconfig=getattr(args, "kubeconfig", None),
+        token=getattr(args, "token", None),
+        context=getattr(args, "context", None),
+    )
+
+
+def _namespace_of(obj: dict[str, Any], args: argparse.Namespace) -> str:
+    flag = getattr(args, "namespace", None)
+    meta = obj.setdefault("metadata", {})
+    own = meta.get("namespace")
+    if flag and own and own != flag:
+        raise CommandError(
+            f'the namespace from the provided object "{own}" does not match the namespace '
+            f"\"{flag}\". You must pass '--namespace={own}' to perform this operation."
+        )
+    namespace = own or flag or DEFAULT_NAMESPACE
+    meta["namespace"] = namespace
+    return namespace
+
+
+def _ref(obj: dict[str, Any]) -> str:
+    kind = str(obj.get("kind", "")).lower()
+    return f"{kind}/{(obj.get('metadata') or {}).get('name', '')}"
+
+
+def _each_manifest(args: argparse.Namespace, action: Callable[[dict[str, Any], str], str]) -> int:
+    """Run ``action`` on every object; report each failure on its line and go on, like kubectl."""
+    objects = read_manifests(args.filename)
+    if not objects:
+        raise CommandError("no objects passed to " + args.command)
+    failed = 0
+    for obj in objects:
+        try:
+            resource_for(str(obj.get("kind", "")))
+            print(action(obj, _namespace_of(obj, args)))
+        except ApiError as exc:
+            if isinstance(exc, Unreachable):
+                raise
+            print(exc.kubectl_message(), file=sys.stderr)
+            failed += 1
+        except (CommandError, UnknownResource) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    client = _client(args)
+
+    def create(obj: dict[str, Any], namespace: str) -> str:
+        client.create(obj, namespace)
+        return f"{_ref(obj)} created"
+
+    return _each_manifest(args, create)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    client = _client(args)
+
+    def apply(obj: dict[str, Any], namespace: str) -> str:
+        outcome, _ = client.apply(obj, namespace)
+        return f"{_ref(obj)} {outcome}"
+
+    return _each_manifest(args, apply)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.filename:
+        if args.kind:
+            raise CommandError("delete: give either -f FILE or KIND NAME, not both")
+
+        def delete(obj: dict[str, Any], namespace: str) -> str:
+            resource = resource_for(str(obj.get("kind", "")))
+            client.delete(resource, namespace, obj["metadata"].get("name", ""))
+            return f'{resource.kind.lower()} "{obj["metadata"].get("name", "")}" deleted'
+
+        return _each_manifest(args, delete)
+    if not args.kind or not args.name:
+        raise CommandError(
+            "delete: give -f FILE, or KIND and NAME (such as: delete svc my-service)"
+        )
+    resource = resource_for(args.kind)
+    namespace = getattr(args, "namespace", None) or DEFAULT_NAMESPACE
+    for name in args.name:
+        client.delete(resource, namespace, name)
+        print(f'{resource.kind.lower()} "{name}" deleted')
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    client = _client(args)
+    resource = resource_for(args.kind)
+    namespace = (
+        None if args.all_namespaces else (getattr(args, "namespace", None) or DEFAULT_NAMESPACE)
+    )
+    if args.name and resource.kind == "Endpoints":
+        # an lbcore store has no endpoints controller: a service without an Endpoints object
+        # still has endpoints, computed below
+        try:
+            items = [client.get(resource, namespace or DEFAULT_NAMESPACE, args.name)]
+        except ApiError as exc:
+            if exc.code != 404 or not _exists(client, "svc", namespace, args.name):
+                raise
+            items = []
+    elif args.name:
+        items = [client.get(resource, namespace or DEFAULT_NAMESPACE, args.name)]
+    else:
+        items = client.list(resource, namespace, args.selector)
+    rows: list[Any] = list(items)
+    if resource.kind == "Endpoints" and args.output in (None, "wide"):
+        rows = _endpoints_rows(client, items, namespace, args.name, args.selector)
+    if args.output == "json" or args.output == "yaml":
+        doc: Any = items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}
+        if args.output == "json":
+            print(json.dumps(doc, indent=2))
+        else:
+            print(yaml.safe_dump(doc, sort_keys=False), end="")
+        return 0
+    if args.output == "name":
+        for item in items:
+            print(f"{resource.kind.lower()}/{item['metadata']['name']}")
+        return 0
+    if not rows:
+        where = "any namespace" if namespace is None else f"{namespace} namespace"
+        print(f"No resources found in {where}.", file=sys.stderr)
+        return 0
+    print(format_table(resource, rows, wide=args.output == "wide", namespaces=namespace is None))
+    return 0
+
+
+def _exists(client: Client, kind: str, namespace: str | None, name: str) -> bool:
+    try:
+        client.get(resource_for(kind), namespace or DEFAULT_NAMESPACE, name)
+    except ApiError as exc:
+        if exc.code == 404:
+            return False
+        raise
+    return True
+
+
+def _endpoints_rows(
+    client: Client,
+    items: list[dict[str, Any]],
+    namespace: str | None,
+    name: str | None,
+    selector: str | None,
+) -> list[Any]:
+    """Endpoints objects, plus a row computed from the pods or EndpointSlices for each service
+    that has none (an lbcore store has no endpoints controller writing them)."""
+    from lbcore.model.objects import parse_timestamp
+
+    have = {((i.get("metadata") or {}).get("namespace"), i["metadata"]["name"]) for i in items}
+    table = _service_table(client, namespace)
+    rows: list[Any] = list(items)
+    for service in table.list("Service", namespace, selector):
+        if (service.namespace, service.name) in have or (name and service.name != name):
+            continue
+        created = parse_timestamp(service.raw["metadata"].get("creationTimestamp"))
+        rows.append(
+            (
+                service.name,
+                table.endpoints(service.namespace, service.name),
+                created,
+                service.namespace,
+            )
+        )
+    return rows
+
+
+def format_table(resource: Resource, items: list[Any], wide: bool, namespaces: bool) -> str:
+    """kubectl's table for ``items`` (:mod:`lbcore.model.describe`), with NAMESPACE first for -A."""
+    from lbcore.model import describe
+    from lbcore.model import objects as model
+    def wrap(cls: Any) -> list[Any]:
+        return [cls.from_dict(item, validate=False) for item in items]
+
+    def namespace_of(item: Any) -> str:
+        if isinstance(item, tuple):
+            return str(item[3])
+        return str((item.get("metadata") or {}).get("namespace", ""))
+
+    if resource.kind == "Service":
+        text = describe.format_services_table(wrap(model.Service), wide=wide)
+    elif resource.kind == "Pod":
+        text = describe.format_pods_table(wrap(model.Pod), wide=wide)
+    elif resource.kind == "Endpoints":
+        # stored Endpoints objects and computed (name, endpoints, created) rows, mixed
+        rows: Any = [
+            i[:3] if isinstance(i, tuple) else model.Endpoints.from_dict(i, validate=False)
+            for i in items
+        ]
+        text = describe.format_endpoints_table(rows)
+    else:
+        text = describe.format_endpoint_slices_table(wrap(model.EndpointSlice))
+    if not namespaces:
+        return text.rstrip("\n")
+    text = text.rstrip("\n")
+    column = ["NAMESPACE"] + [namespace_of(i) for i in items]
+    width = max(map(len, column)) + 3
+    return "\n".join(
+        ns.ljust(width) + line for ns, line in zip(column, text.splitlines(), strict=False)
+    )
+
+
+def _service_table(client: Client, namespace: str | None) -> Any:
+    """A ServiceTable(allocate=False) filled with everything the server holds."""
+    from lbcore.model.service_table import ServiceTable
+
+    table = ServiceTable("127.10.0.0/16", (30000, 32767), allocate=False)
+    for kind in ("services", "pods", "endpointslices", "endpoints"):
+        for item in client.list(resource_for(kind), namespace):
+            table.apply(item)
+    return table
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    resource = resource_for(args.kind)
+    if resource.kind != "Service":
+        raise CommandError(f"describe: only services are described, not {args.kind}")
+    client = _client(args)
+    namespace = getattr(args, "namespace", None) or DEFAULT_NAMESPACE
+    client.get(resource, namespace, args.name)  # a clear NotFound before any other work
+    table = _service_table(client, namespace)
+    print(table.describe_service(namespace, args.name).rstrip("\n"))
+    return 0
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from lbcore.runtime.config import load_config, resolve_plugins
+    from lbcore.runtime.daemon import load_plugins
+    from lbcore.runtime.interfaces import RuntimeContext
+
+    config = load_config(args.config)
+    sources, frontends = load_plugins()
+    if args.frontend not in frontends:
+        names = ", ".join(sorted(frontends)) or "none installed"
+        raise CommandError(f'--frontend: unknown frontend "{args.frontend}"; available: {names}')
+    config = resolve_plugins(config, sources, frontends)
+    options = next((f.options for f in config.frontends or () if f.name == args.frontend), {})
+    context = RuntimeContext(
+        node_name=config.node_name,
+        node_addresses=config.node_addresses,
+        data_dir=config.data_dir,
+        service_cidrs=config.service_cidrs,
+        node_port_range=config.node_port_range,
+    )
+    frontend = frontends[args.frontend](options, context)
+    render = getattr(frontend, "render", None)
+    if render is None:
+        raise CommandError(f"--frontend: {args.frontend} has no rules to show")
+    table = _service_table(_client(args), None)
+    snapshot = table.snapshot(config.node_name, config.node_addresses)
+    print(render(snapshot).rstrip("\n"))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lbcore.cli import demo
+    return demo.main(requests=args.requests)
+
+
+def cmd_bench(argv: list[str]) -> int:
+    try:
+        bench = importlib.import_module("lbcore.cli.bench")
+    except ModuleNotFoundError as exc:
+        if exc.name != "lbcore.cli.bench":
+            raise
+        raise CommandError("bench: lbcore.cli.bench is not part of this installation") from None
+    return int(bench.main(argv) or 0)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "create": cmd_create,
+    "apply": cmd_apply,
+    "get": cmd_get,
+    "describe": cmd_describe,
+    "delete": cmd_delete,
+    "version": cmd_version,
+    "rules": cmd_rules,
+    "demo": cmd_demo,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,687 @@
+"""Services, Pods, EndpointSlices and Endpoints, loaded from manifests with Kubernetes' defaults.
+
+Each object keeps the defaulted Kubernetes-shaped dict it came from (``to_dict()``, for
+``-o yaml`` and the REST API) and exposes typed, read-only accessors for what load balancing
+needs. ``from_dict`` applies Kubernetes' defaults, then validates
+(:mod:`lbcore.model.validation`); an invalid object raises :class:`lbcore.ValidationError`, which
+lists every problem.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import ipaddress
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, ClassVar, TypeAlias
+
+import yaml
+
+from lbcore.errors import Cause, ValidationError
+from lbcore.model import validation
+
+__all__ = [
+    "ContainerPort",
+    "EndpointAddress",
+    "EndpointPort",
+    "EndpointSlice",
+    "EndpointSubset",
+    "Endpoints",
+    "KINDS",
+    "Object",
+    "Pod",
+    "Service",
+    "ServicePort",
+    "SliceEndpoint",
+    "format_timestamp",
+    "load_manifests",
+    "parse_object",
+    "parse_timestamp",
+]
+
+DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds, Kubernetes' DefaultClientIPServiceAffinitySeconds
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def parse_timestamp(value: Any) -> _dt.datetime | None:
+    """An RFC 3339 timestamp (``2026-11-25T08:00:00Z``) as an aware datetime; None if absent."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, _dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=_dt.UTC)
+    text = str(value)
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    stamp = _dt.datetime.fromisoformat(text)
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=_dt.UTC)
+
+
+def format_timestamp(value: _dt.datetime) -> str:
+    """``value`` as Kubernetes writes timestamps: UTC, whole seconds, ``Z``."""
+    return value.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _plain(value: Any) -> Any:
+    """A deep copy with YAML's datetimes turned back into RFC 3339 strings (JSON-safe)."""
+    if isinstance(value, Mapping):
+        return {str(k) if not isinstance(k, str) else k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, _dt.datetime):
+        return format_timestamp(parse_timestamp(value))  # type: ignore[arg-type]
+    if isinstance(value, _dt.date):
+        return value.isoformat()
+    return value
+
+
+def _str_map(value: Any) -> Mapping[str, str]:
+    if not value:
+        return _EMPTY
+    return MappingProxyType(dict(value))
+
+
+def _family(ip: str) -> str:
+    return "IPv6" if ipaddress.ip_address(ip).version == 6 else "IPv4"
+
+
+def _name_of(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata")
+    return str(meta.get("name") or "") if isinstance(meta, Mapping) else ""
+
+
+def _check(kind: str, obj: Mapping[str, Any], causes: list[Cause]) -> None:
+    validation.raise_if_invalid(kind, _name_of(obj), causes)
+
+
+def _default_metadata(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        meta = obj["metadata"] = {}
+    if not meta.get("namespace"):
+        meta["namespace"] = "default"
+    return meta
+
+
+# --- Service ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    """One entry of ``spec.ports``: ``port`` on the cluster IP goes to ``target_port`` on pods."""
+
+    name: str
+    protocol: str
+    port: int
+    target_port: int | str  # a number or a container port name
+    node_port: int | None = None
+    app_protocol: str | None = None
+
+
+def default_service(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a Service dict with Kubernetes' defaults (SetDefaults_Service and the registry)."""
+    svc = _plain(obj)
+    svc.setdefault("apiVersion", "v1")
+    svc.setdefault("kind", "Service")
+    _default_metadata(svc)
+    spec = svc.get("spec")
+    if not isinstance(spec, dict):
+        return svc  # validation reports the missing spec
+    stype = spec.setdefault("type", "ClusterIP")
+    spec.setdefault("sessionAffinity", "None")
+    if spec["sessionAffinity"] == "ClientIP":
+        config = spec.setdefault("sessionAffinityConfig", {}) or {}
+        spec["sessionAffinityConfig"] = config
+        client_ip = config.setdefault("clientIP", {}) or {}
+        config["clientIP"] = client_ip
+        client_ip.setdefault("timeoutSeconds", DEFAULT_AFFINITY_TIMEOUT)
+    for sp in spec.get("ports") or []:
+        if not isinstance(sp, dict):
+            continue
+        sp.setdefault("protocol", "TCP")
+        if sp.get("targetPort") in (None, "", 0):
+            sp["targetPort"] = sp.get("port")
+        if isinstance(sp.get("targetPort"), str) and sp["targetPort"].isdigit():
+            sp["targetPort"] = int(sp["targetPort"])
+    if stype in ("NodePort", "LoadBalancer"):
+        spec.setdefault("externalTrafficPolicy", "Cluster")
+    if stype == "LoadBalancer":
+        spec.setdefault("allocateLoadBalancerNodePorts", True)
+    if stype != "ExternalName":
+        spec.setdefault("internalTrafficPolicy", "Cluster")
+        _default_cluster_ips(spec)
+    svc.setdefault("status", {"loadBalancer": {}})
+    return svc
+
+
+def _default_cluster_ips(spec: dict[str, Any]) -> None:
+    cluster_ip = spec.get("clusterIP")
+    ips = spec.get("clusterIPs")
+    if cluster_ip and not ips:
+        spec["clusterIPs"] = [cluster_ip]
+    elif ips and not cluster_ip:
+        spec["clusterIP"] = ips[0]
+    ips = spec.get("clusterIPs") or []
+    if ips == ["None"]:
+        spec.setdefault("ipFamilyPolicy", "SingleStack")
+        spec.setdefault("ipFamilies", ["IPv4"])
+        return
+    spec.setdefault("ipFamilyPolicy", "SingleStack")
+    if ips and not spec.get("ipFamilies"):
+        try:
+            spec["ipFamilies"] = [_family(ip) for ip in ips]
+        except ValueError:
+            pass  # an invalid address; validation names it
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A v1 Service. ``to_dict()`` gives the defaulted Kubernetes-shaped dict."""
+
+    kind: ClassVar[str] = "Service"
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    selector: Mapping[str, str] | None  # None: endpoints come from EndpointSlices/Endpoints
+    type: str
+    cluster_ip: str | None  # "None" for a headless service, None while unallocated
+    cluster_ips: tuple[str, ...]
+    ports: tuple[ServicePort, ...]
+    session_affinity: str
+    affinity_timeout: int
+    external_traffic_policy: str | None
+    internal_traffic_policy: str | None
+    ip_families: tuple[str, ...]
+    ip_family_policy: str | None
+    external_ips: tuple[str, ...]
+    load_balancer_ips: tuple[str, ...]
+    external_name: str | None
+    publish_not_ready_addresses: bool
+    created: _dt.datetime | None
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any], validate: bool = True) -> Service:
+        """Default, validate (unless ``validate`` is False) and wrap a Service dict."""
+        svc = default_service(obj)
+        if validate:
+            _check("Service", svc, validation.validate_service(svc))
+        return cls._wrap(svc)
+
+    @classmethod
+    def _wrap(cls, svc: dict[str, Any]) -> Service:
+        meta, spec = svc["metadata"], svc.get("spec") or {}
+        ports = tuple(
+            ServicePort(
+                name=sp.get("name") or "",
+                protocol=sp.get("protocol", "TCP"),
+                port=int(sp["port"]),
+                target_port=sp.get("targetPort", sp["port"]),
+                node_port=sp.get("nodePort") or None,
+                app_protocol=sp.get("appProtocol"),
+            )
+            for sp in spec.get("ports") or []
+        )
+        selector = spec.get("selector")
+        timeout = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get(
+            "timeoutSeconds", DEFAULT_AFFINITY_TIMEOUT)
+        ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+        return cls(
+            namespace=meta["namespace"],
+            name=meta.get("name", ""),
+            labels=_str_map(meta.get("labels")),
+            annotations=_str_map(meta.get("annotations")),
+            selector=_str_map(selector) if selector else None,
+            type=spec.get("type", "ClusterIP"),
+            cluster_ip=spec.get("clusterIP") or None,
+            cluster_ips=tuple(spec.get("clusterIPs") or ()),
+            ports=ports,
+            session_affinity=spec.get("sessionAffinity", "None"),
+            affinity_timeout=int(timeout),
+            external_traffic_policy=spec.get("externalTrafficPolicy"),
+            internal_traffic_policy=spec.get("internalTrafficPolicy"),
+            ip_families=tuple(spec.get("ipFamilies") or ()),
+            ip_family_policy=spec.get("ipFamilyPolicy"),
+            external_ips=tuple(spec.get("externalIPs") or ()),
+            load_balancer_ips=tuple(i["ip"] for i in ingress if isinstance(i, Mapping) and i.get("ip")),
+            external_name=spec.get("externalName"),
+            publish_not_ready_addresses=bool(spec.get("publishNotReadyAddresses", False)),
+            created=parse_timestamp(meta.get("creationTimestamp")),
+            raw=svc,
+        )
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``."""
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def headless(self) -> bool:
+        """``clusterIP: None``: DNS only, never proxied."""
+        return self.cluster_ip == "None"
+
+    @property
+    def proxied(self) -> bool:
+        """True when a frontend serves it: it has a cluster IP and is not headless/ExternalName."""
+        return bool(self.cluster_ip) and not self.headless and self.type != "ExternalName"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The defaulted Kubernetes-shaped dict (a copy)."""
+        return copy.deepcopy(dict(self.raw))
+
+    def with_spec(self, **spec_fields: Any) -> Service:
+        """A copy with ``spec`` fields replaced (allocation), re-defaulted, not re-validated."""
+        svc = self.to_dict()
+        svc["spec"].update(spec_fields)
+        if "clusterIPs" in spec_fields:
+            svc["spec"]["clusterIP"] = spec_fields["clusterIPs"][0]
+            svc["spec"].pop("ipFamilies", None)
+        return Service._wrap(default_service(svc))
+
+    def with_metadata(self, **meta_fields: Any) -> Service:
+        """A copy with ``metadata`` fields replaced (timestamps, uid, resourceVersion)."""
+        svc = self.to_dict()
+        svc["metadata"].update(meta_fields)
+        return Service._wrap(svc)
+
+
+# --- Pod -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerPort:
+    """A port a container declares; a named targetPort is looked up among these."""
+
+    name: str
+    port: int
+    protocol: str
+
+
+def default_pod(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a Pod dict with the defaults that matter here (namespace, port protocols)."""
+    pod = _plain(obj)
+    pod.setdefault("apiVersion", "v1")
+    pod.setdefault("kind", "Pod")
+    _default_metadata(pod)
+    spec = pod.setdefault("spec", {})
+    if isinstance(spec, dict):
+        for container in spec.get("containers") or []:
+            for cp in (container or {}).get("ports") or []:
+                if isinstance(cp, dict):
+                    cp.setdefault("protocol", "TCP")
+    status = pod.get("status")
+    if isinstance(status, dict) and status.get("podIP") and not status.get("podIPs"):
+        status["podIPs"] = [{"ip": status["podIP"]}]
+    return pod
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    """A v1 Pod, as far as endpoints need it: labels, addresses, readiness, ports, node."""
+
+    kind: ClassVar[str] = "Pod"
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    node_name: str | None
+    pod_ip: str | None
+    pod_ips: tuple[str, ...]
+    phase: str | None
+    ready: bool  # the Ready condition; a pod with an IP and no Ready condition counts as ready
+    terminating: bool  # metadata.deletionTimestamp is set
+    container_ports: tuple[ContainerPort, ...]
+    created: _dt.datetime | None
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any], validate: bool = True) -> Pod:
+        """Default, validate (unless ``validate`` is False) and wrap a Pod dict."""
+        pod = default_pod(obj)
+        if validate:
+            _check("Pod", pod, validation.validate_pod(pod))
+        meta, spec = pod["metadata"], pod.get("spec") or {}
+        status = pod.get("status") or {}
+        pod_ip = status.get("podIP") or None
+        ips = tuple(e["ip"] for e in status.get("podIPs") or [] if isinstance(e, Mapping))
+        ready_cond = next((c for c in status.get("conditions") or []
+                           if isinstance(c, Mapping) and c.get("type") == "Ready"), None)
+        if ready_cond is None:
+            ready = pod_ip is not None
+        else:
+            ready = str(ready_cond.get("status")) == "True"
+        ports = tuple(
+            ContainerPort(cp.get("name") or "", int(cp["containerPort"]), cp.get("protocol", "TCP"))
+            for c in spec.get("containers") or [] for cp in (c or {}).get("ports") or []
+        )
+        return cls(
+            namespace=meta["namespace"],
+            name=meta.get("name", ""),
+            labels=_str_map(meta.get("labels")),
+            annotations=_str_map(meta.get("annotations")),
+            node_name=spec.get("nodeName") or None,
+            pod_ip=pod_ip,
+            pod_ips=ips or ((pod_ip,) if pod_ip else ()),
+            phase=status.get("phase"),
+            ready=ready,
+            terminating=bool(meta.get("deletionTimestamp")),
+            container_ports=ports,
+            created=parse_timestamp(meta.get("creationTimestamp")),
+            raw=pod,
+        )
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``."""
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def finished(self) -> bool:
+        """Succeeded or Failed: never an endpoint again."""
+        return self.phase in ("Succeeded", "Failed")
+
+    def container_port(self, name: str, protocol: str) -> int | None:
+        """The number of the container port called ``name`` with ``protocol``; None if absent."""
+        for cp in self.container_ports:
+            if cp.name == name and cp.protocol == protocol:
+                return cp.port
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The defaulted Kubernetes-shaped dict (a copy)."""
+        return copy.deepcopy(dict(self.raw))
+
+    def with_metadata(self, **meta_fields: Any) -> Pod:
+        """A copy with ``metadata`` fields replaced."""
+        pod = self.to_dict()
+        pod["metadata"].update(meta_fields)
+        return Pod.from_dict(pod, validate=False)
+
+
+# --- EndpointSlice (discovery.k8s.io/v1) -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointPort:
+    """A port of an EndpointSlice or of an Endpoints subset; ``name`` matches the service port."""
+
+    name: str
+    port: int | None
+    protocol: str
+
+
+@dataclass(frozen=True, slots=True)
+class SliceEndpoint:
+    """One endpoint of an EndpointSlice, with its conditions as the slice states them."""
+
+    addresses: tuple[str, ...]
+    ready: bool
+    serving: bool
+    terminating: bool
+    node_name: str | None = None
+    zone: str | None = None
+    target: str | None = None  # "namespace/name" of the target reference
+
+
+def _ports(entries: Any) -> tuple[EndpointPort, ...]:
+    return tuple(EndpointPort(p.get("name") or "", p.get("port"), p.get("protocol", "TCP"))
+                 for p in entries or [] if isinstance(p, Mapping))
+
+
+def _default_ports(entries: Any) -> None:
+    for p in entries or []:
+        if isinstance(p, dict):
+            p.setdefault("protocol", "TCP")
+            p.setdefault("name", "")
+
+
+def _target(ref: Any, namespace: str) -> str | None:
+    if not isinstance(ref, Mapping) or not ref.get("name"):
+        return None
+    return f"{ref.get('namespace') or namespace}/{ref['name']}"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSlice:
+    """A discovery.k8s.io/v1 EndpointSlice; ``service_name`` is its kubernetes.io/service-name."""
+
+    kind: ClassVar[str] = "EndpointSlice"
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    address_type: str
+    endpoints: tuple[SliceEndpoint, ...]
+    ports: tuple[EndpointPort, ...]
+    created: _dt.datetime | None
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any], validate: bool = True) -> EndpointSlice:
+        """Default, validate (unless ``validate`` is False) and wrap an EndpointSlice dict."""
+        eps = _plain(obj)
+        eps.setdefault("apiVersion", "discovery.k8s.io/v1")
+        eps.setdefault("kind", "EndpointSlice")
+        meta = _default_metadata(eps)
+        _default_ports(eps.get("ports"))
+        if validate:
+            _check("EndpointSlice", eps, validation.validate_endpoint_slice(eps))
+        ns = meta["namespace"]
+        endpoints = []
+        for ep in eps.get("endpoints") or []:
+            cond = ep.get("conditions") or {}
+            # EndpointConditions: an unknown ready/serving is read as true
+            ready = cond.get("ready") is not False
+            endpoints.append(SliceEndpoint(
+                addresses=tuple(ep.get("addresses") or ()),
+                ready=ready,
+                serving=cond.get("serving", ready) is not False,
+                terminating=bool(cond.get("terminating", False)),
+                node_name=ep.get("nodeName"),
+                zone=ep.get("zone"),
+                target=_target(ep.get("targetRef"), ns),
+            ))
+        return cls(
+            namespace=ns,
+            name=meta.get("name", ""),
+            labels=_str_map(meta.get("labels")),
+            address_type=eps.get("addressType", "IPv4"),
+            endpoints=tuple(endpoints),
+            ports=_ports(eps.get("ports")),
+            created=parse_timestamp(meta.get("creationTimestamp")),
+            raw=eps,
+        )
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``."""
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def service_name(self) -> str | None:
+        """The service this slice belongs to (label kubernetes.io/service-name)."""
+        return self.labels.get(SERVICE_NAME_LABEL)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The defaulted Kubernetes-shaped dict (a copy)."""
+        return copy.deepcopy(dict(self.raw))
+
+
+# --- Endpoints (v1) --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointAddress:
+    """An address of an Endpoints subset."""
+
+    ip: str
+    node_name: str | None = None
+    target: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSubset:
+    """Addresses (ready and not ready) that share the same ports."""
+
+    addresses: tuple[EndpointAddress, ...]
+    not_ready_addresses: tuple[EndpointAddress, ...]
+    ports: tuple[EndpointPort, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """A v1 Endpoints object; it has the name of its service."""
+
+    kind: ClassVar[str] = "Endpoints"
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    subsets: tuple[EndpointSubset, ...]
+    created: _dt.datetime | None
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any], validate: bool = True) -> Endpoints:
+        """Default, validate (unless ``validate`` is False) and wrap an Endpoints dict."""
+        ep = _plain(obj)
+        ep.setdefault("apiVersion", "v1")
+        ep.setdefault("kind", "Endpoints")
+        meta = _default_metadata(ep)
+        for subset in ep.get("subsets") or []:
+            _default_ports((subset or {}).get("ports"))
+        if validate:
+            _check("Endpoints", ep, validation.validate_endpoints(ep))
+        ns = meta["namespace"]
+
+        def addresses(entries: Any) -> tuple[EndpointAddress, ...]:
+            return tuple(EndpointAddress(a["ip"], a.get("nodeName"), _target(a.get("targetRef"), ns))
+                         for a in entries or [] if isinstance(a, Mapping))
+
+        subsets = tuple(
+            EndpointSubset(addresses(s.get("addresses")), addresses(s.get("notReadyAddresses")),
+                           _ports(s.get("ports")))
+            for s in ep.get("subsets") or [] if isinstance(s, Mapping)
+        )
+        return cls(ns, meta.get("name", ""), _str_map(meta.get("labels")), subsets,
+                   parse_timestamp(meta.get("creationTimestamp")), ep)
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``."""
+        return f"{self.namespace}/{self.name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The defaulted Kubernetes-shaped dict (a copy)."""
+        return copy.deepcopy(dict(self.raw))
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+Object: TypeAlias = Service | Pod | EndpointSlice | Endpoints
+KINDS: Mapping[str, type[Service] | type[Pod] | type[EndpointSlice] | type[Endpoints]] = (
+    MappingProxyType({"Service": Service, "Pod": Pod, "EndpointSlice": EndpointSlice,
+                      "Endpoints": Endpoints}))
+
+
+def parse_object(obj: Mapping[str, Any] | Object, validate: bool = True) -> Object:
+    """One Kubernetes-shaped dict (or an already parsed object) as a defaulted, validated object."""
+    if isinstance(obj, Service | Pod | EndpointSlice | Endpoints):
+        return obj
+    if not isinstance(obj, Mapping):
+        raise ValidationError("Object", "", [Cause("", "FieldValueInvalid",
+                                                   f"Invalid value: {obj!r}: must be an object")])
+    kind = obj.get("kind")
+    cls = KINDS.get(kind) if isinstance(kind, str) else None
+    if not kind:
+        raise ValidationError("Object", _name_of(obj), [Cause(
+            "kind", "FieldValueRequired", "Required value: a manifest names its kind")])
+    if cls is None:
+        supported = ", ".join(f'"{k}"' for k in sorted(KINDS))
+        raise ValidationError(str(kind or "Object"), _name_of(obj), [Cause(
+            "kind", "FieldValueNotSupported",
+            f'Unsupported value: "{kind}": supported values: {supported}')])
+    return cls.from_dict(obj, validate=validate)
+
+
+def _documents(text: str) -> Iterator[Any]:
+    stripped = text.lstrip()
+    if stripped.startswith(("{", "[")):
+        try:
+            yield json.loads(stripped)
+            return
+        except json.JSONDecodeError:
+            pass  # YAML flow style is a superset; let YAML report the error
+    yield from yaml.safe_load_all(text)
+
+
+def _flatten(doc: Any) -> Iterator[Mapping[str, Any]]:
+    if doc is None:
+        return
+    if isinstance(doc, list):
+        for item in doc:
+            yield from _flatten(item)
+    elif isinstance(doc, Mapping) and str(doc.get("kind", "")).endswith("List") and "items" in doc:
+        for item in doc.get("items") or []:
+            yield from _flatten(item)
+    else:
+        yield doc
+
+
+def _read_path(path: Path) -> Iterator[Any]:
+    if path.is_dir():
+        for child in sorted(path.iterdir()):
+            if child.suffix in (".yaml", ".yml", ".json") and child.is_file():
+                yield from _read_path(child)
+        return
+    yield from _documents(path.read_text(encoding="utf-8"))
+
+
+def _looks_like_text(source: str) -> bool:
+    return "\n" in source or source.lstrip().startswith(("{", "[")) or ": " in source
+
+
+def load_manifests(
+    source: str | os.PathLike[str] | bytes | Mapping[str, Any] | Iterable[Mapping[str, Any]],
+    validate: bool = True,
+) -> list[Object]:
+    """Every object in ``source``, defaulted and validated, in the order they appear.
+
+    ``source`` is a path to a file or a directory (``*.yaml``, ``*.yml``, ``*.json``, in name
+    order), a YAML or JSON string (one or several documents), a dict, or a list of dicts;
+    ``kind: List`` (and ``ServiceList``, ``PodList``, ...) is unpacked. The first invalid object
+    raises :class:`lbcore.ValidationError` listing all its problems.
+    """
+    docs: Iterable[Any]
+    if isinstance(source, Mapping):
+        docs = [source]
+    elif isinstance(source, bytes):
+        docs = _documents(source.decode("utf-8"))
+    elif isinstance(source, os.PathLike):
+        docs = _read_path(Path(source))
+    elif isinstance(source, str):
+        if not _looks_like_text(source) and Path(source).exists():
+            docs = _read_path(Path(source))
+        elif _looks_like_text(source):
+            docs = _documents(source)
+        else:
+            raise FileNotFoundError(f"no such manifest file or directory: {source!r}")
+    else:
+        docs = list(source)
+    return [parse_object(obj, validate=validate) for doc in docs for obj in _flatten(doc)]
+
+
+def with_created(obj: Object, when: _dt.datetime) -> Object:
+    """``obj`` with a creationTimestamp (the store and ServiceTable set it on create)."""
+    raw = obj.to_dict()
+    raw["metadata"]["creationTimestamp"] = format_timestamp(when)
+    return type(obj).from_dict(raw, validate=False)

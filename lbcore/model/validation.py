@@ -1,0 +1,542 @@
+"""Kubernetes' validation of Services, Pods, Endpoints and EndpointSlices.
+
+Each ``validate_*`` function takes a defaulted, Kubernetes-shaped dict (validation runs after
+defaulting, as in the API server) and returns every problem as a :class:`~lbcore.errors.Cause`,
+with the field path, the reason and the message Kubernetes would give
+(``pkg/apis/core/validation``, ``apimachinery/pkg/util/validation``). Nothing stops at the first
+problem: a user fixes a manifest in one go.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from lbcore.core._selectors import validate_label_key as _selector_key_errors
+from lbcore.core._selectors import validate_label_value as _selector_value_errors
+from lbcore.errors import Cause, ValidationError
+
+__all__ = [
+    "FieldErrors",
+    "is_dns1035_label",
+    "is_dns1123_label",
+    "is_dns1123_subdomain",
+    "is_valid_ip",
+    "is_valid_port_name",
+    "is_valid_port_num",
+    "label_key_errors",
+    "label_value_errors",
+    "raise_if_invalid",
+    "validate_endpoint_slice",
+    "validate_endpoints",
+    "validate_pod",
+    "validate_service",
+]
+
+SUPPORTED_PROTOCOLS = ("SCTP", "TCP", "UDP")
+SERVICE_TYPES = ("ClusterIP", "ExternalName", "LoadBalancer", "NodePort")
+SESSION_AFFINITIES = ("ClientIP", "None")
+TRAFFIC_POLICIES = ("Cluster", "Local")
+IP_FAMILIES = ("IPv4", "IPv6")
+IP_FAMILY_POLICIES = ("PreferDualStack", "RequireDualStack", "SingleStack")
+ADDRESS_TYPES = ("FQDN", "IPv4", "IPv6")
+MAX_CLIENT_IP_AFFINITY_SECONDS = 86400
+
+# --- apimachinery/pkg/util/validation: names, ports, addresses -------------------------------
+
+_DNS1123_LABEL_FMT = "[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_SUBDOMAIN_FMT = _DNS1123_LABEL_FMT + r"(\." + _DNS1123_LABEL_FMT + ")*"
+_DNS1035_LABEL_FMT = "[a-z]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_LABEL_RE = re.compile(_DNS1123_LABEL_FMT)
+_DNS1123_SUBDOMAIN_RE = re.compile(_DNS1123_SUBDOMAIN_FMT)
+_DNS1035_LABEL_RE = re.compile(_DNS1035_LABEL_FMT)
+_PORT_NAME_CHARSET_RE = re.compile("[-a-z0-9]+")
+_PORT_NAME_LETTER_RE = re.compile(".*[a-z].*")
+
+
+def _regex_error(msg: str, fmt: str, *examples: str) -> str:
+    # Kubernetes' RegexError wording, down to its spacing, so messages match kubectl's.
+    if not examples:
+        return f"{msg} (regex used for validation is '{fmt}')"
+    shown = " or ".join(f"'{e}', " for e in examples)
+    return f"{msg} (e.g. {shown}regex used for validation is '{fmt}')"
+
+
+def _max_len(n: int) -> str:
+    return f"must be no more than {n} characters"
+
+
+def is_dns1123_label(value: str) -> list[str]:
+    """Problems with ``value`` as an RFC 1123 label (a namespace, a port name); [] if none."""
+    errs = []
+    if len(value) > 63:
+        errs.append(_max_len(63))
+    if not _DNS1123_LABEL_RE.fullmatch(value):
+        errs.append(_regex_error(
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-',"
+            " and must start and end with an alphanumeric character",
+            _DNS1123_LABEL_FMT, "my-name", "123-abc"))
+    return errs
+
+
+def is_dns1123_subdomain(value: str) -> list[str]:
+    """Problems with ``value`` as an RFC 1123 subdomain (a Pod name); [] if none."""
+    errs = []
+    if len(value) > 253:
+        errs.append(_max_len(253))
+    if not _DNS1123_SUBDOMAIN_RE.fullmatch(value):
+        errs.append(_regex_error(
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters,"
+            " '-' or '.', and must start and end with an alphanumeric character",
+            _DNS1123_SUBDOMAIN_FMT, "example.com"))
+    return errs
+
+
+def is_dns1035_label(value: str) -> list[str]:
+    """Problems with ``value`` as an RFC 1035 label (a Service name); [] if none."""
+    errs = []
+    if len(value) > 63:
+        errs.append(_max_len(63))
+    if not _DNS1035_LABEL_RE.fullmatch(value):
+        errs.append(_regex_error(
+            "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start"
+            " with an alphabetic character, and end with an alphanumeric character",
+            _DNS1035_LABEL_FMT, "my-name", "abc-123"))
+    return errs
+
+
+def is_valid_port_num(port: int) -> list[str]:
+    """Problems with ``port`` as a port number (1..65535); [] if none."""
+    return [] if 1 <= port <= 65535 else ["must be between 1 and 65535, inclusive"]
+
+
+def is_valid_port_name(name: str) -> list[str]:
+    """Problems with ``name`` as an IANA service name (a named targetPort); [] if none."""
+    errs = []
+    if len(name) > 15:
+        errs.append(_max_len(15))
+    if not _PORT_NAME_CHARSET_RE.fullmatch(name):
+        errs.append("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)")
+    if not _PORT_NAME_LETTER_RE.fullmatch(name):
+        errs.append("must contain at least one letter (a-z)")
+    if "--" in name:
+        errs.append("must not contain consecutive hyphens")
+    if name and (name[0] == "-" or name[-1] == "-"):
+        errs.append("must not begin or end with a hyphen")
+    return errs
+
+
+def is_valid_ip(value: str) -> list[str]:
+    """Problems with ``value`` as an IPv4 or IPv6 address; [] if none."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return ["must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"]
+    return []
+
+
+def label_key_errors(key: str) -> list[str]:
+    """Problems with ``key`` as a label key (a qualified name); [] if none."""
+    return list(_selector_key_errors(key))
+
+
+def label_value_errors(value: str) -> list[str]:
+    """Problems with ``value`` as a label value; [] if none."""
+    return list(_selector_value_errors(value))
+
+
+# --- field errors ----------------------------------------------------------------------------
+
+
+def _show(value: Any) -> str:
+    # field.Error's value formatting: strings quoted, numbers bare, lists as Go prints them.
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_show(v) for v in value) + "]"
+    return str(value)
+
+
+class FieldErrors:
+    """Collects causes with Kubernetes' field.Error wording."""
+
+    def __init__(self) -> None:
+        self.causes: list[Cause] = []
+
+    def invalid(self, path: str, value: Any, detail: str) -> None:
+        msg = f"Invalid value: {_show(value)}"
+        self.causes.append(Cause(path, "FieldValueInvalid", f"{msg}: {detail}" if detail else msg))
+
+    def required(self, path: str, detail: str = "") -> None:
+        msg = "Required value" + (f": {detail}" if detail else "")
+        self.causes.append(Cause(path, "FieldValueRequired", msg))
+
+    def duplicate(self, path: str, value: Any) -> None:
+        self.causes.append(Cause(path, "FieldValueDuplicate", f"Duplicate value: {_show(value)}"))
+
+    def not_supported(self, path: str, value: Any, supported: Iterable[str]) -> None:
+        allowed = ", ".join(_show(s) for s in supported)
+        self.causes.append(Cause(path, "FieldValueNotSupported",
+                                 f"Unsupported value: {_show(value)}: supported values: {allowed}"))
+
+    def forbidden(self, path: str, detail: str) -> None:
+        self.causes.append(Cause(path, "FieldValueForbidden", f"Forbidden: {detail}"))
+
+    def each(self, path: str, value: Any, problems: Iterable[str]) -> None:
+        for p in problems:
+            self.invalid(path, value, p)
+
+
+def raise_if_invalid(kind: str, name: str, causes: list[Cause]) -> None:
+    """Raise :class:`~lbcore.errors.ValidationError` when ``causes`` is not empty."""
+    if causes:
+        raise ValidationError(kind, name, causes)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _validate_metadata(errs: FieldErrors, meta: Any, name_rule: Any) -> None:
+    if not isinstance(meta, Mapping):
+        errs.required("metadata", "")
+        return
+    name = meta.get("name")
+    if not name:
+        errs.required("metadata.name", "name or generateName is required")
+    elif not isinstance(name, str):
+        errs.invalid("metadata.name", name, "must be a string")
+    else:
+        errs.each("metadata.name", name, name_rule(name))
+    ns = meta.get("namespace")
+    if not isinstance(ns, str) or not ns:
+        errs.required("metadata.namespace", "")
+    else:
+        errs.each("metadata.namespace", ns, is_dns1123_label(ns))
+    _validate_labels(errs, meta.get("labels"), "metadata.labels")
+    ann = meta.get("annotations")
+    if ann is not None and not isinstance(ann, Mapping):
+        errs.invalid("metadata.annotations", ann, "must be a map of strings")
+    elif ann:
+        for k, v in ann.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                errs.invalid(f"metadata.annotations[{k}]", v, "must be a string")
+            else:
+                errs.each("metadata.annotations", k, label_key_errors(k))
+
+
+def _validate_labels(errs: FieldErrors, labels: Any, path: str) -> None:
+    if labels is None:
+        return
+    if not isinstance(labels, Mapping):
+        errs.invalid(path, labels, "must be a map of strings")
+        return
+    for k, v in labels.items():
+        if not isinstance(k, str):
+            errs.invalid(path, k, "must be a string")
+            continue
+        errs.each(path, k, label_key_errors(k))
+        if not isinstance(v, str):
+            errs.invalid(f"{path}[{k}]", v, "must be a string")
+        else:
+            errs.each(f"{path}[{k}]", v, label_value_errors(v))
+
+
+# --- Service ---------------------------------------------------------------------------------
+
+
+def validate_service(svc: Mapping[str, Any]) -> list[Cause]:
+    """Every problem with a defaulted Service, as Kubernetes' ValidateService reports it."""
+    errs = FieldErrors()
+    _validate_metadata(errs, svc.get("metadata"), is_dns1035_label)
+    spec = svc.get("spec")
+    if not isinstance(spec, Mapping):
+        errs.required("spec", "")
+        return errs.causes
+    stype = spec.get("type")
+    if stype not in SERVICE_TYPES:
+        errs.not_supported("spec.type", stype, SERVICE_TYPES)
+    headless = spec.get("clusterIP") == "None"
+    ports = spec.get("ports") or []
+    if not isinstance(ports, list):
+        errs.invalid("spec.ports", ports, "must be a list")
+        ports = []
+    if stype == "ExternalName":
+        name = spec.get("externalName")
+        if not name:
+            errs.required("spec.externalName", "")
+        elif isinstance(name, str):
+            errs.each("spec.externalName", name, is_dns1123_subdomain(name.rstrip(".")))
+    elif not ports and not headless:
+        errs.required("spec.ports", "")
+    _validate_service_ports(errs, ports, stype, headless)
+    _validate_cluster_ips(errs, spec, stype)
+    _validate_labels(errs, spec.get("selector"), "spec.selector")
+    _validate_affinity(errs, spec)
+    for i, ip in enumerate(spec.get("externalIPs") or []):
+        errs.each(f"spec.externalIPs[{i}]", ip, is_valid_ip(ip) if isinstance(ip, str) else
+                  ["must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"])
+    lb_ip = spec.get("loadBalancerIP")
+    if lb_ip:
+        errs.each("spec.loadBalancerIP", lb_ip, is_valid_ip(str(lb_ip)))
+    etp = spec.get("externalTrafficPolicy")
+    if etp is not None:
+        if stype not in ("NodePort", "LoadBalancer") and not spec.get("externalIPs"):
+            errs.invalid("spec.externalTrafficPolicy", etp,
+                         "may only be set for externally-accessible services")
+        elif etp not in TRAFFIC_POLICIES:
+            errs.not_supported("spec.externalTrafficPolicy", etp, TRAFFIC_POLICIES)
+    itp = spec.get("internalTrafficPolicy")
+    if itp is not None and itp not in TRAFFIC_POLICIES:
+        errs.not_supported("spec.internalTrafficPolicy", itp, TRAFFIC_POLICIES)
+    pna = spec.get("publishNotReadyAddresses")
+    if pna is not None and not isinstance(pna, bool):
+        errs.invalid("spec.publishNotReadyAddresses", pna, "must be a boolean")
+    return errs.causes
+
+
+def _validate_service_ports(errs: FieldErrors, ports: list[Any], stype: Any,
+                            headless: bool) -> None:
+    require_name = len(ports) > 1
+    names: set[str] = set()
+    seen_ports: set[tuple[Any, Any]] = set()
+    node_ports: dict[Any, Any] = {}  # nodePort -> protocol that has it
+    for i, sp in enumerate(ports):
+        path = f"spec.ports[{i}]"
+        if not isinstance(sp, Mapping):
+            errs.invalid(path, sp, "must be an object")
+            continue
+        name = sp.get("name") or ""
+        if require_name and not name:
+            errs.required(f"{path}.name", "")
+        elif name:
+            if not isinstance(name, str):
+                errs.invalid(f"{path}.name", name, "must be a string")
+            else:
+                errs.each(f"{path}.name", name, is_dns1123_label(name))
+                if name in names:
+                    errs.duplicate(f"{path}.name", name)
+                names.add(name)
+        port = sp.get("port")
+        if port is None:
+            errs.required(f"{path}.port", "")
+        elif not _is_int(port):
+            errs.invalid(f"{path}.port", port, "must be an integer")
+        else:
+            errs.each(f"{path}.port", port, is_valid_port_num(port))
+        proto = sp.get("protocol")
+        if not proto:
+            errs.required(f"{path}.protocol", "")
+        elif proto not in SUPPORTED_PROTOCOLS:
+            errs.not_supported(f"{path}.protocol", proto, SUPPORTED_PROTOCOLS)
+        key = (port, proto)
+        if key in seen_ports:
+            errs.duplicate(path, f"{port}/{proto}")
+        seen_ports.add(key)
+        if not (sp.get("targetPort") == port and isinstance(port, int)
+                and is_valid_port_num(port)):
+            # a targetPort defaulted from an invalid port is reported once, on the port
+            _validate_target_port(errs, sp.get("targetPort"), f"{path}.targetPort")
+        node_port = sp.get("nodePort")
+        if node_port not in (None, 0):
+            npath = f"{path}.nodePort"
+            if stype == "ClusterIP":
+                errs.forbidden(npath, "may not be used when `type` is 'ClusterIP'")
+            elif stype not in ("NodePort", "LoadBalancer"):
+                errs.forbidden(npath, f"may not be used when `type` is '{stype}'")
+            elif not _is_int(node_port):
+                errs.invalid(npath, node_port, "must be an integer")
+            else:
+                errs.each(npath, node_port, is_valid_port_num(node_port))
+                # one node port may serve TCP and UDP of a service, never twice the same protocol
+                if node_ports.get((node_port, proto)):
+                    errs.duplicate(npath, node_port)
+                node_ports[(node_port, proto)] = True
+
+
+def _validate_target_port(errs: FieldErrors, target: Any, path: str) -> None:
+    if target is None or target == "" or target == 0:
+        errs.required(path, "")
+    elif _is_int(target):
+        errs.each(path, target, is_valid_port_num(target))
+    elif isinstance(target, str):
+        if target.isdigit():
+            errs.each(path, target, is_valid_port_num(int(target)))
+        else:
+            errs.each(path, target, is_valid_port_name(target))
+    else:
+        errs.invalid(path, target, "must be a port number or an IANA service name")
+
+
+def _validate_cluster_ips(errs: FieldErrors, spec: Mapping[str, Any], stype: Any) -> None:
+    ips = spec.get("clusterIPs") or []
+    cluster_ip = spec.get("clusterIP")
+    if cluster_ip and ips and ips[0] != cluster_ip:
+        errs.invalid("spec.clusterIPs", ips,
+                     "element [0] must match clusterIP")
+    if stype == "ExternalName":
+        if cluster_ip:
+            errs.forbidden("spec.clusterIPs", "may not be set for ExternalName services")
+        return
+    for i, ip in enumerate(ips):
+        path = f"spec.clusterIPs[{i}]"
+        if ip == "None":
+            if i > 0 or len(ips) > 1:
+                errs.invalid(path, ip, "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)")
+            elif stype in ("NodePort", "LoadBalancer"):
+                errs.invalid(path, ip, f"may not be set to 'None' for {stype} services")
+            continue
+        errs.each(path, ip, is_valid_ip(ip) if isinstance(ip, str) else
+                  ["must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"])
+    families = spec.get("ipFamilies") or []
+    for i, fam in enumerate(families):
+        if fam not in IP_FAMILIES:
+            errs.not_supported(f"spec.ipFamilies[{i}]", fam, IP_FAMILIES)
+    if len(families) == 2 and families[0] == families[1]:
+        errs.duplicate("spec.ipFamilies[1]", families[1])
+    for i, ip in enumerate(ips):
+        if i < len(families) and ip != "None" and not is_valid_ip(str(ip)):
+            actual = "IPv6" if ":" in str(ip) else "IPv4"
+            if families[i] in IP_FAMILIES and families[i] != actual:
+                errs.invalid(f"spec.clusterIPs[{i}]", ip,
+                             f"expected an {families[i]} value as indicated by `ipFamilies[{i}]`")
+    policy = spec.get("ipFamilyPolicy")
+    if policy is not None and policy not in IP_FAMILY_POLICIES:
+        errs.not_supported("spec.ipFamilyPolicy", policy, IP_FAMILY_POLICIES)
+    if policy == "SingleStack" and len(ips) > 1:
+        errs.invalid("spec.clusterIPs", ips,
+                     "may not have more than one IP when ipFamilyPolicy is SingleStack")
+
+
+def _validate_affinity(errs: FieldErrors, spec: Mapping[str, Any]) -> None:
+    affinity = spec.get("sessionAffinity")
+    config = spec.get("sessionAffinityConfig")
+    if affinity not in SESSION_AFFINITIES:
+        errs.not_supported("spec.sessionAffinity", affinity, SESSION_AFFINITIES)
+        return
+    if affinity == "None":
+        if config:
+            errs.invalid("spec.sessionAffinityConfig", config,
+                         "must not be set when session affinity is None")
+        return
+    path = "spec.sessionAffinityConfig.clientIP.timeoutSeconds"
+    timeout = ((config or {}).get("clientIP") or {}).get("timeoutSeconds")
+    if timeout is None:
+        errs.required(path, "when session affinity type is ClientIP")
+    elif not _is_int(timeout) or not 0 < timeout <= MAX_CLIENT_IP_AFFINITY_SECONDS:
+        errs.invalid(path, timeout,
+                     f"must be greater than 0 and less than {MAX_CLIENT_IP_AFFINITY_SECONDS}")
+
+
+# --- Pod -------------------------------------------------------------------------------------
+
+
+def validate_pod(pod: Mapping[str, Any]) -> list[Cause]:
+    """Every problem with a defaulted Pod, in the parts that load balancing reads."""
+    errs = FieldErrors()
+    _validate_metadata(errs, pod.get("metadata"), is_dns1123_subdomain)
+    spec = pod.get("spec") or {}
+    if not isinstance(spec, Mapping):
+        errs.invalid("spec", spec, "must be an object")
+        spec = {}
+    node = spec.get("nodeName")
+    if node:
+        errs.each("spec.nodeName", node, is_dns1123_subdomain(str(node)))
+    for ci, container in enumerate(spec.get("containers") or []):
+        cpath = f"spec.containers[{ci}]"
+        names: set[str] = set()
+        for pi, cp in enumerate((container or {}).get("ports") or []):
+            path = f"{cpath}.ports[{pi}]"
+            name = cp.get("name")
+            if name:
+                errs.each(f"{path}.name", name, is_valid_port_name(str(name)))
+                if name in names:
+                    errs.duplicate(f"{path}.name", name)
+                names.add(name)
+            port = cp.get("containerPort")
+            if port is None:
+                errs.required(f"{path}.containerPort", "")
+            elif not _is_int(port):
+                errs.invalid(f"{path}.containerPort", port, "must be an integer")
+            else:
+                errs.each(f"{path}.containerPort", port, is_valid_port_num(port))
+            proto = cp.get("protocol")
+            if proto not in SUPPORTED_PROTOCOLS:
+                errs.not_supported(f"{path}.protocol", proto, SUPPORTED_PROTOCOLS)
+    status = pod.get("status") or {}
+    pod_ip = status.get("podIP")
+    if pod_ip:
+        errs.each("status.podIP", pod_ip, is_valid_ip(str(pod_ip)))
+    for i, entry in enumerate(status.get("podIPs") or []):
+        ip = (entry or {}).get("ip") if isinstance(entry, Mapping) else entry
+        if i == 0 and ip == pod_ip:
+            continue  # defaulted from podIP, already checked
+        errs.each(f"status.podIPs[{i}].ip", ip, is_valid_ip(str(ip)))
+    ips = [(e or {}).get("ip") for e in status.get("podIPs") or [] if isinstance(e, Mapping)]
+    if pod_ip and ips and ips[0] != pod_ip:
+        errs.invalid("status.podIPs[0].ip", ips[0], "must match status.podIP")
+    return errs.causes
+
+
+# --- EndpointSlice and Endpoints -------------------------------------------------------------
+
+
+def _validate_endpoint_ports(errs: FieldErrors, ports: Any, path: str) -> None:
+    names: set[str] = set()
+    for i, p in enumerate(ports or []):
+        ppath = f"{path}[{i}]"
+        name = p.get("name") or ""
+        if name:
+            errs.each(f"{ppath}.name", name, is_dns1123_label(str(name)))
+        if name in names:
+            errs.duplicate(f"{ppath}.name", name)
+        names.add(name)
+        port = p.get("port")
+        if port is not None:
+            if not _is_int(port):
+                errs.invalid(f"{ppath}.port", port, "must be an integer")
+            else:
+                errs.each(f"{ppath}.port", port, is_valid_port_num(port))
+        proto = p.get("protocol")
+        if proto not in SUPPORTED_PROTOCOLS:
+            errs.not_supported(f"{ppath}.protocol", proto, SUPPORTED_PROTOCOLS)
+
+
+def validate_endpoint_slice(eps: Mapping[str, Any]) -> list[Cause]:
+    """Every problem with a defaulted EndpointSlice (discovery.k8s.io/v1)."""
+    errs = FieldErrors()
+    _validate_metadata(errs, eps.get("metadata"), is_dns1123_subdomain)
+    address_type = eps.get("addressType")
+    if address_type not in ADDRESS_TYPES:
+        errs.not_supported("addressType", address_type, ADDRESS_TYPES)
+    for i, ep in enumerate(eps.get("endpoints") or []):
+        addresses = (ep or {}).get("addresses") or []
+        if not addresses:
+            errs.required(f"endpoints[{i}].addresses", "must contain at least 1 address")
+        for j, addr in enumerate(addresses):
+            if address_type in ("IPv4", "IPv6"):
+                errs.each(f"endpoints[{i}].addresses[{j}]", addr, is_valid_ip(str(addr)))
+                if not is_valid_ip(str(addr)) and (":" in str(addr)) != (address_type == "IPv6"):
+                    errs.invalid(f"endpoints[{i}].addresses[{j}]", addr,
+                                 f"must be an {address_type} address")
+    _validate_endpoint_ports(errs, eps.get("ports"), "ports")
+    return errs.causes
+
+
+def validate_endpoints(ep: Mapping[str, Any]) -> list[Cause]:
+    """Every problem with a defaulted Endpoints (v1)."""
+    errs = FieldErrors()
+    _validate_metadata(errs, ep.get("metadata"), is_dns1123_subdomain)
+    for i, subset in enumerate(ep.get("subsets") or []):
+        for field in ("addresses", "notReadyAddresses"):
+            for j, addr in enumerate((subset or {}).get(field) or []):
+                ip = (addr or {}).get("ip")
+                errs.each(f"subsets[{i}].{field}[{j}].ip", ip, is_valid_ip(str(ip)))
+        _validate_endpoint_ports(errs, (subset or {}).get("ports"), f"subsets[{i}].ports")
+    return errs.causes

@@ -1,0 +1,291 @@
+"""The daemon behind ``lbcore run``: store, admin API, source, ClusterState and frontends.
+
+Start order: data directory, plugins (names checked against what is installed), the store
+(``data_dir/lbcore.db``), the frontends (each ``start()`` checks its prerequisites and fails with
+a message saying what is missing), the admin API, then the sync loop and the source. The address
+the admin API listens on is written to ``data_dir/admin-address`` so that the CLI finds it.
+SIGTERM and SIGINT stop everything in the reverse order; frontends get
+``stop(keep=keep_rules_on_exit)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from lbcore import __version__
+from lbcore.errors import ConfigError
+from lbcore.plugins import get_plugin_manager, registered
+from lbcore.runtime.config import Config, format_host, resolve_plugins
+from lbcore.runtime.interfaces import Frontend, FrontendUnavailable, RuntimeContext, Source
+from lbcore.runtime.logs import event
+from lbcore.runtime.state import ClusterState, SyncMetrics
+
+log = logging.getLogger("lbcore.runtime.daemon")
+
+ADDRESS_FILE = "admin-address"
+TOKEN_FILE = "token"
+DB_FILE = "lbcore.db"
+SOURCE_BACKOFF_MAX = 30.0
+
+
+class StartError(ConfigError):
+    """The daemon cannot start here (a frontend's prerequisite, a port in use, ...)."""
+
+
+def read_or_create_token(data_dir: Path) -> str:
+    """The bearer token in ``data_dir/token``, created (mode 0600) when absent."""
+    path = data_dir / TOKEN_FILE
+    with contextlib.suppress(FileNotFoundError):
+        token = path.read_text().strip()
+        if token:
+            return token
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def load_plugins() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The installed sources and frontends; a plugin that fails to load is a one-line error."""
+    try:
+        return registered("lbcore_register_sources"), registered("lbcore_register_frontends")
+    except Exception as exc:
+        raise StartError(
+            f"plugins: cannot load the lbcore plugins: {type(exc).__name__}: {exc} "
+            "(LBCORE_LOAD_PLUGINS=name,... loads only the named ones)"
+        ) from None
+
+
+class Daemon:
+    """One running lbcore: call :meth:`start`, then :meth:`stop` (or :meth:`run_until_signal`)."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.metrics = SyncMetrics()
+        self.store: Any = None
+        self.state: ClusterState | None = None
+        self.source: Source | None = None
+        self.frontends: dict[str, Frontend] = {}
+        self.token: str | None = None
+        self.admin_url: str | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopping = asyncio.Event()
+        self._source_ok = False
+
+    # -- start ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        config = self.config
+        sources, frontend_factories = load_plugins()
+        config = self.config = resolve_plugins(config, sources, frontend_factories)
+        data_dir = config.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+        from lbcore.model.service_table import ServiceTable
+        from lbcore.runtime.store import Store
+
+        self.store = Store(data_dir / DB_FILE, list(config.service_cidrs), config.node_port_range)
+        context = RuntimeContext(
+            node_name=config.node_name,
+            node_addresses=config.node_addresses,
+            data_dir=data_dir,
+            service_cidrs=config.service_cidrs,
+            node_port_range=config.node_port_range,
+            store=self.store,
+            log=logging.getLogger("lbcore"),
+        )
+        loop = asyncio.get_running_loop()
+        for choice in config.frontends or ():
+            frontend = frontend_factories[choice.name](choice.options, context)
+            frontend.name = frontend.name or choice.name
+            try:
+                await loop.run_in_executor(None, frontend.start)
+            except FrontendUnavailable as exc:
+                raise StartError(f"frontend {choice.name}: {exc}") from None
+            except Exception as exc:
+                raise StartError(
+                    f"frontend {choice.name}: cannot start: {type(exc).__name__}: {exc}"
+                ) from None
+            self.frontends[choice.name] = frontend
+            event(log, "frontend started", frontend=choice.name)
+        self.source = sources[config.source.name](config.source.options, context)
+
+        table = ServiceTable(config.service_cidr, config.node_port_range, allocate=False)
+        self.state = ClusterState(
+            table,
+            self.frontends,
+            node_name=config.node_name,
+            node_addresses=config.node_addresses,
+            min_sync_period=config.min_sync_period,
+            metrics=self.metrics,
+            on_sync_done=get_plugin_manager().hook.lbcore_sync_done,
+        )
+        await self._serve_admin(config)
+        self._tasks.append(asyncio.create_task(self.state.run(), name="lbcore-sync"))
+        self._tasks.append(asyncio.create_task(self._run_source(), name="lbcore-source"))
+        self.state.request_sync()
+        event(
+            log,
+            "daemon started",
+            version=__version__,
+            admin=self.admin_url,
+            source=config.source.name,
+            frontends=",".join(self.frontends) or "none",
+            data_dir=str(data_dir),
+        )
+
+    async def _serve_admin(self, config: Config) -> None:
+        from lbcore.runtime import admin_api
+        if config.admin_token or not config.admin_is_loopback:
+            self.token = config.admin_token or read_or_create_token(config.data_dir)
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        admin_api.add_routes(app, self.store, token=self.token)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        host, port = config.admin_address
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartError(
+                f"admin_address: cannot listen on {format_host(host)}:{port}: {exc.strerror or exc}"
+            ) from None
+        bound = self._runner.addresses[0]
+        self.admin_url = f"http://{format_host(bound[0])}:{bound[1]}"
+        address_file = config.data_dir / ADDRESS_FILE
+        tmp = address_file.with_suffix(".tmp")
+        tmp.write_text(self.admin_url + "\n")
+        tmp.replace(address_file)
+
+    async def _run_source(self) -> None:
+        """Run the source; if it ever ends or raises, log it and start it again with backoff."""
+        assert self.source is not None and self.state is not None
+        delay = 1.0
+        while True:
+            try:
+                self._source_ok = True
+                await self.source.run(self.state)
+                event(
+                    log, "source ended; restarting", logging.WARNING, source=self.config.source.name
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._source_ok = False
+                event(
+                    log,
+                    "source failed; restarting",
+                    logging.ERROR,
+                    source=self.config.source.name,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in=delay,
+                )
+            await asyncio.sleep(delay)
+            delay = min(SOURCE_BACKOFF_MAX, delay * 2)
+
+    # -- admin endpoints ------------------------------------------------------------------
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        state = self.state
+        frontends = state.health() if state else {}
+        healthy = bool(state and state.healthy and self._source_ok)
+        body = {
+            "status": "ok" if healthy else "unhealthy",
+            "source": {"name": self.config.source.name, "healthy": self._source_ok},
+            "frontends": frontends,
+            "syncs": state.syncs if state else 0,
+        }
+        return web.json_response(body, status=200 if healthy else 503)
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ready = bool(self.state and self.state.synced_once.is_set())
+        return web.json_response(
+            {"status": "ready" if ready else "not ready"}, status=200 if ready else 503
+        )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+    # -- stop -----------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run_until_signal(self) -> None:
+        """Start, wait for SIGTERM/SIGINT (or :meth:`request_stop`), then stop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await self.start()
+            await self._stopping.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        event(log, "signal received; stopping", signal=signal.Signals(sig).name)
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+            with contextlib.suppress(OSError):
+                address_file = self.config.data_dir / ADDRESS_FILE
+                if address_file.read_text().strip() == self.admin_url:
+                    address_file.unlink()
+        loop = asyncio.get_running_loop()
+        keep = self.config.keep_rules_on_exit
+        for name, frontend in reversed(list(self.frontends.items())):
+            try:
+                await loop.run_in_executor(None, frontend.stop, keep)
+            except Exception as exc:
+                event(log, "frontend stop failed", logging.WARNING, frontend=name, error=repr(exc))
+        self.frontends.clear()
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
+        self.store = None
+        if self.admin_url is not None:
+            event(log, "daemon stopped", admin=self.admin_url, kept_rules=keep)
+            self.admin_url = None
+
+
+def run(config: Config) -> int:
+    """Run the daemon in this process until SIGTERM/SIGINT; the exit status."""
+    asyncio.run(Daemon(config).run_until_signal())
+    return 0

@@ -1,0 +1,91 @@
+"""The small interfaces that sources and frontends implement."""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lbcore.model.snapshot import Snapshot
+
+
+class FrontendUnavailable(RuntimeError):
+    """A frontend cannot run here; the message says what to install or how to run."""
+
+
+@dataclass(frozen=True)
+class RuntimeContext:
+    """What the daemon tells every plugin about where it runs."""
+
+    node_name: str = "localhost"
+    node_addresses: tuple[str, ...] = ()
+    data_dir: Path = Path(".")
+    service_cidrs: tuple[str, ...] = ()
+    node_port_range: tuple[int, int] = (30000, 32767)
+    # the embedded store (lbcore.runtime.store.Store) when the daemon runs one, for the local source
+    store: Any = None
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("lbcore"))
+
+
+class Frontend(abc.ABC):
+    """Turns snapshots into a data path (listeners, kernel rules, ...).
+
+    ``sync`` is the only place where a frontend changes what it installed, as kube-proxy's
+    ``syncProxyRules`` is. It is called from one thread at a time.
+    """
+
+    name: str = ""
+
+    def __init__(self, options: Mapping[str, Any], context: RuntimeContext):
+        self.options = dict(options)
+        self.context = context
+
+    def start(self) -> None:  # noqa: B027 - optional
+        """Check prerequisites; raise :class:`FrontendUnavailable` naming what is missing."""
+
+    @abc.abstractmethod
+    def sync(self, snapshot: Snapshot, changed: frozenset[str]) -> None:
+        """Make the data path match ``snapshot``; ``changed`` names services that changed."""
+
+    def stop(self, keep: bool = False) -> None:  # noqa: B027 - optional
+        """Remove everything installed, unless ``keep`` asks to leave it for a restart."""
+
+
+class SourceSink(abc.ABC):
+    """Where a source sends what it learns. Implemented by the runtime's ``ClusterState``.
+
+    Objects are Kubernetes-shaped dicts (``apiVersion``, ``kind``, ``metadata``, ...) of the kinds
+    Service, Pod, Endpoints and EndpointSlice. Methods are called on the daemon's event-loop
+    thread; a source working in another thread hands calls over with
+    ``loop.call_soon_threadsafe``.
+    """
+
+    @abc.abstractmethod
+    def upsert(self, obj: Mapping[str, Any]) -> None:
+        """An object was added or modified."""
+
+    @abc.abstractmethod
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        """An object was deleted."""
+
+    @abc.abstractmethod
+    def replace(self, kind: str, objects: list[Mapping[str, Any]]) -> None:
+        """A full list of ``kind`` (after a list or relist): anything else of that kind is gone."""
+
+
+class Source(abc.ABC):
+    """Feeds the cluster state from somewhere (the local store, a Kubernetes API server)."""
+
+    name: str = ""
+
+    def __init__(self, options: Mapping[str, Any], context: RuntimeContext):
+        self.options = dict(options)
+        self.context = context
+
+    @abc.abstractmethod
+    async def run(self, sink: SourceSink) -> None:
+        """List, then follow changes into ``sink`` until cancelled. Never hang silently:
+        reconnect with backoff and log each failure on one line."""

@@ -1,0 +1,330 @@
+"""ClusterState: the one writer between sources and frontends, and its sync loop.
+
+Sources call :meth:`ClusterState.upsert`, :meth:`~ClusterState.delete` and
+:meth:`~ClusterState.replace`; each updates the service model (a
+:class:`lbcore.model.service_table.ServiceTable` that allocates nothing: addresses come from the
+source) and asks for a sync. The sync loop runs like kube-proxy's bounded-frequency runner: a
+request runs at once when the previous sync is at least ``min_sync_period`` old, otherwise it
+waits for that moment, and every request made meanwhile joins the same sync. A burst of 1,000
+events therefore makes one sync.
+
+A sync takes one snapshot and gives it to every frontend with the services that changed since
+that frontend's last successful sync. A frontend that raises is retried with exponential backoff
+(1 s, 2 s, 4 s, ... up to a minute), gets a full sync when it recovers, is reported unhealthy in
+:meth:`ClusterState.health`, and never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from lbcore.model.snapshot import Snapshot
+from lbcore.runtime.interfaces import Frontend, SourceSink
+from lbcore.runtime.logs import event
+
+KINDS = ("Service", "Pod", "Endpoints", "EndpointSlice")
+
+log = logging.getLogger("lbcore.runtime.state")
+
+
+class SyncMetrics:
+    """The Prometheus series of the sync loop, in their own registry (one per daemon)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.syncs = Counter(
+            "lbcore_syncs", "Syncs run (one snapshot to every frontend)", registry=r
+        )
+        self.sync_seconds = Histogram(
+            "lbcore_sync_duration_seconds",
+            "Time a sync took, all frontends included",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.events = Counter(
+            "lbcore_source_events", "Objects received from the source", ["kind", "op"], registry=r
+        )
+        self.rejected = Counter(
+            "lbcore_source_rejected",
+            "Objects from the source the model rejected",
+            ["kind"],
+            registry=r,
+        )
+        self.services = Gauge(
+            "lbcore_services", "Proxied services in the last snapshot", registry=r
+        )
+        self.service_ports = Gauge(
+            "lbcore_service_ports", "Proxied service ports in the last snapshot", registry=r
+        )
+        self.endpoints = Gauge(
+            "lbcore_endpoints", "Endpoints over every service port in the last snapshot", registry=r
+        )
+        self.frontend_failures = Counter(
+            "lbcore_frontend_sync_failures", "Failed syncs per frontend", ["frontend"], registry=r
+        )
+        self.frontend_healthy = Gauge(
+            "lbcore_frontend_healthy",
+            "1 when the frontend's last sync worked",
+            ["frontend"],
+            registry=r,
+        )
+
+
+@dataclass
+class FrontendHealth:
+    """What /healthz shows of one frontend."""
+
+    name: str
+    healthy: bool = True
+    synced: bool = False
+    failures: int = 0  # consecutive
+    last_error: str | None = None
+    retry_at: float | None = None  # monotonic time of the next attempt while failing
+    pending: set[str] = field(default_factory=set)  # changed services not yet applied
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        out: dict[str, Any] = {"healthy": self.healthy, "synced": self.synced}
+        if not self.healthy:
+            out["consecutive_failures"] = self.failures
+            out["error"] = self.last_error
+            if self.retry_at is not None:
+                out["retry_in_seconds"] = round(max(0.0, self.retry_at - now), 3)
+        return out
+
+
+def _key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
+    meta = obj.get("metadata") or {}
+    return str(obj.get("kind", "")), meta.get("namespace") or "default", str(meta.get("name", ""))
+
+
+class ClusterState(SourceSink):
+    """The service model fed by one source, synced to the frontends on a bounded frequency.
+
+    :param table: a ``ServiceTable(..., allocate=False)``.
+    :param frontends: name -> started :class:`~lbcore.runtime.interfaces.Frontend`, in sync order.
+    :param on_sync_done: called as ``lbcore_sync_done`` is, after every sync.
+    """
+
+    def __init__(
+        self,
+        table: Any,
+        frontends: Mapping[str, Frontend],
+        *,
+        node_name: str = "localhost",
+        node_addresses: tuple[str, ...] = (),
+        min_sync_period: float = 0.2,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 60.0,
+        metrics: SyncMetrics | None = None,
+        on_sync_done: Callable[..., Any] | None = None,
+        executor: Executor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.table = table
+        self.frontends = dict(frontends)
+        self.node_name = node_name
+        self.node_addresses = tuple(node_addresses)
+        self.min_sync_period = min_sync_period
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.metrics = metrics or SyncMetrics()
+        self.on_sync_done = on_sync_done
+        # Frontends are called from one thread at a time, never on the event loop's thread, so a
+        # slow iptables-restore does not stall the admin API.
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="lbcore-sync")
+        self._own_executor = executor is None
+        self._clock = clock
+        self._health = {name: FrontendHealth(name) for name in self.frontends}
+        # kind -> (namespace, name) -> resourceVersion ("" when the source gives none)
+        self._keys: dict[str, dict[tuple[str, str], str]] = {k: {} for k in KINDS}
+        self._version = 0
+        self._requested = asyncio.Event()
+        self._last_sync_at: float | None = None
+        self.snapshot = Snapshot(node_name=node_name, node_addresses=self.node_addresses)
+        self.syncs = 0
+        self.events = 0
+        self.synced_once = asyncio.Event()
+
+    # -- SourceSink -------------------------------------------------------------------------
+
+    def upsert(self, obj: Mapping[str, Any]) -> None:
+        kind, namespace, name = _key(obj)
+        if kind not in self._keys:
+            return
+        self.metrics.events.labels(kind, "upsert").inc()
+        version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        if version and self._keys[kind].get((namespace, name)) == version:
+            return  # the same version again (a relist): nothing changed
+        try:
+            self.table.apply(obj)
+        except Exception as exc:  # an invalid object must not stop the source
+            self.metrics.rejected.labels(kind).inc()
+            event(
+                log,
+                "object rejected",
+                logging.WARNING,
+                kind=kind,
+                object=f"{namespace}/{name}",
+                error=str(exc),
+            )
+            return
+        self._keys[kind][(namespace, name)] = version
+        self._changed()
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        if kind not in self._keys:
+            return
+        self.metrics.events.labels(kind, "delete").inc()
+        if (namespace, name) not in self._keys[kind]:
+            return
+        del self._keys[kind][(namespace, name)]
+        self.table.delete(kind, namespace, name)
+        self._changed()
+
+    def replace(self, kind: str, objects: list[Mapping[str, Any]]) -> None:
+        if kind not in self._keys:
+            return
+        keep = {(_key(o)[1], _key(o)[2]) for o in objects}
+        for namespace, name in sorted(set(self._keys[kind]) - keep):
+            self.delete(kind, namespace, name)
+        for obj in objects:
+            self.upsert(obj)
+        self._changed()
+
+    def _changed(self) -> None:
+        self.events += 1
+        self.request_sync()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def request_sync(self) -> None:
+        """Ask for a sync; requests before it starts share it."""
+        self._requested.set()
+
+    async def run(self) -> None:
+        """Sync on request, at most once per ``min_sync_period``, retrying failed frontends."""
+        try:
+            while True:
+                await self._wait_for_work()
+                if self._last_sync_at is not None:
+                    delay = self._last_sync_at + self.min_sync_period - self._clock()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                self._requested.clear()
+                await self.sync()
+        finally:
+            if self._own_executor:
+                self._executor.shutdown(wait=False)
+
+    async def _wait_for_work(self) -> None:
+        retries = [h.retry_at for h in self._health.values() if h.retry_at is not None]
+        if not retries:
+            await self._requested.wait()
+            return
+        timeout = max(0.0, min(retries) - self._clock())
+        try:
+            await asyncio.wait_for(self._requested.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def sync(self) -> dict[str, str]:
+        """Run one sync now; returns frontend name -> error for the frontends that failed."""
+        started = self._clock()
+        self._last_sync_at = started
+        self._version, changed = self.table.changes_since(self._version)
+        snapshot = self.table.snapshot(self.node_name, self.node_addresses)
+        previous, self.snapshot = self.snapshot, snapshot
+        loop = asyncio.get_running_loop()
+        errors: dict[str, str] = {}
+        for name, frontend in self.frontends.items():
+            health = self._health[name]
+            health.pending |= changed
+            if health.retry_at is not None and self._clock() < health.retry_at:
+                errors[name] = health.last_error or "waiting to retry"
+                continue
+            if not health.synced or not health.healthy:
+                # first sync, or a recovery after a failure that may have left things half done
+                health.pending |= snapshot.services | previous.services
+            todo = frozenset(health.pending)
+            try:
+                await loop.run_in_executor(self._executor, frontend.sync, snapshot, todo)
+            except Exception as exc:
+                errors[name] = self._failed(health, exc)
+            else:
+                self._succeeded(health)
+        duration = self._clock() - started
+        self._record(snapshot, changed, duration)
+        if self.on_sync_done is not None:
+            try:
+                self.on_sync_done(
+                    snapshot=snapshot, changed=changed, duration=duration, errors=errors
+                )
+            except Exception as exc:
+                event(log, "sync observer failed", logging.WARNING, error=repr(exc))
+        self.synced_once.set()
+        return errors
+
+    def _failed(self, health: FrontendHealth, exc: BaseException) -> str:
+        health.failures += 1
+        health.healthy = False
+        health.last_error = f"{type(exc).__name__}: {exc}"
+        wait = min(self.backoff_max, self.backoff_initial * 2 ** (health.failures - 1))
+        health.retry_at = self._clock() + wait
+        self.metrics.frontend_failures.labels(health.name).inc()
+        self.metrics.frontend_healthy.labels(health.name).set(0)
+        event(
+            log,
+            "frontend sync failed",
+            logging.WARNING,
+            frontend=health.name,
+            error=health.last_error,
+            failures=health.failures,
+            retry_in=round(wait, 3),
+        )
+        return health.last_error
+
+    def _succeeded(self, health: FrontendHealth) -> None:
+        if not health.healthy:
+            event(log, "frontend recovered", frontend=health.name, after_failures=health.failures)
+        health.healthy, health.synced = True, True
+        health.failures, health.last_error, health.retry_at = 0, None, None
+        health.pending.clear()
+        self.metrics.frontend_healthy.labels(health.name).set(1)
+
+    def _record(self, snapshot: Snapshot, changed: frozenset[str], duration: float) -> None:
+        self.syncs += 1
+        m = self.metrics
+        m.syncs.inc()
+        m.sync_seconds.observe(duration)
+        m.services.set(len(snapshot.services))
+        m.service_ports.set(len(snapshot.service_ports))
+        m.endpoints.set(sum(len(sp.endpoints) for sp in snapshot.service_ports.values()))
+        event(
+            log,
+            "sync done",
+            logging.DEBUG if not changed else logging.INFO,
+            version=snapshot.version,
+            changed=len(changed),
+            services=len(snapshot.services),
+            duration=round(duration, 6),
+        )
+
+    # -- health ---------------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        return all(h.healthy for h in self._health.values())
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        """Frontend name -> ``{"healthy", "synced", ...}`` with the error and retry when failing."""
+        now = self._clock()
+        return {name: h.as_dict(now) for name, h in self._health.items()}

@@ -1,0 +1,1010 @@
+"""The embedded store: Kubernetes-shaped objects in SQLite, with a watchable change history.
+
+It plays the part that the API server and etcd play in a cluster, for the kinds lbcore uses
+(Service, Pod, Endpoints, EndpointSlice):
+
+- every write is one SQLite transaction and gets the next value of one global revision counter
+  (etcd's revision), which becomes the object's ``metadata.resourceVersion``;
+- the last ``history`` changes are kept, so that a watch can resume from a resourceVersion; an
+  older one gets ``410 Gone`` and the watcher relists, as with a compacted etcd;
+- objects are validated and defaulted by :mod:`lbcore.model.objects` before anything is stored, and
+  Services get their ClusterIPs and NodePorts from :mod:`lbcore.model.allocators`, rebuilt from the
+  stored Services when the store opens;
+- errors are exception types that carry the Kubernetes ``Status`` they become on the wire.
+
+Writes may come from any thread; watchers (:meth:`Store.watch`) are consumed on an asyncio loop
+and in-process listeners (:meth:`Store.subscribe`) are called after each commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import ipaddress
+import json
+import logging
+import sqlite3
+import threading
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lbcore.core._selectors import parse_selector
+from lbcore.errors import (
+    AllocationError,
+    Cause,
+    ConfigError,
+    LbcoreError,
+    SelectorError,
+    ValidationError,
+)
+from lbcore.model.allocators import ClusterIPAllocator, NodePortAllocator
+
+log = logging.getLogger("lbcore.runtime.store")
+
+# kind -> (apiVersion, resource plural)
+KINDS: dict[str, tuple[str, str]] = {
+    "Service": ("v1", "services"),
+    "Pod": ("v1", "pods"),
+    "Endpoints": ("v1", "endpoints"),
+    "EndpointSlice": ("discovery.k8s.io/v1", "endpointslices"),
+}
+RESOURCES: dict[str, str] = {plural: kind for kind, (_, plural) in KINDS.items()}
+
+Event = dict[str, Any]  # {"type": "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK", "object": {...}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: each carries the Kubernetes Status it becomes
+# ---------------------------------------------------------------------------------------------
+
+
+class StoreError(LbcoreError):
+    """A request the store refuses; :meth:`status` is the Kubernetes ``Status`` to answer with."""
+
+    code = 500
+    reason = "InternalError"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str | None = None,
+        name: str | None = None,
+        reason: str | None = None,
+    ):
+        LbcoreError.__init__(self, message)  # not super(): Invalid is a ValidationError too
+        self.message = message
+        self.kind = kind
+        self.name = name
+        if reason is not None:
+            self.reason = reason
+
+    def details(self) -> dict[str, Any]:
+        details: dict[str, Any] = {}
+        if self.name:
+            details["name"] = self.name
+        if self.kind:
+            details["kind"] = self.kind
+        return details
+
+    def status(self) -> dict[str, Any]:
+        """The ``Status`` object (kind Status, apiVersion v1) for this error."""
+        body: dict[str, Any] = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
+        details = self.details()
+        if details:
+            body["details"] = details
+        return body
+
+
+class BadRequest(StoreError):
+    """400: the request itself is malformed (bad JSON, unknown kind, bad selector, ...)."""
+
+    code = 400
+    reason = "BadRequest"
+
+
+class Unauthorized(StoreError):
+    """401: a write without the bearer token the server asks for."""
+
+    code = 401
+    reason = "Unauthorized"
+
+
+class NotFound(StoreError):
+    """404: no object of that kind, namespace and name."""
+
+    code = 404
+    reason = "NotFound"
+
+
+class AlreadyExists(StoreError):
+    """409: a create of an object that exists."""
+
+    code = 409
+    reason = "AlreadyExists"
+
+
+class Conflict(StoreError):
+    """409: an update whose ``metadata.resourceVersion`` is not the stored one."""
+
+    code = 409
+    reason = "Conflict"
+
+
+class Gone(StoreError):
+    """410: a watch from a resourceVersion older than the history kept (reason ``Expired``)."""
+
+    code = 410
+    reason = "Expired"
+
+
+class Invalid(StoreError, ValidationError):  # type: ignore[misc]  # kind/name: str in both
+    """422: an object that fails validation or allocation; ``causes`` lists every field."""
+
+    code = 422
+    reason = "Invalid"
+
+    def __init__(self, kind: str, name: str, causes: Iterable[Cause]):
+        ValidationError.__init__(self, kind, name, list(causes))
+        StoreError.__init__(self, str(self.args[0]), kind=kind, name=name)
+
+    def details(self) -> dict[str, Any]:
+        details = super().details()
+        details["causes"] = [
+            {"reason": c.reason, "message": c.message, "field": c.field} for c in self.causes
+        ]
+        return details
+
+
+def _plural(kind: str) -> str:
+    return KINDS[kind][1] if kind in KINDS else kind.lower()
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _too_old(resource_version: int, oldest: int) -> Gone:
+    return Gone(f"too old resource version: {resource_version} ({oldest})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Admission: checks that belong to the storage layer, then lbcore.model.objects and lbcore.model.allocators
+# ---------------------------------------------------------------------------------------------
+
+
+def _identity(obj: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(kind, namespace, name) of an object; BadRequest/Invalid when it cannot have one."""
+    if not isinstance(obj, Mapping):
+        raise BadRequest(f"object: expected a mapping, got {type(obj).__name__}")
+    kind = obj.get("kind")
+    if kind not in KINDS:
+        raise BadRequest(
+            f"kind: {kind!r} is not one of {', '.join(sorted(KINDS))}", kind=str(kind)
+        )
+    api_version = obj.get("apiVersion", KINDS[kind][0])
+    if api_version != KINDS[kind][0]:
+        raise BadRequest(
+            f"apiVersion: {api_version!r} is not served for kind {kind}; use {KINDS[kind][0]!r}",
+            kind=_plural(kind),
+        )
+    meta = obj.get("metadata") or {}
+    if not isinstance(meta, Mapping):
+        raise Invalid(kind, "", [Cause("metadata", "FieldValueInvalid", "must be an object")])
+    name = meta.get("name") or ""
+    namespace = meta.get("namespace") or "default"
+    if not isinstance(name, str) or not isinstance(namespace, str):
+        raise Invalid(
+            kind, str(name), [Cause("metadata.name", "FieldValueInvalid", "must be a string")]
+        )
+    return kind, namespace, name
+
+
+def _body_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether anything but metadata and status differs (what bumps metadata.generation)."""
+    skip = {"metadata", "status", "apiVersion", "kind"}
+    keys = (set(old) | set(new)) - skip
+    return any(old.get(k) != new.get(k) for k in keys)
+
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """One committed change, as kept in the history: the object after and before it."""
+
+    rv: int
+    type: str
+    kind: str
+    namespace: str
+    name: str
+    obj: dict[str, Any]
+    previous: dict[str, Any] | None
+
+    def event(self) -> Event:
+        return {"type": self.type, "object": self.obj}
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+# ---------------------------------------------------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    rv INTEGER NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (kind, namespace, name)
+);
+CREATE TABLE IF NOT EXISTS history (
+    rv INTEGER PRIMARY KEY, type TEXT NOT NULL,
+    kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    body TEXT NOT NULL, previous TEXT
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class Store:
+    """Kubernetes-shaped objects in SQLite, with allocation, validation, history and watch.
+
+    :param path: the SQLite file (created if missing); ``None`` keeps everything in memory.
+    :param service_cidr: the CIDR (or one per IP family) ClusterIPs are allocated from.
+    :param node_port_range: the inclusive range NodePorts are allocated from.
+    :param history: how many changes are kept for watches to resume from.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None,
+        service_cidr: str | list[str] = "127.10.0.0/16",
+        node_port_range: tuple[int, int] = (30000, 32767),
+        history: int = 1000,
+    ):
+        if history < 1:
+            raise ValueError(f"history: must be at least 1, got {history}")
+        self.path = None if path is None else Path(path)
+        self.history = int(history)
+        self.service_cidrs = [service_cidr] if isinstance(service_cidr, str) else list(service_cidr)
+        self.node_port_range = (int(node_port_range[0]), int(node_port_range[1]))
+        self._allocations = _Allocations(self.service_cidrs, self.node_port_range)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            ":memory:" if self.path is None else str(self.path),
+            check_same_thread=False,
+            isolation_level=None,  # transactions are explicit: one BEGIN IMMEDIATE per write
+        )
+        if self.path is not None:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._revision = self._meta("revision")
+        self._watchers: set[Watch] = set()
+        self._listeners: list[Callable[[Event], None]] = []
+        self._allocations.rebuild(self._all("Service"))
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the database; watchers end."""
+        with self._lock:
+            for watcher in list(self._watchers):
+                watcher._end()
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _meta(self, key: str) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _all(self, kind: str) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT body FROM objects WHERE kind = ? ORDER BY namespace, name", (kind,)
+        )
+        return [json.loads(body) for (body,) in rows]
+
+    def _load(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        row = self._db.execute(
+            "SELECT body FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
+            (kind, namespace, name),
+        ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    @property
+    def revision(self) -> int:
+        """The store's current revision (the resourceVersion of the latest change)."""
+        return self._revision
+
+    @property
+    def watchers(self) -> int:
+        """How many watches are open."""
+        return len(self._watchers)
+
+    @property
+    def oldest_resource_version(self) -> int:
+        """The oldest resourceVersion a watch can still start from."""
+        return max(0, self._revision - self.history)
+
+    def _commit(
+        self, kind: str, namespace: str, name: str, typ: str, obj: dict[str, Any] | None,
+        previous: dict[str, Any] | None, rv: int,
+    ) -> _Change:
+        """Write one change (``obj`` None deletes) and its history row in one transaction."""
+        after = obj if obj is not None else previous
+        assert after is not None
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if obj is None:
+                db.execute(
+                    "DELETE FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
+                    (kind, namespace, name),
+                )
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO objects (kind, namespace, name, rv, body) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (kind, namespace, name, rv, json.dumps(obj, separators=(",", ":"))),
+                )
+            db.execute(
+                "INSERT INTO history (rv, type, kind, namespace, name, body, previous) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rv, typ, kind, namespace, name, json.dumps(after, separators=(",", ":")),
+                    None if previous is None else json.dumps(previous, separators=(",", ":")),
+                ),
+            )
+            db.execute("DELETE FROM history WHERE rv <= ?", (rv - self.history,))
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('revision', ?)", (rv,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._revision = rv
+        return _Change(rv, typ, kind, namespace, name, after, previous)
+
+    def _publish(self, change: _Change) -> None:
+        for watcher in list(self._watchers):
+            watcher._offer(change)
+        event = change.event()
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # a listener's bug must not undo a committed write
+                log.exception("store listener %r failed on %s", listener, change.type)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Store a new object; return it as stored (uid, resourceVersion, ClusterIPs, ...).
+
+        :raises AlreadyExists: an object of that kind, namespace and name exists.
+        :raises Invalid: validation or allocation failed; nothing is stored.
+        """
+        kind, namespace, name = _identity(obj)
+        with self._lock:
+            body = copy.deepcopy(dict(obj))
+            meta = body.setdefault("metadata", {})
+            if not name and meta.get("generateName"):
+                name = self._generate_name(kind, namespace, str(meta["generateName"]))
+                meta["name"] = name
+            body = _admit(body)
+            kind, namespace, name = _identity(body)
+            if self._load(kind, namespace, name) is not None:
+                raise AlreadyExists(
+                    f'{_plural(kind)} "{name}" already exists', kind=_plural(kind), name=name
+                )
+            rv = self._revision + 1
+            meta = body["metadata"]
+            meta.update(
+                namespace=namespace,
+                uid=str(uuid.uuid4()),
+                creationTimestamp=_now(),
+                resourceVersion=str(rv),
+                generation=1,
+            )
+            for key in ("deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
+                meta.pop(key, None)
+            body["apiVersion"] = KINDS[kind][0]
+            plan = self._allocations.admit(body, None) if kind == "Service" else None
+            try:
+                change = self._commit(kind, namespace, name, "ADDED", body, None, rv)
+            except BaseException:
+                if plan is not None:
+                    plan.undo()
+                raise
+            self._publish(change)
+            return copy.deepcopy(body)
+
+    def update(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Replace a stored object (PUT); return it as stored.
+
+        When ``metadata.resourceVersion`` is given it must be the stored one. ClusterIPs and
+        NodePorts left out are kept, as the API server does.
+
+        :raises NotFound: no such object.
+        :raises Conflict: ``metadata.resourceVersion`` is stale.
+        :raises Invalid: validation or allocation failed; the stored object is unchanged.
+        """
+        kind, namespace, name = _identity(obj)
+        with self._lock:
+            old = self._load(kind, namespace, name)
+            if old is None:
+                raise NotFound(f'{_plural(kind)} "{name}" not found', kind=_plural(kind), name=name)
+            return self._update(copy.deepcopy(dict(obj)), old)
+
+    def _update(self, obj: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+        kind, namespace, name = _identity(old)
+        meta = obj.setdefault("metadata", {})
+        given = meta.get("resourceVersion")
+        if given not in (None, "") and str(given) != old["metadata"]["resourceVersion"]:
+            raise Conflict(
+                f'Operation cannot be fulfilled on {_plural(kind)} "{name}": the object has been '
+                "modified; please apply your changes to the latest version and try again",
+                kind=_plural(kind),
+                name=name,
+            )
+        uid = meta.get("uid")
+        if uid and uid != old["metadata"]["uid"]:
+            raise Conflict(
+                f'Operation cannot be fulfilled on {_plural(kind)} "{name}": Precondition failed: '
+                f"UID in precondition: {uid}, UID in object meta: {old['metadata']['uid']}",
+                kind=_plural(kind),
+                name=name,
+            )
+        if kind == "Service":
+            _keep_allocated(obj, old)
+        obj = _admit(obj, old)
+        rv = self._revision + 1
+        meta = obj["metadata"]
+        generation = int(old["metadata"].get("generation", 1))
+        meta.update(
+            name=name,
+            namespace=namespace,
+            uid=old["metadata"]["uid"],
+            creationTimestamp=old["metadata"]["creationTimestamp"],
+            resourceVersion=str(rv),
+            generation=generation + 1 if _body_changed(old, obj) else generation,
+        )
+        obj["apiVersion"] = KINDS[kind][0]
+        plan = self._allocations.admit(obj, old) if kind == "Service" else None
+        try:
+            change = self._commit(kind, namespace, name, "MODIFIED", obj, old, rv)
+        except BaseException:
+            if plan is not None:
+                plan.undo()
+            raise
+        if plan is not None:
+            plan.done()
+        self._publish(change)
+        return copy.deepcopy(obj)
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Create the object, or update it when it exists (what ``lbcore apply`` does)."""
+        kind, namespace, name = _identity(obj)
+        with self._lock:
+            old = self._load(kind, namespace, name)
+            if old is None:
+                return self.create(obj)
+            return self._update(copy.deepcopy(dict(obj)), old)
+
+    def delete(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        """Delete an object; return it, with the resourceVersion of its deletion.
+
+        :raises NotFound: no such object.
+        """
+        if kind not in KINDS:
+            raise BadRequest(f"kind: {kind!r} is not one of {', '.join(sorted(KINDS))}")
+        with self._lock:
+            old = self._load(kind, namespace, name)
+            if old is None:
+                raise NotFound(f'{_plural(kind)} "{name}" not found', kind=_plural(kind), name=name)
+            rv = self._revision + 1
+            gone = copy.deepcopy(old)
+            gone["metadata"]["resourceVersion"] = str(rv)
+            change = self._commit(kind, namespace, name, "DELETED", None, gone, rv)
+            if kind == "Service":
+                self._allocations.release(old)
+            self._publish(change)
+            return copy.deepcopy(gone)
+
+    def _generate_name(self, kind: str, namespace: str, prefix: str) -> str:
+        for _ in range(16):
+            name = prefix + uuid.uuid4().hex[:5]
+            if self._load(kind, namespace, name) is None:
+                return name
+        raise AlreadyExists(f"metadata.generateName: no free name with prefix {prefix!r}")
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        """One object. :raises NotFound: no such object."""
+        if kind not in KINDS:
+            raise BadRequest(f"kind: {kind!r} is not one of {', '.join(sorted(KINDS))}")
+        with self._lock:
+            obj = self._load(kind, namespace, name)
+        if obj is None:
+            raise NotFound(f'{_plural(kind)} "{name}" not found', kind=_plural(kind), name=name)
+        return obj
+
+    def list(
+        self, kind: str, namespace: str | None = None, label_selector: Any = None
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Objects of ``kind`` (in ``namespace``, or all), sorted by namespace and name, and the
+        list's resourceVersion (the store's revision when it was read).
+
+        :param label_selector: a Kubernetes selector string or a compiled selector.
+        :raises BadRequest: the selector does not parse.
+        """
+        if kind not in KINDS:
+            raise BadRequest(f"kind: {kind!r} is not one of {', '.join(sorted(KINDS))}")
+        matches = _selector(label_selector)
+        with self._lock:
+            if namespace is None:
+                rows = self._db.execute(
+                    "SELECT body FROM objects WHERE kind = ? ORDER BY namespace, name", (kind,)
+                )
+            else:
+                rows = self._db.execute(
+                    "SELECT body FROM objects WHERE kind = ? AND namespace = ? ORDER BY name",
+                    (kind, namespace),
+                )
+            items = [json.loads(body) for (body,) in rows]
+            revision = self._revision
+        if matches is not None:
+            items = [o for o in items if matches(_labels(o))]
+        return items, str(revision)
+
+    # -- change notification -------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``callback({"type", "object"})`` after each committed change, in the writing
+        thread, in commit order. Returns the function that unsubscribes."""
+        with self._lock:
+            self._listeners.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._listeners:
+                    self._listeners.remove(callback)
+
+        return unsubscribe
+
+    def watch(
+        self,
+        kind: str,
+        namespace: str | None = None,
+        resource_version: str | int | None = None,
+        allow_bookmarks: bool = False,
+        label_selector: Any = None,
+        *,
+        bookmark_interval: float = 60.0,
+    ) -> Watch:
+        """Changes of ``kind`` as an async iterator of ``{"type", "object"}`` events.
+
+        Must be called on the event loop that consumes it.
+
+        - ``resource_version`` ``None``, ``""`` or ``"0"``: an ADDED event for each current
+          object, then every later change;
+        - ``resource_version`` N: every change after N;
+        - with ``label_selector``, an object that stops matching arrives as DELETED and one
+          that starts matching as ADDED (as the API server's watch cache does);
+        - ``allow_bookmarks``: a BOOKMARK (an object with only ``metadata.resourceVersion``)
+          after ``bookmark_interval`` seconds without an event.
+
+        :raises Gone: N is older than the history kept (:attr:`oldest_resource_version`).
+        :raises BadRequest: a resourceVersion or selector that does not parse.
+        """
+        if kind not in KINDS:
+            raise BadRequest(f"kind: {kind!r} is not one of {', '.join(sorted(KINDS))}")
+        matches = _selector(label_selector)
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if resource_version in (None, "", "0", 0):
+                items, rv = self.list(kind, namespace, None)
+                start = int(rv)
+                initial = [
+                    _Change(start, "ADDED", kind, o["metadata"]["namespace"],
+                            o["metadata"]["name"], o, None)
+                    for o in items
+                ]
+            else:
+                try:
+                    start = int(resource_version)
+                except (TypeError, ValueError):
+                    raise BadRequest(
+                        f"resourceVersion: {resource_version!r} is not an integer"
+                    ) from None
+                if start < self.oldest_resource_version:
+                    raise _too_old(start, self.oldest_resource_version)
+                initial = [self._change_from_row(r) for r in self._db.execute(
+                    "SELECT rv, type, kind, namespace, name, body, previous FROM history "
+                    "WHERE rv > ? ORDER BY rv", (start,))]
+            watcher = Watch(self, loop, kind, namespace, matches, allow_bookmarks,
+                            bookmark_interval, start, initial)
+            self._watchers.add(watcher)
+        return watcher
+
+    @staticmethod
+    def _change_from_row(row: tuple[Any, ...]) -> _Change:
+        rv, typ, kind, namespace, name, body, previous = row
+        return _Change(int(rv), typ, kind, namespace, name, json.loads(body),
+                       None if previous is None else json.loads(previous))
+
+    def _unwatch(self, watcher: Watch) -> None:
+        with self._lock:
+            self._watchers.discard(watcher)
+
+
+def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    return (obj.get("metadata") or {}).get("labels") or {}
+
+
+def _selector(label_selector: Any) -> Callable[[Mapping[str, str]], bool] | None:
+    """A label-matching function from a selector string or compiled selector (None: all)."""
+    if label_selector is None or label_selector == "":
+        return None
+    if isinstance(label_selector, str):
+        try:
+            compiled = parse_selector(label_selector)
+        except SelectorError as exc:
+            raise BadRequest(f"labelSelector: {label_selector!r}: {exc}") from None
+        return compiled.matches
+    return label_selector.matches
+
+
+# ---------------------------------------------------------------------------------------------
+# Watch
+# ---------------------------------------------------------------------------------------------
+
+# A watcher that falls this far behind is ended, as the API server ends a slow watcher: its
+# client resumes from the last resourceVersion it saw.
+MAX_PENDING = 10_000
+
+
+class Watch(AsyncIterator[Event]):
+    """One watcher's stream of events; see :meth:`Store.watch`. ``close()`` ends it."""
+
+    def __init__(
+        self, store: Store, loop: asyncio.AbstractEventLoop, kind: str, namespace: str | None,
+        matches: Callable[[Mapping[str, str]], bool] | None, allow_bookmarks: bool,
+        bookmark_interval: float, start: int, initial: list[_Change],
+    ):
+        self._store = store
+        self._loop = loop
+        self.kind = kind
+        self.namespace = namespace
+        self._matches = matches
+        self.allow_bookmarks = allow_bookmarks
+        self.bookmark_interval = bookmark_interval
+        self.resource_version = start  # every change up to here has been delivered or skipped
+        self._pending: deque[_Change] = deque(initial)
+        self._wakeup = asyncio.Event()
+        self._ended = False
+        self._overflowed = False
+        if initial:
+            self._wakeup.set()
+
+    # called under the store lock, from the writing thread
+    def _offer(self, change: _Change) -> None:
+        if self._overflowed:
+            return
+        if len(self._pending) >= MAX_PENDING:
+            self._overflowed = True  # deliver what is queued, then end
+            log.warning("watch of %s fell %d events behind; ending it", self.kind, MAX_PENDING)
+        else:
+            self._pending.append(change)
+        self._poke()
+
+    def _poke(self) -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._wakeup.set()
+        elif not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wakeup.set)
+
+    def _end(self) -> None:
+        self._ended = True
+        self._poke()
+
+    def close(self) -> None:
+        """Stop watching; iteration ends after the events already delivered."""
+        self._store._unwatch(self)
+        self._end()
+
+    def bookmark(self) -> Event:
+        """A BOOKMARK event at the resourceVersion this watcher has reached."""
+        api_version = KINDS[self.kind][0]
+        return {
+            "type": "BOOKMARK",
+            "object": {
+                "kind": self.kind,
+                "apiVersion": api_version,
+                "metadata": {"resourceVersion": str(self.resource_version)},
+            },
+        }
+
+    def _filter(self, change: _Change) -> Event | None:
+        if change.kind != self.kind:
+            return None
+        if self.namespace is not None and change.namespace != self.namespace:
+            return None
+        if self._matches is None:
+            return change.event()
+        now = self._matches(_labels(change.obj))
+        if change.type == "MODIFIED" and change.previous is not None:
+            before = self._matches(_labels(change.previous))
+            if now and not before:
+                return {"type": "ADDED", "object": change.obj}
+            if before and not now:
+                gone = copy.deepcopy(change.previous)
+                gone["metadata"]["resourceVersion"] = str(change.rv)
+                return {"type": "DELETED", "object": gone}
+        return change.event() if now else None
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __anext__(self) -> Event:
+        while True:
+            while self._pending:
+                change = self._pending.popleft()
+                event = self._filter(change)
+                self.resource_version = max(self.resource_version, change.rv)
+                if event is not None:
+                    return event
+            if self._ended or self._overflowed:
+                self.close()
+                raise StopAsyncIteration
+            self._wakeup.clear()
+            if self.allow_bookmarks:
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), self.bookmark_interval)
+                except TimeoutError:
+                    return self.bookmark()
+            else:
+                await self._wakeup.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and allocation (lbcore.model.objects, lbcore.model.allocators)
+# ---------------------------------------------------------------------------------------------
+
+
+def _admit(obj: dict[str, Any], old: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate and default ``obj`` with :mod:`lbcore.model.objects`; raise :class:`Invalid`."""
+    from lbcore.model.objects import parse_object
+
+    kind, _, name = _identity(obj)
+    try:
+        admitted = parse_object(obj).to_dict()
+    except ValidationError as exc:
+        raise Invalid(exc.kind, exc.name, exc.causes) from None
+    if old is not None and kind == "Service":
+        _check_immutable(admitted, old)
+    return admitted
+
+
+def _check_immutable(svc: Mapping[str, Any], old: Mapping[str, Any]) -> None:
+    """A Service keeps its ClusterIPs for life, unless it becomes an ExternalName."""
+    spec, old_spec = svc.get("spec") or {}, old.get("spec") or {}
+    if spec.get("type") == "ExternalName" or not old_spec.get("clusterIPs"):
+        return
+    old_ips, new_ips = old_spec["clusterIPs"], spec.get("clusterIPs") or []
+    causes = [
+        Cause(f"spec.clusterIPs[{i}]", "FieldValueInvalid",
+              f'Invalid value: "{ip}": may not change once set (was "{old_ips[i]}")')
+        for i, ip in enumerate(new_ips[: len(old_ips)]) if ip != old_ips[i]
+    ]
+    if causes:
+        raise Invalid("Service", svc["metadata"]["name"], causes)
+
+
+def _keep_allocated(obj: dict[str, Any], old: Mapping[str, Any]) -> None:
+    """Carry ClusterIPs and NodePorts over from ``old`` when an update leaves them out, as the
+    API server's ``patchAllocatedValues`` does, so a re-applied manifest keeps its addresses."""
+    spec = obj.setdefault("spec", {})
+    old_spec = old.get("spec") or {}
+    if not isinstance(spec, dict):
+        return
+    if spec.get("type", "ClusterIP") != "ExternalName":
+        if not spec.get("clusterIP") and old_spec.get("clusterIP"):
+            spec["clusterIP"] = old_spec["clusterIP"]
+        if not spec.get("clusterIPs") and old_spec.get("clusterIPs"):
+            if spec.get("clusterIP") in (None, old_spec.get("clusterIP")):
+                spec["clusterIPs"] = list(old_spec["clusterIPs"])
+        for key in ("ipFamilies", "ipFamilyPolicy"):
+            if not spec.get(key) and old_spec.get(key):
+                spec[key] = copy.deepcopy(old_spec[key])
+    if spec.get("type") in ("NodePort", "LoadBalancer"):
+        old_ports = {
+            (p.get("protocol", "TCP"), p.get("port")): p.get("nodePort")
+            for p in old_spec.get("ports") or []
+            if isinstance(p, Mapping)
+        }
+        for port in spec.get("ports") or []:
+            if isinstance(port, dict) and not port.get("nodePort"):
+                node_port = old_ports.get((port.get("protocol", "TCP"), port.get("port")))
+                if node_port:
+                    port["nodePort"] = node_port
+
+
+class _Allocations:
+    """ClusterIPs (one allocator per IP family) and NodePorts, through lbcore.model.allocators.
+
+    ``admit`` allocates what a Service needs (honouring requested values) and returns a
+    :class:`_Plan`: ``undo()`` when the write does not commit, ``done()`` when it does, which
+    frees what an update gave up.
+    """
+
+    def __init__(self, service_cidrs: list[str], node_port_range: tuple[int, int]):
+        self.ips: dict[str, ClusterIPAllocator] = {}
+        for cidr in service_cidrs:
+            try:
+                allocator = ClusterIPAllocator(cidr)
+            except AllocationError as exc:
+                raise ConfigError(f"service_cidr: {exc}") from None
+            if allocator.family in self.ips:
+                raise ConfigError(
+                    f"service_cidr: {cidr!r} is a second {allocator.family} range; "
+                    "give at most one per IP family"
+                )
+            self.ips[allocator.family] = allocator
+        if not self.ips:
+            raise ConfigError("service_cidr: at least one CIDR is needed")
+        self.primary = next(iter(self.ips))
+        try:
+            self.ports = NodePortAllocator(node_port_range)
+        except AllocationError as exc:
+            raise ConfigError(f"node_port_range: {exc}") from None
+
+    def rebuild(self, services: list[dict[str, Any]]) -> None:
+        """Hold every ClusterIP and NodePort of the stored ``services`` (at open)."""
+        problems = [p for a in self.ips.values() for p in a.rebuild(services)]
+        problems += self.ports.rebuild(services)
+        for problem in problems:
+            log.warning("stored service keeps an address it cannot hold: %s", problem)
+
+    def admit(self, svc: dict[str, Any], old: Mapping[str, Any] | None) -> _Plan:
+        """Fill ``spec.clusterIP(s)``, ``ipFamilies`` and ``nodePort``s of ``svc`` in place.
+
+        :raises Invalid: a requested value is taken or out of range, or nothing is left.
+        """
+        meta, spec = svc["metadata"], svc["spec"]
+        owner = f"{meta['namespace']}/{meta['name']}"
+        plan = _Plan(self, owner, old)
+        try:
+            if spec.get("type") != "ExternalName":
+                self._cluster_ips(spec, plan)
+            self._node_ports(spec, plan)
+        except Invalid:
+            plan.undo()
+            raise
+        return plan
+
+    def _cluster_ips(self, spec: dict[str, Any], plan: _Plan) -> None:
+        name = plan.owner.split("/", 1)[1]
+        requested = list(spec.get("clusterIPs") or [])
+        if not requested and spec.get("clusterIP"):
+            requested = [spec["clusterIP"]]
+        if requested == ["None"]:
+            return  # headless
+        policy = spec.get("ipFamilyPolicy") or "SingleStack"
+        families = list(spec.get("ipFamilies") or [])
+        if not families:
+            families = [_family_of(ip) for ip in requested] or [self.primary]
+        if policy in ("PreferDualStack", "RequireDualStack"):
+            families += [f for f in self.ips if f not in families]
+            if policy == "RequireDualStack" and len(families) < 2:
+                raise Invalid("Service", name, [Cause(
+                    "spec.ipFamilyPolicy", "FieldValueInvalid",
+                    'Invalid value: "RequireDualStack": this store has one service CIDR only')])
+        else:
+            families = families[:1]
+        ips = []
+        for i, family in enumerate(families):
+            allocator = self.ips.get(family)
+            if allocator is None:
+                raise Invalid("Service", name, [Cause(
+                    f"spec.ipFamilies[{i}]", "FieldValueInvalid",
+                    f'Invalid value: "{family}": no service CIDR of this family is configured')])
+            want = requested[i] if i < len(requested) else None
+            try:
+                ips.append(plan.take(allocator, want))
+            except AllocationError as exc:
+                raise Invalid("Service", name, [Cause(
+                    f"spec.clusterIPs[{i}]", "FieldValueInvalid",
+                    f'Invalid value: "{want or ""}": {exc}')]) from None
+        spec["clusterIPs"] = ips
+        spec["clusterIP"] = ips[0]
+        spec["ipFamilies"] = families
+        spec["ipFamilyPolicy"] = policy
+
+    def _node_ports(self, spec: dict[str, Any], plan: _Plan) -> None:
+        stype = spec.get("type")
+        if not (stype == "NodePort" or (
+            stype == "LoadBalancer" and spec.get("allocateLoadBalancerNodePorts", True)
+        )):
+            return
+        name = plan.owner.split("/", 1)[1]
+        for i, port in enumerate(spec.get("ports") or []):
+            want = port.get("nodePort") or None
+            try:
+                port["nodePort"] = plan.take(self.ports, want)
+            except AllocationError as exc:
+                raise Invalid("Service", name, [Cause(
+                    f"spec.ports[{i}].nodePort", "FieldValueInvalid",
+                    f"Invalid value: {want or 0}: {exc}")]) from None
+
+    def release(self, svc: Mapping[str, Any]) -> None:
+        """Free everything a deleted Service held."""
+        owner = f"{svc['metadata']['namespace']}/{svc['metadata']['name']}"
+        for allocator in self.ips.values():
+            allocator.release_owner(owner)
+        self.ports.release_owner(owner)
+
+
+class _Plan:
+    """What one write allocated: undone if the write fails; what it gave up, freed if not."""
+
+    def __init__(self, allocations: _Allocations, owner: str, old: Mapping[str, Any] | None):
+        self.allocations = allocations
+        self.owner = owner
+        self.old = old
+        self.new: list[tuple[Any, Any]] = []  # (allocator, value) taken by this write
+        self.kept: list[tuple[Any, Any]] = []  # (allocator, value) the service already held
+
+    def take(self, allocator: Any, want: Any) -> Any:
+        held = want is not None and allocator.in_use(want) and (
+            allocator.owner_of(want) == self.owner)
+        value = allocator.allocate(want, self.owner)
+        (self.kept if held else self.new).append((allocator, value))
+        return value
+
+    def undo(self) -> None:
+        for allocator, value in self.new:
+            allocator.release(value)
+        self.new.clear()
+
+    def done(self) -> None:
+        """Free what the previous version held and this one does not."""
+        if self.old is None:
+            return
+        keep = {(id(a), v) for a, v in self.kept + self.new}
+        spec = self.old.get("spec") or {}
+        allocations = self.allocations
+        for ip in spec.get("clusterIPs") or []:
+            allocator = allocations.ips.get(_family_of(ip)) if ip != "None" else None
+            if allocator is not None and (id(allocator), ip) not in keep:
+                if allocator.owner_of(ip) == self.owner:
+                    allocator.release(ip)
+        for port in spec.get("ports") or []:
+            node_port = port.get("nodePort")
+            if node_port and (id(allocations.ports), node_port) not in keep:
+                if allocations.ports.owner_of(node_port) == self.owner:
+                    allocations.ports.release(node_port)
+
+
+def _family_of(ip: str) -> str:
+    try:
+        return "IPv6" if ipaddress.ip_address(ip).version == 6 else "IPv4"
+    except ValueError:
+        return "IPv4"  # the allocator names the bad address

@@ -1,0 +1,55 @@
+"""Type stub of the compiled socket data path (plugins/lbcore_plugins/_proxy_c.pyx)."""
+
+from typing import Any
+
+SPLICE_MODES: dict[str, int]
+COUNTERS: tuple[str, ...]
+
+def pipe_max_size() -> int: ...
+
+class Engine:
+    """A pool of worker threads, each an epoll loop relaying TCP connections and UDP flows.
+
+    Picks use an ``lbcore.core.balancers`` Balancer per service port (any algorithm of
+    ``lbcore.core.balancers.available()`` that is a compiled Balancer) and, for ClientIP affinity,
+    an ``lbcore.AffinityTable``.
+    """
+
+    def __init__(
+        self,
+        workers: int = 2,
+        buffer_size: int = 16384,
+        splice: str = "auto",
+        pipe_size: int = 1048576,
+        connect_timeout: float = 2.0,
+        idle_timeout: float = 3600.0,
+        udp_idle_timeout: float = 30.0,
+        retries: int = 2,
+        down_time: float = 5.0,
+    ) -> None: ...
+    @property
+    def workers(self) -> int: ...
+    @property
+    def pipe_size(self) -> int: ...
+    @property
+    def running(self) -> bool: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def set_service(
+        self,
+        key: str,
+        endpoints: list[tuple[str, int, int, bool]],
+        algorithm: str = "round_robin",
+        affinity_timeout: float = 0.0,
+        affinity_capacity: int = 65536,
+        options: dict[str, Any] | None = None,
+    ) -> None: ...
+    def remove_service(self, key: str) -> None: ...
+    def service_endpoints(self, key: str) -> list[dict[str, Any]]: ...
+    def service_info(self, key: str) -> dict[str, Any]: ...
+    def _age_affinity_clock(self, key: str, seconds: float) -> None: ...
+    def add_listener(
+        self, key: str, protocol: str, fds: list[int], max_connections: int = 0
+    ) -> int: ...
+    def remove_listener(self, ident: int) -> None: ...
+    def stats(self) -> dict[str, int]: ...

@@ -1,0 +1,377 @@
+"""The ``kubernetes`` source: list and watch an API server with the official client.
+
+Like kube-proxy's informers, for each kind it follows (one reflector per kind):
+
+1. list, and hand the whole list to the sink (``replace``: what is not in it is gone);
+2. watch from the list's resourceVersion, with bookmarks, handing each event to the sink;
+3. when a watch ends or breaks, watch again from the last resourceVersion seen; when the server
+   answers 410 Gone (the version fell out of its history), list again;
+4. back off exponentially, with jitter, on every error, and log each one on one line.
+
+The client is blocking, so each reflector runs in its own thread and hands events to the sink
+on the event loop with ``call_soon_threadsafe``. Every request has a client-side timeout
+(``_request_timeout``) and every watch a server-side one (``timeout_seconds``), so a dead
+connection is noticed rather than waited on forever.
+
+Options:
+    mode: ``endpointslices`` (Services and EndpointSlices, as kube-proxy) or ``pods`` (Services
+        and Pods; lbcore matches selectors and computes endpoints itself). Default
+        ``endpointslices``.
+    server, token: an API server URL and bearer token (no kubeconfig needed); ``verify_ssl``
+        (default true) and ``ca_file`` for https.
+    kubeconfig, context: a kubeconfig file and context (default: ``$KUBECONFIG`` or
+        ``~/.kube/config``), used when ``server`` is not given.
+    in_cluster: use the pod's service account (default: when ``KUBERNETES_SERVICE_HOST`` is set
+        and neither ``server`` nor ``kubeconfig`` is).
+    namespace: follow one namespace only (default: all).
+    label_selector: which Services and EndpointSlices to follow (default, as kube-proxy:
+        ``!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless``, leaving
+        out services another proxy serves and headless ones; ``""`` follows all). Pods are
+        never filtered.
+    watch_timeout: seconds a watch request lasts on the server (default 300).
+    connect_timeout: seconds to connect (default 10).
+    read_timeout: seconds without a byte after which a connection is dead (default 120; the
+        server sends a bookmark about every minute).
+    backoff_initial, backoff_max: the first and the largest wait after an error (default 0.8 and
+        30 seconds); each error doubles it, with up to 100 % jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import lbcore
+from lbcore import ConfigError, RuntimeContext, Source, SourceSink
+
+MODES: dict[str, tuple[str, ...]] = {
+    "endpointslices": ("Service", "EndpointSlice"),
+    "pods": ("Service", "Pod"),
+}
+API_VERSIONS = {"Service": "v1", "Pod": "v1", "EndpointSlice": "discovery.k8s.io/v1"}
+# kube-proxy's own filter: what another proxy serves, and headless services, are not its job
+DEFAULT_LABEL_SELECTOR = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
+
+_OPTIONS = {
+    "mode", "server", "token", "verify_ssl", "ca_file", "kubeconfig", "context", "in_cluster",
+    "namespace", "label_selector", "watch_timeout", "connect_timeout", "read_timeout", "backoff_initial",
+    "backoff_max",
+}
+
+
+class Expired(Exception):
+    """The server no longer has the resourceVersion asked for (410 Gone): list again."""
+
+
+class WatchFailed(Exception):
+    """The server ended a watch with an ERROR event other than 410."""
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with jitter, as client-go's: initial, doubled up to ``maximum``."""
+
+    initial: float = 0.8
+    maximum: float = 30.0
+    _next: float = 0.0
+
+    def reset(self) -> None:
+        self._next = 0.0
+
+    def delay(self) -> float:
+        """The next wait: doubles after each call, with up to 100 % jitter, capped."""
+        self._next = self.initial if self._next == 0.0 else min(self._next * 2, self.maximum)
+        return min(self._next * (1.0 + random.random()), self.maximum)
+
+
+def _positive(options: Mapping[str, Any], key: str, default: float) -> float:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"source.kubernetes.{key}: expected a positive number, got {value!r}")
+    return float(value)
+
+
+class KubernetesSource(Source):
+    """Feeds the sink from a Kubernetes API server (or anything speaking its protocol)."""
+
+    name = "kubernetes"
+
+    def __init__(self, options: Mapping[str, Any], context: RuntimeContext):
+        super().__init__(options, context)
+        unknown = set(self.options) - _OPTIONS
+        if unknown:
+            raise ConfigError(
+                f"source.kubernetes: unknown option(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(_OPTIONS))}"
+            )
+        mode = self.options.get("mode", "endpointslices")
+        if mode not in MODES:
+            raise ConfigError(
+                f"source.kubernetes.mode: {mode!r} is not one of {', '.join(MODES)}"
+            )
+        self.mode: str = mode
+        self.kinds = MODES[mode]
+        self.namespace: str | None = self.options.get("namespace")
+        self.label_selector = str(self.options.get("label_selector", DEFAULT_LABEL_SELECTOR))
+        self.watch_timeout = int(_positive(self.options, "watch_timeout", 300))
+        self.connect_timeout = _positive(self.options, "connect_timeout", 10)
+        self.read_timeout = _positive(self.options, "read_timeout", 120)
+        self.backoff_initial = _positive(self.options, "backoff_initial", 0.8)
+        self.backoff_max = _positive(self.options, "backoff_max", 30)
+        self.log = context.log.getChild("kubernetes")
+        self.synced = asyncio.Event()  # set once every kind has been listed into the sink
+        # what the reflectors have done, for logs and tests: kind -> count
+        self.lists: dict[str, int] = dict.fromkeys(self.kinds, 0)
+        self.watches: dict[str, int] = dict.fromkeys(self.kinds, 0)
+        self.resource_versions: dict[str, str | None] = dict.fromkeys(self.kinds)
+        self._stop = threading.Event()
+        self._responses: dict[str, Any] = {}
+
+    # -- client ---------------------------------------------------------------------------------
+
+    def api_client(self) -> Any:
+        """An ``ApiClient`` configured from the options."""
+        from kubernetes import client, config
+
+        configuration = client.Configuration()
+        options = self.options
+        if options.get("server"):
+            configuration.host = str(options["server"]).rstrip("/")
+            if options.get("token"):
+                configuration.api_key = {"authorization": str(options["token"])}
+                configuration.api_key_prefix = {"authorization": "Bearer"}
+            configuration.verify_ssl = bool(options.get("verify_ssl", True))
+            if options.get("ca_file"):
+                configuration.ssl_ca_cert = str(options["ca_file"])
+        elif options.get("in_cluster") or (
+            "in_cluster" not in options and not options.get("kubeconfig")
+            and os.environ.get("KUBERNETES_SERVICE_HOST")
+        ):
+            config.load_incluster_config(client_configuration=configuration)
+        else:
+            config.load_kube_config(
+                config_file=options.get("kubeconfig"),
+                context=options.get("context"),
+                client_configuration=configuration,
+            )
+        # one retry policy, ours (backoff with jitter, one log line per failure), not urllib3's
+        configuration.retries = 0
+        return client.ApiClient(configuration)
+
+    def _list_function(self, api_client: Any, kind: str) -> Callable[..., Any]:
+        from kubernetes import client
+
+        core, discovery = client.CoreV1Api(api_client), client.DiscoveryV1Api(api_client)
+        namespaced: dict[str, Callable[..., Any]] = {
+            "Service": core.list_namespaced_service,
+            "Pod": core.list_namespaced_pod,
+            "EndpointSlice": discovery.list_namespaced_endpoint_slice,
+        }
+        everywhere: dict[str, Callable[..., Any]] = {
+            "Service": core.list_service_for_all_namespaces,
+            "Pod": core.list_pod_for_all_namespaces,
+            "EndpointSlice": discovery.list_endpoint_slice_for_all_namespaces,
+        }
+        selector: dict[str, Any] = {"label_selector": self.label_selector} if (
+            kind != "Pod" and self.label_selector) else {}
+        if self.namespace is not None:
+            function, namespace = namespaced[kind], self.namespace
+            return lambda **kw: function(namespace, **selector, **kw)
+        function = everywhere[kind]
+        return lambda **kw: function(**selector, **kw)
+
+    # -- run ------------------------------------------------------------------------------------
+
+    async def run(self, sink: SourceSink) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop.clear()
+        api_client = self.api_client()
+        listed: set[str] = set()
+
+        def on_loop(call: Callable[..., None], *args: Any) -> None:
+            loop.call_soon_threadsafe(call, *args)
+
+        def mark_listed(kind: str) -> None:
+            listed.add(kind)
+            if listed >= set(self.kinds):
+                self.synced.set()
+
+        executor = ThreadPoolExecutor(len(self.kinds), thread_name_prefix="lbcore-k8s")
+        reflectors = [
+            loop.run_in_executor(
+                executor, self._reflect, kind, self._list_function(api_client, kind), sink,
+                on_loop, mark_listed,
+            )
+            for kind in self.kinds
+        ]
+        try:
+            await asyncio.gather(*reflectors)
+        finally:
+            self._stop.set()
+            for response in list(self._responses.values()):
+                _abort(response)
+            # the threads notice the stop flag within one read; do not wait on them here
+            executor.shutdown(wait=False, cancel_futures=True)
+            api_client.close()
+
+    def _reflect(
+        self, kind: str, list_function: Callable[..., Any], sink: SourceSink,
+        on_loop: Callable[..., None], mark_listed: Callable[[str], None],
+    ) -> None:
+        """List, then watch, forever (until stopped): one kind, in its own thread."""
+        backoff = Backoff(self.backoff_initial, self.backoff_max)
+        rv: str | None = None
+        while not self._stop.is_set():
+            try:
+                if rv is None:
+                    items, rv = self._list(kind, list_function)
+                    on_loop(sink.replace, kind, items)
+                    on_loop(mark_listed, kind)
+                started = time.monotonic()
+                rv, events = self._watch(kind, list_function, rv, sink, on_loop)
+                if events or time.monotonic() - started > 1.0:
+                    backoff.reset()
+                    continue
+                delay = backoff.delay()  # a server that ends every watch at once
+            except Expired as exc:
+                self.log.info("watch %s: %s; listing again", kind, exc)
+                rv = None
+                continue
+            except Exception as exc:
+                if self._stop.is_set():
+                    break
+                if rv is not None:  # resume after the last event handed over, not before it
+                    rv = self.resource_versions[kind] or rv
+                delay = backoff.delay()
+                self.log.warning(
+                    "%s %s failed: %s; retrying in %.1fs", "watch" if rv else "list", kind,
+                    _one_line(exc), delay,
+                )
+            self._stop.wait(delay)
+
+    def _list(self, kind: str, list_function: Callable[..., Any]) -> tuple[list[dict], str]:
+        response = list_function(
+            _preload_content=False,
+            _request_timeout=(self.connect_timeout, self.read_timeout),
+        )
+        _check_status(response, f"list {kind}")
+        body = json.loads(response.data)
+        items = []
+        for obj in body.get("items") or []:
+            # list items may omit kind and apiVersion; the sink needs them
+            obj.setdefault("kind", kind)
+            obj.setdefault("apiVersion", API_VERSIONS[kind])
+            items.append(obj)
+        rv = str(body["metadata"]["resourceVersion"])
+        self.lists[kind] += 1
+        self.resource_versions[kind] = rv
+        self.log.debug("list %s: %d objects at resourceVersion %s", kind, len(items), rv)
+        return items, rv
+
+    def _watch(
+        self, kind: str, list_function: Callable[..., Any], rv: str, sink: SourceSink,
+        on_loop: Callable[..., None],
+    ) -> tuple[str, int]:
+        """One watch request from ``rv``; return the last resourceVersion seen and how many
+        events came. Raises :class:`Expired` on 410 Gone."""
+        from kubernetes.client.exceptions import ApiException
+        from kubernetes.watch.watch import iter_resp_lines
+
+        try:
+            response = list_function(
+                watch=True,
+                resource_version=rv,
+                allow_watch_bookmarks=True,
+                timeout_seconds=self.watch_timeout,
+                _preload_content=False,
+                _request_timeout=(self.connect_timeout, self.read_timeout),
+            )
+        except ApiException as exc:
+            if exc.status == 410:
+                raise Expired(f"resourceVersion {rv} is gone") from None
+            raise
+        _check_status(response, f"watch {kind} from {rv}")
+        self.watches[kind] += 1
+        self._responses[kind] = response
+        events = 0
+        try:
+            if self._stop.is_set():
+                return rv, events
+            for line in iter_resp_lines(response):
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                typ, obj = event.get("type"), event.get("object") or {}
+                if typ == "ERROR":
+                    if obj.get("code") == 410:
+                        raise Expired(obj.get("message") or f"resourceVersion {rv} is gone")
+                    raise WatchFailed(f"{obj.get('code')} {obj.get('reason')}: {obj.get('message')}")
+                meta = obj.get("metadata") or {}
+                events += 1
+                if typ in ("ADDED", "MODIFIED"):
+                    obj.setdefault("kind", kind)
+                    obj.setdefault("apiVersion", API_VERSIONS[kind])
+                    on_loop(sink.upsert, obj)
+                elif typ == "DELETED":
+                    on_loop(sink.delete, kind, meta.get("namespace") or "", meta.get("name") or "")
+                elif typ != "BOOKMARK":
+                    raise WatchFailed(f"unexpected watch event type {typ!r}")
+                rv = str(meta.get("resourceVersion") or rv)
+                self.resource_versions[kind] = rv
+                if self._stop.is_set():
+                    break
+        finally:
+            self._responses.pop(kind, None)
+            response.release_conn()
+        return rv, events
+
+
+def _check_status(response: Any, what: str) -> None:
+    """Raise for a non-2xx answer (the client does not when content is not preloaded)."""
+    status = getattr(response, "status", 200)
+    if 200 <= status <= 299:
+        return
+    try:
+        body = json.loads(response.data)
+        message = f"{body.get('reason')}: {body.get('message')}"
+    except (ValueError, AttributeError):
+        message = f"HTTP {status}"
+    finally:
+        response.release_conn()
+    if status == 410:
+        raise Expired(f"{what}: {message}")
+    raise WatchFailed(f"{what}: HTTP {status} {message}")
+
+
+def _abort(response: Any) -> None:
+    """Unblock a thread reading ``response``: shut its socket down (as Watch.stop does)."""
+    connection = getattr(response, "connection", None) or getattr(response, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    try:
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _one_line(exc: BaseException) -> str:
+    status = getattr(exc, "status", None)
+    reason = getattr(exc, "reason", None)
+    if status is not None:
+        return f"HTTP {status} {reason or ''}".strip()
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+@lbcore.hookimpl
+def lbcore_register_sources() -> dict[str, Any]:
+    return {"kubernetes": KubernetesSource}
+

@@ -1,0 +1,83 @@
+"""The ``local`` source: the daemon's embedded store (what ``lbcore create -f`` stored).
+
+It replaces each kind in the sink with the store's list, then follows the store's commits
+(:meth:`lbcore.runtime.store.Store.subscribe`) until cancelled. Listening starts before the lists are
+read and every change carries the store's global revision, so nothing committed between a list
+and the first event is lost or applied twice.
+
+Options:
+    kinds: the kinds to follow (default Service, Pod, Endpoints, EndpointSlice)
+    namespace: only this namespace (default: all)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lbcore
+from lbcore import ConfigError, RuntimeContext, Source, SourceSink
+
+DEFAULT_KINDS = ("Service", "Pod", "Endpoints", "EndpointSlice")
+
+
+class LocalSource(Source):
+    """Feeds the sink from the embedded store in ``context.store``."""
+
+    name = "local"
+
+    def __init__(self, options: Mapping[str, Any], context: RuntimeContext):
+        super().__init__(options, context)
+        if context.store is None:
+            raise ConfigError(
+                "source.local: the runtime context has no store; the local source needs the "
+                "daemon's embedded store"
+            )
+        kinds = self.options.get("kinds", DEFAULT_KINDS)
+        if isinstance(kinds, str) or not all(isinstance(k, str) for k in kinds):
+            raise ConfigError(f"source.local.kinds: expected a list of kinds, got {kinds!r}")
+        self.kinds = tuple(kinds)
+        self.namespace: str | None = self.options.get("namespace")
+        self.synced = asyncio.Event()  # set once every kind has been listed into the sink
+
+    async def run(self, sink: SourceSink) -> None:
+        loop = asyncio.get_running_loop()
+        changes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        def on_commit(event: dict[str, Any]) -> None:
+            # called in the writing thread, which may or may not be the loop's
+            loop.call_soon_threadsafe(changes.put_nowait, event)
+
+        unsubscribe: Callable[[], None] = self.context.store.subscribe(on_commit)
+        try:
+            listed_at: dict[str, int] = {}
+            for kind in self.kinds:
+                items, rv = self.context.store.list(kind, self.namespace)
+                sink.replace(kind, items)
+                listed_at[kind] = int(rv)
+            self.synced.set()
+            self.context.log.info("source local: listed %s", ", ".join(self.kinds))
+            while True:
+                event = await changes.get()
+                self._apply(sink, event, listed_at)
+        finally:
+            unsubscribe()
+
+    def _apply(self, sink: SourceSink, event: Mapping[str, Any], listed_at: Mapping[str, int]) -> None:
+        obj = event["object"]
+        kind = obj.get("kind")
+        meta = obj["metadata"]
+        if kind not in listed_at or int(meta["resourceVersion"]) <= listed_at[kind]:
+            return  # another kind, or already in the list the sink was given
+        if self.namespace is not None and meta["namespace"] != self.namespace:
+            return
+        if event["type"] == "DELETED":
+            sink.delete(kind, meta["namespace"], meta["name"])
+        else:
+            sink.upsert(obj)
+
+
+@lbcore.hookimpl
+def lbcore_register_sources() -> dict[str, Any]:
+    return {"local": LocalSource}

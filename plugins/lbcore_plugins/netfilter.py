@@ -1,0 +1,594 @@
+"""What the iptables and nftables frontends share.
+
+Chain naming, the frontend options, kube-proxy's endpoint choice, running the kernel tools
+(optionally inside a named network namespace) and the UDP conntrack clean-up.
+"""
+
+from __future__ import annotations
+
+import gc
+import ipaddress
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from lbcore import ConfigError, EndpointInfo, FrontendUnavailable, ServicePortInfo, Snapshot, hash64
+from lbcore_plugins.nftlib import NftContext, NftUnavailable
+
+#: the packet-mark bit that asks LBCORE-POSTROUTING (or nft's masquerading chain) to SNAT
+MASQ_MARK = 0x4000
+
+def chain_hash(key: str) -> str:
+    """16 upper-case hex digits of the XXH3-64 hash of ``key`` (as UTF-8).
+
+    XXH3 is a fixed, seedless specification (lbcore vendors it), so a name computed today is the
+    name every later version computes: an unchanged service keeps its chains across upgrades. It
+    costs about as much as a dict look-up, so it is not memoised.
+    """
+    return f"{hash64(key):016X}"
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a full render allocates its hundreds of
+    thousands of strings and tuples (none of them in a reference cycle); without the pause,
+    generation scans take a third of a cold render. Restores the previous state."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def chain_name(prefix: str, key: str, length: int = 16) -> str:
+    """``prefix`` + the first ``length`` hex digits of :func:`chain_hash` of ``key``.
+
+    The name depends only on what the chain stands for, so an unchanged service keeps its chains
+    across syncs and restarts. ``LBCORE-SEP-`` plus 16 digits is 27, inside iptables' 28.
+    """
+    return prefix + chain_hash(key)[:length]
+
+
+def service_port_id(sp: ServicePortInfo) -> str:
+    """``ns/name:port/proto``: what a service chain stands for."""
+    return f"{sp.key}/{sp.protocol.lower()}"
+
+
+def endpoint_id(sp: ServicePortInfo, ep: EndpointInfo) -> str:
+    """``ns/name:port/proto/ip:port``: what an endpoint chain stands for."""
+    return f"{sp.namespace}/{sp.name}:{sp.port_name}/{sp.protocol.lower()}/{endpoint_address(ep.ip, ep.port)}"
+
+
+def endpoint_address(ip: str, port: int) -> str:
+    """``ip:port``, with brackets for IPv6."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def family_of(ip: str) -> int:
+    """4 or 6."""
+    return 6 if ":" in ip else 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Options
+# ---------------------------------------------------------------------------------------------
+
+#: nftables endpoint choice: a chain per endpoint behind a numgen cascade or a numgen vmap, the
+#: DNAT inside the service chain (a cascade of dnat rules, or a numgen dnat map), or shared
+#: chains that DNAT through data maps of every service's endpoints ("maps")
+ENDPOINT_SELECTIONS = ("cascade", "vmap", "inline", "map", "maps")
+
+
+@dataclass(frozen=True)
+class NetfilterOptions:
+    """The options both kernel frontends take (see docs/frontends/kernel.md)."""
+
+    keep_on_exit: bool = False
+    masquerade_all: bool = False
+    # pod network per family: traffic from it (and from local processes) may use ClusterIPs
+    cluster_cidrs: Mapping[int, str] = None  # type: ignore[assignment]
+    # NodePorts only on these node addresses; empty: on every local address
+    node_addresses: tuple[str, ...] = ()
+    netns: str | None = None
+    conntrack_cleanup: bool = True
+    timeout: float = 60.0
+    # iptables: a full sync with more chains than this is split into transactions (0: never).
+    # iptables-nft-restore --noflush grows with the square of the chains in one transaction.
+    restore_chunk_chains: int = 2000
+    # nftables: "cascade" (one numgen rule per endpoint) or "vmap" (one anonymous numgen vmap
+    # per service, as kube-proxy writes it; slow to load with thousands of services, because
+    # the kernel scans every anonymous set to name each new one); "inline", "map" and "maps"
+    # (shared chains, per-port state in map elements): see docs/frontends/kernel.md
+    endpoint_selection: str = "cascade"
+    # iptables: "auto" (the iptables command of the host, nft or legacy as its alternatives say,
+    # what kube-proxy detects), "nft" (iptables-nft-*) or "legacy" (iptables-legacy-*)
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.cluster_cidrs is None:
+            object.__setattr__(self, "cluster_cidrs", {})
+
+    @classmethod
+    def parse(cls, frontend: str, options: Mapping[str, Any]) -> NetfilterOptions:
+        """Validate ``options``; a bad value raises :class:`ConfigError` naming the key."""
+        known = {
+            "keep_on_exit",
+            "masquerade_all",
+            "cluster_cidr",
+            "node_addresses",
+            "netns",
+            "conntrack_cleanup",
+            "timeout",
+            "restore_chunk_chains",
+            "endpoint_selection",
+            "backend",
+        }
+        for key in options:
+            if key not in known:
+                raise ConfigError(
+                    f"{frontend}: unknown option {key!r}; known: {', '.join(sorted(known))}"
+                )
+
+        def flag(key: str, default: bool) -> bool:
+            value = options.get(key, default)
+            if not isinstance(value, bool):
+                raise ConfigError(f"{frontend}: option {key!r} must be true or false, not {value!r}")
+            return value
+
+        cidrs: dict[int, str] = {}
+        raw = options.get("cluster_cidr") or ()
+        for text in [raw] if isinstance(raw, str) else list(raw):
+            try:
+                net = ipaddress.ip_network(str(text), strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"{frontend}: option 'cluster_cidr': {text!r} is not a CIDR") from exc
+            if net.version in cidrs:
+                raise ConfigError(
+                    f"{frontend}: option 'cluster_cidr': one CIDR per family, got {cidrs[net.version]!r} and {text!r}"
+                )
+            cidrs[net.version] = str(net)
+
+        addresses: list[str] = []
+        raw_addresses = options.get("node_addresses") or ()
+        for text in [raw_addresses] if isinstance(raw_addresses, str) else list(raw_addresses):
+            try:
+                addresses.append(str(ipaddress.ip_network(str(text), strict=False)))
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{frontend}: option 'node_addresses': {text!r} is not an IP address or CIDR"
+                ) from exc
+
+        netns = options.get("netns")
+        if netns is not None and (not isinstance(netns, str) or not netns or "/" in netns):
+            raise ConfigError(f"{frontend}: option 'netns': {netns!r} is not a namespace name")
+        timeout = options.get("timeout", 60.0)
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+            raise ConfigError(f"{frontend}: option 'timeout': {timeout!r} is not a positive number")
+        chunk = options.get("restore_chunk_chains", 2000)
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 0:
+            raise ConfigError(
+                f"{frontend}: option 'restore_chunk_chains': {chunk!r} is not a count (0 or more)"
+            )
+        selection = options.get("endpoint_selection", "cascade")
+        if selection not in ENDPOINT_SELECTIONS:
+            raise ConfigError(
+                f"{frontend}: option 'endpoint_selection': {selection!r} is not one of "
+                f"{', '.join(repr(v) for v in ENDPOINT_SELECTIONS)}"
+            )
+        backend = options.get("backend", "auto")
+        if backend not in ("auto", "nft", "legacy"):
+            raise ConfigError(
+                f"{frontend}: option 'backend': {backend!r} is not 'auto', 'nft' or 'legacy'"
+            )
+        return cls(
+            backend=backend,
+            endpoint_selection=selection,
+            restore_chunk_chains=chunk,
+            keep_on_exit=flag("keep_on_exit", False),
+            masquerade_all=flag("masquerade_all", False),
+            cluster_cidrs=cidrs,
+            node_addresses=tuple(addresses),
+            netns=netns,
+            conntrack_cleanup=flag("conntrack_cleanup", True),
+            timeout=float(timeout),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Endpoint choice, as kube-proxy makes it
+# ---------------------------------------------------------------------------------------------
+
+
+def usable_endpoints(
+    endpoints: Iterable[EndpointInfo], family: int, node_name: str | None = None
+) -> tuple[EndpointInfo, ...]:
+    """Ready endpoints; if there are none, the serving and terminating ones; else none.
+
+    Only endpoints of ``family``, and, when ``node_name`` is given (a ``Local`` traffic
+    policy), only those on that node.
+    """
+    v6 = family == 6
+    candidates = [
+        ep
+        for ep in endpoints
+        if (":" in ep.ip) == v6 and (node_name is None or ep.node_name == node_name)
+    ]
+    ready = [ep for ep in candidates if ep.ready and not ep.terminating]
+    if ready:
+        return tuple(ready)
+    return tuple(ep for ep in candidates if ep.serving and ep.terminating)
+
+
+@dataclass(slots=True)
+class PortPlan:
+    """One service port of one family, with the endpoints each kind of traffic may use."""
+
+    sp: ServicePortInfo
+    family: int
+    cluster_ips: tuple[str, ...]
+    # for ClusterIP traffic (internalTrafficPolicy)
+    cluster_endpoints: tuple[EndpointInfo, ...]
+    # for NodePort traffic (externalTrafficPolicy); None when it uses cluster_endpoints
+    local_endpoints: tuple[EndpointInfo, ...] | None
+
+    @property
+    def node_port(self) -> int | None:
+        return self.sp.node_port if self.sp.type in ("NodePort", "LoadBalancer") else None
+
+    @property
+    def external_endpoints(self) -> tuple[EndpointInfo, ...]:
+        return self.cluster_endpoints if self.local_endpoints is None else self.local_endpoints
+
+    @property
+    def all_endpoints(self) -> tuple[EndpointInfo, ...]:
+        """Every endpoint some chain of this port DNATs to, in a stable order."""
+        if self.local_endpoints is None:
+            return self.cluster_endpoints
+        seen = {ep.address: ep for ep in self.cluster_endpoints}
+        for ep in self.local_endpoints:
+            seen.setdefault(ep.address, ep)
+        return tuple(seen.values())
+
+
+SUPPORTED_PROTOCOLS = ("TCP", "UDP", "SCTP")
+
+
+def plan_ports(snapshot: Snapshot, family: int, keys: Iterable[str] | None = None) -> list[PortPlan]:
+    """The :class:`PortPlan` of every service port of ``snapshot`` with a ClusterIP of ``family``.
+
+    ``keys`` restricts the plan to those ``service_ports`` keys. Ports come out sorted by key, so
+    a rendered rule set does not depend on dict order.
+    """
+    ports = snapshot.service_ports
+    chosen = sorted(ports) if keys is None else sorted(k for k in keys if k in ports)
+    node = snapshot.node_name
+    plans: list[PortPlan] = []
+    for key in chosen:
+        plan = plan_port(ports[key], family, node)
+        if plan is not None:
+            plans.append(plan)
+    return plans
+
+
+def plan_port(sp: ServicePortInfo, family: int, node: str | None) -> PortPlan | None:
+    """The :class:`PortPlan` of ``sp`` for ``family`` on node ``node``; None when ``sp`` has no
+    ClusterIP of that family or a protocol the kernel frontends do not carry."""
+    if sp.protocol not in SUPPORTED_PROTOCOLS:
+        return None
+    v6 = family == 6
+    ips = tuple([ip for ip in sp.cluster_ips if ip and ip != "None" and (":" in ip) == v6])
+    if not ips:
+        return None
+    internal_local = sp.internal_traffic_policy == "Local"
+    cluster_eps = usable_endpoints(sp.endpoints, family, node if internal_local else None)
+    local_eps = None
+    if sp.external_traffic_policy == "Local" and sp.type in ("NodePort", "LoadBalancer"):
+        local_eps = usable_endpoints(sp.endpoints, family, node)
+    return PortPlan(sp, family, ips, cluster_eps, local_eps)
+
+
+#: what the render cache keeps of one port for one family: (its ServicePortInfo, its PortPlan,
+#: the plan key, what it rendered to)
+CacheEntry = tuple[ServicePortInfo, "PortPlan", str, Any]
+
+
+class RenderCache:
+    """What each service port rendered to, per family, valid while the port's
+    :class:`ServicePortInfo` (a frozen value) and the node name are the same.
+
+    A render computes only ports whose value changed; a full render keeps just the entries it
+    used, so the cache never outgrows the snapshot.
+    """
+
+    __slots__ = ("entries", "hits", "misses")
+
+    def __init__(self) -> None:
+        # family -> (the node it was rendered for, port key -> entry)
+        self.entries: dict[int, tuple[str | None, dict[str, CacheEntry]]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def render(
+        self,
+        snapshot: Snapshot,
+        family: int,
+        fresh: dict[int, tuple[str | None, dict[str, CacheEntry]]],
+        render: Callable[[PortPlan], Any],
+    ) -> list[CacheEntry]:
+        """The entry of every port of ``snapshot`` with a plan for ``family``, sorted by port key.
+
+        A port whose value and node are those of the last render is taken from the cache; the
+        others are planned (:func:`plan_port`) and rendered with
+        ``render``. A port with no plan for ``family`` (an IPv4-only service, for IPv6) is
+        planned again each time, which costs less than keeping an entry; it counts as neither
+        hit nor miss. The entries used go in ``fresh[family]``; the caller makes ``fresh`` the
+        cache's entries once the whole render has succeeded.
+        """
+        ports = snapshot.service_ports
+        node = snapshot.node_name
+        last = self.entries.get(family)
+        before = last[1] if last is not None and last[0] == node else {}
+        now: dict[str, CacheEntry] = {}
+        fresh[family] = (node, now)
+        out: list[CacheEntry] = []
+        hits = misses = 0
+        for key in sorted(ports):
+            sp = ports[key]
+            entry = before.get(key)
+            # identity first: an unchanged port is usually the same object in the next snapshot
+            if entry is not None and (entry[0] is sp or entry[0] == sp):
+                hits += 1
+            else:
+                plan = plan_port(sp, family, node)
+                if plan is None:
+                    continue
+                misses += 1
+                entry = (sp, plan, plan_key(plan), render(plan))
+            now[key] = entry
+            out.append(entry)
+        self.hits += hits
+        self.misses += misses
+        return out
+
+
+def split_probabilities(weights: Sequence[int]) -> list[float]:
+    """The ``statistic`` probability of each rule in a cascade so endpoint i gets w_i / sum(w).
+
+    Rule i is tried only when rules before it did not match, so its conditional probability is
+    w_i / (w_i + ... + w_n); the last rule always matches (1.0).
+    """
+    ws = [w if w > 1 else 1 for w in weights]
+    rest = sum(ws)
+    out: list[float] = []
+    for w in ws:
+        out.append(w / rest)
+        rest -= w
+    return out
+
+
+_uniform: dict[int, list[str]] = {}
+
+
+def probability_texts(weights: Sequence[int]) -> list[str]:
+    """:func:`split_probabilities` formatted for ``--probability`` (10 decimals, as kube-proxy)."""
+    if all(w <= 1 for w in weights):
+        return uniform_probability_texts(len(weights))
+    return [f"{p:.10f}" for p in split_probabilities(weights)]
+
+
+def uniform_probability_texts(n: int) -> list[str]:
+    """The ``--probability`` texts of a cascade over ``n`` equal endpoints, memoised."""
+    texts = _uniform.get(n)
+    if texts is None:
+        texts = _uniform[n] = [f"{p:.10f}" for p in split_probabilities([1] * n)]
+    return texts
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the tools
+# ---------------------------------------------------------------------------------------------
+
+
+class RuleApplyError(RuntimeError):
+    """A kernel tool refused what it was given; the message has its command and its stderr."""
+
+
+class CommandRunner:
+    """Runs iptables/nft/conntrack, inside ``ip netns exec NAME`` when ``netns`` is set; nft
+    scripts (:meth:`nft`) run in this process through libnftables when it loads."""
+
+    def __init__(self, netns: str | None = None, timeout: float = 60.0):
+        self.netns = netns
+        self.timeout = timeout
+        # False: every nft script goes through the nft command
+        self.in_process = True
+        self._nft: NftContext | None = None
+
+    def nft(self, script: str) -> None:
+        """Run ``script`` as ``nft -f`` does (one transaction); a refusal raises
+        :class:`RuleApplyError`. The first call opens a libnftables context in the namespace
+        (see :mod:`lbcore_plugins.nftlib`); when that fails, this and later calls run
+        ``nft -f -``."""
+        if self.in_process and self._nft is None:
+            try:
+                self._nft = NftContext(self.netns)
+            except OSError:
+                self.in_process = False
+        if self._nft is None:
+            self.run(["nft", "-f", "-"], input=script)
+            return
+        where = f" in network namespace {self.netns}" if self.netns else ""
+        try:
+            status, _, error = self._nft.run(script, self.timeout)
+        except TimeoutError as exc:
+            raise RuleApplyError(f"nft (libnftables){where}: no answer within {self.timeout:g}s") from exc
+        except NftUnavailable:  # its thread is gone (a fork, say): the command still works
+            self._nft, self.in_process = None, False
+            self.run(["nft", "-f", "-"], input=script)
+            return
+        if status != 0:
+            raise RuleApplyError(f"nft (libnftables){where} failed: {error.strip()[:2000]}")
+
+    @property
+    def deletes_by_name(self) -> bool:
+        """Whether :meth:`delete_unreferenced` can run: a libnftables context is open."""
+        return self._nft is not None
+
+    def delete_unreferenced(self, family: str, table: str, chains: Sequence[str], sets: Sequence[str]) -> None:
+        """Delete empty ``chains`` and ``sets`` that nothing refers to any more, in one batch of
+        their own, sent by name (nft would first read every chain of the ruleset)."""
+        if self._nft is None:
+            raise RuleApplyError("no libnftables context is open")
+        try:
+            self._nft.delete_unreferenced(family, table, chains, sets, self.timeout)
+        except OSError as exc:
+            where = f" in network namespace {self.netns}" if self.netns else ""
+            raise RuleApplyError(
+                f"deleting {len(chains)} chains and {len(sets)} sets of {family} {table}{where}: {exc}"
+            ) from exc
+
+    def close(self) -> None:
+        """Free the libnftables context, if one is open (the next :meth:`nft` opens another)."""
+        if self._nft is not None:
+            self._nft.close()
+            self._nft = None
+
+    def argv(self, args: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *args] if self.netns else list(args)
+
+    def run(
+        self, args: Sequence[str], input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``args``; with ``check`` a non-zero exit raises :class:`RuleApplyError`."""
+        argv = self.argv(args)
+        try:
+            proc = subprocess.run(
+                argv, input=input, capture_output=True, text=True, timeout=self.timeout
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise RuleApplyError(f"{' '.join(argv)}: no answer within {self.timeout:g}s") from exc
+        except FileNotFoundError as exc:
+            raise RuleApplyError(f"{argv[0]}: not found") from exc
+        if check and proc.returncode != 0:
+            raise RuleApplyError(
+                f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()[:2000]}"
+            )
+        return proc
+
+
+def require_tools(frontend: str, tools: Iterable[str], package: str) -> None:
+    """Raise :class:`FrontendUnavailable` naming every tool of ``tools`` not on PATH."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        raise FrontendUnavailable(
+            f"{frontend}: {', '.join(missing)} not found; install Debian's {package} package"
+        )
+
+
+def require_netns(frontend: str, netns: str | None) -> None:
+    """Raise :class:`FrontendUnavailable` when option ``netns`` names no namespace."""
+    if netns is None:
+        return
+    require_tools(frontend, ["ip"], "iproute2")
+    import os
+
+    if not os.path.exists(f"/run/netns/{netns}"):
+        raise FrontendUnavailable(
+            f"{frontend}: network namespace {netns!r} (option 'netns') does not exist; "
+            f"create it with `ip netns add {netns}`"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# UDP conntrack clean-up
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StaleFlow:
+    """Conntrack entries to delete: UDP to ``dst``:``port`` (or any local address when ``dst`` is
+    None, for a NodePort) whose reply comes from ``endpoint`` (or from anywhere when None)."""
+
+    port: int
+    dst: str | None
+    endpoint: str | None
+
+    def argv(self) -> list[str]:
+        args = ["conntrack", "-D", "-p", "udp", "--orig-port-dst", str(self.port)]
+        if self.dst is not None:
+            args += ["-f", "ipv6" if family_of(self.dst) == 6 else "ipv4", "--orig-dst", self.dst]
+        if self.endpoint is not None:
+            if self.dst is None:
+                args += ["-f", "ipv6" if family_of(self.endpoint) == 6 else "ipv4"]
+            args += ["--reply-src", self.endpoint]
+        return args
+
+
+def stale_udp_flows(old: Mapping[str, PortPlan], new: Mapping[str, PortPlan]) -> list[StaleFlow]:
+    """What to delete from conntrack after a sync, as kube-proxy does for UDP.
+
+    - an endpoint removed from a UDP service port: the flows that still point at it, so clients
+      move on at once instead of talking to a dead pod until the entry times out;
+    - a UDP service port that goes from no endpoints to some: the flows to its ClusterIP, which
+      cached the rejection.
+    ``old`` and ``new`` map a plan key (see :func:`plan_key`) to its plan.
+    """
+    flows: list[StaleFlow] = []
+    for key, before in old.items():
+        if before.sp.protocol != "UDP":
+            continue
+        after = new.get(key)
+        live = {ep.ip for ep in after.all_endpoints} if after else set()
+        gone_ips = sorted({ep.ip for ep in before.all_endpoints} - live)
+        for ip in gone_ips:
+            for cip in before.cluster_ips:
+                flows.append(StaleFlow(before.sp.port, cip, ip))
+            if before.node_port:
+                flows.append(StaleFlow(before.node_port, None, ip))
+    for key, after in new.items():
+        if after.sp.protocol != "UDP" or not after.cluster_endpoints:
+            continue
+        previous = old.get(key)
+        if previous is not None and previous.cluster_endpoints:
+            continue
+        for cip in after.cluster_ips:
+            flows.append(StaleFlow(after.sp.port, cip, None))
+    return flows
+
+
+def plan_key(plan: PortPlan) -> str:
+    return f"{plan.family}|{service_port_id(plan.sp)}"
+
+
+def changed_port_keys(snapshot: Snapshot, changed: frozenset[str]) -> list[str]:
+    """The ``service_ports`` keys of the services in ``changed``.
+
+    Snapshots key ports by ``namespace/name:port``; when they do, only keys are compared, which
+    keeps a partial sync of a large snapshot cheap.
+    """
+    ports = snapshot.service_ports
+    if not changed or not ports:
+        return []
+    first = next(iter(ports))
+    if first == ports[first].key:
+        prefixes = tuple(f"{service}:" for service in changed)
+        return [k for k in ports if k.startswith(prefixes) and ports[k].service in changed]
+    return [k for k, sp in ports.items() if sp.service in changed]
+
+
+def delete_flows(runner: CommandRunner, flows: Iterable[StaleFlow]) -> int:
+    """Run ``conntrack -D`` for each flow; returns how many commands ran. A flow that is not
+    there (conntrack exits 1 with "0 flow entries") is not an error."""
+    count = 0
+    for flow in flows:
+        runner.run(flow.argv(), check=False)
+        count += 1
+    return count

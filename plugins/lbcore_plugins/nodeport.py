@@ -1,0 +1,88 @@
+"""The ``nodeport`` frontend: every NodePort service on each node address at its node port.
+
+It shares the socket frontend's data path (:class:`lbcore_plugins.socket_frontend.ProxyFrontend`)
+and differs only in where it listens and, for ``externalTrafficPolicy: Local``, in which
+endpoints it forwards to: this node's only, and none (connections reset, datagrams dropped)
+when the node has none.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Mapping
+from typing import Any
+
+from lbcore import ConfigError, RuntimeContext, Snapshot, hookimpl
+from lbcore_plugins.socket_frontend import Listen, ProxyFrontend, endpoint_table, proxied_ports
+
+NODE_PORT_TYPES = ("NodePort", "LoadBalancer")
+
+
+def local_addresses() -> tuple[str, ...]:
+    """Every address configured on this host's interfaces (``ip -j addr``), else wildcards."""
+    ip = shutil.which("ip")
+    if ip is not None:
+        try:
+            out = subprocess.run(
+                [ip, "-j", "addr", "show"], capture_output=True, text=True, timeout=5, check=True
+            ).stdout
+            addrs = []
+            for link in json.loads(out):
+                for info in link.get("addr_info", []):
+                    local = info.get("local")
+                    # link-local IPv6 needs a scope id to bind; NodePorts skip it
+                    if local and not local.lower().startswith("fe80:"):
+                        addrs.append(local)
+            if addrs:
+                return tuple(dict.fromkeys(addrs))
+        except (OSError, subprocess.SubprocessError, ValueError):
+            pass
+    return ("0.0.0.0",)
+
+
+class NodePortFrontend(ProxyFrontend):
+    """Listens at each NodePort service's node port on the node's addresses, TCP and UDP.
+
+    Options: those of the socket frontend plus ``addresses`` (list of IPs to listen on; by
+    default the context's node addresses, else every local address).
+    """
+
+    name = "nodeport"
+    extra_options = ("addresses",)
+
+    def __init__(self, options: Mapping[str, Any], context: RuntimeContext):
+        super().__init__(options, context)
+        addresses = self.options.get("addresses")
+        if addresses is not None:
+            if isinstance(addresses, str) or not all(isinstance(a, str) for a in addresses):
+                raise ConfigError(f"addresses: {addresses!r} is not a list of IP addresses")
+            self.addresses: tuple[str, ...] = tuple(addresses)
+        elif context.node_addresses:
+            self.addresses = tuple(context.node_addresses)
+        else:
+            self.addresses = local_addresses()
+
+    def wanted(
+        self, snapshot: Snapshot
+    ) -> tuple[list[Listen], dict[str, tuple[tuple[str, int, int, bool], ...]], dict[str, float]]:
+        listeners: list[Listen] = []
+        tables: dict[str, tuple[tuple[str, int, int, bool], ...]] = {}
+        affinity: dict[str, float] = {}
+        node = self.context.node_name or snapshot.node_name
+        for sp in proxied_ports(snapshot):
+            if sp.type not in NODE_PORT_TYPES or not sp.node_port:
+                continue
+            table = f"nodeport/{sp.key}"
+            local = node if sp.external_traffic_policy == "Local" else None
+            tables[table] = endpoint_table(sp.endpoints, local)
+            if sp.session_affinity == "ClientIP":
+                affinity[table] = float(sp.affinity_timeout)
+            listeners.extend(Listen(a, sp.node_port, sp.protocol, table) for a in self.addresses)
+        return listeners, tables, affinity
+
+
+@hookimpl
+def lbcore_register_frontends() -> Mapping[str, Any]:
+    return {"nodeport": NodePortFrontend}

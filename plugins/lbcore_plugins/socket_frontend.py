@@ -1,0 +1,322 @@
+"""The ``socket`` frontend: a userspace TCP/UDP proxy on every ClusterIP service port.
+
+For each service port it listens on the service's cluster IPs and port and relays each TCP
+connection or UDP flow to an endpoint picked in the compiled data path
+(:mod:`lbcore_plugins._proxy_c`). :class:`ProxyFrontend` keeps the engine's listeners and
+endpoint tables in step with snapshots; the ``nodeport`` frontend reuses it with other
+addresses and ports.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from lbcore import (
+    ConfigError,
+    EndpointInfo,
+    Frontend,
+    FrontendUnavailable,
+    RuntimeContext,
+    ServicePortInfo,
+    Snapshot,
+    balancers,
+    hookimpl,
+)
+
+try:
+    from lbcore_plugins._proxy_c import Engine
+except ImportError as exc:  # pragma: no cover - only without a build
+    Engine = None  # type: ignore[assignment,misc]
+    _IMPORT_ERROR: ImportError | None = exc
+else:
+    _IMPORT_ERROR = None
+
+PROTOCOLS = ("TCP", "UDP")
+
+
+@dataclass(frozen=True)
+class ProxyOptions:
+    """The options of the ``socket`` and ``nodeport`` frontends (docs/frontends/socket.md)."""
+
+    workers: int = 2
+    algorithm: str = "round_robin"
+    algorithm_options: dict[str, Any] = field(default_factory=dict)
+    affinity_capacity: int = 65536
+    connect_timeout: float = 2.0
+    idle_timeout: float = 3600.0
+    udp_idle_timeout: float = 30.0
+    retries: int = 2
+    down_time: float = 5.0
+    max_connections: int = 0
+    backlog: int = 4096
+    reuseport: bool = True
+    buffer_size: int = 16384
+    splice: str = "auto"
+    pipe_size: int = 1048576
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], extra: Iterable[str] = ()) -> ProxyOptions:
+        """Validate ``options``; a :class:`ConfigError` names the key and the value."""
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in options.items():
+            if key in extra:
+                continue
+            if key not in known:
+                raise ConfigError(
+                    f"{key}: unknown option, expected one of {', '.join(sorted([*known, *extra]))}"
+                )
+            spec = known[key]
+            kind = dict if spec.default_factory is dict else type(spec.default)
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+                raise ConfigError(f"{key}: {value!r} is not a {kind.__name__}")
+            values[key] = value
+        opts = cls(**values)
+        opts.check_algorithm()
+        for key in ("connect_timeout", "workers", "backlog", "affinity_capacity"):
+            if getattr(opts, key) <= 0:
+                raise ConfigError(f"{key}: {getattr(opts, key)!r} must be positive")
+        for key in ("idle_timeout", "udp_idle_timeout", "retries", "down_time", "max_connections"):
+            if getattr(opts, key) < 0:
+                raise ConfigError(f"{key}: {getattr(opts, key)!r} must not be negative")
+        return opts
+
+    def check_algorithm(self) -> None:
+        """The algorithm must be one ``lbcore.balancers.available()`` lists and take
+        ``algorithm_options`` (tried on two stand-in backends)."""
+        available = balancers.available()
+        if self.algorithm not in available:
+            raise ConfigError(f"algorithm: {self.algorithm!r} is not one of {', '.join(available)}")
+        try:
+            balancers.create(
+                self.algorithm, ["192.0.2.1:1", "192.0.2.2:1"], **self.algorithm_options
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"algorithm_options: {self.algorithm_options!r} for {self.algorithm}: {exc}"
+            ) from None
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        return {
+            "workers": self.workers,
+            "buffer_size": self.buffer_size,
+            "splice": self.splice,
+            "pipe_size": self.pipe_size,
+            "connect_timeout": self.connect_timeout,
+            "idle_timeout": self.idle_timeout,
+            "udp_idle_timeout": self.udp_idle_timeout,
+            "retries": self.retries,
+            "down_time": self.down_time,
+        }
+
+
+def endpoint_table(
+    endpoints: Iterable[EndpointInfo], node_name: str | None = None
+) -> tuple[tuple[str, int, int, bool], ...]:
+    """The ``(ip, port, weight, pickable)`` rows a service port's engine table gets.
+
+    As kube-proxy does: ready endpoints take new connections; when none is ready, serving
+    terminating ones do. Other serving or terminating endpoints stay in the table, not
+    pickable, so their established flows finish. ``node_name`` keeps only that node's
+    endpoints (traffic policy Local).
+    """
+    eps = [e for e in endpoints if node_name is None or e.node_name == node_name]
+    ready = {e for e in eps if e.ready and not e.terminating}
+    if not ready:
+        ready = {e for e in eps if e.serving and e.terminating}
+    rows = []
+    for e in eps:
+        if e in ready or e.serving or e.terminating:
+            rows.append((e.ip, e.port, max(e.weight, 0), e in ready))
+    return tuple(rows)
+
+
+def bind_listener(
+    address: str, port: int, protocol: str, count: int, backlog: int, reuseport: bool = True
+) -> list[int]:
+    """Bound sockets for one listener, detached (the engine owns them): ``count`` TCP sockets,
+    one per worker, either each its own socket sharing the port with ``SO_REUSEPORT`` (the
+    kernel spreads connections over them) or ``count`` descriptors of one socket (any idle
+    worker takes the next connection); or one UDP socket."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    kind = socket.SOCK_STREAM if protocol == "TCP" else socket.SOCK_DGRAM
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count if protocol == "TCP" and reuseport else 1):
+            sock = socket.socket(family, kind)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if protocol == "TCP" and reuseport:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((address, port))
+            if protocol == "TCP":
+                sock.listen(backlog)
+            sock.setblocking(False)
+        if protocol == "TCP" and not reuseport:
+            socks += [socket.socket(fileno=os.dup(socks[0].fileno())) for _ in range(count - 1)]
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return [sock.detach() for sock in socks]
+
+
+@dataclass(frozen=True)
+class Listen:
+    """One listener the frontend wants: where, and which endpoint table it serves."""
+
+    address: str
+    port: int
+    protocol: str
+    table: str
+
+
+class ProxyFrontend(Frontend):
+    """Keeps a :class:`~lbcore_plugins._proxy_c.Engine` in step with snapshots.
+
+    Subclasses say which listeners and endpoint tables a snapshot asks for
+    (:meth:`wanted`); this class adds, keeps and removes them, so that a change to one service
+    never touches another's connections.
+    """
+
+    extra_options: tuple[str, ...] = ()
+
+    def __init__(self, options: Mapping[str, Any], context: RuntimeContext):
+        super().__init__(options, context)
+        self.settings = ProxyOptions.from_options(self.options, self.extra_options)
+        self.engine: Any = None
+        self._listeners: dict[Listen, int] = {}
+        self._tables: dict[str, tuple[Any, ...]] = {}
+
+    # -- what a snapshot asks for (subclasses) ---------------------------------------------
+
+    def wanted(
+        self, snapshot: Snapshot
+    ) -> tuple[list[Listen], dict[str, tuple[tuple[str, int, int, bool], ...]], dict[str, float]]:
+        """``(listeners, endpoint rows per table, affinity seconds per table)``."""
+        raise NotImplementedError
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if Engine is None:
+            raise FrontendUnavailable(
+                f"{self.name}: the compiled data path is missing ({_IMPORT_ERROR}); "
+                "build it with `python setup.py build_ext --inplace` or `pip install -e .`"
+            )
+        if self.engine is None:
+            self.engine = Engine(**self.settings.engine_kwargs())
+            self.engine.start()
+
+    def sync(self, snapshot: Snapshot, changed: frozenset[str]) -> None:
+        if self.engine is None:
+            self.start()
+        listeners, tables, affinity = self.wanted(snapshot)
+        opts = self.settings
+        for table, rows in tables.items():
+            state = (rows, affinity.get(table, 0.0))
+            if self._tables.get(table) != state:
+                self.engine.set_service(
+                    table,
+                    list(rows),
+                    opts.algorithm,
+                    state[1],
+                    opts.affinity_capacity,
+                    dict(opts.algorithm_options),
+                )
+                self._tables[table] = state
+        wanted = set(listeners)
+        for listen in [lst for lst in self._listeners if lst not in wanted]:
+            self.engine.remove_listener(self._listeners.pop(listen))
+        failures = []
+        for listen in listeners:
+            if listen in self._listeners:
+                continue
+            try:
+                fds = bind_listener(
+                    listen.address,
+                    listen.port,
+                    listen.protocol,
+                    self.settings.workers,
+                    self.settings.backlog,
+                    self.settings.reuseport,
+                )
+            except OSError as exc:
+                failures.append(f"{listen.protocol} {listen.address}:{listen.port}: {exc.strerror}")
+                continue
+            self._listeners[listen] = self.engine.add_listener(
+                listen.table, listen.protocol, fds, self.settings.max_connections
+            )
+        for table in [t for t in self._tables if t not in tables]:
+            self.engine.remove_service(table)
+            del self._tables[table]
+        if failures:
+            self.context.log.error("%s: cannot listen on %s", self.name, "; ".join(failures))
+            raise OSError(
+                errno.EADDRNOTAVAIL, f"{self.name}: cannot listen on " + "; ".join(failures)
+            )
+
+    def stop(self, keep: bool = False) -> None:
+        """Close every listener, connection and worker thread (a userspace proxy keeps none)."""
+        if self.engine is not None:
+            self.engine.stop()
+            self.engine = None
+        self._listeners.clear()
+        self._tables.clear()
+
+    # -- introspection -----------------------------------------------------------------------
+
+    @property
+    def listening(self) -> list[tuple[str, int, str]]:
+        """``(address, port, protocol)`` of every open listener."""
+        return sorted((lst.address, lst.port, lst.protocol) for lst in self._listeners)
+
+    def stats(self) -> dict[str, int]:
+        """The data path's counters (connections, flows, retries, ...)."""
+        return self.engine.stats() if self.engine is not None else {}
+
+
+def proxied_ports(snapshot: Snapshot) -> Iterable[ServicePortInfo]:
+    """Service ports a userspace proxy can carry (TCP and UDP; SCTP is left to the kernel)."""
+    return (sp for sp in snapshot.service_ports.values() if sp.protocol in PROTOCOLS)
+
+
+class SocketFrontend(ProxyFrontend):
+    """Listens on each service's cluster IPs and port (TCP and UDP) and forwards to endpoints.
+
+    Options: see :class:`ProxyOptions` and docs/frontends/socket.md.
+    """
+
+    name = "socket"
+
+    def wanted(
+        self, snapshot: Snapshot
+    ) -> tuple[list[Listen], dict[str, tuple[tuple[str, int, int, bool], ...]], dict[str, float]]:
+        listeners: list[Listen] = []
+        tables: dict[str, tuple[tuple[str, int, int, bool], ...]] = {}
+        affinity: dict[str, float] = {}
+        for sp in proxied_ports(snapshot):
+            ips = [ip for ip in sp.cluster_ips if ip and ip != "None"]
+            if not ips:
+                continue
+            table = f"cluster/{sp.key}"
+            local = snapshot.node_name if sp.internal_traffic_policy == "Local" else None
+            tables[table] = endpoint_table(sp.endpoints, local)
+            if sp.session_affinity == "ClientIP":
+                affinity[table] = float(sp.affinity_timeout)
+            listeners.extend(Listen(ip, sp.port, sp.protocol, table) for ip in ips)
+        return listeners, tables, affinity
+
+
+@hookimpl
+def lbcore_register_frontends() -> Mapping[str, Any]:
+    return {"socket": SocketFrontend}
