@@ -47,6 +47,11 @@ _EXPORTS: dict[str, str] = {
     "Snapshot": "lbcore.model.snapshot",
     "ServicePortInfo": "lbcore.model.snapshot",
     "EndpointInfo": "lbcore.model.snapshot",
+    # which endpoints take new connections (kube-proxy's CategorizeEndpoints)
+    "takes_new_connections": "lbcore.model.topology",
+    "endpoints_for": "lbcore.model.topology",
+    "policy_is_local": "lbcore.model.topology",
+    "Traffic": "lbcore.model.topology",
     # plugins: the hook marker and the interfaces sources and frontends implement
     "hookimpl": "lbcore.hookspecs",
     "Source": "lbcore.runtime.interfaces",
@@ -107,6 +112,10 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names
     from lbcore.model.snapshot import EndpointInfo as EndpointInfo
     from lbcore.model.snapshot import ServicePortInfo as ServicePortInfo
     from lbcore.model.snapshot import Snapshot as Snapshot
+    from lbcore.model.topology import Traffic as Traffic
+    from lbcore.model.topology import endpoints_for as endpoints_for
+    from lbcore.model.topology import policy_is_local as policy_is_local
+    from lbcore.model.topology import takes_new_connections as takes_new_connections
     from lbcore.runtime.interfaces import Frontend as Frontend
     from lbcore.runtime.interfaces import FrontendUnavailable as FrontendUnavailable
     from lbcore.runtime.interfaces import RuntimeContext as RuntimeContext

@@ -10,9 +10,10 @@ For every call, in this order:
    endpoint from the affinity table, if it still takes new connections; the binding is refreshed
    by every connection it sends, as kube-proxy's ``recent --set`` does, and lapses after the
    service's ``timeoutSeconds`` of disuse;
-3. else the balancing algorithm, over the endpoints that take new connections: the ready ones,
-   or, when none is ready, the serving and terminating ones (kube-proxy's fallback). An endpoint
-   marked down (``mark_down``) is skipped unless every candidate is down.
+3. else the balancing algorithm, over the endpoints that take new connections, as
+   ``lbcore.model.topology`` decides for every consumer (kube-proxy's rule: the ready ones, or,
+   when none is ready, the serving and terminating ones; a ``Local`` traffic policy keeps this
+   node's). An endpoint marked down (``mark_down``) is skipped unless every candidate is down.
 
 Why the connection table comes before affinity (the Service spec reads "affinity, then
 balancing"): affinity decides where a client's *new* connections go, and an open connection
@@ -52,6 +53,7 @@ from lbcore.core._picker_py import NO_ENDPOINTS, NoEndpoints
 from lbcore.core._picker_py import PickCore as _PickCorePy
 from lbcore.errors import ConfigError
 from lbcore.model.snapshot import EndpointInfo, ServicePortInfo
+from lbcore.model.topology import Traffic, policy_is_local, takes_new_connections
 
 __all__ = ["NO_ENDPOINTS", "NoEndpoints", "Picker"]
 
@@ -85,6 +87,10 @@ class Picker:
     :param tcp_closing_timeout: idle seconds of a TCP connection after ``close``.
     :param udp_timeout: idle seconds of a UDP flow.
     :param clock: the time source when a call passes no ``now`` (``time.monotonic``).
+    :param node_name: the node this proxy runs on, for a ``Local`` traffic policy (None: every
+        endpoint counts as this node's).
+    :param traffic: ``"internal"`` (to a ClusterIP: ``internalTrafficPolicy`` applies) or
+        ``"external"`` (NodePort, external IPs: ``externalTrafficPolicy``).
     :param options: the algorithm's options (``table_size`` for maglev, ...).
     """
 
@@ -102,6 +108,8 @@ class Picker:
         udp_timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         compiled: bool | None = None,
+        node_name: str | None = None,
+        traffic: Traffic = "internal",
         **options: Any,
     ) -> None:
         if session_affinity is None:
@@ -114,7 +122,13 @@ class Picker:
             raise ConfigError(
                 f"algorithm: unknown {algorithm!r}; available: {', '.join(balancers.available())}"
             )
+        if traffic not in ("internal", "external"):
+            raise ConfigError(f'traffic: must be "internal" or "external", got {traffic!r}')
         self.service_port = service_port
+        # a Local policy keeps this node's endpoints only (None: no such policy)
+        self._local_node = (
+            node_name if service_port is not None and policy_is_local(service_port, traffic) else None
+        )
         self.algorithm = algorithm
         self.session_affinity = session_affinity
         self._options = options
@@ -211,11 +225,8 @@ class Picker:
                         eps.append(None)
                     ids[addr] = known
                 eps[known] = ep
-            eligible = [i for i, ep in enumerate(eps) if ep is not None and ep.ready]
-            if not eligible:  # kube-proxy's fallback: serving and terminating endpoints
-                eligible = [
-                    i for i, ep in enumerate(eps) if ep is not None and ep.serving and ep.terminating
-                ]
+            allowed = set(takes_new_connections(new.values(), self._local_node))
+            eligible = [i for i, ep in enumerate(eps) if ep is not None and ep in allowed]
             self._core.lock()
             try:
                 # the balancer changes in place (it keeps its structure and live counts), so
@@ -259,7 +270,7 @@ class Picker:
 
     @property
     def eligible(self) -> tuple[EndpointInfo, ...]:
-        """The endpoints that take new connections now (ready, else serving and terminating)."""
+        """The endpoints that take new connections now (``lbcore.model.topology``'s rule)."""
         return tuple(self._eps[i] for i in self._eligible)  # type: ignore[misc]
 
     @property

@@ -15,7 +15,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from lbcore import ConfigError, EndpointInfo, FrontendUnavailable, ServicePortInfo, Snapshot, hash64
+from lbcore import (
+    ConfigError,
+    EndpointInfo,
+    FrontendUnavailable,
+    ServicePortInfo,
+    Snapshot,
+    endpoints_for,
+    hash64,
+)
 from lbcore_plugins.nftlib import NftContext, NftUnavailable
 
 #: the packet-mark bit that asks LBCORE-POSTROUTING (or nft's masquerading chain) to SNAT
@@ -204,26 +212,6 @@ class NetfilterOptions:
 # ---------------------------------------------------------------------------------------------
 
 
-def usable_endpoints(
-    endpoints: Iterable[EndpointInfo], family: int, node_name: str | None = None
-) -> tuple[EndpointInfo, ...]:
-    """Ready endpoints; if there are none, the serving and terminating ones; else none.
-
-    Only endpoints of ``family``, and, when ``node_name`` is given (a ``Local`` traffic
-    policy), only those on that node.
-    """
-    v6 = family == 6
-    candidates = [
-        ep
-        for ep in endpoints
-        if (":" in ep.ip) == v6 and (node_name is None or ep.node_name == node_name)
-    ]
-    ready = [ep for ep in candidates if ep.ready and not ep.terminating]
-    if ready:
-        return tuple(ready)
-    return tuple(ep for ep in candidates if ep.serving and ep.terminating)
-
-
 @dataclass(slots=True)
 class PortPlan:
     """One service port of one family, with the endpoints each kind of traffic may use."""
@@ -284,11 +272,10 @@ def plan_port(sp: ServicePortInfo, family: int, node: str | None) -> PortPlan | 
     ips = tuple([ip for ip in sp.cluster_ips if ip and ip != "None" and (":" in ip) == v6])
     if not ips:
         return None
-    internal_local = sp.internal_traffic_policy == "Local"
-    cluster_eps = usable_endpoints(sp.endpoints, family, node if internal_local else None)
+    cluster_eps = endpoints_for(sp, "internal", node, family)
     local_eps = None
     if sp.external_traffic_policy == "Local" and sp.type in ("NodePort", "LoadBalancer"):
-        local_eps = usable_endpoints(sp.endpoints, family, node)
+        local_eps = endpoints_for(sp, "external", node, family)
     return PortPlan(sp, family, ips, cluster_eps, local_eps)
 
 

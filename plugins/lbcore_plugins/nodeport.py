@@ -75,8 +75,7 @@ class NodePortFrontend(ProxyFrontend):
             if sp.type not in NODE_PORT_TYPES or not sp.node_port:
                 continue
             table = f"nodeport/{sp.key}"
-            local = node if sp.external_traffic_policy == "Local" else None
-            tables[table] = endpoint_table(sp.endpoints, local)
+            tables[table] = endpoint_table(sp, "external", node)
             if sp.session_affinity == "ClientIP":
                 affinity[table] = float(sp.affinity_timeout)
             listeners.extend(Listen(a, sp.node_port, sp.protocol, table) for a in self.addresses)

@@ -18,14 +18,16 @@ from typing import Any
 
 from lbcore import (
     ConfigError,
-    EndpointInfo,
     Frontend,
     FrontendUnavailable,
     RuntimeContext,
     ServicePortInfo,
     Snapshot,
+    Traffic,
     balancers,
+    endpoints_for,
     hookimpl,
+    policy_is_local,
 )
 
 try:
@@ -118,24 +120,21 @@ class ProxyOptions:
 
 
 def endpoint_table(
-    endpoints: Iterable[EndpointInfo], node_name: str | None = None
+    sp: ServicePortInfo, traffic: Traffic, node_name: str | None
 ) -> tuple[tuple[str, int, int, bool], ...]:
     """The ``(ip, port, weight, pickable)`` rows a service port's engine table gets.
 
-    As kube-proxy does: ready endpoints take new connections; when none is ready, serving
-    terminating ones do. Other serving or terminating endpoints stay in the table, not
-    pickable, so their established flows finish. ``node_name`` keeps only that node's
-    endpoints (traffic policy Local).
+    Pickable: what ``lbcore.endpoints_for`` says takes new ``traffic`` connections on this node.
+    Other serving or terminating endpoints stay in the table, not pickable, so their
+    established flows finish. Under a ``Local`` policy, other nodes' endpoints are left out.
     """
-    eps = [e for e in endpoints if node_name is None or e.node_name == node_name]
-    ready = {e for e in eps if e.ready and not e.terminating}
-    if not ready:
-        ready = {e for e in eps if e.serving and e.terminating}
-    rows = []
-    for e in eps:
-        if e in ready or e.serving or e.terminating:
-            rows.append((e.ip, e.port, max(e.weight, 0), e in ready))
-    return tuple(rows)
+    pickable = set(endpoints_for(sp, traffic, node_name))
+    local = node_name if policy_is_local(sp, traffic) else None
+    return tuple(
+        (e.ip, e.port, max(e.weight, 0), e in pickable)
+        for e in sp.endpoints
+        if (local is None or e.node_name == local) and (e in pickable or e.serving or e.terminating)
+    )
 
 
 def bind_listener(
@@ -309,8 +308,7 @@ class SocketFrontend(ProxyFrontend):
             if not ips:
                 continue
             table = f"cluster/{sp.key}"
-            local = snapshot.node_name if sp.internal_traffic_policy == "Local" else None
-            tables[table] = endpoint_table(sp.endpoints, local)
+            tables[table] = endpoint_table(sp, "internal", snapshot.node_name)
             if sp.session_affinity == "ClientIP":
                 affinity[table] = float(sp.affinity_timeout)
             listeners.extend(Listen(ip, sp.port, sp.protocol, table) for ip in ips)

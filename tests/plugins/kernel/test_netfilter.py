@@ -19,7 +19,6 @@ from lbcore_plugins.netfilter import (
     plan_ports,
     split_probabilities,
     stale_udp_flows,
-    usable_endpoints,
 )
 
 from lbcore.errors import ConfigError
@@ -95,31 +94,6 @@ def test_options_parse_dual_stack_cidrs_and_addresses():
 
 def ep(ip: str, **kw: object) -> EndpointInfo:
     return EndpointInfo(ip=ip, port=80, **kw)  # type: ignore[arg-type]
-
-
-def test_ready_endpoints_win_over_terminating_ones():
-    eps = [ep("10.0.0.1"), ep("10.0.0.2", ready=False, serving=True, terminating=True)]
-    assert [e.ip for e in usable_endpoints(eps, 4)] == ["10.0.0.1"]
-
-
-def test_serving_terminating_endpoints_are_used_when_none_is_ready():
-    eps = [
-        ep("10.0.0.1", ready=False, serving=False, terminating=True),
-        ep("10.0.0.2", ready=False, serving=True, terminating=True),
-        ep("10.0.0.3", ready=False, serving=False, terminating=False),
-    ]
-    assert [e.ip for e in usable_endpoints(eps, 4)] == ["10.0.0.2"]
-
-
-def test_no_ready_or_serving_endpoint_means_none():
-    eps = [ep("10.0.0.1", ready=False, serving=False, terminating=True)]
-    assert usable_endpoints(eps, 4) == ()
-
-
-def test_endpoints_of_the_other_family_and_other_nodes_are_left_out():
-    eps = [ep("10.0.0.1", node_name="a"), ep("fd00::1", node_name="a"), ep("10.0.0.2", node_name="b")]
-    assert [e.ip for e in usable_endpoints(eps, 6)] == ["fd00::1"]
-    assert [e.ip for e in usable_endpoints(eps, 4, node_name="a")] == ["10.0.0.1"]
 
 
 def test_internal_traffic_policy_local_keeps_only_this_nodes_endpoints():
