@@ -28,26 +28,68 @@ Built-in algorithms:
 ==========================  ==========================================================
 
 Plugins add algorithms through the ``lbcore_register_balancers`` hook.
+
+The built-in classes are the compiled ones (``_balancers_c``) unless ``LBCORE_NO_EXTENSIONS`` is
+set or they are not built; then they come from ``_balancers_py``, their readable twin, which
+gives the same picks for the same backends, weights, seed and keys (``COMPILED`` says which).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lbcore.core._balancers_c import (
-    ALGORITHMS,
-    Balancer,
-    BoundedLoad,
-    JumpHash,
-    LeastConn,
-    Maglev,
-    Rendezvous,
-    RingHash,
-    RoundRobin,
-    WeightedRandom,
-    WeightedRoundRobin,
-)
+from lbcore.core._extensions import NO_EXTENSIONS
+
+if TYPE_CHECKING:  # type checkers read the readable twin
+    from lbcore.core._balancers_py import (
+        ALGORITHMS,
+        Balancer,
+        BoundedLoad,
+        JumpHash,
+        LeastConn,
+        Maglev,
+        Rendezvous,
+        RingHash,
+        RoundRobin,
+        WeightedRandom,
+        WeightedRoundRobin,
+    )
+else:
+    if not NO_EXTENSIONS:
+        try:
+            from lbcore.core._balancers_c import (
+                ALGORITHMS,
+                Balancer,
+                BoundedLoad,
+                JumpHash,
+                LeastConn,
+                Maglev,
+                Rendezvous,
+                RingHash,
+                RoundRobin,
+                WeightedRandom,
+                WeightedRoundRobin,
+            )
+        except ImportError:  # pragma: no cover - built without the extension
+            NO_EXTENSIONS = True
+    if NO_EXTENSIONS:
+        from lbcore.core._balancers_py import (
+            ALGORITHMS,
+            Balancer,
+            BoundedLoad,
+            JumpHash,
+            LeastConn,
+            Maglev,
+            Rendezvous,
+            RingHash,
+            RoundRobin,
+            WeightedRandom,
+            WeightedRoundRobin,
+        )
+
+# whether ALGORITHMS are the compiled classes (the compiled pick core takes only those)
+COMPILED: bool = not NO_EXTENSIONS
 
 __all__ = [
     "Balancer",
@@ -86,7 +128,7 @@ CONSISTENT: frozenset[str] = frozenset({"ring_hash", "maglev", "jump", "rendezvo
 
 
 def builtin() -> list[str]:
-    """The names of the compiled algorithms, sorted."""
+    """The names of the built-in algorithms, sorted."""
     return sorted(ALGORITHMS)
 
 
