@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 
 import pytest
+
+from lbcore.core._extensions import NO_EXTENSIONS
+
+# every compiled module; a test marked ``compiled`` needs them all
+COMPILED_MODULES = (
+    "lbcore.core._balancers_c",
+    "lbcore.core._conntrack_c",
+    "lbcore.core._hashing_c",
+    "lbcore.core._picker_c",
+    "lbcore.core._selectors_c",
+    "lbcore_plugins._proxy_c",
+)
+
+
+def compiled_unavailable() -> str | None:
+    """None when the compiled twins can be tested here, else the one-line reason they cannot."""
+    if NO_EXTENSIONS:
+        return "LBCORE_NO_EXTENSIONS is set: only the readable twins are tested"
+    for name in COMPILED_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            return f"{name} is not built"
+    return None
 
 
 def have_root_netns() -> str | None:
@@ -15,6 +40,21 @@ def have_root_netns() -> str | None:
     if shutil.which("ip") is None:
         return "needs iproute2 (ip)"
     return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "compiled: tests a compiled module itself; skipped under LBCORE_NO_EXTENSIONS or unbuilt",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    marked = [item for item in items if item.get_closest_marker("compiled")]
+    reason = compiled_unavailable() if marked else None
+    if reason:
+        for item in marked:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture

@@ -619,6 +619,7 @@ def test_every_call_shape_of_lookup_and_insert_gives_the_same_answer_and_errors(
     assert t.lookup(*args, 6.0) == 7 and len(t) == 1
 
 
+@pytest.mark.compiled
 def test_the_compiled_picker_and_the_tables_agree_on_where_keys_live():
     # the Picker's core probes and inserts with the hash it computes itself (ct_hash); the
     # tables' own methods and their index upkeep on removal must find the same slots
