@@ -43,6 +43,11 @@ _EXPORTS: dict[str, str] = {
     "ClusterIPAllocator": "lbcore.model.allocators",
     "NodePortAllocator": "lbcore.model.allocators",
     "ServiceTable": "lbcore.model.service_table",
+    # the registry of kinds (kind, plural, short names, group/version)
+    "Kind": "lbcore.model.kinds",
+    "KINDS": "lbcore.model.kinds",
+    "kind_for": "lbcore.model.kinds",
+    "UnknownKind": "lbcore.model.kinds",
     # frontends' view of the state
     "Snapshot": "lbcore.model.snapshot",
     "ServicePortInfo": "lbcore.model.snapshot",
@@ -101,6 +106,10 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names
     from lbcore.hookspecs import hookimpl as hookimpl
     from lbcore.model.allocators import ClusterIPAllocator as ClusterIPAllocator
     from lbcore.model.allocators import NodePortAllocator as NodePortAllocator
+    from lbcore.model.kinds import KINDS as KINDS
+    from lbcore.model.kinds import Kind as Kind
+    from lbcore.model.kinds import UnknownKind as UnknownKind
+    from lbcore.model.kinds import kind_for as kind_for
     from lbcore.model.objects import Endpoints as Endpoints
     from lbcore.model.objects import EndpointSlice as EndpointSlice
     from lbcore.model.objects import Pod as Pod

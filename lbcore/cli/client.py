@@ -14,65 +14,26 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
 
 from lbcore.errors import ConfigError
+from lbcore.model.kinds import Kind, find_kind
 from lbcore.runtime.config import DEFAULT_ADMIN_PORT, default_data_dir
-
-
-@dataclass(frozen=True)
-class Resource:
-    """A kind the CLI knows, with its REST path parts and the names kubectl accepts for it."""
-
-    plural: str
-    kind: str
-    group: str  # "" for the core group
-    version: str
-    aliases: tuple[str, ...]
-
-    @property
-    def api_prefix(self) -> str:
-        return f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
-
-    def path(self, namespace: str | None, name: str | None = None) -> str:
-        base = self.api_prefix
-        if namespace is not None:
-            base += f"/namespaces/{urllib.parse.quote(namespace, safe='')}"
-        base += f"/{self.plural}"
-        if name is not None:
-            base += f"/{urllib.parse.quote(name, safe='')}"
-        return base
-
-
-RESOURCES = (
-    Resource("services", "Service", "", "v1", ("svc", "service")),
-    Resource("pods", "Pod", "", "v1", ("po", "pod")),
-    Resource("endpoints", "Endpoints", "", "v1", ("ep", "endpoint")),
-    Resource(
-        "endpointslices",
-        "EndpointSlice",
-        "discovery.k8s.io",
-        "v1",
-        ("endpointslice", "eps"),
-    ),
-)
-_BY_NAME = {n: r for r in RESOURCES for n in (r.plural, r.kind.lower(), *r.aliases)}
 
 
 class UnknownResource(LookupError):
     """A resource type the CLI does not know."""
 
 
-def resource_for(name: str) -> Resource:
-    """The resource for a plural, singular, short name or kind (``svc``, ``Service``, ...)."""
-    r = _BY_NAME.get(name.lower().split(".", 1)[0])
-    if r is None:
+def resource_for(name: str) -> Kind:
+    """The kind for a plural, singular, short name or kind (``svc``, ``Service``, ...)."""
+    found = find_kind(name)
+    if found is None:
         raise UnknownResource(f'the server doesn\'t have a resource type "{name}"')
-    return r
+    return found
 
 
 class ApiError(Exception):
@@ -100,7 +61,8 @@ class ApiError(Exception):
         causes = details.get("causes") or []
         if self.reason == "Invalid":
             kind = details.get("kind") or "object"
-            kind = {r.plural: r.kind for r in RESOURCES}.get(kind, kind)
+            found = find_kind(kind)
+            kind = found.kind if found is not None else kind
             name = details.get("name") or ""
             if causes:
                 listed = ", ".join(
@@ -298,11 +260,11 @@ class Client:
     def server(self) -> str:
         return self.transport.server
 
-    def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any]:
+    def get(self, resource: Kind, namespace: str, name: str) -> dict[str, Any]:
         return self.transport.request("GET", resource.path(namespace, name))
 
     def list(
-        self, resource: Resource, namespace: str | None, selector: str | None = None
+        self, resource: Kind, namespace: str | None, selector: str | None = None
     ) -> list[dict[str, Any]]:
         """Items of ``resource`` in ``namespace`` (``None``: every namespace)."""
         query = {"labelSelector": selector} if selector else None
@@ -310,10 +272,7 @@ class Client:
         items = answer.get("items") or []
         for item in items:  # lists leave kind and apiVersion out of their items
             item.setdefault("kind", resource.kind)
-            item.setdefault(
-                "apiVersion",
-                resource.version if not resource.group else f"{resource.group}/{resource.version}",
-            )
+            item.setdefault("apiVersion", resource.api_version)
         return items
 
     def create(self, obj: Mapping[str, Any], namespace: str) -> dict[str, Any]:
@@ -328,8 +287,9 @@ class Client:
     def apply(self, obj: Mapping[str, Any], namespace: str) -> tuple[str, dict[str, Any]]:
         """Create, or update what exists; ``("created" | "configured", object)``.
 
-        Like ``kubectl apply``, fields the server allocated and the manifest leaves out (the
-        ClusterIP, NodePorts) are kept, and the update is conditional on the version read.
+        The update is conditional on the version read. Fields the server allocated and the
+        manifest leaves out (the ClusterIP, NodePorts) are kept by the server's admission, as an
+        API server keeps them.
         """
         resource = resource_for(obj.get("kind", ""))
         name = (obj.get("metadata") or {}).get("name") or ""
@@ -339,33 +299,18 @@ class Client:
             if exc.code != 404:
                 raise
             return "created", self.create(obj, namespace)
-        merged = _keep_allocated(obj, current)
-        return "configured", self.replace(merged, namespace)
+        return "configured", self.replace(_at_version(obj, current), namespace)
 
-    def delete(self, resource: Resource, namespace: str, name: str) -> dict[str, Any]:
+    def delete(self, resource: Kind, namespace: str, name: str) -> dict[str, Any]:
         return self.transport.request("DELETE", resource.path(namespace, name))
 
 
-def _keep_allocated(obj: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
+def _at_version(obj: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
+    """``obj`` with the resourceVersion of ``current``: a replace that fails if it changed."""
     new = json.loads(json.dumps(obj))
-    meta = new.setdefault("metadata", {})
-    cur_meta = current.get("metadata") or {}
-    if cur_meta.get("resourceVersion"):
-        meta["resourceVersion"] = cur_meta["resourceVersion"]
-    if new.get("kind") != "Service":
-        return new
-    spec, cur = new.setdefault("spec", {}), current.get("spec") or {}
-    for key in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
-        if key not in spec and key in cur:
-            spec[key] = cur[key]
-    allocated = {
-        (p.get("port"), p.get("protocol", "TCP")): p.get("nodePort") for p in cur.get("ports") or ()
-    }
-    if spec.get("type", "ClusterIP") in ("NodePort", "LoadBalancer"):
-        for port in spec.get("ports") or ():
-            node_port = allocated.get((port.get("port"), port.get("protocol", "TCP")))
-            if "nodePort" not in port and node_port:
-                port["nodePort"] = node_port
+    version = (current.get("metadata") or {}).get("resourceVersion")
+    if version:
+        new.setdefault("metadata", {})["resourceVersion"] = version
     return new
 
 

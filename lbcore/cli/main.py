@@ -21,7 +21,6 @@ from lbcore.cli.client import (
     ApiError,
     Client,
     ManifestError,
-    Resource,
     UnknownResource,
     Unreachable,
     connect,
@@ -29,6 +28,7 @@ from lbcore.cli.client import (
     resource_for,
 )
 from lbcore.errors import LbcoreError
+from lbcore.model.kinds import KINDS, Kind
 
 DEFAULT_NAMESPACE = "default"
 
@@ -49,6 +49,12 @@ def _connection_options() -> argparse.ArgumentParser:
     common.add_argument("--context", default=s, help="kubeconfig context")
     common.add_argument("--token", default=s, help="bearer token for writes ($LBCORE_TOKEN)")
     return common
+
+
+def _kinds_help() -> str:
+    """``services|pods|endpoints|endpointslices (svc, po, ep)``, from the registry of kinds."""
+    short = ", ".join(n for k in KINDS for n in k.short_names)
+    return "|".join(k.plural for k in KINDS) + f" ({short})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-f", "--filename", action="append", required=True, help="FILE, DIR or -")
 
     get = commands.add_parser("get", help="list objects", parents=[common])
-    get.add_argument("kind", help="services|pods|endpoints|endpointslices (svc, po, ep)")
+    get.add_argument("kind", help=_kinds_help())
     get.add_argument("name", nargs="?")
     get.add_argument("-l", "--selector", help="label selector, such as app=web,tier!=db")
     get.add_argument("-o", "--output", choices=["wide", "yaml", "json", "name"])
@@ -333,7 +339,7 @@ def _endpoints_rows(
     return rows
 
 
-def format_table(resource: Resource, items: list[Any], wide: bool, namespaces: bool) -> str:
+def format_table(resource: Kind, items: list[Any], wide: bool, namespaces: bool) -> str:
     """kubectl's table for ``items`` (:mod:`lbcore.model.describe`), with NAMESPACE first for -A."""
     from lbcore.model import describe
     from lbcore.model import objects as model
@@ -372,9 +378,9 @@ def _service_table(client: Client, namespace: str | None) -> Any:
     """A ServiceTable(allocate=False) filled with everything the server holds."""
     from lbcore.model.service_table import ServiceTable
 
-    table = ServiceTable("127.10.0.0/16", (30000, 32767), allocate=False)
-    for kind in ("services", "pods", "endpointslices", "endpoints"):
-        for item in client.list(resource_for(kind), namespace):
+    table = ServiceTable(allocate=False)
+    for kind in KINDS:
+        for item in client.list(kind, namespace):
             table.apply(item)
     return table
 

@@ -24,6 +24,7 @@ import yaml
 
 from lbcore.errors import Cause, ValidationError
 from lbcore.model import validation
+from lbcore.model.kinds import kind_for
 
 __all__ = [
     "ContainerPort",
@@ -32,7 +33,7 @@ __all__ = [
     "EndpointSlice",
     "EndpointSubset",
     "Endpoints",
-    "KINDS",
+    "CLASSES",
     "Object",
     "Pod",
     "Service",
@@ -104,6 +105,11 @@ def _check(kind: str, obj: Mapping[str, Any], causes: list[Cause]) -> None:
     validation.raise_if_invalid(kind, _name_of(obj), causes)
 
 
+def _default_type(obj: dict[str, Any], kind: str) -> None:
+    obj.setdefault("apiVersion", kind_for(kind).api_version)
+    obj.setdefault("kind", kind)
+
+
 def _default_metadata(obj: dict[str, Any]) -> dict[str, Any]:
     meta = obj.get("metadata")
     if not isinstance(meta, dict):
@@ -131,8 +137,7 @@ class ServicePort:
 def default_service(obj: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of a Service dict with Kubernetes' defaults (SetDefaults_Service and the registry)."""
     svc = _plain(obj)
-    svc.setdefault("apiVersion", "v1")
-    svc.setdefault("kind", "Service")
+    _default_type(svc, "Service")
     _default_metadata(svc)
     spec = svc.get("spec")
     if not isinstance(spec, dict):
@@ -311,8 +316,7 @@ class ContainerPort:
 def default_pod(obj: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of a Pod dict with the defaults that matter here (namespace, port protocols)."""
     pod = _plain(obj)
-    pod.setdefault("apiVersion", "v1")
-    pod.setdefault("kind", "Pod")
+    _default_type(pod, "Pod")
     _default_metadata(pod)
     spec = pod.setdefault("spec", {})
     if isinstance(spec, dict):
@@ -470,8 +474,7 @@ class EndpointSlice:
     def from_dict(cls, obj: Mapping[str, Any], validate: bool = True) -> EndpointSlice:
         """Default, validate (unless ``validate`` is False) and wrap an EndpointSlice dict."""
         eps = _plain(obj)
-        eps.setdefault("apiVersion", "discovery.k8s.io/v1")
-        eps.setdefault("kind", "EndpointSlice")
+        _default_type(eps, "EndpointSlice")
         meta = _default_metadata(eps)
         _default_ports(eps.get("ports"))
         if validate:
@@ -554,8 +557,7 @@ class Endpoints:
     def from_dict(cls, obj: Mapping[str, Any], validate: bool = True) -> Endpoints:
         """Default, validate (unless ``validate`` is False) and wrap an Endpoints dict."""
         ep = _plain(obj)
-        ep.setdefault("apiVersion", "v1")
-        ep.setdefault("kind", "Endpoints")
+        _default_type(ep, "Endpoints")
         meta = _default_metadata(ep)
         for subset in ep.get("subsets") or []:
             _default_ports((subset or {}).get("ports"))
@@ -588,9 +590,9 @@ class Endpoints:
 # --- loading ---------------------------------------------------------------------------------
 
 Object: TypeAlias = Service | Pod | EndpointSlice | Endpoints
-KINDS: Mapping[str, type[Service] | type[Pod] | type[EndpointSlice] | type[Endpoints]] = (
-    MappingProxyType({"Service": Service, "Pod": Pod, "EndpointSlice": EndpointSlice,
-                      "Endpoints": Endpoints}))
+# kind -> the class that parses it, for every kind of the registry
+CLASSES: Mapping[str, type[Service] | type[Pod] | type[EndpointSlice] | type[Endpoints]] = (
+    MappingProxyType({cls.kind: cls for cls in (Service, Pod, Endpoints, EndpointSlice)}))
 
 
 def parse_object(obj: Mapping[str, Any] | Object, validate: bool = True) -> Object:
@@ -601,12 +603,12 @@ def parse_object(obj: Mapping[str, Any] | Object, validate: bool = True) -> Obje
         raise ValidationError("Object", "", [Cause("", "FieldValueInvalid",
                                                    f"Invalid value: {obj!r}: must be an object")])
     kind = obj.get("kind")
-    cls = KINDS.get(kind) if isinstance(kind, str) else None
+    cls = CLASSES.get(kind) if isinstance(kind, str) else None
     if not kind:
         raise ValidationError("Object", _name_of(obj), [Cause(
             "kind", "FieldValueRequired", "Required value: a manifest names its kind")])
     if cls is None:
-        supported = ", ".join(f'"{k}"' for k in sorted(KINDS))
+        supported = ", ".join(f'"{k}"' for k in sorted(CLASSES))
         raise ValidationError(str(kind or "Object"), _name_of(obj), [Cause(
             "kind", "FieldValueNotSupported",
             f'Unsupported value: "{kind}": supported values: {supported}')])

@@ -26,6 +26,7 @@ from lbcore.model.allocators import (
 )
 from lbcore.model.describe import describe_service as _describe_service
 from lbcore.model.endpoints import EndpointTracker, PortEndpoints
+from lbcore.model.kinds import KINDS, kind_for
 from lbcore.model.objects import (
     Endpoints,
     EndpointSlice,
@@ -38,23 +39,7 @@ from lbcore.model.objects import (
 )
 from lbcore.model.snapshot import ServicePortInfo, Snapshot
 
-__all__ = ["KIND_ALIASES", "ServiceTable", "canonical_kind"]
-
-KIND_ALIASES: Mapping[str, str] = MappingProxyType({
-    **dict.fromkeys(("service", "services", "svc"), "Service"),
-    **dict.fromkeys(("pod", "pods", "po"), "Pod"),
-    **dict.fromkeys(("endpoints", "ep"), "Endpoints"),
-    **dict.fromkeys(("endpointslice", "endpointslices"), "EndpointSlice"),
-})
-
-
-def canonical_kind(kind: str) -> str:
-    """``svc``, ``services``, ``Service`` ... -> ``Service`` (ValueError for an unknown kind)."""
-    found = KIND_ALIASES.get(kind.lower())
-    if found is None:
-        known = ", ".join(sorted(set(KIND_ALIASES.values())))
-        raise ValueError(f"unknown kind {kind!r}: known kinds are {known}")
-    return found
+__all__ = ["ServiceTable"]
 
 
 _Names = list[str]  # the ``list`` method shadows the builtin inside the class
@@ -83,8 +68,7 @@ class ServiceTable:
         self.allocate = allocate
         self.cluster_ips = [ClusterIPAllocator(c.strip()) for c in service_cidr.split(",")]
         self.node_ports = NodePortAllocator(node_port_range)
-        self._objects: dict[str, dict[tuple[str, str], Any]] = {
-            "Service": {}, "Pod": {}, "EndpointSlice": {}, "Endpoints": {}}
+        self._objects: dict[str, dict[tuple[str, str], Any]] = {k.kind: {} for k in KINDS}
         self._tracker = EndpointTracker(node_zones)
         self._version = 0
         self._changed_at: dict[str, int] = {}  # service key -> version of its last change
@@ -161,7 +145,7 @@ class ServiceTable:
 
     def delete(self, kind: str, namespace: str, name: str) -> Object | None:
         """Remove an object; returns it, or None when there was none."""
-        kind = canonical_kind(kind)
+        kind = kind_for(kind).kind
         obj = self._objects[kind].pop((namespace, name), None)
         if obj is None:
             return None
@@ -311,7 +295,7 @@ class ServiceTable:
 
     def get(self, kind: str, namespace: str, name: str) -> Object | None:
         """The stored object, or None."""
-        result: Object | None = self._objects[canonical_kind(kind)].get((namespace, name))
+        result: Object | None = self._objects[kind_for(kind).kind].get((namespace, name))
         return result
 
     def list(self, kind: str, namespace: str | None = None,
@@ -322,7 +306,7 @@ class ServiceTable:
             selector = parse_selector(selector)
         elif isinstance(selector, Mapping):
             selector = selector_from_map(selector) if selector else None
-        items = self._objects[canonical_kind(kind)]
+        items = self._objects[kind_for(kind).kind]
         out = [obj for (ns, _), obj in items.items()
                if (namespace is None or ns == namespace)
                and (selector is None or selector.matches(obj.labels))]

@@ -22,9 +22,8 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from lbcore.model.kinds import KINDS, Kind, kind_for
 from lbcore.runtime.store import (
-    KINDS,
-    RESOURCES,
     BadRequest,
     Gone,
     Invalid,
@@ -37,15 +36,12 @@ from lbcore.runtime.store import (
 
 log = logging.getLogger("lbcore.runtime.admin_api")
 
-CORE = "/api/v1"
-DISCOVERY = "/apis/discovery.k8s.io/v1"
-DISCOVERY_GROUP = "discovery.k8s.io"
-# resource -> the URL prefix it is served under
-PREFIX: dict[str, str] = {
-    plural: (CORE if api_version == "v1" else DISCOVERY)
-    for api_version, plural in KINDS.values()
-}
-SHORT_NAMES = {"services": ["svc"], "pods": ["po"], "endpoints": ["ep"], "endpointslices": []}
+# URL prefix (/api/v1, /apis/{group}/{version}) -> plural -> the kind served there
+SERVED: dict[str, dict[str, Kind]] = {}
+for _k in KINDS:
+    SERVED.setdefault(_k.api_prefix, {})[_k.plural] = _k
+# the named groups (all but the core one): group -> its one version
+GROUPS: dict[str, str] = {k.group: k.version for k in KINDS if k.group}
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 # the API server's --min-request-timeout: a watch without timeoutSeconds ends after this long
 DEFAULT_WATCH_TIMEOUT = 1800.0
@@ -88,14 +84,13 @@ def add_routes(
     for path, handler in (
         ("/version", api.version),
         ("/api", api.api_versions),
-        ("/api/v1", api.core_resources),
         ("/apis", api.api_groups),
-        (f"/apis/{DISCOVERY_GROUP}", api.discovery_group),
-        (DISCOVERY, api.discovery_resources),
+        *((f"/apis/{group}", api.group) for group in GROUPS),
+        *((prefix, api.resources) for prefix in SERVED),
     ):
         add("GET", path, handler)
         add("GET", path + "/", handler)
-    for prefix in (CORE, DISCOVERY):
+    for prefix in SERVED:
         collection = prefix + "/namespaces/{namespace}/{resource}"
         add("GET", collection, api.list_or_watch)
         add("POST", collection, api.create)
@@ -203,59 +198,51 @@ class _AdminAPI:
             ],
         })
 
-    @staticmethod
-    def _resource_list(group_version: str, plurals: list[str]) -> dict[str, Any]:
-        resources = []
-        for plural in plurals:
-            kind = RESOURCES[plural]
-            resources.append({
-                "name": plural,
-                "singularName": kind.lower(),
-                "namespaced": True,
-                "kind": kind,
-                "verbs": VERBS,
-                "shortNames": SHORT_NAMES[plural],
-            })
-        return {
+    @_handles_errors
+    async def resources(self, request: web.Request) -> web.StreamResponse:
+        """The ``APIResourceList`` of one group version, from the registry of kinds."""
+        kinds = list(SERVED[request.path.rstrip("/")].values())
+        return web.json_response({
             "kind": "APIResourceList",
             "apiVersion": "v1",
-            "groupVersion": group_version,
-            "resources": resources,
-        }
-
-    @_handles_errors
-    async def core_resources(self, request: web.Request) -> web.StreamResponse:
-        plurals = [p for p, prefix in PREFIX.items() if prefix == CORE]
-        return web.json_response(self._resource_list("v1", plurals))
-
-    @_handles_errors
-    async def discovery_resources(self, request: web.Request) -> web.StreamResponse:
-        plurals = [p for p, prefix in PREFIX.items() if prefix == DISCOVERY]
-        return web.json_response(self._resource_list(f"{DISCOVERY_GROUP}/v1", plurals))
+            "groupVersion": kinds[0].api_version,
+            "resources": [
+                {
+                    "name": k.plural,
+                    "singularName": k.singular,
+                    "namespaced": k.namespaced,
+                    "kind": k.kind,
+                    "verbs": VERBS,
+                    "shortNames": list(k.short_names),
+                }
+                for k in kinds
+            ],
+        })
 
     @staticmethod
-    def _group() -> dict[str, Any]:
-        version = {"groupVersion": f"{DISCOVERY_GROUP}/v1", "version": "v1"}
-        return {"name": DISCOVERY_GROUP, "versions": [version], "preferredVersion": version}
+    def _group(group: str) -> dict[str, Any]:
+        version = {"groupVersion": f"{group}/{GROUPS[group]}", "version": GROUPS[group]}
+        return {"name": group, "versions": [version], "preferredVersion": version}
 
     @_handles_errors
     async def api_groups(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(
-            {"kind": "APIGroupList", "apiVersion": "v1", "groups": [self._group()]}
-        )
+        groups = [self._group(g) for g in GROUPS]
+        return web.json_response({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 
     @_handles_errors
-    async def discovery_group(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"kind": "APIGroup", "apiVersion": "v1", **self._group()})
+    async def group(self, request: web.Request) -> web.StreamResponse:
+        name = request.path.rstrip("/").rsplit("/", 1)[1]
+        return web.json_response({"kind": "APIGroup", "apiVersion": "v1", **self._group(name)})
 
     # -- helpers -------------------------------------------------------------------------------
 
     def _kind(self, request: web.Request) -> str:
         resource = request.match_info["resource"]
-        prefix = CORE if request.path.startswith(CORE + "/") else DISCOVERY
-        if PREFIX.get(resource) != prefix:
+        prefix = next(p for p in SERVED if request.path.startswith(p + "/"))
+        served = SERVED[prefix].get(resource)
+        if served is None:
             raise NotFound("the server could not find the requested resource")
-        return RESOURCES[resource]
+        return served.kind
 
     def _authorize(self, request: web.Request) -> None:
         if self.token is None:
@@ -282,9 +269,10 @@ class _AdminAPI:
         if not isinstance(body, dict):
             raise BadRequest(f"body: expected a {kind} object, got {type(body).__name__}")
         body.setdefault("kind", kind)
-        body.setdefault("apiVersion", KINDS[kind][0])
+        served = kind_for(kind)
+        body.setdefault("apiVersion", served.api_version)
         if body["kind"] != kind:
-            raise BadRequest(f"kind: {body['kind']!r} sent to the {KINDS[kind][1]} resource")
+            raise BadRequest(f"kind: {body['kind']!r} sent to the {served.plural} resource")
         meta = body.setdefault("metadata", {})
         if not isinstance(meta, dict):
             raise Invalid(kind, "", [])
@@ -317,7 +305,7 @@ class _AdminAPI:
             items = [o for o in items if fields(o)]
         return web.json_response({
             "kind": f"{kind}List",
-            "apiVersion": KINDS[kind][0],
+            "apiVersion": kind_for(kind).api_version,
             "metadata": {"resourceVersion": rv},
             "items": items,
         })

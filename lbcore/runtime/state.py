@@ -26,11 +26,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from lbcore.model.kinds import KINDS
 from lbcore.model.snapshot import Snapshot
 from lbcore.runtime.interfaces import Frontend, SourceSink
 from lbcore.runtime.logs import event
-
-KINDS = ("Service", "Pod", "Endpoints", "EndpointSlice")
 
 log = logging.getLogger("lbcore.runtime.state")
 
@@ -145,7 +144,7 @@ class ClusterState(SourceSink):
         self._clock = clock
         self._health = {name: FrontendHealth(name) for name in self.frontends}
         # kind -> (namespace, name) -> resourceVersion ("" when the source gives none)
-        self._keys: dict[str, dict[tuple[str, str], str]] = {k: {} for k in KINDS}
+        self._keys: dict[str, dict[tuple[str, str], str]] = {k.kind: {} for k in KINDS}
         self._version = 0
         self._requested = asyncio.Event()
         self._last_sync_at: float | None = None

@@ -43,17 +43,9 @@ from lbcore.errors import (
     ValidationError,
 )
 from lbcore.model.allocators import ClusterIPAllocator, NodePortAllocator
+from lbcore.model.kinds import KINDS, Kind, find_kind
 
 log = logging.getLogger("lbcore.runtime.store")
-
-# kind -> (apiVersion, resource plural)
-KINDS: dict[str, tuple[str, str]] = {
-    "Service": ("v1", "services"),
-    "Pod": ("v1", "pods"),
-    "Endpoints": ("v1", "endpoints"),
-    "EndpointSlice": ("discovery.k8s.io/v1", "endpointslices"),
-}
-RESOURCES: dict[str, str] = {plural: kind for kind, (_, plural) in KINDS.items()}
 
 Event = dict[str, Any]  # {"type": "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK", "object": {...}}
 
@@ -170,7 +162,17 @@ class Invalid(StoreError, ValidationError):  # type: ignore[misc]  # kind/name: 
 
 
 def _plural(kind: str) -> str:
-    return KINDS[kind][1] if kind in KINDS else kind.lower()
+    found = find_kind(kind)
+    return found.plural if found is not None else kind.lower()
+
+
+def _served(kind: Any) -> Kind:
+    """The registry's entry for ``kind`` (its exact name); BadRequest when the store keeps none."""
+    found = find_kind(kind) if isinstance(kind, str) else None
+    if found is None or found.kind != kind:
+        known = ", ".join(sorted(k.kind for k in KINDS))
+        raise BadRequest(f"kind: {kind!r} is not one of {known}", kind=str(kind))
+    return found
 
 
 def _now() -> str:
@@ -190,16 +192,14 @@ def _identity(obj: Mapping[str, Any]) -> tuple[str, str, str]:
     """(kind, namespace, name) of an object; BadRequest/Invalid when it cannot have one."""
     if not isinstance(obj, Mapping):
         raise BadRequest(f"object: expected a mapping, got {type(obj).__name__}")
-    kind = obj.get("kind")
-    if kind not in KINDS:
+    served = _served(obj.get("kind"))
+    kind = served.kind
+    api_version = obj.get("apiVersion", served.api_version)
+    if api_version != served.api_version:
         raise BadRequest(
-            f"kind: {kind!r} is not one of {', '.join(sorted(KINDS))}", kind=str(kind)
-        )
-    api_version = obj.get("apiVersion", KINDS[kind][0])
-    if api_version != KINDS[kind][0]:
-        raise BadRequest(
-            f"apiVersion: {api_version!r} is not served for kind {kind}; use {KINDS[kind][0]!r}",
-            kind=_plural(kind),
+            f"apiVersion: {api_version!r} is not served for kind {kind}; "
+            f"use {served.api_version!r}",
+            kind=served.plural,
         )
     meta = obj.get("metadata") or {}
     if not isinstance(meta, Mapping):
@@ -420,7 +420,7 @@ class Store:
             )
             for key in ("deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
                 meta.pop(key, None)
-            body["apiVersion"] = KINDS[kind][0]
+            body["apiVersion"] = _served(kind).api_version
             plan = self._allocations.admit(body, None) if kind == "Service" else None
             try:
                 change = self._commit(kind, namespace, name, "ADDED", body, None, rv)
@@ -481,7 +481,7 @@ class Store:
             resourceVersion=str(rv),
             generation=generation + 1 if _body_changed(old, obj) else generation,
         )
-        obj["apiVersion"] = KINDS[kind][0]
+        obj["apiVersion"] = _served(kind).api_version
         plan = self._allocations.admit(obj, old) if kind == "Service" else None
         try:
             change = self._commit(kind, namespace, name, "MODIFIED", obj, old, rv)
@@ -508,8 +508,7 @@ class Store:
 
         :raises NotFound: no such object.
         """
-        if kind not in KINDS:
-            raise BadRequest(f"kind: {kind!r} is not one of {', '.join(sorted(KINDS))}")
+        _served(kind)
         with self._lock:
             old = self._load(kind, namespace, name)
             if old is None:
@@ -534,8 +533,7 @@ class Store:
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
         """One object. :raises NotFound: no such object."""
-        if kind not in KINDS:
-            raise BadRequest(f"kind: {kind!r} is not one of {', '.join(sorted(KINDS))}")
+        _served(kind)
         with self._lock:
             obj = self._load(kind, namespace, name)
         if obj is None:
@@ -551,8 +549,7 @@ class Store:
         :param label_selector: a Kubernetes selector string or a compiled selector.
         :raises BadRequest: the selector does not parse.
         """
-        if kind not in KINDS:
-            raise BadRequest(f"kind: {kind!r} is not one of {', '.join(sorted(KINDS))}")
+        _served(kind)
         matches = _selector(label_selector)
         with self._lock:
             if namespace is None:
@@ -610,8 +607,7 @@ class Store:
         :raises Gone: N is older than the history kept (:attr:`oldest_resource_version`).
         :raises BadRequest: a resourceVersion or selector that does not parse.
         """
-        if kind not in KINDS:
-            raise BadRequest(f"kind: {kind!r} is not one of {', '.join(sorted(KINDS))}")
+        _served(kind)
         matches = _selector(label_selector)
         loop = asyncio.get_running_loop()
         with self._lock:
@@ -732,7 +728,7 @@ class Watch(AsyncIterator[Event]):
 
     def bookmark(self) -> Event:
         """A BOOKMARK event at the resourceVersion this watcher has reached."""
-        api_version = KINDS[self.kind][0]
+        api_version = _served(self.kind).api_version
         return {
             "type": "BOOKMARK",
             "object": {

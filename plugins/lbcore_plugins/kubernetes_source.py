@@ -57,7 +57,6 @@ MODES: dict[str, tuple[str, ...]] = {
     "endpointslices": ("Service", "EndpointSlice"),
     "pods": ("Service", "Pod"),
 }
-API_VERSIONS = {"Service": "v1", "Pod": "v1", "EndpointSlice": "discovery.k8s.io/v1"}
 # kube-proxy's own filter: what another proxy serves, and headless services, are not its job
 DEFAULT_LABEL_SELECTOR = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
 
@@ -269,7 +268,7 @@ class KubernetesSource(Source):
         for obj in body.get("items") or []:
             # list items may omit kind and apiVersion; the sink needs them
             obj.setdefault("kind", kind)
-            obj.setdefault("apiVersion", API_VERSIONS[kind])
+            obj.setdefault("apiVersion", lbcore.kind_for(kind).api_version)
             items.append(obj)
         rv = str(body["metadata"]["resourceVersion"])
         self.lists[kind] += 1
@@ -319,7 +318,7 @@ class KubernetesSource(Source):
                 events += 1
                 if typ in ("ADDED", "MODIFIED"):
                     obj.setdefault("kind", kind)
-                    obj.setdefault("apiVersion", API_VERSIONS[kind])
+                    obj.setdefault("apiVersion", lbcore.kind_for(kind).api_version)
                     on_loop(sink.upsert, obj)
                 elif typ == "DELETED":
                     on_loop(sink.delete, kind, meta.get("namespace") or "", meta.get("name") or "")

@@ -6,7 +6,7 @@ read and every change carries the store's global revision, so nothing committed 
 and the first event is lost or applied twice.
 
 Options:
-    kinds: the kinds to follow (default Service, Pod, Endpoints, EndpointSlice)
+    kinds: the kinds to follow, by any of their names (default: every kind of ``lbcore.KINDS``)
     namespace: only this namespace (default: all)
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import lbcore
 from lbcore import ConfigError, RuntimeContext, Source, SourceSink
 
-DEFAULT_KINDS = ("Service", "Pod", "Endpoints", "EndpointSlice")
+DEFAULT_KINDS = tuple(k.kind for k in lbcore.KINDS)
 
 
 class LocalSource(Source):
@@ -37,7 +37,10 @@ class LocalSource(Source):
         kinds = self.options.get("kinds", DEFAULT_KINDS)
         if isinstance(kinds, str) or not all(isinstance(k, str) for k in kinds):
             raise ConfigError(f"source.local.kinds: expected a list of kinds, got {kinds!r}")
-        self.kinds = tuple(kinds)
+        try:
+            self.kinds = tuple(lbcore.kind_for(k).kind for k in kinds)
+        except lbcore.UnknownKind as exc:
+            raise ConfigError(f"source.local.kinds: {exc}") from None
         self.namespace: str | None = self.options.get("namespace")
         self.synced = asyncio.Event()  # set once every kind has been listed into the sink
 
