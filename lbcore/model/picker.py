@@ -139,7 +139,7 @@ class Picker:
             else None
         )
         # the compiled core takes only compiled balancers
-        compiled_core = _compiled_core() if balancers.COMPILED else None
+        compiled_core: Any = _compiled_core() if balancers.COMPILED else None
         if compiled is None:
             compiled = compiled_core is not None and algorithm in balancers.builtin()
         if compiled and compiled_core is None:
