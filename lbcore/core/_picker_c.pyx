@@ -33,6 +33,7 @@ from lbcore.core._conntrack_c cimport (
     pack_proto,
 )
 from lbcore.core._hashing_c cimport XXH3_64bits
+from lbcore.core._policy_c cimport PickSet, client_ip_hash, pick_new
 
 from lbcore.core._picker_py import NO_ENDPOINTS
 
@@ -59,9 +60,10 @@ cdef class PickCore:
     cdef unsigned long gen        # endpoint sets installed so far
     cdef object no_endpoints
     cdef object last_dst          # the last destination parsed (a service's own address)
+    cdef bint five_tuple          # hashed algorithms key by the 5-tuple, not the client IP
     cdef uint8_t last_dst_key[16]
 
-    def __cinit__(self, ConnTable conns, AffinityTable affinity, clock):
+    def __cinit__(self, ConnTable conns, AffinityTable affinity, clock, str hash_key="client_ip"):
         self.mutex = PyThread_allocate_lock()
         if self.mutex == NULL:
             raise MemoryError("PickCore: no lock")
@@ -72,7 +74,10 @@ cdef class PickCore:
         self.gen = 0
         self.last_dst = None
 
-    def __init__(self, ConnTable conns, AffinityTable affinity, clock):
+    def __init__(self, ConnTable conns, AffinityTable affinity, clock, str hash_key="client_ip"):
+        if hash_key not in ("client_ip", "five_tuple"):
+            raise ValueError(f'hash_key: must be "client_ip" or "five_tuple", got {hash_key!r}')
+        self.five_tuple = hash_key == "five_tuple"
         self.conns = conns
         self.affinity = affinity
         self.clock = clock
@@ -160,45 +165,22 @@ cdef class PickCore:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef int32_t _choose(self, uint64_t h, const int32_t* excl, int nexcl, double now) noexcept:
-        # the balancer's pick, else the next allowed candidate after it; down marks are
-        # honoured unless every candidate is down
-        cdef int first, j, x, honour
-        cdef int32_t ident
-        cdef bint skip
-        if self.balancer is None or self.nbal == 0:
-            return -1
-        first = self.balancer.pick_hash(h)
-        if first < 0 or first >= self.nbal:
-            return -1
-        for honour in range(1, -1, -1):
-            for j in range(self.nbal):
-                ident = self.bal_ids[(first + j) % self.nbal]
-                skip = honour and self.down[ident] > now
-                for x in range(nexcl):
-                    if excl[x] == ident:
-                        skip = True
-                if not skip:
-                    return ident
-        return -1
-
-    @cython.boundscheck(False)
-    @cython.wraparound(False)
     cdef int32_t _pick(self, ct_key* k, double now, const int32_t* excl, int nexcl) except -2:
         cdef uint32_t t = self.conns.now_ms(now)
         cdef uint32_t ta = 0
-        cdef uint64_t h = XXH3_64bits(k, CT_KEY_BYTES)  # the balancer's
         cdef uint64_t hk = ct_hash(k, self.conns.seed)  # the table's, once for its probe and its insert
         cdef uint64_t ha = 0
-        cdef int32_t b, chosen = -1, a
+        cdef uint64_t h
+        cdef int32_t b, chosen
         cdef int x
         cdef bint ok
         cdef ct_key client
+        cdef PickSet ps
+        memset(&client, 0, sizeof(ct_key))
+        memcpy(client.addr, k.addr, 16)
         if self.affinity is not None:
             # start fetching the client's affinity slot now, so a new connection's two probes
             # overlap instead of paying two cache misses one after the other
-            memset(&client, 0, sizeof(ct_key))
-            memcpy(client.addr, k.addr, 16)
             ha = ct_hash(&client, self.affinity.seed)
             self.affinity.prefetch_h(ha)
         b = self.conns.lookup_h(k, hk, t)
@@ -209,25 +191,22 @@ cdef class PickCore:
                     ok = False
             if ok:
                 return b
+        # a new connection: the pick policy every data path shares (lbcore.core._policy_c)
+        ps.balancer = <void*>self.balancer if self.balancer is not None else NULL
+        ps.affinity = <void*>self.affinity if self.affinity is not None else NULL
+        ps.bal_ids, ps.nbal, ps.bidx, ps.down, ps.nids = self.bal_ids, self.nbal, self.bidx, self.down, self.nids
         if self.affinity is not None:
             ta = self.affinity.now_ms(now)
-            a = self.affinity.lookup_h(&client, ha, ta)
-            if 0 <= a < self.nids and self.bidx[a] >= 0 and not self.down[a] > now:
-                chosen = a
-                for x in range(nexcl):
-                    if excl[x] == a:
-                        chosen = -1
-        if chosen < 0:
-            chosen = self._choose(h, excl, nexcl, now)
+        h = XXH3_64bits(k, CT_KEY_BYTES) if self.five_tuple else client_ip_hash(&client)
+        chosen = pick_new(&ps, &client, ha, ta, h, excl, nexcl, now)
+        if chosen == -2:
+            raise MemoryError("AffinityTable: no memory for the per-backend lists")
         if chosen < 0:
             return -1
         if 0 <= b < self.nids and b != chosen and self.bidx[b] >= 0:
             self.balancer.release_c(self.bidx[b])
         if self.conns.insert_h(k, hk, chosen, t) < 0:
             raise MemoryError("ConnTable: no memory for the per-backend lists")
-        if self.affinity is not None:
-            if self.affinity.insert_h(&client, ha, chosen, ta) < 0:
-                raise MemoryError("AffinityTable: no memory for the per-backend lists")
         self.balancer.acquire_c(self.bidx[chosen])
         return chosen
 

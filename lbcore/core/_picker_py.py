@@ -1,5 +1,8 @@
 """The readable pick core: the connection table, ClientIP affinity, then the balancer.
 
+The policy of a new connection and its hash key are ``lbcore.core._policy_c``'s (its module
+docstring says why the client IP is the default key).
+
 The compiled twin is ``lbcore.core._picker_c.PickCore``; the tests hold the two to each other.
 Endpoints are opaque objects here, known by their id; ``lbcore.model.picker.Picker`` decides which
 ids take new connections (the model's endpoint rule) and hands them over with ``install``.
@@ -40,6 +43,14 @@ class NoEndpoints:
 NO_ENDPOINTS: Final = NoEndpoints()
 
 
+def client_ip_hash(client: bytes) -> int:
+    """The hashed algorithms' default key: the hash of the client's IP, 4 bytes for IPv4 (held
+    as ``::ffff:a.b.c.d`` in ``client``) and 16 for IPv6 (``lbcore.core._policy_c``)."""
+    if client[:12] == b"\0" * 10 + b"\xff\xff":
+        return hash64(client[12:])
+    return hash64(client)
+
+
 def _key_bytes(proto: Any, src: Any, sport: int, dst: Any, dport: int) -> tuple[bytes, bytes]:
     """The packed 5-tuple the balancer hashes (the same bytes the compiled core hashes), and the
     packed client address."""
@@ -57,7 +68,11 @@ def _key_bytes(proto: Any, src: Any, sport: int, dst: Any, dport: int) -> tuple[
 class PickCore:
     """The readable pick core: what the compiled ``lbcore.core._picker_c.PickCore`` does."""
 
-    def __init__(self, conns: Any, affinity: Any, clock: Callable[[], float]) -> None:
+    def __init__(self, conns: Any, affinity: Any, clock: Callable[[], float],
+                 hash_key: str = "client_ip") -> None:
+        if hash_key not in ("client_ip", "five_tuple"):
+            raise ValueError(f'hash_key: must be "client_ip" or "five_tuple", got {hash_key!r}')
+        self.five_tuple = hash_key == "five_tuple"
         self.conns = conns
         self.affinity = affinity
         self.clock = clock
@@ -129,7 +144,8 @@ class PickCore:
                         and not self.down[a] > now):
                     chosen = a
             if chosen < 0:
-                chosen = self._choose(hash64(key), excl, now)
+                h = hash64(key) if self.five_tuple else client_ip_hash(client)
+                chosen = self._choose(h, excl, now)
             if chosen < 0:
                 return -1
             if 0 <= b < len(self.eps) and b != chosen and self.bidx[b] >= 0:

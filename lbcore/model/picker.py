@@ -91,6 +91,9 @@ class Picker:
         endpoint counts as this node's).
     :param traffic: ``"internal"`` (to a ClusterIP: ``internalTrafficPolicy`` applies) or
         ``"external"`` (NodePort, external IPs: ``externalTrafficPolicy``).
+    :param hash_key: what hashed algorithms (ring_hash, maglev, jump, rendezvous,
+        bounded_load) hash: ``"client_ip"`` (a client stays on one endpoint, the default) or
+        ``"five_tuple"`` (each connection on its own); see ``lbcore.core._policy_c``.
     :param options: the algorithm's options (``table_size`` for maglev, ...).
     """
 
@@ -110,6 +113,7 @@ class Picker:
         compiled: bool | None = None,
         node_name: str | None = None,
         traffic: Traffic = "internal",
+        hash_key: str = "client_ip",
         **options: Any,
     ) -> None:
         if session_affinity is None:
@@ -146,7 +150,7 @@ class Picker:
             raise ConfigError("compiled: the compiled core is not available here")
         core_cls = compiled_core if compiled else _PickCorePy
         self.compiled = bool(compiled)
-        self._core = core_cls(self._conns, self._affinity, clock)
+        self._core = core_cls(self._conns, self._affinity, clock, hash_key)
         self._clock = clock
         self._update_lock = threading.Lock()  # one update at a time; picks use the core's lock
         self._balancer: Any = None

@@ -1,6 +1,6 @@
 """C declarations of the socket data path (epoll, sockets, splice) and its structures."""
 
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport int32_t, uint32_t, uint64_t
 
 
 cdef extern from "<sys/epoll.h>" nogil:
@@ -221,6 +221,9 @@ cdef struct Service:
     void* affinity           # an lbcore AffinityTable (borrowed likewise), or NULL
     Endpoint** by_ident      # affinity id -> endpoint, or NULL for a free id
     int nidents
+    int32_t* bal_ids         # the pick policy's arrays (lbcore.core._policy_c.PickSet):
+    int32_t* bidx            #   balancer index -> id, id -> balancer index or -1,
+    double* down             #   id -> marked down until
     double affinity_epoch    # the affinity table's clock origin, in mono() seconds
     int refs
 

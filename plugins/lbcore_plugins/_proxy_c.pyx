@@ -5,11 +5,12 @@ One event loop per worker thread. TCP listeners are bound once per worker with `
 so the kernel spreads new connections over the workers; a UDP listener belongs to one worker,
 which keeps every flow of a client on one thread.
 
-Picks use lbcore's own compiled parts, called from C without the GIL: the service's
-``lbcore.balancers`` Balancer (any algorithm ``lbcore.balancers.available()`` lists, keyed by the
-XXH3 hash of the client IP) and, for ClientIP session affinity, an ``lbcore.AffinityTable``.
-Both are shared by the workers under the service's lock, which also keeps the live-connection
-counts of least_conn and bounded_load exact. A sync never changes a Balancer in place: it builds
+Picks call the pick policy ``lbcore.Picker`` calls (``lbcore.core._policy_c.pick_new``: ClientIP
+affinity, then the balancer, skipping endpoints marked down or already tried), without the GIL,
+over the service's ``lbcore.balancers`` Balancer (any algorithm ``lbcore.balancers.available()``
+lists; hashed ones key by the client IP, the policy's default) and, for ClientIP session
+affinity, an ``lbcore.AffinityTable``. Both are shared by the workers under the service's lock,
+which also keeps the live-connection counts of least_conn and bounded_load exact. A sync never changes a Balancer in place: it builds
 a new one and swaps it in under that lock, so no worker is ever inside a Balancer being rebuilt.
 
 Bytes are relayed through a user-space buffer; a direction that fills the buffer in one read
@@ -30,6 +31,7 @@ from posix.unistd cimport close, read, write, usleep
 from lbcore.core._balancers_c cimport Balancer
 from lbcore.core._conntrack_c cimport AffinityTable, ct_hash, ct_key
 from lbcore.core._hashing_c cimport XXH3_64bits, hash_u64
+from lbcore.core._policy_c cimport PickSet, client_ip_hash, pick_new
 
 # declarations (epoll, sockets, splice) and the data path's structures; included rather than a
 # same-named .pxd because the extension's package name (lbcore_plugins) is not its directory
@@ -127,6 +129,9 @@ cdef void svc_decref(Service* s) noexcept nogil:
     free(s.eps)
     free(s.picks)
     free(s.by_ident)
+    free(s.bal_ids)
+    free(s.bidx)
+    free(s.down)
     pthread_mutex_destroy(&s.lock)
     free(s)
 
@@ -135,14 +140,6 @@ cdef void listener_decref(Listener* l) noexcept nogil:
     if lb_atomic_add(&l.refs, -1) == 0:
         svc_decref(l.svc)
         free(l)
-
-
-cdef inline uint64_t client_ip_hash(sockaddr_storage* a) noexcept nogil:
-    """XXH3 of the packed client IP: the key ``Balancer.pick(ip_address(client).packed)`` hashes,
-    so the data path and the Python API pick alike."""
-    if a.ss_family == AF_INET6:
-        return XXH3_64bits(&(<sockaddr_in6*>a).sin6_addr, 16)
-    return XXH3_64bits(&(<sockaddr_in*>a).sin_addr, 4)
 
 
 cdef inline void client_key(sockaddr_storage* a, ct_key* k) noexcept nogil:
@@ -157,42 +154,6 @@ cdef inline void client_key(sockaddr_storage* a, ct_key* k) noexcept nogil:
 
 
 # -- picking ----------------------------------------------------------------------------------
-
-cdef inline bint candidate(Endpoint* ep, double now, Endpoint** tried, int ntried,
-                           bint ignore_down) noexcept nogil:
-    """Takes new connections, was not tried by this connection, and is not marked down."""
-    cdef int i
-    if ep.slot < 0:
-        return False
-    if not ignore_down and ep.down_until > now:
-        return False
-    for i in range(ntried):
-        if tried[i] == ep:
-            return False
-    return True
-
-
-cdef Endpoint* choose(Service* s, uint64_t h, int attempt, double now, Endpoint** tried,
-                      int ntried) noexcept nogil:
-    """The balancer's pick for the ``attempt``-th try of key ``h`` (under the service's lock).
-
-    When that endpoint is down or was tried, the next candidate in balancer order takes it, as
-    the Picker does; an endpoint marked down is taken only when every other one is.
-    """
-    cdef int n = s.npicks, first, j, p
-    cdef Endpoint* ep
-    if s.balancer == NULL or n == 0:
-        return NULL
-    first = (<Balancer>s.balancer).pick_hash_retry(h, attempt)
-    if first < 0 or first >= n:
-        first = <int>(h % <uint64_t>n)  # a (plugin) balancer without an answer
-    for p in range(2):
-        for j in range(n):
-            ep = s.picks[(first + j) % n]
-            if candidate(ep, now, tried, ntried, p == 1):
-                return ep
-    return NULL
-
 
 cdef void rebase_affinity(Service* s, double now) noexcept nogil:
     """Move the affinity table's millisecond clock forward (once in about 37 days of its life).
@@ -214,37 +175,39 @@ cdef void rebase_affinity(Service* s, double now) noexcept nogil:
 
 cdef Endpoint* svc_pick(Service* s, sockaddr_storage* client, double now, Endpoint** tried,
                         int ntried) noexcept nogil:
-    """Pick an endpoint for a new connection or flow: the client's affinity, else the balancer.
-    The caller owns one reference and one live connection of the result (``ep_release``)."""
+    """Pick an endpoint for a new connection or flow with the shared pick policy (affinity, then
+    the balancer; ``tried`` ones excluded). The caller owns one reference and one live
+    connection of the result (``ep_release``)."""
     cdef Endpoint* ep = NULL
-    cdef uint64_t h = client_ip_hash(client)
     cdef ct_key key
     cdef uint64_t kh = 0
     cdef uint32_t ms = 0
     cdef int32_t ident
+    cdef int32_t excl[8]
+    cdef int i, nexcl = 0
     cdef double d
-    cdef bint sticky = False
+    cdef PickSet ps
+    client_key(client, &key)
     pthread_mutex_lock(&s.lock)
     if s.affinity != NULL:
         if (now - s.affinity_epoch) * 1000.0 >= AFFINITY_REBASE_MS:
             pthread_mutex_unlock(&s.lock)
             rebase_affinity(s, now)
             pthread_mutex_lock(&s.lock)
-        sticky = s.affinity != NULL
-    if sticky:
+    if s.affinity != NULL:
         d = (now - s.affinity_epoch) * 1000.0
         ms = <uint32_t>d if d > 0 else 0
-        client_key(client, &key)
         kh = ct_hash(&key, (<AffinityTable>s.affinity).seed)
-        ident = (<AffinityTable>s.affinity).lookup_h(&key, kh, ms)
-        if 0 <= ident < s.nidents and s.by_ident[ident] != NULL and \
-                candidate(s.by_ident[ident], now, tried, ntried, False):
-            ep = s.by_ident[ident]  # the lookup refreshed the binding
-    if ep == NULL:
-        ep = choose(s, h, ntried, now, tried, ntried)
-        if ep != NULL and sticky:
-            (<AffinityTable>s.affinity).insert_h(&key, kh, ep.ident, ms)
-    if ep != NULL:
+    for i in range(ntried if ntried < 8 else 8):
+        # an id names the same endpoint only while that endpoint stays in the service
+        if 0 <= tried[i].ident < s.nidents and s.by_ident[tried[i].ident] == tried[i]:
+            excl[nexcl] = tried[i].ident
+            nexcl += 1
+    ps.balancer, ps.affinity = s.balancer, s.affinity
+    ps.bal_ids, ps.nbal, ps.bidx, ps.down, ps.nids = s.bal_ids, s.npicks, s.bidx, s.down, s.nidents
+    ident = pick_new(&ps, &key, kh, ms, client_ip_hash(&key), excl, nexcl, now)
+    if ident >= 0:
+        ep = s.by_ident[ident]
         (<Balancer>s.balancer).acquire_c(ep.slot)
         lb_atomic_add(&ep.active, 1)
         ep_incref(ep)
@@ -252,8 +215,14 @@ cdef Endpoint* svc_pick(Service* s, sockaddr_storage* client, double now, Endpoi
     return ep
 
 
-cdef void mark_down(Worker* w, Endpoint* ep) noexcept nogil:
+cdef void mark_down(Worker* w, Service* s, Endpoint* ep) noexcept nogil:
+    """No new connection for ``ep`` for the configured down time. The endpoint keeps the mark
+    (a sync carries it into the next endpoint set); the service's array is what picks read."""
     ep.down_until = w.now + w.cfg.down_time
+    pthread_mutex_lock(&s.lock)
+    if 0 <= ep.ident < s.nidents and s.by_ident[ep.ident] == ep:
+        s.down[ep.ident] = ep.down_until
+    pthread_mutex_unlock(&s.lock)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,7 +474,7 @@ cdef bint backend_failed(Worker* w, Conn* c) noexcept nogil:
         c.bfd = -1
     c.bready = DRAINED
     if c.ep != NULL:
-        mark_down(w, c.ep)
+        mark_down(w, c.listener.svc, c.ep)
         if c.tries < 8:
             c.tried[c.tries] = c.ep
         c.tries += 1
@@ -765,7 +734,7 @@ cdef void on_udp_listener(Worker* w, ListenSock* ls) noexcept nogil:
             if r >= 0 or errno != ECONNREFUSED:
                 break
             # an ICMP port unreachable came back on this flow: the endpoint is not listening
-            mark_down(w, f.ep)
+            mark_down(w, f.lsock.listener.svc, f.ep)
             flow_close(w, f)
             f = NULL
 
@@ -779,7 +748,7 @@ cdef void on_flow(Worker* w, Flow* f) noexcept nogil:
         n = recv(f.fd, w.dgram, DGRAM_MAX, MSG_DONTWAIT)
         if n < 0:
             if errno == ECONNREFUSED:
-                mark_down(w, f.ep)
+                mark_down(w, f.lsock.listener.svc, f.ep)
                 flow_close(w, f)
             return
         f.last_active = w.now
@@ -1204,6 +1173,12 @@ cdef class Engine:
         cdef Endpoint** old_eps
         cdef Endpoint** old_picks
         cdef Endpoint** old_ids
+        cdef int32_t* bal_ids = NULL
+        cdef int32_t* bidx = NULL
+        cdef double* down = NULL
+        cdef int32_t* old_bal_ids
+        cdef int32_t* old_bidx
+        cdef double* old_down
         cdef Endpoint* ep
         cdef sockaddr_storage addr
         cdef socklen_t alen
@@ -1301,10 +1276,33 @@ cdef class Engine:
                 raise MemoryError()
             for i in range(n):
                 by_ident[eps[i].ident] = eps[i]
+            # the pick policy's view (lbcore.core._policy_c.PickSet), by id
+            bal_ids = <int32_t*>calloc(npicks + 1, sizeof(int32_t))
+            bidx = <int32_t*>calloc(nidents + 1, sizeof(int32_t))
+            down = <double*>calloc(nidents + 1, sizeof(double))
+            if bal_ids == NULL or bidx == NULL or down == NULL:
+                free(bal_ids)
+                free(bidx)
+                free(down)
+                for i in range(n):
+                    if <uintptr_t>eps[i] not in kept:
+                        free(eps[i])
+                free(eps)
+                free(picks)
+                free(by_ident)
+                raise MemoryError()
+            for i in range(nidents):
+                bidx[i] = -1
+            for k in range(npicks):
+                bal_ids[k] = picks[k].ident
+                bidx[picks[k].ident] = k
             gone = [q for q in known.values() if q not in kept]
             with nogil:
                 pthread_mutex_lock(&s.lock)
                 old_eps, old_picks, old_ids, nold = s.eps, s.picks, s.by_ident, s.neps
+                old_bal_ids, old_bidx, old_down = s.bal_ids, s.bidx, s.down
+                for i in range(n):  # down marks stay with their endpoints
+                    down[eps[i].ident] = eps[i].down_until
                 for i in range(nold):
                     old_eps[i].slot = -1
                     if old_eps[i].ident >= nidents or by_ident[old_eps[i].ident] != old_eps[i]:
@@ -1319,6 +1317,7 @@ cdef class Engine:
                         bal.acquire_c(i)
                 s.eps, s.neps, s.picks, s.npicks = eps, n, picks, npicks
                 s.by_ident, s.nidents = by_ident, nidents
+                s.bal_ids, s.bidx, s.down = bal_ids, bidx, down
                 s.balancer = bal_p
                 s.affinity = table_p
                 s.affinity_epoch = epoch
@@ -1330,6 +1329,9 @@ cdef class Engine:
             free(old_eps)
             free(old_picks)
             free(old_ids)
+            free(old_bal_ids)
+            free(old_bidx)
+            free(old_down)
 
     cdef Balancer _balancer(self, str algorithm, list rows, dict options):
         """A new balancer over ``rows`` (never an update in place: workers may be picking)."""
