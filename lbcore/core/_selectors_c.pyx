@@ -44,12 +44,19 @@ __all__ = [
 
 cdef extern from *:
     """
-    /* A borrowed dict look-up for an exact, hashed str key. On CPython 3.11 it probes the
-       compact table of an all-str-keys dict inline, as the interpreter's own
-       unicodekeys_lookup_unicode does (pointer first, then hash, length and bytes), which saves
-       three nested calls per requirement; any other dict, key or version takes the public
-       PyDict_GetItemWithError. The layout below is CPython 3.11's PyDictKeysObject. */
+    /* The one place this module reads a private CPython layout: a borrowed dict look-up for an
+       exact, hashed str key that probes the compact table of an all-str-keys dict inline, as the
+       interpreter's own unicodekeys_lookup_unicode does (pointer first, then hash, length and
+       bytes). It reads PyDictObject's ma_keys and ma_values, the cached hash of a str, and
+       CPython 3.11's PyDictKeysObject, declared below because no header exports it; it saves
+       three nested calls per requirement (Selector.matches of five requirements: 71 against
+       96 ns, see docs/benchmarks/selectors.md). It is built only for CPython 3.11, the one
+       version whose layout it was checked against, and used only while lb_dict_probe_on is set
+       (see _use_dict_probe). Everywhere else, and for any other dict or key, the look-up is the
+       public PyDict_GetItemWithError, which gives the same answers. */
     #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && !defined(Py_LIMITED_API) && !defined(PYPY_VERSION)
+    #define LB_DICT_PROBE_BUILT 1
+    static int lb_dict_probe_on = 0;
     typedef struct {
         Py_ssize_t dk_refcnt;
         uint8_t dk_log2_size;
@@ -65,7 +72,9 @@ cdef extern from *:
     /* The keys table of a dict the probe can read (combined, every key a str), else NULL. */
     static inline void* lb_dict_keys(PyObject* d) {
         PyDictObject* mp = (PyDictObject*)d;
-        lb_dictkeys* dk = (lb_dictkeys*)mp->ma_keys;
+        lb_dictkeys* dk;
+        if (!lb_dict_probe_on) return NULL;
+        dk = (lb_dictkeys*)mp->ma_keys;
         return (mp->ma_values == NULL && dk->dk_kind == 1) ? (void*)dk : NULL;
     }
 
@@ -101,15 +110,34 @@ cdef extern from *:
         }
     }
     #else
+    #define LB_DICT_PROBE_BUILT 0
+    static int lb_dict_probe_on = 0;
     static inline void* lb_dict_keys(PyObject* d) { (void)d; return NULL; }
     static inline PyObject* lb_dict_probe(void* keys, PyObject* key, Py_hash_t hash) {
         (void)keys; (void)key; (void)hash; return NULL;  /* never called: no keys table */
     }
     #endif
     """
+    bint DICT_PROBE_BUILT "LB_DICT_PROBE_BUILT"
+    int dict_probe_on "lb_dict_probe_on"
     void* dict_keys "lb_dict_keys"(PyObject* d) noexcept
     PyObject* dict_probe "lb_dict_probe"(void* keys, PyObject* key, Py_hash_t hash) noexcept
     PyObject* dict_get "PyDict_GetItemWithError"(PyObject* d, PyObject* key) except? NULL
+
+
+def _use_dict_probe(enabled=None) -> bool:
+    """Turn the inline dict probe on or off (None: leave it); return whether it is on, never
+    where it was not built. Off, every match looks labels up with ``PyDict_GetItemWithError``:
+    the tests run both paths."""
+    global dict_probe_on
+    if enabled is not None:
+        dict_probe_on = bool(enabled) and DICT_PROBE_BUILT
+    return bool(dict_probe_on)
+
+
+# The guard: on only for the interpreter and version whose private dict layout it was checked
+# against (CPython 3.11; the build already leaves it out anywhere else).
+_use_dict_probe(sys.implementation.name == "cpython" and sys.version_info[:2] == (3, 11))
 
 cdef extern from "Python.h":
     bint unicode_check_exact "PyUnicode_CheckExact"(PyObject* o)
@@ -1021,19 +1049,6 @@ cdef extern from "Python.h":
     void PyUnicode_InternInPlace(PyObject** p)
     void prefetch "__builtin_prefetch"(const void* p)
     int unicode_ready "PyUnicode_READY"(PyObject* o) except -1
-    int PySet_Clear(PyObject* s) except -1
-    PyObject* tuple_item "PyTuple_GET_ITEM"(PyObject* t, Py_ssize_t i) noexcept
-    Py_ssize_t refcount "Py_REFCNT"(PyObject* o) noexcept
-
-cdef extern from *:
-    """
-    /* True when the one reference to a set is its holder's and nothing watches it (no weak
-       reference): the holder may empty and refill it, and nobody can tell. */
-    static inline int lb_set_unshared(PyObject* s) {
-        return Py_REFCNT(s) == 1 && ((PySetObject*)s)->weakreflist == NULL;
-    }
-    """
-    bint set_unshared "lb_set_unshared"(PyObject* s) noexcept
 
 
 cdef struct Vec:
@@ -1448,11 +1463,6 @@ cdef class SelectorIndex:
     cdef uint64_t* _scr_hash     # per label: its pair's hash, its key's hash
     cdef PyObject** _scr_kv      # per label: its key, its value (references held)
     cdef Py_ssize_t _scr_hash_cap, _scr_hash_n
-    # the last answers of set_labels and selectors_matching, refilled when the caller has
-    # dropped them (as CPython's zip and enumerate reuse their result tuples): most callers
-    # read an answer once, and a new set costs more than the rest of a warm change
-    cdef tuple _change
-    cdef set _found
     # the label set set_labels last wrote (its slot, -1 for none): a caller asks for its
     # selectors next, and need not have its id hashed and found again
     cdef object _last_id
@@ -1912,31 +1922,10 @@ cdef class SelectorIndex:
             ls = &self._labsets[self._last_slot]
         else:
             ls = &self._labsets[self._lab_slot_of(labels)]
-        result = self._found_answer()
+        result = set()
         for t in range(ls.matched.n):
             result.add(<object>self._selslots[ls.matched.data[t]].id)
         return result
-
-    cdef set _found_answer(self):
-        """An empty set for selectors_matching to fill: the last answer again when the caller
-        no longer holds it, else a new one."""
-        if self._found is not None and set_unshared(<PyObject*>self._found):
-            PySet_Clear(<PyObject*>self._found)
-        else:
-            self._found = set()
-        return self._found
-
-    cdef tuple _change_answer(self):
-        """Two empty sets for set_labels to fill, (added, removed): the last answer again when
-        the caller kept no part of it, else a new pair."""
-        cdef PyObject* t = <PyObject*>self._change
-        if (self._change is not None and refcount(t) == 1
-                and set_unshared(tuple_item(t, 0)) and set_unshared(tuple_item(t, 1))):
-            PySet_Clear(tuple_item(t, 0))
-            PySet_Clear(tuple_item(t, 1))
-        else:
-            self._change = (set(), set())
-        return self._change
 
     # -- label sets --------------------------------------------------------------------------
 
@@ -2110,7 +2099,7 @@ cdef class SelectorIndex:
                     self._entries[self._scr_ents.data[j]].mark = 0
                 self._last_id = label_id
                 self._last_slot = slot
-                return self._change_answer()
+                return set(), set()
             # start loading what the rest reads at random places: the postings of the pairs it
             # joins and of those it leaves, and the selectors it matched (their ids may go into
             # the answer)
@@ -2186,8 +2175,7 @@ cdef class SelectorIndex:
         cdef LabelSlot* ls = &self._labsets[slot]
         cdef Vec* old = &ls.matched
         cdef Vec* now = &self._scr_found
-        cdef tuple answer = self._change_answer()
-        cdef set added = <set>answer[0], removed = <set>answer[1]
+        cdef set added = set(), removed = set()
         cdef Py_ssize_t a = 0, b = 0
         cdef int32_t s
         while a < old.n or b < now.n:
@@ -2205,7 +2193,7 @@ cdef class SelectorIndex:
         _vec_reserve(old, now.n)
         memcpy(old.data, now.data, <size_t>now.n * sizeof(int32_t))
         old.n = now.n
-        return answer
+        return added, removed
 
     def remove_labels(self, label_id) -> set:
         """Forget a label set; return the selector ids it matched. Unknown ids are ignored."""

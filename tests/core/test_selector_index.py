@@ -251,14 +251,14 @@ def test_slots_are_reused_without_leaking_old_matches(sel):
 
 
 def test_answers_a_caller_still_holds_are_never_changed_by_later_calls(sel):
-    """The compiled index refills an answer the caller has dropped; one the caller keeps (the
-    pair, one of its sets, or through a weak reference) must keep what it said."""
+    """Every answer is a new object the caller owns: one the caller keeps (the pair, one of its
+    sets, or through a weak reference) keeps what it said, whatever the index answers next."""
     index = sel.SelectorIndex()
     index.set_selector("web", sel.parse_selector("app=web"))
     index.set_selector("db", sel.parse_selector("app=db"))
     kept = index.set_labels("p", {"app": "web"})
     added, removed = index.set_labels("p", {"app": "db"})
-    index.set_labels("p", {"app": "web"})  # dropped: may be refilled by the next call
+    index.set_labels("p", {"app": "web"})  # dropped at once
     assert index.set_labels("p", {"app": "db"}) == ({"db"}, {"web"})
     assert index.set_labels("p", {"app": "db"}) == (set(), set())
     assert kept == ({"web"}, set()) and (added, removed) == ({"db"}, {"web"})
@@ -268,6 +268,8 @@ def test_answers_a_caller_still_holds_are_never_changed_by_later_calls(sel):
     watched = weakref.ref(index.selectors_matching("p"))
     assert index.selectors_matching("q") == {"web"}
     assert watched() is None or watched() == {"db"}
+    assert index.selectors_matching("p") is not index.selectors_matching("p")
+    assert index.set_labels("p", {"app": "db"}) is not index.set_labels("p", {"app": "db"})
 
 
 def test_selectors_filed_under_one_pair_leave_it_in_any_order(sel):

@@ -7,6 +7,8 @@ the differential tests at the end check that the two agree on arbitrary input.
 from __future__ import annotations
 
 import pickle
+import sys
+from contextlib import contextmanager
 from types import MappingProxyType, SimpleNamespace
 
 import pytest
@@ -536,9 +538,37 @@ def test_twins_agree_on_validation(text):
 
 
 # --------------------------------------------------------------------------- every kind of dict the matcher probes
-# The compiled matcher probes a str-keyed dict's table itself; these dicts take each of its paths
-# (small and large index widths, deleted slots, mixed keys, split tables, keys that are equal but
-# not the same object) and must answer what the readable twin answers.
+# On CPython 3.11 the compiled matcher probes a str-keyed dict's table itself; these dicts take
+# each of its paths (small and large index widths, deleted slots, mixed keys, split tables, keys
+# that are equal but not the same object) and must answer what the readable twin answers, with
+# the probe and with the public look-up it falls back on (the only one on other versions).
+
+
+@contextmanager
+def _dict_probe(on: bool):
+    before = _selectors_c._use_dict_probe()
+    _selectors_c._use_dict_probe(on)
+    try:
+        yield
+    finally:
+        _selectors_c._use_dict_probe(before)
+
+
+@pytest.fixture(params=["probe", "public look-up"])
+def dict_probe(request):
+    """The compiled matcher with its inline dict probe (where built), then without it."""
+    with _dict_probe(request.param == "probe"):
+        yield request.param
+
+
+def test_dict_probe_is_on_only_where_its_layout_was_checked():
+    checked = sys.implementation.name == "cpython" and sys.version_info[:2] == (3, 11)
+    assert _selectors_c._use_dict_probe() is checked
+    with _dict_probe(True):
+        assert _selectors_c._use_dict_probe() is checked  # never on where it was not built
+    with _dict_probe(False):
+        assert _selectors_c._use_dict_probe() is False
+        assert _selectors_c.parse_selector("app=web").matches({"app": "web"})
 
 
 def _fresh(text: str) -> str:
@@ -577,19 +607,19 @@ def _dicts_to_probe() -> list[tuple[str, dict]]:
 
 @pytest.mark.parametrize("name, labels", _dicts_to_probe(), ids=[n for n, _ in _dicts_to_probe()])
 @pytest.mark.parametrize("text", ["app=web,tier in (backend,db)", "app,!canary", "tier notin (frontend)", "app!=web"])
-def test_compiled_match_agrees_on_every_kind_of_dict(name, labels, text):
+def test_compiled_match_agrees_on_every_kind_of_dict(dict_probe, name, labels, text):
     compiled = _selectors_c.parse_selector(text).matches(labels)
     assert compiled == _selectors_py.parse_selector(text).matches(labels)
 
 
-def test_split_table_dict_matches():
+def test_split_table_dict_matches(dict_probe):
     holder = _Holder()
     assert _selectors_c.parse_selector("app=web,tier=backend").matches(holder.__dict__)
     holder.tier = "db"
     assert not _selectors_c.parse_selector("app=web,tier=backend").matches(holder.__dict__)
 
 
-def test_keys_and_values_of_str_subclasses_match_by_value():
+def test_keys_and_values_of_str_subclasses_match_by_value(dict_probe):
     class Text(str):
         pass
 
@@ -598,7 +628,7 @@ def test_keys_and_values_of_str_subclasses_match_by_value():
     assert not _selectors_c.parse_selector("app!=web").matches(labels)
 
 
-def test_non_ascii_values_compare_by_content():
+def test_non_ascii_values_compare_by_content(dict_probe):
     # kinds 1, 2 and 4 of PEP 393; "é" and "e" differ, an equal fresh copy matches
     for value in ("caf\u00e9", "\u0394x", "\U0001f600"):
         labels = {"v": _fresh(value)}
@@ -628,5 +658,8 @@ def test_compiled_match_agrees_after_deletions_and_growth(labels, deletions, pad
         labels[f"pad{i}"] = "p"
     for key in deletions:
         labels.pop(key, None)
-    for text in ("a=1", "a in (1,2),b", "!c,d notin (x)", "a>0", "b!=", "a,b,c,d"):
-        assert _selectors_c.parse_selector(text).matches(labels) == _selectors_py.parse_selector(text).matches(labels)
+    for probe in (True, False):
+        with _dict_probe(probe):
+            for text in ("a=1", "a in (1,2),b", "!c,d notin (x)", "a>0", "b!=", "a,b,c,d"):
+                assert (_selectors_c.parse_selector(text).matches(labels)
+                        == _selectors_py.parse_selector(text).matches(labels))
