@@ -3,7 +3,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import disjoint_base
 
+@disjoint_base
 class Balancer:
     """Base of every compiled algorithm."""
 
@@ -27,7 +29,7 @@ class Balancer:
         self, backends: Iterable[Any], weights: Sequence[float] | None = None, *, seed: int | None = None
     ) -> None: ...
     def __len__(self) -> int: ...
-    def pick(self, key: str | bytes | int) -> int:
+    def pick(self, key: str | bytes | int, /) -> int:
         """Index of the backend for ``key``."""
     def pick_hashed(self, h: int) -> int:
         """Index of the backend for a key already hashed with ``lbcore.hash64``."""
@@ -42,15 +44,18 @@ class Balancer:
     def update(self, backends: Iterable[Any], weights: Sequence[float] | None = None) -> None:
         """Replace the backends (and weights), keeping the algorithm's disruption promise."""
 
+@disjoint_base
 class WeightedRoundRobin(Balancer):
     """nginx's smooth weighted round robin."""
 
 class RoundRobin(WeightedRoundRobin):
     """Each backend in turn; smooth weighted when weights differ."""
 
+@disjoint_base
 class WeightedRandom(Balancer):
     """Weighted random through an alias table."""
 
+@disjoint_base
 class LeastConn(WeightedRandom):
     """Least connections by the power of two distinct choices, weighted as Envoy's least request."""
 
@@ -66,6 +71,7 @@ class LeastConn(WeightedRandom):
     def active_request_bias(self) -> float:
         """The exponent of ``active + 1`` in the effective weight ``weight / (active + 1) ** bias``."""
 
+@disjoint_base
 class RingHash(Balancer):
     """Ketama-style hash ring."""
 
@@ -86,6 +92,7 @@ class RingHash(Balancer):
     def points(self) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int32]]:
         """(sorted point hashes, owning backend index): copies of the ring."""
 
+@disjoint_base
 class BoundedLoad(RingHash):
     """Consistent hashing with bounded loads."""
 
@@ -104,6 +111,7 @@ class BoundedLoad(RingHash):
     def balance_factor(self) -> float:
         """The factor c: no backend gets more than ceil(c x mean load)."""
 
+@disjoint_base
 class Maglev(Balancer):
     """Maglev lookup table of prime size."""
 
@@ -122,6 +130,7 @@ class Maglev(Balancer):
     def table(self) -> npt.NDArray[np.int32]:
         """The lookup table: entry -> backend index (a copy)."""
 
+@disjoint_base
 class JumpHash(Balancer):
     """Jump consistent hash with stable slots."""
 
@@ -129,6 +138,7 @@ class JumpHash(Balancer):
     def slots(self) -> tuple[int, ...]:
         """Slot -> backend index."""
 
+@disjoint_base
 class Rendezvous(Balancer):
     """Highest random weight, weighted."""
 

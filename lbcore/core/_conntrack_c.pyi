@@ -18,13 +18,15 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import disjoint_base
 
-Address = str | bytes | Any  # str, packed bytes (4 or 16), or an ipaddress object
-Protocol = str | int
+_Address = str | bytes | Any  # str, packed bytes (4 or 16), or an ipaddress object
+_Protocol = str | int
 
 MAX_TIMEOUT: float
 PROTOCOLS: dict[str, int]
 
+@disjoint_base
 class _FlatTable:
     @property
     def capacity(self) -> int: ...
@@ -53,28 +55,28 @@ class ConnTable(_FlatTable):
     @property
     def timeouts(self) -> dict[str, float]: ...
     def lookup(
-        self, proto: Protocol, src: Address, sport: int, dst: Address, dport: int, now: float
+        self, proto: _Protocol, src: _Address, sport: int, dst: _Address, dport: int, now: float
     ) -> int:
         """The backend of this connection, or -1; a hit refreshes its timer."""
     def insert(
         self,
-        proto: Protocol,
-        src: Address,
+        proto: _Protocol,
+        src: _Address,
         sport: int,
-        dst: Address,
+        dst: _Address,
         dport: int,
         backend: int,
         now: float,
     ) -> None:
         """Track this connection as going to ``backend`` (replacing any entry of the same key)."""
     def close(
-        self, proto: Protocol, src: Address, sport: int, dst: Address, dport: int, now: float
+        self, proto: _Protocol, src: _Address, sport: int, dst: _Address, dport: int, now: float
     ) -> bool:
         """The connection ended: TCP/SCTP move to the closing timeout, UDP and others go."""
-    def remove(self, proto: Protocol, src: Address, sport: int, dst: Address, dport: int) -> bool:
+    def remove(self, proto: _Protocol, src: _Address, sport: int, dst: _Address, dport: int) -> bool:
         """Forget this connection at once; return whether it was there."""
-    def __contains__(self, key: tuple[Protocol, Address, int, Address, int]) -> bool: ...
-    def _slot(self, key: tuple[Protocol, Address, int, Address, int]) -> int:
+    def __contains__(self, key: tuple[_Protocol, _Address, int, _Address, int], /) -> bool: ...
+    def _slot(self, key: tuple[_Protocol, _Address, int, _Address, int]) -> int:
         """The index slot holding ``key``, or -1 (for tests of the index's layout)."""
     def lookup_many(
         self, proto: Any, src: npt.ArrayLike, sport: npt.ArrayLike, dst: npt.ArrayLike,
@@ -86,7 +88,7 @@ class ConnTable(_FlatTable):
         dport: npt.ArrayLike, backend: npt.ArrayLike | int, now: float,
     ) -> None:
         """Insert a batch, in row order (see the column layout above)."""
-    def entries(self) -> list[tuple[Protocol, str, int, str, int, int, bool]]:
+    def entries(self) -> list[tuple[_Protocol, str, int, str, int, int, bool]]:
         """Every entry, each timeout class from least to most recently used."""
 
 class AffinityTable(_FlatTable):
@@ -95,16 +97,16 @@ class AffinityTable(_FlatTable):
     def __init__(self, capacity: int, timeout: float = 10800.0) -> None: ...
     @property
     def timeout(self) -> float: ...
-    def lookup(self, client: Address, now: float) -> int:
+    def lookup(self, client: _Address, now: float) -> int:
         """The backend this client is bound to, or -1; a hit refreshes the binding."""
-    def insert(self, client: Address, backend: int, now: float) -> None:
+    def insert(self, client: _Address, backend: int, now: float) -> None:
         """Bind ``client`` to ``backend`` as of ``now``."""
-    def remove(self, client: Address) -> bool:
+    def remove(self, client: _Address) -> bool:
         """Forget ``client``'s binding; return whether there was one."""
     def entries(self) -> list[tuple[str, int]]:
         """Every binding, least recently used first."""
 
-def pack_address(addr: Address) -> bytes:
+def pack_address(addr: _Address) -> bytes:
     """The 16 bytes a table keys ``addr`` by."""
 
 def entry_size() -> int:

@@ -4,8 +4,11 @@ from collections.abc import Callable, Collection
 from typing import Any
 from typing import Any as EndpointInfo
 
+from typing_extensions import disjoint_base
+
 from lbcore.core._conntrack_c import AffinityTable, ConnTable
 
+@disjoint_base
 class PickCore:
     """Connection table, affinity and balancer; see ``lbcore.model.picker``.
 

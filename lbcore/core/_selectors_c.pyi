@@ -3,6 +3,8 @@
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
+from typing_extensions import disjoint_base
+
 from lbcore.core._selectors_py import Requirement as Requirement
 
 __all__ = [
@@ -22,6 +24,7 @@ def validate_label_key(key: str) -> list[str]:
 def validate_label_value(value: str) -> list[str]:
     """Kubernetes' messages for an invalid label value; ``[]`` when valid."""
 
+@disjoint_base
 class Selector:
     """A parsed label selector: an AND of requirements, or the selector that matches nothing."""
 
@@ -41,7 +44,7 @@ class Selector:
     def matches(self, labels: Mapping[str, str], /) -> bool:
         """True when every requirement holds for ``labels`` (positional: a one-argument C call)."""
     def requires_exact_match(self, key: str) -> str | None: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
     def __reduce__(self) -> tuple[Any, ...]: ...
 
@@ -54,6 +57,7 @@ def selector_from_map(selector: Mapping[str, str] | None) -> Selector:
 def selector_from_label_selector(label_selector: Mapping[str, Any] | Any | None) -> Selector:
     """A ``metav1.LabelSelector``; None matches nothing, ``{}`` matches everything."""
 
+@disjoint_base
 class SelectorIndex:
     """Selectors and label sets by id, and which of them match, kept up to date incrementally.
 
