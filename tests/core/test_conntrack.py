@@ -431,7 +431,9 @@ def test_address_spellings_beyond_plain_ascii_str_and_bytes(mod):
     t = mod.ConnTable(8)
     t.insert("TCP", Text("10.0.0.1"), 1, Packed(b"\x0a\x60\x00\x01"), 80, 5, 0.0)
     assert t.lookup("TCP", "10.0.0.1", 1, "10.96.0.1", 80, 0.0) == 5
-    for bad in ("10.0.0.1\x00", "10.0.0.1 ", "1０.0.0.1", "fe80::1\x00junk", "\udcff", "01.2.3.4"):
+    # "\xe9" and "\xb9" (superscript one) keep a str one byte per character without being ASCII
+    for bad in ("10.0.0.1\x00", "10.0.0.1 ", "1０.0.0.1", "fe80::1\x00junk", "\udcff", "01.2.3.4",
+                "10.0.0.\xb9", "10.0.0.1\xe9", "fe80::\xe9"):
         with pytest.raises(ValidationError) as err:
             t.lookup("TCP", bad, 1, "10.96.0.1", 80, 0.0)
         assert err.value.causes[0].field == "src"
@@ -446,6 +448,23 @@ def test_ports_and_protocol_numbers_out_of_range_even_when_huge(mod):
         with pytest.raises(ValidationError) as err:
             t.lookup(*args, 0.0)
         assert err.value.causes[0].field == field
+
+
+def test_ports_and_backend_ids_read_alike_at_any_size_of_int(mod):
+    """Exact ints are read inline when small and through the public conversion otherwise; both
+    give the same answers at the edges (one machine digit, 2**30 and up, past a C long)."""
+    t = mod.ConnTable(8)
+    max_backend = 0x7FFFFF
+    for port, backend in [(0, 0), (65535, max_backend), (2**15, 2**22)]:
+        t.insert("TCP", "10.0.0.1", port, "10.0.0.2", 80, backend, 0.0)
+        assert t.lookup("TCP", "10.0.0.1", port, "10.0.0.2", 80, 0.0) == backend
+        assert t.lookup("TCP", "10.0.0.1", int(str(port)), "10.0.0.2", 80, 0.0) == backend
+    for bad_port in (65536, 2**30, 2**31, 2**62, 2**64, -1, -(2**30)):
+        with pytest.raises(ValidationError, match="sport"):
+            t.lookup("TCP", "10.0.0.1", bad_port, "10.0.0.2", 80, 0.0)
+    for bad_backend in (max_backend + 1, 2**30, 2**63, -1, -(2**62)):
+        with pytest.raises(ValidationError, match="backend"):
+            t.insert("TCP", "10.0.0.1", 1, "10.0.0.2", 80, bad_backend, 0.0)
 
 
 def test_reinserting_the_most_recent_entry_refreshes_its_timer_and_keeps_lru_order(mod):
@@ -542,7 +561,7 @@ def test_batch_insert_grows_the_per_backend_lists_to_its_largest_id(mod):
         t._check()
 
 
-# -- lookup and insert bind without a new collected object per call (compiled table) -------------
+# -- lookup and insert are plain methods in every call shape (compiled table) ------------------------
 
 
 def test_bound_lookup_and_insert_behave_like_methods():
@@ -556,7 +575,7 @@ def test_bound_lookup_and_insert_behave_like_methods():
     assert _conntrack_c.ConnTable.lookup(t, *conn(1), 1.0) == 3
     assert t.lookup(proto="TCP", src=conn(1)[1], sport=conn(1)[2], dst=conn(1)[3],
                     dport=80, now=1.0) == 3
-    # more bound objects alive at once than the free list keeps, each bound to its own table
+    # many bound methods alive at once, each bound to its own table
     tables = [_conntrack_c.ConnTable(4) for _ in range(40)]
     bound = [x.insert for x in tables]
     for i, f in enumerate(bound):
