@@ -5,19 +5,18 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
 from lbcore.core._extensions import NO_EXTENSIONS
 
-# every compiled module; a test marked ``compiled`` needs them all
-COMPILED_MODULES = (
-    "lbcore.core._balancers_c",
-    "lbcore.core._conntrack_c",
-    "lbcore.core._hashing_c",
-    "lbcore.core._picker_c",
-    "lbcore.core._selectors_c",
-    "lbcore_plugins._proxy_c",
+ROOT = Path(__file__).resolve().parents[1]
+
+# every compiled module (one per .pyx); a test marked ``compiled`` needs them all
+COMPILED_MODULES = sorted(
+    [f"lbcore.core.{p.stem}" for p in (ROOT / "lbcore" / "core").glob("_*_c.pyx")]
+    + [f"lbcore_plugins.{p.stem}" for p in (ROOT / "plugins" / "lbcore_plugins").glob("_*_c.pyx")]
 )
 
 

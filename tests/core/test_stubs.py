@@ -19,11 +19,9 @@ ALLOWLIST = Path(__file__).with_name("stubtest_allowlist.txt")
 
 # every .pyx is one extension module: lbcore/core/_x_c.pyx is lbcore.core._x_c, and the plugins'
 # are imported as lbcore_plugins._y_c (the folder is the import name)
-SOURCES = {
-    **{f"lbcore.core.{p.stem}": p for p in sorted((ROOT / "lbcore" / "core").glob("_*_c.pyx"))},
-    **{f"lbcore_plugins.{p.stem}": p
-       for p in sorted((ROOT / "plugins" / "lbcore_plugins").glob("_*_c.pyx"))},
-}
+FOLDERS = {"lbcore.core": ROOT / "lbcore" / "core", "lbcore_plugins": ROOT / "plugins" / "lbcore_plugins"}
+SOURCES = {f"{package}.{pyx.stem}": pyx
+           for package, folder in FOLDERS.items() for pyx in folder.glob("_*_c.pyx")}
 MODULES = sorted(SOURCES)
 
 # the stubs' imports of pure-Python modules are followed silently: their own type errors are
