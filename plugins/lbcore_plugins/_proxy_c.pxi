@@ -224,6 +224,7 @@ cdef struct Service:
     int32_t* bal_ids         # the pick policy's arrays (lbcore.core._policy_c.PickSet):
     int32_t* bidx            #   balancer index -> id, id -> balancer index or -1,
     double* down             #   id -> marked down until
+    bint five_tuple          # hashed algorithms key by the 5-tuple, not the client IP
     double affinity_epoch    # the affinity table's clock origin, in mono() seconds
     int refs
 
@@ -238,6 +239,7 @@ cdef struct ListenSock:
 
 cdef struct Listener:
     Service* svc
+    ct_key conn              # the service's side of a connection's 5-tuple (hash_key five_tuple)
     int max_conns
     int conns
     int refs

@@ -29,7 +29,7 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.unistd cimport close, read, write, usleep
 
 from lbcore.core._balancers_c cimport Balancer
-from lbcore.core._conntrack_c cimport AffinityTable, ct_hash, ct_key
+from lbcore.core._conntrack_c cimport CT_KEY_BYTES, AffinityTable, ct_hash, ct_key, pack_addr, pack_port, pack_proto
 from lbcore.core._hashing_c cimport XXH3_64bits, hash_u64
 from lbcore.core._policy_c cimport PickSet, client_ip_hash, pick_new
 
@@ -38,6 +38,7 @@ from lbcore.core._policy_c cimport PickSet, client_ip_hash, pick_new
 include "_proxy_c.pxi"
 
 import ipaddress
+import socket as pysocket
 import threading
 
 from lbcore import ConfigError, balancers
@@ -173,13 +174,27 @@ cdef void rebase_affinity(Service* s, double now) noexcept nogil:
             pthread_mutex_unlock(&s.lock)
 
 
-cdef Endpoint* svc_pick(Service* s, sockaddr_storage* client, double now, Endpoint** tried,
+cdef uint64_t five_tuple_hash(Listener* l, ct_key* client, sockaddr_storage* a) noexcept nogil:
+    """The balancer key of ``hash_key: five_tuple``: the bytes ``lbcore.Picker`` hashes for the
+    same connection (its ``ct_key``: client and service address, ports, protocol)."""
+    cdef ct_key k = l.conn  # the service's side, filled once by add_listener
+    memcpy(k.addr, client.addr, 16)
+    if a.ss_family == AF_INET6:
+        k.sport = ntohs((<sockaddr_in6*>a).sin6_port)
+    else:
+        k.sport = ntohs((<sockaddr_in*>a).sin_port)
+    return XXH3_64bits(&k, CT_KEY_BYTES)
+
+
+cdef Endpoint* svc_pick(Listener* l, sockaddr_storage* client, double now, Endpoint** tried,
                         int ntried) noexcept nogil:
     """Pick an endpoint for a new connection or flow with the shared pick policy (affinity, then
     the balancer; ``tried`` ones excluded). The caller owns one reference and one live
     connection of the result (``ep_release``)."""
+    cdef Service* s = l.svc
     cdef Endpoint* ep = NULL
     cdef ct_key key
+    cdef uint64_t h
     cdef uint64_t kh = 0
     cdef uint32_t ms = 0
     cdef int32_t ident
@@ -205,7 +220,8 @@ cdef Endpoint* svc_pick(Service* s, sockaddr_storage* client, double now, Endpoi
             nexcl += 1
     ps.balancer, ps.affinity = s.balancer, s.affinity
     ps.bal_ids, ps.nbal, ps.bidx, ps.down, ps.nids = s.bal_ids, s.npicks, s.bidx, s.down, s.nidents
-    ident = pick_new(&ps, &key, kh, ms, client_ip_hash(&key), excl, nexcl, now)
+    h = five_tuple_hash(l, &key, client) if s.five_tuple else client_ip_hash(&key)
+    ident = pick_new(&ps, &key, kh, ms, h, excl, nexcl, now)
     if ident >= 0:
         ep = s.by_ident[ident]
         (<Balancer>s.balancer).acquire_c(ep.slot)
@@ -494,7 +510,7 @@ cdef void connect_backend(Worker* w, Conn* c) noexcept nogil:
     cdef int fd, r
     cdef epoll_event ev
     while True:
-        ep = svc_pick(c.listener.svc, &c.client, w.now, c.tried, c.tries if c.tries < 8 else 8)
+        ep = svc_pick(c.listener, &c.client, w.now, c.tried, c.tries if c.tries < 8 else 8)
         if ep == NULL:
             w.counters[C_REJECTED] += 1
             conn_close(w, c, True)
@@ -660,7 +676,7 @@ cdef void flow_close(Worker* w, Flow* f) noexcept nogil:
 
 cdef Flow* flow_new(Worker* w, ListenSock* ls, sockaddr_storage* client, socklen_t alen,
                     uint64_t h) noexcept nogil:
-    cdef Endpoint* ep = svc_pick(ls.listener.svc, client, w.now, NULL, 0)
+    cdef Endpoint* ep = svc_pick(ls.listener, client, w.now, NULL, 0)
     cdef Flow* f
     cdef int fd
     cdef epoll_event ev
@@ -1149,7 +1165,7 @@ cdef class Engine:
 
     def set_service(self, str key, list endpoints, str algorithm="round_robin",
                     double affinity_timeout=0.0, int affinity_capacity=65536,
-                    dict options=None) -> None:
+                    dict options=None, str hash_key="client_ip") -> None:
         """Create or update the endpoint table of service port ``key``.
 
         :param endpoints: ``(ip, port, weight, pickable)`` tuples; an endpoint that is not
@@ -1161,6 +1177,8 @@ cdef class Engine:
         :param affinity_timeout: seconds of ClientIP affinity, 0 for none.
         :param affinity_capacity: clients the affinity table holds (least recently used go).
         :param options: the algorithm's options (``table_size`` for maglev, ...).
+        :param hash_key: what hashed algorithms key by: ``"client_ip"`` or ``"five_tuple"``
+            (``lbcore.core._policy_c`` says why the client IP is the default).
         :raises ConfigError: an unknown algorithm (the message lists the available ones), an
             option or weight the algorithm refuses, an invalid address, port or weight.
         """
@@ -1188,6 +1206,9 @@ cdef class Engine:
         cdef void* table_p = NULL
         cdef void* kept_table_p = NULL
         cdef double epoch = 0.0
+        cdef bint five_tuple = hash_key == "five_tuple"
+        if hash_key not in ("client_ip", "five_tuple"):
+            raise ConfigError(f'hash_key: {hash_key!r} is not "client_ip" or "five_tuple"')
         if algorithm not in balancers.builtin():  # a plugin's (asking plugins costs more)
             available = balancers.available()
             if algorithm not in available:
@@ -1318,6 +1339,7 @@ cdef class Engine:
                 s.eps, s.neps, s.picks, s.npicks = eps, n, picks, npicks
                 s.by_ident, s.nidents = by_ident, nidents
                 s.bal_ids, s.bidx, s.down = bal_ids, bidx, down
+                s.five_tuple = five_tuple
                 s.balancer = bal_p
                 s.affinity = table_p
                 s.affinity_epoch = epoch
@@ -1497,6 +1519,15 @@ cdef class Engine:
             if l == NULL:
                 raise MemoryError()
             l.svc = <Service*>p
+            # the service's side of the 5-tuple, as lbcore.Picker packs it (hash_key five_tuple)
+            sock = pysocket.socket(fileno=fds[0])
+            try:
+                address = sock.getsockname()
+            finally:
+                sock.detach()
+            pack_addr(address[0], l.conn.addr + 16, "address")
+            pack_port(address[1], &l.conn.dport, "port")
+            pack_proto(protocol, &l.conn.proto)
             lb_atomic_add(&l.svc.refs, 1)
             l.max_conns = max_connections
             l.refs = 1 + len(fds)

@@ -48,6 +48,7 @@ class ProxyOptions:
     workers: int = 2
     algorithm: str = "round_robin"
     algorithm_options: dict[str, Any] = field(default_factory=dict)
+    hash_key: str = "client_ip"
     affinity_capacity: int = 65536
     connect_timeout: float = 2.0
     idle_timeout: float = 3600.0
@@ -82,6 +83,8 @@ class ProxyOptions:
             values[key] = value
         opts = cls(**values)
         opts.check_algorithm()
+        if opts.hash_key not in ("client_ip", "five_tuple"):
+            raise ConfigError(f'hash_key: {opts.hash_key!r} is not "client_ip" or "five_tuple"')
         for key in ("connect_timeout", "workers", "backlog", "affinity_capacity"):
             if getattr(opts, key) <= 0:
                 raise ConfigError(f"{key}: {getattr(opts, key)!r} must be positive")
@@ -231,6 +234,7 @@ class ProxyFrontend(Frontend):
                     state[1],
                     opts.affinity_capacity,
                     dict(opts.algorithm_options),
+                    opts.hash_key,
                 )
                 self._tables[table] = state
         wanted = set(listeners)
