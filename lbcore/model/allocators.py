@@ -20,10 +20,18 @@ from typing import Any
 
 from lbcore.errors import AllocationError
 
-__all__ = ["ClusterIPAllocator", "NodePortAllocator", "parse_port_range"]
+__all__ = [
+    "DEFAULT_NODE_PORT_RANGE",
+    "KUBERNETES_SERVICE_CIDR",
+    "ClusterIPAllocator",
+    "NodePortAllocator",
+    "parse_port_range",
+]
 
-DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
-DEFAULT_NODE_PORT_RANGE = (30000, 32767)
+# kubeadm's default service CIDR: where an embedded table gives addresses unless told otherwise
+# (the daemon's default is a loopback range, lbcore.runtime.config.LOOPBACK_SERVICE_CIDR)
+KUBERNETES_SERVICE_CIDR = "10.96.0.0/12"
+DEFAULT_NODE_PORT_RANGE = (30000, 32767)  # the API server's --service-node-port-range
 
 
 def _spec_of(service: Any) -> tuple[str, Mapping[str, Any]]:
@@ -64,7 +72,7 @@ class ClusterIPAllocator:
     The network address is never given, nor the broadcast address of an IPv4 range.
     """
 
-    def __init__(self, cidr: str = DEFAULT_SERVICE_CIDR) -> None:
+    def __init__(self, cidr: str = KUBERNETES_SERVICE_CIDR) -> None:
         try:
             self.network = ipaddress.ip_network(cidr, strict=False)
         except ValueError as exc:

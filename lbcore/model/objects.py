@@ -2,9 +2,13 @@
 
 Each object keeps the defaulted Kubernetes-shaped dict it came from (``to_dict()``, for
 ``-o yaml`` and the REST API) and exposes typed, read-only accessors for what load balancing
-needs. ``from_dict`` applies Kubernetes' defaults, then validates
+needs. ``from_dict`` applies Kubernetes' defaults (:func:`defaulted`), then validates
 (:mod:`lbcore.model.validation`); an invalid object raises :class:`lbcore.ValidationError`, which
 lists every problem.
+
+Objects that a store or an API server has already admitted are read with
+:func:`parse_admitted`: defaults where absent, never validation, so that lbcore never refuses
+what the server accepted (:mod:`lbcore.model.admission` is where validation runs on a write).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import datetime as _dt
 import ipaddress
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -41,6 +45,9 @@ __all__ = [
     "SliceEndpoint",
     "format_timestamp",
     "load_manifests",
+    "manifest_documents",
+    "defaulted",
+    "parse_admitted",
     "parse_object",
     "parse_timestamp",
 ]
@@ -101,8 +108,9 @@ def _name_of(obj: Mapping[str, Any]) -> str:
     return str(meta.get("name") or "") if isinstance(meta, Mapping) else ""
 
 
-def _check(kind: str, obj: Mapping[str, Any], causes: list[Cause]) -> None:
-    validation.raise_if_invalid(kind, _name_of(obj), causes)
+def check(obj: Mapping[str, Any]) -> None:
+    """Raise :class:`lbcore.ValidationError` listing every problem of a defaulted object."""
+    validation.raise_if_invalid(str(obj.get("kind")), _name_of(obj), validation.validate(obj))
 
 
 def _default_type(obj: dict[str, Any], kind: str) -> None:
@@ -221,7 +229,7 @@ class Service:
         """Default, validate (unless ``validate`` is False) and wrap a Service dict."""
         svc = default_service(obj)
         if validate:
-            _check("Service", svc, validation.validate_service(svc))
+            check(svc)
         return cls._wrap(svc)
 
     @classmethod
@@ -285,21 +293,6 @@ class Service:
         """The defaulted Kubernetes-shaped dict (a copy)."""
         return copy.deepcopy(dict(self.raw))
 
-    def with_spec(self, **spec_fields: Any) -> Service:
-        """A copy with ``spec`` fields replaced (allocation), re-defaulted, not re-validated."""
-        svc = self.to_dict()
-        svc["spec"].update(spec_fields)
-        if "clusterIPs" in spec_fields:
-            svc["spec"]["clusterIP"] = spec_fields["clusterIPs"][0]
-            svc["spec"].pop("ipFamilies", None)
-        return Service._wrap(default_service(svc))
-
-    def with_metadata(self, **meta_fields: Any) -> Service:
-        """A copy with ``metadata`` fields replaced (timestamps, uid, resourceVersion)."""
-        svc = self.to_dict()
-        svc["metadata"].update(meta_fields)
-        return Service._wrap(svc)
-
 
 # --- Pod -------------------------------------------------------------------------------------
 
@@ -354,7 +347,7 @@ class Pod:
         """Default, validate (unless ``validate`` is False) and wrap a Pod dict."""
         pod = default_pod(obj)
         if validate:
-            _check("Pod", pod, validation.validate_pod(pod))
+            check(pod)
         meta, spec = pod["metadata"], pod.get("spec") or {}
         status = pod.get("status") or {}
         pod_ip = status.get("podIP") or None
@@ -406,12 +399,6 @@ class Pod:
         """The defaulted Kubernetes-shaped dict (a copy)."""
         return copy.deepcopy(dict(self.raw))
 
-    def with_metadata(self, **meta_fields: Any) -> Pod:
-        """A copy with ``metadata`` fields replaced."""
-        pod = self.to_dict()
-        pod["metadata"].update(meta_fields)
-        return Pod.from_dict(pod, validate=False)
-
 
 # --- EndpointSlice (discovery.k8s.io/v1) -----------------------------------------------------
 
@@ -456,6 +443,15 @@ def _target(ref: Any, namespace: str) -> str | None:
     return f"{ref.get('namespace') or namespace}/{ref['name']}"
 
 
+def default_endpoint_slice(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of an EndpointSlice dict with its defaults (namespace, port protocols and names)."""
+    eps = _plain(obj)
+    _default_type(eps, "EndpointSlice")
+    _default_metadata(eps)
+    _default_ports(eps.get("ports"))
+    return eps
+
+
 @dataclass(frozen=True, slots=True)
 class EndpointSlice:
     """A discovery.k8s.io/v1 EndpointSlice; ``service_name`` is its kubernetes.io/service-name."""
@@ -473,12 +469,10 @@ class EndpointSlice:
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any], validate: bool = True) -> EndpointSlice:
         """Default, validate (unless ``validate`` is False) and wrap an EndpointSlice dict."""
-        eps = _plain(obj)
-        _default_type(eps, "EndpointSlice")
-        meta = _default_metadata(eps)
-        _default_ports(eps.get("ports"))
+        eps = default_endpoint_slice(obj)
         if validate:
-            _check("EndpointSlice", eps, validation.validate_endpoint_slice(eps))
+            check(eps)
+        meta = eps["metadata"]
         ns = meta["namespace"]
         endpoints = []
         for ep in eps.get("endpoints") or []:
@@ -541,6 +535,16 @@ class EndpointSubset:
     ports: tuple[EndpointPort, ...]
 
 
+def default_endpoints(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of an Endpoints dict with its defaults (namespace, port protocols and names)."""
+    ep = _plain(obj)
+    _default_type(ep, "Endpoints")
+    _default_metadata(ep)
+    for subset in ep.get("subsets") or []:
+        _default_ports((subset or {}).get("ports"))
+    return ep
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoints:
     """A v1 Endpoints object; it has the name of its service."""
@@ -556,13 +560,10 @@ class Endpoints:
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any], validate: bool = True) -> Endpoints:
         """Default, validate (unless ``validate`` is False) and wrap an Endpoints dict."""
-        ep = _plain(obj)
-        _default_type(ep, "Endpoints")
-        meta = _default_metadata(ep)
-        for subset in ep.get("subsets") or []:
-            _default_ports((subset or {}).get("ports"))
+        ep = default_endpoints(obj)
         if validate:
-            _check("Endpoints", ep, validation.validate_endpoints(ep))
+            check(ep)
+        meta = ep["metadata"]
         ns = meta["namespace"]
 
         def addresses(entries: Any) -> tuple[EndpointAddress, ...]:
@@ -595,24 +596,62 @@ CLASSES: Mapping[str, type[Service] | type[Pod] | type[EndpointSlice] | type[End
     MappingProxyType({cls.kind: cls for cls in (Service, Pod, Endpoints, EndpointSlice)}))
 
 
-def parse_object(obj: Mapping[str, Any] | Object, validate: bool = True) -> Object:
-    """One Kubernetes-shaped dict (or an already parsed object) as a defaulted, validated object."""
-    if isinstance(obj, Service | Pod | EndpointSlice | Endpoints):
-        return obj
+_DEFAULTS: Mapping[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = MappingProxyType({
+    "Service": default_service, "Pod": default_pod, "EndpointSlice": default_endpoint_slice,
+    "Endpoints": default_endpoints})
+
+
+def _kind_of(obj: Any) -> str:
+    """The kind of a Kubernetes-shaped dict; ValidationError when it has none lbcore knows."""
     if not isinstance(obj, Mapping):
         raise ValidationError("Object", "", [Cause("", "FieldValueInvalid",
                                                    f"Invalid value: {obj!r}: must be an object")])
     kind = obj.get("kind")
-    cls = CLASSES.get(kind) if isinstance(kind, str) else None
     if not kind:
         raise ValidationError("Object", _name_of(obj), [Cause(
             "kind", "FieldValueRequired", "Required value: a manifest names its kind")])
-    if cls is None:
+    if not isinstance(kind, str) or kind not in CLASSES:
         supported = ", ".join(f'"{k}"' for k in sorted(CLASSES))
-        raise ValidationError(str(kind or "Object"), _name_of(obj), [Cause(
+        raise ValidationError(str(kind), _name_of(obj), [Cause(
             "kind", "FieldValueNotSupported",
             f'Unsupported value: "{kind}": supported values: {supported}')])
-    return cls.from_dict(obj, validate=validate)
+    return kind
+
+
+def defaulted(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a Kubernetes-shaped dict with the defaults of its kind, as the API server
+    applies them before validation.
+
+    :raises ValidationError: no kind, or one lbcore does not know.
+    """
+    return _DEFAULTS[_kind_of(obj)](obj)
+
+
+def parse_object(obj: Mapping[str, Any] | Object, validate: bool = True) -> Object:
+    """One Kubernetes-shaped dict (or an already parsed object) as a defaulted, validated object."""
+    if isinstance(obj, Service | Pod | EndpointSlice | Endpoints):
+        return obj
+    return CLASSES[_kind_of(obj)].from_dict(obj, validate=validate)
+
+
+def parse_admitted(obj: Mapping[str, Any] | Object) -> Object:
+    """An object a store or an API server has admitted, read without validation.
+
+    Defaults fill what is absent; nothing is judged, so an object the server accepted is never
+    refused here (lbcore's validation may be stricter than, or older than, the server's).
+
+    :raises ValidationError: the object cannot be read at all (no kind lbcore knows, or a field
+        load balancing needs of the wrong shape, such as a port without a number); its one cause
+        says what was in the way.
+    """
+    try:
+        return parse_object(obj, validate=False)
+    except ValidationError:
+        raise
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        assert isinstance(obj, Mapping)  # parsed objects are returned as they are
+        raise ValidationError(str(obj.get("kind")), _name_of(obj), [Cause(
+            "", "FieldValueInvalid", f"cannot be read: {type(exc).__name__}: {exc}")]) from None
 
 
 def _documents(text: str) -> Iterator[Any]:
@@ -652,16 +691,14 @@ def _looks_like_text(source: str) -> bool:
     return "\n" in source or source.lstrip().startswith(("{", "[")) or ": " in source
 
 
-def load_manifests(
+def manifest_documents(
     source: str | os.PathLike[str] | bytes | Mapping[str, Any] | Iterable[Mapping[str, Any]],
-    validate: bool = True,
-) -> list[Object]:
-    """Every object in ``source``, defaulted and validated, in the order they appear.
+) -> list[Any]:
+    """Every object in ``source`` as written (not defaulted, not validated), in order.
 
     ``source`` is a path to a file or a directory (``*.yaml``, ``*.yml``, ``*.json``, in name
     order), a YAML or JSON string (one or several documents), a dict, or a list of dicts;
-    ``kind: List`` (and ``ServiceList``, ``PodList``, ...) is unpacked. The first invalid object
-    raises :class:`lbcore.ValidationError` listing all its problems.
+    ``kind: List`` (and ``ServiceList``, ``PodList``, ...) is unpacked.
     """
     docs: Iterable[Any]
     if isinstance(source, Mapping):
@@ -679,11 +716,15 @@ def load_manifests(
             raise FileNotFoundError(f"no such manifest file or directory: {source!r}")
     else:
         docs = list(source)
-    return [parse_object(obj, validate=validate) for doc in docs for obj in _flatten(doc)]
+    return [obj for doc in docs for obj in _flatten(doc)]
 
 
-def with_created(obj: Object, when: _dt.datetime) -> Object:
-    """``obj`` with a creationTimestamp (the store and ServiceTable set it on create)."""
-    raw = obj.to_dict()
-    raw["metadata"]["creationTimestamp"] = format_timestamp(when)
-    return type(obj).from_dict(raw, validate=False)
+def load_manifests(
+    source: str | os.PathLike[str] | bytes | Mapping[str, Any] | Iterable[Mapping[str, Any]],
+    validate: bool = True,
+) -> list[Object]:
+    """Every object in ``source`` (see :func:`manifest_documents`), defaulted and validated, in
+    the order they appear. The first invalid object raises :class:`lbcore.ValidationError`
+    listing all its problems.
+    """
+    return [parse_object(obj, validate=validate) for obj in manifest_documents(source)]

@@ -1,26 +1,30 @@
 """``ServiceTable``: services, pods and endpoints in one place, for embedding lbcore.
 
-Objects go in with :meth:`ServiceTable.apply` (validated, defaulted, and for services given a
-cluster IP and node ports when absent) and out as a :class:`~lbcore.model.snapshot.Snapshot` that
-frontends consume, with :meth:`ServiceTable.changes_since` telling which services changed.
-Every change bumps :attr:`ServiceTable.version`.
+Objects go in with :meth:`ServiceTable.apply` and out as a
+:class:`~lbcore.model.snapshot.Snapshot` that frontends consume, with
+:meth:`ServiceTable.changes_since` telling which services changed. Every change bumps
+:attr:`ServiceTable.version`.
+
+With ``allocate=True`` (the default) the table plays the API server: every apply goes through
+:func:`lbcore.model.admission.admit` (defaults, validation, ClusterIPs and NodePorts, keeping
+what a service already holds, uid and timestamps), the one admission the embedded store uses
+too. With ``allocate=False`` objects come admitted (by the store or a cluster's API server) and
+are only parsed (:func:`lbcore.model.objects.parse_admitted`), never judged again.
 """
 
 from __future__ import annotations
 
 import bisect
-import datetime as _dt
 import ipaddress
-import uuid
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 from lbcore.core._selectors import Selector, parse_selector, selector_from_map
-from lbcore.errors import AllocationError, Cause, ValidationError
+from lbcore.model.admission import Admission, ServiceAllocators, admit
 from lbcore.model.allocators import (
     DEFAULT_NODE_PORT_RANGE,
-    DEFAULT_SERVICE_CIDR,
+    KUBERNETES_SERVICE_CIDR,
     ClusterIPAllocator,
     NodePortAllocator,
 )
@@ -33,41 +37,37 @@ from lbcore.model.objects import (
     Object,
     Pod,
     Service,
-    format_timestamp,
     load_manifests,
-    parse_object,
+    manifest_documents,
+    parse_admitted,
 )
 from lbcore.model.snapshot import ServicePortInfo, Snapshot
 
 __all__ = ["ServiceTable"]
 
-
 _Names = list[str]  # the ``list`` method shadows the builtin inside the class
-
-
-def _now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.UTC).replace(microsecond=0)
 
 
 class ServiceTable:
     """Services, pods, EndpointSlices and Endpoints with their endpoints and allocations.
 
     :param service_cidr: where cluster IPs come from; ``"10.96.0.0/12,fd00:10:96::/108"`` gives
-        one allocator per family (a service takes its first ``ipFamilies`` entry, else the
-        first CIDR).
+        one range per family (a service takes its first ``ipFamilies`` entry, else the first
+        CIDR's family).
     :param node_port_range: node ports for NodePort and LoadBalancer services.
-    :param allocate: give cluster IPs and node ports to services that have none. With False
-        (objects from a store or a cluster, already allocated) a service without a cluster IP
-        is kept but not proxied.
+    :param allocate: admit what is applied, as an API server does (validation, cluster IPs
+        and node ports, uid and timestamps). With False, objects were admitted elsewhere (a
+        store, a cluster) and are only parsed: never refused for what lbcore's validation
+        would say, and a service without a cluster IP is kept but not proxied.
     :param node_zones: node name -> zone, for endpoints' zone (else the pod's zone label).
+    :raises AllocationError: a service CIDR or node port range that cannot be used.
     """
 
-    def __init__(self, service_cidr: str = DEFAULT_SERVICE_CIDR,
+    def __init__(self, service_cidr: str = KUBERNETES_SERVICE_CIDR,
                  node_port_range: tuple[int, int] | str = DEFAULT_NODE_PORT_RANGE,
                  allocate: bool = True, node_zones: Mapping[str, str] | None = None) -> None:
         self.allocate = allocate
-        self.cluster_ips = [ClusterIPAllocator(c.strip()) for c in service_cidr.split(",")]
-        self.node_ports = NodePortAllocator(node_port_range)
+        self.allocators = ServiceAllocators(service_cidr, node_port_range)
         self._objects: dict[str, dict[tuple[str, str], Any]] = {k.kind: {} for k in KINDS}
         self._tracker = EndpointTracker(node_zones)
         self._version = 0
@@ -105,43 +105,83 @@ class ServiceTable:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def apply(self, obj_or_manifest: Any) -> Object:
-        """Validate and store one object (a model object, a dict, or a one-object manifest);
-        returns the stored object. A failing apply leaves the table unchanged.
+    @property
+    def cluster_ips(self) -> list[ClusterIPAllocator]:
+        """The ClusterIP allocators, one per family, in the order of ``service_cidr``."""
+        return list(self.allocators.ips.values())
 
-        :raises ValidationError: an invalid object (every problem listed).
+    @property
+    def node_ports(self) -> NodePortAllocator:
+        """The NodePort allocator."""
+        return self.allocators.ports
+
+    def apply(self, obj_or_manifest: Any) -> Object:
+        """Store one object (a model object, a dict, or a one-object manifest); returns the
+        stored object. A failing apply leaves the table unchanged.
+
+        :raises ValidationError: an invalid object (every problem listed); with
+            ``allocate=False``, only an object that cannot be read at all.
         :raises AllocationError: a requested cluster IP or node port that cannot be given.
         """
         if isinstance(obj_or_manifest, Service | Pod | EndpointSlice | Endpoints | Mapping):
-            obj = parse_object(obj_or_manifest)
+            given = obj_or_manifest
         else:
-            objs = load_manifests(obj_or_manifest)
-            if len(objs) != 1:
-                raise ValueError(f"apply takes one object, the manifest holds {len(objs)};"
+            docs = manifest_documents(obj_or_manifest)
+            if len(docs) != 1:
+                raise ValueError(f"apply takes one object, the manifest holds {len(docs)};"
                                  " use apply_all")
-            obj = objs[0]
-        store = self._objects[obj.kind]
-        old = store.get((obj.namespace, obj.name))
-        obj = self._stamp(obj, old)
-        if isinstance(obj, Service):
-            obj = self._allocate(obj, old)
-            changed = self._tracker.set_service(obj)
-        elif isinstance(obj, Pod):
-            changed = self._tracker.set_pod(obj)
-        elif isinstance(obj, EndpointSlice):
-            changed = self._tracker.set_endpoint_slice(obj)
-        else:
-            changed = self._tracker.set_endpoints_object(obj)
-        store[(obj.namespace, obj.name)] = obj
+            given = docs[0]
+        admission: Admission | None = None
+        if self.allocate:
+            raw = given.raw if isinstance(given, Service | Pod | EndpointSlice | Endpoints) \
+                else given
+            old = self._stored(raw)
+            admission = admit(raw, old.raw if old is not None else None, self.allocators,
+                              resource_version=str(self._version + 1))
+            given = admission.obj
+        try:
+            obj = parse_admitted(given)
+            changed = self._track(obj)
+        except BaseException:
+            if admission is not None:
+                admission.undo()
+            raise
+        self._objects[obj.kind][(obj.namespace, obj.name)] = obj
+        if admission is not None:
+            admission.commit()
         self._record(changed)
         return obj
+
+    def _track(self, obj: Object) -> Iterable[str]:
+        if isinstance(obj, Service):
+            return self._tracker.set_service(obj)
+        if isinstance(obj, Pod):
+            return self._tracker.set_pod(obj)
+        if isinstance(obj, EndpointSlice):
+            return self._tracker.set_endpoint_slice(obj)
+        return self._tracker.set_endpoints_object(obj)
+
+    def _stored(self, raw: Mapping[str, Any]) -> Object | None:
+        """The stored version of the object ``raw`` would replace, if any."""
+        meta = raw.get("metadata")
+        meta = meta if isinstance(meta, Mapping) else {}
+        kind = raw.get("kind")
+        items = self._objects.get(kind) if isinstance(kind, str) else None
+        if items is None:
+            return None
+        key = (str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
+        stored: Object | None = items.get(key)
+        return stored
 
     def apply_all(self, source: Any) -> list[Object]:
         """Apply every object of a manifest source (see :func:`lbcore.load_manifests`).
 
-        Objects are validated first, all of them, so nothing is stored when one is invalid.
+        With ``allocate=True`` every object is validated first, so nothing is stored when one
+        is invalid.
         """
-        return [self.apply(obj) for obj in load_manifests(source)]
+        if self.allocate:
+            load_manifests(source)  # every problem before any write
+        return [self.apply(doc) for doc in manifest_documents(source)]
 
     def delete(self, kind: str, namespace: str, name: str) -> Object | None:
         """Remove an object; returns it, or None when there was none."""
@@ -151,7 +191,8 @@ class ServiceTable:
             return None
         if kind == "Service":
             changed = self._tracker.remove_service(namespace, name)
-            self._release(obj)
+            if self.allocate:
+                self.allocators.release(obj.raw)
         elif kind == "Pod":
             changed = self._tracker.remove_pod(namespace, name)
         elif kind == "EndpointSlice":
@@ -164,132 +205,6 @@ class ServiceTable:
     def set_node_zone(self, node_name: str, zone: str | None) -> None:
         """Record (None: forget) the zone of a node; its pods' endpoints take it."""
         self._record(self._tracker.set_node_zone(node_name, zone))
-
-    def _stamp(self, obj: Object, old: Object | None) -> Object:
-        # what the API server sets on create and keeps on update
-        meta = obj.raw["metadata"]
-        fields: dict[str, Any] = {}
-        for name in ("creationTimestamp", "uid"):
-            if not meta.get(name):
-                if old is not None and old.raw["metadata"].get(name):
-                    fields[name] = old.raw["metadata"][name]
-                else:
-                    fields[name] = format_timestamp(_now()) if name == "creationTimestamp" \
-                        else str(uuid.uuid4())
-        if not fields:
-            return obj
-        raw = obj.to_dict()
-        raw["metadata"].update(fields)
-        return type(obj).from_dict(raw, validate=False)
-
-    # -- allocation --------------------------------------------------------------------------
-
-    def _cluster_allocator(self, ip: str) -> ClusterIPAllocator:
-        for alloc in self.cluster_ips:
-            if alloc.contains(ip):
-                return alloc
-        cidrs = ", ".join(str(a.network) for a in self.cluster_ips)
-        raise AllocationError(f"ClusterIP {ip} is not in the service CIDR {cidrs}")
-
-    def _family_allocator(self, service: Service) -> ClusterIPAllocator:
-        if service.ip_families:
-            for alloc in self.cluster_ips:
-                if alloc.family == service.ip_families[0]:
-                    return alloc
-            raise AllocationError(
-                f"no service CIDR of family {service.ip_families[0]} is configured")
-        return self.cluster_ips[0]
-
-    def _allocate(self, service: Service, old: Service | None) -> Service:
-        """``service`` with its cluster IP and node ports; allocators hold them on success."""
-        if not self.allocate:
-            return service  # allocated elsewhere (a store, a cluster): taken as given
-        if old is not None and old.cluster_ip and service.cluster_ip \
-                and service.cluster_ip != old.cluster_ip and old.type != "ExternalName" \
-                and service.type != "ExternalName":
-            raise ValidationError("Service", service.name, [Cause(
-                "spec.clusterIPs[0]", "FieldValueInvalid",
-                f'Invalid value: "{service.cluster_ip}": field is immutable')])
-        owner = service.key
-        taken_ips: list[tuple[ClusterIPAllocator, str]] = []
-        taken_ports: list[int] = []
-        try:
-            spec: dict[str, Any] = {}
-            if service.type != "ExternalName" and not service.headless:
-                ips = list(service.cluster_ips)
-                if not ips and old is not None and old.cluster_ips and not old.headless:
-                    ips = list(old.cluster_ips)  # an apply without clusterIP keeps the old one
-                if ips:
-                    for ip in ips:
-                        alloc = self._cluster_allocator(ip)
-                        if not alloc.in_use(ip):
-                            taken_ips.append((alloc, ip))
-                        alloc.allocate(ip, owner)
-                else:
-                    alloc = self._family_allocator(service)
-                    ip = alloc.allocate(None, owner)
-                    taken_ips.append((alloc, ip))
-                    ips = [ip]
-                if ips != list(service.cluster_ips):
-                    spec["clusterIPs"] = ips
-            if service.type in ("NodePort", "LoadBalancer"):
-                ports = self._allocate_node_ports(service, old, taken_ports)
-                if ports is not None:
-                    spec["ports"] = ports
-        except AllocationError:
-            for alloc, ip in taken_ips:
-                alloc.release(ip)
-            for port in taken_ports:
-                self.node_ports.release(port)
-            raise
-        self._release_unused(old, service, spec)
-        return service.with_spec(**spec) if spec else service
-
-    def _allocate_node_ports(self, service: Service, old: Service | None,
-                             taken: list[int]) -> list[dict[str, Any]] | None:
-        raw_ports = [dict(p) for p in service.raw["spec"]["ports"]]
-        old_ports = {(p.port, p.protocol): p.node_port for p in (old.ports if old else ())
-                     if p.node_port}
-        changed = False
-        for p in raw_ports:
-            requested = p.get("nodePort") or old_ports.get((p["port"], p["protocol"]))
-            if not requested:
-                # TCP and UDP of the same port share one node port, as Kubernetes gives them
-                requested = next((q.get("nodePort") for q in raw_ports
-                                  if q is not p and q["port"] == p["port"] and q.get("nodePort")),
-                                 None)
-            if requested and not self.node_ports.in_use(requested):
-                taken.append(requested)
-            port = self.node_ports.allocate(requested, service.key)
-            if not requested:
-                taken.append(port)
-            if p.get("nodePort") != port:
-                p["nodePort"] = port
-                changed = True
-        return raw_ports if changed else None
-
-    def _release_unused(self, old: Service | None, new: Service, spec: Mapping[str, Any]) -> None:
-        if old is None or not self.allocate:
-            return
-        new_ips = set(spec.get("clusterIPs") or new.cluster_ips)
-        for ip in old.cluster_ips:
-            if ip not in new_ips and ip != "None":
-                try:
-                    self._cluster_allocator(ip).release(ip)
-                except AllocationError:
-                    pass  # never ours (given with allocate=False or out of range)
-        new_ports = {p.get("nodePort") for p in spec.get("ports") or new.raw["spec"].get("ports", [])}
-        for p in old.ports:
-            if p.node_port and p.node_port not in new_ports \
-                    and self.node_ports.owner_of(p.node_port) == old.key:
-                self.node_ports.release(p.node_port)
-
-    def _release(self, service: Service) -> None:
-        if not self.allocate:
-            return
-        for alloc in self.cluster_ips:
-            alloc.release_owner(service.key)
-        self.node_ports.release_owner(service.key)
 
     # -- reading -----------------------------------------------------------------------------
 

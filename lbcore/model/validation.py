@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from lbcore.core._selectors import validate_label_key as _selector_key_errors
@@ -29,6 +29,7 @@ __all__ = [
     "label_key_errors",
     "label_value_errors",
     "raise_if_invalid",
+    "validate",
     "validate_endpoint_slice",
     "validate_endpoints",
     "validate_pod",
@@ -540,3 +541,16 @@ def validate_endpoints(ep: Mapping[str, Any]) -> list[Cause]:
                 errs.each(f"subsets[{i}].{field}[{j}].ip", ip, is_valid_ip(str(ip)))
         _validate_endpoint_ports(errs, (subset or {}).get("ports"), f"subsets[{i}].ports")
     return errs.causes
+
+
+_VALIDATORS: Mapping[str, Callable[[Mapping[str, Any]], list[Cause]]] = {
+    "Service": validate_service,
+    "Pod": validate_pod,
+    "EndpointSlice": validate_endpoint_slice,
+    "Endpoints": validate_endpoints,
+}
+
+
+def validate(obj: Mapping[str, Any]) -> list[Cause]:
+    """Every problem with a defaulted object of any kind lbcore knows (by its ``kind``)."""
+    return _VALIDATORS[obj["kind"]](obj)

@@ -24,8 +24,9 @@ from lbcore.errors import ConfigError
 
 DEFAULT_ADMIN_PORT = 10257
 DEFAULT_ADMIN_ADDRESS = f"127.0.0.1:{DEFAULT_ADMIN_PORT}"
-# A loopback service CIDR: ClusterIPs in it can be bound on this machine without root.
-DEFAULT_SERVICE_CIDR = "127.10.0.0/16"
+# The daemon's default service CIDR, on loopback: the socket frontend binds its ClusterIPs on
+# this machine without root. (Embedders' tables default to kubeadm's 10.96.0.0/12.)
+LOOPBACK_SERVICE_CIDR = "127.10.0.0/16"
 DEFAULT_NODE_PORT_RANGE = (30000, 32767)
 DEFAULT_MIN_SYNC_PERIOD = 0.2
 LOG_FORMATS = ("text", "json")
@@ -73,7 +74,7 @@ class Config:
 
     source: PluginChoice = field(default_factory=lambda: PluginChoice("local"))
     frontends: tuple[PluginChoice, ...] | None = None
-    service_cidrs: tuple[str, ...] = (DEFAULT_SERVICE_CIDR,)
+    service_cidrs: tuple[str, ...] = (LOOPBACK_SERVICE_CIDR,)
     node_port_range: tuple[int, int] = DEFAULT_NODE_PORT_RANGE
     node_name: str = field(default_factory=socket.gethostname)
     node_addresses: tuple[str, ...] = ("127.0.0.1",)
@@ -175,13 +176,13 @@ def parse_cidrs(key: str, value: Any) -> tuple[str, ...]:
     """One CIDR, a comma-separated pair, or a list of at most one IPv4 and one IPv6 CIDR."""
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, Sequence) or isinstance(items, str) or not items:
-        raise _fail(key, value, "expected a CIDR such as 127.10.0.0/16")
+        raise _fail(key, value, f"expected a CIDR such as {LOOPBACK_SERVICE_CIDR}")
     cidrs: list[str] = []
     families: set[int] = set()
     for i, item in enumerate(items):
         where = key if isinstance(value, str) else f"{key}[{i}]"
         if not isinstance(item, str):
-            raise _fail(where, item, "expected a CIDR such as 127.10.0.0/16")
+            raise _fail(where, item, f"expected a CIDR such as {LOOPBACK_SERVICE_CIDR}")
         try:
             net = ipaddress.ip_network(item.strip(), strict=True)
         except ValueError as exc:

@@ -3,7 +3,10 @@
 Sources call :meth:`ClusterState.upsert`, :meth:`~ClusterState.delete` and
 :meth:`~ClusterState.replace`; each updates the service model (a
 :class:`lbcore.model.service_table.ServiceTable` that allocates nothing: addresses come from the
-source) and asks for a sync. The sync loop runs like kube-proxy's bounded-frequency runner: a
+source) and asks for a sync. What a source gives was admitted already, by the embedded store or
+by a Kubernetes API server, so it is only parsed (:func:`lbcore.model.objects.parse_admitted`),
+never validated again: lbcore never drops what the server accepted. An object that cannot be
+read at all is logged with its name, counted, and skipped; the others go on. The sync loop runs like kube-proxy's bounded-frequency runner: a
 request runs at once when the previous sync is at least ``min_sync_period`` old, otherwise it
 waits for that moment, and every request made meanwhile joins the same sync. A burst of 1,000
 events therefore makes one sync.
@@ -26,7 +29,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from lbcore.errors import ValidationError
 from lbcore.model.kinds import KINDS
+from lbcore.model.objects import parse_admitted
 from lbcore.model.snapshot import Snapshot
 from lbcore.runtime.interfaces import Frontend, SourceSink
 from lbcore.runtime.logs import event
@@ -54,7 +59,7 @@ class SyncMetrics:
         )
         self.rejected = Counter(
             "lbcore_source_rejected",
-            "Objects from the source the model rejected",
+            "Objects from the source that could not be read at all (skipped)",
             ["kind"],
             registry=r,
         )
@@ -108,7 +113,7 @@ def _key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
 class ClusterState(SourceSink):
     """The service model fed by one source, synced to the frontends on a bounded frequency.
 
-    :param table: a ``ServiceTable(..., allocate=False)``.
+    :param table: a ``ServiceTable(..., allocate=False)``: it takes objects as admitted.
     :param frontends: name -> started :class:`~lbcore.runtime.interfaces.Frontend`, in sync order.
     :param on_sync_done: called as ``lbcore_sync_done`` is, after every sync.
     """
@@ -128,6 +133,8 @@ class ClusterState(SourceSink):
         executor: Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
+        if getattr(table, "allocate", False):
+            raise ValueError("ClusterState takes admitted objects: give it ServiceTable(allocate=False)")
         self.table = table
         self.frontends = dict(frontends)
         self.node_name = node_name
@@ -164,18 +171,19 @@ class ClusterState(SourceSink):
         if version and self._keys[kind].get((namespace, name)) == version:
             return  # the same version again (a relist): nothing changed
         try:
-            self.table.apply(obj)
-        except Exception as exc:  # an invalid object must not stop the source
+            parsed = parse_admitted(obj)
+        except ValidationError as exc:  # one unreadable object must not stop the source
             self.metrics.rejected.labels(kind).inc()
             event(
                 log,
-                "object rejected",
+                f"{kind} {namespace}/{name} skipped: it cannot be read",
                 logging.WARNING,
                 kind=kind,
                 object=f"{namespace}/{name}",
                 error=str(exc),
             )
             return
+        self.table.apply(parsed)
         self._keys[kind][(namespace, name)] = version
         self._changed()
 

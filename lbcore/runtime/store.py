@@ -7,9 +7,10 @@ It plays the part that the API server and etcd play in a cluster, for the kinds 
   (etcd's revision), which becomes the object's ``metadata.resourceVersion``;
 - the last ``history`` changes are kept, so that a watch can resume from a resourceVersion; an
   older one gets ``410 Gone`` and the watcher relists, as with a compacted etcd;
-- objects are validated and defaulted by :mod:`lbcore.model.objects` before anything is stored, and
-  Services get their ClusterIPs and NodePorts from :mod:`lbcore.model.allocators`, rebuilt from the
-  stored Services when the store opens;
+- every write goes through :func:`lbcore.model.admission.admit` (defaults, validation, ClusterIPs
+  and NodePorts, keeping what an update leaves out, uid and timestamps) before anything is
+  stored; the allocators are rebuilt from the stored Services when the store opens, and what a
+  write allocated is given back when its transaction does not commit;
 - errors are exception types that carry the Kubernetes ``Status`` they become on the wire.
 
 Writes may come from any thread; watchers (:meth:`Store.watch`) are consumed on an asyncio loop
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import ipaddress
 import json
 import logging
 import sqlite3
@@ -29,7 +29,6 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +41,10 @@ from lbcore.errors import (
     SelectorError,
     ValidationError,
 )
-from lbcore.model.allocators import ClusterIPAllocator, NodePortAllocator
+from lbcore.model.admission import Admission, ServiceAllocators, admit
+from lbcore.model.allocators import DEFAULT_NODE_PORT_RANGE
 from lbcore.model.kinds import KINDS, Kind, find_kind
+from lbcore.runtime.config import LOOPBACK_SERVICE_CIDR
 
 log = logging.getLogger("lbcore.runtime.store")
 
@@ -175,16 +176,12 @@ def _served(kind: Any) -> Kind:
     return found
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _too_old(resource_version: int, oldest: int) -> Gone:
     return Gone(f"too old resource version: {resource_version} ({oldest})")
 
 
 # ---------------------------------------------------------------------------------------------
-# Admission: checks that belong to the storage layer, then lbcore.model.objects and lbcore.model.allocators
+# Checks that belong to the storage layer; admission proper is lbcore.model.admission
 # ---------------------------------------------------------------------------------------------
 
 
@@ -211,13 +208,6 @@ def _identity(obj: Mapping[str, Any]) -> tuple[str, str, str]:
             kind, str(name), [Cause("metadata.name", "FieldValueInvalid", "must be a string")]
         )
     return kind, namespace, name
-
-
-def _body_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """Whether anything but metadata and status differs (what bumps metadata.generation)."""
-    skip = {"metadata", "status", "apiVersion", "kind"}
-    keys = (set(old) | set(new)) - skip
-    return any(old.get(k) != new.get(k) for k in keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,8 +257,8 @@ class Store:
     def __init__(
         self,
         path: str | Path | None,
-        service_cidr: str | list[str] = "127.10.0.0/16",
-        node_port_range: tuple[int, int] = (30000, 32767),
+        service_cidr: str | list[str] = LOOPBACK_SERVICE_CIDR,
+        node_port_range: tuple[int, int] = DEFAULT_NODE_PORT_RANGE,
         history: int = 1000,
     ):
         if history < 1:
@@ -277,7 +267,10 @@ class Store:
         self.history = int(history)
         self.service_cidrs = [service_cidr] if isinstance(service_cidr, str) else list(service_cidr)
         self.node_port_range = (int(node_port_range[0]), int(node_port_range[1]))
-        self._allocations = _Allocations(self.service_cidrs, self.node_port_range)
+        try:
+            self._allocators = ServiceAllocators(self.service_cidrs, self.node_port_range)
+        except AllocationError as exc:
+            raise ConfigError(str(exc)) from None
         self._lock = threading.RLock()
         self._db = sqlite3.connect(
             ":memory:" if self.path is None else str(self.path),
@@ -291,7 +284,8 @@ class Store:
         self._revision = self._meta("revision")
         self._watchers: set[Watch] = set()
         self._listeners: list[Callable[[Event], None]] = []
-        self._allocations.rebuild(self._all("Service"))
+        for problem in self._allocators.rebuild(self._all("Service")):
+            log.warning("stored service keeps an address it cannot hold: %s", problem)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -403,33 +397,35 @@ class Store:
             if not name and meta.get("generateName"):
                 name = self._generate_name(kind, namespace, str(meta["generateName"]))
                 meta["name"] = name
-            body = _admit(body)
-            kind, namespace, name = _identity(body)
+            rv = self._revision + 1
+            admission = self._admit(body, None, rv)
             if self._load(kind, namespace, name) is not None:
+                admission.undo()
                 raise AlreadyExists(
                     f'{_plural(kind)} "{name}" already exists', kind=_plural(kind), name=name
                 )
-            rv = self._revision + 1
-            meta = body["metadata"]
-            meta.update(
-                namespace=namespace,
-                uid=str(uuid.uuid4()),
-                creationTimestamp=_now(),
-                resourceVersion=str(rv),
-                generation=1,
-            )
-            for key in ("deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
-                meta.pop(key, None)
-            body["apiVersion"] = _served(kind).api_version
-            plan = self._allocations.admit(body, None) if kind == "Service" else None
-            try:
-                change = self._commit(kind, namespace, name, "ADDED", body, None, rv)
-            except BaseException:
-                if plan is not None:
-                    plan.undo()
-                raise
-            self._publish(change)
-            return copy.deepcopy(body)
+            return self._write(admission, None, "ADDED", rv)
+
+    def _admit(self, obj: dict[str, Any], old: dict[str, Any] | None, rv: int) -> Admission:
+        """:func:`lbcore.model.admission.admit`, its failures as :class:`Invalid` (422)."""
+        try:
+            return admit(obj, old, self._allocators, resource_version=str(rv))
+        except ValidationError as exc:
+            raise Invalid(exc.kind, exc.name, exc.causes) from None
+
+    def _write(self, admission: Admission, old: dict[str, Any] | None, typ: str,
+               rv: int) -> dict[str, Any]:
+        """Commit an admitted object; what it allocated is given back if the commit fails."""
+        body = admission.obj
+        meta = body["metadata"]
+        try:
+            change = self._commit(body["kind"], meta["namespace"], meta["name"], typ, body, old, rv)
+        except BaseException:
+            admission.undo()
+            raise
+        admission.commit()
+        self._publish(change)
+        return copy.deepcopy(body)
 
     def update(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Replace a stored object (PUT); return it as stored.
@@ -467,32 +463,9 @@ class Store:
                 kind=_plural(kind),
                 name=name,
             )
-        if kind == "Service":
-            _keep_allocated(obj, old)
-        obj = _admit(obj, old)
+        meta.update(name=name, namespace=namespace)
         rv = self._revision + 1
-        meta = obj["metadata"]
-        generation = int(old["metadata"].get("generation", 1))
-        meta.update(
-            name=name,
-            namespace=namespace,
-            uid=old["metadata"]["uid"],
-            creationTimestamp=old["metadata"]["creationTimestamp"],
-            resourceVersion=str(rv),
-            generation=generation + 1 if _body_changed(old, obj) else generation,
-        )
-        obj["apiVersion"] = _served(kind).api_version
-        plan = self._allocations.admit(obj, old) if kind == "Service" else None
-        try:
-            change = self._commit(kind, namespace, name, "MODIFIED", obj, old, rv)
-        except BaseException:
-            if plan is not None:
-                plan.undo()
-            raise
-        if plan is not None:
-            plan.done()
-        self._publish(change)
-        return copy.deepcopy(obj)
+        return self._write(self._admit(obj, old, rv), old, "MODIFIED", rv)
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Create the object, or update it when it exists (what ``lbcore apply`` does)."""
@@ -518,7 +491,7 @@ class Store:
             gone["metadata"]["resourceVersion"] = str(rv)
             change = self._commit(kind, namespace, name, "DELETED", None, gone, rv)
             if kind == "Service":
-                self._allocations.release(old)
+                self._allocators.release(old)
             self._publish(change)
             return copy.deepcopy(gone)
 
@@ -778,229 +751,3 @@ class Watch(AsyncIterator[Event]):
                     return self.bookmark()
             else:
                 await self._wakeup.wait()
-
-
-# ---------------------------------------------------------------------------------------------
-# Validation and allocation (lbcore.model.objects, lbcore.model.allocators)
-# ---------------------------------------------------------------------------------------------
-
-
-def _admit(obj: dict[str, Any], old: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validate and default ``obj`` with :mod:`lbcore.model.objects`; raise :class:`Invalid`."""
-    from lbcore.model.objects import parse_object
-
-    kind, _, name = _identity(obj)
-    try:
-        admitted = parse_object(obj).to_dict()
-    except ValidationError as exc:
-        raise Invalid(exc.kind, exc.name, exc.causes) from None
-    if old is not None and kind == "Service":
-        _check_immutable(admitted, old)
-    return admitted
-
-
-def _check_immutable(svc: Mapping[str, Any], old: Mapping[str, Any]) -> None:
-    """A Service keeps its ClusterIPs for life, unless it becomes an ExternalName."""
-    spec, old_spec = svc.get("spec") or {}, old.get("spec") or {}
-    if spec.get("type") == "ExternalName" or not old_spec.get("clusterIPs"):
-        return
-    old_ips, new_ips = old_spec["clusterIPs"], spec.get("clusterIPs") or []
-    causes = [
-        Cause(f"spec.clusterIPs[{i}]", "FieldValueInvalid",
-              f'Invalid value: "{ip}": may not change once set (was "{old_ips[i]}")')
-        for i, ip in enumerate(new_ips[: len(old_ips)]) if ip != old_ips[i]
-    ]
-    if causes:
-        raise Invalid("Service", svc["metadata"]["name"], causes)
-
-
-def _keep_allocated(obj: dict[str, Any], old: Mapping[str, Any]) -> None:
-    """Carry ClusterIPs and NodePorts over from ``old`` when an update leaves them out, as the
-    API server's ``patchAllocatedValues`` does, so a re-applied manifest keeps its addresses."""
-    spec = obj.setdefault("spec", {})
-    old_spec = old.get("spec") or {}
-    if not isinstance(spec, dict):
-        return
-    if spec.get("type", "ClusterIP") != "ExternalName":
-        if not spec.get("clusterIP") and old_spec.get("clusterIP"):
-            spec["clusterIP"] = old_spec["clusterIP"]
-        if not spec.get("clusterIPs") and old_spec.get("clusterIPs"):
-            if spec.get("clusterIP") in (None, old_spec.get("clusterIP")):
-                spec["clusterIPs"] = list(old_spec["clusterIPs"])
-        for key in ("ipFamilies", "ipFamilyPolicy"):
-            if not spec.get(key) and old_spec.get(key):
-                spec[key] = copy.deepcopy(old_spec[key])
-    if spec.get("type") in ("NodePort", "LoadBalancer"):
-        old_ports = {
-            (p.get("protocol", "TCP"), p.get("port")): p.get("nodePort")
-            for p in old_spec.get("ports") or []
-            if isinstance(p, Mapping)
-        }
-        for port in spec.get("ports") or []:
-            if isinstance(port, dict) and not port.get("nodePort"):
-                node_port = old_ports.get((port.get("protocol", "TCP"), port.get("port")))
-                if node_port:
-                    port["nodePort"] = node_port
-
-
-class _Allocations:
-    """ClusterIPs (one allocator per IP family) and NodePorts, through lbcore.model.allocators.
-
-    ``admit`` allocates what a Service needs (honouring requested values) and returns a
-    :class:`_Plan`: ``undo()`` when the write does not commit, ``done()`` when it does, which
-    frees what an update gave up.
-    """
-
-    def __init__(self, service_cidrs: list[str], node_port_range: tuple[int, int]):
-        self.ips: dict[str, ClusterIPAllocator] = {}
-        for cidr in service_cidrs:
-            try:
-                allocator = ClusterIPAllocator(cidr)
-            except AllocationError as exc:
-                raise ConfigError(f"service_cidr: {exc}") from None
-            if allocator.family in self.ips:
-                raise ConfigError(
-                    f"service_cidr: {cidr!r} is a second {allocator.family} range; "
-                    "give at most one per IP family"
-                )
-            self.ips[allocator.family] = allocator
-        if not self.ips:
-            raise ConfigError("service_cidr: at least one CIDR is needed")
-        self.primary = next(iter(self.ips))
-        try:
-            self.ports = NodePortAllocator(node_port_range)
-        except AllocationError as exc:
-            raise ConfigError(f"node_port_range: {exc}") from None
-
-    def rebuild(self, services: list[dict[str, Any]]) -> None:
-        """Hold every ClusterIP and NodePort of the stored ``services`` (at open)."""
-        problems = [p for a in self.ips.values() for p in a.rebuild(services)]
-        problems += self.ports.rebuild(services)
-        for problem in problems:
-            log.warning("stored service keeps an address it cannot hold: %s", problem)
-
-    def admit(self, svc: dict[str, Any], old: Mapping[str, Any] | None) -> _Plan:
-        """Fill ``spec.clusterIP(s)``, ``ipFamilies`` and ``nodePort``s of ``svc`` in place.
-
-        :raises Invalid: a requested value is taken or out of range, or nothing is left.
-        """
-        meta, spec = svc["metadata"], svc["spec"]
-        owner = f"{meta['namespace']}/{meta['name']}"
-        plan = _Plan(self, owner, old)
-        try:
-            if spec.get("type") != "ExternalName":
-                self._cluster_ips(spec, plan)
-            self._node_ports(spec, plan)
-        except Invalid:
-            plan.undo()
-            raise
-        return plan
-
-    def _cluster_ips(self, spec: dict[str, Any], plan: _Plan) -> None:
-        name = plan.owner.split("/", 1)[1]
-        requested = list(spec.get("clusterIPs") or [])
-        if not requested and spec.get("clusterIP"):
-            requested = [spec["clusterIP"]]
-        if requested == ["None"]:
-            return  # headless
-        policy = spec.get("ipFamilyPolicy") or "SingleStack"
-        families = list(spec.get("ipFamilies") or [])
-        if not families:
-            families = [_family_of(ip) for ip in requested] or [self.primary]
-        if policy in ("PreferDualStack", "RequireDualStack"):
-            families += [f for f in self.ips if f not in families]
-            if policy == "RequireDualStack" and len(families) < 2:
-                raise Invalid("Service", name, [Cause(
-                    "spec.ipFamilyPolicy", "FieldValueInvalid",
-                    'Invalid value: "RequireDualStack": this store has one service CIDR only')])
-        else:
-            families = families[:1]
-        ips = []
-        for i, family in enumerate(families):
-            allocator = self.ips.get(family)
-            if allocator is None:
-                raise Invalid("Service", name, [Cause(
-                    f"spec.ipFamilies[{i}]", "FieldValueInvalid",
-                    f'Invalid value: "{family}": no service CIDR of this family is configured')])
-            want = requested[i] if i < len(requested) else None
-            try:
-                ips.append(plan.take(allocator, want))
-            except AllocationError as exc:
-                raise Invalid("Service", name, [Cause(
-                    f"spec.clusterIPs[{i}]", "FieldValueInvalid",
-                    f'Invalid value: "{want or ""}": {exc}')]) from None
-        spec["clusterIPs"] = ips
-        spec["clusterIP"] = ips[0]
-        spec["ipFamilies"] = families
-        spec["ipFamilyPolicy"] = policy
-
-    def _node_ports(self, spec: dict[str, Any], plan: _Plan) -> None:
-        stype = spec.get("type")
-        if not (stype == "NodePort" or (
-            stype == "LoadBalancer" and spec.get("allocateLoadBalancerNodePorts", True)
-        )):
-            return
-        name = plan.owner.split("/", 1)[1]
-        for i, port in enumerate(spec.get("ports") or []):
-            want = port.get("nodePort") or None
-            try:
-                port["nodePort"] = plan.take(self.ports, want)
-            except AllocationError as exc:
-                raise Invalid("Service", name, [Cause(
-                    f"spec.ports[{i}].nodePort", "FieldValueInvalid",
-                    f"Invalid value: {want or 0}: {exc}")]) from None
-
-    def release(self, svc: Mapping[str, Any]) -> None:
-        """Free everything a deleted Service held."""
-        owner = f"{svc['metadata']['namespace']}/{svc['metadata']['name']}"
-        for allocator in self.ips.values():
-            allocator.release_owner(owner)
-        self.ports.release_owner(owner)
-
-
-class _Plan:
-    """What one write allocated: undone if the write fails; what it gave up, freed if not."""
-
-    def __init__(self, allocations: _Allocations, owner: str, old: Mapping[str, Any] | None):
-        self.allocations = allocations
-        self.owner = owner
-        self.old = old
-        self.new: list[tuple[Any, Any]] = []  # (allocator, value) taken by this write
-        self.kept: list[tuple[Any, Any]] = []  # (allocator, value) the service already held
-
-    def take(self, allocator: Any, want: Any) -> Any:
-        held = want is not None and allocator.in_use(want) and (
-            allocator.owner_of(want) == self.owner)
-        value = allocator.allocate(want, self.owner)
-        (self.kept if held else self.new).append((allocator, value))
-        return value
-
-    def undo(self) -> None:
-        for allocator, value in self.new:
-            allocator.release(value)
-        self.new.clear()
-
-    def done(self) -> None:
-        """Free what the previous version held and this one does not."""
-        if self.old is None:
-            return
-        keep = {(id(a), v) for a, v in self.kept + self.new}
-        spec = self.old.get("spec") or {}
-        allocations = self.allocations
-        for ip in spec.get("clusterIPs") or []:
-            allocator = allocations.ips.get(_family_of(ip)) if ip != "None" else None
-            if allocator is not None and (id(allocator), ip) not in keep:
-                if allocator.owner_of(ip) == self.owner:
-                    allocator.release(ip)
-        for port in spec.get("ports") or []:
-            node_port = port.get("nodePort")
-            if node_port and (id(allocations.ports), node_port) not in keep:
-                if allocations.ports.owner_of(node_port) == self.owner:
-                    allocations.ports.release(node_port)
-
-
-def _family_of(ip: str) -> str:
-    try:
-        return "IPv6" if ipaddress.ip_address(ip).version == 6 else "IPv4"
-    except ValueError:
-        return "IPv4"  # the allocator names the bad address

@@ -115,7 +115,7 @@ def test_cluster_ip_is_kept_on_reapply_and_immutable() -> None:
     table = lbcore.ServiceTable()
     first = table.apply(service("web"))
     assert table.apply(service("web")).cluster_ip == first.cluster_ip
-    with pytest.raises(ValidationError, match="field is immutable"):
+    with pytest.raises(ValidationError, match="may not change once set"):
         table.apply(service("web", clusterIP="10.96.0.200"))
 
 

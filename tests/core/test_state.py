@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from lbcore.errors import ValidationError
+from lbcore.model.objects import parse_object
 from lbcore.model.service_table import ServiceTable
 from lbcore.model.snapshot import Snapshot
 from lbcore.runtime.interfaces import Frontend, RuntimeContext
@@ -195,24 +197,51 @@ def test_replace_removes_what_the_new_list_lacks_and_delete_removes_one():
     asyncio.run(_run(state, body))
 
 
-def test_invalid_object_is_rejected_counted_and_does_not_stop_the_loop():
+def test_an_object_lbcores_validation_refuses_still_reaches_the_snapshot():
+    # the server admitted it (a newer API server, or one whose rules differ); lbcore's own
+    # validation would refuse the capitals of the port name, but ClusterState only parses
     frontend = RecordingFrontend()
     state = make_state(frontend, min_sync_period=0.0)
-    bad = service()
-    bad["spec"]["ports"][0]["port"] = 70000
+    admitted = service()
+    admitted["spec"]["ports"][0]["name"] = "HTTP"
+    with pytest.raises(ValidationError, match="spec.ports"):
+        parse_object(admitted)
 
     async def body():
-        state.upsert(bad)
-        state.upsert(service("ok", "127.10.0.9"))
+        state.upsert(admitted)
         await _until(lambda: frontend.calls)
 
     asyncio.run(_run(state, body))
+    assert list(frontend.calls[-1][1].service_ports) == ["default/web:HTTP"]
+    assert state.metrics.registry.get_sample_value(
+        "lbcore_source_rejected_total", {"kind": "Service"}) is None
+
+
+def test_an_unreadable_object_is_logged_by_name_skipped_and_counted(caplog):
+    frontend = RecordingFrontend()
+    state = make_state(frontend, min_sync_period=0.0)
+    broken = service("broken")
+    del broken["spec"]["ports"][0]["port"]  # no port number: nothing to serve
+
+    async def body():
+        state.upsert(broken)
+        state.upsert(service("ok", "127.10.0.9"))
+        await _until(lambda: frontend.calls)
+
+    with caplog.at_level("WARNING", logger="lbcore.runtime.state"):
+        asyncio.run(_run(state, body))
     assert frontend.calls[-1][1].services == {"default/ok"}
+    assert "Service default/broken skipped" in caplog.text
     assert (
         state.metrics.registry.get_sample_value("lbcore_source_rejected_total", {"kind": "Service"})
         == 1
     )
     assert state.metrics.registry.get_sample_value("lbcore_endpoints") == 0
+
+
+def test_a_table_that_would_admit_again_is_refused():
+    with pytest.raises(ValueError, match="allocate=False"):
+        ClusterState(ServiceTable(), {})
 
 
 def test_first_sync_of_an_empty_state_still_reaches_every_frontend():
