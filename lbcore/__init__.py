@@ -64,6 +64,13 @@ _EXPORTS: dict[str, str] = {
     "Frontend": "lbcore.runtime.interfaces",
     "FrontendUnavailable": "lbcore.runtime.interfaces",
     "RuntimeContext": "lbcore.runtime.interfaces",
+    # live pickers for embedding: follow a cluster's (or the store's) services
+    "connect": "lbcore.runtime.live",
+    "LiveCluster": "lbcore.runtime.live",
+    "LivePicker": "lbcore.runtime.live",
+    "ServiceNotFound": "lbcore.runtime.live",
+    "ServiceGone": "lbcore.runtime.live",
+    "SourceNotReady": "lbcore.runtime.live",
     "ConfigError": "lbcore.errors",
     "LbcoreError": "lbcore.errors",
 }
@@ -130,3 +137,9 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names
     from lbcore.runtime.interfaces import RuntimeContext as RuntimeContext
     from lbcore.runtime.interfaces import Source as Source
     from lbcore.runtime.interfaces import SourceSink as SourceSink
+    from lbcore.runtime.live import LiveCluster as LiveCluster
+    from lbcore.runtime.live import LivePicker as LivePicker
+    from lbcore.runtime.live import ServiceGone as ServiceGone
+    from lbcore.runtime.live import ServiceNotFound as ServiceNotFound
+    from lbcore.runtime.live import SourceNotReady as SourceNotReady
+    from lbcore.runtime.live import connect as connect

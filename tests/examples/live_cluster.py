@@ -1,0 +1,171 @@
+"""Helpers for the embedding examples' tests: a daemon in this process and real loopback backends.
+
+The daemon (no frontends, admin API on 127.0.0.1 at a free port, its own data directory) runs
+in a thread with its own event loop, so a test never meets a daemon the user runs. Backends are
+HTTP/1.1 servers on 127.0.0.1 at free ports that answer every request with their pod's name;
+pods carry their backend's port as the named container port ``http``, which the service's
+``targetPort: http`` resolves per pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from lbcore.runtime.config import config_from_mapping
+from lbcore.runtime.daemon import Daemon
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+NAMESPACE = "default"
+SERVICE = "web"
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` as a module (the examples are scripts, not a package)."""
+    path = EXAMPLES / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"lbcore_example_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as real backends
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server name
+        backend: Backend = self.server.backend  # type: ignore[attr-defined]
+        backend.count(self.headers)
+        body = backend.name.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class Backend:
+    """One pod's server: HTTP/1.1 on 127.0.0.1 at a free port, answering its name."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.hits = 0
+        self.forwarded_for: list[str] = []
+        self._lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.server.daemon_threads = True
+        self.server.backend = self  # type: ignore[attr-defined]
+        self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                        name=f"backend-{name}", daemon=True)
+        self._thread.start()
+        self.running = True
+
+    def count(self, headers: Any) -> None:
+        with self._lock:
+            self.hits += 1
+            xff = headers.get("X-Forwarded-For")
+            if xff:
+                self.forwarded_for.append(xff)
+
+    def stop(self) -> None:
+        """Stop accepting (open keep-alive connections finish their requests, as a terminating
+        pod drains)."""
+        if self.running:
+            self.running = False
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def pod(name: str, port: int, ready: bool = True) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": SERVICE}},
+        "spec": {"nodeName": "localhost", "containers": [
+            {"name": "web", "image": "web:1", "ports": [{"name": "http", "containerPort": port}]}]},
+        "status": {"phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
+                   "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+def service(affinity: str = "None", port_name: str = "http") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": SERVICE, "namespace": NAMESPACE},
+        "spec": {"selector": {"app": SERVICE}, "sessionAffinity": affinity,
+                 "ports": [{"name": port_name, "port": 80, "targetPort": "http"}]},
+    }
+
+
+class Cluster:
+    """A daemon in this process (its store and admin URL) with backends for the pods it holds."""
+
+    def __init__(self, tmp: Path):
+        config = config_from_mapping({
+            "admin_address": "127.0.0.1:0", "data_dir": str(tmp / "data"), "frontends": [],
+            "min_sync_period": "10ms", "log_level": "warning",
+        })
+        self.daemon = Daemon(config)
+        self.backends: dict[str, Backend] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="daemon", daemon=True)
+        self._thread.start()
+        self.run(self.daemon.start())
+        assert self.daemon.admin_url is not None
+        self.url: str = self.daemon.admin_url
+        self.store = self.daemon.store
+
+    def run(self, coro: Any, timeout: float = 20.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def add_pod(self, name: str, ready: bool = True) -> Backend:
+        backend = Backend(name)
+        self.backends[name] = backend
+        self.store.apply(pod(name, backend.port, ready))
+        return backend
+
+    def set_ready(self, name: str, ready: bool) -> None:
+        self.store.apply(pod(name, self.backends[name].port, ready))
+
+    def delete_pod(self, name: str) -> None:
+        """The pod goes from the store, then its server stops at once (a killed pod)."""
+        self.store.delete("Pod", NAMESPACE, name)
+        self.backends[name].stop()
+
+    def close(self) -> None:
+        try:
+            self.run(self.daemon.stop())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            for backend in self.backends.values():
+                backend.stop()
+
+
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``condition`` every 10 ms, at most ``timeout`` seconds (a bounded count of polls)."""
+    for _ in range(int(timeout / 0.01)):
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"{what}: not met within {timeout} s")
+
+
+def eligible_names(picker: Any) -> set[str]:
+    """The pods a picker sends new connections to (its endpoints' target ``ns/name``)."""
+    return {str(ep.target).rsplit("/", 1)[-1] for ep in picker.eligible}
