@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from lbcore.errors import AllocationError
 
@@ -34,6 +34,9 @@ KUBERNETES_SERVICE_CIDR = "10.96.0.0/12"
 DEFAULT_NODE_PORT_RANGE = (30000, 32767)  # the API server's --service-node-port-range
 
 
+V = TypeVar("V", str, int)
+
+
 def _spec_of(service: Any) -> tuple[str, Mapping[str, Any]]:
     """(``namespace/name``, spec dict) of a Service object or a Service dict."""
     raw = getattr(service, "raw", service)
@@ -42,35 +45,142 @@ def _spec_of(service: Any) -> tuple[str, Mapping[str, Any]]:
     return owner, raw.get("spec") or {}
 
 
-class _Sequential:
-    """Integers ``first..last`` handed out in order from a cursor, with an owner each."""
+class _Sequential(Generic[V]):
+    """Values of one range handed out in order from a cursor, each with an owner.
+
+    The range is held as integers ``first..last``; a subclass says how its values map to them
+    (:meth:`_number` also refuses a value out of range) and how they are named in messages.
+    """
+
+    _what = ""  # "ClusterIP", "node port"
+    _unit = ""  # "addresses", "ports"
+    _range_word = ""  # "service CIDR", "range"
 
     def __init__(self, first: int, last: int) -> None:
         self.first, self.last = first, last
         self._owners: dict[int, str | None] = {}
         self._cursor = first
 
+    def _number(self, value: V) -> int:
+        raise NotImplementedError
+
+    def _value(self, number: int) -> V:
+        raise NotImplementedError
+
+    def _span(self) -> str:
+        """The range as its users write it: ``10.96.0.0/12``, ``30000-32767``."""
+        raise NotImplementedError
+
+    def _where(self) -> str:
+        return f"the {self._range_word} {self._span()}"
+
+    def _requested(self, spec: Mapping[str, Any]) -> list[V]:
+        """The values of this range a Service spec holds (for :meth:`rebuild`)."""
+        raise NotImplementedError
+
     @property
     def size(self) -> int:
+        """How many values the range can give."""
         return self.last - self.first + 1
 
-    def take_next(self, owner: str | None) -> int | None:
-        if len(self._owners) >= self.size:
+    @property
+    def free(self) -> int:
+        """How many values are left."""
+        return self.size - len(self._owners)
+
+    def contains(self, value: V) -> bool:
+        """True when ``value`` is one this allocator could give."""
+        try:
+            self._number(value)
+        except AllocationError:
+            return False
+        return True
+
+    def owner_of(self, value: V) -> str | None:
+        """Who holds ``value`` (``namespace/name``, or None when it is free or has no owner)."""
+        try:
+            return self._owners.get(self._number(value))
+        except AllocationError:
             return None
-        value = self._cursor
-        # at most `size` steps; the check above guarantees a free value exists
-        while value in self._owners:
-            value = self.first if value >= self.last else value + 1
-        self._owners[value] = owner
-        self._cursor = self.first if value >= self.last else value + 1
-        return value
+
+    def in_use(self, value: V) -> bool:
+        """True when ``value`` is allocated."""
+        try:
+            return self._number(value) in self._owners
+        except AllocationError:
+            return False
+
+    def allocate(self, requested: V | None = None, owner: str | None = None) -> V:
+        """Give ``requested`` (in range, and free or already held by ``owner``) or the next free
+        value.
+
+        :raises AllocationError: requested value out of range or held by another; none left.
+        """
+        if requested:
+            number = self._number(requested)
+            held = self._owners.get(number, False)
+            if held is not False and (owner is None or held != owner):
+                by = f" by {held}" if held else ""
+                raise AllocationError(
+                    f"{self._what} {requested} is already allocated{by} in {self._span()}")
+            self._owners[number] = owner
+            return self._value(number)
+        if len(self._owners) >= self.size:
+            raise AllocationError(f"no {self._what} left in {self._where()}"
+                                  f" (all {self.size} {self._unit} are allocated)")
+        number = self._cursor
+        while number in self._owners:  # at most `size` steps: a free value exists
+            number = self.first if number >= self.last else number + 1
+        self._owners[number] = owner
+        self._cursor = self.first if number >= self.last else number + 1
+        return self._value(number)
+
+    def release(self, value: V) -> bool:
+        """Free ``value``; False when it was not allocated (or not in range)."""
+        try:
+            return self._owners.pop(self._number(value), False) is not False
+        except AllocationError:
+            return False
+
+    def release_owner(self, owner: str) -> list[V]:
+        """Free every value held by ``owner``; returns them."""
+        numbers = [n for n, o in self._owners.items() if o == owner]
+        for n in numbers:
+            del self._owners[n]
+        return [self._value(n) for n in numbers]
+
+    def allocated(self) -> dict[V, str | None]:
+        """Every allocated value with its owner, in order."""
+        return {self._value(n): o for n, o in sorted(self._owners.items())}
+
+    def rebuild(self, services: Iterable[Any]) -> list[str]:
+        """Forget everything, then hold each value of ``services`` this range holds.
+
+        Returns one message per value that could not be kept (out of range, or held twice),
+        as the API server's repair loops report them.
+        """
+        self._owners.clear()
+        self._cursor = self.first
+        problems = []
+        for service in services:
+            owner, spec = _spec_of(service)
+            for value in self._requested(spec):
+                try:
+                    self.allocate(value, owner)
+                except AllocationError as exc:
+                    problems.append(f"{owner}: {exc}")
+        return problems
 
 
-class ClusterIPAllocator:
+class ClusterIPAllocator(_Sequential[str]):
     """Virtual IPs for services from one service CIDR (IPv4 or IPv6).
 
     The network address is never given, nor the broadcast address of an IPv4 range.
     """
+
+    _what = "ClusterIP"
+    _unit = "addresses"
+    _range_word = "service CIDR"
 
     def __init__(self, cidr: str = KUBERNETES_SERVICE_CIDR) -> None:
         try:
@@ -81,26 +191,19 @@ class ClusterIPAllocator:
         last = int(self.network.broadcast_address) - (1 if self.network.version == 4 else 0)
         if last < first:
             raise AllocationError(f"service CIDR {self.network} has no address to allocate")
-        self._range = _Sequential(first, last)
+        super().__init__(first, last)
 
     @property
     def family(self) -> str:
         """``IPv4`` or ``IPv6``."""
         return "IPv6" if self.network.version == 6 else "IPv4"
 
-    @property
-    def size(self) -> int:
-        """How many addresses the range can give."""
-        return self._range.size
+    def _span(self) -> str:
+        return str(self.network)
 
-    @property
-    def free(self) -> int:
-        """How many addresses are left."""
-        return self._range.size - len(self._range._owners)
-
-    def _address(self, value: int) -> str:
-        return str(ipaddress.ip_address(value) if self.network.version == 4
-                   else ipaddress.IPv6Address(value))
+    def _value(self, number: int) -> str:
+        return str(ipaddress.ip_address(number) if self.network.version == 4
+                   else ipaddress.IPv6Address(number))
 
     def _number(self, ip: str) -> int:
         try:
@@ -108,96 +211,16 @@ class ClusterIPAllocator:
         except ValueError:
             raise AllocationError(f"ClusterIP {ip!r} is not a valid IP address") from None
         if addr.version != self.network.version or addr not in self.network:
-            raise AllocationError(
-                f"ClusterIP {ip} is not in the service CIDR {self.network}")
-        value = int(addr)
-        if not self._range.first <= value <= self._range.last:
-            what = "network" if value < self._range.first else "broadcast"
-            raise AllocationError(
-                f"ClusterIP {ip} is the {what} address of the service CIDR {self.network}")
-        return value
+            raise AllocationError(f"ClusterIP {ip} is not in {self._where()}")
+        number = int(addr)
+        if not self.first <= number <= self.last:
+            what = "network" if number < self.first else "broadcast"
+            raise AllocationError(f"ClusterIP {ip} is the {what} address of {self._where()}")
+        return number
 
-    def contains(self, ip: str) -> bool:
-        """True when ``ip`` is an address this allocator could give."""
-        try:
-            self._number(ip)
-        except AllocationError:
-            return False
-        return True
-
-    def owner_of(self, ip: str) -> str | None:
-        """Who holds ``ip`` (``namespace/name``, or None when it is free or has no owner)."""
-        try:
-            return self._range._owners.get(self._number(ip))
-        except AllocationError:
-            return None
-
-    def in_use(self, ip: str) -> bool:
-        """True when ``ip`` is allocated."""
-        try:
-            return self._number(ip) in self._range._owners
-        except AllocationError:
-            return False
-
-    def allocate(self, requested: str | None = None, owner: str | None = None) -> str:
-        """Give ``requested`` (when in range and free) or the next free address.
-
-        :raises AllocationError: requested address out of range or in use; no address left.
-        """
-        owners = self._range._owners
-        if requested:
-            value = self._number(requested)
-            held = owners.get(value, False)
-            if held is not False and (owner is None or held != owner):
-                by = f" by {held}" if held else ""
-                raise AllocationError(
-                    f"ClusterIP {requested} is already allocated{by} in {self.network}")
-            owners[value] = owner
-            return self._address(value)
-        value_or_none = self._range.take_next(owner)
-        if value_or_none is None:
-            raise AllocationError(
-                f"no ClusterIP left in the service CIDR {self.network}"
-                f" (all {self.size} addresses are allocated)")
-        return self._address(value_or_none)
-
-    def release(self, ip: str) -> bool:
-        """Free ``ip``; False when it was not allocated (or not in range)."""
-        try:
-            return self._range._owners.pop(self._number(ip), False) is not False
-        except AllocationError:
-            return False
-
-    def release_owner(self, owner: str) -> list[str]:
-        """Free every address held by ``owner``; returns them."""
-        values = [v for v, o in self._range._owners.items() if o == owner]
-        for v in values:
-            del self._range._owners[v]
-        return [self._address(v) for v in values]
-
-    def allocated(self) -> dict[str, str | None]:
-        """Every allocated address with its owner."""
-        return {self._address(v): o for v, o in sorted(self._range._owners.items())}
-
-    def rebuild(self, services: Iterable[Any]) -> list[str]:
-        """Forget everything, then hold each cluster IP of ``services`` in this family.
-
-        Returns one message per address that could not be kept (out of range, or held twice),
-        as the API server's repair loop reports them.
-        """
-        self._range._owners.clear()
-        self._range._cursor = self._range.first
-        problems = []
-        for service in services:
-            owner, spec = _spec_of(service)
-            for ip in spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else []):
-                if ip == "None" or (":" in ip) != (self.network.version == 6):
-                    continue
-                try:
-                    self.allocate(ip, owner)
-                except AllocationError as exc:
-                    problems.append(f"{owner}: {exc}")
-        return problems
+    def _requested(self, spec: Mapping[str, Any]) -> list[str]:
+        ips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
+        return [ip for ip in ips if ip != "None" and (":" in ip) == (self.network.version == 6)]
 
 
 def parse_port_range(value: str | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -215,90 +238,31 @@ def parse_port_range(value: str | tuple[int, int] | list[int]) -> tuple[int, int
     return first, last
 
 
-class NodePortAllocator:
+class NodePortAllocator(_Sequential[int]):
     """Node ports for NodePort and LoadBalancer services from a range (default 30000-32767)."""
 
+    _what = "node port"
+    _unit = "ports"
+    _range_word = "range"
+
     def __init__(self, port_range: str | tuple[int, int] = DEFAULT_NODE_PORT_RANGE) -> None:
-        first, last = parse_port_range(port_range)
-        self._range = _Sequential(first, last)
+        super().__init__(*parse_port_range(port_range))
 
     @property
     def range_text(self) -> str:
         """The range as ``first-last``."""
-        return f"{self._range.first}-{self._range.last}"
+        return f"{self.first}-{self.last}"
 
-    @property
-    def size(self) -> int:
-        """How many ports the range holds."""
-        return self._range.size
+    def _span(self) -> str:
+        return self.range_text
 
-    @property
-    def free(self) -> int:
-        """How many ports are left."""
-        return self._range.size - len(self._range._owners)
+    def _value(self, number: int) -> int:
+        return number
 
-    def contains(self, port: int) -> bool:
-        """True when ``port`` lies in the range."""
-        return self._range.first <= port <= self._range.last
-
-    def owner_of(self, port: int) -> str | None:
-        """Who holds ``port``."""
-        return self._range._owners.get(port)
-
-    def in_use(self, port: int) -> bool:
-        """True when ``port`` is allocated."""
-        return port in self._range._owners
-
-    def allocate(self, requested: int | None = None, owner: str | None = None) -> int:
-        """Give ``requested`` (in range, free or already held by ``owner``) or the next free port.
-
-        :raises AllocationError: requested port out of range or held by another service; none left.
-        """
-        owners = self._range._owners
-        if requested:
-            if not self.contains(requested):
-                raise AllocationError(
-                    f"node port {requested} is outside the range {self.range_text}")
-            held = owners.get(requested, False)
-            if held is not False and (owner is None or held != owner):
-                by = f" by {held}" if held else ""
-                raise AllocationError(
-                    f"node port {requested} is already allocated{by} in {self.range_text}")
-            owners[requested] = owner
-            return requested
-        port = self._range.take_next(owner)
-        if port is None:
-            raise AllocationError(
-                f"no node port left in the range {self.range_text}"
-                f" (all {self.size} ports are allocated)")
+    def _number(self, port: int) -> int:
+        if not self.first <= port <= self.last:
+            raise AllocationError(f"node port {port} is outside {self._where()}")
         return port
 
-    def release(self, port: int) -> bool:
-        """Free ``port``; False when it was not allocated."""
-        return self._range._owners.pop(port, False) is not False
-
-    def release_owner(self, owner: str) -> list[int]:
-        """Free every port held by ``owner``; returns them."""
-        ports = [p for p, o in self._range._owners.items() if o == owner]
-        for p in ports:
-            del self._range._owners[p]
-        return ports
-
-    def allocated(self) -> dict[int, str | None]:
-        """Every allocated port with its owner."""
-        return dict(sorted(self._range._owners.items()))
-
-    def rebuild(self, services: Iterable[Any]) -> list[str]:
-        """Forget everything, then hold each node port of ``services``; returns the problems."""
-        self._range._owners.clear()
-        self._range._cursor = self._range.first
-        problems = []
-        for service in services:
-            owner, spec = _spec_of(service)
-            for sp in spec.get("ports") or []:
-                if sp.get("nodePort"):
-                    try:
-                        self.allocate(int(sp["nodePort"]), owner)
-                    except AllocationError as exc:
-                        problems.append(f"{owner}: {exc}")
-        return problems
+    def _requested(self, spec: Mapping[str, Any]) -> list[int]:
+        return [int(sp["nodePort"]) for sp in spec.get("ports") or [] if sp.get("nodePort")]

@@ -182,3 +182,15 @@ def test_endpoint_slice_and_endpoints_objects() -> None:
     with pytest.raises(ValidationError):
         EndpointSlice.from_dict({"kind": "EndpointSlice", "metadata": {"name": "x"},
                                  "addressType": "IPv5"})
+
+
+def test_parse_admitted_reads_what_validation_refuses_and_names_what_it_cannot_read() -> None:
+    from lbcore.model.objects import parse_admitted
+
+    refused = minimal(ports=[{"name": "HTTP", "port": 80}])
+    with pytest.raises(lbcore.ValidationError):
+        lbcore.load_manifests(refused)
+    assert parse_admitted(refused).ports[0].name == "HTTP"
+    with pytest.raises(lbcore.ValidationError, match="cannot be read: KeyError") as err:
+        parse_admitted(minimal(ports=[{"name": "http"}]))
+    assert err.value.name == "web"

@@ -178,3 +178,12 @@ def test_allocate_false_takes_a_changed_cluster_ip_as_given() -> None:
     table.apply(service("web", clusterIP="10.96.0.5"))
     assert table.apply(service("web", clusterIP="10.96.0.6")).cluster_ip == "10.96.0.6"
     assert not table.cluster_ips[0].in_use("10.96.0.6")
+
+
+def test_allocate_false_parses_only_and_never_refuses_what_was_admitted() -> None:
+    table = lbcore.ServiceTable(allocate=False)
+    admitted = service("web", clusterIP="10.96.0.5", ports=[{"name": "HTTP", "port": 80}])
+    assert table.apply(admitted).ports[0].name == "HTTP"
+    with pytest.raises(ValidationError, match="cannot be read"):
+        table.apply(service("broken", ports=[{"name": "http"}]))
+    assert [s.name for s in table.list("svc")] == ["web"]
