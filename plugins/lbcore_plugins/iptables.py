@@ -90,58 +90,27 @@ def _q(text: str) -> str:
 
 
 class PortRules:
-    """The rules one service port of one family contributes.
+    """The rules one service port of one family contributes."""
 
-    The readable renderer fills :attr:`chains` and the text is joined from it; the compiled
-    writer gives the text and :attr:`chains` is split from it when a partial sync asks."""
+    __slots__ = ("chains", "services", "nodeports", "reject", "_text")
 
-    __slots__ = ("_chains", "services", "nodeports", "reject", "_decl", "_body")
-
-    def __init__(
-        self,
-        decl: str | None = None,
-        body: str = "",
-        services: tuple[str, ...] = (),
-        nodeports: tuple[str, ...] = (),
-        reject: tuple[str, ...] = (),
-    ) -> None:
-        self._chains: dict[str, str] | None = None if decl is not None else {}
-        self.services = services  # lines in nat LBCORE-SERVICES
-        self.nodeports = nodeports  # lines in nat LBCORE-NODEPORTS
-        self.reject = reject  # lines in filter LBCORE-SERVICES
-        self._decl = decl
-        self._body = body
-
-    def chain_names(self) -> list[str]:
-        """The nat chains, in order, without splitting the rules apart."""
-        if self._chains is not None:
-            return list(self._chains)
-        return [line[1:-8] for line in self._decl.split("\n")] if self._decl else []
-
-    @property
-    def chains(self) -> dict[str, str]:
-        """nat chain -> its rules, one per line."""
-        if self._chains is None:
-            assert self._decl is not None
-            self._chains = _split_chains(self._decl, self._body)
-        return self._chains
+    def __init__(self) -> None:
+        self.chains: dict[str, str] = {}  # nat chain -> its rules, one per line
+        self.services: tuple[str, ...] = ()  # lines in nat LBCORE-SERVICES
+        self.nodeports: tuple[str, ...] = ()  # lines in nat LBCORE-NODEPORTS
+        self.reject: tuple[str, ...] = ()  # lines in filter LBCORE-SERVICES
+        self._text: tuple[str, str] | None = None
 
     def text(self) -> tuple[str, str]:
         """(the ``:chain - [0:0]`` declarations, the rules) of :attr:`chains`, each one string,
         joined once and kept: an unchanged port reuses them in the next full render."""
-        if self._decl is None:
+        if self._text is None:
             chains = self.chains
-            self._decl = "\n".join([f":{name} - [0:0]" for name in chains])
-            self._body = "\n".join([body for body in chains.values() if body])
-        return self._decl, self._body
-
-
-def _split_chains(decl: str, body: str) -> dict[str, str]:
-    """:attr:`PortRules.chains` from the port's text: each rule line is ``-A CHAIN ...``."""
-    lines: dict[str, list[str]] = {line[1:-8]: [] for line in decl.split("\n")} if decl else {}
-    for line in body.split("\n") if body else ():
-        lines[line.split(" ", 2)[1]].append(line)
-    return {name: "\n".join(rules) for name, rules in lines.items()}
+            self._text = (
+                "\n".join([f":{name} - [0:0]" for name in chains]),
+                "\n".join([body for body in chains.values() if body]),
+            )
+        return self._text
 
 
 class RuleRenderer:
@@ -176,7 +145,7 @@ class RuleRenderer:
             addr = f"[{ep.ip}]:{ep.port}" if v6 else f"{ep.ip}:{ep.port}"
             seps[(ep.ip, ep.port)] = "LBCORE-SEP-" + chain_hash(f"{svc_id}/{addr}")
         affinity = sp.session_affinity == "ClientIP"
-        eps = plan.cluster_endpoints
+        eps = plan.internal_endpoints
         port = sp.port
 
         if eps:
@@ -210,14 +179,17 @@ class RuleRenderer:
             ext_eps = plan.external_endpoints
             if ext_eps:
                 ext = "LBCORE-EXT-" + chain_hash(svc_id)
-                if plan.local_endpoints is None:
+                if plan.external_via_internal:
                     ext_lines = [
                         f'-A {ext} -m comment --comment "{name} external" -j {MARK_MASQ}',
                         f"-A {ext} -j {svc}",
                     ]
                 else:
-                    # externalTrafficPolicy Local: no SNAT, only this node's endpoints
-                    ext_lines = []
+                    # externalTrafficPolicy Local: no SNAT, only this node's endpoints; Cluster
+                    # (with internalTrafficPolicy Local): SNAT, every endpoint
+                    ext_lines = [] if plan.external_local else [
+                        f'-A {ext} -m comment --comment "{name} external" -j {MARK_MASQ}'
+                    ]
                     self._balance(ext_lines, ext, comment, [seps[(ep.ip, ep.port)] for ep in ext_eps], [ep.weight for ep in ext_eps], affinity, sp.affinity_timeout)
                 rules.chains[ext] = "\n".join(ext_lines)
                 nodeports.append(f"-A {NODEPORTS} {comment} -p {proto} --dport {node_port} -j {ext}")
@@ -479,26 +451,25 @@ class IptablesFrontend(Frontend):
         state.services, state.nodeports, state.reject = _assemble(renderer, state.rules)
         fixed: list[tuple[str, str | list[str]]] = list(renderer.fixed_chains().items())
         dispatch: list[tuple[str, str | list[str]]] = [(SERVICES, state.services), (NODEPORTS, state.nodeports)]
-        names = [rules.chain_names() for rules in port_rules]
         stale_nat = set(stale_nat)
         if stale_nat:
             owned = {name for name, _ in fixed} | {SERVICES, NODEPORTS}
-            for chains in names:
-                owned.update(chains)
+            for rules in port_rules:
+                owned.update(rules.chains)
             stale_nat -= owned
         deletions = {"delete_nat": stale_nat, "delete_filter": set(stale_filter) - {SERVICES}}
         reject: list[tuple[str, str | list[str]]] = [(SERVICES, state.reject)]
-        if chunk <= 0 or sum([len(chains) for chains in names]) <= chunk:
+        if chunk <= 0 or sum([len(rules.chains) for rules in port_rules]) <= chunk:
             return ["\n".join(_restore_lines(reject, dispatch + fixed, port_rules, (), **deletions))], state
         texts: list[str] = []
         batch: list[PortRules] = []
         head, size = fixed, len(fixed)
-        for rules, chains in zip(port_rules, names, strict=True):
-            if size + len(chains) > chunk and size:
+        for rules in port_rules:
+            if size + len(rules.chains) > chunk and size:
                 texts.append("\n".join(_restore_lines([], head, batch)))
                 head, batch, size = [], [], 0
             batch.append(rules)
-            size += len(chains)
+            size += len(rules.chains)
         texts.append("\n".join(_restore_lines(reject, head, batch, dispatch, **deletions)))
         return texts, state
 

@@ -23,6 +23,7 @@ from lbcore import (
     Snapshot,
     endpoints_for,
     hash64,
+    policy_is_local,
 )
 from lbcore_plugins.nftlib import NftContext, NftUnavailable
 
@@ -214,31 +215,41 @@ class NetfilterOptions:
 
 @dataclass(slots=True)
 class PortPlan:
-    """One service port of one family, with the endpoints each kind of traffic may use."""
+    """One service port of one family, with the endpoints each kind of traffic may use; both
+    come from :func:`lbcore.endpoints_for`."""
 
     sp: ServicePortInfo
     family: int
     cluster_ips: tuple[str, ...]
     # for ClusterIP traffic (internalTrafficPolicy)
-    cluster_endpoints: tuple[EndpointInfo, ...]
-    # for NodePort traffic (externalTrafficPolicy); None when it uses cluster_endpoints
-    local_endpoints: tuple[EndpointInfo, ...] | None
+    internal_endpoints: tuple[EndpointInfo, ...]
+    # for NodePort traffic (externalTrafficPolicy); () when the port has no NodePort
+    external_endpoints: tuple[EndpointInfo, ...]
+    # externalTrafficPolicy Local: NodePort traffic stays on this node and keeps its source
+    external_local: bool
 
     @property
     def node_port(self) -> int | None:
         return self.sp.node_port if self.sp.type in ("NodePort", "LoadBalancer") else None
 
     @property
-    def external_endpoints(self) -> tuple[EndpointInfo, ...]:
-        return self.cluster_endpoints if self.local_endpoints is None else self.local_endpoints
+    def external_via_internal(self) -> bool:
+        """Whether NodePort traffic can take the ClusterIP's way (after its masquerade mark):
+        it is masqueraded and may use exactly the endpoints ClusterIP traffic uses."""
+        return not self.external_local and (
+            self.external_endpoints is self.internal_endpoints
+            or self.external_endpoints == self.internal_endpoints
+        )
 
     @property
     def all_endpoints(self) -> tuple[EndpointInfo, ...]:
-        """Every endpoint some chain of this port DNATs to, in a stable order."""
-        if self.local_endpoints is None:
-            return self.cluster_endpoints
-        seen = {ep.address: ep for ep in self.cluster_endpoints}
-        for ep in self.local_endpoints:
+        """Every endpoint some chain of this port DNATs to, in a stable order: the internal
+        ones, then the external ones not among them."""
+        internal, external = self.internal_endpoints, self.external_endpoints
+        if not external or external is internal or external == internal:
+            return internal
+        seen = {ep.address: ep for ep in internal}
+        for ep in external:
             seen.setdefault(ep.address, ep)
         return tuple(seen.values())
 
@@ -272,11 +283,11 @@ def plan_port(sp: ServicePortInfo, family: int, node: str | None) -> PortPlan | 
     ips = tuple([ip for ip in sp.cluster_ips if ip and ip != "None" and (":" in ip) == v6])
     if not ips:
         return None
-    cluster_eps = endpoints_for(sp, "internal", node, family)
-    local_eps = None
-    if sp.external_traffic_policy == "Local" and sp.type in ("NodePort", "LoadBalancer"):
-        local_eps = endpoints_for(sp, "external", node, family)
-    return PortPlan(sp, family, ips, cluster_eps, local_eps)
+    internal = endpoints_for(sp, "internal", node, family)
+    if sp.node_port and sp.type in ("NodePort", "LoadBalancer"):
+        return PortPlan(sp, family, ips, internal, endpoints_for(sp, "external", node, family),
+                        policy_is_local(sp, "external"))
+    return PortPlan(sp, family, ips, internal, (), False)
 
 
 #: what the render cache keeps of one port for one family: (its ServicePortInfo, its PortPlan,
@@ -541,10 +552,10 @@ def stale_udp_flows(old: Mapping[str, PortPlan], new: Mapping[str, PortPlan]) ->
             if before.node_port:
                 flows.append(StaleFlow(before.node_port, None, ip))
     for key, after in new.items():
-        if after.sp.protocol != "UDP" or not after.cluster_endpoints:
+        if after.sp.protocol != "UDP" or not after.internal_endpoints:
             continue
         previous = old.get(key)
-        if previous is not None and previous.cluster_endpoints:
+        if previous is not None and previous.internal_endpoints:
             continue
         for cip in after.cluster_ips:
             flows.append(StaleFlow(after.sp.port, cip, None))

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,64 +127,19 @@ def affinity_set(sp: ServicePortInfo, ep: EndpointInfo) -> str:
 
 #: a port's share of the table text: (map -> its ``key : verdict`` elements, the set definitions,
 #: the chain definitions)
-PortText = tuple[dict[str, Sequence[str]], str, str]
+PortText = tuple[dict[str, list[str]], str, str]
 
 
 class PortObjects:
-    """What one service port of one family puts in the table.
+    """What one service port of one family puts in the table."""
 
-    The readable renderer fills :attr:`chains`, :attr:`sets` and :attr:`elements` and the text
-    is joined from them; the compiled writer gives the text and they are parsed from it when a
-    partial sync asks."""
+    __slots__ = ("chains", "sets", "elements", "_text")
 
-    __slots__ = ("_chains", "_sets", "_elements", "_text")
-
-    def __init__(self, text: PortText | None = None) -> None:
-        self._text = text
-        self._chains: dict[str, list[str]] | None = None if text is not None else {}
-        self._sets: dict[str, str] | None = None if text is not None else {}  # name -> body
-        # (map, key) -> verdict
-        self._elements: dict[tuple[str, str], str] | None = None if text is not None else {}
-
-    @property
-    def chains(self) -> dict[str, list[str]]:
-        if self._chains is None:
-            self._parse()
-        assert self._chains is not None
-        return self._chains
-
-    @property
-    def sets(self) -> dict[str, str]:
-        if self._sets is None:
-            self._parse()
-        assert self._sets is not None
-        return self._sets
-
-    @property
-    def elements(self) -> dict[tuple[str, str], str]:
-        if self._elements is None:
-            self._parse()
-        assert self._elements is not None
-        return self._elements
-
-    def _parse(self) -> None:
-        """The objects back from the text :meth:`text` gives (one rule or set body a line)."""
-        assert self._text is not None
-        elements, sets, chains = self._text
-        self._elements = {
-            (name, key): verdict
-            for name, items in elements.items()
-            for key, _, verdict in (item.partition(" : ") for item in items)
-        }
-        # each block ends in "\n\t}": what follows the last one is empty
-        self._sets = {}
-        for block in sets.split("\n\t}")[:-1]:
-            head, _, body = block.lstrip("\n").partition(" {\n\t\t")
-            self._sets[head[len("\tset "):]] = body
-        self._chains = {}
-        for block in chains.split("\n\t}")[:-1]:
-            head, *rules = block.lstrip("\n").split("\n\t\t")
-            self._chains[head[len("\tchain "):-len(" {")]] = rules
+    def __init__(self) -> None:
+        self.chains: dict[str, list[str]] = {}
+        self.sets: dict[str, str] = {}  # name -> body
+        self.elements: dict[tuple[str, str], str] = {}  # (map, key) -> verdict
+        self._text: PortText | None = None
 
     def text(self) -> PortText:
         """(map -> its ``key : verdict`` elements, the set definitions, the chain definitions) as
@@ -194,13 +149,12 @@ class PortObjects:
             for (name, key), verdict in self.elements.items():
                 # a set element has no verdict
                 grouped.setdefault(name, []).append(f"{key} : {verdict}" if verdict else key)
-            elements: dict[str, Sequence[str]] = dict(grouped)
             sets = "\n".join([f"\tset {name} {{\n\t\t{body}\n\t}}" for name, body in self.sets.items()])
             chains = "\n".join(
                 [f"\tchain {name} {{\n\t\t" + "\n\t\t".join(rules) + "\n\t}" if rules
                  else f"\tchain {name} {{\n\t}}" for name, rules in self.chains.items()]
             )
-            self._text = (elements, sets, chains)
+            self._text = (grouped, sets, chains)
         return self._text
 
 
@@ -238,7 +192,7 @@ class NftRenderer:
         svc = service_chain(sp)
         cidr = self.options.cluster_cidrs.get(fam)
         affinity = sp.session_affinity == "ClientIP"
-        eps = plan.cluster_endpoints
+        eps = plan.internal_endpoints
         # inline forms: each service chain DNATs itself; ClientIP affinity still needs a chain
         # per endpoint (it records the client in that endpoint's set)
         inline = self.options.endpoint_selection in ("inline", "map") and not affinity
@@ -281,12 +235,16 @@ class NftRenderer:
             key = f"{proto} . {plan.node_port}"
             if ext_eps:
                 ext = service_chain(sp, "external")
-                if plan.local_endpoints is None:
+                if plan.external_via_internal:
                     objs.chains[ext] = ["jump mark-for-masquerade", f"goto {svc}"]
-                elif inline:
-                    objs.chains[ext] = self._dnat_inline(plan, ext_eps)
                 else:
-                    objs.chains[ext] = self._balance(plan, ext_eps, ep_chain, affinity)
+                    # externalTrafficPolicy Local: no SNAT, only this node's endpoints; Cluster
+                    # (with internalTrafficPolicy Local): SNAT, every endpoint
+                    mark = [] if plan.external_local else ["jump mark-for-masquerade"]
+                    if inline:
+                        objs.chains[ext] = mark + self._dnat_inline(plan, ext_eps)
+                    else:
+                        objs.chains[ext] = mark + self._balance(plan, ext_eps, ep_chain, affinity)
                 objs.elements[(f"service-nodeports-v{fam}", key)] = f"goto {ext}"
             else:
                 objs.elements[(f"no-endpoint-nodeports-v{fam}", key)] = "goto reject-chain"
@@ -329,7 +287,7 @@ class NftRenderer:
         proto = sp.protocol.lower()
         objs = PortObjects()
         elements = objs.elements
-        eps = plan.cluster_endpoints
+        eps = plan.internal_endpoints
         for cip in plan.cluster_ips:
             if eps:
                 slots = _slots(eps)
@@ -343,7 +301,7 @@ class NftRenderer:
             key = f"{proto} . {plan.node_port}"
             if ext_eps:
                 slots = _slots(ext_eps)
-                kind = "external" if plan.local_endpoints is None else "local"
+                kind = "local" if plan.external_local else "external"
                 elements[(f"service-nodeports-v{fam}", key)] = f"goto pick-{kind}-v{fam}-{len(slots)}"
                 for i, dest in enumerate(slots):
                     elements[(f"nodeport-endpoints-v{fam}", f"{key} . {i}")] = dest

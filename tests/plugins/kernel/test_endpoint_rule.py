@@ -97,14 +97,7 @@ CONSUMERS = {
 
 @pytest.mark.parametrize("traffic", ["internal", "external"])
 @pytest.mark.parametrize(("internal", "external"), POLICIES)
-def test_every_consumer_gives_new_connections_to_the_same_endpoints(
-    internal, external, traffic, request
-):
-    if traffic == "external" and internal == "Local" and external == "Cluster":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "the kernel renderers send NodePort traffic of a Cluster external policy through the "
-            "ClusterIP chain, so an internal Local policy narrows it too"
-        )))
+def test_every_consumer_gives_new_connections_to_the_same_endpoints(internal, external, traffic):
     for conditions in itertools.product(CONDITIONS, repeat=3):
         sp = service_port(conditions, internal, external)
         expected = {ep.address for ep in endpoints_for(sp, traffic, NODE)}

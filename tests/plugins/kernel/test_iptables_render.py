@@ -131,6 +131,22 @@ def test_external_traffic_policy_local_uses_only_local_endpoints_without_snat():
     assert len(trace(text, Packet(CLIENT, "10.96.0.3", 80))) == 2
 
 
+def test_internal_policy_local_leaves_node_port_traffic_of_a_cluster_policy_every_endpoint():
+    """internalTrafficPolicy Local narrows ClusterIP traffic only: NodePort traffic under
+    externalTrafficPolicy Cluster reaches every endpoint, masqueraded (kube-proxy's SVC chain
+    beside its SVL chain)."""
+    sp = dataclasses.replace(
+        port("np", "10.96.0.3", [], type="NodePort", node_port=30080, internal_traffic_policy="Local"),
+        endpoints=(EndpointInfo(ip="10.244.1.2", port=8080, node_name="node-a"),
+                   EndpointInfo(ip="10.244.2.2", port=8080, node_name="node-b")),
+    )
+    text = render(snap(sp, node_name="node-a"))
+    external = trace(text, Packet(OUTSIDE, NODE_IP, 30080), local_addresses=[NODE_IP])
+    assert {o.dnat: round(o.probability, 9) for o in external} == {"10.244.1.2:8080": 0.5, "10.244.2.2:8080": 0.5}
+    assert all(o.masquerade for o in external)
+    assert dnat_shares(text, Packet(CLIENT, "10.96.0.3", 80)) == {"10.244.1.2:8080": 1.0}
+
+
 def test_node_port_without_endpoints_is_rejected():
     text = render(snap(port("np", "10.96.0.3", [], type="NodePort", node_port=30080)))
     (outcome,) = trace(text, Packet(OUTSIDE, NODE_IP, 30080), local_addresses=[NODE_IP])

@@ -103,7 +103,7 @@ def test_internal_traffic_policy_local_keeps_only_this_nodes_endpoints():
         internal_traffic_policy="Local",
     )
     (plan,) = plan_ports(snap(sp, node_name="node-a"), 4)
-    assert [e.ip for e in plan.cluster_endpoints] == ["10.0.0.1"]
+    assert [e.ip for e in plan.internal_endpoints] == ["10.0.0.1"]
 
 
 @given(st.lists(st.integers(min_value=1, max_value=1000), min_size=1, max_size=40))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import pytest
 from kernel_snapshots import POD_CIDR, many, port, snap
 from lbcore_plugins.nftables import NftablesFrontend, endpoint_chain, service_chain
 
@@ -141,3 +142,40 @@ def test_deletions_leave_the_script_only_when_it_deletes_no_element():
     with_element = f"delete element {t} service-ips-v4 {{ 10.96.0.1 . tcp . 80 }}\n{script}"
     assert _split_deletions(with_element) == (with_element, ([], []))
     assert _split_deletions(f"delete chain {t} gone\n") == ("", (["gone"], []))
+
+
+def reached_endpoints(text: str, verdict_key: str) -> tuple[set[str], bool]:
+    """The ``ip:port`` a packet whose verdict-map key is ``verdict_key`` can be DNATed to, in
+    every form (chains, inline rules, anonymous maps, the shared maps of ``maps``), and whether
+    every way there marks it for masquerading."""
+    chains = dict(re.findall(r"\tchain (\S+) \{\n(.*?)\n\t\}", text, re.S))
+    (start,) = re.findall(re.escape(verdict_key) + r" : goto ([^\s,}]+)", text)
+    reached: set[str] = set()
+    marked = True
+    todo = [(start, False)]
+    while todo:
+        name, mark = todo.pop()
+        body = chains[name]
+        mark = mark or body.lstrip().startswith("jump mark-for-masquerade")
+        found = re.findall(r"dnat ip to (\d+\.\d+\.\d+\.\d+:\d+)", body)
+        found += [f"{ip}:{p}" for ip, p in re.findall(r": (\d+\.\d+\.\d+\.\d+) \. (\d+)", body)]
+        if "map @nodeport-endpoints-v4" in body or "map @service-endpoints-v4" in body:  # maps: the slots
+            found += [f"{ip}:{p}" for ip, p in re.findall(re.escape(verdict_key) + r" \. \d+ : (\S+) \. (\d+)", text)]
+        if found:
+            reached.update(found)
+            marked = marked and mark
+        todo.extend((target, mark) for target in re.findall(r"(?:goto|jump) ([^\s,}]+)", body)
+                    if target != "mark-for-masquerade")
+    return reached, marked
+
+
+@pytest.mark.parametrize("selection", ["cascade", "vmap", "inline", "map", "maps"])
+def test_internal_policy_local_leaves_node_port_traffic_of_a_cluster_policy_every_endpoint(selection):
+    sp = dataclasses.replace(
+        port("np", "10.96.0.3", [], type="NodePort", node_port=30080, internal_traffic_policy="Local"),
+        endpoints=(EndpointInfo(ip="10.244.1.2", port=8080, node_name="node-a"),
+                   EndpointInfo(ip="10.244.2.2", port=8080, node_name="node-b")),
+    )
+    text = fe(endpoint_selection=selection).render(snap(sp, node_name="node-a"))
+    assert reached_endpoints(text, "tcp . 30080") == ({"10.244.1.2:8080", "10.244.2.2:8080"}, True)
+    assert reached_endpoints(text, "10.96.0.3 . tcp . 80")[0] == {"10.244.1.2:8080"}
