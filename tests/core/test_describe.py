@@ -90,16 +90,19 @@ def test_services_table(seeded: lbcore.ServiceTable) -> None:
 
 
 def test_pods_endpoints_and_slices_tables(seeded: lbcore.ServiceTable) -> None:
-    now = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
-    pods = format_pods_table(seeded.list("po"), wide=True, now=now).splitlines()
+    # "now" is 30 s after each object's own creation time: no second clock read to race with
+    first = min(seeded.list("po"), key=lambda p: p.name)
+    assert first.name == "my-app-1" and first.created is not None
+    pods = format_pods_table(seeded.list("po"), wide=True,
+                             now=first.created + dt.timedelta(seconds=30)).splitlines()
     assert pods[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE",
                                "NOMINATED", "NODE", "READINESS", "GATES"]
     assert pods[1].split() == ["my-app-1", "1/1", "Running", "0", "30s", "127.0.0.11",
                                "localhost", "<none>", "<none>"]
     svc = seeded.get("svc", "default", "my-service")
-    assert svc is not None
+    assert svc is not None and svc.created is not None
     eps = format_endpoints_table([(svc.name, seeded.endpoints("default", "my-service"),
-                                   svc.created)], now=now)
+                                   svc.created)], now=svc.created + dt.timedelta(seconds=30))
     assert eps.splitlines()[1].split() == ["my-service",
                                            "127.0.0.11:8080,127.0.0.12:8080,127.0.0.13:8080", "30s"]
     sl = lbcore.load_manifests({"kind": "EndpointSlice", "metadata": {"name": "ext-1"},
