@@ -10,7 +10,10 @@ pods carry their backend's port as the named container port ``http``, which the 
 from __future__ import annotations
 
 import asyncio
+import collections
+import http.client
 import importlib.util
+import socket
 import sys
 import threading
 import time
@@ -169,3 +172,124 @@ def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = 
 def eligible_names(picker: Any) -> set[str]:
     """The pods a picker sends new connections to (its endpoints' target ``ns/name``)."""
     return {str(ep.target).rsplit("/", 1)[-1] for ep in picker.eligible}
+
+
+def get(host: str, port: int, path: str = "/", headers: dict[str, str] | None = None) -> str:
+    """One GET on a new connection (``Connection: close``): the answering pod's name."""
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Connection": "close", **(headers or {})})
+        response = conn.getresponse()
+        body = response.read().decode()
+        if response.status != 200:
+            raise OSError(f"HTTP {response.status}: {body[:200]}")
+        return body
+    finally:
+        conn.close()
+
+
+class Traffic:
+    """Clients in threads, each sending requests with ``send()`` until stopped (at most
+    ``limit`` each); answers counted by pod, failures kept."""
+
+    def __init__(self, send: Callable[[int], str], threads: int = 4, limit: int = 100_000):
+        self.send = send
+        self.answers: collections.Counter[str] = collections.Counter()
+        self.failures: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(n, limit), daemon=True)
+                         for n in range(threads)]
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.answers.values()) + len(self.failures)
+
+    def _client(self, n: int, limit: int) -> None:
+        for i in range(limit):
+            if self._stop.is_set():
+                return
+            try:
+                answer = self.send(n * limit + i)
+            except Exception as exc:
+                with self._lock:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+            else:
+                with self._lock:
+                    self.answers[answer] += 1
+
+    def __enter__(self) -> Traffic:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+    def flowing(self, requests: int = 20, what: str = "traffic") -> None:
+        """Wait until ``requests`` more requests were answered."""
+        start = self.total
+        wait_until(lambda: self.total >= start + requests, what=what)
+
+
+def move_pods_during_traffic(cluster: Cluster, picker: Any, traffic: Traffic) -> None:
+    """Under ``traffic``: web-1 stops being ready, web-2 is deleted (its server stops once the
+    picker no longer sends it anything new, as a terminating pod drains), web-3 is added. Each
+    step is waited for on ``picker``, with requests flowing between steps."""
+    traffic.flowing(what="before")
+    cluster.set_ready("web-1", False)
+    wait_until(lambda: "web-1" not in eligible_names(picker), what="web-1 not ready")
+    traffic.flowing(what="after not ready")
+    cluster.store.delete("Pod", NAMESPACE, "web-2")
+    wait_until(lambda: "web-2" not in eligible_names(picker), what="web-2 deleted")
+    traffic.flowing(what="after delete")
+    cluster.backends["web-2"].stop()
+    cluster.add_pod("web-3")
+    wait_until(lambda: eligible_names(picker) == {"web-0", "web-3"}, what="web-3 added")
+    wait_until(lambda: traffic.answers["web-3"] > 0, what="web-3 answers")
+
+
+def assert_followed(cluster: Cluster, send: Callable[[int], str], traffic: Traffic,
+                    requests: int = 30) -> None:
+    """No request failed, and new requests go to the pods that take them now, only."""
+    assert traffic.failures == [], traffic.failures[:5]
+    answers = collections.Counter(send(i) for i in range(requests))
+    assert set(answers) == {"web-0", "web-3"}, answers
+
+
+def refusing_pod(cluster: Cluster, name: str = "web-9") -> None:
+    """A ready pod whose port nothing listens on (a crashed server): connections are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    cluster.store.apply(pod(name, port))
+
+
+class LoopThread:
+    """An event loop (asyncio's or uvloop's) running in a thread of its own, for a server."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None):
+        self.loop = loop or asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="example", daemon=True)
+
+    def run(self, coro: Any, timeout: float = 20.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def __enter__(self) -> LoopThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.run(cancel_all())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
