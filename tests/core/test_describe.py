@@ -78,10 +78,11 @@ def test_describe_shows_three_ready_endpoints_then_a_count() -> None:
 
 
 def test_services_table(seeded: lbcore.ServiceTable) -> None:
-    now = dt.datetime.now(dt.UTC)
     seeded.apply({"kind": "Service", "metadata": {"name": "lb"}, "spec": {
         "type": "LoadBalancer", "ports": [{"port": 443, "nodePort": 31443}]}})
-    text = format_services_table(seeded.list("svc"), wide=True, now=now + dt.timedelta(hours=5))
+    # 5 h after the newest creation time (not a clock read of its own, which could come first)
+    now = max(s.created for s in seeded.list("svc") if s.created is not None) + dt.timedelta(hours=5)
+    text = format_services_table(seeded.list("svc"), wide=True, now=now)
     assert text.splitlines() == [
         "NAME         TYPE           CLUSTER-IP   EXTERNAL-IP   PORT(S)         AGE   SELECTOR",
         "lb           LoadBalancer   10.96.0.2    <pending>     443:31443/TCP   5h    <none>",
