@@ -44,6 +44,9 @@ def load_example(name: str) -> ModuleType:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as real backends
+    # headers and body in one segment: no Nagle and delayed-ACK stall on kept-alive connections
+    wbufsize = 65536
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server name
         backend: Backend = self.server.backend  # type: ignore[attr-defined]
