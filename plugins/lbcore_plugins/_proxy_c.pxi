@@ -193,7 +193,8 @@ cdef enum:
     C_UDP_DROPPED_FLOWS = 8
     C_UDP_DATAGRAMS = 9
     C_PAUSED = 10
-    N_COUNTERS = 11
+    C_FD_EXHAUSTED = 11
+    N_COUNTERS = 12
 
 
 cdef struct Listener
@@ -234,6 +235,7 @@ cdef struct ListenSock:
     int fd
     int worker
     int paused
+    double resume_at     # a paused listener comes back at this time (0: below max_connections)
     Listener* listener
 
 

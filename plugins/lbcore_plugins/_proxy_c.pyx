@@ -24,7 +24,7 @@ cimport cython
 from libc.stdint cimport int32_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
-from libc.errno cimport errno, EAGAIN, EINPROGRESS, ECONNREFUSED
+from libc.errno cimport errno, EAGAIN, EINPROGRESS, ECONNREFUSED, EMFILE, ENFILE, ENOBUFS, ENOMEM
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.unistd cimport close, read, write, usleep
 
@@ -47,8 +47,11 @@ from lbcore import ConfigError, balancers
 SPLICE_MODES = {"never": 0, "auto": 1, "always": 2}
 COUNTERS = (
     "accepted", "closed", "connect_failed", "retried", "rejected", "idle_closed", "spliced",
-    "udp_flows", "udp_dropped_flows", "udp_datagrams", "paused",
+    "udp_flows", "udp_dropped_flows", "udp_datagrams", "paused", "fd_exhausted",
 )
+
+# seconds a listener rests after accept failed for want of descriptors or memory
+cdef double FD_PAUSE = 0.1
 
 cdef enum:
     DGRAM_MAX = 65536
@@ -337,6 +340,7 @@ cdef void watch_listener(Worker* w, ListenSock* ls) noexcept nogil:
 cdef void resume_listener(Worker* w, ListenSock* ls) noexcept nogil:
     watch_listener(w, ls)
     ls.paused = 0
+    ls.resume_at = 0.0
 
 
 cdef void conn_close(Worker* w, Conn* c, bint reset) noexcept nogil:
@@ -517,6 +521,8 @@ cdef void connect_backend(Worker* w, Conn* c) noexcept nogil:
             return
         fd = socket(ep.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
         if fd < 0:
+            if errno == EMFILE or errno == ENFILE or errno == ENOBUFS or errno == ENOMEM:
+                out_of_descriptors(w, c.listener)
             ep_release(c.listener.svc, ep)
             w.counters[C_REJECTED] += 1
             conn_close(w, c, True)
@@ -595,6 +601,31 @@ cdef bint read_first(Worker* w, Conn* c) noexcept nogil:
     return True
 
 
+cdef void pause_listener(Worker* w, ListenSock* ls, double resume_at) noexcept nogil:
+    """Take a listening socket out of the worker's epoll set: new connections wait in the
+    kernel's accept queue. ``tick`` resumes it at ``resume_at`` (a monotonic time), or, when
+    that is 0, once its listener is below ``max_connections`` again."""
+    if ls.paused or w.npaused >= 64:
+        return
+    epoll_ctl(w.epfd, EPOLL_CTL_DEL, ls.fd, NULL)
+    ls.paused = 1
+    ls.resume_at = resume_at
+    lb_atomic_add(&ls.listener.refs, 1)
+    w.paused[w.npaused] = ls
+    w.npaused += 1
+
+
+cdef void out_of_descriptors(Worker* w, Listener* l) noexcept nogil:
+    """No descriptor or memory for a socket: this worker's sockets of ``l`` rest for
+    ``FD_PAUSE`` (open connections go on; new ones wait in the kernel's accept queue), as nginx
+    and HAProxy do, instead of taking connections it cannot serve."""
+    cdef int i
+    w.counters[C_FD_EXHAUSTED] += 1
+    for i in range(l.nsocks):
+        if l.socks[i].worker == w.id and l.socks[i].kind == K_LISTEN_TCP:
+            pause_listener(w, &l.socks[i], w.now + FD_PAUSE)
+
+
 cdef void on_accept(Worker* w, ListenSock* ls) noexcept nogil:
     cdef Listener* l = ls.listener
     cdef sockaddr_storage client
@@ -606,17 +637,17 @@ cdef void on_accept(Worker* w, ListenSock* ls) noexcept nogil:
         if l.max_conns > 0 and lb_atomic_load(&l.conns) >= l.max_conns:
             # at the limit: stop accepting, new connections wait in the kernel's queue
             if not ls.paused and w.npaused < 64:
-                epoll_ctl(w.epfd, EPOLL_CTL_DEL, ls.fd, NULL)
-                ls.paused = 1
-                lb_atomic_add(&l.refs, 1)
-                w.paused[w.npaused] = ls
-                w.npaused += 1
+                pause_listener(w, ls, 0.0)
                 w.counters[C_PAUSED] += 1
             return
         alen = sizeof(client)
         # non-blocking from the start, TCP_NODELAY inherited from the listener: no more calls
         fd = accept4(ls.fd, <sockaddr*>&client, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC)
         if fd < 0:
+            if errno == EMFILE or errno == ENFILE or errno == ENOBUFS or errno == ENOMEM:
+                # the pending connection stays queued and the socket readable: accepting again
+                # at once would spin
+                out_of_descriptors(w, l)
             return
         w.counters[C_ACCEPTED] += 1
         c = conn_new(w, fd, l, &client, alen)
@@ -850,7 +881,8 @@ cdef void tick(Worker* w) noexcept nogil:
         f = fn
     while i < w.npaused:
         ls = w.paused[i]
-        if lb_atomic_load(&ls.listener.conns) < ls.listener.max_conns:
+        if (w.now >= ls.resume_at if ls.resume_at > 0
+                else lb_atomic_load(&ls.listener.conns) < ls.listener.max_conns):
             resume_listener(w, ls)
             w.npaused -= 1
             w.paused[i] = w.paused[w.npaused]

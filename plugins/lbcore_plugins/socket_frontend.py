@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -140,6 +141,20 @@ def endpoint_table(
     )
 
 
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit (a proxy holds two
+    descriptors per connection, and the usual soft limit of 1,024 is soon reached); return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def bind_listener(
     address: str, port: int, protocol: str, count: int, backlog: int, reuseport: bool = True
 ) -> list[int]:
@@ -216,6 +231,7 @@ class ProxyFrontend(Frontend):
                 "build it with `python setup.py build_ext --inplace` or `pip install -e .`"
             )
         if self.engine is None:
+            raise_open_files_limit()
             self.engine = Engine(**self.settings.engine_kwargs())
             self.engine.start()
 
