@@ -78,3 +78,15 @@ def test_paths_of_the_core_and_of_a_named_group() -> None:
 
 def test_plugins_see_the_registry_through_lbcore() -> None:
     assert lbcore.KINDS is KINDS and lbcore.kind_for("po").kind == "Pod"
+
+
+def test_the_kinds_table_of_the_api_docs_is_the_registry() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    section = text.split("## Kinds and paths", 1)[1].split("\n\n", 2)[1]
+    rows = [[c.strip().strip("`") for c in line.strip("|").split("|")]
+            for line in section.splitlines()[2:]]
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        (k.kind, ", ".join(k.short_names), k.api_version,
+         k.path("NS").replace("NS", "{ns}")) for k in KINDS]

@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 from lbcore_plugins.local_source import LocalSource
 
+import lbcore
 from lbcore.errors import ConfigError
 from lbcore.plugins import get_plugin_manager, registered
 from lbcore.runtime.interfaces import RuntimeContext, SourceSink
 from lbcore.runtime.store import Store
 
-KINDS = ("Service", "Pod", "Endpoints", "EndpointSlice")
+KINDS = tuple(k.kind for k in lbcore.KINDS)
 
 
 class DictSink(SourceSink):
@@ -185,6 +186,14 @@ def test_without_a_store_it_is_a_config_error():
         LocalSource({}, RuntimeContext())
     with pytest.raises(ConfigError, match="kinds"):
         LocalSource({"kinds": "Service"}, RuntimeContext(store=object()))
+
+
+def test_kinds_are_named_as_kubectl_names_them():
+    source = LocalSource({"kinds": ["svc", "endpointslices", "Pod"]}, RuntimeContext(store=object()))
+    assert source.kinds == ("Service", "EndpointSlice", "Pod")
+    assert LocalSource({}, RuntimeContext(store=object())).kinds == KINDS
+    with pytest.raises(ConfigError, match="source.local.kinds: unknown kind 'deployments'"):
+        LocalSource({"kinds": ["deployments"]}, RuntimeContext(store=object()))
 
 
 def test_registered_under_its_name_through_the_entry_point(monkeypatch):
