@@ -253,6 +253,9 @@ class ProxyFrontend(Frontend):
                     opts.hash_key,
                 )
                 self._tables[table] = state
+        # a port with no endpoint to take a new connection is not listened on, so clients are
+        # refused as kube-proxy refuses them: TCP gets ECONNREFUSED, UDP an ICMP port unreachable
+        listeners = [lst for lst in listeners if any(row[3] for row in tables.get(lst.table, ()))]
         wanted = set(listeners)
         for listen in [lst for lst in self._listeners if lst not in wanted]:
             self.engine.remove_listener(self._listeners.pop(listen))

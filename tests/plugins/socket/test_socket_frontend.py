@@ -123,6 +123,31 @@ def test_no_endpoint_left_resets_the_client(backends, make_frontend):
     assert fe.stats()["rejected"] == 1
 
 
+def test_a_port_with_no_endpoint_refuses_as_kube_proxy_does(backends, udp_backends, make_frontend):
+    """TCP: ECONNREFUSED (kube-proxy's REJECT); UDP: ICMP port unreachable, seen by a connected
+    socket as ConnectionRefusedError. Both are served once an endpoint comes."""
+    ip = cluster_ip()
+    tcp = service_port("web", [], ip=ip)
+    udp = service_port("dns", [], ip=ip, port=5353, protocol="UDP")
+    fe = make_frontend()
+    fe.sync(snapshot(tcp, udp), frozenset({"default/web", "default/dns"}))
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((ip, 8080), timeout=3).close()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.settimeout(3)
+        u.connect((ip, 5353))
+        u.send(b"ping")
+        with pytest.raises(ConnectionRefusedError):
+            u.recv(100)
+    a, d = backends("A"), udp_backends("D")
+    fe.sync(
+        snapshot(service_port("web", [a.endpoint()], ip=ip),
+                 service_port("dns", [d.endpoint()], ip=ip, port=5353, protocol="UDP"), version=2),
+        frozenset({"default/web", "default/dns"}),
+    )
+    assert tag_of((ip, 8080)) == "A"
+
+
 def test_half_close_passes_fin_and_keeps_the_reply_direction(backends, make_frontend):
     a = backends("A")
     sp = service_port("web", [a.endpoint()])
