@@ -155,6 +155,30 @@ def raise_open_files_limit() -> int:
     return soft
 
 
+def check_no_other_owner(address: str, port: int, protocol: str) -> None:
+    """Raise EADDRINUSE when another socket already serves ``address:port``.
+
+    Listeners share their port with ``SO_REUSEPORT`` (TCP) or ``SO_REUSEADDR`` (UDP), so a
+    second daemon binding the same ClusterIP:port would succeed and the kernel would split the
+    clients between the two. A probe bound without sharing fails while anyone else is there
+    (for TCP with ``SO_REUSEADDR``, which passes over closed connections in TIME_WAIT but not a
+    listening socket)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    kind = socket.SOCK_STREAM if protocol == "TCP" else socket.SOCK_DGRAM
+    with socket.socket(family, kind) as probe:
+        if protocol == "TCP":
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            probe.bind((address, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise OSError(errno.EADDRINUSE, "already served by another socket (another lbcore "
+                              "daemon or program); refusing to share it") from None
+            raise
+
+
 def bind_listener(
     address: str, port: int, protocol: str, count: int, backlog: int, reuseport: bool = True
 ) -> list[int]:
@@ -164,6 +188,7 @@ def bind_listener(
     worker takes the next connection); or one UDP socket."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     kind = socket.SOCK_STREAM if protocol == "TCP" else socket.SOCK_DGRAM
+    check_no_other_owner(address, port, protocol)
     socks: list[socket.socket] = []
     try:
         for _ in range(count if protocol == "TCP" and reuseport else 1):

@@ -148,6 +148,31 @@ def test_a_port_with_no_endpoint_refuses_as_kube_proxy_does(backends, udp_backen
     assert tag_of((ip, 8080)) == "A"
 
 
+@pytest.mark.parametrize("protocol", ["TCP", "UDP"])
+def test_an_address_another_socket_serves_is_refused_not_shared(backends, make_frontend, protocol):
+    """Two daemons on one ClusterIP:port would split its clients: the second refuses, naming it."""
+    ip = cluster_ip()
+    other = socket.socket(socket.AF_INET, socket.SOCK_STREAM if protocol == "TCP" else socket.SOCK_DGRAM)
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if protocol == "TCP":
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    other.bind((ip, 8080))
+    if protocol == "TCP":
+        other.listen(8)
+    try:
+        a = backends("A")
+        fe = make_frontend()
+        sp = service_port("web", [a.endpoint()], ip=ip, protocol=protocol)
+        with pytest.raises(OSError, match=f"cannot listen on {protocol} {ip}:8080: already served"):
+            fe.sync(snapshot(sp), frozenset({"default/web"}))
+    finally:
+        other.close()
+    # once the other owner is gone, the next sync serves it
+    fe.sync(snapshot(sp, version=2), frozenset({"default/web"}))
+    if protocol == "TCP":
+        assert tag_of((ip, 8080)) == "A"
+
+
 def test_half_close_passes_fin_and_keeps_the_reply_direction(backends, make_frontend):
     a = backends("A")
     sp = service_port("web", [a.endpoint()])
