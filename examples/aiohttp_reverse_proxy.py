@@ -9,7 +9,8 @@ down and the request goes to another; so does an idempotent request whose kept-a
 connection the pod had closed.
 
     lbcore run &
-    lbcore create -f examples/my-service.yaml -f examples/my-app-pods.yaml
+    lbcore create -f examples/my-service.yaml && lbcore create -f examples/my-app-pods.yaml
+    # and a server on each pod's address: see docs/embedding.md
     python3 examples/aiohttp_reverse_proxy.py --service default/my-service --listen 127.0.0.1:8000
 """
 

@@ -5,7 +5,8 @@ then the balancer), a pod that refuses is marked down and another one is tried (
 and ``close`` on disconnect keeps least_conn's and bounded_load's counts live.
 
     lbcore run &                        # or any API server: --source ~/.kube/config
-    lbcore create -f examples/my-service.yaml -f examples/my-app-pods.yaml
+    lbcore create -f examples/my-service.yaml && lbcore create -f examples/my-app-pods.yaml
+    # and a server on each pod's address: see docs/embedding.md
     python3 examples/asyncio_tcp_proxy.py --service default/my-service --listen 127.0.0.1:9000
 """
 

@@ -16,7 +16,8 @@ marked down, updates) applies unchanged, which is why the key takes the place of
 rather than being hashed against a second balancer.
 
     lbcore run &
-    lbcore create -f examples/my-service.yaml -f examples/my-app-pods.yaml
+    lbcore create -f examples/my-service.yaml && lbcore create -f examples/my-app-pods.yaml
+    # and a server on each pod's address: see docs/embedding.md
     python3 examples/httpx_client_balancing.py --service default/my-service --requests 10
 """
 

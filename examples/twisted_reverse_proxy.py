@@ -12,7 +12,8 @@ Each request is one connection to the picker (the client's address and a request
 for its 5-tuple), released when the request finishes, so least_conn counts requests in flight.
 
     lbcore run &
-    lbcore create -f examples/my-service.yaml -f examples/my-app-pods.yaml
+    lbcore create -f examples/my-service.yaml && lbcore create -f examples/my-app-pods.yaml
+    # and a server on each pod's address: see docs/embedding.md
     python3 examples/twisted_reverse_proxy.py --service default/my-service --listen 127.0.0.1:8001
 """
 
