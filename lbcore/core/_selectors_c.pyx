@@ -4,7 +4,9 @@
 The same API and behaviour as ``lbcore.core._selectors_py`` (the readable reference it is tested
 against). A parsed selector is an array of C structs: operator, key, value pointers
 (or a frozenset for long value lists) and the integer of ``>``/``<``; matching a label dict is a
-C loop of dict look-ups and string compares, no Python-level code and no regex.
+C loop of dict look-ups and string compares, no Python-level code and no regex. The look-ups use
+the public ``PyDict_GetItemWithError``, except on CPython 3.11, where they probe the dict's own
+table (a private layout, checked for that version only; ``_use_dict_probe`` turns it off).
 
 Which constructor gives which semantics:
 
