@@ -14,10 +14,13 @@ import threading
 from collections.abc import Callable, Collection
 from typing import Any, Final
 
+from lbcore.core._balancers_py import GOLDEN, MASK, mix64
 from lbcore.core._conntrack_py import _port, pack_address, pack_proto
 from lbcore.core._hashing import hash64
 
 __all__ = ["NO_ENDPOINTS", "NoEndpoints", "PickCore"]
+
+REPICKS = 4  # new picks before walking the balancer's order (lbcore.core._policy_c's)
 
 
 class NoEndpoints:
@@ -119,6 +122,16 @@ class PickCore:
         first = self.balancer.pick_hashed(h)
         if first < 0:
             return -1
+        # the balancer asked again first, so a down endpoint's share is spread, not handed on
+        i = first
+        for attempt in range(REPICKS + 1):
+            if attempt > 0:
+                i = self.balancer.pick_hashed(mix64(h ^ ((attempt * GOLDEN) & MASK)))
+                if not 0 <= i < n:
+                    break
+            ident = self.bal_ids[i]
+            if ident not in excl and not self.down[ident] > now:
+                return ident
         for honour_down in (True, False):
             for j in range(n):
                 ident = self.bal_ids[(first + j) % n]

@@ -8,8 +8,11 @@
 1. ClientIP session affinity, when the service asks for it: the client's endpoint, if it still
    takes new connections, is neither excluded nor marked down (the lookup refreshes the binding);
 2. else the balancer's choice for the key hash ``h``; when that endpoint is excluded (it refused
-   this connection) or marked down, the next one in balancer order takes it; a down endpoint is
-   chosen only when every other one is down too. The choice becomes the client's affinity.
+   this connection) or marked down, the balancer is asked again (``pick_hash_retry``, up to
+   ``REPICKS`` times), so the share of an endpoint that is down is spread over the others as
+   the algorithm spreads keys, not handed to its neighbour; failing that, the next allowed one
+   in balancer order. A down endpoint is chosen only when every other one is down too. The
+   choice becomes the client's affinity.
 
 The hash key. Affinity keys by the client's IP (the Service API's definition). Hashed
 algorithms (ring_hash, maglev, jump, rendezvous, bounded_load) key by what ``hash_key`` says:
@@ -42,6 +45,10 @@ cdef uint64_t client_ip_hash(const ct_key* client) noexcept nogil:
     return XXH3_64bits(a, 16)
 
 
+cdef enum:
+    REPICKS = 4  # new picks before walking the balancer's order
+
+
 cdef inline bint excluded(int32_t ident, const int32_t* excl, int nexcl) noexcept nogil:
     cdef int x
     for x in range(nexcl):
@@ -54,13 +61,22 @@ cdef int32_t choose(const PickSet* ps, uint64_t h, const int32_t* excl, int nexc
                     double now) noexcept nogil:
     """The balancer's endpoint for key hash ``h``, else the next allowed one in balancer order;
     -1 when none is allowed (or there is no balancer)."""
-    cdef int first, j, honour
+    cdef int first, j, honour, attempt, i
     cdef int32_t ident
     if ps.balancer == NULL or ps.nbal == 0:
         return -1
     first = (<Balancer>ps.balancer).pick_hash(h)
     if first < 0 or first >= ps.nbal:
         return -1
+    i = first
+    for attempt in range(REPICKS + 1):
+        if attempt > 0:
+            i = (<Balancer>ps.balancer).pick_hash_retry(h, attempt)
+            if i < 0 or i >= ps.nbal:
+                break
+        ident = ps.bal_ids[i]
+        if not ps.down[ident] > now and not excluded(ident, excl, nexcl):
+            return ident
     for honour in range(1, -1, -1):  # down marks count unless every candidate is down
         for j in range(ps.nbal):
             ident = ps.bal_ids[(first + j) % ps.nbal]
