@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar, Self, TypeAlias
 
 import yaml
 
@@ -127,6 +127,37 @@ def _default_metadata(obj: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
+class _Stored:
+    """What every kind of object has: a ``namespace/name`` key and its Kubernetes-shaped dict."""
+
+    __slots__ = ()
+    kind: ClassVar[str]
+    namespace: str
+    name: str
+    raw: Mapping[str, Any]
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any], validate: bool = True) -> Self:
+        """Default, validate (unless ``validate`` is False) and wrap a dict of this kind."""
+        defaulted_obj = _DEFAULTS[cls.kind](obj)
+        if validate:
+            check(defaulted_obj)
+        return cls._wrap(defaulted_obj)
+
+    @classmethod
+    def _wrap(cls, obj: dict[str, Any]) -> Self:
+        raise NotImplementedError
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``."""
+        return f"{self.namespace}/{self.name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The defaulted Kubernetes-shaped dict (a copy)."""
+        return copy.deepcopy(dict(self.raw))
+
+
 # --- Service ---------------------------------------------------------------------------------
 
 
@@ -198,7 +229,7 @@ def _default_cluster_ips(spec: dict[str, Any]) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class Service:
+class Service(_Stored):
     """A v1 Service. ``to_dict()`` gives the defaulted Kubernetes-shaped dict."""
 
     kind: ClassVar[str] = "Service"
@@ -223,14 +254,6 @@ class Service:
     publish_not_ready_addresses: bool
     created: _dt.datetime | None
     raw: Mapping[str, Any] = field(repr=False, compare=False)
-
-    @classmethod
-    def from_dict(cls, obj: Mapping[str, Any], validate: bool = True) -> Service:
-        """Default, validate (unless ``validate`` is False) and wrap a Service dict."""
-        svc = default_service(obj)
-        if validate:
-            check(svc)
-        return cls._wrap(svc)
 
     @classmethod
     def _wrap(cls, svc: dict[str, Any]) -> Service:
@@ -275,11 +298,6 @@ class Service:
         )
 
     @property
-    def key(self) -> str:
-        """``namespace/name``."""
-        return f"{self.namespace}/{self.name}"
-
-    @property
     def headless(self) -> bool:
         """``clusterIP: None``: DNS only, never proxied."""
         return self.cluster_ip == "None"
@@ -289,9 +307,6 @@ class Service:
         """True when a frontend serves it: it has a cluster IP and is not headless/ExternalName."""
         return bool(self.cluster_ip) and not self.headless and self.type != "ExternalName"
 
-    def to_dict(self) -> dict[str, Any]:
-        """The defaulted Kubernetes-shaped dict (a copy)."""
-        return copy.deepcopy(dict(self.raw))
 
 
 # --- Pod -------------------------------------------------------------------------------------
@@ -324,7 +339,7 @@ def default_pod(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
-class Pod:
+class Pod(_Stored):
     """A v1 Pod, as far as endpoints need it: labels, addresses, readiness, ports, node."""
 
     kind: ClassVar[str] = "Pod"
@@ -343,11 +358,7 @@ class Pod:
     raw: Mapping[str, Any] = field(repr=False, compare=False)
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any], validate: bool = True) -> Pod:
-        """Default, validate (unless ``validate`` is False) and wrap a Pod dict."""
-        pod = default_pod(obj)
-        if validate:
-            check(pod)
+    def _wrap(cls, pod: dict[str, Any]) -> Pod:
         meta, spec = pod["metadata"], pod.get("spec") or {}
         status = pod.get("status") or {}
         pod_ip = status.get("podIP") or None
@@ -379,11 +390,6 @@ class Pod:
         )
 
     @property
-    def key(self) -> str:
-        """``namespace/name``."""
-        return f"{self.namespace}/{self.name}"
-
-    @property
     def finished(self) -> bool:
         """Succeeded or Failed: never an endpoint again."""
         return self.phase in ("Succeeded", "Failed")
@@ -395,9 +401,6 @@ class Pod:
                 return cp.port
         return None
 
-    def to_dict(self) -> dict[str, Any]:
-        """The defaulted Kubernetes-shaped dict (a copy)."""
-        return copy.deepcopy(dict(self.raw))
 
 
 # --- EndpointSlice (discovery.k8s.io/v1) -----------------------------------------------------
@@ -453,7 +456,7 @@ def default_endpoint_slice(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
-class EndpointSlice:
+class EndpointSlice(_Stored):
     """A discovery.k8s.io/v1 EndpointSlice; ``service_name`` is its kubernetes.io/service-name."""
 
     kind: ClassVar[str] = "EndpointSlice"
@@ -467,11 +470,7 @@ class EndpointSlice:
     raw: Mapping[str, Any] = field(repr=False, compare=False)
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any], validate: bool = True) -> EndpointSlice:
-        """Default, validate (unless ``validate`` is False) and wrap an EndpointSlice dict."""
-        eps = default_endpoint_slice(obj)
-        if validate:
-            check(eps)
+    def _wrap(cls, eps: dict[str, Any]) -> EndpointSlice:
         meta = eps["metadata"]
         ns = meta["namespace"]
         endpoints = []
@@ -500,18 +499,10 @@ class EndpointSlice:
         )
 
     @property
-    def key(self) -> str:
-        """``namespace/name``."""
-        return f"{self.namespace}/{self.name}"
-
-    @property
     def service_name(self) -> str | None:
         """The service this slice belongs to (label kubernetes.io/service-name)."""
         return self.labels.get(SERVICE_NAME_LABEL)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The defaulted Kubernetes-shaped dict (a copy)."""
-        return copy.deepcopy(dict(self.raw))
 
 
 # --- Endpoints (v1) --------------------------------------------------------------------------
@@ -546,7 +537,7 @@ def default_endpoints(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
-class Endpoints:
+class Endpoints(_Stored):
     """A v1 Endpoints object; it has the name of its service."""
 
     kind: ClassVar[str] = "Endpoints"
@@ -558,11 +549,7 @@ class Endpoints:
     raw: Mapping[str, Any] = field(repr=False, compare=False)
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any], validate: bool = True) -> Endpoints:
-        """Default, validate (unless ``validate`` is False) and wrap an Endpoints dict."""
-        ep = default_endpoints(obj)
-        if validate:
-            check(ep)
+    def _wrap(cls, ep: dict[str, Any]) -> Endpoints:
         meta = ep["metadata"]
         ns = meta["namespace"]
 
@@ -578,14 +565,6 @@ class Endpoints:
         return cls(ns, meta.get("name", ""), _str_map(meta.get("labels")), subsets,
                    parse_timestamp(meta.get("creationTimestamp")), ep)
 
-    @property
-    def key(self) -> str:
-        """``namespace/name``."""
-        return f"{self.namespace}/{self.name}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The defaulted Kubernetes-shaped dict (a copy)."""
-        return copy.deepcopy(dict(self.raw))
 
 
 # --- loading ---------------------------------------------------------------------------------

@@ -37,9 +37,9 @@ from lbcore.model.objects import (
     Object,
     Pod,
     Service,
-    load_manifests,
     manifest_documents,
     parse_admitted,
+    parse_object,
 )
 from lbcore.model.snapshot import ServicePortInfo, Snapshot
 
@@ -179,9 +179,11 @@ class ServiceTable:
         With ``allocate=True`` every object is validated first, so nothing is stored when one
         is invalid.
         """
+        docs = manifest_documents(source)
         if self.allocate:
-            load_manifests(source)  # every problem before any write
-        return [self.apply(doc) for doc in manifest_documents(source)]
+            for doc in docs:
+                parse_object(doc)  # every problem before any write
+        return [self.apply(doc) for doc in docs]
 
     def delete(self, kind: str, namespace: str, name: str) -> Object | None:
         """Remove an object; returns it, or None when there was none."""

@@ -9,24 +9,13 @@ from typing import Any
 import pytest
 
 import lbcore
+from lbcore.cli.demo import SERVICE_MANIFEST
 from lbcore.errors import ValidationError
 from lbcore.model.objects import Endpoints, EndpointSlice, Pod, Service
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
-SEED = """\
-apiVersion: v1
-kind: Service
-metadata:
-  name: my-service
-spec:
-  selector:
-    name: my-app
-  ports:
-  - port: 8080
-    protocol: TCP
-    targetPort: 8080
-"""
+SEED = SERVICE_MANIFEST  # the seed the demo embeds; the examples must hold the same
 
 
 def minimal(**spec: Any) -> dict[str, Any]:

@@ -21,8 +21,8 @@ def service(name: str, **spec: Any) -> dict[str, Any]:
 @pytest.fixture
 def seeded() -> lbcore.ServiceTable:
     table = lbcore.ServiceTable()
-    table.apply_all(EXAMPLES / "my-service.yaml")
-    table.apply_all(EXAMPLES / "my-app-pods.yaml")
+    for manifest in ("my-service.yaml", "my-app-pods.yaml"):
+        table.apply_all(EXAMPLES / manifest)
     return table
 
 

@@ -357,11 +357,12 @@ def test_official_client_discovery_and_version(admin):
     assert client.VersionApi(api_client).get_code().git_version.startswith("v1.")
     assert client.CoreApi(api_client).get_api_versions().versions == ["v1"]
     resources = client.CoreV1Api(api_client).get_api_resources()
-    assert {r.name for r in resources.resources} == {"services", "pods", "endpoints"}
+    assert {r.name: r.short_names for r in resources.resources} == {
+        "services": ["svc"], "pods": ["po"], "endpoints": ["ep"]}  # kubectl's, from lbcore.KINDS
     groups = client.ApisApi(api_client).get_api_versions()
     assert [g.name for g in groups.groups] == ["discovery.k8s.io"]
     slices = client.DiscoveryV1Api(api_client).get_api_resources()
-    assert [r.kind for r in slices.resources] == ["EndpointSlice"]
+    assert [(r.kind, r.short_names) for r in slices.resources] == [("EndpointSlice", [])]
 
 
 def test_official_client_with_the_token(store: Store, serve_admin):
