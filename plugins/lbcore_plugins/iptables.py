@@ -274,9 +274,14 @@ class RuleRenderer:
         }
 
 
+def hook_rule(chain: str, spec: Sequence[str]) -> str:
+    """A jump rule of :data:`HOOKS` as iptables-save prints it after ``-A``."""
+    return " ".join([chain, *(_q(a) if " " in a else a for a in spec)])
+
+
 def hook_comment_lines() -> list[str]:
     """The jump rules in built-in chains, as comment lines the rule tracer reads."""
-    return [f"{HOOK_LINE_PREFIX}{table} {chain} {' '.join(_q(a) if ' ' in a else a for a in spec)}" for table, chain, spec in HOOKS]
+    return [f"{HOOK_LINE_PREFIX}{table} {hook_rule(chain, spec)}" for table, chain, spec in HOOKS]
 
 
 @dataclass
@@ -294,10 +299,21 @@ class FamilyState:
     reject: list[str] = field(default_factory=list)
 
 
+def _jump_target(line: str) -> str:
+    return line[line.rindex(" ") + 1:]
+
+
 def _assemble(
     renderer: RuleRenderer, rules: Mapping[str, PortRules]
 ) -> tuple[list[str], list[str], list[str]]:
-    services = renderer.services_head()
+    """The rules of nat LBCORE-SERVICES and LBCORE-NODEPORTS and of filter LBCORE-SERVICES.
+
+    A port's dispatch rules match only its own addresses, so their order changes no packet's
+    way; they go by the chain they jump to, largest name first. iptables-nft-restore (1.8.9)
+    keeps the chains a transaction names in a sorted linked list, walked from the smallest
+    name at each mention: names that come largest first join it at the head, which makes
+    writing 10,000 dispatch rules take a tenth of the time random order takes."""
+    services: list[str] = []
     nodeports: list[str] = []
     reject: list[str] = []
     for key in sorted(rules):
@@ -305,8 +321,9 @@ def _assemble(
         services.extend(r.services)
         nodeports.extend(r.nodeports)
         reject.extend(r.reject)
-    services.extend(renderer.services_tail())
-    return services, nodeports, reject
+    services.sort(key=_jump_target, reverse=True)
+    nodeports.sort(key=_jump_target, reverse=True)
+    return [*renderer.services_head(), *services, *renderer.services_tail()], nodeports, reject
 
 
 def _restore_text(
@@ -326,17 +343,23 @@ def _restore_lines(
     nat_tail: Iterable[tuple[str, str | list[str]]] = (),
     delete_nat: Iterable[str] = (),
     delete_filter: Iterable[str] = (),
+    hooks: Iterable[tuple[str, str, tuple[str, ...]]] = (),
 ) -> list[str]:
     """What :func:`_restore_text` writes for ``filter_chains`` and for ``nat_head``, every chain of
     ``ports`` and ``nat_tail`` in nat, as pieces to join with newlines (once, by the caller); a
-    port adds its two joined texts, not a line at a time."""
+    port adds its two joined texts, not a line at a time. ``hooks`` (of :data:`HOOKS`) are
+    inserted at the head of their built-in chains, after the chains they jump to are filled."""
     texts = [rules.text() for rules in ports]
     filt, head, tail = list(filter_chains), list(nat_head), list(nat_tail)
     deleted_filter, deleted_nat = sorted(delete_filter), sorted(delete_nat)
+    inserts: dict[str, list[str]] = {"filter": [], "nat": []}
+    for table, chain, spec in hooks:
+        inserts[table].append(f"-I {chain} 1 {hook_rule(chain, spec).split(' ', 1)[1]}")
     out = ["*filter"]
     out.extend([f":{name} - [0:0]" for name, _ in filt])
     out.extend([f":{name} - [0:0]" for name in deleted_filter])
     _add_rules(out, filt)
+    out.extend(inserts["filter"])
     out.extend([f"-X {name}" for name in deleted_filter])
     out += ["COMMIT", "*nat"]
     out.extend([f":{name} - [0:0]" for name, _ in head])
@@ -346,6 +369,7 @@ def _restore_lines(
     _add_rules(out, head)
     out.extend([body for _, body in texts if body])
     _add_rules(out, tail)
+    out.extend(inserts["nat"])
     out.extend([f"-X {name}" for name in deleted_nat])
     out += ["COMMIT", ""]
     return out
@@ -373,7 +397,6 @@ class IptablesFrontend(Frontend):
         self._state: dict[int, FamilyState] = {}
         self._node: tuple[str, tuple[str, ...]] | None = None
         self._need_full = True
-        self._hooked: set[int] = set()
         self.cache = RenderCache()
         # last sync's figures, for logs and benchmarks
         self.last_restore_lines = 0
@@ -428,11 +451,13 @@ class IptablesFrontend(Frontend):
         stale_filter: Iterable[str] = (),
         chunk: int = 0,
         rendered: list[CacheEntry] | None = None,
+        hooks: Iterable[tuple[str, str, tuple[str, ...]]] = (),
     ) -> tuple[list[str], FamilyState]:
         """Full restore input for ``plans``: one transaction, or with ``chunk`` > 0 and more
         chains than that, several: service chains ``chunk`` at a time (each service whole in
-        one), then the dispatch chains and the deletions in the last. A packet then always meets
-        a whole old or a whole new version of each service.
+        one), then the dispatch chains, the missing ``hooks`` and the deletions in the last. A
+        packet then always meets a whole old or a whole new version of each service. (The last
+        transaction names no service chain but those it jumps to: see :func:`_assemble`.)
 
         ``rendered`` holds the render cache entry (with the :class:`PortRules`) of each plan when
         the caller has them."""
@@ -457,10 +482,11 @@ class IptablesFrontend(Frontend):
             for rules in port_rules:
                 owned.update(rules.chains)
             stale_nat -= owned
-        deletions = {"delete_nat": stale_nat, "delete_filter": set(stale_filter) - {SERVICES}}
+        stale_filter = set(stale_filter) - {SERVICES}
         reject: list[tuple[str, str | list[str]]] = [(SERVICES, state.reject)]
         if chunk <= 0 or sum([len(rules.chains) for rules in port_rules]) <= chunk:
-            return ["\n".join(_restore_lines(reject, dispatch + fixed, port_rules, (), **deletions))], state
+            lines = _restore_lines(reject, dispatch + fixed, port_rules, (), stale_nat, stale_filter, hooks)
+            return ["\n".join(lines)], state
         texts: list[str] = []
         batch: list[PortRules] = []
         head, size = fixed, len(fixed)
@@ -470,7 +496,8 @@ class IptablesFrontend(Frontend):
                 head, batch, size = [], [], 0
             batch.append(rules)
             size += len(rules.chains)
-        texts.append("\n".join(_restore_lines(reject, head, batch, dispatch, **deletions)))
+        texts.append("\n".join(_restore_lines([], head, batch)))
+        texts.append("\n".join(_restore_lines(reject, [], [], dispatch, stale_nat, stale_filter, hooks)))
         return texts, state
 
     def render_update(
@@ -533,11 +560,13 @@ class IptablesFrontend(Frontend):
                 plans, rendered = self._cached(snapshot, family, fresh)
                 if family == 6 and not plans and old is None:
                     continue
-                stale_nat, stale_filter = self._existing_chains(tool)
+                stale_nat, stale_filter, hooked = self._existing(tool)
+                # a full sync also puts back jump rules someone removed
+                missing = [hook for hook in HOOKS if (hook[0], hook_rule(hook[1], hook[2])) not in hooked]
                 with paused_gc():
                     texts, state = self._render_family(
                         plans, family, stale_nat, stale_filter, chunk=self.opts.restore_chunk_chains,
-                        rendered=rendered,
+                        rendered=rendered, hooks=missing,
                     )
             else:
                 if old is None:
@@ -547,9 +576,6 @@ class IptablesFrontend(Frontend):
             self.last_restore_lines = sum(text.count("\n") for text in texts)
             for text in texts:
                 self.runner.run([f"{tool}-restore", "--noflush"], input=text)
-            if full or family not in self._hooked:  # a full sync also repairs removed jumps
-                self._ensure_hooks(tool)
-                self._hooked.add(family)
             if old is not None:
                 if full:
                     flows.extend(stale_udp_flows(old.plans, state.plans))
@@ -616,21 +642,19 @@ class IptablesFrontend(Frontend):
         # chains are deleted after the rules that jumped to them were rewritten, in one commit
         return _restore_text(nat, filt, delete_nat=gone), state
 
-    def _existing_chains(self, tool: str) -> tuple[set[str], set[str]]:
-        """``LBCORE-*`` chains present now in nat and filter (from an earlier run, perhaps)."""
+    def _existing(self, tool: str) -> tuple[set[str], set[str], set[tuple[str, str]]]:
+        """``LBCORE-*`` chains present now in nat and filter (from an earlier run, perhaps), and
+        the rules of built-in chains that jump to them, as (table, :func:`hook_rule` text)."""
         found: dict[str, set[str]] = {"nat": set(), "filter": set()}
+        hooked: set[tuple[str, str]] = set()
         for table in found:
             proc = self.runner.run([f"{tool}-save", "-t", table], check=False)
             for line in proc.stdout.splitlines():
                 if line.startswith(":" + OWN_PREFIX):
                     found[table].add(line[1:].split(" ", 1)[0])
-        return found["nat"], found["filter"]
-
-    def _ensure_hooks(self, tool: str) -> None:
-        for table, chain, spec in HOOKS:
-            check = self.runner.run([tool, "-w", "5", "-t", table, "-C", chain, *spec], check=False)
-            if check.returncode != 0:
-                self.runner.run([tool, "-w", "5", "-t", table, "-I", chain, "1", *spec])
+                elif line.startswith("-A ") and f" -j {OWN_PREFIX}" in line:
+                    hooked.add((table, line[3:]))
+        return found["nat"], found["filter"], hooked
 
     def stop(self, keep: bool = False) -> None:
         """Remove the hook rules and every ``LBCORE-*`` chain, unless ``keep`` (or the
@@ -644,11 +668,10 @@ class IptablesFrontend(Frontend):
                 for _ in range(16):  # the same rule inserted twice by hand: remove each copy
                     if self.runner.run([tool, "-w", "5", "-t", table, "-D", chain, *spec], check=False).returncode:
                         break
-            nat, filt = self._existing_chains(tool)
+            nat, filt, _ = self._existing(tool)
             for text in _deletion_texts(nat, filt, self.opts.restore_chunk_chains):
                 self.runner.run([f"{tool}-restore", "--noflush"], input=text)
         self._state.clear()
-        self._hooked.clear()
         self._need_full = True
 
 

@@ -131,6 +131,29 @@ def test_partial_syncs_end_where_a_full_sync_of_the_same_state_does(kind, extra,
     fresh.stop()
 
 
+def test_a_full_sync_puts_back_a_removed_jump_rule_and_never_doubles_one(namespaces):
+    """The jump rules into lbcore's chains go in with the last transaction of a full sync, for
+    those that iptables-save does not show."""
+    from lbcore_plugins.iptables import HOOKS, hook_rule
+
+    a, _ = namespaces
+    state = many(30, endpoints=2)
+    options = {"netns": a, "cluster_cidr": POD_CIDR, "restore_chunk_chains": 20}
+    first = IptablesFrontend(options, RuntimeContext())
+    first.start()
+    first.sync(state, frozenset())
+    subprocess.run(["ip", "netns", "exec", a, "iptables", "-t", "nat", "-D", "OUTPUT", "-m", "comment",
+                    "--comment", "lbcore service portals", "-j", "LBCORE-SERVICES"], check=True)
+    # a new instance takes the rules over with a full sync
+    IptablesFrontend(options, RuntimeContext()).sync(state, frozenset())
+    saved = subprocess.run(["ip", "netns", "exec", a, "iptables-save"], capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    for _, chain, spec in HOOKS:
+        assert saved.count(f"-A {hook_rule(chain, spec)}") == 1, chain
+    first.stop()
+    assert not [line for line in listing("iptables", a) if "LBCORE" in line]
+
+
 @pytest.mark.parametrize("selection", ["vmap", "inline", "map"])
 @pytest.mark.parametrize("kind", sorted(FRONTENDS))
 def test_dual_stack_and_every_option_load_into_the_kernel(kind, namespaces, selection):
