@@ -33,7 +33,6 @@ import datetime as _dt
 import ipaddress
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from lbcore.errors import AllocationError, Cause, ValidationError
@@ -42,6 +41,7 @@ from lbcore.model.allocators import (
     KUBERNETES_SERVICE_CIDR,
     ClusterIPAllocator,
     NodePortAllocator,
+    service_owner,
 )
 from lbcore.model.objects import check, defaulted, format_timestamp
 
@@ -105,29 +105,26 @@ class ServiceAllocators:
 
     def release(self, service: Mapping[str, Any]) -> None:
         """Free everything a deleted Service held."""
-        owner = _owner(service)
+        owner = service_owner(service)
         for allocator in self.ips.values():
             allocator.release_owner(owner)
         self.ports.release_owner(owner)
 
 
-def _owner(service: Mapping[str, Any]) -> str:
-    meta = service.get("metadata") or {}
-    return f"{meta.get('namespace') or 'default'}/{meta.get('name', '')}"
-
-
-@dataclass
 class Admission:
     """An admitted object (:attr:`obj`, the dict to store) and what its write allocated."""
 
-    obj: dict[str, Any]
-    _allocators: ServiceAllocators | None = None
-    _old: Mapping[str, Any] | None = None
-    _taken: list[tuple[Any, Any]] = field(default_factory=list)  # (allocator, value) new here
-    _held: list[tuple[Any, Any]] = field(default_factory=list)  # (allocator, value) kept
+    def __init__(self, obj: dict[str, Any], allocators: ServiceAllocators | None,
+                 old: Mapping[str, Any] | None) -> None:
+        self.obj = obj
+        self._allocators = allocators
+        self._old = old
+        self._taken: list[tuple[Any, Any]] = []  # (allocator, value) this write took
+        self._held: list[tuple[Any, Any]] = []  # (allocator, value) the service held already
 
-    def _take(self, allocator: Any, want: Any) -> Any:
-        owner = _owner(self.obj)
+    def take(self, allocator: Any, want: Any) -> Any:
+        """``want`` (or the next free value) from ``allocator``, for this object."""
+        owner = service_owner(self.obj)
         held = want is not None and allocator.in_use(want) and allocator.owner_of(want) == owner
         value = allocator.allocate(want, owner)
         (self._held if held else self._taken).append((allocator, value))
@@ -145,7 +142,7 @@ class Admission:
         if allocators is None or old is None or old.get("kind") != "Service":
             return
         keep = {(id(a), v) for a, v in self._held + self._taken}
-        owner = _owner(old)
+        owner = service_owner(old)
         spec = old.get("spec") or {}
         for ip in spec.get("clusterIPs") or []:
             allocator = allocators.ips.get(_family_of(ip)) if ip != "None" else None
@@ -276,7 +273,7 @@ def _cluster_ips(svc: dict[str, Any], allocators: ServiceAllocators,
                            "no service CIDR of this family is configured")
         want = requested[i] if i < len(requested) else None
         try:
-            ips.append(admission._take(allocator, want))
+            ips.append(admission.take(allocator, want))
         except AllocationError as exc:
             raise _invalid(svc, f"spec.clusterIPs[{i}]",
                            f'Invalid value: "{want or ""}": {exc}') from None
@@ -292,7 +289,7 @@ def _node_ports(svc: dict[str, Any], allocators: ServiceAllocators,
             (q["nodePort"] for q in ports if q.get("port") == port.get("port") and q.get("nodePort")),
             None)
         try:
-            port["nodePort"] = admission._take(allocators.ports, want)
+            port["nodePort"] = admission.take(allocators.ports, want)
         except AllocationError as exc:
             raise _invalid(svc, f"spec.ports[{i}].nodePort",
                            f"Invalid value: {want or 0}: {exc}") from None

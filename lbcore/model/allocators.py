@@ -26,6 +26,7 @@ __all__ = [
     "ClusterIPAllocator",
     "NodePortAllocator",
     "parse_port_range",
+    "service_owner",
 ]
 
 # kubeadm's default service CIDR: where an embedded table gives addresses unless told otherwise
@@ -37,12 +38,15 @@ DEFAULT_NODE_PORT_RANGE = (30000, 32767)  # the API server's --service-node-port
 V = TypeVar("V", str, int)
 
 
+def service_owner(service: Any) -> str:
+    """``namespace/name`` of a Service object or a Service dict: who holds its values."""
+    meta = getattr(service, "raw", service).get("metadata") or {}
+    return f"{meta.get('namespace') or 'default'}/{meta.get('name', '')}"
+
+
 def _spec_of(service: Any) -> tuple[str, Mapping[str, Any]]:
-    """(``namespace/name``, spec dict) of a Service object or a Service dict."""
-    raw = getattr(service, "raw", service)
-    meta = raw.get("metadata") or {}
-    owner = f"{meta.get('namespace') or 'default'}/{meta.get('name', '')}"
-    return owner, raw.get("spec") or {}
+    """(owner, spec dict) of a Service object or a Service dict."""
+    return service_owner(service), getattr(service, "raw", service).get("spec") or {}
 
 
 class _Sequential(Generic[V]):
