@@ -187,3 +187,12 @@ def test_allocate_false_parses_only_and_never_refuses_what_was_admitted() -> Non
     with pytest.raises(ValidationError, match="cannot be read"):
         table.apply(service("broken", ports=[{"name": "http"}]))
     assert [s.name for s in table.list("svc")] == ["web"]
+
+
+def test_the_service_table_example_of_the_docs_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (EXAMPLES.parent / "docs" / "services.md").read_text()
+    code = text.split("## ServiceTable", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(EXAMPLES.parent)
+    namespace: dict[str, Any] = {"lbcore": lbcore, "previous_version": 0}
+    exec(compile(code, "docs/services.md", "exec"), namespace)  # noqa: S102
+    assert namespace["changed"] == frozenset({"default/my-service"})
