@@ -1,6 +1,6 @@
 """C declarations of the socket data path (epoll, sockets, splice) and its structures."""
 
-from libc.stdint cimport int32_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 
 
 cdef extern from "<sys/epoll.h>" nogil:
@@ -194,7 +194,8 @@ cdef enum:
     C_UDP_DATAGRAMS = 9
     C_PAUSED = 10
     C_FD_EXHAUSTED = 11
-    N_COUNTERS = 12
+    C_UDP_EVICTED = 12
+    N_COUNTERS = 13
 
 
 cdef struct Listener
@@ -291,6 +292,12 @@ cdef struct Conn:
     Conn* next_dead
 
 
+cdef struct ClientFlows:
+    uint8_t addr[16]         # the client's IP, IPv4 as ::ffff:a.b.c.d
+    int count                # its open flows on this worker
+    ClientFlows* next
+
+
 cdef struct Flow:
     int kind
     int fd
@@ -301,8 +308,9 @@ cdef struct Flow:
     socklen_t client_len
     uint64_t hash
     double last_active
+    ClientFlows* owner       # the count of flows of this client
     Flow* bucket_next
-    Flow* prev
+    Flow* prev               # the worker's flows, most recently used first
     Flow* next
     Flow* next_dead
 
@@ -328,6 +336,8 @@ cdef struct Config:
     double idle_timeout
     double udp_idle_timeout
     double down_time
+    int udp_max_flows         # flows a worker keeps (the least recently used go first)
+    int udp_max_client_flows  # flows of one client IP a worker keeps
 
 
 cdef struct Worker:
@@ -345,6 +355,9 @@ cdef struct Worker:
     Conn* spare          # closed connections kept with their buffers for the next ones
     int nspare
     Flow* flows
+    Flow* flows_tail     # the least recently used flow
+    int nflows
+    ClientFlows** clients      # client IP -> its flow count, chained by hash
     Flow* dead_flows
     Flow** buckets
     int nbuckets

@@ -26,6 +26,8 @@ class Engine:
         udp_idle_timeout: float = 30.0,
         retries: int = 2,
         down_time: float = 5.0,
+        udp_max_flows: int = 65536,
+        udp_max_client_flows: int = 1024,
     ) -> None: ...
     @property
     def workers(self) -> int: ...

@@ -47,7 +47,7 @@ from lbcore import ConfigError, balancers
 SPLICE_MODES = {"never": 0, "auto": 1, "always": 2}
 COUNTERS = (
     "accepted", "closed", "connect_failed", "retried", "rejected", "idle_closed", "spliced",
-    "udp_flows", "udp_dropped_flows", "udp_datagrams", "paused", "fd_exhausted",
+    "udp_flows", "udp_dropped_flows", "udp_datagrams", "paused", "fd_exhausted", "udp_evicted_flows",
 )
 
 # seconds a listener rests after accept failed for want of descriptors or memory
@@ -682,6 +682,73 @@ cdef Flow* flow_find(Worker* w, uint64_t h, ListenSock* ls, sockaddr_storage* cl
     return NULL
 
 
+cdef inline void lru_unlink(Worker* w, Flow* f) noexcept nogil:
+    if f.prev != NULL:
+        f.prev.next = f.next
+    else:
+        w.flows = f.next
+    if f.next != NULL:
+        f.next.prev = f.prev
+    else:
+        w.flows_tail = f.prev
+    f.prev = NULL
+    f.next = NULL
+
+
+cdef inline void lru_push(Worker* w, Flow* f) noexcept nogil:
+    """Make ``f`` the most recently used flow."""
+    f.prev = NULL
+    f.next = w.flows
+    if w.flows != NULL:
+        w.flows.prev = f
+    else:
+        w.flows_tail = f
+    w.flows = f
+
+
+cdef inline void lru_touch(Worker* w, Flow* f) noexcept nogil:
+    if w.flows != f:
+        lru_unlink(w, f)
+        lru_push(w, f)
+
+
+cdef inline uint64_t client_hash(const uint8_t* addr) noexcept nogil:
+    return XXH3_64bits(addr, 16)
+
+
+cdef ClientFlows* client_flows(Worker* w, sockaddr_storage* client, bint create) noexcept nogil:
+    """The flow count of ``client``'s IP on this worker (made when ``create``), or NULL."""
+    cdef ct_key k
+    cdef ClientFlows* c
+    cdef uint64_t b
+    client_key(client, &k)
+    b = client_hash(k.addr) & <uint64_t>(w.nbuckets - 1)
+    c = w.clients[b]
+    while c != NULL and memcmp(c.addr, k.addr, 16) != 0:
+        c = c.next
+    if c == NULL and create:
+        c = <ClientFlows*>calloc(1, sizeof(ClientFlows))
+        if c != NULL:
+            memcpy(c.addr, k.addr, 16)
+            c.next = w.clients[b]
+            w.clients[b] = c
+    return c
+
+
+cdef void client_flows_drop(Worker* w, ClientFlows* c) noexcept nogil:
+    """One flow of ``c`` is gone; forget the client with its last one."""
+    cdef ClientFlows** slot
+    c.count -= 1
+    if c.count > 0:
+        return
+    slot = &w.clients[client_hash(c.addr) & <uint64_t>(w.nbuckets - 1)]
+    while slot[0] != NULL and slot[0] != c:
+        slot = &slot[0].next
+    if slot[0] == c:
+        slot[0] = c.next
+    free(c)
+
+
 cdef void flow_close(Worker* w, Flow* f) noexcept nogil:
     cdef Flow** slot
     if f.closed:
@@ -693,39 +760,83 @@ cdef void flow_close(Worker* w, Flow* f) noexcept nogil:
         slot = &slot[0].bucket_next
     if slot[0] == f:
         slot[0] = f.bucket_next
-    if f.prev != NULL:
-        f.prev.next = f.next
-    else:
-        w.flows = f.next
-    if f.next != NULL:
-        f.next.prev = f.prev
+    lru_unlink(w, f)
+    w.nflows -= 1
+    if f.owner != NULL:
+        client_flows_drop(w, f.owner)
+        f.owner = NULL
     ep_release(f.lsock.listener.svc, f.ep)
     listener_decref(f.lsock.listener)
     f.next_dead = w.dead_flows
     w.dead_flows = f
 
 
+cdef inline void forget_unused(Worker* w, ClientFlows* c) noexcept nogil:
+    """Free a client entry made for a flow that was not opened after all."""
+    if c != NULL and c.count == 0:
+        c.count = 1
+        client_flows_drop(w, c)
+
+
+cdef Flow* oldest_flow_of(Worker* w, ClientFlows* c) noexcept nogil:
+    """The least recently used flow of client ``c`` (from the tail of the worker's list)."""
+    cdef Flow* f = w.flows_tail
+    while f != NULL and f.owner != c:
+        f = f.prev
+    return f
+
+
+cdef bint make_room(Worker* w, ClientFlows* c) noexcept nogil:
+    """Close the least recently used flow when this client, or the worker, is at its cap, as
+    conntrack evicts; False when there is no room and nothing to evict."""
+    cdef Flow* victim = NULL
+    if c.count >= w.cfg.udp_max_client_flows:
+        victim = oldest_flow_of(w, c)
+    elif w.nflows >= w.cfg.udp_max_flows:
+        victim = w.flows_tail
+    else:
+        return True
+    if victim == NULL:
+        return False
+    w.counters[C_UDP_EVICTED] += 1
+    flow_close(w, victim)
+    return True
+
+
 cdef Flow* flow_new(Worker* w, ListenSock* ls, sockaddr_storage* client, socklen_t alen,
                     uint64_t h) noexcept nogil:
-    cdef Endpoint* ep = svc_pick(ls.listener, client, w.now, NULL, 0)
+    cdef Endpoint* ep
     cdef Flow* f
     cdef int fd
     cdef epoll_event ev
     cdef size_t b
+    cdef ClientFlows* owner = client_flows(w, client, True)
+    if owner == NULL or not make_room(w, owner):
+        forget_unused(w, owner)
+        return NULL
+    # the eviction may have freed a client entry that held only the evicted flow: look again
+    owner = client_flows(w, client, True)
+    if owner == NULL:
+        return NULL
+    ep = svc_pick(ls.listener, client, w.now, NULL, 0)
     if ep == NULL:
+        forget_unused(w, owner)
         return NULL
     fd = socket(ep.addr.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
     if fd < 0:
         ep_release(ls.listener.svc, ep)
+        forget_unused(w, owner)
         return NULL
     if connect(fd, <sockaddr*>&ep.addr, ep.addrlen) != 0:
         close(fd)
         ep_release(ls.listener.svc, ep)
+        forget_unused(w, owner)
         return NULL
     f = <Flow*>calloc(1, sizeof(Flow))
     if f == NULL:
         close(fd)
         ep_release(ls.listener.svc, ep)
+        forget_unused(w, owner)
         return NULL
     f.kind = K_FLOW
     f.fd = fd
@@ -735,14 +846,14 @@ cdef Flow* flow_new(Worker* w, ListenSock* ls, sockaddr_storage* client, socklen
     f.client_len = alen
     f.hash = h
     f.last_active = w.now
+    f.owner = owner
+    owner.count += 1
     lb_atomic_add(&ls.listener.refs, 1)
     b = h & <uint64_t>(w.nbuckets - 1)
     f.bucket_next = w.buckets[b]
     w.buckets[b] = f
-    f.next = w.flows
-    if w.flows != NULL:
-        w.flows.prev = f
-    w.flows = f
+    lru_push(w, f)
+    w.nflows += 1
     ev.events = EPOLLIN
     ev.data.ptr = f
     epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev)
@@ -777,6 +888,7 @@ cdef void on_udp_listener(Worker* w, ListenSock* ls) noexcept nogil:
                 if f == NULL:
                     break
             f.last_active = w.now
+            lru_touch(w, f)
             r = send(f.fd, w.dgram, <size_t>n, MSG_DONTWAIT)
             if r >= 0 or errno != ECONNREFUSED:
                 break
@@ -799,6 +911,7 @@ cdef void on_flow(Worker* w, Flow* f) noexcept nogil:
                 flow_close(w, f)
             return
         f.last_active = w.now
+        lru_touch(w, f)
         sendto(f.lsock.fd, w.dgram, <size_t>n, MSG_DONTWAIT, <sockaddr*>&f.client,
                f.client_len)
 
@@ -1025,6 +1138,10 @@ cdef class Engine:
     :param idle_timeout: seconds without traffic after which a TCP connection is closed
         (0: never).
     :param udp_idle_timeout: seconds without traffic after which a UDP flow is forgotten.
+    :param udp_max_flows: UDP flows held at once (each holds a socket); at the cap the least
+        recently used flow is closed for a new one, as conntrack evicts.
+    :param udp_max_client_flows: UDP flows of one client IP held at once, likewise (one client
+        with many source ports cannot take every descriptor).
     :param retries: how many other endpoints a new connection tries after a refusal/timeout.
     :param down_time: seconds an endpoint that refused or timed out is not picked.
     """
@@ -1042,7 +1159,8 @@ cdef class Engine:
 
     def __cinit__(self, int workers=2, int buffer_size=16384, str splice="auto",
                   int pipe_size=1048576, double connect_timeout=2.0, double idle_timeout=3600.0,
-                  double udp_idle_timeout=30.0, int retries=2, double down_time=5.0):
+                  double udp_idle_timeout=30.0, int retries=2, double down_time=5.0,
+                  int udp_max_flows=65536, int udp_max_client_flows=1024):
         cdef int i
         if not 1 <= workers <= MAX_WORKERS:
             raise ConfigError(f"workers: {workers!r} is not in 1..{MAX_WORKERS}")
@@ -1054,6 +1172,9 @@ cdef class Engine:
             raise ConfigError(f"connect_timeout: {connect_timeout!r} must be positive")
         if retries < 0:
             raise ConfigError(f"retries: {retries!r} must not be negative")
+        if udp_max_flows < 1 or udp_max_client_flows < 1:
+            raise ConfigError(f"udp_max_flows, udp_max_client_flows: {udp_max_flows!r}, "
+                              f"{udp_max_client_flows!r} must be positive")
         self.cfg.buffer_size = buffer_size
         self.cfg.splice_mode = SPLICE_MODES[splice]
         self.cfg.pipe_size = min(pipe_size, pipe_max_size())
@@ -1062,6 +1183,9 @@ cdef class Engine:
         self.cfg.idle_timeout = idle_timeout
         self.cfg.udp_idle_timeout = udp_idle_timeout
         self.cfg.down_time = down_time
+        # each worker keeps its share (a client's flows spread over the workers' sockets)
+        self.cfg.udp_max_flows = max(1, udp_max_flows // workers)
+        self.cfg.udp_max_client_flows = max(1, udp_max_client_flows // workers)
         self.nworkers = workers
         self.ws = <Worker*>calloc(workers, sizeof(Worker))
         if self.ws == NULL:
@@ -1118,10 +1242,12 @@ cdef class Engine:
         w.stop = 0
         w.nbuckets = 4096
         w.buckets = <Flow**>calloc(w.nbuckets, sizeof(Flow*))
+        w.clients = <ClientFlows**>calloc(w.nbuckets, sizeof(ClientFlows*))
         w.dgram = <char*>malloc(DGRAM_MAX)
         w.epfd = epoll_create1(EPOLL_CLOEXEC)
         w.wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
-        if w.buckets == NULL or w.dgram == NULL or w.epfd < 0 or w.wakefd < 0:
+        if (w.buckets == NULL or w.clients == NULL or w.dgram == NULL or w.epfd < 0
+                or w.wakefd < 0):
             raise OSError(errno, "cannot set up a worker's event loop")
         pthread_mutex_init(&w.qlock, NULL)
         ev.events = EPOLLIN
@@ -1132,6 +1258,8 @@ cdef class Engine:
         return 0
 
     cdef void _free_worker(self, Worker* w) noexcept:
+        cdef int b
+        cdef ClientFlows* c
         if w.epfd >= 0:
             close(w.epfd)
             w.epfd = -1
@@ -1141,6 +1269,14 @@ cdef class Engine:
             pthread_mutex_destroy(&w.qlock)
         free(w.buckets)
         w.buckets = NULL
+        if w.clients != NULL:  # flows are closed by now; entries left are counts of none
+            for b in range(w.nbuckets):
+                while w.clients[b] != NULL:
+                    c = w.clients[b]
+                    w.clients[b] = c.next
+                    free(c)
+            free(w.clients)
+            w.clients = NULL
         free(w.dgram)
         w.dgram = NULL
 
@@ -1524,7 +1660,9 @@ cdef class Engine:
         """Serve bound sockets for service port ``key``; the engine owns ``fds`` from now on.
 
         :param protocol: ``"TCP"`` (``fds`` holds one listening socket per worker, bound with
-            ``SO_REUSEPORT``) or ``"UDP"`` (one bound datagram socket).
+            ``SO_REUSEPORT``) or ``"UDP"`` (one datagram socket per worker, bound with
+            ``SO_REUSEPORT``, which keeps each client's 4-tuple, so each flow, on one worker; or
+            one socket served by one worker).
         :param max_connections: TCP connections open at once through this listener; at the
             limit, new ones wait in the kernel's accept queue. 0: no limit.
         :return: an id for :meth:`remove_listener`.
@@ -1539,8 +1677,9 @@ cdef class Engine:
                                   f"got {len(fds)}")
         elif protocol == "UDP":
             kind = K_LISTEN_UDP
-            if len(fds) != 1:
-                raise ConfigError(f"fds: a UDP listener needs 1 socket, got {len(fds)}")
+            if len(fds) not in (1, self.nworkers):
+                raise ConfigError(f"fds: a UDP listener needs 1 socket or {self.nworkers} (one "
+                                  f"per worker, bound with SO_REUSEPORT), got {len(fds)}")
         else:
             raise ConfigError(f"protocol: {protocol!r} is not TCP or UDP")
         with self.lock:
@@ -1573,7 +1712,8 @@ cdef class Engine:
                     set_nodelay(fd)  # accepted sockets inherit it: no call per connection
                 l.socks[i].listener = l
                 # a UDP socket goes to one worker, spread over them by listener id
-                l.socks[i].worker = i if kind == K_LISTEN_TCP else ident % self.nworkers
+                # a socket per worker, or one UDP socket on one worker (chosen by the listener)
+                l.socks[i].worker = i if l.nsocks > 1 or kind == K_LISTEN_TCP else ident % self.nworkers
             self.listeners[ident] = <uintptr_t>l
             self._ensure_workers()
             for i in range(l.nsocks):
@@ -1643,6 +1783,7 @@ cdef class Engine:
             for p in self.listeners.values():
                 conns += lb_atomic_load(&(<Listener*>p).conns)
         out["connections"] = conns
+        out["open_flows"] = sum(lb_atomic_load(&self.ws[i].nflows) for i in range(self.nworkers))
         out["listeners"] = len(self.listeners)
         out["services"] = len(self.services)
         return out

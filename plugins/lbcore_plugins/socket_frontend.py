@@ -62,6 +62,9 @@ class ProxyOptions:
     buffer_size: int = 16384
     splice: str = "auto"
     pipe_size: int = 1048576
+    udp_max_flows: int = 65536
+    udp_max_client_flows: int = 1024
+    udp_receive_buffer: int = 4194304
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], extra: Iterable[str] = ()) -> ProxyOptions:
@@ -86,10 +89,12 @@ class ProxyOptions:
         opts.check_algorithm()
         if opts.hash_key not in ("client_ip", "five_tuple"):
             raise ConfigError(f'hash_key: {opts.hash_key!r} is not "client_ip" or "five_tuple"')
-        for key in ("connect_timeout", "workers", "backlog", "affinity_capacity"):
+        for key in ("connect_timeout", "workers", "backlog", "affinity_capacity", "udp_max_flows",
+                    "udp_max_client_flows"):
             if getattr(opts, key) <= 0:
                 raise ConfigError(f"{key}: {getattr(opts, key)!r} must be positive")
-        for key in ("idle_timeout", "udp_idle_timeout", "retries", "down_time", "max_connections"):
+        for key in ("idle_timeout", "udp_idle_timeout", "retries", "down_time", "max_connections",
+                    "udp_receive_buffer"):
             if getattr(opts, key) < 0:
                 raise ConfigError(f"{key}: {getattr(opts, key)!r} must not be negative")
         return opts
@@ -120,6 +125,8 @@ class ProxyOptions:
             "udp_idle_timeout": self.udp_idle_timeout,
             "retries": self.retries,
             "down_time": self.down_time,
+            "udp_max_flows": self.udp_max_flows,
+            "udp_max_client_flows": self.udp_max_client_flows,
         }
 
 
@@ -179,24 +186,40 @@ def check_no_other_owner(address: str, port: int, protocol: str) -> None:
             raise
 
 
+def set_receive_buffer(sock: socket.socket, size: int) -> None:
+    """Ask for a receive buffer of ``size`` bytes: past ``net.core.rmem_max`` when root may
+    (``SO_RCVBUFFORCE``), else as far as the kernel allows."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+
 def bind_listener(
-    address: str, port: int, protocol: str, count: int, backlog: int, reuseport: bool = True
+    address: str, port: int, protocol: str, count: int, backlog: int, reuseport: bool = True,
+    receive_buffer: int = 0,
 ) -> list[int]:
-    """Bound sockets for one listener, detached (the engine owns them): ``count`` TCP sockets,
-    one per worker, either each its own socket sharing the port with ``SO_REUSEPORT`` (the
-    kernel spreads connections over them) or ``count`` descriptors of one socket (any idle
-    worker takes the next connection); or one UDP socket."""
+    """Bound sockets for one listener, detached (the engine owns them): ``count`` sockets, one
+    per worker, each its own socket sharing the port with ``SO_REUSEPORT`` (the kernel spreads
+    TCP connections over them, and keeps each UDP client's 4-tuple on one); or, without
+    ``reuseport``, ``count`` descriptors of one TCP socket (any idle worker takes the next
+    connection) or one UDP socket. UDP sockets get a ``receive_buffer`` of that many bytes."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     kind = socket.SOCK_STREAM if protocol == "TCP" else socket.SOCK_DGRAM
     check_no_other_owner(address, port, protocol)
     socks: list[socket.socket] = []
     try:
-        for _ in range(count if protocol == "TCP" and reuseport else 1):
+        for _ in range(count if reuseport else 1):
             sock = socket.socket(family, kind)
             socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if protocol == "TCP" and reuseport:
+            if reuseport:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if protocol == "UDP" and receive_buffer:
+                set_receive_buffer(sock, receive_buffer)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((address, port))
@@ -296,6 +319,7 @@ class ProxyFrontend(Frontend):
                     self.settings.workers,
                     self.settings.backlog,
                     self.settings.reuseport,
+                    self.settings.udp_receive_buffer,
                 )
             except OSError as exc:
                 failures.append(f"{listen.protocol} {listen.address}:{listen.port}: {exc.strerror}")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 
@@ -377,6 +379,77 @@ def test_udp_replies_come_from_the_service_address(udp_backends, make_frontend):
             assert data == b"U:q%d" % i
             assert peer == (sp.cluster_ips[0], 5353)
     assert fe.stats()["udp_flows"] == 1
+
+
+def udp_exchange(c: socket.socket, address: tuple[str, int], payload: bytes) -> bytes:
+    c.sendto(payload, address)
+    return c.recvfrom(100)[0]
+
+
+def test_udp_flows_of_one_client_are_capped_least_recently_used_first(udp_backends, make_frontend):
+    u = udp_backends("U")
+    sp = service_port("dns", [u.endpoint()], protocol="UDP", port=5353)
+    fe = make_frontend(workers=1, udp_max_client_flows=4)
+    fe.sync(snapshot(sp), frozenset({"default/dns"}))
+    address = (sp.cluster_ips[0], 5353)
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(10)]
+    try:
+        for i, c in enumerate(clients):
+            c.settimeout(3)
+            assert udp_exchange(c, address, b"q%d" % i) == b"U:q%d" % i
+        stats = fe.stats()
+        assert (stats["open_flows"], stats["udp_evicted_flows"]) == (4, 6), stats
+        # the first client's flow went first; it gets a new one, and the oldest left goes
+        assert udp_exchange(clients[0], address, b"again") == b"U:again"
+        stats = fe.stats()
+        assert (stats["open_flows"], stats["udp_evicted_flows"]) == (4, 7), stats
+        # the most recent ones were kept: no new flow for them
+        flows = stats["udp_flows"]
+        for c in clients[7:]:
+            assert udp_exchange(c, address, b"x") == b"U:x"
+        assert fe.stats()["udp_flows"] == flows
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_udp_flows_are_capped_in_total(udp_backends, make_frontend):
+    u = udp_backends("U")
+    sp = service_port("dns", [u.endpoint()], protocol="UDP", port=5353)
+    fe = make_frontend(workers=1, udp_max_flows=3)
+    fe.sync(snapshot(sp), frozenset({"default/dns"}))
+    address = (sp.cluster_ips[0], 5353)
+    for i in range(5):  # five client IPs, one flow each
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.settimeout(3)
+            c.bind((f"127.0.0.{i + 2}", 0))
+            assert udp_exchange(c, address, b"q") == b"U:q"
+    stats = fe.stats()
+    assert (stats["open_flows"], stats["udp_evicted_flows"]) == (3, 2), stats
+
+
+def test_udp_is_served_by_every_worker(udp_backends, make_frontend):
+    """One socket per worker with SO_REUSEPORT: the kernel keeps each client on one of them."""
+    u = udp_backends("U")
+    sp = service_port("dns", [u.endpoint()], protocol="UDP", port=5353)
+    fe = make_frontend(workers=2)
+    fe.sync(snapshot(sp), frozenset({"default/dns"}))
+    address = (sp.cluster_ips[0], 5353)
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(64)]
+    try:
+        for c in clients:
+            c.settimeout(3)
+            for k in range(2):
+                assert udp_exchange(c, address, b"%d" % k) == b"U:%d" % k
+        # two datagrams from each of 64 clients, yet 64 flows: each stays on its socket's worker
+        assert fe.stats()["udp_flows"] == 64
+        if shutil.which("ss"):  # two sockets serve the port, one per worker
+            out = subprocess.run(["ss", "-Hunl", f"src {address[0]}:{address[1]}"],
+                                 capture_output=True, text=True, timeout=10).stdout
+            assert len(out.splitlines()) == 2, out
+    finally:
+        for c in clients:
+            c.close()
 
 
 def test_udp_flow_moves_at_once_when_its_endpoint_is_removed(udp_backends, make_frontend):
