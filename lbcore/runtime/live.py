@@ -169,7 +169,6 @@ class _PickerFrontend(Frontend):
         self.pickers: weakref.WeakSet[LivePicker] = weakref.WeakSet()
         self.ready: Future[None] = Future()
         self.ready_at: int | None = None  # the table's version once the source had listed
-        self.synced = threading.Condition(self.lock)
 
     def sync(self, snapshot: Snapshot, changed: frozenset[str]) -> None:
         with self.lock:
@@ -177,7 +176,6 @@ class _PickerFrontend(Frontend):
             for picker in list(self.pickers):
                 if picker.service in changed:
                     picker._follow(snapshot.service_ports.get(picker.key))
-            self.synced.notify_all()
         ready = self.ready
         if not ready.done() and self.ready_at is not None and snapshot.version >= self.ready_at:
             with contextlib.suppress(InvalidStateError):  # close() may have failed it meanwhile
@@ -313,15 +311,6 @@ class LiveCluster:
         known = ", ".join(f"{p.port_name or '(unnamed)'} ({p.port}/{p.protocol})" for p in ports)
         what = "a port is needed" if port is None else f"no port {port!r}"
         raise ServiceNotFound(f'service "{namespace}/{name}": {what}; its ports: {known}')
-
-    def wait_for_version(self, version: int, timeout: float | None = None) -> bool:
-        """Block until the pickers have applied the table's ``version`` (``snapshot.version``);
-        False on timeout. For tests and benchmarks that measure how fast changes arrive."""
-        with self._frontend.synced:
-            return self._frontend.synced.wait_for(
-                lambda: self._frontend.snapshot.version >= version,
-                self.timeout if timeout is None else timeout,
-            )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
