@@ -3,9 +3,11 @@
 Run: python -m pytest benchmarks/test_bench_rules.py -s
 
 Apply, partial-sync and latency benchmarks need root (they make their own network namespaces);
-without it they skip. Each figure is printed with its ratio to the peer measured in the same run
-(nftables against iptables, 10,000 services against 10, partial against full). kube-proxy's
-published figures are cited beside ours in docs/benchmarks/rules.md.
+without it they skip. Each figure is printed with its target and its ratio to the peer measured
+in the same run (nftables against iptables, 10,000 services against 10, partial against full).
+The targets: a full sync (render and apply) of 10,000 services x 5 endpoints under 3 s, a
+partial sync after one endpoint change under 50 ms. kube-proxy's published figures are cited
+beside ours in docs/benchmarks/rules.md.
 """
 
 from __future__ import annotations
@@ -24,9 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import MappingProxyType
 
-import lbcore_plugins.iptables as iptables
 import lbcore_plugins.netfilter as netfilter
-import lbcore_plugins.nftables as nftables
 import pytest
 from lbcore_plugins.iptables import IptablesFrontend
 from lbcore_plugins.nftables import NftablesFrontend
@@ -53,9 +53,13 @@ LATENCY = ["iptables", "nftables", "nftables-maps"]
 def make(variant: str, **options: object):
     cls, extra = VARIANTS[variant]
     return cls({"cluster_cidr": POD_CIDR, **extra, **options}, RuntimeContext())
+
+
 SERVICES = 10_000
 ENDPOINTS = 5
-RESULTS: dict[str, float] = {}  # name -> seconds
+FULL_SYNC_TARGET = 3.0  # seconds: render and apply of the whole rule set
+PARTIAL_SYNC_TARGET = 0.050  # seconds: render and apply after one endpoint change
+RESULTS: dict[str, float] = {"target full sync": FULL_SYNC_TARGET, "target partial sync": PARTIAL_SYNC_TARGET}
 
 LATENCY_CLIENT = r"""
 import json, socket, sys, time
@@ -162,22 +166,6 @@ def test_render_full_rule_set_10k_services(benchmark, kind):
 
 
 @pytest.mark.parametrize("kind", RENDERED)
-def test_render_full_rule_set_cold_readable_peer(kind, monkeypatch):
-    """The peer of the cold figure: the same cold render by the readable (pure Python) planner
-    and renderers, which LBCORE_NO_EXTENSIONS=1 selects. CPU time, median of 5."""
-    monkeypatch.setattr(netfilter, "compiled", lambda name: None)
-    monkeypatch.setattr(iptables, "IptablesWriter", None)
-    monkeypatch.setattr(nftables, "NftWriter", None)
-    fe = make(kind)
-    colds = []
-    for _ in range(5):
-        fe.cache.clear()
-        colds.append(cpu_seconds(fe.render, BIG))
-    RESULTS[f"render cold readable {kind}"] = statistics.median(colds)
-    print(f"\nrender {kind} cold by the readable renderers, CPU median {ms(statistics.median(colds))}")
-
-
-@pytest.mark.parametrize("kind", RENDERED)
 def test_render_partial_sync_one_endpoint_change(benchmark, kind):
     fe = make(kind)
     after, changed = one_endpoint_less(BIG)
@@ -196,17 +184,32 @@ def test_render_partial_sync_one_endpoint_change(benchmark, kind):
 # ---------------------------------------------------------------------------------------------
 
 
+def met(seconds: float, target: float) -> str:
+    return "met" if seconds < target else "NOT met"
+
+
 @pytest.mark.parametrize("kind", sorted(VARIANTS))
 def test_apply_full_rule_set_10k_services(benchmark, kind, netns):
+    """A full sync by a new frontend into an empty namespace: the cold render (empty render
+    cache) and every transaction, as at daemon start."""
     fe = make(kind, netns=netns, timeout=900)
     fe.start()
-    benchmark.pedantic(fe.sync, args=(BIG, frozenset()), rounds=1, iterations=1)
-    RESULTS[f"apply {kind}"] = benchmark.stats.stats.median
+    cpu: list[float] = []
+
+    def full() -> None:
+        t = cpu_with_children()
+        fe.sync(BIG, frozenset())
+        cpu.append(cpu_with_children() - t)
+
+    benchmark.pedantic(full, rounds=1, iterations=1)
+    wall = benchmark.stats.stats.median
+    RESULTS[f"apply {kind}"] = wall
     t = time.perf_counter()
     fe.stop()
     RESULTS[f"stop {kind}"] = time.perf_counter() - t
-    print(f"\napply full {kind} {SERVICES} services (render included): {benchmark.stats.stats.median:.2f} s;"
-          f" removal on stop: {RESULTS[f'stop {kind}']:.2f} s")
+    print(f"\nfull sync {kind} {SERVICES} services x {ENDPOINTS} endpoints (render + apply): {wall:.2f} s;"
+          f" target < {FULL_SYNC_TARGET:g} s: {met(wall, FULL_SYNC_TARGET)}; CPU (user + system, this process and"
+          f" the tools it ran) {cpu[0]:.2f} s; removal on stop: {RESULTS[f'stop {kind}']:.2f} s")
 
 
 @pytest.mark.parametrize("kind", sorted(VARIANTS))
@@ -226,11 +229,12 @@ def test_partial_sync_one_endpoint_change_applied(benchmark, kind, netns):
         flip["i"] += 1
 
     benchmark.pedantic(partial, rounds=10, iterations=1)
-    RESULTS[f"partial {kind}"] = benchmark.stats.stats.median
+    wall = benchmark.stats.stats.median
+    RESULTS[f"partial {kind}"] = wall
     fe.stop()
     print(f"\npartial sync {kind} (render + apply, 1 endpoint of {SERVICES} services): median"
-          f" {ms(benchmark.stats.stats.median)}; target < 50 ms; CPU (user + system, this process and"
-          f" the tools it ran) median {ms(statistics.median(cpu))}")
+          f" {ms(wall)}; target < {ms(PARTIAL_SYNC_TARGET)}: {met(wall, PARTIAL_SYNC_TARGET)}; CPU (user +"
+          f" system, this process and the tools it ran) median {ms(statistics.median(cpu))}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,8 +294,9 @@ def test_print_ratios():
     ratio("render nftables vs iptables", "render nftables", "render iptables")
     ratio("render warm vs cold, iptables", "render iptables", "render cold iptables")
     ratio("render warm vs cold, nftables", "render nftables", "render cold nftables")
-    for kind in RENDERED:
-        ratio(f"render cold compiled vs readable, {kind}", f"render cold {kind}", f"render cold readable {kind}")
+    for kind in sorted(VARIANTS):
+        ratio(f"full sync {kind} vs its target", f"apply {kind}", "target full sync")
+        ratio(f"partial sync {kind} vs its target", f"partial {kind}", "target partial sync")
     ratio("render nftables inline vs cascade", "render nftables-inline", "render nftables")
     ratio("apply full nftables inline vs cascade", "apply nftables-inline", "apply nftables")
     ratio("partial sync nftables inline vs cascade", "partial nftables-inline", "partial nftables")
@@ -318,4 +323,4 @@ def test_print_ratios():
           "connect nftables-maps 10")
     ratio(f"connect latency at {SERVICES} services, nftables maps vs cascade", f"connect nftables-maps {SERVICES}",
           f"connect nftables {SERVICES}")
-    assert r, "no benchmark ran"
+    assert len(r) > 2, "no benchmark ran"
