@@ -195,7 +195,9 @@ cdef enum:
     C_PAUSED = 10
     C_FD_EXHAUSTED = 11
     C_UDP_EVICTED = 12
-    N_COUNTERS = 13
+    C_SERVER_TIMEOUT = 13
+    C_EJECTED = 14
+    N_COUNTERS = 15
 
 
 cdef struct Listener
@@ -211,6 +213,8 @@ cdef struct Endpoint:
     int active           # open connections and flows (changed under the service's lock)
     int refs
     double down_until    # refused or timed out: not picked before this time
+    int failures         # failures in a row (refused, timed out, no answer); an answer resets it
+    int ejections        # times ejected: each ejection lasts twice the one before
 
 
 cdef struct Service:
@@ -260,6 +264,7 @@ cdef struct Half:
     int splicing
     int eof
     int shut
+    unsigned long long sent    # bytes passed on to the other side
 
 
 cdef struct Side:
@@ -287,6 +292,7 @@ cdef struct Conn:
     sockaddr_storage client
     double started
     double last_active
+    double awaiting      # bytes went to the backend at this time and none came back since (0: none)
     Conn* prev
     Conn* next
     Conn* next_dead
@@ -336,6 +342,9 @@ cdef struct Config:
     double idle_timeout
     double udp_idle_timeout
     double down_time
+    double server_timeout     # seconds a backend may leave a request unanswered (0: no limit)
+    int eject_after           # failures in a row that eject an endpoint
+    double max_ejected_share  # at most this share of a service's endpoints ejected at once
     int udp_max_flows         # flows a worker keeps (the least recently used go first)
     int udp_max_client_flows  # flows of one client IP a worker keeps
 

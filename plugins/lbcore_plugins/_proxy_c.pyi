@@ -21,13 +21,16 @@ class Engine:
         buffer_size: int = 16384,
         splice: str = "auto",
         pipe_size: int = 1048576,
-        connect_timeout: float = 2.0,
+        connect_timeout: float = 5.0,
         idle_timeout: float = 3600.0,
         udp_idle_timeout: float = 30.0,
         retries: int = 2,
         down_time: float = 5.0,
         udp_max_flows: int = 65536,
         udp_max_client_flows: int = 1024,
+        server_timeout: float = 60.0,
+        eject_after: int = 5,
+        max_ejected_share: float = 0.5,
     ) -> None: ...
     @property
     def workers(self) -> int: ...

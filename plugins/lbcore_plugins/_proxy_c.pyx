@@ -48,6 +48,7 @@ SPLICE_MODES = {"never": 0, "auto": 1, "always": 2}
 COUNTERS = (
     "accepted", "closed", "connect_failed", "retried", "rejected", "idle_closed", "spliced",
     "udp_flows", "udp_dropped_flows", "udp_datagrams", "paused", "fd_exhausted", "udp_evicted_flows",
+    "server_timeouts", "ejected",
 )
 
 # seconds a listener rests after accept failed for want of descriptors or memory
@@ -391,6 +392,7 @@ cdef int pump_half(Worker* w, Half* h, int src, int dst, int* ready,
                        SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
             if r > 0:
                 h.piped -= <int>r
+                h.sent += <unsigned long long>r
                 continue
             return 1 if r < 0 and errno == EAGAIN else -1
         if h.len > 0:
@@ -401,6 +403,7 @@ cdef int pump_half(Worker* w, Half* h, int src, int dst, int* ready,
             if r > 0:
                 h.off += <int>r
                 h.len -= <int>r
+                h.sent += <unsigned long long>r
                 if h.len == 0:
                     h.off = 0
                 continue
@@ -462,10 +465,17 @@ cdef void watch_client_out(Worker* w, Conn* c) noexcept nogil:
 
 cdef void pump(Worker* w, Conn* c) noexcept nogil:
     cdef int down
+    cdef unsigned long long up_sent = c.up.sent, down_sent = c.down.sent
     if pump_half(w, &c.up, c.cfd, c.bfd, &c.cready, &c.down) < 0:
         conn_close(w, c, True)
         return
+    if c.up.sent != up_sent:
+        c.awaiting = w.now  # the backend owes an answer (timeout server counts from here)
     down = pump_half(w, &c.down, c.bfd, c.cfd, &c.bready, &c.up)
+    if c.down.sent != down_sent:
+        c.awaiting = 0.0
+        if c.ep != NULL and c.ep.failures != 0:
+            lb_atomic_store(&c.ep.failures, 0)  # it answers: its run of failures ends
     if down < 0:
         conn_close(w, c, True)
     elif c.up.shut and c.down.shut:
@@ -486,6 +496,31 @@ cdef void conn_opened(Worker* w, Conn* c) noexcept nogil:
     pump(w, c)
 
 
+cdef void endpoint_failed(Worker* w, Service* s, Endpoint* ep) noexcept nogil:
+    """Count a failure of ``ep`` (refused, timed out, no answer); after ``eject_after`` in a
+    row it is ejected: no new connection for ``down_time``, doubled at each ejection up to 5
+    minutes, unless ``max_ejected_share`` of the service's endpoints are ejected already (at
+    least one may always be), as Envoy's outlier detection does."""
+    cdef int i, ejected = 0, cap
+    cdef double d
+    if lb_atomic_add(&ep.failures, 1) < w.cfg.eject_after:
+        return
+    pthread_mutex_lock(&s.lock)
+    for i in range(s.neps):
+        if s.eps[i] != ep and s.eps[i].ejections > 0 and s.eps[i].down_until > w.now:
+            ejected += 1
+    cap = <int>(w.cfg.max_ejected_share * s.neps)
+    if ejected < (cap if cap > 1 else 1):
+        d = w.cfg.down_time * (1 << (ep.ejections if ep.ejections < 16 else 16))
+        ep.down_until = w.now + (d if d < 300.0 else 300.0)
+        ep.ejections += 1
+        if 0 <= ep.ident < s.nidents and s.by_ident[ep.ident] == ep:
+            s.down[ep.ident] = ep.down_until
+        lb_atomic_store(&ep.failures, 0)
+        w.counters[C_EJECTED] += 1
+    pthread_mutex_unlock(&s.lock)
+
+
 cdef bint backend_failed(Worker* w, Conn* c) noexcept nogil:
     """The backend refused or timed out: mark it down; True when another try is allowed."""
     w.counters[C_CONNECT_FAILED] += 1
@@ -495,6 +530,7 @@ cdef bint backend_failed(Worker* w, Conn* c) noexcept nogil:
     c.bready = DRAINED
     if c.ep != NULL:
         mark_down(w, c.listener.svc, c.ep)
+        endpoint_failed(w, c.listener.svc, c.ep)
         if c.tries < 8:
             c.tried[c.tries] = c.ep
         c.tries += 1
@@ -980,6 +1016,15 @@ cdef void tick(Worker* w) noexcept nogil:
             if w.now - c.started > cfg.connect_timeout:
                 if backend_failed(w, c):
                     connect_backend(w, c)
+        elif (cfg.server_timeout > 0 and c.awaiting > 0
+                and w.now - c.awaiting > cfg.server_timeout):
+            # HAProxy's timeout server: the request is not answered; the client is reset (its
+            # bytes went to this backend, so it cannot be sent elsewhere) and the backend
+            # counts a failure toward its ejection
+            w.counters[C_SERVER_TIMEOUT] += 1
+            if c.ep != NULL:
+                endpoint_failed(w, c.listener.svc, c.ep)
+            conn_close(w, c, True)
         elif cfg.idle_timeout > 0 and w.now - c.last_active > cfg.idle_timeout:
             w.counters[C_IDLE_CLOSED] += 1
             conn_close(w, c, False)
@@ -1142,6 +1187,13 @@ cdef class Engine:
         recently used flow is closed for a new one, as conntrack evicts.
     :param udp_max_client_flows: UDP flows of one client IP held at once, likewise (one client
         with many source ports cannot take every descriptor).
+    :param server_timeout: seconds a backend may leave bytes it was sent unanswered before the
+        connection is reset and the backend counts a failure (HAProxy's ``timeout server``);
+        0: no limit.
+    :param eject_after: failures in a row (refused, timed out, unanswered) that eject an
+        endpoint for ``down_time``, doubled at each ejection up to 300 s.
+    :param max_ejected_share: at most this share of a service's endpoints ejected at once (one
+        always may be).
     :param retries: how many other endpoints a new connection tries after a refusal/timeout.
     :param down_time: seconds an endpoint that refused or timed out is not picked.
     """
@@ -1158,9 +1210,10 @@ cdef class Engine:
     cdef object lock
 
     def __cinit__(self, int workers=2, int buffer_size=16384, str splice="auto",
-                  int pipe_size=1048576, double connect_timeout=2.0, double idle_timeout=3600.0,
+                  int pipe_size=1048576, double connect_timeout=5.0, double idle_timeout=3600.0,
                   double udp_idle_timeout=30.0, int retries=2, double down_time=5.0,
-                  int udp_max_flows=65536, int udp_max_client_flows=1024):
+                  int udp_max_flows=65536, int udp_max_client_flows=1024,
+                  double server_timeout=60.0, int eject_after=5, double max_ejected_share=0.5):
         cdef int i
         if not 1 <= workers <= MAX_WORKERS:
             raise ConfigError(f"workers: {workers!r} is not in 1..{MAX_WORKERS}")
@@ -1172,6 +1225,12 @@ cdef class Engine:
             raise ConfigError(f"connect_timeout: {connect_timeout!r} must be positive")
         if retries < 0:
             raise ConfigError(f"retries: {retries!r} must not be negative")
+        if server_timeout < 0:
+            raise ConfigError(f"server_timeout: {server_timeout!r} must not be negative")
+        if eject_after < 1:
+            raise ConfigError(f"eject_after: {eject_after!r} must be positive")
+        if not 0 <= max_ejected_share <= 1:
+            raise ConfigError(f"max_ejected_share: {max_ejected_share!r} is not in 0..1")
         if udp_max_flows < 1 or udp_max_client_flows < 1:
             raise ConfigError(f"udp_max_flows, udp_max_client_flows: {udp_max_flows!r}, "
                               f"{udp_max_client_flows!r} must be positive")
@@ -1183,6 +1242,9 @@ cdef class Engine:
         self.cfg.idle_timeout = idle_timeout
         self.cfg.udp_idle_timeout = udp_idle_timeout
         self.cfg.down_time = down_time
+        self.cfg.server_timeout = server_timeout
+        self.cfg.eject_after = eject_after
+        self.cfg.max_ejected_share = max_ejected_share
         # each worker keeps its share (a client's flows spread over the workers' sockets)
         self.cfg.udp_max_flows = max(1, udp_max_flows // workers)
         self.cfg.udp_max_client_flows = max(1, udp_max_client_flows // workers)

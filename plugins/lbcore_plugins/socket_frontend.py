@@ -51,7 +51,10 @@ class ProxyOptions:
     algorithm_options: dict[str, Any] = field(default_factory=dict)
     hash_key: str = "client_ip"
     affinity_capacity: int = 65536
-    connect_timeout: float = 2.0
+    connect_timeout: float = 5.0
+    server_timeout: float = 60.0
+    eject_after: int = 5
+    max_ejected_share: float = 0.5
     idle_timeout: float = 3600.0
     udp_idle_timeout: float = 30.0
     retries: int = 2
@@ -87,14 +90,16 @@ class ProxyOptions:
             values[key] = value
         opts = cls(**values)
         opts.check_algorithm()
+        if not 0 <= opts.max_ejected_share <= 1:
+            raise ConfigError(f"max_ejected_share: {opts.max_ejected_share!r} is not in 0..1")
         if opts.hash_key not in ("client_ip", "five_tuple"):
             raise ConfigError(f'hash_key: {opts.hash_key!r} is not "client_ip" or "five_tuple"')
         for key in ("connect_timeout", "workers", "backlog", "affinity_capacity", "udp_max_flows",
-                    "udp_max_client_flows"):
+                    "udp_max_client_flows", "eject_after"):
             if getattr(opts, key) <= 0:
                 raise ConfigError(f"{key}: {getattr(opts, key)!r} must be positive")
         for key in ("idle_timeout", "udp_idle_timeout", "retries", "down_time", "max_connections",
-                    "udp_receive_buffer"):
+                    "udp_receive_buffer", "server_timeout"):
             if getattr(opts, key) < 0:
                 raise ConfigError(f"{key}: {getattr(opts, key)!r} must not be negative")
         return opts
@@ -125,6 +130,9 @@ class ProxyOptions:
             "udp_idle_timeout": self.udp_idle_timeout,
             "retries": self.retries,
             "down_time": self.down_time,
+            "server_timeout": self.server_timeout,
+            "eject_after": self.eject_after,
+            "max_ejected_share": self.max_ejected_share,
             "udp_max_flows": self.udp_max_flows,
             "udp_max_client_flows": self.udp_max_client_flows,
         }

@@ -112,6 +112,61 @@ def test_backend_that_never_answers_times_out_and_the_next_one_serves(backends, 
         silent.close()
 
 
+def mute_backend() -> socket.socket:
+    """A listener that never accepts: the kernel completes handshakes and queues what clients
+    send, and nothing ever answers (a stopped or wedged process)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(64)
+    return s
+
+
+def ask(address: tuple[str, int]) -> str:
+    """Send a request line and read the first line back; "" when the connection is reset or
+    closed first."""
+    try:
+        with socket.create_connection(address, timeout=5) as s:
+            s.settimeout(5)
+            s.sendall(b"hello\n")
+            return read_line(s)
+    except ConnectionResetError:
+        return ""
+
+
+def test_an_unanswering_backend_times_out_and_is_ejected(backends, make_frontend):
+    a = backends("A")
+    mute = mute_backend()
+    try:
+        sp = service_port("web", [EndpointInfo("127.0.0.1", mute.getsockname()[1]), a.endpoint()])
+        fe = make_frontend(server_timeout=0.3, eject_after=2, down_time=30.0)
+        fe.sync(snapshot(sp), frozenset({"default/web"}))
+        answers = [ask((sp.cluster_ips[0], 8080)) for _ in range(10)]
+        # round robin sends every other request to the mute one until its second failure in
+        # a row ejects it: two requests fail, the rest reach A
+        assert answers.count("") == 2 and answers.count("A") == 8, answers
+        stats = fe.stats()
+        assert (stats["server_timeouts"], stats["ejected"]) == (2, 1), stats
+    finally:
+        mute.close()
+
+
+def test_ejection_is_capped_at_a_share_of_the_endpoints(backends, make_frontend):
+    a = backends("A")
+    mutes = [mute_backend(), mute_backend()]
+    try:
+        eps = [EndpointInfo("127.0.0.1", m.getsockname()[1]) for m in mutes] + [a.endpoint()]
+        sp = service_port("web", eps)
+        fe = make_frontend(server_timeout=0.2, eject_after=1, down_time=30.0, max_ejected_share=0.5)
+        fe.sync(snapshot(sp), frozenset({"default/web"}))
+        answers = [ask((sp.cluster_ips[0], 8080)) for _ in range(9)]
+        # half of three is one: the second mute endpoint is never ejected and keeps failing
+        assert fe.stats()["ejected"] == 1
+        assert answers.count("A") >= 4 and answers.count("") >= 2, answers
+    finally:
+        for m in mutes:
+            m.close()
+
+
 def test_no_endpoint_left_resets_the_client(backends, make_frontend):
     a = backends("A")
     sp = service_port("web", [a.endpoint()])
