@@ -10,9 +10,12 @@ addresses and ports.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import resource
+import shutil
 import socket
+import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -185,6 +188,7 @@ def check_no_other_owner(address: str, port: int, protocol: str) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            set_freebind(probe)
         try:
             probe.bind((address, port))
         except OSError as exc:
@@ -192,6 +196,64 @@ def check_no_other_owner(address: str, port: int, protocol: str) -> None:
                 raise OSError(errno.EADDRINUSE, "already served by another socket (another lbcore "
                               "daemon or program); refusing to share it") from None
             raise
+
+
+def is_local(cidr: str) -> bool:
+    """Whether this node accepts addresses of ``cidr`` as its own (a probe bind of one)."""
+    net = ipaddress.ip_network(cidr, strict=False)
+    probe_ip = str(net.network_address + 1) if net.num_addresses > 1 else str(net.network_address)
+    family = socket.AF_INET6 if net.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((probe_ip, 0))
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return False
+            raise
+    return True
+
+
+def local_route(action: str, cidr: str) -> list[str]:
+    """The ``ip`` command that adds or deletes an AnyIP route making ``cidr`` local."""
+    family = "-6" if ":" in cidr else "-4"
+    return ["ip", family, "route", action, "local", cidr, "dev", "lo", "table", "local"]
+
+
+def make_local(cidrs: Iterable[str], name: str) -> list[str]:
+    """Make every service CIDR local, so the frontend can listen on its ClusterIPs: as root, with
+    an AnyIP route on ``lo`` (the CIDRs this adds are returned, to delete at stop); otherwise a
+    CIDR that is not local already is refused with what to do."""
+    added: list[str] = []
+    for cidr in cidrs:
+        if is_local(cidr):
+            continue
+        if os.geteuid() != 0 or shutil.which("ip") is None:
+            raise FrontendUnavailable(
+                f"{name}: service CIDR {cidr} is not local to this node, so its ClusterIPs cannot "
+                f"be listened on: run as root (lbcore then adds `{' '.join(local_route('add', cidr))}`"
+                f" and removes it at stop), add that route yourself, or use a loopback range such "
+                f"as 127.10.0.0/16"
+            )
+        result = subprocess.run(local_route("add", cidr), capture_output=True, text=True, timeout=30)
+        if "File exists" in result.stderr:  # made local already (by someone else: theirs to keep)
+            continue
+        if result.returncode != 0:
+            raise FrontendUnavailable(f"{name}: cannot make {cidr} local: {result.stderr.strip()}")
+        added.append(cidr)
+    return added
+
+
+def set_freebind(sock: socket.socket) -> None:
+    """Let an IPv6 socket bind an address no interface holds: a ClusterIP of a CIDR made local
+    by an AnyIP route (IPv6, unlike IPv4, checks the interfaces' addresses, not the routes)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+    except OSError:  # kernels before 4.15: the IPv4 option covers IPv6 sockets too
+        sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+
+
+IPV6_FREEBIND = getattr(socket, "IPV6_FREEBIND", 78)
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 
 
 def set_receive_buffer(sock: socket.socket, size: int) -> None:
@@ -230,6 +292,7 @@ def bind_listener(
                 set_receive_buffer(sock, receive_buffer)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                set_freebind(sock)
             sock.bind((address, port))
             if protocol == "TCP":
                 sock.listen(backlog)
@@ -372,10 +435,28 @@ def proxied_ports(snapshot: Snapshot) -> Iterable[ServicePortInfo]:
 class SocketFrontend(ProxyFrontend):
     """Listens on each service's cluster IPs and port (TCP and UDP) and forwards to endpoints.
 
-    Options: see :class:`ProxyOptions` and docs/frontends/socket.md.
+    The service CIDRs must be local to listen on their addresses: a loopback range is, and as
+    root the frontend makes any other one local with an AnyIP route on ``lo`` (IPv6 has no
+    loopback range to spare), removed at stop. Options: see :class:`ProxyOptions` and
+    docs/frontends/socket.md.
     """
 
     name = "socket"
+
+    def __init__(self, options: Mapping[str, Any], context: RuntimeContext):
+        super().__init__(options, context)
+        self._routes: list[str] = []  # the AnyIP routes this frontend added
+
+    def start(self) -> None:
+        if not self._routes:
+            self._routes = make_local(self.context.service_cidrs, self.name)
+        super().start()
+
+    def stop(self, keep: bool = False) -> None:
+        super().stop(keep)
+        for cidr in self._routes:
+            subprocess.run(local_route("del", cidr), capture_output=True, timeout=30)
+        self._routes = []
 
     def wanted(
         self, snapshot: Snapshot
