@@ -404,7 +404,9 @@ class LiveCluster:
                     await task
 
     async def _mark_ready(self, state: ClusterState) -> None:
-        """Ready once the source has listed every kind and a sync carried those lists."""
+        """Ready once the source has listed every kind and a sync carried those lists. The
+        built-in sources say when they have listed with a ``synced`` event; a source without
+        one is taken as ready at the first sync."""
         listed = getattr(self.source, "synced", None)
         if isinstance(listed, asyncio.Event):
             await listed.wait()

@@ -205,3 +205,84 @@ def test_a_source_that_cannot_be_used_is_a_config_error(tmp_path):
         lbcore.connect(42)
     with pytest.raises(lbcore.ConfigError, match="unknown option"):
         lbcore.connect("http://127.0.0.1:1", options={"colour": "blue"})
+
+
+def test_picks_from_threads_while_the_affinity_changes_never_fail(cluster):
+    """A change of affinity swaps in a new core: a pick sees the old one or the new one."""
+    with lbcore.connect(cluster.store) as live:
+        picker = live.picker(NAMESPACE, SERVICE, "http")
+        bad: list[Any] = []
+        stop = threading.Event()
+
+        def worker(n: int) -> None:
+            for i in range(500_000):
+                if stop.is_set():
+                    return
+                conn = ("TCP", f"192.0.2.{n + 1}", 1024 + i % 60000, "10.0.0.1", 80)
+                try:
+                    if not picker.pick(*conn):
+                        bad.append("NO_ENDPOINTS")
+                    picker.close(*conn)
+                except Exception as exc:  # pragma: no cover - what the test looks for
+                    bad.append(repr(exc))
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            for i in range(6):
+                affinity = "ClientIP" if i % 2 == 0 else "None"
+                cluster.store.apply(service(affinity=affinity))
+                wait_until(lambda a=affinity: picker.session_affinity == a, what=affinity)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        assert bad == []
+
+
+def test_endpointslices_mode_takes_the_endpoints_from_the_slices(cluster):
+    cluster.store.apply({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "sliced", "namespace": NAMESPACE},
+        "spec": {"ports": [{"name": "http", "port": 80}]},  # no selector: slices are written
+    })
+    cluster.store.apply({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "sliced-1", "namespace": NAMESPACE,
+                     "labels": {"kubernetes.io/service-name": "sliced"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
+        "ports": [{"name": "http", "port": cluster.backends["web-0"].port, "protocol": "TCP"}],
+    })
+    with lbcore.connect(cluster.url, mode="endpointslices", options=FAST) as live:
+        picker = live.picker(NAMESPACE, "sliced", "http")
+        assert [ep.port for ep in picker.eligible] == [cluster.backends["web-0"].port]
+
+
+class FailsOnce(lbcore.Source):
+    """A source whose first run fails; the second lists the store (through the local source)."""
+
+    name = "fails-once"
+
+    def __init__(self, store: Any) -> None:
+        super().__init__({}, lbcore.RuntimeContext(store=store))
+        self.runs = 0
+        self.synced = asyncio.Event()  # set once listed, as the built-in sources do
+
+    async def run(self, sink: lbcore.SourceSink) -> None:
+        self.runs += 1
+        if self.runs == 1:
+            raise ConnectionError("the API server is not there yet")
+        from lbcore_plugins.local_source import LocalSource
+
+        inner = LocalSource({}, self.context)
+        listed = asyncio.create_task(inner.synced.wait())
+        listed.add_done_callback(lambda _: self.synced.set())
+        await inner.run(sink)
+
+
+def test_a_source_that_fails_is_started_again(cluster):
+    source = FailsOnce(cluster.store)
+    with lbcore.LiveCluster(source, description="a flaky source", timeout=15) as live:
+        assert eligible_names(live.picker(NAMESPACE, SERVICE, "http")) == {"web-0", "web-1", "web-2"}
+    assert source.runs == 2
