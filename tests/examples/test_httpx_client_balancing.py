@@ -61,15 +61,17 @@ def test_a_hashed_header_keeps_each_key_on_its_pod_and_moves_only_the_removed_po
 
             def pods_of_users() -> dict[str, str]:
                 out = {}
-                for user in range(40):
+                for user in range(100):
                     answers = {client.get("/", headers={"X-User": f"user-{user}"}).text
-                               for _ in range(3)}
+                               for _ in range(2)}
                     assert len(answers) == 1, (user, answers)
                     out[f"user-{user}"] = answers.pop()
                 return out
 
             before = pods_of_users()
-            assert len(set(before.values())) == 3  # 40 keys land on all three pods
+            # 100 keys land on all three pods (a pod's share of the ring is near a third: it gets
+            # none with p < 1e-12)
+            assert len(set(before.values())) == 3
             cluster.set_ready("web-1", False)
             wait_until(lambda: "web-1" not in eligible_names(picker), what="not ready")
             after = pods_of_users()
