@@ -7,8 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import lbcore
-from lbcore.model.snapshot import Snapshot
-from lbcore.runtime.interfaces import Frontend, FrontendUnavailable
+from lbcore import Frontend, FrontendUnavailable, Snapshot
 
 
 class EchoFrontend(Frontend):
@@ -23,7 +22,7 @@ class EchoFrontend(Frontend):
 
     def sync(self, snapshot: Snapshot, changed: frozenset[str]) -> None:
         ports = {
-            sp.key: [list(sp.cluster_ips), sorted(ep.address for ep in sp.endpoints if ep.ready)]
+            sp.key: [list(sp.cluster_ips), sorted(ep.address for ep in lbcore.endpoints_for(sp, "internal", snapshot.node_name))]
             for sp in snapshot.service_ports.values()
         }
         self._write(
