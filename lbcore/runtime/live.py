@@ -134,9 +134,11 @@ class LivePicker(Picker):
             self.pick, self.pick_index = self._core.pick, self._core.pick_index  # type: ignore[method-assign]
 
     def _adopt(self, info: ServicePortInfo) -> None:
-        """Take over a fresh core built for ``info``'s settings, in one dict update. Its old
+        """Take over a fresh core built for ``info``'s settings, in one dict update. The old
         attributes stay referenced until it is done, so no finalizer runs (and no thread switch
-        happens) halfway: a caller sees the old core or the new one, never a mix."""
+        happens) halfway: each look-up of ``pick`` or ``close`` finds the old core's or the new
+        one's. The new core starts with empty tables and counts; a connection picked on the
+        old one and closed on the new one is unknown to it (``close`` returns False)."""
         algorithm, traffic, node_name, options = self._build
         fresh = Picker(info, algorithm, traffic=traffic, node_name=node_name, **options)
         old = dict(self.__dict__)
