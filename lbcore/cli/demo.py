@@ -14,7 +14,10 @@ straight to the backends the compiled round-robin balancer picks, and the demo s
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import random
+import socket
 import sys
 import tempfile
 import time
@@ -159,6 +162,28 @@ async def _send(count: int, target: Callable[[int], tuple[str, int]]) -> tuple[C
     return answers, failures
 
 
+def free_service_cidr(port: int, attempts: int = 50) -> str:
+    """A /28 of loopback addresses where nothing listens on ``port``, for the demo's ClusterIPs,
+    so it never shares an address with a daemon (or anything else) already running here."""
+    rng = random.SystemRandom()
+    for _ in range(attempts):
+        base = ipaddress.ip_address(f"127.{rng.randrange(200, 255)}.{rng.randrange(256)}.0")
+        net = ipaddress.ip_network(f"{base + 16 * rng.randrange(16)}/28")
+        if all(_free(str(ip), port) for ip in net):
+            return str(net)
+    raise LbcoreError(f"demo: found no loopback /28 without a listener on port {port}")
+
+
+def _free(ip: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((ip, port))
+        except OSError:
+            return False
+    return True
+
+
 def _core_target(endpoints: list[str]) -> Callable[[int], tuple[str, int]]:
     """Direct connections to the backend the compiled core picks for each request (round
     robin, as the socket frontend's default)."""
@@ -191,6 +216,7 @@ async def run_demo(
             {
                 "admin_address": "127.0.0.1:0",
                 "data_dir": data_dir,
+                "service_cidr": free_service_cidr(port),
                 "frontends": ["socket"] if use_socket else [],
                 "min_sync_period": "20ms",
                 "node_name": "localhost",

@@ -42,14 +42,33 @@ def test_demo_goes_through_the_clusterip_when_the_socket_frontend_is_installed(d
 
     if "socket" not in load_plugins()[1]:
         pytest.skip("the socket frontend is not installed")
-    m = re.search(r"via (127\.10\.\d+\.\d+):8080 through the socket frontend", demo_run.stdout)
+    # a ClusterIP of a loopback range where nothing else listened (never a running daemon's)
+    m = re.search(r"via (127\.2\d\d\.\d+\.\d+):8080 through the socket frontend", demo_run.stdout)
     assert m, demo_run.stdout
+
+
+def test_the_demo_takes_a_service_range_where_nothing_listens():
+    import socket
+
+    from lbcore.cli.demo import free_service_cidr
+
+    cidr = free_service_cidr(8080)
+    first = cidr.split("/")[0].rsplit(".", 1)
+    taken = socket.socket()
+    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    taken.bind((f"{first[0]}.{int(first[1]) + 1}", 8080))
+    taken.listen(1)
+    try:
+        # that range now has a listener, as a running daemon's would: never chosen again
+        assert all(free_service_cidr(8080) != cidr for _ in range(20))
+    finally:
+        taken.close()
 
 
 def test_demo_prints_describe_service_with_the_three_endpoints(demo_run):
     describe = demo_run.stdout.split("$ lbcore describe service my-service\n", 1)[1]
-    assert describe.startswith("Name:              my-service\n")
-    assert "Endpoints:         127.0.0.11:8080,127.0.0.12:8080,127.0.0.13:8080" in describe
+    assert re.match(r"Name: +my-service\n", describe), describe
+    assert re.search(r"\nEndpoints: +127\.0\.0\.11:8080,127\.0\.0\.12:8080,127\.0\.0\.13:8080\n", describe)
 
 
 def test_demo_leaves_nothing_behind(demo_run):
