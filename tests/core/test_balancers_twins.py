@@ -62,6 +62,15 @@ def test_the_chooser_offers_the_twin_the_switch_asks_for():
     assert balancers.COMPILED is not NO_EXTENSIONS
 
 
+def test_the_picker_takes_its_compiled_core_only_with_compiled_balancers(monkeypatch):
+    from lbcore import ConfigError, Picker
+
+    monkeypatch.setattr(balancers, "COMPILED", False)  # as when only the balancers are unbuilt
+    assert Picker(algorithm="maglev").compiled is False
+    with pytest.raises(ConfigError, match="compiled core is not available"):
+        Picker(algorithm="maglev", compiled=True)
+
+
 @pytest.mark.compiled
 def test_the_compiled_twin_is_the_extension_itself():
     assert _balancers_c.__file__.endswith((".so", ".pyd"))
