@@ -312,7 +312,7 @@ def _assemble(
     way; they go by the chain they jump to, largest name first. iptables-nft-restore (1.8.9)
     keeps the chains a transaction names in a sorted linked list, walked from the smallest
     name at each mention: names that come largest first join it at the head, which makes
-    writing 10,000 dispatch rules take a tenth of the time random order takes."""
+    writing 10,000 dispatch rules take a third to a sixth of the time port order takes."""
     services: list[str] = []
     nodeports: list[str] = []
     reject: list[str] = []
