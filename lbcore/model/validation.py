@@ -44,6 +44,7 @@ IP_FAMILIES = ("IPv4", "IPv6")
 IP_FAMILY_POLICIES = ("PreferDualStack", "RequireDualStack", "SingleStack")
 ADDRESS_TYPES = ("FQDN", "IPv4", "IPv6")
 MAX_CLIENT_IP_AFFINITY_SECONDS = 86400
+TOTAL_ANNOTATION_SIZE_LIMIT = 256 * 1024  # bytes of keys and values, as the API server
 
 # --- apimachinery/pkg/util/validation: names, ports, addresses -------------------------------
 
@@ -225,11 +226,16 @@ def _validate_metadata(errs: FieldErrors, meta: Any, name_rule: Any) -> None:
     if ann is not None and not isinstance(ann, Mapping):
         errs.invalid("metadata.annotations", ann, "must be a map of strings")
     elif ann:
+        total = 0
         for k, v in ann.items():
             if not isinstance(k, str) or not isinstance(v, str):
                 errs.invalid(f"metadata.annotations[{k}]", v, "must be a string")
             else:
                 errs.each("metadata.annotations", k, label_key_errors(k))
+                total += len(k.encode()) + len(v.encode())
+        if total > TOTAL_ANNOTATION_SIZE_LIMIT:  # the API server's limit, on keys and values
+            errs.causes.append(Cause("metadata.annotations", "FieldValueTooLong",
+                                     f"Too long: must have at most {TOTAL_ANNOTATION_SIZE_LIMIT} bytes"))
 
 
 def _validate_labels(errs: FieldErrors, labels: Any, path: str) -> None:

@@ -13,15 +13,19 @@ import asyncio
 import copy
 import functools
 import hmac
+import ipaddress
 import json
 import logging
 import platform
-from collections.abc import Awaitable, Callable, Mapping
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import yaml
 from aiohttp import web
+from yarl import URL
 
+from lbcore.errors import Cause
 from lbcore.model.kinds import KINDS, Kind, kind_for
 from lbcore.runtime.store import (
     BadRequest,
@@ -51,6 +55,23 @@ CLIENT_CHECK_INTERVAL = 1.0
 
 _WATCHES = web.AppKey("lbcore_watches", set)
 
+# Bytes are admitted before objects. A request body is at most what the API server takes
+# (3 MiB); nesting is bounded well below where Python's recursion (json, deepcopy) would fail;
+# a YAML body whose aliases would expand it beyond the body limit is refused while it is still
+# a graph of nodes, before the expanded object is built.
+MAX_BODY_BYTES = 3 * 1024 * 1024
+MAX_DEPTH = 100
+# bodies above this are parsed on a worker thread, so the loop keeps answering meanwhile
+PARSE_OFF_LOOP_BYTES = 64 * 1024
+# lists of more objects than this are serialized on a worker thread
+LIST_OFF_LOOP_ITEMS = 500
+OBJECT_TYPES = ("application/json", "application/yaml")
+PATCH_TYPES = (
+    "application/merge-patch+json",
+    "application/strategic-merge-patch+json",
+    "application/apply-patch+yaml",
+)
+
 
 class UnsupportedMediaType(StoreError):
     code = 415
@@ -62,21 +83,40 @@ class MethodNotAllowed(StoreError):
     reason = "MethodNotAllowed"
 
 
+class Forbidden(StoreError):
+    code = 403
+    reason = "Forbidden"
+
+
+class RequestEntityTooLarge(StoreError):
+    code = 413
+    reason = "RequestEntityTooLarge"
+
+
 def add_routes(
     app: web.Application,
     store: Store,
     token: str | None = None,
     *,
     bookmark_interval: float = 60.0,
+    allowed_hosts: Iterable[str] = (),
 ) -> None:
     """Serve ``store`` on ``app`` in the shape of the Kubernetes REST API.
+
+    Every request of ``app`` (the daemon's ``/healthz`` and ``/metrics`` too) must name in its
+    ``Host`` header an IP address, ``localhost``, this machine's host name or one of
+    ``allowed_hosts`` (a name a DNS rebinding attack controls is refused), and may carry no
+    ``Origin`` but the server's own: a web page the user opens cannot reach it.
 
     :param token: when set, every write (POST, PUT, PATCH, DELETE) needs
         ``Authorization: Bearer <token>``; reads stay open.
     :param bookmark_interval: seconds without an event after which a watch that allows
         bookmarks gets a BOOKMARK.
+    :param allowed_hosts: further host names the server answers to.
     """
     api = _AdminAPI(store, token, bookmark_interval)
+    names = {"localhost", socket.gethostname().lower(), *(h.lower() for h in allowed_hosts)}
+    app.middlewares.append(_same_site_only(frozenset(names)))
     app[_WATCHES] = api.watches
     app.on_shutdown.append(api.end_watches)
     add = app.router.add_route
@@ -105,8 +145,179 @@ def add_routes(
         add("*", prefix + "/{resource}", api.not_allowed)
 
 
+def _too_large(size: int) -> RequestEntityTooLarge:
+    return RequestEntityTooLarge(
+        f"Request entity too large: limit is {MAX_BODY_BYTES} bytes, the body has {size} bytes"
+        " or more"
+    )
+
+
+def parse_body(data: bytes, content_type: str) -> Any:
+    """JSON (or YAML when ``content_type`` says so) from UTF-8 bytes, nested at most
+    :data:`MAX_DEPTH` deep; a YAML document whose aliases would expand it beyond
+    :data:`MAX_BODY_BYTES` is refused before it is built.
+
+    :raises BadRequest: bytes that are not UTF-8, or not JSON/YAML, or too deep or too large.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"body: not valid UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start}"
+        ) from None
+    if "yaml" in content_type:
+        loader = _BoundedYAMLLoader(text)
+        try:
+            node = loader.get_single_node()
+            return None if node is None else loader.construct_document(node)
+        except yaml.YAMLError as exc:
+            raise BadRequest(f"body: not valid YAML: {' '.join(str(exc).split())}") from None
+        finally:
+            loader.dispose()
+    try:
+        body = json.loads(text)
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError as exc:
+        raise BadRequest(f"body: not valid JSON: {exc}") from None
+    if _depth(body) > MAX_DEPTH:
+        raise _too_deep()
+    return body
+
+
+def _too_deep() -> BadRequest:
+    return BadRequest(f"body: nested more than {MAX_DEPTH} levels deep")
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and objects nest in ``value`` (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_DEPTH:
+                return deepest
+        stack.extend((child, depth) for child in children)
+    return deepest
+
+
+class _BoundedYAMLLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, measuring each node as it is composed: how deep it nests and how
+    many bytes it stands for once its aliases are expanded (each alias counts as a full copy
+    of what it names, as JSON would write it). The whole document is a graph of nodes then,
+    its size that of the YAML text; the expanded object, which an alias bomb makes huge, is
+    only built after the measure passed."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._nesting = 0
+        self._measured: dict[int, tuple[int, int]] = {}  # id(node) -> (bytes, depth) expanded
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            if id(node) not in self._measured:  # named while it is still being composed
+                raise BadRequest("body: a YAML alias refers to a node that contains it")
+            return node
+        self._nesting += 1
+        if self._nesting > MAX_DEPTH:
+            raise _too_deep()
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._nesting -= 1
+        self._measure(node)
+        return node
+
+    def _measure(self, node: Any) -> None:
+        if isinstance(node, yaml.ScalarNode):
+            size, depth = len(node.value) + 3, 0
+        else:
+            if isinstance(node, yaml.MappingNode):
+                children = [child for pair in node.value for child in pair]
+            else:
+                children = node.value
+            size, depth = 2, 0
+            for child in children:
+                child_size, child_depth = self._measured[id(child)]
+                size += child_size + 1
+                depth = max(depth, child_depth)
+            depth += 1
+        if size > MAX_BODY_BYTES:
+            raise BadRequest(
+                f"body: the YAML document expands (its aliases resolved) to more than "
+                f"{MAX_BODY_BYTES} bytes"
+            )
+        if depth > MAX_DEPTH:
+            raise _too_deep()
+        self._measured[id(node)] = (size, depth)
+
+
 def _status_response(error: StoreError) -> web.Response:
     return web.json_response(error.status(), status=error.code)
+
+
+def _host_name(host: str) -> str:
+    """The name or address of a ``Host`` header, without its port and brackets."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.rstrip(".").lower()
+
+
+def _cross_site_problem(request: web.Request, names: frozenset[str]) -> str | None:
+    """Why a request may come from a web page rather than a client of this server, or None.
+
+    An IP address cannot be rebound by DNS, so it is always a valid ``Host``; a name must be
+    one this server knows it has. Browsers send ``Origin`` on cross-site requests, and no
+    client of this API (lbcore, kubectl, the official client) sends one.
+    """
+    host = request.headers.get("Host")
+    if host is not None:
+        name = _host_name(host)
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            if name not in names:
+                return (
+                    f"Host: {host!r} is not an IP address, localhost or this server's name; "
+                    "reach the admin API by address"
+                )
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        try:
+            url = URL(origin)
+            own = URL(f"{request.scheme}://{host}") if host else None
+            same = own is not None and (url.scheme, url.host, url.port) == (
+                own.scheme, own.host, own.port)
+        except (ValueError, TypeError):
+            same = False
+        if not same:
+            return f"Origin: {origin!r} is not this server's; cross-site requests are refused"
+    return None
+
+
+def _same_site_only(names: frozenset[str]) -> Any:
+    @web.middleware
+    async def same_site_only(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        problem = _cross_site_problem(request, names)
+        if problem is not None:
+            return _status_response(Forbidden(problem))
+        return await handler(request)
+
+    return same_site_only
 
 
 def _handles_errors(handler: Callable[[Any, web.Request], Awaitable[web.StreamResponse]]) -> Any:
@@ -255,14 +466,37 @@ class _AdminAPI:
             raise Unauthorized("Authorization: a valid bearer token is required for writes")
 
     @staticmethod
-    async def _body(request: web.Request) -> Any:
-        text = await request.text()
-        try:
-            if "yaml" in request.content_type:
-                return yaml.safe_load(text)
-            return json.loads(text)
-        except (ValueError, yaml.YAMLError) as exc:
-            raise BadRequest(f"body: not valid {request.content_type}: {exc}") from None
+    async def _body(request: web.Request, accepted: tuple[str, ...] = OBJECT_TYPES) -> Any:
+        """The request body, parsed: its type, charset, size, nesting and alias expansion are
+        checked before (or while) it is parsed, never after an object was built."""
+        # no Content-Type is JSON (the official client sends none on create); a browser sends
+        # one of its own with a form or text, and an Origin with anything cross-site
+        given = request.headers.get("Content-Type")
+        content_type = request.content_type if given is not None else "application/json"
+        if content_type not in accepted:
+            raise UnsupportedMediaType(
+                f"Content-Type: {given!r} is not supported here; use "
+                f"{', '.join(accepted)}"
+            )
+        charset = request.charset
+        if charset is not None and charset.lower() not in ("utf-8", "utf8"):
+            raise UnsupportedMediaType(
+                f"Content-Type: charset {charset!r} is not supported; send UTF-8"
+            )
+        length = request.content_length
+        if length is not None and length > MAX_BODY_BYTES:
+            raise _too_large(length)
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await request.content.read(64 * 1024):
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise _too_large(size)
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        if size > PARSE_OFF_LOOP_BYTES:
+            return await asyncio.to_thread(parse_body, data, content_type)
+        return parse_body(data, content_type)
 
     def _object(self, request: web.Request, body: Any, kind: str) -> dict[str, Any]:
         """The body as an object of ``kind`` in the URL's namespace (and name, for PUT)."""
@@ -275,7 +509,12 @@ class _AdminAPI:
             raise BadRequest(f"kind: {body['kind']!r} sent to the {served.plural} resource")
         meta = body.setdefault("metadata", {})
         if not isinstance(meta, dict):
-            raise Invalid(kind, "", [])
+            shown = json.dumps(meta)
+            shown = shown if len(shown) <= 64 else shown[:61] + "..."
+            raise Invalid(kind, "", [Cause(
+                "metadata", "FieldValueInvalid",
+                f"Invalid value: {shown}: must be an object, not {_json_type(meta)}",
+            )])
         namespace = request.match_info["namespace"]
         if meta.setdefault("namespace", namespace) != namespace:
             raise BadRequest(
@@ -300,15 +539,30 @@ class _AdminAPI:
         fields = _field_filter(query.get("fieldSelector"))
         if _truthy(query.get("watch")):
             return await self._watch(request, kind, namespace, fields)
-        items, rv = self.store.list(kind, namespace, query.get("labelSelector") or None)
-        if fields is not None:
-            items = [o for o in items if fields(o)]
-        return web.json_response({
+        # on a worker thread, each object on its own: a list of 50,000 pods neither stalls the
+        # loop (/healthz, writes) nor holds the GIL in one long call
+        body = await asyncio.to_thread(
+            self._list_body, kind, namespace, query.get("labelSelector") or None, fields
+        )
+        return web.Response(body=body, content_type="application/json")
+
+    def _list_body(
+        self, kind: str, namespace: str | None, selector: str | None,
+        fields: Callable[[Mapping[str, Any]], bool] | None,
+    ) -> bytes:
+        """The ``{kind}List`` as JSON bytes; objects are copied as stored when nothing filters."""
+        if selector is None and fields is None:
+            texts, rv = self.store.list_json(kind, namespace)
+        else:
+            items, rv = self.store.list(kind, namespace, selector)
+            dumps = functools.partial(json.dumps, separators=(",", ":"))
+            texts = [dumps(o) for o in items if fields is None or fields(o)]
+        head = json.dumps({
             "kind": f"{kind}List",
             "apiVersion": kind_for(kind).api_version,
             "metadata": {"resourceVersion": rv},
-            "items": items,
-        })
+        }, separators=(",", ":"))
+        return f'{head[:-1]},"items":[{",".join(texts)}]}}'.encode()
 
     async def _watch(
         self, request: web.Request, kind: str, namespace: str | None,
@@ -395,16 +649,9 @@ class _AdminAPI:
         kind = self._kind(request)
         content_type = request.content_type
         info = request.match_info
-        body = await self._body(request)
+        body = await self._body(request, PATCH_TYPES)
         if content_type == "application/apply-patch+yaml":
             return web.json_response(self.store.apply(self._object(request, body, kind)))
-        if content_type not in (
-            "application/merge-patch+json", "application/strategic-merge-patch+json"
-        ):
-            raise UnsupportedMediaType(
-                f"Content-Type: {content_type!r} is not supported; use "
-                "application/merge-patch+json or application/apply-patch+yaml"
-            )
         if not isinstance(body, dict):
             raise BadRequest(f"body: a merge patch is an object, got {type(body).__name__}")
         current = self.store.get(kind, info["namespace"], info["name"])
@@ -435,6 +682,14 @@ async def _close_when_client_leaves(request: web.Request, watcher: Watch) -> Non
         if transport is None or transport.is_closing():
             watcher.close()
             return
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return {str: "a string", list: "an array", type(None): "null"}.get(type(value), "a value")
 
 
 def _merge_patch(target: Any, patch: Any) -> Any:

@@ -27,7 +27,7 @@ import sqlite3
 import threading
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,25 @@ class Gone(StoreError):
     reason = "Expired"
 
 
+class TooLargeResourceVersion(StoreError):
+    """504: a watch from a resourceVersion this store has not reached (as kube-apiserver answers
+    after a restore or a restart with a lower revision range): the client lists again."""
+
+    code = 504
+    reason = "Timeout"
+
+    def __init__(self, resource_version: int, current: int):
+        StoreError.__init__(
+            self, f"Timeout: Too large resource version: {resource_version}, current: {current}"
+        )
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+            "retryAfterSeconds": 1,
+        }
+
+
 class Invalid(StoreError, ValidationError):  # type: ignore[misc]  # kind/name: str in both
     """422: an object that fails validation or allocation; ``causes`` lists every field."""
 
@@ -221,6 +240,8 @@ class _Change:
     name: str
     obj: dict[str, Any]
     previous: dict[str, Any] | None
+    # the bytes of its JSON (object and previous), what a watcher's buffer is bounded by
+    size: int = 0
 
     def event(self) -> Event:
         return {"type": self.type, "object": self.obj}
@@ -341,6 +362,8 @@ class Store:
         """Write one change (``obj`` None deletes) and its history row in one transaction."""
         after = obj if obj is not None else previous
         assert after is not None
+        after_json = json.dumps(after, separators=(",", ":"))
+        previous_json = None if previous is None else json.dumps(previous, separators=(",", ":"))
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -353,15 +376,12 @@ class Store:
                 db.execute(
                     "INSERT OR REPLACE INTO objects (kind, namespace, name, rv, body) "
                     "VALUES (?, ?, ?, ?, ?)",
-                    (kind, namespace, name, rv, json.dumps(obj, separators=(",", ":"))),
+                    (kind, namespace, name, rv, after_json),
                 )
             db.execute(
                 "INSERT INTO history (rv, type, kind, namespace, name, body, previous) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    rv, typ, kind, namespace, name, json.dumps(after, separators=(",", ":")),
-                    None if previous is None else json.dumps(previous, separators=(",", ":")),
-                ),
+                (rv, typ, kind, namespace, name, after_json, previous_json),
             )
             db.execute("DELETE FROM history WHERE rv <= ?", (rv - self.history,))
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('revision', ?)", (rv,))
@@ -370,7 +390,8 @@ class Store:
             db.execute("ROLLBACK")
             raise
         self._revision = rv
-        return _Change(rv, typ, kind, namespace, name, after, previous)
+        size = len(after_json) + (len(previous_json) if previous_json is not None else 0)
+        return _Change(rv, typ, kind, namespace, name, after, previous, size)
 
     def _publish(self, change: _Change) -> None:
         for watcher in list(self._watchers):
@@ -534,11 +555,28 @@ class Store:
                     "SELECT body FROM objects WHERE kind = ? AND namespace = ? ORDER BY name",
                     (kind, namespace),
                 )
-            items = [json.loads(body) for (body,) in rows]
+            bodies = [body for (body,) in rows]
             revision = self._revision
+        items = [json.loads(body) for body in bodies]  # outside the lock: writers go on
         if matches is not None:
             items = [o for o in items if matches(_labels(o))]
         return items, str(revision)
+
+    def list_json(self, kind: str, namespace: str | None = None) -> tuple[Sequence[str], str]:
+        """As :meth:`list` without a selector, each object as the JSON text it is stored as,
+        so that a large list is answered without parsing it (and from any thread)."""
+        _served(kind)
+        with self._lock:
+            if namespace is None:
+                rows = self._db.execute(
+                    "SELECT body FROM objects WHERE kind = ? ORDER BY namespace, name", (kind,)
+                ).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT body FROM objects WHERE kind = ? AND namespace = ? ORDER BY name",
+                    (kind, namespace),
+                ).fetchall()
+            return [body for (body,) in rows], str(self._revision)
 
     # -- change notification -------------------------------------------------------------------
 
@@ -578,6 +616,7 @@ class Store:
           after ``bookmark_interval`` seconds without an event.
 
         :raises Gone: N is older than the history kept (:attr:`oldest_resource_version`).
+        :raises TooLargeResourceVersion: N is newer than the store's revision.
         :raises BadRequest: a resourceVersion or selector that does not parse.
         """
         _served(kind)
@@ -601,6 +640,8 @@ class Store:
                     ) from None
                 if start < self.oldest_resource_version:
                     raise _too_old(start, self.oldest_resource_version)
+                if start > self._revision:
+                    raise TooLargeResourceVersion(start, self._revision)
                 initial = [self._change_from_row(r) for r in self._db.execute(
                     "SELECT rv, type, kind, namespace, name, body, previous FROM history "
                     "WHERE rv > ? ORDER BY rv", (start,))]
@@ -641,9 +682,12 @@ def _selector(label_selector: Any) -> Callable[[Mapping[str, str]], bool] | None
 # Watch
 # ---------------------------------------------------------------------------------------------
 
-# A watcher that falls this far behind is ended, as the API server ends a slow watcher: its
-# client resumes from the last resourceVersion it saw.
+# A watcher that falls this far behind (in events, or in bytes of JSON waiting for it) is ended
+# with a 410, as the API server ends a slow watcher, and what waited for it is let go at once:
+# a client that stopped reading cannot grow the daemon's memory without bound. Its client lists
+# again.
 MAX_PENDING = 10_000
+MAX_PENDING_BYTES = 16 * 1024 * 1024
 
 
 class Watch(AsyncIterator[Event]):
@@ -663,6 +707,7 @@ class Watch(AsyncIterator[Event]):
         self.bookmark_interval = bookmark_interval
         self.resource_version = start  # every change up to here has been delivered or skipped
         self._pending: deque[_Change] = deque(initial)
+        self._pending_bytes = 0  # of the changes offered since the start (not the initial ones)
         self._wakeup = asyncio.Event()
         self._ended = False
         self._overflowed = False
@@ -673,12 +718,29 @@ class Watch(AsyncIterator[Event]):
     def _offer(self, change: _Change) -> None:
         if self._overflowed:
             return
-        if len(self._pending) >= MAX_PENDING:
-            self._overflowed = True  # deliver what is queued, then end
-            log.warning("watch of %s fell %d events behind; ending it", self.kind, MAX_PENDING)
+        if (len(self._pending) >= MAX_PENDING
+                or self._pending_bytes + change.size > MAX_PENDING_BYTES):
+            log.warning(
+                "watch of %s fell %d events (%d bytes) behind; ending it with 410",
+                self.kind, len(self._pending), self._pending_bytes,
+            )
+            self._overflowed = True
+            self._pending.clear()  # let go of what it held now, not when its client reads
+            self._pending_bytes = 0
         else:
             self._pending.append(change)
+            self._pending_bytes += change.size
         self._poke()
+
+    @property
+    def overflowed(self) -> bool:
+        """Whether this watcher fell too far behind and ends with a 410 ERROR event."""
+        return self._overflowed
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of JSON waiting for this watcher's client (changes since it started)."""
+        return self._pending_bytes
 
     def _poke(self) -> None:
         try:
@@ -734,12 +796,18 @@ class Watch(AsyncIterator[Event]):
 
     async def __anext__(self) -> Event:
         while True:
-            while self._pending:
+            while self._pending and not self._overflowed:
                 change = self._pending.popleft()
+                self._pending_bytes -= change.size
                 event = self._filter(change)
                 self.resource_version = max(self.resource_version, change.rv)
                 if event is not None:
                     return event
+            if self._overflowed and not self._ended:
+                self.close()  # one ERROR event, then the end
+                gone = _too_old(self.resource_version, self._store.revision)
+                gone.message += ": the watch fell too far behind its changes; list again"
+                return {"type": "ERROR", "object": gone.status()}
             if self._ended or self._overflowed:
                 self.close()
                 raise StopAsyncIteration
