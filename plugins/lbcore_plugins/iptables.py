@@ -652,7 +652,8 @@ class IptablesFrontend(Frontend):
             for line in proc.stdout.splitlines():
                 if line.startswith(":" + OWN_PREFIX):
                     found[table].add(line[1:].split(" ", 1)[0])
-                elif line.startswith("-A ") and f" -j {OWN_PREFIX}" in line:
+                elif (line.startswith("-A ") and not line.startswith(f"-A {OWN_PREFIX}")
+                      and f" -j {OWN_PREFIX}" in line):
                     hooked.add((table, line[3:]))
         return found["nat"], found["filter"], hooked
 
