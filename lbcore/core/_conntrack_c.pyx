@@ -980,6 +980,7 @@ cdef enum:
 
 
 def _addr_str(b: bytes) -> str:
+    """A stored 16-byte address as text (IPv4 for ``::ffff:a.b.c.d``)."""
     a = ipaddress.IPv6Address(b)
     return str(a.ipv4_mapped) if a.ipv4_mapped is not None else str(a)
 
@@ -1160,6 +1161,7 @@ cdef inline void _pipeline(_Pipe* p, _Batch cols, Py_ssize_t i, Py_ssize_t n) no
 
 
 def _batch_rows(src) -> Py_ssize_t:
+    """How many rows a batch of addresses ``src`` has (an array, not one address)."""
     a = np.asarray(src)
     if a.ndim == 0:
         raise _invalid("src", src, "a batch needs an array of addresses")

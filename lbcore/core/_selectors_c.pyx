@@ -693,6 +693,7 @@ cdef Selector _build(list reqs, bint nothing):
 
 
 def _restore(reqs, nothing):
+    """Rebuild a pickled Selector from its requirements (``Selector.__reduce__``)."""
     return _build([_plain(r[0], _OP_CODE[r[1]], tuple(r[2])) for r in reqs], nothing)
 
 
