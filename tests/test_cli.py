@@ -176,7 +176,7 @@ def test_create_get_describe_delete_a_service(daemon, tmp_path):
     listed = yaml.safe_load(cli("get", "services", "-o", "yaml", env=daemon).stdout)
     assert listed["kind"] == "List" and "web" in {i["metadata"]["name"] for i in listed["items"]}
     out = cli("describe", "svc", "web", env=daemon)
-    assert out.returncode == 0 and out.stdout.startswith("Name:              web\n")
+    assert out.returncode == 0 and out.stdout.startswith("Name:                     web\n")
     out = cli("delete", "svc", "web", env=daemon)
     assert (out.returncode, out.stdout) == (0, 'service "web" deleted\n')
     out = cli("get", "svc", "web", env=daemon)
@@ -261,21 +261,47 @@ def test_seed_manifests_pods_endpoints_and_slices(daemon):
         "127.0.0.12",
         "127.0.0.13",
     ]
-    out = cli("get", "ep", "my-service", env=daemon)
-    assert out.returncode == 0
+    # the daemon's endpoints controller writes the Endpoints and EndpointSlices; the CLI reads
+    out = until(lambda: cli("get", "ep", "my-service", env=daemon),
+                lambda o: o.returncode == 0 and "127.0.0.13:8080" in o.stdout)
     assert out.stdout.splitlines()[1].split()[:2] == [
         "my-service",
         "127.0.0.11:8080,127.0.0.12:8080,127.0.0.13:8080",
     ]
-    out = cli("get", "endpointslices", env=daemon)
+    as_json = json.loads(cli("get", "ep", "my-service", "-o", "json", env=daemon).stdout)
+    assert [a["ip"] for a in as_json["subsets"][0]["addresses"]] == [
+        "127.0.0.11", "127.0.0.12", "127.0.0.13"]
+    as_yaml = yaml.safe_load(cli("get", "ep", "-o", "yaml", env=daemon).stdout)
+    assert [i["metadata"]["name"] for i in as_yaml["items"]] == ["my-service"]
+    assert as_yaml["items"][0]["subsets"] == as_json["subsets"]  # what the table shows
+    out = cli("get", "endpointslices", "-l", "kubernetes.io/service-name=my-service", env=daemon)
     assert out.returncode == 0
+    assert out.stdout.splitlines()[1].split()[1:4] == [
+        "IPv4", "8080", "127.0.0.11,127.0.0.12,127.0.0.13"]
     out = cli("describe", "service", "my-service", env=daemon)
-    assert "Endpoints:         127.0.0.11:8080,127.0.0.12:8080,127.0.0.13:8080" in out.stdout
+    assert "Endpoints:                127.0.0.11:8080,127.0.0.12:8080,127.0.0.13:8080" in out.stdout
+    assert "Internal Traffic Policy:  Cluster\n" in out.stdout
     out = cli("delete", "-f", "examples/my-app-pods.yaml", env=daemon)
     assert out.returncode == 0 and out.stdout.count("deleted") == 3
-    out = cli("describe", "service", "my-service", env=daemon)
-    assert "Endpoints:         <none>" in out.stdout
+    # no pod: an empty slice stays, and kubectl prints nothing after "Endpoints:"
+    out = until(lambda: cli("describe", "service", "my-service", env=daemon),
+                lambda o: "127.0.0" not in o.stdout)
+    assert "\nEndpoints:                \n" in out.stdout
+    out = cli("get", "ep", "my-service", env=daemon)
+    assert out.stdout.splitlines()[1].split()[:2] == ["my-service", "<none>"]
     assert cli("delete", "svc", "my-service", env=daemon).returncode == 0
+    out = until(lambda: cli("get", "ep", "my-service", env=daemon), lambda o: o.returncode == 1)
+    assert out.stderr == 'Error from server (NotFound): endpoints "my-service" not found\n'
+
+
+def until(run, done, attempts: int = 100):
+    """``run()`` again (every 50 ms, at most ``attempts`` times) until ``done`` of its result."""
+    for _ in range(attempts):
+        result = run()
+        if done(result):
+            return result
+        time.sleep(0.05)
+    return result
 
 
 def test_describe_unknown_service_and_delete_unknown_object(daemon):

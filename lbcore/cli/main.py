@@ -265,22 +265,10 @@ def cmd_get(args: argparse.Namespace) -> int:
     namespace = (
         None if args.all_namespaces else (getattr(args, "namespace", None) or DEFAULT_NAMESPACE)
     )
-    if args.name and resource.kind == "Endpoints":
-        # an lbcore store has no endpoints controller: a service without an Endpoints object
-        # still has endpoints, computed below
-        try:
-            items = [client.get(resource, namespace or DEFAULT_NAMESPACE, args.name)]
-        except ApiError as exc:
-            if exc.code != 404 or not _exists(client, "svc", namespace, args.name):
-                raise
-            items = []
-    elif args.name:
+    if args.name:
         items = [client.get(resource, namespace or DEFAULT_NAMESPACE, args.name)]
     else:
         items = client.list(resource, namespace, args.selector)
-    rows: list[Any] = list(items)
-    if resource.kind == "Endpoints" and args.output in (None, "wide"):
-        rows = _endpoints_rows(client, items, namespace, args.name, args.selector)
     if args.output == "json" or args.output == "yaml":
         doc: Any = items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}
         if args.output == "json":
@@ -292,51 +280,12 @@ def cmd_get(args: argparse.Namespace) -> int:
         for item in items:
             print(f"{resource.kind.lower()}/{item['metadata']['name']}")
         return 0
-    if not rows:
+    if not items:
         where = "any namespace" if namespace is None else f"{namespace} namespace"
         print(f"No resources found in {where}.", file=sys.stderr)
         return 0
-    print(format_table(resource, rows, wide=args.output == "wide", namespaces=namespace is None))
+    print(format_table(resource, items, wide=args.output == "wide", namespaces=namespace is None))
     return 0
-
-
-def _exists(client: Client, kind: str, namespace: str | None, name: str) -> bool:
-    try:
-        client.get(resource_for(kind), namespace or DEFAULT_NAMESPACE, name)
-    except ApiError as exc:
-        if exc.code == 404:
-            return False
-        raise
-    return True
-
-
-def _endpoints_rows(
-    client: Client,
-    items: list[dict[str, Any]],
-    namespace: str | None,
-    name: str | None,
-    selector: str | None,
-) -> list[Any]:
-    """Endpoints objects, plus a row computed from the pods or EndpointSlices for each service
-    that has none (an lbcore store has no endpoints controller writing them)."""
-    from lbcore.model.objects import parse_timestamp
-
-    have = {((i.get("metadata") or {}).get("namespace"), i["metadata"]["name"]) for i in items}
-    table = _service_table(client, namespace)
-    rows: list[Any] = list(items)
-    for service in table.list("Service", namespace, selector):
-        if (service.namespace, service.name) in have or (name and service.name != name):
-            continue
-        created = parse_timestamp(service.raw["metadata"].get("creationTimestamp"))
-        rows.append(
-            (
-                service.name,
-                table.endpoints(service.namespace, service.name),
-                created,
-                service.namespace,
-            )
-        )
-    return rows
 
 
 def format_table(resource: Kind, items: list[Any], wide: bool, namespaces: bool) -> str:
@@ -347,8 +296,6 @@ def format_table(resource: Kind, items: list[Any], wide: bool, namespaces: bool)
         return [cls.from_dict(item, validate=False) for item in items]
 
     def namespace_of(item: Any) -> str:
-        if isinstance(item, tuple):
-            return str(item[3])
         return str((item.get("metadata") or {}).get("namespace", ""))
 
     if resource.kind == "Service":
@@ -356,12 +303,7 @@ def format_table(resource: Kind, items: list[Any], wide: bool, namespaces: bool)
     elif resource.kind == "Pod":
         text = describe.format_pods_table(wrap(model.Pod), wide=wide)
     elif resource.kind == "Endpoints":
-        # stored Endpoints objects and computed (name, endpoints, created) rows, mixed
-        rows: Any = [
-            i[:3] if isinstance(i, tuple) else model.Endpoints.from_dict(i, validate=False)
-            for i in items
-        ]
-        text = describe.format_endpoints_table(rows)
+        text = describe.format_endpoints_table(wrap(model.Endpoints))
     else:
         text = describe.format_endpoint_slices_table(wrap(model.EndpointSlice))
     if not namespaces:
@@ -386,14 +328,21 @@ def _service_table(client: Client, namespace: str | None) -> Any:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
+    """kubectl's describe: the service and its EndpointSlices, as the server holds them."""
+    from lbcore.model.describe import describe_service
+    from lbcore.model.objects import SERVICE_NAME_LABEL, EndpointSlice, Service
+
     resource = resource_for(args.kind)
     if resource.kind != "Service":
         raise CommandError(f"describe: only services are described, not {args.kind}")
     client = _client(args)
     namespace = getattr(args, "namespace", None) or DEFAULT_NAMESPACE
-    client.get(resource, namespace, args.name)  # a clear NotFound before any other work
-    table = _service_table(client, namespace)
-    print(table.describe_service(namespace, args.name).rstrip("\n"))
+    service = Service.from_dict(client.get(resource, namespace, args.name), validate=False)
+    selector = f"{SERVICE_NAME_LABEL}={args.name}"
+    slices = [EndpointSlice.from_dict(item, validate=False)
+              for item in client.list(resource_for("EndpointSlice"), namespace, selector)]
+    slices.sort(key=lambda sl: sl.name)
+    print(describe_service(service, endpoint_slices=slices).rstrip("\n"))
     return 0
 
 

@@ -272,12 +272,35 @@ def _cluster_ips(svc: dict[str, Any], allocators: ServiceAllocators,
             raise _invalid(svc, f"spec.ipFamilies[{i}]", f'Invalid value: "{family}": '
                            "no service CIDR of this family is configured")
         want = requested[i] if i < len(requested) else None
+        problem = _ip_problem(allocator, want, service_owner(svc))
+        if problem is not None:
+            raise _invalid(svc, "spec.clusterIPs",
+                           f"Invalid value: {_go_strings(requested)}: {problem}")
         try:
             ips.append(admission.take(allocator, want))
-        except AllocationError as exc:
-            raise _invalid(svc, f"spec.clusterIPs[{i}]",
-                           f'Invalid value: "{want or ""}": {exc}') from None
+        except AllocationError as exc:  # what the checks above did not foresee
+            raise _invalid(svc, "spec.clusterIPs",
+                           f"Invalid value: {_go_strings(requested)}: {exc}") from None
     spec.update(clusterIPs=ips, clusterIP=ips[0], ipFamilies=families, ipFamilyPolicy=policy)
+
+
+def _go_strings(values: list[str]) -> str:
+    """A list of strings as the API server prints a field's value: ``[]string{"a", "b"}``."""
+    return "[]string{" + ", ".join(f'"{v}"' for v in values) + "}"
+
+
+def _ip_problem(allocator: ClusterIPAllocator, want: str | None, owner: str) -> str | None:
+    """Why ``want`` cannot be given, in the API server's words (None: it can)."""
+    if not want:
+        if allocator.free == 0:
+            return "failed to allocate a serviceIP: range is full"
+        return None
+    if not allocator.contains(want):
+        return (f"failed to allocate IP {want}: the provided IP ({want}) is not in the valid "
+                f"range. The range of valid IPs is {allocator.network}")
+    if allocator.in_use(want) and allocator.owner_of(want) != owner:
+        return f"failed to allocate IP {want}: provided IP is already allocated"
+    return None
 
 
 def _node_ports(svc: dict[str, Any], allocators: ServiceAllocators,
@@ -288,11 +311,26 @@ def _node_ports(svc: dict[str, Any], allocators: ServiceAllocators,
             # TCP and UDP of one port share one node port, as Kubernetes gives them
             (q["nodePort"] for q in ports if q.get("port") == port.get("port") and q.get("nodePort")),
             None)
+        problem = _port_problem(allocators.ports, want, service_owner(svc))
+        if problem is not None:
+            raise _invalid(svc, f"spec.ports[{i}].nodePort", f"Invalid value: {want or 0}: {problem}")
         try:
             port["nodePort"] = admission.take(allocators.ports, want)
-        except AllocationError as exc:
+        except AllocationError as exc:  # what the checks above did not foresee
             raise _invalid(svc, f"spec.ports[{i}].nodePort",
                            f"Invalid value: {want or 0}: {exc}") from None
+
+
+def _port_problem(allocator: NodePortAllocator, want: int | None, owner: str) -> str | None:
+    """Why node port ``want`` cannot be given, in the API server's words (None: it can)."""
+    if not want:
+        return "failed to allocate a nodePort: range is full" if allocator.free == 0 else None
+    if not allocator.contains(want):
+        return ("provided port is not in the valid range. "
+                f"The range of valid ports is {allocator.range_text}")
+    if allocator.in_use(want) and allocator.owner_of(want) != owner:
+        return "provided port is already allocated"
+    return None
 
 
 # --- stamping --------------------------------------------------------------------------------

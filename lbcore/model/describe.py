@@ -15,7 +15,9 @@ from lbcore.model.snapshot import EndpointInfo
 
 __all__ = [
     "describe_service",
+    "format_endpoint_slices",
     "format_endpoint_slices_table",
+    "format_endpoints",
     "format_endpoints_table",
     "format_pods_table",
     "format_services_table",
@@ -26,9 +28,13 @@ __all__ = [
 MAX_SHOWN_ENDPOINTS = 3  # kubectl shows three addresses, then "+ N more..."
 
 
-def tabulate(rows: Sequence[Sequence[str]], padding: int) -> str:
+def tabulate(rows: Sequence[Sequence[str]], padding: int, trim: bool = True) -> str:
     """Go tabwriter alignment: a column is as wide as its widest cell in each run of
-    consecutive rows that have that column (the last cell of a row is never padded)."""
+    consecutive rows that have that column (the last cell of a row is never padded).
+
+    ``trim=False`` keeps the padding of a row whose last cell is empty, as kubectl's
+    ``describe`` prints ``Endpoints:`` followed by spaces when a service has no ready one.
+    """
     widths: list[dict[int, int]] = [{} for _ in rows]
     ncols = max((len(r) for r in rows), default=0)
     for col in range(ncols - 1):
@@ -45,7 +51,8 @@ def tabulate(rows: Sequence[Sequence[str]], padding: int) -> str:
     lines = []
     for row, w in zip(rows, widths, strict=True):
         cells = [c.ljust(w[i]) if i in w else c for i, c in enumerate(row)]
-        lines.append("".join(cells).rstrip() if len(row) > 1 else "".join(cells))
+        line = "".join(cells)
+        lines.append(line.rstrip() if trim and len(row) > 1 else line)
     return "\n".join(lines) + "\n"
 
 
@@ -96,6 +103,7 @@ def _labels_text(labels: Mapping[str, str] | None) -> str:
 
 
 def _multiline(title: str, items: Mapping[str, str]) -> list[list[str]]:
+    """kubectl's printLabelsMultiline: one ``key=value`` a line, sorted."""
     if not items:
         return [[f"{title}:", "<none>"]]
     rows = []
@@ -104,58 +112,146 @@ def _multiline(title: str, items: Mapping[str, str]) -> list[list[str]]:
     return rows
 
 
+SKIPPED_ANNOTATIONS = frozenset({"kubectl.kubernetes.io/last-applied-configuration"})
+MAX_ANNOTATION_LEN = 140  # kubectl's maxAnnotationLen
+
+
+def _annotations(title: str, annotations: Mapping[str, str]) -> list[list[str]]:
+    """kubectl's printAnnotationsMultiline: ``key: value``, sorted; a value too long for one
+    line, or of several lines, goes under its key, each line cut at 138 characters."""
+    keys = sorted(k for k in annotations if k not in SKIPPED_ANNOTATIONS)
+    if not keys:
+        return [[f"{title}:", "<none>"]]
+    rows = []
+    for i, key in enumerate(keys):
+        first = f"{title}:" if i == 0 else ""
+        value = annotations[key].removesuffix("\n")
+        if len(value) + len(key) + 2 > MAX_ANNOTATION_LEN or "\n" in value:
+            rows.append([first, f"{key}:"])
+            limit = MAX_ANNOTATION_LEN - 2
+            rows.extend(["", f"  {line[:limit]}..." if len(line) > limit else f"  {line}"]
+                        for line in value.split("\n"))
+        else:
+            rows.append([first, f"{key}: {value}"])
+    return rows
+
+
+def _join_more(shown: list[str], count: int) -> str:
+    text = ",".join(shown)
+    if count > MAX_SHOWN_ENDPOINTS:
+        text += f" + {count - MAX_SHOWN_ENDPOINTS} more..."
+    return text
+
+
+def _host_port(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def format_endpoint_slices(slices: Sequence[EndpointSlice], port_name: str | None = None) -> str:
+    """The ``Endpoints:`` of ``kubectl describe service`` for one port (None: every port): the
+    ready addresses of the service's slices, three shown, then ``+ N more...``; ``<none>`` when
+    there is no slice at all, and nothing when no endpoint is ready."""
+    if not slices:
+        return "<none>"
+    shown: list[str] = []
+    count = 0
+    for sl in slices:
+        if not sl.ports:  # a headless service may have no ports: addresses alone
+            for ep in sl.endpoints:
+                if ep.ready and ep.addresses:
+                    if len(shown) < MAX_SHOWN_ENDPOINTS:
+                        shown.append(ep.addresses[0])
+                    count += 1
+            continue
+        for p in sl.ports:
+            if port_name is not None and p.name != port_name:
+                continue
+            for ep in sl.endpoints:
+                if ep.ready and ep.addresses:
+                    if len(shown) < MAX_SHOWN_ENDPOINTS:
+                        shown.append(_host_port(ep.addresses[0], p.port or 0))
+                    count += 1
+    return _join_more(shown, count)
+
+
 def _format_endpoints(eps: Iterable[EndpointInfo]) -> str:
     ready = [ep.address for ep in eps if ep.ready]
     if not ready:
         return "<none>"
-    text = ",".join(ready[:MAX_SHOWN_ENDPOINTS])
-    if len(ready) > MAX_SHOWN_ENDPOINTS:
-        text += f" + {len(ready) - MAX_SHOWN_ENDPOINTS} more..."
-    return text
+    return _join_more(ready[:MAX_SHOWN_ENDPOINTS], len(ready))
 
 
-def describe_service(service: Service,
-                     endpoints: Mapping[str, Sequence[EndpointInfo]] | None = None) -> str:
-    """``kubectl describe service`` for ``service`` with its endpoints per port name."""
-    endpoints = endpoints or {}
-    annotations = {k: v for k, v in service.annotations.items()
-                   if k != "kubectl.kubernetes.io/last-applied-configuration"}
+def _ingress(service: Service) -> str:
+    ingress = ((service.raw.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    parts = []
+    for entry in ingress:
+        if not isinstance(entry, Mapping):
+            continue
+        if entry.get("ip"):
+            mode = f" ({entry['ipMode']})" if entry.get("ipMode") else ""
+            parts.append(f"{entry['ip']}{mode}")
+        else:
+            parts.append(str(entry.get("hostname") or ""))
+    return ", ".join(parts)
+
+
+def describe_service(
+    service: Service,
+    endpoints: Mapping[str, Sequence[EndpointInfo]] | None = None,
+    *,
+    endpoint_slices: Sequence[EndpointSlice] | None = None,
+) -> str:
+    """``kubectl describe service``, line for line as kubectl 1.32 prints it.
+
+    kubectl reads the ``Endpoints:`` lines from the service's EndpointSlices: give them as
+    ``endpoint_slices`` (in name order, as the API lists them). Without slices, ``endpoints``
+    (per port name) stands in, and a port without a ready endpoint shows ``<none>``.
+    """
+    spec = service.raw.get("spec") or {}
     rows: list[list[str]] = [
         ["Name:", service.name],
         ["Namespace:", service.namespace],
         *_multiline("Labels", service.labels),
-        *_multiline("Annotations", annotations),
-        ["Selector:", _labels_text(service.selector) if service.selector else "<none>"],
+        *_annotations("Annotations", service.annotations),
+        ["Selector:", _labels_text(service.selector)],
         ["Type:", service.type],
     ]
     if service.ip_family_policy:
         rows.append(["IP Family Policy:", service.ip_family_policy])
     rows.append(["IP Families:", ",".join(service.ip_families) or "<none>"])
-    if service.type != "ExternalName":
-        rows.append(["IP:", service.cluster_ip or ""])
-        rows.append(["IPs:", ",".join(service.cluster_ips) or "<none>"])
+    rows.append(["IP:", service.cluster_ip or ""])
+    rows.append(["IPs:", ",".join(service.cluster_ips) or "<none>"])
     if service.external_ips:
         rows.append(["External IPs:", ",".join(service.external_ips)])
+    if spec.get("loadBalancerIP"):
+        rows.append(["Desired LoadBalancer IP:", str(spec["loadBalancerIP"])])
     if service.external_name:
         rows.append(["External Name:", service.external_name])
-    if service.load_balancer_ips:
-        rows.append(["LoadBalancer Ingress:", ", ".join(service.load_balancer_ips)])
+    ingress = _ingress(service)
+    if ingress:
+        rows.append(["LoadBalancer Ingress:", ingress])
     for sp in service.ports:
         name = sp.name or "<unset>"
         rows.append(["Port:", name, f"{sp.port}/{sp.protocol}"])
         rows.append(["TargetPort:", f"{sp.target_port}/{sp.protocol}"])
         if sp.node_port:
             rows.append(["NodePort:", name, f"{sp.node_port}/{sp.protocol}"])
-        rows.append(["Endpoints:", _format_endpoints(endpoints.get(sp.name, ()))])
+        if endpoint_slices is not None or endpoints is None:
+            text = format_endpoint_slices(endpoint_slices or (), sp.name)
+        else:
+            text = _format_endpoints(endpoints.get(sp.name, ()))
+        rows.append(["Endpoints:", text])
     rows.append(["Session Affinity:", service.session_affinity])
-    if service.session_affinity == "ClientIP":
-        rows.append(["Session Affinity Timeout:", f"{service.affinity_timeout}s"])
     if service.external_traffic_policy:
         rows.append(["External Traffic Policy:", service.external_traffic_policy])
-    if service.internal_traffic_policy and service.internal_traffic_policy != "Cluster":
+    if service.internal_traffic_policy:
         rows.append(["Internal Traffic Policy:", service.internal_traffic_policy])
+    if spec.get("healthCheckNodePort"):
+        rows.append(["HealthCheck NodePort:", str(spec["healthCheckNodePort"])])
+    if spec.get("loadBalancerSourceRanges"):
+        rows.append(["LoadBalancer Source Ranges:", ",".join(spec["loadBalancerSourceRanges"])])
     rows.append(["Events:", "<none>"])
-    return tabulate(rows, padding=2)
+    return tabulate(rows, padding=2, trim=False)
 
 
 def _service_ports(service: Service) -> str:
@@ -239,19 +335,36 @@ def _endpoint_list(addresses: Sequence[str]) -> str:
     return text
 
 
+def format_endpoints(endpoints: Endpoints) -> str:
+    """The ENDPOINTS column of ``kubectl get endpoints``: ready addresses with each port of
+    their subset, three shown, then ``+ N more...``; ``<none>`` without subsets."""
+    if not endpoints.subsets:
+        return "<none>"
+    shown: list[str] = []
+    count = 0
+    for subset in endpoints.subsets:
+        if not subset.ports:  # a headless service may have no ports
+            count += len(subset.addresses)
+            shown += [a.ip for a in subset.addresses][:MAX_SHOWN_ENDPOINTS - len(shown)]
+            continue
+        for p in subset.ports:
+            count += len(subset.addresses)
+            shown += [_host_port(a.ip, p.port or 0)
+                      for a in subset.addresses][:MAX_SHOWN_ENDPOINTS - len(shown)]
+    return _join_more(shown, count)
+
+
 def format_endpoints_table(
     rows: Iterable[tuple[str, Mapping[str, Sequence[EndpointInfo]], _dt.datetime | None]]
     | Iterable[Endpoints],
     now: _dt.datetime | None = None,
 ) -> str:
-    """``kubectl get endpoints``: rows of (service name, endpoints per port, created) or
-    Endpoints objects. Ready addresses only, three shown."""
+    """``kubectl get endpoints``: Endpoints objects (or rows of service name, endpoints per
+    port, created). Ready addresses only, three shown."""
     table = [["NAME", "ENDPOINTS", "AGE"]]
     for row in rows:
         if isinstance(row, Endpoints):
-            addrs = [f"{a.ip}:{p.port}" if ":" not in a.ip else f"[{a.ip}]:{p.port}"
-                     for s in row.subsets for p in s.ports for a in s.addresses]
-            table.append([row.name, _endpoint_list(addrs), _age(row.created, now)])
+            table.append([row.name, format_endpoints(row), _age(row.created, now)])
             continue
         name, per_port, created = row
         addrs = [ep.address for eps in per_port.values() for ep in eps if ep.ready]

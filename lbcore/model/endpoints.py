@@ -18,12 +18,15 @@ after, and work per service is proportional to that one pod, not to the service'
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from socket import AF_INET, AF_INET6, inet_pton
+from typing import Any
 
 from lbcore.core._selectors import SelectorIndex, selector_from_map
 from lbcore.model.objects import (
+    SERVICE_NAME_LABEL,
     ZONE_LABEL,
     Endpoints,
     EndpointSlice,
@@ -34,13 +37,20 @@ from lbcore.model.objects import (
 from lbcore.model.snapshot import EndpointInfo
 
 __all__ = [
+    "MANAGED_BY",
+    "MANAGED_BY_LABEL",
+    "MAX_ENDPOINTS_PER_SLICE",
+    "SKIP_MIRROR_LABEL",
     "EndpointTracker",
     "PortEndpoints",
     "endpoints_from_endpoints_object",
     "endpoints_from_pods",
     "endpoints_from_slices",
+    "endpoints_object",
     "pod_endpoints",
+    "reconcile_endpoint_slices",
     "resolve_target_port",
+    "wants_endpoints",
 ]
 
 # port name ("" for an unnamed port) -> the endpoints of that service port
@@ -81,8 +91,10 @@ def pod_endpoints(service: Service, pod: Pod,
     ip = None if pod.finished else _family_ip(service, pod)
     if ip is None:
         return (None,) * len(service.ports)
-    serving = pod.ready or service.publish_not_ready_addresses
-    ready = serving and (not pod.terminating or service.publish_not_ready_addresses)
+    # as Kubernetes' EndpointSlice controller: serving is the pod's readiness alone; ready is
+    # serving and not terminating, unless publishNotReadyAddresses makes every address ready
+    serving = pod.ready
+    ready = service.publish_not_ready_addresses or (pod.ready and not pod.terminating)
     zone = (node_zones or {}).get(pod.node_name or "") or pod.labels.get(ZONE_LABEL)
     out: list[EndpointInfo | None] = []
     for sp in service.ports:
@@ -220,6 +232,14 @@ class EndpointTracker:
             }
         self._cache[key] = result
         return result
+
+    def endpoint_slices(self, key: str) -> list[EndpointSlice]:
+        """The EndpointSlices labelled with service ``namespace/name``, in name order."""
+        return sorted(self._slices_by_service.get(key, {}).values(), key=lambda s: s.name)
+
+    def pod(self, key: str) -> Pod | None:
+        """The tracked pod ``namespace/name``."""
+        return self._pods.get(key)
 
     def selected_pods(self, key: str) -> list[str]:
         """``namespace/name`` of the pods a service's selector picks (with or without an IP)."""
@@ -374,3 +394,312 @@ class EndpointTracker:
             return set()
         self._cache.pop(key, None)
         return {key} if key in self._services else set()
+
+
+# -- what an endpoints controller writes ----------------------------------------------------------
+#
+# The objects Kubernetes' endpoint controllers write for a service with a selector, computed from
+# the service and the pods it selects: EndpointSlices (discovery.k8s.io/v1, at most
+# ``max_endpoints`` endpoints each, one group of slices per address type and set of ports) and
+# the v1 Endpoints object. lbcore.runtime.endpoints_controller stores them; the rules live here.
+
+MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
+MANAGED_BY = "endpointslice-controller.lbcore.io"
+SKIP_MIRROR_LABEL = "endpointslice.kubernetes.io/skip-mirror"  # on Endpoints a controller owns
+HEADLESS_LABEL = "service.kubernetes.io/headless"
+MAX_ENDPOINTS_PER_SLICE = 100  # kube-controller-manager's --max-endpoints-per-slice default
+MAX_ENDPOINTS_ADDRESSES = 1000  # an Endpoints object holds no more, as in Kubernetes
+OVER_CAPACITY_ANNOTATION = "endpoints.kubernetes.io/over-capacity"
+
+_SliceGroup = tuple[str, tuple[tuple[str, int, str, str | None], ...]]  # (addressType, ports)
+
+
+def wants_endpoints(service: Service) -> bool:
+    """Whether an endpoints controller writes this service's Endpoints and EndpointSlices: it
+    has a selector and is no ExternalName (selectorless services keep what users write)."""
+    return bool(service.selector) and service.type != "ExternalName"
+
+
+def _pod_ref(pod: Pod) -> dict[str, Any]:
+    ref = {"kind": "Pod", "namespace": pod.namespace, "name": pod.name}
+    uid = (pod.raw.get("metadata") or {}).get("uid")
+    if uid:
+        ref["uid"] = uid
+    return ref
+
+
+def _ip_of(pod: Pod, family: str) -> str | None:
+    for ip in pod.pod_ips:
+        if (":" in ip) == (family == "IPv6"):
+            return ip
+    return None
+
+
+def _resolved_ports(service: Service, pod: Pod) -> tuple[tuple[str, int, str, str | None], ...]:
+    out = []
+    for sp in service.ports:
+        target = resolve_target_port(sp, pod)
+        if target is not None:
+            out.append((sp.name, target, sp.protocol, sp.app_protocol))
+    return tuple(out)
+
+
+def _hostname(service: Service, pod: Pod) -> str | None:
+    spec = pod.raw.get("spec") or {}
+    if spec.get("hostname") and spec.get("subdomain") == service.name:
+        return str(spec["hostname"])
+    return None
+
+
+def _address_families(service: Service) -> tuple[str, ...]:
+    return service.ip_families or ("IPv4",)
+
+
+def _slice_endpoints(service: Service, pods: Iterable[Pod]) -> dict[_SliceGroup, dict[str, dict[str, Any]]]:
+    """The desired endpoints, by (address type, ports) and then by address."""
+    groups: dict[_SliceGroup, dict[str, dict[str, Any]]] = {}
+    families = _address_families(service)
+    for pod in pods:
+        if pod.finished or not pod.pod_ips:
+            continue
+        ports = _resolved_ports(service, pod)
+        if service.ports and not ports:
+            continue
+        ready = service.publish_not_ready_addresses or (pod.ready and not pod.terminating)
+        for family in families:
+            ip = _ip_of(pod, family)
+            if ip is None:
+                continue
+            ep: dict[str, Any] = {
+                "addresses": [ip],
+                "conditions": {"ready": ready, "serving": pod.ready,
+                               "terminating": pod.terminating},
+            }
+            hostname = _hostname(service, pod)
+            if hostname:
+                ep["hostname"] = hostname
+            ep["targetRef"] = _pod_ref(pod)
+            if pod.node_name:
+                ep["nodeName"] = pod.node_name
+            groups.setdefault((family, ports), {})[ip] = ep
+    return groups
+
+
+def _slice_ports(ports: tuple[tuple[str, int, str, str | None], ...]) -> list[dict[str, Any]]:
+    out = []
+    for name, port, protocol, app_protocol in ports:
+        entry: dict[str, Any] = {"name": name, "port": port, "protocol": protocol}
+        if app_protocol:
+            entry["appProtocol"] = app_protocol
+        out.append(entry)
+    return out
+
+
+def _group_of(body: Mapping[str, Any]) -> _SliceGroup:
+    ports = tuple((p.get("name") or "", int(p.get("port") or 0), p.get("protocol") or "TCP",
+                   p.get("appProtocol")) for p in body.get("ports") or [])
+    return str(body.get("addressType") or "IPv4"), ports
+
+
+def _managed_labels(service: Service) -> dict[str, str]:
+    labels = dict(service.labels)
+    labels.pop(MANAGED_BY_LABEL, None)
+    labels[SERVICE_NAME_LABEL] = service.name
+    labels[MANAGED_BY_LABEL] = MANAGED_BY
+    if service.headless:
+        labels[HEADLESS_LABEL] = ""
+    return labels
+
+
+def _owner_reference(service: Service) -> list[dict[str, Any]]:
+    ref: dict[str, Any] = {"apiVersion": "v1", "kind": "Service", "name": service.name,
+                           "controller": True, "blockOwnerDeletion": True}
+    uid = (service.raw.get("metadata") or {}).get("uid")
+    if uid:
+        ref["uid"] = uid
+    return [ref]
+
+
+def _ordered_endpoints(eps: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    def key(ep: Mapping[str, Any]) -> tuple[bool, bytes]:
+        ip = ep["addresses"][0]
+        v6 = ":" in ip
+        return v6, inet_pton(AF_INET6 if v6 else AF_INET, ip)
+    return sorted(eps, key=key)
+
+
+def _slice_body(service: Service, group: _SliceGroup, endpoints: Iterable[dict[str, Any]],
+                existing: Mapping[str, Any] | None) -> dict[str, Any]:
+    meta: dict[str, Any]
+    if existing is not None:
+        meta = copy.deepcopy(dict(existing["metadata"]))
+    else:
+        # the API server names it: <service>-<5 characters>, as Kubernetes' controller asks
+        meta = {"generateName": f"{service.name[:57]}-", "namespace": service.namespace}
+    meta["labels"] = _managed_labels(service)
+    meta["ownerReferences"] = _owner_reference(service)
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": meta,
+            "addressType": group[0], "endpoints": _ordered_endpoints(endpoints),
+            "ports": _slice_ports(group[1])}
+
+
+def _same_slice(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    ma, mb = a.get("metadata") or {}, b.get("metadata") or {}
+    return (a.get("addressType") == b.get("addressType")
+            and (a.get("endpoints") or []) == (b.get("endpoints") or [])
+            and (a.get("ports") or []) == (b.get("ports") or [])
+            and (ma.get("labels") or {}) == (mb.get("labels") or {})
+            and (ma.get("ownerReferences") or []) == (mb.get("ownerReferences") or []))
+
+
+def reconcile_endpoint_slices(
+    service: Service, pods: Iterable[Pod], existing: Iterable[Mapping[str, Any]],
+    max_endpoints: int = MAX_ENDPOINTS_PER_SLICE,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The EndpointSlice writes that bring a service's managed slices (``existing``, as stored)
+    to what its selected ``pods`` make: ``(create, update, delete)``.
+
+    As Kubernetes' reconciler: endpoints are grouped by address type and by their resolved
+    ports; an endpoint stays in the slice that holds it, changed ones are rewritten in place,
+    new ones fill slices that are rewritten anyway, then one existing slice with room, then new
+    slices of at most ``max_endpoints``; a slice left empty is deleted; a service with no
+    endpoint keeps one empty slice per address type (the placeholder), with no ports.
+    Slices to create have ``metadata.generateName``; the others carry their stored metadata.
+    """
+    desired = _slice_endpoints(service, pods)
+    create: list[dict[str, Any]] = []
+    update: list[dict[str, Any]] = []
+    empties: list[Mapping[str, Any]] = []  # stored slices left without an endpoint
+    by_group: dict[_SliceGroup, list[Mapping[str, Any]]] = {}
+    for body in existing:
+        by_group.setdefault(_group_of(body), []).append(body)
+    kept = 0
+    for group, slices in by_group.items():
+        wanted = desired.get(group, {})
+        changed: list[tuple[Mapping[str, Any], list[dict[str, Any]]]] = []
+        unchanged: list[tuple[Mapping[str, Any], list[dict[str, Any]]]] = []
+        for body in slices:
+            eps = []
+            for ep in body.get("endpoints") or []:
+                ip = (ep.get("addresses") or [None])[0]
+                if ip in wanted:
+                    eps.append(wanted.pop(ip))
+            target = _slice_body(service, group, eps, body)
+            (unchanged if _same_slice(target, body) else changed).append((body, eps))
+        # new endpoints: slices being rewritten anyway, then one unchanged slice with room
+        rest = list(wanted.values())
+        for _, eps in changed:
+            while rest and len(eps) < max_endpoints:
+                eps.append(rest.pop())
+        if rest:
+            roomy = sorted((u for u in unchanged if max_endpoints - len(u[1]) >= len(rest)),
+                           key=lambda u: -len(u[1]))
+            if roomy:
+                unchanged.remove(roomy[0])
+                roomy[0][1].extend(rest)
+                changed.append(roomy[0])
+                rest = []
+        desired[group] = {ep["addresses"][0]: ep for ep in rest}
+        for body, eps in changed:
+            if eps:
+                update.append(_slice_body(service, group, eps, body))
+                kept += 1
+            else:
+                empties.append(body)
+        for body, eps in unchanged:
+            if eps:
+                kept += 1
+            else:
+                empties.append(body)
+    for group, wanted in desired.items():
+        rest = _ordered_endpoints(wanted.values())
+        for i in range(0, len(rest), max_endpoints):
+            create.append(_slice_body(service, group, rest[i:i + max_endpoints], None))
+    if kept + len(create) == 0:
+        # no endpoint at all: one empty slice per address type (an existing empty one if any)
+        for family in _address_families(service):
+            placeholder: _SliceGroup = (family, ())
+            reuse = next((b for b in empties if _group_of(b)[0] == family), None)
+            if reuse is None:
+                create.append(_slice_body(service, placeholder, (), None))
+                continue
+            empties.remove(reuse)
+            body = _slice_body(service, placeholder, (), reuse)
+            if not _same_slice(body, reuse):
+                update.append(body)
+    delete = [dict(b) for b in empties]
+    return create, update, delete
+
+
+def endpoints_object(service: Service, pods: Iterable[Pod]) -> dict[str, Any]:
+    """The v1 Endpoints object Kubernetes' endpoints controller writes for ``service``: the
+    primary family's address of each selected pod, ready ones under ``addresses``, the others
+    under ``notReadyAddresses``, one subset per set of resolved ports; terminating pods only
+    with ``publishNotReadyAddresses``."""
+    family = _address_families(service)[0]
+    subsets: dict[tuple[tuple[str, int, str, str | None], ...], dict[str, list[Any]]] = {}
+    for pod in pods:
+        if pod.finished or (pod.terminating and not service.publish_not_ready_addresses):
+            continue
+        ip = _ip_of(pod, family)
+        ports = _resolved_ports(service, pod)
+        if ip is None or (service.ports and not ports):
+            continue
+        address: dict[str, Any] = {"ip": ip}
+        hostname = _hostname(service, pod)
+        if hostname:
+            address["hostname"] = hostname
+        if pod.node_name:
+            address["nodeName"] = pod.node_name
+        address["targetRef"] = _pod_ref(pod)
+        ready = service.publish_not_ready_addresses or pod.ready
+        entry = subsets.setdefault(ports, {"addresses": [], "notReadyAddresses": []})
+        entry["addresses" if ready else "notReadyAddresses"].append(address)
+    out = []
+    for ports, entry in sorted(subsets.items(), key=lambda kv: kv[0]):
+        subset: dict[str, Any] = {}
+        for field in ("addresses", "notReadyAddresses"):
+            if entry[field]:
+                subset[field] = sorted(entry[field], key=lambda a: _ip_key(a["ip"]))
+        # the name even when empty: the store's defaults write it so (and nothing is rewritten)
+        subset["ports"] = [
+            {k: v for k, v in (("name", n), ("port", p), ("protocol", pr), ("appProtocol", ap))
+             if v is not None}
+            for n, p, pr, ap in ports]
+        out.append(subset)
+    labels = dict(service.labels)
+    labels[SKIP_MIRROR_LABEL] = "true"
+    if service.headless:
+        labels[HEADLESS_LABEL] = ""
+    meta: dict[str, Any] = {"name": service.name, "namespace": service.namespace,
+                            "labels": labels}
+    body: dict[str, Any] = {"apiVersion": "v1", "kind": "Endpoints", "metadata": meta}
+    if _truncate(out, MAX_ENDPOINTS_ADDRESSES):
+        meta["annotations"] = {OVER_CAPACITY_ANNOTATION: "truncated"}
+    if out:
+        body["subsets"] = out
+    return body
+
+
+def _truncate(subsets: list[dict[str, Any]], limit: int) -> bool:
+    """Keep at most ``limit`` addresses (ready ones first), as Kubernetes' endpoints controller
+    does past 1,000; True when some were dropped. EndpointSlices hold them all."""
+    total = sum(len(s.get(f, ())) for s in subsets for f in ("addresses", "notReadyAddresses"))
+    if total <= limit:
+        return False
+    left = limit
+    for field in ("addresses", "notReadyAddresses"):
+        for subset in subsets:
+            kept = subset.get(field, [])[:left]
+            left -= len(kept)
+            if kept:
+                subset[field] = kept
+            else:
+                subset.pop(field, None)
+    subsets[:] = [s for s in subsets if s.get("addresses") or s.get("notReadyAddresses")]
+    return True
+
+
+def _ip_key(ip: str) -> tuple[bool, bytes]:
+    v6 = ":" in ip
+    return v6, inet_pton(AF_INET6 if v6 else AF_INET, ip)

@@ -37,6 +37,7 @@ __all__ = [
     "EndpointSlice",
     "EndpointSubset",
     "Endpoints",
+    "ManifestSyntaxError",
     "CLASSES",
     "Object",
     "Pod",
@@ -633,7 +634,22 @@ def parse_admitted(obj: Mapping[str, Any] | Object) -> Object:
             "", "FieldValueInvalid", f"cannot be read: {type(exc).__name__}: {exc}")]) from None
 
 
-def _documents(text: str) -> Iterator[Any]:
+class ManifestSyntaxError(ValidationError):
+    """A manifest that is not YAML (or JSON): the message names the source, line and column.
+
+    A :class:`lbcore.ValidationError` whose one cause has the parser's words; ``source``,
+    ``line`` and ``column`` (1-based, None when the parser gives none) say where.
+    """
+
+    def __init__(self, source: str, line: int | None, column: int | None, problem: str):
+        where = f" line {line}, column {column}:" if line is not None else ""
+        message = f"error parsing {source}:{where} {problem}"
+        super().__init__("Object", "", [Cause("", "FieldValueInvalid", message)])
+        self.source, self.line, self.column = source, line, column
+        self.args = (message,)
+
+
+def _documents(text: str, source: str = "<string>") -> Iterator[Any]:
     stripped = text.lstrip()
     if stripped.startswith(("{", "[")):
         try:
@@ -641,7 +657,14 @@ def _documents(text: str) -> Iterator[Any]:
             return
         except json.JSONDecodeError:
             pass  # YAML flow style is a superset; let YAML report the error
-    yield from yaml.safe_load_all(text)
+    try:
+        yield from yaml.safe_load_all(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        problem = ": ".join(str(p) for p in (getattr(exc, "context", None),
+                                            getattr(exc, "problem", None)) if p) or str(exc)
+        raise ManifestSyntaxError(source, mark.line + 1 if mark else None,
+                                  mark.column + 1 if mark else None, problem) from None
 
 
 def _flatten(doc: Any) -> Iterator[Mapping[str, Any]]:
@@ -663,7 +686,7 @@ def _read_path(path: Path) -> Iterator[Any]:
             if child.suffix in (".yaml", ".yml", ".json") and child.is_file():
                 yield from _read_path(child)
         return
-    yield from _documents(path.read_text(encoding="utf-8"))
+    yield from _documents(path.read_text(encoding="utf-8"), str(path))
 
 
 def _looks_like_text(source: str) -> bool:
@@ -704,6 +727,7 @@ def load_manifests(
 ) -> list[Object]:
     """Every object in ``source`` (see :func:`manifest_documents`), defaulted and validated, in
     the order they appear. The first invalid object raises :class:`lbcore.ValidationError`
-    listing all its problems.
+    listing all its problems; text that does not parse raises :class:`ManifestSyntaxError` (a
+    ValidationError) naming the file, line and column.
     """
     return [parse_object(obj, validate=validate) for obj in manifest_documents(source)]

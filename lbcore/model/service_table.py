@@ -29,7 +29,12 @@ from lbcore.model.allocators import (
     NodePortAllocator,
 )
 from lbcore.model.describe import describe_service as _describe_service
-from lbcore.model.endpoints import EndpointTracker, PortEndpoints
+from lbcore.model.endpoints import (
+    EndpointTracker,
+    PortEndpoints,
+    reconcile_endpoint_slices,
+    wants_endpoints,
+)
 from lbcore.model.kinds import KINDS, kind_for
 from lbcore.model.objects import (
     Endpoints,
@@ -46,6 +51,7 @@ from lbcore.model.snapshot import ServicePortInfo, Snapshot
 __all__ = ["ServiceTable"]
 
 _Names = list[str]  # the ``list`` method shadows the builtin inside the class
+_Slices = list[EndpointSlice]
 
 
 class ServiceTable:
@@ -251,7 +257,26 @@ class ServiceTable:
         service = self._objects["Service"].get((namespace, name))
         if service is None:
             raise KeyError(f'service "{namespace}/{name}" not found')
-        return _describe_service(service, self._tracker.endpoints(service.key))
+        return _describe_service(service, endpoint_slices=self.endpoint_slices(namespace, name))
+
+    def endpoint_slices(self, namespace: str, name: str) -> _Slices:
+        """The EndpointSlices of a service, in name order: those applied to the table, else, for
+        a service with a selector, those an endpoints controller would write from its pods.
+
+        :raises KeyError: no such service.
+        """
+        key = f"{namespace}/{name}"
+        service = self._tracker.service(key)
+        if service is None:
+            raise KeyError(f'service "{key}" not found')
+        stored = self._tracker.endpoint_slices(key)
+        if stored or not wants_endpoints(service):
+            return stored
+        pods = [p for p in map(self._tracker.pod, self._tracker.selected_pods(key)) if p]
+        create, _, _ = reconcile_endpoint_slices(service, pods, ())
+        for i, body in enumerate(create):  # named as the API server would name them
+            body["metadata"]["name"] = f"{body['metadata'].pop('generateName')}{i:05d}"
+        return [EndpointSlice.from_dict(body, validate=False) for body in create]
 
     # -- snapshot ----------------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """The daemon behind ``lbcore run``: store, admin API, source, ClusterState and frontends.
 
 Start order: data directory, plugins (names checked against what is installed), the store
-(``data_dir/lbcore.db``), the frontends (each ``start()`` checks its prerequisites and fails with
-a message saying what is missing), the admin API, then the sync loop and the source. The address
+(``data_dir/lbcore.db``) and its endpoints controller (Endpoints and EndpointSlices of every
+Service with a selector, :mod:`lbcore.runtime.endpoints_controller`), the frontends (each
+``start()`` checks its prerequisites and fails with a message saying what is missing), the
+admin API, then the sync loop and the source. The address
 the admin API listens on is written to ``data_dir/admin-address`` so that the CLI finds it.
 SIGTERM and SIGINT stop everything in the reverse order; frontends get
 ``stop(keep=keep_rules_on_exit)``.
@@ -74,6 +76,7 @@ class Daemon:
         self.config = config
         self.metrics = SyncMetrics()
         self.store: Any = None
+        self.endpoints_controller: Any = None
         self.state: ClusterState | None = None
         self.source: Source | None = None
         self.frontends: dict[str, Frontend] = {}
@@ -101,9 +104,14 @@ class Daemon:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
         from lbcore.model.service_table import ServiceTable
+        from lbcore.runtime.endpoints_controller import EndpointsController
         from lbcore.runtime.store import Store
 
         self.store = Store(data_dir / DB_FILE, list(config.service_cidrs), config.node_port_range)
+        # the store behaves like a small cluster: Endpoints and EndpointSlices from its pods
+        self.endpoints_controller = EndpointsController(self.store)
+        self._tasks.append(asyncio.create_task(self.endpoints_controller.run(),
+                                               name="lbcore-endpoints-controller"))
         context = RuntimeContext(
             node_name=config.node_name,
             node_addresses=config.node_addresses,

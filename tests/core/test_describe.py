@@ -30,39 +30,54 @@ def seeded() -> lbcore.ServiceTable:
 
 def test_seed_describe_output(seeded: lbcore.ServiceTable) -> None:
     assert seeded.describe_service("default", "my-service") == (
-        "Name:              my-service\n"
-        "Namespace:         default\n"
-        "Labels:            <none>\n"
-        "Annotations:       <none>\n"
-        "Selector:          name=my-app\n"
-        "Type:              ClusterIP\n"
-        "IP Family Policy:  SingleStack\n"
-        "IP Families:       IPv4\n"
-        "IP:                10.96.0.1\n"
-        "IPs:               10.96.0.1\n"
-        "Port:              <unset>  8080/TCP\n"
-        "TargetPort:        8080/TCP\n"
-        "Endpoints:         127.0.0.11:8080,127.0.0.12:8080,127.0.0.13:8080\n"
-        "Session Affinity:  None\n"
-        "Events:            <none>\n")
+        "Name:                     my-service\n"
+        "Namespace:                default\n"
+        "Labels:                   <none>\n"
+        "Annotations:              <none>\n"
+        "Selector:                 name=my-app\n"
+        "Type:                     ClusterIP\n"
+        "IP Family Policy:         SingleStack\n"
+        "IP Families:              IPv4\n"
+        "IP:                       10.96.0.1\n"
+        "IPs:                      10.96.0.1\n"
+        "Port:                     <unset>  8080/TCP\n"
+        "TargetPort:               8080/TCP\n"
+        "Endpoints:                127.0.0.11:8080,127.0.0.12:8080,127.0.0.13:8080\n"
+        "Session Affinity:         None\n"
+        "Internal Traffic Policy:  Cluster\n"
+        "Events:                   <none>\n")
 
 
 def test_describe_without_endpoints_labels_and_node_port() -> None:
     table = lbcore.ServiceTable()
-    table.apply({"kind": "Service", "metadata": {"name": "np", "labels": {"b": "2", "a": "1"}},
+    table.apply({"kind": "Service", "metadata": {"name": "np", "labels": {"b": "2", "a": "1"},
+                                                 "annotations": {"x": "y", "long": "v" * 200}},
                  "spec": {"type": "NodePort", "selector": {"app": "x"}, "sessionAffinity":
                           "ClientIP", "ports": [{"name": "http", "port": 80, "targetPort": "web",
                                                  "nodePort": 30080}]}})
     text = table.describe_service("default", "np")
-    assert "Labels:                    a=1\n                           b=2\n" in text
-    assert "Port:                      http  80/TCP\n" in text
-    assert "TargetPort:                web/TCP\n" in text
-    assert "NodePort:                  http  30080/TCP\n" in text
-    assert "Endpoints:                 <none>\n" in text
-    assert "External Traffic Policy:   Cluster\n" in text
-    assert "Session Affinity Timeout:  10800s\n" in text
+    assert "Labels:                   a=1\n                          b=2\n" in text
+    # kubectl's annotations: "key: value", a long value under its key, cut at 138 characters
+    assert ("Annotations:              long:\n"
+            f"                            {'v' * 138}...\n"
+            "                          x: y\n") in text
+    assert "Port:                     http  80/TCP\n" in text
+    assert "TargetPort:               web/TCP\n" in text
+    assert "NodePort:                 http  30080/TCP\n" in text
+    # a selector with no pod: one empty slice, so nothing after "Endpoints:", padding kept
+    assert "Endpoints:                \n" in text
+    assert "Session Affinity:         ClientIP\n" in text
+    assert "External Traffic Policy:  Cluster\n" in text
+    assert "Internal Traffic Policy:  Cluster\n" in text
+    assert "Timeout" not in text  # kubectl prints no affinity timeout
     with pytest.raises(KeyError):
         table.describe_service("default", "absent")
+
+
+def test_describe_of_a_service_without_selector_or_slices_says_none() -> None:
+    table = lbcore.ServiceTable()
+    table.apply({"kind": "Service", "metadata": {"name": "ext"}, "spec": {"ports": [{"port": 80}]}})
+    assert "Endpoints:                <none>\n" in table.describe_service("default", "ext")
 
 
 def test_describe_shows_three_ready_endpoints_then_a_count() -> None:
@@ -74,7 +89,7 @@ def test_describe_shows_three_ready_endpoints_then_a_count() -> None:
                      "status": {"podIP": f"127.0.0.{i}", "conditions": [
                          {"type": "Ready", "status": "True" if i != 2 else "False"}]}})
     text = table.describe_service("default", "web")
-    assert "Endpoints:         127.0.0.1:80,127.0.0.3:80,127.0.0.4:80 + 1 more...\n" in text
+    assert "Endpoints:                127.0.0.1:80,127.0.0.3:80,127.0.0.4:80 + 1 more...\n" in text
 
 
 def test_services_table(seeded: lbcore.ServiceTable) -> None:

@@ -114,13 +114,13 @@ def test_requested_cluster_ip_in_use_is_invalid_and_leaks_nothing(store):
     with pytest.raises(Invalid) as err:
         store.create(service("b", clusterIP="127.10.0.7", type="NodePort"))
     cause = err.value.status()["details"]["causes"][0]
-    assert cause["field"] == "spec.clusterIPs[0]" and "already allocated" in cause["message"]
+    assert cause["field"] == "spec.clusterIPs" and "already allocated" in cause["message"]
     # b's node port was not kept either: the next NodePort service gets the first port
     assert store.create(service("c", type="NodePort"))["spec"]["ports"][0]["nodePort"] == 30000
 
 
 def test_requested_cluster_ip_outside_the_cidr_is_invalid(store):
-    with pytest.raises(Invalid, match="not in the service CIDR"):
+    with pytest.raises(Invalid, match="is not in the valid range"):
         store.create(service("a", clusterIP="10.0.0.1"))
 
 
@@ -131,7 +131,9 @@ def test_node_ports_are_allocated_and_checked_against_the_range(store):
     with pytest.raises(Invalid) as err:
         store.create(service("b", type="NodePort", ports=[{"port": 80, "nodePort": 31000}]))
     cause = err.value.status()["details"]["causes"][0]
-    assert cause["field"] == "spec.ports[0].nodePort" and "outside the range" in cause["message"]
+    assert cause["field"] == "spec.ports[0].nodePort" and cause["message"] == (
+        "Invalid value: 31000: provided port is not in the valid range. "
+        "The range of valid ports is 30000-30009")
 
 
 def test_headless_and_external_name_services_get_no_cluster_ip(store):

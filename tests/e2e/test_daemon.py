@@ -118,7 +118,7 @@ def test_seed_workflow_create_then_describe_against_a_running_daemon(tmp_path):
         out = d.cli("describe", "service", "my-service")
         text = out.stdout
         assert text.splitlines()[0].split() == ["Name:", "my-service"]
-        assert "Selector:          name=my-app" in text
+        assert ["Selector:", "name=my-app"] in [line.split() for line in text.splitlines()]
         assert "127.0.0.11:8080,127.0.0.12:8080,127.0.0.13:8080" in text
 
         # the daemon's model got them too: its sync counted three endpoints

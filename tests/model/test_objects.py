@@ -183,3 +183,16 @@ def test_parse_admitted_reads_what_validation_refuses_and_names_what_it_cannot_r
     with pytest.raises(lbcore.ValidationError, match="cannot be read: KeyError") as err:
         parse_admitted(minimal(ports=[{"name": "http"}]))
     assert err.value.name == "web"
+
+
+def test_yaml_that_does_not_parse_is_a_validation_error_naming_file_line_and_column(
+        tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: Service\nmetadata:\n  name: a\n  labels: {a: b\n")
+    with pytest.raises(lbcore.ValidationError) as err:
+        lbcore.load_manifests(bad)
+    assert str(err.value).startswith(f"error parsing {bad}: line 5, column 1: ")
+    assert (err.value.line, err.value.column) == (5, 1)  # type: ignore[attr-defined]
+    with pytest.raises(lbcore.ValidationError,
+                       match="^error parsing <string>: line 2, column 3: mapping values"):
+        lbcore.load_manifests("a: b\n c: : d\n")

@@ -1,0 +1,322 @@
+"""The endpoints controller: the embedded store's Endpoints and EndpointSlices, from its pods.
+
+In a cluster, kube-controller-manager's endpoints and EndpointSlice controllers watch Services
+and Pods and write, for every Service with a selector, a v1 ``Endpoints`` object and
+``discovery.k8s.io/v1`` EndpointSlices; kube-proxy and kubectl read those. The daemon's store
+plays the API server, and this module plays those two controllers, so that ``kubectl get ep``,
+``kubectl get endpointslices``, ``describe service`` and the data path read the same stored
+objects from ``lbcore run`` as from a cluster.
+
+How it runs:
+
+- it subscribes to the store's commits before it lists Services, Pods, Endpoints and
+  EndpointSlices, and skips events its lists already hold (every change carries the store's
+  revision), so nothing is lost or seen twice;
+- a commit only queues the event (the writer never waits for the controller); the controller's
+  task on the daemon's event loop drains the queue, keeps a :class:`~lbcore.SelectorIndex` per
+  namespace, and marks dirty only the services that selected a changed pod before or select it
+  after (work proportional to the pod's labels, not to the number of services), then
+  reconciles each dirty service once, however many of its pods changed in the batch;
+- what to write is decided by :func:`lbcore.model.endpoints.reconcile_endpoint_slices` and
+  :func:`lbcore.model.endpoints.endpoints_object` (Kubernetes' rules: ready, serving and
+  terminating conditions, at most 100 endpoints per slice, a placeholder slice for a service
+  without endpoints), and written through the store's normal write path, so admission runs
+  once, resourceVersions advance and watches see every change;
+- slices it manages carry ``endpointslice.kubernetes.io/managed-by`` and Endpoints it manages
+  ``endpointslice.kubernetes.io/skip-mirror``; it never touches others, so a service without a
+  selector keeps the Endpoints and EndpointSlices users write, as in Kubernetes. A managed
+  object someone else changes or deletes is written again, as the controllers would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict, deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from lbcore.core._selectors import SelectorIndex, selector_from_map
+from lbcore.errors import ValidationError
+from lbcore.model.endpoints import (
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    MAX_ENDPOINTS_PER_SLICE,
+    SKIP_MIRROR_LABEL,
+    endpoints_object,
+    reconcile_endpoint_slices,
+    wants_endpoints,
+)
+from lbcore.model.objects import SERVICE_NAME_LABEL, Pod, Service, parse_admitted
+from lbcore.runtime.logs import event
+from lbcore.runtime.store import AlreadyExists, Conflict, NotFound, Store, StoreError
+
+log = logging.getLogger("lbcore.runtime.endpoints_controller")
+
+__all__ = ["EndpointsController"]
+
+# services reconciled between two yields to the event loop, so that a full resync of thousands
+# of services does not hold the admin API for its whole length
+_BATCH = 64
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def _managed_slice(obj: Mapping[str, Any]) -> str | None:
+    """``namespace/service`` of a slice this controller manages, else None."""
+    labels = _meta(obj).get("labels") or {}
+    if labels.get(MANAGED_BY_LABEL) != MANAGED_BY or not labels.get(SERVICE_NAME_LABEL):
+        return None
+    return f"{_meta(obj).get('namespace') or 'default'}/{labels[SERVICE_NAME_LABEL]}"
+
+
+def _newer(obj: Mapping[str, Any], than: Mapping[str, Any]) -> bool:
+    """Whether ``obj`` is a later version than ``than`` (this controller's own writes come back
+    as events it has already recorded, or older ones)."""
+    return int(_meta(obj).get("resourceVersion") or 0) > int(
+        _meta(than).get("resourceVersion") or 0)
+
+
+def _managed_endpoints(obj: Mapping[str, Any]) -> bool:
+    return (_meta(obj).get("labels") or {}).get(SKIP_MIRROR_LABEL) == "true"
+
+
+class EndpointsController:
+    """Writes Endpoints and EndpointSlices into ``store`` for every Service with a selector.
+
+    Call :meth:`run` as a task on the loop that owns the store's writers; cancel it to stop.
+
+    :param max_endpoints_per_slice: Kubernetes' ``--max-endpoints-per-slice`` (default 100).
+    """
+
+    def __init__(self, store: Store, max_endpoints_per_slice: int = MAX_ENDPOINTS_PER_SLICE):
+        self.store = store
+        self.max_endpoints_per_slice = max_endpoints_per_slice
+        self._events: deque[dict[str, Any]] = deque()
+        self._wakeup = asyncio.Event()
+        self._index: defaultdict[str, SelectorIndex] = defaultdict(SelectorIndex)
+        self._services: dict[str, Service] = {}
+        self._pods: dict[str, Pod] = {}
+        # service key -> slice name -> the managed slice as stored
+        self._slices: defaultdict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        self._endpoints: dict[str, dict[str, Any]] = {}  # key -> stored Endpoints (any)
+        self._dirty: set[str] = set()
+        self._listed_at: dict[str, int] = {}
+        self.synced = asyncio.Event()  # set once every service has been reconciled once
+        self.writes = 0  # objects written (created, updated or deleted)
+        self.reconciles = 0  # services reconciled
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """List, reconcile every service, then follow the store's commits until cancelled."""
+        loop = asyncio.get_running_loop()
+
+        def on_commit(change: dict[str, Any]) -> None:
+            # in the writing thread, under the store's lock: queue only
+            self._events.append(change)
+            if loop.is_closed():
+                return
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                self._wakeup.set()
+            else:
+                loop.call_soon_threadsafe(self._wakeup.set)
+
+        unsubscribe: Callable[[], None] = self.store.subscribe(on_commit)
+        try:
+            self._list()
+            self._dirty.update(self._services)
+            self._dirty.update(self._slices)  # managed slices of services gone meanwhile
+            self._dirty.update(k for k, e in self._endpoints.items() if _managed_endpoints(e))
+            await self._reconcile_dirty()
+            self.synced.set()
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                self._drain()
+                await self._reconcile_dirty()
+        finally:
+            unsubscribe()
+
+    def _list(self) -> None:
+        for kind in ("Service", "Pod", "Endpoints", "EndpointSlice"):
+            items, rv = self.store.list(kind)
+            self._listed_at[kind] = int(rv)
+            for obj in items:
+                obj.setdefault("kind", kind)
+                self._observe("ADDED", obj)
+
+    def _drain(self) -> None:
+        while self._events:
+            change = self._events.popleft()
+            obj = change["object"]
+            kind = obj.get("kind")
+            if kind not in self._listed_at:
+                continue
+            if int(_meta(obj).get("resourceVersion") or 0) <= self._listed_at[kind]:
+                continue  # the list held it already
+            self._observe(change["type"], obj)
+
+    # -- what the store holds -------------------------------------------------------------------
+
+    def _observe(self, typ: str, obj: dict[str, Any]) -> None:
+        kind = obj.get("kind")
+        meta = _meta(obj)
+        namespace, name = meta.get("namespace") or "default", str(meta.get("name") or "")
+        key = f"{namespace}/{name}"
+        deleted = typ == "DELETED"
+        if kind == "Pod":
+            self._observe_pod(namespace, name, None if deleted else obj)
+        elif kind == "Service":
+            self._observe_service(namespace, name, None if deleted else obj)
+        elif kind == "EndpointSlice":
+            owner = _managed_slice(obj)
+            if owner is None:
+                return
+            slices = self._slices[owner]
+            stored = slices.get(name)
+            if deleted:
+                if stored is not None:  # someone else deleted it: write it again
+                    del slices[name]
+                    self._dirty.add(owner)
+            elif stored is None or _newer(obj, stored):
+                slices[name] = obj  # someone else wrote it: bring it back in line
+                self._dirty.add(owner)
+            if not slices:
+                del self._slices[owner]
+        elif kind == "Endpoints":
+            stored = self._endpoints.get(key)
+            if deleted:
+                if stored is not None:
+                    del self._endpoints[key]
+                    self._dirty.add(key)
+            elif stored is None or _newer(obj, stored):
+                self._endpoints[key] = obj
+                self._dirty.add(key)
+
+    def _parse(self, obj: Mapping[str, Any]) -> Any:
+        try:
+            return parse_admitted(obj)
+        except ValidationError as exc:
+            event(log, "object skipped: it cannot be read", logging.WARNING, error=str(exc))
+            return None
+
+    def _observe_pod(self, namespace: str, name: str, obj: dict[str, Any] | None) -> None:
+        key = f"{namespace}/{name}"
+        idx = self._index[namespace]
+        pod = self._parse(obj) if obj is not None else None
+        if pod is None:
+            if self._pods.pop(key, None) is None:
+                return
+            touched = idx.remove_labels(name)
+        else:
+            self._pods[key] = pod
+            _added, removed = idx.set_labels(name, pod.labels)
+            touched = set(removed) | set(idx.selectors_matching(name))
+        self._dirty.update(f"{namespace}/{s}" for s in touched)
+
+    def _observe_service(self, namespace: str, name: str, obj: dict[str, Any] | None) -> None:
+        key = f"{namespace}/{name}"
+        idx = self._index[namespace]
+        service = self._parse(obj) if obj is not None else None
+        self._dirty.add(key)
+        if service is None or not wants_endpoints(service):
+            idx.remove_selector(name)
+            if service is None:
+                self._services.pop(key, None)
+            else:
+                self._services[key] = service
+            return
+        self._services[key] = service
+        assert service.selector is not None
+        idx.set_selector(name, selector_from_map(service.selector))
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    async def _reconcile_dirty(self) -> None:
+        done = 0
+        while self._dirty:
+            key = self._dirty.pop()
+            try:
+                self._reconcile(key)
+            except StoreError as exc:
+                # a write raced with another writer: the event that follows brings it back here
+                raced = isinstance(exc, Conflict | NotFound | AlreadyExists)
+                level = logging.DEBUG if raced else logging.WARNING
+                event(log, "endpoints not written", level, service=key, error=str(exc))
+            done += 1
+            self.reconciles += 1
+            if done % _BATCH == 0:
+                await asyncio.sleep(0)
+                self._drain()
+
+    def _reconcile(self, key: str) -> None:
+        service = self._services.get(key)
+        if service is None or not wants_endpoints(service):
+            self._remove(key)
+            return
+        idx = self._index[service.namespace]
+        pods = [self._pods[f"{service.namespace}/{p}"] for p in idx.matching(service.name)]
+        create, update, delete = reconcile_endpoint_slices(
+            service, pods, list(self._slices.get(key, {}).values()),
+            self.max_endpoints_per_slice)
+        for body in delete:
+            self._delete_slice(key, body)
+        for body in update:
+            self._write_slice(key, self.store.update(body))
+        for body in create:
+            self._write_slice(key, self.store.create(body))
+        self._write_endpoints(key, endpoints_object(service, pods))
+
+    def _write_slice(self, key: str, stored: dict[str, Any]) -> None:
+        self.writes += 1
+        self._slices[key][stored["metadata"]["name"]] = stored
+
+    def _delete_slice(self, key: str, body: Mapping[str, Any]) -> None:
+        meta = _meta(body)
+        name = str(meta.get("name"))
+        self._slices[key].pop(name, None)
+        if not self._slices[key]:
+            del self._slices[key]
+        try:
+            self.store.delete("EndpointSlice", str(meta.get("namespace")), name)
+            self.writes += 1
+        except NotFound:
+            pass
+
+    def _write_endpoints(self, key: str, desired: dict[str, Any]) -> None:
+        stored = self._endpoints.get(key)
+        if stored is not None:
+            meta = _meta(stored)
+            if ((stored.get("subsets") or []) == (desired.get("subsets") or [])
+                    and (meta.get("labels") or {}) == desired["metadata"]["labels"]
+                    and (meta.get("annotations") or {}) == desired["metadata"].get(
+                        "annotations", {})):
+                return
+            desired["metadata"]["resourceVersion"] = _meta(stored).get("resourceVersion")
+            written = self.store.update(desired)
+        else:
+            written = self.store.create(desired)
+        self.writes += 1
+        self._endpoints[key] = written
+
+    def _remove(self, key: str) -> None:
+        """The service is gone or has no selector: delete what this controller wrote for it."""
+        for body in list(self._slices.get(key, {}).values()):
+            self._delete_slice(key, body)
+        stored = self._endpoints.get(key)
+        if stored is not None and _managed_endpoints(stored):
+            namespace, _, name = key.partition("/")
+            del self._endpoints[key]
+            try:
+                self.store.delete("Endpoints", namespace, name)
+                self.writes += 1
+            except NotFound:
+                pass

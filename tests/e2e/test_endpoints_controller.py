@@ -1,0 +1,224 @@
+"""The daemon's endpoints controller: Endpoints and EndpointSlices in the store, as a cluster has.
+
+A real ``lbcore run`` (its own data dir, a free loopback port), driven over its REST API, the
+``lbcore`` CLI and, where it is installed, kubectl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SLICES = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+KUBECTL = shutil.which("kubectl")
+
+
+class Daemon:
+    """``lbcore run`` with no frontend, and small helpers to talk to it."""
+
+    def __init__(self, tmp: Path):
+        self.data_dir = tmp / "data"
+        config = tmp / "lbcore.yaml"
+        config.write_text(yaml.safe_dump(
+            {"admin_address": "127.0.0.1:0", "data_dir": str(self.data_dir), "frontends": []}))
+        self.env = dict(os.environ, LBCORE_DATA_DIR=str(self.data_dir))
+        self.env.pop("LBCORE_SERVER", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lbcore", "run", "--config", str(config)],
+            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        address = self.data_dir / "admin-address"
+        for _ in range(400):
+            if address.exists() or self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        if not address.exists():
+            self.stop()
+            raise AssertionError("lbcore run did not start")
+        self.url = address.read_text().strip()
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.communicate(timeout=20)[0]
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.communicate()[0]
+
+    def request(self, method: str, path: str, body: Any = None,
+                content_type: str = "application/json") -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", content_type)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def create(self, obj: dict[str, Any]) -> Any:
+        plural = {"Service": "services", "Pod": "pods", "Endpoints": "endpoints"}[obj["kind"]]
+        return self.request("POST", f"/api/v1/namespaces/default/{plural}", obj)
+
+    def slices(self, service: str) -> list[dict[str, Any]]:
+        query = f"?labelSelector=kubernetes.io/service-name%3D{service}"
+        return self.request("GET", SLICES + query)["items"]
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "lbcore", *args], env=self.env,
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+    def kubectl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        assert KUBECTL is not None
+        return subprocess.run([KUBECTL, "--server", self.url, *args], capture_output=True,
+                              text=True, timeout=60, env=dict(self.env, KUBECONFIG=os.devnull))
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory):
+    d = Daemon(tmp_path_factory.mktemp("endpoints"))
+    yield d
+    d.stop()
+
+
+def until(read: Callable[[], Any], done: Callable[[Any], bool], attempts: int = 200) -> Any:
+    """``read()`` every 25 ms, at most ``attempts`` times, until ``done`` of its value."""
+    for _ in range(attempts):
+        value = read()
+        if done(value):
+            return value
+        time.sleep(0.025)
+    return value
+
+
+def service(name: str, selector: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"ports": [{"port": 80, "targetPort": 8080}], **spec}
+    if selector is not None:
+        body["selector"] = selector
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": body}
+
+
+def pod(name: str, ip: str, labels: dict[str, str], ready: bool = True) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "c", "image": "x"}]},
+            "status": {"phase": "Running", "podIP": ip, "conditions": [
+                {"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def addresses(slices: list[dict[str, Any]]) -> list[str]:
+    return sorted(ep["addresses"][0] for s in slices for ep in s.get("endpoints") or [])
+
+
+def test_slices_and_endpoints_follow_the_pods(daemon: Daemon) -> None:
+    daemon.create(service("web", {"app": "web"}))
+    created = daemon.create(pod("web-1", "127.0.1.1", {"app": "web"}))
+    daemon.create(pod("web-2", "127.0.1.2", {"app": "web"}, ready=False))
+    slices = until(lambda: daemon.slices("web"), lambda s: len(addresses(s)) == 2)
+    assert len(slices) == 1
+    sl = slices[0]
+    assert sl["metadata"]["name"].startswith("web-")
+    assert sl["metadata"]["labels"] == {
+        "kubernetes.io/service-name": "web",
+        "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.lbcore.io"}
+    assert sl["metadata"]["ownerReferences"][0]["kind"] == "Service"
+    assert sl["addressType"] == "IPv4"
+    assert sl["ports"] == [{"name": "", "port": 8080, "protocol": "TCP"}]
+    first, second = sl["endpoints"]
+    assert first == {
+        "addresses": ["127.0.1.1"],
+        "conditions": {"ready": True, "serving": True, "terminating": False},
+        "targetRef": {"kind": "Pod", "namespace": "default", "name": "web-1",
+                      "uid": created["metadata"]["uid"]},
+        "nodeName": "node-a"}
+    assert second["conditions"] == {"ready": False, "serving": False, "terminating": False}
+    ep = daemon.request("GET", "/api/v1/namespaces/default/endpoints/web")
+    assert ep["subsets"] == [{
+        "addresses": [{"ip": "127.0.1.1", "nodeName": "node-a", "targetRef": first["targetRef"]}],
+        "notReadyAddresses": [{"ip": "127.0.1.2", "nodeName": "node-a",
+                               "targetRef": second["targetRef"]}],
+        "ports": [{"name": "", "port": 8080, "protocol": "TCP"}]}]
+
+
+def test_a_label_change_is_a_watch_event_on_the_slice(daemon: Daemon) -> None:
+    daemon.create(service("watched", {"app": "watched"}))
+    for i in (1, 2):
+        daemon.create(pod(f"watched-{i}", f"127.0.2.{i}", {"app": "watched"}))
+    before = until(lambda: daemon.slices("watched"), lambda s: len(addresses(s)) == 2)
+    version = before[0]["metadata"]["resourceVersion"]
+    query = (f"?watch=1&resourceVersion={version}"
+             "&labelSelector=kubernetes.io/service-name%3Dwatched&timeoutSeconds=10")
+    with urllib.request.urlopen(daemon.url + SLICES + query, timeout=10) as stream:
+        daemon.request("PATCH", "/api/v1/namespaces/default/pods/watched-2",
+                       {"metadata": {"labels": {"app": "elsewhere"}}},
+                       "application/merge-patch+json")
+        event = json.loads(stream.readline())
+    assert event["type"] == "MODIFIED"
+    assert event["object"]["metadata"]["name"] == before[0]["metadata"]["name"]
+    assert addresses([event["object"]]) == ["127.0.2.1"]
+
+
+def test_a_service_without_selector_keeps_what_users_write(daemon: Daemon) -> None:
+    daemon.create(service("external"))
+    written = daemon.create({
+        "apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "external"},
+        "subsets": [{"addresses": [{"ip": "127.0.3.1"}], "ports": [{"port": 8080}]}]})
+    # a later service with a selector gets its slice: the controller has seen what came before
+    daemon.create(service("after", {"app": "after"}))
+    until(lambda: daemon.slices("after"), bool)
+    ep = daemon.request("GET", "/api/v1/namespaces/default/endpoints/external")
+    assert ep["metadata"]["resourceVersion"] == written["metadata"]["resourceVersion"]
+    assert daemon.slices("external") == []
+    out = daemon.cli("get", "ep", "external")
+    assert out.stdout.splitlines()[1].split()[:2] == ["external", "127.0.3.1:8080"]
+
+
+def test_a_hundred_endpoints_per_slice(daemon: Daemon) -> None:
+    def add(i: int) -> None:
+        daemon.create(pod(f"big-{i}", f"127.0.{10 + i // 200}.{1 + i % 200}", {"app": "big"}))
+
+    for i in range(230):  # most pods first: one reconcile splits them when the service comes
+        add(i)
+    daemon.create(service("big", {"app": "big"}))
+    until(lambda: daemon.slices("big"), lambda s: len(addresses(s)) == 230)
+    for i in range(230, 250):  # then one by one: they fill the slice with room
+        add(i)
+    slices = until(lambda: daemon.slices("big"), lambda s: len(addresses(s)) == 250)
+    assert sorted(len(s["endpoints"]) for s in slices) == [50, 100, 100]
+    assert len(set(addresses(slices))) == 250
+    out = daemon.cli("describe", "service", "big")
+    assert "+ 247 more...\n" in out.stdout
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+def test_kubectl_reads_them_and_describes_as_lbcore_does(daemon: Daemon) -> None:
+    daemon.create(service("my-service", {"app": "my-app"}, sessionAffinity="ClientIP"))
+    for i in (1, 2):
+        daemon.create(pod(f"my-app-{i}", f"127.0.4.{i}", {"app": "my-app"}))
+    until(lambda: daemon.slices("my-service"), lambda s: len(addresses(s)) == 2)
+    out = daemon.kubectl("get", "ep", "my-service")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1].split()[0] == "my-service"
+    out = daemon.kubectl("get", "endpointslices", "-l", "kubernetes.io/service-name=my-service",
+                         "-o", "name")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("endpointslice.discovery.k8s.io/my-service-")
+    ours = daemon.cli("describe", "service", "my-service")
+    theirs = daemon.kubectl("describe", "service", "my-service")
+    assert theirs.returncode == 0, theirs.stderr
+    assert "Endpoints:                127.0.4.1:8080,127.0.4.2:8080\n" in theirs.stdout
+    assert ours.stdout == theirs.stdout
+    for name in ("external", "big"):  # a user's Endpoints, and "+ N more..."
+        assert daemon.cli("describe", "svc", name).stdout == daemon.kubectl(
+            "describe", "svc", name).stdout
