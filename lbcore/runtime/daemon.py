@@ -30,6 +30,7 @@ from lbcore.plugins import get_plugin_manager, registered
 from lbcore.runtime.config import Config, format_host, resolve_plugins
 from lbcore.runtime.interfaces import Frontend, FrontendUnavailable, RuntimeContext, Source
 from lbcore.runtime.logs import event
+from lbcore.runtime.observers import UnservedNodePorts, all_of
 from lbcore.runtime.state import ClusterState, SyncMetrics
 
 log = logging.getLogger("lbcore.runtime.daemon")
@@ -145,7 +146,9 @@ class Daemon:
             node_addresses=config.node_addresses,
             min_sync_period=config.min_sync_period,
             metrics=self.metrics,
-            on_sync_done=get_plugin_manager().hook.lbcore_sync_done,
+            on_sync_done=all_of(
+                [get_plugin_manager().hook.lbcore_sync_done, UnservedNodePorts(self.frontends)]
+            ),
         )
         await self._serve_admin(config)
         self._tasks.append(asyncio.create_task(self.state.run(), name="lbcore-sync"))

@@ -38,6 +38,9 @@ class Frontend(abc.ABC):
     """
 
     name: str = ""
+    #: whether this frontend serves NodePorts (the daemon warns about a NodePort service when
+    #: no running frontend does)
+    serves_node_ports: bool = False
 
     def __init__(self, options: Mapping[str, Any], context: RuntimeContext):
         self.options = dict(options)

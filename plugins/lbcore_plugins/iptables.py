@@ -388,6 +388,8 @@ def _add_rules(out: list[str], chains: Iterable[tuple[str, str | list[str]]]) ->
 class IptablesFrontend(Frontend):
     """kube-proxy's iptables mode for the services of a :class:`Snapshot`."""
 
+    serves_node_ports = True
+
     name = "iptables"
 
     def __init__(self, options: Mapping[str, Any], context: RuntimeContext):

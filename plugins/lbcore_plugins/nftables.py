@@ -760,6 +760,8 @@ def _split_deletions(script: str) -> tuple[str, tuple[list[str], list[str]]]:
 class NftablesFrontend(Frontend):
     """kube-proxy's nftables mode for the services of a :class:`Snapshot`."""
 
+    serves_node_ports = True
+
     name = "nftables"
 
     def __init__(self, options: Mapping[str, Any], context: RuntimeContext):

@@ -49,6 +49,8 @@ class NodePortFrontend(ProxyFrontend):
     default the context's node addresses, else every local address).
     """
 
+    serves_node_ports = True
+
     name = "nodeport"
     extra_options = ("addresses",)
 
