@@ -25,7 +25,7 @@ class UnservedNodePorts:
     """Logs a warning once per service whose node port no running frontend serves."""
 
     def __init__(self, frontends: Mapping[str, Frontend]) -> None:
-        self.served = any(f.serves_node_ports for f in frontends.values())
+        self.served = any(getattr(f, "serves_node_ports", False) for f in frontends.values())
         self.frontends = sorted(frontends)
         self.warned: set[str] = set()
 
