@@ -31,6 +31,7 @@ from lbcore.runtime.config import Config, format_host, resolve_plugins
 from lbcore.runtime.interfaces import Frontend, FrontendUnavailable, RuntimeContext, Source
 from lbcore.runtime.logs import event
 from lbcore.runtime.observers import UnservedNodePorts, all_of
+from lbcore.runtime.sources import run_source_forever
 from lbcore.runtime.state import ClusterState, SyncMetrics
 
 log = logging.getLogger("lbcore.runtime.daemon")
@@ -38,7 +39,6 @@ log = logging.getLogger("lbcore.runtime.daemon")
 ADDRESS_FILE = "admin-address"
 TOKEN_FILE = "token"
 DB_FILE = "lbcore.db"
-SOURCE_BACKOFF_MAX = 30.0
 
 
 class StartError(ConfigError):
@@ -193,28 +193,11 @@ class Daemon:
     async def _run_source(self) -> None:
         """Run the source; if it ever ends or raises, log it and start it again with backoff."""
         assert self.source is not None and self.state is not None
-        delay = 1.0
-        while True:
-            try:
-                self._source_ok = True
-                await self.source.run(self.state)
-                event(
-                    log, "source ended; restarting", logging.WARNING, source=self.config.source.name
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._source_ok = False
-                event(
-                    log,
-                    "source failed; restarting",
-                    logging.ERROR,
-                    source=self.config.source.name,
-                    error=f"{type(exc).__name__}: {exc}",
-                    retry_in=delay,
-                )
-            await asyncio.sleep(delay)
-            delay = min(SOURCE_BACKOFF_MAX, delay * 2)
+
+        def report(error: str | None) -> None:
+            self._source_ok = error is None
+
+        await run_source_forever(self.source, self.state, self.config.source.name, report)
 
     # -- admin endpoints ------------------------------------------------------------------
 

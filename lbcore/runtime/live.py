@@ -52,7 +52,7 @@ from lbcore.model.snapshot import ServicePortInfo, Snapshot
 from lbcore.model.topology import Traffic, policy_is_local
 from lbcore.plugins import registered
 from lbcore.runtime.interfaces import Frontend, RuntimeContext, Source
-from lbcore.runtime.logs import event
+from lbcore.runtime.sources import run_source_forever
 from lbcore.runtime.state import ClusterState
 
 __all__ = [
@@ -66,8 +66,6 @@ __all__ = [
 
 log = logging.getLogger("lbcore.live")
 
-SOURCE_BACKOFF_INITIAL = 1.0
-SOURCE_BACKOFF_MAX = 30.0
 _ids = itertools.count(1)
 
 
@@ -417,19 +415,12 @@ class LiveCluster:
 
     async def _run_source(self, state: ClusterState) -> None:
         """Run the source; when it ends or fails, log it and start it again with backoff."""
-        delay = SOURCE_BACKOFF_INITIAL
-        while True:
-            try:
-                await self.source.run(state)
-                event(log, "source ended; restarting", logging.WARNING, source=self.description)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._errors.last = f"{type(exc).__name__}: {exc}"
-                event(log, "source failed; restarting", logging.ERROR, source=self.description,
-                      error=self._errors.last, retry_in=delay)
-            await asyncio.sleep(delay)
-            delay = min(SOURCE_BACKOFF_MAX, delay * 2)
+
+        def report(error: str | None) -> None:
+            if error is not None:
+                self._errors.last = error
+
+        await run_source_forever(self.source, state, self.description, report)
 
 
 # -- connect ------------------------------------------------------------------------------------
