@@ -31,6 +31,7 @@ from lbcore.runtime.config import Config, format_host, resolve_plugins
 from lbcore.runtime.interfaces import Frontend, FrontendUnavailable, RuntimeContext, Source
 from lbcore.runtime.logs import event
 from lbcore.runtime.observers import UnservedNodePorts, all_of
+from lbcore.runtime.probes import ReadinessProber
 from lbcore.runtime.sources import run_source_forever
 from lbcore.runtime.state import ClusterState, SyncMetrics
 
@@ -153,6 +154,11 @@ class Daemon:
         await self._serve_admin(config)
         self._tasks.append(asyncio.create_task(self.state.run(), name="lbcore-sync"))
         self._tasks.append(asyncio.create_task(self._run_source(), name="lbcore-source"))
+        if config.source.name == "local":
+            # the store's pods are probed here, as a kubelet would (a cluster's kubelets probe its own)
+            self._tasks.append(
+                asyncio.create_task(ReadinessProber(self.store).run(), name="lbcore-probes")
+            )
         self.state.request_sync()
         event(
             log,
