@@ -207,20 +207,32 @@ class Daemon:
 
     # -- admin endpoints ------------------------------------------------------------------
 
+    def _source_health(self) -> dict[str, Any]:
+        """The source's own report (a source may define ``health()``: a dict with ``healthy``,
+        as the kubernetes source does while it cannot list or its watch is silent)."""
+        health: dict[str, Any] = {"name": self.config.source.name, "healthy": self._source_ok}
+        report = getattr(self.source, "health", None)
+        if callable(report) and self._source_ok:
+            health.update(report())
+            health["healthy"] = bool(health.get("healthy", True))
+        return health
+
     async def _healthz(self, request: web.Request) -> web.Response:
         state = self.state
         frontends = state.health() if state else {}
-        healthy = bool(state and state.healthy and self._source_ok)
+        source = self._source_health()
+        healthy = bool(state and state.healthy and source["healthy"])
         body = {
             "status": "ok" if healthy else "unhealthy",
-            "source": {"name": self.config.source.name, "healthy": self._source_ok},
+            "source": source,
             "frontends": frontends,
             "syncs": state.syncs if state else 0,
         }
         return web.json_response(body, status=200 if healthy else 503)
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        ready = bool(self.state and self.state.synced_once.is_set())
+        ready = bool(self.state and self.state.synced_once.is_set()
+                     and self._source_health()["healthy"])
         return web.json_response(
             {"status": "ready" if ready else "not ready"}, status=200 if ready else 503
         )

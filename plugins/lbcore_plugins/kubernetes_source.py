@@ -2,16 +2,23 @@
 
 Like kube-proxy's informers, for each kind it follows (one reflector per kind):
 
-1. list, and hand the whole list to the sink (``replace``: what is not in it is gone);
+1. list, and hand the whole list to the sink (``replace``: what is not in it is gone); an
+   object whose resourceVersion is one it had but whose content is not (an etcd restore) is
+   handed over as changed: content is compared, not only versions;
 2. watch from the list's resourceVersion, with bookmarks, handing each event to the sink;
 3. when a watch ends or breaks, watch again from the last resourceVersion seen; when the server
-   answers 410 Gone (the version fell out of its history), list again;
-4. back off exponentially, with jitter, on every error, and log each one on one line.
+   answers 410 Gone (the version fell out of its history) or 504 "Too large resource version"
+   (it restarted with a lower range), list again;
+4. back off exponentially, with jitter, on every error and between relists (a server that
+   answers every watch with 410 gets a LIST at most every 30 s, not a storm), and log each
+   failure on one line.
 
 The client is blocking, so each reflector runs in its own thread and hands events to the sink
-on the event loop with ``call_soon_threadsafe``. Every request has a client-side timeout
-(``_request_timeout``) and every watch a server-side one (``timeout_seconds``), so a dead
-connection is noticed rather than waited on forever.
+on the event loop with ``call_soon_threadsafe``. Every request has a client-side read timeout
+(``_request_timeout``) and every watch a shorter server-side one (``timeoutSeconds``), so a
+stream that goes silent, its connection still open, is noticed within ``read_timeout``.
+:meth:`KubernetesSource.health` says whether the source is in sync; the daemon's ``/healthz``
+and ``/readyz`` report it.
 
 Options:
     mode: ``endpointslices`` (Services and EndpointSlices, as kube-proxy) or ``pods`` (Services
@@ -28,12 +35,14 @@ Options:
         ``!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless``, leaving
         out services another proxy serves and headless ones; ``""`` follows all). Pods are
         never filtered.
-    watch_timeout: seconds a watch request lasts on the server (default 300).
+    watch_timeout: seconds a watch request lasts on the server (``timeoutSeconds``, default 20).
     connect_timeout: seconds to connect (default 10).
-    read_timeout: seconds without a byte after which a connection is dead (default 120; the
-        server sends a bookmark about every minute).
+    read_timeout: seconds without a byte after which a connection is dead, a watch silent
+        (default ``watch_timeout`` + 10: a live server has ended the watch by then).
     backoff_initial, backoff_max: the first and the largest wait after an error (default 0.8 and
         30 seconds); each error doubles it, with up to 100 % jitter.
+    unhealthy_after: seconds of failed lists and watches after which the source reports itself
+        unhealthy (default 10); a silent watch is unhealthy as soon as it is noticed.
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -63,12 +72,44 @@ DEFAULT_LABEL_SELECTOR = "!service.kubernetes.io/service-proxy-name,!service.kub
 _OPTIONS = {
     "mode", "server", "token", "verify_ssl", "ca_file", "kubeconfig", "context", "in_cluster",
     "namespace", "label_selector", "watch_timeout", "connect_timeout", "read_timeout", "backoff_initial",
-    "backoff_max",
+    "backoff_max", "unhealthy_after",
 }
+# answers to a watch that mean "list again": 410 Gone (compacted) and 504 Too large resource
+# version (the server's range is lower than the version asked for: a restart or a restore)
+RELIST_CODES = (410, 504)
 
 
 class Expired(Exception):
-    """The server no longer has the resourceVersion asked for (410 Gone): list again."""
+    """The server no longer has the resourceVersion asked for (410 Gone), or has not reached
+    it (504 Too large resource version): list again."""
+
+
+class SilentWatch(Exception):
+    """A watch stream sent no byte for ``read_timeout`` seconds, its connection open."""
+
+
+@dataclass
+class ReflectorHealth:
+    """Whether one kind's list and watch are in sync with the server."""
+
+    synced: bool = False
+    error: str | None = None
+    failing_since: float | None = None  # time.monotonic() of the first failure in a row
+    silent: bool = False  # the last failure was a silent watch: only a byte from it clears it
+
+    def ok(self) -> None:
+        self.error, self.failing_since, self.silent = None, None, False
+
+    def fail(self, error: str, silent: bool = False) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+        self.error = error
+        self.silent = self.silent or silent
+
+    def healthy(self, unhealthy_after: float) -> bool:
+        if self.error is None or self.failing_since is None:
+            return True
+        return not self.silent and time.monotonic() - self.failing_since < unhealthy_after
 
 
 class WatchFailed(Exception):
@@ -121,19 +162,48 @@ class KubernetesSource(Source):
         self.kinds = MODES[mode]
         self.namespace: str | None = self.options.get("namespace")
         self.label_selector = str(self.options.get("label_selector", DEFAULT_LABEL_SELECTOR))
-        self.watch_timeout = int(_positive(self.options, "watch_timeout", 300))
+        self.watch_timeout = max(1, int(_positive(self.options, "watch_timeout", 20)))
         self.connect_timeout = _positive(self.options, "connect_timeout", 10)
-        self.read_timeout = _positive(self.options, "read_timeout", 120)
+        self.read_timeout = _positive(self.options, "read_timeout", self.watch_timeout + 10)
         self.backoff_initial = _positive(self.options, "backoff_initial", 0.8)
         self.backoff_max = _positive(self.options, "backoff_max", 30)
+        self.unhealthy_after = _positive(self.options, "unhealthy_after", 10)
         self.log = context.log.getChild("kubernetes")
         self.synced = asyncio.Event()  # set once every kind has been listed into the sink
         # what the reflectors have done, for logs and tests: kind -> count
         self.lists: dict[str, int] = dict.fromkeys(self.kinds, 0)
+        self.relists: dict[str, int] = dict.fromkeys(self.kinds, 0)
         self.watches: dict[str, int] = dict.fromkeys(self.kinds, 0)
         self.resource_versions: dict[str, str | None] = dict.fromkeys(self.kinds)
+        self.reflectors = {kind: ReflectorHealth() for kind in self.kinds}
+        # kind -> (namespace, name) -> (resourceVersion, content digest) of what the sink has,
+        # so a relist notices content that changed under an unchanged resourceVersion
+        self._handed: dict[str, dict[tuple[str, str], tuple[str, int]]] = {
+            kind: {} for kind in self.kinds}
         self._stop = threading.Event()
         self._responses: dict[str, Any] = {}
+
+    def health(self) -> dict[str, Any]:
+        """``{"healthy", "synced", "kinds": {kind: {...}}}``: unhealthy while a kind's lists and
+        watches have failed for ``unhealthy_after`` seconds, or its watch went silent."""
+        kinds: dict[str, Any] = {}
+        for kind, reflector in self.reflectors.items():
+            entry: dict[str, Any] = {
+                "healthy": reflector.healthy(self.unhealthy_after),
+                "synced": reflector.synced,
+                "lists": self.lists[kind],
+                "relists": self.relists[kind],
+                "resourceVersion": self.resource_versions[kind],
+            }
+            if reflector.error is not None and reflector.failing_since is not None:
+                entry["error"] = reflector.error
+                entry["failingFor"] = round(time.monotonic() - reflector.failing_since, 1)
+            kinds[kind] = entry
+        return {
+            "healthy": all(k["healthy"] for k in kinds.values()),
+            "synced": all(k["synced"] for k in kinds.values()),
+            "kinds": kinds,
+        }
 
     # -- client ---------------------------------------------------------------------------------
 
@@ -228,13 +298,17 @@ class KubernetesSource(Source):
     ) -> None:
         """List, then watch, forever (until stopped): one kind, in its own thread."""
         backoff = Backoff(self.backoff_initial, self.backoff_max)
+        health = self.reflectors[kind]
         rv: str | None = None
         while not self._stop.is_set():
             try:
                 if rv is None:
                     items, rv = self._list(kind, list_function)
-                    on_loop(sink.replace, kind, items)
+                    changed = self._changed_content(kind, items)
+                    on_loop(self._hand_over_list, sink, kind, items, changed)
                     on_loop(mark_listed, kind)
+                    health.ok()
+                    health.synced = True
                 started = time.monotonic()
                 rv, events = self._watch(kind, list_function, rv, sink, on_loop)
                 if events or time.monotonic() - started > 1.0:
@@ -242,29 +316,60 @@ class KubernetesSource(Source):
                     continue
                 delay = backoff.delay()  # a server that ends every watch at once
             except Expired as exc:
-                self.log.info("watch %s: %s; listing again", kind, exc)
+                # list again, after a backoff: a server answering every watch so must not
+                # get a storm of LISTs
                 rv = None
-                continue
+                self.relists[kind] += 1
+                delay = backoff.delay()
+                self.log.info("watch %s: %s; listing again in %.1fs", kind, exc, delay)
             except Exception as exc:
                 if self._stop.is_set():
                     break
                 if rv is not None:  # resume after the last event handed over, not before it
                     rv = self.resource_versions[kind] or rv
                 delay = backoff.delay()
+                health.fail(_one_line(exc), silent=isinstance(exc, SilentWatch))
                 self.log.warning(
                     "%s %s failed: %s; retrying in %.1fs", "watch" if rv else "list", kind,
                     _one_line(exc), delay,
                 )
             self._stop.wait(delay)
 
-    def _list(self, kind: str, list_function: Callable[..., Any]) -> tuple[list[dict], str]:
+    def _changed_content(
+        self, kind: str, items: list[Mapping[str, Any]]
+    ) -> list[tuple[str, str]]:
+        """Remember what a list hands over; return the keys whose resourceVersion the sink
+        already has with other content (a sink skips a version it has seen)."""
+        handed = self._handed[kind]
+        changed = []
+        now: dict[tuple[str, str], tuple[str, int]] = {}
+        for obj in items:
+            key, version = _key_and_version(obj)
+            now[key] = (version, _digest(obj))
+            if key in handed and handed[key][0] == version and handed[key] != now[key]:
+                changed.append(key)
+        self._handed[kind] = now
+        return changed
+
+    @staticmethod
+    def _hand_over_list(sink: SourceSink, kind: str, items: list[Mapping[str, Any]],
+                        changed: list[tuple[str, str]]) -> None:
+        """On the loop, in one go (no sync in between): objects whose content changed under
+        the same resourceVersion are deleted first, so that the sink takes them anew."""
+        for namespace, name in changed:
+            sink.delete(kind, namespace, name)
+        sink.replace(kind, items)
+
+    def _list(
+        self, kind: str, list_function: Callable[..., Any]
+    ) -> tuple[list[Mapping[str, Any]], str]:
         response = list_function(
             _preload_content=False,
             _request_timeout=(self.connect_timeout, self.read_timeout),
         )
         _check_status(response, f"list {kind}")
         body = json.loads(response.data)
-        items = []
+        items: list[Mapping[str, Any]] = []
         for obj in body.get("items") or []:
             # list items may omit kind and apiVersion; the sink needs them
             obj.setdefault("kind", kind)
@@ -283,7 +388,6 @@ class KubernetesSource(Source):
         """One watch request from ``rv``; return the last resourceVersion seen and how many
         events came. Raises :class:`Expired` on 410 Gone."""
         from kubernetes.client.exceptions import ApiException
-        from kubernetes.watch.watch import iter_resp_lines
 
         try:
             response = list_function(
@@ -295,23 +399,28 @@ class KubernetesSource(Source):
                 _request_timeout=(self.connect_timeout, self.read_timeout),
             )
         except ApiException as exc:
-            if exc.status == 410:
-                raise Expired(f"resourceVersion {rv} is gone") from None
+            if exc.status in RELIST_CODES:
+                raise Expired(f"watch from resourceVersion {rv}: {_one_line(exc)}") from None
             raise
         _check_status(response, f"watch {kind} from {rv}")
         self.watches[kind] += 1
         self._responses[kind] = response
+        health = self.reflectors[kind]
+        if not health.silent:  # the server answers; a silent one must send a byte first
+            health.ok()
         events = 0
+        handed = self._handed[kind]
         try:
             if self._stop.is_set():
                 return rv, events
-            for line in iter_resp_lines(response):
+            for line in _lines(response, self.read_timeout):
+                health.ok()
                 if not line.strip():
                     continue
                 event = json.loads(line)
                 typ, obj = event.get("type"), event.get("object") or {}
                 if typ == "ERROR":
-                    if obj.get("code") == 410:
+                    if obj.get("code") in RELIST_CODES or obj.get("reason") in ("Expired", "Gone"):
                         raise Expired(obj.get("message") or f"resourceVersion {rv} is gone")
                     raise WatchFailed(f"{obj.get('code')} {obj.get('reason')}: {obj.get('message')}")
                 meta = obj.get("metadata") or {}
@@ -319,8 +428,11 @@ class KubernetesSource(Source):
                 if typ in ("ADDED", "MODIFIED"):
                     obj.setdefault("kind", kind)
                     obj.setdefault("apiVersion", lbcore.kind_for(kind).api_version)
+                    key, version = _key_and_version(obj)
+                    handed[key] = (version, _digest(obj))
                     on_loop(sink.upsert, obj)
                 elif typ == "DELETED":
+                    handed.pop(_key_and_version(obj)[0], None)
                     on_loop(sink.delete, kind, meta.get("namespace") or "", meta.get("name") or "")
                 elif typ != "BOOKMARK":
                     raise WatchFailed(f"unexpected watch event type {typ!r}")
@@ -346,9 +458,45 @@ def _check_status(response: Any, what: str) -> None:
         message = f"HTTP {status}"
     finally:
         response.release_conn()
-    if status == 410:
-        raise Expired(f"{what}: {message}")
+    if status in RELIST_CODES:
+        raise Expired(f"{what}: HTTP {status} {message}")
     raise WatchFailed(f"{what}: HTTP {status} {message}")
+
+
+def _lines(response: Any, read_timeout: float) -> Iterator[str]:
+    """The lines of a watch stream; a read that timed out is a :class:`SilentWatch`."""
+    from kubernetes.watch.watch import iter_resp_lines
+
+    try:
+        yield from iter_resp_lines(response)
+    except Exception as exc:
+        if _timed_out(exc):
+            raise SilentWatch(
+                f"the watch sent no byte for {read_timeout:g}s, its connection open"
+            ) from exc
+        raise
+
+
+def _timed_out(exc: BaseException | None) -> bool:
+    """Whether a read timeout is behind ``exc`` (urllib3 wraps it in one or two layers)."""
+    for _ in range(8):
+        if exc is None:
+            return False
+        if isinstance(exc, TimeoutError | socket.timeout) or "timed out" in str(exc):
+            return True
+        exc = getattr(exc, "reason", None) or exc.__cause__ or exc.__context__
+    return False
+
+
+def _key_and_version(obj: Mapping[str, Any]) -> tuple[tuple[str, str], str]:
+    meta = obj.get("metadata") or {}
+    key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+    return key, str(meta.get("resourceVersion") or "")
+
+
+def _digest(obj: Mapping[str, Any]) -> int:
+    """A fingerprint of an object's content (the server writes a kind's fields in one order)."""
+    return hash(json.dumps(obj, separators=(",", ":")))
 
 
 def _abort(response: Any) -> None:

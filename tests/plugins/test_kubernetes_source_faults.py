@@ -1,0 +1,384 @@
+"""The kubernetes source under server faults, inside a real daemon (in-process, own loopback
+port and data dir), against a small API server this test runs on 127.0.0.1 that speaks the
+list/watch wire protocol and answers as scripted: 504 Too large resource version after a
+restore with a lower range and the same resourceVersions, 410 to every watch, a silent stream,
+failing lists. Each asserts what the data path (the daemon's snapshot) converges to, and what
+/healthz says, answering throughout."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from lbcore.runtime.config import config_from_mapping
+from lbcore.runtime.daemon import Daemon
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+PATHS = {"/api/v1/services": "Service", "/apis/discovery.k8s.io/v1/endpointslices": "EndpointSlice"}
+
+
+def service(name: str, port: int, rv: int, ip: str) -> dict[str, Any]:
+    """A Service as an API server answers with it: admitted, with its ClusterIP."""
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default", "resourceVersion": str(rv),
+                     "uid": f"uid-{name}"},
+        "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+                 "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                 "sessionAffinity": "None", "selector": {"app": name},
+                 "ports": [{"name": "http", "port": port, "protocol": "TCP",
+                            "targetPort": 8080}]},
+    }
+
+
+class ChaosAPIServer:
+    """Services and EndpointSlices over list and watch, with the faults a test scripts.
+
+    ``mode`` says how a watch is answered: ``normal`` (the changes after its resourceVersion,
+    then each new one, a BOOKMARK at ``timeoutSeconds``; 504 Too large resource version when
+    the version is beyond the server's), ``gone`` (an ERROR event with 410, at once),
+    ``silent`` (200, then not a byte, the connection held open). ``lists_fail`` answers every
+    list with 503.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.mode = "normal"
+        self.lists_fail = False
+        self.revision = 0
+        self.objects: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in PATHS.values()}
+        self.history: list[tuple[int, str, dict[str, Any]]] = []  # (rv, type, object)
+        self.lists: Counter[str] = Counter()
+        self.watches: Counter[str] = Counter()
+        self._changed: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- scripting (from the test's thread or loop) -------------------------------------------
+
+    def call(self, function: Callable[..., Any], *args: Any) -> None:
+        """Run ``function`` on the server's loop and wake its watches."""
+        assert self._loop is not None
+        done = threading.Event()
+
+        def run() -> None:
+            function(*args)
+            assert self._changed is not None
+            self._changed.set()
+            self._changed = asyncio.Event()
+            done.set()
+
+        self._loop.call_soon_threadsafe(run)
+        assert done.wait(5)
+
+    def put_service(self, name: str, port: int, ip: str) -> None:
+        def put() -> None:
+            self.revision += 1
+            obj = service(name, port, self.revision, ip)
+            typ = "MODIFIED" if name in self.objects["Service"] else "ADDED"
+            self.objects["Service"][name] = obj
+            self.history.append((self.revision, typ, obj))
+        self.call(put)
+
+    def restore(self, services: list[dict[str, Any]], revision: int) -> None:
+        """As an etcd restore: these objects, this (lower) revision, no history; open watches
+        end, as they do when the API server restarts."""
+        def put() -> None:
+            self.objects["Service"] = {s["metadata"]["name"]: s for s in services}
+            self.revision = revision
+            self.history = []
+        self.call(put)
+
+    # -- serving --------------------------------------------------------------------------------
+
+    async def list_or_watch(self, request: web.Request) -> web.StreamResponse:
+        kind = PATHS[request.path]
+        if request.query.get("watch") in ("true", "1", "True"):
+            self.watches[kind] += 1
+            return await self._watch(request, kind)
+        self.lists[kind] += 1
+        if self.lists_fail:
+            return web.json_response(_status(503, "ServiceUnavailable", "etcd is down"),
+                                     status=503)
+        return web.json_response({
+            "kind": f"{kind}List", "apiVersion": "v1",
+            "metadata": {"resourceVersion": str(self.revision)},
+            "items": list(self.objects[kind].values()),
+        })
+
+    async def _watch(self, request: web.Request, kind: str) -> web.StreamResponse:
+        since = int(request.query.get("resourceVersion") or 0)
+        if self.mode == "normal" and since > self.revision:
+            status = _status(504, "Timeout",
+                             f"Timeout: Too large resource version: {since}, "
+                             f"current: {self.revision}")
+            return web.json_response(status, status=504)
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        if self.mode == "gone":
+            await _send(response, {"type": "ERROR", "object": _status(
+                410, "Expired", f"too old resource version: {since} ({self.revision})")})
+            return response
+        timeout = min(float(request.query.get("timeoutSeconds") or 30), 30)
+        if self.mode == "silent":
+            await _sleep_until_stopped(self._stopped, timeout * 100)
+            return response
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    changed = self._changed
+                    assert changed is not None
+                    for rv, typ, obj in list(self.history):
+                        if rv > since and obj["kind"] == kind:
+                            await _send(response, {"type": typ, "object": obj})
+                            since = rv
+                    await changed.wait()
+                    if self.revision < since:  # restored: the stream ends, as on a restart
+                        return response
+        except TimeoutError:
+            await _send(response, {"type": "BOOKMARK", "object": {
+                "kind": kind, "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(max(since, self.revision))}}})
+        return response
+
+    def start(self) -> None:
+        ready = threading.Event()
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            self._changed = asyncio.Event()
+            app = web.Application()
+            for path in PATHS:
+                app.router.add_get(path, self.list_or_watch)
+            runner = web.AppRunner(app, shutdown_timeout=0.5)
+            loop.run_until_complete(runner.setup())
+            loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name="chaos-api", daemon=True)
+        self._thread.start()
+        assert ready.wait(10)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+
+def _status(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code}
+
+
+async def _send(response: web.StreamResponse, event: dict[str, Any]) -> None:
+    await response.write(json.dumps(event).encode() + b"\n")
+
+
+async def _sleep_until_stopped(stopped: threading.Event, at_most: float) -> None:
+    for _ in range(int(at_most * 10)):
+        if stopped.is_set():
+            return
+        await asyncio.sleep(0.1)
+
+
+# -- the daemon, its /healthz, its snapshot -----------------------------------------------------
+
+
+def healthz(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url + "/healthz", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def ports(daemon: Daemon) -> dict[str, int]:
+    assert daemon.state is not None
+    return {sp.service: sp.port for sp in daemon.state.snapshot.service_ports.values()}
+
+
+async def until(condition: Callable[[], bool], seconds: float, daemon: Daemon) -> None:
+    """Wait for ``condition`` (checked 20 times a second, at most ``seconds``), asking /healthz
+    all along: it must answer every time."""
+    loop = asyncio.get_running_loop()
+    for step in range(int(seconds * 20)):
+        if condition():
+            return
+        if step % 5 == 0:
+            code, _ = await loop.run_in_executor(None, healthz, daemon.admin_url)
+            assert code in (200, 503)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {seconds} s")
+
+
+def run_daemon(tmp_path: Path, server: ChaosAPIServer, options: dict[str, Any],
+               scenario: Callable[[Daemon], Any]) -> None:
+    config = config_from_mapping({
+        "admin_address": "127.0.0.1:0", "data_dir": str(tmp_path), "frontends": [],
+        "min_sync_period": "20ms",
+        "source": {"name": "kubernetes", "options": {
+            "server": server.url, "label_selector": "", "backoff_initial": 0.05,
+            "backoff_max": 0.4, "connect_timeout": 2, "watch_timeout": 2, "read_timeout": 5,
+            **options}},
+    })
+
+    async def main() -> None:
+        daemon = Daemon(config)
+        await daemon.start()
+        try:
+            await scenario(daemon)
+        finally:
+            await daemon.stop()
+
+    server.start()
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()
+
+
+async def health(daemon: Daemon) -> tuple[int, dict[str, Any]]:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, healthz, daemon.admin_url)
+
+
+# -- the faults ---------------------------------------------------------------------------------
+
+
+def test_a_restore_with_a_lower_range_and_the_same_versions_is_relisted_and_replaced(tmp_path):
+    server = ChaosAPIServer()
+
+    async def scenario(daemon: Daemon) -> None:
+        server.put_service("a", 80, "10.96.0.1")  # rv 1
+        server.put_service("b", 80, "10.96.0.2")  # rv 2
+        server.put_service("c", 80, "10.96.0.3")  # rv 3
+        for port in (81, 82, 83):
+            server.put_service("c", port, "10.96.0.3")  # rv 4..6: the source is at 6
+        want = {"default/a": 80, "default/b": 80, "default/c": 83}
+        await until(lambda: ports(daemon) == want, 10, daemon)
+        # restored from an older backup: a at rv 1 with other content, d at rv 2; watches
+        # from rv 6 are answered 504 Too large resource version
+        server.restore([service("a", 9090, 1, "10.96.0.1"), service("d", 80, 2, "10.96.0.4")],
+                       revision=2)
+        await until(lambda: ports(daemon) == {"default/a": 9090, "default/d": 80}, 10, daemon)
+        source = daemon.source
+        assert source is not None and source.relists["Service"] >= 1  # type: ignore[attr-defined]
+        code, body = await health(daemon)
+        assert code == 200 and body["source"]["kinds"]["Service"]["relists"] >= 1
+        server.put_service("e", 80, "10.96.0.5")  # rv 3: followed from the new range
+        await until(lambda: "default/e" in ports(daemon), 10, daemon)
+
+    run_daemon(tmp_path, server, {}, scenario)
+
+
+def test_a_server_answering_every_watch_410_gets_lists_with_backoff_not_a_storm(tmp_path):
+    server = ChaosAPIServer()
+    server.mode = "gone"
+
+    async def scenario(daemon: Daemon) -> None:
+        server.put_service("a", 80, "10.96.0.1")
+        await until(lambda: ports(daemon) == {"default/a": 80}, 10, daemon)
+        await asyncio.sleep(3)
+        code, _ = await health(daemon)
+        assert code == 200  # every list succeeds: the data is in sync
+        # backoff 0.05 s doubling to 0.4 s: about ten lists per kind in these 3 s; without
+        # backoff a loopback server sees hundreds
+        assert 2 <= server.lists["Service"] <= 40, server.lists
+        assert server.lists["Service"] <= server.watches["Service"] + 1
+
+    run_daemon(tmp_path, server, {}, scenario)
+
+
+def test_a_silent_watch_is_noticed_within_the_read_timeout_and_healthz_shows_it(tmp_path):
+    server = ChaosAPIServer()
+
+    async def scenario(daemon: Daemon) -> None:
+        server.put_service("a", 80, "10.96.0.1")
+        await until(lambda: ports(daemon) == {"default/a": 80}, 10, daemon)
+        code, _ = await health(daemon)
+        assert code == 200
+        server.mode = "silent"
+
+        async def unhealthy() -> dict[str, Any]:
+            for _ in range(200):  # the watch ends within 1 s; a silent one fails 1 s later
+                code, body = await health(daemon)
+                if code == 503:
+                    return body
+                await asyncio.sleep(0.05)
+            raise AssertionError("/healthz never showed the silent watch")
+
+        body = await unhealthy()
+        assert body["source"]["healthy"] is False
+        assert "sent no byte for 1s" in body["source"]["kinds"]["Service"]["error"]
+        assert ports(daemon) == {"default/a": 80}  # what it had is kept meanwhile
+        server.mode = "normal"
+        server.put_service("b", 80, "10.96.0.2")
+        await until(lambda: "default/b" in ports(daemon), 10, daemon)
+        for _ in range(100):
+            code, body = await health(daemon)
+            if code == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert code == 200, body
+
+    run_daemon(tmp_path, server, {"watch_timeout": 1, "read_timeout": 1}, scenario)
+
+
+def test_lists_that_keep_failing_make_healthz_unhealthy_after_the_grace(tmp_path):
+    server = ChaosAPIServer()
+    server.lists_fail = True
+
+    async def scenario(daemon: Daemon) -> None:
+        for _ in range(200):
+            code, body = await health(daemon)
+            if code == 503:
+                break
+            await asyncio.sleep(0.05)
+        assert code == 503
+        kind = body["source"]["kinds"]["Service"]
+        assert kind["synced"] is False and "503" in kind["error"]
+        readyz = await asyncio.get_running_loop().run_in_executor(
+            None, _code, daemon.admin_url + "/readyz")
+        assert readyz == 503
+        server.lists_fail = False
+        server.put_service("a", 80, "10.96.0.1")
+        await until(lambda: ports(daemon) == {"default/a": 80}, 10, daemon)
+        for _ in range(100):
+            code, body = await health(daemon)
+            if code == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert code == 200, body
+
+    run_daemon(tmp_path, server, {"unhealthy_after": 0.5}, scenario)
+
+
+def _code(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return err.code
