@@ -302,6 +302,23 @@ class DaemonProcess:
             raise RuntimeError(f"a frontend failed to sync: {failed[0]}")
         return found
 
+    def wait_ready(self, timeout: float) -> None:
+        """Until ``/readyz`` answers 200 (a first sync is done; an empty one logs nothing)."""
+        host, _, port = self.url.removeprefix("http://").rpartition(":")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            try:
+                conn.request("GET", "/readyz")
+                if conn.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            finally:
+                conn.close()
+            time.sleep(0.1)
+        raise RuntimeError(f"the daemon was not ready within {timeout:.0f} s")
+
     def rss(self) -> dict[str, int]:
         out = {}
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -709,8 +726,8 @@ def run_memory(seed: Seed, args: argparse.Namespace, workdir: Path,
         empty = DaemonProcess(workdir / "empty", None, frontends, args.min_sync_period)
         try:
             empty.wait_started()
-            empty.wait_full_sync(0, 120)
-            time.sleep(1)
+            empty.wait_ready(120)
+            time.sleep(2)
             out["baseline_rss"] = empty.rss()["VmRSS"]
         finally:
             empty.stop()
