@@ -293,7 +293,7 @@ def format_table(resource: Kind, items: list[Any], wide: bool, namespaces: bool)
     from lbcore.model import describe
     from lbcore.model import objects as model
     def wrap(cls: Any) -> list[Any]:
-        return [cls.from_dict(item, validate=False) for item in items]
+        return [cls.from_server(item) for item in items]
 
     def namespace_of(item: Any) -> str:
         return str((item.get("metadata") or {}).get("namespace", ""))
@@ -337,9 +337,9 @@ def cmd_describe(args: argparse.Namespace) -> int:
         raise CommandError(f"describe: only services are described, not {args.kind}")
     client = _client(args)
     namespace = getattr(args, "namespace", None) or DEFAULT_NAMESPACE
-    service = Service.from_dict(client.get(resource, namespace, args.name), validate=False)
+    service = Service.from_server(client.get(resource, namespace, args.name))
     selector = f"{SERVICE_NAME_LABEL}={args.name}"
-    slices = [EndpointSlice.from_dict(item, validate=False)
+    slices = [EndpointSlice.from_server(item)
               for item in client.list(resource_for("EndpointSlice"), namespace, selector)]
     slices.sort(key=lambda sl: sl.name)
     print(describe_service(service, endpoint_slices=slices).rstrip("\n"))

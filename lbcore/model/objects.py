@@ -27,7 +27,6 @@ from typing import Any, ClassVar, Self, TypeAlias
 import yaml
 
 from lbcore.errors import Cause, ValidationError
-from lbcore.model import validation
 from lbcore.model.kinds import kind_for
 
 __all__ = [
@@ -111,6 +110,9 @@ def _name_of(obj: Mapping[str, Any]) -> str:
 
 def check(obj: Mapping[str, Any]) -> None:
     """Raise :class:`lbcore.ValidationError` listing every problem of a defaulted object."""
+    # imported here: reading what a server admitted (the CLI's tables, describe) never needs it
+    from lbcore.model import validation
+
     validation.raise_if_invalid(str(obj.get("kind")), _name_of(obj), validation.validate(obj))
 
 
@@ -144,6 +146,13 @@ class _Stored:
         if validate:
             check(defaulted_obj)
         return cls._wrap(defaulted_obj)
+
+    @classmethod
+    def from_server(cls, obj: dict[str, Any]) -> Self:
+        """An object of this kind as an API server (or the store) sent it, as JSON: admitted and
+        defaulted there, so wrapped as it is, neither copied nor defaulted again (the CLI's
+        tables read thousands this way). ``obj`` must not change afterwards."""
+        return cls._wrap(obj)
 
     @classmethod
     def _wrap(cls, obj: dict[str, Any]) -> Self:

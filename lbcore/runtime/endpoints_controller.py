@@ -131,7 +131,9 @@ class EndpointsController:
 
         unsubscribe: Callable[[], None] = self.store.subscribe(on_commit)
         try:
-            self._list()
+            # lists of many thousands of pods are parsed on a worker thread, so that the admin
+            # API goes on answering meanwhile (nothing else touches this controller's state)
+            await asyncio.to_thread(self._list)
             self._dirty.update(self._services)
             self._dirty.update(self._slices)  # managed slices of services gone meanwhile
             self._dirty.update(k for k, e in self._endpoints.items() if _managed_endpoints(e))

@@ -545,15 +545,21 @@ class Store:
         """
         _served(kind)
         matches = _selector(label_selector)
+        # SQLite skips the rows that cannot match (kubectl's service-name=... of slices), so
+        # that they are neither copied out nor parsed; the selector still decides below
+        required = _required_text(label_selector)
+        where = " AND instr(body, ?) > 0" * len(required)
         with self._lock:
             if namespace is None:
                 rows = self._db.execute(
-                    "SELECT body FROM objects WHERE kind = ? ORDER BY namespace, name", (kind,)
+                    f"SELECT body FROM objects WHERE kind = ?{where} ORDER BY namespace, name",
+                    (kind, *required),
                 )
             else:
                 rows = self._db.execute(
-                    "SELECT body FROM objects WHERE kind = ? AND namespace = ? ORDER BY name",
-                    (kind, namespace),
+                    f"SELECT body FROM objects WHERE kind = ? AND namespace = ?{where} "
+                    "ORDER BY name",
+                    (kind, namespace, *required),
                 )
             bodies = [body for (body,) in rows]
             revision = self._revision
@@ -663,6 +669,21 @@ class Store:
 
 def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
     return (obj.get("metadata") or {}).get("labels") or {}
+
+
+def _required_text(label_selector: Any) -> list[str]:
+    """``"key":"value"`` for each ``key=value`` term of a selector string: text that the stored
+    JSON of every matching object holds (bodies are written with ``separators=(",", ":")``,
+    and label keys and values need no escaping). A quick filter only; the selector decides."""
+    if not isinstance(label_selector, str):
+        return []
+    required = []
+    for term in label_selector.split(","):
+        key, op, value = term.partition("==") if "==" in term else term.partition("=")
+        key, value = key.strip(), value.strip()
+        if op and key and value and not key.endswith("!") and "(" not in term:
+            required.append(json.dumps({key: value}, separators=(",", ":"))[1:-1])
+    return required
 
 
 def _selector(label_selector: Any) -> Callable[[Mapping[str, str]], bool] | None:
