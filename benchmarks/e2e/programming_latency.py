@@ -78,7 +78,7 @@ KUBE_PROXY = {
 }
 
 FRONTENDS: dict[str, dict[str, Any]] = {
-    "socket": {"name": "socket", "options": {"workers": 2}},
+    "socket": {"name": "socket", "options": {"workers": 1}},  # see raise_open_files_limit
     "nftables-maps": {"name": "nftables", "options": {"endpoint_selection": "maps"}},
     "nftables-cascade": {"name": "nftables", "options": {"endpoint_selection": "cascade"}},
     "iptables": {"name": "iptables", "options": {}},
@@ -218,6 +218,22 @@ def network_namespace(name: str) -> Iterator[str]:
         subprocess.run(["ip", "netns", "delete", name], timeout=30)
 
 
+def raise_open_files_limit() -> None:
+    """As root, let the daemon hold a descriptor per listener: the socket frontend binds one
+    socket per worker and service port (30,000 services, 2 workers: 60,000), past the usual hard
+    limit of 20,000; an operator raises it the same way (systemd's ``LimitNOFILE``)."""
+    import resource
+
+    if os.geteuid() != 0:
+        return
+    try:
+        ceiling = int(Path("/proc/sys/fs/nr_open").read_text())
+    except (OSError, ValueError):
+        ceiling = 1 << 20
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, ceiling))
+
+
 class DaemonProcess:
     """``lbcore run`` with its own config and data directory; its JSON log lines are kept with
     the monotonic time each one was read."""
@@ -248,6 +264,7 @@ class DaemonProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lbcore", "run", "--config", str(self.config_path)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+            preexec_fn=raise_open_files_limit,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -326,6 +343,15 @@ class DaemonProcess:
             if key in ("VmRSS", "VmHWM"):
                 out[key] = int(value.split()[0]) * 1024
         return out
+
+    def timeline(self, until: float) -> list[dict[str, Any]]:
+        """The log lines up to ``until`` (seconds after the process started), as offsets."""
+        keep = ("frontend started", "daemon started", "source local", "sync done",
+                "frontend sync failed", "frontend recovered")
+        return [{"at": round(at - self.started_at, 3), **{k: v for k, v in r.items()
+                                                           if k not in ("time", "logger")}}
+                for at, r in self.lines
+                if at - self.started_at <= until and str(r.get("msg", "")).startswith(keep)]
 
     def output(self) -> str:
         return "\n".join(json.dumps(r) for _, r in self.lines)
@@ -735,7 +761,12 @@ def run_memory(seed: Seed, args: argparse.Namespace, workdir: Path,
         stack.callback(daemon.stop)
         daemon.wait_started(args.start_timeout)
         out["admin_up_seconds"] = time.monotonic() - daemon.started_at
-        at, record = daemon.wait_full_sync(seed.services, args.start_timeout)
+        try:
+            at, record = daemon.wait_full_sync(seed.services, args.start_timeout)
+        finally:
+            out["timeline"] = daemon.timeline(args.start_timeout)
+            for line in out["timeline"]:
+                log(f"    {line}")
         out["first_full_sync_seconds"] = at - daemon.started_at
         out["first_full_sync_duration"] = record.get("duration")
         out["rss_at_sync"] = daemon.rss()["VmRSS"]
