@@ -4,11 +4,17 @@ the right code, names the field, stores nothing, and the server keeps answering.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -272,7 +278,11 @@ def test_a_watcher_that_never_reads_is_ended_with_410_once_it_holds_too_many_byt
     asyncio.run(main())
 
 
-def test_lists_of_many_objects_are_answered_while_the_loop_stays_free(store: Store, admin):
+@pytest.mark.parametrize("where", ["memory", "file"])
+def test_lists_of_many_objects_are_answered_while_the_loop_stays_free(where, serve_admin,
+                                                                       tmp_path):
+    store = Store(None if where == "memory" else tmp_path / "lbcore.db")
+    admin = serve_admin(store)
     for n in range(3000):
         store.create({"apiVersion": "v1", "kind": "Pod",
                       "metadata": {"name": f"p{n}", "namespace": "default",
@@ -302,3 +312,75 @@ def test_lists_of_many_objects_are_answered_while_the_loop_stays_free(store: Sto
         thread.join(60)
     assert not errors
     assert sorted(answers) == sorted([3000, 3000 // 7 + 1, 1] * 4)
+    code, listed = send(f"{admin.url}/api/v1/services", "GET")
+    assert listed["metadata"]["resourceVersion"] == "3005" and len(listed["items"]) == 5
+    assert listed["items"] == store.list("Service")[0]
+    admin.stop()
+    store.close()
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_stalled_watcher_does_not_grow_the_daemons_memory(tmp_path):
+    """``lbcore run`` (own data dir, free loopback port); a watcher that never reads while 300
+    writes of a 200 KB object go by: 120 MB of changes that an unbounded backlog would hold.
+    The daemon's resident memory grows by far less, and the watcher, read at last, ends with
+    a 410."""
+    data_dir = tmp_path / "data"
+    config = tmp_path / "lbcore.yaml"
+    config.write_text(json.dumps({"admin_address": "127.0.0.1:0", "data_dir": str(data_dir),
+                                  "frontends": []}))
+    env = {k: v for k, v in os.environ.items() if k != "LBCORE_SERVER"}
+    with open(tmp_path / "daemon.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "lbcore", "run", "--config", str(config)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        address = data_dir / "admin-address"
+        for _ in range(300):
+            if address.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert address.exists(), (tmp_path / "daemon.log").read_text()
+        host, port = address.read_text().strip().rsplit("/", 1)[1].rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        blob = "x" * 200_000
+
+        def write(n: int) -> None:
+            obj = service("big", annotations={"blob": blob[:-1] + str(n % 10)})
+            conn.request("PUT" if n else "POST", SERVICES + ("/big" if n else ""),
+                         body=as_json(obj), headers=JSON)
+            response = conn.getresponse()
+            response.read()
+            assert response.status in (200, 201)
+
+        for n in range(50):  # warm up: the store, the allocator, the first pages of SQLite
+            write(n)
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.settimeout(30)
+        stalled.connect((host, int(port)))
+        stalled.sendall(f"GET /api/v1/services?watch=true&resourceVersion=50 HTTP/1.1\r\n"
+                        f"Host: {host}\r\n\r\n".encode())
+        before = _rss_bytes(proc.pid)
+        for n in range(50, 350):
+            write(n)
+        grown = _rss_bytes(proc.pid) - before
+        # an unbounded backlog holds 300 x 400 KB (it grew by 120 MB when measured, the bounded
+        # one by 5 MB); the bound is 16 MiB of JSON
+        assert grown < 60 * 1024 * 1024, f"the daemon grew by {grown} bytes"
+        stream = b""
+        while not stream.endswith(b"\r\n0\r\n\r\n"):  # the end of the chunked stream
+            chunk = stalled.recv(1 << 20)
+            assert chunk, "the connection closed before the stream ended"
+            stream += chunk
+        assert b'"type":"ERROR"' in stream and b'"code":410' in stream
+        stalled.close()
+        conn.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)
