@@ -242,9 +242,16 @@ async def run_demo(
             state = daemon.state
             key = f"{NAMESPACE}/{SERVICE}:"
 
+            socket_frontend = daemon.frontends.get("socket") if use_socket else None
+
             def endpoints_ready() -> bool:
                 sp = state.snapshot.service_ports.get(key)
-                return bool(sp and len(sp.endpoints) == len(backends))
+                if not (sp and len(sp.endpoints) == len(backends)):
+                    return False
+                # and the socket frontend has applied them: it listens on a port only while
+                # the port has endpoints
+                listening = getattr(socket_frontend, "listening", None)
+                return listening is None or (cluster_ip, port, "TCP") in listening
 
             deadline = time.monotonic() + READY_TIMEOUT
             while not endpoints_ready() and time.monotonic() < deadline:
