@@ -144,7 +144,8 @@ class Seed:
     controller_writes: int
 
 
-def seed_store(path: Path, services: int, log: Callable[[str], None]) -> Seed:
+def seed_store(path: Path, services: int, log: Callable[[str], None],
+               service_cidr: str = SERVICE_CIDR) -> Seed:
     """Write ``services`` services and 10 pods each into a new store file, then let the
     endpoints controller write their EndpointSlices and Endpoints."""
     from lbcore.runtime.endpoints_controller import EndpointsController
@@ -153,7 +154,7 @@ def seed_store(path: Path, services: int, log: Callable[[str], None]) -> Seed:
     path.parent.mkdir(parents=True, exist_ok=True)
     for suffix in ("", "-wal", "-shm"):
         Path(str(path) + suffix).unlink(missing_ok=True)
-    store = Store(path, [SERVICE_CIDR])
+    store = Store(path, [service_cidr])
     started = time.monotonic()
     try:
         for i in range(services):
@@ -186,15 +187,17 @@ def seed_store(path: Path, services: int, log: Callable[[str], None]) -> Seed:
                 controller_seconds, controller.writes)
 
 
-def seeded(cache: Path, services: int, log: Callable[[str], None]) -> Seed:
+def seeded(cache: Path, services: int, log: Callable[[str], None],
+           service_cidr: str = SERVICE_CIDR) -> Seed:
     """The seed file for ``services``, from ``cache`` when an earlier run made it."""
-    path = cache / f"seed-{services}.db"
-    meta = cache / f"seed-{services}.json"
+    tag = "" if service_cidr == SERVICE_CIDR else "-" + service_cidr.replace("/", "_")
+    path = cache / f"seed-{services}{tag}.db"
+    meta = cache / f"seed-{services}{tag}.json"
     if path.exists() and meta.exists():
         data = json.loads(meta.read_text())
         return Seed(path=path, **{k: v for k, v in data.items() if k != "path"})
     log(f"seeding {services} services and {services * PODS_PER_SERVICE} pods into {path}")
-    seed = seed_store(path, services, log)
+    seed = seed_store(path, services, log, service_cidr)
     meta.write_text(json.dumps({k: v for k, v in seed.__dict__.items() if k != "path"}))
     log(f"  {seed.seconds:.1f} s ({seed.objects_per_second:.0f} objects/s), endpoints "
         f"controller {seed.controller_seconds:.1f} s for {seed.controller_writes} writes")
@@ -239,7 +242,7 @@ class DaemonProcess:
     the monotonic time each one was read."""
 
     def __init__(self, workdir: Path, db: Path | None, frontends: list[dict[str, Any]],
-                 min_sync_period: str | None = None):
+                 min_sync_period: str | None = None, service_cidr: str = SERVICE_CIDR):
         self.data_dir = workdir / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if db is not None:
@@ -247,7 +250,7 @@ class DaemonProcess:
         config: dict[str, Any] = {
             "admin_address": "127.0.0.1:0",
             "data_dir": str(self.data_dir),
-            "service_cidr": SERVICE_CIDR,
+            "service_cidr": service_cidr,
             "node_name": NODE,
             "frontends": frontends,
             "log_format": "json",
@@ -367,11 +370,12 @@ class DaemonProcess:
         return "\n".join(json.dumps(r) for _, r in self.lines)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
                 self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
+        finally:
+            if self.proc.poll() is None:  # no answer to SIGTERM, or this process is stopping
                 self.proc.kill()
                 self.proc.wait(timeout=30)
         self._reader.join(timeout=5)
@@ -707,7 +711,8 @@ def run_latency(frontend: str, seed: Seed, args: argparse.Namespace, workdir: Pa
             stack.callback(lambda: (server.terminate(), server.join(10)))
             if not ready.wait(30):
                 raise RuntimeError("the pod servers did not start")
-        daemon = DaemonProcess(workdir / frontend, seed.path, [spec], args.min_sync_period)
+        daemon = DaemonProcess(workdir / frontend, seed.path, [spec], args.min_sync_period,
+                               args.service_cidr)
         stack.callback(daemon.stop)
         daemon.wait_started()
         at, _ = daemon.wait_full_sync(seed.services, args.start_timeout)
@@ -761,7 +766,8 @@ def run_memory(seed: Seed, args: argparse.Namespace, workdir: Path,
         frontends = all_frontends(netns)
         out["frontends"] = [f"{f['name']}" + (f"({f['options']['endpoint_selection']})"
                             if "endpoint_selection" in f["options"] else "") for f in frontends]
-        empty = DaemonProcess(workdir / "empty", None, frontends, args.min_sync_period)
+        empty = DaemonProcess(workdir / "empty", None, frontends, args.min_sync_period,
+                              args.service_cidr)
         try:
             empty.wait_started()
             empty.wait_ready(120)
@@ -769,7 +775,8 @@ def run_memory(seed: Seed, args: argparse.Namespace, workdir: Path,
             out["baseline_rss"] = empty.rss()["VmRSS"]
         finally:
             empty.stop()
-        daemon = DaemonProcess(workdir / "restart", seed.path, frontends, args.min_sync_period)
+        daemon = DaemonProcess(workdir / "restart", seed.path, frontends, args.min_sync_period,
+                               args.service_cidr)
         stack.callback(daemon.stop)
         daemon.wait_started(args.start_timeout)
         out["admin_up_seconds"] = time.monotonic() - daemon.started_at
@@ -912,7 +919,8 @@ def run_profile(seed: Seed, args: argparse.Namespace, workdir: Path,
         data.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(seed.path, data / "lbcore.db")
         config = {"admin_address": "127.0.0.1:0", "data_dir": str(data),
-                  "service_cidr": SERVICE_CIDR, "node_name": NODE, "frontends": frontends}
+                  "service_cidr": args.service_cidr, "node_name": NODE,
+                  "frontends": frontends}
         if args.min_sync_period is not None:
             config["min_sync_period"] = args.min_sync_period
         path = daemon_dir / "lbcore.yaml"
@@ -1025,6 +1033,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=4.0, help="changes per second (default 4)")
     p.add_argument("--probes", type=int, default=30, help="services the changes go to")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for one change")
+    p.add_argument("--service-cidr", default=SERVICE_CIDR,
+                   help=f"the daemons' service CIDR (default {SERVICE_CIDR}); two runs at once "
+                        "need two CIDRs, or their socket frontends refuse to share addresses")
     p.add_argument("--min-sync-period", default=None,
                    help="the daemon's min_sync_period (default: the daemon's default)")
     p.add_argument("--quick", action="store_true",
@@ -1086,7 +1097,7 @@ def main(argv: list[str] | None = None) -> int:
         results: list[Result] = []
         report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
         for n in sizes if args.changes > 0 else []:
-            seed = seeded(cache, n, log)
+            seed = seeded(cache, n, log, args.service_cidr)
             report.setdefault("seeds", {})[n] = {k: v for k, v in seed.__dict__.items()
                                                  if k != "path"}
             for frontend in frontends:
@@ -1110,7 +1121,7 @@ def main(argv: list[str] | None = None) -> int:
                 plot(results, args.plot)
                 log(f"plot: {args.plot}")
         if args.memory:
-            seed = seeded(cache, args.memory, log)
+            seed = seeded(cache, args.memory, log, args.service_cidr)
             log(f"memory and restart: {seed.services} services, {seed.pods} pods")
             report["memory"] = run_memory(seed, args, work / "memory", log)
             if args.profile:
