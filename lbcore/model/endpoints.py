@@ -39,6 +39,7 @@ from lbcore.model.snapshot import EndpointInfo
 __all__ = [
     "MANAGED_BY",
     "MANAGED_BY_LABEL",
+    "MIRRORED_BY",
     "MAX_ENDPOINTS_PER_SLICE",
     "SKIP_MIRROR_LABEL",
     "EndpointTracker",
@@ -47,6 +48,7 @@ __all__ = [
     "endpoints_from_pods",
     "endpoints_from_slices",
     "endpoints_object",
+    "mirror_endpoint_slices",
     "pod_endpoints",
     "reconcile_endpoint_slices",
     "resolve_target_port",
@@ -405,6 +407,7 @@ class EndpointTracker:
 
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 MANAGED_BY = "endpointslice-controller.lbcore.io"
+MIRRORED_BY = "endpointslicemirroring-controller.lbcore.io"  # slices mirrored from Endpoints
 SKIP_MIRROR_LABEL = "endpointslice.kubernetes.io/skip-mirror"  # on Endpoints a controller owns
 HEADLESS_LABEL = "service.kubernetes.io/headless"
 MAX_ENDPOINTS_PER_SLICE = 100  # kube-controller-manager's --max-endpoints-per-slice default
@@ -501,11 +504,13 @@ def _group_of(body: Mapping[str, Any]) -> _SliceGroup:
     return str(body.get("addressType") or "IPv4"), ports
 
 
-def _managed_labels(service: Service) -> dict[str, str]:
-    labels = dict(service.labels)
+def _managed_labels(service: Service, base: Mapping[str, str] | None = None,
+                    managed_by: str = MANAGED_BY) -> dict[str, str]:
+    labels = dict(service.labels if base is None else base)
     labels.pop(MANAGED_BY_LABEL, None)
+    labels.pop(SKIP_MIRROR_LABEL, None)
     labels[SERVICE_NAME_LABEL] = service.name
-    labels[MANAGED_BY_LABEL] = MANAGED_BY
+    labels[MANAGED_BY_LABEL] = managed_by
     if service.headless:
         labels[HEADLESS_LABEL] = ""
     return labels
@@ -529,14 +534,15 @@ def _ordered_endpoints(eps: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _slice_body(service: Service, group: _SliceGroup, endpoints: Iterable[dict[str, Any]],
-                existing: Mapping[str, Any] | None) -> dict[str, Any]:
+                existing: Mapping[str, Any] | None,
+                labels: dict[str, str] | None = None) -> dict[str, Any]:
     meta: dict[str, Any]
     if existing is not None:
         meta = copy.deepcopy(dict(existing["metadata"]))
     else:
         # the API server names it: <service>-<5 characters>, as Kubernetes' controller asks
         meta = {"generateName": f"{service.name[:57]}-", "namespace": service.namespace}
-    meta["labels"] = _managed_labels(service)
+    meta["labels"] = dict(labels) if labels is not None else _managed_labels(service)
     meta["ownerReferences"] = _owner_reference(service)
     return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": meta,
             "addressType": group[0], "endpoints": _ordered_endpoints(endpoints),
@@ -566,7 +572,40 @@ def reconcile_endpoint_slices(
     endpoint keeps one empty slice per address type (the placeholder), with no ports.
     Slices to create have ``metadata.generateName``; the others carry their stored metadata.
     """
-    desired = _slice_endpoints(service, pods)
+    return _reconcile(service, _slice_endpoints(service, pods), existing, max_endpoints,
+                      _managed_labels(service), placeholder=True)
+
+
+def mirror_endpoint_slices(
+    service: Service, endpoints: Endpoints, existing: Iterable[Mapping[str, Any]],
+    max_endpoints: int = MAX_ENDPOINTS_PER_SLICE,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The writes that bring the slices mirrored from a user's ``Endpoints`` of a service
+    without selector to it, as Kubernetes' EndpointSliceMirroring controller: ``addresses``
+    ready, ``notReadyAddresses`` not, the Endpoints' labels, ``managed-by`` the mirroring
+    controller's name; no placeholder when it has no address."""
+    desired: dict[_SliceGroup, dict[str, dict[str, Any]]] = {}
+    for subset in endpoints.subsets:
+        ports = tuple((p.name, p.port or 0, p.protocol, None) for p in subset.ports)
+        for ready, addresses in ((True, subset.addresses), (False, subset.not_ready_addresses)):
+            for a in addresses:
+                ep: dict[str, Any] = {"addresses": [a.ip], "conditions": {"ready": ready}}
+                if a.target:
+                    ns, _, name = a.target.partition("/")
+                    ep["targetRef"] = {"kind": "Pod", "namespace": ns, "name": name}
+                if a.node_name:
+                    ep["nodeName"] = a.node_name
+                family = "IPv6" if ":" in a.ip else "IPv4"
+                desired.setdefault((family, ports), {}).setdefault(a.ip, ep)
+    labels = _managed_labels(service, endpoints.labels, MIRRORED_BY)
+    return _reconcile(service, desired, existing, max_endpoints, labels, placeholder=False)
+
+
+def _reconcile(
+    service: Service, desired: dict[_SliceGroup, dict[str, dict[str, Any]]],
+    existing: Iterable[Mapping[str, Any]], max_endpoints: int, labels: dict[str, str],
+    placeholder: bool,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     create: list[dict[str, Any]] = []
     update: list[dict[str, Any]] = []
     empties: list[Mapping[str, Any]] = []  # stored slices left without an endpoint
@@ -584,7 +623,7 @@ def reconcile_endpoint_slices(
                 ip = (ep.get("addresses") or [None])[0]
                 if ip in wanted:
                     eps.append(wanted.pop(ip))
-            target = _slice_body(service, group, eps, body)
+            target = _slice_body(service, group, eps, body, labels)
             (unchanged if _same_slice(target, body) else changed).append((body, eps))
         # new endpoints: slices being rewritten anyway, then one unchanged slice with room
         rest = list(wanted.values())
@@ -602,7 +641,7 @@ def reconcile_endpoint_slices(
         desired[group] = {ep["addresses"][0]: ep for ep in rest}
         for body, eps in changed:
             if eps:
-                update.append(_slice_body(service, group, eps, body))
+                update.append(_slice_body(service, group, eps, body, labels))
                 kept += 1
             else:
                 empties.append(body)
@@ -614,17 +653,17 @@ def reconcile_endpoint_slices(
     for group, wanted in desired.items():
         rest = _ordered_endpoints(wanted.values())
         for i in range(0, len(rest), max_endpoints):
-            create.append(_slice_body(service, group, rest[i:i + max_endpoints], None))
-    if kept + len(create) == 0:
+            create.append(_slice_body(service, group, rest[i:i + max_endpoints], None, labels))
+    if placeholder and kept + len(create) == 0:
         # no endpoint at all: one empty slice per address type (an existing empty one if any)
         for family in _address_families(service):
-            placeholder: _SliceGroup = (family, ())
+            empty: _SliceGroup = (family, ())
             reuse = next((b for b in empties if _group_of(b)[0] == family), None)
             if reuse is None:
-                create.append(_slice_body(service, placeholder, (), None))
+                create.append(_slice_body(service, empty, (), None, labels))
                 continue
             empties.remove(reuse)
-            body = _slice_body(service, placeholder, (), reuse)
+            body = _slice_body(service, empty, (), reuse, labels)
             if not _same_slice(body, reuse):
                 update.append(body)
     delete = [dict(b) for b in empties]

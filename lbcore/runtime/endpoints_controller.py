@@ -25,7 +25,11 @@ How it runs:
 - slices it manages carry ``endpointslice.kubernetes.io/managed-by`` and Endpoints it manages
   ``endpointslice.kubernetes.io/skip-mirror``; it never touches others, so a service without a
   selector keeps the Endpoints and EndpointSlices users write, as in Kubernetes. A managed
-  object someone else changes or deletes is written again, as the controllers would.
+  object someone else changes or deletes is written again, as the controllers would;
+- and, as the EndpointSliceMirroring controller, it mirrors the Endpoints a user writes for a
+  service without selector into EndpointSlices (:func:`lbcore.model.endpoints.
+  mirror_endpoint_slices`), so that what reads slices (kubectl's describe, the data path) sees
+  them, as in a cluster.
 """
 
 from __future__ import annotations
@@ -42,12 +46,14 @@ from lbcore.model.endpoints import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     MAX_ENDPOINTS_PER_SLICE,
+    MIRRORED_BY,
     SKIP_MIRROR_LABEL,
     endpoints_object,
+    mirror_endpoint_slices,
     reconcile_endpoint_slices,
     wants_endpoints,
 )
-from lbcore.model.objects import SERVICE_NAME_LABEL, Pod, Service, parse_admitted
+from lbcore.model.objects import SERVICE_NAME_LABEL, Endpoints, Pod, Service, parse_admitted
 from lbcore.runtime.logs import event
 from lbcore.runtime.store import AlreadyExists, Conflict, NotFound, Store, StoreError
 
@@ -68,7 +74,8 @@ def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
 def _managed_slice(obj: Mapping[str, Any]) -> str | None:
     """``namespace/service`` of a slice this controller manages, else None."""
     labels = _meta(obj).get("labels") or {}
-    if labels.get(MANAGED_BY_LABEL) != MANAGED_BY or not labels.get(SERVICE_NAME_LABEL):
+    if labels.get(MANAGED_BY_LABEL) not in (MANAGED_BY, MIRRORED_BY) or not labels.get(
+            SERVICE_NAME_LABEL):
         return None
     return f"{_meta(obj).get('namespace') or 'default'}/{labels[SERVICE_NAME_LABEL]}"
 
@@ -262,20 +269,44 @@ class EndpointsController:
     def _reconcile(self, key: str) -> None:
         service = self._services.get(key)
         if service is None or not wants_endpoints(service):
-            self._remove(key)
+            endpoints = self._endpoints.get(key)
+            if (service is not None and service.type != "ExternalName"
+                    and endpoints is not None and not _managed_endpoints(endpoints)):
+                self._mirror(key, service, endpoints)
+            else:
+                self._remove(key)
             return
         idx = self._index[service.namespace]
         pods = [self._pods[f"{service.namespace}/{p}"] for p in idx.matching(service.name)]
-        create, update, delete = reconcile_endpoint_slices(
-            service, pods, list(self._slices.get(key, {}).values()),
-            self.max_endpoints_per_slice)
-        for body in delete:
+        self._write_slices(key, MANAGED_BY, lambda existing: reconcile_endpoint_slices(
+            service, pods, existing, self.max_endpoints_per_slice))
+        self._write_endpoints(key, endpoints_object(service, pods))
+
+    def _mirror(self, key: str, service: Service, endpoints: dict[str, Any]) -> None:
+        """A service without selector and a user's Endpoints: EndpointSlices mirrored from it,
+        as Kubernetes' EndpointSliceMirroring controller writes them."""
+        parsed = self._parse(endpoints)
+        if not isinstance(parsed, Endpoints):
+            return
+        self._write_slices(key, MIRRORED_BY, lambda existing: mirror_endpoint_slices(
+            service, parsed, existing, self.max_endpoints_per_slice))
+
+    def _write_slices(self, key: str, managed_by: str, plan: Callable[
+            [list[dict[str, Any]]], tuple[list[dict[str, Any]], ...]]) -> None:
+        """Write what ``plan`` says for the slices ``managed_by`` holds; delete the slices the
+        other manager of this controller left (a service that gained or lost its selector)."""
+        mine: list[dict[str, Any]] = []
+        others: list[dict[str, Any]] = []
+        for body in self._slices.get(key, {}).values():
+            labels = _meta(body).get("labels") or {}
+            (mine if labels.get(MANAGED_BY_LABEL) == managed_by else others).append(body)
+        create, update, delete = plan(mine)
+        for body in [*others, *delete]:
             self._delete_slice(key, body)
         for body in update:
             self._write_slice(key, self.store.update(body))
         for body in create:
             self._write_slice(key, self.store.create(body))
-        self._write_endpoints(key, endpoints_object(service, pods))
 
     def _write_slice(self, key: str, stored: dict[str, Any]) -> None:
         self.writes += 1

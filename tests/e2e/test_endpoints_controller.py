@@ -172,16 +172,36 @@ def test_a_label_change_is_a_watch_event_on_the_slice(daemon: Daemon) -> None:
 def test_a_service_without_selector_keeps_what_users_write(daemon: Daemon) -> None:
     daemon.create(service("external"))
     written = daemon.create({
-        "apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "external"},
-        "subsets": [{"addresses": [{"ip": "127.0.3.1"}], "ports": [{"port": 8080}]}]})
-    # a later service with a selector gets its slice: the controller has seen what came before
-    daemon.create(service("after", {"app": "after"}))
-    until(lambda: daemon.slices("after"), bool)
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "external", "labels": {"team": "a"}},
+        "subsets": [{"addresses": [{"ip": "127.0.3.1"}], "notReadyAddresses": [{"ip": "127.0.3.2"}],
+                     "ports": [{"port": 8080}]}]})
+    # mirrored into a slice, as Kubernetes' EndpointSliceMirroring controller does
+    [mirrored] = until(lambda: daemon.slices("external"), bool)
+    assert mirrored["metadata"]["labels"] == {
+        "team": "a", "kubernetes.io/service-name": "external",
+        "endpointslice.kubernetes.io/managed-by": "endpointslicemirroring-controller.lbcore.io"}
+    assert [(e["addresses"], e["conditions"]["ready"]) for e in mirrored["endpoints"]] == [
+        (["127.0.3.1"], True), (["127.0.3.2"], False)]
+    assert mirrored["ports"] == [{"name": "", "port": 8080, "protocol": "TCP"}]
+    # the user's Endpoints is left as written
     ep = daemon.request("GET", "/api/v1/namespaces/default/endpoints/external")
     assert ep["metadata"]["resourceVersion"] == written["metadata"]["resourceVersion"]
-    assert daemon.slices("external") == []
     out = daemon.cli("get", "ep", "external")
     assert out.stdout.splitlines()[1].split()[:2] == ["external", "127.0.3.1:8080"]
+    out = daemon.cli("describe", "svc", "external")
+    assert "Endpoints:                127.0.3.1:8080\n" in out.stdout
+    # a user's slice for a selectorless service is never touched
+    user_slice = daemon.request("POST", SLICES, {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "external-by-hand",
+                     "labels": {"kubernetes.io/service-name": "external"}},
+        "addressType": "IPv4", "ports": [{"port": 8080}],
+        "endpoints": [{"addresses": ["127.0.3.3"]}]})
+    daemon.request("DELETE", "/api/v1/namespaces/default/endpoints/external")
+    until(lambda: daemon.slices("external"), lambda s: len(s) == 1)
+    [left] = daemon.slices("external")
+    assert left["metadata"]["resourceVersion"] == user_slice["metadata"]["resourceVersion"]
 
 
 def test_a_hundred_endpoints_per_slice(daemon: Daemon) -> None:
@@ -222,3 +242,44 @@ def test_kubectl_reads_them_and_describes_as_lbcore_does(daemon: Daemon) -> None
     for name in ("external", "big"):  # a user's Endpoints, and "+ N more..."
         assert daemon.cli("describe", "svc", name).stdout == daemon.kubectl(
             "describe", "svc", name).stdout
+
+
+def test_the_data_path_takes_the_stored_slices(tmp_path: Path) -> None:
+    """In the daemon, ClusterState receives the controller's EndpointSlices from the store and
+    takes the endpoints from them, as it does from a cluster's."""
+    import asyncio
+
+    from lbcore.runtime.config import config_from_mapping
+    from lbcore.runtime.daemon import Daemon as InProcess
+
+    config = config_from_mapping({"admin_address": "127.0.0.1:0", "data_dir": str(tmp_path),
+                                  "frontends": []})
+
+    async def scenario() -> None:
+        daemon = InProcess(config)
+        await daemon.start()
+        try:
+            store, state = daemon.store, daemon.state
+            assert state is not None
+            store.create(service("web", {"app": "web"}))
+            for i in (1, 2):
+                store.create(pod(f"web-{i}", f"127.0.5.{i}", {"app": "web"}))
+            table = state.table
+            held: list[str] = []
+            for _ in range(400):  # bounded: 10 s
+                await asyncio.sleep(0.025)
+                if table.get("Service", "default", "web") is None:
+                    continue
+                held = [s.name for s in table.endpoint_slices("default", "web")
+                        if s.labels.get("endpointslice.kubernetes.io/managed-by")]
+                if held and [e.ip for e in table.endpoints("default", "web")[""]] == [
+                        "127.0.5.1", "127.0.5.2"]:
+                    break
+            stored = [o["metadata"]["name"] for o in store.list(
+                "EndpointSlice", "default", "kubernetes.io/service-name=web")[0]]
+            assert held == stored and len(stored) == 1
+            assert [e.port for e in table.endpoints("default", "web")[""]] == [8080, 8080]
+        finally:
+            await daemon.stop()
+
+    asyncio.run(scenario())

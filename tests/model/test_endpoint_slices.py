@@ -164,3 +164,22 @@ def test_which_services_get_endpoints_written() -> None:
     assert not wants_endpoints(svc(selector=None))
     assert not wants_endpoints(svc(type="ExternalName", externalName="example.com",
                                    clusterIP=None))
+
+
+def test_endpoints_of_a_service_without_selector_are_mirrored_into_slices() -> None:
+    from lbcore.model.endpoints import MIRRORED_BY, mirror_endpoint_slices
+    from lbcore.model.objects import Endpoints
+
+    service = svc(selector=None)
+    ep = Endpoints.from_dict({"kind": "Endpoints", "metadata": {"name": "web"}, "subsets": [
+        {"addresses": [{"ip": "10.0.0.2", "nodeName": "n1"}], "notReadyAddresses": [
+            {"ip": "10.0.0.1"}], "ports": [{"name": "http", "port": 8080}]}]})
+    [body], update, delete = mirror_endpoint_slices(service, ep, [])
+    assert (update, delete) == ([], [])
+    assert body["metadata"]["labels"][MANAGED_BY_LABEL] == MIRRORED_BY
+    assert body["ports"] == [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    assert body["endpoints"] == [
+        {"addresses": ["10.0.0.1"], "conditions": {"ready": False}},
+        {"addresses": ["10.0.0.2"], "conditions": {"ready": True}, "nodeName": "n1"}]
+    empty = Endpoints.from_dict({"kind": "Endpoints", "metadata": {"name": "web"}})
+    assert mirror_endpoint_slices(service, empty, []) == ([], [], [])  # no placeholder
