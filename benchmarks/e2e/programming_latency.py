@@ -554,13 +554,14 @@ class SocketObserver:
         deadline = acked + timeout
         if change.kind == "ports":
             port = 80 if change.on else 81
+            self.ports[change.service] = port
             while time.monotonic() < deadline:
                 began = time.monotonic()
                 if ask(cip, port, 1.0) is not None:
                     return began
                 time.sleep(0.0005)
             return None
-        port = 80
+        port = self.ports.get(change.service, 80)  # the service's port at this moment
         pod = f"{service_name(change.service)}-{change.pod}"
         streak = 0
         while time.monotonic() < deadline:
