@@ -16,6 +16,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import platform
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -169,45 +170,54 @@ def parse_body(data: bytes, content_type: str) -> Any:
         loader = _BoundedYAMLLoader(text)
         try:
             node = loader.get_single_node()
-            return None if node is None else loader.construct_document(node)
+            body = None if node is None else loader.construct_document(node)
         except yaml.YAMLError as exc:
             raise BadRequest(f"body: not valid YAML: {' '.join(str(exc).split())}") from None
         finally:
             loader.dispose()
-    try:
-        body = json.loads(text)
-    except RecursionError:
-        raise _too_deep() from None
-    except ValueError as exc:
-        raise BadRequest(f"body: not valid JSON: {exc}") from None
-    if _depth(body) > MAX_DEPTH:
-        raise _too_deep()
+    else:
+        try:
+            body = json.loads(text, parse_constant=_not_json)
+        except RecursionError:
+            raise _too_deep() from None
+        except ValueError as exc:
+            raise BadRequest(f"body: not valid JSON: {exc}") from None
+    _check_json_values(body)
     return body
+
+
+def _not_json(constant: str) -> Any:
+    raise BadRequest(f"body: {constant} is not a JSON number")
 
 
 def _too_deep() -> BadRequest:
     return BadRequest(f"body: nested more than {MAX_DEPTH} levels deep")
 
 
-def _depth(value: Any) -> int:
-    """How deep lists and objects nest in ``value`` (a scalar is 0), without recursion."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
+def _check_json_values(value: Any) -> None:
+    """Refuse nesting deeper than :data:`MAX_DEPTH` and what JSON cannot hold (what YAML can:
+    ``!!binary``, ``!!set``, ``.nan``, ``.inf``, keys that are lists), naming where, without
+    recursion."""
+    stack: list[tuple[Any, int, str]] = [(value, 0, "")]
     while stack:
-        item, depth = stack.pop()
+        item, depth, path = stack.pop()
         if isinstance(item, dict):
-            children: Iterable[Any] = item.values()
+            if depth == MAX_DEPTH:
+                raise _too_deep()
+            for key, child in item.items():
+                if not isinstance(key, str | int | bool) and key is not None:
+                    raise BadRequest(f"body: {path or '.'}: a key {key!r} is not a string")
+                stack.append((child, depth + 1, f"{path}.{key}"))
         elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        depth += 1
-        if depth > deepest:
-            deepest = depth
-            if deepest > MAX_DEPTH:
-                return deepest
-        stack.extend((child, depth) for child in children)
-    return deepest
+            if depth == MAX_DEPTH:
+                raise _too_deep()
+            stack.extend((child, depth + 1, f"{path}[{i}]") for i, child in enumerate(item))
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise BadRequest(f"body: {path[1:] or '.'}: {item} is not a JSON number")
+        elif not isinstance(item, str | int | float | bool) and item is not None:
+            raise BadRequest(
+                f"body: {path[1:] or '.'}: a {type(item).__name__} is not a JSON value"
+            )
 
 
 class _BoundedYAMLLoader(yaml.SafeLoader):
@@ -238,6 +248,11 @@ class _BoundedYAMLLoader(yaml.SafeLoader):
         self._measure(node)
         return node
 
+    def construct_yaml_timestamp(self, node: Any) -> Any:
+        """A timestamp stays the string it was written as (``creationTimestamp: 2024-...`` in
+        what ``kubectl get -o yaml`` prints), as JSON has no dates."""
+        return self.construct_scalar(node)
+
     def _measure(self, node: Any) -> None:
         if isinstance(node, yaml.ScalarNode):
             size, depth = len(node.value) + 3, 0
@@ -260,6 +275,11 @@ class _BoundedYAMLLoader(yaml.SafeLoader):
         if depth > MAX_DEPTH:
             raise _too_deep()
         self._measured[id(node)] = (size, depth)
+
+
+_BoundedYAMLLoader.add_constructor(
+    "tag:yaml.org,2002:timestamp", _BoundedYAMLLoader.construct_yaml_timestamp
+)
 
 
 def _status_response(error: StoreError) -> web.Response:

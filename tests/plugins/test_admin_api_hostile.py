@@ -121,6 +121,26 @@ def test_a_body_nested_thousands_deep_is_400(admin, kind):
     assert_refused(admin, code, status, 400, "nested more than 100 levels")
 
 
+def test_what_json_cannot_hold_is_400_naming_where_and_yaml_timestamps_stay_strings(admin):
+    for body, headers, words in (
+        (b'{"kind":"Service","metadata":{"name":"x"},"spec":{"a":NaN}}', JSON, ("NaN",)),
+        (b'{"kind":"Service","metadata":{"name":"x"},"spec":{"a":[1e400]}}', JSON,
+         ("spec.a[0]", "inf")),
+        (b"kind: Service\nmetadata: {name: x}\nspec: {a: .nan}\n", YAML, ("spec.a", "nan")),
+        (b"kind: Service\nmetadata: {name: x, labels: {a: !!binary aGk=}}\n", YAML,
+         ("metadata.labels.a", "bytes")),
+        (b"kind: Service\nmetadata: {name: x}\nspec: !!set {a, b}\n", YAML, ("spec", "set")),
+    ):
+        code, status = send(admin.url + SERVICES, body=body, headers=headers)
+        assert_refused(admin, code, status, 400, *words)
+    exported = (b"apiVersion: v1\nkind: Service\n"
+                b"metadata: {name: web, creationTimestamp: 2024-05-01T10:00:00Z,\n"
+                b"  annotations: {since: 2024-05-01}}\n"
+                b"spec: {selector: {app: web}, ports: [{port: 80}]}\n")
+    code, created = send(admin.url + SERVICES, body=exported, headers=YAML)
+    assert code == 201 and created["metadata"]["annotations"] == {"since": "2024-05-01"}
+
+
 def test_a_body_over_3_mib_is_413_whether_or_not_it_says_its_length(admin):
     filler = "x" * (admin_api.MAX_BODY_BYTES + 1)
     code, status = send(admin.url + SERVICES, body=as_json(service("big", labels={"a": filler})),
