@@ -239,9 +239,21 @@ def test_kubectl_reads_them_and_describes_as_lbcore_does(daemon: Daemon) -> None
     assert theirs.returncode == 0, theirs.stderr
     assert "Endpoints:                127.0.4.1:8080,127.0.4.2:8080\n" in theirs.stdout
     assert ours.stdout == theirs.stdout
-    for name in ("external", "big"):  # a user's Endpoints, and "+ N more..."
-        assert daemon.cli("describe", "svc", name).stdout == daemon.kubectl(
-            "describe", "svc", name).stdout
+    rich = service("rich", {"app": "my-app"}, type="NodePort", externalIPs=["127.0.4.200"],
+                   externalTrafficPolicy="Local", internalTrafficPolicy="Local",
+                   ports=[{"name": "http", "port": 80, "targetPort": 8080},
+                          {"name": "dns", "port": 53, "protocol": "UDP"}])
+    rich["metadata"].update(labels={"b": "2", "a": "1"},
+                            annotations={"note": "x" * 200, "multi": "one\ntwo", "k": "v"})
+    daemon.create(rich)
+    until(lambda: daemon.slices("rich"), bool)
+    daemon.create(service("empty", {"app": "nobody"}))  # a placeholder slice only
+    until(lambda: daemon.slices("empty"), bool)
+    # a user's (mirrored) Endpoints, "+ N more...", most optional lines, no ready endpoint
+    for name in ("external", "big", "rich", "empty"):
+        theirs = daemon.kubectl("describe", "svc", name)
+        assert theirs.stdout.startswith(f"Name:                     {name}\n"), theirs.stderr
+        assert daemon.cli("describe", "svc", name).stdout == theirs.stdout
 
 
 def test_the_data_path_takes_the_stored_slices(tmp_path: Path) -> None:
