@@ -424,6 +424,18 @@ class NftMonitor:
                 self.lines.append((now, line))
                 self._cond.notify_all()
 
+    def wait_subscribed(self, netns: str, timeout: float = 30.0) -> None:
+        """Until the monitor prints a table this process adds and deletes in the namespace."""
+        probe = "inet lbcore-bench-monitor-probe"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            start = self.mark()
+            subprocess.run(["ip", "netns", "exec", netns, "nft", f"add table {probe}; "
+                            f"delete table {probe}"], timeout=30, check=True)
+            if self.wait_for(start, ("lbcore-bench-monitor-probe",), 1.0) is not None:
+                return
+        raise RuntimeError("nft monitor printed nothing")
+
     def mark(self) -> int:
         with self._cond:
             return len(self.lines)
@@ -727,7 +739,7 @@ def run_latency(frontend: str, seed: Seed, args: argparse.Namespace, workdir: Pa
         if netns is not None:
             monitor = NftMonitor(netns)
             stack.callback(monitor.stop)
-            time.sleep(0.5)  # let nft monitor subscribe before the first write
+            monitor.wait_subscribed(netns)
             observer: Any = KernelObserver(monitor, frontend, cluster_ips)
         else:
             observer = SocketObserver(cluster_ips)
