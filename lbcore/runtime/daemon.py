@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from lbcore import __version__
 from lbcore.errors import ConfigError
@@ -77,6 +78,7 @@ class Daemon:
     def __init__(self, config: Config):
         self.config = config
         self.metrics = SyncMetrics()
+        self.metrics.registry.register(_SourceMetrics(self))
         self.store: Any = None
         self.endpoints_controller: Any = None
         self.state: ClusterState | None = None
@@ -295,6 +297,36 @@ class Daemon:
         if self.admin_url is not None:
             event(log, "daemon stopped", admin=self.admin_url, kept_rules=keep)
             self.admin_url = None
+
+
+class _SourceMetrics:
+    """The source's health on /metrics: ``lbcore_source_healthy`` and, from a source that
+    reports them per kind (the kubernetes source), relists and the last time it was in sync."""
+
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+
+    def collect(self) -> Any:
+        health = self.daemon._source_health()
+        healthy = GaugeMetricFamily(
+            "lbcore_source_healthy", "1 while the source is in sync with where objects come from"
+        )
+        healthy.add_metric([], 1.0 if health["healthy"] else 0.0)
+        yield healthy
+        kinds = health.get("kinds") or {}
+        relists = CounterMetricFamily(
+            "lbcore_source_relists", "Lists after a watch could not resume (410, 504)", labels=["kind"]
+        )
+        last_sync = GaugeMetricFamily(
+            "lbcore_source_last_sync_timestamp_seconds",
+            "When the source last heard from its server in sync", labels=["kind"],
+        )
+        for kind, report in kinds.items():
+            relists.add_metric([kind], float(report.get("relists") or 0))
+            if report.get("lastSync") is not None:
+                last_sync.add_metric([kind], float(report["lastSync"]))
+        yield relists
+        yield last_sync
 
 
 def run(config: Config) -> int:

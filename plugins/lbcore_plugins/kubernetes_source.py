@@ -96,9 +96,11 @@ class ReflectorHealth:
     error: str | None = None
     failing_since: float | None = None  # time.monotonic() of the first failure in a row
     silent: bool = False  # the last failure was a silent watch: only a byte from it clears it
+    last_sync: float | None = None  # time.time() when the server last answered in sync
 
     def ok(self) -> None:
         self.error, self.failing_since, self.silent = None, None, False
+        self.last_sync = time.time()
 
     def fail(self, error: str, silent: bool = False) -> None:
         if self.failing_since is None:
@@ -194,6 +196,7 @@ class KubernetesSource(Source):
                 "lists": self.lists[kind],
                 "relists": self.relists[kind],
                 "resourceVersion": self.resource_versions[kind],
+                "lastSync": reflector.last_sync,
             }
             if reflector.error is not None and reflector.failing_since is not None:
                 entry["error"] = reflector.error

@@ -288,6 +288,12 @@ def test_a_restore_with_a_lower_range_and_the_same_versions_is_relisted_and_repl
         assert source is not None and source.relists["Service"] >= 1  # type: ignore[attr-defined]
         code, body = await health(daemon)
         assert code == 200 and body["source"]["kinds"]["Service"]["relists"] >= 1
+        metrics = await asyncio.get_running_loop().run_in_executor(None, _metrics, daemon)
+        assert "lbcore_source_healthy 1.0" in metrics
+        relisted = [line for line in metrics.splitlines()
+                    if line.startswith('lbcore_source_relists_total{kind="Service"}')]
+        assert len(relisted) == 1 and float(relisted[0].split()[-1]) >= 1
+        assert 'lbcore_source_last_sync_timestamp_seconds{kind="Service"}' in metrics
         server.put_service("e", 80, "10.96.0.5")  # rv 3: followed from the new range
         await until(lambda: "default/e" in ports(daemon), 10, daemon)
 
@@ -363,6 +369,8 @@ def test_lists_that_keep_failing_make_healthz_unhealthy_after_the_grace(tmp_path
         readyz = await asyncio.get_running_loop().run_in_executor(
             None, _code, daemon.admin_url + "/readyz")
         assert readyz == 503
+        metrics = await asyncio.get_running_loop().run_in_executor(None, _metrics, daemon)
+        assert "lbcore_source_healthy 0.0" in metrics
         server.lists_fail = False
         server.put_service("a", 80, "10.96.0.1")
         await until(lambda: ports(daemon) == {"default/a": 80}, 10, daemon)
@@ -382,3 +390,8 @@ def _code(url: str) -> int:
             return int(response.status)
     except urllib.error.HTTPError as err:
         return err.code
+
+
+def _metrics(daemon: Daemon) -> str:
+    with urllib.request.urlopen(f"{daemon.admin_url}/metrics", timeout=5) as response:
+        return str(response.read().decode())
