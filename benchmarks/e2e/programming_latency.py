@@ -756,10 +756,11 @@ def run_latency(frontend: str, seed: Seed, args: argparse.Namespace, workdir: Pa
 # --------------------------------------------------------------------------------------------
 
 
-def all_frontends(netns: str | None) -> list[dict[str, Any]]:
-    out = [json.loads(json.dumps(FRONTENDS["socket"]))]
+def all_frontends(netns: str | None, names: tuple[str, ...] = ("socket", "nftables-maps",
+                                                               "iptables")) -> list[dict[str, Any]]:
+    out = [json.loads(json.dumps(FRONTENDS["socket"]))] if "socket" in names else []
     if netns is not None:
-        for name in ("nftables-maps", "iptables"):
+        for name in (n for n in ("nftables-maps", "nftables-cascade", "iptables") if n in names):
             spec = json.loads(json.dumps(FRONTENDS[name]))
             # iptables-restore of 100,000 endpoint chains outlasts the default 60 s per command
             # on a loaded 2-core machine; the run measures how long, not whether it fits
@@ -776,7 +777,7 @@ def run_memory(seed: Seed, args: argparse.Namespace, workdir: Path,
         netns = None
         if os.geteuid() == 0:
             netns = stack.enter_context(network_namespace(f"lbcore-bench-mem-{os.getpid()}"))
-        frontends = all_frontends(netns)
+        frontends = all_frontends(netns, tuple(args.memory_frontends.split(",")))
         out["frontends"] = [f"{f['name']}" + (f"({f['options']['endpoint_selection']})"
                             if "endpoint_selection" in f["options"] else "") for f in frontends]
         empty = DaemonProcess(workdir / "empty", None, frontends, args.min_sync_period,
@@ -925,7 +926,7 @@ def run_profile(seed: Seed, args: argparse.Namespace, workdir: Path,
         netns = None
         if os.geteuid() == 0:
             netns = stack.enter_context(network_namespace(f"lbcore-bench-prof-{os.getpid()}"))
-        frontends = all_frontends(netns)
+        frontends = all_frontends(netns, tuple(args.memory_frontends.split(",")))
         daemon_dir = workdir / "profile"
         # the config and data directory DaemonProcess would make, without starting it
         data = daemon_dir / "data"
@@ -1055,6 +1056,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="N = 200 and 1000, 100 changes, no memory run unless --memory")
     p.add_argument("--memory", type=int, default=None,
                    help="services for the memory and restart run (default 10000; 0: none)")
+    p.add_argument("--memory-frontends", default="socket,nftables-maps,iptables",
+                   help="the frontends of the memory and restart run")
     p.add_argument("--profile", action="store_true", help="tracemalloc profile at --memory")
     p.add_argument("--settle", type=float, default=20.0,
                    help="seconds after the first full sync before the RSS is read")
