@@ -176,11 +176,11 @@ cdef class PickCore:
         cdef bint ok
         cdef ct_key client
         cdef PickSet ps
-        memset(&client, 0, sizeof(ct_key))
-        memcpy(client.addr, k.addr, 16)
         if self.affinity is not None:
             # start fetching the client's affinity slot now, so a new connection's two probes
             # overlap instead of paying two cache misses one after the other
+            memset(&client, 0, sizeof(ct_key))
+            memcpy(client.addr, k.addr, 16)
             ha = ct_hash(&client, self.affinity.seed)
             self.affinity.prefetch_h(ha)
         b = self.conns.lookup_h(k, hk, t)
@@ -192,6 +192,9 @@ cdef class PickCore:
             if ok:
                 return b
         # a new connection: the pick policy every data path shares (lbcore.core._policy_c)
+        if self.affinity is None:  # a tracked connection never needs the client's key
+            memset(&client, 0, sizeof(ct_key))
+            memcpy(client.addr, k.addr, 16)
         ps.balancer = <void*>self.balancer if self.balancer is not None else NULL
         ps.affinity = <void*>self.affinity if self.affinity is not None else NULL
         ps.bal_ids, ps.nbal, ps.bidx, ps.down, ps.nids = self.bal_ids, self.nbal, self.bidx, self.down, self.nids
