@@ -616,9 +616,8 @@ class _AdminAPI:
             try:
                 async with asyncio.timeout(timeout):
                     async for event in watcher:
-                        if fields is not None and event["type"] != "BOOKMARK" and not fields(
-                            event["object"]
-                        ):
+                        if fields is not None and event["type"] not in (
+                            "BOOKMARK", "ERROR") and not fields(event["object"]):
                             continue
                         await self._send(response, event)
             except TimeoutError:

@@ -298,6 +298,20 @@ def test_a_watcher_that_never_reads_is_ended_with_410_once_it_holds_too_many_byt
     asyncio.run(main())
 
 
+def test_a_watcher_ended_for_falling_behind_gets_its_410_through_a_field_selector(
+        admin, monkeypatch):
+    from lbcore.runtime import store as store_module
+
+    monkeypatch.setattr(store_module, "MAX_PENDING", 0)  # the first change is one too many
+    url = (f"{admin.url}/api/v1/namespaces/default/services?watch=true&resourceVersion=0"
+           "&fieldSelector=metadata.name%3Dweb&timeoutSeconds=10")
+    with urllib.request.urlopen(url, timeout=10) as response:
+        admin.store.create(service("web"))
+        events = [json.loads(line) for line in response if line.strip()]
+    assert [e["type"] for e in events] == ["ERROR"]
+    assert (events[0]["object"]["code"], events[0]["object"]["reason"]) == (410, "Expired")
+
+
 @pytest.mark.parametrize("where", ["memory", "file"])
 def test_lists_of_many_objects_are_answered_while_the_loop_stays_free(where, serve_admin,
                                                                        tmp_path):
