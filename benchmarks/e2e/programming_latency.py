@@ -995,35 +995,37 @@ def print_table(results: list[Result], out: Callable[[str], None]) -> None:
 
 
 def plot(results: list[Result], path: Path) -> None:
+    plot_rows([{"frontend": r.frontend, "services": r.services, **r.stats()} for r in results],
+              path)
+
+
+def plot_rows(rows: list[dict[str, Any]], path: Path) -> None:
+    """p50 and p99 against N, one colour per frontend (rows as the --json report keeps them)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    frontends = sorted({r.frontend for r in results})
-    for name in frontends:
-        rows = sorted((r for r in results if r.frontend == name and r.latencies),
-                      key=lambda r: r.services)
-        if not rows:
-            continue
-        xs = [r.services for r in rows]
-        line, = ax.plot(xs, [r.stats()["p99"] * 1e3 for r in rows], marker="o",
-                        label=f"{name} p99")
-        ax.plot(xs, [r.stats()["p50"] * 1e3 for r in rows], marker="x", linestyle="--",
+    rows = [r for r in rows if r.get("n")]
+    for name in sorted({r["frontend"] for r in rows}):
+        mine = sorted((r for r in rows if r["frontend"] == name), key=lambda r: r["services"])
+        xs = [r["services"] for r in mine]
+        line, = ax.plot(xs, [r["p99"] * 1e3 for r in mine], marker="o", label=f"{name} p99")
+        ax.plot(xs, [r["p50"] * 1e3 for r in mine], marker="x", linestyle="--",
                 color=line.get_color(), label=f"{name} p50")
-    ax.axhline(100, color="grey", linestyle=":", linewidth=1)
-    ax.text(ax.get_xlim()[0] if False else min(r.services for r in results), 105,
-            "target p99 100 ms (socket, nftables maps)", fontsize=8, color="grey")
-    ax.axhline(1000, color="grey", linestyle=":", linewidth=1)
-    ax.text(min(r.services for r in results), 1050, "target p99 1 s (iptables)", fontsize=8,
-            color="grey")
+    left = min((r["services"] for r in rows), default=1)
+    for y, text in ((100, "target p99: 100 ms (socket, nftables maps)"),
+                    (1000, "target p99: 1 s (iptables)")):
+        ax.axhline(y, color="grey", linestyle=":", linewidth=1)
+        ax.text(left, y * 1.05, text, fontsize=8, color="grey")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("services (10 pods each)")
     ax.set_ylabel("write acknowledged -> data path changed (ms)")
-    ax.set_title("lbcore network programming latency (kube-proxy SLO: p99 <= 30,000 ms)")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("lbcore network programming latency (kube-proxy SLO: p99 <= 30,000 ms)",
+                 fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1066,6 +1068,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="keep seeded store files here and reuse them")
     p.add_argument("--plot", type=Path, default=None, help="write the PNG plot here")
     p.add_argument("--json", type=Path, default=None, help="write every figure here")
+    p.add_argument("--plot-from", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="only draw --plot from the --json reports of earlier runs")
     p.add_argument("--profile-daemon", nargs=2, metavar=("CONFIG", "SERVICES"),
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -1089,6 +1093,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile_daemon:
         profile_in_process(args.profile_daemon[0], int(args.profile_daemon[1]),
                            args.start_timeout)
+        return 0
+    if args.plot_from:
+        if args.plot is None:
+            raise SystemExit("--plot-from needs --plot PATH")
+        rows = [row for report in args.plot_from
+                for row in json.loads(report.read_text()).get("latency", [])]
+        plot_rows(rows, args.plot)
         return 0
 
     def log(text: str) -> None:
