@@ -1006,7 +1006,7 @@ def plot_rows(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     rows = [r for r in rows if r.get("n")]
     for name in sorted({r["frontend"] for r in rows}):
         mine = sorted((r for r in rows if r["frontend"] == name), key=lambda r: r["services"])
@@ -1025,7 +1025,7 @@ def plot_rows(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("write acknowledged -> data path changed (ms)")
     ax.set_title("lbcore network programming latency (kube-proxy SLO: p99 <= 30,000 ms)",
                  fontsize=10)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
