@@ -837,7 +837,10 @@ STRUCTURES = (
     ("lbcore/core/_selectors", "selector index"),
     ("lbcore/runtime/store.py", "store (JSON of rows, history)"),
     ("json/decoder.py", "JSON decoding"),
-    ("lbcore_plugins/", "frontends"),
+    ("lbcore_plugins/socket_frontend.py", "frontends"),
+    ("lbcore_plugins/nftables.py", "frontends"),
+    ("lbcore_plugins/iptables.py", "frontends"),
+    ("lbcore_plugins/netfilter.py", "frontends"),
 )
 
 
@@ -845,7 +848,7 @@ def profile_in_process(config_path: str, services: int, timeout: float) -> None:
     """Run the daemon in this process under tracemalloc; print one JSON line of the profile."""
     import tracemalloc
 
-    tracemalloc.start(40)
+    tracemalloc.start(16)  # deep enough to reach the component; deeper is much slower
     from lbcore.runtime.config import load_config
     from lbcore.runtime.daemon import Daemon
     from lbcore.runtime.logs import setup_logging
@@ -876,34 +879,35 @@ def profile_in_process(config_path: str, services: int, timeout: float) -> None:
 
 
 def summarize(snap: Any, seconds: float) -> dict[str, Any]:
+    """Traced bytes by component (the outermost frame of COMPONENTS: who asked and keeps them),
+    by structure (the innermost frame of STRUCTURES: what kind of object) and by line."""
     by_component: dict[str, int] = {}
     by_structure: dict[str, int] = {}
     by_line: dict[str, int] = {}
     total = 0
+    labels: dict[str, tuple[str | None, str | None]] = {}
+
+    def label(filename: str) -> tuple[str | None, str | None]:
+        if filename not in labels:
+            name = filename.replace(os.sep, "/")
+            labels[filename] = (
+                next((lab for needle, lab in COMPONENTS if needle in name), None),
+                next((lab for needle, lab in STRUCTURES if needle in name), None),
+            )
+        return labels[filename]
+
     for trace in snap.traces:
         size = trace.size
         total += size
-        frames = [f.filename.replace(os.sep, "/") for f in trace.traceback]  # innermost last?
-        # tracemalloc tracebacks are most recent first
-        component = "other (interpreter, imports, asyncio, aiohttp)"
-        for filename in reversed(frames):
-            for needle, label in COMPONENTS:
-                if filename.endswith(needle) or needle in filename:
-                    component = label
-                    break
-            else:
-                continue
-            break
-        structure = "other"
-        for filename in frames:
-            hit = next((label for needle, label in STRUCTURES if needle in filename), None)
-            if hit is not None:
-                structure = hit
-                break
+        # a tracemalloc traceback runs from the oldest frame to the most recent one
+        frames = [(f.filename, f.lineno) for f in trace.traceback]
+        component = next((c for c, _ in (label(f) for f, _ in frames) if c), None)
+        structure = next((st for _, st in (label(f) for f, _ in reversed(frames)) if st), None)
+        component = component or "other (interpreter, imports, asyncio, aiohttp)"
         by_component[component] = by_component.get(component, 0) + size
-        by_structure[structure] = by_structure.get(structure, 0) + size
-        top = trace.traceback[0]
-        key = f"{_short(top.filename)}:{top.lineno}"
+        by_structure[structure or "other"] = by_structure.get(structure or "other", 0) + size
+        filename, lineno = frames[-1]
+        key = f"{_short(filename)}:{lineno}"
         by_line[key] = by_line.get(key, 0) + size
     lines = sorted(by_line.items(), key=lambda kv: -kv[1])[:15]
     return {"traced_bytes": total, "seconds": seconds,
