@@ -67,13 +67,13 @@ class NodePortFrontend(ProxyFrontend):
             self.addresses = local_addresses()
 
     def wanted(
-        self, snapshot: Snapshot
+        self, snapshot: Snapshot, services: frozenset[str] | None = None
     ) -> tuple[list[Listen], dict[str, tuple[tuple[str, int, int, bool], ...]], dict[str, float]]:
         listeners: list[Listen] = []
         tables: dict[str, tuple[tuple[str, int, int, bool], ...]] = {}
         affinity: dict[str, float] = {}
         node = self.context.node_name or snapshot.node_name
-        for sp in proxied_ports(snapshot):
+        for sp in proxied_ports(snapshot, services):
             if sp.type not in NODE_PORT_TYPES or not sp.node_port:
                 continue
             table = f"nodeport/{sp.key}"

@@ -321,7 +321,10 @@ class ProxyFrontend(Frontend):
 
     Subclasses say which listeners and endpoint tables a snapshot asks for
     (:meth:`wanted`); this class adds, keeps and removes them, so that a change to one service
-    never touches another's connections.
+    never touches another's connections. After the first sync, a sync looks only at the
+    services in ``changed``: their tables and listeners are rebuilt, every other one is left
+    as it is, so a sync costs what changed, not what the snapshot holds. After a sync that
+    failed, and after :meth:`stop`, the next sync compares everything.
     """
 
     extra_options: tuple[str, ...] = ()
@@ -332,13 +335,18 @@ class ProxyFrontend(Frontend):
         self.engine: Any = None
         self._listeners: dict[Listen, int] = {}
         self._tables: dict[str, tuple[Any, ...]] = {}
+        self._tables_of: dict[str, set[str]] = {}  # service -> its tables in the engine
+        self._listens_of: dict[str, set[Listen]] = {}  # table -> its listeners in the engine
+        self._whole = True  # the next sync compares every service, not only ``changed``
 
     # -- what a snapshot asks for (subclasses) ---------------------------------------------
 
     def wanted(
-        self, snapshot: Snapshot
+        self, snapshot: Snapshot, services: frozenset[str] | None = None
     ) -> tuple[list[Listen], dict[str, tuple[tuple[str, int, int, bool], ...]], dict[str, float]]:
-        """``(listeners, endpoint rows per table, affinity seconds per table)``."""
+        """``(listeners, endpoint rows per table, affinity seconds per table)`` for the ports
+        of ``services`` (``namespace/name``), or of every service when None. A table is named
+        ``<kind>/<ServicePortInfo.key>`` (:func:`table_service` reads the service back)."""
         raise NotImplementedError
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -357,7 +365,14 @@ class ProxyFrontend(Frontend):
     def sync(self, snapshot: Snapshot, changed: frozenset[str]) -> None:
         if self.engine is None:
             self.start()
-        listeners, tables, affinity = self.wanted(snapshot)
+        whole, self._whole = self._whole, True  # until this sync has worked
+        scope = None if whole else changed
+        listeners, tables, affinity = self.wanted(snapshot, scope)
+        if scope is None:
+            held_tables = set(self._tables)
+        else:
+            held_tables = {t for service in scope for t in self._tables_of.get(service, ())}
+        held_listens = {lst for t in held_tables for lst in self._listens_of.get(t, ())}
         opts = self.settings
         for table, rows in tables.items():
             state = (rows, affinity.get(table, 0.0))
@@ -372,12 +387,14 @@ class ProxyFrontend(Frontend):
                     opts.hash_key,
                 )
                 self._tables[table] = state
+                self._tables_of.setdefault(table_service(table), set()).add(table)
         # a port with no endpoint to take a new connection is not listened on, so clients are
         # refused as kube-proxy refuses them: TCP gets ECONNREFUSED, UDP an ICMP port unreachable
         listeners = [lst for lst in listeners if any(row[3] for row in tables.get(lst.table, ()))]
         wanted = set(listeners)
-        for listen in [lst for lst in self._listeners if lst not in wanted]:
+        for listen in held_listens - wanted:
             self.engine.remove_listener(self._listeners.pop(listen))
+            self._listens_of[listen.table].discard(listen)
         failures = []
         for listen in listeners:
             if listen in self._listeners:
@@ -398,14 +415,21 @@ class ProxyFrontend(Frontend):
             self._listeners[listen] = self.engine.add_listener(
                 listen.table, listen.protocol, fds, self.settings.max_connections
             )
-        for table in [t for t in self._tables if t not in tables]:
+            self._listens_of.setdefault(listen.table, set()).add(listen)
+        for table in held_tables - tables.keys():
             self.engine.remove_service(table)
             del self._tables[table]
+            self._listens_of.pop(table, None)
+            service = table_service(table)
+            self._tables_of[service].discard(table)
+            if not self._tables_of[service]:
+                del self._tables_of[service]
         if failures:
             self.context.log.error("%s: cannot listen on %s", self.name, "; ".join(failures))
             raise OSError(
                 errno.EADDRNOTAVAIL, f"{self.name}: cannot listen on " + "; ".join(failures)
             )
+        self._whole = False
 
     def stop(self, keep: bool = False) -> None:
         """Close every listener, connection and worker thread (a userspace proxy keeps none)."""
@@ -414,6 +438,9 @@ class ProxyFrontend(Frontend):
             self.engine = None
         self._listeners.clear()
         self._tables.clear()
+        self._tables_of.clear()
+        self._listens_of.clear()
+        self._whole = True
 
     # -- introspection -----------------------------------------------------------------------
 
@@ -427,9 +454,20 @@ class ProxyFrontend(Frontend):
         return self.engine.stats() if self.engine is not None else {}
 
 
-def proxied_ports(snapshot: Snapshot) -> Iterable[ServicePortInfo]:
-    """Service ports a userspace proxy can carry (TCP and UDP; SCTP is left to the kernel)."""
-    return (sp for sp in snapshot.service_ports.values() if sp.protocol in PROTOCOLS)
+def proxied_ports(
+    snapshot: Snapshot, services: frozenset[str] | None = None
+) -> Iterable[ServicePortInfo]:
+    """Service ports a userspace proxy can carry (TCP and UDP; SCTP is left to the kernel): of
+    ``services`` (``namespace/name``) only, or of all when None."""
+    ports = snapshot.service_ports.values()
+    if services is not None:
+        ports = [sp for sp in ports if sp.service in services] if services else []
+    return (sp for sp in ports if sp.protocol in PROTOCOLS)
+
+
+def table_service(table: str) -> str:
+    """The ``namespace/name`` of an endpoint table named ``<kind>/<namespace>/<name>:<port>``."""
+    return table.partition("/")[2].rpartition(":")[0]
 
 
 class SocketFrontend(ProxyFrontend):
@@ -459,12 +497,12 @@ class SocketFrontend(ProxyFrontend):
         self._routes = []
 
     def wanted(
-        self, snapshot: Snapshot
+        self, snapshot: Snapshot, services: frozenset[str] | None = None
     ) -> tuple[list[Listen], dict[str, tuple[tuple[str, int, int, bool], ...]], dict[str, float]]:
         listeners: list[Listen] = []
         tables: dict[str, tuple[tuple[str, int, int, bool], ...]] = {}
         affinity: dict[str, float] = {}
-        for sp in proxied_ports(snapshot):
+        for sp in proxied_ports(snapshot, services):
             ips = [ip for ip in sp.cluster_ips if ip and ip != "None"]
             if not ips:
                 continue

@@ -612,6 +612,62 @@ def test_listeners_follow_syncs_without_breaking_other_services(backends, make_f
         assert established.recv(10) == b"pong"
 
 
+class CountingEngine:
+    """The frontend's engine, counting the endpoint tables it is asked to set."""
+
+    def __init__(self, engine: object):
+        self.engine = engine
+        self.set_services: list[str] = []
+
+    def set_service(self, key: str, *args: object) -> None:
+        self.set_services.append(key)
+        self.engine.set_service(key, *args)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.engine, name)
+
+
+def test_a_sync_rebuilds_only_the_services_named_changed(backends, make_frontend):
+    a, b = backends("A"), backends("B")
+    ip_a, ip_b = cluster_ip(), cluster_ip()
+    fe = make_frontend()
+    fe.sync(snapshot(service_port("alpha", [a.endpoint()], ip=ip_a),
+                     service_port("beta", [b.endpoint()], ip=ip_b)), frozenset())
+    assert (tag_of((ip_a, 8080)), tag_of((ip_b, 8080))) == ("A", "B")
+    counting = fe.engine = CountingEngine(fe.engine)
+    # both services' endpoints differ in the snapshot, but only alpha is named changed
+    swapped = snapshot(service_port("alpha", [b.endpoint()], ip=ip_a),
+                       service_port("beta", [a.endpoint()], ip=ip_b), version=2)
+    fe.sync(swapped, frozenset({"default/alpha"}))
+    assert counting.set_services == ["cluster/default/alpha:"]
+    assert (tag_of((ip_a, 8080)), tag_of((ip_b, 8080))) == ("B", "B")
+    fe.sync(swapped, frozenset({"default/beta"}))
+    assert (tag_of((ip_a, 8080)), tag_of((ip_b, 8080))) == ("B", "A")
+    # a service that is gone and named changed loses its listener and table
+    fe.sync(snapshot(service_port("beta", [a.endpoint()], ip=ip_b), version=3),
+            frozenset({"default/alpha"}))
+    assert fe.listening == [(ip_b, 8080, "TCP")]
+    assert counting.set_services == ["cluster/default/alpha:", "cluster/default/beta:"]
+
+
+def test_after_a_failed_sync_the_next_one_compares_every_service(backends, make_frontend):
+    a, b = backends("A"), backends("B")
+    ip_a, ip_b = cluster_ip(), cluster_ip()
+    fe = make_frontend()
+    fe.sync(snapshot(service_port("alpha", [a.endpoint()], ip=ip_a)), frozenset())
+    with socket.socket() as squatter:  # another socket holds beta's address: its sync fails
+        squatter.bind((ip_b, 8080))
+        squatter.listen(1)
+        with pytest.raises(OSError):
+            fe.sync(snapshot(service_port("alpha", [a.endpoint()], ip=ip_a),
+                             service_port("beta", [b.endpoint()], ip=ip_b), version=2),
+                    frozenset({"default/beta"}))
+    # the next sync names nothing changed, and still puts alpha on B and listens for beta
+    fe.sync(snapshot(service_port("alpha", [b.endpoint()], ip=ip_a),
+                     service_port("beta", [b.endpoint()], ip=ip_b), version=3), frozenset())
+    assert (tag_of((ip_a, 8080)), tag_of((ip_b, 8080))) == ("B", "B")
+
+
 def test_ten_thousand_connections_leak_no_file_descriptor(backends, make_frontend):
     a = backends("A")
     sp = service_port("web", [a.endpoint()])
