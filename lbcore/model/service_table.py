@@ -109,6 +109,11 @@ class ServiceTable:
         start = bisect.bisect_right(self._log, (version, "\U0010ffff"))
         return self._version, frozenset(k for _, k in self._log[start:])
 
+    def changed_since(self, version: int) -> bool:
+        """Whether any service changed after ``version`` (what :meth:`changes_since` would
+        name is not empty), in constant time."""
+        return bool(self._log) and self._log[-1][0] > version
+
     # -- writing -----------------------------------------------------------------------------
 
     @property

@@ -7,9 +7,11 @@ source) and asks for a sync. What a source gives was admitted already, by the em
 by a Kubernetes API server, so it is only parsed (:func:`lbcore.model.objects.parse_admitted`),
 never validated again: lbcore never drops what the server accepted. An object that cannot be
 read at all is logged with its name, counted, and skipped; the others go on. The sync loop runs like kube-proxy's bounded-frequency runner: a
-request runs at once when the previous sync is at least ``min_sync_period`` old, otherwise it
-waits for that moment, and every request made meanwhile joins the same sync. A burst of 1,000
-events therefore makes one sync.
+request runs at once when the previous sync that carried a change is at least
+``min_sync_period`` old, otherwise it waits for that moment, and every request made meanwhile
+joins the same sync. A burst of 1,000 events therefore makes one sync. An event that changes no
+service (a pod whose service takes its endpoints from EndpointSlices) asks for no sync, and a
+sync that hands no frontend a change does not start the clock.
 
 A sync takes one snapshot and gives it to every frontend with the services that changed since
 that frontend's last successful sync. A frontend that raises is retried with exponential backoff
@@ -209,7 +211,11 @@ class ClusterState(SourceSink):
 
     def _changed(self) -> None:
         self.events += 1
-        self.request_sync()
+        # an object that changed no service's ports or endpoints (a pod of a service whose
+        # endpoints come from EndpointSlices: the slice follows) asks for no sync, so it does
+        # not start the min_sync_period clock ahead of the change that matters
+        if self.table.changed_since(self._version) or not self.synced_once.is_set():
+            self.request_sync()
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -246,7 +252,6 @@ class ClusterState(SourceSink):
     async def sync(self) -> dict[str, str]:
         """Run one sync now; returns frontend name -> error for the frontends that failed."""
         started = self._clock()
-        self._last_sync_at = started
         self._version, changed = self.table.changes_since(self._version)
         snapshot = self.table.snapshot(self.node_name, self.node_addresses)
         previous, self.snapshot = self.snapshot, snapshot
@@ -262,6 +267,9 @@ class ClusterState(SourceSink):
                 # first sync, or a recovery after a failure that may have left things half done
                 health.pending |= snapshot.services | previous.services
             todo = frozenset(health.pending)
+            if todo:
+                # only a sync that hands a frontend some change holds the next one back
+                self._last_sync_at = started
             try:
                 await loop.run_in_executor(self._executor, frontend.sync, snapshot, todo)
             except Exception as exc:

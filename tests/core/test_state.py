@@ -172,6 +172,46 @@ def test_failing_frontend_backs_off_exponentially_and_does_not_stop_others():
     assert metrics.get_sample_value("lbcore_frontend_healthy", {"frontend": "bad"}) == 1
 
 
+def endpoint_slice(*ips: str, service_name: str = "web") -> dict:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": f"{service_name}-abc", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": service_name}},
+        "addressType": "IPv4",
+        "ports": [{"name": "", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in ips],
+    }
+
+
+def test_a_change_that_reaches_no_frontend_does_not_hold_back_the_next_sync():
+    frontend = RecordingFrontend()
+    now = [0.0]
+    # a period no test waits for: a sync held back by it would time the test out
+    state = make_state(frontend, min_sync_period=600.0, clock=lambda: now[0])
+
+    async def body():
+        state.upsert(service())
+        state.upsert(endpoint_slice("10.0.0.1"))
+        await _until(lambda: len(frontend.calls) == 1)
+        now[0] = 1000.0  # past the period
+        # the service takes its endpoints from its slice: a pod changes nothing, asks no sync
+        state.upsert(pod(2))
+        await asyncio.sleep(0.05)
+        assert state.syncs == 1
+        # a sync asked for with nothing changed runs, and does not start the clock
+        state.request_sync()
+        await _until(lambda: state.syncs == 2)
+        assert frontend.calls[1][2] == frozenset()
+        # so the slice that follows the pod is synced at once, not 600 s later
+        state.upsert(endpoint_slice("10.0.0.1", "10.0.0.2"))
+        await _until(lambda: len(frontend.calls) == 3)
+        assert frontend.calls[2][2] == {"default/web"}
+        assert len(frontend.calls[2][1].service_ports["default/web:"].endpoints) == 2
+
+    asyncio.run(_run(state, body))
+
+
 def test_replace_removes_what_the_new_list_lacks_and_delete_removes_one():
     frontend = RecordingFrontend()
     state = make_state(frontend, min_sync_period=0.0)
