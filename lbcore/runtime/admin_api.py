@@ -27,7 +27,9 @@ from aiohttp import web
 from yarl import URL
 
 from lbcore.errors import Cause
+from lbcore.model import schema
 from lbcore.model.kinds import KINDS, Kind, kind_for
+from lbcore.model.patch import PatchError, strategic_merge_patch
 from lbcore.runtime.store import (
     BadRequest,
     Gone,
@@ -55,6 +57,9 @@ KUBERNETES_VERSION = ("1", "31")
 CLIENT_CHECK_INTERVAL = 1.0
 
 _WATCHES = web.AppKey("lbcore_watches", set)
+# what a request is warned of (unknown fields under fieldValidation=Warn): Warning headers
+_WARNINGS = "lbcore_warnings"
+FIELD_VALIDATION = ("Ignore", "Strict", "Warn")
 
 # Bytes are admitted before objects. A request body is at most what the API server takes
 # (3 MiB); nesting is bounded well below where Python's recursion (json, deepcopy) would fail;
@@ -118,6 +123,7 @@ def add_routes(
     api = _AdminAPI(store, token, bookmark_interval)
     names = {"localhost", socket.gethostname().lower(), *(h.lower() for h in allowed_hosts)}
     app.middlewares.append(_same_site_only(frozenset(names)))
+    app.middlewares.append(_warning_headers)
     app[_WATCHES] = api.watches
     app.on_shutdown.append(api.end_watches)
     add = app.router.add_route
@@ -131,6 +137,10 @@ def add_routes(
     ):
         add("GET", path, handler)
         add("GET", path + "/", handler)
+    add("GET", "/openapi/v2", api.openapi_v2)
+    add("GET", "/openapi/v3", api.openapi_v3_index)
+    add("GET", "/openapi/v3/", api.openapi_v3_index)
+    add("GET", "/openapi/v3/{group_version:.+}", api.openapi_v3)
     for prefix in SERVED:
         collection = prefix + "/namespaces/{namespace}/{resource}"
         add("GET", collection, api.list_or_watch)
@@ -177,7 +187,9 @@ def parse_body(data: bytes, content_type: str) -> Any:
             loader.dispose()
     else:
         try:
-            body = json.loads(text, parse_constant=_not_json)
+            # object_pairs remembers keys given twice, for fieldValidation
+            body = json.loads(text, parse_constant=_not_json,
+                              object_pairs_hook=schema.object_pairs)
         except RecursionError:
             raise _too_deep() from None
         except ValueError as exc:
@@ -280,6 +292,18 @@ class _BoundedYAMLLoader(yaml.SafeLoader):
 _BoundedYAMLLoader.add_constructor(
     "tag:yaml.org,2002:timestamp", _BoundedYAMLLoader.construct_yaml_timestamp
 )
+
+
+@web.middleware
+async def _warning_headers(request: web.Request, handler: Callable[..., Awaitable[Any]]) -> Any:
+    """Each warning a request earned, as the API server sends it: ``Warning: 299 - "text"``
+    (kubectl prints ``Warning: text``)."""
+    response = await handler(request)
+    for text in request.get(_WARNINGS, ()):
+        if not response.prepared:
+            quoted = text.replace("\\", "\\\\").replace('"', '\\"')
+            response.headers.add("Warning", f'299 - "{quoted}"')
+    return response
 
 
 def _status_response(error: StoreError) -> web.Response:
@@ -420,6 +444,23 @@ class _AdminAPI:
         })
 
     @_handles_errors
+    async def openapi_v2(self, request: web.Request) -> web.StreamResponse:
+        """Swagger 2.0 of every kind served, as JSON (kubectl 1.32 reads the v3 documents)."""
+        return web.Response(body=_openapi_v2(), content_type="application/json")
+
+    @_handles_errors
+    async def openapi_v3_index(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=_openapi_v3(""), content_type="application/json")
+
+    @_handles_errors
+    async def openapi_v3(self, request: web.Request) -> web.StreamResponse:
+        """One group version's OpenAPI v3 document; ``?hash=`` is the index's, for caching."""
+        body = _openapi_v3(request.match_info["group_version"].strip("/"))
+        if body is None:
+            raise NotFound("the server could not find the requested resource")
+        return web.Response(body=body, content_type="application/json")
+
+    @_handles_errors
     async def api_versions(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({
             "kind": "APIVersions",
@@ -547,7 +588,32 @@ class _AdminAPI:
                 f"metadata.name: the name of the object ({meta['name']}) does not match the "
                 f"name on the URL ({name})"
             )
+        self._validate_fields(request, body, served)
         return body
+
+    @staticmethod
+    def _validate_fields(request: web.Request, body: dict[str, Any], kind: Kind) -> None:
+        """``fieldValidation``, as the API server does it: unknown and duplicate fields refuse
+        the request under Strict, are dropped with a warning under Warn (the default) and
+        dropped silently under Ignore; they are never stored."""
+        directive = request.query.get("fieldValidation") or "Warn"
+        if directive not in FIELD_VALIDATION:
+            raise BadRequest(
+                f'fieldValidation: Unsupported value: "{directive}": supported values: '
+                + ", ".join(f'"{v}"' for v in FIELD_VALIDATION)
+            )
+        if directive == "Strict":
+            problems = schema.unknown_fields(kind.kind, body)
+            if problems:
+                raise BadRequest(
+                    f'{kind.kind} in version "{kind.version}" cannot be handled as a '
+                    f"{kind.kind}: strict decoding error: "
+                    + ", ".join(str(p) for p in problems)
+                )
+            return
+        problems = schema.drop_unknown_fields(kind.kind, body)
+        if directive == "Warn" and problems:
+            request.setdefault(_WARNINGS, []).extend(str(p) for p in problems)
 
     # -- collection ----------------------------------------------------------------------------
 
@@ -662,8 +728,8 @@ class _AdminAPI:
 
     @_handles_errors
     async def patch(self, request: web.Request) -> web.StreamResponse:
-        """Merge patch (JSON merge patch; strategic merge patch is treated as one) or apply
-        patch (the body is the whole desired object, created when missing)."""
+        """JSON merge patch, strategic merge patch (:mod:`lbcore.model.patch`) or apply patch
+        (the body is the whole desired object, created when missing)."""
         self._authorize(request)
         kind = self._kind(request)
         content_type = request.content_type
@@ -674,7 +740,13 @@ class _AdminAPI:
         if not isinstance(body, dict):
             raise BadRequest(f"body: a merge patch is an object, got {type(body).__name__}")
         current = self.store.get(kind, info["namespace"], info["name"])
-        merged = _merge_patch(current, body)
+        if content_type == "application/strategic-merge-patch+json":
+            try:
+                merged = strategic_merge_patch(kind, current, body)
+            except PatchError as exc:
+                raise BadRequest(str(exc)) from None
+        else:
+            merged = _merge_patch(current, body)
         # the patch's own resourceVersion (if any) is a precondition; otherwise last write wins
         patch_rv = (body.get("metadata") or {}).get("resourceVersion")
         merged["metadata"]["resourceVersion"] = patch_rv or current["metadata"]["resourceVersion"]
@@ -691,6 +763,20 @@ class _AdminAPI:
     async def not_allowed(self, request: web.Request) -> web.StreamResponse:
         self._kind(request)
         raise MethodNotAllowed(f"{request.method}: the server does not allow this method here")
+
+
+@functools.cache
+def _openapi_v2() -> bytes:
+    return json.dumps(schema.openapi_v2(".".join(KUBERNETES_VERSION))).encode()
+
+
+@functools.cache
+def _openapi_v3(group_version: str) -> bytes | None:
+    """The v3 index (``""``) or one group version's document, as JSON, built once."""
+    version = ".".join(KUBERNETES_VERSION)
+    doc = (schema.openapi_v3_index(version) if not group_version
+           else schema.openapi_v3(group_version, version))
+    return None if doc is None else json.dumps(doc).encode()
 
 
 async def _close_when_client_leaves(request: web.Request, watcher: Watch) -> None:
