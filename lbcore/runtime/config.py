@@ -29,6 +29,10 @@ DEFAULT_ADMIN_ADDRESS = f"127.0.0.1:{DEFAULT_ADMIN_PORT}"
 LOOPBACK_SERVICE_CIDR = "127.10.0.0/16"
 DEFAULT_NODE_PORT_RANGE = (30000, 32767)
 DEFAULT_MIN_SYNC_PERIOD = 0.2
+# how often each frontend's canary is checked, and how often every frontend rewrites all its
+# rules anyway (kube-proxy's --iptables-sync-period safety net)
+DEFAULT_RULES_CHECK_PERIOD = 2.0
+DEFAULT_SYNC_PERIOD = 3600.0
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -40,6 +44,8 @@ KEYS = (
     "node_name",
     "node_addresses",
     "min_sync_period",
+    "rules_check_period",
+    "sync_period",
     "admin_address",
     "admin_token",
     "data_dir",
@@ -79,6 +85,8 @@ class Config:
     node_name: str = field(default_factory=socket.gethostname)
     node_addresses: tuple[str, ...] = ("127.0.0.1",)
     min_sync_period: float = DEFAULT_MIN_SYNC_PERIOD
+    rules_check_period: float = DEFAULT_RULES_CHECK_PERIOD
+    sync_period: float = DEFAULT_SYNC_PERIOD
     admin_address: tuple[str, int] = ("127.0.0.1", DEFAULT_ADMIN_PORT)
     admin_token: str | None = None
     data_dir: Path = field(default_factory=default_data_dir)
@@ -114,8 +122,9 @@ def _fail(key: str, value: Any, why: str) -> ConfigError:
     return ConfigError(f"{key}: invalid value {value!r}: {why}")
 
 
-def parse_duration(key: str, value: Any) -> float:
-    """Seconds from a number or a string such as ``"500ms"``, ``"2s"``, ``"1m"``."""
+def parse_duration(key: str, value: Any, least: float = 0.0, most: float = 3600.0) -> float:
+    """Seconds from a number or a string such as ``"500ms"``, ``"2s"``, ``"1m"``, between
+    ``least`` and ``most``."""
     if isinstance(value, bool):
         raise _fail(key, value, "expected a duration such as 1s or 500ms")
     if isinstance(value, int | float):
@@ -128,9 +137,16 @@ def parse_duration(key: str, value: Any) -> float:
         seconds = float(m.group(1)) * scale
     else:
         raise _fail(key, value, "expected a duration such as 1s or 500ms")
-    if seconds < 0 or seconds > 3600:
-        raise _fail(key, value, "must be between 0s and 1h")
+    if seconds < least or seconds > most:
+        raise _fail(key, value, f"must be between {_duration_text(least)} and {_duration_text(most)}")
     return seconds
+
+
+def _duration_text(seconds: float) -> str:
+    for unit, scale in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= scale and seconds % scale == 0:
+            return f"{seconds / scale:g}{unit}"
+    return f"{seconds * 1000:g}ms" if seconds else "0s"
 
 
 def parse_host_port(key: str, value: Any) -> tuple[str, int]:
@@ -292,6 +308,13 @@ def config_from_mapping(data: Mapping[str, Any], path: Path | None = None) -> Co
         values["node_addresses"] = parse_addresses("node_addresses", data["node_addresses"])
     if "min_sync_period" in data:
         values["min_sync_period"] = parse_duration("min_sync_period", data["min_sync_period"])
+    if "rules_check_period" in data:
+        values["rules_check_period"] = parse_duration(
+            "rules_check_period", data["rules_check_period"], least=0.1
+        )
+    if "sync_period" in data:
+        values["sync_period"] = parse_duration("sync_period", data["sync_period"], least=1.0,
+                                               most=7 * 24 * 3600.0)
     if "admin_address" in data:
         values["admin_address"] = parse_host_port("admin_address", data["admin_address"])
     if data.get("admin_token") is not None:

@@ -148,6 +148,8 @@ class Daemon:
             node_name=config.node_name,
             node_addresses=config.node_addresses,
             min_sync_period=config.min_sync_period,
+            check_period=config.rules_check_period,
+            resync_period=config.sync_period,
             metrics=self.metrics,
             on_sync_done=all_of(
                 [get_plugin_manager().hook.lbcore_sync_done, UnservedNodePorts(self.frontends)]
@@ -155,6 +157,7 @@ class Daemon:
         )
         await self._serve_admin(config)
         self._tasks.append(asyncio.create_task(self.state.run(), name="lbcore-sync"))
+        self._tasks.append(asyncio.create_task(self.state.run_checks(), name="lbcore-checks"))
         self._tasks.append(asyncio.create_task(self._run_source(), name="lbcore-source"))
         if config.source.name == "local":
             # the store's pods are probed here, as a kubelet would (a cluster's kubelets probe its own)
@@ -233,11 +236,15 @@ class Daemon:
         return web.json_response(body, status=200 if healthy else 503)
 
     async def _readyz(self, request: web.Request) -> web.Response:
+        """Ready once synced, while the source is in sync and every frontend's rules are in
+        place; a frontend whose rules are not shows as "rules missing since T: what"."""
+        missing = self.state.rules_missing() if self.state else {}
         ready = bool(self.state and self.state.synced_once.is_set()
-                     and self._source_health()["healthy"])
-        return web.json_response(
-            {"status": "ready" if ready else "not ready"}, status=200 if ready else 503
-        )
+                     and self._source_health()["healthy"] and not missing)
+        body: dict[str, Any] = {"status": "ready" if ready else "not ready"}
+        if missing:
+            body["frontends"] = missing
+        return web.json_response(body, status=200 if ready else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(

@@ -56,6 +56,23 @@ class Frontend(abc.ABC):
     def stop(self, keep: bool = False) -> None:  # noqa: B027 - optional
         """Remove everything installed, unless ``keep`` asks to leave it for a restart."""
 
+    def check(self) -> str | None:
+        """Whether what the last sync installed is still in place, found cheaply (a canary that
+        an outside flush removes along with the rest, as kube-proxy's ``KUBE-PROXY-CANARY``).
+
+        The daemon calls it every ``rules_check_period`` on the sync thread, between syncs.
+        None: in place, or nothing to check (the default). Otherwise one line saying what is
+        missing: the daemon reports it on ``/readyz``, counts it, and asks for a :meth:`resync`.
+        """
+        return None
+
+    def resync(self) -> None:  # noqa: B027 - optional
+        """Make the next sync rewrite everything, whatever this frontend believes is installed.
+
+        Called after :meth:`check` found something missing, and every ``sync_period`` as a
+        safety net for changes a canary does not show (kube-proxy's ``--iptables-sync-period``).
+        """
+
 
 class SourceSink(abc.ABC):
     """Where a source sends what it learns. Implemented by the runtime's ``ClusterState``.

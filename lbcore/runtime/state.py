@@ -17,6 +17,14 @@ A sync takes one snapshot and gives it to every frontend with the services that 
 that frontend's last successful sync. A frontend that raises is retried with exponential backoff
 (1 s, 2 s, 4 s, ... up to a minute), gets a full sync when it recovers, is reported unhealthy in
 :meth:`ClusterState.health`, and never stops the others.
+
+Installed rules can vanish under a frontend: another tool runs ``iptables -t nat -F`` or
+``nft delete table``, and syncs that only apply changes would never put them back.
+:meth:`ClusterState.run_checks` therefore asks every frontend, each ``check_period``, whether its
+canary is still there (:meth:`Frontend.check`); when it is not, the frontend is told to
+:meth:`~Frontend.resync` and a sync runs at once. Until a check after that sync finds the rules
+back, ``/readyz`` says "rules missing since T". Every ``resync_period`` each frontend rewrites
+everything anyway, for changes a canary cannot show (kube-proxy's ``--iptables-sync-period``).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -83,6 +92,24 @@ class SyncMetrics:
             ["frontend"],
             registry=r,
         )
+        self.rules_missing = Counter(
+            "lbcore_frontend_rules_missing",
+            "Times a check found the frontend's installed rules missing or changed",
+            ["frontend"],
+            registry=r,
+        )
+        self.rules_missing_now = Gauge(
+            "lbcore_frontend_rules_missing_now",
+            "1 from a check that found the rules missing until one finds them back",
+            ["frontend"],
+            registry=r,
+        )
+        self.resyncs = Counter(
+            "lbcore_frontend_resyncs",
+            "Full rewrites asked of a frontend: reason=missing (a check failed) or period",
+            ["frontend", "reason"],
+            registry=r,
+        )
 
 
 @dataclass
@@ -96,9 +123,21 @@ class FrontendHealth:
     last_error: str | None = None
     retry_at: float | None = None  # monotonic time of the next attempt while failing
     pending: set[str] = field(default_factory=set)  # changed services not yet applied
+    rules_missing_since: float | None = None  # wall-clock time a check found the rules missing
+    rules_problem: str | None = None  # what that check said
+
+    @property
+    def rules_missing(self) -> str | None:
+        """"rules missing since T: what", while they are; else None."""
+        if self.rules_missing_since is None:
+            return None
+        since = datetime.fromtimestamp(self.rules_missing_since, UTC).isoformat(timespec="seconds")
+        return f"rules missing since {since.replace('+00:00', 'Z')}: {self.rules_problem}"
 
     def as_dict(self, now: float) -> dict[str, Any]:
         out: dict[str, Any] = {"healthy": self.healthy, "synced": self.synced}
+        if self.rules_missing_since is not None:
+            out["rules"] = self.rules_missing
         if not self.healthy:
             out["consecutive_failures"] = self.failures
             out["error"] = self.last_error
@@ -134,6 +173,8 @@ class ClusterState(SourceSink):
         on_sync_done: Callable[..., Any] | None = None,
         executor: Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
+        check_period: float = 2.0,
+        resync_period: float = 3600.0,
     ):
         if getattr(table, "allocate", False):
             raise ValueError("ClusterState takes admitted objects: give it ServiceTable(allocate=False)")
@@ -142,6 +183,8 @@ class ClusterState(SourceSink):
         self.node_name = node_name
         self.node_addresses = tuple(node_addresses)
         self.min_sync_period = min_sync_period
+        self.check_period = check_period
+        self.resync_period = resync_period
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.metrics = metrics or SyncMetrics()
@@ -276,6 +319,8 @@ class ClusterState(SourceSink):
                 errors[name] = self._failed(health, exc)
             else:
                 self._succeeded(health)
+                if health.rules_missing_since is not None:
+                    await self._check(name, frontend)
         duration = self._clock() - started
         self._record(snapshot, changed, duration)
         if self.on_sync_done is not None:
@@ -287,6 +332,56 @@ class ClusterState(SourceSink):
                 event(log, "sync observer failed", logging.WARNING, error=repr(exc))
         self.synced_once.set()
         return errors
+
+    # -- checks: rules that heal ----------------------------------------------------------
+
+    async def run_checks(self) -> None:
+        """Every ``check_period``, :meth:`Frontend.check` each frontend that is in sync; every
+        ``resync_period``, a full rewrite of each (see the module docstring)."""
+        next_resync = self._clock() + self.resync_period
+        while True:
+            await asyncio.sleep(self.check_period)
+            resync = self._clock() >= next_resync
+            if resync:
+                next_resync = self._clock() + self.resync_period
+            loop = asyncio.get_running_loop()
+            wanted = False
+            for name, frontend in self.frontends.items():
+                health = self._health[name]
+                if not health.synced or not health.healthy:
+                    continue  # a failed frontend's retry is a full sync already
+                if resync:
+                    await loop.run_in_executor(self._executor, frontend.resync)
+                    self.metrics.resyncs.labels(name, "period").inc()
+                    wanted = True
+                elif not await self._check(name, frontend):
+                    await loop.run_in_executor(self._executor, frontend.resync)
+                    self.metrics.resyncs.labels(name, "missing").inc()
+                    wanted = True
+            if wanted:
+                self.request_sync()
+
+    async def _check(self, name: str, frontend: Frontend) -> bool:
+        """Run ``frontend.check()``; record what it found; whether the rules are in place."""
+        health = self._health[name]
+        try:
+            problem = await asyncio.get_running_loop().run_in_executor(self._executor, frontend.check)
+        except Exception as exc:
+            problem = f"the check failed: {type(exc).__name__}: {exc}"
+        if problem is None:
+            if health.rules_missing_since is not None:
+                event(log, "frontend rules back", frontend=name,
+                      missing_for=round(time.time() - health.rules_missing_since, 3))
+                health.rules_missing_since = health.rules_problem = None
+                self.metrics.rules_missing_now.labels(name).set(0)
+            return True
+        if health.rules_missing_since is None:
+            health.rules_missing_since, health.rules_problem = time.time(), problem
+            self.metrics.rules_missing_now.labels(name).set(1)
+        self.metrics.rules_missing.labels(name).inc()
+        event(log, "frontend rules missing; rewriting them", logging.WARNING, frontend=name,
+              problem=problem)
+        return False
 
     def _failed(self, health: FrontendHealth, exc: BaseException) -> str:
         health.failures += 1
@@ -338,6 +433,10 @@ class ClusterState(SourceSink):
     @property
     def healthy(self) -> bool:
         return all(h.healthy for h in self._health.values())
+
+    def rules_missing(self) -> dict[str, str]:
+        """Frontend name -> "rules missing since T: what", for the frontends whose rules are."""
+        return {name: text for name, h in self._health.items() if (text := h.rules_missing)}
 
     def health(self) -> dict[str, dict[str, Any]]:
         """Frontend name -> ``{"healthy", "synced", ...}`` with the error and retry when failing."""

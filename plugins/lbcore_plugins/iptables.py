@@ -14,6 +14,10 @@ nat table::
 filter table: ``INPUT, FORWARD, OUTPUT -> LBCORE-SERVICES`` REJECTs new connections to a service
 port without endpoints, so clients fail at once.
 
+Both tables hold ``LBCORE-CANARY``, a chain with one rule that nothing jumps to: an outside
+``iptables -t nat -F`` (or ``-X``) takes it with everything else, and :meth:`IptablesFrontend.check`
+looks only for it, which costs one ``iptables -C`` per table however many services there are.
+
 Chain names hash what they stand for, so a service that did not change keeps its chains and a
 partial sync rewrites only the chains of changed services. Only chains named ``LBCORE-*`` and the
 jump rules into them are ever touched.
@@ -51,6 +55,9 @@ SERVICES = "LBCORE-SERVICES"
 NODEPORTS = "LBCORE-NODEPORTS"
 POSTROUTING = "LBCORE-POSTROUTING"
 MARK_MASQ = "LBCORE-MARK-MASQ"
+CANARY = "LBCORE-CANARY"
+#: the canary's one rule (after ``-A LBCORE-CANARY``); it never sees a packet
+CANARY_RULE = ("-m", "comment", "--comment", "lbcore canary", "-j", "RETURN")
 OWN_PREFIX = "LBCORE-"
 HOOK_COMMENT = "lbcore service portals"
 HOOK_LINE_PREFIX = "# lbcore-hook: "
@@ -271,7 +278,13 @@ class RuleRenderer:
                 f"-A {POSTROUTING} -m comment --comment {_q('lbcore service traffic requiring SNAT')} -j MASQUERADE --random-fully",
             ],
             MARK_MASQ: [f"-A {MARK_MASQ} -j MARK --or-mark {MASQ_MARK:#x}"],
+            CANARY: [canary_line()],
         }
+
+
+def canary_line() -> str:
+    """The canary chain's rule as iptables-restore takes it."""
+    return f"-A {CANARY} " + " ".join(_q(a) if " " in a else a for a in CANARY_RULE)
 
 
 def hook_rule(chain: str, spec: Sequence[str]) -> str:
@@ -430,7 +443,8 @@ class IptablesFrontend(Frontend):
                 head: list[tuple[str, str | list[str]]] = [
                     (SERVICES, services), (NODEPORTS, nodeports), *renderer.fixed_chains().items()
                 ]
-                parts.extend(_restore_lines([(SERVICES, reject)], head, [e[3] for e in rendered]))
+                parts.extend(_restore_lines([(SERVICES, reject), (CANARY, [canary_line()])], head,
+                                            [e[3] for e in rendered]))
             self.cache.entries = fresh
             return "\n".join(parts)
 
@@ -484,8 +498,8 @@ class IptablesFrontend(Frontend):
             for rules in port_rules:
                 owned.update(rules.chains)
             stale_nat -= owned
-        stale_filter = set(stale_filter) - {SERVICES}
-        reject: list[tuple[str, str | list[str]]] = [(SERVICES, state.reject)]
+        stale_filter = set(stale_filter) - {SERVICES, CANARY}
+        reject: list[tuple[str, str | list[str]]] = [(SERVICES, state.reject), (CANARY, [canary_line()])]
         if chunk <= 0 or sum([len(rules.chains) for rules in port_rules]) <= chunk:
             lines = _restore_lines(reject, dispatch + fixed, port_rules, (), stale_nat, stale_filter, hooks)
             return ["\n".join(lines)], state
@@ -594,6 +608,21 @@ class IptablesFrontend(Frontend):
             self.cache.entries = fresh
         if flows and self.opts.conntrack_cleanup:
             delete_flows(self.runner, flows)
+
+    def check(self) -> str | None:
+        """Whether the canary of each table (:data:`CANARY`) is still there: ``iptables -C``
+        per table and family synced; None when it is, else what is missing."""
+        for family in sorted(self._state):
+            tool = self.tool(family)
+            for table in ("nat", "filter"):
+                proc = self.runner.run([tool, "-w", "5", "-t", table, "-C", CANARY, *CANARY_RULE], check=False)
+                if proc.returncode != 0:
+                    return f"{tool} {table} chain {CANARY} or its rule is gone ({proc.stderr.strip()[:200]})"
+        return None
+
+    def resync(self) -> None:
+        """The next sync restores every chain and puts back missing jump rules."""
+        self._need_full = True
 
     def _partial(
         self, snapshot: Snapshot, family: int, old: FamilyState, changed: frozenset[str]

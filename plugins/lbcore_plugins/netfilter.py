@@ -435,6 +435,25 @@ class CommandRunner:
         if status != 0:
             raise RuleApplyError(f"nft (libnftables){where} failed: {error.strip()[:2000]}")
 
+    def nft_list(self, command: str) -> str:
+        """What ``nft`` prints for ``command`` (a ``list ...``); a failure (the object is not
+        there) raises :class:`RuleApplyError`."""
+        if self.in_process and self._nft is None:
+            try:
+                self._nft = NftContext(self.netns)
+            except OSError:
+                self.in_process = False
+        if self._nft is not None:
+            try:
+                status, out, error = self._nft.run(command, self.timeout)
+            except (TimeoutError, NftUnavailable):
+                pass  # the command below still works
+            else:
+                if status != 0:
+                    raise RuleApplyError(f"nft {command}: {error.strip()[:2000]}")
+                return out
+        return self.run(["nft", *command.split()]).stdout
+
     @property
     def deletes_by_name(self) -> bool:
         """Whether :meth:`delete_unreferenced` can run: a libnftables context is open."""

@@ -464,6 +464,8 @@ class NftRenderer:
             "nodeports": nodeports,
             "reject-services": reject,
             "reject-chain": ["reject"],
+            # nothing jumps here: an outside flush or delete takes it, and check() looks for it
+            "canary": [CANARY_RULE],
             "mark-for-masquerade": [f"meta mark set meta mark | {MASQ_MARK:#x}"],
             "masquerading": [
                 f"meta mark & {MASQ_MARK:#x} == 0 return",
@@ -757,6 +759,10 @@ def _split_deletions(script: str) -> tuple[str, tuple[list[str], list[str]]]:
     return ("\n".join(kept) + "\n") if kept else "", (chains, sets)
 
 
+#: the one rule of chain ``canary`` (see :meth:`NftablesFrontend.check`)
+CANARY_RULE = 'return comment "lbcore canary"'
+
+
 class NftablesFrontend(Frontend):
     """kube-proxy's nftables mode for the services of a :class:`Snapshot`."""
 
@@ -772,6 +778,7 @@ class NftablesFrontend(Frontend):
         self.cache = RenderCache()
         self._state: TableState | None = None
         self._node: tuple[str, tuple[str, ...]] | None = None
+        self._need_full = False
         self.last_script_lines = 0
 
     def render(self, snapshot: Snapshot) -> str:
@@ -843,7 +850,7 @@ class NftablesFrontend(Frontend):
         node = (snapshot.node_name, snapshot.node_addresses)
         old = self._state
         self._state = None  # until this sync succeeds
-        full = old is None or node != self._node
+        full = old is None or node != self._node or self._need_full
         if old is None or full:
             text, state = self._render(snapshot)
             script = _replace_script(text)
@@ -861,6 +868,7 @@ class NftablesFrontend(Frontend):
                 self.runner.delete_unreferenced(FAMILY, TABLE, *garbage)
         self._state = state
         self._node = node
+        self._need_full = False
         if old is not None and self.opts.conntrack_cleanup:
             if not full:
                 keys = state.touched
@@ -869,6 +877,24 @@ class NftablesFrontend(Frontend):
             else:
                 before, after = old.plans, state.plans
             delete_flows(self.runner, stale_udp_flows(before, after))
+
+    def check(self) -> str | None:
+        """Whether chain ``canary`` of the table still has its rule (``nft delete table`` and
+        ``nft flush table`` take it); None when it has, else what is missing."""
+        if self._state is None:
+            return None
+        where = f"{FAMILY} {TABLE}"
+        try:
+            listing = self.runner.nft_list(f"list chain {where} canary")
+        except RuleApplyError as exc:
+            return f"table {where} or its chain canary is gone ({str(exc)[-200:]})"
+        if CANARY_RULE not in listing:
+            return f"chain canary of table {where} was flushed"
+        return None
+
+    def resync(self) -> None:
+        """The next sync replaces the whole table."""
+        self._need_full = True
 
     def _partial(
         self, snapshot: Snapshot, old: TableState, changed: frozenset[str]

@@ -278,7 +278,9 @@ def test_chunked_removal_deletes_every_chain_and_never_one_still_jumped_to():
     text = "\n".join(line for line in fe.render(many(30)).splitlines() if not line.startswith("# lbcore-hook"))
     rs = RuleSet(text)
     nat = {c for c in rs.dump()["nat"] if c.startswith("LBCORE-")}
-    texts = _deletion_texts(nat, {"LBCORE-SERVICES"}, chunk=20)
+    filt = {c for c in rs.dump()["filter"] if c.startswith("LBCORE-")}
+    assert filt == {"LBCORE-SERVICES", "LBCORE-CANARY"}
+    texts = _deletion_texts(nat, filt, chunk=20)
     assert len(texts) > 5
     for text in texts:
         rs.apply(text)  # the tracer refuses a commit that leaves a jump to a missing chain
