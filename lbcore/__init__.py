@@ -53,6 +53,16 @@ _EXPORTS: dict[str, str] = {
     "ServicePortInfo": "lbcore.model.snapshot",
     "EndpointInfo": "lbcore.model.snapshot",
     # which endpoints take new connections (kube-proxy's CategorizeEndpoints)
+    # the routing table of Routes and Ingresses (the route frontend's whole input)
+    "routing_table": "lbcore.model.routes",
+    "RoutingTable": "lbcore.model.routes",
+    "VirtualHost": "lbcore.model.routes",
+    "PathRule": "lbcore.model.routes",
+    "WeightedBackend": "lbcore.model.routes",
+    "Certificate": "lbcore.model.routes",
+    "Route": "lbcore.model.objects",
+    "Ingress": "lbcore.model.objects",
+    "Secret": "lbcore.model.objects",
     "takes_new_connections": "lbcore.model.topology",
     "endpoints_for": "lbcore.model.topology",
     "policy_is_local": "lbcore.model.topology",
@@ -119,11 +129,20 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names
     from lbcore.model.kinds import kind_for as kind_for
     from lbcore.model.objects import Endpoints as Endpoints
     from lbcore.model.objects import EndpointSlice as EndpointSlice
+    from lbcore.model.objects import Ingress as Ingress
     from lbcore.model.objects import Pod as Pod
+    from lbcore.model.objects import Route as Route
+    from lbcore.model.objects import Secret as Secret
     from lbcore.model.objects import Service as Service
     from lbcore.model.objects import load_manifests as load_manifests
     from lbcore.model.picker import NO_ENDPOINTS as NO_ENDPOINTS
     from lbcore.model.picker import Picker as Picker
+    from lbcore.model.routes import Certificate as Certificate
+    from lbcore.model.routes import PathRule as PathRule
+    from lbcore.model.routes import RoutingTable as RoutingTable
+    from lbcore.model.routes import VirtualHost as VirtualHost
+    from lbcore.model.routes import WeightedBackend as WeightedBackend
+    from lbcore.model.routes import routing_table as routing_table
     from lbcore.model.service_table import ServiceTable as ServiceTable
     from lbcore.model.snapshot import EndpointInfo as EndpointInfo
     from lbcore.model.snapshot import ServicePortInfo as ServicePortInfo

@@ -5,7 +5,7 @@ Every part that names a kind asks this registry: the store (which kinds it keeps
 the model (defaults and ``ServiceTable``'s lookups), ``ClusterState`` and the sources. A kind is
 found by any of the names kubectl accepts for it (kind, singular, plural, short names), in any
 case, as ``kubectl get`` finds it. The short names are kubectl's (``kubectl api-resources``):
-``svc``, ``po``, ``ep``; EndpointSlices have none.
+``svc``, ``po``, ``ep``, ``ing``; EndpointSlices, Secrets and Routes have none.
 """
 
 from __future__ import annotations
@@ -76,6 +76,9 @@ KINDS: tuple[Kind, ...] = (
     Kind("Pod", "pods", ("po",), "", "v1"),
     Kind("Endpoints", "endpoints", ("ep",), "", "v1"),
     Kind("EndpointSlice", "endpointslices", (), "discovery.k8s.io", "v1"),
+    Kind("Secret", "secrets", (), "", "v1"),
+    Kind("Ingress", "ingresses", ("ing",), "networking.k8s.io", "v1"),
+    Kind("Route", "routes", (), "route.openshift.io", "v1"),
 )
 
 _BY_NAME: Mapping[str, Kind] = MappingProxyType(

@@ -1,4 +1,4 @@
-"""Services, Pods, EndpointSlices and Endpoints, loaded from manifests with Kubernetes' defaults.
+"""Services, Pods, EndpointSlices, Endpoints, Secrets, Ingresses and Routes, loaded from manifests with Kubernetes' defaults.
 
 Each object keeps the defaulted Kubernetes-shaped dict it came from (``to_dict()``, for
 ``-o yaml`` and the REST API) and exposes typed, read-only accessors for what load balancing
@@ -13,6 +13,8 @@ what the server accepted (:mod:`lbcore.model.admission` is where validation runs
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import datetime as _dt
 import ipaddress
@@ -36,10 +38,19 @@ __all__ = [
     "EndpointSlice",
     "EndpointSubset",
     "Endpoints",
+    "Ingress",
+    "IngressBackend",
+    "IngressPath",
+    "IngressRule",
+    "IngressTLS",
     "ManifestSyntaxError",
     "CLASSES",
     "Object",
     "Pod",
+    "Route",
+    "RouteBackend",
+    "RouteTLS",
+    "Secret",
     "Service",
     "ServicePort",
     "SliceEndpoint",
@@ -577,17 +588,291 @@ class Endpoints(_Stored):
 
 
 
+# --- Secret (v1) -----------------------------------------------------------------------------
+
+TLS_SECRET_TYPE = "kubernetes.io/tls"
+
+
+def default_secret(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a Secret dict with the API server's defaults: ``type`` Opaque, and
+    ``stringData`` folded into ``data`` (base64) and dropped, as the API server stores it."""
+    secret = _plain(obj)
+    _default_type(secret, "Secret")
+    _default_metadata(secret)
+    if not secret.get("type"):
+        secret["type"] = "Opaque"
+    string_data = secret.pop("stringData", None)
+    if isinstance(string_data, Mapping) and string_data:
+        data = secret.get("data")
+        if not isinstance(data, dict):
+            data = secret["data"] = {}
+        for key, value in string_data.items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+    return secret
+
+
+def _decoded(data: Any) -> Mapping[str, bytes]:
+    out = {}
+    for key, value in (data or {}).items():
+        try:
+            out[str(key)] = base64.b64decode(str(value), validate=True)
+        except (binascii.Error, ValueError):
+            continue  # validation names it on a write; a reader skips what it cannot decode
+    return MappingProxyType(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Secret(_Stored):
+    """A v1 Secret; ``data`` holds the decoded bytes (``tls.crt``, ``tls.key`` for TLS)."""
+
+    kind: ClassVar[str] = "Secret"
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    type: str
+    data: Mapping[str, bytes] = field(repr=False)
+    created: _dt.datetime | None
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def _wrap(cls, secret: dict[str, Any]) -> Secret:
+        meta = secret["metadata"]
+        return cls(meta["namespace"], meta.get("name", ""), _str_map(meta.get("labels")),
+                   secret.get("type") or "Opaque", _decoded(secret.get("data")),
+                   parse_timestamp(meta.get("creationTimestamp")), secret)
+
+
+# --- Ingress (networking.k8s.io/v1) ----------------------------------------------------------
+
+INGRESS_CLASS_ANNOTATION = "kubernetes.io/ingress.class"  # the legacy way to name a class
+
+
+@dataclass(frozen=True, slots=True)
+class IngressBackend:
+    """``backend.service``: a service and one of its ports, by number or by name."""
+
+    service: str
+    port_number: int | None = None
+    port_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IngressPath:
+    """One entry of ``rules[].http.paths``."""
+
+    path: str
+    path_type: str  # Exact | Prefix | ImplementationSpecific
+    backend: IngressBackend | None
+
+
+@dataclass(frozen=True, slots=True)
+class IngressRule:
+    """One entry of ``spec.rules``: a host ("" for every host) and its paths."""
+
+    host: str
+    paths: tuple[IngressPath, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class IngressTLS:
+    """One entry of ``spec.tls``: the hosts a Secret's certificate serves."""
+
+    hosts: tuple[str, ...]
+    secret_name: str
+
+
+def _ingress_backend(backend: Any) -> IngressBackend | None:
+    service = (backend or {}).get("service") if isinstance(backend, Mapping) else None
+    if not isinstance(service, Mapping) or not service.get("name"):
+        return None  # a resource backend, which lbcore does not serve
+    port = service.get("port") or {}
+    number = port.get("number") if isinstance(port, Mapping) else None
+    return IngressBackend(str(service["name"]), int(number) if number else None,
+                          str(port.get("name") or "") if isinstance(port, Mapping) else "")
+
+
+def default_ingress(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of an Ingress dict with its defaults (namespace, an empty status)."""
+    ing = _plain(obj)
+    _default_type(ing, "Ingress")
+    _default_metadata(ing)
+    ing.setdefault("status", {"loadBalancer": {}})
+    return ing
+
+
+@dataclass(frozen=True, slots=True)
+class Ingress(_Stored):
+    """A networking.k8s.io/v1 Ingress."""
+
+    kind: ClassVar[str] = "Ingress"
+    namespace: str
+    name: str
+    uid: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    ingress_class: str | None  # spec.ingressClassName, else the legacy annotation
+    default_backend: IngressBackend | None
+    rules: tuple[IngressRule, ...]
+    tls: tuple[IngressTLS, ...]
+    created: _dt.datetime | None
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def _wrap(cls, ing: dict[str, Any]) -> Ingress:
+        meta, spec = ing["metadata"], ing.get("spec") or {}
+        annotations = _str_map(meta.get("annotations"))
+        rules = tuple(
+            IngressRule(str(r.get("host") or ""), tuple(
+                IngressPath(str(p.get("path") or ""), str(p.get("pathType") or "Prefix"),
+                            _ingress_backend(p.get("backend")))
+                for p in (r.get("http") or {}).get("paths") or [] if isinstance(p, Mapping)))
+            for r in spec.get("rules") or [] if isinstance(r, Mapping))
+        tls = tuple(IngressTLS(tuple(str(h) for h in t.get("hosts") or ()),
+                               str(t.get("secretName") or ""))
+                    for t in spec.get("tls") or [] if isinstance(t, Mapping))
+        return cls(
+            namespace=meta["namespace"], name=meta.get("name", ""),
+            uid=str(meta.get("uid") or ""), labels=_str_map(meta.get("labels")),
+            annotations=annotations,
+            ingress_class=spec.get("ingressClassName") or annotations.get(
+                INGRESS_CLASS_ANNOTATION) or None,
+            default_backend=_ingress_backend(spec.get("defaultBackend")),
+            rules=rules, tls=tls, created=parse_timestamp(meta.get("creationTimestamp")),
+            raw=ing,
+        )
+
+
+# --- Route (route.openshift.io/v1) -----------------------------------------------------------
+
+DEFAULT_ROUTE_WEIGHT = 100  # OpenShift's default weight of spec.to and alternateBackends
+
+
+@dataclass(frozen=True, slots=True)
+class RouteBackend:
+    """``spec.to`` or an entry of ``spec.alternateBackends``: a service and its weight."""
+
+    kind: str
+    name: str
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTLS:
+    """``spec.tls``: the termination and its PEM texts ("" when absent)."""
+
+    termination: str  # edge | passthrough | reencrypt
+    certificate: str = field(default="", repr=False)
+    key: str = field(default="", repr=False)
+    ca_certificate: str = field(default="", repr=False)
+    destination_ca_certificate: str = field(default="", repr=False)
+    insecure_edge_termination_policy: str = ""  # "" | None | Allow | Redirect
+
+
+def _default_backend_ref(ref: Any) -> None:
+    if isinstance(ref, dict):
+        if not ref.get("kind"):
+            ref["kind"] = "Service"
+        if ref.get("weight") is None:
+            ref["weight"] = DEFAULT_ROUTE_WEIGHT
+
+
+def default_route(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a Route dict with OpenShift's defaults: ``to.kind`` Service, weights 100,
+    ``wildcardPolicy`` None, a TLS termination of edge (reencrypt with a destination CA)."""
+    route = _plain(obj)
+    _default_type(route, "Route")
+    _default_metadata(route)
+    spec = route.get("spec")
+    if not isinstance(spec, dict):
+        return route  # validation reports the missing spec
+    _default_backend_ref(spec.get("to"))
+    for ref in spec.get("alternateBackends") or []:
+        _default_backend_ref(ref)
+    if not spec.get("wildcardPolicy"):
+        spec["wildcardPolicy"] = "None"
+    tls = spec.get("tls")
+    if isinstance(tls, dict) and not tls.get("termination"):
+        tls["termination"] = "reencrypt" if tls.get("destinationCACertificate") else "edge"
+    port = spec.get("port")
+    if isinstance(port, dict) and isinstance(port.get("targetPort"), str) \
+            and port["targetPort"].isdigit():
+        port["targetPort"] = int(port["targetPort"])
+    route.setdefault("status", {})
+    return route
+
+
+def _route_backend(ref: Any) -> RouteBackend:
+    ref = ref if isinstance(ref, Mapping) else {}
+    weight = ref.get("weight")
+    return RouteBackend(str(ref.get("kind") or "Service"), str(ref.get("name") or ""),
+                        DEFAULT_ROUTE_WEIGHT if weight is None else int(weight))
+
+
+@dataclass(frozen=True, slots=True)
+class Route(_Stored):
+    """A route.openshift.io/v1 Route: a host name (and path) served by weighted services."""
+
+    kind: ClassVar[str] = "Route"
+    namespace: str
+    name: str
+    uid: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    host: str
+    path: str
+    to: RouteBackend
+    alternate_backends: tuple[RouteBackend, ...]
+    target_port: int | str | None  # spec.port.targetPort: a number or an endpoint port name
+    wildcard_policy: str  # None | Subdomain
+    tls: RouteTLS | None
+    created: _dt.datetime | None
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def _wrap(cls, route: dict[str, Any]) -> Route:
+        meta, spec = route["metadata"], route.get("spec") or {}
+        tls = spec.get("tls")
+        port = spec.get("port")
+        target = port.get("targetPort") if isinstance(port, Mapping) else None
+        return cls(
+            namespace=meta["namespace"], name=meta.get("name", ""),
+            uid=str(meta.get("uid") or ""), labels=_str_map(meta.get("labels")),
+            annotations=_str_map(meta.get("annotations")),
+            host=str(spec.get("host") or "").lower(), path=str(spec.get("path") or ""),
+            to=_route_backend(spec.get("to")),
+            alternate_backends=tuple(_route_backend(r) for r in
+                                     spec.get("alternateBackends") or []),
+            target_port=target if target not in ("", None) else None,
+            wildcard_policy=str(spec.get("wildcardPolicy") or "None"),
+            tls=RouteTLS(
+                termination=str(tls.get("termination") or "edge"),
+                certificate=str(tls.get("certificate") or ""), key=str(tls.get("key") or ""),
+                ca_certificate=str(tls.get("caCertificate") or ""),
+                destination_ca_certificate=str(tls.get("destinationCACertificate") or ""),
+                insecure_edge_termination_policy=str(tls.get("insecureEdgeTerminationPolicy") or ""),
+            ) if isinstance(tls, Mapping) else None,
+            created=parse_timestamp(meta.get("creationTimestamp")),
+            raw=route,
+        )
+
+    @property
+    def backends(self) -> tuple[RouteBackend, ...]:
+        """``to`` then ``alternateBackends``."""
+        return (self.to, *self.alternate_backends)
+
+
 # --- loading ---------------------------------------------------------------------------------
 
-Object: TypeAlias = Service | Pod | EndpointSlice | Endpoints
+Object: TypeAlias = Service | Pod | EndpointSlice | Endpoints | Secret | Ingress | Route
 # kind -> the class that parses it, for every kind of the registry
-CLASSES: Mapping[str, type[Service] | type[Pod] | type[EndpointSlice] | type[Endpoints]] = (
-    MappingProxyType({cls.kind: cls for cls in (Service, Pod, Endpoints, EndpointSlice)}))
+CLASSES: Mapping[str, type[Object]] = MappingProxyType({
+    cls.kind: cls for cls in (Service, Pod, Endpoints, EndpointSlice, Secret, Ingress, Route)})
 
 
 _DEFAULTS: Mapping[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = MappingProxyType({
     "Service": default_service, "Pod": default_pod, "EndpointSlice": default_endpoint_slice,
-    "Endpoints": default_endpoints})
+    "Endpoints": default_endpoints, "Secret": default_secret, "Ingress": default_ingress,
+    "Route": default_route})
 
 
 def _kind_of(obj: Any) -> str:
@@ -618,8 +903,8 @@ def defaulted(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 def parse_object(obj: Mapping[str, Any] | Object, validate: bool = True) -> Object:
     """One Kubernetes-shaped dict (or an already parsed object) as a defaulted, validated object."""
-    if isinstance(obj, Service | Pod | EndpointSlice | Endpoints):
-        return obj
+    if isinstance(obj, _Stored):
+        return obj  # type: ignore[return-value]
     return CLASSES[_kind_of(obj)].from_dict(obj, validate=validate)
 
 

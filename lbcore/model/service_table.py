@@ -37,6 +37,7 @@ from lbcore.model.endpoints import (
 )
 from lbcore.model.kinds import KINDS, kind_for
 from lbcore.model.objects import (
+    CLASSES,
     Endpoints,
     EndpointSlice,
     Object,
@@ -50,6 +51,9 @@ from lbcore.model.snapshot import ServicePortInfo, Snapshot
 
 __all__ = ["ServiceTable"]
 
+_PARSED = tuple(CLASSES.values())
+# kinds a snapshot carries as objects (for the routing table) -> the Snapshot field
+_CARRIED = {"Route": "routes", "Ingress": "ingresses", "Secret": "secrets"}
 _Names = list[str]  # the ``list`` method shadows the builtin inside the class
 _Slices = list[EndpointSlice]
 
@@ -82,6 +86,10 @@ class ServiceTable:
         self._port_infos: dict[str, tuple[ServicePortInfo, ...]] = {}
         self._ports_map: dict[str, ServicePortInfo] = {}
         self._dirty: set[str] = set()
+        # kinds the endpoint tracker does not follow (Route, Ingress, Secret), changed since the
+        # last snapshot, and their maps as the last snapshot carried them
+        self._unserved_changed: set[str] = set(_CARRIED)
+        self._carried: dict[str, Mapping[str, Any]] = {}
 
     # -- changes -----------------------------------------------------------------------------
 
@@ -134,7 +142,8 @@ class ServiceTable:
             ``allocate=False``, only an object that cannot be read at all.
         :raises AllocationError: a requested cluster IP or node port that cannot be given.
         """
-        if isinstance(obj_or_manifest, Service | Pod | EndpointSlice | Endpoints | Mapping):
+        given: Any
+        if isinstance(obj_or_manifest, (*_PARSED, Mapping)):
             given = obj_or_manifest
         else:
             docs = manifest_documents(obj_or_manifest)
@@ -144,8 +153,7 @@ class ServiceTable:
             given = docs[0]
         admission: Admission | None = None
         if self.allocate:
-            raw = given.raw if isinstance(given, Service | Pod | EndpointSlice | Endpoints) \
-                else given
+            raw = given.raw if isinstance(given, _PARSED) else given
             old = self._stored(raw)
             admission = admit(raw, old.raw if old is not None else None, self.allocators,
                               resource_version=str(self._version + 1))
@@ -170,7 +178,10 @@ class ServiceTable:
             return self._tracker.set_pod(obj)
         if isinstance(obj, EndpointSlice):
             return self._tracker.set_endpoint_slice(obj)
-        return self._tracker.set_endpoints_object(obj)
+        if isinstance(obj, Endpoints):
+            return self._tracker.set_endpoints_object(obj)
+        self._unserved_changed.add(obj.kind)
+        return ()  # Routes, Ingresses, Secrets: the snapshot carries them as they are
 
     def _stored(self, raw: Mapping[str, Any]) -> Object | None:
         """The stored version of the object ``raw`` would replace, if any."""
@@ -202,6 +213,7 @@ class ServiceTable:
         obj = self._objects[kind].pop((namespace, name), None)
         if obj is None:
             return None
+        changed: Iterable[str]
         if kind == "Service":
             changed = self._tracker.remove_service(namespace, name)
             if self.allocate:
@@ -210,8 +222,11 @@ class ServiceTable:
             changed = self._tracker.remove_pod(namespace, name)
         elif kind == "EndpointSlice":
             changed = self._tracker.remove_endpoint_slice(namespace, name)
-        else:
+        elif kind == "Endpoints":
             changed = self._tracker.remove_endpoints_object(namespace, name)
+        else:
+            self._unserved_changed.add(kind)
+            changed = ()
         self._record(changed)
         return obj
 
@@ -320,8 +335,13 @@ class ServiceTable:
                 for info in infos:
                     self._ports_map[info.key] = info
         self._dirty.clear()
+        for kind in self._unserved_changed & set(_CARRIED):
+            self._carried[kind] = MappingProxyType(
+                {f"{ns}/{name}": obj for (ns, name), obj in self._objects[kind].items()})
+        self._unserved_changed.clear()
         addresses = tuple(str(ipaddress.ip_address(a)) for a in node_addresses)
         return Snapshot(version=self._version,
                         service_ports=MappingProxyType(dict(self._ports_map)),
                         node_name=node_name,
-                        node_addresses=addresses)
+                        node_addresses=addresses,
+                        **{field: self._carried[kind] for kind, field in _CARRIED.items()})

@@ -1,4 +1,5 @@
-"""What frontends see: an immutable view of every proxied service port and its endpoints.
+"""What frontends see: an immutable view of every proxied service port and its endpoints, and
+of the Routes, Ingresses and Secrets the routing table (:mod:`lbcore.model.routes`) is built from.
 
 The runtime builds one ``Snapshot`` per sync from the service model and hands it to every
 frontend with the set of services that changed since the previous sync. Frontends never read
@@ -10,6 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the objects module does not import this one; only types are needed here
+    from lbcore.model.objects import Ingress, Route, Secret
+
+_NONE: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +81,10 @@ class Snapshot:
     )
     node_name: str = "localhost"
     node_addresses: tuple[str, ...] = ()
+    # "namespace/name" -> the object, for the routing table (lbcore.model.routes)
+    routes: Mapping[str, Route] = field(default_factory=lambda: _NONE)
+    ingresses: Mapping[str, Ingress] = field(default_factory=lambda: _NONE)
+    secrets: Mapping[str, Secret] = field(default_factory=lambda: _NONE, repr=False)
 
     def ports_of(self, service: str) -> list[ServicePortInfo]:
         """The ports of service ``namespace/name`` (empty when it is gone or headless)."""

@@ -1,4 +1,5 @@
-"""Kubernetes' validation of Services, Pods, Endpoints and EndpointSlices.
+"""Kubernetes' validation of Services, Pods, Endpoints, EndpointSlices, Secrets and Ingresses,
+and OpenShift's of Routes.
 
 Each ``validate_*`` function takes a defaulted, Kubernetes-shaped dict (validation runs after
 defaulting, as in the API server) and returns every problem as a :class:`~lbcore.errors.Cause`,
@@ -9,6 +10,8 @@ problem: a user fixes a manifest in one go.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -20,6 +23,7 @@ from lbcore.errors import Cause, ValidationError
 
 __all__ = [
     "FieldErrors",
+    "certificate_key_problems",
     "is_dns1035_label",
     "is_dns1123_label",
     "is_dns1123_subdomain",
@@ -32,7 +36,10 @@ __all__ = [
     "validate",
     "validate_endpoint_slice",
     "validate_endpoints",
+    "validate_ingress",
     "validate_pod",
+    "validate_route",
+    "validate_secret",
     "validate_service",
 ]
 
@@ -549,11 +556,400 @@ def validate_endpoints(ep: Mapping[str, Any]) -> list[Cause]:
     return errs.causes
 
 
+# --- certificates (Route TLS, Secrets of type kubernetes.io/tls) ----------------------------
+
+
+def _pem_certificates(text: str) -> list[Any]:
+    """The certificates of a PEM text; ValueError (with the parser's words) when there is none
+    or one does not parse."""
+    from cryptography import x509  # only a write that carries certificates needs it
+
+    if "-----BEGIN" not in text:
+        raise ValueError("data does not contain any valid RSA or ECDSA certificates")
+    return list(x509.load_pem_x509_certificates(text.encode()))
+
+
+def _pem_private_key(text: str) -> Any:
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    if "PRIVATE KEY-----" not in text:
+        raise ValueError("no private key found in the PEM data")
+    return load_pem_private_key(text.encode(), password=None)
+
+
+def _public_der(key: Any) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return bytes(key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+
+
+def certificate_key_problems(certificate: str, key: str) -> tuple[str | None, str | None]:
+    """(what is wrong with the certificate chain, what is wrong with the key), None for each
+    part that is right: both parse, and the key is the private half of the first (leaf)
+    certificate's public key, as Go's ``tls.X509KeyPair`` requires."""
+    try:
+        leaf = _pem_certificates(certificate)[0]
+    except ValueError as exc:
+        return f"failed to parse certificate: {exc}", None
+    try:
+        private = _pem_private_key(key)
+    except (ValueError, TypeError) as exc:
+        return None, f"failed to parse private key: {exc}"
+    if _public_der(leaf.public_key()) != _public_der(private.public_key()):
+        return None, "tls: private key does not match public key"
+    return None, None
+
+
+def _check_pem_certificates(errs: FieldErrors, path: str, text: str, shown: str,
+                            what: str) -> None:
+    try:
+        _pem_certificates(text)
+    except ValueError as exc:
+        errs.invalid(path, shown, f"failed to parse {what}: {exc}")
+
+
+# --- Secret ----------------------------------------------------------------------------------
+
+_CONFIG_KEY_RE = re.compile(r"[-._a-zA-Z0-9]+")
+MAX_SECRET_BYTES = 1024 * 1024  # the API server's limit on a Secret's data
+
+
+def validate_secret(secret: Mapping[str, Any]) -> list[Cause]:
+    """Every problem with a defaulted Secret (v1): its keys, its base64 values, its size, and
+    for ``kubernetes.io/tls`` the ``tls.crt`` and ``tls.key`` it needs, which must parse and
+    match (stricter than the API server, which only asks for the keys: the route frontend
+    serves them)."""
+    errs = FieldErrors()
+    _validate_metadata(errs, secret.get("metadata"), is_dns1123_subdomain)
+    data = secret.get("data") or {}
+    if not isinstance(data, Mapping):
+        errs.invalid("data", data, "must be a map of base64 strings")
+        data = {}
+    decoded: dict[str, bytes] = {}
+    total = 0
+    for key, value in data.items():
+        path = f"data[{key}]"
+        if not isinstance(key, str) or not _CONFIG_KEY_RE.fullmatch(key) or key in (".", ".."):
+            errs.invalid(path, key, "a valid config key must consist of alphanumeric "
+                         "characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or "
+                         "'key-name', regex used for validation is '[-._a-zA-Z0-9]+')")
+            continue
+        try:
+            decoded[key] = base64.b64decode(str(value), validate=True)
+        except (binascii.Error, ValueError):
+            errs.invalid(path, "redacted secret data", "must be base64 encoded")
+            continue
+        total += len(decoded[key])
+    if total > MAX_SECRET_BYTES:
+        errs.causes.append(Cause("data", "FieldValueTooLong",
+                                 f"Too long: must have at most {MAX_SECRET_BYTES} bytes"))
+    if secret.get("type") == "kubernetes.io/tls":
+        for key in ("tls.crt", "tls.key"):
+            if key not in data:
+                errs.required(f"data[{key}]", "")
+        crt, pem_key = decoded.get("tls.crt"), decoded.get("tls.key")
+        if crt and pem_key:
+            cert_problem, key_problem = certificate_key_problems(
+                crt.decode(errors="replace"), pem_key.decode(errors="replace"))
+            if cert_problem:
+                errs.invalid("data[tls.crt]", "redacted certificate data", cert_problem)
+            if key_problem:
+                errs.invalid("data[tls.key]", "redacted key data", key_problem)
+    return errs.causes
+
+
+# --- Ingress (networking.k8s.io/v1) ----------------------------------------------------------
+
+PATH_TYPES = ("Exact", "ImplementationSpecific", "Prefix")
+
+
+def _wildcard_host_problems(host: str) -> list[str]:
+    """A host of an Ingress rule or TLS entry: a DNS subdomain, ``*.`` allowed in front, never
+    an IP address."""
+    if not is_valid_ip(host):
+        return ["must be a DNS name, not an IP address"]
+    if host.startswith("*."):
+        problems = is_dns1123_subdomain(host[2:])
+        return [p.replace("a lowercase RFC 1123 subdomain", "a wildcard DNS-1123 subdomain")
+                for p in problems]
+    return is_dns1123_subdomain(host)
+
+
+def _validate_ingress_backend(errs: FieldErrors, backend: Any, path: str) -> None:
+    if not isinstance(backend, Mapping):
+        errs.invalid(path, backend, "must be an object")
+        return
+    service, resource = backend.get("service"), backend.get("resource")
+    if service is not None and resource is not None:
+        errs.invalid(path, "", "cannot set both service and resource backends")
+        return
+    if service is None:
+        if resource is None:
+            errs.invalid(path, "", "resource or service must be specified")
+        return  # a resource backend is stored; the route frontend serves services only
+    if not isinstance(service, Mapping):
+        errs.invalid(f"{path}.service", service, "must be an object")
+        return
+    name = service.get("name")
+    if not name:
+        errs.required(f"{path}.service.name", "")
+    elif isinstance(name, str):
+        errs.each(f"{path}.service.name", name, is_dns1035_label(name))
+    port = service.get("port")
+    ppath = f"{path}.service.port"
+    if not isinstance(port, Mapping) or (not port.get("name") and port.get("number") is None):
+        errs.required(ppath, "port name or number is required")
+        return
+    if port.get("name") and port.get("number") is not None:
+        errs.invalid(ppath, port.get("name"), "cannot set both port name & port number")
+    elif port.get("name"):
+        errs.each(f"{ppath}.name", port["name"], is_valid_port_name(str(port["name"])))
+    elif not _is_int(port["number"]):
+        errs.invalid(f"{ppath}.number", port["number"], "must be an integer")
+    else:
+        errs.each(f"{ppath}.number", port["number"], is_valid_port_num(port["number"]))
+
+
+def validate_ingress(ing: Mapping[str, Any]) -> list[Cause]:
+    """Every problem with a defaulted Ingress, as Kubernetes' ValidateIngress reports it."""
+    errs = FieldErrors()
+    _validate_metadata(errs, ing.get("metadata"), is_dns1123_subdomain)
+    spec = ing.get("spec")
+    if not isinstance(spec, Mapping):
+        errs.required("spec", "")
+        return errs.causes
+    class_name = spec.get("ingressClassName")
+    if class_name is not None:
+        errs.each("spec.ingressClassName", class_name, is_dns1123_subdomain(str(class_name)))
+    rules = spec.get("rules") or []
+    if not isinstance(rules, list):
+        errs.invalid("spec.rules", rules, "must be a list")
+        rules = []
+    if spec.get("defaultBackend") is None and not rules:
+        errs.invalid("spec.rules", [], "either `defaultBackend` or `rules` must be specified")
+    if spec.get("defaultBackend") is not None:
+        _validate_ingress_backend(errs, spec["defaultBackend"], "spec.defaultBackend")
+    for i, rule in enumerate(rules):
+        rpath = f"spec.rules[{i}]"
+        if not isinstance(rule, Mapping):
+            errs.invalid(rpath, rule, "must be an object")
+            continue
+        host = rule.get("host")
+        if host:
+            errs.each(f"{rpath}.host", host, _wildcard_host_problems(str(host)))
+        http = rule.get("http")
+        if http is None:
+            continue
+        paths = (http or {}).get("paths") if isinstance(http, Mapping) else None
+        if not paths:
+            errs.required(f"{rpath}.http.paths", "")
+            continue
+        for j, entry in enumerate(paths):
+            ppath = f"{rpath}.http.paths[{j}]"
+            if not isinstance(entry, Mapping):
+                errs.invalid(ppath, entry, "must be an object")
+                continue
+            path_type = entry.get("pathType")
+            if not path_type:
+                errs.required(f"{ppath}.pathType", "pathType must be specified")
+            elif path_type not in PATH_TYPES:
+                errs.not_supported(f"{ppath}.pathType", path_type, PATH_TYPES)
+            path = entry.get("path")
+            if path_type in ("Exact", "Prefix") and not str(path or "").startswith("/"):
+                errs.invalid(f"{ppath}.path", path or "", "must be an absolute path")
+            elif path and not str(path).startswith("/"):
+                errs.invalid(f"{ppath}.path", path, "must be an absolute path")
+            _validate_ingress_backend(errs, entry.get("backend"), f"{ppath}.backend")
+    for i, tls in enumerate(spec.get("tls") or []):
+        tpath = f"spec.tls[{i}]"
+        if not isinstance(tls, Mapping):
+            errs.invalid(tpath, tls, "must be an object")
+            continue
+        for j, host in enumerate(tls.get("hosts") or []):
+            errs.each(f"{tpath}.hosts[{j}]", host, _wildcard_host_problems(str(host)))
+        secret = tls.get("secretName")
+        if secret:
+            errs.each(f"{tpath}.secretName", secret, is_dns1123_subdomain(str(secret)))
+    return errs.causes
+
+
+# --- Route (route.openshift.io/v1) -----------------------------------------------------------
+
+TLS_TERMINATIONS = ("edge", "passthrough", "reencrypt")
+INSECURE_EDGE_POLICIES = ("None", "Allow", "Redirect")  # in OpenShift's order
+WILDCARD_POLICIES = ("None", "Subdomain")
+MAX_ALTERNATE_BACKENDS = 3
+MAX_ROUTE_WEIGHT = 256
+
+_REDACTED = {  # what the API server shows instead of PEM data, per field
+    "certificate": "redacted certificate data",
+    "key": "redacted key data",
+    "caCertificate": "redacted ca certificate data",
+    "destinationCACertificate": "redacted destination ca certificate data",
+}
+
+
+def _validate_route_backend(errs: FieldErrors, ref: Any, path: str) -> None:
+    if not isinstance(ref, Mapping):
+        errs.required(path, "")
+        return
+    if ref.get("kind") != "Service":
+        errs.invalid(f"{path}.kind", ref.get("kind"), "must reference a Service")
+    name = ref.get("name")
+    if not name:
+        errs.required(f"{path}.name", "")
+    elif not isinstance(name, str):
+        errs.invalid(f"{path}.name", name, "must be a string")
+    else:
+        errs.each(f"{path}.name", name, is_dns1035_label(name))
+    weight = ref.get("weight")
+    if not isinstance(weight, int) or isinstance(weight, bool) \
+            or not 0 <= weight <= MAX_ROUTE_WEIGHT:
+        errs.invalid(f"{path}.weight", weight,
+                     f"weight must be an integer between 0 and {MAX_ROUTE_WEIGHT}")
+
+
+def _validate_route_host(errs: FieldErrors, spec: Mapping[str, Any]) -> None:
+    host = spec.get("host")
+    if not host:
+        errs.required("spec.host", "lbcore generates no host names: give the route one")
+        return
+    if not isinstance(host, str):
+        errs.invalid("spec.host", host, "must be a string")
+        return
+    problems = is_dns1123_subdomain(host)
+    if problems:
+        errs.invalid("spec.host", host, "host must conform to DNS 1123 subdomain conventions")
+        errs.each("spec.host", host, problems)
+    for label in host.split("."):
+        errs.each("spec.host", host, [p for p in is_dns1123_label(label)
+                                      if p.startswith("must be no more than")])
+    if spec.get("wildcardPolicy") == "Subdomain" and "." not in host:
+        errs.invalid("spec.wildcardPolicy", "Subdomain",
+                     f"host {host!r} has no subdomain for a wildcard")
+
+
+def _validate_route_tls(errs: FieldErrors, tls: Any) -> None:
+    if not isinstance(tls, Mapping):
+        errs.invalid("spec.tls", tls, "must be an object")
+        return
+    termination = tls.get("termination")
+    texts = {k: tls.get(k) or "" for k in _REDACTED}
+    for key, text in texts.items():
+        if not isinstance(text, str):
+            errs.invalid(f"spec.tls.{key}", _REDACTED[key], "must be a PEM string")
+            texts[key] = ""
+    if termination not in TLS_TERMINATIONS:
+        errs.not_supported("spec.tls.termination", termination, TLS_TERMINATIONS)
+    elif termination == "passthrough":
+        for key, text in texts.items():
+            if text:
+                errs.invalid(f"spec.tls.{key}", _REDACTED[key],
+                             "passthrough termination does not support certificates")
+    elif termination == "edge" and texts["destinationCACertificate"]:
+        errs.invalid("spec.tls.destinationCACertificate", _REDACTED["destinationCACertificate"],
+                     "edge termination does not support destination certificates")
+    policy = tls.get("insecureEdgeTerminationPolicy")
+    if policy:
+        allowed = ("None", "Redirect") if termination == "passthrough" else INSECURE_EDGE_POLICIES
+        if policy not in allowed:
+            errs.invalid("spec.tls.insecureEdgeTerminationPolicy", policy,
+                         "invalid value for InsecureEdgeTerminationPolicy option, acceptable "
+                         f"values are {', '.join(allowed[:-1])}, or {allowed[-1]}, or empty"
+                         if len(allowed) == 3 else
+                         "invalid value for InsecureEdgeTerminationPolicy option, acceptable "
+                         f"values are {allowed[0]}, {allowed[1]}, or empty")
+    if termination == "passthrough":
+        return
+    if texts["caCertificate"]:
+        _check_pem_certificates(errs, "spec.tls.caCertificate", texts["caCertificate"],
+                                _REDACTED["caCertificate"], "CA certificate")
+    if texts["destinationCACertificate"]:
+        _check_pem_certificates(errs, "spec.tls.destinationCACertificate",
+                                texts["destinationCACertificate"],
+                                _REDACTED["destinationCACertificate"], "destination CA certificate")
+    certificate, key = texts["certificate"], texts["key"]
+    if certificate and not key:
+        errs.invalid("spec.tls.key", "", "no key specified")
+    elif key and not certificate:
+        errs.required("spec.tls.certificate", "a key needs the certificate it belongs to")
+    if certificate:
+        cert_problem, key_problem = certificate_key_problems(certificate, key) if key else (
+            _certificate_problem(certificate), None)
+        if cert_problem:
+            errs.invalid("spec.tls.certificate", _REDACTED["certificate"], cert_problem)
+        if key_problem:
+            errs.invalid("spec.tls.key", _REDACTED["key"], key_problem)
+
+
+def _certificate_problem(certificate: str) -> str | None:
+    try:
+        _pem_certificates(certificate)
+    except ValueError as exc:
+        return f"failed to parse certificate: {exc}"
+    return None
+
+
+def validate_route(route: Mapping[str, Any]) -> list[Cause]:
+    """Every problem with a defaulted Route, in the words of OpenShift's route validation
+    (openshift-apiserver and the router's extended validation of certificates)."""
+    errs = FieldErrors()
+    _validate_metadata(errs, route.get("metadata"), is_dns1123_subdomain)
+    spec = route.get("spec")
+    if not isinstance(spec, Mapping):
+        errs.required("spec", "")
+        return errs.causes
+    _validate_route_host(errs, spec)
+    path = spec.get("path")
+    tls = spec.get("tls")
+    if path:
+        if not isinstance(path, str) or not path.startswith("/"):
+            errs.invalid("spec.path", path, "path must begin with /")
+        elif isinstance(tls, Mapping) and tls.get("termination") == "passthrough":
+            errs.invalid("spec.path", path, "passthrough termination does not support paths")
+    _validate_route_backend(errs, spec.get("to"), "spec.to")
+    alternates = spec.get("alternateBackends") or []
+    if not isinstance(alternates, list):
+        errs.invalid("spec.alternateBackends", alternates, "must be a list")
+        alternates = []
+    if len(alternates) > MAX_ALTERNATE_BACKENDS:
+        errs.causes.append(Cause("spec.alternateBackends", "FieldValueTooMany",
+                                 f"Too many: {len(alternates)}: must have at most "
+                                 f"{MAX_ALTERNATE_BACKENDS} items"))
+    seen = {(spec.get("to") or {}).get("name")} if isinstance(spec.get("to"), Mapping) else set()
+    for i, ref in enumerate(alternates):
+        _validate_route_backend(errs, ref, f"spec.alternateBackends[{i}]")
+        name = ref.get("name") if isinstance(ref, Mapping) else None
+        if name and name in seen:
+            errs.duplicate(f"spec.alternateBackends[{i}].name", name)
+        seen.add(name)
+    port = spec.get("port")
+    if port is not None:
+        target = port.get("targetPort") if isinstance(port, Mapping) else None
+        if target in (None, "", 0):
+            errs.required("spec.port.targetPort", "")
+        elif _is_int(target):
+            errs.each("spec.port.targetPort", target, is_valid_port_num(target))
+        elif isinstance(target, str):
+            errs.each("spec.port.targetPort", target, is_valid_port_name(target))
+        else:
+            errs.invalid("spec.port.targetPort", target, "must be a port number or name")
+    policy = spec.get("wildcardPolicy")
+    if policy not in WILDCARD_POLICIES:
+        errs.not_supported("spec.wildcardPolicy", policy, WILDCARD_POLICIES)
+    if tls is not None:
+        _validate_route_tls(errs, tls)
+    return errs.causes
+
+
 _VALIDATORS: Mapping[str, Callable[[Mapping[str, Any]], list[Cause]]] = {
     "Service": validate_service,
     "Pod": validate_pod,
     "EndpointSlice": validate_endpoint_slice,
     "Endpoints": validate_endpoints,
+    "Secret": validate_secret,
+    "Ingress": validate_ingress,
+    "Route": validate_route,
 }
 
 

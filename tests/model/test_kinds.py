@@ -19,6 +19,10 @@ KUBECTL = {
     "pods": (("po",), "v1"),
     "endpoints": (("ep",), "v1"),
     "endpointslices": ((), "discovery.k8s.io/v1"),
+    "secrets": ((), "v1"),
+    "ingresses": (("ing",), "networking.k8s.io/v1"),
+    # ``oc api-resources`` on OpenShift 4
+    "routes": ((), "route.openshift.io/v1"),
 }
 
 ALIASES = [(k, name) for k in KINDS for name in (k.kind, k.kind.upper(), *k.names)]
@@ -26,7 +30,8 @@ ALIASES = [(k, name) for k in KINDS for name in (k.kind, k.kind.upper(), *k.name
 
 def test_names_short_names_and_api_versions_are_kubectls() -> None:
     assert {k.plural: (k.short_names, k.api_version) for k in KINDS} == KUBECTL
-    assert [k.singular for k in KINDS] == ["service", "pod", "endpoints", "endpointslice"]
+    assert [k.singular for k in KINDS][:4] == ["service", "pod", "endpoints", "endpointslice"]
+    assert {"secret", "ingress", "route"} <= {k.singular for k in KINDS}
     assert all(k.namespaced for k in KINDS)
 
 

@@ -14,6 +14,7 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
+import lbcore
 from lbcore.runtime.store import Store
 
 
@@ -357,10 +358,16 @@ def test_official_client_discovery_and_version(admin):
     assert client.VersionApi(api_client).get_code().git_version.startswith("v1.")
     assert client.CoreApi(api_client).get_api_versions().versions == ["v1"]
     resources = client.CoreV1Api(api_client).get_api_resources()
+    # kubectl's names (tests/model/test_kinds.py), from lbcore.KINDS
     assert {r.name: r.short_names for r in resources.resources} == {
-        "services": ["svc"], "pods": ["po"], "endpoints": ["ep"]}  # kubectl's, from lbcore.KINDS
+        k.plural: list(k.short_names) for k in lbcore.KINDS if not k.group}
+    assert {"services": ["svc"], "pods": ["po"], "endpoints": ["ep"]}.items() <= {
+        r.name: r.short_names for r in resources.resources}.items()
     groups = client.ApisApi(api_client).get_api_versions()
-    assert [g.name for g in groups.groups] == ["discovery.k8s.io"]
+    assert [g.name for g in groups.groups] == list(dict.fromkeys(
+        k.group for k in lbcore.KINDS if k.group))
+    assert {"discovery.k8s.io", "networking.k8s.io", "route.openshift.io"} <= {
+        g.name for g in groups.groups}
     slices = client.DiscoveryV1Api(api_client).get_api_resources()
     assert [(r.kind, r.short_names) for r in slices.resources] == [("EndpointSlice", [])]
 
