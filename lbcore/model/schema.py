@@ -748,8 +748,175 @@ _NAMESPACE_EVENT: dict[str, Definition] = {
 }
 
 
+# -- core/v1 Secret, networking.k8s.io/v1 Ingress, route.openshift.io/v1 Route -----------------
+
+_NETWORKING = "io.k8s.api.networking.v1."
+_ROUTE = "com.github.openshift.api.route.v1."
+
+_SECRET_INGRESS_ROUTE: dict[str, Definition] = {
+    _CORE + "Secret": _top(
+        "Secret holds secret data of a certain type. The total bytes of the values in the Data "
+        "field must be less than MaxSecretSize bytes.", "Secret",
+        data=_p(Map(Scalar("string", "byte")), "Data contains the secret data, each value "
+                "base64 encoded. Keys must consist of alphanumeric characters, '-', '_' or '.'."),
+        immutable=_p(BOOL, "Immutable, if set to true, ensures that data stored in the Secret "
+                     "cannot be updated."),
+        stringData=_p(LABELS, "stringData allows specifying non-binary secret data in string "
+                      "form; it is merged into the data field on write."),
+        type=_p(STRING, "Used to facilitate programmatic handling of secret data, such as "
+                "kubernetes.io/tls (keys tls.crt and tls.key)."),
+    ),
+    _NETWORKING + "Ingress": _top(
+        "Ingress is a collection of rules that allow inbound connections to reach the "
+        "endpoints defined by a backend.", "Ingress", _NETWORKING + "IngressSpec",
+        _NETWORKING + "IngressStatus"),
+    _NETWORKING + "IngressSpec": _struct(
+        "IngressSpec describes the Ingress the user wishes to exist.",
+        defaultBackend=_p(Ref(_NETWORKING + "IngressBackend"), "The backend that handles "
+                          "requests that match no rule."),
+        ingressClassName=_p(STRING, "The name of an IngressClass cluster resource; lbcore "
+                            "serves the class lbcore."),
+        rules=_p(Array(Ref(_NETWORKING + "IngressRule")), "A list of host rules used to "
+                 "configure the Ingress."),
+        tls=_p(Array(Ref(_NETWORKING + "IngressTLS")), "TLS configuration: the hosts served "
+               "over TLS and the Secret holding their certificate."),
+    ),
+    _NETWORKING + "IngressBackend": _struct(
+        "IngressBackend describes all endpoints for a given service and port.",
+        resource=_p(OBJECT_REFERENCE, "A reference to another Kubernetes resource (not "
+                    "served by lbcore)."),
+        service=_p(Ref(_NETWORKING + "IngressServiceBackend"), "The referenced service."),
+    ),
+    _NETWORKING + "IngressServiceBackend": _struct(
+        "IngressServiceBackend references a Kubernetes Service as a Backend.", ("name",),
+        name=_p(STRING, "The referenced service, in the Ingress's namespace."),
+        port=_p(Ref(_NETWORKING + "ServiceBackendPort"), "Port of the referenced service."),
+    ),
+    _NETWORKING + "ServiceBackendPort": _struct(
+        "ServiceBackendPort is the service port being referenced.",
+        name=_p(STRING, "The name of the port on the Service."),
+        number=_p(INT32, "The numerical port number of the port on the Service."),
+    ),
+    _NETWORKING + "IngressRule": _struct(
+        "IngressRule represents the rules mapping the paths under a specified host to the "
+        "related backend services.",
+        host=_p(STRING, "The fully qualified domain name of a network host, or a wildcard "
+                "(*.example.com) matching one label."),
+        http=_p(Ref(_NETWORKING + "HTTPIngressRuleValue"), "The paths of this host."),
+    ),
+    _NETWORKING + "HTTPIngressRuleValue": _struct(
+        "HTTPIngressRuleValue is a list of http selectors pointing to backends.", ("paths",),
+        paths=_p(Array(Ref(_NETWORKING + "HTTPIngressPath")), "A collection of paths that "
+                 "map requests to backends."),
+    ),
+    _NETWORKING + "HTTPIngressPath": _struct(
+        "HTTPIngressPath associates a path with a backend.", ("backend", "pathType"),
+        backend=_p(Ref(_NETWORKING + "IngressBackend"), "Where matching requests go."),
+        path=_p(STRING, "Matched against the path of an incoming request."),
+        pathType=_p(_enum("Exact", "ImplementationSpecific", "Prefix"), "How the path is "
+                    "matched: Exact, or Prefix by path element (ImplementationSpecific is "
+                    "Prefix here)."),
+    ),
+    _NETWORKING + "IngressTLS": _struct(
+        "IngressTLS describes the transport layer security associated with an ingress.",
+        hosts=_p(Array(STRING, "atomic"), "Hosts included in the TLS certificate."),
+        secretName=_p(STRING, "The Secret (type kubernetes.io/tls) used to terminate TLS."),
+    ),
+    _NETWORKING + "IngressStatus": _struct(
+        "IngressStatus describes the current state of the Ingress.",
+        loadBalancer=_p(Ref(_NETWORKING + "IngressLoadBalancerStatus"), "The addresses the "
+                        "ingress is served on."),
+    ),
+    _NETWORKING + "IngressLoadBalancerStatus": _struct(
+        "IngressLoadBalancerStatus represents the status of a load-balancer.",
+        ingress=_p(Array(Ref(_NETWORKING + "IngressLoadBalancerIngress")), "The ingress "
+                   "points of the load-balancer."),
+    ),
+    _NETWORKING + "IngressLoadBalancerIngress": _struct(
+        "IngressLoadBalancerIngress represents the status of a load-balancer ingress point.",
+        hostname=_p(STRING, "Set for ingress points that are DNS based."),
+        ip=_p(STRING, "Set for ingress points that are IP based."),
+        ports=_p(Array(OPEN), "Information on the ports of this ingress point"
+                 + _OPEN_NOTE + "."),
+    ),
+    _ROUTE + "Route": _top(
+        "A route allows developers to expose services through an HTTP(S) aware load "
+        "balancing and proxy layer via a public DNS entry.", "Route", _ROUTE + "RouteSpec",
+        _ROUTE + "RouteStatus"),
+    _ROUTE + "RouteSpec": _struct(
+        "RouteSpec describes the hostname or path the route exposes, any security "
+        "information, and one to four backends (services) the route points to.", ("to",),
+        alternateBackends=_p(Array(Ref(_ROUTE + "RouteTargetReference")), "Up to 3 more "
+                             "backends, weighted with spec.to."),
+        host=_p(STRING, "The alias/DNS that points to the service (a DNS subdomain)."),
+        path=_p(STRING, "The path that the router watches for, to route traffic to the "
+                "service."),
+        port=_p(Ref(_ROUTE + "RoutePort"), "The target port on pods selected by the service."),
+        subdomain=_p(STRING, "A DNS subdomain requested within the ingress controller's "
+                     "domain (not used by lbcore: spec.host is required)."),
+        tls=_p(Ref(_ROUTE + "TLSConfig"), "The TLS configuration of the route."),
+        to=_p(Ref(_ROUTE + "RouteTargetReference"), "The service the route points to."),
+        wildcardPolicy=_p(_enum("None", "Subdomain"), "The wildcard policy: None, or "
+                          "Subdomain (every host of one more label in the host's domain)."),
+    ),
+    _ROUTE + "RouteTargetReference": _struct(
+        "RouteTargetReference specifies the target that resolve into endpoints.",
+        ("kind", "name"),
+        kind=_p(_enum("Service"), "The kind of target the route is referring to: Service."),
+        name=_p(STRING, "Name of the service/target that is being referred to."),
+        weight=_p(INT32, "A relative weight, 0 to 256 (default 100)."),
+    ),
+    _ROUTE + "RoutePort": _struct(
+        "RoutePort defines a port mapping from a router to an endpoint in the service "
+        "endpoints.", ("targetPort",),
+        targetPort=_p(INT_OR_STRING, "The target port on pods selected by the service; a "
+                      "string is looked up as a named port."),
+    ),
+    _ROUTE + "TLSConfig": _struct(
+        "TLSConfig defines config used to secure a route and provide termination.",
+        ("termination",),
+        caCertificate=_p(STRING, "The CA certificate (PEM) appended to the certificate's "
+                         "chain."),
+        certificate=_p(STRING, "The certificate (PEM)."),
+        destinationCACertificate=_p(STRING, "reencrypt: the CA (PEM) the pod's certificate is "
+                                    "verified against."),
+        insecureEdgeTerminationPolicy=_p(_enum("Allow", "None", "Redirect"), "What plain "
+                                         "HTTP gets: Allow, Redirect (302), or None."),
+        key=_p(STRING, "The private key (PEM) of the certificate."),
+        termination=_p(_enum("edge", "passthrough", "reencrypt"), "Where TLS ends."),
+    ),
+    _ROUTE + "RouteStatus": _struct(
+        "RouteStatus provides relevant info about the status of a route.",
+        ingress=_p(Array(Ref(_ROUTE + "RouteIngress")), "The places where the route may be "
+                   "exposed."),
+    ),
+    _ROUTE + "RouteIngress": _struct(
+        "RouteIngress holds information about the places where a route is exposed.",
+        conditions=_p(Array(Ref(_ROUTE + "RouteIngressCondition")), "Admitted, with why "
+                      "not."),
+        host=_p(STRING, "Host is the host string under which the route is exposed."),
+        routerCanonicalHostname=_p(STRING, "The external host name of the router."),
+        routerName=_p(STRING, "Name is a name chosen by the router to identify itself."),
+        wildcardPolicy=_p(STRING, "The wildcard policy that was allowed."),
+    ),
+    _ROUTE + "RouteIngressCondition": _struct(
+        "RouteIngressCondition contains details for the current condition of this route on "
+        "a particular router.", ("status", "type"),
+        lastTransitionTime=_p(TIME, "RFC 3339 date and time when this condition last "
+                              "transitioned."),
+        message=_p(STRING, "Human readable message indicating details about last "
+                   "transition."),
+        reason=_p(STRING, "(brief) reason for the condition's last transition, such as "
+                  "HostAlreadyClaimed."),
+        status=_p(STRING, "Status is the status of the condition: True, False, Unknown."),
+        type=_p(STRING, "Type is the type of the condition: Admitted."),
+    ),
+}
+
+
 DEFINITIONS: Mapping[str, Definition] = {
     **_APIMACHINERY, **_SERVICE, **_ENDPOINTS, **_POD, **_NAMESPACE_EVENT,
+    **_SECRET_INGRESS_ROUTE,
 }
 
 # kind -> the definition of its objects; every kind of the registry has one (a test says so)
