@@ -83,6 +83,8 @@ _EXPORTS: dict[str, str] = {
     "SourceNotReady": "lbcore.runtime.live",
     "ConfigError": "lbcore.errors",
     "LbcoreError": "lbcore.errors",
+    # process limits a daemon and its frontends share
+    "raise_open_files_limit": "lbcore.runtime.admin_server",
 }
 
 # public names that are whole modules
@@ -151,6 +153,7 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names
     from lbcore.model.topology import endpoints_for as endpoints_for
     from lbcore.model.topology import policy_is_local as policy_is_local
     from lbcore.model.topology import takes_new_connections as takes_new_connections
+    from lbcore.runtime.admin_server import raise_open_files_limit as raise_open_files_limit
     from lbcore.runtime.interfaces import Frontend as Frontend
     from lbcore.runtime.interfaces import FrontendUnavailable as FrontendUnavailable
     from lbcore.runtime.interfaces import RuntimeContext as RuntimeContext

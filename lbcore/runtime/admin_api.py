@@ -19,7 +19,7 @@ import logging
 import math
 import platform
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -55,6 +55,10 @@ DEFAULT_WATCH_TIMEOUT = 1800.0
 KUBERNETES_VERSION = ("1", "31")
 # how often a quiet watch checks that its client is still connected (seconds)
 CLIENT_CHECK_INTERVAL = 1.0
+# a watch whose client stopped reading is closed, and cut off when it reads nothing this long
+STALLED_CLOSE_GRACE = 1.0
+# the initial ADDED events of a watch are written in chunks of about this many bytes
+WATCH_CHUNK_BYTES = 256 * 1024
 
 _WATCHES = web.AppKey("lbcore_watches", set)
 # what a request is warned of (unknown fields under fieldValidation=Warn): Warning headers
@@ -632,17 +636,24 @@ class _AdminAPI:
         )
         return web.Response(body=body, content_type="application/json")
 
+    def _list_texts(
+        self, kind: str, namespace: str | None, selector: str | None,
+        fields: Callable[[Mapping[str, Any]], bool] | None,
+    ) -> tuple[Sequence[str], str]:
+        """The objects a list answers, each as JSON text, and the list's resourceVersion;
+        objects are copied as stored when nothing filters. Called on a worker thread."""
+        if selector is None and fields is None:
+            return self.store.list_json(kind, namespace)
+        items, rv = self.store.list(kind, namespace, selector)
+        dumps = functools.partial(json.dumps, separators=(",", ":"))
+        return [dumps(o) for o in items if fields is None or fields(o)], rv
+
     def _list_body(
         self, kind: str, namespace: str | None, selector: str | None,
         fields: Callable[[Mapping[str, Any]], bool] | None,
     ) -> bytes:
-        """The ``{kind}List`` as JSON bytes; objects are copied as stored when nothing filters."""
-        if selector is None and fields is None:
-            texts, rv = self.store.list_json(kind, namespace)
-        else:
-            items, rv = self.store.list(kind, namespace, selector)
-            dumps = functools.partial(json.dumps, separators=(",", ":"))
-            texts = [dumps(o) for o in items if fields is None or fields(o)]
+        """The ``{kind}List`` as JSON bytes."""
+        texts, rv = self._list_texts(kind, namespace, selector, fields)
         head = json.dumps({
             "kind": f"{kind}List",
             "apiVersion": kind_for(kind).api_version,
@@ -662,12 +673,22 @@ class _AdminAPI:
                 f"timeoutSeconds: {query['timeoutSeconds']!r} is not a number"
             ) from None
         bookmarks = _truthy(query.get("allowWatchBookmarks"))
+        selector = query.get("labelSelector") or None
+        start = query.get("resourceVersion") or None
+        initial: list[bytes] = []
+        if start in (None, "0"):
+            # the current objects first, as ADDED events: built on a worker thread as a list
+            # is (50,000 pods would hold the loop for seconds), then the watch resumes from
+            # the list's resourceVersion
+            initial, start = await asyncio.to_thread(
+                self._initial_events, kind, namespace, selector, fields
+            )
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         response.enable_chunked_encoding()
         try:
             watcher = self.store.watch(
-                kind, namespace, query.get("resourceVersion") or None, bookmarks,
-                query.get("labelSelector") or None, bookmark_interval=self.bookmark_interval,
+                kind, namespace, start, bookmarks, selector,
+                bookmark_interval=self.bookmark_interval,
             )
         except Gone as gone:
             # as the API server does: a 200 stream whose one event is an ERROR carrying the 410
@@ -676,11 +697,14 @@ class _AdminAPI:
             await response.write_eof()
             return response
         self.watches.add(watcher)
-        reaper = asyncio.create_task(_close_when_client_leaves(request, watcher))
+        reaper = asyncio.create_task(_end_when_client_leaves_or_stalls(request, watcher))
         try:
             await response.prepare(request)
             try:
                 async with asyncio.timeout(timeout):
+                    for chunk in initial:
+                        await response.write(chunk)
+                    del initial
                     async for event in watcher:
                         if fields is not None and event["type"] not in (
                             "BOOKMARK", "ERROR") and not fields(event["object"]):
@@ -697,6 +721,27 @@ class _AdminAPI:
             watcher.close()
             self.watches.discard(watcher)
         return response
+
+    def _initial_events(
+        self, kind: str, namespace: str | None, selector: str | None,
+        fields: Callable[[Mapping[str, Any]], bool] | None,
+    ) -> tuple[list[bytes], str]:
+        """The ADDED events a watch without a resourceVersion starts with, as newline-ended
+        JSON in chunks of about :data:`WATCH_CHUNK_BYTES`, and the resourceVersion they are
+        the state at. Called on a worker thread."""
+        texts, rv = self._list_texts(kind, namespace, selector, fields)
+        chunks: list[bytes] = []
+        part: list[str] = []
+        size = 0
+        for text in texts:
+            part.append(f'{{"type":"ADDED","object":{text}}}\n')
+            size += len(text)
+            if size >= WATCH_CHUNK_BYTES:
+                chunks.append("".join(part).encode())
+                part, size = [], 0
+        if part:
+            chunks.append("".join(part).encode())
+        return chunks, rv
 
     @staticmethod
     async def _send(response: web.StreamResponse, event: Mapping[str, Any]) -> None:
@@ -779,14 +824,48 @@ def _openapi_v3(group_version: str) -> bytes | None:
     return None if doc is None else json.dumps(doc).encode()
 
 
-async def _close_when_client_leaves(request: web.Request, watcher: Watch) -> None:
-    """End a quiet watch whose client went away, rather than hold it until timeoutSeconds."""
+async def _end_when_client_leaves_or_stalls(request: web.Request, watcher: Watch) -> None:
+    """End a quiet watch whose client went away, and the connection of one whose client
+    stopped reading, rather than hold either until timeoutSeconds.
+
+    A watcher that fell past its bound (:data:`lbcore.runtime.store.MAX_PENDING_BYTES`) ends
+    with a 410 ERROR event. When its handler cannot write that event because the client does
+    not read (the handler waits for the socket to drain), the event and the end of the stream
+    are put behind what is already queued and the connection is closed: a client that reads
+    gets them, and one that reads nothing for :data:`STALLED_CLOSE_GRACE` seconds is cut off,
+    its descriptor and buffers let go, as the API server drops a watcher too slow to keep up."""
+    overflow_seen = False
     while True:
         await asyncio.sleep(CLIENT_CHECK_INTERVAL)
         transport = request.transport
         if transport is None or transport.is_closing():
             watcher.close()
             return
+        if not watcher.overflowed:
+            continue
+        if not overflow_seen:  # give a handler that is not blocked the time to send it
+            overflow_seen = True
+            continue
+        log.warning("watch of %s: its client does not read; closing the connection", watcher.kind)
+        try:
+            error = await anext(watcher)
+        except StopAsyncIteration:
+            error = None
+        tail = b""
+        if error is not None and error.get("type") == "ERROR":
+            data = json.dumps(error, separators=(",", ":")).encode() + b"\n"
+            tail = f"{len(data):x}\r\n".encode() + data + b"\r\n"
+        transport.write(tail + b"0\r\n\r\n")
+        transport.close()  # the socket closes once what is queued is sent
+        queued = transport.get_write_buffer_size()
+        while queued:
+            await asyncio.sleep(STALLED_CLOSE_GRACE)
+            now = transport.get_write_buffer_size()
+            if now >= queued:  # nothing was read meanwhile: let go of it
+                transport.abort()
+                return
+            queued = now
+        return
 
 
 def _json_type(value: Any) -> str:

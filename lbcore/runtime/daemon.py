@@ -1,6 +1,7 @@
 """The daemon behind ``lbcore run``: store, admin API, source, ClusterState and frontends.
 
-Start order: data directory, plugins (names checked against what is installed), the store
+Start order: plugins, the data directory (created if needed, then locked: one daemon per
+data dir, :func:`lock_data_dir`), the soft open-files limit raised to the hard one, the store
 (``data_dir/lbcore.db``) and its endpoints controller (Endpoints and EndpointSlices of every
 Service with a selector, :mod:`lbcore.runtime.endpoints_controller`), the frontends (each
 ``start()`` checks its prerequisites and fails with a message saying what is missing), the
@@ -14,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import secrets
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from lbcore import __version__
 from lbcore.errors import ConfigError
 from lbcore.plugins import get_plugin_manager, registered
+from lbcore.runtime.admin_server import IDLE_TIMEOUT, AdminServer, raise_open_files_limit
 from lbcore.runtime.config import Config, format_host, resolve_plugins
 from lbcore.runtime.interfaces import Frontend, FrontendUnavailable, RuntimeContext, Source
 from lbcore.runtime.logs import event
@@ -41,6 +45,7 @@ log = logging.getLogger("lbcore.runtime.daemon")
 ADDRESS_FILE = "admin-address"
 TOKEN_FILE = "token"
 DB_FILE = "lbcore.db"
+LOCK_FILE = "lbcore.lock"
 
 
 class StartError(ConfigError):
@@ -59,6 +64,45 @@ def read_or_create_token(data_dir: Path) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     return token
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Create ``data_dir`` if needed and take its lock (an exclusive ``flock`` on
+    ``data_dir/lbcore.lock``, which holds the owner's pid): one daemon per data dir. The
+    descriptor holds the lock until it is closed (or the process ends, even by SIGKILL).
+
+    :raises StartError: the data dir cannot be made or written, or another daemon holds it.
+    """
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except FileExistsError:
+        raise StartError(f"data_dir: {data_dir} exists and is not a directory") from None
+    except OSError as exc:
+        raise StartError(f"data_dir: cannot create {data_dir}: {exc.strerror or exc}") from None
+    if not data_dir.is_dir():
+        raise StartError(f"data_dir: {data_dir} exists and is not a directory")
+    path = data_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StartError(f"data_dir: cannot write in {data_dir}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = ""
+        for _ in range(20):  # the holder writes its pid just after it locks
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            if holder:
+                break
+            time.sleep(0.05)
+        os.close(fd)
+        raise StartError(
+            f"data dir {data_dir} is in use by pid {holder or 'unknown'} "
+            "(one lbcore run per data dir; stop it or choose another --data-dir)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def load_plugins() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -86,7 +130,10 @@ class Daemon:
         self.frontends: dict[str, Frontend] = {}
         self.token: str | None = None
         self.admin_url: str | None = None
-        self._runner: web.AppRunner | None = None
+        self._admin: AdminServer | None = None
+        # seconds the admin API waits for a complete request header (see admin_server)
+        self.admin_idle_timeout = IDLE_TIMEOUT
+        self._lock_fd: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()
         self._source_ok = False
@@ -105,7 +152,8 @@ class Daemon:
         sources, frontend_factories = load_plugins()
         config = self.config = resolve_plugins(config, sources, frontend_factories)
         data_dir = config.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_fd = lock_data_dir(data_dir)
+        limit = raise_open_files_limit()
 
         from lbcore.model.service_table import ServiceTable
         from lbcore.runtime.endpoints_controller import EndpointsController
@@ -173,6 +221,7 @@ class Daemon:
             source=config.source.name,
             frontends=",".join(self.frontends) or "none",
             data_dir=str(data_dir),
+            open_files=limit,
         )
 
     async def _serve_admin(self, config: Config) -> None:
@@ -184,17 +233,14 @@ class Daemon:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         admin_api.add_routes(app, self.store, token=self.token)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
+        self._admin = AdminServer(app, idle_timeout=self.admin_idle_timeout)
         host, port = config.admin_address
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
         try:
-            await site.start()
+            bound = await self._admin.start(host, port)
         except OSError as exc:
             raise StartError(
                 f"admin_address: cannot listen on {format_host(host)}:{port}: {exc.strerror or exc}"
             ) from None
-        bound = self._runner.addresses[0]
         self.admin_url = f"http://{format_host(bound[0])}:{bound[1]}"
         address_file = config.data_dir / ADDRESS_FILE
         tmp = address_file.with_suffix(".tmp")
@@ -281,9 +327,9 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._admin is not None:
+            await self._admin.stop()
+            self._admin = None
             with contextlib.suppress(OSError):
                 address_file = self.config.data_dir / ADDRESS_FILE
                 if address_file.read_text().strip() == self.admin_url:
@@ -304,6 +350,9 @@ class Daemon:
         if self.admin_url is not None:
             event(log, "daemon stopped", admin=self.admin_url, kept_rules=keep)
             self.admin_url = None
+        if self._lock_fd is not None:  # the data dir is free for another daemon
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 class _SourceMetrics:

@@ -163,6 +163,11 @@ class TooLargeResourceVersion(StoreError):
         }
 
 
+class StoreUnreadable(ConfigError):
+    """The database cannot be opened or read: not SQLite, no permission, a row that is not
+    JSON. The message names the file (and the object) and what to do."""
+
+
 class Invalid(StoreError, ValidationError):  # type: ignore[misc]  # kind/name: str in both
     """422: an object that fails validation or allocation; ``causes`` lists every field."""
 
@@ -293,20 +298,68 @@ class Store:
         except AllocationError as exc:
             raise ConfigError(str(exc)) from None
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            ":memory:" if self.path is None else str(self.path),
-            check_same_thread=False,
-            isolation_level=None,  # transactions are explicit: one BEGIN IMMEDIATE per write
-        )
-        if self.path is not None:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._revision = self._meta("revision")
         self._watchers: set[Watch] = set()
         self._listeners: list[Callable[[Event], None]] = []
-        for problem in self._allocators.rebuild(self._all("Service")):
+        try:
+            self._db = sqlite3.connect(
+                ":memory:" if self.path is None else str(self.path),
+                check_same_thread=False,
+                isolation_level=None,  # transactions are explicit: one BEGIN IMMEDIATE per write
+            )
+        except sqlite3.Error as exc:
+            raise StoreUnreadable(f"{self.path}: cannot open the database: {exc}") from None
+        try:
+            self._open()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open(self) -> None:
+        """Set the database up and rebuild the allocators from it; a file that is not a
+        database, or a row that is not JSON, is a :class:`StoreUnreadable` naming it."""
+        try:
+            if self.path is not None:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._revision = self._meta("revision")
+            self._check_rows()
+            services = self._all("Service")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnreadable(f"{self.path}: cannot open the database: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnreadable(
+                f"{self.path}: not a readable SQLite database ({exc}); stop what uses it, "
+                f"move it aside (mv {self.path} {self.path}.corrupt, and its -wal and -shm "
+                "files if present) and start again with an empty store"
+            ) from None
+        for problem in self._allocators.rebuild(services):
             log.warning("stored service keeps an address it cannot hold: %s", problem)
+
+    def _check_rows(self) -> None:
+        """Every stored object must be a JSON object; SQLite checks them without Python
+        parsing each (so that a store of 100,000 objects opens at once)."""
+        for table, key in (("objects", "name"), ("history", "rv")):
+            row = self._db.execute(
+                f"SELECT kind, namespace, name, {key} FROM {table} "
+                "WHERE NOT json_valid(body) OR json_type(body) != 'object' LIMIT 1"
+            ).fetchone()
+            if row is None:
+                continue
+            kind, namespace, name, which = row
+            def quoted(text: str) -> str:
+                return "'" + str(text).replace("'", "''") + "'"
+
+            where = f"{table} WHERE " + (
+                f"rv = {int(which)}" if table == "history" else
+                f"kind = {quoted(kind)} AND namespace = {quoted(namespace)} "
+                f"AND name = {quoted(name)}"
+            )
+            raise StoreUnreadable(
+                f"{self.path}: the stored {kind} {namespace}/{name} cannot be read (its {table} "
+                f"row is not a JSON object); remove it with: sqlite3 {self.path} "
+                f"\"DELETE FROM {where}\", or move the database aside"
+            )
 
     # -- plumbing ------------------------------------------------------------------------------
 

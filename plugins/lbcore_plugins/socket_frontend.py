@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-import resource
 import shutil
 import socket
 import subprocess
@@ -32,6 +31,7 @@ from lbcore import (
     endpoints_for,
     hookimpl,
     policy_is_local,
+    raise_open_files_limit,
 )
 
 try:
@@ -157,20 +157,6 @@ def endpoint_table(
         for e in sp.endpoints
         if (local is None or e.node_name == local) and (e in pickable or e.serving or e.terminating)
     )
-
-
-def raise_open_files_limit() -> int:
-    """Raise this process's soft limit of open files to its hard limit (a proxy holds two
-    descriptors per connection, and the usual soft limit of 1,024 is soon reached); return it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass
-    return soft
 
 
 def check_no_other_owner(address: str, port: int, protocol: str) -> None:

@@ -363,8 +363,8 @@ def _rss_bytes(pid: int) -> int:
 def test_a_stalled_watcher_does_not_grow_the_daemons_memory(tmp_path):
     """``lbcore run`` (own data dir, free loopback port); a watcher that never reads while 300
     writes of a 200 KB object go by: 120 MB of changes that an unbounded backlog would hold.
-    The daemon's resident memory grows by far less, and the watcher, read at last, ends with
-    a 410."""
+    The daemon's resident memory grows by far less, and it closes the watcher's connection
+    rather than keep it until the watch's timeout."""
     data_dir = tmp_path / "data"
     config = tmp_path / "lbcore.yaml"
     config.write_text(json.dumps({"admin_address": "127.0.0.1:0", "data_dir": str(data_dir),
@@ -407,12 +407,20 @@ def test_a_stalled_watcher_does_not_grow_the_daemons_memory(tmp_path):
         # an unbounded backlog holds 300 x 400 KB (it grew by 120 MB when measured, the bounded
         # one by 5 MB); the bound is 16 MiB of JSON
         assert grown < 60 * 1024 * 1024, f"the daemon grew by {grown} bytes"
-        stream = b""
-        while not stream.endswith(b"\r\n0\r\n\r\n"):  # the end of the chunked stream
-            chunk = stalled.recv(1 << 20)
-            assert chunk, "the connection closed before the stream ended"
-            stream += chunk
-        assert b'"type":"ERROR"' in stream and b'"code":410' in stream
+        # the daemon closed the connection (it does not hold it until timeoutSeconds, 1800 s
+        # here): reading what was queued ends, within the socket's 30 s timeout
+        ended = False
+        for _ in range(100_000):
+            try:
+                if not stalled.recv(1 << 20):
+                    ended = True
+                    break
+            except ConnectionResetError:
+                ended = True
+                break
+        assert ended
+        assert "its client does not read; closing the connection" in (
+            tmp_path / "daemon.log").read_text()
         stalled.close()
         conn.close()
     finally:
