@@ -445,7 +445,7 @@ def proxied_ports(
 ) -> Iterable[ServicePortInfo]:
     """Service ports a userspace proxy can carry (TCP and UDP; SCTP is left to the kernel): of
     ``services`` (``namespace/name``) only, or of all when None."""
-    ports = snapshot.service_ports.values()
+    ports: Iterable[ServicePortInfo] = snapshot.service_ports.values()
     if services is not None:
         ports = [sp for sp in ports if sp.service in services] if services else []
     return (sp for sp in ports if sp.protocol in PROTOCOLS)
