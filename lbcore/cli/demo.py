@@ -174,6 +174,12 @@ def free_service_cidr(port: int, attempts: int = 50) -> str:
     raise LbcoreError(f"demo: found no loopback /28 without a listener on port {port}")
 
 
+def node_address_of(cidr: str) -> str:
+    """The last address of a /28 from :func:`free_service_cidr`: where a daemon started beside
+    another listens for NodePorts (ClusterIPs are allocated from the first ones)."""
+    return str(ipaddress.ip_network(cidr)[-1])
+
+
 def _free(ip: str, port: int) -> bool:
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -211,12 +217,14 @@ async def run_demo(
     _, frontends = load_plugins()
     use_socket = "socket" in frontends if via_socket is None else via_socket
     started = time.monotonic()
+    cidr = free_service_cidr(port)
     with tempfile.TemporaryDirectory(prefix="lbcore-demo-") as data_dir:
         config = config_from_mapping(
             {
                 "admin_address": "127.0.0.1:0",
                 "data_dir": data_dir,
-                "service_cidr": free_service_cidr(port),
+                "service_cidr": cidr,
+                "node_addresses": [node_address_of(cidr)],
                 "frontends": ["socket"] if use_socket else [],
                 "min_sync_period": "20ms",
                 "node_name": "localhost",

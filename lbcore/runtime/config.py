@@ -29,6 +29,8 @@ DEFAULT_ADMIN_ADDRESS = f"127.0.0.1:{DEFAULT_ADMIN_PORT}"
 LOOPBACK_SERVICE_CIDR = "127.10.0.0/16"
 DEFAULT_NODE_PORT_RANGE = (30000, 32767)
 DEFAULT_MIN_SYNC_PERIOD = 0.2
+# the frontends of a config without the key (those installed): ClusterIPs and NodePorts, no root
+DEFAULT_FRONTENDS = ("socket", "nodeport")
 # how often each frontend's canary is checked, and how often every frontend rewrites all its
 # rules anyway (kube-proxy's --iptables-sync-period safety net)
 DEFAULT_RULES_CHECK_PERIOD = 2.0
@@ -76,7 +78,7 @@ class PluginChoice:
 @dataclass(frozen=True)
 class Config:
     """A validated configuration. ``frontends`` is ``None`` until resolved: the default list
-    depends on the plugins installed (``socket`` when it exists)."""
+    depends on the plugins installed (``socket`` and ``nodeport`` when they exist)."""
 
     source: PluginChoice = field(default_factory=lambda: PluginChoice("local"))
     frontends: tuple[PluginChoice, ...] | None = None
@@ -389,12 +391,14 @@ def _unknown(key: str, kind: str, name: str, available: Sequence[str]) -> Config
 def resolve_plugins(
     config: Config, sources: Mapping[str, Any], frontends: Mapping[str, Any]
 ) -> Config:
-    """Check the names against the installed plugins and fill in the default frontends."""
+    """Check the names against the installed plugins and fill in the default frontends:
+    :data:`DEFAULT_FRONTENDS` that are installed, so that what ``get svc`` shows is served
+    (ClusterIPs by ``socket``, NodePorts by ``nodeport`` on ``node_addresses``)."""
     if config.source.name not in sources:
         raise _unknown("source.name", "source", config.source.name, list(sources))
     chosen = config.frontends
     if chosen is None:
-        chosen = (PluginChoice("socket"),) if "socket" in frontends else ()
+        chosen = tuple(PluginChoice(name) for name in DEFAULT_FRONTENDS if name in frontends)
     for i, f in enumerate(chosen):
         if f.name not in frontends:
             raise _unknown(f"frontends[{i}].name", "frontend", f.name, list(frontends))

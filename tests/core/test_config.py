@@ -31,8 +31,9 @@ def test_absent_file_gives_loopback_defaults_that_need_no_root():
     assert c.log_format == "text" and c.keep_rules_on_exit is False
 
 
-def test_default_frontend_is_socket_when_installed_else_none():
-    assert resolve_plugins(Config(), SOURCES, FRONTENDS).frontend_names() == ["socket"]
+def test_default_frontends_serve_cluster_ips_and_node_ports_when_installed_else_none():
+    assert resolve_plugins(Config(), SOURCES, FRONTENDS).frontend_names() == ["socket", "nodeport"]
+    assert resolve_plugins(Config(), SOURCES, {"socket": 1}).frontend_names() == ["socket"]
     assert resolve_plugins(Config(), SOURCES, {"iptables": 1}).frontend_names() == []
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lbcore.cli.demo import free_service_cidr, node_address_of
 from lbcore.runtime.config import config_from_mapping
 from lbcore.runtime.daemon import Daemon, read_or_create_token
 
@@ -39,7 +40,11 @@ class RunningDaemon:
     def __init__(self, tmp: Path, config: dict | None = None, args: list[str] = ()):
         self.data_dir = tmp / "data"
         self.config_path = tmp / "lbcore.yaml"
-        base = {"admin_address": "127.0.0.1:0", "data_dir": str(self.data_dir)}
+        # ClusterIPs and NodePorts on loopback addresses no listener uses, never a running
+        # daemon's (the default frontends serve both)
+        cidr = free_service_cidr(8080)
+        base = {"admin_address": "127.0.0.1:0", "data_dir": str(self.data_dir),
+                "service_cidr": cidr, "node_addresses": [node_address_of(cidr)]}
         self.config_path.write_text(yaml.safe_dump({**base, **(config or {})}))
         self.env = dict(os.environ, LBCORE_DATA_DIR=str(self.data_dir))
         self.env.pop("LBCORE_SERVER", None)
@@ -134,6 +139,56 @@ def test_seed_workflow_create_then_describe_against_a_running_daemon(tmp_path):
     finally:
         code, output = d.stop()
     assert code == 0, output
+
+
+def test_default_configuration_serves_a_node_port_service_at_its_node_port(tmp_path):
+    """No ``frontends`` key: a NodePort service answers at node address:nodePort, as ``get svc``
+    shows it (the node address is one the test picked on loopback)."""
+    import socket
+    import threading
+
+    backend = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = backend.accept()
+            except OSError:  # closed at the end of the test
+                return
+            with conn:
+                conn.sendall(b"pod\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    d = RunningDaemon(tmp_path, {"min_sync_period": "20ms"})
+    try:
+        node = yaml.safe_load(d.config_path.read_text())["node_addresses"][0]
+        manifest = tmp_path / "np.yaml"
+        manifest.write_text(yaml.safe_dump_all([
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "np"},
+             "spec": {"type": "NodePort", "ports": [{"name": "p", "port": 80}]}},
+            {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "np"},
+             "subsets": [{"addresses": [{"ip": "127.0.0.1"}],
+                          "ports": [{"name": "p", "port": backend.getsockname()[1]}]}]},
+        ]))
+        d.cli("create", "-f", str(manifest))
+        svc = json.loads(d.get("/api/v1/namespaces/default/services/np")[1])
+        node_port = svc["spec"]["ports"][0]["nodePort"]
+        assert 30000 <= node_port <= 32767
+
+        def answer():
+            try:
+                with socket.create_connection((node, node_port), timeout=2) as c:
+                    c.settimeout(2)
+                    return c.recv(10)
+            except OSError:
+                return None
+
+        assert _wait_for(answer) == b"pod\n"
+    finally:
+        code, output = d.stop()
+        backend.close()
+    assert code == 0, output
+    assert "frontends=socket,nodeport" in output
 
 
 def test_json_logs_are_one_object_per_line(tmp_path):
