@@ -79,7 +79,7 @@ The conflict rule (:func:`claims_outcome`), OpenShift's router with its default 
 ownership check, for Routes and Ingress paths alike: claims are taken oldest first (creation
 time, then uid). A claim is refused (``HostAlreadyClaimed``) when an older admitted claim on the
 same host is in another namespace (the oldest claimant's namespace owns the host), when an older
-one in the same namespace has the same path (and path type), or when either of two TLS claims
+one in the same namespace has the same path (and path type; "" and "/" are one), or when either of two TLS claims
 on the host is passthrough; a wildcard claim (``wildcardPolicy: Subdomain``, an Ingress host
 ``*.domain``) is refused when an older claim in another namespace holds the domain or a host in
 it, and an exact claim when an older wildcard of another namespace holds its domain. Refused
@@ -282,6 +282,14 @@ class Claim:
         return (self.created, self.uid, self.kind, self.namespace, self.name, self.index)
 
     @property
+    def path_key(self) -> tuple[str, str]:
+        """What two claims of one host must not share: the path and how it matches ("" and
+        "/" are one path: both match every request)."""
+        if self.match == "Prefix" and self.path in ("", "/"):
+            return "", "Prefix"
+        return self.path, self.match
+
+    @property
     def domain(self) -> str:
         """The domain a wildcard claims (``example.com`` for ``www.example.com``)."""
         if self.host.startswith("*."):  # an Ingress host names its wildcard
@@ -353,7 +361,7 @@ def _conflict(claim: Claim, hosts: Mapping[str, list[Claim]],
         for older in wildcards.get(claim.domain, ()):
             if older.namespace != claim.namespace:
                 return f"a route in another namespace holds host {claim.host}"
-            if (older.path, older.match) == (claim.path, claim.match):
+            if older.path_key == claim.path_key:
                 return (f"wildcard {_owner_word(older)} {older.namespace}/{older.name} has "
                         f"host *.{claim.domain}, blocking {claim.host}")
         for host, claims in hosts.items():
@@ -366,7 +374,7 @@ def _conflict(claim: Claim, hosts: Mapping[str, list[Claim]],
         return (f"a route in another namespace holds {claim.host or '*'} and is older than "
                 f"{claim.name}")
     for older in older_claims:
-        same_path = (older.path, older.match) == (claim.path, claim.match)
+        same_path = older.path_key == claim.path_key
         passthrough = older.tls and claim.tls and "passthrough" in (older.tls, claim.tls)
         if same_path or passthrough:
             return (f"{_owner_word(older)} {older.name} already exposes "

@@ -119,8 +119,9 @@ class ServiceTable:
 
     def changed_since(self, version: int) -> bool:
         """Whether any service changed after ``version`` (what :meth:`changes_since` would
-        name is not empty), in constant time."""
-        return bool(self._log) and self._log[-1][0] > version
+        name is not empty), or a Route, Ingress or Secret changed since the last snapshot (the
+        routing table follows them), in constant time."""
+        return bool(self._unserved_changed) or (bool(self._log) and self._log[-1][0] > version)
 
     # -- writing -----------------------------------------------------------------------------
 

@@ -125,6 +125,7 @@ class Daemon:
         self.metrics.registry.register(_SourceMetrics(self))
         self.store: Any = None
         self.endpoints_controller: Any = None
+        self.route_status: Any = None
         self.state: ClusterState | None = None
         self.source: Source | None = None
         self.frontends: dict[str, Frontend] = {}
@@ -212,6 +213,14 @@ class Daemon:
             self._tasks.append(
                 asyncio.create_task(ReadinessProber(self.store).run(), name="lbcore-probes")
             )
+            # and the status of its Routes and Ingresses, as a router writes it in a cluster
+            from lbcore.runtime.route_status import RouteStatusController
+
+            frontends = list(self.frontends.values())
+            self.route_status = RouteStatusController(self.store, addresses=lambda: [
+                a for f in frontends for a in f.route_addresses()])
+            self._tasks.append(asyncio.create_task(self.route_status.run(),
+                                                   name="lbcore-route-status"))
         self.state.request_sync()
         event(
             log,

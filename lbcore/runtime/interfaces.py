@@ -56,6 +56,12 @@ class Frontend(abc.ABC):
     def stop(self, keep: bool = False) -> None:  # noqa: B027 - optional
         """Remove everything installed, unless ``keep`` asks to leave it for a restart."""
 
+    def route_addresses(self) -> tuple[str, ...]:
+        """The addresses this frontend serves Routes and Ingresses on (its HTTP and HTTPS
+        listeners; none by default). The daemon writes them into the ``status.loadBalancer``
+        of every Ingress it serves."""
+        return ()
+
     def check(self) -> str | None:
         """Whether what the last sync installed is still in place, found cheaply (a canary that
         an outside flush removes along with the rest, as kube-proxy's ``KUBE-PROXY-CANARY``).
