@@ -387,7 +387,9 @@ class EndpointTracker:
         """Add or replace a v1 Endpoints object (it carries its service's name)."""
         self._endpoints_objects[ep.key] = ep
         self._cache.pop(ep.key, None)
-        return {ep.key} if ep.key in self._services else set()
+        # a service with EndpointSlices takes its endpoints from them: this changes nothing
+        return {ep.key} if ep.key in self._services and not self._slices_by_service.get(ep.key) \
+            else set()
 
     def remove_endpoints_object(self, namespace: str, name: str) -> set[str]:
         """Forget a v1 Endpoints object."""
@@ -395,7 +397,7 @@ class EndpointTracker:
         if self._endpoints_objects.pop(key, None) is None:
             return set()
         self._cache.pop(key, None)
-        return {key} if key in self._services else set()
+        return {key} if key in self._services and not self._slices_by_service.get(key) else set()
 
 
 # -- what an endpoints controller writes ----------------------------------------------------------

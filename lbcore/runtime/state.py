@@ -415,16 +415,18 @@ class ClusterState(SourceSink):
         m = self.metrics
         m.syncs.inc()
         m.sync_seconds.observe(duration)
-        m.services.set(len(snapshot.services))
+        ports = snapshot.service_ports.values()
+        services = len({(sp.namespace, sp.name) for sp in ports})
+        m.services.set(services)
         m.service_ports.set(len(snapshot.service_ports))
-        m.endpoints.set(sum(len(sp.endpoints) for sp in snapshot.service_ports.values()))
+        m.endpoints.set(sum(len(sp.endpoints) for sp in ports))
         event(
             log,
             "sync done",
             logging.DEBUG if not changed else logging.INFO,
             version=snapshot.version,
             changed=len(changed),
-            services=len(snapshot.services),
+            services=services,
             duration=round(duration, 6),
         )
 

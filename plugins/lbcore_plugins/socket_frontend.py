@@ -447,7 +447,8 @@ def proxied_ports(
     ``services`` (``namespace/name``) only, or of all when None."""
     ports: Iterable[ServicePortInfo] = snapshot.service_ports.values()
     if services is not None:
-        ports = [sp for sp in ports if sp.service in services] if services else []
+        names = {tuple(s.split("/", 1)) for s in services}
+        ports = [sp for sp in ports if (sp.namespace, sp.name) in names] if names else []
     return (sp for sp in ports if sp.protocol in PROTOCOLS)
 
 

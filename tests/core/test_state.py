@@ -197,6 +197,10 @@ def test_a_change_that_reaches_no_frontend_does_not_hold_back_the_next_sync():
         now[0] = 1000.0  # past the period
         # the service takes its endpoints from its slice: a pod changes nothing, asks no sync
         state.upsert(pod(2))
+        # nor does its v1 Endpoints object, which the slices take precedence over
+        state.upsert({"apiVersion": "v1", "kind": "Endpoints",
+                      "metadata": {"name": "web", "namespace": "default"},
+                      "subsets": [{"addresses": [{"ip": "10.0.0.9"}], "ports": [{"port": 8080}]}]})
         await asyncio.sleep(0.05)
         assert state.syncs == 1
         # a sync asked for with nothing changed runs, and does not start the clock
