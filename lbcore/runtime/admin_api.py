@@ -754,7 +754,8 @@ class _AdminAPI:
         obj = self._object(request, await self._body(request), kind)
         if _truthy(request.query.get("dryRun")) or request.query.get("dryRun") == "All":
             raise BadRequest("dryRun: not supported")
-        return web.json_response(self.store.create(obj), status=201)
+        return web.json_response(await self.store.grouped(lambda: self.store.create(obj)),
+                                 status=201)
 
     # -- item ----------------------------------------------------------------------------------
 
@@ -769,7 +770,7 @@ class _AdminAPI:
         self._authorize(request)
         kind = self._kind(request)
         obj = self._object(request, await self._body(request), kind)
-        return web.json_response(self.store.update(obj))
+        return web.json_response(await self.store.grouped(lambda: self.store.update(obj)))
 
     @_handles_errors
     async def patch(self, request: web.Request) -> web.StreamResponse:
@@ -781,28 +782,36 @@ class _AdminAPI:
         info = request.match_info
         body = await self._body(request, PATCH_TYPES)
         if content_type == "application/apply-patch+yaml":
-            return web.json_response(self.store.apply(self._object(request, body, kind)))
+            obj = self._object(request, body, kind)
+            return web.json_response(await self.store.grouped(lambda: self.store.apply(obj)))
         if not isinstance(body, dict):
             raise BadRequest(f"body: a merge patch is an object, got {type(body).__name__}")
-        current = self.store.get(kind, info["namespace"], info["name"])
-        if content_type == "application/strategic-merge-patch+json":
-            try:
-                merged = strategic_merge_patch(kind, current, body)
-            except PatchError as exc:
-                raise BadRequest(str(exc)) from None
-        else:
-            merged = _merge_patch(current, body)
-        # the patch's own resourceVersion (if any) is a precondition; otherwise last write wins
-        patch_rv = (body.get("metadata") or {}).get("resourceVersion")
-        merged["metadata"]["resourceVersion"] = patch_rv or current["metadata"]["resourceVersion"]
-        return web.json_response(self.store.update(self._object(request, merged, kind)))
+
+        def merge_and_update() -> dict[str, Any]:
+            # read and write in one step of the loop: no other write comes between them
+            current = self.store.get(kind, info["namespace"], info["name"])
+            if content_type == "application/strategic-merge-patch+json":
+                try:
+                    merged = strategic_merge_patch(kind, current, body)
+                except PatchError as exc:
+                    raise BadRequest(str(exc)) from None
+            else:
+                merged = _merge_patch(current, body)
+            # the patch's own resourceVersion (if any) is a precondition; else last write wins
+            patch_rv = (body.get("metadata") or {}).get("resourceVersion")
+            merged["metadata"]["resourceVersion"] = (
+                patch_rv or current["metadata"]["resourceVersion"])
+            return self.store.update(self._object(request, merged, kind))
+
+        return web.json_response(await self.store.grouped(merge_and_update))
 
     @_handles_errors
     async def remove(self, request: web.Request) -> web.StreamResponse:
         self._authorize(request)
         kind = self._kind(request)
         info = request.match_info
-        return web.json_response(self.store.delete(kind, info["namespace"], info["name"]))
+        return web.json_response(await self.store.grouped(
+            lambda: self.store.delete(kind, info["namespace"], info["name"])))
 
     @_handles_errors
     async def not_allowed(self, request: web.Request) -> web.StreamResponse:

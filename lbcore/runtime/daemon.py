@@ -123,6 +123,7 @@ class Daemon:
         self.config = config
         self.metrics = SyncMetrics()
         self.metrics.registry.register(_SourceMetrics(self))
+        self.metrics.registry.register(_BacklogMetrics(self))
         self.store: Any = None
         self.endpoints_controller: Any = None
         self.route_status: Any = None
@@ -392,6 +393,27 @@ class _SourceMetrics:
                 last_sync.add_metric([kind], float(report["lastSync"]))
         yield relists
         yield last_sync
+
+
+class _BacklogMetrics:
+    """What waits to be handled on /metrics: the store's commits queued for the endpoints
+    controller, and the changes queued for open watches (both stay near 0 while they keep up)."""
+
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+
+    def collect(self) -> Any:
+        controller = self.daemon.endpoints_controller
+        queued = GaugeMetricFamily(
+            "lbcore_endpoints_controller_queue", "Store commits the endpoints controller has "
+            "not handled yet")
+        queued.add_metric([], float(controller.backlog if controller is not None else 0))
+        yield queued
+        store = self.daemon.store
+        pending = GaugeMetricFamily(
+            "lbcore_watch_queue", "Changes waiting for the clients of open watches to read them")
+        pending.add_metric([], float(store.watch_backlog if store is not None else 0))
+        yield pending
 
 
 def run(config: Config) -> int:

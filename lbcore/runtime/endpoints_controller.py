@@ -116,6 +116,11 @@ class EndpointsController:
         self.writes = 0  # objects written (created, updated or deleted)
         self.reconciles = 0  # services reconciled
 
+    @property
+    def backlog(self) -> int:
+        """Store commits queued for this controller and not yet drained."""
+        return len(self._events)
+
     # -- the loop -----------------------------------------------------------------------------
 
     async def run(self) -> None:

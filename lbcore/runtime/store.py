@@ -3,8 +3,11 @@
 It plays the part that the API server and etcd play in a cluster, for the kinds lbcore uses
 (Service, Pod, Endpoints, EndpointSlice):
 
-- every write is one SQLite transaction and gets the next value of one global revision counter
-  (etcd's revision), which becomes the object's ``metadata.resourceVersion``;
+- every write gets the next value of one global revision counter (etcd's revision), which
+  becomes the object's ``metadata.resourceVersion``, and is acknowledged (returned) only once
+  the SQLite transaction that holds it has committed. Writes made through :meth:`Store.grouped`
+  on an event loop before it next turns share one transaction (group commit): many concurrent
+  writers cost one commit, not one each;
 - the last ``history`` changes are kept, so that a watch can resume from a resourceVersion; an
   older one gets ``410 Gone`` and the watcher relists, as with a compacted etcd;
 - every write goes through :func:`lbcore.model.admission.admit` (defaults, validation, ClusterIPs
@@ -20,6 +23,7 @@ and in-process listeners (:meth:`Store.subscribe`) are called after each commit.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import json
 import logging
@@ -30,7 +34,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lbcore.core._selectors import parse_selector
 from lbcore.errors import (
@@ -49,6 +53,7 @@ from lbcore.runtime.config import LOOPBACK_SERVICE_CIDR
 log = logging.getLogger("lbcore.runtime.store")
 
 Event = dict[str, Any]  # {"type": "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK", "object": {...}}
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,6 +257,62 @@ class _Change:
         return {"type": self.type, "object": self.obj}
 
 
+@dataclass(slots=True)
+class _Staged:
+    """A write admitted and numbered, waiting for the transaction of its group."""
+
+    rv: int
+    type: str
+    kind: str
+    namespace: str
+    name: str
+    obj: dict[str, Any] | None  # None: a delete
+    previous: dict[str, Any] | None
+    after_json: str
+    previous_json: str | None
+    admission: Admission | None = None
+    release: dict[str, Any] | None = None  # a deleted Service's addresses, given back at commit
+    future: asyncio.Future[None] | None = None  # what a grouped writer awaits
+
+    def settle(self, error: BaseException | None = None) -> None:
+        """Tell the grouped writer waiting for this write that its transaction ended."""
+        future = self.future
+        if future is None or future.done():
+            return
+
+        def settle() -> None:
+            if not future.done():
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
+
+        loop = future.get_loop()
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            settle()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(settle)
+
+
+# the list a write made inside Store.grouped is staged into, instead of being committed at once
+_GROUP: contextvars.ContextVar[list[_Staged] | None] = contextvars.ContextVar(
+    "lbcore_store_group", default=None
+)
+
+
+def _own(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``obj`` that a write may change at its top and in its metadata (admission
+    copies the rest before it changes anything)."""
+    body = dict(obj)
+    meta = body.get("metadata")
+    body["metadata"] = dict(meta) if isinstance(meta, Mapping) else {}
+    return body
+
+
 # ---------------------------------------------------------------------------------------------
 # The store
 # ---------------------------------------------------------------------------------------------
@@ -298,6 +359,8 @@ class Store:
         except AllocationError as exc:
             raise ConfigError(str(exc)) from None
         self._lock = threading.RLock()
+        self._staged: list[_Staged] = []  # admitted writes waiting for their group's commit
+        self._overlay: dict[tuple[str, str, str], str | None] = {}  # their bodies (None: deleted)
         self._watchers: set[Watch] = set()
         self._listeners: list[Callable[[Event], None]] = []
         try:
@@ -322,7 +385,7 @@ class Store:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
-            self._revision = self._meta("revision")
+            self._revision = self._meta("revision")  # of the last committed write
             self._check_rows()
             services = self._all("Service")
         except sqlite3.OperationalError as exc:
@@ -366,9 +429,12 @@ class Store:
     def close(self) -> None:
         """Close the database; watchers end."""
         with self._lock:
-            for watcher in list(self._watchers):
-                watcher._end()
-            self._db.close()
+            try:
+                self._flush()
+            finally:
+                for watcher in list(self._watchers):
+                    watcher._end()
+                self._db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -387,6 +453,10 @@ class Store:
         return [json.loads(body) for (body,) in rows]
 
     def _load(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        key = (kind, namespace, name)
+        if key in self._overlay:  # written, its group's commit to come
+            staged = self._overlay[key]
+            return None if staged is None else json.loads(staged)
         row = self._db.execute(
             "SELECT body FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
             (kind, namespace, name),
@@ -404,47 +474,134 @@ class Store:
         return len(self._watchers)
 
     @property
+    def watch_backlog(self) -> int:
+        """Changes waiting, over every open watch, for their clients to read them."""
+        return sum(len(w._pending) for w in list(self._watchers))
+
+    @property
     def oldest_resource_version(self) -> int:
         """The oldest resourceVersion a watch can still start from."""
         return max(0, self._revision - self.history)
 
-    def _commit(
+    def _next_rv(self) -> int:
+        """The resourceVersion the next write takes (after those waiting for their commit)."""
+        return self._revision + len(self._staged) + 1
+
+    def _stage(
         self, kind: str, namespace: str, name: str, typ: str, obj: dict[str, Any] | None,
-        previous: dict[str, Any] | None, rv: int,
-    ) -> _Change:
-        """Write one change (``obj`` None deletes) and its history row in one transaction."""
+        previous: dict[str, Any] | None, rv: int, admission: Admission | None = None,
+        release: dict[str, Any] | None = None,
+    ) -> _Staged:
+        """Queue one change (``obj`` None deletes) for the next commit, under the lock. Outside
+        :meth:`grouped` it is committed at once (with any write queued before it); inside, the
+        commit runs when the event loop next turns, for every write queued by then."""
         after = obj if obj is not None else previous
         assert after is not None
-        after_json = json.dumps(after, separators=(",", ":"))
-        previous_json = None if previous is None else json.dumps(previous, separators=(",", ":"))
+        entry = _Staged(
+            rv, typ, kind, namespace, name, obj, previous,
+            json.dumps(after, separators=(",", ":")),
+            None if previous is None else json.dumps(previous, separators=(",", ":")),
+            admission, release,
+        )
+        self._staged.append(entry)
+        self._overlay[(kind, namespace, name)] = None if obj is None else entry.after_json
+        group = _GROUP.get()
+        if group is None:
+            self._flush()
+            return entry
+        loop = asyncio.get_running_loop()
+        entry.future = loop.create_future()
+        group.append(entry)
+        if len(self._staged) == 1:  # the first of its group: commit the group at the next turn
+            loop.call_soon(self._flush_group)
+        return entry
+
+    def _flush_group(self) -> None:
+        with self._lock:
+            try:
+                self._flush()
+            except Exception:  # each grouped writer has its error; nothing else to tell
+                log.debug("a group commit failed", exc_info=True)
+
+    def _flush(self) -> None:
+        """Commit every queued write in one transaction, then publish each change in order;
+        when the transaction fails, every queued write fails and gives back what it
+        allocated. Under the lock."""
+        batch, self._staged = self._staged, []
+        if not batch:
+            return
+        self._overlay.clear()
+        try:
+            self._commit(batch)
+        except BaseException as exc:
+            for entry in reversed(batch):
+                if entry.admission is not None:
+                    entry.admission.undo()
+            for entry in batch:
+                entry.settle(exc)
+            raise
+        for entry in batch:
+            if entry.admission is not None:
+                entry.admission.commit()
+            if entry.release is not None:
+                self._allocators.release(entry.release)
+        for entry in batch:
+            after = entry.obj if entry.obj is not None else entry.previous
+            assert after is not None
+            size = len(entry.after_json) + len(entry.previous_json or "")
+            self._publish(_Change(entry.rv, entry.type, entry.kind, entry.namespace, entry.name,
+                                  after, entry.previous, size))
+        for entry in batch:
+            entry.settle()
+
+    def _commit(self, batch: list[_Staged]) -> None:
+        """Write queued changes and their history rows in one transaction."""
         db = self._db
+        last = batch[-1].rv
         db.execute("BEGIN IMMEDIATE")
         try:
-            if obj is None:
-                db.execute(
-                    "DELETE FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
-                    (kind, namespace, name),
-                )
-            else:
-                db.execute(
-                    "INSERT OR REPLACE INTO objects (kind, namespace, name, rv, body) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (kind, namespace, name, rv, after_json),
-                )
-            db.execute(
+            for e in batch:
+                if e.obj is None:
+                    db.execute(
+                        "DELETE FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
+                        (e.kind, e.namespace, e.name),
+                    )
+                else:
+                    db.execute(
+                        "INSERT OR REPLACE INTO objects (kind, namespace, name, rv, body) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (e.kind, e.namespace, e.name, e.rv, e.after_json),
+                    )
+            db.executemany(
                 "INSERT INTO history (rv, type, kind, namespace, name, body, previous) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (rv, typ, kind, namespace, name, after_json, previous_json),
+                [(e.rv, e.type, e.kind, e.namespace, e.name, e.after_json, e.previous_json)
+                 for e in batch],
             )
-            db.execute("DELETE FROM history WHERE rv <= ?", (rv - self.history,))
-            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('revision', ?)", (rv,))
+            db.execute("DELETE FROM history WHERE rv <= ?", (last - self.history,))
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('revision', ?)", (last,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self._revision = rv
-        size = len(after_json) + (len(previous_json) if previous_json is not None else 0)
-        return _Change(rv, typ, kind, namespace, name, after, previous, size)
+        self._revision = last
+
+    async def grouped(self, write: Callable[[], T]) -> T:
+        """Run ``write`` (a call of this store's write methods, on the event loop) with its
+        commit joined to those of the other writes made on this loop before it next turns: one
+        SQLite transaction for them all (group commit). Returns what ``write`` returns, or
+        raises what it or the transaction raised, once the transaction has committed: an
+        acknowledged write is as durable as one made outside."""
+        group: list[_Staged] = []
+        token = _GROUP.set(group)
+        try:
+            result = write()
+        finally:
+            _GROUP.reset(token)
+        for entry in group:
+            assert entry.future is not None
+            await entry.future
+        return result
 
     def _publish(self, change: _Change) -> None:
         for watcher in list(self._watchers):
@@ -466,12 +623,12 @@ class Store:
         """
         kind, namespace, name = _identity(obj)
         with self._lock:
-            body = copy.deepcopy(dict(obj))
-            meta = body.setdefault("metadata", {})
+            body = _own(obj)
+            meta = body["metadata"]
             if not name and meta.get("generateName"):
                 name = self._generate_name(kind, namespace, str(meta["generateName"]))
                 meta["name"] = name
-            rv = self._revision + 1
+            rv = self._next_rv()
             admission = self._admit(body, None, rv)
             if self._load(kind, namespace, name) is not None:
                 admission.undo()
@@ -489,17 +646,14 @@ class Store:
 
     def _write(self, admission: Admission, old: dict[str, Any] | None, typ: str,
                rv: int) -> dict[str, Any]:
-        """Commit an admitted object; what it allocated is given back if the commit fails."""
+        """Commit an admitted object (see :meth:`_stage`); what it allocated is given back if
+        the commit fails. Returns a copy of it as stored, the caller's to change."""
         body = admission.obj
         meta = body["metadata"]
-        try:
-            change = self._commit(body["kind"], meta["namespace"], meta["name"], typ, body, old, rv)
-        except BaseException:
-            admission.undo()
-            raise
-        admission.commit()
-        self._publish(change)
-        return copy.deepcopy(body)
+        entry = self._stage(body["kind"], meta["namespace"], meta["name"], typ, body, old, rv,
+                            admission=admission)
+        result: dict[str, Any] = json.loads(entry.after_json)
+        return result
 
     def update(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Replace a stored object (PUT); return it as stored.
@@ -516,11 +670,11 @@ class Store:
             old = self._load(kind, namespace, name)
             if old is None:
                 raise NotFound(f'{_plural(kind)} "{name}" not found', kind=_plural(kind), name=name)
-            return self._update(copy.deepcopy(dict(obj)), old)
+            return self._update(_own(obj), old)
 
     def _update(self, obj: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
         kind, namespace, name = _identity(old)
-        meta = obj.setdefault("metadata", {})
+        meta = obj["metadata"]
         given = meta.get("resourceVersion")
         if given not in (None, "") and str(given) != old["metadata"]["resourceVersion"]:
             raise Conflict(
@@ -538,7 +692,7 @@ class Store:
                 name=name,
             )
         meta.update(name=name, namespace=namespace)
-        rv = self._revision + 1
+        rv = self._next_rv()
         return self._write(self._admit(obj, old, rv), old, "MODIFIED", rv)
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -548,7 +702,7 @@ class Store:
             old = self._load(kind, namespace, name)
             if old is None:
                 return self.create(obj)
-            return self._update(copy.deepcopy(dict(obj)), old)
+            return self._update(_own(obj), old)
 
     def delete(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
         """Delete an object; return it, with the resourceVersion of its deletion.
@@ -560,14 +714,13 @@ class Store:
             old = self._load(kind, namespace, name)
             if old is None:
                 raise NotFound(f'{_plural(kind)} "{name}" not found', kind=_plural(kind), name=name)
-            rv = self._revision + 1
-            gone = copy.deepcopy(old)
+            rv = self._next_rv()
+            gone = old  # parsed for this call: no one else holds it
             gone["metadata"]["resourceVersion"] = str(rv)
-            change = self._commit(kind, namespace, name, "DELETED", None, gone, rv)
-            if kind == "Service":
-                self._allocators.release(old)
-            self._publish(change)
-            return copy.deepcopy(gone)
+            entry = self._stage(kind, namespace, name, "DELETED", None, gone, rv,
+                                release=old if kind == "Service" else None)
+            result: dict[str, Any] = json.loads(entry.previous_json or "null")
+            return result
 
     def _generate_name(self, kind: str, namespace: str, prefix: str) -> str:
         for _ in range(16):

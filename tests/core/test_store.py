@@ -501,3 +501,135 @@ def test_bad_resource_version_and_selector_are_400(store):
             store.watch("Service", label_selector="a in (")
 
     asyncio.run(main())
+
+
+# -- group commit ---------------------------------------------------------------------------------
+
+
+def count_commits(store: Store) -> list[str]:
+    """The COMMIT statements the store's connection runs from now on."""
+    commits: list[str] = []
+    store._db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    return commits
+
+
+def test_grouped_writes_of_one_loop_turn_share_one_transaction(store):
+    commits = count_commits(store)
+    seen: list[Any] = []
+    store.subscribe(seen.append)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            *(store.grouped(lambda i=i: store.create(service(f"s{i}"))) for i in range(20)),
+            store.grouped(lambda: store.create(service("bad", ports=[{"port": 0}]))),
+            return_exceptions=True,
+        )
+
+    results = asyncio.run(main())
+    assert len(commits) == 1
+    created, refused = results[:20], results[20]
+    assert isinstance(refused, Invalid)  # its own error; the others are stored
+    assert [int(c["metadata"]["resourceVersion"]) for c in created] == list(range(1, 21))
+    assert len({c["spec"]["clusterIP"] for c in created}) == 20
+    assert [e["object"]["metadata"]["name"] for e in seen] == [f"s{i}" for i in range(20)]
+    assert store.revision == 20
+    assert len(store.list("Service")[0]) == 20
+
+
+def test_a_write_in_the_same_turn_reads_the_grouped_write_before_it(store):
+    async def main() -> tuple[Any, Any]:
+        first = store.grouped(lambda: store.create(pod("p", {"app": "a"})))
+        second = store.grouped(lambda: store.update(
+            {**store.get("Pod", "default", "p"), "metadata": {
+                **store.get("Pod", "default", "p")["metadata"], "labels": {"app": "b"}}}))
+        return await asyncio.gather(first, second)
+
+    created, updated = asyncio.run(main())
+    assert (created["metadata"]["resourceVersion"], updated["metadata"]["resourceVersion"]) \
+        == ("1", "2")
+    assert store.get("Pod", "default", "p")["metadata"]["labels"] == {"app": "b"}
+
+
+def test_a_failed_group_transaction_fails_every_write_of_it_and_holds_nothing(store, monkeypatch):
+    def broken(batch: Any) -> None:
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(store, "_commit", broken)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            *(store.grouped(lambda i=i: store.create(service(f"s{i}"))) for i in range(5)),
+            return_exceptions=True,
+        )
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, OSError) for r in results), results
+    monkeypatch.undo()
+    assert store.revision == 0 and store.list("Service")[0] == []
+    with pytest.raises(NotFound):
+        store.get("Service", "default", "s0")
+    # the addresses they took were given back: each can be asked for again
+    taken = [f"127.10.0.{i}" for i in range(1, 6)]
+    for i, ip in enumerate(taken):
+        assert store.create(service(f"again{i}", clusterIP=ip))["spec"]["clusterIP"] == ip
+    assert store.revision == 5
+
+
+def test_a_plain_write_commits_the_grouped_writes_queued_before_it(store):
+    async def main() -> tuple[Any, Any]:
+        grouped = asyncio.ensure_future(store.grouped(lambda: store.create(service("g"))))
+        await asyncio.sleep(0)  # the grouped write is queued, its commit not yet run
+        plain = store.create(service("p"))  # commits both, in version order
+        return await grouped, plain
+
+    grouped, plain = asyncio.run(main())
+    assert (grouped["metadata"]["resourceVersion"], plain["metadata"]["resourceVersion"]) \
+        == ("1", "2")
+    assert store.revision == 2
+
+
+WRITER = """
+import asyncio, sys
+from lbcore.runtime.store import Store
+
+store = Store(sys.argv[1], service_cidr="127.10.0.0/16")
+
+async def writer(w):
+    for i in range(100000):
+        name = f"p-{w}-{i}"
+        body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                "spec": {"containers": [{"name": "c", "image": "x"}]}}
+        await store.grouped(lambda: store.create(body))
+        print(name, flush=True)  # acknowledged
+
+async def main():
+    await asyncio.gather(*(writer(w) for w in range(20)))
+
+asyncio.run(main())
+"""
+
+
+def test_every_acknowledged_grouped_write_survives_kill_9(tmp_path: Path):
+    import signal
+    import subprocess
+    import sys
+
+    db = tmp_path / "store.db"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE,
+                            text=True)
+    acked: list[str] = []
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            acked.append(line.strip())
+            if len(acked) >= 2000:
+                break
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert len(acked) >= 2000, "the writer stopped early"
+    with Store(db, service_cidr="127.10.0.0/16") as reopened:
+        stored = {o["metadata"]["name"] for o in reopened.list("Pod")[0]}
+        assert reopened.revision == len(stored)
+    assert set(acked) <= stored
