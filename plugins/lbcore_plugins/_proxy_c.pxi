@@ -326,6 +326,12 @@ cdef enum:
     CMD_DEL = 2
 
 
+cdef enum:
+    # listening sockets a worker can hold out of its epoll set at once; past that, a listener at
+    # its limit refuses (accepts and resets) rather than spin on a readable socket
+    MAX_PAUSED = 1024
+
+
 cdef struct Command:
     int op
     int done
@@ -347,6 +353,8 @@ cdef struct Config:
     double max_ejected_share  # at most this share of a service's endpoints ejected at once
     int udp_max_flows         # flows a worker keeps (the least recently used go first)
     int udp_max_client_flows  # flows of one client IP a worker keeps
+    int max_conns             # TCP connections open at once over every listener (0: no limit)
+    int conns                 # TCP connections open now, over every worker (atomic)
 
 
 cdef struct Worker:
@@ -375,6 +383,6 @@ cdef struct Worker:
     char* dgram
     pthread_mutex_t qlock
     Command* queue
-    ListenSock* paused[64]
+    ListenSock* paused[MAX_PAUSED]
     int npaused
     unsigned long long counters[16]

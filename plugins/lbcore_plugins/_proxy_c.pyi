@@ -31,6 +31,7 @@ class Engine:
         server_timeout: float = 60.0,
         eject_after: int = 5,
         max_ejected_share: float = 0.5,
+        max_total_connections: int = 0,
     ) -> None: ...
     @property
     def workers(self) -> int: ...

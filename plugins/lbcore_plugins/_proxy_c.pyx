@@ -314,6 +314,7 @@ cdef Conn* conn_new(Worker* w, int cfd, Listener* l, sockaddr_storage* client,
     c.listener = l
     lb_atomic_add(&l.refs, 1)
     lb_atomic_add(&l.conns, 1)
+    lb_atomic_add(&w.cfg.conns, 1)
     memcpy(&c.client, client, alen)
     c.started = w.now
     c.last_active = w.now
@@ -372,6 +373,7 @@ cdef void conn_close(Worker* w, Conn* c, bint reset) noexcept nogil:
     w.dead = c
     w.counters[C_CLOSED] += 1
     lb_atomic_add(&l.conns, -1)
+    lb_atomic_add(&w.cfg.conns, -1)
     listener_decref(l)
 
 
@@ -640,8 +642,8 @@ cdef bint read_first(Worker* w, Conn* c) noexcept nogil:
 cdef void pause_listener(Worker* w, ListenSock* ls, double resume_at) noexcept nogil:
     """Take a listening socket out of the worker's epoll set: new connections wait in the
     kernel's accept queue. ``tick`` resumes it at ``resume_at`` (a monotonic time), or, when
-    that is 0, once its listener is below ``max_connections`` again."""
-    if ls.paused or w.npaused >= 64:
+    that is 0, once it is below its limits again (:func:`at_limit`)."""
+    if ls.paused or w.npaused >= MAX_PAUSED:
         return
     epoll_ctl(w.epfd, EPOLL_CTL_DEL, ls.fd, NULL)
     ls.paused = 1
@@ -649,6 +651,13 @@ cdef void pause_listener(Worker* w, ListenSock* ls, double resume_at) noexcept n
     lb_atomic_add(&ls.listener.refs, 1)
     w.paused[w.npaused] = ls
     w.npaused += 1
+
+
+cdef inline bint at_limit(Worker* w, Listener* l) noexcept nogil:
+    """Whether ``l`` has ``max_connections`` open, or every listener together has the
+    engine's ``max_total_connections``."""
+    return ((l.max_conns > 0 and lb_atomic_load(&l.conns) >= l.max_conns)
+            or (w.cfg.max_conns > 0 and lb_atomic_load(&w.cfg.conns) >= w.cfg.max_conns))
 
 
 cdef void out_of_descriptors(Worker* w, Listener* l) noexcept nogil:
@@ -670,11 +679,17 @@ cdef void on_accept(Worker* w, ListenSock* ls) noexcept nogil:
     cdef Conn* c
     cdef epoll_event ev
     for k in range(BATCH):
-        if l.max_conns > 0 and lb_atomic_load(&l.conns) >= l.max_conns:
+        if at_limit(w, l):
             # at the limit: stop accepting, new connections wait in the kernel's queue
-            if not ls.paused and w.npaused < 64:
+            if not ls.paused and w.npaused < MAX_PAUSED:
                 pause_listener(w, ls, 0.0)
                 w.counters[C_PAUSED] += 1
+                return
+            # no room to set it aside: refuse this one rather than spin on a readable socket
+            fd = accept4(ls.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
+            if fd >= 0:
+                close_with_reset(fd)
+                w.counters[C_REJECTED] += 1
             return
         alen = sizeof(client)
         # non-blocking from the start, TCP_NODELAY inherited from the listener: no more calls
@@ -1039,8 +1054,7 @@ cdef void tick(Worker* w) noexcept nogil:
         f = fn
     while i < w.npaused:
         ls = w.paused[i]
-        if (w.now >= ls.resume_at if ls.resume_at > 0
-                else lb_atomic_load(&ls.listener.conns) < ls.listener.max_conns):
+        if w.now >= ls.resume_at if ls.resume_at > 0 else not at_limit(w, ls.listener):
             resume_listener(w, ls)
             w.npaused -= 1
             w.paused[i] = w.paused[w.npaused]
@@ -1194,6 +1208,10 @@ cdef class Engine:
         endpoint for ``down_time``, doubled at each ejection up to 300 s.
     :param max_ejected_share: at most this share of a service's endpoints ejected at once (one
         always may be).
+    :param max_total_connections: TCP connections open at once over every listener (0: no
+        limit); at the cap a listener that has a new connection leaves the worker's epoll set,
+        the connection waits in the kernel's accept queue, and the listener comes back once
+        below (each listener's own cap is ``add_listener``'s ``max_connections``).
     :param retries: how many other endpoints a new connection tries after a refusal/timeout.
     :param down_time: seconds an endpoint that refused or timed out is not picked.
     """
@@ -1213,7 +1231,8 @@ cdef class Engine:
                   int pipe_size=1048576, double connect_timeout=5.0, double idle_timeout=3600.0,
                   double udp_idle_timeout=30.0, int retries=2, double down_time=5.0,
                   int udp_max_flows=65536, int udp_max_client_flows=1024,
-                  double server_timeout=60.0, int eject_after=5, double max_ejected_share=0.5):
+                  double server_timeout=60.0, int eject_after=5, double max_ejected_share=0.5,
+                  int max_total_connections=0):
         cdef int i
         if not 1 <= workers <= MAX_WORKERS:
             raise ConfigError(f"workers: {workers!r} is not in 1..{MAX_WORKERS}")
@@ -1231,6 +1250,8 @@ cdef class Engine:
             raise ConfigError(f"eject_after: {eject_after!r} must be positive")
         if not 0 <= max_ejected_share <= 1:
             raise ConfigError(f"max_ejected_share: {max_ejected_share!r} is not in 0..1")
+        if max_total_connections < 0:
+            raise ConfigError(f"max_total_connections: {max_total_connections!r} must not be negative")
         if udp_max_flows < 1 or udp_max_client_flows < 1:
             raise ConfigError(f"udp_max_flows, udp_max_client_flows: {udp_max_flows!r}, "
                               f"{udp_max_client_flows!r} must be positive")
@@ -1248,6 +1269,8 @@ cdef class Engine:
         # each worker keeps its share (a client's flows spread over the workers' sockets)
         self.cfg.udp_max_flows = max(1, udp_max_flows // workers)
         self.cfg.udp_max_client_flows = max(1, udp_max_client_flows // workers)
+        self.cfg.max_conns = max_total_connections
+        self.cfg.conns = 0
         self.nworkers = workers
         self.ws = <Worker*>calloc(workers, sizeof(Worker))
         if self.ws == NULL:

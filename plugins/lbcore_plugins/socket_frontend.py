@@ -63,6 +63,7 @@ class ProxyOptions:
     retries: int = 2
     down_time: float = 5.0
     max_connections: int = 0
+    max_total_connections: int = 0
     backlog: int = 4096
     reuseport: bool = True
     buffer_size: int = 16384
@@ -102,6 +103,7 @@ class ProxyOptions:
             if getattr(opts, key) <= 0:
                 raise ConfigError(f"{key}: {getattr(opts, key)!r} must be positive")
         for key in ("idle_timeout", "udp_idle_timeout", "retries", "down_time", "max_connections",
+                    "max_total_connections",
                     "udp_receive_buffer", "server_timeout"):
             if getattr(opts, key) < 0:
                 raise ConfigError(f"{key}: {getattr(opts, key)!r} must not be negative")
@@ -138,6 +140,7 @@ class ProxyOptions:
             "max_ejected_share": self.max_ejected_share,
             "udp_max_flows": self.udp_max_flows,
             "udp_max_client_flows": self.udp_max_client_flows,
+            "max_total_connections": self.max_total_connections,
         }
 
 

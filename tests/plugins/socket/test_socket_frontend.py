@@ -421,6 +421,33 @@ def test_max_connections_queues_the_next_client(backends, make_frontend):
         first[1].close()
 
 
+def test_max_total_connections_holds_every_listener_until_one_closes(backends, make_frontend):
+    a, b = backends("A"), backends("B")
+    web, api = service_port("web", [a.endpoint()]), service_port("api", [b.endpoint()])
+    fe = make_frontend(max_total_connections=2, workers=1)
+    fe.sync(snapshot(web, api), frozenset({"default/web", "default/api"}))
+    first = [socket.create_connection((web.cluster_ips[0], 8080), timeout=3) for _ in range(2)]
+    assert [read_line(s) for s in first] == ["A", "A"]
+    # another service's listener: the total is reached, so it waits in the accept queue too
+    other = socket.create_connection((api.cluster_ips[0], 8080), timeout=3)
+    try:
+        other.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            other.recv(10)
+        assert fe.stats()["paused"] >= 1
+        first[0].close()
+        other.settimeout(3)
+        assert read_line(other) == "B"
+    finally:
+        other.close()
+        first[1].close()
+
+
+def test_max_total_connections_must_not_be_negative(make_frontend):
+    with pytest.raises(ConfigError, match=r"max_total_connections: -1 must not be negative"):
+        make_frontend(max_total_connections=-1)
+
+
 def test_udp_replies_come_from_the_service_address(udp_backends, make_frontend):
     u = udp_backends("U")
     sp = service_port("dns", [u.endpoint()], protocol="UDP", port=5353)
