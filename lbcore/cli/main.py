@@ -289,31 +289,11 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def format_table(resource: Kind, items: list[Any], wide: bool, namespaces: bool) -> str:
-    """kubectl's table for ``items`` (:mod:`lbcore.model.describe`), with NAMESPACE first for -A."""
-    from lbcore.model import describe
-    from lbcore.model import objects as model
-    def wrap(cls: Any) -> list[Any]:
-        return [cls.from_server(item) for item in items]
+    """kubectl's table for ``items`` (:mod:`lbcore.model.tables`, the admin API's own), with
+    NAMESPACE first for -A."""
+    from lbcore.model.tables import render
 
-    def namespace_of(item: Any) -> str:
-        return str((item.get("metadata") or {}).get("namespace", ""))
-
-    if resource.kind == "Service":
-        text = describe.format_services_table(wrap(model.Service), wide=wide)
-    elif resource.kind == "Pod":
-        text = describe.format_pods_table(wrap(model.Pod), wide=wide)
-    elif resource.kind == "Endpoints":
-        text = describe.format_endpoints_table(wrap(model.Endpoints))
-    else:
-        text = describe.format_endpoint_slices_table(wrap(model.EndpointSlice))
-    if not namespaces:
-        return text.rstrip("\n")
-    text = text.rstrip("\n")
-    column = ["NAMESPACE"] + [namespace_of(i) for i in items]
-    width = max(map(len, column)) + 3
-    return "\n".join(
-        ns.ljust(width) + line for ns, line in zip(column, text.splitlines(), strict=False)
-    )
+    return render(resource.kind, items, wide=wide, namespaces=namespaces).rstrip("\n")
 
 
 def _service_table(client: Client, namespace: str | None) -> Any:

@@ -1,4 +1,4 @@
-"""``describe`` and ``get`` output in kubectl's layout.
+"""``describe`` output in kubectl's layout (``get`` tables are :mod:`lbcore.model.tables`).
 
 kubectl aligns with Go's tabwriter: ``describe`` pads columns to the widest cell plus two
 spaces, ``get`` tables pad with three. The same rules are applied here so the output reads
@@ -10,17 +10,12 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Iterable, Mapping, Sequence
 
-from lbcore.model.objects import Endpoints, EndpointSlice, Pod, Service
+from lbcore.model.objects import EndpointSlice, Service
 from lbcore.model.snapshot import EndpointInfo
 
 __all__ = [
     "describe_service",
     "format_endpoint_slices",
-    "format_endpoint_slices_table",
-    "format_endpoints",
-    "format_endpoints_table",
-    "format_pods_table",
-    "format_services_table",
     "human_duration",
     "tabulate",
 ]
@@ -252,133 +247,3 @@ def describe_service(
         rows.append(["LoadBalancer Source Ranges:", ",".join(spec["loadBalancerSourceRanges"])])
     rows.append(["Events:", "<none>"])
     return tabulate(rows, padding=2, trim=False)
-
-
-def _service_ports(service: Service) -> str:
-    parts = []
-    for sp in service.ports:
-        if sp.node_port:
-            parts.append(f"{sp.port}:{sp.node_port}/{sp.protocol}")
-        else:
-            parts.append(f"{sp.port}/{sp.protocol}")
-    return ",".join(parts) or "<none>"
-
-
-def _external_ip(service: Service) -> str:
-    if service.type == "ExternalName":
-        return service.external_name or "<none>"
-    ips = list(service.external_ips)
-    if service.type == "LoadBalancer":
-        ips = list(service.load_balancer_ips) + ips
-        return ",".join(ips) if ips else "<pending>"
-    return ",".join(ips) if ips else "<none>"
-
-
-def format_services_table(services: Iterable[Service], wide: bool = False,
-                          now: _dt.datetime | None = None) -> str:
-    """``kubectl get services`` (``-o wide`` adds SELECTOR)."""
-    header = ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
-    if wide:
-        header.append("SELECTOR")
-    rows = [header]
-    for s in services:
-        row = [s.name, s.type, s.cluster_ip or "<none>", _external_ip(s), _service_ports(s),
-               _age(s.created, now)]
-        if wide:
-            row.append(_labels_text(s.selector))
-        rows.append(row)
-    return tabulate(rows, padding=3)
-
-
-def _pod_status(pod: Pod) -> str:
-    if pod.terminating:
-        return "Terminating"
-    return pod.phase or ("Running" if pod.pod_ip else "Pending")
-
-
-def _pod_ready(pod: Pod) -> str:
-    raw_status = pod.raw.get("status") or {}
-    statuses = raw_status.get("containerStatuses") or []
-    if statuses:
-        ready = sum(1 for c in statuses if c.get("ready"))
-        return f"{ready}/{len(statuses)}"
-    total = len((pod.raw.get("spec") or {}).get("containers") or []) or 1
-    return f"{total if pod.ready else 0}/{total}"
-
-
-def _pod_restarts(pod: Pod) -> str:
-    statuses = (pod.raw.get("status") or {}).get("containerStatuses") or []
-    return str(sum(int(c.get("restartCount") or 0) for c in statuses))
-
-
-def format_pods_table(pods: Iterable[Pod], wide: bool = False,
-                      now: _dt.datetime | None = None) -> str:
-    """``kubectl get pods`` (``-o wide`` adds IP, NODE, NOMINATED NODE, READINESS GATES)."""
-    header = ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
-    if wide:
-        header += ["IP", "NODE", "NOMINATED NODE", "READINESS GATES"]
-    rows = [header]
-    for p in pods:
-        row = [p.name, _pod_ready(p), _pod_status(p), _pod_restarts(p), _age(p.created, now)]
-        if wide:
-            row += [p.pod_ip or "<none>", p.node_name or "<none>", "<none>", "<none>"]
-        rows.append(row)
-    return tabulate(rows, padding=3)
-
-
-def _endpoint_list(addresses: Sequence[str]) -> str:
-    if not addresses:
-        return "<none>"
-    text = ",".join(addresses[:MAX_SHOWN_ENDPOINTS])
-    if len(addresses) > MAX_SHOWN_ENDPOINTS:
-        text += f" + {len(addresses) - MAX_SHOWN_ENDPOINTS} more..."
-    return text
-
-
-def format_endpoints(endpoints: Endpoints) -> str:
-    """The ENDPOINTS column of ``kubectl get endpoints``: ready addresses with each port of
-    their subset, three shown, then ``+ N more...``; ``<none>`` without subsets."""
-    if not endpoints.subsets:
-        return "<none>"
-    shown: list[str] = []
-    count = 0
-    for subset in endpoints.subsets:
-        if not subset.ports:  # a headless service may have no ports
-            count += len(subset.addresses)
-            shown += [a.ip for a in subset.addresses][:MAX_SHOWN_ENDPOINTS - len(shown)]
-            continue
-        for p in subset.ports:
-            count += len(subset.addresses)
-            shown += [_host_port(a.ip, p.port or 0)
-                      for a in subset.addresses][:MAX_SHOWN_ENDPOINTS - len(shown)]
-    return _join_more(shown, count)
-
-
-def format_endpoints_table(
-    rows: Iterable[tuple[str, Mapping[str, Sequence[EndpointInfo]], _dt.datetime | None]]
-    | Iterable[Endpoints],
-    now: _dt.datetime | None = None,
-) -> str:
-    """``kubectl get endpoints``: Endpoints objects (or rows of service name, endpoints per
-    port, created). Ready addresses only, three shown."""
-    table = [["NAME", "ENDPOINTS", "AGE"]]
-    for row in rows:
-        if isinstance(row, Endpoints):
-            table.append([row.name, format_endpoints(row), _age(row.created, now)])
-            continue
-        name, per_port, created = row
-        addrs = [ep.address for eps in per_port.values() for ep in eps if ep.ready]
-        table.append([name, _endpoint_list(addrs), _age(created, now)])
-    return tabulate(table, padding=3)
-
-
-def format_endpoint_slices_table(slices: Iterable[EndpointSlice],
-                                 now: _dt.datetime | None = None) -> str:
-    """``kubectl get endpointslices``: NAME ADDRESSTYPE PORTS ENDPOINTS AGE."""
-    table = [["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"]]
-    for sl in slices:
-        ports = ",".join(str(p.port) for p in sl.ports if p.port is not None) or "<unset>"
-        addrs = [ep.addresses[0] for ep in sl.endpoints if ep.addresses]
-        table.append([sl.name, sl.address_type, ports, _endpoint_list(addrs),
-                      _age(sl.created, now)])
-    return tabulate(table, padding=3)

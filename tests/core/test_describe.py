@@ -8,14 +8,8 @@ from pathlib import Path
 import pytest
 
 import lbcore
-from lbcore.model.describe import (
-    format_endpoint_slices_table,
-    format_endpoints_table,
-    format_pods_table,
-    format_services_table,
-    human_duration,
-    tabulate,
-)
+from lbcore.model.describe import human_duration, tabulate
+from lbcore.model.tables import render
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -97,7 +91,7 @@ def test_services_table(seeded: lbcore.ServiceTable) -> None:
         "type": "LoadBalancer", "ports": [{"port": 443, "nodePort": 31443}]}})
     # 5 h after the newest creation time (not a clock read of its own, which could come first)
     now = max(s.created for s in seeded.list("svc") if s.created is not None) + dt.timedelta(hours=5)
-    text = format_services_table(seeded.list("svc"), wide=True, now=now)
+    text = render("Service", [s.raw for s in seeded.list("svc")], wide=True, now=now)
     assert text.splitlines() == [
         "NAME         TYPE           CLUSTER-IP   EXTERNAL-IP   PORT(S)         AGE   SELECTOR",
         "lb           LoadBalancer   10.96.0.2    <pending>     443:31443/TCP   5h    <none>",
@@ -109,22 +103,24 @@ def test_pods_endpoints_and_slices_tables(seeded: lbcore.ServiceTable) -> None:
     # "now" is 30 s after each object's own creation time: no second clock read to race with
     first = min(seeded.list("po"), key=lambda p: p.name)
     assert first.name == "my-app-1" and first.created is not None
-    pods = format_pods_table(seeded.list("po"), wide=True,
-                             now=first.created + dt.timedelta(seconds=30)).splitlines()
+    pods = render("Pod", [p.raw for p in seeded.list("po")], wide=True,
+                  now=first.created + dt.timedelta(seconds=30)).splitlines()
     assert pods[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE",
                                "NOMINATED", "NODE", "READINESS", "GATES"]
     assert pods[1].split() == ["my-app-1", "1/1", "Running", "0", "30s", "127.0.0.11",
                                "localhost", "<none>", "<none>"]
-    svc = seeded.get("svc", "default", "my-service")
-    assert svc is not None and svc.created is not None
-    eps = format_endpoints_table([(svc.name, seeded.endpoints("default", "my-service"),
-                                   svc.created)], now=svc.created + dt.timedelta(seconds=30))
-    assert eps.splitlines()[1].split() == ["my-service",
-                                           "127.0.0.11:8080,127.0.0.12:8080,127.0.0.13:8080", "30s"]
-    sl = lbcore.load_manifests({"kind": "EndpointSlice", "metadata": {"name": "ext-1"},
-                                "addressType": "IPv4", "ports": [{"port": 80}],
-                                "endpoints": [{"addresses": ["127.0.0.9"]}]})
-    assert format_endpoint_slices_table(sl).splitlines()[1].split() == [
+    created = "2026-01-01T00:00:00Z"
+    now = dt.datetime(2026, 1, 1, 0, 0, 30, tzinfo=dt.UTC)
+    eps = {"kind": "Endpoints", "metadata": {"name": "my-service", "creationTimestamp": created},
+           "subsets": [{"addresses": [{"ip": f"127.0.0.1{i}"} for i in (1, 2, 3, 4)],
+                        "notReadyAddresses": [{"ip": "127.0.0.19"}],
+                        "ports": [{"port": 8080}]}]}
+    assert render("Endpoints", [eps], now=now).splitlines()[1].split() == [
+        "my-service", "127.0.0.11:8080,127.0.0.12:8080,127.0.0.13:8080", "+", "1", "more...",
+        "30s"]
+    sl = {"kind": "EndpointSlice", "metadata": {"name": "ext-1"}, "addressType": "IPv4",
+          "ports": [{"port": 80}], "endpoints": [{"addresses": ["127.0.0.9"]}]}
+    assert render("EndpointSlice", [sl]).splitlines()[1].split() == [
         "ext-1", "IPv4", "80", "127.0.0.9", "<unknown>"]
 
 
