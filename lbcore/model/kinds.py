@@ -39,6 +39,7 @@ class Kind:
     group: str  # "" for the core group
     version: str  # "v1"
     namespaced: bool = True
+    categories: tuple[str, ...] = ()  # kubectl's groupings: "all" (kubectl get all)
 
     @property
     def singular(self) -> str:
@@ -72,8 +73,8 @@ class Kind:
 
 
 KINDS: tuple[Kind, ...] = (
-    Kind("Service", "services", ("svc",), "", "v1"),
-    Kind("Pod", "pods", ("po",), "", "v1"),
+    Kind("Service", "services", ("svc",), "", "v1", categories=("all",)),
+    Kind("Pod", "pods", ("po",), "", "v1", categories=("all",)),
     Kind("Endpoints", "endpoints", ("ep",), "", "v1"),
     Kind("EndpointSlice", "endpointslices", (), "discovery.k8s.io", "v1"),
     Kind("Secret", "secrets", (), "", "v1"),

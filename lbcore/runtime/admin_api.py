@@ -27,7 +27,7 @@ from aiohttp import web
 from yarl import URL
 
 from lbcore.errors import Cause
-from lbcore.model import schema
+from lbcore.model import schema, tables
 from lbcore.model.kinds import KINDS, Kind, kind_for
 from lbcore.model.patch import PatchError, strategic_merge_patch
 from lbcore.runtime.store import (
@@ -466,6 +466,9 @@ class _AdminAPI:
 
     @_handles_errors
     async def api_versions(self, request: web.Request) -> web.StreamResponse:
+        aggregated = _discovery_version(request)
+        if aggregated is not None:
+            return _aggregated([""], aggregated)
         return web.json_response({
             "kind": "APIVersions",
             "versions": ["v1"],
@@ -477,7 +480,7 @@ class _AdminAPI:
     @_handles_errors
     async def resources(self, request: web.Request) -> web.StreamResponse:
         """The ``APIResourceList`` of one group version, from the registry of kinds."""
-        kinds = list(SERVED[request.path.rstrip("/")].values())
+        kinds = sorted(SERVED[request.path.rstrip("/")].values(), key=lambda k: k.plural)
         return web.json_response({
             "kind": "APIResourceList",
             "apiVersion": "v1",
@@ -490,6 +493,7 @@ class _AdminAPI:
                     "kind": k.kind,
                     "verbs": VERBS,
                     "shortNames": list(k.short_names),
+                    **({"categories": list(k.categories)} if k.categories else {}),
                 }
                 for k in kinds
             ],
@@ -502,6 +506,9 @@ class _AdminAPI:
 
     @_handles_errors
     async def api_groups(self, request: web.Request) -> web.StreamResponse:
+        aggregated = _discovery_version(request)
+        if aggregated is not None:
+            return _aggregated(GROUPS, aggregated)
         groups = [self._group(g) for g in GROUPS]
         return web.json_response({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 
@@ -629,6 +636,13 @@ class _AdminAPI:
         fields = _field_filter(query.get("fieldSelector"))
         if _truthy(query.get("watch")):
             return await self._watch(request, kind, namespace, fields)
+        as_table = _table_version(request)
+        if as_table is not None:
+            body = await asyncio.to_thread(
+                self._table_body, request, kind, namespace, query.get("labelSelector") or None,
+                fields, as_table,
+            )
+            return web.Response(body=body, headers={"Content-Type": _table_type(as_table)})
         # on a worker thread, each object on its own: a list of 50,000 pods neither stalls the
         # loop (/healthz, writes) nor holds the GIL in one long call
         body = await asyncio.to_thread(
@@ -647,6 +661,29 @@ class _AdminAPI:
         items, rv = self.store.list(kind, namespace, selector)
         dumps = functools.partial(json.dumps, separators=(",", ":"))
         return [dumps(o) for o in items if fields is None or fields(o)], rv
+
+    def _table_body(
+        self, request: web.Request, kind: str, namespace: str | None, selector: str | None,
+        fields: Callable[[Mapping[str, Any]], bool] | None, version: str,
+    ) -> bytes:
+        """The list as a ``Table`` (:mod:`lbcore.model.tables`), as kubectl get asks for it."""
+        items, rv = self.store.list(kind, namespace, selector)
+        shown = [o for o in items if fields is None or fields(o)]
+        return json.dumps(self._table(request, kind, shown, rv, version),
+                          separators=(",", ":")).encode()
+
+    @staticmethod
+    def _table(request: web.Request, kind: str, items: list[Mapping[str, Any]], rv: str,
+               version: str) -> dict[str, Any]:
+        include = request.query.get("includeObject") or "Metadata"
+        if include not in ("None", "Metadata", "Object"):
+            raise BadRequest(
+                f'includeObject: Unsupported value: "{include}": supported values: "None", '
+                '"Metadata", "Object"'
+            )
+        out = tables.table(kind, items, rv, include, kind_for(kind).api_version)
+        out["apiVersion"] = f"meta.k8s.io/{version}"
+        return out
 
     def _list_body(
         self, kind: str, namespace: str | None, selector: str | None,
@@ -673,6 +710,7 @@ class _AdminAPI:
                 f"timeoutSeconds: {query['timeoutSeconds']!r} is not a number"
             ) from None
         bookmarks = _truthy(query.get("allowWatchBookmarks"))
+        as_table = _table_version(request)  # kubectl get -w: each event's object as a Table
         selector = query.get("labelSelector") or None
         start = query.get("resourceVersion") or None
         initial: list[bytes] = []
@@ -682,6 +720,8 @@ class _AdminAPI:
             # the list's resourceVersion
             initial, start = await asyncio.to_thread(
                 self._initial_events, kind, namespace, selector, fields
+            ) if as_table is None else await asyncio.to_thread(
+                self._initial_table_events, request, kind, namespace, selector, fields, as_table
             )
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         response.enable_chunked_encoding()
@@ -709,6 +749,9 @@ class _AdminAPI:
                         if fields is not None and event["type"] not in (
                             "BOOKMARK", "ERROR") and not fields(event["object"]):
                             continue
+                        if as_table is not None and event["type"] not in ("BOOKMARK", "ERROR"):
+                            event = {"type": event["type"], "object": self._table(
+                                request, kind, [event["object"]], "", as_table)}
                         await self._send(response, event)
             except TimeoutError:
                 if bookmarks:  # let the client resume from the latest point it has reached
@@ -721,6 +764,17 @@ class _AdminAPI:
             watcher.close()
             self.watches.discard(watcher)
         return response
+
+    def _initial_table_events(
+        self, request: web.Request, kind: str, namespace: str | None, selector: str | None,
+        fields: Callable[[Mapping[str, Any]], bool] | None, version: str,
+    ) -> tuple[list[bytes], str]:
+        """:meth:`_initial_events` for a watch that asked for Tables: one row an event."""
+        items, rv = self.store.list(kind, namespace, selector)
+        events = [json.dumps({"type": "ADDED", "object": self._table(request, kind, [o], "",
+                                                                     version)}) + "\n"
+                  for o in items if fields is None or fields(o)]
+        return ["".join(events).encode()] if events else [], rv
 
     def _initial_events(
         self, kind: str, namespace: str | None, selector: str | None,
@@ -763,7 +817,14 @@ class _AdminAPI:
     async def read(self, request: web.Request) -> web.StreamResponse:
         kind = self._kind(request)
         info = request.match_info
-        return web.json_response(self.store.get(kind, info["namespace"], info["name"]))
+        obj = self.store.get(kind, info["namespace"], info["name"])
+        as_table = _table_version(request)
+        if as_table is not None:
+            rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+            body = self._table(request, kind, [obj], rv, as_table)
+            return web.json_response(body, content_type=None,
+                                     headers={"Content-Type": _table_type(as_table)})
+        return web.json_response(obj)
 
     @_handles_errors
     async def replace(self, request: web.Request) -> web.StreamResponse:
@@ -817,6 +878,68 @@ class _AdminAPI:
     async def not_allowed(self, request: web.Request) -> web.StreamResponse:
         self._kind(request)
         raise MethodNotAllowed(f"{request.method}: the server does not allow this method here")
+
+
+def _media_types(request: web.Request) -> Iterable[tuple[str, dict[str, str]]]:
+    """The Accept header's media types, each with its parameters."""
+    for part in request.headers.get("Accept", "").split(","):
+        kind, *params = (p.strip() for p in part.split(";"))
+        yield kind, {k.strip(): v.strip() for k, _, v in (p.partition("=") for p in params)}
+
+
+def _table_version(request: web.Request) -> str | None:
+    """``v1`` (or ``v1beta1``) when the Accept header asks for a ``meta.k8s.io`` Table."""
+    for media, params in _media_types(request):
+        if media in ("application/json", "*/*") and params.get("as") == "Table" \
+                and params.get("g") == "meta.k8s.io" and params.get("v") in ("v1", "v1beta1"):
+            return params["v"]
+    return None
+
+
+def _table_type(version: str) -> str:
+    return f"application/json;as=Table;v={version};g=meta.k8s.io"
+
+
+def _discovery_version(request: web.Request) -> str | None:
+    """``v2`` (or ``v2beta1``) when the Accept header asks for aggregated discovery."""
+    for media, params in _media_types(request):
+        if media == "application/json" and params.get("as") == "APIGroupDiscoveryList" \
+                and params.get("g") == "apidiscovery.k8s.io" \
+                and params.get("v") in ("v2", "v2beta1"):
+            return params["v"]
+    return None
+
+
+def _aggregated(groups: Iterable[str], version: str) -> web.Response:
+    """The ``APIGroupDiscoveryList`` of ``groups`` ("" is the core group): every group, version
+    and resource in one answer, as kubectl 1.32 asks for it."""
+    items = []
+    for group in groups:
+        # sorted by name, as the API server lists them (kubectl get all: pods before services)
+        kinds = sorted((k for k in KINDS if k.group == group), key=lambda k: k.plural)
+        resources = []
+        for k in kinds:
+            resource: dict[str, Any] = {
+                "resource": k.plural,
+                "responseKind": {"group": k.group, "version": k.version, "kind": k.kind},
+                "scope": "Namespaced" if k.namespaced else "Cluster",
+                "singularResource": k.singular,
+                "verbs": VERBS,
+            }
+            if k.short_names:
+                resource["shortNames"] = list(k.short_names)
+            if k.categories:
+                resource["categories"] = list(k.categories)
+            resources.append(resource)
+        items.append({
+            "metadata": {"name": group, "creationTimestamp": None},
+            "versions": [{"version": kinds[0].version, "resources": resources,
+                          "freshness": "Current"}],
+        })
+    body = {"kind": "APIGroupDiscoveryList", "apiVersion": f"apidiscovery.k8s.io/{version}",
+            "metadata": {}, "items": items}
+    media = f"application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList"
+    return web.json_response(body, content_type=None, headers={"Content-Type": media})
 
 
 @functools.cache
