@@ -673,7 +673,7 @@ class _AdminAPI:
                           separators=(",", ":")).encode()
 
     @staticmethod
-    def _table(request: web.Request, kind: str, items: list[Mapping[str, Any]], rv: str,
+    def _table(request: web.Request, kind: str, items: Sequence[Mapping[str, Any]], rv: str,
                version: str) -> dict[str, Any]:
         include = request.query.get("includeObject") or "Metadata"
         if include not in ("None", "Metadata", "Object"):
@@ -822,8 +822,7 @@ class _AdminAPI:
         if as_table is not None:
             rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
             body = self._table(request, kind, [obj], rv, as_table)
-            return web.json_response(body, content_type=None,
-                                     headers={"Content-Type": _table_type(as_table)})
+            return _json_as(body, _table_type(as_table))
         return web.json_response(obj)
 
     @_handles_errors
@@ -939,7 +938,12 @@ def _aggregated(groups: Iterable[str], version: str) -> web.Response:
     body = {"kind": "APIGroupDiscoveryList", "apiVersion": f"apidiscovery.k8s.io/{version}",
             "metadata": {}, "items": items}
     media = f"application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList"
-    return web.json_response(body, content_type=None, headers={"Content-Type": media})
+    return _json_as(body, media)
+
+
+def _json_as(body: Any, media: str) -> web.Response:
+    """JSON under a media type with parameters (a Table's, aggregated discovery's)."""
+    return web.Response(body=json.dumps(body).encode(), headers={"Content-Type": media})
 
 
 @functools.cache
