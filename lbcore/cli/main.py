@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("-A", "--all-namespaces", action="store_true")
 
     describe = commands.add_parser("describe", help="show one service in detail", parents=[common])
-    describe.add_argument("kind", help="service (svc)")
+    describe.add_argument("kind", help="service (svc) or route")
     describe.add_argument("name")
 
     delete = commands.add_parser("delete", help="delete objects", parents=[common])
@@ -313,8 +313,10 @@ def cmd_describe(args: argparse.Namespace) -> int:
     from lbcore.model.objects import SERVICE_NAME_LABEL, EndpointSlice, Service
 
     resource = resource_for(args.kind)
+    if resource.kind == "Route":
+        return _describe_route(args, resource)
     if resource.kind != "Service":
-        raise CommandError(f"describe: only services are described, not {args.kind}")
+        raise CommandError(f"describe: only services and routes are described, not {args.kind}")
     client = _client(args)
     namespace = getattr(args, "namespace", None) or DEFAULT_NAMESPACE
     service = Service.from_server(client.get(resource, namespace, args.name))
@@ -323,6 +325,28 @@ def cmd_describe(args: argparse.Namespace) -> int:
               for item in client.list(resource_for("EndpointSlice"), namespace, selector)]
     slices.sort(key=lambda sl: sl.name)
     print(describe_service(service, endpoint_slices=slices).rstrip("\n"))
+    return 0
+
+
+def _describe_route(args: argparse.Namespace, resource: Kind) -> int:
+    """``oc describe route``: the route, its admission, and each backend's ready endpoints
+    (of the port the route targets, or every port)."""
+    from lbcore.model.describe import describe_route
+    from lbcore.model.objects import SERVICE_NAME_LABEL, EndpointSlice, Route
+    from lbcore.model.snapshot import EndpointInfo
+
+    client = _client(args)
+    namespace = getattr(args, "namespace", None) or DEFAULT_NAMESPACE
+    route = Route.from_server(client.get(resource, namespace, args.name))
+    endpoints = {}
+    for backend in route.backends:
+        slices = [EndpointSlice.from_server(item) for item in client.list(
+            resource_for("EndpointSlice"), namespace, f"{SERVICE_NAME_LABEL}={backend.name}")]
+        endpoints[backend.name] = [
+            EndpointInfo(ep.addresses[0], p.port or 0, ep.ready)
+            for sl in slices for p in sl.ports for ep in sl.endpoints
+            if ep.addresses and (route.target_port is None or route.target_port in (p.name, p.port))]
+    print(describe_route(route, endpoints).rstrip("\n"))
     return 0
 
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Iterable, Mapping, Sequence
 
-from lbcore.model.objects import EndpointSlice, Service
+from lbcore.model.objects import EndpointSlice, Route, RouteBackend, Service, parse_timestamp
 from lbcore.model.snapshot import EndpointInfo
 
 __all__ = [
+    "admitted_conditions",
+    "backend_weights",
+    "describe_route",
     "describe_service",
     "format_endpoint_slices",
     "human_duration",
@@ -246,4 +249,66 @@ def describe_service(
     if spec.get("loadBalancerSourceRanges"):
         rows.append(["LoadBalancer Source Ranges:", ",".join(spec["loadBalancerSourceRanges"])])
     rows.append(["Events:", "<none>"])
+    return tabulate(rows, padding=2, trim=False)
+
+
+# --- Routes ------------------------------------------------------------------------------------
+
+def admitted_conditions(route: Route) -> list[tuple[str, Mapping[str, object]]]:
+    """(routerName, its Admitted condition) of every router that recorded one."""
+    out = []
+    for entry in (route.raw.get("status") or {}).get("ingress") or []:
+        if not isinstance(entry, Mapping):
+            continue
+        condition = next((c for c in entry.get("conditions") or []
+                          if isinstance(c, Mapping) and c.get("type") == "Admitted"), None)
+        if condition is not None:
+            out.append((str(entry.get("routerName") or ""), condition))
+    return out
+
+
+def backend_weights(backends: Sequence[RouteBackend]) -> list[str]:
+    """``web(75%)`` for each backend of a route with more than one, as ``oc`` prints them."""
+    if len(backends) == 1:
+        return [backends[0].name]
+    total = sum(b.weight for b in backends)
+    return [f"{b.name}({b.weight * 100 // total if total else 0}%)" for b in backends]
+
+
+def describe_route(route: Route,
+                   endpoints: Mapping[str, Sequence[EndpointInfo]] | None = None,
+                   now: _dt.datetime | None = None) -> str:
+    """``oc describe route``: host, its admission by each router (and why not), path, TLS,
+    then each backend with its weight and endpoints (``endpoints``: service name -> the
+    endpoints of the port the route targets)."""
+    rows: list[list[str]] = [
+        ["Name:", route.name], ["Namespace:", route.namespace],
+        ["Created:", f"{_age(route.created, now)} ago" if route.created else "<unknown>"],
+        *_multiline("Labels", route.labels), *_annotations("Annotations", route.annotations),
+        ["Requested Host:", route.host],
+    ]
+    for router, condition in admitted_conditions(route):
+        when = condition.get("lastTransitionTime")
+        age = ""
+        if isinstance(when, str) and when:
+            stamp = parse_timestamp(when)
+            age = f" {_age(stamp, now)} ago" if stamp else ""
+        if condition.get("status") == "True":
+            rows.append(["", f"   exposed on router {router}{age}"])
+        else:
+            rows.append(["", f"   rejected by router {router}: {condition.get('reason')}{age}"])
+            if condition.get("message"):
+                rows.append(["", f"     {condition.get('message')}"])
+    rows += [["Path:", route.path or "<none>"],
+             ["TLS Termination:", route.tls.termination if route.tls else "<none>"],
+             ["Insecure Policy:", (route.tls.insecure_edge_termination_policy or "<none>")
+              if route.tls else "<none>"],
+             ["Endpoint Port:", "<all endpoint ports>" if route.target_port is None
+              else str(route.target_port)]]
+    total = sum(b.weight for b in route.backends)
+    for backend in route.backends:
+        share = f" ({backend.weight * 100 // total}%)" if total else ""
+        eps = (endpoints or {}).get(backend.name)
+        rows += [[""], ["Service:", backend.name], ["Weight:", f"{backend.weight}{share}"],
+                 ["Endpoints:", _format_endpoints(eps) if eps is not None else "<none>"]]
     return tabulate(rows, padding=2, trim=False)

@@ -1,8 +1,9 @@
 """The tables ``get`` prints, once: the API server's ``Table`` and kubectl's text of it.
 
 The admin API answers ``Accept: application/json;as=Table;v=v1;g=meta.k8s.io`` with
-:func:`table` (so kubectl prints services, pods, endpoints, endpoint slices, namespaces and
-events as it does against a cluster), and ``lbcore get`` prints the same table with
+:func:`table` (so kubectl prints services, pods, endpoints, endpoint slices, namespaces,
+events, secrets, ingresses and routes (``oc get routes``' columns) as it does against a cluster),
+and ``lbcore get`` prints the same table with
 :func:`render`, so both show the same columns from the same code. The columns and cells are
 those of Kubernetes' printers (``pkg/printers/internalversion``): the server fills every column,
 ``priority`` 1 ones are shown by ``-o wide`` only, and headers are printed in upper case.
@@ -19,7 +20,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lbcore.model.describe import human_duration, tabulate
+from lbcore.model.describe import admitted_conditions, backend_weights, human_duration, tabulate
+from lbcore.model.objects import Route
 
 __all__ = ["Column", "columns_for", "render", "row_cells", "table"]
 
@@ -268,6 +270,45 @@ def _event_row(ev: Obj, now: _dt.datetime) -> list[Any]:
             str(ev.get("message", "")).strip(), first, int(count), _meta(ev).get("name", "")]
 
 
+# -- Route, Ingress, Secret ---------------------------------------------------------------------
+
+
+def _route_row(obj: Obj, now: _dt.datetime) -> list[Any]:
+    """``oc get routes``: a host no router admitted shows ``... N rejected``."""
+    route = Route.from_server(dict(obj))
+    conditions = admitted_conditions(route)
+    rejected = sum(1 for _, c in conditions if c.get("status") == "False")
+    host = route.host
+    if conditions and rejected == len(conditions):
+        host = f"{host} ... {rejected} rejected"
+    termination = ""
+    if route.tls is not None:
+        termination = route.tls.termination
+        if route.tls.insecure_edge_termination_policy:
+            termination += f"/{route.tls.insecure_edge_termination_policy}"
+    port = "<all>" if route.target_port is None else str(route.target_port)
+    return [route.name, host, route.path, ",".join(backend_weights(route.backends)), port,
+            termination, route.wildcard_policy]
+
+
+def _ingress_row(obj: Obj, now: _dt.datetime) -> list[Any]:
+    spec = _map(obj.get("spec"))
+    rules = [r for r in _list(spec.get("rules")) if isinstance(r, Mapping)]
+    hosts = ",".join(str(r.get("host") or "*") for r in rules) or "*"
+    points = _list(_map(_map(obj.get("status")).get("loadBalancer")).get("ingress"))
+    address = ",".join(str(p.get("ip") or p.get("hostname") or "") for p in points
+                       if isinstance(p, Mapping))
+    ingress_class = spec.get("ingressClassName") or _map(_meta(obj).get("annotations")).get(
+        "kubernetes.io/ingress.class") or "<none>"
+    return [_meta(obj).get("name", ""), ingress_class, hosts, address,
+            "80, 443" if spec.get("tls") else "80", _age(obj, now)]
+
+
+def _secret_row(obj: Obj, now: _dt.datetime) -> list[Any]:
+    return [_meta(obj).get("name", ""), obj.get("type") or "Opaque",
+            len(_map(obj.get("data"))), _age(obj, now)]
+
+
 _Row = Callable[[Obj, _dt.datetime], list[Any]]
 
 _TABLES: dict[str, tuple[tuple[Column, ...], _Row]] = {
@@ -324,6 +365,29 @@ _TABLES: dict[str, tuple[tuple[Column, ...], _Row]] = {
         Column("Count", "The number of times this event has occurred.", priority=1),
         Column("Name", "The name of the event object.", priority=1),
     ), _event_row),
+    "Route": ((
+        _NAME,
+        Column("Host/Port", "The host the route exposes (and how many routers rejected it)."),
+        Column("Path", "The path the route matches."),
+        Column("Services", "The services the route points to, with their share of requests."),
+        Column("Port", "The target port on the endpoints."),
+        Column("Termination", "Where TLS ends, and what plain HTTP gets."),
+        Column("Wildcard", "The wildcard policy."),
+    ), _route_row),
+    "Ingress": ((
+        _NAME,
+        Column("Class", "The IngressClass of the ingress."),
+        Column("Hosts", "The hosts of its rules."),
+        Column("Address", "The addresses it is served on."),
+        Column("Ports", "The ports it is served on."),
+        _AGE,
+    ), _ingress_row),
+    "Secret": ((
+        _NAME,
+        Column("Type", "The type of the secret."),
+        Column("Data", "The number of its data items.", type="integer"),
+        _AGE,
+    ), _secret_row),
 }
 
 # a kind with no columns of its own gets the API server's default table
