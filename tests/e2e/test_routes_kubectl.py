@@ -110,7 +110,11 @@ def test_kubectl_creates_and_gets_routes_and_ingresses(daemon: Daemon, tmp_path:
     assert out.stdout.strip() == "route.route.openshift.io/kube created"
     out = daemon.kubectl("get", "routes")
     assert out.returncode == 0, out.stderr
-    assert any(line.split()[0] == "kube" for line in out.stdout.splitlines()[1:])
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "HOST/PORT", "PATH", "SERVICES", "PORT", "TERMINATION",
+                                "WILDCARD"]  # the server's Table, oc's columns
+    assert ["kube", "kube.example.com", "/api", "web", "<all>", "None"] in [
+        line.split() for line in lines[1:]]
     assert admitted(daemon, "kube")["status"] == "True"
     out = daemon.kubectl("get", "route", "kube", "-o",
                          "jsonpath={.status.ingress[0].routerName} {.spec.to.weight}")
