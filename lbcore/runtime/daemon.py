@@ -295,8 +295,10 @@ class Daemon:
         """Ready once synced, while the source is in sync and every frontend's rules are in
         place; a frontend whose rules are not shows as "rules missing since T: what"."""
         missing = self.state.rules_missing() if self.state else {}
-        ready = bool(self.state and self.state.synced_once.is_set()
-                     and self._source_health()["healthy"] and not missing)
+        source = self._source_health()
+        # the source's first list must be in (a source that does not say counts as synced)
+        ready = bool(self.state and self.state.synced_once.is_set() and source["healthy"]
+                     and source.get("synced", True) and not missing)
         body: dict[str, Any] = {"status": "ready" if ready else "not ready"}
         if missing:
             body["frontends"] = missing

@@ -52,9 +52,11 @@ class ChaosAPIServer:
 
     ``mode`` says how a watch is answered: ``normal`` (the changes after its resourceVersion,
     then each new one, a BOOKMARK at ``timeoutSeconds``; 504 Too large resource version when
-    the version is beyond the server's), ``gone`` (an ERROR event with 410, at once),
-    ``silent`` (200, then not a byte, the connection held open). ``lists_fail`` answers every
-    list with 503.
+    the version is beyond the server's; an ERROR event with 410 when it is older than what
+    :meth:`compact` kept), ``gone`` (an ERROR event with 410, at once), ``silent`` (200, then
+    not a byte, the connection held open). ``lists_fail`` answers every list with 503,
+    ``list_delay`` makes each list wait that many seconds, and ``down`` drops every connection
+    (open watches too), as an API server that is unreachable.
     """
 
     def __init__(self) -> None:
@@ -62,6 +64,9 @@ class ChaosAPIServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.mode = "normal"
         self.lists_fail = False
+        self.list_delay = 0.0
+        self.down = False
+        self.compacted = 0  # watches from before this resourceVersion are answered 410
         self.revision = 0
         self.objects: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in PATHS.values()}
         self.history: list[tuple[int, str, dict[str, Any]]] = []  # (rv, type, object)
@@ -98,6 +103,27 @@ class ChaosAPIServer:
             self.history.append((self.revision, typ, obj))
         self.call(put)
 
+    def delete_service(self, name: str) -> None:
+        def delete() -> None:
+            self.revision += 1
+            obj = dict(self.objects["Service"].pop(name))
+            obj["metadata"] = {**obj["metadata"], "resourceVersion": str(self.revision)}
+            self.history.append((self.revision, "DELETED", obj))
+        self.call(delete)
+
+    def set_down(self, down: bool) -> None:
+        """Drop every connection from now on (and the open watches), or serve again."""
+        def switch() -> None:
+            self.down = down
+        self.call(switch)
+
+    def compact(self) -> None:
+        """As etcd's compaction: no history before the current revision is kept."""
+        def compact() -> None:
+            self.compacted = self.revision
+            self.history = []
+        self.call(compact)
+
     def restore(self, services: list[dict[str, Any]], revision: int) -> None:
         """As an etcd restore: these objects, this (lower) revision, no history; open watches
         end, as they do when the API server restarts."""
@@ -111,10 +137,16 @@ class ChaosAPIServer:
 
     async def list_or_watch(self, request: web.Request) -> web.StreamResponse:
         kind = PATHS[request.path]
+        if self.down:
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
         if request.query.get("watch") in ("true", "1", "True"):
             self.watches[kind] += 1
             return await self._watch(request, kind)
         self.lists[kind] += 1
+        if self.list_delay:
+            await _sleep_until_stopped(self._stopped, self.list_delay)
         if self.lists_fail:
             return web.json_response(_status(503, "ServiceUnavailable", "etcd is down"),
                                      status=503)
@@ -133,7 +165,7 @@ class ChaosAPIServer:
             return web.json_response(status, status=504)
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
-        if self.mode == "gone":
+        if self.mode == "gone" or (self.mode == "normal" and since < self.compacted):
             await _send(response, {"type": "ERROR", "object": _status(
                 410, "Expired", f"too old resource version: {since} ({self.revision})")})
             return response
@@ -152,6 +184,10 @@ class ChaosAPIServer:
                             since = rv
                     await changed.wait()
                     if self.revision < since:  # restored: the stream ends, as on a restart
+                        return response
+                    if self.down:  # unreachable: the connection breaks
+                        assert request.transport is not None
+                        request.transport.abort()
                         return response
         except TimeoutError:
             await _send(response, {"type": "BOOKMARK", "object": {
@@ -382,6 +418,78 @@ def test_lists_that_keep_failing_make_healthz_unhealthy_after_the_grace(tmp_path
         assert code == 200, body
 
     run_daemon(tmp_path, server, {"unhealthy_after": 0.5}, scenario)
+
+
+def test_changes_and_a_compaction_while_disconnected_are_relisted_and_replaced(tmp_path):
+    """The server goes away; meanwhile a service is deleted, one changed, one added, and the
+    history compacted. Back, it answers the source's watch 410: the source lists again and the
+    data path converges to the server's objects. /healthz and /readyz report the stale period
+    (the source failing longer than ``unhealthy_after``) and recover."""
+    server = ChaosAPIServer()
+
+    async def scenario(daemon: Daemon) -> None:
+        for name, ip in (("a", "10.96.0.1"), ("b", "10.96.0.2"), ("c", "10.96.0.3")):
+            server.put_service(name, 80, ip)
+        await until(lambda: ports(daemon) == {"default/a": 80, "default/b": 80,
+                                              "default/c": 80}, 10, daemon)
+        assert await readyz(daemon) == 200
+        server.set_down(True)
+        server.delete_service("a")
+        server.put_service("b", 8080, "10.96.0.2")
+        server.put_service("d", 80, "10.96.0.4")
+        server.compact()
+        await until_code(daemon, 503)  # stale: the source cannot reach its server
+        assert await readyz(daemon) == 503
+        assert ports(daemon) == {"default/a": 80, "default/b": 80, "default/c": 80}  # kept
+        relists = daemon.source.relists["Service"]  # type: ignore[union-attr]
+        server.set_down(False)
+        want = {"default/b": 8080, "default/c": 80, "default/d": 80}
+        await until(lambda: ports(daemon) == want, 10, daemon)
+        assert daemon.source.relists["Service"] > relists  # type: ignore[union-attr]
+        await until_code(daemon, 200)
+        assert await readyz(daemon) == 200
+
+    run_daemon(tmp_path, server, {"unhealthy_after": 0.5}, scenario)
+
+
+def test_a_slow_list_keeps_readyz_not_ready_until_it_arrives_and_healthz_answering(tmp_path):
+    """Every list takes 2 s (within the read timeout). Until the first one arrives /readyz says
+    not ready, /healthz keeps answering, and the data path then holds the server's objects; a
+    relist that is as slow keeps what the data path had meanwhile."""
+    server = ChaosAPIServer()
+    server.list_delay = 2.0
+
+    async def scenario(daemon: Daemon) -> None:
+        server.put_service("a", 80, "10.96.0.1")
+        assert await readyz(daemon) == 503
+        code, _ = await health(daemon)
+        assert code in (200, 503)
+        await until(lambda: ports(daemon) == {"default/a": 80}, 15, daemon)
+        for _ in range(100):
+            if await readyz(daemon) == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert await readyz(daemon) == 200
+        server.put_service("b", 80, "10.96.0.2")
+        server.compact()  # the next watch is answered 410: a slow relist
+        server.put_service("c", 80, "10.96.0.3")
+        await until(lambda: "default/c" in ports(daemon), 20, daemon)
+        assert ports(daemon) == {"default/a": 80, "default/b": 80, "default/c": 80}
+
+    run_daemon(tmp_path, server, {"watch_timeout": 1}, scenario)
+
+
+async def readyz(daemon: Daemon) -> int:
+    return await asyncio.get_running_loop().run_in_executor(
+        None, _code, daemon.admin_url + "/readyz")
+
+
+async def until_code(daemon: Daemon, code: int) -> None:
+    for _ in range(200):
+        if (await health(daemon))[0] == code:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"/healthz never answered {code}")
 
 
 def _code(url: str) -> int:
