@@ -19,6 +19,8 @@ DEBUG = os.environ.get("LBCORE_DEBUG") == "1"
 
 ONLY = set(filter(None, os.environ.get("LBCORE_ONLY", "").split(",")))
 SOURCES = {"lbcore.core": "lbcore/core", "lbcore_plugins": "plugins/lbcore_plugins"}
+# extensions linked with OpenSSL (Debian's libssl-dev): the route frontend's TLS
+OPENSSL = {"_proxy_c"}
 
 
 def extensions() -> list[Extension]:
@@ -33,7 +35,12 @@ def extensions() -> list[Extension]:
                 Extension(
                     f"{package}.{stem}",
                     [os.path.relpath(pyx, HERE)],
-                    include_dirs=[numpy.get_include(), os.path.join(HERE, "lbcore", "core", "include")],
+                    include_dirs=[
+                        numpy.get_include(),
+                        os.path.join(HERE, "lbcore", "core", "include"),
+                        os.path.join(HERE, "plugins", "lbcore_plugins", "include"),
+                    ],
+                    libraries=["ssl", "crypto"] if stem in OPENSSL else [],
                     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
                     extra_compile_args=flags + ["-Wno-unused-function"],
                 )

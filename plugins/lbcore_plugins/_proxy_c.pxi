@@ -175,6 +175,9 @@ cdef enum:
     K_BACKEND = 4
     K_FLOW = 5
     K_WAKE = 6
+    K_LISTEN_HTTP = 7    # the route frontend's listeners and connections (_proxy_http.pxi)
+    K_HCLIENT = 8
+    K_HBACKEND = 9
 
 cdef enum:
     ST_CONNECTING = 0
@@ -245,7 +248,8 @@ cdef struct ListenSock:
 
 
 cdef struct Listener:
-    Service* svc
+    Service* svc             # NULL for an HTTP listener, which routes each request
+    void* http               # an HTTP listener's settings (HttpListen), or NULL
     ct_key conn              # the service's side of a connection's 5-tuple (hash_key five_tuple)
     int max_conns
     int conns
@@ -386,3 +390,4 @@ cdef struct Worker:
     ListenSock* paused[MAX_PAUSED]
     int npaused
     unsigned long long counters[16]
+    void* http           # the route frontend's state of this worker (HttpWorker)

@@ -4,6 +4,7 @@ from typing import Any
 
 SPLICE_MODES: dict[str, int]
 COUNTERS: tuple[str, ...]
+HTTP_COUNTERS: tuple[str, ...]
 
 def pipe_max_size() -> int: ...
 
@@ -60,3 +61,23 @@ class Engine:
     ) -> int: ...
     def remove_listener(self, ident: int) -> None: ...
     def stats(self) -> dict[str, int]: ...
+    def configure_http(
+        self,
+        max_body_bytes: int = 0,
+        header_timeout: float = 10.0,
+        keepalive_timeout: float = 300.0,
+        pool_idle_timeout: float = 30.0,
+        pool_max_idle: int = 1024,
+    ) -> None: ...
+    def set_routes(
+        self, hosts: list[dict[str, Any]], default_certificate: tuple[bytes, bytes] | None = None
+    ) -> None: ...
+    def add_http_listener(
+        self,
+        fds: list[int],
+        https: bool = False,
+        port: int = 0,
+        redirect_port: int = 443,
+        max_connections: int = 0,
+    ) -> int: ...
+    def http_stats(self) -> dict[str, int]: ...

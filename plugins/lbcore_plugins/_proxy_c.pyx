@@ -143,7 +143,9 @@ cdef void svc_decref(Service* s) noexcept nogil:
 
 cdef void listener_decref(Listener* l) noexcept nogil:
     if lb_atomic_add(&l.refs, -1) == 0:
-        svc_decref(l.svc)
+        if l.svc != NULL:
+            svc_decref(l.svc)
+        http_listen_free(l.http)
         free(l)
 
 
@@ -178,10 +180,11 @@ cdef void rebase_affinity(Service* s, double now) noexcept nogil:
             pthread_mutex_unlock(&s.lock)
 
 
-cdef uint64_t five_tuple_hash(Listener* l, ct_key* client, sockaddr_storage* a) noexcept nogil:
+cdef uint64_t five_tuple_hash(const ct_key* side, ct_key* client,
+                               sockaddr_storage* a) noexcept nogil:
     """The balancer key of ``hash_key: five_tuple``: the bytes ``lbcore.Picker`` hashes for the
     same connection (its ``ct_key``: client and service address, ports, protocol)."""
-    cdef ct_key k = l.conn  # the service's side, filled once by add_listener
+    cdef ct_key k = side[0]  # the service's side, filled once by add_listener
     memcpy(k.addr, client.addr, 16)
     if a.ss_family == AF_INET6:
         k.sport = ntohs((<sockaddr_in6*>a).sin6_port)
@@ -190,12 +193,17 @@ cdef uint64_t five_tuple_hash(Listener* l, ct_key* client, sockaddr_storage* a) 
     return XXH3_64bits(&k, CT_KEY_BYTES)
 
 
-cdef Endpoint* svc_pick(Listener* l, sockaddr_storage* client, double now, Endpoint** tried,
-                        int ntried) noexcept nogil:
-    """Pick an endpoint for a new connection or flow with the shared pick policy (affinity, then
-    the balancer; ``tried`` ones excluded). The caller owns one reference and one live
-    connection of the result (``ep_release``)."""
-    cdef Service* s = l.svc
+cdef inline Endpoint* svc_pick(Listener* l, sockaddr_storage* client, double now,
+                               Endpoint** tried, int ntried) noexcept nogil:
+    return service_pick(l.svc, &l.conn, client, now, tried, ntried)
+
+
+cdef Endpoint* service_pick(Service* s, const ct_key* side, sockaddr_storage* client,
+                            double now, Endpoint** tried, int ntried) noexcept nogil:
+    """Pick an endpoint of ``s`` for a new connection, flow or HTTP request with the shared pick
+    policy (affinity, then the balancer; ``tried`` ones excluded); ``side`` is the listener's
+    half of the 5-tuple. The caller owns one reference and one live connection of the result
+    (``ep_release``)."""
     cdef Endpoint* ep = NULL
     cdef ct_key key
     cdef uint64_t h
@@ -224,7 +232,7 @@ cdef Endpoint* svc_pick(Listener* l, sockaddr_storage* client, double now, Endpo
             nexcl += 1
     ps.balancer, ps.affinity = s.balancer, s.affinity
     ps.bal_ids, ps.nbal, ps.bidx, ps.down, ps.nids = s.bal_ids, s.npicks, s.bidx, s.down, s.nidents
-    h = five_tuple_hash(l, &key, client) if s.five_tuple else client_ip_hash(&key)
+    h = five_tuple_hash(side, &key, client) if s.five_tuple else client_ip_hash(&key)
     ident = pick_new(&ps, &key, kh, ms, h, excl, nexcl, now)
     if ident >= 0:
         ep = s.by_ident[ident]
@@ -334,7 +342,7 @@ cdef void watch_listener(Worker* w, ListenSock* ls) noexcept nogil:
     paused listener is removed and added again.
     """
     cdef epoll_event ev
-    ev.events = EPOLLIN | (EPOLLEXCLUSIVE if ls.kind == K_LISTEN_TCP else 0)
+    ev.events = EPOLLIN | (EPOLLEXCLUSIVE if ls.kind != K_LISTEN_UDP else 0)
     ev.data.ptr = ls
     epoll_ctl(w.epfd, EPOLL_CTL_ADD, ls.fd, &ev)
 
@@ -667,7 +675,7 @@ cdef void out_of_descriptors(Worker* w, Listener* l) noexcept nogil:
     cdef int i
     w.counters[C_FD_EXHAUSTED] += 1
     for i in range(l.nsocks):
-        if l.socks[i].worker == w.id and l.socks[i].kind == K_LISTEN_TCP:
+        if l.socks[i].worker == w.id and l.socks[i].kind != K_LISTEN_UDP:
             pause_listener(w, &l.socks[i], w.now + FD_PAUSE)
 
 
@@ -968,6 +976,13 @@ cdef void on_flow(Worker* w, Flow* f) noexcept nogil:
 
 
 # ---------------------------------------------------------------------------------------------
+# HTTP and TLS: the route frontend
+# ---------------------------------------------------------------------------------------------
+
+include "_proxy_http.pxi"
+
+
+# ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
 
@@ -1100,13 +1115,20 @@ cdef void worker_loop(Worker* w) noexcept nogil:
                 on_udp_listener(w, <ListenSock*>p)
             elif kind == K_FLOW:
                 on_flow(w, <Flow*>p)
+            elif kind == K_HCLIENT or kind == K_HBACKEND:
+                http_event(w, p, events[i].events)
+            elif kind == K_LISTEN_HTTP:
+                http_accept(w, <ListenSock*>p)
             elif kind == K_WAKE:
                 run_commands(w)
         # closed this round: freed only now, another event of the batch may point at them
         free_dead(w)
+        http_free_dead(w)
         if w.now >= w.next_tick:
             tick(w)
+            http_tick(w)
             free_dead(w)
+            http_free_dead(w)
             w.next_tick = w.now + 0.1
         w.iter += 1
 
@@ -1121,6 +1143,7 @@ cdef void worker_shutdown(Worker* w) noexcept nogil:
         conn_close(w, w.conns, False)
     while w.flows != NULL:
         flow_close(w, w.flows)
+    http_worker_shutdown(w)
     for i in range(w.npaused):
         listener_decref(w.paused[i].listener)
     w.npaused = 0
@@ -1226,6 +1249,8 @@ cdef class Engine:
     cdef int next_listener
     cdef bint is_running
     cdef object lock
+    cdef HttpConfig hcfg      # the route frontend's settings (configure_http)
+    cdef RouteShared* routes  # the routing table the workers take (set_routes)
 
     def __cinit__(self, int workers=2, int buffer_size=16384, str splice="auto",
                   int pipe_size=1048576, double connect_timeout=5.0, double idle_timeout=3600.0,
@@ -1285,6 +1310,15 @@ cdef class Engine:
         self.next_listener = 1
         self.is_running = False
         self.lock = threading.Lock()
+        self.routes = <RouteShared*>calloc(1, sizeof(RouteShared))
+        if self.routes == NULL:
+            raise MemoryError()
+        pthread_mutex_init(&self.routes.lock, NULL)
+        self.hcfg.buffer_size = buffer_size
+        self.hcfg.header_timeout = 10.0
+        self.hcfg.keepalive_timeout = 300.0
+        self.hcfg.pool_idle_timeout = 30.0
+        self.hcfg.pool_max_idle = 1024
 
     def __dealloc__(self):
         cdef int i
@@ -1294,6 +1328,11 @@ cdef class Engine:
             for i in range(self.nworkers):
                 self._free_worker(&self.ws[i])
             free(self.ws)
+            if self.routes != NULL:
+                table_decref(self.routes.table)
+                pthread_mutex_destroy(&self.routes.lock)
+                free(self.routes)
+                self.routes = NULL
         # a running engine cannot be collected: its threads hold a reference to it
         self.ws = NULL
 
@@ -1338,6 +1377,8 @@ cdef class Engine:
         ev.events = EPOLLIN
         ev.data.ptr = w
         epoll_ctl(w.epfd, EPOLL_CTL_ADD, w.wakefd, &ev)
+        if http_worker_init(w, &self.hcfg, self.routes) != 0:
+            raise MemoryError()
         w.now = mono()
         w.next_tick = w.now + 0.1
         return 0
@@ -1364,6 +1405,7 @@ cdef class Engine:
             w.clients = NULL
         free(w.dgram)
         w.dgram = NULL
+        http_worker_free(w)
 
     def start(self) -> None:
         """Start the worker threads. Listeners added before are served from now on."""
@@ -1871,4 +1913,142 @@ cdef class Engine:
         out["open_flows"] = sum(lb_atomic_load(&self.ws[i].nflows) for i in range(self.nworkers))
         out["listeners"] = len(self.listeners)
         out["services"] = len(self.services)
+        return out
+
+    # -- the route frontend (HTTP and TLS) -----------------------------------------------
+
+    def configure_http(self, long long max_body_bytes=0, double header_timeout=10.0,
+                       double keepalive_timeout=300.0, double pool_idle_timeout=30.0,
+                       int pool_max_idle=1024) -> None:
+        """Settings of the HTTP data path, before ``start()``.
+
+        :param max_body_bytes: a request body larger than this is refused with 413 (0: no
+            limit). A request head must fit in ``buffer_size`` bytes, else 431.
+        :param header_timeout: seconds a client has to send a whole request head (408 after),
+            and to finish a TLS handshake.
+        :param keepalive_timeout: seconds a kept-alive client connection may wait for its next
+            request.
+        :param pool_idle_timeout: seconds an idle backend connection is kept for reuse.
+        :param pool_max_idle: idle backend connections each worker keeps.
+        """
+        if self.is_running:
+            raise ConfigError("configure_http: the engine is running already")
+        for name, value in (("header_timeout", header_timeout),
+                            ("keepalive_timeout", keepalive_timeout),
+                            ("pool_idle_timeout", pool_idle_timeout)):
+            if value <= 0:
+                raise ConfigError(f"{name}: {value!r} must be positive")
+        if max_body_bytes < 0:
+            raise ConfigError(f"max_body_bytes: {max_body_bytes!r} must not be negative")
+        if pool_max_idle < 0:
+            raise ConfigError(f"pool_max_idle: {pool_max_idle!r} must not be negative")
+        self.hcfg.max_body = max_body_bytes
+        self.hcfg.header_timeout = header_timeout
+        self.hcfg.keepalive_timeout = keepalive_timeout
+        self.hcfg.pool_idle_timeout = pool_idle_timeout
+        self.hcfg.pool_max_idle = pool_max_idle
+
+    def set_routes(self, list hosts, object default_certificate=None) -> None:
+        """Replace the routing table (``lbcore.model.routes.RoutingTable``'s shape, as plain
+        data); requests and TLS sessions already under way finish on the old one, so a new
+        certificate drops no connection.
+
+        :param hosts: one dict per virtual host: ``{"host": "www.example.com",
+            "*.example.com" or "" (any host), "certificate": PEM chain, "key": PEM (optional),
+            "http": [rule, ...], "https": [rule, ...], "passthrough": rule or None}``, rules in
+            match order, each ``{"path": "/app", "match": "Prefix" | "Exact", "redirect":
+            bool, "reencrypt": bool, "destination_ca": PEM, "backends": [(service port key,
+            weight 0..256), ...]}``; service port keys are those of ``set_service``.
+        :param default_certificate: ``(chain PEM, key PEM)`` an HTTPS listener presents when
+            the SNI names no host with a certificate of its own.
+        :raises ConfigError: an unknown service port, a bad weight, a certificate or key that
+            does not parse or match, a host given twice.
+        """
+        cdef RTable* t
+        cdef RTable* old
+        with self.lock:
+            t = build_table(hosts, self.services, default_certificate)
+            with nogil:
+                pthread_mutex_lock(&self.routes.lock)
+                old = self.routes.table
+                self.routes.table = t
+                self.routes.gen += 1
+                pthread_mutex_unlock(&self.routes.lock)
+            table_decref(old)
+
+    def add_http_listener(self, list fds, bint https=False, int port=0, int redirect_port=443,
+                          int max_connections=0) -> int:
+        """Serve HTTP (or, ``https``, HTTPS) on bound sockets, one per worker; the engine owns
+        ``fds`` from now on. Each request is routed by the table of ``set_routes``.
+
+        :param port: the port clients reach this listener on (``X-Forwarded-Port``).
+        :param redirect_port: the HTTPS port ``insecureEdgeTerminationPolicy: Redirect`` sends
+            plain HTTP clients to.
+        :return: an id for :meth:`remove_listener`.
+        """
+        cdef Listener* l
+        cdef HttpListen* hl
+        cdef int i, ident
+        if len(fds) != self.nworkers:
+            raise ConfigError(f"fds: an HTTP listener needs {self.nworkers} sockets, got {len(fds)}")
+        with self.lock:
+            l = <Listener*>calloc(1, sizeof(Listener))
+            hl = <HttpListen*>calloc(1, sizeof(HttpListen))
+            if l == NULL or hl == NULL:
+                free(l)
+                free(hl)
+                raise MemoryError()
+            l.http = hl
+            hl.https = https
+            hl.redirect_port = redirect_port
+            hl.routes = self.routes
+            if https:
+                try:
+                    hl.ctx = listener_context(self.routes)
+                except BaseException:
+                    free(hl)
+                    free(l)
+                    raise
+            sock = pysocket.socket(fileno=fds[0])
+            try:
+                address = sock.getsockname()
+            finally:
+                sock.detach()
+            hl.port = port or address[1]
+            pack_addr(address[0], hl.side.addr + 16, "address")
+            pack_port(address[1], &hl.side.dport, "port")
+            pack_proto("TCP", &hl.side.proto)
+            l.max_conns = max_connections
+            l.refs = 1 + len(fds)
+            l.nsocks = len(fds)
+            ident = self.next_listener
+            self.next_listener += 1
+            for i, fd in enumerate(fds):
+                l.socks[i].kind = K_LISTEN_HTTP
+                l.socks[i].fd = fd
+                set_nodelay(fd)
+                l.socks[i].listener = l
+                l.socks[i].worker = i
+            self.listeners[ident] = <uintptr_t>l
+            self._ensure_workers()
+            for i in range(l.nsocks):
+                self._command(CMD_ADD, &l.socks[i])
+        return ident
+
+    def http_stats(self) -> dict:
+        """Counters of the HTTP data path summed over the workers (``requests``, ``responses``,
+        ``not_found``, ``unavailable``, ``backend_connects``, ``backend_reuses``, ...), and
+        ``idle_backends``: backend connections in the pools now."""
+        cdef int i, k
+        cdef HttpWorker* hw
+        out = {name: 0 for name in HTTP_COUNTERS}
+        idle = 0
+        for i in range(self.nworkers):
+            hw = <HttpWorker*>self.ws[i].http
+            if hw == NULL:
+                continue
+            for k in range(HC_N):
+                out[HTTP_COUNTERS[k]] += lb_atomic_load_u64(&hw.counters[k])
+            idle += lb_atomic_load(&hw.idle)
+        out["idle_backends"] = idle
         return out

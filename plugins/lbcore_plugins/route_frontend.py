@@ -1,0 +1,226 @@
+"""The ``route`` frontend: HTTP and HTTPS by host name and path (OpenShift Routes, Kubernetes
+Ingresses), in the socket frontend's compiled engine.
+
+Each sync builds the routing table (:func:`lbcore.routing_table`: one table for Routes and
+Ingresses, with the conflict rule) and hands the engine (:mod:`lbcore_plugins._proxy_c`) what
+changed: an endpoint table per routed service port (the same tables, pick policy and Balancers
+the socket frontend uses, with ClientIP affinity when the service asks), then the routing table
+itself as plain data. The engine serves an HTTP listener and an HTTPS listener
+(docs/frontends/route.md).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lbcore import (
+    ConfigError,
+    Frontend,
+    FrontendUnavailable,
+    RoutingTable,
+    RuntimeContext,
+    Snapshot,
+    hookimpl,
+    routing_table,
+)
+from lbcore_plugins.socket_frontend import (
+    _IMPORT_ERROR,
+    Engine,
+    ProxyOptions,
+    bind_listener,
+    raise_open_files_limit,
+)
+
+#: the route frontend's own options, beside the engine's (ProxyOptions), with their defaults
+ROUTE_OPTIONS: dict[str, Any] = {
+    "http_address": "127.0.0.1",
+    "http_port": 8080,
+    "https_address": "127.0.0.1",
+    "https_port": 8443,
+    "redirect_port": 0,
+    "max_body_bytes": 0,
+    "header_timeout": 10.0,
+    "keepalive_timeout": 300.0,
+    "pool_idle_timeout": 30.0,
+    "pool_max_idle": 1024,
+    "default_certificate": "",
+    "default_key": "",
+    "ingress_class": "lbcore",
+}
+
+Rows = tuple[tuple[str, int, int, bool], ...]
+
+
+def route_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The route options of ``options`` with defaults, checked; a ConfigError names the key."""
+    out = dict(ROUTE_OPTIONS)
+    for key, default in ROUTE_OPTIONS.items():
+        if key not in options:
+            continue
+        value = options[key]
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, type(default)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: {value!r} is not a {type(default).__name__}")
+        out[key] = value
+    for key in ("http_port", "https_port", "redirect_port"):
+        if not 0 <= out[key] <= 65535:
+            raise ConfigError(f"{key}: {out[key]!r} is not in 0..65535")
+    for key in ("header_timeout", "keepalive_timeout", "pool_idle_timeout"):
+        if out[key] <= 0:
+            raise ConfigError(f"{key}: {out[key]!r} must be positive")
+    for key in ("max_body_bytes", "pool_max_idle"):
+        if out[key] < 0:
+            raise ConfigError(f"{key}: {out[key]!r} must not be negative")
+    if bool(out["default_certificate"]) != bool(out["default_key"]):
+        raise ConfigError("default_certificate, default_key: give both or neither")
+    return out
+
+
+def engine_routes(table: RoutingTable) -> tuple[list[dict[str, Any]], dict[str, Rows],
+                                               dict[str, float]]:
+    """The engine's view of ``table``: its hosts as plain data (``Engine.set_routes``), the
+    endpoint rows of every routed service port, and the ClientIP affinity seconds of those that
+    ask for it. A backend whose service or port does not exist is left out (its rule then
+    answers 503)."""
+    tables: dict[str, Rows] = {}
+    affinity: dict[str, float] = {}
+
+    def rule(r: Any) -> dict[str, Any]:
+        backends = []
+        for b in r.backends:
+            if not b.port_key:
+                continue
+            tables[b.port_key] = tuple((e.ip, e.port, max(e.weight, 0), True) for e in b.endpoints)
+            if b.session_affinity == "ClientIP":
+                affinity[b.port_key] = float(b.affinity_timeout)
+            backends.append((b.port_key, b.weight))
+        return {"path": r.path, "match": r.match, "redirect": r.redirect,
+                "reencrypt": r.reencrypt, "destination_ca": r.destination_ca,
+                "backends": backends}
+
+    hosts = []
+    for vh in table.hosts:
+        hosts.append({
+            "host": vh.name,
+            "certificate": vh.certificate.chain if vh.certificate else b"",
+            "key": vh.certificate.key if vh.certificate else b"",
+            "http": [rule(r) for r in vh.http],
+            "https": [rule(r) for r in vh.https],
+            "passthrough": rule(vh.passthrough) if vh.passthrough is not None else None,
+        })
+    return hosts, tables, affinity
+
+
+class RouteFrontend(Frontend):
+    """Serves Routes and Ingresses on one HTTP and one HTTPS listener (options:
+    :data:`ROUTE_OPTIONS` and the socket frontend's engine options, docs/frontends/route.md)."""
+
+    name = "route"
+
+    def __init__(self, options: Mapping[str, Any], context: RuntimeContext):
+        super().__init__(options, context)
+        self.route_settings = route_options(self.options)
+        self.settings = ProxyOptions.from_options(self.options, tuple(ROUTE_OPTIONS))
+        self.engine: Any = None
+        self._tables: dict[str, tuple[Rows, float]] = {}
+        self._hosts: list[dict[str, Any]] | None = None
+        self._listeners: dict[str, tuple[str, int]] = {}
+        self._default_certificate: tuple[bytes, bytes] | None = None
+        self.table: RoutingTable | None = None
+
+    def start(self) -> None:
+        if Engine is None:
+            raise FrontendUnavailable(
+                f"{self.name}: the compiled data path is missing ({_IMPORT_ERROR}); "
+                "build it with `python setup.py build_ext --inplace` or `pip install -e .`"
+            )
+        if self.engine is not None:
+            return
+        opts = self.route_settings
+        if opts["default_certificate"]:
+            try:
+                self._default_certificate = (Path(opts["default_certificate"]).read_bytes(),
+                                             Path(opts["default_key"]).read_bytes())
+            except OSError as exc:
+                raise ConfigError(f"default_certificate: {exc}") from None
+        raise_open_files_limit()
+        engine = Engine(**self.settings.engine_kwargs())
+        engine.configure_http(
+            max_body_bytes=opts["max_body_bytes"], header_timeout=opts["header_timeout"],
+            keepalive_timeout=opts["keepalive_timeout"],
+            pool_idle_timeout=opts["pool_idle_timeout"], pool_max_idle=opts["pool_max_idle"])
+        engine.set_routes([], self._default_certificate)
+        https_port = opts["https_port"]
+        try:
+            for scheme, address, port in (("http", opts["http_address"], opts["http_port"]),
+                                          ("https", opts["https_address"], https_port)):
+                fds = bind_listener(address, port, "TCP", self.settings.workers,
+                                    self.settings.backlog, self.settings.reuseport)
+                sock = socket.socket(fileno=fds[0])
+                bound = sock.getsockname()[1]
+                sock.detach()
+                if scheme == "https":
+                    https_port = bound
+                engine.add_http_listener(
+                    fds, https=scheme == "https", port=bound,
+                    redirect_port=opts["redirect_port"] or https_port,
+                    max_connections=self.settings.max_connections)
+                self._listeners[scheme] = (address, bound)
+        except OSError as exc:
+            engine.stop()
+            self._listeners.clear()
+            raise OSError(exc.errno or errno.EADDRNOTAVAIL,
+                          f"{self.name}: cannot listen: {exc.strerror or exc}") from None
+        engine.start()
+        self.engine = engine
+
+    def sync(self, snapshot: Snapshot, changed: frozenset[str]) -> None:
+        if self.engine is None:
+            self.start()
+        table = routing_table(snapshot, self.route_settings["ingress_class"])
+        hosts, tables, affinity = engine_routes(table)
+        opts = self.settings
+        for key, rows in tables.items():
+            state = (rows, affinity.get(key, 0.0))
+            if self._tables.get(key) != state:
+                self.engine.set_service(key, list(rows), opts.algorithm, state[1],
+                                        opts.affinity_capacity, dict(opts.algorithm_options),
+                                        opts.hash_key)
+                self._tables[key] = state
+        if hosts != self._hosts:
+            self.engine.set_routes(hosts, self._default_certificate)
+            self._hosts = hosts
+        for key in [k for k in self._tables if k not in tables]:
+            self.engine.remove_service(key)  # the old table's requests keep it until they end
+            del self._tables[key]
+        self.table = table
+
+    def stop(self, keep: bool = False) -> None:
+        """Close both listeners, every connection and the workers."""
+        if self.engine is not None:
+            self.engine.stop()
+            self.engine = None
+        self._tables.clear()
+        self._hosts = None
+        self._listeners.clear()
+
+    @property
+    def listening(self) -> dict[str, tuple[str, int]]:
+        """``{"http": (address, port), "https": (address, port)}`` once started."""
+        return dict(self._listeners)
+
+    def stats(self) -> dict[str, int]:
+        """The engine's connection counters and the HTTP counters (requests, 404s, 503s, ...)."""
+        if self.engine is None:
+            return {}
+        return {**self.engine.stats(), **self.engine.http_stats()}
+
+
+@hookimpl
+def lbcore_register_frontends() -> Mapping[str, Any]:
+    return {"route": RouteFrontend}
