@@ -250,6 +250,11 @@ def default_token(data_dir: Path | None = None) -> str | None:
         return None
 
 
+# what the CLI writes is refused when it has a field the kind does not (a typo), as kubectl's
+# default --validate=strict asks of an API server
+STRICT: Mapping[str, str] = {"fieldValidation": "Strict"}
+
+
 class Client:
     """Create, apply, get, list and delete Kubernetes-shaped objects."""
 
@@ -277,12 +282,13 @@ class Client:
 
     def create(self, obj: Mapping[str, Any], namespace: str) -> dict[str, Any]:
         resource = resource_for(obj.get("kind", ""))
-        return self.transport.request("POST", resource.path(namespace), body=obj)
+        return self.transport.request("POST", resource.path(namespace), body=obj, query=STRICT)
 
     def replace(self, obj: Mapping[str, Any], namespace: str) -> dict[str, Any]:
         resource = resource_for(obj.get("kind", ""))
         name = (obj.get("metadata") or {}).get("name")
-        return self.transport.request("PUT", resource.path(namespace, name), body=obj)
+        return self.transport.request("PUT", resource.path(namespace, name), body=obj,
+                                      query=STRICT)
 
     def apply(self, obj: Mapping[str, Any], namespace: str) -> tuple[str, dict[str, Any]]:
         """Create, or update what exists; ``("created" | "configured", object)``.

@@ -20,6 +20,7 @@ import datetime as _dt
 import ipaddress
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any, ClassVar, Self, TypeAlias
 import yaml
 
 from lbcore.errors import Cause, ValidationError
+from lbcore.model import schema
 from lbcore.model.kinds import kind_for
 
 __all__ = [
@@ -1018,10 +1020,41 @@ def manifest_documents(
 def load_manifests(
     source: str | os.PathLike[str] | bytes | Mapping[str, Any] | Iterable[Mapping[str, Any]],
     validate: bool = True,
+    field_validation: str = "Strict",
 ) -> list[Object]:
     """Every object in ``source`` (see :func:`manifest_documents`), defaulted and validated, in
     the order they appear. The first invalid object raises :class:`lbcore.ValidationError`
     listing all its problems; text that does not parse raises :class:`ManifestSyntaxError` (a
     ValidationError) naming the file, line and column.
+
+    :param field_validation: fields the kind's schema does not have (a typo such as
+        ``targetPrt``), as the API server's ``fieldValidation``: ``Strict`` (the default)
+        refuses the object naming each one; ``Warn`` drops them with a :class:`UserWarning`;
+        ``Ignore`` drops them. Without ``validate`` they are not looked for.
     """
-    return [parse_object(obj, validate=validate) for obj in manifest_documents(source)]
+    if field_validation not in schema.FIELD_VALIDATION:
+        raise ValueError(f"field_validation: {field_validation!r} is not one of "
+                         f"{', '.join(schema.FIELD_VALIDATION)}")
+    docs = manifest_documents(source)
+    if validate:
+        docs = [_known_fields_only(obj, field_validation) for obj in docs]
+    return [parse_object(obj, validate=validate) for obj in docs]
+
+
+def _known_fields_only(obj: Any, field_validation: str) -> Any:
+    if not isinstance(obj, Mapping):
+        return obj
+    kind = str(obj.get("kind", ""))
+    problems = schema.unknown_fields(kind, obj)
+    if not problems:
+        return obj
+    if field_validation == "Strict":
+        raise ValidationError(kind, _name_of(obj), [
+            Cause(p.path, "FieldValueDuplicate" if p.duplicate else "FieldValueUnknown",
+                  "duplicate field" if p.duplicate else "unknown field") for p in problems])
+    copied = copy.deepcopy(dict(obj))
+    schema.drop_unknown_fields(kind, copied)
+    if field_validation == "Warn":
+        for p in problems:
+            warnings.warn(f'{kind} "{_name_of(obj)}": {p}', UserWarning, stacklevel=3)
+    return copied

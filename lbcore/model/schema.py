@@ -32,6 +32,7 @@ from lbcore.model.kinds import KINDS, Kind, find_kind
 
 __all__ = [
     "DEFINITIONS",
+    "FIELD_VALIDATION",
     "KIND_SCHEMAS",
     "FieldProblem",
     "drop_unknown_fields",
@@ -926,6 +927,9 @@ KIND_SCHEMAS: Mapping[str, str] = {
 
 
 # -- unknown fields -----------------------------------------------------------------------------
+
+# what a writer may ask for unknown and duplicate fields, as the API server's fieldValidation
+FIELD_VALIDATION = ("Ignore", "Strict", "Warn")
 
 
 @dataclass(frozen=True, slots=True)

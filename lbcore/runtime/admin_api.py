@@ -63,7 +63,6 @@ WATCH_CHUNK_BYTES = 256 * 1024
 _WATCHES = web.AppKey("lbcore_watches", set)
 # what a request is warned of (unknown fields under fieldValidation=Warn): Warning headers
 _WARNINGS = "lbcore_warnings"
-FIELD_VALIDATION = ("Ignore", "Strict", "Warn")
 
 # Bytes are admitted before objects. A request body is at most what the API server takes
 # (3 MiB); nesting is bounded well below where Python's recursion (json, deepcopy) would fail;
@@ -608,10 +607,10 @@ class _AdminAPI:
         the request under Strict, are dropped with a warning under Warn (the default) and
         dropped silently under Ignore; they are never stored."""
         directive = request.query.get("fieldValidation") or "Warn"
-        if directive not in FIELD_VALIDATION:
+        if directive not in schema.FIELD_VALIDATION:
             raise BadRequest(
                 f'fieldValidation: Unsupported value: "{directive}": supported values: '
-                + ", ".join(f'"{v}"' for v in FIELD_VALIDATION)
+                + ", ".join(f'"{v}"' for v in schema.FIELD_VALIDATION)
             )
         if directive == "Strict":
             problems = schema.unknown_fields(kind.kind, body)
