@@ -87,8 +87,8 @@ def test_namespaces_and_events() -> None:
 
 
 def test_a_kind_without_columns_gets_the_default_table() -> None:
-    assert [c.name for c in tables.columns_for("Secret")] == ["Name", "Created At"]
-    assert cells("Secret", {"metadata": meta("s")}) == ["s", CREATED]
+    assert [c.name for c in tables.columns_for("Widget")] == ["Name", "Created At"]
+    assert cells("Widget", {"metadata": meta("s")}) == ["s", CREATED]
 
 
 def test_table_rows_carry_metadata_the_object_or_nothing() -> None:
