@@ -17,10 +17,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
-
 from lbcore.errors import ConfigError
 from lbcore.model.kinds import Kind, find_kind
+from lbcore.model.objects import text_documents
 from lbcore.runtime.config import DEFAULT_ADMIN_PORT, default_data_dir
 
 
@@ -366,26 +365,17 @@ def _files(path: str) -> Iterator[tuple[str, str]]:
 
 
 def read_manifests(paths: Iterable[str]) -> list[dict[str, Any]]:
-    """Every object in the files (``-`` is stdin; a directory gives its .yaml/.yml/.json files);
-    ``kind: List`` is flattened."""
+    """Every object in the files (``-`` is stdin; a directory gives its .yaml/.yml/.json files),
+    parsed as :func:`lbcore.load_manifests` parses them (``kind: List`` is unpacked; text that
+    does not parse raises its :class:`~lbcore.model.objects.ManifestSyntaxError`)."""
     out: list[dict[str, Any]] = []
     for name, text in (item for path in paths for item in _files(path)):
-        try:
-            docs = list(yaml.safe_load_all(text))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise ManifestError(
-                f"error parsing {name}:{where}: {getattr(exc, 'problem', exc)}"
-            ) from None
-        for i, doc in enumerate(docs):
+        for i, doc in enumerate(text_documents(text, name)):
             if doc is None:
                 continue
             if not isinstance(doc, dict):
                 raise ManifestError(f"error parsing {name}: document {i + 1} is not an object")
-            items = doc.get("items") if doc.get("kind") == "List" else [doc]
-            for item in items or ():
-                if not isinstance(item, dict) or not item.get("kind"):
-                    raise ManifestError(f"error validating {name}: Object 'Kind' is missing")
-                out.append(item)
+            if not doc.get("kind"):
+                raise ManifestError(f"error validating {name}: Object 'Kind' is missing")
+            out.append(doc)
     return out

@@ -59,6 +59,7 @@ __all__ = [
     "format_timestamp",
     "load_manifests",
     "manifest_documents",
+    "text_documents",
     "defaulted",
     "parse_admitted",
     "parse_object",
@@ -974,6 +975,12 @@ def _flatten(doc: Any) -> Iterator[Mapping[str, Any]]:
             yield from _flatten(item)
     else:
         yield doc
+
+
+def text_documents(text: str, source: str) -> list[Any]:
+    """Every document of a YAML or JSON ``text`` as written, ``kind: List`` unpacked;
+    :raises ManifestSyntaxError: text that does not parse, naming ``source``, line and column."""
+    return [obj for doc in _documents(text, source) for obj in _flatten(doc)]
 
 
 def _read_path(path: Path) -> Iterator[Any]:

@@ -62,7 +62,9 @@ WATCH_CHUNK_BYTES = 256 * 1024
 
 _WATCHES = web.AppKey("lbcore_watches", set)
 # what a request is warned of (unknown fields under fieldValidation=Warn): Warning headers
-_WARNINGS = "lbcore_warnings"
+# (a typed key where aiohttp has them, 3.13 and later)
+_WARNINGS: Any = (web.RequestKey("lbcore_warnings", list) if hasattr(web, "RequestKey")
+                  else "lbcore_warnings")
 
 # Bytes are admitted before objects. A request body is at most what the API server takes
 # (3 MiB); nesting is bounded well below where Python's recursion (json, deepcopy) would fail;
