@@ -390,7 +390,8 @@ def _truthy(value: str | None) -> bool:
 
 
 def _field_filter(text: str | None) -> Callable[[Mapping[str, Any]], bool] | None:
-    """``fieldSelector`` on metadata.name and metadata.namespace (``=``, ``==``, ``!=``)."""
+    """``fieldSelector`` on metadata.name, metadata.namespace and (a Secret's) type (``=``,
+    ``==``, ``!=``)."""
     if not text:
         return None
     terms: list[tuple[str, bool, str]] = []
@@ -403,16 +404,18 @@ def _field_filter(text: str | None) -> Callable[[Mapping[str, Any]], bool] | Non
                 break
         else:
             raise BadRequest(f"fieldSelector: {term!r} is not field=value or field!=value")
-        if field not in ("metadata.name", "metadata.namespace"):
+        if field not in ("metadata.name", "metadata.namespace", "type"):
             raise BadRequest(
                 f'fieldSelector: "{field}" is not a supported field selector '
-                "(metadata.name, metadata.namespace)"
+                "(metadata.name, metadata.namespace, type)"
             )
-        terms.append((field.split(".", 1)[1], equal, value))
+        terms.append((field, equal, value))
 
     def matches(obj: Mapping[str, Any]) -> bool:
         meta = obj.get("metadata") or {}
-        return all((meta.get(key) == value) == equal for key, equal, value in terms)
+        return all(
+            ((obj.get(key) if key == "type" else meta.get(key.split(".", 1)[1])) == value)
+            == equal for key, equal, value in terms)
 
     return matches
 

@@ -31,6 +31,10 @@ Options:
     in_cluster: use the pod's service account (default: when ``KUBERNETES_SERVICE_HOST`` is set
         and neither ``server`` nor ``kubeconfig`` is).
     namespace: follow one namespace only (default: all).
+    routes: ``auto`` (the default) also follows Routes (route.openshift.io/v1) and Ingresses
+        (networking.k8s.io/v1) when the server serves their group, and then the Secrets of
+        type kubernetes.io/tls their TLS names, for the routing table; true follows them
+        whatever discovery says, false never.
     label_selector: which Services and EndpointSlices to follow (default, as kube-proxy:
         ``!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless``, leaving
         out services another proxy serves and headless ones; ``""`` follows all). Pods are
@@ -66,13 +70,16 @@ MODES: dict[str, tuple[str, ...]] = {
     "endpointslices": ("Service", "EndpointSlice"),
     "pods": ("Service", "Pod"),
 }
+# what the routing table reads (lbcore.model.routes), when the cluster serves it
+ROUTE_KINDS = ("Route", "Ingress", "Secret")
+TLS_SECRETS = "type=kubernetes.io/tls"
 # kube-proxy's own filter: what another proxy serves, and headless services, are not its job
 DEFAULT_LABEL_SELECTOR = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
 
 _OPTIONS = {
     "mode", "server", "token", "verify_ssl", "ca_file", "kubeconfig", "context", "in_cluster",
     "namespace", "label_selector", "watch_timeout", "connect_timeout", "read_timeout", "backoff_initial",
-    "backoff_max", "unhealthy_after",
+    "backoff_max", "unhealthy_after", "routes",
 }
 # answers to a watch that mean "list again": 410 Gone (compacted) and 504 Too large resource
 # version (the server's range is lower than the version asked for: a restart or a restore)
@@ -161,7 +168,11 @@ class KubernetesSource(Source):
                 f"source.kubernetes.mode: {mode!r} is not one of {', '.join(MODES)}"
             )
         self.mode: str = mode
-        self.kinds = MODES[mode]
+        self.routes = self.options.get("routes", "auto")
+        if self.routes not in ("auto", True, False):
+            raise ConfigError(
+                f"source.kubernetes.routes: {self.routes!r} is not one of auto, true, false")
+        self.kinds = MODES[mode] + (ROUTE_KINDS if self.routes else ())
         self.namespace: str | None = self.options.get("namespace")
         self.label_selector = str(self.options.get("label_selector", DEFAULT_LABEL_SELECTOR))
         self.watch_timeout = max(1, int(_positive(self.options, "watch_timeout", 20)))
@@ -242,6 +253,8 @@ class KubernetesSource(Source):
     def _list_function(self, api_client: Any, kind: str) -> Callable[..., Any]:
         from kubernetes import client
 
+        if kind in ROUTE_KINDS:
+            return self._route_list_function(api_client, kind)
         core, discovery = client.CoreV1Api(api_client), client.DiscoveryV1Api(api_client)
         namespaced: dict[str, Callable[..., Any]] = {
             "Service": core.list_namespaced_service,
@@ -260,6 +273,52 @@ class KubernetesSource(Source):
             return lambda **kw: function(namespace, **selector, **kw)
         function = everywhere[kind]
         return lambda **kw: function(**selector, **kw)
+
+    def _route_list_function(self, api_client: Any, kind: str) -> Callable[..., Any]:
+        """Routes (a custom resource to the client), Ingresses and TLS Secrets, in the
+        namespace or everywhere; never filtered by the services' label selector."""
+        from kubernetes import client
+
+        ns = self.namespace
+        if kind == "Route":
+            custom = client.CustomObjectsApi(api_client)
+            where = ("route.openshift.io", "v1")
+            if ns is not None:
+                return lambda **kw: custom.list_namespaced_custom_object(*where, ns, "routes", **kw)
+            return lambda **kw: custom.list_cluster_custom_object(*where, "routes", **kw)
+        if kind == "Ingress":
+            networking = client.NetworkingV1Api(api_client)
+            if ns is not None:
+                return lambda **kw: networking.list_namespaced_ingress(ns, **kw)
+            return lambda **kw: networking.list_ingress_for_all_namespaces(**kw)
+        core = client.CoreV1Api(api_client)
+        if ns is not None:
+            return lambda **kw: core.list_namespaced_secret(ns, field_selector=TLS_SECRETS, **kw)
+        return lambda **kw: core.list_secret_for_all_namespaces(field_selector=TLS_SECRETS, **kw)
+
+    def _route_kind_served(self, kind: str, api_client: Any, backoff: Backoff,
+                           health: ReflectorHealth) -> bool:
+        """Whether the server serves ``kind`` (discovery of its groups; a Secret is followed
+        when a Route or an Ingress is); asked again, with backoff, until it answers."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        while not self._stop.is_set():
+            try:
+                groups = {g.name for g in client.ApisApi(api_client).get_api_versions(
+                    _request_timeout=(self.connect_timeout, self.read_timeout)).groups}
+            except Exception as exc:
+                if isinstance(exc, ApiException) and exc.status == 404:
+                    return False  # a server with no named group at all
+                delay = backoff.delay()
+                health.fail(_one_line(exc))
+                self.log.warning("discovery for %s failed: %s; retrying in %.1fs", kind,
+                                 _one_line(exc), delay)
+                self._stop.wait(delay)
+                continue
+            wanted = ROUTE_KINDS[:2] if kind == "Secret" else (kind,)
+            return any(lbcore.kind_for(k).group in groups for k in wanted)
+        return False
 
     # -- run ------------------------------------------------------------------------------------
 
@@ -281,7 +340,7 @@ class KubernetesSource(Source):
         reflectors = [
             loop.run_in_executor(
                 executor, self._reflect, kind, self._list_function(api_client, kind), sink,
-                on_loop, mark_listed,
+                on_loop, mark_listed, api_client,
             )
             for kind in self.kinds
         ]
@@ -297,11 +356,20 @@ class KubernetesSource(Source):
 
     def _reflect(
         self, kind: str, list_function: Callable[..., Any], sink: SourceSink,
-        on_loop: Callable[..., None], mark_listed: Callable[[str], None],
+        on_loop: Callable[..., None], mark_listed: Callable[[str], None], api_client: Any = None,
     ) -> None:
         """List, then watch, forever (until stopped): one kind, in its own thread."""
         backoff = Backoff(self.backoff_initial, self.backoff_max)
         health = self.reflectors[kind]
+        if kind in ROUTE_KINDS and self.routes == "auto" and not self._route_kind_served(
+                kind, api_client, backoff, health):
+            if not self._stop.is_set():  # not served: none of them, ever (until a restart)
+                self.log.info("the server does not serve %s; not following them", kind)
+                on_loop(sink.replace, kind, [])
+                on_loop(mark_listed, kind)
+                health.ok()
+                health.synced = True
+            return
         rv: str | None = None
         while not self._stop.is_set():
             try:

@@ -135,7 +135,7 @@ def test_endpointslices_mode_lists_then_follows_adds_changes_and_deletes(admin):
         assert ("Service", "default", "web") not in sink.objects
         got = sink.objects[("EndpointSlice", "default", "web-1")]
         assert [e["addresses"][0] for e in got["endpoints"]] == ["10.0.0.1", "10.0.0.2"]
-        assert source.lists == {"Service": 1, "EndpointSlice": 1}
+        assert {k: source.lists[k] for k in kinds} == {"Service": 1, "EndpointSlice": 1}
 
     run_source({"server": admin.url, **FAST}, scenario)
 
@@ -186,7 +186,7 @@ def test_converges_after_server_restart_with_changes_made_while_it_was_down(admi
         await converged(sink, store, kinds)
         assert sink.objects[("Service", "default", "c")]["metadata"]["labels"] == {"changed": "yes"}
         # the history still held every change: the watch resumed, nothing was listed again
-        assert source.lists == {"Service": 1, "EndpointSlice": 1}
+        assert {k: source.lists[k] for k in kinds} == {"Service": 1, "EndpointSlice": 1}
 
     run_source({"server": admin.url, **FAST}, scenario)
 
@@ -255,7 +255,8 @@ def test_a_silent_server_is_noticed_by_the_read_timeout_and_retried(caplog):
 
     try:
         with caplog.at_level(logging.WARNING, logger="lbcore"):
-            run_source({"server": url, **FAST, "read_timeout": 0.3}, scenario)
+            # the service kinds only: discovery's connections would count among the four
+            run_source({"server": url, **FAST, "read_timeout": 0.3, "routes": False}, scenario)
         assert any("list Service failed" in r.getMessage() for r in caplog.records)
     finally:
         done.set()
@@ -377,3 +378,54 @@ def test_like_kube_proxy_it_leaves_out_services_of_another_proxy_and_headless_sl
         await wait_until(lambda: ("Service", "default", "mine") not in sink.objects)
 
     run_source({"server": admin.url, **FAST}, scenario)
+
+
+def _routing_objects(store: Store) -> None:
+    store.create({"apiVersion": "route.openshift.io/v1", "kind": "Route",
+                  "metadata": {"name": "web", "namespace": "default"},
+                  "spec": {"host": "www.example.com", "to": {"kind": "Service", "name": "web"}}})
+    store.create({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                  "metadata": {"name": "web", "namespace": "default"},
+                  "spec": {"ingressClassName": "lbcore", "defaultBackend": {
+                      "service": {"name": "web", "port": {"number": 80}}}}})
+    store.create({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                  "metadata": {"name": "tls", "namespace": "default"},
+                  "data": {"tls.crt": "", "tls.key": ""}})
+    store.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "password",
+                                                                    "namespace": "default"},
+                  "stringData": {"password": "s3cret"}})
+
+
+def test_routes_ingresses_and_tls_secrets_are_followed_where_the_server_serves_them(admin):
+    store = admin.store
+    store.create(service("web"))
+    _routing_objects(store)
+
+    async def scenario(source: KubernetesSource, sink: DictSink) -> None:
+        await asyncio.wait_for(source.synced.wait(), 10)
+        assert source.kinds == ("Service", "EndpointSlice", "Route", "Ingress", "Secret")
+        await wait_until(lambda: {k[:3:2] for k in sink.objects} >= {
+            ("Route", "web"), ("Ingress", "web"), ("Secret", "tls")})
+        assert ("Secret", "default", "password") not in sink.objects  # TLS secrets only
+        route = store.get("Route", "default", "web")
+        route["spec"]["path"] = "/shop"
+        store.update(route)
+        await wait_until(lambda: sink.objects[("Route", "default", "web")]["spec"].get("path")
+                         == "/shop")
+        store.delete("Ingress", "default", "web")
+        await wait_until(lambda: ("Ingress", "default", "web") not in sink.objects)
+
+    run_source({"server": admin.url, **FAST}, scenario)
+
+
+def test_routes_false_follows_no_route_kind(admin):
+    _routing_objects(admin.store)
+
+    async def scenario(source: KubernetesSource, sink: DictSink) -> None:
+        await asyncio.wait_for(source.synced.wait(), 10)
+        assert source.kinds == ("Service", "EndpointSlice")
+        assert not [k for k in sink.objects if k[0] in ("Route", "Ingress", "Secret")]
+
+    run_source({"server": admin.url, "routes": False, **FAST}, scenario)
+    with pytest.raises(ConfigError, match="source.kubernetes.routes: 'yes' is not one of"):
+        KubernetesSource({"routes": "yes"}, RuntimeContext())
