@@ -89,6 +89,11 @@ class UnsupportedMediaType(StoreError):
     reason = "UnsupportedMediaType"
 
 
+class NotAcceptable(StoreError):
+    code = 406
+    reason = "NotAcceptable"
+
+
 class MethodNotAllowed(StoreError):
     code = 405
     reason = "MethodNotAllowed"
@@ -299,6 +304,24 @@ _BoundedYAMLLoader.add_constructor(
 )
 
 
+def _construct_yaml_map(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Any:
+    """A mapping that remembers the keys it names twice (the last value is kept), as JSON
+    bodies do (:func:`lbcore.model.schema.object_pairs`), for fieldValidation."""
+    counts: dict[Any, int] = {}
+    for key, _ in node.value:
+        if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+            counts[key.value] = counts.get(key.value, 0) + 1
+    twice = tuple(str(k) for k, n in counts.items() if n > 1)
+    data: dict[Any, Any] = schema.DuplicateKeys() if twice else {}
+    if twice:
+        data.duplicates = twice  # type: ignore[attr-defined]
+    yield data
+    data.update(loader.construct_mapping(node))
+
+
+_BoundedYAMLLoader.add_constructor("tag:yaml.org,2002:map", _construct_yaml_map)
+
+
 @web.middleware
 async def _warning_headers(request: web.Request, handler: Callable[..., Awaitable[Any]]) -> Any:
     """Each warning a request earned, as the API server sends it: ``Warning: 299 - "text"``
@@ -453,7 +476,15 @@ class _AdminAPI:
 
     @_handles_errors
     async def openapi_v2(self, request: web.Request) -> web.StreamResponse:
-        """Swagger 2.0 of every kind served, as JSON (kubectl 1.32 reads the v3 documents)."""
+        """Swagger 2.0 of every kind served, as JSON (kubectl 1.32 reads the v3 documents). A
+        client that accepts only the protobuf form is told so (406), not handed JSON."""
+        accepted = [media for media, _ in _media_types(request)]
+        if accepted and not any(m in ("application/json", "*/*", "application/*", "")
+                                for m in accepted):
+            raise NotAcceptable(
+                f"Accept: {request.headers.get('Accept')!r}: /openapi/v2 is served as "
+                "application/json only"
+            )
         return web.Response(body=_openapi_v2(), content_type="application/json")
 
     @_handles_errors

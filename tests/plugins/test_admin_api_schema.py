@@ -110,3 +110,19 @@ def test_openapi_index_points_at_each_document(admin) -> None:
         assert code == 200 and doc["openapi"] == "3.0.0"
     assert call(admin.url + "/openapi/v3/apis/nothing.example.com/v1")[0] == 404
     assert call(admin.url + "/openapi/v2")[2]["swagger"] == "2.0"
+
+
+def test_a_yaml_body_naming_a_key_twice_is_refused_under_strict(admin) -> None:
+    body = "kind: Service\nmetadata: {name: y}\nspec:\n  ports:\n  - port: 80\n    port: 81\n"
+    code, _, status = call(admin.url + SERVICES + "/y?fieldValidation=Strict&fieldManager=t",
+                           "PATCH", body, "application/apply-patch+yaml")
+    assert code == 400
+    assert status["message"].endswith('duplicate field "spec.ports[0].port"')
+    assert call(admin.url + SERVICES + "/y")[0] == 404
+
+
+def test_openapi_v2_is_json_only(admin) -> None:
+    protobuf = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
+    code, _, status = call(admin.url + "/openapi/v2", accept=protobuf)
+    assert (code, status["reason"]) == (406, "NotAcceptable")
+    assert call(admin.url + "/openapi/v2", accept=protobuf + ",application/json")[0] == 200
