@@ -157,8 +157,9 @@ class RouteFrontend(Frontend):
         engine.set_routes([], self._default_certificate)
         https_port = opts["https_port"]
         try:
-            for scheme, address, port in (("http", opts["http_address"], opts["http_port"]),
-                                          ("https", opts["https_address"], https_port)):
+            # HTTPS first: the HTTP listener's redirects need its port
+            for scheme, address, port in (("https", opts["https_address"], https_port),
+                                          ("http", opts["http_address"], opts["http_port"])):
                 fds = bind_listener(address, port, "TCP", self.settings.workers,
                                     self.settings.backlog, self.settings.reuseport)
                 sock = socket.socket(fileno=fds[0])
