@@ -53,7 +53,7 @@ _AGE = Column("Age", "CreationTimestamp is a timestamp representing the server t
 
 def _meta(obj: Obj) -> Obj:
     meta = obj.get("metadata")
-    return meta if isinstance(meta, Mapping) else {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _time(text: Any) -> _dt.datetime | None:
@@ -81,7 +81,7 @@ def _list(value: Any) -> list[Any]:
 
 
 def _map(value: Any) -> Obj:
-    return value if isinstance(value, Mapping) else {}
+    return value if isinstance(value, dict) else {}
 
 
 def _labels(labels: Any) -> str:
@@ -110,7 +110,7 @@ def _service_external_ip(svc: Obj, spec: Obj) -> str:
     if kind == "LoadBalancer":
         ingress = _list(_map(_map(svc.get("status")).get("loadBalancer")).get("ingress"))
         balanced = [str(i.get("ip") or i.get("hostname") or "") for i in ingress
-                    if isinstance(i, Mapping) and (i.get("ip") or i.get("hostname"))]
+                    if isinstance(i, dict) and (i.get("ip") or i.get("hostname"))]
         text = ",".join(balanced)
         if external:
             return ",".join(balanced + external)
@@ -122,7 +122,7 @@ def _service_external_ip(svc: Obj, spec: Obj) -> str:
 def _service_ports(spec: Obj) -> str:
     parts = []
     for p in _list(spec.get("ports")):
-        if not isinstance(p, Mapping):
+        if not isinstance(p, dict):
             continue
         protocol = p.get("protocol") or "TCP"
         if p.get("nodePort"):
@@ -149,8 +149,8 @@ def _pod_row(pod: Obj, now: _dt.datetime) -> list[Any]:
     spec, status = _map(pod.get("spec")), _map(pod.get("status"))
     meta = _meta(pod)
     containers = _list(spec.get("containers"))
-    statuses = [s for s in _list(status.get("containerStatuses")) if isinstance(s, Mapping)]
-    conditions = [c for c in _list(status.get("conditions")) if isinstance(c, Mapping)]
+    statuses = [s for s in _list(status.get("containerStatuses")) if isinstance(s, dict)]
+    conditions = [c for c in _list(status.get("conditions")) if isinstance(c, dict)]
     ready_condition = any(c.get("type") == "Ready" and c.get("status") == "True"
                           for c in conditions)
     reason = str(status.get("phase") or ("Running" if status.get("podIP") else "Pending"))
@@ -185,10 +185,10 @@ def _pod_row(pod: Obj, now: _dt.datetime) -> list[Any]:
     restarts_text = str(restarts)
     if restarts and last_restart is not None:
         restarts_text = f"{restarts} ({human_duration(now - last_restart)} ago)"
-    pod_ips = [p.get("ip") for p in _list(status.get("podIPs")) if isinstance(p, Mapping)]
+    pod_ips = [p.get("ip") for p in _list(status.get("podIPs")) if isinstance(p, dict)]
     pod_ip = pod_ips[0] if pod_ips and pod_ips[0] else status.get("podIP") or "<none>"
     gates = [g.get("conditionType") for g in _list(spec.get("readinessGates"))
-             if isinstance(g, Mapping)]
+             if isinstance(g, dict)]
     gates_text = "<none>"
     if gates:
         true = sum(1 for g in gates for c in conditions
@@ -209,13 +209,13 @@ def _host_port(ip: str, port: Any) -> str:
 
 def _endpoints_row(eps: Obj, now: _dt.datetime) -> list[Any]:
     """kubectl's formatEndpoints: ready addresses with each port of their subset."""
-    subsets = [s for s in _list(eps.get("subsets")) if isinstance(s, Mapping)]
+    subsets = [s for s in _list(eps.get("subsets")) if isinstance(s, dict)]
     shown: list[str] = []
     count = 0
     for subset in subsets:
         ips = [str(a.get("ip", "")) for a in _list(subset.get("addresses"))
-               if isinstance(a, Mapping)]
-        ports = [p for p in _list(subset.get("ports")) if isinstance(p, Mapping)]
+               if isinstance(a, dict)]
+        ports = [p for p in _list(subset.get("ports")) if isinstance(p, dict)]
         if not ports:  # a headless service may have no ports
             count += len(ips)
             shown += ips[:MAX_SHOWN - len(shown)]
@@ -228,10 +228,10 @@ def _endpoints_row(eps: Obj, now: _dt.datetime) -> list[Any]:
 
 
 def _slice_row(sl: Obj, now: _dt.datetime) -> list[Any]:
-    ports = [p for p in _list(sl.get("ports")) if isinstance(p, Mapping)]
+    ports = [p for p in _list(sl.get("ports")) if isinstance(p, dict)]
     port_texts = [str(p["port"]) if p.get("port") is not None else str(p.get("name") or "*")
                   for p in ports]
-    addresses = [str(a) for ep in _list(sl.get("endpoints")) if isinstance(ep, Mapping)
+    addresses = [str(a) for ep in _list(sl.get("endpoints")) if isinstance(ep, dict)
                  for a in _list(ep.get("addresses"))]
     return [_meta(sl).get("name", ""), sl.get("addressType", ""),
             _with_more(port_texts[:MAX_SHOWN], len(port_texts), "<unset>"),
@@ -253,7 +253,7 @@ def _event_row(ev: Obj, now: _dt.datetime) -> list[Any]:
     last = _since(ev.get("lastTimestamp"), now) if _time(ev.get("lastTimestamp")) else first
     count = ev.get("count") or 0
     series = ev.get("series")
-    if isinstance(series, Mapping):
+    if isinstance(series, dict):
         last = _since(series.get("lastObservedTime"), now)
         count = series.get("count") or 0
     elif not count:
@@ -293,11 +293,11 @@ def _route_row(obj: Obj, now: _dt.datetime) -> list[Any]:
 
 def _ingress_row(obj: Obj, now: _dt.datetime) -> list[Any]:
     spec = _map(obj.get("spec"))
-    rules = [r for r in _list(spec.get("rules")) if isinstance(r, Mapping)]
+    rules = [r for r in _list(spec.get("rules")) if isinstance(r, dict)]
     hosts = ",".join(str(r.get("host") or "*") for r in rules) or "*"
     points = _list(_map(_map(obj.get("status")).get("loadBalancer")).get("ingress"))
     address = ",".join(str(p.get("ip") or p.get("hostname") or "") for p in points
-                       if isinstance(p, Mapping))
+                       if isinstance(p, dict))
     ingress_class = spec.get("ingressClassName") or _map(_meta(obj).get("annotations")).get(
         "kubernetes.io/ingress.class") or "<none>"
     return [_meta(obj).get("name", ""), ingress_class, hosts, address,
