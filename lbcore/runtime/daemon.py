@@ -157,6 +157,7 @@ class Daemon:
         self._lock_fd = lock_data_dir(data_dir)
         limit = raise_open_files_limit()
 
+        from lbcore.model.objects import parse_admitted
         from lbcore.model.service_table import ServiceTable
         from lbcore.runtime.endpoints_controller import EndpointsController
         from lbcore.runtime.store import Store
@@ -204,6 +205,8 @@ class Daemon:
             on_sync_done=all_of(
                 [get_plugin_manager().hook.lbcore_sync_done, UnservedNodePorts(self.frontends)]
             ),
+            # over the embedded store, one parse of each object for it and the controller
+            parse=self.store.parse if config.source.name == "local" else parse_admitted,
         )
         await self._serve_admin(config)
         self._tasks.append(asyncio.create_task(self.state.run(), name="lbcore-sync"))

@@ -53,7 +53,7 @@ from lbcore.model.endpoints import (
     reconcile_endpoint_slices,
     wants_endpoints,
 )
-from lbcore.model.objects import SERVICE_NAME_LABEL, Endpoints, Pod, Service, parse_admitted
+from lbcore.model.objects import SERVICE_NAME_LABEL, Endpoints, Pod, Service
 from lbcore.runtime.logs import event
 from lbcore.runtime.store import AlreadyExists, Conflict, NotFound, Store, StoreError
 
@@ -161,7 +161,7 @@ class EndpointsController:
 
     def _list(self) -> None:
         for kind in ("Service", "Pod", "Endpoints", "EndpointSlice"):
-            items, rv = self.store.list(kind)
+            items, rv = self.store.list_shared(kind)
             self._listed_at[kind] = int(rv)
             for obj in items:
                 obj.setdefault("kind", kind)
@@ -217,7 +217,7 @@ class EndpointsController:
 
     def _parse(self, obj: Mapping[str, Any]) -> Any:
         try:
-            return parse_admitted(obj)
+            return self.store.parse(obj)
         except ValidationError as exc:
             event(log, "object skipped: it cannot be read", logging.WARNING, error=str(exc))
             return None

@@ -157,6 +157,9 @@ class ClusterState(SourceSink):
     :param table: a ``ServiceTable(..., allocate=False)``: it takes objects as admitted.
     :param frontends: name -> started :class:`~lbcore.runtime.interfaces.Frontend`, in sync order.
     :param on_sync_done: called as ``lbcore_sync_done`` is, after every sync.
+    :param parse: how an object is read (``parse_admitted``; the daemon over its embedded store
+        gives ``Store.parse``, which shares one parse of each object version with the
+        endpoints controller).
     """
 
     def __init__(
@@ -175,6 +178,7 @@ class ClusterState(SourceSink):
         clock: Callable[[], float] = time.monotonic,
         check_period: float = 2.0,
         resync_period: float = 3600.0,
+        parse: Callable[[Mapping[str, Any]], Any] = parse_admitted,
     ):
         if getattr(table, "allocate", False):
             raise ValueError("ClusterState takes admitted objects: give it ServiceTable(allocate=False)")
@@ -194,6 +198,7 @@ class ClusterState(SourceSink):
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="lbcore-sync")
         self._own_executor = executor is None
         self._clock = clock
+        self._parse = parse
         self._health = {name: FrontendHealth(name) for name in self.frontends}
         # kind -> (namespace, name) -> resourceVersion ("" when the source gives none)
         self._keys: dict[str, dict[tuple[str, str], str]] = {k.kind: {} for k in KINDS}
@@ -216,7 +221,7 @@ class ClusterState(SourceSink):
         if version and self._keys[kind].get((namespace, name)) == version:
             return  # the same version again (a relist): nothing changed
         try:
-            parsed = parse_admitted(obj)
+            parsed = self._parse(obj)
         except ValidationError as exc:  # one unreadable object must not stop the source
             self.metrics.rejected.labels(kind).inc()
             event(

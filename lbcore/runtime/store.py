@@ -30,6 +30,7 @@ import logging
 import sqlite3
 import threading
 import uuid
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from lbcore.errors import (
 from lbcore.model.admission import Admission, ServiceAllocators, admit
 from lbcore.model.allocators import DEFAULT_NODE_PORT_RANGE
 from lbcore.model.kinds import KINDS, Kind, find_kind
+from lbcore.model.objects import Object, parse_admitted
 from lbcore.runtime.config import LOOPBACK_SERVICE_CIDR
 
 log = logging.getLogger("lbcore.runtime.store")
@@ -304,6 +306,13 @@ _GROUP: contextvars.ContextVar[list[_Staged] | None] = contextvars.ContextVar(
 )
 
 
+class _Rows(list[dict[str, Any]]):
+    """A list :meth:`Store.list_shared` hands out, remembered weakly with its revision."""
+
+    __slots__ = ("__weakref__", "revision")
+    revision: int
+
+
 def _own(obj: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``obj`` that a write may change at its top and in its metadata (admission
     copies the rest before it changes anything)."""
@@ -361,6 +370,10 @@ class Store:
         self._lock = threading.RLock()
         self._staged: list[_Staged] = []  # admitted writes waiting for their group's commit
         self._overlay: dict[tuple[str, str, str], str | None] = {}  # their bodies (None: deleted)
+        # (kind, namespace, name) -> (resourceVersion, the object parsed): see parse()
+        self._parsed: dict[tuple[str, str, str], tuple[str, Object]] = {}
+        self._shared: dict[tuple[str, str | None], weakref.ref[_Rows]] = {}
+        self._shared_lock = threading.Lock()
         self._watchers: set[Watch] = set()
         self._listeners: list[Callable[[Event], None]] = []
         try:
@@ -546,6 +559,8 @@ class Store:
             if entry.release is not None:
                 self._allocators.release(entry.release)
         for entry in batch:
+            if entry.obj is None:
+                self._parsed.pop((entry.kind, entry.namespace, entry.name), None)
             after = entry.obj if entry.obj is not None else entry.previous
             assert after is not None
             size = len(entry.after_json) + len(entry.previous_json or "")
@@ -773,6 +788,48 @@ class Store:
         if matches is not None:
             items = [o for o in items if matches(_labels(o))]
         return items, str(revision)
+
+    def list_shared(
+        self, kind: str, namespace: str | None = None
+    ) -> tuple[Sequence[dict[str, Any]], str]:
+        """As :meth:`list` without a selector, for readers that only read what they get: a
+        caller that lists the kind at the revision of a list another caller still holds gets
+        the same list and the same objects, decoded once (the endpoints controller and the
+        local source list every object at start). Neither the list nor its objects may be
+        changed."""
+        with self._shared_lock:  # a second caller waits for the first one's decoding
+            ref = self._shared.get((kind, namespace))
+            rows = ref() if ref is not None else None
+            if rows is not None and rows.revision == self._revision:
+                return rows, str(rows.revision)
+            items, revision = self.list(kind, namespace)
+            rows = _Rows(items)
+            rows.revision = int(revision)
+            self._shared[(kind, namespace)] = weakref.ref(rows)
+            return rows, revision
+
+    def parse(self, obj: Mapping[str, Any]) -> Object:
+        """:func:`lbcore.model.objects.parse_admitted` of a stored object, parsed once per
+        resourceVersion: the endpoints controller and the local source's ``ClusterState`` see
+        every version of every object, and the second one gets the object the first parsed
+        (parsed objects are not changed by those who hold them), so the daemon parses and
+        keeps one copy of each. Only the latest version of each object is remembered; a
+        deletion forgets it.
+
+        :raises ValidationError: as ``parse_admitted``.
+        """
+        meta = obj.get("metadata")
+        meta = meta if isinstance(meta, Mapping) else {}
+        version = str(meta.get("resourceVersion") or "")
+        key = (str(obj.get("kind")), str(meta.get("namespace") or "default"),
+               str(meta.get("name") or ""))
+        known = self._parsed.get(key)
+        if known is not None and version and known[0] == version:
+            return known[1]
+        parsed = parse_admitted(obj)
+        if version:
+            self._parsed[key] = (version, parsed)
+        return parsed
 
     def list_json(self, kind: str, namespace: str | None = None) -> tuple[Sequence[str], str]:
         """As :meth:`list` without a selector, each object as the JSON text it is stored as,

@@ -56,7 +56,8 @@ class LocalSource(Source):
         try:
             listed_at: dict[str, int] = {}
             for kind in self.kinds:
-                items, rv = self.context.store.list(kind, self.namespace)
+                # the same objects as the endpoints controller's list, when it lists at once
+                items, rv = self.context.store.list_shared(kind, self.namespace)
                 sink.replace(kind, items)
                 listed_at[kind] = int(rv)
             self.synced.set()

@@ -633,3 +633,31 @@ def test_every_acknowledged_grouped_write_survives_kill_9(tmp_path: Path):
         stored = {o["metadata"]["name"] for o in reopened.list("Pod")[0]}
         assert reopened.revision == len(stored)
     assert set(acked) <= stored
+
+
+# -- one decoding and one parse of each object for the daemon's two readers ----------------------
+
+
+def test_parse_gives_one_object_per_version_and_forgets_deleted_ones(store):
+    created = store.create(pod("p", {"app": "a"}))
+    first = store.parse(created)
+    assert store.parse(store.get("Pod", "default", "p")) is first  # another decoding, same version
+    assert first.labels == {"app": "a"}
+    updated = store.update({**created, "metadata": {**created["metadata"], "labels": {"app": "b"}}})
+    second = store.parse(updated)
+    assert second is not first and second.labels == {"app": "b"}
+    store.delete("Pod", "default", "p")
+    assert ("Pod", "default", "p") not in store._parsed
+
+
+def test_list_shared_decodes_once_per_revision_while_a_reader_holds_it(store):
+    store.create(pod("p", {"app": "a"}))
+    held, rv = store.list_shared("Pod")
+    again, rv_again = store.list_shared("Pod")
+    assert again is held and rv_again == rv and again[0] is held[0]
+    store.create(pod("q", {"app": "a"}, ip="10.0.0.2"))
+    newer, rv_newer = store.list_shared("Pod")
+    assert newer is not held and int(rv_newer) == int(rv) + 1
+    assert [o["metadata"]["name"] for o in newer] == ["p", "q"]
+    # the same as list() gives
+    assert newer == store.list("Pod")[0]
