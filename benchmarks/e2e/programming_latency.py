@@ -998,11 +998,6 @@ def print_table(results: list[Result], out: Callable[[str], None]) -> None:
                 f"lbcore p50 {ms(s['p50'])} = {13 / max(s['p50'], 1e-6):,.0f}x")
 
 
-def plot(results: list[Result], path: Path) -> None:
-    plot_rows([{"frontend": r.frontend, "services": r.services, **r.stats()} for r in results],
-              path)
-
-
 def plot_rows(rows: list[dict[str, Any]], path: Path) -> None:
     """p50 and p99 against N, one colour per frontend (rows as the --json report keeps them)."""
     import matplotlib
@@ -1074,6 +1069,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="write every figure here")
     p.add_argument("--plot-from", type=Path, nargs="+", default=None, metavar="JSON",
                    help="only draw --plot from the --json reports of earlier runs")
+    p.add_argument("--plot-also", type=Path, nargs="+", default=[], metavar="JSON",
+                   help="draw the rows of these --json reports of earlier runs beside this "
+                        "run's in --plot")
     p.add_argument("--profile-daemon", nargs=2, metavar=("CONFIG", "SERVICES"),
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -1149,7 +1147,9 @@ def main(argv: list[str] | None = None) -> int:
                                   "by_kind": {k: r.stats(v) for k, v in r.by_kind.items()}}
                                  for r in results]
             if args.plot:
-                plot(results, args.plot)
+                earlier = [row for report in args.plot_also
+                           for row in json.loads(report.read_text()).get("latency", [])]
+                plot_rows(report["latency"] + earlier, args.plot)
                 log(f"plot: {args.plot}")
         if args.memory:
             seed = seeded(cache, args.memory, log, args.service_cidr)
