@@ -180,6 +180,17 @@ class RouteFrontend(Frontend):
         engine.start()
         self.engine = engine
 
+    def route_addresses(self) -> tuple[str, ...]:
+        """The addresses of the HTTP and HTTPS listeners (a wildcard one: the node's
+        addresses), which the daemon writes into the status of the Ingresses served."""
+        out: list[str] = []
+        for address, _port in self._listeners.values():
+            if address in ("", "0.0.0.0", "::"):
+                out += self.context.node_addresses
+            else:
+                out.append(address)
+        return tuple(dict.fromkeys(out))
+
     def sync(self, snapshot: Snapshot, changed: frozenset[str]) -> None:
         if self.engine is None:
             self.start()

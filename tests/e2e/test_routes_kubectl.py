@@ -130,3 +130,29 @@ def test_kubectl_creates_and_gets_routes_and_ingresses(daemon: Daemon, tmp_path:
     assert out.returncode == 0 and "shop" in out.stdout, out.stderr
     out = daemon.kubectl("delete", "route", "kube")
     assert out.returncode == 0, out.stderr
+
+
+def test_served_ingresses_show_the_route_listeners_address(tmp_path: Path) -> None:
+    from lbcore_plugins.route_frontend import Engine
+
+    from tests.e2e.test_daemon import RunningDaemon
+
+    if Engine is None:
+        pytest.skip("the compiled engine is not built")
+    daemon = RunningDaemon(tmp_path, {"frontends": [
+        {"name": "route", "options": {"http_port": 0, "https_port": 0}}]})
+    try:
+        ingress = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                   "metadata": {"name": "shop"},
+                   "spec": {"ingressClassName": "lbcore", "defaultBackend": {
+                       "service": {"name": "web", "port": {"number": 80}}}}}
+        daemon.cli("create", "-f", write(tmp_path, "ingress.yaml", ingress))
+
+        def address():
+            out = daemon.cli("get", "ingress", "shop", "-o", "json").stdout
+            return json.loads(out)["status"].get("loadBalancer", {}).get("ingress")
+        assert until(address, bool) == [{"ip": "127.0.0.1"}]
+        row = daemon.cli("get", "ingress").stdout.splitlines()[1].split()
+        assert row[:5] == ["shop", "lbcore", "*", "127.0.0.1", "80"]
+    finally:
+        daemon.stop()
