@@ -120,6 +120,10 @@ cdef extern from "<fcntl.h>" nogil:
     int fcntl(int fd, int cmd, ...)
 
 
+cdef extern from "<malloc.h>" nogil:
+    int malloc_trim(size_t pad)
+
+
 cdef extern from "<unistd.h>" nogil:
     int pipe2(int* fds, int flags)
 
@@ -388,6 +392,8 @@ cdef struct Worker:
     pthread_mutex_t qlock
     Command* queue
     ListenSock* paused[MAX_PAUSED]
+    int freed            # connections freed (not kept as spare) since the last malloc_trim
+    double next_trim
     int npaused
     unsigned long long counters[16]
     void* http           # the route frontend's state of this worker (HttpWorker)

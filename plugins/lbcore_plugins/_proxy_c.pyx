@@ -1031,6 +1031,18 @@ cdef void run_commands(Worker* w) noexcept nogil:
         cmd = nxt
 
 
+cdef void give_back_freed(Worker* w) noexcept nogil:
+    """After a burst of connections beyond the spare ones, their freed buffers stay in the
+    allocator's arenas as touched pages, scattered between live blocks, and the resident size
+    creeps up with every burst (about 35 bytes per connection). Return those pages to the
+    kernel, at most once a second, so that connections that come and go leave it flat (the
+    allocator's bytes in use stay flat either way: nothing is leaked, only left resident)."""
+    if w.freed and w.now >= w.next_trim:
+        malloc_trim(0)
+        w.freed = 0
+        w.next_trim = w.now + 1.0
+
+
 cdef void tick(Worker* w) noexcept nogil:
     """Timeouts: connect, idle, UDP flows; drop flows of removed endpoints; resume listeners."""
     cdef Conn* c = w.conns
@@ -1091,6 +1103,7 @@ cdef void free_dead(Worker* w) noexcept nogil:
         else:
             free(c.up.buf)
             free(c)
+            w.freed += 1
     while w.dead_flows != NULL:
         f = w.dead_flows
         w.dead_flows = f.next_dead
@@ -1127,6 +1140,7 @@ cdef void worker_loop(Worker* w) noexcept nogil:
         if w.now >= w.next_tick:
             tick(w)
             http_tick(w)
+            give_back_freed(w)
             free_dead(w)
             http_free_dead(w)
             w.next_tick = w.now + 0.1
