@@ -38,6 +38,7 @@ __all__ = [
     "drop_unknown_fields",
     "group_versions",
     "openapi_v2",
+    "openapi_v2_protobuf",
     "openapi_v3",
     "openapi_v3_index",
     "unknown_fields",
@@ -1259,6 +1260,87 @@ def openapi_v2(kubernetes_version: str) -> dict[str, Any]:
         paths.update(_operations(k, "#/definitions/", v3=False))
     return {"swagger": "2.0", "info": _info(kubernetes_version), "paths": paths,
             "definitions": _schemas(kinds, "#/definitions/", v3=False)}
+
+
+# the protobuf form of /openapi/v2 (gnostic's openapi.v2.Document), which kubectl reads to
+# validate on the client what the server cannot be asked to (a ``kind: List``): the document's
+# swagger, info and definitions, each schema with the fields kubectl's validation reads
+_PB_DOCUMENT = {"swagger": 1, "info": 2, "definitions": 9}
+_PB_INFO = {"title": 1, "version": 2}
+_PB_SCHEMA_STRINGS = {"$ref": 1, "format": 2, "title": 3, "description": 4}
+_PB_SCHEMA_REQUIRED, _PB_SCHEMA_ENUM, _PB_SCHEMA_ADDITIONAL = 19, 20, 21
+_PB_SCHEMA_TYPE, _PB_SCHEMA_ITEMS, _PB_SCHEMA_ALL_OF, _PB_SCHEMA_PROPERTIES = 22, 23, 24, 25
+_PB_SCHEMA_UNIQUE_ITEMS, _PB_SCHEMA_VENDOR_EXTENSION = 16, 31
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes | str) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    data = payload.encode() if isinstance(payload, str) else payload
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def _flag(number: int, value: bool) -> bytes:
+    return _varint(number << 3) + _varint(int(value)) if value else b""
+
+
+def _named(name: str, value: bytes) -> bytes:
+    """A NamedSchema or NamedAny: name = 1, value = 2."""
+    return _field(1, name) + _field(2, value)
+
+
+def _any(value: Any) -> bytes:
+    """gnostic's Any, as YAML text (JSON is YAML): yaml = 2."""
+    return _field(2, json.dumps(value))
+
+
+def _pb_schema(schema: Mapping[str, Any]) -> bytes:
+    out = bytearray()
+    for key, number in _PB_SCHEMA_STRINGS.items():
+        if schema.get(key):
+            out += _field(number, schema[key])
+    out += _flag(_PB_SCHEMA_UNIQUE_ITEMS, bool(schema.get("uniqueItems")))
+    for name in schema.get("required", ()):
+        out += _field(_PB_SCHEMA_REQUIRED, name)
+    for value in schema.get("enum", ()):
+        out += _field(_PB_SCHEMA_ENUM, _any(value))
+    additional = schema.get("additionalProperties")
+    if isinstance(additional, Mapping):
+        out += _field(_PB_SCHEMA_ADDITIONAL, _field(1, _pb_schema(additional)))
+    if "type" in schema:
+        out += _field(_PB_SCHEMA_TYPE, _field(1, schema["type"]))
+    if "items" in schema:
+        out += _field(_PB_SCHEMA_ITEMS, _field(1, _pb_schema(schema["items"])))
+    for part in schema.get("allOf", ()):
+        out += _field(_PB_SCHEMA_ALL_OF, _pb_schema(part))
+    if "properties" in schema:
+        out += _field(_PB_SCHEMA_PROPERTIES, b"".join(
+            _field(1, _named(name, _pb_schema(prop)))
+            for name, prop in schema["properties"].items()))
+    for key, value in schema.items():
+        if key.startswith("x-"):
+            out += _field(_PB_SCHEMA_VENDOR_EXTENSION, _named(key, _any(value)))
+    return bytes(out)
+
+
+def openapi_v2_protobuf(kubernetes_version: str) -> bytes:
+    """``/openapi/v2`` as ``application/com.github.proto-openapi.spec.v2@v1.0+protobuf``: the
+    swagger version, info and every definition of :func:`openapi_v2` (its paths are in the
+    JSON form only)."""
+    doc = openapi_v2(kubernetes_version)
+    info = b"".join(_field(n, doc["info"][k]) for k, n in _PB_INFO.items())
+    definitions = b"".join(_field(1, _named(name, _pb_schema(schema)))
+                           for name, schema in doc["definitions"].items())
+    return (_field(_PB_DOCUMENT["swagger"], doc["swagger"]) + _field(_PB_DOCUMENT["info"], info)
+            + _field(_PB_DOCUMENT["definitions"], definitions))
 
 
 def openapi_v3(group_version: str, kubernetes_version: str) -> dict[str, Any] | None:

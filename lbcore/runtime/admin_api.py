@@ -77,6 +77,10 @@ PARSE_OFF_LOOP_BYTES = 64 * 1024
 # lists of more objects than this are serialized on a worker thread
 LIST_OFF_LOOP_ITEMS = 500
 OBJECT_TYPES = ("application/json", "application/yaml")
+# what kubectl asks for (the "@" form) and what the API server answers (Go's mime parser
+# refuses an "@" in a Content-Type)
+OPENAPI_V2_PROTOBUF = ("application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+                       "application/com.github.proto-openapi.spec.v2.v1.0+protobuf")
 PATCH_TYPES = (
     "application/merge-patch+json",
     "application/strategic-merge-patch+json",
@@ -476,14 +480,18 @@ class _AdminAPI:
 
     @_handles_errors
     async def openapi_v2(self, request: web.Request) -> web.StreamResponse:
-        """Swagger 2.0 of every kind served, as JSON (kubectl 1.32 reads the v3 documents). A
-        client that accepts only the protobuf form is told so (406), not handed JSON."""
+        """Swagger 2.0 of every kind served: JSON, or the protobuf form kubectl asks for
+        (kubectl 1.32 reads the v3 documents, and this one to validate a ``kind: List`` on
+        the client)."""
         accepted = [media for media, _ in _media_types(request)]
+        if any(m in OPENAPI_V2_PROTOBUF for m in accepted):
+            return web.Response(body=_openapi_v2_protobuf(),
+                                headers={"Content-Type": OPENAPI_V2_PROTOBUF[1]})
         if accepted and not any(m in ("application/json", "*/*", "application/*", "")
                                 for m in accepted):
             raise NotAcceptable(
                 f"Accept: {request.headers.get('Accept')!r}: /openapi/v2 is served as "
-                "application/json only"
+                f"application/json and {OPENAPI_V2_PROTOBUF[1]} only"
             )
         return web.Response(body=_openapi_v2(), content_type="application/json")
 
@@ -979,6 +987,11 @@ def _aggregated(groups: Iterable[str], version: str) -> web.Response:
 def _json_as(body: Any, media: str) -> web.Response:
     """JSON under a media type with parameters (a Table's, aggregated discovery's)."""
     return web.Response(body=json.dumps(body).encode(), headers={"Content-Type": media})
+
+
+@functools.cache
+def _openapi_v2_protobuf() -> bytes:
+    return schema.openapi_v2_protobuf(".".join(KUBERNETES_VERSION))
 
 
 @functools.cache

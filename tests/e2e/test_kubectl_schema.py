@@ -229,3 +229,19 @@ def test_the_python_client_still_discovers(kubectl: Kubectl) -> None:
         capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "v1", out.stderr
     assert shutil.which("kubectl") is not None
+
+
+def test_a_list_is_validated_on_the_client_from_the_protobuf_document(kubectl: Kubectl) -> None:
+    """kubectl cannot ask the server to validate a ``kind: List``: it validates it itself,
+    from /openapi/v2 in protobuf, as against a cluster."""
+    items = [service("listed-1", {"app": "l"}), service("listed-2", {"app": "l"})]
+    listed = kubectl.manifest("list.yaml", {"apiVersion": "v1", "kind": "List", "items": items})
+    out = kubectl("apply", "-f", listed)
+    assert (out.returncode, out.stdout) == (
+        0, "service/listed-1 created\nservice/listed-2 created\n"), out.stderr
+    items[1]["spec"]["ports"][0]["targetPrt"] = 1
+    out = kubectl("apply", "-f", kubectl.manifest("list-typo.yaml", {
+        "apiVersion": "v1", "kind": "List", "items": items}))
+    assert out.returncode == 1
+    assert ('ValidationError(Service.spec.ports[0]): unknown field "targetPrt" in '
+            "io.k8s.api.core.v1.ServicePort") in out.stderr

@@ -123,3 +123,43 @@ def test_the_v2_document_has_every_kind() -> None:
     assert doc["swagger"] == "2.0"
     for kind in KINDS:
         assert schema.KIND_SCHEMAS[kind.kind] in doc["definitions"]
+
+
+def _fields(data: bytes) -> list[tuple[int, bytes]]:
+    """The length-delimited fields of one protobuf message (number, payload)."""
+    out, i = [], 0
+    while i < len(data):
+        key, i = _read_varint(data, i)
+        assert key & 7 in (0, 2)
+        value, i = _read_varint(data, i)
+        if key & 7 == 2:
+            out.append((key >> 3, data[i:i + value]))
+            i += value
+    return out
+
+
+def _read_varint(data: bytes, i: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        byte = data[i]
+        value |= (byte & 0x7F) << shift
+        i, shift = i + 1, shift + 7
+        if not byte & 0x80:
+            return value, i
+
+
+def test_the_v2_protobuf_document_carries_every_definition() -> None:
+    doc = dict(_fields(schema.openapi_v2_protobuf("1.31")))
+    assert doc[1] == b"2.0"  # swagger
+    named = {dict(_fields(entry))[1].decode(): dict(_fields(entry))[2]
+             for _, entry in _fields(doc[9])}  # definitions: NamedSchema name = 1, value = 2
+    assert list(named) == list(schema.openapi_v2("1.31")["definitions"])
+    service = _fields(named["io.k8s.api.core.v1.Service"])
+    assert dict(_fields(dict(service)[22]))[1] == b"object"  # type
+    extensions = {}
+    for number, value in service:
+        if number == 31:  # vendor_extension: NamedAny, its value an Any whose yaml = 2
+            entry = dict(_fields(value))
+            extensions[entry[1].decode()] = json.loads(dict(_fields(entry[2]))[2])
+    assert extensions["x-kubernetes-group-version-kind"] == [
+        {"group": "", "kind": "Service", "version": "v1"}]

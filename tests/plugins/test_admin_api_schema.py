@@ -121,8 +121,13 @@ def test_a_yaml_body_naming_a_key_twice_is_refused_under_strict(admin) -> None:
     assert call(admin.url + SERVICES + "/y")[0] == 404
 
 
-def test_openapi_v2_is_json_only(admin) -> None:
+def test_openapi_v2_in_json_or_protobuf_and_nothing_else(admin) -> None:
     protobuf = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
-    code, _, status = call(admin.url + "/openapi/v2", accept=protobuf)
+    request = urllib.request.Request(admin.url + "/openapi/v2", headers={"Accept": protobuf})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["Content-Type"] == (
+            "application/com.github.proto-openapi.spec.v2.v1.0+protobuf")
+        assert response.read()[:5] == b"\n\x032.0"  # field 1 (swagger), "2.0"
+    code, _, status = call(admin.url + "/openapi/v2", accept="application/xml")
     assert (code, status["reason"]) == (406, "NotAcceptable")
-    assert call(admin.url + "/openapi/v2", accept=protobuf + ",application/json")[0] == 200
+    assert call(admin.url + "/openapi/v2")[2]["swagger"] == "2.0"
