@@ -1292,7 +1292,7 @@ def _flag(number: int, value: bool) -> bytes:
     return _varint(number << 3) + _varint(int(value)) if value else b""
 
 
-def _named(name: str, value: bytes) -> bytes:
+def _pb_named(name: str, value: bytes) -> bytes:
     """A NamedSchema or NamedAny: name = 1, value = 2."""
     return _field(1, name) + _field(2, value)
 
@@ -1323,11 +1323,11 @@ def _pb_schema(schema: Mapping[str, Any]) -> bytes:
         out += _field(_PB_SCHEMA_ALL_OF, _pb_schema(part))
     if "properties" in schema:
         out += _field(_PB_SCHEMA_PROPERTIES, b"".join(
-            _field(1, _named(name, _pb_schema(prop)))
+            _field(1, _pb_named(name, _pb_schema(prop)))
             for name, prop in schema["properties"].items()))
     for key, value in schema.items():
         if key.startswith("x-"):
-            out += _field(_PB_SCHEMA_VENDOR_EXTENSION, _named(key, _any(value)))
+            out += _field(_PB_SCHEMA_VENDOR_EXTENSION, _pb_named(key, _any(value)))
     return bytes(out)
 
 
@@ -1337,7 +1337,7 @@ def openapi_v2_protobuf(kubernetes_version: str) -> bytes:
     JSON form only)."""
     doc = openapi_v2(kubernetes_version)
     info = b"".join(_field(n, doc["info"][k]) for k, n in _PB_INFO.items())
-    definitions = b"".join(_field(1, _named(name, _pb_schema(schema)))
+    definitions = b"".join(_field(1, _pb_named(name, _pb_schema(schema)))
                            for name, schema in doc["definitions"].items())
     return (_field(_PB_DOCUMENT["swagger"], doc["swagger"]) + _field(_PB_DOCUMENT["info"], info)
             + _field(_PB_DOCUMENT["definitions"], definitions))
