@@ -299,3 +299,85 @@ def test_first_sync_of_an_empty_state_still_reaches_every_frontend():
     asyncio.run(_run(state, body))
     assert state.synced_once.is_set()
     assert frontend.calls[0][1].services == frozenset() and frontend.calls[0][2] == frozenset()
+
+
+class CanaryFrontend(RecordingFrontend):
+    """A frontend whose canary a test removes (``gone``); its next full sync puts it back."""
+
+    def __init__(self) -> None:
+        super().__init__("canary")
+        self.gone = False
+        self.resyncs = 0
+        self.full_next = False
+
+    def check(self) -> str | None:
+        return "canary chain gone" if self.gone else None
+
+    def resync(self) -> None:
+        self.resyncs += 1
+        self.full_next = True
+
+    def sync(self, snapshot: Snapshot, changed: frozenset[str]) -> None:
+        super().sync(snapshot, changed)
+        if self.full_next:
+            self.gone = self.full_next = False
+
+
+def test_a_missing_canary_makes_a_full_sync_at_once_and_shows_until_it_is_back():
+    frontend = CanaryFrontend()
+    state = make_state(frontend, min_sync_period=0.01, check_period=0.02, resync_period=3600)
+
+    async def body():
+        checks = asyncio.create_task(state.run_checks())
+        try:
+            state.upsert(service())
+            await _until(lambda: frontend.calls)
+            assert state.rules_missing() == {}
+            syncs = len(frontend.calls)
+            frontend.gone = True
+            await _until(lambda: len(frontend.calls) > syncs and not frontend.gone)
+            # the sync that rewrote everything ran; a check after it found the canary back
+            await _until(lambda: state.rules_missing() == {})
+        finally:
+            checks.cancel()
+
+    asyncio.run(_run(state, body))
+    assert frontend.resyncs == 1
+    sample = state.metrics.registry.get_sample_value
+    assert sample("lbcore_frontend_rules_missing_total", {"frontend": "canary"}) == 1
+    assert sample("lbcore_frontend_resyncs_total", {"frontend": "canary", "reason": "missing"}) == 1
+    assert sample("lbcore_frontend_rules_missing_now", {"frontend": "canary"}) == 0
+
+
+def test_missing_rules_read_rules_missing_since_a_time_until_back():
+    frontend = CanaryFrontend()
+    state = make_state(frontend)
+    frontend.gone = True
+
+    async def body():
+        await state.sync()
+        assert not await state._check("canary", frontend)
+
+    asyncio.run(body())
+    text = state.rules_missing()["canary"]
+    assert text.startswith("rules missing since 20") and text.endswith("Z: canary chain gone")
+    assert state.health()["canary"]["rules"] == text
+
+
+def test_every_resync_period_each_frontend_rewrites_everything():
+    frontend = CanaryFrontend()
+    state = make_state(frontend, min_sync_period=0.01, check_period=0.02, resync_period=0.05)
+
+    async def body():
+        checks = asyncio.create_task(state.run_checks())
+        try:
+            state.upsert(service())
+            await _until(lambda: frontend.calls)
+            await _until(lambda: frontend.resyncs >= 2 and not frontend.full_next)
+        finally:
+            checks.cancel()
+
+    asyncio.run(_run(state, body))
+    sample = state.metrics.registry.get_sample_value
+    assert sample("lbcore_frontend_resyncs_total", {"frontend": "canary", "reason": "period"}) >= 2
+    assert state.rules_missing() == {}
