@@ -79,5 +79,6 @@ class Engine:
         port: int = 0,
         redirect_port: int = 443,
         max_connections: int = 0,
+        tls_resumption: bool = True,
     ) -> int: ...
     def http_stats(self) -> dict[str, int]: ...

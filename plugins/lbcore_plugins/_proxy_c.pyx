@@ -1991,13 +1991,15 @@ cdef class Engine:
             table_decref(old)
 
     def add_http_listener(self, list fds, bint https=False, int port=0, int redirect_port=443,
-                          int max_connections=0) -> int:
+                          int max_connections=0, bint tls_resumption=True) -> int:
         """Serve HTTP (or, ``https``, HTTPS) on bound sockets, one per worker; the engine owns
         ``fds`` from now on. Each request is routed by the table of ``set_routes``.
 
         :param port: the port clients reach this listener on (``X-Forwarded-Port``).
         :param redirect_port: the HTTPS port ``insecureEdgeTerminationPolicy: Redirect`` sends
             plain HTTP clients to.
+        :param tls_resumption: TLS session tickets and the session cache (False: every
+            handshake is a full one).
         :return: an id for :meth:`remove_listener`.
         """
         cdef Listener* l
@@ -2018,7 +2020,7 @@ cdef class Engine:
             hl.routes = self.routes
             if https:
                 try:
-                    hl.ctx = listener_context(self.routes)
+                    hl.ctx = listener_context(self.routes, tls_resumption)
                 except BaseException:
                     free(hl)
                     free(l)

@@ -84,6 +84,8 @@ cdef extern from "<openssl/ssl.h>" nogil:
         SSL_VERIFY_PEER
         SSL_VERIFY_NONE
         SSL_OP_NO_RENEGOTIATION
+        SSL_OP_NO_TICKET
+        SSL_SESS_CACHE_OFF
 
     const SSL_METHOD* TLS_server_method()
     const SSL_METHOD* TLS_client_method()
@@ -92,6 +94,8 @@ cdef extern from "<openssl/ssl.h>" nogil:
     long SSL_CTX_set_mode(SSL_CTX* ctx, long mode)
     unsigned long SSL_CTX_set_options(SSL_CTX* ctx, unsigned long op)
     int SSL_CTX_set_min_proto_version(SSL_CTX* ctx, int version)
+    long SSL_CTX_set_session_cache_mode(SSL_CTX* ctx, long mode)
+    int SSL_CTX_set_num_tickets(SSL_CTX* ctx, size_t num_tickets)
     int SSL_CTX_use_certificate(SSL_CTX* ctx, X509* x)
     int SSL_CTX_use_PrivateKey(SSL_CTX* ctx, EVP_PKEY* pkey)
     int SSL_CTX_check_private_key(const SSL_CTX* ctx)
@@ -2446,9 +2450,10 @@ def _pem(value) -> bytes:
     return value.encode() if isinstance(value, str) else bytes(value)
 
 
-cdef SSL_CTX* listener_context(RouteShared* routes) except NULL:
+cdef SSL_CTX* listener_context(RouteShared* routes, bint resumption) except NULL:
     """An HTTPS listener's context: no certificate of its own, the servername callback hands
-    each handshake to the certificate of the host SNI names."""
+    each handshake to the certificate of the host SNI names. Without ``resumption``, no
+    session tickets and no session cache: every handshake is a full one."""
     cdef SSL_CTX* ctx = SSL_CTX_new(TLS_server_method())
     if ctx == NULL:
         raise MemoryError()
@@ -2456,6 +2461,10 @@ cdef SSL_CTX* listener_context(RouteShared* routes) except NULL:
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
                      | SSL_MODE_RELEASE_BUFFERS)
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION)
+    if not resumption:
+        SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET)
+        SSL_CTX_set_num_tickets(ctx, 0)
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF)
     SSL_CTX_set_tlsext_servername_callback(ctx, sni_to_host)
     return ctx
 

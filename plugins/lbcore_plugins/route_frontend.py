@@ -50,6 +50,7 @@ ROUTE_OPTIONS: dict[str, Any] = {
     "default_certificate": "",
     "default_key": "",
     "ingress_class": "lbcore",
+    "tls_session_resumption": True,
 }
 
 Rows = tuple[tuple[str, int, int, bool], ...]
@@ -64,7 +65,8 @@ def route_options(options: Mapping[str, Any]) -> dict[str, Any]:
         value = options[key]
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, type(default)) or isinstance(value, bool):
+        if not isinstance(value, type(default)) or (isinstance(value, bool)
+                                                     and not isinstance(default, bool)):
             raise ConfigError(f"{key}: {value!r} is not a {type(default).__name__}")
         out[key] = value
     for key in ("http_port", "https_port", "redirect_port"):
@@ -170,7 +172,8 @@ class RouteFrontend(Frontend):
                 engine.add_http_listener(
                     fds, https=scheme == "https", port=bound,
                     redirect_port=opts["redirect_port"] or https_port,
-                    max_connections=self.settings.max_connections)
+                    max_connections=self.settings.max_connections,
+                    tls_resumption=opts["tls_session_resumption"])
                 self._listeners[scheme] = (address, bound)
         except OSError as exc:
             engine.stop()

@@ -224,8 +224,9 @@ def tls_client(ca_pem: str | None) -> ssl.SSLContext:
 
 
 def https_get(port: int, host: str, ctx: ssl.SSLContext, path: str = "/"
-              ) -> tuple[int, dict, bytes, ssl.SSLSocket]:
-    """One request over TLS to 127.0.0.1:``port`` with SNI ``host`` (verified by ``ctx``)."""
+              ) -> tuple[int, dict, bytes, ssl.SSLSession | None]:
+    """One request over TLS to 127.0.0.1:``port`` with SNI ``host`` (verified by ``ctx``):
+    status, headers, body and the TLS session (to resume)."""
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock = ctx.wrap_socket(raw, server_hostname=host)
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
@@ -233,5 +234,6 @@ def https_get(port: int, host: str, ctx: ssl.SSLContext, path: str = "/"
     r.begin()
     data = r.read()
     headers = {k.lower(): v for k, v in r.getheaders()}
+    session = sock.session
     sock.close()
-    return r.status, headers, data, sock
+    return r.status, headers, data, session

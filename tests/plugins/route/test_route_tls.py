@@ -32,7 +32,7 @@ def test_edge_ends_tls_with_the_certificate_sni_names(cluster, pods) -> None:
     for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
         ctx = tls_client(www[0])
         ctx.minimum_version = ctx.maximum_version = version
-        status, _, body, sock = https_get(https, "www.example.com", ctx)
+        status, _, body, _ = https_get(https, "www.example.com", ctx)
         assert status == 200
         assert json.loads(body)["backend"] == "web-0"
         assert json.loads(body)["headers"]["x-forwarded-proto"] == "https"
@@ -124,3 +124,18 @@ def test_a_new_certificate_serves_new_handshakes_and_keeps_open_connections(clus
     kept.sendall(request)  # the connection made before the change goes on
     assert answer() == 200
     kept.close()
+
+
+def test_sessions_resume_unless_resumption_is_off(make_cluster, pods) -> None:
+    www = make_pair("www.example.com")
+    for resumption in (True, False):
+        cluster = make_cluster(tls_session_resumption=resumption)
+        cluster.serve("web", pods("web-0"))
+        cluster.apply(route("web", "www.example.com", "web", tls=edge(www)))
+        _, https = ports(cluster)
+        ctx = tls_client(www[0])
+        session = https_get(https, "www.example.com", ctx)[3]  # the answer brought the tickets
+        raw = socket.create_connection(("127.0.0.1", https), timeout=10)
+        second = ctx.wrap_socket(raw, server_hostname="www.example.com", session=session)
+        assert second.session_reused is resumption
+        second.close()
