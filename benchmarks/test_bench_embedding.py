@@ -170,7 +170,7 @@ class Daemon:
             _request(self.pods, "POST", pod(f"web-{i}", port))
 
     def set_ready(self, i: int, ready: bool) -> None:
-        _request(f"{self.pods}/web-{i}", "PUT", pod(f"web-{i}", self.ports[i], ready))
+        _request(f"{self.pods}/web-{i}/status", "PUT", pod(f"web-{i}", self.ports[i], ready))
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -234,6 +234,11 @@ def test_get_with_label_selector_and_namespace(daemon, tmp_path):
         + SERVICE.format(name="sel-b", team="blue", port=91),
     )
     out = cli("-n", "team-ns", "create", "-f", f, env=daemon)
+    assert out.returncode == 1 and 'namespaces "team-ns" not found' in out.stderr
+    namespace = manifest(tmp_path, "team-ns.yaml", "{apiVersion: v1, kind: Namespace, "
+                         "metadata: {name: team-ns}}")
+    assert cli("create", "-f", namespace, env=daemon).stdout == "namespace/team-ns created\n"
+    out = cli("-n", "team-ns", "create", "-f", f, env=daemon)
     assert out.stdout == "service/sel-a created\nservice/sel-b created\n"
     out = cli("get", "svc", "-n", "team-ns", "-l", "team=red", "-o", "name", env=daemon)
     assert out.stdout == "service/sel-a\n"

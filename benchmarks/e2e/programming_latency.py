@@ -535,7 +535,7 @@ class Change:
         path = f"/api/v1/namespaces/default/pods/{name}-{self.pod}"
         if self.kind == "readiness":
             status = "True" if self.on else "False"
-            return client.patch(path, {"status": {"conditions": [
+            return client.patch(path + "/status", {"status": {"conditions": [
                 {"type": "Ready", "status": status}]}})
         app = name if self.on else f"{name}-away"
         return client.patch(path, {"metadata": {"labels": {"app": app}}})

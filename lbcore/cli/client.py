@@ -97,8 +97,9 @@ class Transport(Protocol):
         self,
         method: str,
         path: str,
-        body: Mapping[str, Any] | None = None,
+        body: Any = None,
         query: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
     ) -> Any: ...
 
 
@@ -114,8 +115,9 @@ class HttpTransport:
         self,
         method: str,
         path: str,
-        body: Mapping[str, Any] | None = None,
+        body: Any = None,
         query: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
     ) -> Any:
         url = self.server + path
         if query:
@@ -124,7 +126,7 @@ class HttpTransport:
         req = urllib.request.Request(url, data=data, method=method)
         req.add_header("Accept", "application/json")
         if data is not None:
-            req.add_header("Content-Type", "application/json")
+            req.add_header("Content-Type", content_type)
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
@@ -192,15 +194,16 @@ class KubeTransport:
         self,
         method: str,
         path: str,
-        body: Mapping[str, Any] | None = None,
+        body: Any = None,
         query: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
     ) -> Any:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
-        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        headers = {"Accept": "application/json", "Content-Type": content_type}
         params = list((query or {}).items())
-        payload = dict(body) if body is not None else None
+        payload = body
         try:
             if hasattr(self.api, "param_serialize"):  # clients generated since v31
                 request = self.api.param_serialize(
@@ -279,17 +282,30 @@ class Client:
             item.setdefault("apiVersion", resource.api_version)
         return items
 
-    def create(self, obj: Mapping[str, Any], namespace: str) -> dict[str, Any]:
+    def create(self, obj: Mapping[str, Any], namespace: str,
+               dry_run: bool = False) -> dict[str, Any]:
         resource = resource_for(obj.get("kind", ""))
-        return self.transport.request("POST", resource.path(namespace), body=obj, query=STRICT)
+        return self.transport.request("POST", resource.path(namespace), body=obj,
+                                      query=_write_query(dry_run))
 
-    def replace(self, obj: Mapping[str, Any], namespace: str) -> dict[str, Any]:
+    def replace(self, obj: Mapping[str, Any], namespace: str,
+                dry_run: bool = False) -> dict[str, Any]:
         resource = resource_for(obj.get("kind", ""))
         name = (obj.get("metadata") or {}).get("name")
         return self.transport.request("PUT", resource.path(namespace, name), body=obj,
-                                      query=STRICT)
+                                      query=_write_query(dry_run))
 
-    def apply(self, obj: Mapping[str, Any], namespace: str) -> tuple[str, dict[str, Any]]:
+    def patch(self, resource: Kind, namespace: str, name: str, patch: Any,
+              patch_type: str = "strategic", subresource: str | None = None,
+              dry_run: bool = False) -> dict[str, Any]:
+        """Patch an object (or its ``status``): ``patch_type`` is kubectl's ``--type``
+        (``json``, ``merge``, ``strategic``)."""
+        path = resource.path(namespace, name) + (f"/{subresource}" if subresource else "")
+        return self.transport.request("PATCH", path, body=patch, query=_dry_run(dry_run),
+                                      content_type=PATCH_CONTENT_TYPES[patch_type])
+
+    def apply(self, obj: Mapping[str, Any], namespace: str,
+              dry_run: bool = False) -> tuple[str, dict[str, Any]]:
         """Create, or update what exists; ``("created" | "configured", object)``.
 
         The update is conditional on the version read. Fields the server allocated and the
@@ -301,13 +317,32 @@ class Client:
         try:
             current = self.get(resource, namespace, name)
         except ApiError as exc:
-            if exc.code != 404:
+            if exc.code != 404 or (exc.status.get("details") or {}).get("kind") == "namespaces":
                 raise
-            return "created", self.create(obj, namespace)
-        return "configured", self.replace(_at_version(obj, current), namespace)
+            return "created", self.create(obj, namespace, dry_run)
+        return "configured", self.replace(_at_version(obj, current), namespace, dry_run)
 
-    def delete(self, resource: Kind, namespace: str, name: str) -> dict[str, Any]:
-        return self.transport.request("DELETE", resource.path(namespace, name))
+    def delete(self, resource: Kind, namespace: str, name: str,
+               dry_run: bool = False) -> dict[str, Any]:
+        return self.transport.request("DELETE", resource.path(namespace, name),
+                                      query=_dry_run(dry_run))
+
+
+# kubectl patch --type -> the Content-Type it sends
+PATCH_CONTENT_TYPES = {
+    "json": "application/json-patch+json",
+    "merge": "application/merge-patch+json",
+    "strategic": "application/strategic-merge-patch+json",
+}
+
+
+def _dry_run(dry_run: bool) -> dict[str, str] | None:
+    return {"dryRun": "All"} if dry_run else None
+
+
+def _write_query(dry_run: bool) -> dict[str, str]:
+    """A create's or update's query: strict field validation, and the dry run if asked."""
+    return {**STRICT, **(_dry_run(dry_run) or {})}
 
 
 def _at_version(obj: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:

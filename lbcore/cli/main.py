@@ -11,13 +11,14 @@ import argparse
 import importlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import yaml
 
 from lbcore import __version__
 from lbcore.cli.client import (
+    PATCH_CONTENT_TYPES,
     ApiError,
     Client,
     ManifestError,
@@ -28,7 +29,7 @@ from lbcore.cli.client import (
     resource_for,
 )
 from lbcore.errors import LbcoreError
-from lbcore.model.kinds import KINDS, Kind
+from lbcore.model.kinds import ALL_KINDS, KINDS, Kind
 
 DEFAULT_NAMESPACE = "default"
 
@@ -53,8 +54,8 @@ def _connection_options() -> argparse.ArgumentParser:
 
 def _kinds_help() -> str:
     """``services|pods|endpoints|endpointslices (svc, po, ep)``, from the registry of kinds."""
-    short = ", ".join(n for k in KINDS for n in k.short_names)
-    return "|".join(k.plural for k in KINDS) + f" ({short})"
+    short = ", ".join(n for k in ALL_KINDS for n in k.short_names)
+    return "|".join(k.plural for k in ALL_KINDS) + f" ({short})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, text in (("create", "create objects from manifests"), ("apply", "create or update")):
         p = commands.add_parser(verb, help=text, parents=[common])
         p.add_argument("-f", "--filename", action="append", required=True, help="FILE, DIR or -")
+        _dry_run_option(p)
 
     get = commands.add_parser("get", help="list objects", parents=[common])
     get.add_argument("kind", help=_kinds_help())
@@ -98,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("kind", nargs="?")
     delete.add_argument("name", nargs="*")
     delete.add_argument("-f", "--filename", action="append", help="FILE, DIR or -")
+    _dry_run_option(delete)
+
+    patch = commands.add_parser("patch", help="patch one object", parents=[common])
+    patch.add_argument("kind", help=_kinds_help())
+    patch.add_argument("name")
+    patch.add_argument("-p", "--patch", required=True, help="the patch, JSON or YAML")
+    patch.add_argument("--type", choices=sorted(PATCH_CONTENT_TYPES), default="strategic",
+                       help="json (RFC 6902), merge (RFC 7386) or strategic (default)")
+    patch.add_argument("--subresource", choices=["status"], help="patch the status instead")
+    _dry_run_option(patch)
 
     commands.add_parser("version", help="print the version")
 
@@ -112,6 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("bench", help="benchmarks of the core (lbcore bench --help)")
     return parser
+
+
+def _dry_run_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dry-run", choices=["none", "server"], default="none",
+        help="server: the server admits the write and answers as if done, storing nothing")
+
+
+def _dry_run_suffix(args: argparse.Namespace) -> str:
+    return " (server dry run)" if _dry_run(args) else ""
+
+
+def _dry_run(args: argparse.Namespace) -> bool:
+    return getattr(args, "dry_run", "none") == "server"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -219,8 +245,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     client = _client(args)
 
     def create(obj: dict[str, Any], namespace: str) -> str:
-        client.create(obj, namespace)
-        return f"{_ref(obj)} created"
+        client.create(obj, namespace, _dry_run(args))
+        return f"{_ref(obj)} created{_dry_run_suffix(args)}"
 
     return _each_manifest(args, create)
 
@@ -229,8 +255,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     client = _client(args)
 
     def apply(obj: dict[str, Any], namespace: str) -> str:
-        outcome, _ = client.apply(obj, namespace)
-        return f"{_ref(obj)} {outcome}"
+        outcome, _ = client.apply(obj, namespace, _dry_run(args))
+        return f"{_ref(obj)} {outcome}{_dry_run_suffix(args)}"
 
     return _each_manifest(args, apply)
 
@@ -243,8 +269,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
         def delete(obj: dict[str, Any], namespace: str) -> str:
             resource = resource_for(str(obj.get("kind", "")))
-            client.delete(resource, namespace, obj["metadata"].get("name", ""))
-            return f'{resource.kind.lower()} "{obj["metadata"].get("name", "")}" deleted'
+            client.delete(resource, namespace, obj["metadata"].get("name", ""), _dry_run(args))
+            return (f'{resource.kind.lower()} "{obj["metadata"].get("name", "")}" deleted'
+                    f"{_dry_run_suffix(args)}")
 
         return _each_manifest(args, delete)
     if not args.kind or not args.name:
@@ -254,8 +281,26 @@ def cmd_delete(args: argparse.Namespace) -> int:
     resource = resource_for(args.kind)
     namespace = getattr(args, "namespace", None) or DEFAULT_NAMESPACE
     for name in args.name:
-        client.delete(resource, namespace, name)
-        print(f'{resource.kind.lower()} "{name}" deleted')
+        client.delete(resource, namespace, name, _dry_run(args))
+        print(f'{resource.kind.lower()} "{name}" deleted{_dry_run_suffix(args)}')
+    return 0
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    """kubectl's patch: a JSON, merge or strategic merge patch of one object or its status."""
+    resource = resource_for(args.kind)
+    try:
+        patch = yaml.safe_load(args.patch)
+    except yaml.YAMLError as exc:
+        raise CommandError(f"--patch: not JSON or YAML: {' '.join(str(exc).split())}") from None
+    if args.type == "json" and not isinstance(patch, list):
+        raise CommandError("--patch: a JSON patch (--type=json) is a list of operations")
+    if args.type != "json" and not isinstance(patch, dict):
+        raise CommandError(f"--patch: a {args.type} patch is an object")
+    namespace = getattr(args, "namespace", None) or DEFAULT_NAMESPACE
+    _client(args).patch(resource, namespace, args.name, patch, args.type, args.subresource,
+                        _dry_run(args))
+    print(f"{resource.kind.lower()}/{args.name} patched{_dry_run_suffix(args)}")
     return 0
 
 
@@ -324,7 +369,8 @@ def cmd_describe(args: argparse.Namespace) -> int:
     slices = [EndpointSlice.from_server(item)
               for item in client.list(resource_for("EndpointSlice"), namespace, selector)]
     slices.sort(key=lambda sl: sl.name)
-    print(describe_service(service, endpoint_slices=slices).rstrip("\n"))
+    print(describe_service(service, endpoint_slices=slices,
+                           events=_events_about(client, service.raw)).rstrip("\n"))
     return 0
 
 
@@ -348,6 +394,18 @@ def _describe_route(args: argparse.Namespace, resource: Kind) -> int:
             if ep.addresses and (route.target_port is None or route.target_port in (p.name, p.port))]
     print(describe_route(route, endpoints).rstrip("\n"))
     return 0
+
+
+def _events_about(client: Client, obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The Events about ``obj``, found as kubectl describe finds them (a field selector on the
+    involved object's kind, name, namespace and uid)."""
+    meta = obj.get("metadata") or {}
+    selector = ",".join(f"involvedObject.{key}={value}" for key, value in (
+        ("kind", obj.get("kind", "")), ("name", meta.get("name", "")),
+        ("namespace", meta.get("namespace", "")), ("uid", meta.get("uid", ""))))
+    answer = client.transport.request("GET", resource_for("Event").path(meta.get("namespace")),
+                                      query={"fieldSelector": selector})
+    return list(answer.get("items") or [])
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
@@ -401,6 +459,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "get": cmd_get,
     "describe": cmd_describe,
     "delete": cmd_delete,
+    "patch": cmd_patch,
     "version": cmd_version,
     "rules": cmd_rules,
     "demo": cmd_demo,

@@ -43,9 +43,11 @@ from lbcore.model.allocators import (
     NodePortAllocator,
     service_owner,
 )
+from lbcore.model.kinds import kind_for
 from lbcore.model.objects import check, defaulted, format_timestamp
 
-__all__ = ["Admission", "AllocationInvalid", "ServiceAllocators", "admit", "stamp"]
+__all__ = ["Admission", "AllocationInvalid", "ServiceAllocators", "admit", "for_subresource",
+           "stamp"]
 
 
 class AllocationInvalid(ValidationError, AllocationError):
@@ -184,6 +186,52 @@ def admit(new: Mapping[str, Any], old: Mapping[str, Any] | None,
             raise
     stamp(obj, old, now or _dt.datetime.now(_dt.UTC), resource_version)
     return admission
+
+
+# --- the status subresource ------------------------------------------------------------------
+
+
+def for_subresource(new: Mapping[str, Any], old: Mapping[str, Any],
+                    subresource: str | None) -> dict[str, Any]:
+    """What a write of ``new`` over ``old`` stands for, as the API server's update strategies
+    take it, for a kind with a ``status`` subresource (Service, Pod):
+
+    - the main resource (``subresource`` None) keeps the stored ``status``;
+    - ``status`` keeps everything stored but the ``status`` (spec, labels, annotations), and
+      takes ``metadata.resourceVersion`` and ``uid`` from ``new`` as preconditions.
+
+    Kinds without the subresource are written as given.
+
+    :raises LookupError: a subresource the kind does not have.
+    """
+    kind = str(old.get("kind") or "")
+    served = kind_for(kind).subresources
+    if subresource is not None and subresource not in served:
+        raise LookupError(f"the server could not find the requested resource "
+                          f"({kind_for(kind).plural}/{subresource})")
+    if "status" not in served:
+        return dict(new)
+    if subresource is None:
+        result = dict(new)
+        if "status" in old:
+            result["status"] = copy.deepcopy(old["status"])
+        else:
+            result.pop("status", None)
+        return result
+    result = copy.deepcopy(dict(old))
+    if "status" in new:
+        result["status"] = copy.deepcopy(new["status"])
+    else:
+        result.pop("status", None)
+    given: Mapping[str, Any] = new.get("metadata") or {}
+    if not isinstance(given, Mapping):
+        given = {}
+    meta = result["metadata"]
+    meta.pop("resourceVersion", None)
+    for key in ("resourceVersion", "uid"):
+        if given.get(key):
+            meta[key] = given[key]
+    return result
 
 
 # --- keep what was allocated, immutability ---------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from lbcore.model.objects import EndpointSlice, Route, RouteBackend, Service, parse_timestamp
 from lbcore.model.snapshot import EndpointInfo
@@ -198,12 +199,15 @@ def describe_service(
     endpoints: Mapping[str, Sequence[EndpointInfo]] | None = None,
     *,
     endpoint_slices: Sequence[EndpointSlice] | None = None,
+    events: Sequence[Mapping[str, Any]] = (),
+    now: _dt.datetime | None = None,
 ) -> str:
     """``kubectl describe service``, line for line as kubectl 1.32 prints it.
 
     kubectl reads the ``Endpoints:`` lines from the service's EndpointSlices: give them as
     ``endpoint_slices`` (in name order, as the API lists them). Without slices, ``endpoints``
-    (per port name) stands in, and a port without a ready endpoint shows ``<none>``.
+    (per port name) stands in, and a port without a ready endpoint shows ``<none>``. ``events``
+    are the Events about the service (:func:`describe_events`).
     """
     spec = service.raw.get("spec") or {}
     rows: list[list[str]] = [
@@ -248,8 +252,10 @@ def describe_service(
         rows.append(["HealthCheck NodePort:", str(spec["healthCheckNodePort"])])
     if spec.get("loadBalancerSourceRanges"):
         rows.append(["LoadBalancer Source Ranges:", ",".join(spec["loadBalancerSourceRanges"])])
-    rows.append(["Events:", "<none>"])
-    return tabulate(rows, padding=2, trim=False)
+    if not events:  # kubectl writes "<none>" in the same table, a list after a flush
+        rows.append(["Events:", "<none>"])
+        return tabulate(rows, padding=2, trim=False)
+    return tabulate(rows, padding=2, trim=False) + describe_events(events, now)
 
 
 # --- Routes ------------------------------------------------------------------------------------
@@ -312,3 +318,43 @@ def describe_route(route: Route,
         rows += [[""], ["Service:", backend.name], ["Weight:", f"{backend.weight}{share}"],
                  ["Endpoints:", _format_endpoints(eps) if eps is not None else "<none>"]]
     return tabulate(rows, padding=2, trim=False)
+
+
+def _event_time(event: Mapping[str, Any], key: str) -> _dt.datetime | None:
+    return parse_timestamp(event.get(key)) or parse_timestamp(event.get("eventTime"))
+
+
+def _event_last_seen(event: Mapping[str, Any], now: _dt.datetime | None) -> str:
+    """kubectl's interval: the age of the last one, ``(xN over AGE)`` when it repeated."""
+    first = _age(_event_time(event, "firstTimestamp"), now)
+    count = event.get("count") or 1
+    if isinstance(count, int) and count > 1:
+        return f"{_age(_event_time(event, 'lastTimestamp'), now)} (x{count} over {first})"
+    return first
+
+
+def _events_by_time(events: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """kubectl's order: by last timestamp, oldest first."""
+    def when(event: Mapping[str, Any]) -> _dt.datetime:
+        return (_event_time(event, "lastTimestamp")
+                or _dt.datetime.min.replace(tzinfo=_dt.UTC))
+    return sorted(events, key=when)
+
+
+def describe_events(events: Sequence[Mapping[str, Any]],
+                    now: _dt.datetime | None = None) -> str:
+    """The ``Events:`` section of ``kubectl describe`` (its ``DescribeEvents``): ``<none>``, or
+    a table of Type, Reason, Age, From and Message indented by two, oldest first."""
+    if not events:
+        return tabulate([["Events:", "<none>"]], padding=2)
+    rows = [["Type", "Reason", "Age", "From", "Message"],
+            ["----", "------", "----", "----", "-------"]]
+    for event in _events_by_time(events):
+        source = (event.get("source") or {}).get("component") or event.get(
+            "reportingComponent") or ""
+        rows.append([str(event.get("type", "")), str(event.get("reason", "")),
+                     _event_last_seen(event, now), str(source),
+                     str(event.get("message", "")).strip()])
+    table = tabulate(rows, padding=2)
+    return "Events:\n" + "".join(f"  {line}\n" for line in table.splitlines())
+

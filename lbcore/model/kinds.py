@@ -6,6 +6,11 @@ the model (defaults and ``ServiceTable``'s lookups), ``ClusterState`` and the so
 found by any of the names kubectl accepts for it (kind, singular, plural, short names), in any
 case, as ``kubectl get`` finds it. The short names are kubectl's (``kubectl api-resources``):
 ``svc``, ``po``, ``ep``, ``ing``; EndpointSlices, Secrets and Routes have none.
+
+:data:`KINDS` are the kinds load balancing reads (the model parses them, ``ClusterState`` and
+the sources follow them); :data:`ALL_KINDS` adds the kinds the store and the admin API also keep
+as a cluster does, without load balancing reading them: ``Namespace`` (cluster-scoped) and
+``Event``.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from types import MappingProxyType
 
 from lbcore.errors import LbcoreError
 
-__all__ = ["KINDS", "Kind", "UnknownKind", "find_kind", "kind_for"]
+__all__ = ["ALL_KINDS", "KINDS", "Kind", "UnknownKind", "find_kind", "kind_for"]
 
 
 class UnknownKind(LbcoreError, ValueError):
@@ -25,7 +30,7 @@ class UnknownKind(LbcoreError, ValueError):
 
     def __init__(self, name: str):
         self.name = name
-        known = ", ".join(k.kind for k in KINDS)
+        known = ", ".join(k.kind for k in ALL_KINDS)
         super().__init__(f"unknown kind {name!r}: known kinds are {known}")
 
 
@@ -40,6 +45,8 @@ class Kind:
     version: str  # "v1"
     namespaced: bool = True
     categories: tuple[str, ...] = ()  # kubectl's groupings: "all" (kubectl get all)
+    # the subresources served under an object's path besides itself (``status``)
+    subresources: tuple[str, ...] = ()
 
     @property
     def singular(self) -> str:
@@ -73,17 +80,23 @@ class Kind:
 
 
 KINDS: tuple[Kind, ...] = (
-    Kind("Service", "services", ("svc",), "", "v1", categories=("all",)),
-    Kind("Pod", "pods", ("po",), "", "v1", categories=("all",)),
+    Kind("Service", "services", ("svc",), "", "v1", categories=("all",),
+         subresources=("status",)),
+    Kind("Pod", "pods", ("po",), "", "v1", categories=("all",), subresources=("status",)),
     Kind("Endpoints", "endpoints", ("ep",), "", "v1"),
     Kind("EndpointSlice", "endpointslices", (), "discovery.k8s.io", "v1"),
     Kind("Secret", "secrets", (), "", "v1"),
     Kind("Ingress", "ingresses", ("ing",), "networking.k8s.io", "v1"),
     Kind("Route", "routes", (), "route.openshift.io", "v1"),
 )
+ALL_KINDS: tuple[Kind, ...] = (
+    *KINDS,
+    Kind("Namespace", "namespaces", ("ns",), "", "v1", namespaced=False),
+    Kind("Event", "events", ("ev",), "", "v1"),
+)
 
 _BY_NAME: Mapping[str, Kind] = MappingProxyType(
-    {name: k for k in KINDS for name in k.names})
+    {name: k for k in ALL_KINDS for name in k.names})
 
 
 def find_kind(name: str) -> Kind | None:

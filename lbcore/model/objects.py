@@ -61,6 +61,8 @@ __all__ = [
     "manifest_documents",
     "text_documents",
     "defaulted",
+    "default_event",
+    "default_namespace",
     "parse_admitted",
     "parse_object",
     "parse_timestamp",
@@ -207,7 +209,11 @@ def default_service(obj: Mapping[str, Any]) -> dict[str, Any]:
         return svc  # validation reports the missing spec
     stype = spec.setdefault("type", "ClusterIP")
     spec.setdefault("sessionAffinity", "None")
-    if spec["sessionAffinity"] == "ClientIP":
+    if spec["sessionAffinity"] == "None":
+        # as SetDefaults_Service: no affinity, no affinity config (an apply that drops
+        # ``sessionAffinity: ClientIP`` leaves the defaulted config behind; it goes with it)
+        spec.pop("sessionAffinityConfig", None)
+    elif spec["sessionAffinity"] == "ClientIP":
         config = spec.setdefault("sessionAffinityConfig", {}) or {}
         spec["sessionAffinityConfig"] = config
         client_ip = config.setdefault("clientIP", {}) or {}
@@ -872,10 +878,58 @@ CLASSES: Mapping[str, type[Object]] = MappingProxyType({
     cls.kind: cls for cls in (Service, Pod, Endpoints, EndpointSlice, Secret, Ingress, Route)})
 
 
+# --- Namespace and Event: kept by the store as a cluster keeps them, not read by balancing ----
+
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def default_namespace(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a Namespace dict with the API server's defaults: no namespace of its own, the
+    ``kubernetes.io/metadata.name`` label, the ``kubernetes`` finalizer, phase ``Active``."""
+    ns = _plain(obj)
+    _default_type(ns, "Namespace")
+    meta = ns.get("metadata")
+    if not isinstance(meta, dict):
+        meta = ns["metadata"] = {}
+    meta.pop("namespace", None)
+    if isinstance(meta.get("name"), str) and meta["name"]:
+        labels = meta.get("labels")
+        if labels is None:
+            labels = meta["labels"] = {}
+        if isinstance(labels, dict):
+            labels[NAMESPACE_NAME_LABEL] = meta["name"]
+    spec = ns.setdefault("spec", {})
+    if isinstance(spec, dict):
+        spec.setdefault("finalizers", ["kubernetes"])
+    status = ns.setdefault("status", {})
+    if isinstance(status, dict):
+        status.setdefault("phase", "Active")
+    return ns
+
+
+def default_event(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a core/v1 Event dict with what the API server fills in: ``type`` Normal, a
+    ``count`` of 1, ``reportingComponent`` and ``reportingInstance`` empty, and the involved
+    object's namespace that of the event."""
+    ev = _plain(obj)
+    _default_type(ev, "Event")
+    meta = _default_metadata(ev)
+    ev.setdefault("type", "Normal")
+    ev.setdefault("count", 1)
+    ev.setdefault("reportingComponent", "")
+    ev.setdefault("reportingInstance", "")
+    ev.setdefault("source", {})
+    ev.setdefault("eventTime", None)
+    involved = ev.get("involvedObject")
+    if isinstance(involved, dict) and involved.get("kind") != "Namespace":
+        involved.setdefault("namespace", meta["namespace"])
+    return ev
+
+
 _DEFAULTS: Mapping[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = MappingProxyType({
     "Service": default_service, "Pod": default_pod, "EndpointSlice": default_endpoint_slice,
     "Endpoints": default_endpoints, "Secret": default_secret, "Ingress": default_ingress,
-    "Route": default_route})
+    "Route": default_route, "Namespace": default_namespace, "Event": default_event})
 
 
 def _kind_of(obj: Any) -> str:
@@ -887,8 +941,8 @@ def _kind_of(obj: Any) -> str:
     if not kind:
         raise ValidationError("Object", _name_of(obj), [Cause(
             "kind", "FieldValueRequired", "Required value: a manifest names its kind")])
-    if not isinstance(kind, str) or kind not in CLASSES:
-        supported = ", ".join(f'"{k}"' for k in sorted(CLASSES))
+    if not isinstance(kind, str) or kind not in _DEFAULTS:
+        supported = ", ".join(f'"{k}"' for k in sorted(_DEFAULTS))
         raise ValidationError(str(kind), _name_of(obj), [Cause(
             "kind", "FieldValueNotSupported",
             f'Unsupported value: "{kind}": supported values: {supported}')])
@@ -905,10 +959,18 @@ def defaulted(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def parse_object(obj: Mapping[str, Any] | Object, validate: bool = True) -> Object:
-    """One Kubernetes-shaped dict (or an already parsed object) as a defaulted, validated object."""
+    """One Kubernetes-shaped dict (or an already parsed object) as a defaulted, validated object.
+
+    :raises ValidationError: also for a kind load balancing does not read (a Namespace)."""
     if isinstance(obj, _Stored):
         return obj  # type: ignore[return-value]
-    return CLASSES[_kind_of(obj)].from_dict(obj, validate=validate)
+    kind = _kind_of(obj)
+    if kind not in CLASSES:
+        supported = ", ".join(f'"{k}"' for k in sorted(CLASSES))
+        raise ValidationError(kind, _name_of(obj), [Cause(
+            "kind", "FieldValueNotSupported",
+            f'Unsupported value: "{kind}": supported values: {supported}')])
+    return CLASSES[kind].from_dict(obj, validate=validate)
 
 
 def parse_admitted(obj: Mapping[str, Any] | Object) -> Object:

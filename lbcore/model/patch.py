@@ -8,6 +8,10 @@ those of Kubernetes' ``strategicpatch`` package: ``$patch: replace | delete | me
 or a list element, ``$retainKeys``, ``$setElementOrder/<list>`` and
 ``$deleteFromPrimitiveList/<list>``. Where the schema says nothing (an open object) the patch
 is a JSON merge patch (RFC 7386). The list semantics come from :mod:`lbcore.model.schema`.
+
+Beside it, the two other patches the API server takes: :func:`json_patch` (RFC 6902,
+``application/json-patch+json``, by the ``jsonpatch`` package) and :func:`merge_patch` (RFC 7386,
+``application/merge-patch+json``).
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+import jsonpatch
+
 from lbcore.errors import LbcoreError
 from lbcore.model.schema import DEFINITIONS, KIND_SCHEMAS, Array, Definition, Map, Ref, Type
 
-__all__ = ["PatchError", "strategic_merge_patch"]
+__all__ = ["PatchError", "PatchNotApplicable", "json_patch", "merge_patch",
+           "strategic_merge_patch"]
 
 _ORDER = "$setElementOrder/"
 _DELETE_FROM = "$deleteFromPrimitiveList/"
@@ -27,6 +34,11 @@ _DELETE_FROM = "$deleteFromPrimitiveList/"
 
 class PatchError(LbcoreError, ValueError):
     """A strategic merge patch that cannot be applied; the message names the place."""
+
+
+class PatchNotApplicable(PatchError):
+    """A well-formed JSON patch whose operations cannot be applied to this object (a ``test``
+    that fails, a path that is not there)."""
 
 
 def strategic_merge_patch(kind: str, current: Mapping[str, Any],
@@ -140,3 +152,40 @@ def _ordered(items: list[Any], order: list[Any], key: str | None) -> list[Any]:
     named = sorted((v for v in items if repr(ident(v)) in rank),
                    key=lambda v: rank[repr(ident(v))])
     return named + [v for v in items if repr(ident(v)) not in rank]
+
+
+# --- JSON patch and JSON merge patch ----------------------------------------------------------
+
+
+def json_patch(target: Mapping[str, Any], patch: Any) -> dict[str, Any]:
+    """RFC 6902 JSON patch of ``target``, as a new object.
+
+    :raises PatchError: the patch is not a list of operations of the right shape.
+    :raises PatchNotApplicable: an operation cannot be applied.
+    """
+    if not isinstance(patch, list):
+        raise PatchError(f"a JSON patch is a list of operations, got {type(patch).__name__}")
+    try:
+        patched = jsonpatch.JsonPatch(patch).apply(dict(target), in_place=False)
+    except jsonpatch.InvalidJsonPatch as exc:
+        raise PatchError(f"not a valid JSON patch: {exc}") from None
+    except (AttributeError, KeyError, TypeError) as exc:  # an operation of the wrong shape
+        raise PatchError(f"not a valid JSON patch: {type(exc).__name__}: {exc}") from None
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+        raise PatchNotApplicable(f"the JSON patch cannot be applied: {exc}") from None
+    if not isinstance(patched, dict):
+        raise PatchNotApplicable("the JSON patch cannot be applied: it replaces the object")
+    return patched
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge key by key, ``null`` removes, others replace."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result

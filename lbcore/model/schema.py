@@ -1,6 +1,6 @@
 """The field schema of every kind, once: OpenAPI documents and unknown-field checks come from it.
 
-Each kind of :data:`lbcore.model.kinds.KINDS` has an entry in :data:`KIND_SCHEMAS` naming its
+Each kind of :data:`lbcore.model.kinds.ALL_KINDS` has an entry in :data:`KIND_SCHEMAS` naming its
 definition, written in the API server's terms (definition names such as
 ``io.k8s.api.core.v1.Service``, field names, types, ``required``, the list semantics
 ``x-kubernetes-list-type`` and the strategic merge keys ``x-kubernetes-patch-merge-key``).
@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lbcore.model.kinds import KINDS, Kind, find_kind
+from lbcore.model.kinds import ALL_KINDS, Kind, find_kind
 
 __all__ = [
     "DEFINITIONS",
@@ -1018,7 +1018,7 @@ def drop_unknown_fields(kind: str, obj: dict[str, Any]) -> list[FieldProblem]:
 def group_versions() -> dict[str, list[Kind]]:
     """``api/v1``, ``apis/discovery.k8s.io/v1``, ...: the kinds served under each."""
     out: dict[str, list[Kind]] = {}
-    for k in KINDS:
+    for k in ALL_KINDS:
         out.setdefault(k.api_prefix.lstrip("/"), []).append(k)
     return out
 
@@ -1254,7 +1254,7 @@ def _info(version: str) -> dict[str, str]:
 
 def openapi_v2(kubernetes_version: str) -> dict[str, Any]:
     """The Swagger 2.0 document of every kind served (``/openapi/v2``)."""
-    kinds = [k for k in KINDS if k.kind in KIND_SCHEMAS]
+    kinds = [k for k in ALL_KINDS if k.kind in KIND_SCHEMAS]
     paths: dict[str, Any] = {}
     for k in kinds:
         paths.update(_operations(k, "#/definitions/", v3=False))

@@ -212,7 +212,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _validate_metadata(errs: FieldErrors, meta: Any, name_rule: Any) -> None:
+def _validate_metadata(errs: FieldErrors, meta: Any, name_rule: Any,
+                       namespaced: bool = True) -> None:
     if not isinstance(meta, Mapping):
         errs.required("metadata", "")
         return
@@ -224,7 +225,10 @@ def _validate_metadata(errs: FieldErrors, meta: Any, name_rule: Any) -> None:
     else:
         errs.each("metadata.name", name, name_rule(name))
     ns = meta.get("namespace")
-    if not isinstance(ns, str) or not ns:
+    if not namespaced:
+        if ns:
+            errs.forbidden("metadata.namespace", "not allowed on this type")
+    elif not isinstance(ns, str) or not ns:
         errs.required("metadata.namespace", "")
     else:
         errs.each("metadata.namespace", ns, is_dns1123_label(ns))
@@ -942,7 +946,54 @@ def validate_route(route: Mapping[str, Any]) -> list[Cause]:
     return errs.causes
 
 
+# --- Namespace and Event -----------------------------------------------------------------------
+
+EVENT_TYPES = ("Normal", "Warning")
+
+
+def validate_namespace(ns: Mapping[str, Any]) -> list[Cause]:
+    """Every problem with a defaulted Namespace (ValidateNamespace): a DNS label for a name,
+    no namespace of its own."""
+    errs = FieldErrors()
+    _validate_metadata(errs, ns.get("metadata"), is_dns1123_label, namespaced=False)
+    finalizers = (ns.get("spec") or {}).get("finalizers")
+    if finalizers is not None and not (
+            isinstance(finalizers, list) and all(isinstance(f, str) for f in finalizers)):
+        errs.invalid("spec.finalizers", finalizers, "must be a list of strings")
+    return errs.causes
+
+
+def validate_event(ev: Mapping[str, Any]) -> list[Cause]:
+    """Every problem with a defaulted core/v1 Event (ValidateEventCreate): the object it is
+    about, in the event's own namespace, and a type of Normal or Warning."""
+    errs = FieldErrors()
+    meta = ev.get("metadata")
+    _validate_metadata(errs, meta, is_dns1123_subdomain)
+    involved = ev.get("involvedObject")
+    if not isinstance(involved, Mapping) or not involved.get("kind"):
+        errs.required("involvedObject.kind", "")
+    elif isinstance(meta, Mapping) and involved.get("namespace") not in (
+            None, "", meta.get("namespace")):
+        errs.invalid("involvedObject.namespace", involved.get("namespace"),
+                     "does not match event.namespace")
+    if ev.get("type") not in EVENT_TYPES:
+        errs.not_supported("type", ev.get("type"), EVENT_TYPES)
+    for key, limit in (("reason", 128), ("message", 1024 * 1024)):
+        value = ev.get(key)
+        if value is not None and not isinstance(value, str):
+            errs.invalid(key, value, "must be a string")
+        elif value is not None and len(value) > limit:
+            errs.causes.append(Cause(key, "FieldValueTooLong",
+                                     f"Too long: must have at most {limit} bytes"))
+    count = ev.get("count")
+    if count is not None and (not _is_int(count) or count < 0):
+        errs.invalid("count", count, "must be a non-negative integer")
+    return errs.causes
+
+
 _VALIDATORS: Mapping[str, Callable[[Mapping[str, Any]], list[Cause]]] = {
+    "Namespace": validate_namespace,
+    "Event": validate_event,
     "Service": validate_service,
     "Pod": validate_pod,
     "EndpointSlice": validate_endpoint_slice,

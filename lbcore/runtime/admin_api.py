@@ -1,8 +1,10 @@
 """The admin API: the embedded store behind the Kubernetes REST shape.
 
-Services, Pods and Endpoints under ``/api/v1``, EndpointSlices under
-``/apis/discovery.k8s.io/v1``, with list, get, create, update, patch, delete and watch, Status
-bodies for errors and enough discovery for the official ``kubernetes`` client and kubectl.
+Services, Pods, Endpoints, Namespaces and Events under ``/api/v1``, EndpointSlices under
+``/apis/discovery.k8s.io/v1``, with list, get, create, update, patch (JSON merge, strategic
+merge, JSON patch, apply), delete and watch, the ``status`` subresource of
+Services and Pods, ``dryRun=All`` on every write, Status bodies for errors and enough discovery
+for the official ``kubernetes`` client and kubectl.
 Because it speaks the same wire protocol as an API server, the kubernetes source is tested
 against it. docs/api.md is the reference.
 """
@@ -10,7 +12,6 @@ against it. docs/api.md is the reference.
 from __future__ import annotations
 
 import asyncio
-import copy
 import functools
 import hmac
 import ipaddress
@@ -28,8 +29,14 @@ from yarl import URL
 
 from lbcore.errors import Cause
 from lbcore.model import schema, tables
-from lbcore.model.kinds import KINDS, Kind, kind_for
-from lbcore.model.patch import PatchError, strategic_merge_patch
+from lbcore.model.kinds import ALL_KINDS, Kind, kind_for
+from lbcore.model.patch import (
+    PatchError,
+    PatchNotApplicable,
+    json_patch,
+    merge_patch,
+    strategic_merge_patch,
+)
 from lbcore.runtime.store import (
     BadRequest,
     Gone,
@@ -45,10 +52,10 @@ log = logging.getLogger("lbcore.runtime.admin_api")
 
 # URL prefix (/api/v1, /apis/{group}/{version}) -> plural -> the kind served there
 SERVED: dict[str, dict[str, Kind]] = {}
-for _k in KINDS:
+for _k in ALL_KINDS:
     SERVED.setdefault(_k.api_prefix, {})[_k.plural] = _k
 # the named groups (all but the core one): group -> its one version
-GROUPS: dict[str, str] = {k.group: k.version for k in KINDS if k.group}
+GROUPS: dict[str, str] = {k.group: k.version for k in ALL_KINDS if k.group}
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 # the API server's --min-request-timeout: a watch without timeoutSeconds ends after this long
 DEFAULT_WATCH_TIMEOUT = 1800.0
@@ -81,9 +88,12 @@ OBJECT_TYPES = ("application/json", "application/yaml")
 # refuses an "@" in a Content-Type)
 OPENAPI_V2_PROTOBUF = ("application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
                        "application/com.github.proto-openapi.spec.v2.v1.0+protobuf")
+JSON_PATCH = "application/json-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 PATCH_TYPES = (
+    JSON_PATCH,
     "application/merge-patch+json",
-    "application/strategic-merge-patch+json",
+    STRATEGIC_MERGE_PATCH,
     "application/apply-patch+yaml",
 )
 
@@ -111,6 +121,14 @@ class Forbidden(StoreError):
 class RequestEntityTooLarge(StoreError):
     code = 413
     reason = "RequestEntityTooLarge"
+
+
+class UnprocessablePatch(StoreError):
+    """422: a JSON patch whose operations cannot be applied (a ``test`` that fails, a path
+    that is not there)."""
+
+    code = 422
+    reason = "Invalid"
 
 
 def add_routes(
@@ -156,18 +174,20 @@ def add_routes(
     add("GET", "/openapi/v3/", api.openapi_v3_index)
     add("GET", "/openapi/v3/{group_version:.+}", api.openapi_v3)
     for prefix in SERVED:
-        collection = prefix + "/namespaces/{namespace}/{resource}"
-        add("GET", collection, api.list_or_watch)
-        add("POST", collection, api.create)
-        add("*", collection, api.not_allowed)
-        item = collection + "/{name}"
-        add("GET", item, api.read)
-        add("PUT", item, api.replace)
-        add("PATCH", item, api.patch)
-        add("DELETE", item, api.remove)
-        add("*", item, api.not_allowed)
-        add("GET", prefix + "/{resource}", api.list_or_watch)
-        add("*", prefix + "/{resource}", api.not_allowed)
+        # namespaced kinds under /namespaces/{namespace}/, cluster-scoped ones (Namespace)
+        # right under the prefix; _kind() refuses a kind at the other place
+        for collection in (prefix + "/namespaces/{namespace}/{resource}", prefix + "/{resource}"):
+            add("GET", collection, api.list_or_watch)
+            add("POST", collection, api.create)
+            add("*", collection, api.not_allowed)
+            item = collection + "/{name}"
+            for path, subresource in ((item, None), (item + "/{subresource}", True)):
+                add("GET", path, api.read)
+                add("PUT", path, api.replace)
+                add("PATCH", path, api.patch)
+                if subresource is None:
+                    add("DELETE", path, api.remove)
+                add("*", path, api.not_allowed)
 
 
 def _too_large(size: int) -> RequestEntityTooLarge:
@@ -416,9 +436,31 @@ def _truthy(value: str | None) -> bool:
     return value is not None and value.lower() in ("true", "1", "yes")
 
 
-def _field_filter(text: str | None) -> Callable[[Mapping[str, Any]], bool] | None:
-    """``fieldSelector`` on metadata.name, metadata.namespace and (a Secret's) type (``=``,
-    ``==``, ``!=``)."""
+# fields a fieldSelector may name beside metadata.name and metadata.namespace, by kind (the
+# API server's field label conversions; kubectl describe finds a service's Events by these)
+SELECTABLE_FIELDS: dict[str, tuple[str, ...]] = {
+    "Event": tuple(f"involvedObject.{f}" for f in (
+        "kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")) + (
+        "reason", "reportingComponent", "source"),
+    "Namespace": ("status.phase",),
+}
+
+
+def _field_value(obj: Mapping[str, Any], field: str) -> str:
+    value: Any = obj
+    for part in field.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    if field == "source" and value is None:
+        return ""
+    if isinstance(value, Mapping):  # an Event's source is its component
+        value = value.get("component")
+    return "" if value is None else str(value)
+
+
+def _field_filter(text: str | None,
+                  kind: str = "") -> Callable[[Mapping[str, Any]], bool] | None:
+    """``fieldSelector`` on metadata.name, metadata.namespace and type (a Secret's, an
+    Event's) (``=``, ``==``, ``!=``), and the fields :data:`SELECTABLE_FIELDS` gives ``kind``."""
     if not text:
         return None
     terms: list[tuple[str, bool, str]] = []
@@ -431,18 +473,16 @@ def _field_filter(text: str | None) -> Callable[[Mapping[str, Any]], bool] | Non
                 break
         else:
             raise BadRequest(f"fieldSelector: {term!r} is not field=value or field!=value")
-        if field not in ("metadata.name", "metadata.namespace", "type"):
+        supported = ("metadata.name", "metadata.namespace", "type", *SELECTABLE_FIELDS.get(kind, ()))
+        if field not in supported:
             raise BadRequest(
                 f'fieldSelector: "{field}" is not a supported field selector '
-                "(metadata.name, metadata.namespace, type)"
+                f"({', '.join(supported)})"
             )
         terms.append((field, equal, value))
 
     def matches(obj: Mapping[str, Any]) -> bool:
-        meta = obj.get("metadata") or {}
-        return all(
-            ((obj.get(key) if key == "type" else meta.get(key.split(".", 1)[1])) == value)
-            == equal for key, equal, value in terms)
+        return all((_field_value(obj, field) == value) == equal for field, equal, value in terms)
 
     return matches
 
@@ -539,6 +579,15 @@ class _AdminAPI:
                     **({"categories": list(k.categories)} if k.categories else {}),
                 }
                 for k in kinds
+            ] + [
+                {
+                    "name": f"{k.plural}/{sub}",
+                    "singularName": "",
+                    "namespaced": k.namespaced,
+                    "kind": k.kind,
+                    "verbs": ["get", "patch", "update"],
+                }
+                for k in kinds for sub in k.subresources
             ],
         })
 
@@ -563,12 +612,39 @@ class _AdminAPI:
     # -- helpers -------------------------------------------------------------------------------
 
     def _kind(self, request: web.Request) -> str:
-        resource = request.match_info["resource"]
+        info = request.match_info
+        resource = info["resource"]
         prefix = next(p for p in SERVED if request.path.startswith(p + "/"))
         served = SERVED[prefix].get(resource)
-        if served is None:
+        subresource = info.get("subresource")
+        if (served is None
+                # a cluster-scoped kind is not found inside a namespace; a namespaced one's
+                # objects are not found outside one (its list across namespaces is)
+                or ("namespace" in info and not served.namespaced)
+                or ("namespace" not in info and served.namespaced and "name" in info)
+                or (subresource is not None and subresource not in served.subresources)):
             raise NotFound("the server could not find the requested resource")
         return served.kind
+
+    @staticmethod
+    def _where(request: web.Request) -> tuple[str, str]:
+        """(namespace, name) of the object a request names ("" namespace: cluster-scoped)."""
+        info = request.match_info
+        return info.get("namespace", ""), info["name"]
+
+    @staticmethod
+    def _dry_run(request: web.Request, options: Any = None) -> bool:
+        """Whether the write is a dry run: ``dryRun=All`` in the query (or in the
+        DeleteOptions of a DELETE's body); any other value is refused, as the API server does."""
+        given = request.query.getall("dryRun", [])
+        if isinstance(options, dict) and isinstance(options.get("dryRun"), list):
+            given = [*given, *options["dryRun"]]
+        for value in given:
+            if value != "All":
+                raise Invalid("DryRun", "", [Cause(
+                    "dryRun", "FieldValueNotSupported",
+                    f'Unsupported value: "{value}": supported values: "All"')])
+        return bool(given)
 
     def _authorize(self, request: web.Request) -> None:
         if self.token is None:
@@ -630,8 +706,10 @@ class _AdminAPI:
                 "metadata", "FieldValueInvalid",
                 f"Invalid value: {shown}: must be an object, not {_json_type(meta)}",
             )])
-        namespace = request.match_info["namespace"]
-        if meta.setdefault("namespace", namespace) != namespace:
+        namespace = request.match_info.get("namespace")
+        if namespace is None:  # a cluster-scoped kind: the store gives it no namespace
+            pass
+        elif meta.setdefault("namespace", namespace) != namespace:
             raise BadRequest(
                 f"metadata.namespace: {meta['namespace']!r} does not match the namespace "
                 f"{namespace!r} of the request"
@@ -676,7 +754,7 @@ class _AdminAPI:
         kind = self._kind(request)
         namespace = request.match_info.get("namespace")
         query = request.query
-        fields = _field_filter(query.get("fieldSelector"))
+        fields = _field_filter(query.get("fieldSelector"), kind)
         if _truthy(query.get("watch")):
             return await self._watch(request, kind, namespace, fields)
         as_table = _table_version(request)
@@ -848,19 +926,22 @@ class _AdminAPI:
     async def create(self, request: web.Request) -> web.StreamResponse:
         self._authorize(request)
         kind = self._kind(request)
+        if kind_for(kind).namespaced and "namespace" not in request.match_info:
+            raise MethodNotAllowed(f"POST: {kind_for(kind).plural} are created in a namespace")
         obj = self._object(request, await self._body(request), kind)
-        if _truthy(request.query.get("dryRun")) or request.query.get("dryRun") == "All":
-            raise BadRequest("dryRun: not supported")
-        return web.json_response(await self.store.grouped(lambda: self.store.create(obj)),
-                                 status=201)
+        dry_run = self._dry_run(request)
+        return web.json_response(
+            await self.store.grouped(lambda: self.store.create(obj, dry_run=dry_run)),
+            status=201)
 
     # -- item ----------------------------------------------------------------------------------
 
     @_handles_errors
     async def read(self, request: web.Request) -> web.StreamResponse:
+        """An object, or its ``status`` subresource (the whole object, as the API server
+        answers it)."""
         kind = self._kind(request)
-        info = request.match_info
-        obj = self.store.get(kind, info["namespace"], info["name"])
+        obj = self.store.get(kind, *self._where(request))
         as_table = _table_version(request)
         if as_table is not None:
             rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
@@ -873,48 +954,64 @@ class _AdminAPI:
         self._authorize(request)
         kind = self._kind(request)
         obj = self._object(request, await self._body(request), kind)
-        return web.json_response(await self.store.grouped(lambda: self.store.update(obj)))
+        subresource = request.match_info.get("subresource")
+        dry_run = self._dry_run(request)
+        return web.json_response(await self.store.grouped(lambda: self.store.update(
+            obj, subresource=subresource, dry_run=dry_run)))
 
     @_handles_errors
     async def patch(self, request: web.Request) -> web.StreamResponse:
-        """JSON merge patch, strategic merge patch (:mod:`lbcore.model.patch`) or apply patch
-        (the body is the whole desired object, created when missing)."""
+        """JSON patch (RFC 6902), merge patch (RFC 7386), strategic merge patch
+        (:mod:`lbcore.model.patch`) or apply patch (the body is the whole desired object,
+        created when missing), of the object or of its ``status``."""
         self._authorize(request)
         kind = self._kind(request)
         content_type = request.content_type
-        info = request.match_info
+        subresource = request.match_info.get("subresource")
+        dry_run = self._dry_run(request)
         body = await self._body(request, PATCH_TYPES)
-        if content_type == "application/apply-patch+yaml":
+        if content_type == "application/apply-patch+yaml" and subresource is None:
             obj = self._object(request, body, kind)
-            return web.json_response(await self.store.grouped(lambda: self.store.apply(obj)))
-        if not isinstance(body, dict):
-            raise BadRequest(f"body: a merge patch is an object, got {type(body).__name__}")
+            return web.json_response(
+                await self.store.grouped(lambda: self.store.apply(obj, dry_run=dry_run)))
 
-        def merge_and_update() -> dict[str, Any]:
+        def patch_and_update() -> dict[str, Any]:
             # read and write in one step of the loop: no other write comes between them
-            current = self.store.get(kind, info["namespace"], info["name"])
-            if content_type == "application/strategic-merge-patch+json":
-                try:
-                    merged = strategic_merge_patch(kind, current, body)
-                except PatchError as exc:
-                    raise BadRequest(str(exc)) from None
-            else:
-                merged = _merge_patch(current, body)
+            current = self.store.get(kind, *self._where(request))
+            try:
+                if content_type == JSON_PATCH:
+                    patched = json_patch(current, body)
+                elif not isinstance(body, dict):
+                    raise PatchError(f"a merge patch is an object, got {type(body).__name__}")
+                elif content_type == STRATEGIC_MERGE_PATCH:
+                    patched = strategic_merge_patch(kind, current, body)
+                else:
+                    patched = merge_patch(current, body)
+            except PatchNotApplicable as exc:
+                raise UnprocessablePatch(str(exc)) from None
+            except PatchError as exc:
+                raise BadRequest(f"body: {exc}") from None
             # the patch's own resourceVersion (if any) is a precondition; else last write wins
-            patch_rv = (body.get("metadata") or {}).get("resourceVersion")
-            merged["metadata"]["resourceVersion"] = (
-                patch_rv or current["metadata"]["resourceVersion"])
-            return self.store.update(self._object(request, merged, kind))
+            meta = patched.get("metadata")
+            if not isinstance(meta, dict):
+                meta = patched["metadata"] = {}
+            meta["resourceVersion"] = (meta.get("resourceVersion")
+                                       or current["metadata"]["resourceVersion"])
+            return self.store.update(self._object(request, patched, kind),
+                                     subresource=subresource, dry_run=dry_run)
 
-        return web.json_response(await self.store.grouped(merge_and_update))
+        return web.json_response(await self.store.grouped(patch_and_update))
 
     @_handles_errors
     async def remove(self, request: web.Request) -> web.StreamResponse:
         self._authorize(request)
         kind = self._kind(request)
-        info = request.match_info
+        options = None
+        if request.can_read_body:  # DeleteOptions (kubectl sends its dryRun there too)
+            options = await self._body(request)
+        dry_run = self._dry_run(request, options)
         return web.json_response(await self.store.grouped(
-            lambda: self.store.delete(kind, info["namespace"], info["name"])))
+            lambda: self.store.delete(kind, *self._where(request), dry_run=dry_run)))
 
     @_handles_errors
     async def not_allowed(self, request: web.Request) -> web.StreamResponse:
@@ -958,7 +1055,7 @@ def _aggregated(groups: Iterable[str], version: str) -> web.Response:
     items = []
     for group in groups:
         # sorted by name, as the API server lists them (kubectl get all: pods before services)
-        kinds = sorted((k for k in KINDS if k.group == group), key=lambda k: k.plural)
+        kinds = sorted((k for k in ALL_KINDS if k.group == group), key=lambda k: k.plural)
         resources = []
         for k in kinds:
             resource: dict[str, Any] = {
@@ -972,6 +1069,11 @@ def _aggregated(groups: Iterable[str], version: str) -> web.Response:
                 resource["shortNames"] = list(k.short_names)
             if k.categories:
                 resource["categories"] = list(k.categories)
+            if k.subresources:
+                resource["subresources"] = [
+                    {"subresource": sub, "verbs": ["get", "patch", "update"],
+                     "responseKind": {"group": k.group, "version": k.version, "kind": k.kind}}
+                    for sub in k.subresources]
             resources.append(resource)
         items.append({
             "metadata": {"name": group, "creationTimestamp": None},
@@ -1058,16 +1160,3 @@ def _json_type(value: Any) -> str:
     if isinstance(value, int | float):
         return "a number"
     return {str: "a string", list: "an array", type(None): "null"}.get(type(value), "a value")
-
-
-def _merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch: objects merge key by key, ``null`` removes, others replace."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = _merge_patch(result.get(key), value)
-    return result

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -217,7 +218,9 @@ class ReadinessProber:
                 if ready_condition(pod) is ready:
                     return ready
                 now = _dt.datetime.now(_dt.UTC)
-                await loop.run_in_executor(None, self.store.update, with_ready(pod, ready, now))
+                # through the status subresource, as a kubelet writes it
+                await loop.run_in_executor(None, functools.partial(
+                    self.store.update, with_ready(pod, ready, now), subresource="status"))
                 event(log, "pod readiness", pod=f"{key[0]}/{key[1]}", ready=ready)
                 return ready
             except NotFound:

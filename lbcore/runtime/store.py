@@ -1,7 +1,8 @@
 """The embedded store: Kubernetes-shaped objects in SQLite, with a watchable change history.
 
 It plays the part that the API server and etcd play in a cluster, for the kinds lbcore uses
-(Service, Pod, Endpoints, EndpointSlice):
+(Service, Pod, Endpoints, EndpointSlice) and the ones a cluster keeps beside them (Namespace,
+Event):
 
 - every write gets the next value of one global revision counter (etcd's revision), which
   becomes the object's ``metadata.resourceVersion``, and is acknowledged (returned) only once
@@ -14,7 +15,14 @@ It plays the part that the API server and etcd play in a cluster, for the kinds 
   and NodePorts, keeping what an update leaves out, uid and timestamps) before anything is
   stored; the allocators are rebuilt from the stored Services when the store opens, and what a
   write allocated is given back when its transaction does not commit;
-- errors are exception types that carry the Kubernetes ``Status`` they become on the wire.
+- errors are exception types that carry the Kubernetes ``Status`` they become on the wire;
+- namespaces are objects: ``default``, ``kube-system``, ``kube-public`` and ``kube-node-lease``
+  exist from the start (and so does every namespace an older store holds objects in); a write
+  into a namespace that does not exist is ``NotFound``, as the API server refuses it. Deleting a
+  namespace deletes what it holds in the same call (see :meth:`Store.delete`);
+- ``status``: a write of the main resource keeps the stored status of a kind that has a
+  ``status`` subresource (Service, Pod), a write of the subresource keeps all but the status;
+  ``dry_run`` writes admit, allocate and answer as a write would, then give everything back.
 
 Writes may come from any thread; watchers (:meth:`Store.watch`) are consumed on an asyncio loop
 and in-process listeners (:meth:`Store.subscribe`) are called after each commit.
@@ -23,8 +31,10 @@ and in-process listeners (:meth:`Store.subscribe`) are called after each commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import copy
+import datetime as _dt
 import json
 import logging
 import sqlite3
@@ -46,10 +56,10 @@ from lbcore.errors import (
     SelectorError,
     ValidationError,
 )
-from lbcore.model.admission import Admission, ServiceAllocators, admit
+from lbcore.model.admission import Admission, ServiceAllocators, admit, for_subresource
 from lbcore.model.allocators import DEFAULT_NODE_PORT_RANGE
-from lbcore.model.kinds import KINDS, Kind, find_kind
-from lbcore.model.objects import Object, parse_admitted
+from lbcore.model.kinds import ALL_KINDS, Kind, find_kind
+from lbcore.model.objects import Object, format_timestamp, parse_admitted
 from lbcore.runtime.config import LOOPBACK_SERVICE_CIDR
 
 log = logging.getLogger("lbcore.runtime.store")
@@ -130,6 +140,13 @@ class NotFound(StoreError):
     reason = "NotFound"
 
 
+class Forbidden(StoreError):
+    """403: a write the server never allows (deleting ``default``)."""
+
+    code = 403
+    reason = "Forbidden"
+
+
 class AlreadyExists(StoreError):
     """409: a create of an object that exists."""
 
@@ -202,7 +219,7 @@ def _served(kind: Any) -> Kind:
     """The registry's entry for ``kind`` (its exact name); BadRequest when the store keeps none."""
     found = find_kind(kind) if isinstance(kind, str) else None
     if found is None or found.kind != kind:
-        known = ", ".join(sorted(k.kind for k in KINDS))
+        known = ", ".join(sorted(k.kind for k in ALL_KINDS))
         raise BadRequest(f"kind: {kind!r} is not one of {known}", kind=str(kind))
     return found
 
@@ -233,7 +250,7 @@ def _identity(obj: Mapping[str, Any]) -> tuple[str, str, str]:
     if not isinstance(meta, Mapping):
         raise Invalid(kind, "", [Cause("metadata", "FieldValueInvalid", "must be an object")])
     name = meta.get("name") or ""
-    namespace = meta.get("namespace") or "default"
+    namespace = (meta.get("namespace") or "default") if served.namespaced else ""
     if not isinstance(name, str) or not isinstance(namespace, str):
         raise Invalid(
             kind, str(name), [Cause("metadata.name", "FieldValueInvalid", "must be a string")]
@@ -326,6 +343,13 @@ def _own(obj: Mapping[str, Any]) -> dict[str, Any]:
 # The store
 # ---------------------------------------------------------------------------------------------
 
+# the namespaces every cluster has; the first three cannot be deleted, as in Kubernetes
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+UNDELETABLE_NAMESPACES = ("default", "kube-system", "kube-public")
+# the order in which a namespace's objects go when it is deleted: Services first, so that the
+# endpoints controller deletes its own Endpoints and slices rather than writes them again
+_NAMESPACE_CONTENT_ORDER = ("Service", "Pod", "EndpointSlice", "Endpoints", "Event")
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
@@ -411,6 +435,23 @@ class Store:
             ) from None
         for problem in self._allocators.rebuild(services):
             log.warning("stored service keeps an address it cannot hold: %s", problem)
+        self._ensure_namespaces()
+
+    def _ensure_namespaces(self) -> None:
+        """The namespaces a cluster starts with, and those a store written before namespaces
+        were objects holds objects in, as they were there from the start: admitted, at the
+        store's current revision, with no change of their own (no revision, no watch event),
+        so that the first write of a new store is still resourceVersion 1."""
+        used = [ns for (ns,) in self._db.execute(
+            "SELECT DISTINCT namespace FROM objects WHERE namespace != '' ORDER BY namespace")]
+        for name in dict.fromkeys([*SYSTEM_NAMESPACES, *used]):
+            if self._load("Namespace", "", name) is not None:
+                continue
+            body = self._admit({"apiVersion": "v1", "kind": "Namespace",
+                                "metadata": {"name": name}}, None, self._revision).obj
+            self._db.execute(
+                "INSERT INTO objects (kind, namespace, name, rv, body) VALUES (?, '', ?, ?, ?)",
+                ("Namespace", name, self._revision, json.dumps(body, separators=(",", ":"))))
 
     def _check_rows(self) -> None:
         """Every stored object must be a JSON object; SQLite checks them without Python
@@ -630,14 +671,19 @@ class Store:
 
     # -- writes --------------------------------------------------------------------------------
 
-    def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+    def create(self, obj: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
         """Store a new object; return it as stored (uid, resourceVersion, ClusterIPs, ...).
 
+        :param dry_run: admit and allocate, answer as stored (without a resourceVersion), then
+            give everything back: nothing is stored, no address stays taken.
         :raises AlreadyExists: an object of that kind, namespace and name exists.
+        :raises NotFound: the namespace does not exist.
+        :raises Forbidden: the namespace is being deleted.
         :raises Invalid: validation or allocation failed; nothing is stored.
         """
         kind, namespace, name = _identity(obj)
         with self._lock:
+            self._check_namespace(kind, namespace, creating=True)
             body = _own(obj)
             meta = body["metadata"]
             if not name and meta.get("generateName"):
@@ -650,7 +696,27 @@ class Store:
                 raise AlreadyExists(
                     f'{_plural(kind)} "{name}" already exists', kind=_plural(kind), name=name
                 )
+            if dry_run:
+                admission.undo()
+                admission.obj["metadata"].pop("resourceVersion", None)
+                return copy.deepcopy(admission.obj)
             return self._write(admission, None, "ADDED", rv)
+
+    def _check_namespace(self, kind: str, namespace: str, creating: bool) -> None:
+        """NotFound when a namespaced object's namespace does not exist (the API server's
+        NamespaceLifecycle admission); Forbidden for a create in a namespace being deleted."""
+        if not namespace:
+            return
+        stored = self._load("Namespace", "", namespace)
+        if stored is None:
+            raise NotFound(f'namespaces "{namespace}" not found', kind="namespaces",
+                           name=namespace)
+        if creating and (stored.get("status") or {}).get("phase") == "Terminating":
+            raise Forbidden(
+                f'{_plural(kind)} is forbidden: unable to create new content in namespace '
+                f"{namespace} because it is being terminated",
+                kind=_plural(kind),
+            )
 
     def _admit(self, obj: dict[str, Any], old: dict[str, Any] | None, rv: int) -> Admission:
         """:func:`lbcore.model.admission.admit`, its failures as :class:`Invalid` (422)."""
@@ -665,18 +731,22 @@ class Store:
         the commit fails. Returns a copy of it as stored, the caller's to change."""
         body = admission.obj
         meta = body["metadata"]
-        entry = self._stage(body["kind"], meta["namespace"], meta["name"], typ, body, old, rv,
+        entry = self._stage(body["kind"], meta.get("namespace", ""), meta["name"], typ, body, old, rv,
                             admission=admission)
         result: dict[str, Any] = json.loads(entry.after_json)
         return result
 
-    def update(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+    def update(self, obj: Mapping[str, Any], *, subresource: str | None = None,
+               dry_run: bool = False) -> dict[str, Any]:
         """Replace a stored object (PUT); return it as stored.
 
         When ``metadata.resourceVersion`` is given it must be the stored one. ClusterIPs and
         NodePorts left out are kept, as the API server does.
 
-        :raises NotFound: no such object.
+        :param subresource: ``"status"``: only the status changes (what a kubelet writes); by
+            default the status of a Service or a Pod stays as stored.
+        :param dry_run: answer as the update would, store and allocate nothing.
+        :raises NotFound: no such object, or no such subresource.
         :raises Conflict: ``metadata.resourceVersion`` is stale.
         :raises Invalid: validation or allocation failed; the stored object is unchanged.
         """
@@ -685,11 +755,17 @@ class Store:
             old = self._load(kind, namespace, name)
             if old is None:
                 raise NotFound(f'{_plural(kind)} "{name}" not found', kind=_plural(kind), name=name)
-            return self._update(_own(obj), old)
+            return self._update(_own(obj), old, subresource, dry_run)
 
-    def _update(self, obj: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    def _update(self, obj: dict[str, Any], old: dict[str, Any], subresource: str | None = None,
+                dry_run: bool = False) -> dict[str, Any]:
         kind, namespace, name = _identity(old)
-        meta = obj["metadata"]
+        self._check_namespace(kind, namespace, creating=False)
+        try:
+            obj = for_subresource(obj, old, subresource)
+        except LookupError as exc:
+            raise NotFound(str(exc), kind=_plural(kind), name=name) from None
+        meta = obj.setdefault("metadata", {})
         given = meta.get("resourceVersion")
         if given not in (None, "") and str(given) != old["metadata"]["resourceVersion"]:
             raise Conflict(
@@ -706,36 +782,84 @@ class Store:
                 kind=_plural(kind),
                 name=name,
             )
-        meta.update(name=name, namespace=namespace)
+        meta.update(name=name)
+        if namespace:
+            meta["namespace"] = namespace
         rv = self._next_rv()
-        return self._write(self._admit(obj, old, rv), old, "MODIFIED", rv)
+        admission = self._admit(obj, old, rv)
+        if dry_run:
+            admission.undo()
+            admission.obj["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+            return copy.deepcopy(admission.obj)
+        return self._write(admission, old, "MODIFIED", rv)
 
-    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+    def apply(self, obj: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
         """Create the object, or update it when it exists (what ``lbcore apply`` does)."""
         kind, namespace, name = _identity(obj)
         with self._lock:
             old = self._load(kind, namespace, name)
             if old is None:
-                return self.create(obj)
-            return self._update(_own(obj), old)
+                return self.create(obj, dry_run=dry_run)
+            return self._update(_own(obj), old, None, dry_run)
 
-    def delete(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+    def delete(self, kind: str, namespace: str, name: str, *,
+               dry_run: bool = False) -> dict[str, Any]:
         """Delete an object; return it, with the resourceVersion of its deletion.
 
+        A Namespace goes as the API server and its namespace controller take it, in one call:
+        it is written ``Terminating`` (with a ``deletionTimestamp``; creates in it are refused
+        from then on), every object in it is deleted, each with its own DELETED event, then
+        the namespace itself. The answer is the namespace as it was while terminating.
+
+        :param dry_run: answer as the delete would, delete nothing.
         :raises NotFound: no such object.
+        :raises Forbidden: ``default``, ``kube-system`` and ``kube-public`` are never deleted.
         """
         _served(kind)
         with self._lock:
             old = self._load(kind, namespace, name)
             if old is None:
                 raise NotFound(f'{_plural(kind)} "{name}" not found', kind=_plural(kind), name=name)
+            if kind == "Namespace" and name in UNDELETABLE_NAMESPACES:
+                raise Forbidden(
+                    f'namespaces "{name}" is forbidden: this namespace may not be deleted',
+                    kind="namespaces", name=name,
+                )
+            if dry_run:
+                return old
+            if kind == "Namespace":
+                old = self._terminate(old)
             rv = self._next_rv()
-            gone = old  # parsed for this call: no one else holds it
+            gone = copy.deepcopy(old)
             gone["metadata"]["resourceVersion"] = str(rv)
             entry = self._stage(kind, namespace, name, "DELETED", None, gone, rv,
                                 release=old if kind == "Service" else None)
             result: dict[str, Any] = json.loads(entry.previous_json or "null")
             return result
+
+    def _terminate(self, namespace: dict[str, Any]) -> dict[str, Any]:
+        """Write a namespace as Terminating, then delete what it holds (under the lock)."""
+        name = namespace["metadata"]["name"]
+        terminating = copy.deepcopy(namespace)
+        if (terminating.get("status") or {}).get("phase") != "Terminating":
+            terminating["metadata"]["deletionTimestamp"] = format_timestamp(
+                _dt.datetime.now(_dt.UTC))
+            terminating["metadata"]["deletionGracePeriodSeconds"] = 0
+            terminating["status"] = {"phase": "Terminating"}
+            rv = self._next_rv()
+            terminating["metadata"]["resourceVersion"] = str(rv)
+            self._stage("Namespace", "", name, "MODIFIED", terminating, namespace, rv)
+        kinds = [*_NAMESPACE_CONTENT_ORDER, *(k.kind for k in ALL_KINDS if k.namespaced
+                                              and k.kind not in _NAMESPACE_CONTENT_ORDER)]
+        for kind in kinds:
+            stored = {item for (item,) in self._db.execute(
+                "SELECT name FROM objects WHERE kind = ? AND namespace = ?", (kind, name))}
+            # and those written but not yet committed (a group commit to come)
+            stored |= {key[2] for key in self._overlay if key[:2] == (kind, name)}
+            for item in sorted(stored):
+                with contextlib.suppress(NotFound):
+                    self.delete(kind, name, item)
+        return terminating
 
     def _generate_name(self, kind: str, namespace: str, prefix: str) -> str:
         for _ in range(16):
@@ -909,7 +1033,7 @@ class Store:
                 items, rv = self.list(kind, namespace, None)
                 start = int(rv)
                 initial = [
-                    _Change(start, "ADDED", kind, o["metadata"]["namespace"],
+                    _Change(start, "ADDED", kind, o["metadata"].get("namespace", ""),
                             o["metadata"]["name"], o, None)
                     for o in items
                 ]

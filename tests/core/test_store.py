@@ -280,6 +280,7 @@ def test_list_filters_by_namespace_and_label_selector(store):
     store.create(pod("c", {"app": "db"}))
     other = pod("d", {"app": "web"})
     other["metadata"]["namespace"] = "prod"
+    store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}})
     store.create(other)
     names = lambda items: [o["metadata"]["name"] for o in items]  # noqa: E731
     assert names(store.list("Pod")[0]) == ["a", "b", "c", "d"]
@@ -417,6 +418,7 @@ def test_watch_history_survives_a_reopen(tmp_path: Path):
 def test_watch_filters_by_namespace_and_kind(store):
     async def main() -> list[tuple[str, str]]:
         watch = store.watch("Service", namespace="prod", resource_version="0")
+        store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}})
         store.create(service("a"))
         store.create(pod("p", {"app": "a"}))
         store.create(service("b", namespace="prod"))

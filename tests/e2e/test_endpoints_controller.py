@@ -7,83 +7,13 @@ A real ``lbcore run`` (its own data dir, a free loopback port), driven over its 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-
-ROOT = Path(__file__).resolve().parents[2]
-SLICES = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
-KUBECTL = shutil.which("kubectl")
-
-
-class Daemon:
-    """``lbcore run`` with no frontend, and small helpers to talk to it."""
-
-    def __init__(self, tmp: Path):
-        self.data_dir = tmp / "data"
-        config = tmp / "lbcore.yaml"
-        config.write_text(yaml.safe_dump(
-            {"admin_address": "127.0.0.1:0", "data_dir": str(self.data_dir), "frontends": []}))
-        self.env = dict(os.environ, LBCORE_DATA_DIR=str(self.data_dir))
-        self.env.pop("LBCORE_SERVER", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lbcore", "run", "--config", str(config)],
-            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        address = self.data_dir / "admin-address"
-        for _ in range(400):
-            if address.exists() or self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        if not address.exists():
-            self.stop()
-            raise AssertionError("lbcore run did not start")
-        self.url = address.read_text().strip()
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.communicate(timeout=20)[0]
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.communicate()[0]
-
-    def request(self, method: str, path: str, body: Any = None,
-                content_type: str = "application/json") -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        if data is not None:
-            req.add_header("Content-Type", content_type)
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return json.loads(resp.read())
-
-    def create(self, obj: dict[str, Any]) -> Any:
-        plural = {"Service": "services", "Pod": "pods", "Endpoints": "endpoints"}[obj["kind"]]
-        return self.request("POST", f"/api/v1/namespaces/default/{plural}", obj)
-
-    def slices(self, service: str) -> list[dict[str, Any]]:
-        query = f"?labelSelector=kubernetes.io/service-name%3D{service}"
-        return self.request("GET", SLICES + query)["items"]
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "lbcore", *args], env=self.env,
-                              capture_output=True, text=True, timeout=60, cwd=ROOT)
-
-    def kubectl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        assert KUBECTL is not None
-        return subprocess.run([KUBECTL, "--server", self.url, *args], capture_output=True,
-                              text=True, timeout=60, env=dict(self.env, KUBECONFIG=os.devnull))
+from lbcore_daemon import KUBECTL, SLICES, Daemon, until
 
 
 @pytest.fixture(scope="module")
@@ -91,16 +21,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory):
     d = Daemon(tmp_path_factory.mktemp("endpoints"))
     yield d
     d.stop()
-
-
-def until(read: Callable[[], Any], done: Callable[[Any], bool], attempts: int = 200) -> Any:
-    """``read()`` every 25 ms, at most ``attempts`` times, until ``done`` of its value."""
-    for _ in range(attempts):
-        value = read()
-        if done(value):
-            return value
-        time.sleep(0.025)
-    return value
 
 
 def service(name: str, selector: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:

@@ -143,7 +143,8 @@ class Cluster:
         return backend
 
     def set_ready(self, name: str, ready: bool) -> None:
-        self.store.apply(pod(name, self.backends[name].port, ready))
+        # a pod's status is written through its status subresource, as a kubelet writes it
+        self.store.update(pod(name, self.backends[name].port, ready), subresource="status")
 
     def delete_pod(self, name: str) -> None:
         """The pod goes from the store, then its server stops at once (a killed pod)."""

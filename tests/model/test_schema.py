@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from lbcore.model import schema
-from lbcore.model.kinds import KINDS
+from lbcore.model.kinds import ALL_KINDS as KINDS
 
 
 def service(**spec: Any) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 import lbcore
+from lbcore.model.kinds import ALL_KINDS
 from lbcore.runtime.store import Store
 
 
@@ -126,6 +127,7 @@ def test_yaml_bodies_are_accepted(admin):
 
 
 def test_list_filters_by_namespace_label_and_field_selector(admin):
+    admin.store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}})
     for name, ns, labels in (("a", "default", {"app": "web"}), ("b", "default", {"app": "db"}),
                              ("c", "prod", {"app": "web"})):
         svc = service(name)
@@ -178,7 +180,7 @@ def test_merge_patch_and_apply_patch(admin):
     assert (code, status["reason"]) == (409, "Conflict")
     code, status = call("PATCH", url, [{"op": "remove", "path": "/spec"}],
                         content_type="application/json-patch+json")
-    assert (code, status["reason"]) == (415, "UnsupportedMediaType")
+    assert (code, status["reason"]) == (422, "Invalid")  # a Service needs a spec
 
 
 def test_writes_need_the_bearer_token_and_reads_do_not(store: Store, serve_admin):
@@ -360,8 +362,11 @@ def test_official_client_discovery_and_version(admin):
     resources = client.CoreV1Api(api_client).get_api_resources()
     # kubectl's names (tests/model/test_kinds.py), from lbcore.KINDS
     assert {r.name: r.short_names for r in resources.resources} == {
-        k.plural: list(k.short_names) for k in lbcore.KINDS if not k.group}
-    assert {"services": ["svc"], "pods": ["po"], "endpoints": ["ep"]}.items() <= {
+        k.plural: list(k.short_names) for k in ALL_KINDS if not k.group} | {
+        f"{k.plural}/{sub}": None for k in ALL_KINDS if not k.group
+        for sub in k.subresources}
+    assert {"services": ["svc"], "pods": ["po"], "endpoints": ["ep"], "namespaces": ["ns"],
+            "events": ["ev"]}.items() <= {
         r.name: r.short_names for r in resources.resources}.items()
     groups = client.ApisApi(api_client).get_api_versions()
     assert [g.name for g in groups.groups] == list(dict.fromkeys(

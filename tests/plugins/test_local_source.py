@@ -147,6 +147,8 @@ def test_writes_from_another_thread_arrive(store):
 
 
 def test_namespace_and_kinds_options_restrict_what_is_followed(store):
+    for namespace in ("prod", "dev"):
+        store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     store.create(service("a", "prod"))
     store.create(service("b", "dev"))
     store.create(pod("p"))

@@ -60,6 +60,7 @@ def test_a_row_that_is_not_json_is_refused_naming_the_object(tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     with Store(data_dir / "lbcore.db") as store:
+        store.create({"kind": "Namespace", "metadata": {"name": "shop"}})
         store.create({"kind": "Service", "metadata": {"name": "web", "namespace": "shop"},
                       "spec": {"ports": [{"port": 80}]}})
     with sqlite3.connect(data_dir / "lbcore.db") as db:
