@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -104,12 +105,18 @@ class Transport(Protocol):
 
 
 class HttpTransport:
-    """HTTP to an lbcore admin API, with an optional bearer token."""
+    """HTTP or HTTPS to an lbcore admin API, with an optional bearer token; over HTTPS the
+    server's certificate is checked against ``ca_pem`` (else the system's CAs)."""
 
-    def __init__(self, server: str, token: str | None = None, timeout: float = 10.0):
+    def __init__(self, server: str, token: str | None = None, timeout: float = 10.0,
+                 ca_pem: bytes | None = None):
         self.server = server.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.context: ssl.SSLContext | None = None
+        if self.server.startswith("https://"):
+            self.context = ssl.create_default_context(
+                cadata=ca_pem.decode() if ca_pem else None)
 
     def request(
         self,
@@ -130,7 +137,7 @@ class HttpTransport:
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self.context) as resp:
                 payload = resp.read()
         except urllib.error.HTTPError as exc:
             raise ApiError(_status_of(exc.code, exc.read())) from None
@@ -360,10 +367,20 @@ def connect(
     token: str | None = None,
     context: str | None = None,
 ) -> Client:
-    """A client for ``server`` (an lbcore daemon), a kubeconfig's cluster, or the default daemon."""
+    """A client for ``server`` (an lbcore daemon), a kubeconfig's cluster, or the default daemon.
+
+    The default daemon is reached as the kubeconfig it wrote into its data directory says
+    (address, CA, token), when there is one and ``$LBCORE_SERVER`` names no other."""
     if kubeconfig:
         return Client(KubeTransport(kubeconfig, context, server))
-    return Client(HttpTransport(server or default_server(), token or default_token()))
+    from lbcore.runtime.tls import KUBECONFIG, read_kubeconfig
+
+    local = read_kubeconfig(default_data_dir() / KUBECONFIG)
+    server = server or default_server()
+    ca_pem = None
+    if local is not None and local[0].rstrip("/") == server.rstrip("/"):
+        ca_pem, token = local[1], token or local[2]
+    return Client(HttpTransport(server, token or default_token(), ca_pem=ca_pem))
 
 
 # --------------------------------------------------------------------------------------------

@@ -79,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--keep-rules-on-exit", action="store_true", default=None, help="leave rules on stop"
     )
+    run.add_argument("--tls", action="store_true", default=None,
+                     help="serve the admin API over HTTPS, with a CA and certificate generated "
+                          "in the data dir")
+    run.add_argument("--tls-cert-file", help="serve HTTPS with this certificate (PEM)")
+    run.add_argument("--tls-key-file", help="the key of --tls-cert-file (PEM)")
+
+    kubeconfig = commands.add_parser(
+        "kubeconfig", help="print the kubeconfig that reaches the local daemon (CA and token)")
+    kubeconfig.add_argument("--data-dir", help="the daemon's data dir (default: $LBCORE_DATA_DIR)")
 
     for verb, text in (("create", "create objects from manifests"), ("apply", "create or update")):
         p = commands.add_parser(verb, help=text, parents=[common])
@@ -187,9 +196,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         frontends=args.frontend,
         log_format=args.log_format,
         keep_rules_on_exit=args.keep_rules_on_exit,
+        tls=args.tls,
+        tls_cert_file=args.tls_cert_file,
+        tls_key_file=args.tls_key_file,
     )
     setup_logging(config.log_format, config.log_level)
     return daemon.run(config)
+
+
+def cmd_kubeconfig(args: argparse.Namespace) -> int:
+    """Print the kubeconfig ``lbcore run`` wrote into its data dir: its address, the CA of its
+    certificate and its token (``KUBECONFIG=<(lbcore kubeconfig) kubectl ...``)."""
+    from pathlib import Path
+
+    from lbcore.runtime.config import default_data_dir
+    from lbcore.runtime.tls import KUBECONFIG
+
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    try:
+        text = (data_dir / KUBECONFIG).read_text()
+    except OSError as exc:
+        raise CommandError(
+            f"{data_dir / KUBECONFIG}: {exc.strerror or exc}: is `lbcore run` running with "
+            "this data dir?") from None
+    print(text, end="")
+    return 0
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -460,6 +491,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "describe": cmd_describe,
     "delete": cmd_delete,
     "patch": cmd_patch,
+    "kubeconfig": cmd_kubeconfig,
     "version": cmd_version,
     "rules": cmd_rules,
     "demo": cmd_demo,

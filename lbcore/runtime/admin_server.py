@@ -28,6 +28,7 @@ import asyncio
 import logging
 import resource
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -87,8 +88,11 @@ class AdminServer:
     def reserve(self) -> int:
         return self._reserve if self._reserve is not None else reserve_for(self._limit)
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Listen on ``host:port``; the address bound. :raises OSError: it cannot listen."""
+    async def start(self, host: str, port: int,
+                    ssl_context: ssl.SSLContext | None = None) -> tuple[str, int]:
+        """Listen on ``host:port`` (over TLS with ``ssl_context``); the address bound.
+
+        :raises OSError: it cannot listen."""
         self._limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         await self.runner.setup()
         server = self.runner.server
@@ -101,7 +105,7 @@ class AdminServer:
             self._keep_reserve(transport)
 
         server.connection_made = connection_made  # type: ignore[method-assign]
-        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        site = web.TCPSite(self.runner, host, port, reuse_address=True, ssl_context=ssl_context)
         await site.start()
         bound = self.runner.addresses[0]
         return bound[0], bound[1]

@@ -50,6 +50,7 @@ KEYS = (
     "sync_period",
     "admin_address",
     "admin_token",
+    "admin_tls",
     "data_dir",
     "log_format",
     "log_level",
@@ -76,6 +77,20 @@ class PluginChoice:
 
 
 @dataclass(frozen=True)
+class TLSConfig:
+    """``admin_tls``: HTTPS for the admin API, from a certificate and its key, or (``generate``)
+    from a CA and a serving certificate the daemon makes in its data directory."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None  # the CA written into the kubeconfig (given certificates)
+
+    @property
+    def generate(self) -> bool:
+        return self.cert_file is None
+
+
+@dataclass(frozen=True)
 class Config:
     """A validated configuration. ``frontends`` is ``None`` until resolved: the default list
     depends on the plugins installed (``socket`` and ``nodeport`` when they exist)."""
@@ -91,6 +106,7 @@ class Config:
     sync_period: float = DEFAULT_SYNC_PERIOD
     admin_address: tuple[str, int] = ("127.0.0.1", DEFAULT_ADMIN_PORT)
     admin_token: str | None = None
+    admin_tls: TLSConfig | None = None
     data_dir: Path = field(default_factory=default_data_dir)
     log_format: str = "text"
     log_level: str = "info"
@@ -105,7 +121,8 @@ class Config:
     @property
     def admin_url(self) -> str:
         host, port = self.admin_address
-        return f"http://{format_host(host)}:{port}"
+        scheme = "https" if self.admin_tls is not None else "http"
+        return f"{scheme}://{format_host(host)}:{port}"
 
     @property
     def admin_is_loopback(self) -> bool:
@@ -266,6 +283,38 @@ def parse_node_name(key: str, value: Any) -> str:
     return value
 
 
+def parse_tls(key: str, value: Any) -> TLSConfig | None:
+    """``admin_tls``: ``generate`` (or ``true``), ``false``, or ``{cert_file, key_file,
+    ca_file}`` (``ca_file`` optional); the files must exist."""
+    if value is False or value is None:
+        return None
+    if value is True or value == "generate":
+        return TLSConfig()
+    if not isinstance(value, Mapping):
+        raise _fail(key, value, "expected generate, false, or {cert_file, key_file, ca_file}")
+    unknown = sorted(set(value) - {"cert_file", "key_file", "ca_file"})
+    if unknown:
+        raise _fail(f"{key}.{unknown[0]}", value[unknown[0]],
+                    "unknown key; known keys: cert_file, key_file, ca_file")
+    files: dict[str, Path | None] = {}
+    for name in ("cert_file", "key_file", "ca_file"):
+        given = value.get(name)
+        if given is None:
+            files[name] = None
+            continue
+        if not isinstance(given, str) or not given:
+            raise _fail(f"{key}.{name}", given, "expected a file path")
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise _fail(f"{key}.{name}", given, "no such file")
+        files[name] = path
+    if files["cert_file"] is None or files["key_file"] is None:
+        missing = "cert_file" if files["cert_file"] is None else "key_file"
+        raise _fail(f"{key}.{missing}", None,
+                    "a certificate needs its key (cert_file and key_file), or say generate")
+    return TLSConfig(files["cert_file"], files["key_file"], files["ca_file"])
+
+
 def parse_token(key: str, value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[\x21-\x7e]{16,}", value):
         raise _fail(key, "<hidden>", "expected at least 16 printable characters, no spaces")
@@ -321,6 +370,8 @@ def config_from_mapping(data: Mapping[str, Any], path: Path | None = None) -> Co
         values["admin_address"] = parse_host_port("admin_address", data["admin_address"])
     if data.get("admin_token") is not None:
         values["admin_token"] = parse_token("admin_token", data["admin_token"])
+    if "admin_tls" in data:
+        values["admin_tls"] = parse_tls("admin_tls", data["admin_tls"])
     if "data_dir" in data:
         if not isinstance(data["data_dir"], str) or not data["data_dir"]:
             raise _fail("data_dir", data["data_dir"], "expected a directory path")
@@ -361,10 +412,19 @@ def with_overrides(
     frontends: Sequence[str] | None = None,
     log_format: str | None = None,
     keep_rules_on_exit: bool | None = None,
+    tls: bool | None = None,
+    tls_cert_file: str | None = None,
+    tls_key_file: str | None = None,
 ) -> Config:
     """Apply command-line flags on top of the file. ``--frontend`` replaces the list; a name the
-    file configured keeps its options."""
+    file configured keeps its options. ``--tls`` asks for a generated certificate,
+    ``--tls-cert-file`` and ``--tls-key-file`` give one."""
     changes: dict[str, Any] = {}
+    if tls_cert_file is not None or tls_key_file is not None:
+        files = {"cert_file": tls_cert_file, "key_file": tls_key_file}
+        changes["admin_tls"] = parse_tls("--tls", {k: v for k, v in files.items() if v})
+    elif tls:
+        changes["admin_tls"] = config.admin_tls or TLSConfig()
     if data_dir is not None:
         changes["data_dir"] = Path(data_dir).expanduser()
     if admin_address is not None:

@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import signal
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from lbcore import __version__
 from lbcore.errors import ConfigError
 from lbcore.plugins import get_plugin_manager, registered
+from lbcore.runtime import tls
 from lbcore.runtime.admin_server import IDLE_TIMEOUT, AdminServer, raise_open_files_limit
 from lbcore.runtime.config import Config, format_host, resolve_plugins
+from lbcore.runtime.events import AllocationEvents, EventRecorder, FrontendEvents
 from lbcore.runtime.interfaces import Frontend, FrontendUnavailable, RuntimeContext, Source
 from lbcore.runtime.logs import event
 from lbcore.runtime.observers import UnservedNodePorts, all_of
@@ -127,6 +130,7 @@ class Daemon:
         self.store: Any = None
         self.endpoints_controller: Any = None
         self.route_status: Any = None
+        self.events: EventRecorder | None = None
         self.state: ClusterState | None = None
         self.source: Source | None = None
         self.frontends: dict[str, Frontend] = {}
@@ -167,6 +171,10 @@ class Daemon:
         self.endpoints_controller = EndpointsController(self.store)
         self._tasks.append(asyncio.create_task(self.endpoints_controller.run(),
                                                name="lbcore-endpoints-controller"))
+        # Events about services, as a cluster's components record them (kubectl describe)
+        self.events = EventRecorder(self.store, instance=config.node_name)
+        self._tasks.append(asyncio.create_task(self.events.run(), name="lbcore-events"))
+        self.store.subscribe(AllocationEvents(self.events, self.store.list("Service")[0]))
         context = RuntimeContext(
             node_name=config.node_name,
             node_addresses=config.node_addresses,
@@ -203,7 +211,9 @@ class Daemon:
             resync_period=config.sync_period,
             metrics=self.metrics,
             on_sync_done=all_of(
-                [get_plugin_manager().hook.lbcore_sync_done, UnservedNodePorts(self.frontends)]
+                [get_plugin_manager().hook.lbcore_sync_done, UnservedNodePorts(self.frontends),
+                 FrontendEvents(self.events, self.frontends, serves_node_ports=any(
+                     getattr(f, "serves_node_ports", False) for f in self.frontends.values()))]
             ),
             # over the embedded store, one parse of each object for it and the controller
             parse=self.store.parse if config.source.name == "local" else parse_admitted,
@@ -239,7 +249,9 @@ class Daemon:
 
     async def _serve_admin(self, config: Config) -> None:
         from lbcore.runtime import admin_api
-        if config.admin_token or not config.admin_is_loopback:
+        # over TLS a token is always asked for writes: that is what TLS is for (kubectl
+        # sends a token only over it)
+        if config.admin_token or not config.admin_is_loopback or config.admin_tls:
             self.token = config.admin_token or read_or_create_token(config.data_dir)
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
@@ -248,17 +260,37 @@ class Daemon:
         admin_api.add_routes(app, self.store, token=self.token)
         self._admin = AdminServer(app, idle_timeout=self.admin_idle_timeout)
         host, port = config.admin_address
+        context, ca_pem = self._tls(config)
         try:
-            bound = await self._admin.start(host, port)
+            bound = await self._admin.start(host, port, context)
         except OSError as exc:
             raise StartError(
                 f"admin_address: cannot listen on {format_host(host)}:{port}: {exc.strerror or exc}"
             ) from None
-        self.admin_url = f"http://{format_host(bound[0])}:{bound[1]}"
+        scheme = "https" if context is not None else "http"
+        self.admin_url = f"{scheme}://{format_host(bound[0])}:{bound[1]}"
+        tls.write_kubeconfig(config.data_dir, self.admin_url, ca_pem, self.token)
         address_file = config.data_dir / ADDRESS_FILE
         tmp = address_file.with_suffix(".tmp")
         tmp.write_text(self.admin_url + "\n")
         tmp.replace(address_file)
+
+    @staticmethod
+    def _tls(config: Config) -> tuple[ssl.SSLContext | None, bytes | None]:
+        """The admin API's TLS context and the CA a client trusts (PEM), per ``admin_tls``."""
+        settings = config.admin_tls
+        if settings is None:
+            return None, None
+        try:
+            if settings.cert_file is None or settings.key_file is None:
+                names = tls.serving_names(config.admin_address[0], config.node_addresses)
+                cert_file, key_file, ca_pem = tls.generate_certificates(config.data_dir, names)
+            else:
+                cert_file, key_file = settings.cert_file, settings.key_file
+                ca_pem = (settings.ca_file or cert_file).read_bytes()
+            return tls.server_context(cert_file, key_file), ca_pem
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise StartError(f"admin_tls: cannot use the certificate: {exc}") from None
 
     async def _run_source(self) -> None:
         """Run the source; if it ever ends or raises, log it and start it again with backoff."""

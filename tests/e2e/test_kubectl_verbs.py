@@ -1,16 +1,21 @@
 """kubectl's verbs against a real ``lbcore run``: JSON patch, the status subresource, server
-dry runs, diff, namespaces, an apply that drops session affinity; and the same with lbcore's
-own CLI. Skipped, one line, where no kubectl is installed (the CLI's part runs anyway).
+dry runs, diff, namespaces, an apply that drops session affinity, Events in describe, and
+writes with the token over TLS through the kubeconfig the daemon writes; and the same with
+lbcore's own CLI. Skipped, one line, where no kubectl is installed (the CLI's part runs anyway).
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from lbcore_daemon import KUBECTL, Daemon, until
 
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
@@ -222,3 +227,115 @@ def test_lbcore_cli_patch_json_and_status(daemon: Daemon, tmp_path: Path):
     out = daemon.cli("patch", "svc", "cli-patched", "--type=json", "-p", "{}")
     assert out.returncode == 1 and "list of operations" in out.stderr
     assert until(lambda: stored(daemon, "cli-patched")["status"], bool) == lb
+
+
+# -- events -------------------------------------------------------------------------------------
+
+AGE = re.compile(r"(?<=  )\d+[smhd](\d+[smhd])?(?=  )")
+
+
+def event_rows(text: str) -> list[list[str]]:
+    """The rows of a describe's Events table (ages out: two runs may be a second apart)."""
+    lines = text.split("\nEvents:\n", 1)[1].splitlines()[2:]
+    return [AGE.sub("AGE", line).split() for line in lines]
+
+
+def events_about(daemon: Daemon, name: str) -> list[dict[str, Any]]:
+    query = f"?fieldSelector=involvedObject.kind%3DService,involvedObject.name%3D{name}"
+    return daemon.request("GET", f"/api/v1/namespaces/default/events{query}")["items"]
+
+
+def test_events_of_allocation_and_of_an_unserved_node_port(daemon: Daemon, tmp_path: Path):
+    assert daemon.cli("apply", "-f", manifest(tmp_path, "evented",
+                                              extra="  type: NodePort\n")).returncode == 0
+    events = until(lambda: events_about(daemon, "evented"), lambda e: len(e) == 3)
+    svc = stored(daemon, "evented")
+    ip, node_port = svc["spec"]["clusterIP"], svc["spec"]["ports"][0]["nodePort"]
+    assert sorted((e["type"], e["reason"], e["message"]) for e in events) == [
+        ("Normal", "ClusterIPAllocated", f"Allocated ClusterIP {ip} (IPv4)"),
+        ("Normal", "NodePortAllocated", f"Allocated NodePort {node_port} for port 80/TCP"),
+        ("Warning", "NodePortNotServed",
+         f"node port {node_port} is not served: no running frontend serves node ports "
+         "(frontends: none); add nodeport, iptables or nftables to the config's frontends"),
+    ]
+    for e in events:
+        assert e["involvedObject"]["uid"] == svc["metadata"]["uid"]
+        assert e["source"] == {"component": "lbcore"} and e["count"] == 1
+    ours = daemon.cli("describe", "svc", "evented")
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout.split("\nEvents:\n")[1].splitlines()[:2] == [
+        "  Type     Reason              Age   From    Message",
+        "  ----     ------              ----  ----    -------"]
+    assert [r[:2] for r in event_rows(ours.stdout)] == [
+        ["Normal", "ClusterIPAllocated"], ["Normal", "NodePortAllocated"],
+        ["Warning", "NodePortNotServed"]]
+    listed = daemon.cli("get", "events")
+    assert listed.stdout.splitlines()[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT",
+                                                     "MESSAGE"]
+    assert any(r.split()[1:4] == ["Normal", "ClusterIPAllocated", "service/evented"]
+               for r in listed.stdout.splitlines())
+    if KUBECTL is None:
+        return
+    theirs = daemon.kubectl("describe", "service", "evented")
+    assert theirs.returncode == 0, theirs.stderr
+    assert theirs.stdout.split("\nEvents:\n")[0] == ours.stdout.split("\nEvents:\n")[0]
+    assert event_rows(theirs.stdout) == event_rows(ours.stdout)
+    names = ok(daemon.kubectl("get", "events", "-o", "name")).split()
+    assert {f"event/{e['metadata']['name']}" for e in events} <= set(names)
+
+
+# -- TLS and the kubeconfig -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory):
+    d = Daemon(tmp_path_factory.mktemp("tls"), admin_tls="generate")
+    yield d
+    d.stop()
+
+
+def test_the_daemon_serves_https_and_writes_a_kubeconfig_with_its_ca_and_token(secure: Daemon):
+    assert secure.url.startswith("https://127.0.0.1:")
+    config = yaml.safe_load(secure.kubeconfig.read_text())
+    cluster = config["clusters"][0]["cluster"]
+    assert cluster["server"] == secure.url
+    ca = base64.b64decode(cluster["certificate-authority-data"])
+    assert ca == (secure.data_dir / "ca.crt").read_bytes()
+    assert config["users"][0]["user"] == {"token": secure.token}
+    assert oct(secure.kubeconfig.stat().st_mode & 0o777) == "0o600"
+    assert secure.cli("kubeconfig").stdout == secure.kubeconfig.read_text()
+    # a write without the token is refused, over TLS as over HTTP
+    anonymous = Daemon.__new__(Daemon)
+    anonymous.__dict__.update(secure.__dict__, token=None)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        anonymous.request("POST", "/api/v1/namespaces/default/services",
+                          {"metadata": {"name": "x"}, "spec": {"ports": [{"port": 80}]}})
+    assert refused.value.code == 401
+    # and one that does not trust the CA does not connect
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        urllib.request.urlopen(secure.url + "/version", timeout=10)
+
+
+@needs_kubectl
+def test_kubectl_writes_with_the_token_over_tls(secure: Daemon, tmp_path: Path):
+    out = ok(secure.kubectl("create", "-f", manifest(tmp_path, "over-tls")))
+    assert out == "service/over-tls created\n"
+    ok(secure.kubectl("patch", "svc", "over-tls", "--type=json", "-p",
+                      '[{"op": "add", "path": "/metadata/labels", "value": {"a": "b"}}]'))
+    assert stored(secure, "over-tls")["metadata"]["labels"] == {"a": "b"}
+    out = ok(secure.kubectl("delete", "svc", "over-tls"))
+    assert out == 'service "over-tls" deleted\n'
+    refused = secure.kubectl("--token=not-the-token", "create", "-f",
+                             manifest(tmp_path, "over-tls"))
+    assert refused.returncode == 1
+    assert "a valid bearer token is required for writes" in refused.stderr
+
+
+def test_lbcore_cli_writes_over_tls_with_what_the_daemon_wrote(secure: Daemon, tmp_path: Path):
+    out = secure.cli("apply", "-f", manifest(tmp_path, "cli-tls"))
+    assert out.stdout == "service/cli-tls created\n", out.stderr
+    out = secure.cli("get", "svc", "cli-tls", "-o", "name")
+    assert out.stdout == "service/cli-tls\n", out.stderr
+    # the kubeconfig alone, through the official client, as for a cluster
+    out = secure.cli("--kubeconfig", str(secure.kubeconfig), "delete", "svc", "cli-tls")
+    assert out.stdout == 'service "cli-tls" deleted\n', out.stderr
