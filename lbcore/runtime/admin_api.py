@@ -568,7 +568,7 @@ class _AdminAPI:
             "kind": "APIResourceList",
             "apiVersion": "v1",
             "groupVersion": kinds[0].api_version,
-            "resources": [
+            "resources": sorted([
                 {
                     "name": k.plural,
                     "singularName": k.singular,
@@ -588,7 +588,7 @@ class _AdminAPI:
                     "verbs": ["get", "patch", "update"],
                 }
                 for k in kinds for sub in k.subresources
-            ],
+            ], key=lambda r: str(r["name"])),
         })
 
     @staticmethod

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from lbcore_daemon import KUBECTL, Daemon, until
+from lbcore_daemon import KUBECTL, Daemon, describe_text, until
 
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
 
@@ -231,15 +230,6 @@ def test_lbcore_cli_patch_json_and_status(daemon: Daemon, tmp_path: Path):
 
 # -- events -------------------------------------------------------------------------------------
 
-AGE = re.compile(r"(?<=  )\d+[smhd](\d+[smhd])?(?=  )")
-
-
-def event_rows(text: str) -> list[list[str]]:
-    """The rows of a describe's Events table (ages out: two runs may be a second apart)."""
-    lines = text.split("\nEvents:\n", 1)[1].splitlines()[2:]
-    return [AGE.sub("AGE", line).split() for line in lines]
-
-
 def events_about(daemon: Daemon, name: str) -> list[dict[str, Any]]:
     query = f"?fieldSelector=involvedObject.kind%3DService,involvedObject.name%3D{name}"
     return daemon.request("GET", f"/api/v1/namespaces/default/events{query}")["items"]
@@ -266,7 +256,7 @@ def test_events_of_allocation_and_of_an_unserved_node_port(daemon: Daemon, tmp_p
     assert ours.stdout.split("\nEvents:\n")[1].splitlines()[:2] == [
         "  Type     Reason              Age   From    Message",
         "  ----     ------              ----  ----    -------"]
-    assert [r[:2] for r in event_rows(ours.stdout)] == [
+    assert [r[:2] for r in describe_text(ours.stdout)[1][2:]] == [
         ["Normal", "ClusterIPAllocated"], ["Normal", "NodePortAllocated"],
         ["Warning", "NodePortNotServed"]]
     listed = daemon.cli("get", "events")
@@ -278,8 +268,7 @@ def test_events_of_allocation_and_of_an_unserved_node_port(daemon: Daemon, tmp_p
         return
     theirs = daemon.kubectl("describe", "service", "evented")
     assert theirs.returncode == 0, theirs.stderr
-    assert theirs.stdout.split("\nEvents:\n")[0] == ours.stdout.split("\nEvents:\n")[0]
-    assert event_rows(theirs.stdout) == event_rows(ours.stdout)
+    assert describe_text(theirs.stdout) == describe_text(ours.stdout)
     names = ok(daemon.kubectl("get", "events", "-o", "name")).split()
     assert {f"event/{e['metadata']['name']}" for e in events} <= set(names)
 

@@ -6,13 +6,24 @@ the addresses of served Ingresses in status.loadBalancer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 
 from lbcore.model.objects import parse_timestamp
 from lbcore.model.service_table import ServiceTable
 from lbcore.runtime.route_status import RouteStatusController
 from lbcore.runtime.state import ClusterState
 from lbcore.runtime.store import Store
+
+
+@contextlib.contextmanager
+def namespaced_store() -> Iterator[Store]:
+    """A store with the namespaces these tests write into (a write needs its namespace)."""
+    with Store(None) as store:
+        for ns in ("shop", "other"):
+            store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        yield store
 
 
 def route(name, host="www.example.com", path="/", ns="shop") -> dict:
@@ -76,7 +87,7 @@ def run(body) -> None:
 
 def test_the_older_route_is_admitted_and_the_younger_told_host_already_claimed() -> None:
     async def body(run_controller) -> None:
-        with Store(None) as store:
+        with namespaced_store() as store:
             first, second = store.create(route("a")), store.create(route("b"))
             controller = await run_controller(store)
             older, younger = sorted([first, second], key=age)
@@ -99,7 +110,7 @@ def test_the_older_route_is_admitted_and_the_younger_told_host_already_claimed()
 
 def test_a_route_in_another_namespace_cannot_take_a_held_host() -> None:
     async def body(run_controller) -> None:
-        with Store(None) as store:
+        with namespaced_store() as store:
             store.create(route("mine"))
             controller = await run_controller(store)
             store.create(route("theirs", path="/x", ns="other"))
@@ -115,7 +126,7 @@ def test_a_route_in_another_namespace_cannot_take_a_held_host() -> None:
 
 def test_an_older_ingress_path_holds_the_host_against_a_route() -> None:
     async def body(run_controller) -> None:
-        with Store(None) as store:
+        with namespaced_store() as store:
             store.create(ingress("ing"))
             controller = await run_controller(store, addresses=["127.0.0.1", "lb.example.com"])
             store.create(route("r"))
@@ -135,7 +146,7 @@ def test_an_older_ingress_path_holds_the_host_against_a_route() -> None:
 
 def test_ingresses_of_other_classes_are_left_alone() -> None:
     async def body(run_controller) -> None:
-        with Store(None) as store:
+        with namespaced_store() as store:
             store.create(ingress("nginx", cls="nginx"))
             await run_controller(store, addresses=["127.0.0.1"])
             assert store.get("Ingress", "shop", "nginx")["status"] == {"loadBalancer": {}}
@@ -147,7 +158,7 @@ def test_other_routers_entries_are_kept_and_transition_times_too() -> None:
     async def body(run_controller) -> None:
         times = iter([dt.datetime(2026, 12, 7, 10, 0, tzinfo=dt.UTC),
                       *[dt.datetime(2026, 12, 7, 11, 0, tzinfo=dt.UTC)] * 100])
-        with Store(None) as store:
+        with namespaced_store() as store:
             body = route("r")
             body["status"] = {"ingress": [{"host": "www.example.com", "routerName": "default",
                                            "conditions": [{"type": "Admitted", "status": "True"}]}]}
