@@ -111,15 +111,21 @@ def test_the_older_route_is_admitted_and_the_younger_told_host_already_claimed()
 def test_a_route_in_another_namespace_cannot_take_a_held_host() -> None:
     async def body(run_controller) -> None:
         with namespaced_store() as store:
-            store.create(route("mine"))
+            mine = store.create(route("mine"))
             controller = await run_controller(store)
-            store.create(route("theirs", path="/x", ns="other"))
+            theirs = store.create(route("theirs", path="/x", ns="other"))
             await settle(controller, store)
-            obj = store.get("Route", "other", "theirs")
+            # created within one second, the uid decides which is older
+            older, younger = sorted([mine, theirs], key=age)
+            meta = younger["metadata"]
+            obj = store.get("Route", meta["namespace"], meta["name"])
             (condition,) = obj["status"]["ingress"][0]["conditions"]
             assert (condition["status"], condition["reason"]) == ("False", "HostAlreadyClaimed")
-            assert condition["message"] == ("a route in another namespace holds www.example.com and "
-                                            "is older than theirs")
+            assert condition["message"] == ("a route in another namespace holds www.example.com "
+                                            f"and is older than {meta['name']}")
+            meta = older["metadata"]
+            admitted_older = store.get("Route", meta["namespace"], meta["name"])
+            assert admitted_older["status"]["ingress"][0]["conditions"][0]["status"] == "True"
 
     run(body)
 
