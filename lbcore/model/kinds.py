@@ -93,6 +93,7 @@ ALL_KINDS: tuple[Kind, ...] = (
     *KINDS,
     Kind("Namespace", "namespaces", ("ns",), "", "v1", namespaced=False),
     Kind("Event", "events", ("ev",), "", "v1"),
+    Kind("IngressClass", "ingressclasses", (), "networking.k8s.io", "v1", namespaced=False),
 )
 
 _BY_NAME: Mapping[str, Kind] = MappingProxyType(

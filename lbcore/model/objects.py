@@ -926,7 +926,24 @@ def default_event(obj: Mapping[str, Any]) -> dict[str, Any]:
     return ev
 
 
+INGRESS_CONTROLLER = "lbcore.io/ingress-controller"  # the controller of the IngressClass lbcore
+DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
+
+
+def default_ingress_class(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of an IngressClass dict (networking.k8s.io/v1, cluster-scoped): no namespace."""
+    cls = _plain(obj)
+    _default_type(cls, "IngressClass")
+    meta = cls.get("metadata")
+    if not isinstance(meta, dict):
+        meta = cls["metadata"] = {}
+    meta.pop("namespace", None)
+    cls.setdefault("spec", {})
+    return cls
+
+
 _DEFAULTS: Mapping[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = MappingProxyType({
+    "IngressClass": default_ingress_class,
     "Service": default_service, "Pod": default_pod, "EndpointSlice": default_endpoint_slice,
     "Endpoints": default_endpoints, "Secret": default_secret, "Ingress": default_ingress,
     "Route": default_route, "Namespace": default_namespace, "Event": default_event})

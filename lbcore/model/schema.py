@@ -772,6 +772,18 @@ _SECRET_INGRESS_ROUTE: dict[str, Definition] = {
         "Ingress is a collection of rules that allow inbound connections to reach the "
         "endpoints defined by a backend.", "Ingress", _NETWORKING + "IngressSpec",
         _NETWORKING + "IngressStatus"),
+    _NETWORKING + "IngressClass": _top(
+        "IngressClass represents the class of the Ingress, referenced by the Ingress Spec. "
+        "The ingressclass.kubernetes.io/is-default-class annotation can be used to indicate "
+        "that an IngressClass should be considered default.", "IngressClass",
+        _NETWORKING + "IngressClassSpec"),
+    _NETWORKING + "IngressClassSpec": _struct(
+        "IngressClassSpec provides information about the class of an Ingress.",
+        controller=_p(STRING, "The name of the controller that should handle this class, a "
+                      "domain-prefixed path (lbcore.io/ingress-controller for lbcore)."),
+        parameters=_p(OPEN, "A link to a custom resource with the controller's configuration"
+                      + _OPEN_NOTE + "."),
+    ),
     _NETWORKING + "IngressSpec": _struct(
         "IngressSpec describes the Ingress the user wishes to exist.",
         defaultBackend=_p(Ref(_NETWORKING + "IngressBackend"), "The backend that handles "

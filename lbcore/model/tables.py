@@ -304,6 +304,17 @@ def _ingress_row(obj: Obj, now: _dt.datetime) -> list[Any]:
             "80, 443" if spec.get("tls") else "80", _age(obj, now)]
 
 
+def _ingress_class_row(obj: Obj, now: _dt.datetime) -> list[Any]:
+    spec = _map(obj.get("spec"))
+    parameters = _map(spec.get("parameters"))
+    shown = "<none>"
+    if parameters:
+        group = str(parameters.get("apiGroup") or "")
+        shown = f"{parameters.get('kind')}.{group}/{parameters.get('name')}" if group else \
+            f"{parameters.get('kind')}/{parameters.get('name')}"
+    return [_meta(obj).get("name", ""), spec.get("controller", ""), shown, _age(obj, now)]
+
+
 def _secret_row(obj: Obj, now: _dt.datetime) -> list[Any]:
     return [_meta(obj).get("name", ""), obj.get("type") or "Opaque",
             len(_map(obj.get("data"))), _age(obj, now)]
@@ -382,6 +393,12 @@ _TABLES: dict[str, tuple[tuple[Column, ...], _Row]] = {
         Column("Ports", "The ports it is served on."),
         _AGE,
     ), _ingress_row),
+    "IngressClass": ((
+        _NAME,
+        Column("Controller", "Controller that is responsible for handling this class."),
+        Column("Parameters", "A reference to a resource with additional parameters."),
+        _AGE,
+    ), _ingress_class_row),
     "Secret": ((
         _NAME,
         Column("Type", "The type of the secret."),

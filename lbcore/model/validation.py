@@ -37,6 +37,7 @@ __all__ = [
     "validate_endpoint_slice",
     "validate_endpoints",
     "validate_ingress",
+    "validate_ingress_class",
     "validate_pod",
     "validate_route",
     "validate_secret",
@@ -951,6 +952,28 @@ def validate_route(route: Mapping[str, Any]) -> list[Cause]:
 EVENT_TYPES = ("Normal", "Warning")
 
 
+def validate_ingress_class(cls: Mapping[str, Any]) -> list[Cause]:
+    """Every problem with a defaulted IngressClass (ValidateIngressClass): a DNS subdomain for
+    a name, no namespace, a ``spec.controller`` that is a domain-prefixed path."""
+    errs = FieldErrors()
+    _validate_metadata(errs, cls.get("metadata"), is_dns1123_subdomain, namespaced=False)
+    spec = cls.get("spec")
+    controller = spec.get("controller") if isinstance(spec, Mapping) else None
+    if not controller:
+        errs.required("spec.controller", "")
+    elif not isinstance(controller, str):
+        errs.invalid("spec.controller", controller, "must be a string")
+    else:
+        if len(controller) > 250:
+            errs.causes.append(Cause("spec.controller", "FieldValueTooLong",
+                                     "Too long: must have at most 250 bytes"))
+        domain, slash, path = controller.partition("/")
+        if not slash or not path or is_dns1123_subdomain(domain):
+            errs.invalid("spec.controller", controller,
+                         'must be a domain-prefixed path (such as "acme.io/foo")')
+    return errs.causes
+
+
 def validate_namespace(ns: Mapping[str, Any]) -> list[Cause]:
     """Every problem with a defaulted Namespace (ValidateNamespace): a DNS label for a name,
     no namespace of its own."""
@@ -993,6 +1016,7 @@ def validate_event(ev: Mapping[str, Any]) -> list[Cause]:
 
 _VALIDATORS: Mapping[str, Callable[[Mapping[str, Any]], list[Cause]]] = {
     "Namespace": validate_namespace,
+    "IngressClass": validate_ingress_class,
     "Event": validate_event,
     "Service": validate_service,
     "Pod": validate_pod,

@@ -108,6 +108,18 @@ def lock_data_dir(data_dir: Path) -> int:
     return fd
 
 
+def ensure_ingress_class(store: Any) -> None:
+    """The IngressClass ``lbcore`` in the store, as installing an ingress controller adds its
+    class to a cluster (kept as a user changed it; written again when deleted at a restart)."""
+    from lbcore.model.objects import INGRESS_CONTROLLER
+    from lbcore.runtime.store import AlreadyExists
+
+    with contextlib.suppress(AlreadyExists):
+        store.create({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+                      "metadata": {"name": "lbcore"},
+                      "spec": {"controller": INGRESS_CONTROLLER}})
+
+
 def load_plugins() -> tuple[dict[str, Any], dict[str, Any]]:
     """The installed sources and frontends; a plugin that fails to load is a one-line error."""
     try:
@@ -233,6 +245,7 @@ class Daemon:
             frontends = list(self.frontends.values())
             self.route_status = RouteStatusController(self.store, addresses=lambda: [
                 a for f in frontends for a in f.route_addresses()])
+            ensure_ingress_class(self.store)
             self._tasks.append(asyncio.create_task(self.route_status.run(),
                                                    name="lbcore-route-status"))
         self.state.request_sync()

@@ -128,6 +128,10 @@ def test_kubectl_creates_and_gets_routes_and_ingresses(daemon: Daemon, tmp_path:
     assert out.returncode == 0, out.stderr
     out = daemon.kubectl("get", "ingress")
     assert out.returncode == 0 and "shop" in out.stdout, out.stderr
+    out = daemon.kubectl("get", "ingressclass")  # the daemon's own class, cluster-scoped
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1].split()[:3] == ["lbcore", "lbcore.io/ingress-controller",
+                                                      "<none>"]
     out = daemon.kubectl("delete", "route", "kube")
     assert out.returncode == 0, out.stderr
 

@@ -216,3 +216,15 @@ def test_string_data_is_folded_into_data_as_the_api_server_stores_it() -> None:
                    None, None).obj
     assert stored["data"] == {"a": base64.b64encode(b"b").decode()}
     assert "stringData" not in stored and stored["type"] == "Opaque"
+
+
+def test_an_ingress_class_needs_a_domain_prefixed_controller_and_no_namespace() -> None:
+    body = {"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+            "metadata": {"name": "lbcore", "namespace": "shop"},
+            "spec": {"controller": "lbcore.io/ingress-controller"}}
+    stored = admit(body, None, None).obj
+    assert "namespace" not in stored["metadata"]  # cluster-scoped
+    assert causes({**body, "spec": {}}) == {"spec.controller": "Required value"}
+    assert causes({**body, "spec": {"controller": "lbcore"}}) == {
+        "spec.controller": 'Invalid value: "lbcore": must be a domain-prefixed path '
+                           '(such as "acme.io/foo")'}
