@@ -8,7 +8,7 @@ import json
 import socket
 import threading
 
-from route_helpers import endpoint_slice, get, ingress, route
+from route_helpers import endpoint_slice, get, ingress, route, service
 
 
 def port_of(cluster) -> int:
@@ -196,3 +196,30 @@ def test_a_pod_removed_under_load_fails_no_request(cluster, pods) -> None:
         t.join(30)
     assert failures == []
     assert b.requests > removed_at
+
+
+def test_client_ip_affinity_keeps_a_client_on_one_pod(cluster, pods) -> None:
+    a, b, c = pods("web-a", "web-b", "web-c")
+    port0 = a.port
+    cluster.apply(service("web", port0, affinity="ClientIP"),
+                  endpoint_slice("web", [p.server_address[0] for p in (a, b, c)], port0),
+                  route("web", "www.example.com", "web"))
+    port = port_of(cluster)
+    # new connections each time: the pick core's affinity, not the kept connection, decides
+    assert len({backend_of(get(port, "www.example.com")[2]) for _ in range(30)}) == 1
+
+
+def test_a_slow_request_head_gets_408_and_an_idle_client_is_closed(make_cluster, pods) -> None:
+    cluster = make_cluster(header_timeout=0.3, keepalive_timeout=0.3)
+    cluster.serve("web", pods("web-0"))
+    cluster.apply(route("web", "www.example.com", "web"))
+    port = port_of(cluster)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: www.exa")  # and nothing more
+        assert s.recv(65536).startswith(b"HTTP/1.1 408 ")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+        out = b""
+        while chunk := s.recv(65536):  # the answer, then the end once the client idles
+            out += chunk
+        assert out.startswith(b"HTTP/1.1 200 ")
