@@ -804,6 +804,9 @@ class _AdminAPI:
             )
         out = tables.table(kind, items, rv, include, kind_for(kind).api_version)
         out["apiVersion"] = f"meta.k8s.io/{version}"
+        if include == "Metadata":  # the rows' PartialObjectMetadata, of the same version
+            for row in out["rows"]:
+                row["object"]["apiVersion"] = out["apiVersion"]
         return out
 
     def _list_body(

@@ -88,6 +88,8 @@ def test_tables_for_list_and_get(admin) -> None:
     assert [r["cells"][0] for r in table["rows"]] == ["t"]
     assert call(admin.url + SERVICES + "/t", accept=accept)[2]["rows"][0]["cells"][1:5] == [
         "ClusterIP", table["rows"][0]["cells"][2], "<none>", "80/TCP"]
+    beta = call(admin.url + SERVICES, accept=accept.replace("v=v1;", "v=v1beta1;"))[2]
+    assert beta["apiVersion"] == beta["rows"][0]["object"]["apiVersion"] == "meta.k8s.io/v1beta1"
     code, _, status = call(admin.url + SERVICES + "?includeObject=All", accept=accept)
     assert code == 400 and "includeObject" in status["message"]
 
