@@ -83,6 +83,8 @@ MAX_DEPTH = 100
 PARSE_OFF_LOOP_BYTES = 64 * 1024
 # lists of more objects than this are serialized on a worker thread
 LIST_OFF_LOOP_ITEMS = 500
+# lists (and first events of watches) built at the same time; more wait their turn
+LIST_BUILDS = 2
 OBJECT_TYPES = ("application/json", "application/yaml")
 # what kubectl asks for (the "@" form) and what the API server answers (Go's mime parser
 # refuses an "@" in a Content-Type)
@@ -493,6 +495,13 @@ class _AdminAPI:
         self.token = token
         self.bookmark_interval = bookmark_interval
         self.watches: set[Watch] = set()
+        self._builds = asyncio.Semaphore(LIST_BUILDS)
+
+    async def _build(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)`` on a worker thread, at most :data:`LIST_BUILDS` at a time: each
+        holds the GIL for much of its work, and the loop must still get its turn."""
+        async with self._builds:
+            return await asyncio.to_thread(function, *args)
 
     async def end_watches(self, app: web.Application) -> None:
         """On shutdown, end every open watch so that the server stops at once."""
@@ -759,14 +768,14 @@ class _AdminAPI:
             return await self._watch(request, kind, namespace, fields)
         as_table = _table_version(request)
         if as_table is not None:
-            body = await asyncio.to_thread(
+            body = await self._build(
                 self._table_body, request, kind, namespace, query.get("labelSelector") or None,
                 fields, as_table,
             )
             return web.Response(body=body, headers={"Content-Type": _table_type(as_table)})
         # on a worker thread, each object on its own: a list of 50,000 pods neither stalls the
         # loop (/healthz, writes) nor holds the GIL in one long call
-        body = await asyncio.to_thread(
+        body = await self._build(
             self._list_body, kind, namespace, query.get("labelSelector") or None, fields
         )
         return web.Response(body=body, content_type="application/json")
@@ -842,9 +851,9 @@ class _AdminAPI:
             # the current objects first, as ADDED events: built on a worker thread as a list
             # is (50,000 pods would hold the loop for seconds), then the watch resumes from
             # the list's resourceVersion
-            initial, start = await asyncio.to_thread(
+            initial, start = await self._build(
                 self._initial_events, kind, namespace, selector, fields
-            ) if as_table is None else await asyncio.to_thread(
+            ) if as_table is None else await self._build(
                 self._initial_table_events, request, kind, namespace, selector, fields, as_table
             )
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
