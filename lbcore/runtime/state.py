@@ -305,6 +305,7 @@ class ClusterState(SourceSink):
         previous, self.snapshot = self.snapshot, snapshot
         loop = asyncio.get_running_loop()
         errors: dict[str, str] = {}
+        handed = False  # whether any frontend was given a change (a retry may be, with none new)
         for name, frontend in self.frontends.items():
             health = self._health[name]
             health.pending |= changed
@@ -318,6 +319,7 @@ class ClusterState(SourceSink):
             if todo:
                 # only a sync that hands a frontend some change holds the next one back
                 self._last_sync_at = started
+                handed = True
             try:
                 await loop.run_in_executor(self._executor, frontend.sync, snapshot, todo)
             except Exception as exc:
@@ -327,7 +329,7 @@ class ClusterState(SourceSink):
                 if health.rules_missing_since is not None:
                     await self._check(name, frontend)
         duration = self._clock() - started
-        self._record(snapshot, changed, duration)
+        self._record(snapshot, changed, duration, handed)
         if self.on_sync_done is not None:
             try:
                 self.on_sync_done(
@@ -415,7 +417,8 @@ class ClusterState(SourceSink):
         health.pending.clear()
         self.metrics.frontend_healthy.labels(health.name).set(1)
 
-    def _record(self, snapshot: Snapshot, changed: frozenset[str], duration: float) -> None:
+    def _record(self, snapshot: Snapshot, changed: frozenset[str], duration: float,
+                handed: bool = False) -> None:
         self.syncs += 1
         m = self.metrics
         m.syncs.inc()
@@ -428,7 +431,7 @@ class ClusterState(SourceSink):
         event(
             log,
             "sync done",
-            logging.DEBUG if not changed else logging.INFO,
+            logging.INFO if changed or handed else logging.DEBUG,
             version=snapshot.version,
             changed=len(changed),
             services=services,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -381,3 +382,21 @@ def test_every_resync_period_each_frontend_rewrites_everything():
     sample = state.metrics.registry.get_sample_value
     assert sample("lbcore_frontend_resyncs_total", {"frontend": "canary", "reason": "period"}) >= 2
     assert state.rules_missing() == {}
+
+
+def test_the_sync_that_retries_a_failed_frontend_is_logged_at_info(caplog):
+    bad = RecordingFrontend("bad")
+    bad.failing = "exit status 1"
+    state = make_state(bad, min_sync_period=0.0, backoff_initial=0.05, backoff_max=0.05)
+
+    async def body():
+        state.upsert(service())
+        await _until(lambda: len(bad.calls) == 1)
+        bad.failing = None  # the retry, with no change since, carries the whole state again
+        await _until(lambda: state.healthy)
+
+    with caplog.at_level(logging.INFO, logger="lbcore.runtime.state"):
+        asyncio.run(_run(state, body))
+    done = [r for r in caplog.records if r.getMessage().startswith("sync done")]
+    assert len(done) == 2 and all(r.levelno == logging.INFO for r in done)
+    assert bad.calls[1][2] == {"default/web"}
