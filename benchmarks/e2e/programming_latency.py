@@ -373,7 +373,8 @@ class DaemonProcess:
         try:
             if self.proc.poll() is None:
                 self.proc.send_signal(signal.SIGTERM)
-                self.proc.wait(timeout=60)
+                with contextlib.suppress(subprocess.TimeoutExpired):  # killed below; the
+                    self.proc.wait(timeout=60)  # figures of the run it served stand
         finally:
             if self.proc.poll() is None:  # no answer to SIGTERM, or this process is stopping
                 self.proc.kill()
