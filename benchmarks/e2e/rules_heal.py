@@ -129,14 +129,53 @@ async def measure(kind: str, cluster: Cluster, rounds: int) -> list[float | None
             await daemon.stop()
 
 
+def check_cost(services: int) -> None:
+    """Sync ``services`` services into a namespace of their own with each kernel layout, then
+    print the full sync's time and the median of 5 ``check()`` calls."""
+    sys.path.insert(0, str(ROOT / "tests" / "plugins" / "kernel"))
+    from kernel_snapshots import many
+    from lbcore_plugins.iptables import IptablesFrontend
+    from lbcore_plugins.nftables import NftablesFrontend
+
+    from lbcore.runtime.interfaces import RuntimeContext
+
+    snapshot = many(services)
+    netns = f"lbheal-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True, timeout=30)
+    try:
+        for cls, options in ((IptablesFrontend, {}), (NftablesFrontend, {}),
+                             (NftablesFrontend, {"endpoint_selection": "maps"})):
+            frontend = cls({"netns": netns, "conntrack_cleanup": False, **options}, RuntimeContext())
+            frontend.start()
+            started = time.monotonic()
+            frontend.sync(snapshot, frozenset())
+            full = time.monotonic() - started
+            times = []
+            for _ in range(5):
+                started = time.monotonic()
+                problem = frontend.check()
+                times.append(time.monotonic() - started)
+                assert problem is None, problem
+            frontend.stop()
+            print(f"{cls.name} {options or ''} at {services} services: full sync {full:.2f} s, "
+                  f"check median {statistics.median(times) * 1000:.1f} ms", flush=True)
+    finally:
+        subprocess.run(["ip", "netns", "delete", netns], timeout=30)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--frontends", default="iptables,nftables")
+    parser.add_argument("--check-cost", type=int, metavar="SERVICES",
+                        help="instead, time check() at this many services")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("rules_heal: needs root (network namespaces, iptables, nft)", file=sys.stderr)
         return 2
+    if args.check_cost:
+        check_cost(args.check_cost)
+        return 0
     cluster = Cluster(pods=2)
     try:
         for kind in args.frontends.split(","):

@@ -415,11 +415,7 @@ class CommandRunner:
         :class:`RuleApplyError`. The first call opens a libnftables context in the namespace
         (see :mod:`lbcore_plugins.nftlib`); when that fails, this and later calls run
         ``nft -f -``."""
-        if self.in_process and self._nft is None:
-            try:
-                self._nft = NftContext(self.netns)
-            except OSError:
-                self.in_process = False
+        self._open_context()
         if self._nft is None:
             self.run(["nft", "-f", "-"], input=script)
             return
@@ -435,14 +431,31 @@ class CommandRunner:
         if status != 0:
             raise RuleApplyError(f"nft (libnftables){where} failed: {error.strip()[:2000]}")
 
-    def nft_list(self, command: str) -> str:
-        """What ``nft`` prints for ``command`` (a ``list ...``); a failure (the object is not
-        there) raises :class:`RuleApplyError`."""
+    def _open_context(self) -> None:
+        """Open the libnftables context on first use; when it cannot be opened, every later
+        call goes through the nft command."""
         if self.in_process and self._nft is None:
             try:
                 self._nft = NftContext(self.netns)
             except OSError:
                 self.in_process = False
+
+    def count_rules(self, family: str, table: str, chain: str) -> int | None:
+        """The rules of ``chain`` in ``family table`` (0: gone), through the libnftables
+        context's netlink dump; None when no context can be opened (then ask :meth:`nft_list`)."""
+        self._open_context()
+        if self._nft is None:
+            return None
+        try:
+            return self._nft.count_rules(family, table, chain, self.timeout)
+        except OSError as exc:
+            where = f" in network namespace {self.netns}" if self.netns else ""
+            raise RuleApplyError(f"listing the rules of {family} {table} {chain}{where}: {exc}") from exc
+
+    def nft_list(self, command: str) -> str:
+        """What ``nft`` prints for ``command`` (a ``list ...``); a failure (the object is not
+        there) raises :class:`RuleApplyError`."""
+        self._open_context()
         if self._nft is not None:
             try:
                 status, out, error = self._nft.run(command, self.timeout)

@@ -880,10 +880,14 @@ class NftablesFrontend(Frontend):
 
     def check(self) -> str | None:
         """Whether chain ``canary`` of the table still has its rule (``nft delete table`` and
-        ``nft flush table`` take it); None when it has, else what is missing."""
+        ``nft flush table`` take it); None when it has, else what is missing. One netlink dump
+        of that chain's rules, whatever the table holds."""
         if self._state is None:
             return None
         where = f"{FAMILY} {TABLE}"
+        rules = self.runner.count_rules(FAMILY, TABLE, "canary")
+        if rules is not None:
+            return None if rules else f"chain canary of table {where} is gone or was flushed"
         try:
             listing = self.runner.nft_list(f"list chain {where} canary")
         except RuleApplyError as exc:

@@ -2,7 +2,7 @@
 
 A daemon runs here with a kernel frontend writing into a network namespace made by the test
 (netns.py). Another tool then flushes the rules inside that namespace (``iptables -t nat -F``,
-``nft delete table inet lbcore``); the client must get through again within a bounded wait, and
+``nft delete table inet lbcore``, ``nft flush table inet lbcore``); the client must get through again within a bounded wait, and
 ``/readyz`` must have reported the gap ("rules missing since T") while it lasted.
 
 To see the gap without racing a repair that takes a fraction of a second, the first flush is
@@ -29,10 +29,11 @@ from lbcore.runtime.daemon import Daemon
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 
-#: the outside tool's flush, per frontend
+#: the outside tool's flush, and the frontend it hits
 FLUSHES = {
-    "iptables": (("iptables", "-t", "nat", "-F"),),
-    "nftables": (("nft", "delete", "table", "inet", "lbcore"),),
+    "iptables -t nat -F": ("iptables", ("iptables", "-t", "nat", "-F")),
+    "nft delete table": ("nftables", ("nft", "delete", "table", "inet", "lbcore")),
+    "nft flush table": ("nftables", ("nft", "flush", "table", "inet", "lbcore")),
 }
 CLUSTER_IP = "10.96.0.10"
 #: polls of 0.1 s while waiting for the daemon: a bound on every wait (30 s)
@@ -83,11 +84,12 @@ def _answered(c: Cluster) -> bool:
     return c.tcp(c.client, CLUSTER_IP, 80, count=1, timeout=0.5)[0].startswith("lbn-pod")
 
 
-@pytest.mark.parametrize("kind", sorted(FLUSHES))
-def test_rules_flushed_by_another_tool_come_back_and_readyz_reports_the_gap(cluster, kind, tmp_path):
+@pytest.mark.parametrize("flush", sorted(FLUSHES))
+def test_rules_flushed_by_another_tool_come_back_and_readyz_reports_the_gap(cluster, flush, tmp_path):
     c = cluster
-    if shutil.which(FLUSHES[kind][0][0]) is None:
-        pytest.skip(f"{FLUSHES[kind][0][0]} is not installed")
+    kind, argv = FLUSHES[flush]
+    if shutil.which(argv[0]) is None:
+        pytest.skip(f"{argv[0]} is not installed")
     config = config_from_mapping({
         "admin_address": "127.0.0.1:0",
         "data_dir": str(tmp_path),
@@ -128,8 +130,7 @@ def test_rules_flushed_by_another_tool_come_back_and_readyz_reports_the_gap(clus
                 real_resync()
 
             frontend.resync = gated_resync  # type: ignore[method-assign]
-            for argv in FLUSHES[kind]:
-                sh(*argv, netns=c.node)
+            sh(*argv, netns=c.node)
             status, body = await wait_until(
                 lambda: (r := _get(daemon.admin_url + "/readyz"))[0] == 503 and r, "readyz reports the gap"
             )
@@ -142,8 +143,7 @@ def test_rules_flushed_by_another_tool_come_back_and_readyz_reports_the_gap(clus
             await wait_until(lambda: _get(daemon.admin_url + "/readyz")[0] == 200, "readyz back to 200")
 
             # second flush: nothing held; traffic comes back by itself
-            for argv in FLUSHES[kind]:
-                sh(*argv, netns=c.node)
+            sh(*argv, netns=c.node)
             await wait_until(
                 lambda: f'lbcore_frontend_rules_missing_total{{frontend="{kind}"}} 2.0' in _metrics(daemon.admin_url),
                 "the second flush is counted",
