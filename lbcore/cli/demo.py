@@ -7,6 +7,13 @@ a few hundred requests to the service's ClusterIP through the socket frontend, p
 were spread and ``lbcore describe service my-service``, and stops everything. No cluster and no
 root are needed.
 
+With the ``route`` frontend installed it also shows a Route: two more services, ``shop`` and
+``blog`` (one pod each, 127.0.0.21 and 127.0.0.22), behind one HTTPS listener by host name
+(``shop.example.com``, ``blog.example.com``, edge TLS with a certificate signed by a CA the demo
+makes in its data directory), and counts the requests each service answered; the client
+verifies the listener's certificate against that CA. Every listener of the demo (ClusterIPs,
+NodePorts, the route's HTTP and HTTPS ports) is on a loopback address where nothing listened.
+
 When the socket frontend is not installed or the service has no ClusterIP, the requests go
 straight to the backends the compiled round-robin balancer picks, and the demo says so.
 """
@@ -18,11 +25,12 @@ import ipaddress
 import logging
 import random
 import socket
+import ssl
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -33,6 +41,7 @@ from lbcore.errors import LbcoreError
 from lbcore.runtime.config import config_from_mapping
 from lbcore.runtime.daemon import Daemon, load_plugins
 from lbcore.runtime.logs import setup_logging
+from lbcore.runtime.tls import generate_certificates
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SERVICE = "my-service"
@@ -40,6 +49,10 @@ NAMESPACE = "default"
 CONCURRENCY = 16
 READY_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 2.0
+# the route part: service name -> (host name, pod address); the route frontend's listeners
+ROUTED = {"shop": ("shop.example.com", "127.0.0.21"), "blog": ("blog.example.com", "127.0.0.22")}
+ROUTE_HTTP_PORT = 8080
+ROUTE_HTTPS_PORT = 8443
 
 # The seed manifests, embedded so that the demo works from any directory and any install.
 SERVICE_MANIFEST = """\
@@ -57,12 +70,12 @@ spec:
 """
 
 
-def _pod_manifest(index: int) -> dict[str, Any]:
-    ip = f"127.0.0.{10 + index}"
+def _pod_manifest(index: int, app: str = "my-app", ip: str = "") -> dict[str, Any]:
+    ip = ip or f"127.0.0.{10 + index}"
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": f"my-app-{index}", "labels": {"name": "my-app"}},
+        "metadata": {"name": f"{app}-{index}", "labels": {"name": app}},
         "spec": {
             "nodeName": "localhost",
             "containers": [
@@ -89,6 +102,28 @@ def manifests() -> list[dict[str, Any]]:
     if all(f.exists() for f in files):
         return [d for f in files for d in yaml.safe_load_all(f.read_text()) if d]
     return [yaml.safe_load(SERVICE_MANIFEST), *(_pod_manifest(i) for i in (1, 2, 3))]
+
+
+def route_manifests(certificate: bytes, key: bytes, ca: bytes) -> list[dict[str, Any]]:
+    """The route part: for each of :data:`ROUTED`, a service, its pod and an edge Route for its
+    host name with this certificate, key and CA (PEM)."""
+    objects: list[dict[str, Any]] = []
+    for name, (host, ip) in ROUTED.items():
+        service = yaml.safe_load(SERVICE_MANIFEST)
+        service["metadata"]["name"] = name
+        service["spec"]["selector"] = {"name": name}
+        objects += [service, _pod_manifest(1, name, ip), {
+            "apiVersion": "route.openshift.io/v1",
+            "kind": "Route",
+            "metadata": {"name": name},
+            "spec": {
+                "host": host,
+                "to": {"kind": "Service", "name": name},
+                "tls": {"termination": "edge", "certificate": certificate.decode(),
+                        "key": key.decode(), "caCertificate": ca.decode()},
+            },
+        }]
+    return objects
 
 
 class Backend:
@@ -129,22 +164,37 @@ class Backend:
             await self._server.wait_closed()
 
 
-async def http_get(ip: str, port: int, path: str = "/") -> str:
-    """One request on a new connection (so that each one is balanced); the response body."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), REQUEST_TIMEOUT)
+async def http_get(ip: str, port: int, path: str = "/", host: str = "",
+                   tls: ssl.SSLContext | None = None) -> str:
+    """One request on a new connection (so that each one is balanced); the response body.
+    ``host``: the Host header (default ``ip``), and with ``tls`` the name the server's
+    certificate is verified for."""
+    host = host or ip
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(ip, port, ssl=tls, server_hostname=host if tls else None),
+        REQUEST_TIMEOUT)
     try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n".encode())
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         await writer.drain()
-        response = await asyncio.wait_for(reader.read(), REQUEST_TIMEOUT)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise ConnectionError(f"unexpected answer from {ip}:{port}: {head[:40]!r}")
+        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), None)
+        body = await asyncio.wait_for(
+            reader.read() if length is None else reader.readexactly(length), REQUEST_TIMEOUT)
     finally:
         writer.close()
-    head, _, body = response.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 200"):
-        raise ConnectionError(f"unexpected answer from {ip}:{port}: {head[:40]!r}")
     return body.decode()
 
 
 async def _send(count: int, target: Callable[[int], tuple[str, int]]) -> tuple[Counter[str], int]:
+    return await _fetch_all(count, lambda i: http_get(*target(i)))
+
+
+async def _fetch_all(count: int, fetch: Callable[[int], Awaitable[str]]) -> tuple[Counter[str], int]:
+    """``fetch(i)`` for i in 0..count-1, :data:`CONCURRENCY` at a time: how many times each
+    answer came, and how many failed."""
     answers: Counter[str] = Counter()
     failures = 0
     queue = iter(range(count))
@@ -152,10 +202,9 @@ async def _send(count: int, target: Callable[[int], tuple[str, int]]) -> tuple[C
     async def worker() -> None:
         nonlocal failures
         for i in queue:
-            ip, port = target(i)
             try:
-                answers[await http_get(ip, port)] += 1
-            except (OSError, TimeoutError, ConnectionError):
+                answers[await fetch(i)] += 1
+            except (OSError, TimeoutError, ConnectionError, asyncio.IncompleteReadError):
                 failures += 1
 
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
@@ -172,6 +221,20 @@ def free_service_cidr(port: int, attempts: int = 50) -> str:
         if all(_free(str(ip), port) for ip in net):
             return str(net)
     raise LbcoreError(f"demo: found no loopback /28 without a listener on port {port}")
+
+
+def free_loopback_address(ports: tuple[int, ...], avoid: str = "127.0.0.0/24",
+                          attempts: int = 50) -> str:
+    """A loopback address outside ``avoid`` (a network, such as the demo's service range) where
+    nothing listens on any of ``ports``, for listeners the demo configures (the route
+    frontend's HTTP and HTTPS ports)."""
+    rng = random.SystemRandom()
+    avoided = ipaddress.ip_network(avoid)
+    for _ in range(attempts):
+        ip = f"127.{rng.randrange(200, 255)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+        if ipaddress.ip_address(ip) not in avoided and all(_free(ip, port) for port in ports):
+            return ip
+    raise LbcoreError(f"demo: found no loopback address without a listener on ports {ports}")
 
 
 def node_address_of(cidr: str) -> str:
@@ -204,11 +267,14 @@ def _core_target(endpoints: list[str]) -> Callable[[int], tuple[str, int]]:
 
 
 async def run_demo(
-    requests: int = 300, out: TextIO = sys.stdout, via_socket: bool | None = None
+    requests: int = 300, out: TextIO = sys.stdout, via_socket: bool | None = None,
+    route_requests: int = 100,
 ) -> dict[str, Any]:
-    """Run the demo; returns what it measured (for tests): answers, failures, path, describe.
+    """Run the demo; returns what it measured (for tests): answers, failures, path, describe,
+    and ``route`` (None when the route frontend is not used).
 
-    :param via_socket: send the requests through the socket frontend (default: when installed).
+    :param via_socket: send the requests through the socket frontend (default: when installed);
+        the route part runs when the socket frontend is used and the route frontend is installed.
     """
     objects = manifests()
     pods = [o for o in objects if o["kind"] == "Pod"]
@@ -216,8 +282,18 @@ async def run_demo(
     backends = [Backend(p["metadata"]["name"], p["status"]["podIP"], port) for p in pods]
     _, frontends = load_plugins()
     use_socket = "socket" in frontends if via_socket is None else via_socket
+    use_route = use_socket and "route" in frontends
     started = time.monotonic()
     cidr = free_service_cidr(port)
+    chosen: list[Any] = ["socket"] if use_socket else []
+    route_ip = ""
+    if use_route:
+        route_ip = free_loopback_address((ROUTE_HTTP_PORT, ROUTE_HTTPS_PORT), avoid=cidr)
+        chosen.append({"name": "route", "options": {
+            "http_address": route_ip, "http_port": ROUTE_HTTP_PORT,
+            "https_address": route_ip, "https_port": ROUTE_HTTPS_PORT, "workers": 1}})
+    routed = [Backend(f"{name}-1", ip, port) for name, (_, ip) in ROUTED.items()]
+    route_result: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="lbcore-demo-") as data_dir:
         config = config_from_mapping(
             {
@@ -225,13 +301,13 @@ async def run_demo(
                 "data_dir": data_dir,
                 "service_cidr": cidr,
                 "node_addresses": [node_address_of(cidr)],
-                "frontends": ["socket"] if use_socket else [],
+                "frontends": chosen,
                 "min_sync_period": "20ms",
                 "node_name": "localhost",
             }
         )
         daemon = Daemon(config)
-        for backend in backends:
+        for backend in backends + (routed if use_route else []):
             await backend.start()
         try:
             await daemon.start()
@@ -282,9 +358,12 @@ async def run_demo(
                 print(f"  failed: {failures}", file=out)
             describe = state.table.describe_service(NAMESPACE, SERVICE).rstrip("\n")
             print(f"\n$ lbcore describe service {SERVICE}\n{describe}", file=out)
+            if use_route:
+                route_result = await _route_part(
+                    daemon, client, Path(data_dir), route_ip, routed, route_requests, out)
         finally:
             await daemon.stop()
-            for backend in backends:
+            for backend in backends + (routed if use_route else []):
                 await backend.stop()
     elapsed = time.monotonic() - started
     print(f"\ndone in {elapsed:.1f}s; everything stopped.", file=out)
@@ -295,7 +374,57 @@ async def run_demo(
         "cluster_ip": cluster_ip,
         "describe": describe,
         "served": {b.name: b.served for b in backends},
+        "route": route_result,
     }
+
+
+async def _route_part(daemon: Daemon, client: Client, data_dir: Path, ip: str,
+                      routed: list[Backend], requests: int, out: TextIO) -> dict[str, Any]:
+    """Create the route part's services, pods and Routes, send ``requests`` HTTPS requests to
+    the route frontend's listener, half for each host, and print what each service answered."""
+    tls_dir = data_dir / "route-tls"
+    tls_dir.mkdir(mode=0o700)
+    hosts = [host for host, _ in ROUTED.values()]
+    cert_file, key_file, ca_pem = generate_certificates(tls_dir, hosts)
+    loop = asyncio.get_running_loop()
+    print("", file=out)
+    for obj in route_manifests(cert_file.read_bytes(), key_file.read_bytes(), ca_pem):
+        await loop.run_in_executor(None, client.create, obj, NAMESPACE)
+        print(f"  {obj['kind'].lower()}/{obj['metadata']['name']} created", file=out)
+    frontend = daemon.frontends.get("route")
+
+    def ready() -> bool:
+        table = getattr(frontend, "table", None)
+        served = {vh.name: vh for vh in table.hosts} if table is not None else {}
+        return all(h in served and served[h].https and all(
+            b.endpoints for r in served[h].https for b in r.backends) for h in hosts)
+
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not ready() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    listening = getattr(frontend, "listening", {}).get("https")
+    port = listening[1] if listening else ROUTE_HTTPS_PORT
+    context = ssl.create_default_context(cadata=ca_pem.decode())  # the demo's CA, verified
+
+    async def fetch(i: int) -> str:
+        host = hosts[i % len(hosts)]
+        return f"{host} {await http_get(ip, port, host=host, tls=context)}"
+
+    answers, failures = await _fetch_all(requests, fetch)
+    print(f"\n{requests} HTTPS requests to https://{ip}:{port} by host name "
+          "(route frontend; the demo's CA verified):", file=out)
+    per_service: dict[str, int] = {}
+    for name, (host, pod_ip) in ROUTED.items():
+        n = answers.get(f"{host} {name}-1", 0)
+        per_service[name] = n
+        print(f"  {host:<17} -> service {name}  (pod {pod_ip}:{routed[0].port})  {n:4d}", file=out)
+    wrong = sum(answers.values()) - sum(per_service.values())
+    if wrong:
+        print(f"  answered by the wrong service: {wrong}", file=out)
+    if failures:
+        print(f"  failed: {failures}", file=out)
+    return {"address": f"{ip}:{port}", "per_service": per_service, "failures": failures,
+            "wrong": wrong, "answers": dict(answers)}
 
 
 def main(requests: int = 300) -> int:
@@ -303,4 +432,8 @@ def main(requests: int = 300) -> int:
     setup_logging("text", "warning")
     logging.getLogger("lbcore").setLevel(logging.WARNING)
     result = asyncio.run(run_demo(requests))
-    return 0 if result["failures"] == 0 and sum(result["answers"].values()) == requests else 1
+    route = result["route"]
+    route_ok = route is None or (route["failures"] == 0 and route["wrong"] == 0
+                                 and all(route["per_service"].values()))
+    ok = result["failures"] == 0 and sum(result["answers"].values()) == requests
+    return 0 if ok and route_ok else 1

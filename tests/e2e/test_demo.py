@@ -93,3 +93,75 @@ def test_without_the_socket_frontend_the_core_balancer_picks_the_backends():
     assert result["failures"] == 0
     assert result["answers"] == {"my-app-1": 20, "my-app-2": 20, "my-app-3": 20}
     assert result["served"] == result["answers"]
+
+
+def test_demo_routes_https_by_host_name_to_both_services(demo_run):
+    from lbcore.runtime.daemon import load_plugins
+
+    plugins = load_plugins()[1]
+    if "route" not in plugins or "socket" not in plugins:
+        pytest.skip("the route and socket frontends are not installed")
+    out = demo_run.stdout
+    for name in ("shop", "blog"):
+        assert re.search(rf"^  route/{name} created$", out, re.M), out
+    head = re.search(
+        r"^(\d+) HTTPS requests to https://(127\.2\d\d\.\d+\.\d+):(\d+) by host name "
+        r"\(route frontend; the demo's CA verified\):$", out, re.M)
+    assert head, out
+    rows = re.findall(r"^  (\S+) +-> service (\w+)  \(pod (127\.0\.0\.\d+):8080\) +(\d+)$",
+                      out, re.M)
+    assert [(h, s, ip) for h, s, ip, _ in rows] == [
+        ("shop.example.com", "shop", "127.0.0.21"),
+        ("blog.example.com", "blog", "127.0.0.22"),
+    ]
+    # every request reached the service of its host name over verified HTTPS: half each
+    total = int(head.group(1))
+    assert [int(n) for *_, n in rows] == [total // 2, total // 2]
+    rest = out.split(head.group(0), 1)[1]
+    assert "wrong service" not in rest and "failed:" not in rest
+
+
+def test_the_route_listener_takes_an_address_where_nothing_listens():
+    import ipaddress
+
+    from lbcore.cli.demo import free_loopback_address
+
+    avoid = "127.224.0.0/11"  # half of the range it picks from
+    ip = free_loopback_address((8080, 8443), avoid=avoid)
+    assert ipaddress.ip_address(ip) in ipaddress.ip_network("127.0.0.0/8")
+    assert ipaddress.ip_address(ip) not in ipaddress.ip_network(avoid)
+    taken = socket.socket()
+    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    taken.bind((ip, 8443))
+    taken.listen(1)
+    try:
+        # an address with a listener on one of the ports, as a running daemon's: never chosen
+        assert all(free_loopback_address((8080, 8443), avoid=avoid) != ip for _ in range(20))
+    finally:
+        taken.close()
+
+
+def test_the_route_part_fails_the_demo_when_a_host_reaches_no_service(monkeypatch):
+    import asyncio
+    import io
+
+    from lbcore.cli import demo
+    from lbcore.runtime.daemon import load_plugins
+
+    plugins = load_plugins()[1]
+    if "route" not in plugins or "socket" not in plugins:
+        pytest.skip("the route and socket frontends are not installed")
+    # the blog pod never starts listening: its requests fail, and the demo says so
+    original = demo.Backend.start
+
+    async def start(self):
+        if self.name != "blog-1":
+            await original(self)
+
+    monkeypatch.setattr(demo.Backend, "start", start)
+    out = io.StringIO()
+    result = asyncio.run(demo.run_demo(requests=30, out=out, route_requests=20))
+    route = result["route"]
+    assert route["per_service"] == {"shop": 10, "blog": 0}
+    assert route["failures"] == 10
+    assert "  failed: 10" in out.getvalue().split("HTTPS requests", 1)[1]
