@@ -325,7 +325,9 @@ class KubernetesSource(Source):
     async def run(self, sink: SourceSink) -> None:
         loop = asyncio.get_running_loop()
         self._stop.clear()
-        api_client = self.api_client()
+        # the client's first import and a kubeconfig's reading take a CPU-second or more on a
+        # loaded machine: off the loop, which answers /healthz meanwhile
+        api_client = await asyncio.to_thread(self.api_client)
         listed: set[str] = set()
 
         def on_loop(call: Callable[..., None], *args: Any) -> None:

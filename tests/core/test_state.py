@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 
 import pytest
@@ -104,28 +105,34 @@ def test_a_burst_of_a_thousand_events_makes_one_sync():
     assert len(snapshot.service_ports["default/web:"].endpoints) == 1000
 
 
-def test_events_spread_over_the_period_join_one_sync_at_its_end():
+def test_events_spread_over_a_sync_and_its_period_join_one_sync_at_its_end():
     frontend = RecordingFrontend()
+    release = threading.Event()
+    held = frontend.sync
+
+    def first_sync_held(snapshot: Snapshot, changed: frozenset[str]) -> None:
+        held(snapshot, changed)
+        release.wait(10)  # bounded; the events below arrive while the first sync is running
+
+    frontend.sync = first_sync_held  # type: ignore[method-assign]
     state = make_state(frontend, min_sync_period=0.4)
 
     async def body():
         state.upsert(service())
         await _until(lambda: len(frontend.calls) == 1)
-        first = frontend.calls[0][0]
-        for i in range(50):  # spread over ~0.1 s, each from its own loop iteration
+        for i in range(50):  # each from its own loop iteration, however slow the machine
             state.upsert(pod(i))
             await asyncio.sleep(0.002)
+        release.set()
         await _until(lambda: len(frontend.calls) == 2)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # longer than the period: a third sync would have happened
         assert len(frontend.calls) == 2
-        # not before the minimum period (measured from inside the first sync, hence the margin)
-        assert frontend.calls[1][0] - first >= 0.3
         assert len(frontend.calls[1][1].service_ports["default/web:"].endpoints) == 50
 
     asyncio.run(_run(state, body))
 
 
-def test_failing_frontend_backs_off_exponentially_and_does_not_stop_others():
+def test_failing_frontend_backs_off_exponentially_and_does_not_stop_others(caplog):
     bad, good = RecordingFrontend("bad"), RecordingFrontend("good")
     bad.failing = "iptables-restore: exit status 1"
     done: list[dict] = []
@@ -154,14 +161,17 @@ def test_failing_frontend_backs_off_exponentially_and_does_not_stop_others():
             lambda: any(len(c[1].service_ports["default/web:"].endpoints) == 1 for c in good.calls)
         )
         bad.failing = None
-        await _until(lambda: state.healthy)
+        # healthy once the bad frontend's sync returned; the sync's report comes after the
+        # other frontends' syncs of the same round
+        await _until(lambda: state.healthy and done and done[-1]["errors"] == {})
 
-    asyncio.run(_run(state, body))
-    times = [t for t, _, _ in bad.calls]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    # 0.05, 0.1, 0.2, then capped at 0.2 (timers may fire late, never early)
-    assert gaps[0] >= 0.045 and gaps[1] >= 0.095 and gaps[2] >= 0.19 and gaps[3] >= 0.19
-    assert max(gaps[:4]) < 2.0
+    with caplog.at_level(logging.WARNING, logger="lbcore.runtime.state"):
+        asyncio.run(_run(state, body))
+    # the waits the state scheduled: 0.05, 0.1, 0.2, then capped at 0.2 (what a loaded machine
+    # makes of the timers is not asserted: no clock read is compared with another)
+    waits = [r.fields["retry_in"] for r in caplog.records
+             if r.getMessage() == "frontend sync failed" and r.fields["frontend"] == "bad"]
+    assert waits[:4] == [0.05, 0.1, 0.2, 0.2] and all(w == 0.2 for w in waits[4:])
     # the recovering sync is a full one, with the endpoints it missed
     _, snapshot, changed = bad.calls[-1]
     assert changed == {"default/web"}

@@ -200,17 +200,20 @@ def test_the_data_path_takes_the_stored_slices(tmp_path: Path) -> None:
                 store.create(pod(f"web-{i}", f"127.0.5.{i}", {"app": "web"}))
             table = state.table
             held: list[str] = []
+            stored: list[str] = []
             for _ in range(400):  # bounded: 10 s
                 await asyncio.sleep(0.025)
                 if table.get("Service", "default", "web") is None:
                     continue
+                # until the stored slice reaches it, the table shows the slice an endpoints
+                # controller would write (named web-00000): wait for the stored one's name
                 held = [s.name for s in table.endpoint_slices("default", "web")
                         if s.labels.get("endpointslice.kubernetes.io/managed-by")]
-                if held and [e.ip for e in table.endpoints("default", "web")[""]] == [
+                stored = [o["metadata"]["name"] for o in store.list(
+                    "EndpointSlice", "default", "kubernetes.io/service-name=web")[0]]
+                if held == stored and [e.ip for e in table.endpoints("default", "web")[""]] == [
                         "127.0.5.1", "127.0.5.2"]:
                     break
-            stored = [o["metadata"]["name"] for o in store.list(
-                "EndpointSlice", "default", "kubernetes.io/service-name=web")[0]]
             assert held == stored and len(stored) == 1
             assert [e.port for e in table.endpoints("default", "web")[""]] == [8080, 8080]
         finally:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from live_cluster import Cluster, service
+from live_cluster import NAMESPACE, SERVICE, Cluster, service, wait_until
 
 
 @pytest.fixture
@@ -17,6 +17,15 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         c.store.apply(service())
         for i in range(3):
             c.add_pod(f"web-{i}")
+        # the daemon's endpoints controller writes the service's slices after the pods: a
+        # picker made before it has caught up would start from a slice of fewer pods
+        wait_until(lambda: _stored_endpoints(c) == 3, what="the stored slices of web-0..2")
         yield c
     finally:
         c.close()
+
+
+def _stored_endpoints(cluster: Cluster) -> int:
+    slices, _ = cluster.store.list("EndpointSlice", NAMESPACE,
+                                   f"kubernetes.io/service-name={SERVICE}")
+    return sum(len(s.get("endpoints") or []) for s in slices)
