@@ -157,7 +157,9 @@ class Picker:
         self._ids: dict[tuple[str, int], int] = {}
         self._eps: list[EndpointInfo | None] = []
         self._free: list[int] = []
-        self._eligible: list[int] = []
+        # the endpoints taking new connections, published in one assignment so that a reader
+        # in another thread never pairs one update's ids with another's endpoints
+        self._eligible: tuple[EndpointInfo, ...] = ()
         # the hot calls go straight to the core
         self.pick = self._core.pick  # type: ignore[method-assign]
         self.pick_index = self._core.pick_index  # type: ignore[method-assign]
@@ -245,7 +247,7 @@ class Picker:
             finally:
                 self._core.unlock()
             self._eps, self._ids, self._free, self._balancer = eps, ids, free, balancer
-            self._eligible = eligible
+            self._eligible = tuple(eps[i] for i in eligible)  # type: ignore[misc]
 
     def _balancer_for(self, eligible: list[EndpointInfo]) -> Any:
         if not eligible:
@@ -276,7 +278,7 @@ class Picker:
     @property
     def eligible(self) -> tuple[EndpointInfo, ...]:
         """The endpoints that take new connections now (``lbcore.model.topology``'s rule)."""
-        return tuple(self._eps[i] for i in self._eligible)  # type: ignore[misc]
+        return self._eligible
 
     @property
     def connections(self) -> Any:

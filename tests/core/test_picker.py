@@ -313,3 +313,33 @@ def test_a_time_that_is_no_number_is_refused_before_anything_changes(compiled):
         with pytest.raises(ValidationError, match="now"):
             p.close(*conn(1), now=bad)
     assert len(p.connections) == 0
+
+
+def test_eligible_read_from_another_thread_is_always_one_installed_set(compiled):
+    # the view of the endpoints taking new connections is published in one step: a reader
+    # never pairs one update's ids with another's endpoints (a removed slot read as None)
+    p = Picker(compiled=compiled)
+    sets = [(ep(1), ep(2), ep(3)), (ep(1), ep(2)), (ep(4), ep(2))]
+    p.update(sets[0])
+    stop = threading.Event()
+    seen: list[tuple] = []
+
+    def reader() -> None:
+        for _ in range(200_000):
+            if stop.is_set():
+                return
+            view = p.eligible
+            if view not in sets:
+                seen.append(view)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for n in range(20_000):
+            if seen:
+                break
+            p.update(sets[n % len(sets)])
+    finally:
+        stop.set()
+        t.join(30)
+    assert seen == []
