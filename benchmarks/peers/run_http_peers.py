@@ -12,11 +12,8 @@ iperf3 (bulk TCP), and prints a table with the ratios. All traffic stays on loop
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import re
 import shutil
 import signal
 import socket
@@ -32,12 +29,11 @@ from pathlib import Path
 from types import MappingProxyType
 
 from lbcore_plugins.socket_frontend import SocketFrontend
+from peer_tools import HAPROXY, NGINX, write_doc, wrk
 
 from lbcore.model.snapshot import EndpointInfo, ServicePortInfo, Snapshot
 from lbcore.runtime.interfaces import RuntimeContext
 
-NGINX = "/usr/sbin/nginx"
-HAPROXY = "/usr/sbin/haproxy"
 BODY = b"lbcore benchmark body, 64 bytes of static text for every GET.\n"[:63] + b"\n"
 LBCORE_IP = "127.10.0.80"
 
@@ -135,7 +131,6 @@ backend iperf
     return path
 
 
-UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
 @dataclass
@@ -172,20 +167,6 @@ def cpu_seconds(pid: int, threads: str | None = None) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(url: str, duration: int, connections: int, close: bool) -> tuple[float, float, str]:
-    args = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", url]
-    if close:
-        args[1:1] = ["-H", "Connection: close"]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=duration + 30).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-    p99 = float(m.group(1)) * UNITS[m.group(2)] if m else float("nan")
-    errors = re.search(r"Socket errors:.*|Non-2xx.*", out)
-    done = re.search(r"(\d+) requests in", out)
-    wrk.requests = int(done.group(1)) if done else 0  # type: ignore[attr-defined]
-    return rps, p99, errors.group(0) if errors else ""
-
-
 def iperf(host: str, port: int, duration: int) -> float:
     out = subprocess.run(
         ["iperf3", "-c", host, "-p", str(port), "-t", str(duration), "-J"],
@@ -209,18 +190,11 @@ def measure(
 ) -> Figures:
     url = f"http://{host}:{port}/"
     f = Figures()
-    before = cpu() if cpu else 0.0
-    f.keepalive_rps, f.p99_ms, err = wrk(url, duration, connections, close=False)
-    if cpu and wrk.requests:  # type: ignore[attr-defined]
-        f.keepalive_cpu_us = (cpu() - before) / wrk.requests * 1e6  # type: ignore[attr-defined]
-    if err:
-        f.errors.append(f"keep-alive: {err}")
-    before = cpu() if cpu else 0.0
-    f.close_rps, f.close_p99_ms, err = wrk(url, duration, connections, close=True)
-    if cpu and wrk.requests:  # type: ignore[attr-defined]
-        f.close_cpu_us = (cpu() - before) / wrk.requests * 1e6  # type: ignore[attr-defined]
-    if err:
-        f.errors.append(f"close: {err}")
+    kept, closed = (wrk(url, duration, connections, close, cpu=cpu) for close in (False, True))
+    f.keepalive_rps, f.p99_ms, f.keepalive_cpu_us = kept.rps, kept.p99_ms, kept.cpu_us
+    f.close_rps, f.close_p99_ms, f.close_cpu_us = closed.rps, closed.p99_ms, closed.cpu_us
+    f.errors += [f"{what}: {run.errors}" for what, run in (("keep-alive", kept), ("close", closed))
+                 if run.errors]
     before = cpu() if cpu else 0.0
     f.bulk_gbps = iperf(host, bulk_port, max(3, duration // 2))
     if cpu and iperf.bytes:  # type: ignore[attr-defined]
@@ -269,23 +243,6 @@ def lbcore_snapshot(backends: list[int], bulk: int) -> Snapshot:
 
     ports = [sp("http", 8080, backends), sp("bulk", 5201, [bulk])]
     return Snapshot(version=1, service_ports=MappingProxyType({p.key: p for p in ports}))
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {model}, Linux {platform.release()}"
-
-
-def versions() -> str:
-    hv = subprocess.run([HAPROXY, "-v"], capture_output=True, text=True).stdout.split("\n")[0]
-    nv = subprocess.run([NGINX, "-v"], capture_output=True, text=True).stderr.strip()
-    return f"{hv.split(' - ')[0]}; {nv}"
 
 
 def run(
@@ -418,14 +375,13 @@ def main(argv: list[str] | None = None) -> int:
         if f.errors:
             print(f"{name}: {'; '.join(f.errors)}")
     if args.write:
-        write_doc(args.write, text, args)
+        write_doc(args.write, "peers-table", text, doc_command(args))
     return 0
 
 
-def write_doc(path: Path, text: str, args: argparse.Namespace) -> None:
-    """Replace the generated block of ``path`` (between the markers) with this run's table."""
-    start, end = "<!-- peers-table -->", "<!-- /peers-table -->"
-    command = (
+def doc_command(args: argparse.Namespace) -> str:
+    """The command line that makes this run's figures, as the docs page shows it."""
+    return (
         "python benchmarks/peers/run_http_peers.py "
         + " ".join(
             f"--{k} {v}"
@@ -440,16 +396,6 @@ def write_doc(path: Path, text: str, args: argparse.Namespace) -> None:
         )
         + (" --no-reuseport" if args.no_reuseport else "")
     )
-    block = (
-        f"{start}\n{datetime.date.today().isoformat()}, {machine()}; {versions()}.\n"
-        f"Command: `{command}`\n\n{text}\n{end}"
-    )
-    content = path.read_text() if path.exists() else f"{start}\n{end}\n"
-    if start not in content:
-        content += f"\n{start}\n{end}\n"
-    before, rest = content.split(start, 1)
-    after = rest.split(end, 1)[1] if end in rest else ""
-    path.write_text(before + block + after)
 
 
 if __name__ == "__main__":

@@ -22,33 +22,21 @@ loopback.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
-from run_http_peers import (
-    HAPROXY,
-    NGINX,
-    UNITS,
-    cpu_seconds,
-    free_port,
-    machine,
-    nginx_config,
-    process,
-    versions,
-    wait_port,
-)
+from peer_tools import HAPROXY, NGINX, write_doc, wrk
+from run_http_peers import cpu_seconds, free_port, nginx_config, process, wait_port
 
 from lbcore.model.service_table import ServiceTable
 from lbcore.runtime.interfaces import RuntimeContext
+from lbcore.runtime.tls import self_signed
 
 HOST = "app.bench.test"
 BACKEND_IPS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
@@ -56,24 +44,7 @@ BACKEND_IPS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 
 def certificate(root: Path) -> tuple[Path, Path, Path]:
     """A self-signed ECDSA P-256 certificate for HOST: (cert, key, cert+key for HAProxy)."""
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOST)]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    cert_pem, key_pem = self_signed([HOST], days=30)
     paths = root / "cert.pem", root / "key.pem", root / "combined.pem"
     paths[0].write_bytes(cert_pem)
     paths[1].write_bytes(key_pem)
@@ -131,20 +102,6 @@ class Figures:
     errors: str = ""
 
 
-def wrk(url: str, duration: int, connections: int, close: bool) -> tuple[float, float, int, str]:
-    args = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-H", f"Host: {HOST}"]
-    if close:
-        args += ["-H", "Connection: close"]
-    out = subprocess.run([*args, url], capture_output=True, text=True,
-                         timeout=duration + 60).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-    p99 = float(m.group(1)) * UNITS[m.group(2)] if m else float("nan")
-    done = re.search(r"(\d+) requests in", out)
-    errors = re.search(r"Socket errors:.*|Non-2xx.*", out)
-    return rps, p99, int(done.group(1)) if done else 0, errors.group(0) if errors else ""
-
-
 def measure(name: str, http_port: int, https_port: int, duration: int, connections: int,
             cpu: Callable[[], float]) -> Figures:
     f = Figures()
@@ -154,9 +111,8 @@ def measure(name: str, http_port: int, https_port: int, duration: int, connectio
             ("handshake", f"https://127.0.0.1:{https_port}/", True),
             ("https", f"https://127.0.0.1:{https_port}/", False))
     for kind, url, close in runs:
-        before = cpu()
-        rps, p99, done, err = wrk(url, duration, connections, close)
-        per_request = (cpu() - before) / done * 1e6 if done else float("nan")
+        rps, p99, _, err, per_request = astuple(
+            wrk(url, duration, connections, close, (f"Host: {HOST}",), cpu))
         if err:
             errors.append(f"{kind}: {err}")
         if kind == "keepalive":
@@ -292,19 +248,6 @@ def table(results: dict[str, Figures]) -> tuple[str, list[str]]:
     return "\n".join(rows), ratios
 
 
-def write_doc(path: Path, text: str, command: str) -> None:
-    """Replace the generated block of ``path`` (between the markers) with this run's table."""
-    start, end = "<!-- route-peers-table -->", "<!-- /route-peers-table -->"
-    block = (f"{start}\n{datetime.date.today().isoformat()}, {machine()}; {versions()}.\n"
-             f"Command: `{command}`\n\n{text}\n{end}")
-    content = path.read_text() if path.exists() else f"{start}\n{end}\n"
-    if start not in content:
-        content += f"\n{start}\n{end}\n"
-    before, rest = content.split(start, 1)
-    after = rest.split(end, 1)[1] if end in rest else ""
-    path.write_text(before + block + after)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
@@ -327,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         command = (f"python benchmarks/peers/run_route_peers.py --duration {args.duration} "
                    f"--connections {args.connections} --workers {args.workers} "
                    f"--rounds {args.rounds}")
-        write_doc(args.write, text, command)
+        write_doc(args.write, "route-peers-table", text, command)
     return 0
 
 

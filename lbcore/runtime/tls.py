@@ -14,7 +14,8 @@ admin API over HTTPS (``admin_tls`` in the config):
 :func:`write_kubeconfig` writes ``DATA_DIR/kubeconfig`` (mode 0600: it holds the token) with
 the server's URL, the CA (``certificate-authority-data``) and the token, one cluster, user and
 context named ``lbcore``; ``KUBECONFIG=DATA_DIR/kubeconfig kubectl ...`` and ``lbcore`` itself
-use it. Keys are written mode 0600. Certificates are made with the ``cryptography`` package.
+use it. Keys are written mode 0600. Certificates are made with the ``cryptography`` package;
+:func:`self_signed` makes the self-signed ones tests and benchmarks serve.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import ipaddress
 import os
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,30 @@ def _ca(data_dir: Path, now: _dt.datetime) -> tuple[Any, Any]:
     _write_private(key_path, _key_pem(key))
     cert_path.write_bytes(_cert_pem(cert))
     return cert, key
+
+
+def self_signed(hosts: Sequence[str], days: int = 1,
+                now: _dt.datetime | None = None) -> tuple[bytes, bytes]:
+    """A self-signed ECDSA P-256 certificate (PEM) whose subject is ``hosts[0]`` and whose
+    alternative names are ``hosts``, valid from a day before ``now`` to ``days`` after, and its
+    key (PEM, PKCS#8): what tests and benchmarks serve over TLS."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    now = now or _dt.datetime.now(_dt.UTC)
+    key = _new_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _dt.timedelta(days=1))
+        .not_valid_after(now + _dt.timedelta(days=days))
+        .add_extension(_san(hosts), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return _cert_pem(cert), _key_pem(key)
 
 
 def generate_certificates(data_dir: Path, names: Iterable[str],

@@ -4,32 +4,19 @@ as the API server (and OpenShift's route validation) words it; certificates are 
 from __future__ import annotations
 
 import base64
-import datetime as dt
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from lbcore.errors import ValidationError
 from lbcore.model.admission import admit
 from lbcore.model.objects import Ingress, Route, Secret, parse_object
+from lbcore.runtime.tls import self_signed
 
 
 def make_pair(host: str = "www.example.com") -> tuple[str, str]:
     """A self-signed ECDSA P-256 certificate for ``host`` and its key, PEM."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
-            .sign(key, hashes.SHA256()))
-    return (cert.public_bytes(serialization.Encoding.PEM).decode(),
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()).decode())
+    cert, key = self_signed([host])
+    return cert.decode(), key.decode()
 
 
 def route(**spec) -> dict:

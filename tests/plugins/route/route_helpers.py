@@ -3,7 +3,6 @@ certificates made with ``cryptography``, a small cluster fed to the frontend, an
 
 from __future__ import annotations
 
-import datetime as dt
 import http.client
 import itertools
 import json
@@ -15,12 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from lbcore.model.service_table import ServiceTable
+from lbcore.runtime.tls import self_signed
 
 _uids = itertools.count(1)
 _cluster_ips = itertools.count(10)
@@ -28,18 +23,8 @@ _cluster_ips = itertools.count(10)
 
 def make_pair(*hosts: str) -> tuple[str, str]:
     """A self-signed ECDSA P-256 certificate for ``hosts`` and its key, PEM."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hosts]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    return (cert.public_bytes(serialization.Encoding.PEM).decode(),
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()).decode())
+    cert, key = self_signed(hosts)
+    return cert.decode(), key.decode()
 
 
 class _Handler(BaseHTTPRequestHandler):
