@@ -245,3 +245,28 @@ def test_a_list_is_validated_on_the_client_from_the_protobuf_document(kubectl: K
     assert out.returncode == 1
     assert ('ValidationError(Service.spec.ports[0]): unknown field "targetPrt" in '
             "io.k8s.api.core.v1.ServicePort") in out.stderr
+
+
+def test_server_side_apply_then_get_ep_then_delete(kubectl: Kubectl) -> None:
+    manifest = service("applied-ss", {"app": "ss"})
+    path = kubectl.manifest("applied-ss.yaml", manifest)
+    for _ in range(2):  # the second apply of the same manifest changes nothing
+        out = kubectl("apply", "--server-side", "-f", path)
+        assert (out.returncode, out.stdout) == (0, "service/applied-ss serverside-applied\n"), \
+            out.stderr
+    first = kubectl.daemon.request("GET", "/api/v1/namespaces/default/services/applied-ss")
+    manifest["spec"]["ports"][0]["targetPort"] = 9090
+    out = kubectl("apply", "--server-side", "-f", kubectl.manifest("applied-ss.yaml", manifest))
+    assert out.returncode == 0, out.stderr
+    changed = kubectl.daemon.request("GET", "/api/v1/namespaces/default/services/applied-ss")
+    assert changed["spec"]["ports"][0]["targetPort"] == 9090
+    assert changed["spec"]["clusterIP"] == first["spec"]["clusterIP"]
+    for i in (1, 2):
+        kubectl.daemon.create(pod(f"ss-{i}", f"127.0.6.{i}", {"app": "ss"}))
+    out = until(lambda: kubectl("get", "ep", "applied-ss", "--no-headers"),
+                lambda o: "127.0.6.1:9090,127.0.6.2:9090" in o.stdout)
+    assert out.stdout.split()[:2] == ["applied-ss", "127.0.6.1:9090,127.0.6.2:9090"], out
+    out = kubectl("delete", "svc", "applied-ss")
+    assert (out.returncode, out.stdout) == (0, 'service "applied-ss" deleted\n'), out.stderr
+    out = kubectl("get", "svc", "applied-ss")
+    assert out.returncode == 1 and 'services "applied-ss" not found' in out.stderr
