@@ -69,11 +69,14 @@ def make_state(*frontends: Frontend, **kw) -> ClusterState:
 
 
 async def _until(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
+    """Poll ``predicate`` every 10 ms, a bounded number of times (``timeout`` / 10 ms): a
+    count, not a clock, so a loaded machine gets more time, never a false failure."""
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
         await asyncio.sleep(0.01)
+    if not predicate():
+        raise AssertionError("condition not reached in time")
 
 
 async def _run(state: ClusterState, body) -> None:
