@@ -8,11 +8,12 @@ were spread and ``lbcore describe service my-service``, and stops everything. No
 root are needed.
 
 With the ``route`` frontend installed it also shows a Route: two more services, ``shop`` and
-``blog`` (one pod each, 127.0.0.21 and 127.0.0.22), behind one HTTPS listener by host name
+``blog`` (one pod each), behind one HTTPS listener by host name
 (``shop.example.com``, ``blog.example.com``, edge TLS with a certificate signed by a CA the demo
 makes in its data directory), and counts the requests each service answered; the client
 verifies the listener's certificate against that CA. Every listener of the demo (ClusterIPs,
-NodePorts, the route's HTTP and HTTPS ports) is on a loopback address where nothing listened.
+NodePorts, the route's HTTP and HTTPS ports and its two pods) is on a loopback address where
+nothing listened.
 
 When the socket frontend is not installed or the service has no ClusterIP, the requests go
 straight to the backends the compiled round-robin balancer picks, and the demo says so.
@@ -49,8 +50,8 @@ NAMESPACE = "default"
 CONCURRENCY = 16
 READY_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 2.0
-# the route part: service name -> (host name, pod address); the route frontend's listeners
-ROUTED = {"shop": ("shop.example.com", "127.0.0.21"), "blog": ("blog.example.com", "127.0.0.22")}
+# the route part: service name -> host name; the route frontend's listeners
+ROUTED = {"shop": "shop.example.com", "blog": "blog.example.com"}
 ROUTE_HTTP_PORT = 8080
 ROUTE_HTTPS_PORT = 8443
 
@@ -104,11 +105,13 @@ def manifests() -> list[dict[str, Any]]:
     return [yaml.safe_load(SERVICE_MANIFEST), *(_pod_manifest(i) for i in (1, 2, 3))]
 
 
-def route_manifests(certificate: bytes, key: bytes, ca: bytes) -> list[dict[str, Any]]:
-    """The route part: for each of :data:`ROUTED`, a service, its pod and an edge Route for its
-    host name with this certificate, key and CA (PEM)."""
+def route_manifests(certificate: bytes, key: bytes, ca: bytes,
+                    pod_ips: dict[str, str]) -> list[dict[str, Any]]:
+    """The route part: for each of :data:`ROUTED`, a service, its pod (at ``pod_ips[name]``)
+    and an edge Route for its host name with this certificate, key and CA (PEM)."""
     objects: list[dict[str, Any]] = []
-    for name, (host, ip) in ROUTED.items():
+    for name, host in ROUTED.items():
+        ip = pod_ips[name]
         service = yaml.safe_load(SERVICE_MANIFEST)
         service["metadata"]["name"] = name
         service["spec"]["selector"] = {"name": name}
@@ -292,7 +295,13 @@ async def run_demo(
         chosen.append({"name": "route", "options": {
             "http_address": route_ip, "http_port": ROUTE_HTTP_PORT,
             "https_address": route_ip, "https_port": ROUTE_HTTPS_PORT, "workers": 1}})
-    routed = [Backend(f"{name}-1", ip, port) for name, (_, ip) in ROUTED.items()]
+    taken = {route_ip}
+    for _ in range(10 * len(ROUTED) if use_route else 0):  # distinct addresses, bounded
+        if len(taken) > len(ROUTED):
+            break
+        taken.add(free_loopback_address((port,), avoid=cidr))
+    pod_ips = dict(zip(ROUTED, sorted(taken - {route_ip}), strict=False))
+    routed = [Backend(f"{name}-1", pod_ips[name], port) for name in ROUTED if name in pod_ips]
     route_result: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="lbcore-demo-") as data_dir:
         config = config_from_mapping(
@@ -384,11 +393,12 @@ async def _route_part(daemon: Daemon, client: Client, data_dir: Path, ip: str,
     the route frontend's listener, half for each host, and print what each service answered."""
     tls_dir = data_dir / "route-tls"
     tls_dir.mkdir(mode=0o700)
-    hosts = [host for host, _ in ROUTED.values()]
+    hosts = list(ROUTED.values())
     cert_file, key_file, ca_pem = generate_certificates(tls_dir, hosts)
     loop = asyncio.get_running_loop()
     print("", file=out)
-    for obj in route_manifests(cert_file.read_bytes(), key_file.read_bytes(), ca_pem):
+    pod_ips = {b.name.rsplit("-", 1)[0]: b.ip for b in routed}
+    for obj in route_manifests(cert_file.read_bytes(), key_file.read_bytes(), ca_pem, pod_ips):
         await loop.run_in_executor(None, client.create, obj, NAMESPACE)
         print(f"  {obj['kind'].lower()}/{obj['metadata']['name']} created", file=out)
     frontend = daemon.frontends.get("route")
@@ -414,10 +424,11 @@ async def _route_part(daemon: Daemon, client: Client, data_dir: Path, ip: str,
     print(f"\n{requests} HTTPS requests to https://{ip}:{port} by host name "
           "(route frontend; the demo's CA verified):", file=out)
     per_service: dict[str, int] = {}
-    for name, (host, pod_ip) in ROUTED.items():
+    for name, host in ROUTED.items():
         n = answers.get(f"{host} {name}-1", 0)
         per_service[name] = n
-        print(f"  {host:<17} -> service {name}  (pod {pod_ip}:{routed[0].port})  {n:4d}", file=out)
+        pod = f"{pod_ips[name]}:{routed[0].port}"
+        print(f"  {host:<17} -> service {name}, pod {pod:<21} {n:4d}", file=out)
     wrong = sum(answers.values()) - sum(per_service.values())
     if wrong:
         print(f"  answered by the wrong service: {wrong}", file=out)
