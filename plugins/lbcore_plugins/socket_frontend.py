@@ -283,6 +283,8 @@ def bind_listener(
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 set_freebind(sock)
             sock.bind((address, port))
+            # port 0: the kernel picks one for the first socket; every other worker's shares it
+            port = sock.getsockname()[1]
             if protocol == "TCP":
                 sock.listen(backlog)
             sock.setblocking(False)

@@ -793,3 +793,17 @@ def test_pipe_size_is_capped_at_the_kernels_pipe_max_size():
     assert pipe_max_size() == limit
     assert Engine(pipe_size=limit * 4).pipe_size == limit
     assert Engine(pipe_size=65536).pipe_size == min(65536, limit)
+
+
+@pytest.mark.parametrize("protocol", ["TCP", "UDP"])
+def test_port_0_gives_every_worker_the_same_port(protocol: str) -> None:
+    """With port 0 the kernel picks the first socket's port; the other workers' sockets must
+    share it, or connections would reach only one worker."""
+    fds = socket_frontend.bind_listener("127.0.0.1", 0, protocol, 3, 16)
+    socks = [socket.socket(fileno=fd) for fd in fds]
+    try:
+        ports = {s.getsockname()[1] for s in socks}
+        assert len(socks) == 3 and len(ports) == 1 and 0 not in ports
+    finally:
+        for s in socks:
+            s.close()
