@@ -55,7 +55,14 @@ from lbcore.model.endpoints import (
 )
 from lbcore.model.objects import SERVICE_NAME_LABEL, Endpoints, Pod, Service
 from lbcore.runtime.logs import event
-from lbcore.runtime.store import AlreadyExists, Conflict, NotFound, Store, StoreError
+from lbcore.runtime.store import (
+    AlreadyExists,
+    Conflict,
+    NotFound,
+    Store,
+    StoreError,
+    call_in_loop,
+)
 
 log = logging.getLogger("lbcore.runtime.endpoints_controller")
 
@@ -130,16 +137,7 @@ class EndpointsController:
         def on_commit(change: dict[str, Any]) -> None:
             # in the writing thread, under the store's lock: queue only
             self._events.append(change)
-            if loop.is_closed():
-                return
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if running is loop:
-                self._wakeup.set()
-            else:
-                loop.call_soon_threadsafe(self._wakeup.set)
+            call_in_loop(loop, self._wakeup.set)
 
         unsubscribe: Callable[[], None] = self.store.subscribe(on_commit)
         try:

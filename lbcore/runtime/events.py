@@ -34,6 +34,7 @@ from typing import Any
 
 from lbcore.model.objects import format_timestamp, parse_timestamp
 from lbcore.runtime.logs import event as log_event
+from lbcore.runtime.store import call_in_loop
 
 log = logging.getLogger("lbcore.runtime.events")
 
@@ -82,15 +83,8 @@ class EventRecorder:
         loop, queue = self._loop, self._queue
         if loop is None or queue is None or loop.is_closed():
             return
-        item = _Record(kind, namespace, name, type_, reason, message, involved)
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            queue.put_nowait(item)
-        else:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+        call_in_loop(loop, queue.put_nowait,
+                     _Record(kind, namespace, name, type_, reason, message, involved))
 
     async def run(self) -> None:
         """Write what is recorded, and delete Events past their ttl, until cancelled."""

@@ -42,7 +42,7 @@ from lbcore.model.routes import (
     ingress_is_served,
 )
 from lbcore.runtime.logs import event
-from lbcore.runtime.store import Conflict, NotFound, Store, StoreError
+from lbcore.runtime.store import Conflict, NotFound, Store, StoreError, call_in_loop
 
 log = logging.getLogger("lbcore.runtime.route_status")
 
@@ -141,14 +141,7 @@ class RouteStatusController:
             if (change.get("object") or {}).get("kind") not in _KINDS or loop.is_closed():
                 return
             self._events.append(change)
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if running is loop:
-                self._wakeup.set()
-            else:
-                loop.call_soon_threadsafe(self._wakeup.set)
+            call_in_loop(loop, self._wakeup.set)
 
         unsubscribe = self.store.subscribe(on_commit)
         try:

@@ -1111,6 +1111,21 @@ MAX_PENDING = 10_000
 MAX_PENDING_BYTES = 16 * 1024 * 1024
 
 
+def call_in_loop(loop: asyncio.AbstractEventLoop, callback: Callable[..., Any], *args: Any) -> None:
+    """Run ``callback(*args)`` in ``loop``: at once when called from that loop, else soon, from
+    whichever thread calls (a commit hook runs in the writing thread). Nothing once it is closed."""
+    if loop.is_closed():
+        return
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        callback(*args)
+    else:
+        loop.call_soon_threadsafe(callback, *args)
+
+
 class Watch(AsyncIterator[Event]):
     """One watcher's stream of events; see :meth:`Store.watch`. ``close()`` ends it."""
 
@@ -1164,14 +1179,7 @@ class Watch(AsyncIterator[Event]):
         return self._pending_bytes
 
     def _poke(self) -> None:
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
-            self._wakeup.set()
-        elif not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._wakeup.set)
+        call_in_loop(self._loop, self._wakeup.set)
 
     def _end(self) -> None:
         self._ended = True
