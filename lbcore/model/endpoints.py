@@ -44,6 +44,7 @@ __all__ = [
     "SKIP_MIRROR_LABEL",
     "EndpointTracker",
     "PortEndpoints",
+    "endpoint_fields",
     "endpoints_from_endpoints_object",
     "endpoints_from_pods",
     "endpoints_from_slices",
@@ -449,11 +450,25 @@ def _resolved_ports(service: Service, pod: Pod) -> tuple[tuple[str, int, str, st
     return tuple(out)
 
 
-def _hostname(service: Service, pod: Pod) -> str | None:
+def _host_and_subdomain(pod: Pod) -> tuple[Any, Any]:
     spec = pod.raw.get("spec") or {}
-    if spec.get("hostname") and spec.get("subdomain") == service.name:
-        return str(spec["hostname"])
+    return spec.get("hostname"), spec.get("subdomain")
+
+
+def _hostname(service: Service, pod: Pod) -> str | None:
+    hostname, subdomain = _host_and_subdomain(pod)
+    if hostname and subdomain == service.name:
+        return str(hostname)
     return None
+
+
+def endpoint_fields(pod: Pod) -> tuple[Any, ...]:
+    """What the Endpoints and EndpointSlices of the services selecting ``pod`` take from it:
+    two versions of a pod with equal fields give every service the same endpoints (a change
+    of labels alone changes only which services select it)."""
+    return (pod.namespace, pod.name, pod.pod_ips, pod.ready, pod.terminating, pod.finished,
+            pod.node_name, pod.labels.get(ZONE_LABEL), pod.container_ports,
+            _pod_ref(pod).get("uid"), _host_and_subdomain(pod))
 
 
 def _address_families(service: Service) -> tuple[str, ...]:

@@ -48,6 +48,7 @@ from lbcore.model.endpoints import (
     MAX_ENDPOINTS_PER_SLICE,
     MIRRORED_BY,
     SKIP_MIRROR_LABEL,
+    endpoint_fields,
     endpoints_object,
     mirror_endpoint_slices,
     reconcile_endpoint_slices,
@@ -229,9 +230,14 @@ class EndpointsController:
                 return
             touched = idx.remove_labels(name)
         else:
+            before = self._pods.get(key)
             self._pods[key] = pod
-            _added, removed = idx.set_labels(name, pod.labels)
-            touched = set(removed) | set(idx.selectors_matching(name))
+            added, removed = idx.set_labels(name, pod.labels)
+            if before is not None and endpoint_fields(before) == endpoint_fields(pod):
+                # nothing the endpoints show changed: only the services that gained or lost it
+                touched = set(added) | set(removed)
+            else:
+                touched = set(removed) | set(idx.selectors_matching(name))
         self._dirty.update(f"{namespace}/{s}" for s in touched)
 
     def _observe_service(self, namespace: str, name: str, obj: dict[str, Any] | None) -> None:
