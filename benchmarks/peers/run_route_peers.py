@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -102,8 +104,11 @@ class Figures:
     errors: str = ""
 
 
+MODES = ("keepalive", "close", "handshake", "https")
+
+
 def measure(name: str, http_port: int, https_port: int, duration: int, connections: int,
-            cpu: Callable[[], float]) -> Figures:
+            cpu: Callable[[], float], modes: tuple[str, ...] = MODES) -> Figures:
     f = Figures()
     errors = []
     runs = (("keepalive", f"http://127.0.0.1:{http_port}/", False),
@@ -111,6 +116,8 @@ def measure(name: str, http_port: int, https_port: int, duration: int, connectio
             ("handshake", f"https://127.0.0.1:{https_port}/", True),
             ("https", f"https://127.0.0.1:{https_port}/", False))
     for kind, url, close in runs:
+        if kind not in modes:
+            continue
         rps, p99, _, err, per_request = astuple(
             wrk(url, duration, connections, close, (f"Host: {HOST}",), cpu))
         if err:
@@ -163,7 +170,17 @@ def lbcore_cluster(fe, backend_port: int) -> None:
     fe.sync(table.snapshot(), frozenset())
 
 
-def run(duration: int, connections: int, workers: int, rounds: int) -> dict[str, Figures]:
+def negotiated(port: int) -> str:
+    """The protocol and cipher suite a default OpenSSL client (as wrk's) gets from ``port``."""
+    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+                          "-servername", HOST], input="", capture_output=True, text=True,
+                         timeout=10).stdout
+    m = re.search(r"New, (\S+), Cipher is (\S+)", out)
+    return f"{m.group(1)} {m.group(2)}" if m else "unknown (no handshake)"
+
+
+def run(duration: int, connections: int, workers: int, rounds: int,
+        modes: tuple[str, ...] = MODES) -> dict[str, Figures]:
     from lbcore_plugins.route_frontend import RouteFrontend
 
     for tool in (NGINX, HAPROXY, "wrk"):
@@ -195,19 +212,26 @@ def run(duration: int, connections: int, workers: int, rounds: int) -> dict[str,
         lbcore_cluster(fe, backend_port)
         lp, lps = fe.listening["http"][1], fe.listening["https"][1]
         print(f"measuring: {duration} s per wrk run, {connections} connections, {workers} proxy "
-              "threads", flush=True)
+              f"threads; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+        for name, port in (("haproxy", hps), ("lbcore", lps)):
+            print(f"  {name} negotiates {negotiated(port)}", flush=True)
         targets = {"haproxy": (hp, hps, lambda: cpu_seconds(haproxy.pid)),
                    "lbcore": (lp, lps, lambda: cpu_seconds(os.getpid(), threads="lbcore-proxy"))}
         runs: dict[str, list[Figures]] = {name: [] for name in targets}
         for i in range(rounds):
             print(f"round {i + 1}/{rounds}", flush=True)
             for name, (http_port, https_port, cpu) in targets.items():
-                runs[name].append(measure(name, http_port, https_port, duration, connections, cpu))
+                runs[name].append(measure(name, http_port, https_port, duration, connections, cpu,
+                                          modes))
         results = {name: median(r) for name, r in runs.items()}
         stats = fe.stats()
         results["lbcore"].errors += "".join(
             f"; {k}={stats[k]}" for k in ("bad_gateway", "unavailable", "tls_failures") if stats[k])
     return results
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
 
 
 def table(results: dict[str, Figures]) -> tuple[str, list[str]]:
@@ -216,34 +240,34 @@ def table(results: dict[str, Figures]) -> tuple[str, list[str]]:
         "| | HAProxy 2.6 (mode http) | lbcore route | lbcore / HAProxy | target |",
         "|---|---:|---:|---:|---|",
         f"| HTTP keep-alive, requests/s | {h.keepalive_rps:,.0f} | {lb.keepalive_rps:,.0f} | "
-        f"{lb.keepalive_rps / h.keepalive_rps:.2f}x | >= 1.0x |",
+        f"{ratio(lb.keepalive_rps, h.keepalive_rps):.2f}x | >= 1.0x |",
         f"| HTTP keep-alive p99, ms | {h.keepalive_p99_ms:.2f} | {lb.keepalive_p99_ms:.2f} | "
-        f"{lb.keepalive_p99_ms / h.keepalive_p99_ms:.2f}x | <= 1.2x |",
+        f"{ratio(lb.keepalive_p99_ms, h.keepalive_p99_ms):.2f}x | <= 1.2x |",
         f"| HTTP, new connection per request, requests/s | {h.close_rps:,.0f} | "
-        f"{lb.close_rps:,.0f} | {lb.close_rps / h.close_rps:.2f}x | >= 1.0x |",
+        f"{lb.close_rps:,.0f} | {ratio(lb.close_rps, h.close_rps):.2f}x | >= 1.0x |",
         f"| TLS 1.3 full handshakes/s (ECDSA P-256, one request each) | {h.handshakes:,.0f} | "
-        f"{lb.handshakes:,.0f} | {lb.handshakes / h.handshakes:.2f}x | >= 1.0x |",
+        f"{lb.handshakes:,.0f} | {ratio(lb.handshakes, h.handshakes):.2f}x | >= 1.0x |",
         f"| HTTPS keep-alive, requests/s | {h.https_keepalive_rps:,.0f} | "
-        f"{lb.https_keepalive_rps:,.0f} | {lb.https_keepalive_rps / h.https_keepalive_rps:.2f}x "
+        f"{lb.https_keepalive_rps:,.0f} | {ratio(lb.https_keepalive_rps, h.https_keepalive_rps):.2f}x "
         "| >= 1.0x |",
         f"| proxy CPU per keep-alive request, us | {h.keepalive_cpu_us:.1f} | "
-        f"{lb.keepalive_cpu_us:.1f} | {lb.keepalive_cpu_us / h.keepalive_cpu_us:.2f}x | |",
+        f"{lb.keepalive_cpu_us:.1f} | {ratio(lb.keepalive_cpu_us, h.keepalive_cpu_us):.2f}x | |",
         f"| proxy CPU per request with a new connection, us | {h.close_cpu_us:.1f} | "
-        f"{lb.close_cpu_us:.1f} | {lb.close_cpu_us / h.close_cpu_us:.2f}x | |",
+        f"{lb.close_cpu_us:.1f} | {ratio(lb.close_cpu_us, h.close_cpu_us):.2f}x | |",
         f"| proxy CPU per TLS handshake and request, us | {h.handshake_cpu_us:.1f} | "
-        f"{lb.handshake_cpu_us:.1f} | {lb.handshake_cpu_us / h.handshake_cpu_us:.2f}x | |",
+        f"{lb.handshake_cpu_us:.1f} | {ratio(lb.handshake_cpu_us, h.handshake_cpu_us):.2f}x | |",
         f"| proxy CPU per HTTPS keep-alive request, us | {h.https_cpu_us:.1f} | "
-        f"{lb.https_cpu_us:.1f} | {lb.https_cpu_us / h.https_cpu_us:.2f}x | |",
+        f"{lb.https_cpu_us:.1f} | {ratio(lb.https_cpu_us, h.https_cpu_us):.2f}x | |",
     ]
     ratios = [
-        f"RATIO route keep-alive rps vs haproxy: {lb.keepalive_rps / h.keepalive_rps:.2f}x",
-        f"RATIO route keep-alive p99 vs haproxy: {lb.keepalive_p99_ms / h.keepalive_p99_ms:.2f}x",
-        f"RATIO route connection-per-request rps vs haproxy: {lb.close_rps / h.close_rps:.2f}x",
-        f"RATIO route TLS handshakes/s vs haproxy: {lb.handshakes / h.handshakes:.2f}x",
+        f"RATIO route keep-alive rps vs haproxy: {ratio(lb.keepalive_rps, h.keepalive_rps):.2f}x",
+        f"RATIO route keep-alive p99 vs haproxy: {ratio(lb.keepalive_p99_ms, h.keepalive_p99_ms):.2f}x",
+        f"RATIO route connection-per-request rps vs haproxy: {ratio(lb.close_rps, h.close_rps):.2f}x",
+        f"RATIO route TLS handshakes/s vs haproxy: {ratio(lb.handshakes, h.handshakes):.2f}x",
         f"RATIO route HTTPS keep-alive rps vs haproxy: "
-        f"{lb.https_keepalive_rps / h.https_keepalive_rps:.2f}x",
+        f"{ratio(lb.https_keepalive_rps, h.https_keepalive_rps):.2f}x",
         f"RATIO route CPU per keep-alive request vs haproxy: "
-        f"{lb.keepalive_cpu_us / h.keepalive_cpu_us:.2f}x",
+        f"{ratio(lb.keepalive_cpu_us, h.keepalive_cpu_us):.2f}x",
     ]
     return "\n".join(rows), ratios
 
@@ -254,9 +278,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
     parser.add_argument("--workers", type=int, default=2, help="proxy threads of both")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median)")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"comma-separated subset of {','.join(MODES)} (only for a look: "
+                             "--write needs all)")
     parser.add_argument("--write", type=Path, help="also write the table into this markdown file")
     args = parser.parse_args(argv)
-    results = run(args.duration, args.connections, args.workers, args.rounds)
+    modes = tuple(m for m in args.modes.split(",") if m)
+    unknown = set(modes) - set(MODES)
+    if unknown or not modes:
+        parser.error(f"--modes: {args.modes!r} is not a subset of {','.join(MODES)}")
+    if args.write and set(modes) != set(MODES):
+        parser.error("--write needs every mode measured (leave --modes out)")
+    results = run(args.duration, args.connections, args.workers, args.rounds, modes)
     text, ratios = table(results)
     print()
     print(text)

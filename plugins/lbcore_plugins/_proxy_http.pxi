@@ -130,6 +130,22 @@ cdef extern from "<openssl/ssl.h>" nogil:
     const BIO_METHOD* BIO_s_mem()
     int BIO_write(BIO* b, const void* data, int dlen)
     int BIO_free(BIO* a)
+    int BIO_get_new_index()
+    BIO_METHOD* BIO_meth_new(int type, const char* name)
+    int BIO_meth_set_write(BIO_METHOD* m, int (*write)(BIO*, const char*, int) noexcept nogil)
+    int BIO_meth_set_read(BIO_METHOD* m, int (*read)(BIO*, char*, int) noexcept nogil)
+    int BIO_meth_set_ctrl(BIO_METHOD* m, long (*ctrl)(BIO*, int, long, void*) noexcept nogil)
+    int BIO_meth_set_create(BIO_METHOD* m, int (*create)(BIO*) noexcept nogil)
+    void BIO_set_data(BIO* b, void* ptr)
+    void* BIO_get_data(BIO* b)
+    void BIO_set_init(BIO* b, int init)
+    void BIO_set_retry_read(BIO* b)
+    void BIO_set_retry_write(BIO* b)
+    void BIO_clear_retry_flags(BIO* b)
+    long SSL_CTX_set_read_ahead(SSL_CTX* ctx, long yes)
+    enum:
+        BIO_TYPE_SOURCE_SINK
+        BIO_CTRL_FLUSH
     void X509_free(X509* a)
     void EVP_PKEY_free(EVP_PKEY* pkey)
     int X509_STORE_add_cert(X509_STORE* store, X509* x)
@@ -541,6 +557,84 @@ cdef void buf_put(HttpWorker* hw, char* b) noexcept nogil:
 
 
 # -- reading and writing, plain or TLS ----------------------------------------------------------
+
+# OpenSSL reads and writes a connection's socket through this BIO (not a socket BIO): it marks
+# the connection's read readiness as the plain path does, so a read shorter than asked (the
+# socket is drained) is not followed by a read that can only say EAGAIN; with read-ahead on,
+# one recv takes all the records there are.
+
+cdef inline int* sock_ready(void* owner) noexcept nogil:
+    if (<int*>owner)[0] == K_HCLIENT:
+        return &(<HConn*>owner).ready
+    return &(<HBack*>owner).ready
+
+
+cdef inline int sock_fd(void* owner) noexcept nogil:
+    return (<int*>owner)[1]  # HConn and HBack both start with kind, fd
+
+
+cdef int sock_bio_read(BIO* bio, char* buf, int n) noexcept nogil:
+    cdef void* owner = BIO_get_data(bio)
+    cdef int* ready = sock_ready(owner)
+    cdef ssize_t r
+    BIO_clear_retry_flags(bio)
+    if n <= 0:
+        return 0
+    r = recv(sock_fd(owner), buf, <size_t>n, MSG_DONTWAIT)
+    if r > 0:
+        if r < n and ready[0] == READABLE:
+            ready[0] = DRAINED
+        return <int>r
+    if r < 0 and errno == EAGAIN:
+        ready[0] = DRAINED
+        BIO_set_retry_read(bio)
+    return <int>r
+
+
+cdef int sock_bio_write(BIO* bio, const char* buf, int n) noexcept nogil:
+    cdef ssize_t r
+    BIO_clear_retry_flags(bio)
+    r = send(sock_fd(BIO_get_data(bio)), buf, <size_t>n, MSG_NOSIGNAL | MSG_DONTWAIT)
+    if r < 0 and errno == EAGAIN:
+        BIO_set_retry_write(bio)
+    return <int>r
+
+
+cdef long sock_bio_ctrl(BIO* bio, int cmd, long num, void* ptr) noexcept nogil:
+    return 1 if cmd == BIO_CTRL_FLUSH else 0
+
+
+cdef int sock_bio_create(BIO* bio) noexcept nogil:
+    BIO_set_init(bio, 1)
+    return 1
+
+
+cdef BIO_METHOD* make_sock_bio() noexcept nogil:
+    cdef BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK,
+                                      "lbcore socket")
+    if m != NULL:
+        BIO_meth_set_read(m, sock_bio_read)
+        BIO_meth_set_write(m, sock_bio_write)
+        BIO_meth_set_ctrl(m, sock_bio_ctrl)
+        BIO_meth_set_create(m, sock_bio_create)
+    return m
+
+
+cdef BIO_METHOD* SOCK_BIO = make_sock_bio()
+
+
+cdef bint ssl_attach(SSL* ssl, void* owner) noexcept nogil:
+    """Give ``ssl`` the socket of ``owner`` (an HConn or HBack) through the socket BIO."""
+    cdef BIO* bio
+    if ssl == NULL or SOCK_BIO == NULL:
+        return False
+    bio = BIO_new(SOCK_BIO)
+    if bio == NULL:
+        return False
+    BIO_set_data(bio, owner)
+    SSL_set_bio(ssl, bio, bio)  # one reference, for both directions
+    return True
+
 
 cdef ssize_t io_recv(int fd, SSL* ssl, int* ready, char* buf, int n) noexcept nogil:
     """Bytes read (> 0), 0 at the end of the stream, -1 when nothing is there now, -2 on an
@@ -1282,7 +1376,7 @@ cdef void backend_opened(HttpWorker* hw, Worker* w, HConn* c) noexcept nogil:
     cdef HBack* b = c.b
     if b.ctx != NULL and b.ssl == NULL:
         b.ssl = SSL_new(b.ctx)
-        if b.ssl == NULL or SSL_set_fd(b.ssl, b.fd) != 1:
+        if not ssl_attach(b.ssl, b):
             ERR_clear_error()
             if backend_lost(hw, w, c, True):
                 backend_for(hw, w, c)
@@ -1465,8 +1559,10 @@ cdef int exchange(HttpWorker* hw, Worker* w, HConn* c) noexcept nogil:
     cdef ssize_t r
     cdef int cap = hw.cfg.buffer_size + HEAD_SLACK
     cdef int moved = 0, used, n, done, bad
-    # 1. to the client
-    if c.dlen > c.doff:
+    # 1. to the client (a response head waits for the body bytes already read behind it, so
+    # that a response that fits goes out in one write: one TLS record)
+    if c.dlen > c.doff and not (c.resp_state == 1 and b != NULL and b.len > b.off
+                                and c.dlen < cap):
         r = io_send(c.fd, c.ssl, c.dbuf + c.doff, c.dlen - c.doff)
         if r < 0:
             hconn_close(hw, w, c)
@@ -1722,7 +1818,7 @@ cdef int client_handshake(HttpWorker* hw, Worker* w, HConn* c) noexcept nogil:
 
 cdef int start_tls(HttpWorker* hw, Worker* w, HConn* c) noexcept nogil:
     c.ssl = SSL_new(c.hl.ctx)
-    if c.ssl == NULL or SSL_set_fd(c.ssl, c.fd) != 1:
+    if not ssl_attach(c.ssl, c):
         ERR_clear_error()
         hconn_close(hw, w, c)
         return 0
@@ -2261,6 +2357,7 @@ cdef SSL_CTX* server_context(bytes cert_pem, bytes key_pem, str where) except NU
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
                      | SSL_MODE_RELEASE_BUFFERS)
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION)
+    SSL_CTX_set_read_ahead(ctx, 1)
     bio = BIO_new_mem_buf(<const char*>cert_pem, len(cert_pem))
     try:
         while True:
@@ -2308,6 +2405,8 @@ cdef SSL_CTX* client_context(bytes ca_pem, str where) except NULL:
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION)
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
                      | SSL_MODE_RELEASE_BUFFERS)
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION)
+    SSL_CTX_set_read_ahead(ctx, 1)
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL)
     bio = BIO_new_mem_buf(<const char*>ca_pem, len(ca_pem))
     while True:
@@ -2461,6 +2560,7 @@ cdef SSL_CTX* listener_context(RouteShared* routes, bint resumption) except NULL
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
                      | SSL_MODE_RELEASE_BUFFERS)
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION)
+    SSL_CTX_set_read_ahead(ctx, 1)
     if not resumption:
         SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET)
         SSL_CTX_set_num_tickets(ctx, 0)
