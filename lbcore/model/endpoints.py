@@ -428,9 +428,8 @@ def wants_endpoints(service: Service) -> bool:
 
 def _pod_ref(pod: Pod) -> dict[str, Any]:
     ref = {"kind": "Pod", "namespace": pod.namespace, "name": pod.name}
-    uid = (pod.raw.get("metadata") or {}).get("uid")
-    if uid:
-        ref["uid"] = uid
+    if pod.uid:
+        ref["uid"] = pod.uid
     return ref
 
 
@@ -450,15 +449,9 @@ def _resolved_ports(service: Service, pod: Pod) -> tuple[tuple[str, int, str, st
     return tuple(out)
 
 
-def _host_and_subdomain(pod: Pod) -> tuple[Any, Any]:
-    spec = pod.raw.get("spec") or {}
-    return spec.get("hostname"), spec.get("subdomain")
-
-
 def _hostname(service: Service, pod: Pod) -> str | None:
-    hostname, subdomain = _host_and_subdomain(pod)
-    if hostname and subdomain == service.name:
-        return str(hostname)
+    if pod.hostname and pod.subdomain == service.name:
+        return pod.hostname
     return None
 
 
@@ -468,7 +461,7 @@ def endpoint_fields(pod: Pod) -> tuple[Any, ...]:
     of labels alone changes only which services select it)."""
     return (pod.namespace, pod.name, pod.pod_ips, pod.ready, pod.terminating, pod.finished,
             pod.node_name, pod.labels.get(ZONE_LABEL), pod.container_ports,
-            _pod_ref(pod).get("uid"), _host_and_subdomain(pod))
+            pod.uid, pod.hostname, pod.subdomain)
 
 
 def _address_families(service: Service) -> tuple[str, ...]:
@@ -536,9 +529,8 @@ def _managed_labels(service: Service, base: Mapping[str, str] | None = None,
 def _owner_reference(service: Service) -> list[dict[str, Any]]:
     ref: dict[str, Any] = {"apiVersion": "v1", "kind": "Service", "name": service.name,
                            "controller": True, "blockOwnerDeletion": True}
-    uid = (service.raw.get("metadata") or {}).get("uid")
-    if uid:
-        ref["uid"] = uid
+    if service.uid:
+        ref["uid"] = service.uid
     return [ref]
 
 

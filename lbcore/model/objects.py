@@ -20,6 +20,7 @@ import datetime as _dt
 import ipaddress
 import json
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ __all__ = [
     "default_namespace",
     "parse_admitted",
     "parse_object",
+    "parse_stored",
     "parse_timestamp",
 ]
 
@@ -109,10 +111,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _interned(value: Any) -> Any:
+    """The one interned copy of a string ``value`` (label keys and values, namespaces and node
+    names repeat across 100,000 pods); anything else as it is."""
+    return sys.intern(value) if type(value) is str else value
+
+
 def _str_map(value: Any) -> Mapping[str, str]:
     if not value:
         return _EMPTY
-    return MappingProxyType(dict(value))
+    return MappingProxyType({_interned(k): _interned(v) for k, v in value.items()})
 
 
 def _family(ip: str) -> str:
@@ -147,13 +155,25 @@ def _default_metadata(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Stored:
-    """What every kind of object has: a ``namespace/name`` key and its Kubernetes-shaped dict."""
+    """What every kind of object has: a ``namespace/name`` key and its Kubernetes-shaped dict.
+
+    ``body`` is that dict, or (objects read by :func:`parse_stored`, which a daemon keeps by
+    the hundred thousand) its compact JSON text, about a tenth of the dict's size; ``raw``
+    gives the dict either way.
+    """
 
     __slots__ = ()
     kind: ClassVar[str]
     namespace: str
     name: str
-    raw: Mapping[str, Any]
+    body: Mapping[str, Any] | str
+
+    @property
+    def raw(self) -> Mapping[str, Any]:
+        """The defaulted Kubernetes-shaped dict (not to be changed; decoded anew on each access
+        when ``body`` is JSON text)."""
+        body = self.body
+        return json.loads(body) if isinstance(body, str) else body
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any], validate: bool = True) -> Self:
@@ -181,7 +201,8 @@ class _Stored:
 
     def to_dict(self) -> dict[str, Any]:
         """The defaulted Kubernetes-shaped dict (a copy)."""
-        return copy.deepcopy(dict(self.raw))
+        body = self.body
+        return json.loads(body) if isinstance(body, str) else copy.deepcopy(dict(body))
 
 
 # --- Service ---------------------------------------------------------------------------------
@@ -283,7 +304,8 @@ class Service(_Stored):
     external_name: str | None
     publish_not_ready_addresses: bool
     created: _dt.datetime | None
-    raw: Mapping[str, Any] = field(repr=False, compare=False)
+    uid: str | None
+    body: Mapping[str, Any] | str = field(repr=False, compare=False)
 
     @classmethod
     def _wrap(cls, svc: dict[str, Any]) -> Service:
@@ -304,7 +326,7 @@ class Service(_Stored):
             "timeoutSeconds", DEFAULT_AFFINITY_TIMEOUT)
         ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
         return cls(
-            namespace=meta["namespace"],
+            namespace=_interned(meta["namespace"]),
             name=meta.get("name", ""),
             labels=_str_map(meta.get("labels")),
             annotations=_str_map(meta.get("annotations")),
@@ -324,7 +346,8 @@ class Service(_Stored):
             external_name=spec.get("externalName"),
             publish_not_ready_addresses=bool(spec.get("publishNotReadyAddresses", False)),
             created=parse_timestamp(meta.get("creationTimestamp")),
-            raw=svc,
+            uid=meta.get("uid") or None,
+            body=svc,
         )
 
     @property
@@ -385,7 +408,10 @@ class Pod(_Stored):
     terminating: bool  # metadata.deletionTimestamp is set
     container_ports: tuple[ContainerPort, ...]
     created: _dt.datetime | None
-    raw: Mapping[str, Any] = field(repr=False, compare=False)
+    uid: str | None
+    hostname: str | None  # spec.hostname and spec.subdomain: a headless service's DNS names
+    subdomain: str | None
+    body: Mapping[str, Any] | str = field(repr=False, compare=False)
 
     @classmethod
     def _wrap(cls, pod: dict[str, Any]) -> Pod:
@@ -404,19 +430,22 @@ class Pod(_Stored):
             for c in spec.get("containers") or [] for cp in (c or {}).get("ports") or []
         )
         return cls(
-            namespace=meta["namespace"],
+            namespace=_interned(meta["namespace"]),
             name=meta.get("name", ""),
             labels=_str_map(meta.get("labels")),
             annotations=_str_map(meta.get("annotations")),
-            node_name=spec.get("nodeName") or None,
+            node_name=_interned(spec.get("nodeName") or None),
             pod_ip=pod_ip,
             pod_ips=ips or ((pod_ip,) if pod_ip else ()),
-            phase=status.get("phase"),
+            phase=_interned(status.get("phase")),
             ready=ready,
             terminating=bool(meta.get("deletionTimestamp")),
             container_ports=ports,
             created=parse_timestamp(meta.get("creationTimestamp")),
-            raw=pod,
+            uid=meta.get("uid") or None,
+            hostname=spec.get("hostname") or None,
+            subdomain=spec.get("subdomain") or None,
+            body=pod,
         )
 
     @property
@@ -497,7 +526,7 @@ class EndpointSlice(_Stored):
     endpoints: tuple[SliceEndpoint, ...]
     ports: tuple[EndpointPort, ...]
     created: _dt.datetime | None
-    raw: Mapping[str, Any] = field(repr=False, compare=False)
+    body: Mapping[str, Any] | str = field(repr=False, compare=False)
 
     @classmethod
     def _wrap(cls, eps: dict[str, Any]) -> EndpointSlice:
@@ -525,7 +554,7 @@ class EndpointSlice(_Stored):
             endpoints=tuple(endpoints),
             ports=_ports(eps.get("ports")),
             created=parse_timestamp(meta.get("creationTimestamp")),
-            raw=eps,
+            body=eps,
         )
 
     @property
@@ -576,7 +605,7 @@ class Endpoints(_Stored):
     labels: Mapping[str, str]
     subsets: tuple[EndpointSubset, ...]
     created: _dt.datetime | None
-    raw: Mapping[str, Any] = field(repr=False, compare=False)
+    body: Mapping[str, Any] | str = field(repr=False, compare=False)
 
     @classmethod
     def _wrap(cls, ep: dict[str, Any]) -> Endpoints:
@@ -641,7 +670,7 @@ class Secret(_Stored):
     type: str
     data: Mapping[str, bytes] = field(repr=False)
     created: _dt.datetime | None
-    raw: Mapping[str, Any] = field(repr=False, compare=False)
+    body: Mapping[str, Any] | str = field(repr=False, compare=False)
 
     @classmethod
     def _wrap(cls, secret: dict[str, Any]) -> Secret:
@@ -724,7 +753,7 @@ class Ingress(_Stored):
     rules: tuple[IngressRule, ...]
     tls: tuple[IngressTLS, ...]
     created: _dt.datetime | None
-    raw: Mapping[str, Any] = field(repr=False, compare=False)
+    body: Mapping[str, Any] | str = field(repr=False, compare=False)
 
     @classmethod
     def _wrap(cls, ing: dict[str, Any]) -> Ingress:
@@ -747,7 +776,7 @@ class Ingress(_Stored):
                 INGRESS_CLASS_ANNOTATION) or None,
             default_backend=_ingress_backend(spec.get("defaultBackend")),
             rules=rules, tls=tls, created=parse_timestamp(meta.get("creationTimestamp")),
-            raw=ing,
+            body=ing,
         )
 
 
@@ -835,7 +864,7 @@ class Route(_Stored):
     wildcard_policy: str  # None | Subdomain
     tls: RouteTLS | None
     created: _dt.datetime | None
-    raw: Mapping[str, Any] = field(repr=False, compare=False)
+    body: Mapping[str, Any] | str = field(repr=False, compare=False)
 
     @classmethod
     def _wrap(cls, route: dict[str, Any]) -> Route:
@@ -861,7 +890,7 @@ class Route(_Stored):
                 insecure_edge_termination_policy=str(tls.get("insecureEdgeTerminationPolicy") or ""),
             ) if isinstance(tls, Mapping) else None,
             created=parse_timestamp(meta.get("creationTimestamp")),
-            raw=route,
+            body=route,
         )
 
     @property
@@ -1008,6 +1037,29 @@ def parse_admitted(obj: Mapping[str, Any] | Object) -> Object:
         assert isinstance(obj, Mapping)  # parsed objects are returned as they are
         raise ValidationError(str(obj.get("kind")), _name_of(obj), [Cause(
             "", "FieldValueInvalid", f"cannot be read: {type(exc).__name__}: {exc}")]) from None
+
+
+def parse_stored(obj: Mapping[str, Any]) -> Object:
+    """An object as a store holds it (admitted and defaulted when it was written), read as
+    :meth:`_Stored.from_server` reads a server's: neither copied nor defaulted again; its
+    ``body`` is the object's compact JSON text rather than the dict, so that what a daemon
+    keeps of 100,000 pods is their fields and about 0.5 kB of text each (the dict would be
+    about 5 kB). ``raw`` decodes the text when asked.
+
+    :raises ValidationError: as :func:`parse_admitted`.
+    """
+    kind = _kind_of(obj)
+    cls = CLASSES.get(kind)
+    if cls is None:
+        return parse_admitted(obj)  # the error that names the kinds there are
+    try:
+        parsed = cls._wrap(obj)  # type: ignore[arg-type]
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ValidationError(kind, _name_of(obj), [Cause(
+            "", "FieldValueInvalid", f"cannot be read: {type(exc).__name__}: {exc}")]) from None
+    # the dataclass is frozen for its holders; this is its construction, finished
+    object.__setattr__(parsed, "body", json.dumps(obj, separators=(",", ":")))
+    return parsed
 
 
 class ManifestSyntaxError(ValidationError):

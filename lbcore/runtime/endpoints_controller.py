@@ -54,7 +54,7 @@ from lbcore.model.endpoints import (
     reconcile_endpoint_slices,
     wants_endpoints,
 )
-from lbcore.model.objects import SERVICE_NAME_LABEL, Endpoints, Pod, Service
+from lbcore.model.objects import SERVICE_NAME_LABEL, Endpoints, EndpointSlice, Pod, Service
 from lbcore.runtime.logs import event
 from lbcore.runtime.store import (
     AlreadyExists,
@@ -88,15 +88,31 @@ def _managed_slice(obj: Mapping[str, Any]) -> str | None:
     return f"{_meta(obj).get('namespace') or 'default'}/{labels[SERVICE_NAME_LABEL]}"
 
 
-def _newer(obj: Mapping[str, Any], than: Mapping[str, Any]) -> bool:
-    """Whether ``obj`` is a later version than ``than`` (this controller's own writes come back
-    as events it has already recorded, or older ones)."""
-    return int(_meta(obj).get("resourceVersion") or 0) > int(
-        _meta(than).get("resourceVersion") or 0)
+def _version(obj: Mapping[str, Any]) -> int:
+    return int(_meta(obj).get("resourceVersion") or 0)
 
 
-def _managed_endpoints(obj: Mapping[str, Any]) -> bool:
-    return (_meta(obj).get("labels") or {}).get(SKIP_MIRROR_LABEL) == "true"
+# What the controller keeps of a stored EndpointSlice or Endpoints: its resourceVersion and the
+# object as the store parsed it, which ClusterState holds too (its body is compact JSON text,
+# about a sixth of the dict's size), or the dict when it cannot be parsed.
+_Kept = tuple[int, Any]
+
+
+def _body(kept: _Kept) -> Mapping[str, Any]:
+    """The stored dict of a kept object (decoded from its JSON text: only for a write)."""
+    obj = kept[1]
+    return obj.raw if isinstance(obj, EndpointSlice | Endpoints) else obj
+
+
+def _labels(kept: _Kept) -> Mapping[str, str]:
+    obj = kept[1]
+    if isinstance(obj, EndpointSlice | Endpoints):
+        return obj.labels
+    return _meta(obj).get("labels") or {}
+
+
+def _managed_endpoints(kept: _Kept) -> bool:
+    return _labels(kept).get(SKIP_MIRROR_LABEL) == "true"
 
 
 class EndpointsController:
@@ -116,8 +132,8 @@ class EndpointsController:
         self._services: dict[str, Service] = {}
         self._pods: dict[str, Pod] = {}
         # service key -> slice name -> the managed slice as stored
-        self._slices: defaultdict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-        self._endpoints: dict[str, dict[str, Any]] = {}  # key -> stored Endpoints (any)
+        self._slices: defaultdict[str, dict[str, _Kept]] = defaultdict(dict)
+        self._endpoints: dict[str, _Kept] = {}  # key -> stored Endpoints (any)
         self._dirty: set[str] = set()
         self._listed_at: dict[str, int] = {}
         self.synced = asyncio.Event()  # set once every service has been reconciled once
@@ -199,8 +215,8 @@ class EndpointsController:
                 if stored is not None:  # someone else deleted it: write it again
                     del slices[name]
                     self._dirty.add(owner)
-            elif stored is None or _newer(obj, stored):
-                slices[name] = obj  # someone else wrote it: bring it back in line
+            elif stored is None or _version(obj) > stored[0]:
+                slices[name] = self._kept(obj)  # someone else wrote it: bring it back in line
                 self._dirty.add(owner)
             if not slices:
                 del self._slices[owner]
@@ -210,9 +226,15 @@ class EndpointsController:
                 if stored is not None:
                     del self._endpoints[key]
                     self._dirty.add(key)
-            elif stored is None or _newer(obj, stored):
-                self._endpoints[key] = obj
+            elif stored is None or _version(obj) > stored[0]:
+                self._endpoints[key] = self._kept(obj)
                 self._dirty.add(key)
+
+    def _kept(self, obj: Mapping[str, Any]) -> _Kept:
+        try:
+            return _version(obj), self.store.parse(obj)
+        except ValidationError:
+            return _version(obj), obj
 
     def _parse(self, obj: Mapping[str, Any]) -> Any:
         try:
@@ -291,24 +313,25 @@ class EndpointsController:
             service, pods, existing, self.max_endpoints_per_slice))
         self._write_endpoints(key, endpoints_object(service, pods))
 
-    def _mirror(self, key: str, service: Service, endpoints: dict[str, Any]) -> None:
+    def _mirror(self, key: str, service: Service, endpoints: _Kept) -> None:
         """A service without selector and a user's Endpoints: EndpointSlices mirrored from it,
         as Kubernetes' EndpointSliceMirroring controller writes them."""
-        parsed = self._parse(endpoints)
+        parsed = endpoints[1]
         if not isinstance(parsed, Endpoints):
+            self._parse(parsed)  # says why it cannot be read
             return
         self._write_slices(key, MIRRORED_BY, lambda existing: mirror_endpoint_slices(
             service, parsed, existing, self.max_endpoints_per_slice))
 
     def _write_slices(self, key: str, managed_by: str, plan: Callable[
-            [list[dict[str, Any]]], tuple[list[dict[str, Any]], ...]]) -> None:
+            [list[Mapping[str, Any]]], tuple[list[dict[str, Any]], ...]]) -> None:
         """Write what ``plan`` says for the slices ``managed_by`` holds; delete the slices the
         other manager of this controller left (a service that gained or lost its selector)."""
-        mine: list[dict[str, Any]] = []
-        others: list[dict[str, Any]] = []
-        for body in self._slices.get(key, {}).values():
-            labels = _meta(body).get("labels") or {}
-            (mine if labels.get(MANAGED_BY_LABEL) == managed_by else others).append(body)
+        mine: list[Mapping[str, Any]] = []
+        others: list[Mapping[str, Any]] = []
+        for kept in self._slices.get(key, {}).values():
+            is_mine = _labels(kept).get(MANAGED_BY_LABEL) == managed_by
+            (mine if is_mine else others).append(_body(kept))
         create, update, delete = plan(mine)
         for body in [*others, *delete]:
             self._delete_slice(key, body)
@@ -319,7 +342,7 @@ class EndpointsController:
 
     def _write_slice(self, key: str, stored: dict[str, Any]) -> None:
         self.writes += 1
-        self._slices[key][stored["metadata"]["name"]] = stored
+        self._slices[key][stored["metadata"]["name"]] = self._kept(stored)
 
     def _delete_slice(self, key: str, body: Mapping[str, Any]) -> None:
         meta = _meta(body)
@@ -334,25 +357,26 @@ class EndpointsController:
             pass
 
     def _write_endpoints(self, key: str, desired: dict[str, Any]) -> None:
-        stored = self._endpoints.get(key)
-        if stored is not None:
+        kept = self._endpoints.get(key)
+        if kept is not None:
+            stored = _body(kept)
             meta = _meta(stored)
             if ((stored.get("subsets") or []) == (desired.get("subsets") or [])
                     and (meta.get("labels") or {}) == desired["metadata"]["labels"]
                     and (meta.get("annotations") or {}) == desired["metadata"].get(
                         "annotations", {})):
                 return
-            desired["metadata"]["resourceVersion"] = _meta(stored).get("resourceVersion")
+            desired["metadata"]["resourceVersion"] = meta.get("resourceVersion")
             written = self.store.update(desired)
         else:
             written = self.store.create(desired)
         self.writes += 1
-        self._endpoints[key] = written
+        self._endpoints[key] = self._kept(written)
 
     def _remove(self, key: str) -> None:
         """The service is gone or has no selector: delete what this controller wrote for it."""
-        for body in list(self._slices.get(key, {}).values()):
-            self._delete_slice(key, body)
+        for kept in list(self._slices.get(key, {}).values()):
+            self._delete_slice(key, _body(kept))
         stored = self._endpoints.get(key)
         if stored is not None and _managed_endpoints(stored):
             namespace, _, name = key.partition("/")

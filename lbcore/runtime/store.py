@@ -59,7 +59,7 @@ from lbcore.errors import (
 from lbcore.model.admission import Admission, ServiceAllocators, admit, for_subresource
 from lbcore.model.allocators import DEFAULT_NODE_PORT_RANGE
 from lbcore.model.kinds import ALL_KINDS, Kind, find_kind
-from lbcore.model.objects import Object, format_timestamp, parse_admitted
+from lbcore.model.objects import Object, format_timestamp, parse_stored
 from lbcore.runtime.config import LOOPBACK_SERVICE_CIDR
 
 log = logging.getLogger("lbcore.runtime.store")
@@ -933,14 +933,14 @@ class Store:
             return rows, revision
 
     def parse(self, obj: Mapping[str, Any]) -> Object:
-        """:func:`lbcore.model.objects.parse_admitted` of a stored object, parsed once per
+        """:func:`lbcore.model.objects.parse_stored` of a stored object, parsed once per
         resourceVersion: the endpoints controller and the local source's ``ClusterState`` see
         every version of every object, and the second one gets the object the first parsed
         (parsed objects are not changed by those who hold them), so the daemon parses and
         keeps one copy of each. Only the latest version of each object is remembered; a
         deletion forgets it.
 
-        :raises ValidationError: as ``parse_admitted``.
+        :raises ValidationError: as ``parse_stored``.
         """
         meta = obj.get("metadata")
         meta = meta if isinstance(meta, Mapping) else {}
@@ -950,7 +950,7 @@ class Store:
         known = self._parsed.get(key)
         if known is not None and version and known[0] == version:
             return known[1]
-        parsed = parse_admitted(obj)
+        parsed = parse_stored(obj)
         if version:
             self._parsed[key] = (version, parsed)
         return parsed

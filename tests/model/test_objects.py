@@ -185,6 +185,33 @@ def test_parse_admitted_reads_what_validation_refuses_and_names_what_it_cannot_r
     assert err.value.name == "web"
 
 
+def test_parse_stored_keeps_json_text_and_gives_the_same_fields_and_dict() -> None:
+    from lbcore.model.objects import parse_admitted, parse_stored
+
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": "p", "namespace": "default", "uid": "u-1", "labels": {"app": "web"},
+        "resourceVersion": "7"}, "spec": {"nodeName": "n1", "hostname": "h", "subdomain": "web",
+        "containers": [{"name": "c", "ports": [
+            {"name": "http", "containerPort": 8080, "protocol": "TCP"}]}]},
+        "status": {"podIP": "127.0.0.30", "podIPs": [{"ip": "127.0.0.30"}]}}
+    stored = parse_stored(pod)
+    assert isinstance(stored.body, str) and json.loads(stored.body) == pod
+    assert stored.raw == pod and stored.to_dict() == pod
+    stored.to_dict()["metadata"]["name"] = "q"  # a copy
+    assert stored.raw["metadata"]["name"] == "p"
+    assert (stored.uid, stored.hostname, stored.subdomain) == ("u-1", "h", "web")
+    assert stored == parse_admitted(pod)  # every parsed field alike
+    [svc] = lbcore.load_manifests(minimal(clusterIP="10.0.0.1"))
+    service = parse_stored(svc.to_dict())
+    assert service == svc and service.raw == svc.raw
+    with pytest.raises(lbcore.ValidationError, match="cannot be read: KeyError") as err:
+        parse_stored({**minimal(ports=[{"name": "http"}]),
+                      "metadata": {"name": "web", "namespace": "default"}})
+    assert err.value.name == "web"
+    with pytest.raises(lbcore.ValidationError, match="Unsupported value"):
+        parse_stored({"kind": "Namespace", "metadata": {"name": "x"}})
+
+
 def test_yaml_that_does_not_parse_is_a_validation_error_naming_file_line_and_column(
         tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"

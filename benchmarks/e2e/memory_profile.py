@@ -1,0 +1,186 @@
+"""Where ``lbcore run`` keeps its bytes: a daemon in this process, on a store file, walked by holder.
+
+The daemon (:class:`lbcore.runtime.daemon.Daemon`, with the frontends of ``--frontends``) starts
+on a copy of the store file given, runs until it has synced every service and the endpoints
+controller has reconciled every one, then every structure it keeps is walked from its holder,
+in the order of ``HOLDERS``: each Python object is counted once (``sys.getsizeof``), under the
+first holder that reaches it, so that an object two holders share is counted with the first
+(the parsed objects the store's parse cache shares with the endpoints controller and
+``ClusterState``, for instance). C allocations that objects do not report (the socket engine's
+tables, SQLite's page cache) are not counted; the RSS beside the walk's total says how much they
+and the allocator's overhead are.
+
+    python3 benchmarks/e2e/memory_profile.py /work/s19seeds/seed-1000.db --services 1000
+
+The walk takes a few seconds per 100,000 objects; no tracemalloc, so the daemon runs at its
+normal speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import shutil
+import sys
+import tempfile
+import time
+import types
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_SKIP = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+         types.CodeType, types.FrameType, asyncio.AbstractEventLoop)
+
+
+class Walker:
+    """Deep sizes of object graphs, each object counted once across every walk."""
+
+    def __init__(self, stop: Iterable[Any] = ()):
+        self.seen: set[int] = {id(o) for o in stop}
+        self.objects = 0
+
+    def size(self, *roots: Any) -> int:
+        total = 0
+        stack = list(roots)
+        seen = self.seen
+        while stack:
+            obj = stack.pop()
+            if id(obj) in seen or isinstance(obj, _SKIP):
+                continue
+            seen.add(id(obj))
+            self.objects += 1
+            total += sys.getsizeof(obj)
+            if isinstance(obj, str | bytes | int | float | bool | type(None)):
+                continue
+            stack.extend(gc.get_referents(obj))
+        return total
+
+
+def rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def holders(daemon: Any) -> list[tuple[str, Callable[[], list[Any]]]]:
+    """(label, the roots it holds), in attribution order."""
+    store = daemon.store
+    ctl = daemon.endpoints_controller
+    state = daemon.state
+    table = state.table
+
+    def parsed_fields() -> list[Any]:
+        # the parsed objects without their bodies, counted first
+        return [obj for _version, obj in store._parsed.values()]
+
+    def bodies() -> list[Any]:
+        # the Kubernetes-shaped dict (``raw``), or its JSON text (``body``)
+        return [getattr(obj, "body", None) or obj.raw for _v, obj in store._parsed.values()]
+
+    def cache_keys() -> list[Any]:
+        return [store._parsed]
+
+    return [
+        ("parsed objects: their bodies (dict or JSON text)", bodies),
+        ("parsed objects: their fields", parsed_fields),
+        ("store: parse cache (keys, versions)", cache_keys),
+        ("endpoints controller: stored slices", lambda: [ctl._slices]),
+        ("endpoints controller: stored Endpoints", lambda: [ctl._endpoints]),
+        ("endpoints controller: selector index", lambda: [ctl._index]),
+        ("endpoints controller: pod and service tables", lambda: [ctl._pods, ctl._services]),
+        ("ClusterState: service table's objects", lambda: [table._objects]),
+        ("ClusterState: endpoint tracker", lambda: [table._tracker]),
+        ("ClusterState: ports, change log", lambda: [
+            table._port_infos, table._ports_map, table._log, table._changed_at, table._carried,
+            table._dirty]),
+        ("ClusterState: versions seen", lambda: [state._keys]),
+        ("snapshot", lambda: [state.snapshot]),
+        ("frontends", lambda: list(daemon.frontends.values())),
+        ("store: the rest (watches, overlay, shared lists)", lambda: [store]),
+        ("daemon: the rest (events, probes, route status, admin API)", lambda: [daemon]),
+    ]
+
+
+async def run(config: Any, services: int, timeout: float) -> dict[str, Any]:
+    from lbcore.runtime.daemon import Daemon
+
+    daemon = Daemon(config)
+    started = time.monotonic()
+    await daemon.start()
+    try:
+        while time.monotonic() - started < timeout:
+            state = daemon.state
+            if state is not None and len(state.snapshot.services) >= services:
+                break
+            await asyncio.sleep(0.2)
+        synced_at = time.monotonic() - started
+        while (not daemon.endpoints_controller.synced.is_set()
+               and time.monotonic() - started < timeout):
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(2)
+        gc.collect()
+        rss_now = rss()
+        walker = Walker(stop=[daemon.config, asyncio.get_running_loop()])
+        rows = {}
+        began = time.monotonic()
+        for label, roots in holders(daemon):
+            rows[label] = walker.size(*roots())
+        return {"services": services, "synced_seconds": synced_at, "rss": rss_now,
+                "walked_bytes": sum(rows.values()), "objects": walker.objects,
+                "walk_seconds": time.monotonic() - began, "holders": rows}
+    finally:
+        await daemon.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("db", type=Path, help="a store file (a seed of programming_latency.py)")
+    p.add_argument("--services", type=int, required=True, help="services the store holds")
+    p.add_argument("--frontends", default="socket", help="comma-separated (socket only unprivileged)")
+    p.add_argument("--service-cidr", default="127.55.0.0/16")
+    p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument("--json", action="store_true", help="print one JSON line, not a table")
+    args = p.parse_args(argv)
+
+    from lbcore.runtime.config import load_config
+    from lbcore.runtime.logs import setup_logging
+
+    setup_logging("json", "warning")
+    with tempfile.TemporaryDirectory(prefix="lbcore-memprof-") as tmp:
+        data = Path(tmp) / "data"
+        data.mkdir()
+        shutil.copyfile(args.db, data / "lbcore.db")
+        frontends = [{"name": name, "options": {"workers": 1} if name == "socket" else {}}
+                     for name in args.frontends.split(",") if name]
+        path = Path(tmp) / "lbcore.yaml"
+        path.write_text(yaml.safe_dump({
+            "admin_address": "127.0.0.1:0", "data_dir": str(data),
+            "service_cidr": args.service_cidr, "node_name": "bench-node",
+            "frontends": frontends}))
+        result = asyncio.run(run(load_config(str(path)), args.services, args.timeout))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    objects = args.services * 11
+    print(f"{args.services} services, {objects - args.services} pods: synced after "
+          f"{result['synced_seconds']:.1f} s; RSS {result['rss'] / 2**20:.0f} MiB, walked "
+          f"{result['walked_bytes'] / 2**20:.0f} MiB in {result['objects']:,} Python objects "
+          f"({result['walk_seconds']:.1f} s)")
+    print("| holder | MiB | bytes per object |")
+    print("|---|---:|---:|")
+    for label, size in result["holders"].items():
+        print(f"| {label} | {size / 2**20:.1f} | {size / objects:,.0f} |")
+    print(f"| walked, in all | {result['walked_bytes'] / 2**20:.1f} | "
+          f"{result['walked_bytes'] / objects:,.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
