@@ -25,10 +25,11 @@ What it does, for each N and each frontend:
      to the ClusterIP go until the new pod answers, or until ten in a row (the pods per service;
      round robin visits every endpoint once per turn) miss the removed one, or until the new
      port answers. The time is when that connection (or that run of ten) began.
-   - nftables and iptables: ``nft monitor`` runs in the namespace; the time is when the first
-     event of the changed service reaches this process (an element with its ClusterIP for
-     ``maps``, its chain or rule comment for ``cascade`` and iptables-nft). Events are read as
-     the kernel sends them; no ruleset is dumped.
+   - nftables and iptables: a netlink socket subscribed to nf_tables events in the namespace
+     (what ``nft monitor`` reads, without its cache: see :class:`NftEvents`); the time is when
+     the first event of the changed service reaches this process (an element keyed by its
+     ClusterIP for ``maps``, its chains for ``cascade`` and iptables-nft). Events are read as
+     the kernel sends them at commit; no ruleset is dumped.
 5. **Report** p50, p99 and max per frontend and N beside kube-proxy's published figures, and
    draw them against N (``--plot``).
 
@@ -205,7 +206,7 @@ def seeded(cache: Path, services: int, log: Callable[[str], None],
 
 
 # --------------------------------------------------------------------------------------------
-# a network namespace, the daemon, nft monitor
+# a network namespace, the daemon, nf_tables events
 # --------------------------------------------------------------------------------------------
 
 
@@ -404,15 +405,59 @@ class AdminClient:
         self.conn.close()
 
 
-class NftMonitor:
-    """``nft monitor`` in a namespace; each line kept with the monotonic time it was read."""
+NETLINK_NETFILTER = 12
+NFNLGRP_NFTABLES = 7  # the multicast group of every nf_tables change (linux/netfilter/nfnetlink.h)
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+
+
+def listen_nft_events() -> None:
+    """Print every nf_tables event message of this process's network namespace as one line of
+    hex, as the kernel multicasts it when a transaction commits; ``subscribed`` first, ``lost``
+    when the socket overflowed (ENOBUFS). Run in the namespace by :class:`NftEvents`."""
+    import errno
+
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    with contextlib.suppress(OSError):  # 64 MiB: a first sync's 100,000 elements fit
+        sock.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE
+    sock.bind((0, 0))
+    sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
+    out = sys.stdout.buffer
+    out.write(b"subscribed\n")
+    out.flush()
+    while True:
+        try:
+            data = sock.recv(1 << 20)
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise
+            out.write(b"lost\n")
+        else:
+            out.write(data.hex().encode() + b"\n")
+        out.flush()
+
+
+class NftEvents:
+    """The nf_tables events of a namespace, each kept (raw) with the monotonic time it was read.
+
+    A netlink socket subscribed to ``NFNLGRP_NFTABLES`` in the namespace (``listen_nft_events``
+    in a child started with ``ip netns exec``). ``nft monitor`` would do, but before it
+    subscribes it reads the whole ruleset into its cache (29 s at 10,000 services with ``maps``
+    here: 110,000 elements), and it starts that read again whenever the ruleset's generation
+    changes meanwhile, so it never subscribed while the probe below changed the ruleset every
+    second. This socket needs no cache: it is subscribed at once, whatever the ruleset holds,
+    and the events of a change are matched on the bytes they carry (an address, a chain name).
+    """
 
     def __init__(self, netns: str):
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", netns, "stdbuf", "-oL", "nft", "monitor"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            ["ip", "netns", "exec", netns, sys.executable, str(Path(__file__).resolve()),
+             "--nft-events"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
         )
-        self.lines: list[tuple[float, str]] = []
+        self.lines: list[tuple[float, bytes]] = []
+        self.lost = 0
+        self.subscribed = threading.Event()
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -421,34 +466,42 @@ class NftMonitor:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             now = time.monotonic()
+            line = line.strip()
+            if line == b"subscribed":
+                self.subscribed.set()
+                continue
             with self._cond:
-                self.lines.append((now, line))
+                if line == b"lost":
+                    self.lost += 1
+                else:
+                    self.lines.append((now, bytes.fromhex(line.decode())))
                 self._cond.notify_all()
 
     def wait_subscribed(self, netns: str, timeout: float = 30.0) -> None:
-        """Until the monitor prints a table this process adds and deletes in the namespace."""
-        probe = "inet lbcore-bench-monitor-probe"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            start = self.mark()
-            subprocess.run(["ip", "netns", "exec", netns, "nft", f"add table {probe}; "
-                            f"delete table {probe}"], timeout=30, check=True)
-            if self.wait_for(start, ("lbcore-bench-monitor-probe",), 1.0) is not None:
-                return
-        raise RuntimeError("nft monitor printed nothing")
+        """Until the socket is subscribed and shows a table this process adds and deletes."""
+        if not self.subscribed.wait(timeout):
+            err = self.proc.stderr.read().decode() if self.proc.poll() is not None else ""
+            raise RuntimeError(f"the nf_tables event listener did not start: {err[-500:]}")
+        probe = "lbcore-bench-monitor-probe"
+        start = self.mark()
+        subprocess.run(["ip", "netns", "exec", netns, "nft", f"add table inet {probe}; "
+                        f"delete table inet {probe}"], timeout=30, check=True)
+        if self.wait_for(start, (probe.encode(),), timeout) is None:
+            raise RuntimeError("the nf_tables event listener saw no event of its probe table")
 
     def mark(self) -> int:
         with self._cond:
             return len(self.lines)
 
-    def wait_for(self, start: int, tokens: tuple[str, ...], timeout: float) -> float | None:
+    def wait_for(self, start: int, tokens: tuple[bytes, ...], timeout: float) -> float | None:
+        """The time of the first event from index ``start`` on that carries one of ``tokens``."""
         deadline = time.monotonic() + timeout
         i = start
         with self._cond:
             while True:
                 while i < len(self.lines):
-                    at, line = self.lines[i]
-                    if any(t in line for t in tokens):
+                    at, data = self.lines[i]
+                    if any(t in data for t in tokens):
                         return at
                     i += 1
                 left = deadline - time.monotonic()
@@ -596,9 +649,9 @@ class SocketObserver:
 
 
 class KernelObserver:
-    """The first ``nft monitor`` event of the changed service after the write."""
+    """The first nf_tables event of the changed service after the write."""
 
-    def __init__(self, monitor: NftMonitor, frontend: str, cluster_ips: dict[int, str]):
+    def __init__(self, monitor: NftEvents, frontend: str, cluster_ips: dict[int, str]):
         self.monitor = monitor
         self.frontend = frontend
         self.cluster_ips = cluster_ips
@@ -607,17 +660,18 @@ class KernelObserver:
     def before_write(self) -> None:
         self.start = self.monitor.mark()
 
-    def tokens(self, change: Change) -> tuple[str, ...]:
+    def tokens(self, change: Change) -> tuple[bytes, ...]:
         name = service_name(change.service)
         if self.frontend == "nftables-maps":
-            return (f" {self.cluster_ips[change.service]} . ",)
+            # the key of its elements in service-ips and service-endpoints begins with it
+            return (socket.inet_aton(self.cluster_ips[change.service]),)
         if self.frontend == "nftables-cascade":
-            return (f"/{name}/",)
-        # iptables-nft: nft monitor prints no comments; the service chain's name is
-        # LBCORE-SVC- + XXH3-64 of "namespace/name:port-name/protocol" (plugins/.../iptables.py)
+            return (f"/{name}/".encode(),)  # its chains, service-<hash>-default/<name>/...
+        # iptables-nft: the service chain's name is LBCORE-SVC- + XXH3-64 of
+        # "namespace/name:port-name/protocol" (plugins/lbcore_plugins/iptables.py)
         from lbcore import hash64
 
-        return (f"LBCORE-SVC-{hash64(f'default/{name}:http/tcp'):016X}",)
+        return (f"LBCORE-SVC-{hash64(f'default/{name}:http/tcp'):016X}".encode(),)
 
     def observe(self, change: Change, acked: float, timeout: float) -> float | None:
         return self.monitor.wait_for(self.start, self.tokens(change), timeout)
@@ -738,7 +792,7 @@ def run_latency(frontend: str, seed: Seed, args: argparse.Namespace, workdir: Pa
         client = AdminClient(daemon.url)
         stack.callback(client.close)
         if netns is not None:
-            monitor = NftMonitor(netns)
+            monitor = NftEvents(netns)
             stack.callback(monitor.stop)
             monitor.wait_subscribed(netns)
             observer: Any = KernelObserver(monitor, frontend, cluster_ips)
@@ -1075,6 +1129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "run's in --plot")
     p.add_argument("--profile-daemon", nargs=2, metavar=("CONFIG", "SERVICES"),
                    help=argparse.SUPPRESS)
+    p.add_argument("--nft-events", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         if args.services == p.get_default("services"):
@@ -1093,6 +1148,9 @@ def _exit_on_signal(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_signal)
+    if args.nft_events:
+        listen_nft_events()
+        return 0
     if args.profile_daemon:
         profile_in_process(args.profile_daemon[0], int(args.profile_daemon[1]),
                            args.start_timeout)

@@ -6,12 +6,15 @@ Sources call :meth:`ClusterState.upsert`, :meth:`~ClusterState.delete` and
 source) and asks for a sync. What a source gives was admitted already, by the embedded store or
 by a Kubernetes API server, so it is only parsed (:func:`lbcore.model.objects.parse_admitted`),
 never validated again: lbcore never drops what the server accepted. An object that cannot be
-read at all is logged with its name, counted, and skipped; the others go on. The sync loop runs like kube-proxy's bounded-frequency runner: a
-request runs at once when the previous sync that carried a change is at least
-``min_sync_period`` old, otherwise it waits for that moment, and every request made meanwhile
-joins the same sync. A burst of 1,000 events therefore makes one sync. An event that changes no
-service (a pod whose service takes its endpoints from EndpointSlices) asks for no sync, and a
-sync that hands no frontend a change does not start the clock.
+read at all is logged with its name, counted, and skipped; the others go on. The sync loop runs like kube-proxy's bounded-frequency runner: syncs
+that carry a change are paid for from a bucket of ``burst_syncs`` tokens (2, as kube-proxy's
+``burstSyncs``) that regains one token per ``min_sync_period``. A request runs at once while
+the bucket holds a token, otherwise it waits for the next one, and every request made meanwhile
+joins the same sync. So a change after a quiet moment never waits (even one that comes soon
+after the previous sync), the syncs of a steady stream are ``min_sync_period`` apart on
+average, and a burst of 1,000 events makes one sync. An event that changes no service (a pod
+whose service takes its endpoints from EndpointSlices) asks for no sync, and a sync that hands
+no frontend a change takes no token.
 
 A sync takes one snapshot and gives it to every frontend with the services that changed since
 that frontend's last successful sync. A frontend that raises is retried with exponential backoff
@@ -170,6 +173,7 @@ class ClusterState(SourceSink):
         node_name: str = "localhost",
         node_addresses: tuple[str, ...] = (),
         min_sync_period: float = 0.2,
+        burst_syncs: int = 2,
         backoff_initial: float = 1.0,
         backoff_max: float = 60.0,
         metrics: SyncMetrics | None = None,
@@ -187,6 +191,9 @@ class ClusterState(SourceSink):
         self.node_name = node_name
         self.node_addresses = tuple(node_addresses)
         self.min_sync_period = min_sync_period
+        if burst_syncs < 1:
+            raise ValueError(f"burst_syncs: {burst_syncs!r} must be at least 1")
+        self.burst_syncs = burst_syncs
         self.check_period = check_period
         self.resync_period = resync_period
         self.backoff_initial = backoff_initial
@@ -204,7 +211,9 @@ class ClusterState(SourceSink):
         self._keys: dict[str, dict[tuple[str, str], str]] = {k.kind: {} for k in KINDS}
         self._version = 0
         self._requested = asyncio.Event()
-        self._last_sync_at: float | None = None
+        # the bucket the syncs that carry a change are paid from (see the module docstring)
+        self._tokens = float(burst_syncs)
+        self._tokens_at = clock()
         self.snapshot = Snapshot(node_name=node_name, node_addresses=self.node_addresses)
         self.syncs = 0
         self.events = 0
@@ -272,19 +281,31 @@ class ClusterState(SourceSink):
         self._requested.set()
 
     async def run(self) -> None:
-        """Sync on request, at most once per ``min_sync_period``, retrying failed frontends."""
+        """Sync on request, once per ``min_sync_period`` on average with bursts of
+        ``burst_syncs``, retrying failed frontends."""
         try:
             while True:
                 await self._wait_for_work()
-                if self._last_sync_at is not None:
-                    delay = self._last_sync_at + self.min_sync_period - self._clock()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
+                tokens = self._refill()
+                if tokens < 1:
+                    await asyncio.sleep((1 - tokens) * self.min_sync_period)
                 self._requested.clear()
                 await self.sync()
         finally:
             if self._own_executor:
                 self._executor.shutdown(wait=False)
+
+    def _refill(self) -> float:
+        """The tokens in the bucket now (one more per ``min_sync_period`` since the last look,
+        up to ``burst_syncs``)."""
+        now = self._clock()
+        if self.min_sync_period <= 0:
+            self._tokens = float(self.burst_syncs)
+        else:
+            gained = (now - self._tokens_at) / self.min_sync_period
+            self._tokens = min(float(self.burst_syncs), self._tokens + max(0.0, gained))
+        self._tokens_at = now
+        return self._tokens
 
     async def _wait_for_work(self) -> None:
         retries = [h.retry_at for h in self._health.values() if h.retry_at is not None]
@@ -316,9 +337,9 @@ class ClusterState(SourceSink):
                 # first sync, or a recovery after a failure that may have left things half done
                 health.pending |= snapshot.services | previous.services
             todo = frozenset(health.pending)
-            if todo:
-                # only a sync that hands a frontend some change holds the next one back
-                self._last_sync_at = started
+            if todo and not handed:
+                # only a sync that hands a frontend some change takes a token
+                self._tokens = max(0.0, self._refill() - 1)
                 handed = True
             try:
                 await loop.run_in_executor(self._executor, frontend.sync, snapshot, todo)

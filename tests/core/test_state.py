@@ -230,6 +230,71 @@ def test_a_change_that_reaches_no_frontend_does_not_hold_back_the_next_sync():
     asyncio.run(_run(state, body))
 
 
+def _bucket_run(steps) -> None:
+    """Run ``steps(frontend, now, sync_once)`` on a state whose clock is ``now[0]`` and whose
+    ``min_sync_period`` no test waits for (600 s: a sync held back by it does not come before the
+    test ends). ``sync_once(ips)`` writes a slice of ``ips`` for the service and waits for its
+    sync; ``held_back(ips, count)`` writes one and finds the frontend still at ``count`` syncs
+    after a few turns of the loop (a sync that may run has run by then)."""
+    frontend = RecordingFrontend()
+    now = [0.0]
+    state = make_state(frontend, min_sync_period=600.0, clock=lambda: now[0])
+
+    async def sync_once(*ips: str) -> None:
+        count = len(frontend.calls)
+        state.upsert(endpoint_slice(*ips) if ips else service())
+        await _until(lambda: len(frontend.calls) == count + 1)
+
+    async def held_back(ips: tuple[str, ...], count: int) -> None:
+        state.upsert(endpoint_slice(*ips))
+        for _ in range(10):
+            await asyncio.sleep(0.005)
+        assert len(frontend.calls) == count
+
+    async def body():
+        await sync_once()
+        await steps(frontend, now, sync_once, held_back)
+
+    asyncio.run(_run(state, body))
+
+
+def test_a_change_soon_after_a_sync_is_paid_by_the_second_token_and_a_third_waits():
+    """kube-proxy's bounded-frequency runner: two tokens, so no change waits after a quiet
+    moment, even one that comes right after the previous sync."""
+
+    async def steps(frontend, now, sync_once, held_back):
+        await sync_once("10.0.0.1")  # no time has passed: the second token pays for it
+        assert frontend.calls[1][2] == {"default/web"}
+        await held_back(("10.0.0.2",), 2)
+
+    _bucket_run(steps)
+
+
+def test_the_bucket_regains_one_token_per_period_and_holds_two_at_most():
+    async def steps(frontend, now, sync_once, held_back):
+        await sync_once("10.0.0.1")
+        now[0] = 600.0  # one period: one token back
+        await sync_once("10.0.0.1", "10.0.0.2")
+        assert len(frontend.calls[2][1].service_ports["default/web:"].endpoints) == 2
+        await held_back(("10.0.0.3",), 3)
+
+    _bucket_run(steps)
+
+    async def quiet(frontend, now, sync_once, held_back):
+        now[0] = 1e6  # a long quiet time fills the bucket to two tokens, not more
+        await sync_once("10.0.0.1")
+        await sync_once("10.0.0.2")
+        await held_back(("10.0.0.3",), 3)
+
+    _bucket_run(quiet)
+
+
+def test_burst_syncs_must_be_at_least_one():
+    assert make_state(RecordingFrontend()).burst_syncs == 2  # kube-proxy's burstSyncs
+    with pytest.raises(ValueError, match="burst_syncs: 0 must be at least 1"):
+        make_state(RecordingFrontend(), burst_syncs=0)
+
+
 def test_replace_removes_what_the_new_list_lacks_and_delete_removes_one():
     frontend = RecordingFrontend()
     state = make_state(frontend, min_sync_period=0.0)
