@@ -226,7 +226,11 @@ def run(duration: int, connections: int, workers: int, rounds: int,
         results = {name: median(r) for name, r in runs.items()}
         stats = fe.stats()
         results["lbcore"].errors += "".join(
-            f"; {k}={stats[k]}" for k in ("bad_gateway", "unavailable", "tls_failures") if stats[k])
+            f"; {k}={stats[k]}" for k in ("bad_gateway", "unavailable", "tls_failures",
+                                          "backend_tls_failures") if stats[k])
+        print(f"lbcore's TLS counters: {stats['tls_handshakes']} handshakes, "
+              f"{stats['tls_failures']} failures, {stats['tls_aborted']} cut by the client "
+              "before their end (wrk's connections when a timed run stops)", flush=True)
     return results
 
 

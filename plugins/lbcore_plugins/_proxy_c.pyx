@@ -1972,7 +1972,9 @@ cdef class Engine:
             "http": [rule, ...], "https": [rule, ...], "passthrough": rule or None}``, rules in
             match order, each ``{"path": "/app", "match": "Prefix" | "Exact", "redirect":
             bool, "reencrypt": bool, "destination_ca": PEM, "backends": [(service port key,
-            weight 0..256), ...]}``; service port keys are those of ``set_service``.
+            weight 0..256[, verify host]), ...]}``; service port keys are those of
+            ``set_service``; a reencrypt backend's verify host is the name its pods'
+            certificates must carry (besides chaining to ``destination_ca``).
         :param default_certificate: ``(chain PEM, key PEM)`` an HTTPS listener presents when
             the SNI names no host with a certificate of its own.
         :raises ConfigError: an unknown service port, a bad weight, a certificate or key that

@@ -46,8 +46,9 @@ cdef extern from "picohttpparser/picohttpparser.c" nogil:
     ssize_t phr_decode_chunked(phr_chunked_decoder* decoder, char* buf, size_t* bufsz)
 
 
-cdef extern from "<openssl/err.h>":
-    pass
+cdef extern from "<openssl/err.h>" nogil:
+    unsigned long ERR_peek_error()
+    int ERR_GET_REASON(unsigned long e)
 
 cdef extern from "<openssl/pem.h>":
     pass
@@ -74,6 +75,9 @@ cdef extern from "<openssl/ssl.h>" nogil:
         SSL_ERROR_WANT_READ
         SSL_ERROR_WANT_WRITE
         SSL_ERROR_ZERO_RETURN
+        SSL_ERROR_SYSCALL
+        SSL_ERROR_SSL
+        SSL_R_UNEXPECTED_EOF_WHILE_READING
         SSL_MODE_ENABLE_PARTIAL_WRITE
         SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
         SSL_MODE_RELEASE_BUFFERS
@@ -122,6 +126,8 @@ cdef extern from "<openssl/ssl.h>" nogil:
     int SSL_set_app_data(SSL* ssl, void* arg)
     void* SSL_get_app_data(const SSL* ssl)
     long SSL_set_tlsext_host_name(SSL* ssl, const char* name)
+    int SSL_set1_host(SSL* ssl, const char* hostname)
+    int SSL_CTX_up_ref(SSL_CTX* ctx)
     const char* SSL_get_version(const SSL* ssl)
     X509* PEM_read_bio_X509(BIO* bp, X509** x, void* cb, void* u)
     EVP_PKEY* PEM_read_bio_PrivateKey(BIO* bp, EVP_PKEY** x, void* cb, void* u)
@@ -165,6 +171,7 @@ cdef enum:
 cdef struct RBackend:
     Service* svc         # one reference
     int weight
+    char* verify_host    # reencrypt: the name the pod's certificate must carry (owned), or NULL
 
 cdef struct RRule:
     char* path
@@ -213,6 +220,7 @@ cdef void rules_free(RRule* rules, int n) noexcept nogil:
         for k in range(rules[j].nbackends):
             if rules[j].backends[k].svc != NULL:
                 svc_decref(rules[j].backends[k].svc)
+            free(rules[j].backends[k].verify_host)
         free(rules[j].backends)
         free(rules[j].path)
         if rules[j].dest_ctx != NULL:
@@ -385,12 +393,15 @@ cdef enum:
     HC_TLS_FAILURES = 13
     HC_PASSTHROUGH = 14
     HC_CLIENTS = 15
-    HC_N = 16
+    HC_TLS_ABORTED = 16
+    HC_BACKEND_TLS_FAILURES = 17
+    HC_N = 18
 
 HTTP_COUNTERS = (
     "requests", "responses", "not_found", "unavailable", "bad_requests", "too_large",
     "redirects", "backend_connects", "backend_reuses", "retries", "bad_gateway", "timeouts",
-    "tls_handshakes", "tls_failures", "passthrough", "clients",
+    "tls_handshakes", "tls_failures", "passthrough", "clients", "tls_aborted",
+    "backend_tls_failures",
 )
 
 
@@ -453,6 +464,7 @@ cdef struct HConn:
     RTable* table        # a reference, while a request is routed on it
     RRule* rule
     Service* svc         # the service of the current request (borrowed from ``table``)
+    const char* verify_host  # reencrypt: the name its pod's certificate must carry (borrowed)
     Endpoint* picked     # one reference and one live connection (ep_release)
     HBack* b
     Endpoint* tried[8]
@@ -510,7 +522,7 @@ cdef struct HttpWorker:
     uint64_t rng
     SSL_CTX* probe_ctx
     phr_header headers[100]
-    unsigned long long counters[16]
+    unsigned long long counters[18]
 
 
 cdef inline uint64_t next_random(HttpWorker* hw) noexcept nogil:
@@ -714,6 +726,9 @@ cdef void back_close(HttpWorker* hw, Worker* w, HBack* b) noexcept nogil:
     if b.ssl != NULL:
         SSL_free(b.ssl)
         b.ssl = NULL
+    if b.ctx != NULL:
+        SSL_CTX_free(b.ctx)
+        b.ctx = NULL
     close(b.fd)
     b.fd = -1
     b.owner = NULL
@@ -762,6 +777,7 @@ cdef void request_release(HttpWorker* hw, HConn* c) noexcept nogil:
         ep_release(c.svc, c.picked)
         c.picked = NULL
     c.svc = NULL
+    c.verify_host = NULL
     c.rule = NULL
     if c.table != NULL:
         table_decref(c.table)
@@ -1010,9 +1026,9 @@ cdef RRule* choose_rule(RTable* t, bint https, const char* host, int hlen, const
     return NULL
 
 
-cdef Service* choose_service(HttpWorker* hw, RRule* r) noexcept nogil:
+cdef Service* choose_service(HttpWorker* hw, RRule* r, const char** verify_host) noexcept nogil:
     """A service of the rule by weight (``to`` and ``alternateBackends``), among those with an
-    endpoint to pick; NULL when none has."""
+    endpoint to pick; NULL when none has. ``verify_host``: that backend's name to verify."""
     cdef int i, total = 0
     cdef long long x
     for i in range(r.nbackends):
@@ -1025,6 +1041,7 @@ cdef Service* choose_service(HttpWorker* hw, RRule* r) noexcept nogil:
         if r.backends[i].weight > 0 and lb_atomic_load(&r.backends[i].svc.npicks) > 0:
             x -= r.backends[i].weight
             if x < 0:
+                verify_host[0] = r.backends[i].verify_host
                 return r.backends[i].svc
     return NULL
 
@@ -1212,7 +1229,7 @@ cdef int start_request(HttpWorker* hw, Worker* w, HConn* c, int head_len, const 
     # be sent again on another connection
     move_body(hw, c)
     c.replayable = c.req_done
-    c.svc = choose_service(hw, r)
+    c.svc = choose_service(hw, r, &c.verify_host)
     if c.svc == NULL:
         answer(hw, c, 503, "no endpoint available for this route\n", NULL, 0)
         return 1
@@ -1322,6 +1339,8 @@ cdef void backend_for(HttpWorker* hw, Worker* w, HConn* c) noexcept nogil:
         b.ep = ep
         ep_incref(ep)
         b.ctx = ctx
+        if ctx != NULL:
+            SSL_CTX_up_ref(ctx)  # a pool key while the connection lives: never a reused address
         b.owner = c
         b.since = w.now
         b.connect_iter = w.iter
@@ -1376,7 +1395,8 @@ cdef void backend_opened(HttpWorker* hw, Worker* w, HConn* c) noexcept nogil:
     cdef HBack* b = c.b
     if b.ctx != NULL and b.ssl == NULL:
         b.ssl = SSL_new(b.ctx)
-        if not ssl_attach(b.ssl, b):
+        if not ssl_attach(b.ssl, b) or (c.verify_host != NULL
+                                        and SSL_set1_host(b.ssl, c.verify_host) != 1):
             ERR_clear_error()
             if backend_lost(hw, w, c, True):
                 backend_for(hw, w, c)
@@ -1402,7 +1422,7 @@ cdef bint backend_handshake(HttpWorker* hw, Worker* w, HConn* c) noexcept nogil:
     ERR_clear_error()
     if e == SSL_ERROR_WANT_READ or e == SSL_ERROR_WANT_WRITE:
         return False
-    hw.counters[HC_TLS_FAILURES] += 1
+    hw.counters[HC_BACKEND_TLS_FAILURES] += 1
     if backend_lost(hw, w, c, True):
         backend_for(hw, w, c)
     return False
@@ -1799,6 +1819,16 @@ cdef int read_head(HttpWorker* hw, Worker* w, HConn* c) noexcept nogil:
         return 0
 
 
+cdef inline bint peer_went_away(int e) noexcept nogil:
+    """Whether a failed handshake's error (SSL_get_error, before ERR_clear_error) is the peer
+    closing or resetting its connection, not a TLS failure: the end of the stream (OpenSSL 3
+    reports it as an unexpected EOF) or a socket error."""
+    if e == SSL_ERROR_SYSCALL or e == SSL_ERROR_ZERO_RETURN:
+        return True
+    return e == SSL_ERROR_SSL and \
+        ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING
+
+
 cdef int client_handshake(HttpWorker* hw, Worker* w, HConn* c) noexcept nogil:
     cdef int r = SSL_do_handshake(c.ssl)
     cdef int e
@@ -1808,10 +1838,11 @@ cdef int client_handshake(HttpWorker* hw, Worker* w, HConn* c) noexcept nogil:
         c.ready = READABLE  # OpenSSL may hold bytes of the first request already
         return 1
     e = SSL_get_error(c.ssl, r)
-    ERR_clear_error()
     if e == SSL_ERROR_WANT_READ or e == SSL_ERROR_WANT_WRITE:
+        ERR_clear_error()
         return 0
-    hw.counters[HC_TLS_FAILURES] += 1
+    hw.counters[HC_TLS_ABORTED if peer_went_away(e) else HC_TLS_FAILURES] += 1
+    ERR_clear_error()
     hconn_close(hw, w, c)
     return 0
 
@@ -1877,7 +1908,7 @@ cdef int peek_hello(HttpWorker* hw, Worker* w, HConn* c) noexcept nogil:
     c.rule = r
     c.req_done = 1
     c.keep = 0
-    c.svc = choose_service(hw, r)
+    c.svc = choose_service(hw, r, &c.verify_host)
     hw.counters[HC_PASSTHROUGH] += 1
     c.ubuf = buf_get(hw)
     c.dbuf = buf_get(hw)
@@ -2460,7 +2491,9 @@ cdef RRule* build_rules(list rules, dict services, str where) except? NULL:
             r.backends = <RBackend*>calloc(len(backends) + 1, sizeof(RBackend))
             if r.backends == NULL:
                 raise MemoryError()
-            for k, (svc_key, weight) in enumerate(backends):
+            for k, backend in enumerate(backends):
+                svc_key, weight = backend[0], backend[1]
+                verify = backend[2].encode("ascii") if len(backend) > 2 and backend[2] else b""
                 sp = services.get(svc_key, 0)
                 if sp == 0:
                     raise ConfigError(f"{where}[{rule.get('path')!r}].backends: service port "
@@ -2472,6 +2505,11 @@ cdef RRule* build_rules(list rules, dict services, str where) except? NULL:
                 lb_atomic_add(&(<Service*>sp).refs, 1)
                 r.backends[k].weight = weight
                 r.nbackends = k + 1
+                if verify:
+                    r.backends[k].verify_host = <char*>malloc(len(verify) + 1)
+                    if r.backends[k].verify_host == NULL:
+                        raise MemoryError()
+                    memcpy(r.backends[k].verify_host, <const char*>verify, len(verify) + 1)
     except BaseException:
         rules_free(out, len(rules))
         raise

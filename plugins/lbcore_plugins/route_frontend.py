@@ -49,6 +49,7 @@ ROUTE_OPTIONS: dict[str, Any] = {
     "pool_max_idle": 1024,
     "default_certificate": "",
     "default_key": "",
+    "default_destination_ca": "",
     "ingress_class": "lbcore",
     "tls_session_resumption": True,
 }
@@ -83,26 +84,41 @@ def route_options(options: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def engine_routes(table: RoutingTable) -> tuple[list[dict[str, Any]], dict[str, Rows],
-                                               dict[str, float]]:
+def service_host(service: str) -> str:
+    """The DNS name of service ``namespace/name`` inside the cluster: ``name.namespace.svc``."""
+    namespace, _, name = service.partition("/")
+    return f"{name}.{namespace}.svc"
+
+
+def engine_routes(table: RoutingTable, default_destination_ca: bytes = b""
+                  ) -> tuple[list[dict[str, Any]], dict[str, Rows], dict[str, float]]:
     """The engine's view of ``table``: its hosts as plain data (``Engine.set_routes``), the
     endpoint rows of every routed service port, and the ClientIP affinity seconds of those that
     ask for it. A backend whose service or port does not exist is left out (its rule then
-    answers 503)."""
+    answers 503).
+
+    Reencrypt, as OpenShift's router verifies the pod: a route with a
+    ``destinationCACertificate`` trusts the pods that chain to it, whatever name their
+    certificate carries; a route without one, when ``default_destination_ca`` is given (the
+    cluster's service CA), trusts the pods that chain to that CA and whose certificate names
+    the service (``name.namespace.svc``); with neither, the system's trust store."""
     tables: dict[str, Rows] = {}
     affinity: dict[str, float] = {}
 
     def rule(r: Any) -> dict[str, Any]:
-        backends = []
+        backends: list[tuple[str, int] | tuple[str, int, str]] = []
+        by_service = r.reencrypt and not r.destination_ca and bool(default_destination_ca)
         for b in r.backends:
             if not b.port_key:
                 continue
             tables[b.port_key] = tuple((e.ip, e.port, max(e.weight, 0), True) for e in b.endpoints)
             if b.session_affinity == "ClientIP":
                 affinity[b.port_key] = float(b.affinity_timeout)
-            backends.append((b.port_key, b.weight))
+            backends.append((b.port_key, b.weight, service_host(b.service)) if by_service
+                            else (b.port_key, b.weight))
         return {"path": r.path, "match": r.match, "redirect": r.redirect,
-                "reencrypt": r.reencrypt, "destination_ca": r.destination_ca,
+                "reencrypt": r.reencrypt,
+                "destination_ca": default_destination_ca if by_service else r.destination_ca,
                 "backends": backends}
 
     hosts = []
@@ -133,6 +149,7 @@ class RouteFrontend(Frontend):
         self._hosts: list[dict[str, Any]] | None = None
         self._listeners: dict[str, tuple[str, int]] = {}
         self._default_certificate: tuple[bytes, bytes] | None = None
+        self._default_destination_ca = b""
         self.table: RoutingTable | None = None
 
     def start(self) -> None:
@@ -150,6 +167,14 @@ class RouteFrontend(Frontend):
                                              Path(opts["default_key"]).read_bytes())
             except OSError as exc:
                 raise ConfigError(f"default_certificate: {exc}") from None
+        if opts["default_destination_ca"]:
+            try:
+                self._default_destination_ca = Path(opts["default_destination_ca"]).read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"default_destination_ca: {exc}") from None
+            if b"-----BEGIN CERTIFICATE-----" not in self._default_destination_ca:
+                raise ConfigError(f"default_destination_ca: {opts['default_destination_ca']!r} "
+                                  "holds no PEM certificate")
         raise_open_files_limit()
         engine = Engine(**self.settings.engine_kwargs())
         engine.configure_http(
@@ -198,7 +223,7 @@ class RouteFrontend(Frontend):
         if self.engine is None:
             self.start()
         table = routing_table(snapshot, self.route_settings["ingress_class"])
-        hosts, tables, affinity = engine_routes(table)
+        hosts, tables, affinity = engine_routes(table, self._default_destination_ca)
         opts = self.settings
         for key, rows in tables.items():
             state = (rows, affinity.get(key, 0.0))

@@ -8,6 +8,7 @@ import http.client
 import json
 import socket
 import ssl
+import struct
 
 import pytest
 from route_helpers import get, https_get, make_pair, route, tls_client
@@ -139,3 +140,115 @@ def test_sessions_resume_unless_resumption_is_off(make_cluster, pods) -> None:
         second = ctx.wrap_socket(raw, server_hostname="www.example.com", session=session)
         assert second.session_reused is resumption
         second.close()
+
+
+def signed_pair(ca_dir, name: str) -> tuple[tuple[str, str], str]:
+    """A certificate for ``name`` signed by the CA kept in ``ca_dir`` (made on first use), its
+    key, and that CA's certificate."""
+    from lbcore.runtime.tls import generate_certificates
+
+    cert, key, ca = generate_certificates(ca_dir, [name])
+    return (cert.read_text(), key.read_text()), ca.decode()
+
+
+def test_reencrypt_with_the_service_ca_verifies_the_service_name(make_cluster, pods, tmp_path) -> None:
+    right, ca = signed_pair(tmp_path, "web.shop.svc")
+    wrong, _ = signed_pair(tmp_path, "db.shop.svc")  # the same CA, another service's name
+    (tmp_path / "service-ca.pem").write_text(ca)
+    cluster = make_cluster(default_destination_ca=str(tmp_path / "service-ca.pem"))
+    www = make_pair("www.example.com", "api.example.com")
+    cluster.serve("web", pods("web-0", cert=right))
+    cluster.serve("api", pods("api-0", cert=wrong))
+    reencrypt = {**edge(www), "termination": "reencrypt"}  # no destinationCACertificate
+    cluster.apply(route("web", "www.example.com", "web", tls=reencrypt),
+                  route("api", "api.example.com", "api", tls=reencrypt))
+    _, https = ports(cluster)
+    status, _, body, _ = https_get(https, "www.example.com", tls_client(www[0]))
+    assert status == 200 and json.loads(body)["backend"] == "web-0"
+    # api's pod chains to the service CA but names db.shop.svc, not api.shop.svc: refused
+    assert https_get(https, "api.example.com", tls_client(www[0]))[0] == 503
+    assert cluster.frontend.stats()["backend_tls_failures"] >= 1
+    # a route that gives its destinationCACertificate trusts what chains to it, whatever the
+    # name (as OpenShift's router, which checks the service name only with its service CA)
+    cluster.apply(route("api", "api.example.com", "api",
+                        tls={**reencrypt, "destinationCACertificate": ca}))
+    status, _, body, _ = https_get(https, "api.example.com", tls_client(www[0]))
+    assert status == 200 and json.loads(body)["backend"] == "api-0"
+
+
+def test_reencrypt_keeps_its_pod_connections_for_the_next_requests(cluster, pods) -> None:
+    pod_cert, www = make_pair("web.shop.svc"), make_pair("www.example.com")
+    (pod,) = pods("web-0", cert=pod_cert)
+    cluster.serve("web", [pod])
+    cluster.apply(route("web", "www.example.com", "web",
+                        tls={**edge(www), "termination": "reencrypt",
+                             "destinationCACertificate": pod_cert[0]}))
+    _, https = ports(cluster)
+    client = tls_client(www[0]).wrap_socket(
+        socket.create_connection(("127.0.0.1", https), timeout=10), server_hostname="www.example.com")
+    for _ in range(40):
+        client.sendall(b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+        r = http.client.HTTPResponse(client)
+        r.begin()
+        assert r.status == 200 and json.loads(r.read())["backend"] == "web-0"
+    client.close()
+    # one client connection, a request at a time: one TLS connection to the pod carries all
+    assert pod.requests == 40
+    assert pod.accepted == 1
+    assert cluster.frontend.stats()["backend_reuses"] >= 39
+
+
+def client_hello(host: str) -> bytes:
+    """The bytes of a TLS ClientHello for ``host``, as a client's first flight."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = tls_client(None).wrap_bio(incoming, outgoing, server_hostname=host)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def wait_for(stats, keys: tuple[str, ...], want: dict[str, int]) -> dict[str, int]:
+    """The frontend's counters ``keys`` once they reach ``want`` (polled a bounded number of
+    times), or as they are at the last poll."""
+    import time
+
+    for _ in range(200):
+        now = {k: stats()[k] for k in keys}
+        if all(now[k] >= v for k, v in want.items()):
+            return now
+        time.sleep(0.02)
+    return now
+
+
+def test_clients_gone_mid_handshake_are_counted_apart_from_tls_failures(cluster, pods) -> None:
+    cluster.serve("web", pods("web-0"))
+    www = make_pair("www.example.com")
+    cluster.apply(route("web", "www.example.com", "web", tls=edge(www)))
+    _, https = ports(cluster)
+    stats = cluster.frontend.stats
+    keys = ("tls_aborted", "tls_failures", "tls_handshakes")
+    before = {k: stats()[k] for k in keys}
+    # as a load generator's connections cut at the end of its run: a ClientHello, then the
+    # close (or a reset) before the handshake ends; and a connection closed before any byte
+    hello = client_hello("www.example.com")
+    for reset in (False, False, True, True):
+        s = socket.create_connection(("127.0.0.1", https), timeout=10)
+        s.sendall(hello)
+        if reset:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    socket.create_connection(("127.0.0.1", https), timeout=10).close()
+    after = wait_for(stats, keys, {"tls_aborted": before["tls_aborted"] + 5})
+    assert after["tls_aborted"] - before["tls_aborted"] == 5
+    assert after["tls_failures"] == before["tls_failures"]
+    # real failures: plain HTTP on the TLS port, and a client that refuses the certificate
+    s = socket.create_connection(("127.0.0.1", https), timeout=10)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+    s.recv(100)
+    s.close()
+    with pytest.raises(ssl.SSLCertVerificationError):
+        https_get(https, "www.example.com", tls_client(make_pair("www.example.com")[0]))
+    after = wait_for(stats, keys, {"tls_failures": before["tls_failures"] + 2})
+    assert after["tls_failures"] - before["tls_failures"] == 2
+    assert after["tls_aborted"] - before["tls_aborted"] == 5
+    assert after["tls_handshakes"] == before["tls_handshakes"]
