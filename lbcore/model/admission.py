@@ -170,10 +170,11 @@ def admit(new: Mapping[str, Any], old: Mapping[str, Any] | None,
     :raises ValidationError: every problem of the object, or a changed ClusterIP.
     :raises AllocationInvalid: a ClusterIP or NodePort that cannot be given (nothing is held).
     """
-    body = copy.deepcopy(dict(new))
+    body = new
     if old is not None and body.get("kind") == "Service":
+        body = copy.deepcopy(dict(new))
         keep_allocated(body, old)
-    obj = defaulted(body)
+    obj = defaulted(body)  # a copy: nothing below changes ``new``
     check(obj)
     if old is not None and obj["kind"] == "Service":
         _check_immutable(obj, old)
@@ -200,7 +201,8 @@ def for_subresource(new: Mapping[str, Any], old: Mapping[str, Any],
     - ``status`` keeps everything stored but the ``status`` (spec, labels, annotations), and
       takes ``metadata.resourceVersion`` and ``uid`` from ``new`` as preconditions.
 
-    Kinds without the subresource are written as given.
+    Kinds without the subresource are written as given. The result shares values with ``new``
+    and ``old`` below its top and its ``metadata``: it is for :func:`admit`, which copies.
 
     :raises LookupError: a subresource the kind does not have.
     """
@@ -214,19 +216,19 @@ def for_subresource(new: Mapping[str, Any], old: Mapping[str, Any],
     if subresource is None:
         result = dict(new)
         if "status" in old:
-            result["status"] = copy.deepcopy(old["status"])
+            result["status"] = old["status"]
         else:
             result.pop("status", None)
         return result
-    result = copy.deepcopy(dict(old))
+    result = dict(old)
     if "status" in new:
-        result["status"] = copy.deepcopy(new["status"])
+        result["status"] = new["status"]
     else:
         result.pop("status", None)
     given: Mapping[str, Any] = new.get("metadata") or {}
     if not isinstance(given, Mapping):
         given = {}
-    meta = result["metadata"]
+    meta = result["metadata"] = dict(old["metadata"])
     meta.pop("resourceVersion", None)
     for key in ("resourceVersion", "uid"):
         if given.get(key):

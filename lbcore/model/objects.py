@@ -100,6 +100,13 @@ def format_timestamp(value: _dt.datetime) -> str:
 
 def _plain(value: Any) -> Any:
     """A deep copy with YAML's datetimes turned back into RFC 3339 strings (JSON-safe)."""
+    cls = type(value)
+    if cls is str or cls is int or cls is bool or value is None:
+        return value
+    if cls is dict:  # what JSON gives, without the slower checks below
+        return {k if type(k) is str else str(k): _plain(v) for k, v in value.items()}
+    if cls is list:
+        return [_plain(v) for v in value]
     if isinstance(value, Mapping):
         return {str(k) if not isinstance(k, str) else k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -37,6 +37,7 @@ from lbcore.model.patch import (
     merge_patch,
     strategic_merge_patch,
 )
+from lbcore.runtime import jsontext
 from lbcore.runtime.store import (
     BadRequest,
     Gone,
@@ -698,8 +699,13 @@ class _AdminAPI:
             return await asyncio.to_thread(parse_body, data, content_type)
         return parse_body(data, content_type)
 
-    def _object(self, request: web.Request, body: Any, kind: str) -> dict[str, Any]:
-        """The body as an object of ``kind`` in the URL's namespace (and name, for PUT)."""
+    def _object(self, request: web.Request, body: Any, kind: str,
+                fields_checked: bool = False) -> dict[str, Any]:
+        """The body as an object of ``kind`` in the URL's namespace (and name, for PUT).
+
+        :param fields_checked: its unknown and duplicate fields were handled already (a merge
+            patch's own fields, before it was applied to the stored object, which has none).
+        """
         if not isinstance(body, dict):
             raise BadRequest(f"body: expected a {kind} object, got {type(body).__name__}")
         body.setdefault("kind", kind)
@@ -729,7 +735,8 @@ class _AdminAPI:
                 f"metadata.name: the name of the object ({meta['name']}) does not match the "
                 f"name on the URL ({name})"
             )
-        self._validate_fields(request, body, served)
+        if not fields_checked:
+            self._validate_fields(request, body, served)
         return body
 
     @staticmethod
@@ -878,14 +885,20 @@ class _AdminAPI:
                     for chunk in initial:
                         await response.write(chunk)
                     del initial
-                    async for event in watcher:
-                        if fields is not None and event["type"] not in (
-                            "BOOKMARK", "ERROR") and not fields(event["object"]):
-                            continue
-                        if as_table is not None and event["type"] not in ("BOOKMARK", "ERROR"):
-                            event = {"type": event["type"], "object": self._table(
-                                request, kind, [event["object"]], "", as_table)}
-                        await self._send(response, event)
+                    async for first in watcher:
+                        # with those waiting behind it (a group commit's): one write for all
+                        lines = []
+                        for event in (first, *watcher.take_ready()):
+                            if fields is not None and event["type"] not in (
+                                    "BOOKMARK", "ERROR") and not fields(event["object"]):
+                                continue
+                            if as_table is not None and event["type"] not in (
+                                    "BOOKMARK", "ERROR"):
+                                event = {"type": event["type"], "object": self._table(
+                                    request, kind, [event["object"]], "", as_table)}
+                            lines.append(jsontext.dumps_bytes(event) + b"\n")
+                        if lines:
+                            await response.write(b"".join(lines))
             except TimeoutError:
                 if bookmarks:  # let the client resume from the latest point it has reached
                     await self._send(response, watcher.bookmark())
@@ -932,7 +945,7 @@ class _AdminAPI:
 
     @staticmethod
     async def _send(response: web.StreamResponse, event: Mapping[str, Any]) -> None:
-        await response.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+        await response.write(jsontext.dumps_bytes(event) + b"\n")
 
     @_handles_errors
     async def create(self, request: web.Request) -> web.StreamResponse:
@@ -942,7 +955,7 @@ class _AdminAPI:
             raise MethodNotAllowed(f"POST: {kind_for(kind).plural} are created in a namespace")
         obj = self._object(request, await self._body(request), kind)
         dry_run = self._dry_run(request)
-        return web.json_response(
+        return _json_response(
             await self.store.grouped(lambda: self.store.create(obj, dry_run=dry_run)),
             status=201)
 
@@ -959,7 +972,7 @@ class _AdminAPI:
             rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
             body = self._table(request, kind, [obj], rv, as_table)
             return _json_as(body, _table_type(as_table))
-        return web.json_response(obj)
+        return _json_response(obj)
 
     @_handles_errors
     async def replace(self, request: web.Request) -> web.StreamResponse:
@@ -968,7 +981,7 @@ class _AdminAPI:
         obj = self._object(request, await self._body(request), kind)
         subresource = request.match_info.get("subresource")
         dry_run = self._dry_run(request)
-        return web.json_response(await self.store.grouped(lambda: self.store.update(
+        return _json_response(await self.store.grouped(lambda: self.store.update(
             obj, subresource=subresource, dry_run=dry_run)))
 
     @_handles_errors
@@ -984,12 +997,19 @@ class _AdminAPI:
         body = await self._body(request, PATCH_TYPES)
         if content_type == "application/apply-patch+yaml" and subresource is None:
             obj = self._object(request, body, kind)
-            return web.json_response(
+            return _json_response(
                 await self.store.grouped(lambda: self.store.apply(obj, dry_run=dry_run)))
+
+        # a merge patch's fields are the patched object's only unknown ones (the stored object
+        # has none, and lists are replaced whole, so the paths are the same): check the patch
+        # alone, not the whole object it makes
+        merge = content_type not in (JSON_PATCH, STRATEGIC_MERGE_PATCH) and isinstance(body, dict)
 
         def patch_and_update() -> dict[str, Any]:
             # read and write in one step of the loop: no other write comes between them
             current = self.store.get(kind, *self._where(request))
+            if merge:
+                self._validate_fields(request, body, kind_for(kind))
             try:
                 if content_type == JSON_PATCH:
                     patched = json_patch(current, body)
@@ -1009,10 +1029,10 @@ class _AdminAPI:
                 meta = patched["metadata"] = {}
             meta["resourceVersion"] = (meta.get("resourceVersion")
                                        or current["metadata"]["resourceVersion"])
-            return self.store.update(self._object(request, patched, kind),
+            return self.store.update(self._object(request, patched, kind, fields_checked=merge),
                                      subresource=subresource, dry_run=dry_run)
 
-        return web.json_response(await self.store.grouped(patch_and_update))
+        return _json_response(await self.store.grouped(patch_and_update))
 
     @_handles_errors
     async def remove(self, request: web.Request) -> web.StreamResponse:
@@ -1022,7 +1042,7 @@ class _AdminAPI:
         if request.can_read_body:  # DeleteOptions (kubectl sends its dryRun there too)
             options = await self._body(request)
         dry_run = self._dry_run(request, options)
-        return web.json_response(await self.store.grouped(
+        return _json_response(await self.store.grouped(
             lambda: self.store.delete(kind, *self._where(request), dry_run=dry_run)))
 
     @_handles_errors
@@ -1096,6 +1116,12 @@ def _aggregated(groups: Iterable[str], version: str) -> web.Response:
             "metadata": {}, "items": items}
     media = f"application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList"
     return _json_as(body, media)
+
+
+def _json_response(obj: Any, status: int = 200) -> web.Response:
+    """An object as compact JSON (see :mod:`lbcore.runtime.jsontext`)."""
+    return web.Response(body=jsontext.dumps_bytes(obj), status=status,
+                        content_type="application/json")
 
 
 def _json_as(body: Any, media: str) -> web.Response:

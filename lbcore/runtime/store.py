@@ -35,7 +35,6 @@ import contextlib
 import contextvars
 import copy
 import datetime as _dt
-import json
 import logging
 import sqlite3
 import threading
@@ -60,6 +59,7 @@ from lbcore.model.admission import Admission, ServiceAllocators, admit, for_subr
 from lbcore.model.allocators import DEFAULT_NODE_PORT_RANGE
 from lbcore.model.kinds import ALL_KINDS, Kind, find_kind
 from lbcore.model.objects import Object, format_timestamp, parse_stored
+from lbcore.runtime import jsontext
 from lbcore.runtime.config import LOOPBACK_SERVICE_CIDR
 
 log = logging.getLogger("lbcore.runtime.store")
@@ -343,6 +343,8 @@ def _own(obj: Mapping[str, Any]) -> dict[str, Any]:
 # The store
 # ---------------------------------------------------------------------------------------------
 
+# how many objects' committed texts (besides the namespaces') the store keeps for its reads
+RECENT_TEXTS = 1024
 # the namespaces every cluster has; the first three cannot be deleted, as in Kubernetes
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 UNDELETABLE_NAMESPACES = ("default", "kube-system", "kube-public")
@@ -394,6 +396,11 @@ class Store:
         self._lock = threading.RLock()
         self._staged: list[_Staged] = []  # admitted writes waiting for their group's commit
         self._overlay: dict[tuple[str, str, str], str | None] = {}  # their bodies (None: deleted)
+        # the committed text of objects read or written lately (a PATCH reads its object twice,
+        # and every write into a namespace reads the namespace): every Namespace, and the
+        # last RECENT_TEXTS others; each entry is replaced or dropped by the commit that changes it
+        self._namespace_texts: dict[str, str] = {}
+        self._recent_texts: dict[tuple[str, str, str], str] = {}
         # (kind, namespace, name) -> (resourceVersion, the object parsed): see parse()
         self._parsed: dict[tuple[str, str, str], tuple[str, Object]] = {}
         self._shared: dict[tuple[str, str | None], weakref.ref[_Rows]] = {}
@@ -451,7 +458,7 @@ class Store:
                                 "metadata": {"name": name}}, None, self._revision).obj
             self._db.execute(
                 "INSERT INTO objects (kind, namespace, name, rv, body) VALUES (?, '', ?, ?, ?)",
-                ("Namespace", name, self._revision, json.dumps(body, separators=(",", ":"))))
+                ("Namespace", name, self._revision, jsontext.dumps(body)))
 
     def _check_rows(self) -> None:
         """Every stored object must be a JSON object; SQLite checks them without Python
@@ -504,18 +511,37 @@ class Store:
         rows = self._db.execute(
             "SELECT body FROM objects WHERE kind = ? ORDER BY namespace, name", (kind,)
         )
-        return [json.loads(body) for (body,) in rows]
+        return [jsontext.loads(body) for (body,) in rows]
 
     def _load(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         key = (kind, namespace, name)
         if key in self._overlay:  # written, its group's commit to come
             staged = self._overlay[key]
-            return None if staged is None else json.loads(staged)
-        row = self._db.execute(
-            "SELECT body FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
-            (kind, namespace, name),
-        ).fetchone()
-        return json.loads(row[0]) if row else None
+            return None if staged is None else jsontext.loads(staged)
+        text = (self._namespace_texts.get(name) if kind == "Namespace"
+                else self._recent_texts.get(key))
+        if text is None:
+            row = self._db.execute(
+                "SELECT body FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
+                (kind, namespace, name),
+            ).fetchone()
+            if row is None:
+                return None
+            text = row[0]
+            self._remember(key, text)
+        return jsontext.loads(text)
+
+    def _remember(self, key: tuple[str, str, str], text: str | None) -> None:
+        """Keep (or with ``None`` forget) the committed text of an object. Under the lock."""
+        kind, _, name = key
+        texts: dict[Any, str] = self._namespace_texts if kind == "Namespace" else self._recent_texts
+        which: Any = name if kind == "Namespace" else key
+        if text is None:
+            texts.pop(which, None)
+            return
+        texts[which] = text
+        if len(self._recent_texts) > RECENT_TEXTS:
+            del self._recent_texts[next(iter(self._recent_texts))]
 
     @property
     def revision(self) -> int:
@@ -553,8 +579,8 @@ class Store:
         assert after is not None
         entry = _Staged(
             rv, typ, kind, namespace, name, obj, previous,
-            json.dumps(after, separators=(",", ":")),
-            None if previous is None else json.dumps(previous, separators=(",", ":")),
+            jsontext.dumps(after),
+            None if previous is None else jsontext.dumps(previous),
             admission, release,
         )
         self._staged.append(entry)
@@ -595,6 +621,8 @@ class Store:
                 entry.settle(exc)
             raise
         for entry in batch:
+            self._remember((entry.kind, entry.namespace, entry.name),
+                           None if entry.obj is None else entry.after_json)
             if entry.admission is not None:
                 entry.admission.commit()
             if entry.release is not None:
@@ -733,7 +761,7 @@ class Store:
         meta = body["metadata"]
         entry = self._stage(body["kind"], meta.get("namespace", ""), meta["name"], typ, body, old, rv,
                             admission=admission)
-        result: dict[str, Any] = json.loads(entry.after_json)
+        result: dict[str, Any] = jsontext.loads(entry.after_json)
         return result
 
     def update(self, obj: Mapping[str, Any], *, subresource: str | None = None,
@@ -834,7 +862,7 @@ class Store:
             gone["metadata"]["resourceVersion"] = str(rv)
             entry = self._stage(kind, namespace, name, "DELETED", None, gone, rv,
                                 release=old if kind == "Service" else None)
-            result: dict[str, Any] = json.loads(entry.previous_json or "null")
+            result: dict[str, Any] = jsontext.loads(entry.previous_json or "null")
             return result
 
     def _terminate(self, namespace: dict[str, Any]) -> dict[str, Any]:
@@ -908,7 +936,7 @@ class Store:
                 )
             bodies = [body for (body,) in rows]
             revision = self._revision
-        items = [json.loads(body) for body in bodies]  # outside the lock: writers go on
+        items = [jsontext.loads(body) for body in bodies]  # outside the lock: writers go on
         if matches is not None:
             items = [o for o in items if matches(_labels(o))]
         return items, str(revision)
@@ -1059,8 +1087,8 @@ class Store:
     @staticmethod
     def _change_from_row(row: tuple[Any, ...]) -> _Change:
         rv, typ, kind, namespace, name, body, previous = row
-        return _Change(int(rv), typ, kind, namespace, name, json.loads(body),
-                       None if previous is None else json.loads(previous))
+        return _Change(int(rv), typ, kind, namespace, name, jsontext.loads(body),
+                       None if previous is None else jsontext.loads(previous))
 
     def _unwatch(self, watcher: Watch) -> None:
         with self._lock:
@@ -1073,16 +1101,19 @@ def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
 
 def _required_text(label_selector: Any) -> list[str]:
     """``"key":"value"`` for each ``key=value`` term of a selector string: text that the stored
-    JSON of every matching object holds (bodies are written with ``separators=(",", ":")``,
-    and label keys and values need no escaping). A quick filter only; the selector decides."""
+    JSON of every matching object holds (bodies are compact JSON, and label keys and values
+    need no escaping: a term with other characters than printable ASCII is left to the
+    selector). A quick filter only; the selector decides."""
     if not isinstance(label_selector, str):
         return []
     required = []
     for term in label_selector.split(","):
         key, op, value = term.partition("==") if "==" in term else term.partition("=")
         key, value = key.strip(), value.strip()
-        if op and key and value and not key.endswith("!") and "(" not in term:
-            required.append(json.dumps({key: value}, separators=(",", ":"))[1:-1])
+        if (op and key and value and not key.endswith("!") and "(" not in term
+                and (key + value).isascii() and (key + value).isprintable()
+                and '"' not in key + value and "\\" not in key + value):
+            required.append(jsontext.dumps({key: value})[1:-1])
     return required
 
 
@@ -1223,15 +1254,31 @@ class Watch(AsyncIterator[Event]):
     def __aiter__(self) -> Watch:
         return self
 
+    def _next_ready(self) -> Event | None:
+        """The next event already waiting (None: none is, or the watch overflowed)."""
+        while self._pending and not self._overflowed:
+            change = self._pending.popleft()
+            self._pending_bytes -= change.size
+            event = self._filter(change)
+            self.resource_version = max(self.resource_version, change.rv)
+            if event is not None:
+                return event
+        return None
+
+    def take_ready(self) -> list[Event]:
+        """The events already waiting, without waiting for more: what the next iterations would
+        give before they wait (a group commit's changes arrive together; a server writes them
+        to its client at once)."""
+        events = []
+        while (event := self._next_ready()) is not None:
+            events.append(event)
+        return events
+
     async def __anext__(self) -> Event:
         while True:
-            while self._pending and not self._overflowed:
-                change = self._pending.popleft()
-                self._pending_bytes -= change.size
-                event = self._filter(change)
-                self.resource_version = max(self.resource_version, change.rv)
-                if event is not None:
-                    return event
+            event = self._next_ready()
+            if event is not None:
+                return event
             if self._overflowed and not self._ended:
                 self.close()  # one ERROR event, then the end
                 gone = _too_old(self.resource_version, self._store.revision)

@@ -590,6 +590,51 @@ def test_a_plain_write_commits_the_grouped_writes_queued_before_it(store):
     assert store.revision == 2
 
 
+def test_reads_after_a_failed_group_transaction_see_what_is_committed(store, monkeypatch):
+    created = store.create(pod("p", {"app": "a"}))
+    assert store.get("Pod", "default", "p") == created  # read once: its text is remembered
+
+    def relabelled(app: str) -> dict[str, Any]:
+        current = store.get("Pod", "default", "p")
+        return {**current, "metadata": {**current["metadata"], "labels": {"app": app}}}
+
+    def broken(batch: Any) -> None:
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(store, "_commit", broken)
+
+    async def failing() -> Any:
+        return await store.grouped(lambda: store.update(relabelled("b")))
+
+    with pytest.raises(OSError):
+        asyncio.run(failing())
+    monkeypatch.undo()
+    assert store.get("Pod", "default", "p") == created
+    updated = store.update(relabelled("c"))
+    assert store.get("Pod", "default", "p") == updated
+    assert updated["metadata"]["labels"] == {"app": "c"}
+    store.delete("Pod", "default", "p")
+    with pytest.raises(NotFound):
+        store.get("Pod", "default", "p")
+
+
+def test_a_watch_takes_a_group_commits_changes_at_once(store):
+    async def main() -> tuple[Any, list[Any], list[Any]]:
+        watch = store.watch("Pod", resource_version=str(store.revision))
+        await asyncio.gather(*(store.grouped(lambda i=i: store.create(
+            pod(f"p{i}", {"app": "a"}, ip=f"10.0.0.{i + 1}"))) for i in range(5)))
+        first = await watch.__anext__()
+        rest = watch.take_ready()
+        after = watch.take_ready()  # nothing more is waiting: it does not wait
+        watch.close()
+        return first, rest, after
+
+    first, rest, after = asyncio.run(main())
+    assert [e["object"]["metadata"]["name"] for e in (first, *rest)] == [f"p{i}" for i in range(5)]
+    assert {e["type"] for e in (first, *rest)} == {"ADDED"}
+    assert after == []
+
+
 WRITER = """
 import asyncio, sys
 from lbcore.runtime.store import Store
