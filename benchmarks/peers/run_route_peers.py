@@ -90,6 +90,82 @@ backend app
     return path
 
 
+def nginx_proxy_config(root: Path, http_port: int, https_port: int, backend_port: int,
+                       cert: Path, key: Path, workers: int) -> Path:
+    """nginx as the same reverse proxy: ``workers`` worker processes (each with its own
+    ``reuseport`` sockets, as lbcore's workers), HOST served by proxy_pass to the three
+    backends round robin over kept-alive connections (``keepalive`` upstream pool, HTTP/1.1),
+    the same forwarded headers, any other host 404; TLS 1.2/1.3 with the same certificate and
+    no session resumption."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "tmp").mkdir(exist_ok=True)
+    servers = "\n".join(f"        server {ip}:{backend_port};" for ip in BACKEND_IPS)
+    path = root / "nginx.conf"
+    path.write_text(f"""
+worker_processes {workers};
+daemon off;
+master_process on;
+pid {root}/nginx.pid;
+error_log {root}/error.log error;
+user root;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {root}/tmp;
+    proxy_temp_path {root}/tmp;
+    fastcgi_temp_path {root}/tmp;
+    uwsgi_temp_path {root}/tmp;
+    scgi_temp_path {root}/tmp;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_tickets off;
+    ssl_session_cache off;
+    upstream app {{
+{servers}
+        keepalive 256;
+    }}
+    server {{
+        listen 127.0.0.1:{http_port} default_server backlog=4096 reuseport;
+        listen 127.0.0.1:{https_port} ssl default_server backlog=4096 reuseport;
+        return 404;
+    }}
+    server {{
+        listen 127.0.0.1:{http_port};
+        listen 127.0.0.1:{https_port} ssl;
+        server_name {HOST};
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Forwarded-Port $server_port;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header Forwarded "for=$remote_addr;host=$host;proto=$scheme";
+        }}
+    }}
+}}
+""")
+    return path
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and of its children (nginx's workers)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):  # ppid
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Figures:
     keepalive_rps: float = 0.0
@@ -105,6 +181,7 @@ class Figures:
 
 
 MODES = ("keepalive", "close", "handshake", "https")
+PEERS = ("haproxy", "nginx")
 
 
 def measure(name: str, http_port: int, https_port: int, duration: int, connections: int,
@@ -180,7 +257,7 @@ def negotiated(port: int) -> str:
 
 
 def run(duration: int, connections: int, workers: int, rounds: int,
-        modes: tuple[str, ...] = MODES) -> dict[str, Figures]:
+        modes: tuple[str, ...] = MODES, peers: tuple[str, ...] = PEERS) -> dict[str, Figures]:
     from lbcore_plugins.route_frontend import RouteFrontend
 
     for tool in (NGINX, HAPROXY, "wrk"):
@@ -200,9 +277,17 @@ def run(duration: int, connections: int, workers: int, rounds: int,
         hp, hps = free_port(), free_port()
         cfg = haproxy_config(root / "haproxy.cfg", hp, hps, backend_port, combined, workers)
         haproxy = stack.enter_context(process([HAPROXY, "-f", str(cfg), "-db"], "haproxy"))
+        np_, nps = free_port(), free_port()
+        if "nginx" in peers:
+            nconf = nginx_proxy_config(root / "nginx-proxy", np_, nps, backend_port, cert, key,
+                                       workers)
+            nginx = stack.enter_context(process([NGINX, "-c", str(nconf), "-p",
+                                                 str(root / "nginx-proxy")], "nginx"))
         for ip in BACKEND_IPS:
             wait_port(ip, backend_port)
         wait_port("127.0.0.1", hp)
+        if "nginx" in peers:
+            wait_port("127.0.0.1", np_)
         fe = RouteFrontend({"workers": workers, "http_port": 0, "https_port": 0,
                             "default_certificate": str(cert), "default_key": str(key),
                             "tls_session_resumption": False},
@@ -213,10 +298,12 @@ def run(duration: int, connections: int, workers: int, rounds: int,
         lp, lps = fe.listening["http"][1], fe.listening["https"][1]
         print(f"measuring: {duration} s per wrk run, {connections} connections, {workers} proxy "
               f"threads; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-        for name, port in (("haproxy", hps), ("lbcore", lps)):
+        targets = {"haproxy": (hp, hps, lambda: cpu_seconds(haproxy.pid))}
+        if "nginx" in peers:
+            targets["nginx"] = (np_, nps, lambda: tree_cpu_seconds(nginx.pid))
+        targets["lbcore"] = (lp, lps, lambda: cpu_seconds(os.getpid(), threads="lbcore-proxy"))
+        for name, (_, port, _) in targets.items():
             print(f"  {name} negotiates {negotiated(port)}", flush=True)
-        targets = {"haproxy": (hp, hps, lambda: cpu_seconds(haproxy.pid)),
-                   "lbcore": (lp, lps, lambda: cpu_seconds(os.getpid(), threads="lbcore-proxy"))}
         runs: dict[str, list[Figures]] = {name: [] for name in targets}
         for i in range(rounds):
             print(f"round {i + 1}/{rounds}", flush=True)
@@ -238,41 +325,43 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
+#: the table's rows: label, Figures attribute, number format, target (lbcore / peer)
+ROWS = (
+    ("HTTP keep-alive, requests/s", "keepalive_rps", ",.0f", ">= 1.0x"),
+    ("HTTP keep-alive p99, ms", "keepalive_p99_ms", ".2f", "<= 1.2x"),
+    ("HTTP, new connection per request, requests/s", "close_rps", ",.0f", ">= 1.0x"),
+    ("TLS 1.3 full handshakes/s (ECDSA P-256, one request each)", "handshakes", ",.0f",
+     ">= 1.0x"),
+    ("HTTPS keep-alive, requests/s", "https_keepalive_rps", ",.0f", ">= 1.0x"),
+    ("proxy CPU per keep-alive request, us", "keepalive_cpu_us", ".1f", ""),
+    ("proxy CPU per request with a new connection, us", "close_cpu_us", ".1f", ""),
+    ("proxy CPU per TLS handshake and request, us", "handshake_cpu_us", ".1f", ""),
+    ("proxy CPU per HTTPS keep-alive request, us", "https_cpu_us", ".1f", ""),
+)
+TITLES = {"haproxy": "HAProxy 2.6 (mode http)", "nginx": "nginx 1.22 (proxy_pass)"}
+RATIO_NAMES = {"keepalive_rps": "keep-alive rps", "keepalive_p99_ms": "keep-alive p99",
+               "close_rps": "connection-per-request rps", "handshakes": "TLS handshakes/s",
+               "https_keepalive_rps": "HTTPS keep-alive rps",
+               "keepalive_cpu_us": "CPU per keep-alive request"}
+
+
 def table(results: dict[str, Figures]) -> tuple[str, list[str]]:
-    h, lb = results["haproxy"], results["lbcore"]
-    rows = [
-        "| | HAProxy 2.6 (mode http) | lbcore route | lbcore / HAProxy | target |",
-        "|---|---:|---:|---:|---|",
-        f"| HTTP keep-alive, requests/s | {h.keepalive_rps:,.0f} | {lb.keepalive_rps:,.0f} | "
-        f"{ratio(lb.keepalive_rps, h.keepalive_rps):.2f}x | >= 1.0x |",
-        f"| HTTP keep-alive p99, ms | {h.keepalive_p99_ms:.2f} | {lb.keepalive_p99_ms:.2f} | "
-        f"{ratio(lb.keepalive_p99_ms, h.keepalive_p99_ms):.2f}x | <= 1.2x |",
-        f"| HTTP, new connection per request, requests/s | {h.close_rps:,.0f} | "
-        f"{lb.close_rps:,.0f} | {ratio(lb.close_rps, h.close_rps):.2f}x | >= 1.0x |",
-        f"| TLS 1.3 full handshakes/s (ECDSA P-256, one request each) | {h.handshakes:,.0f} | "
-        f"{lb.handshakes:,.0f} | {ratio(lb.handshakes, h.handshakes):.2f}x | >= 1.0x |",
-        f"| HTTPS keep-alive, requests/s | {h.https_keepalive_rps:,.0f} | "
-        f"{lb.https_keepalive_rps:,.0f} | {ratio(lb.https_keepalive_rps, h.https_keepalive_rps):.2f}x "
-        "| >= 1.0x |",
-        f"| proxy CPU per keep-alive request, us | {h.keepalive_cpu_us:.1f} | "
-        f"{lb.keepalive_cpu_us:.1f} | {ratio(lb.keepalive_cpu_us, h.keepalive_cpu_us):.2f}x | |",
-        f"| proxy CPU per request with a new connection, us | {h.close_cpu_us:.1f} | "
-        f"{lb.close_cpu_us:.1f} | {ratio(lb.close_cpu_us, h.close_cpu_us):.2f}x | |",
-        f"| proxy CPU per TLS handshake and request, us | {h.handshake_cpu_us:.1f} | "
-        f"{lb.handshake_cpu_us:.1f} | {ratio(lb.handshake_cpu_us, h.handshake_cpu_us):.2f}x | |",
-        f"| proxy CPU per HTTPS keep-alive request, us | {h.https_cpu_us:.1f} | "
-        f"{lb.https_cpu_us:.1f} | {ratio(lb.https_cpu_us, h.https_cpu_us):.2f}x | |",
-    ]
-    ratios = [
-        f"RATIO route keep-alive rps vs haproxy: {ratio(lb.keepalive_rps, h.keepalive_rps):.2f}x",
-        f"RATIO route keep-alive p99 vs haproxy: {ratio(lb.keepalive_p99_ms, h.keepalive_p99_ms):.2f}x",
-        f"RATIO route connection-per-request rps vs haproxy: {ratio(lb.close_rps, h.close_rps):.2f}x",
-        f"RATIO route TLS handshakes/s vs haproxy: {ratio(lb.handshakes, h.handshakes):.2f}x",
-        f"RATIO route HTTPS keep-alive rps vs haproxy: "
-        f"{ratio(lb.https_keepalive_rps, h.https_keepalive_rps):.2f}x",
-        f"RATIO route CPU per keep-alive request vs haproxy: "
-        f"{ratio(lb.keepalive_cpu_us, h.keepalive_cpu_us):.2f}x",
-    ]
+    """The markdown table (each peer's figures, lbcore's, then lbcore / each peer) and the
+    RATIO lines."""
+    lb = results["lbcore"]
+    peers = [name for name in results if name != "lbcore"]
+    head = ["", *(TITLES[p] for p in peers), "lbcore route",
+            *(f"lbcore / {TITLES[p].split(' (')[0]}" for p in peers), "target"]
+    rows = ["| " + " | ".join(head) + " |",
+            "|---|" + "---:|" * (2 * len(peers) + 1) + "---|"]
+    for label, attr, fmt, target in ROWS:
+        cells = [label, *(format(getattr(results[p], attr), fmt) for p in peers),
+                 format(getattr(lb, attr), fmt),
+                 *(f"{ratio(getattr(lb, attr), getattr(results[p], attr)):.2f}x" for p in peers),
+                 target]
+        rows.append("| " + " | ".join(cells) + " |")
+    ratios = [f"RATIO route {what} vs {p}: {ratio(getattr(lb, attr), getattr(results[p], attr)):.2f}x"
+              for p in peers for attr, what in RATIO_NAMES.items()]
     return "\n".join(rows), ratios
 
 
@@ -285,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES),
                         help=f"comma-separated subset of {','.join(MODES)} (only for a look: "
                              "--write needs all)")
+    parser.add_argument("--peers", default=",".join(PEERS),
+                        help=f"comma-separated subset of {','.join(PEERS)} (haproxy always runs)")
     parser.add_argument("--write", type=Path, help="also write the table into this markdown file")
     args = parser.parse_args(argv)
     modes = tuple(m for m in args.modes.split(",") if m)
@@ -293,7 +384,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--modes: {args.modes!r} is not a subset of {','.join(MODES)}")
     if args.write and set(modes) != set(MODES):
         parser.error("--write needs every mode measured (leave --modes out)")
-    results = run(args.duration, args.connections, args.workers, args.rounds, modes)
+    peers = tuple(dict.fromkeys(("haproxy", *(p for p in args.peers.split(",") if p))))
+    if set(peers) - set(PEERS):
+        parser.error(f"--peers: {args.peers!r} is not a subset of {','.join(PEERS)}")
+    results = run(args.duration, args.connections, args.workers, args.rounds, modes, peers)
     text, ratios = table(results)
     print()
     print(text)
@@ -306,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         command = (f"python benchmarks/peers/run_route_peers.py --duration {args.duration} "
                    f"--connections {args.connections} --workers {args.workers} "
-                   f"--rounds {args.rounds}")
+                   f"--rounds {args.rounds} --peers {','.join(peers)}")
         write_doc(args.write, "route-peers-table", text, command)
     return 0
 
