@@ -1,11 +1,15 @@
-"""The route frontend against HAProxy in HTTP mode, in one run, over the same nginx backends.
+"""The route frontend against HAProxy in HTTP mode and nginx as a reverse proxy, in one run,
+over the same nginx backends.
 
 Starts three nginx backends (one worker each, a 64-byte static body, on 127.0.0.2-4 and one
 port), HAProxy 2.6 in ``mode http`` routing by ``hdr(host)`` with ``http-reuse safe``,
 round robin, the same forwarded headers lbcore adds and ``nbthread`` equal to lbcore's workers,
-and lbcore's route frontend fed a Route for the same host (edge TLS, ``Allow``, so that one
-route serves both listeners). Both terminate TLS with the same ECDSA P-256 certificate, made
-here. Then wrk measures, for each proxy in alternating rounds (the median is kept):
+nginx (``--peers``: as a second peer) with ``proxy_pass`` to the same backends over an upstream
+keepalive pool and as many worker processes, and lbcore's route frontend fed a Route for the
+same host (edge TLS, ``Allow``, so that one route serves both listeners). All end TLS with the
+same ECDSA P-256 certificate, made here, without session resumption; the cipher suite each
+negotiates with a default OpenSSL client is printed. Then wrk measures, in rounds where each
+mode runs on every target back to back (the order turning each round):
 
 - HTTP keep-alive: requests/s and p99;
 - HTTP with a new client connection per request (``Connection: close``);
@@ -13,10 +17,12 @@ here. Then wrk measures, for each proxy in alternating rounds (the median is kep
   session), so requests/s is handshakes/s;
 - HTTPS keep-alive: requests/s;
 
-and the proxy's CPU time per request (its threads, user + system). All traffic stays on
-loopback.
+and the proxy's CPU time per request (its threads or processes, user + system). Each figure is
+the median over the rounds; each ratio the median of lbcore's per-round ratio to the peer. All
+traffic stays on loopback.
 
-    python benchmarks/peers/run_route_peers.py [--duration 8] [--write docs/benchmarks/routes.md]
+    python benchmarks/peers/run_route_peers.py [--duration 8] [--rounds 3] [--peers haproxy,nginx]
+        [--modes keepalive,close,handshake,https] [--write docs/benchmarks/routes.md]
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import tempfile
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import astuple, dataclass
+from typing import Any
 from pathlib import Path
 
 from peer_tools import HAPROXY, NGINX, write_doc, wrk
@@ -184,36 +191,31 @@ MODES = ("keepalive", "close", "handshake", "https")
 PEERS = ("haproxy", "nginx")
 
 
-def measure(name: str, http_port: int, https_port: int, duration: int, connections: int,
-            cpu: Callable[[], float], modes: tuple[str, ...] = MODES) -> Figures:
-    f = Figures()
-    errors = []
-    runs = (("keepalive", f"http://127.0.0.1:{http_port}/", False),
-            ("close", f"http://127.0.0.1:{http_port}/", True),
-            ("handshake", f"https://127.0.0.1:{https_port}/", True),
-            ("https", f"https://127.0.0.1:{https_port}/", False))
-    for kind, url, close in runs:
-        if kind not in modes:
-            continue
-        rps, p99, _, err, per_request = astuple(
-            wrk(url, duration, connections, close, (f"Host: {HOST}",), cpu))
-        if err:
-            errors.append(f"{kind}: {err}")
-        if kind == "keepalive":
-            f.keepalive_rps, f.keepalive_p99_ms, f.keepalive_cpu_us = rps, p99, per_request
-        elif kind == "close":
-            f.close_rps, f.close_cpu_us = rps, per_request
-        elif kind == "handshake":
-            f.handshakes, f.handshake_cpu_us = rps, per_request
-        else:
-            f.https_keepalive_rps, f.https_cpu_us = rps, per_request
-    f.errors = "; ".join(errors)
+def measure(kind: str, http_port: int, https_port: int, duration: int, connections: int,
+            cpu: Callable[[], float], f: Figures) -> None:
+    """One wrk run of ``kind`` (a mode of MODES), its figures written into ``f``."""
+    url = f"{'http' if kind in ('keepalive', 'close') else 'https'}://127.0.0.1:" \
+          f"{http_port if kind in ('keepalive', 'close') else https_port}/"
+    rps, p99, _, err, per_request = astuple(
+        wrk(url, duration, connections, kind in ("close", "handshake"), (f"Host: {HOST}",), cpu))
+    if err:
+        f.errors += f"{'; ' if f.errors else ''}{kind}: {err}"
+    if kind == "keepalive":
+        f.keepalive_rps, f.keepalive_p99_ms, f.keepalive_cpu_us = rps, p99, per_request
+    elif kind == "close":
+        f.close_rps, f.close_cpu_us = rps, per_request
+    elif kind == "handshake":
+        f.handshakes, f.handshake_cpu_us = rps, per_request
+    else:
+        f.https_keepalive_rps, f.https_cpu_us = rps, per_request
+
+
+def show(name: str, f: Figures) -> None:
     print(f"  {name:8s} keep-alive {f.keepalive_rps:9.0f}/s p99 {f.keepalive_p99_ms:6.2f} ms  "
           f"close {f.close_rps:8.0f}/s  TLS handshakes {f.handshakes:7.0f}/s  "
           f"HTTPS keep-alive {f.https_keepalive_rps:8.0f}/s  CPU/request {f.keepalive_cpu_us:5.1f} "
           f"/ {f.close_cpu_us:5.1f} / {f.handshake_cpu_us:6.1f} / {f.https_cpu_us:5.1f} us"
           + (f"  errors: {f.errors}" if f.errors else ""), flush=True)
-    return f
 
 
 def median(runs: list[Figures]) -> Figures:
@@ -257,7 +259,9 @@ def negotiated(port: int) -> str:
 
 
 def run(duration: int, connections: int, workers: int, rounds: int,
-        modes: tuple[str, ...] = MODES, peers: tuple[str, ...] = PEERS) -> dict[str, Figures]:
+        modes: tuple[str, ...] = MODES, peers: tuple[str, ...] = PEERS) -> dict[str, Any]:
+    """Each target's median Figures by name, and under "ratios" lbcore's per-round ratios to
+    each peer (medians)."""
     from lbcore_plugins.route_frontend import RouteFrontend
 
     for tool in (NGINX, HAPROXY, "wrk"):
@@ -305,12 +309,22 @@ def run(duration: int, connections: int, workers: int, rounds: int,
         for name, (_, port, _) in targets.items():
             print(f"  {name} negotiates {negotiated(port)}", flush=True)
         runs: dict[str, list[Figures]] = {name: [] for name in targets}
+        names = list(targets)
         for i in range(rounds):
             print(f"round {i + 1}/{rounds}", flush=True)
-            for name, (http_port, https_port, cpu) in targets.items():
-                runs[name].append(measure(name, http_port, https_port, duration, connections, cpu,
-                                          modes))
+            figures = {name: Figures() for name in names}
+            # each mode measured on every target back to back (the order turning each round),
+            # so that a change in the machine's load falls on all of them alike
+            for kind in modes:
+                for name in names[i % len(names):] + names[:i % len(names)]:
+                    http_port, https_port, cpu = targets[name]
+                    measure(kind, http_port, https_port, duration, connections, cpu,
+                            figures[name])
+            for name in names:
+                show(name, figures[name])
+                runs[name].append(figures[name])
         results = {name: median(r) for name, r in runs.items()}
+        results["ratios"] = ratio_medians(runs)
         stats = fe.stats()
         results["lbcore"].errors += "".join(
             f"; {k}={stats[k]}" for k in ("bad_gateway", "unavailable", "tls_failures",
@@ -323,6 +337,21 @@ def run(duration: int, connections: int, workers: int, rounds: int,
 
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
+
+
+def ratio_medians(runs: dict[str, list[Figures]]) -> dict[str, Figures]:
+    """For each peer, the median over the rounds of lbcore's figure over the peer's in the
+    same round (a Figures of ratios): steadier than the ratio of the medians when the
+    machine's load moves between rounds."""
+    out = {}
+    for peer, peer_runs in runs.items():
+        if peer == "lbcore":
+            continue
+        per_round = [Figures(**{k: ratio(getattr(lb, k), getattr(p, k))
+                                for k in Figures.__dataclass_fields__ if k != "errors"})
+                     for lb, p in zip(runs["lbcore"], peer_runs)]
+        out[peer] = median(per_round)
+    return out
 
 
 #: the table's rows: label, Figures attribute, number format, target (lbcore / peer)
@@ -345,11 +374,11 @@ RATIO_NAMES = {"keepalive_rps": "keep-alive rps", "keepalive_p99_ms": "keep-aliv
                "keepalive_cpu_us": "CPU per keep-alive request"}
 
 
-def table(results: dict[str, Figures]) -> tuple[str, list[str]]:
-    """The markdown table (each peer's figures, lbcore's, then lbcore / each peer) and the
-    RATIO lines."""
-    lb = results["lbcore"]
-    peers = [name for name in results if name != "lbcore"]
+def table(results: dict[str, Any]) -> tuple[str, list[str]]:
+    """The markdown table (each peer's median figures, lbcore's, then the median of lbcore's
+    per-round ratio to each peer) and the RATIO lines."""
+    lb, ratios_of = results["lbcore"], results["ratios"]
+    peers = [name for name in results if name not in ("lbcore", "ratios")]
     head = ["", *(TITLES[p] for p in peers), "lbcore route",
             *(f"lbcore / {TITLES[p].split(' (')[0]}" for p in peers), "target"]
     rows = ["| " + " | ".join(head) + " |",
@@ -357,10 +386,10 @@ def table(results: dict[str, Figures]) -> tuple[str, list[str]]:
     for label, attr, fmt, target in ROWS:
         cells = [label, *(format(getattr(results[p], attr), fmt) for p in peers),
                  format(getattr(lb, attr), fmt),
-                 *(f"{ratio(getattr(lb, attr), getattr(results[p], attr)):.2f}x" for p in peers),
+                 *(f"{getattr(ratios_of[p], attr):.2f}x" for p in peers),
                  target]
         rows.append("| " + " | ".join(cells) + " |")
-    ratios = [f"RATIO route {what} vs {p}: {ratio(getattr(lb, attr), getattr(results[p], attr)):.2f}x"
+    ratios = [f"RATIO route {what} vs {p}: {getattr(ratios_of[p], attr):.2f}x"
               for p in peers for attr, what in RATIO_NAMES.items()]
     return "\n".join(rows), ratios
 
@@ -395,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in ratios:
         print(line)
     for name, f in results.items():
-        if f.errors:
+        if name != "ratios" and f.errors:
             print(f"{name}: {f.errors}")
     if args.write:
         command = (f"python benchmarks/peers/run_route_peers.py --duration {args.duration} "
