@@ -329,9 +329,13 @@ def cmd_patch(args: argparse.Namespace) -> int:
     if args.type != "json" and not isinstance(patch, dict):
         raise CommandError(f"--patch: a {args.type} patch is an object")
     namespace = getattr(args, "namespace", None) or DEFAULT_NAMESPACE
-    _client(args).patch(resource, namespace, args.name, patch, args.type, args.subresource,
-                        _dry_run(args))
-    print(f"{resource.kind.lower()}/{args.name} patched{_dry_run_suffix(args)}")
+    client = _client(args)
+    # As kubectl: the object is read first, so a patch that changed nothing says so.
+    before = client.get(resource, namespace, args.name)["metadata"].get("resourceVersion")
+    after = client.patch(resource, namespace, args.name, patch, args.type, args.subresource,
+                         _dry_run(args))["metadata"].get("resourceVersion")
+    outcome = "patched" if after != before or _dry_run(args) else "patched (no change)"
+    print(f"{resource.kind.lower()}/{args.name} {outcome}{_dry_run_suffix(args)}")
     return 0
 
 

@@ -233,6 +233,18 @@ def _too_old(resource_version: int, oldest: int) -> Gone:
 # ---------------------------------------------------------------------------------------------
 
 
+def _same_but_version(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    """Whether ``new`` is ``old`` apart from ``metadata.resourceVersion``."""
+    if new.keys() != old.keys():
+        return False
+    for key, value in new.items():
+        if key != "metadata" and value != old[key]:
+            return False
+    new_meta, old_meta = new["metadata"], old["metadata"]
+    return {k: v for k, v in new_meta.items() if k != "resourceVersion"} == \
+        {k: v for k, v in old_meta.items() if k != "resourceVersion"}
+
+
 def _identity(obj: Mapping[str, Any]) -> tuple[str, str, str]:
     """(kind, namespace, name) of an object; BadRequest/Invalid when it cannot have one."""
     if not isinstance(obj, Mapping):
@@ -815,7 +827,9 @@ class Store:
             meta["namespace"] = namespace
         rv = self._next_rv()
         admission = self._admit(obj, old, rv)
-        if dry_run:
+        if dry_run or _same_but_version(admission.obj, old):
+            # A write that changes nothing is not stored, as the API server does: the version
+            # stays, no watcher hears of it (and kubectl says "no change").
             admission.undo()
             admission.obj["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
             return copy.deepcopy(admission.obj)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 from pathlib import Path
 from typing import Any
@@ -191,13 +192,26 @@ def test_concurrent_creates_get_distinct_addresses_and_versions(store):
 
 def test_update_with_a_stale_resource_version_is_409_conflict(store):
     first = store.create(service("web"))
-    second = store.update(first)
+    changed = copy.deepcopy(first)
+    changed["metadata"]["labels"] = {"tier": "front"}
+    second = store.update(changed)
     with pytest.raises(Conflict) as err:
         store.update(first)  # still carries resourceVersion 1
     assert err.value.status()["reason"] == "Conflict"
     assert "the object has been modified" in err.value.status()["message"]
     assert store.get("Service", "default", "web")["metadata"]["resourceVersion"] == \
         second["metadata"]["resourceVersion"]
+
+
+def test_an_update_that_changes_nothing_is_not_stored(store):
+    first = store.create(service("web"))
+    revision = store.revision
+    events = []
+    store.subscribe(events.append)
+    again = store.update(first)
+    assert again["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+    assert store.revision == revision and events == []
+    assert again["spec"]["clusterIP"] == first["spec"]["clusterIP"]
 
 
 def test_update_without_resource_version_is_last_write_wins(store):

@@ -91,6 +91,12 @@ def test_kubectl_patch_type_json_and_the_status_subresource(daemon: Daemon, tmp_
     out = ok(daemon.kubectl("get", "svc", "patched", "--subresource=status", "-o",
                             "jsonpath={.status.loadBalancer.ingress[0].ip}"))
     assert out == "192.0.2.7"
+    # a patch that changes nothing is not stored: same version, and kubectl says so
+    version = stored(daemon, "patched")["metadata"]["resourceVersion"]
+    out = ok(daemon.kubectl("patch", "svc", "patched", "--type=merge", "-p",
+                            '{"metadata": {"labels": {"tier": "front"}}}'))
+    assert out == "service/patched patched (no change)\n"
+    assert stored(daemon, "patched")["metadata"]["resourceVersion"] == version
 
 
 @needs_kubectl
@@ -226,6 +232,9 @@ def test_lbcore_cli_patch_json_and_status(daemon: Daemon, tmp_path: Path):
     out = daemon.cli("patch", "svc", "cli-patched", "--type=json", "-p", "{}")
     assert out.returncode == 1 and "list of operations" in out.stderr
     assert until(lambda: stored(daemon, "cli-patched")["status"], bool) == lb
+    out = daemon.cli("patch", "svc", "cli-patched", "--type=merge", "-p",
+                     json.dumps({"status": lb}), "--subresource=status")
+    assert out.stdout == "service/cli-patched patched (no change)\n", out.stderr
 
 
 # -- events -------------------------------------------------------------------------------------
