@@ -1,7 +1,8 @@
 """``lbcore demo``: a working load balancer on loopback, end to end, in a few seconds.
 
 It runs the daemon in this process on a temporary data directory, starts three backend pods
-(HTTP servers on 127.0.0.11-13:8080 that answer with their own name), creates the seed's
+(HTTP servers on 127.0.0.11-13:8080 that answer with their own name; an address where something
+already listens on 8080 is replaced by a free loopback one), creates the seed's
 ``my-service`` and its pods through the admin API, exactly as ``lbcore create -f`` does, sends
 a few hundred requests to the service's ClusterIP through the socket frontend, prints how they
 were spread and ``lbcore describe service my-service``, and stops everything. No cluster and no
@@ -282,6 +283,13 @@ async def run_demo(
     objects = manifests()
     pods = [o for o in objects if o["kind"] == "Pod"]
     port = int(objects[0]["spec"]["ports"][0].get("targetPort", 8080))
+    for pod in pods:  # the seed's pod addresses, unless something here listens on one
+        seed_ip = pod["status"]["podIP"]
+        if not _free(seed_ip, port):
+            ip = free_loopback_address((port,))
+            pod["status"].update(podIP=ip, podIPs=[{"ip": ip}])
+            print(f"lbcore demo: {seed_ip}:{port} is in use here; "
+                  f"{pod['metadata']['name']} listens on {ip}:{port} instead", file=out)
     backends = [Backend(p["metadata"]["name"], p["status"]["podIP"], port) for p in pods]
     _, frontends = load_plugins()
     use_socket = "socket" in frontends if via_socket is None else via_socket

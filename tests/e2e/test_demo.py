@@ -95,6 +95,31 @@ def test_without_the_socket_frontend_the_core_balancer_picks_the_backends():
     assert result["served"] == result["answers"]
 
 
+def test_a_seed_pod_address_in_use_here_is_replaced_by_a_free_one():
+    import asyncio
+    import io
+
+    from lbcore.cli.demo import run_demo
+
+    taken = socket.socket()  # as another program listening on the second pod's address
+    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        taken.bind(("127.0.0.12", 8080))
+        taken.listen(1)
+    except OSError:
+        pass  # something here listens there already: the case this test makes
+    try:
+        out = io.StringIO()
+        result = asyncio.run(run_demo(requests=30, out=out, via_socket=False))
+    finally:
+        taken.close()
+    moved = re.search(r"127\.0\.0\.12:8080 is in use here; my-app-2 listens on "
+                      r"(127\.\d+\.\d+\.\d+):8080 instead", out.getvalue())
+    assert moved and moved.group(1) != "127.0.0.12", out.getvalue()
+    assert result["failures"] == 0
+    assert result["answers"] == {"my-app-1": 10, "my-app-2": 10, "my-app-3": 10}
+
+
 def test_demo_routes_https_by_host_name_to_both_services(demo_run):
     from lbcore.runtime.daemon import load_plugins
 
