@@ -83,6 +83,9 @@ _EXPORTS: dict[str, str] = {
     "SourceNotReady": "lbcore.runtime.live",
     "ConfigError": "lbcore.errors",
     "LbcoreError": "lbcore.errors",
+    # a plugin's options, checked as the daemon's own config is
+    "read_options": "lbcore.runtime.config",
+    "option": "lbcore.runtime.config",
     # process limits a daemon and its frontends share
     "raise_open_files_limit": "lbcore.runtime.admin_server",
 }
@@ -154,6 +157,8 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names
     from lbcore.model.topology import policy_is_local as policy_is_local
     from lbcore.model.topology import takes_new_connections as takes_new_connections
     from lbcore.runtime.admin_server import raise_open_files_limit as raise_open_files_limit
+    from lbcore.runtime.config import option as option
+    from lbcore.runtime.config import read_options as read_options
     from lbcore.runtime.interfaces import Frontend as Frontend
     from lbcore.runtime.interfaces import FrontendUnavailable as FrontendUnavailable
     from lbcore.runtime.interfaces import RuntimeContext as RuntimeContext

@@ -13,14 +13,16 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from lbcore.errors import ConfigError
+
+_T = TypeVar("_T")
 
 DEFAULT_ADMIN_PORT = 10257
 DEFAULT_ADMIN_ADDRESS = f"127.0.0.1:{DEFAULT_ADMIN_PORT}"
@@ -159,6 +161,74 @@ def parse_duration(key: str, value: Any, least: float = 0.0, most: float = 3600.
     if seconds < least or seconds > most:
         raise _fail(key, value, f"must be between {_duration_text(least)} and {_duration_text(most)}")
     return seconds
+
+
+def option(default: Any, *, least: float | None = None, most: float | None = None,
+           choices: Sequence[str] = (), duration: bool = False,
+           parse: Callable[[str, Any], Any] | None = None) -> Any:
+    """A field of a plugin's options dataclass (see :func:`read_options`): its default, and
+    the bounds, the choices, the duration form (``"500ms"``, ``2``) or the ``parse(key, value)``
+    its value goes through."""
+    meta = {"least": least, "most": most, "choices": tuple(choices), "duration": duration,
+            "parse": parse}
+    if isinstance(default, dict | list):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def read_options(schema: type[_T], options: Mapping[str, Any], skip: Sequence[str] = ()) -> _T:
+    """A plugin's ``options`` as an instance of its ``schema`` dataclass, every value checked:
+    the one place where plugins turn their config mapping into typed settings, with the
+    daemon's own checks and messages.
+
+    A value's type is its field's default's (an int is a float too; a list of strings, or one
+    string, is a tuple; ``None`` means an optional string); :func:`option` adds bounds, choices,
+    durations with units, or a parser. Keys in ``skip`` belong to someone else and are passed
+    over. A :class:`ConfigError` names the key and the value (the daemon adds the plugin).
+    """
+    known = {f.name: f for f in fields(schema)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for key, value in options.items():
+        if key in skip:
+            continue
+        spec = known.get(key)
+        if spec is None:
+            raise ConfigError(f"{key}: unknown option; known: {', '.join(sorted([*known, *skip]))}")
+        values[key] = _option_value(key, value, spec)
+    return schema(**values)
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string",
+               tuple: "a list of strings", dict: "a mapping"}
+
+
+def _option_value(key: str, value: Any, spec: Any) -> Any:
+    meta = spec.metadata
+    least, most = meta.get("least"), meta.get("most")
+    if meta.get("parse"):
+        return meta["parse"](key, value)
+    if meta.get("duration"):
+        return parse_duration(key, value, least or 0.0, 365 * 86400.0 if most is None else most)
+    if meta.get("choices"):
+        return parse_choice(key, value, meta["choices"])
+    default = spec.default_factory() if spec.default is MISSING else spec.default
+    kind = str if default is None else type(default)
+    if kind is bool:
+        return parse_bool(key, value)
+    given = value
+    if kind is tuple and isinstance(value, str):
+        value = (value,)
+    elif kind is tuple and isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        value = tuple(value)
+    elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise _fail(key, given, f"expected {_KIND_NAMES.get(kind, kind.__name__)}")
+    if least is not None and value < least or most is not None and value > most:
+        bound = (f"must be at least {least:g}" if most is None else
+                 f"must be at most {most:g}" if least is None else f"must be in {least:g}..{most:g}")
+        raise _fail(key, given, bound)
+    return value
 
 
 def _duration_text(seconds: float) -> str:

@@ -22,8 +22,9 @@ import secrets
 import signal
 import ssl
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -42,6 +43,8 @@ from lbcore.runtime.observers import UnservedNodePorts, all_of
 from lbcore.runtime.probes import ReadinessProber
 from lbcore.runtime.sources import run_source_forever
 from lbcore.runtime.state import ClusterState, SyncMetrics
+
+_P = TypeVar("_P")
 
 log = logging.getLogger("lbcore.runtime.daemon")
 
@@ -131,6 +134,16 @@ def load_plugins() -> tuple[dict[str, Any], dict[str, Any]]:
         ) from None
 
 
+def _made(where: str, factory: Callable[..., _P], options: Mapping[str, Any],
+          context: RuntimeContext) -> _P:
+    """A plugin made from its options; its ConfigError (which names the option) gets the
+    option's place in the config file in front: ``frontends[0].options.workers: ...``."""
+    try:
+        return factory(options, context)
+    except ConfigError as exc:
+        raise StartError(f"{where}.options.{exc}") from None
+
+
 class Daemon:
     """One running lbcore: call :meth:`start`, then :meth:`stop` (or :meth:`run_until_signal`)."""
 
@@ -197,8 +210,9 @@ class Daemon:
             log=logging.getLogger("lbcore"),
         )
         loop = asyncio.get_running_loop()
-        for choice in config.frontends or ():
-            frontend = frontend_factories[choice.name](choice.options, context)
+        for i, choice in enumerate(config.frontends or ()):
+            frontend = _made(f"frontends[{i}]", frontend_factories[choice.name], choice.options,
+                             context)
             frontend.name = frontend.name or choice.name
             try:
                 await loop.run_in_executor(None, frontend.start)
@@ -210,7 +224,7 @@ class Daemon:
                 ) from None
             self.frontends[choice.name] = frontend
             event(log, "frontend started", frontend=choice.name)
-        self.source = sources[config.source.name](config.source.options, context)
+        self.source = _made("source", sources[config.source.name], config.source.options, context)
 
         table = ServiceTable(config.service_cidr, config.node_port_range, allocate=False)
         self.state = ClusterState(

@@ -407,7 +407,7 @@ class IptablesFrontend(Frontend):
 
     def __init__(self, options: Mapping[str, Any], context: RuntimeContext):
         super().__init__(options, context)
-        self.opts = NetfilterOptions.parse(self.name, self.options)
+        self.opts = NetfilterOptions.parse(self.options)
         self.runner = CommandRunner(self.opts.netns, self.opts.timeout)
         self._state: dict[int, FamilyState] = {}
         self._node: tuple[str, tuple[str, ...]] | None = None

@@ -64,7 +64,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import lbcore
-from lbcore import ConfigError, RuntimeContext, Source, SourceSink
+from lbcore import ConfigError, RuntimeContext, Source, SourceSink, option, read_options
 
 MODES: dict[str, tuple[str, ...]] = {
     "endpointslices": ("Service", "EndpointSlice"),
@@ -76,11 +76,6 @@ TLS_SECRETS = "type=kubernetes.io/tls"
 # kube-proxy's own filter: what another proxy serves, and headless services, are not its job
 DEFAULT_LABEL_SELECTOR = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
 
-_OPTIONS = {
-    "mode", "server", "token", "verify_ssl", "ca_file", "kubeconfig", "context", "in_cluster",
-    "namespace", "label_selector", "watch_timeout", "connect_timeout", "read_timeout", "backoff_initial",
-    "backoff_max", "unhealthy_after", "routes",
-}
 # answers to a watch that mean "list again": 410 Gone (compacted) and 504 Too large resource
 # version (the server's range is lower than the version asked for: a restart or a restore)
 RELIST_CODES = (410, 504)
@@ -142,11 +137,42 @@ class Backoff:
         return min(self._next * (1.0 + random.random()), self.maximum)
 
 
-def _positive(options: Mapping[str, Any], key: str, default: float) -> float:
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(f"source.kubernetes.{key}: expected a positive number, got {value!r}")
-    return float(value)
+def _auto_or_bool(key: str, value: Any) -> str | bool:
+    if value not in ("auto", True, False):
+        raise ConfigError(f"{key}: invalid value {value!r}: must be one of auto, true, false")
+    return value  # type: ignore[no-any-return]
+
+
+def _optional_bool(key: str, value: Any) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise ConfigError(f"{key}: invalid value {value!r}: expected true or false")
+    return value  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class KubernetesOptions:
+    """The ``kubernetes`` source's options (docs/sources/kubernetes.md)."""
+
+    mode: str = option("endpointslices", choices=tuple(MODES))
+    # Routes and Ingresses: "auto" reads them when the server serves their groups
+    routes: str | bool = option("auto", parse=_auto_or_bool)
+    # the API server: a URL with a token (and CA), else in-cluster, else a kubeconfig
+    server: str = ""
+    token: str = ""
+    verify_ssl: bool = True
+    ca_file: str = ""
+    kubeconfig: str | None = None
+    context: str | None = None
+    in_cluster: bool | None = option(None, parse=_optional_bool)
+    namespace: str | None = None
+    label_selector: str = DEFAULT_LABEL_SELECTOR
+    watch_timeout: float = option(20.0, duration=True, least=1.0)
+    connect_timeout: float = option(10.0, duration=True, least=0.001)
+    # default: watch_timeout + 10 s
+    read_timeout: float = option(0.0, duration=True)
+    backoff_initial: float = option(0.8, duration=True, least=0.001)
+    backoff_max: float = option(30.0, duration=True, least=0.001)
+    unhealthy_after: float = option(10.0, duration=True, least=0.001)
 
 
 class KubernetesSource(Source):
@@ -156,31 +182,18 @@ class KubernetesSource(Source):
 
     def __init__(self, options: Mapping[str, Any], context: RuntimeContext):
         super().__init__(options, context)
-        unknown = set(self.options) - _OPTIONS
-        if unknown:
-            raise ConfigError(
-                f"source.kubernetes: unknown option(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(sorted(_OPTIONS))}"
-            )
-        mode = self.options.get("mode", "endpointslices")
-        if mode not in MODES:
-            raise ConfigError(
-                f"source.kubernetes.mode: {mode!r} is not one of {', '.join(MODES)}"
-            )
-        self.mode: str = mode
-        self.routes = self.options.get("routes", "auto")
-        if self.routes not in ("auto", True, False):
-            raise ConfigError(
-                f"source.kubernetes.routes: {self.routes!r} is not one of auto, true, false")
-        self.kinds = MODES[mode] + (ROUTE_KINDS if self.routes else ())
-        self.namespace: str | None = self.options.get("namespace")
-        self.label_selector = str(self.options.get("label_selector", DEFAULT_LABEL_SELECTOR))
-        self.watch_timeout = max(1, int(_positive(self.options, "watch_timeout", 20)))
-        self.connect_timeout = _positive(self.options, "connect_timeout", 10)
-        self.read_timeout = _positive(self.options, "read_timeout", self.watch_timeout + 10)
-        self.backoff_initial = _positive(self.options, "backoff_initial", 0.8)
-        self.backoff_max = _positive(self.options, "backoff_max", 30)
-        self.unhealthy_after = _positive(self.options, "unhealthy_after", 10)
+        opts = self.settings = read_options(KubernetesOptions, self.options)
+        self.mode: str = opts.mode
+        self.routes = opts.routes
+        self.kinds = MODES[opts.mode] + (ROUTE_KINDS if opts.routes else ())
+        self.namespace: str | None = opts.namespace
+        self.label_selector = opts.label_selector
+        self.watch_timeout = int(opts.watch_timeout)
+        self.connect_timeout = opts.connect_timeout
+        self.read_timeout = opts.read_timeout or self.watch_timeout + 10
+        self.backoff_initial = opts.backoff_initial
+        self.backoff_max = opts.backoff_max
+        self.unhealthy_after = opts.unhealthy_after
         self.log = context.log.getChild("kubernetes")
         self.synced = asyncio.Event()  # set once every kind has been listed into the sink
         # what the reflectors have done, for logs and tests: kind -> count
@@ -226,24 +239,24 @@ class KubernetesSource(Source):
         from kubernetes import client, config
 
         configuration = client.Configuration()
-        options = self.options
-        if options.get("server"):
-            configuration.host = str(options["server"]).rstrip("/")
-            if options.get("token"):
-                configuration.api_key = {"authorization": str(options["token"])}
+        opts = self.settings
+        if opts.server:
+            configuration.host = opts.server.rstrip("/")
+            if opts.token:
+                configuration.api_key = {"authorization": opts.token}
                 configuration.api_key_prefix = {"authorization": "Bearer"}
-            configuration.verify_ssl = bool(options.get("verify_ssl", True))
-            if options.get("ca_file"):
-                configuration.ssl_ca_cert = str(options["ca_file"])
-        elif options.get("in_cluster") or (
-            "in_cluster" not in options and not options.get("kubeconfig")
+            configuration.verify_ssl = opts.verify_ssl
+            if opts.ca_file:
+                configuration.ssl_ca_cert = opts.ca_file
+        elif opts.in_cluster or (
+            opts.in_cluster is None and not opts.kubeconfig
             and os.environ.get("KUBERNETES_SERVICE_HOST")
         ):
             config.load_incluster_config(client_configuration=configuration)
         else:
             config.load_kube_config(
-                config_file=options.get("kubeconfig"),
-                context=options.get("context"),
+                config_file=opts.kubeconfig,
+                context=opts.context,
                 client_configuration=configuration,
             )
         # one retry policy, ours (backoff with jitter, one log line per failure), not urllib3's

@@ -14,12 +14,31 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import lbcore
-from lbcore import ConfigError, RuntimeContext, Source, SourceSink
+from lbcore import ConfigError, RuntimeContext, Source, SourceSink, option, read_options
 
 DEFAULT_KINDS = tuple(k.kind for k in lbcore.KINDS)
+
+
+def _kinds(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple) \
+            or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"{key}: invalid value {value!r}: expected a list of kinds")
+    try:
+        return tuple(lbcore.kind_for(k).kind for k in value)
+    except lbcore.UnknownKind as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """The ``local`` source's options."""
+
+    kinds: tuple[str, ...] = option(DEFAULT_KINDS, parse=_kinds)
+    namespace: str | None = None
 
 
 class LocalSource(Source):
@@ -34,14 +53,9 @@ class LocalSource(Source):
                 "source.local: the runtime context has no store; the local source needs the "
                 "daemon's embedded store"
             )
-        kinds = self.options.get("kinds", DEFAULT_KINDS)
-        if isinstance(kinds, str) or not all(isinstance(k, str) for k in kinds):
-            raise ConfigError(f"source.local.kinds: expected a list of kinds, got {kinds!r}")
-        try:
-            self.kinds = tuple(lbcore.kind_for(k).kind for k in kinds)
-        except lbcore.UnknownKind as exc:
-            raise ConfigError(f"source.local.kinds: {exc}") from None
-        self.namespace: str | None = self.options.get("namespace")
+        opts = read_options(LocalOptions, self.options)
+        self.kinds = opts.kinds
+        self.namespace: str | None = opts.namespace
         self.synced = asyncio.Event()  # set once every kind has been listed into the sink
 
     async def run(self, sink: SourceSink) -> None:

@@ -23,7 +23,9 @@ from lbcore import (
     Snapshot,
     endpoints_for,
     hash64,
+    option,
     policy_is_local,
+    read_options,
 )
 from lbcore_plugins.nftlib import NftContext, NftUnavailable
 
@@ -93,6 +95,38 @@ def family_of(ip: str) -> int:
 ENDPOINT_SELECTIONS = ("cascade", "vmap", "inline", "map", "maps")
 
 
+def _cidr_per_family(key: str, value: Any) -> Mapping[int, str]:
+    """``cluster_cidr``: one CIDR, or one per family, as ``{4: ..., 6: ...}``."""
+    cidrs: dict[int, str] = {}
+    for text in [value] if isinstance(value, str) else list(value or ()):
+        try:
+            net = ipaddress.ip_network(str(text), strict=False)
+        except ValueError:
+            raise ConfigError(f"{key}: invalid value {text!r}: expected a CIDR") from None
+        if net.version in cidrs:
+            raise ConfigError(f"{key}: invalid value {value!r}: one CIDR per family")
+        cidrs[net.version] = str(net)
+    return cidrs
+
+
+def _networks(key: str, value: Any) -> tuple[str, ...]:
+    """``node_addresses``: addresses or CIDRs, as networks."""
+    out = []
+    for text in [value] if isinstance(value, str) else list(value or ()):
+        try:
+            out.append(str(ipaddress.ip_network(str(text), strict=False)))
+        except ValueError:
+            raise ConfigError(
+                f"{key}: invalid value {text!r}: expected an IP address or CIDR") from None
+    return tuple(out)
+
+
+def _netns_name(key: str, value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value or "/" in value):
+        raise ConfigError(f"{key}: invalid value {value!r}: expected a namespace name")
+    return value
+
+
 @dataclass(frozen=True)
 class NetfilterOptions:
     """The options both kernel frontends take (see docs/frontends/kernel.md)."""
@@ -100,112 +134,33 @@ class NetfilterOptions:
     keep_on_exit: bool = False
     masquerade_all: bool = False
     # pod network per family: traffic from it (and from local processes) may use ClusterIPs
-    cluster_cidrs: Mapping[int, str] = None  # type: ignore[assignment]
+    cluster_cidr: Mapping[int, str] = option({}, parse=_cidr_per_family)
     # NodePorts only on these node addresses; empty: on every local address
-    node_addresses: tuple[str, ...] = ()
-    netns: str | None = None
+    node_addresses: tuple[str, ...] = option((), parse=_networks)
+    netns: str | None = option(None, parse=_netns_name)
     conntrack_cleanup: bool = True
-    timeout: float = 60.0
+    timeout: float = option(60.0, duration=True, least=0.001)
     # iptables: a full sync with more chains than this is split into transactions (0: never).
     # iptables-nft-restore --noflush grows with the square of the chains in one transaction.
-    restore_chunk_chains: int = 2000
+    restore_chunk_chains: int = option(2000, least=0)
     # nftables: "cascade" (one numgen rule per endpoint) or "vmap" (one anonymous numgen vmap
     # per service, as kube-proxy writes it; slow to load with thousands of services, because
     # the kernel scans every anonymous set to name each new one); "inline", "map" and "maps"
     # (shared chains, per-port state in map elements): see docs/frontends/kernel.md
-    endpoint_selection: str = "cascade"
+    endpoint_selection: str = option("cascade", choices=ENDPOINT_SELECTIONS)
     # iptables: "auto" (the iptables command of the host, nft or legacy as its alternatives say,
     # what kube-proxy detects), "nft" (iptables-nft-*) or "legacy" (iptables-legacy-*)
-    backend: str = "auto"
+    backend: str = option("auto", choices=("auto", "nft", "legacy"))
 
-    def __post_init__(self) -> None:
-        if self.cluster_cidrs is None:
-            object.__setattr__(self, "cluster_cidrs", {})
+    @property
+    def cluster_cidrs(self) -> Mapping[int, str]:
+        """The pod network of each family (4, 6) that has one."""
+        return self.cluster_cidr
 
     @classmethod
-    def parse(cls, frontend: str, options: Mapping[str, Any]) -> NetfilterOptions:
+    def parse(cls, options: Mapping[str, Any]) -> NetfilterOptions:
         """Validate ``options``; a bad value raises :class:`ConfigError` naming the key."""
-        known = {
-            "keep_on_exit",
-            "masquerade_all",
-            "cluster_cidr",
-            "node_addresses",
-            "netns",
-            "conntrack_cleanup",
-            "timeout",
-            "restore_chunk_chains",
-            "endpoint_selection",
-            "backend",
-        }
-        for key in options:
-            if key not in known:
-                raise ConfigError(
-                    f"{frontend}: unknown option {key!r}; known: {', '.join(sorted(known))}"
-                )
-
-        def flag(key: str, default: bool) -> bool:
-            value = options.get(key, default)
-            if not isinstance(value, bool):
-                raise ConfigError(f"{frontend}: option {key!r} must be true or false, not {value!r}")
-            return value
-
-        cidrs: dict[int, str] = {}
-        raw = options.get("cluster_cidr") or ()
-        for text in [raw] if isinstance(raw, str) else list(raw):
-            try:
-                net = ipaddress.ip_network(str(text), strict=False)
-            except ValueError as exc:
-                raise ConfigError(f"{frontend}: option 'cluster_cidr': {text!r} is not a CIDR") from exc
-            if net.version in cidrs:
-                raise ConfigError(
-                    f"{frontend}: option 'cluster_cidr': one CIDR per family, got {cidrs[net.version]!r} and {text!r}"
-                )
-            cidrs[net.version] = str(net)
-
-        addresses: list[str] = []
-        raw_addresses = options.get("node_addresses") or ()
-        for text in [raw_addresses] if isinstance(raw_addresses, str) else list(raw_addresses):
-            try:
-                addresses.append(str(ipaddress.ip_network(str(text), strict=False)))
-            except ValueError as exc:
-                raise ConfigError(
-                    f"{frontend}: option 'node_addresses': {text!r} is not an IP address or CIDR"
-                ) from exc
-
-        netns = options.get("netns")
-        if netns is not None and (not isinstance(netns, str) or not netns or "/" in netns):
-            raise ConfigError(f"{frontend}: option 'netns': {netns!r} is not a namespace name")
-        timeout = options.get("timeout", 60.0)
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-            raise ConfigError(f"{frontend}: option 'timeout': {timeout!r} is not a positive number")
-        chunk = options.get("restore_chunk_chains", 2000)
-        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 0:
-            raise ConfigError(
-                f"{frontend}: option 'restore_chunk_chains': {chunk!r} is not a count (0 or more)"
-            )
-        selection = options.get("endpoint_selection", "cascade")
-        if selection not in ENDPOINT_SELECTIONS:
-            raise ConfigError(
-                f"{frontend}: option 'endpoint_selection': {selection!r} is not one of "
-                f"{', '.join(repr(v) for v in ENDPOINT_SELECTIONS)}"
-            )
-        backend = options.get("backend", "auto")
-        if backend not in ("auto", "nft", "legacy"):
-            raise ConfigError(
-                f"{frontend}: option 'backend': {backend!r} is not 'auto', 'nft' or 'legacy'"
-            )
-        return cls(
-            backend=backend,
-            endpoint_selection=selection,
-            restore_chunk_chains=chunk,
-            keep_on_exit=flag("keep_on_exit", False),
-            masquerade_all=flag("masquerade_all", False),
-            cluster_cidrs=cidrs,
-            node_addresses=tuple(addresses),
-            netns=netns,
-            conntrack_cleanup=flag("conntrack_cleanup", True),
-            timeout=float(timeout),
-        )
+        return read_options(cls, options)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -772,7 +772,7 @@ class NftablesFrontend(Frontend):
 
     def __init__(self, options: Mapping[str, Any], context: RuntimeContext):
         super().__init__(options, context)
-        self.opts = NetfilterOptions.parse(self.name, self.options)
+        self.opts = NetfilterOptions.parse(self.options)
         self.runner = CommandRunner(self.opts.netns, self.opts.timeout)
         self.renderer = NftRenderer(self.opts)
         self.cache = RenderCache()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from lbcore import (
     RuntimeContext,
     Snapshot,
     hookimpl,
+    option,
+    read_options,
     routing_table,
 )
 from lbcore_plugins.socket_frontend import (
@@ -35,53 +38,35 @@ from lbcore_plugins.socket_frontend import (
     raise_open_files_limit,
 )
 
-#: the route frontend's own options, beside the engine's (ProxyOptions), with their defaults
-ROUTE_OPTIONS: dict[str, Any] = {
-    "http_address": "127.0.0.1",
-    "http_port": 8080,
-    "https_address": "127.0.0.1",
-    "https_port": 8443,
-    "redirect_port": 0,
-    "max_body_bytes": 0,
-    "header_timeout": 10.0,
-    "keepalive_timeout": 300.0,
-    "pool_idle_timeout": 30.0,
-    "pool_max_idle": 1024,
-    "default_certificate": "",
-    "default_key": "",
-    "default_destination_ca": "",
-    "ingress_class": "lbcore",
-    "tls_session_resumption": True,
-}
+
+@dataclass(frozen=True)
+class RouteOptions:
+    """The route frontend's own options, beside the engine's (:class:`ProxyOptions`)."""
+
+    http_address: str = "127.0.0.1"
+    http_port: int = option(8080, least=0, most=65535)
+    https_address: str = "127.0.0.1"
+    https_port: int = option(8443, least=0, most=65535)
+    redirect_port: int = option(0, least=0, most=65535)
+    max_body_bytes: int = option(0, least=0)
+    header_timeout: float = option(10.0, duration=True, least=0.001)
+    keepalive_timeout: float = option(300.0, duration=True, least=0.001)
+    pool_idle_timeout: float = option(30.0, duration=True, least=0.001)
+    pool_max_idle: int = option(1024, least=0)
+    default_certificate: str = ""
+    default_key: str = ""
+    default_destination_ca: str = ""
+    ingress_class: str = "lbcore"
+    tls_session_resumption: bool = True
+
+    def __post_init__(self) -> None:
+        if bool(self.default_certificate) != bool(self.default_key):
+            raise ConfigError("default_certificate, default_key: give both or neither")
+
+
+ROUTE_OPTIONS = tuple(f.name for f in fields(RouteOptions))
 
 Rows = tuple[tuple[str, int, int, bool], ...]
-
-
-def route_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The route options of ``options`` with defaults, checked; a ConfigError names the key."""
-    out = dict(ROUTE_OPTIONS)
-    for key, default in ROUTE_OPTIONS.items():
-        if key not in options:
-            continue
-        value = options[key]
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, type(default)) or (isinstance(value, bool)
-                                                     and not isinstance(default, bool)):
-            raise ConfigError(f"{key}: {value!r} is not a {type(default).__name__}")
-        out[key] = value
-    for key in ("http_port", "https_port", "redirect_port"):
-        if not 0 <= out[key] <= 65535:
-            raise ConfigError(f"{key}: {out[key]!r} is not in 0..65535")
-    for key in ("header_timeout", "keepalive_timeout", "pool_idle_timeout"):
-        if out[key] <= 0:
-            raise ConfigError(f"{key}: {out[key]!r} must be positive")
-    for key in ("max_body_bytes", "pool_max_idle"):
-        if out[key] < 0:
-            raise ConfigError(f"{key}: {out[key]!r} must not be negative")
-    if bool(out["default_certificate"]) != bool(out["default_key"]):
-        raise ConfigError("default_certificate, default_key: give both or neither")
-    return out
 
 
 def service_host(service: str) -> str:
@@ -136,14 +121,14 @@ def engine_routes(table: RoutingTable, default_destination_ca: bytes = b""
 
 class RouteFrontend(Frontend):
     """Serves Routes and Ingresses on one HTTP and one HTTPS listener (options:
-    :data:`ROUTE_OPTIONS` and the socket frontend's engine options, docs/frontends/route.md)."""
+    :class:`RouteOptions` and the socket frontend's engine options, docs/frontends/route.md)."""
 
     name = "route"
 
     def __init__(self, options: Mapping[str, Any], context: RuntimeContext):
         super().__init__(options, context)
-        self.route_settings = route_options(self.options)
-        self.settings = ProxyOptions.from_options(self.options, tuple(ROUTE_OPTIONS))
+        self.route_settings = read_options(RouteOptions, self.options, skip=ProxyOptions.names())
+        self.settings = ProxyOptions.from_options(self.options, ROUTE_OPTIONS)
         self.engine: Any = None
         self._tables: dict[str, tuple[Rows, float]] = {}
         self._hosts: list[dict[str, Any]] | None = None
@@ -161,15 +146,15 @@ class RouteFrontend(Frontend):
         if self.engine is not None:
             return
         opts = self.route_settings
-        if opts["default_certificate"]:
+        if opts.default_certificate:
             try:
-                self._default_certificate = (Path(opts["default_certificate"]).read_bytes(),
-                                             Path(opts["default_key"]).read_bytes())
+                self._default_certificate = (Path(opts.default_certificate).read_bytes(),
+                                             Path(opts.default_key).read_bytes())
             except OSError as exc:
                 raise ConfigError(f"default_certificate: {exc}") from None
-        if opts["default_destination_ca"]:
+        if opts.default_destination_ca:
             try:
-                self._default_destination_ca = Path(opts["default_destination_ca"]).read_bytes()
+                self._default_destination_ca = Path(opts.default_destination_ca).read_bytes()
             except OSError as exc:
                 raise ConfigError(f"default_destination_ca: {exc}") from None
             if b"-----BEGIN CERTIFICATE-----" not in self._default_destination_ca:
@@ -178,15 +163,15 @@ class RouteFrontend(Frontend):
         raise_open_files_limit()
         engine = Engine(**self.settings.engine_kwargs())
         engine.configure_http(
-            max_body_bytes=opts["max_body_bytes"], header_timeout=opts["header_timeout"],
-            keepalive_timeout=opts["keepalive_timeout"],
-            pool_idle_timeout=opts["pool_idle_timeout"], pool_max_idle=opts["pool_max_idle"])
+            max_body_bytes=opts.max_body_bytes, header_timeout=opts.header_timeout,
+            keepalive_timeout=opts.keepalive_timeout,
+            pool_idle_timeout=opts.pool_idle_timeout, pool_max_idle=opts.pool_max_idle)
         engine.set_routes([], self._default_certificate)
-        https_port = opts["https_port"]
+        https_port = opts.https_port
         try:
             # HTTPS first: the HTTP listener's redirects need its port
-            for scheme, address, port in (("https", opts["https_address"], https_port),
-                                          ("http", opts["http_address"], opts["http_port"])):
+            for scheme, address, port in (("https", opts.https_address, https_port),
+                                          ("http", opts.http_address, opts.http_port)):
                 fds = bind_listener(address, port, "TCP", self.settings.workers,
                                     self.settings.backlog, self.settings.reuseport)
                 sock = socket.socket(fileno=fds[0])
@@ -196,9 +181,9 @@ class RouteFrontend(Frontend):
                     https_port = bound
                 engine.add_http_listener(
                     fds, https=scheme == "https", port=bound,
-                    redirect_port=opts["redirect_port"] or https_port,
+                    redirect_port=opts.redirect_port or https_port,
                     max_connections=self.settings.max_connections,
-                    tls_resumption=opts["tls_session_resumption"])
+                    tls_resumption=opts.tls_session_resumption)
                 self._listeners[scheme] = (address, bound)
         except OSError as exc:
             engine.stop()
@@ -222,7 +207,7 @@ class RouteFrontend(Frontend):
     def sync(self, snapshot: Snapshot, changed: frozenset[str]) -> None:
         if self.engine is None:
             self.start()
-        table = routing_table(snapshot, self.route_settings["ingress_class"])
+        table = routing_table(snapshot, self.route_settings.ingress_class)
         hosts, tables, affinity = engine_routes(table, self._default_destination_ca)
         opts = self.settings
         for key, rows in tables.items():

@@ -16,7 +16,7 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from lbcore import (
@@ -30,8 +30,10 @@ from lbcore import (
     balancers,
     endpoints_for,
     hookimpl,
+    option,
     policy_is_local,
     raise_open_files_limit,
+    read_options,
 )
 
 try:
@@ -49,65 +51,42 @@ PROTOCOLS = ("TCP", "UDP")
 class ProxyOptions:
     """The options of the ``socket`` and ``nodeport`` frontends (docs/frontends/socket.md)."""
 
-    workers: int = 2
+    workers: int = option(2, least=1)
     algorithm: str = "round_robin"
-    algorithm_options: dict[str, Any] = field(default_factory=dict)
-    hash_key: str = "client_ip"
-    affinity_capacity: int = 65536
-    connect_timeout: float = 5.0
-    server_timeout: float = 60.0
-    eject_after: int = 5
-    max_ejected_share: float = 0.5
-    idle_timeout: float = 3600.0
-    udp_idle_timeout: float = 30.0
-    retries: int = 2
-    down_time: float = 5.0
-    max_connections: int = 0
-    max_total_connections: int = 0
-    backlog: int = 4096
+    algorithm_options: dict[str, Any] = option({})
+    hash_key: str = option("client_ip", choices=("client_ip", "five_tuple"))
+    affinity_capacity: int = option(65536, least=1)
+    connect_timeout: float = option(5.0, duration=True, least=0.001)
+    server_timeout: float = option(60.0, duration=True)
+    eject_after: int = option(5, least=1)
+    max_ejected_share: float = option(0.5, least=0.0, most=1.0)
+    idle_timeout: float = option(3600.0, duration=True)
+    udp_idle_timeout: float = option(30.0, duration=True)
+    retries: int = option(2, least=0)
+    down_time: float = option(5.0, duration=True)
+    max_connections: int = option(0, least=0)
+    max_total_connections: int = option(0, least=0)
+    backlog: int = option(4096, least=1)
     reuseport: bool = True
-    buffer_size: int = 16384
+    buffer_size: int = option(16384, least=1)
     splice: str = "auto"
-    pipe_size: int = 1048576
-    udp_max_flows: int = 65536
-    udp_max_client_flows: int = 1024
-    udp_receive_buffer: int = 4194304
+    pipe_size: int = option(1048576, least=1)
+    udp_max_flows: int = option(65536, least=1)
+    udp_max_client_flows: int = option(1024, least=1)
+    udp_receive_buffer: int = option(4194304, least=0)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], extra: Iterable[str] = ()) -> ProxyOptions:
-        """Validate ``options``; a :class:`ConfigError` names the key and the value."""
-        known = {f.name: f for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in options.items():
-            if key in extra:
-                continue
-            if key not in known:
-                raise ConfigError(
-                    f"{key}: unknown option, expected one of {', '.join(sorted([*known, *extra]))}"
-                )
-            spec = known[key]
-            kind = dict if spec.default_factory is dict else type(spec.default)
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-                raise ConfigError(f"{key}: {value!r} is not a {kind.__name__}")
-            values[key] = value
-        opts = cls(**values)
+        """Validate ``options`` (keys in ``extra`` belong to the frontend using the engine); a
+        :class:`ConfigError` names the key and the value."""
+        opts = read_options(cls, options, tuple(extra))
         opts.check_algorithm()
-        if not 0 <= opts.max_ejected_share <= 1:
-            raise ConfigError(f"max_ejected_share: {opts.max_ejected_share!r} is not in 0..1")
-        if opts.hash_key not in ("client_ip", "five_tuple"):
-            raise ConfigError(f'hash_key: {opts.hash_key!r} is not "client_ip" or "five_tuple"')
-        for key in ("connect_timeout", "workers", "backlog", "affinity_capacity", "udp_max_flows",
-                    "udp_max_client_flows", "eject_after"):
-            if getattr(opts, key) <= 0:
-                raise ConfigError(f"{key}: {getattr(opts, key)!r} must be positive")
-        for key in ("idle_timeout", "udp_idle_timeout", "retries", "down_time", "max_connections",
-                    "max_total_connections",
-                    "udp_receive_buffer", "server_timeout"):
-            if getattr(opts, key) < 0:
-                raise ConfigError(f"{key}: {getattr(opts, key)!r} must not be negative")
         return opts
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The option names (those a frontend built on the engine passes through)."""
+        return tuple(f.name for f in fields(cls))
 
     def check_algorithm(self) -> None:
         """The algorithm must be one ``lbcore.balancers.available()`` lists and take

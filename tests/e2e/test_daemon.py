@@ -231,6 +231,25 @@ def test_invalid_config_key_exits_1_naming_the_key(tmp_path):
     )
 
 
+@pytest.mark.parametrize(("plugins", "message"), [
+    ("frontends: [socket, {name: nodeport, options: {workers: two}}]\n",
+     "frontends[1].options.workers: invalid value 'two': expected an integer"),
+    ("frontends: [{name: socket, options: {idle_timout: 5s}}]\n",
+     "frontends[0].options.idle_timout: unknown option; known: affinity_capacity, "),
+    ("frontends: []\nsource: {name: local, options: {kinds: [deployments]}}\n",
+     "source.options.kinds: unknown kind 'deployments'"),
+])
+def test_a_bad_plugin_option_exits_1_naming_its_place_in_the_file(tmp_path, plugins, message):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"admin_address: 127.0.0.1:0\ndata_dir: {tmp_path / 'data'}\n{plugins}")
+    out = subprocess.run(
+        [sys.executable, "-m", "lbcore", "run", "--config", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    assert f"error: {message}" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
 def test_admin_port_in_use_is_a_one_line_error(tmp_path):
     import socket
 

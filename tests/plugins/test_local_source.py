@@ -194,8 +194,10 @@ def test_kinds_are_named_as_kubectl_names_them():
     source = LocalSource({"kinds": ["svc", "endpointslices", "Pod"]}, RuntimeContext(store=object()))
     assert source.kinds == ("Service", "EndpointSlice", "Pod")
     assert LocalSource({}, RuntimeContext(store=object())).kinds == KINDS
-    with pytest.raises(ConfigError, match="source.local.kinds: unknown kind 'deployments'"):
+    with pytest.raises(ConfigError, match="kinds: unknown kind 'deployments'"):
         LocalSource({"kinds": ["deployments"]}, RuntimeContext(store=object()))
+    with pytest.raises(ConfigError, match="namespaces: unknown option; known: kinds, namespace"):
+        LocalSource({"namespaces": ["a"]}, RuntimeContext(store=object()))
 
 
 def test_registered_under_its_name_through_the_entry_point(monkeypatch):

@@ -67,23 +67,24 @@ def test_paused_gc_restores_the_collector_state_even_on_error(enabled):
 @pytest.mark.parametrize(
     ("options", "fragment"),
     [
-        ({"keep_on_exit": "yes"}, "'keep_on_exit'"),
-        ({"cluster_cidr": "10.244.0.0/33"}, "'10.244.0.0/33'"),
+        ({"keep_on_exit": "yes"}, "keep_on_exit: invalid value 'yes': expected true or false"),
+        ({"cluster_cidr": "10.244.0.0/33"}, "cluster_cidr: invalid value '10.244.0.0/33'"),
         ({"cluster_cidr": ["10.0.0.0/8", "10.244.0.0/16"]}, "one CIDR per family"),
-        ({"node_addresses": ["node-a"]}, "'node-a'"),
-        ({"netns": "a/b"}, "'netns'"),
-        ({"masquerade": True}, "unknown option 'masquerade'"),
-        ({"timeout": 0}, "'timeout'"),
+        ({"node_addresses": ["node-a"]}, "node_addresses: invalid value 'node-a'"),
+        ({"netns": "a/b"}, "netns: invalid value 'a/b'"),
+        ({"masquerade": True}, "masquerade: unknown option; known: backend, cluster_cidr"),
+        ({"timeout": 0}, "timeout: invalid value 0"),
+        ({"endpoint_selection": "random"}, "endpoint_selection: invalid value 'random': "
+                                           "must be one of cascade, vmap"),
     ],
 )
 def test_bad_options_name_the_key_and_value(options, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("/", "/").replace("[", r"\[")):
-        NetfilterOptions.parse("iptables", options)
+        NetfilterOptions.parse(options)
 
 
 def test_options_parse_dual_stack_cidrs_and_addresses():
     opts = NetfilterOptions.parse(
-        "nftables",
         {"cluster_cidr": ["10.244.0.0/16", "fd00:10:244::/56"], "node_addresses": "192.168.1.5",
          "keep_on_exit": True, "netns": "node1"},
     )

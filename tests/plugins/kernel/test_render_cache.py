@@ -101,7 +101,7 @@ def test_backend_option_picks_the_commands_and_rejects_other_values():
     assert IptablesFrontend({}, ctx).tool(4) == "iptables"
     assert IptablesFrontend({"backend": "legacy"}, ctx).tool(6) == "ip6tables-legacy"
     assert IptablesFrontend({"backend": "nft"}, ctx).tool(4) == "iptables-nft"
-    with pytest.raises(ConfigError, match="'backend': 'xtables'"):
+    with pytest.raises(ConfigError, match="backend: invalid value 'xtables'"):
         IptablesFrontend({"backend": "xtables"}, ctx)
-    with pytest.raises(ConfigError, match="'endpoint_selection': 'random'"):
+    with pytest.raises(ConfigError, match="endpoint_selection: invalid value 'random'"):
         NftablesFrontend({"endpoint_selection": "random"}, ctx)
