@@ -231,8 +231,8 @@ def lbcore_cluster(fe, backend_port: int) -> None:
     """A Service, its EndpointSlice (the three nginx) and a Route for HOST, fed to ``fe``."""
     table = ServiceTable(allocate=False)
     meta = {"namespace": "bench", "uid": "u1", "creationTimestamp": "2026-12-07T10:00:00Z"}
-    cert = Path(fe.route_settings["default_certificate"]).read_text()
-    key = Path(fe.route_settings["default_key"]).read_text()
+    cert = Path(fe.route_settings.default_certificate).read_text()
+    key = Path(fe.route_settings.default_key).read_text()
     for obj in (
         {"apiVersion": "v1", "kind": "Service", "metadata": {**meta, "name": "app"},
          "spec": {"clusterIP": "10.96.0.80", "ports": [{"port": 80, "targetPort": backend_port}]}},

@@ -158,7 +158,7 @@ class RouteFrontend(Frontend):
             except OSError as exc:
                 raise ConfigError(f"default_destination_ca: {exc}") from None
             if b"-----BEGIN CERTIFICATE-----" not in self._default_destination_ca:
-                raise ConfigError(f"default_destination_ca: {opts['default_destination_ca']!r} "
+                raise ConfigError(f"default_destination_ca: {opts.default_destination_ca!r} "
                                   "holds no PEM certificate")
         raise_open_files_limit()
         engine = Engine(**self.settings.engine_kwargs())

@@ -252,3 +252,13 @@ def test_clients_gone_mid_handshake_are_counted_apart_from_tls_failures(cluster,
     assert after["tls_failures"] - before["tls_failures"] == 2
     assert after["tls_aborted"] - before["tls_aborted"] == 5
     assert after["tls_handshakes"] == before["tls_handshakes"]
+
+
+def test_a_default_destination_ca_without_a_certificate_is_refused(make_cluster, tmp_path) -> None:
+    from lbcore import ConfigError
+
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match="default_destination_ca: .*ca.pem.* no PEM certificate"):
+        make_cluster(default_destination_ca=str(tmp_path / "ca.pem"))
+    with pytest.raises(ConfigError, match="default_destination_ca: .*No such file"):
+        make_cluster(default_destination_ca=str(tmp_path / "missing.pem"))
