@@ -510,12 +510,19 @@ cdef void endpoint_failed(Worker* w, Service* s, Endpoint* ep) noexcept nogil:
     """Count a failure of ``ep`` (refused, timed out, no answer); after ``eject_after`` in a
     row it is ejected: no new connection for ``down_time``, doubled at each ejection up to 5
     minutes, unless ``max_ejected_share`` of the service's endpoints are ejected already (at
-    least one may always be), as Envoy's outlier detection does."""
+    least one may always be), as Envoy's outlier detection does. Failures while it is ejected
+    do not count."""
     cdef int i, ejected = 0, cap
     cdef double d
     if lb_atomic_add(&ep.failures, 1) < w.cfg.eject_after:
         return
     pthread_mutex_lock(&s.lock)
+    if ep.ejections > 0 and ep.down_until > w.now:
+        # already ejected: these are connections made before, failing together (64 clients
+        # on a stopped backend); as Envoy, they do not eject it again, nor double its time
+        lb_atomic_store(&ep.failures, 0)
+        pthread_mutex_unlock(&s.lock)
+        return
     for i in range(s.neps):
         if s.eps[i] != ep and s.eps[i].ejections > 0 and s.eps[i].down_until > w.now:
             ejected += 1

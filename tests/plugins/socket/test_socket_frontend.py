@@ -150,6 +150,34 @@ def test_an_unanswering_backend_times_out_and_is_ejected(backends, make_frontend
         mute.close()
 
 
+def test_connections_failing_together_eject_once(backends, make_frontend):
+    """Clients already waiting on a backend that stops answering fail together: one
+    ejection, not one per failure (each would double the time out, to the 300 s cap)."""
+    a = backends("A")
+    mute = mute_backend()
+    try:
+        sp = service_port("web", [EndpointInfo("127.0.0.1", mute.getsockname()[1]), a.endpoint()])
+        fe = make_frontend(server_timeout=1.0, eject_after=1, down_time=30.0)
+        fe.sync(snapshot(sp), frozenset({"default/web"}))
+        clients = []
+        for _ in range(12):  # all made before the first times out; half go to the mute one
+            c = socket.create_connection((sp.cluster_ips[0], 8080), timeout=5)
+            c.sendall(b"hello\n")
+            clients.append(c)
+        answers = []
+        for c in clients:
+            try:
+                answers.append(read_line(c))
+            except ConnectionResetError:
+                answers.append("")
+            c.close()
+        stats = fe.stats()
+        assert stats["server_timeouts"] >= 2, (stats, answers)
+        assert stats["ejected"] == 1, stats
+    finally:
+        mute.close()
+
+
 def test_ejection_is_capped_at_a_share_of_the_endpoints(backends, make_frontend):
     a = backends("A")
     mutes = [mute_backend(), mute_backend()]
