@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import http.client
 import json
+import os
 import re
 import statistics
 import sys
@@ -92,6 +93,23 @@ class Metrics(threading.Thread):
         self.join(10)
 
 
+def store_counters(url: str) -> dict[str, float]:
+    """The store's commits and committed writes so far (``/metrics`` counters)."""
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("lbcore_store_commits_total", "lbcore_store_writes_total"):
+            out[name] = float(value)
+    return out
+
+
 async def http_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        request: bytes) -> tuple[int, bytes]:
     writer.write(request)
@@ -113,9 +131,11 @@ def patch_request(host: str, path: str, body: bytes) -> bytes:
             ).encode() + body
 
 
-def write_body(kind: str, n: int) -> bytes:
+def write_body(kind: str, n: int, unique: str) -> bytes:
+    """A label value no write has set before (an update that changes nothing is not stored,
+    and is no write to count), or the readiness of pass ``n`` over the pods."""
     if kind == "labels":
-        return b'{"metadata":{"labels":{"bench-rev":"%d"}}}' % n
+        return b'{"metadata":{"labels":{"bench-rev":"%s"}}}' % unique.encode()
     status = b"True" if n % 2 == 0 else b"False"
     return b'{"status":{"conditions":[{"type":"Ready","status":"%s"}]}}' % status
 
@@ -132,6 +152,7 @@ async def load(url: str, clients: int, services: int, kind: str, seconds: float,
     # each client writes the pods of its own services, round robin
     per_client = max(1, services // clients)
     stop_at = 0.0
+    run = f"{time.time_ns() % 10**12:x}"  # this load's own label values
 
     async def client(c: int) -> int:
         reader, writer = await asyncio.open_connection(host, int(port))
@@ -140,7 +161,8 @@ async def load(url: str, clients: int, services: int, kind: str, seconds: float,
             while time.monotonic() < stop_at:
                 i = c * per_client + (done // PODS_PER_SERVICE) % per_client
                 pod = f"{service_name(i % services)}-{done % PODS_PER_SERVICE}"
-                body = write_body(kind, done // (per_client * PODS_PER_SERVICE))
+                body = write_body(kind, done // (per_client * PODS_PER_SERVICE),
+                                  f"{run}-{c}-{done}")
                 request = patch_request(host_port, f"/api/v1/namespaces/default/pods/{pod}", body)
                 sent = time.monotonic()
                 status, data = await http_request(reader, writer, request)
@@ -253,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics.start()
             runs = []
             for clients in (1, args.clients):
+                before = store_counters(daemon.url)
                 t0 = time.monotonic()
                 result = asyncio.run(load(daemon.url, clients, seed.services, args.kind,
                                           args.seconds, watch=True))
@@ -268,11 +291,20 @@ def main(argv: list[str] | None = None) -> int:
                 for name in Metrics.NAMES:
                     result[name] = queue_summary(metrics.samples, t0, t1, name)
                 result["queues_empty_after_s"] = drained
+                after = store_counters(daemon.url)
+                commits = after.get("lbcore_store_commits_total", 0.0) - before.get(
+                    "lbcore_store_commits_total", 0.0)
+                committed = after.get("lbcore_store_writes_total", 0.0) - before.get(
+                    "lbcore_store_writes_total", 0.0)
+                result["commits"] = commits
+                result["writes_per_commit"] = committed / commits if commits else None
                 runs.append(result)
+                result["load_average"] = os.getloadavg()
                 log(f"  {clients:2d} clients, {args.kind}: {result['writes_per_second']:7.0f} "
                     f"acknowledged writes/s ({result['writes']} in {result['seconds']:.1f} s, "
                     f"{result['errors']} errors); write latency p50 "
-                    f"{result['latency_p50'] * 1e3:.1f} ms, p99 {result['latency_p99'] * 1e3:.1f} ms")
+                    f"{result['latency_p50'] * 1e3:.1f} ms, p99 {result['latency_p99'] * 1e3:.1f} ms"
+                    f"; load average {' '.join(f'{x:.1f}' for x in result['load_average'])}")
                 log(f"     watch of pods: {result['watch_events']} events, lag p50 "
                     f"{result['watch_lag_p50'] * 1e3:.1f} ms, p99 "
                     f"{result['watch_lag_p99'] * 1e3:.1f} ms, max "
@@ -284,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
                             f"{q['mean_first_half']:.1f}, second half {q['mean_second_half']:.1f}")
                 log(f"     queues empty {drained if drained is None else round(drained, 2)} s "
                     "after the load")
+                if commits:
+                    log(f"     store: {committed:.0f} writes (the endpoints controller's "
+                        f"included) in {commits:.0f} commits, "
+                        f"{result['writes_per_commit']:.1f} per commit")
             metrics.stop()
             report["runs"] = runs
             one, many = runs

@@ -478,6 +478,14 @@ class _BacklogMetrics:
             "lbcore_watch_queue", "Changes waiting for the clients of open watches to read them")
         pending.add_metric([], float(store.watch_backlog if store is not None else 0))
         yield pending
+        commits = CounterMetricFamily(
+            "lbcore_store_commits", "SQLite transactions that committed writes (a group commit "
+            "is one)")
+        commits.add_metric([], float(store.commits if store is not None else 0))
+        yield commits
+        writes = CounterMetricFamily("lbcore_store_writes", "Writes committed")
+        writes.add_metric([], float(store.committed if store is not None else 0))
+        yield writes
 
 
 def run(config: Config) -> int:

@@ -419,6 +419,8 @@ class Store:
         self._shared_lock = threading.Lock()
         self._watchers: set[Watch] = set()
         self._listeners: list[Callable[[Event], None]] = []
+        self.commits = 0  # transactions that committed writes since the store opened
+        self.committed = 0  # the writes they held
         try:
             self._db = sqlite3.connect(
                 ":memory:" if self.path is None else str(self.path),
@@ -681,6 +683,8 @@ class Store:
             db.execute("ROLLBACK")
             raise
         self._revision = last
+        self.commits += 1
+        self.committed += len(batch)
 
     async def grouped(self, write: Callable[[], T]) -> T:
         """Run ``write`` (a call of this store's write methods, on the event loop) with its

@@ -543,6 +543,7 @@ def test_grouped_writes_of_one_loop_turn_share_one_transaction(store):
 
     results = asyncio.run(main())
     assert len(commits) == 1
+    assert (store.commits, store.committed) == (1, 20)  # what /metrics counts
     created, refused = results[:20], results[20]
     assert isinstance(refused, Invalid)  # its own error; the others are stored
     assert [int(c["metadata"]["resourceVersion"]) for c in created] == list(range(1, 21))

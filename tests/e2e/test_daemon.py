@@ -101,6 +101,7 @@ def test_daemon_serves_health_and_metrics_and_stops_cleanly_on_signal(tmp_path, 
         status, body = d.get("/metrics")
         assert status == 200
         assert b"lbcore_syncs_total" in body and b"lbcore_sync_duration_seconds_bucket" in body
+        assert b"lbcore_store_commits_total" in body and b"lbcore_store_writes_total" in body
         assert d.get("/api/v1/namespaces/default/services")[0] == 200
         assert (d.data_dir / "lbcore.db").exists()
     finally:
