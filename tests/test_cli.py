@@ -340,6 +340,11 @@ def test_rules_prints_the_iptables_rules_for_the_daemons_state(daemon, tmp_path)
     assert "127.10.200.7" in out.stdout and "8443" in out.stdout
     out = cli("rules", "--frontend", "nope", env=daemon)
     assert out.returncode == 1 and 'unknown frontend "nope"; available:' in out.stderr
+    config = tmp_path / "bad.yaml"
+    config.write_text("frontends: [{name: iptables, options: {timeout: 0}}]\n")
+    out = cli("rules", "--frontend", "iptables", "--config", str(config), env=daemon)
+    assert out.returncode == 1, out.stderr
+    assert "error: frontends[0].options.timeout: invalid value 0" in out.stderr, out.stderr
     assert cli("delete", "svc", "ruled", env=daemon).returncode == 0
 
 

@@ -445,7 +445,7 @@ def _events_about(client: Client, obj: Mapping[str, Any]) -> list[dict[str, Any]
 
 def cmd_rules(args: argparse.Namespace) -> int:
     from lbcore.runtime.config import load_config, resolve_plugins
-    from lbcore.runtime.daemon import load_plugins
+    from lbcore.runtime.daemon import load_plugins, make_plugin
     from lbcore.runtime.interfaces import RuntimeContext
 
     config = load_config(args.config)
@@ -454,7 +454,8 @@ def cmd_rules(args: argparse.Namespace) -> int:
         names = ", ".join(sorted(frontends)) or "none installed"
         raise CommandError(f'--frontend: unknown frontend "{args.frontend}"; available: {names}')
     config = resolve_plugins(config, sources, frontends)
-    options = next((f.options for f in config.frontends or () if f.name == args.frontend), {})
+    place, options = next(((f"frontends[{i}]", f.options) for i, f in enumerate(config.frontends or ())
+                           if f.name == args.frontend), ("frontends[]", {}))
     context = RuntimeContext(
         node_name=config.node_name,
         node_addresses=config.node_addresses,
@@ -462,7 +463,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
         service_cidrs=config.service_cidrs,
         node_port_range=config.node_port_range,
     )
-    frontend = frontends[args.frontend](options, context)
+    frontend = make_plugin(place, frontends[args.frontend], options, context)
     render = getattr(frontend, "render", None)
     if render is None:
         raise CommandError(f"--frontend: {args.frontend} has no rules to show")

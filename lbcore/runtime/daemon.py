@@ -134,7 +134,7 @@ def load_plugins() -> tuple[dict[str, Any], dict[str, Any]]:
         ) from None
 
 
-def _made(where: str, factory: Callable[..., _P], options: Mapping[str, Any],
+def make_plugin(where: str, factory: Callable[..., _P], options: Mapping[str, Any],
           context: RuntimeContext) -> _P:
     """A plugin made from its options; its ConfigError (which names the option) gets the
     option's place in the config file in front: ``frontends[0].options.workers: ...``."""
@@ -211,7 +211,7 @@ class Daemon:
         )
         loop = asyncio.get_running_loop()
         for i, choice in enumerate(config.frontends or ()):
-            frontend = _made(f"frontends[{i}]", frontend_factories[choice.name], choice.options,
+            frontend = make_plugin(f"frontends[{i}]", frontend_factories[choice.name], choice.options,
                              context)
             frontend.name = frontend.name or choice.name
             try:
@@ -224,7 +224,7 @@ class Daemon:
                 ) from None
             self.frontends[choice.name] = frontend
             event(log, "frontend started", frontend=choice.name)
-        self.source = _made("source", sources[config.source.name], config.source.options, context)
+        self.source = make_plugin("source", sources[config.source.name], config.source.options, context)
 
         table = ServiceTable(config.service_cidr, config.node_port_range, allocate=False)
         self.state = ClusterState(
