@@ -1,13 +1,16 @@
 """Readiness probes, as a kubelet runs them, for the pods of the embedded store.
 
-A pod's ``readinessProbe`` (``tcpSocket`` or ``httpGet``; ``exec`` needs a container, which
-lbcore never runs, and ``grpc`` is not offered) is run against ``status.podIP`` with Kubernetes'
-fields and defaults: ``initialDelaySeconds`` 0, ``periodSeconds`` 10, ``timeoutSeconds`` 1,
+A pod's ``readinessProbe`` (``tcpSocket``, ``httpGet`` or ``grpc``; ``exec`` needs a container,
+which lbcore never runs) is run against ``status.podIP`` with Kubernetes' fields and defaults: ``initialDelaySeconds`` 0, ``periodSeconds`` 10, ``timeoutSeconds`` 1,
 ``successThreshold`` 1, ``failureThreshold`` 3. As under a kubelet, a probed pod is not ready
 until its probes pass: ``successThreshold`` passes in a row make it ready, ``failureThreshold``
 failures in a row make it not ready again. The result is written as the pod's ``Ready``
 condition through the store, so endpoints follow as they do in a cluster. When a pod has several
 containers with probes, it is ready when all of them pass.
+
+A ``grpc`` probe calls ``grpc.health.v1.Health/Check`` for its ``service`` (default ``""``) and
+passes on ``SERVING``, as a kubelet's; it needs the ``grpcio`` and ``grpcio-health-checking``
+packages (``pip install lbcore[grpc]``), without which such a probe is left to a kubelet.
 
 Only the daemon's embedded store is probed: with a real cluster, its kubelets do it.
 """
@@ -32,9 +35,10 @@ log = logging.getLogger("lbcore.runtime.probes")
 class Probe:
     """One container's readinessProbe, with Kubernetes' defaults filled in."""
 
-    kind: str  # "tcpSocket" | "httpGet"
+    kind: str  # "tcpSocket" | "httpGet" | "grpc"
     port: int
     path: str = "/"
+    service: str = ""  # grpc: the service name asked of the health service
     scheme: str = "HTTP"
     host: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
@@ -47,16 +51,17 @@ class Probe:
 
 def probes_of(pod: Mapping[str, Any]) -> list[Probe]:
     """The readiness probes lbcore can run for ``pod`` (a named port resolved from the
-    container's ports); an ``exec`` or ``grpc`` probe is left to a kubelet."""
+    container's ports); an ``exec`` probe, or a ``grpc`` one without grpcio, is left to a
+    kubelet."""
     out = []
     for container in (pod.get("spec") or {}).get("containers") or []:
         spec = (container or {}).get("readinessProbe")
         if not isinstance(spec, Mapping):
             continue
         ports = {p.get("name"): p.get("containerPort") for p in container.get("ports") or []}
-        for kind in ("tcpSocket", "httpGet"):
+        for kind in ("tcpSocket", "httpGet", "grpc"):
             action = spec.get(kind)
-            if not isinstance(action, Mapping):
+            if not isinstance(action, Mapping) or kind == "grpc" and not _grpc_available():
                 continue
             port = action.get("port")
             port = ports.get(port) if isinstance(port, str) else port
@@ -67,6 +72,7 @@ def probes_of(pod: Mapping[str, Any]) -> list[Probe]:
                 port=port,
                 path=str(action.get("path", "/")),
                 scheme=str(action.get("scheme", "HTTP")).upper(),
+                service=str(action.get("service") or ""),
                 host=action.get("host"),
                 headers=tuple((h["name"], h["value"]) for h in action.get("httpHeaders") or []),
                 initial_delay=float(spec.get("initialDelaySeconds", 0)),
@@ -78,9 +84,40 @@ def probes_of(pod: Mapping[str, Any]) -> list[Probe]:
     return out
 
 
+@functools.cache
+def _grpc_available() -> bool:
+    try:
+        import grpc  # noqa: F401
+        from grpc_health.v1 import health_pb2  # noqa: F401
+    except ImportError:
+        log.info("grpc readiness probes are left to a kubelet: install lbcore[grpc] to run them")
+        return False
+    return True
+
+
+def grpc_serving(host: str, port: int, service: str, timeout: float) -> bool:
+    """``grpc.health.v1.Health/Check`` of ``service`` at ``host:port`` says ``SERVING``
+    (blocking: run in a thread)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    with grpc.insecure_channel(target) as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError:
+            return False
+    return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+
 async def run_probe(probe: Probe, pod_ip: str) -> bool:
-    """One try of ``probe`` against the pod: a TCP connect, or an HTTP GET answered 200..399."""
+    """One try of ``probe`` against the pod: a TCP connect, an HTTP GET answered 200..399, or
+    a gRPC health check answered SERVING."""
     host = probe.host or pod_ip
+    if probe.kind == "grpc":
+        return await asyncio.get_running_loop().run_in_executor(
+            None, grpc_serving, host, probe.port, probe.service, probe.timeout)
     try:
         async with asyncio.timeout(probe.timeout):
             if probe.kind == "tcpSocket":

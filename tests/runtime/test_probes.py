@@ -7,6 +7,8 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
+
 from lbcore.runtime.probes import ReadinessProber, probes_of, ready_condition
 from lbcore.runtime.store import Store
 
@@ -41,6 +43,8 @@ def test_probe_fields_take_kubernetes_defaults_and_named_ports():
     }]}})
     assert (p.kind, p.port, p.path, p.period, p.timeout, p.success_threshold, p.failure_threshold,
             p.initial_delay) == ("httpGet", 8080, "/healthz", 10.0, 1.0, 1, 3, 0.0)
+    (g,) = probes_of({"spec": {"containers": [{"readinessProbe": {"grpc": {"port": 9090}}}]}})
+    assert (g.kind, g.port, g.service) == ("grpc", 9090, "")
     assert probes_of({"spec": {"containers": [{"readinessProbe": {"exec": {"command": ["x"]}}}]}}) == []
 
 
@@ -104,3 +108,41 @@ def test_an_http_probe_follows_the_status_code():
     finally:
         server.shutdown()
         Health.healthy = True
+
+
+def test_a_grpc_probe_follows_the_health_service():
+    grpc = pytest.importorskip("grpc", reason="grpcio is not installed (lbcore[grpc])")
+    from concurrent import futures
+
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    serving, not_serving = (health_pb2.HealthCheckResponse.SERVING,
+                            health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def scenario() -> None:
+        with Store(None) as store:
+            task = asyncio.create_task(ReadinessProber(store).run())
+            try:
+                servicer.set("shop", not_serving)
+                store.create(pod("grpc-0", {"grpc": {"port": port, "service": "shop"}}))
+                assert await until(store, "grpc-0", False)
+                servicer.set("shop", serving)
+                assert await until(store, "grpc-0", True)
+                servicer.set("shop", not_serving)
+                assert await until(store, "grpc-0", False)
+                # the service the probe names is the one asked: "" is the server as a whole
+                store.create(pod("grpc-1", {"grpc": {"port": port}}))
+                servicer.set("", serving)
+                assert await until(store, "grpc-1", True)
+            finally:
+                task.cancel()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop(None)
