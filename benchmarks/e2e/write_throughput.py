@@ -93,6 +93,12 @@ class Metrics(threading.Thread):
         self.join(10)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def store_counters(url: str) -> dict[str, float]:
     """The store's commits and committed writes so far (``/metrics`` counters)."""
     host, _, port = url.removeprefix("http://").rpartition(":")
@@ -276,10 +282,17 @@ def main(argv: list[str] | None = None) -> int:
             runs = []
             for clients in (1, args.clients):
                 before = store_counters(daemon.url)
+                cpu0 = cpu_seconds(daemon.proc.pid)
                 t0 = time.monotonic()
                 result = asyncio.run(load(daemon.url, clients, seed.services, args.kind,
                                           args.seconds, watch=True))
                 t1 = time.monotonic()
+                # what the daemon's CPU time per write is less sensitive to than writes/s: the
+                # share of the cores the machine's other work leaves it
+                cpu = cpu_seconds(daemon.proc.pid) - cpu0
+                result["daemon_cpu_ms_per_write"] = (1e3 * cpu / result["writes"]
+                                                     if result["writes"] else None)
+                result["daemon_cpu_share"] = cpu / result["seconds"]
                 drained = None
                 deadline = t1 + 60
                 while time.monotonic() < deadline:
@@ -305,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{result['errors']} errors); write latency p50 "
                     f"{result['latency_p50'] * 1e3:.1f} ms, p99 {result['latency_p99'] * 1e3:.1f} ms"
                     f"; load average {' '.join(f'{x:.1f}' for x in result['load_average'])}")
+                if result["daemon_cpu_ms_per_write"] is not None:
+                    log(f"     daemon CPU: {result['daemon_cpu_ms_per_write']:.2f} ms per write, "
+                        f"{100 * result['daemon_cpu_share']:.0f}% of a core")
                 log(f"     watch of pods: {result['watch_events']} events, lag p50 "
                     f"{result['watch_lag_p50'] * 1e3:.1f} ms, p99 "
                     f"{result['watch_lag_p99'] * 1e3:.1f} ms, max "

@@ -1046,12 +1046,15 @@ def parse_admitted(obj: Mapping[str, Any] | Object) -> Object:
             "", "FieldValueInvalid", f"cannot be read: {type(exc).__name__}: {exc}")]) from None
 
 
-def parse_stored(obj: Mapping[str, Any]) -> Object:
+def parse_stored(obj: Mapping[str, Any], text: str | None = None) -> Object:
     """An object as a store holds it (admitted and defaulted when it was written), read as
     :meth:`_Stored.from_server` reads a server's: neither copied nor defaulted again; its
     ``body`` is the object's compact JSON text rather than the dict, so that what a daemon
     keeps of 100,000 pods is their fields and about 0.5 kB of text each (the dict would be
     about 5 kB). ``raw`` decodes the text when asked.
+
+    :param text: ``obj`` as compact JSON text, when the caller has it (the store has the text
+        it committed): it is kept rather than ``obj`` encoded again.
 
     :raises ValidationError: as :func:`parse_admitted`.
     """
@@ -1065,7 +1068,8 @@ def parse_stored(obj: Mapping[str, Any]) -> Object:
         raise ValidationError(kind, _name_of(obj), [Cause(
             "", "FieldValueInvalid", f"cannot be read: {type(exc).__name__}: {exc}")]) from None
     # the dataclass is frozen for its holders; this is its construction, finished
-    object.__setattr__(parsed, "body", json.dumps(obj, separators=(",", ":")))
+    object.__setattr__(parsed, "body", json.dumps(obj, separators=(",", ":"))
+                       if text is None else text)
     return parsed
 
 

@@ -411,8 +411,9 @@ class Store:
         # the committed text of objects read or written lately (a PATCH reads its object twice,
         # and every write into a namespace reads the namespace): every Namespace, and the
         # last RECENT_TEXTS others; each entry is replaced or dropped by the commit that changes it
-        self._namespace_texts: dict[str, str] = {}
-        self._recent_texts: dict[tuple[str, str, str], str] = {}
+        # (resourceVersion, text), which Store.parse also takes rather than encode the object
+        self._namespace_texts: dict[str, tuple[int, str]] = {}
+        self._recent_texts: dict[tuple[str, str, str], tuple[int, str]] = {}
         # (kind, namespace, name) -> (resourceVersion, the object parsed): see parse()
         self._parsed: dict[tuple[str, str, str], tuple[str, Object]] = {}
         self._shared: dict[tuple[str, str | None], weakref.ref[_Rows]] = {}
@@ -532,28 +533,34 @@ class Store:
         if key in self._overlay:  # written, its group's commit to come
             staged = self._overlay[key]
             return None if staged is None else jsontext.loads(staged)
-        text = (self._namespace_texts.get(name) if kind == "Namespace"
-                else self._recent_texts.get(key))
-        if text is None:
+        known = self._committed_text(key)
+        if known is None:
             row = self._db.execute(
-                "SELECT body FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
+                "SELECT rv, body FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
                 (kind, namespace, name),
             ).fetchone()
             if row is None:
                 return None
-            text = row[0]
-            self._remember(key, text)
-        return jsontext.loads(text)
+            known = (int(row[0]), row[1])
+            self._remember(key, known)
+        return jsontext.loads(known[1])
 
-    def _remember(self, key: tuple[str, str, str], text: str | None) -> None:
+    def _committed_text(self, key: tuple[str, str, str]) -> tuple[int, str] | None:
+        """(resourceVersion, JSON text) of an object as committed, if the store remembers it."""
+        if key[0] == "Namespace":
+            return self._namespace_texts.get(key[2])
+        return self._recent_texts.get(key)
+
+    def _remember(self, key: tuple[str, str, str], known: tuple[int, str] | None) -> None:
         """Keep (or with ``None`` forget) the committed text of an object. Under the lock."""
         kind, _, name = key
-        texts: dict[Any, str] = self._namespace_texts if kind == "Namespace" else self._recent_texts
+        texts: dict[Any, tuple[int, str]] = (
+            self._namespace_texts if kind == "Namespace" else self._recent_texts)
         which: Any = name if kind == "Namespace" else key
-        if text is None:
+        if known is None:
             texts.pop(which, None)
             return
-        texts[which] = text
+        texts[which] = known
         if len(self._recent_texts) > RECENT_TEXTS:
             del self._recent_texts[next(iter(self._recent_texts))]
 
@@ -636,7 +643,7 @@ class Store:
             raise
         for entry in batch:
             self._remember((entry.kind, entry.namespace, entry.name),
-                           None if entry.obj is None else entry.after_json)
+                           None if entry.obj is None else (entry.rv, entry.after_json))
             if entry.admission is not None:
                 entry.admission.commit()
             if entry.release is not None:
@@ -996,7 +1003,10 @@ class Store:
         known = self._parsed.get(key)
         if known is not None and version and known[0] == version:
             return known[1]
-        parsed = parse_stored(obj)
+        # the text the store committed this version as, when it still has it: not encoded again
+        committed = self._committed_text((key[0], str(meta.get("namespace") or ""), key[2]))
+        text = committed[1] if committed is not None and str(committed[0]) == version else None
+        parsed = parse_stored(obj, text)
         if version:
             self._parsed[key] = (version, parsed)
         return parsed

@@ -712,6 +712,19 @@ def test_parse_gives_one_object_per_version_and_forgets_deleted_ones(store):
     assert ("Pod", "default", "p") not in store._parsed
 
 
+def test_parse_keeps_the_text_the_store_committed_rather_than_encoding_again(store):
+    created = store.create(pod("p", {"app": "a"}))
+    committed = store._recent_texts[("Pod", "default", "p")]
+    assert committed[0] == int(created["metadata"]["resourceVersion"])
+    parsed = store.parse(created)
+    assert parsed.body is committed[1]
+    assert parsed.raw == created
+    # a version the store no longer remembers the text of is encoded from the object
+    stale = {**created, "metadata": {**created["metadata"], "resourceVersion": "999"}}
+    other = store.parse(stale)
+    assert other.body is not committed[1] and other.raw == stale
+
+
 def test_list_shared_decodes_once_per_revision_while_a_reader_holds_it(store):
     store.create(pod("p", {"app": "a"}))
     held, rv = store.list_shared("Pod")
