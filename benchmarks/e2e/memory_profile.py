@@ -115,15 +115,31 @@ async def run(config: Any, services: int, timeout: float) -> dict[str, Any]:
     started = time.monotonic()
     await daemon.start()
     try:
+        state = daemon.state
+        synced: list[tuple[float, int]] = []  # (seconds since start, table version) per sync
+        sync = state.sync
+
+        async def recorded() -> dict[str, str]:
+            version = state.table.version
+            errors = await sync()
+            if not errors:
+                synced.append((time.monotonic() - started, version))
+            return errors
+
+        state.sync = recorded  # type: ignore[method-assign]
+        listed_at = None
         while time.monotonic() - started < timeout:
-            state = daemon.state
-            if state is not None and len(state.snapshot.services) >= services:
+            if listed_at is None and daemon.source.synced.is_set():
+                listed_at = (time.monotonic() - started, state.table.version)
+            if (listed_at is not None and synced and synced[-1][1] >= listed_at[1]
+                    and len(state.snapshot.services) >= services):
                 break
-            await asyncio.sleep(0.2)
-        synced_at = time.monotonic() - started
+            await asyncio.sleep(0.05)
+        synced_at = synced[-1][0] if synced else float("nan")
         while (not daemon.endpoints_controller.synced.is_set()
                and time.monotonic() - started < timeout):
             await asyncio.sleep(0.2)
+        controller_at = time.monotonic() - started
         await asyncio.sleep(2)
         gc.collect()
         rss_now = rss()
@@ -132,7 +148,9 @@ async def run(config: Any, services: int, timeout: float) -> dict[str, Any]:
         began = time.monotonic()
         for label, roots in holders(daemon):
             rows[label] = walker.size(*roots())
-        return {"services": services, "synced_seconds": synced_at, "rss": rss_now,
+        return {"services": services, "synced_seconds": synced_at,
+                "listed_seconds": listed_at[0] if listed_at else float("nan"),
+                "controller_seconds": controller_at, "rss": rss_now,
                 "walked_bytes": sum(rows.values()), "objects": walker.objects,
                 "walk_seconds": time.monotonic() - began, "holders": rows}
     finally:
@@ -144,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("db", type=Path, help="a store file (a seed of programming_latency.py)")
     p.add_argument("--services", type=int, required=True, help="services the store holds")
     p.add_argument("--frontends", default="socket", help="comma-separated (socket only unprivileged)")
-    p.add_argument("--service-cidr", default="127.55.0.0/16")
+    p.add_argument("--service-cidr", default="127.55.0.0/16",
+                   help="the CIDR the seed's ClusterIPs were given (programming_latency.py's)")
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--json", action="store_true", help="print one JSON line, not a table")
     args = p.parse_args(argv)
@@ -169,8 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
     objects = args.services * 11
-    print(f"{args.services} services, {objects - args.services} pods: synced after "
-          f"{result['synced_seconds']:.1f} s; RSS {result['rss'] / 2**20:.0f} MiB, walked "
+    print(f"{args.services} services, {objects - args.services} pods: source listed after "
+          f"{result['listed_seconds']:.1f} s, its first full sync done after "
+          f"{result['synced_seconds']:.1f} s, the endpoints controller's first pass after "
+          f"{result['controller_seconds']:.1f} s; RSS {result['rss'] / 2**20:.0f} MiB, walked "
           f"{result['walked_bytes'] / 2**20:.0f} MiB in {result['objects']:,} Python objects "
           f"({result['walk_seconds']:.1f} s)")
     print("| holder | MiB | bytes per object |")

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lbcore.runtime import jsontext
 from lbcore.runtime.logs import event
 from lbcore.runtime.store import Conflict, NotFound
 
@@ -192,8 +193,9 @@ class ReadinessProber:
             self._tasks.clear()
 
     def _pods(self) -> list[dict[str, Any]]:
-        items, _ = self.store.list("Pod")
-        return items
+        # only the pods that may have a readiness probe are decoded (of 100,000, often none)
+        bodies, _ = self.store.list_json("Pod")
+        return [jsontext.loads(body) for body in bodies if "\"readinessProbe\"" in body]
 
     def _changed(self, change: Mapping[str, Any]) -> None:
         # called in the writing thread: hand the pod over to the event loop

@@ -218,6 +218,7 @@ class ClusterState(SourceSink):
         self.syncs = 0
         self.events = 0
         self.synced_once = asyncio.Event()
+        self.synced_version = 0  # the table's version the last sync that ended carried
 
     # -- SourceSink -------------------------------------------------------------------------
 
@@ -322,6 +323,7 @@ class ClusterState(SourceSink):
         """Run one sync now; returns frontend name -> error for the frontends that failed."""
         started = self._clock()
         self._version, changed = self.table.changes_since(self._version)
+        version = self._version
         snapshot = self.table.snapshot(self.node_name, self.node_addresses)
         previous, self.snapshot = self.snapshot, snapshot
         loop = asyncio.get_running_loop()
@@ -350,6 +352,7 @@ class ClusterState(SourceSink):
                 if health.rules_missing_since is not None:
                     await self._check(name, frontend)
         duration = self._clock() - started
+        self.synced_version = max(self.synced_version, version)
         self._record(snapshot, changed, duration, handed)
         if self.on_sync_done is not None:
             try:

@@ -946,6 +946,16 @@ class Store:
         # SQLite skips the rows that cannot match (kubectl's service-name=... of slices), so
         # that they are neither copied out nor parsed; the selector still decides below
         required = _required_text(label_selector)
+        bodies, revision = self._bodies(kind, namespace, required)
+        items = [jsontext.loads(body) for body in bodies]  # outside the lock: writers go on
+        if matches is not None:
+            items = [o for o in items if matches(_labels(o))]
+        return items, str(revision)
+
+    def _bodies(self, kind: str, namespace: str | None,
+                required: Sequence[str] = ()) -> tuple[Sequence[str], int]:
+        """The JSON text of the objects :meth:`list` gives (holding each string of
+        ``required``), and the revision they are at."""
         where = " AND instr(body, ?) > 0" * len(required)
         with self._lock:
             if namespace is None:
@@ -959,31 +969,34 @@ class Store:
                     "ORDER BY name",
                     (kind, namespace, *required),
                 )
-            bodies = [body for (body,) in rows]
-            revision = self._revision
-        items = [jsontext.loads(body) for body in bodies]  # outside the lock: writers go on
-        if matches is not None:
-            items = [o for o in items if matches(_labels(o))]
-        return items, str(revision)
+            return [body for (body,) in rows], self._revision
 
     def list_shared(
         self, kind: str, namespace: str | None = None
     ) -> tuple[Sequence[dict[str, Any]], str]:
-        """As :meth:`list` without a selector, for readers that only read what they get: a
-        caller that lists the kind at the revision of a list another caller still holds gets
-        the same list and the same objects, decoded once (the endpoints controller and the
-        local source list every object at start). Neither the list nor its objects may be
+        """As :meth:`list` without a selector, for readers that only read what they get and
+        read them through :meth:`parse`: a caller that lists the kind at the revision of a list
+        another caller still holds gets the same list and the same objects, decoded once (the
+        endpoints controller and the local source list every object at start); each object is
+        parsed as it is decoded, with the JSON text it was read from as its ``body`` (no
+        encoding again), so that :meth:`parse` has it. Neither the list nor its objects may be
         changed."""
+        _served(kind)
         with self._shared_lock:  # a second caller waits for the first one's decoding
             ref = self._shared.get((kind, namespace))
             rows = ref() if ref is not None else None
             if rows is not None and rows.revision == self._revision:
                 return rows, str(rows.revision)
-            items, revision = self.list(kind, namespace)
-            rows = _Rows(items)
-            rows.revision = int(revision)
+            bodies, revision = self._bodies(kind, namespace)
+            rows = _Rows()
+            rows.revision = revision
+            for text in bodies:
+                obj = jsontext.loads(text)
+                rows.append(obj)
+                with contextlib.suppress(ValidationError):  # the reader's parse says why
+                    self._parse(obj, text)
             self._shared[(kind, namespace)] = weakref.ref(rows)
-            return rows, revision
+            return rows, str(revision)
 
     def parse(self, obj: Mapping[str, Any]) -> Object:
         """:func:`lbcore.model.objects.parse_stored` of a stored object, parsed once per
@@ -995,6 +1008,9 @@ class Store:
 
         :raises ValidationError: as ``parse_stored``.
         """
+        return self._parse(obj)
+
+    def _parse(self, obj: Mapping[str, Any], text: str | None = None) -> Object:
         meta = obj.get("metadata")
         meta = meta if isinstance(meta, Mapping) else {}
         version = str(meta.get("resourceVersion") or "")
@@ -1003,9 +1019,11 @@ class Store:
         known = self._parsed.get(key)
         if known is not None and version and known[0] == version:
             return known[1]
-        # the text the store committed this version as, when it still has it: not encoded again
-        committed = self._committed_text((key[0], str(meta.get("namespace") or ""), key[2]))
-        text = committed[1] if committed is not None and str(committed[0]) == version else None
+        if text is None:
+            # the text the store committed this version as, when it still has it
+            committed = self._committed_text((key[0], str(meta.get("namespace") or ""), key[2]))
+            if committed is not None and str(committed[0]) == version:
+                text = committed[1]
         parsed = parse_stored(obj, text)
         if version:
             self._parsed[key] = (version, parsed)

@@ -1804,6 +1804,25 @@ cdef class Engine:
 
     # -- listeners -----------------------------------------------------------------------
 
+    def add_listeners(self, list specs) -> list:
+        """:meth:`add_listener` for each ``(key, protocol, fds, max_connections)`` of
+        ``specs``, in order: their ids. The workers are handed every listener before this
+        waits for them once (a sync that opens 10,000 listeners waits for one round trip to
+        each worker, not 10,000). If one cannot be added, those added before it are removed
+        and the error is raised."""
+        cdef list ids = []
+        cdef list pending = []
+        try:
+            for key, protocol, fds, max_connections in specs:
+                ids.append(self._add_listener(key, protocol, fds, max_connections, pending))
+        except BaseException:
+            self._wait_all(pending)
+            for ident in ids:
+                self.remove_listener(ident)
+            raise
+        self._wait_all(pending)
+        return ids
+
     def add_listener(self, str key, str protocol, list fds, int max_connections=0) -> int:
         """Serve bound sockets for service port ``key``; the engine owns ``fds`` from now on.
 
@@ -1815,6 +1834,15 @@ cdef class Engine:
             limit, new ones wait in the kernel's accept queue. 0: no limit.
         :return: an id for :meth:`remove_listener`.
         """
+        cdef list pending = []
+        try:
+            return self._add_listener(key, protocol, fds, max_connections, pending)
+        finally:
+            self._wait_all(pending)
+
+    def _add_listener(self, str key, str protocol, list fds, int max_connections,
+                      list pending) -> int:
+        """add_listener, its commands to the workers queued without waiting (in ``pending``)."""
         cdef uintptr_t p
         cdef Listener* l
         cdef int i, kind, ident
@@ -1865,7 +1893,7 @@ cdef class Engine:
             self.listeners[ident] = <uintptr_t>l
             self._ensure_workers()
             for i in range(l.nsocks):
-                self._command(CMD_ADD, &l.socks[i])
+                self._queue(CMD_ADD, &l.socks[i], pending)
         return ident
 
     def remove_listener(self, int ident) -> None:
@@ -1886,10 +1914,31 @@ cdef class Engine:
 
     cdef void _command(self, int op, ListenSock* ls):
         """Run a listener change on the worker that owns the socket, and wait for it."""
+        cdef list pending = []
+        self._queue(op, ls, pending)
+        self._wait_all(pending)
+
+    cdef void _wait_all(self, list pending):
+        """Wait for the commands ``_queue`` put in ``pending`` to be done, then free them."""
+        cdef Command* cmd
+        cdef int waited = 0
+        for p in pending:
+            cmd = <Command*><uintptr_t>p
+            with nogil:
+                while not lb_atomic_load(&cmd.done) and waited < 100000:
+                    usleep(100)
+                    waited += 1
+            if lb_atomic_load(&cmd.done):
+                free(cmd)
+            # else: a stuck worker still owns the command; leaking it is safer than freeing it
+        del pending[:]
+
+    cdef void _queue(self, int op, ListenSock* ls, list pending):
+        """Hand a listener change to the worker that owns the socket; the command goes to
+        ``pending`` (for ``_wait_all``) unless it was applied here (no loop runs)."""
         cdef Worker* w = &self.ws[ls.worker]
         cdef Command* cmd
         cdef uint64_t one = 1
-        cdef int waited = 0
         if not self.is_running:
             # no loop runs: apply it here, nothing else can hold the socket
             if op == CMD_DEL:
@@ -1911,12 +1960,7 @@ cdef class Engine:
             w.queue = cmd
             pthread_mutex_unlock(&w.qlock)
             write(w.wakefd, &one, 8)
-            while not lb_atomic_load(&cmd.done) and waited < 100000:
-                usleep(100)
-                waited += 1
-        if lb_atomic_load(&cmd.done):
-            free(cmd)
-        # else: a stuck worker still owns the command; leaking it is safer than freeing it
+        pending.append(<uintptr_t>cmd)
 
     def stats(self) -> dict:
         """Counters summed over the workers, plus open ``connections`` and UDP ``flows``."""

@@ -69,11 +69,15 @@ class LocalSource(Source):
         unsubscribe: Callable[[], None] = self.context.store.subscribe(on_commit)
         try:
             listed_at: dict[str, int] = {}
-            for kind in self.kinds:
-                # the same objects as the endpoints controller's list, when it lists at once
-                items, rv = self.context.store.list_shared(kind, self.namespace)
+            # the same objects as the endpoints controller's list, when it lists at once;
+            # decoded and parsed on a worker thread, so the admin API answers meanwhile; every
+            # kind is listed before the sink gets any, so that no sync sees the services of a
+            # list without the pods or slices of it (a frontend would drop their endpoints)
+            lists = await asyncio.to_thread(self._list_all)
+            for kind, items, rv in lists:
                 sink.replace(kind, items)
                 listed_at[kind] = int(rv)
+            del lists
             self.synced.set()
             self.context.log.info("source local: listed %s", ", ".join(self.kinds))
             while True:
@@ -81,6 +85,10 @@ class LocalSource(Source):
                 self._apply(sink, event, listed_at)
         finally:
             unsubscribe()
+
+    def _list_all(self) -> list[tuple[str, Any, str]]:
+        return [(kind, *self.context.store.list_shared(kind, self.namespace))
+                for kind in self.kinds]
 
     def _apply(self, sink: SourceSink, event: Mapping[str, Any], listed_at: Mapping[str, int]) -> None:
         obj = event["object"]

@@ -366,6 +366,7 @@ class ProxyFrontend(Frontend):
             self.engine.remove_listener(self._listeners.pop(listen))
             self._listens_of[listen.table].discard(listen)
         failures = []
+        bound: list[tuple[Listen, list[int]]] = []
         for listen in listeners:
             if listen in self._listeners:
                 continue
@@ -382,9 +383,13 @@ class ProxyFrontend(Frontend):
             except OSError as exc:
                 failures.append(f"{listen.protocol} {listen.address}:{listen.port}: {exc.strerror}")
                 continue
-            self._listeners[listen] = self.engine.add_listener(
-                listen.table, listen.protocol, fds, self.settings.max_connections
-            )
+            bound.append((listen, fds))
+        # handed to the workers together: one wait for them, not one per listener
+        ids = self.engine.add_listeners([
+            (listen.table, listen.protocol, fds, self.settings.max_connections)
+            for listen, fds in bound])
+        for (listen, _fds), ident in zip(bound, ids, strict=True):
+            self._listeners[listen] = ident
             self._listens_of.setdefault(listen.table, set()).add(listen)
         for table in held_tables - tables.keys():
             self.engine.remove_service(table)

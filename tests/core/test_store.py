@@ -736,3 +736,13 @@ def test_list_shared_decodes_once_per_revision_while_a_reader_holds_it(store):
     assert [o["metadata"]["name"] for o in newer] == ["p", "q"]
     # the same as list() gives
     assert newer == store.list("Pod")[0]
+
+
+def test_list_shared_parses_each_object_once_with_its_stored_text_as_body(store):
+    store.create(pod("p", {"app": "a"}))
+    bodies, _ = store.list_json("Pod")
+    held, _ = store.list_shared("Pod")
+    parsed = store._parsed[("Pod", "default", "p")][1]
+    assert store.parse(held[0]) is parsed  # parsed as it was listed
+    assert parsed.body == bodies[0] and parsed.raw == held[0]
+    assert parsed.labels == {"app": "a"} and parsed.uid == held[0]["metadata"]["uid"]

@@ -835,3 +835,30 @@ def test_port_0_gives_every_worker_the_same_port(protocol: str) -> None:
     finally:
         for s in socks:
             s.close()
+
+
+def test_a_sync_opens_many_listeners_at_once_and_each_serves(backends, make_frontend):
+    a = backends("A")
+    ports = [service_port(f"web{i}", [a.endpoint()]) for i in range(40)]
+    fe = make_frontend()
+    fe.sync(snapshot(*ports), frozenset(f"default/web{i}" for i in range(40)))
+    assert fe.stats()["listeners"] == 40
+    assert all(tag_of((sp.cluster_ips[0], 8080)) == "A" for sp in ports)
+
+
+def test_add_listeners_removes_those_added_when_one_cannot_be(backends, make_frontend):
+    a = backends("A")
+    sp = service_port("web", [a.endpoint()])
+    fe = make_frontend(workers=1)
+    fe.sync(snapshot(), frozenset())
+    fe.engine.set_service(f"cluster/{sp.key}", [("127.0.0.1", a.port, 1, True)], "round_robin",
+                          0.0, 1024, {}, "client_ip")
+    fds = socket_frontend.bind_listener(sp.cluster_ips[0], 8080, "TCP", 1, 16)
+    other = socket_frontend.bind_listener(cluster_ip(), 8080, "TCP", 1, 16)
+    with pytest.raises(ConfigError, match="no endpoint table"):
+        fe.engine.add_listeners([(f"cluster/{sp.key}", "TCP", fds, 0),
+                                 ("cluster/default/none:80", "TCP", other, 0)])
+    os.close(other[0])  # refused: still the caller's
+    assert fe.stats()["listeners"] == 0
+    with pytest.raises(OSError):  # the first listener's socket was closed with it
+        socket.create_connection((sp.cluster_ips[0], 8080), timeout=2).close()
