@@ -37,8 +37,8 @@ import tempfile
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import astuple, dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from peer_tools import HAPROXY, NGINX, write_doc, wrk
 from run_http_peers import cpu_seconds, free_port, nginx_config, process, wait_port
@@ -349,7 +349,7 @@ def ratio_medians(runs: dict[str, list[Figures]]) -> dict[str, Figures]:
             continue
         per_round = [Figures(**{k: ratio(getattr(lb, k), getattr(p, k))
                                 for k in Figures.__dataclass_fields__ if k != "errors"})
-                     for lb, p in zip(runs["lbcore"], peer_runs)]
+                     for lb, p in zip(runs["lbcore"], peer_runs, strict=False)]
         out[peer] = median(per_round)
     return out
 

@@ -172,8 +172,9 @@ def admit(new: Mapping[str, Any], old: Mapping[str, Any] | None,
     """
     body = new
     if old is not None and body.get("kind") == "Service":
-        body = copy.deepcopy(dict(new))
-        keep_allocated(body, old)
+        kept = copy.deepcopy(dict(new))
+        keep_allocated(kept, old)
+        body = kept
     obj = defaulted(body)  # a copy: nothing below changes ``new``
     check(obj)
     if old is not None and obj["kind"] == "Service":
