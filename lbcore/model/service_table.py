@@ -343,6 +343,7 @@ class ServiceTable:
         addresses = tuple(str(ipaddress.ip_address(a)) for a in node_addresses)
         return Snapshot(version=self._version,
                         service_ports=MappingProxyType(dict(self._ports_map)),
+                        by_service=MappingProxyType(dict(self._port_infos)),
                         node_name=node_name,
                         node_addresses=addresses,
                         **{field: self._carried[kind] for kind, field in _CARRIED.items()})

@@ -9,6 +9,14 @@ admin API, then the sync loop and the source. The address
 the admin API listens on is written to ``data_dir/admin-address`` so that the CLI finds it.
 SIGTERM and SIGINT stop everything in the reverse order; frontends get
 ``stop(keep=keep_rules_on_exit)``.
+
+Python's cyclic garbage collector is paused from the start until the source and the endpoints
+controller have listed everything and the sync that follows is done; then every object made so
+far is frozen (``gc.freeze``: never scanned again, still freed when no longer referenced) and
+the collector resumes. A full collection scans every tracked object: at 10,000 services and
+100,000 pods, 2 to 8 s each on the event loop, a dozen of them while the store is read, and one
+every few minutes afterwards, each a pause that every change waiting for a sync shares. The
+start makes no garbage cycles worth collecting (those collections found none).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import asyncio
 import contextlib
 import ctypes
 import fcntl
+import gc
 import logging
 import os
 import secrets
@@ -50,6 +59,8 @@ _P = TypeVar("_P")
 log = logging.getLogger("lbcore.runtime.daemon")
 
 ADDRESS_FILE = "admin-address"
+# the longest the collector stays paused at start (a source that cannot list, a stuck sync)
+GC_PAUSE_MAX = 600.0
 TOKEN_FILE = "token"
 DB_FILE = "lbcore.db"
 LOCK_FILE = "lbcore.lock"
@@ -189,6 +200,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()
         self._source_ok = False
+        self._gc_paused = False  # by this daemon, until its start is done (module docstring)
 
     # -- start ----------------------------------------------------------------------------
 
@@ -200,6 +212,9 @@ class Daemon:
             raise
 
     async def _start(self) -> None:
+        if gc.isenabled():
+            gc.disable()
+            self._gc_paused = True
         config = self.config
         sources, frontend_factories = load_plugins()
         config = self.config = resolve_plugins(config, sources, frontend_factories)
@@ -286,6 +301,8 @@ class Daemon:
         self._tasks.append(asyncio.create_task(self._give_back_after_start(),
                                                name="lbcore-give-back"))
         self.state.request_sync()
+        self._tasks.append(asyncio.create_task(self._resume_gc_when_started(),
+                                               name="lbcore-gc-freeze"))
         event(
             log,
             "daemon started",
@@ -296,6 +313,34 @@ class Daemon:
             data_dir=str(data_dir),
             open_files=limit,
         )
+
+    async def _resume_gc_when_started(self, cap: float = GC_PAUSE_MAX) -> None:
+        """Once the source and the endpoints controller have listed and the sync that follows
+        is done (at most ``cap`` seconds), freeze what the start made and resume the collector."""
+        assert self.state is not None
+        state = self.state
+        listed = [self.endpoints_controller.synced, getattr(self.source, "synced", None)]
+
+        async def started() -> None:
+            for flag in listed:
+                if isinstance(flag, asyncio.Event):
+                    await flag.wait()
+            while state.busy or not state.synced_once.is_set():
+                await asyncio.sleep(0.05)
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(started(), cap)
+        self._resume_gc(freeze=True)
+
+    def _resume_gc(self, freeze: bool) -> None:
+        if not self._gc_paused:
+            return
+        self._gc_paused = False
+        if freeze:
+            gc.freeze()
+        gc.enable()
+        if freeze:
+            event(log, "start objects frozen", objects=gc.get_freeze_count())
 
     async def _serve_admin(self, config: Config) -> None:
         from lbcore.runtime import admin_api
@@ -469,6 +514,7 @@ class Daemon:
         if self._lock_fd is not None:  # the data dir is free for another daemon
             os.close(self._lock_fd)
             self._lock_fd = None
+        self._resume_gc(freeze=False)  # stopped before its start was done
 
 
 class _SourceMetrics:

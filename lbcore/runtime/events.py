@@ -34,6 +34,7 @@ from typing import Any
 
 from lbcore.model.objects import format_timestamp, parse_timestamp
 from lbcore.runtime.logs import event as log_event
+from lbcore.runtime.observers import ports_of_changed
 from lbcore.runtime.store import call_in_loop
 
 log = logging.getLogger("lbcore.runtime.events")
@@ -249,7 +250,7 @@ class FrontendEvents:
                                      f"frontend {frontend} could not program the service: {error}")
         if self.serves_node_ports:
             return
-        for sp in snapshot.service_ports.values():
+        for sp in ports_of_changed(snapshot, changed):  # a node port comes with its service
             if sp.type in ("NodePort", "LoadBalancer") and sp.node_port \
                     and (sp.service, sp.node_port) not in self._told:
                 self._told.add((sp.service, sp.node_port))

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from lbcore.model.snapshot import Snapshot
+from lbcore.model.snapshot import ServicePortInfo, Snapshot
 from lbcore.runtime.interfaces import Frontend
 from lbcore.runtime.logs import event
 
@@ -29,10 +29,11 @@ class UnservedNodePorts:
         self.frontends = sorted(frontends)
         self.warned: set[str] = set()
 
-    def __call__(self, snapshot: Snapshot, **_: Any) -> None:
+    def __call__(self, snapshot: Snapshot, changed: Iterable[str] = (), **_: Any) -> None:
         if self.served:
             return
-        for sp in snapshot.service_ports.values():
+        # a node port comes with a change of its service, so the changed services are enough
+        for sp in ports_of_changed(snapshot, changed):
             if sp.type in NODE_PORT_TYPES and sp.node_port and sp.service not in self.warned:
                 self.warned.add(sp.service)
                 event(
@@ -40,6 +41,11 @@ class UnservedNodePorts:
                     node_port=sp.node_port, frontends=",".join(self.frontends) or "none",
                     hint="add nodeport (or iptables/nftables) to the config's frontends",
                 )
+
+
+def ports_of_changed(snapshot: Snapshot, changed: Iterable[str]) -> list[ServicePortInfo]:
+    """The ports of the ``changed`` services (``namespace/name``) in ``snapshot``, in order."""
+    return [sp for service in sorted(changed) for sp in snapshot.ports_of(service)]
 
 
 def all_of(observers: Iterable[Callable[..., Any]]) -> Callable[..., None]:

@@ -211,10 +211,13 @@ class ClusterState(SourceSink):
         self._keys: dict[str, dict[tuple[str, str], str]] = {k.kind: {} for k in KINDS}
         self._version = 0
         self._requested = asyncio.Event()
+        self._syncing = False
         # the bucket the syncs that carry a change are paid from (see the module docstring)
         self._tokens = float(burst_syncs)
         self._tokens_at = clock()
         self.snapshot = Snapshot(node_name=node_name, node_addresses=self.node_addresses)
+        self._endpoints_of: dict[str, int] = {}  # service -> its endpoints, as last recorded
+        self._endpoint_total = 0
         self.syncs = 0
         self.events = 0
         self.synced_once = asyncio.Event()
@@ -281,6 +284,11 @@ class ClusterState(SourceSink):
         """Ask for a sync; requests before it starts share it."""
         self._requested.set()
 
+    @property
+    def busy(self) -> bool:
+        """Whether a sync is asked for or running."""
+        return self._requested.is_set() or self._syncing
+
     async def run(self) -> None:
         """Sync on request, once per ``min_sync_period`` on average with bursts of
         ``burst_syncs``, retrying failed frontends."""
@@ -321,6 +329,13 @@ class ClusterState(SourceSink):
 
     async def sync(self) -> dict[str, str]:
         """Run one sync now; returns frontend name -> error for the frontends that failed."""
+        self._syncing = True
+        try:
+            return await self._sync()
+        finally:
+            self._syncing = False
+
+    async def _sync(self) -> dict[str, str]:
         started = self._clock()
         self._version, changed = self.table.changes_since(self._version)
         version = self._version
@@ -447,11 +462,16 @@ class ClusterState(SourceSink):
         m = self.metrics
         m.syncs.inc()
         m.sync_seconds.observe(duration)
-        ports = snapshot.service_ports.values()
-        services = len({(sp.namespace, sp.name) for sp in ports})
+        services = len(snapshot.by_service if snapshot.by_service is not None else snapshot.services)
         m.services.set(services)
         m.service_ports.set(len(snapshot.service_ports))
-        m.endpoints.set(sum(len(sp.endpoints) for sp in ports))
+        # the endpoint count of the changed services only: a sync costs what changed, not N
+        for key in changed:
+            count = sum(len(sp.endpoints) for sp in snapshot.ports_of(key))
+            self._endpoint_total += count - self._endpoints_of.pop(key, 0)
+            if count:
+                self._endpoints_of[key] = count
+        m.endpoints.set(self._endpoint_total)
         event(
             log,
             "sync done",

@@ -562,6 +562,9 @@ def changed_port_keys(snapshot: Snapshot, changed: frozenset[str]) -> list[str]:
     ports = snapshot.service_ports
     if not changed or not ports:
         return []
+    if snapshot.by_service is not None:  # the snapshot's index: what changed, not every port
+        return [sp.key for service in changed for sp in snapshot.ports_of(service)
+                if ports.get(sp.key) is sp]
     first = next(iter(ports))
     if first == ports[first].key:
         prefixes = tuple(f"{service}:" for service in changed)

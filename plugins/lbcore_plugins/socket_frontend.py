@@ -436,8 +436,7 @@ def proxied_ports(
     ``services`` (``namespace/name``) only, or of all when None."""
     ports: Iterable[ServicePortInfo] = snapshot.service_ports.values()
     if services is not None:
-        names = {tuple(s.split("/", 1)) for s in services}
-        ports = [sp for sp in ports if (sp.namespace, sp.name) in names] if names else []
+        ports = [sp for service in sorted(services) for sp in snapshot.ports_of(service)]
     return (sp for sp in ports if sp.protocol in PROTOCOLS)
 
 

@@ -295,6 +295,33 @@ def test_burst_syncs_must_be_at_least_one():
         make_state(RecordingFrontend(), burst_syncs=0)
 
 
+def test_the_gauges_count_services_ports_and_endpoints_as_they_change():
+    frontend = RecordingFrontend()
+    state = make_state(frontend, min_sync_period=0.0)
+    gauge = state.metrics.registry.get_sample_value
+
+    async def synced(count: int) -> None:
+        await _until(lambda: len(frontend.calls) == count)
+
+    async def body():
+        state.upsert(service())
+        state.upsert(service("db", "127.10.0.6", selector="db"))
+        state.upsert(endpoint_slice("10.0.0.1", "10.0.0.2"))
+        state.upsert(endpoint_slice("10.0.0.7", service_name="db"))
+        await synced(1)
+        assert (gauge("lbcore_services"), gauge("lbcore_service_ports"),
+                gauge("lbcore_endpoints")) == (2, 2, 3)
+        state.upsert(endpoint_slice("10.0.0.1", "10.0.0.2", "10.0.0.3"))
+        await synced(2)
+        assert gauge("lbcore_endpoints") == 4  # only web changed; db's one endpoint still counts
+        state.delete("Service", "default", "web")
+        await synced(3)
+        assert (gauge("lbcore_services"), gauge("lbcore_service_ports"),
+                gauge("lbcore_endpoints")) == (1, 1, 1)
+
+    asyncio.run(_run(state, body))
+
+
 def test_replace_removes_what_the_new_list_lacks_and_delete_removes_one():
     frontend = RecordingFrontend()
     state = make_state(frontend, min_sync_period=0.0)

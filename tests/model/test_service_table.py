@@ -49,6 +49,39 @@ def test_snapshot_holds_every_proxied_service_port(seeded: lbcore.ServiceTable) 
     assert snap.node_addresses == ("127.0.0.1",)
 
 
+def test_snapshot_ports_of_and_services_agree_with_a_scan_as_services_change(
+        seeded: lbcore.ServiceTable) -> None:
+    def scan(snap: lbcore.Snapshot) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {}
+        for sp in snap.service_ports.values():
+            out.setdefault(sp.service, []).append(sp)
+        return out
+
+    def check(snap: lbcore.Snapshot) -> None:
+        assert snap.by_service is not None  # the table's snapshots carry the index
+        by_scan = scan(snap)
+        assert snap.services == frozenset(by_scan)
+        for key in {*by_scan, "default/headless", "default/gone", "default/nothing"}:
+            assert snap.ports_of(key) == by_scan.get(key, [])
+
+    seeded.apply(service("two", ports=[{"name": "a", "port": 80}, {"name": "b", "port": 81}]))
+    seeded.apply(service("headless", clusterIP="None"))
+    seeded.apply(service("gone"))
+    first = seeded.snapshot()
+    check(first)
+    assert [sp.port_name for sp in first.ports_of("default/two")] == ["a", "b"]
+    seeded.apply(service("two", ports=[{"name": "a", "port": 80}]))  # loses a port
+    seeded.delete("svc", "default", "gone")
+    second = seeded.snapshot()
+    check(second)
+    assert [sp.port_name for sp in second.ports_of("default/two")] == ["a"]
+    assert "default/gone" not in second.services and "default/gone" in first.services
+    # a snapshot made by hand has no index: the same answers, by a scan
+    by_hand = lbcore.Snapshot(service_ports=second.service_ports)
+    assert by_hand.by_service is None and by_hand.services == second.services
+    assert by_hand.ports_of("default/two") == second.ports_of("default/two")
+
+
 def test_changes_since_names_only_services_touched_after_a_version(
         seeded: lbcore.ServiceTable) -> None:
     seeded.apply(service("other", selector={"name": "other"}))

@@ -24,8 +24,26 @@ def port(name: str, type: str = "NodePort", node_port: int | None = 30080) -> Se
 def test_a_node_port_no_frontend_serves_is_warned_about_once_per_service(caplog):
     watch = UnservedNodePorts({"socket": SocketFrontend({}, RuntimeContext())})
     with caplog.at_level(logging.WARNING, logger="lbcore"):
+        snap = snapshot(port("web"), port("db"), port("plain", "ClusterIP", None))
         for _ in range(3):  # three syncs: one warning per service
-            watch(snapshot=snapshot(port("web"), port("db"), port("plain", "ClusterIP", None)))
+            watch(snapshot=snap, changed={"default/web", "default/db", "default/plain"})
+    warnings = [r for r in caplog.records if r.getMessage() == "node port not served"]
+    assert sorted(r.fields["service"] for r in warnings) == ["default/db", "default/web"]
+    assert all("nodeport" in r.fields["hint"] for r in warnings)
+
+
+def test_only_the_changed_services_are_looked_at(caplog):
+    """A node port comes with a change of its service: a sync that changed other services
+    does not look at it (so a sync costs what changed, whatever the number of services)."""
+    watch = UnservedNodePorts({"socket": SocketFrontend({}, RuntimeContext())})
+    snap = snapshot(port("web"), port("db"))
+    with caplog.at_level(logging.WARNING, logger="lbcore"):
+        watch(snapshot=snap, changed={"default/web"})
+        watch(snapshot=snap, changed=frozenset())
+        warned = [r.fields["service"] for r in caplog.records
+                  if r.getMessage() == "node port not served"]
+        assert warned == ["default/web"]
+        watch(snapshot=snap, changed={"default/db"})
     warnings = [r for r in caplog.records if r.getMessage() == "node port not served"]
     assert sorted(r.fields["service"] for r in warnings) == ["default/db", "default/web"]
     assert all("nodeport" in r.fields["hint"] for r in warnings)

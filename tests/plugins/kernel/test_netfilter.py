@@ -14,6 +14,7 @@ from lbcore_plugins.netfilter import (
     StaleFlow,
     chain_hash,
     chain_name,
+    changed_port_keys,
     paused_gc,
     plan_key,
     plan_ports,
@@ -22,7 +23,8 @@ from lbcore_plugins.netfilter import (
 )
 
 from lbcore.errors import ConfigError
-from lbcore.model.snapshot import EndpointInfo
+from lbcore.model.service_table import ServiceTable
+from lbcore.model.snapshot import EndpointInfo, Snapshot
 
 
 def test_chain_names_are_stable_prefixed_and_fit_iptables_limit():
@@ -144,3 +146,21 @@ def test_tcp_endpoint_removal_needs_no_conntrack_deletion():
     before = {plan_key(p): p for p in plan_ports(snap(sp), 4)}
     after = {plan_key(p): p for p in plan_ports(snap(dataclasses.replace(sp, endpoints=sp.endpoints[:1])), 4)}
     assert stale_udp_flows(before, after) == []
+
+
+def test_changed_port_keys_by_the_snapshots_index_match_a_scan():
+    """A table's snapshot carries an index by service; the keys found through it are the keys a
+    scan of every port finds (a partial sync of 10,000 services looks at the changed ones)."""
+    table = ServiceTable("127.10.0.0/16", allocate=False)
+    for i, ports in enumerate(([80], [80, 443], [53])):
+        table.apply({"kind": "Service", "metadata": {"name": f"s{i}", "namespace": "default"},
+                     "spec": {"clusterIP": f"127.10.0.{i + 1}", "selector": {"app": f"s{i}"},
+                              "ports": [{"name": f"p{p}", "port": p} for p in ports]}})
+    indexed = table.snapshot()
+    by_hand = Snapshot(service_ports=indexed.service_ports)  # no index: the scan
+    assert indexed.by_service is not None and by_hand.by_service is None
+    for changed in ({"default/s1"}, {"default/s0", "default/s2", "default/gone"}, set()):
+        keys = changed_port_keys(indexed, frozenset(changed))
+        assert sorted(keys) == sorted(changed_port_keys(by_hand, frozenset(changed)))
+    assert sorted(changed_port_keys(indexed, frozenset({"default/s1"}))) == [
+        "default/s1:p443", "default/s1:p80"]
