@@ -93,7 +93,10 @@ def test_a_renamed_port_is_gone_for_a_picker_of_the_old_name(cluster):
         picker = live.picker(NAMESPACE, SERVICE, "http")
         cluster.store.apply(service(port_name="web"))
         wait_until(lambda: picker.gone, what="gone")
-        assert live.picker(NAMESPACE, SERVICE, "web").eligible
+        # the renamed port's endpoints come with the slices the endpoints controller writes
+        # for it, which may be a sync later than the service's own change
+        renamed = live.picker(NAMESPACE, SERVICE, "web")
+        wait_until(lambda: renamed.eligible, what="endpoints of the renamed port")
 
 
 def test_session_affinity_and_the_port_follow_the_service(cluster):
