@@ -128,7 +128,11 @@ class RouteFrontend(Frontend):
     def __init__(self, options: Mapping[str, Any], context: RuntimeContext):
         super().__init__(options, context)
         self.route_settings = read_options(RouteOptions, self.options, skip=ProxyOptions.names())
-        self.settings = ProxyOptions.from_options(self.options, ROUTE_OPTIONS)
+        # one listening socket for all workers by default (reuseport false): the idle worker
+        # takes the next connection, where SO_REUSEPORT's hash left one worker with up to 64 %
+        # of a client's kept-alive connections (docs/benchmarks/routes.md)
+        self.settings = ProxyOptions.from_options({"reuseport": False, **self.options},
+                                                  ROUTE_OPTIONS)
         self.engine: Any = None
         self._tables: dict[str, tuple[Rows, float]] = {}
         self._hosts: list[dict[str, Any]] | None = None
