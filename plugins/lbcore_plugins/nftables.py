@@ -536,6 +536,8 @@ class TableState:
     # ``maps``: how many ports use each hairpin element; the pick chains' slots
     shared: dict[tuple[str, str], int] = field(default_factory=dict)
     pick_slots: int = 0
+    # the plans the last partial sync replaced (of the keys in ``touched``), for conntrack
+    replaced: dict[str, PortPlan] = field(default_factory=dict)
 
 
 def _gather(
@@ -601,17 +603,18 @@ def _shared(objs: PortObjects | None) -> list[tuple[str, str]]:
 
 
 def _count_shared(old: TableState, new: TableState) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
-    """Fill ``new.shared`` from ``old.shared`` and the ports ``new.touched`` names; return the
-    shared elements no port used before (to add) and those no port uses any more (to delete)."""
+    """Fill ``new.shared`` from ``old.shared`` (taken over, not copied: the old state is
+    dropped) and the ports ``new.touched`` names; return the shared elements no port used
+    before (to add) and those no port uses any more (to delete)."""
     keys = new.touched
-    new.shared = shared = dict(old.shared)
+    new.shared = shared = old.shared
     was = [item for k in keys for item in _shared(old.objects.get(k))]
     now = [item for k in keys for item in _shared(new.objects.get(k))]
+    added = {item for item in now if shared.get(item, 0) == 0}
     for item in was:
         shared[item] -= 1
     for item in now:
         shared[item] = shared.get(item, 0) + 1
-    added = {item for item in now if old.shared.get(item, 0) == 0}
     removed = {item for item in was if shared[item] == 0}
     for item in removed:
         del shared[item]
@@ -872,7 +875,7 @@ class NftablesFrontend(Frontend):
         if old is not None and self.opts.conntrack_cleanup:
             if not full:
                 keys = state.touched
-                before = {k: old.plans[k] for k in keys if k in old.plans}
+                before = {k: state.replaced[k] for k in keys if k in state.replaced}
                 after = {k: state.plans[k] for k in keys if k in state.plans}
             else:
                 before, after = old.plans, state.plans
@@ -904,8 +907,15 @@ class NftablesFrontend(Frontend):
         self, snapshot: Snapshot, old: TableState, changed: frozenset[str]
     ) -> tuple[str, TableState]:
         keys = changed_port_keys(snapshot, changed)
-        state = TableState(plans=dict(old.plans), objects=dict(old.objects), by_service=dict(old.by_service))
         old_keys = {k for service in changed for k in old.by_service.get(service, ())}
+        # the new state takes the old one's maps over (the old state is dropped once this sync
+        # is planned: a failed sync replaces the whole table next), with the entries it
+        # replaces kept aside; copying the maps cost a pass over every port per sync
+        was = TableState(plans={k: old.plans[k] for k in old_keys},
+                         objects={k: old.objects[k] for k in old_keys},
+                         shared=old.shared, pick_slots=old.pick_slots)
+        state = TableState(plans=old.plans, objects=old.objects, by_service=old.by_service,
+                           replaced=was.plans)
         for key in old_keys:
             del state.plans[key]
             del state.objects[key]
@@ -932,15 +942,15 @@ class NftablesFrontend(Frontend):
 
         touched = state.touched
         if not self.renderer.maps_mode:
-            return _update_script(gather(old, touched), gather(state, touched)), state
-        if max([_slots_used(state.objects[k]) for k in touched if k in state.objects], default=0) > old.pick_slots:
+            return _update_script(gather(was, touched), gather(state, touched)), state
+        if max([_slots_used(state.objects[k]) for k in touched if k in state.objects], default=0) > was.pick_slots:
             # more slots than the table has pick chains: replace the table (see pick_chains)
             text, state = self._render(snapshot)
-            state.touched = touched
+            state.touched, state.replaced = touched, was.plans
             return _replace_script(text), state
-        state.pick_slots = old.pick_slots
-        added, removed = _count_shared(old, state)
-        return _maps_update_script(gather(old, touched), gather(state, touched), added, removed), state
+        state.pick_slots = was.pick_slots
+        added, removed = _count_shared(was, state)
+        return _maps_update_script(gather(was, touched), gather(state, touched), added, removed), state
 
     def stop(self, keep: bool = False) -> None:
         """Delete the table, unless ``keep`` (or ``keep_on_exit``) asks to leave it."""
