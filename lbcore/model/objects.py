@@ -152,11 +152,15 @@ def _default_type(obj: dict[str, Any], kind: str) -> None:
     obj.setdefault("kind", kind)
 
 
-def _default_metadata(obj: dict[str, Any]) -> dict[str, Any]:
+def _default_metadata(obj: dict[str, Any], namespaced: bool = True) -> dict[str, Any]:
+    """``obj``'s metadata (made when missing), with namespace ``default`` when the kind is
+    namespaced and none when it is cluster-scoped."""
     meta = obj.get("metadata")
     if not isinstance(meta, dict):
         meta = obj["metadata"] = {}
-    if not meta.get("namespace"):
+    if not namespaced:
+        meta.pop("namespace", None)
+    elif not meta.get("namespace"):
         meta["namespace"] = "default"
     return meta
 
@@ -924,10 +928,7 @@ def default_namespace(obj: Mapping[str, Any]) -> dict[str, Any]:
     ``kubernetes.io/metadata.name`` label, the ``kubernetes`` finalizer, phase ``Active``."""
     ns = _plain(obj)
     _default_type(ns, "Namespace")
-    meta = ns.get("metadata")
-    if not isinstance(meta, dict):
-        meta = ns["metadata"] = {}
-    meta.pop("namespace", None)
+    meta = _default_metadata(ns, namespaced=False)
     if isinstance(meta.get("name"), str) and meta["name"]:
         labels = meta.get("labels")
         if labels is None:
@@ -970,10 +971,7 @@ def default_ingress_class(obj: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of an IngressClass dict (networking.k8s.io/v1, cluster-scoped): no namespace."""
     cls = _plain(obj)
     _default_type(cls, "IngressClass")
-    meta = cls.get("metadata")
-    if not isinstance(meta, dict):
-        meta = cls["metadata"] = {}
-    meta.pop("namespace", None)
+    _default_metadata(cls, namespaced=False)
     cls.setdefault("spec", {})
     return cls
 
