@@ -151,7 +151,7 @@ def _optional_bool(key: str, value: Any) -> bool | None:
 
 @dataclass(frozen=True)
 class KubernetesOptions:
-    """The ``kubernetes`` source's options (docs/sources/kubernetes.md)."""
+    """The ``kubernetes`` source's options (docs/api.md, "The sources that read it")."""
 
     mode: str = option("endpointslices", choices=tuple(MODES))
     # Routes and Ingresses: "auto" reads them when the server serves their groups
