@@ -146,33 +146,43 @@ class PickCore:
         if now is None:
             now = self.clock()
         with self._lock:
-            excl = self._excluded(exclude)
-            b = self.conns.lookup(proto, src, sport, dst, dport, now)
-            if 0 <= b < len(self.eps) and self.eps[b] is not None and b not in excl:
-                return b
-            chosen = -1
-            if self.affinity is not None:
-                a = self.affinity.lookup(client, now)
-                if (0 <= a < len(self.eps) and self.bidx[a] >= 0 and a not in excl
-                        and not self.down[a] > now):
-                    chosen = a
-            if chosen < 0:
-                h = hash64(key) if self.five_tuple else client_ip_hash(client)
-                chosen = self._choose(h, excl, now)
-            if chosen < 0:
-                return -1
-            if 0 <= b < len(self.eps) and b != chosen and self.bidx[b] >= 0:
-                self._release(self.bidx[b])
-            self.conns.insert(proto, src, sport, dst, dport, chosen, now)
-            if self.affinity is not None:
-                self.affinity.insert(client, chosen, now)
-            self.balancer.acquire(self.bidx[chosen])
-            return chosen
+            return self._pick_locked(proto, src, sport, dst, dport, key, client, now, exclude)
 
     def pick(self, proto: Any, src: Any, sport: int, dst: Any, dport: int,
              now: float | None = None, exclude: Collection[Any] | None = None) -> Any:
-        i = self.pick_index(proto, src, sport, dst, dport, now, exclude)
-        return NO_ENDPOINTS if i < 0 else self.eps[i]
+        key, client = _key_bytes(proto, src, sport, dst, dport)
+        if now is None:
+            now = self.clock()
+        # the id is read back under the same lock: an update in between could empty its slot
+        with self._lock:
+            i = self._pick_locked(proto, src, sport, dst, dport, key, client, now, exclude)
+            return NO_ENDPOINTS if i < 0 else self.eps[i]
+
+    def _pick_locked(self, proto: Any, src: Any, sport: int, dst: Any, dport: int, key: bytes,
+                     client: bytes, now: float, exclude: Collection[Any] | None) -> int:
+        """pick_index with the lock held: the id, or -1."""
+        excl = self._excluded(exclude)
+        b = self.conns.lookup(proto, src, sport, dst, dport, now)
+        if 0 <= b < len(self.eps) and self.eps[b] is not None and b not in excl:
+            return b
+        chosen = -1
+        if self.affinity is not None:
+            a = self.affinity.lookup(client, now)
+            if (0 <= a < len(self.eps) and self.bidx[a] >= 0 and a not in excl
+                    and not self.down[a] > now):
+                chosen = a
+        if chosen < 0:
+            h = hash64(key) if self.five_tuple else client_ip_hash(client)
+            chosen = self._choose(h, excl, now)
+        if chosen < 0:
+            return -1
+        if 0 <= b < len(self.eps) and b != chosen and self.bidx[b] >= 0:
+            self._release(self.bidx[b])
+        self.conns.insert(proto, src, sport, dst, dport, chosen, now)
+        if self.affinity is not None:
+            self.affinity.insert(client, chosen, now)
+        self.balancer.acquire(self.bidx[chosen])
+        return chosen
 
     def _release(self, i: int) -> None:
         if self.balancer.active[i] > 0:
