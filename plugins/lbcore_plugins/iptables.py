@@ -307,9 +307,6 @@ class FamilyState:
     by_service: dict[str, list[str]] = field(default_factory=dict)
     # plan keys the last partial sync looked at
     touched: set[str] = field(default_factory=set)
-    services: list[str] = field(default_factory=list)
-    nodeports: list[str] = field(default_factory=list)
-    reject: list[str] = field(default_factory=list)
 
 
 def _jump_target(line: str) -> str:
@@ -344,9 +341,12 @@ def _restore_text(
     filter_chains: Iterable[tuple[str, str | list[str]]],
     delete_nat: Iterable[str] = (),
     delete_filter: Iterable[str] = (),
+    edits: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
-    """iptables-restore input: declare (create or flush) each chain, fill it, delete the rest."""
-    return "\n".join(_restore_lines(filter_chains, nat_chains, (), (), delete_nat, delete_filter))
+    """iptables-restore input: declare (create or flush) each chain, fill it, apply ``edits``
+    (table -> ``-D``/``-I``/``-A`` lines for chains not declared), delete the rest."""
+    return "\n".join(_restore_lines(filter_chains, nat_chains, (), (), delete_nat, delete_filter,
+                                    edits=edits))
 
 
 def _restore_lines(
@@ -357,17 +357,21 @@ def _restore_lines(
     delete_nat: Iterable[str] = (),
     delete_filter: Iterable[str] = (),
     hooks: Iterable[tuple[str, str, tuple[str, ...]]] = (),
+    edits: Mapping[str, Sequence[str]] | None = None,
 ) -> list[str]:
     """What :func:`_restore_text` writes for ``filter_chains`` and for ``nat_head``, every chain of
     ``ports`` and ``nat_tail`` in nat, as pieces to join with newlines (once, by the caller); a
     port adds its two joined texts, not a line at a time. ``hooks`` (of :data:`HOOKS`) are
-    inserted at the head of their built-in chains, after the chains they jump to are filled."""
+    inserted at the head of their built-in chains, after the chains they jump to are filled;
+    ``edits`` (table -> lines) go after them, before the chain deletions."""
     texts = [rules.text() for rules in ports]
     filt, head, tail = list(filter_chains), list(nat_head), list(nat_tail)
     deleted_filter, deleted_nat = sorted(delete_filter), sorted(delete_nat)
     inserts: dict[str, list[str]] = {"filter": [], "nat": []}
     for table, chain, spec in hooks:
         inserts[table].append(f"-I {chain} 1 {hook_rule(chain, spec).split(' ', 1)[1]}")
+    for table, lines in (edits or {}).items():
+        inserts[table].extend(lines)
     out = ["*filter"]
     out.extend([f":{name} - [0:0]" for name, _ in filt])
     out.extend([f":{name} - [0:0]" for name in deleted_filter])
@@ -489,9 +493,9 @@ class IptablesFrontend(Frontend):
             state_rules[key] = rules
             by_service.setdefault(sp.service, []).append(key)
         port_rules = list(state_rules.values())
-        state.services, state.nodeports, state.reject = _assemble(renderer, state.rules)
+        services, nodeports, reject_lines = _assemble(renderer, state.rules)
         fixed: list[tuple[str, str | list[str]]] = list(renderer.fixed_chains().items())
-        dispatch: list[tuple[str, str | list[str]]] = [(SERVICES, state.services), (NODEPORTS, state.nodeports)]
+        dispatch: list[tuple[str, str | list[str]]] = [(SERVICES, services), (NODEPORTS, nodeports)]
         stale_nat = set(stale_nat)
         if stale_nat:
             owned = {name for name, _ in fixed} | {SERVICES, NODEPORTS}
@@ -499,7 +503,7 @@ class IptablesFrontend(Frontend):
                 owned.update(rules.chains)
             stale_nat -= owned
         stale_filter = set(stale_filter) - {SERVICES, CANARY}
-        reject: list[tuple[str, str | list[str]]] = [(SERVICES, state.reject), (CANARY, [canary_line()])]
+        reject: list[tuple[str, str | list[str]]] = [(SERVICES, reject_lines), (CANARY, [canary_line()])]
         if chunk <= 0 or sum([len(rules.chains) for rules in port_rules]) <= chunk:
             lines = _restore_lines(reject, dispatch + fixed, port_rules, (), stale_nat, stale_filter, hooks)
             return ["\n".join(lines)], state
@@ -657,21 +661,31 @@ class IptablesFrontend(Frontend):
                 dispatch_changed = True
         # names hash the service port, so only a changed port can take a removed name back
         gone -= {n for key in new_plans for n in state.rules[key].chains}
+        nat: list[tuple[str, str | list[str]]] = list(touched.items())
+        edits: dict[str, list[str]] = {"nat": [], "filter": []}
         if dispatch_changed:
-            state.services, state.nodeports, state.reject = _assemble(renderer, state.rules)
-        else:
-            state.services, state.nodeports, state.reject = old.services, old.nodeports, old.reject
-        nat: list[tuple[str, str | list[str]]] = []
-        if state.services != old.services:
-            nat.append((SERVICES, state.services))
-        if state.nodeports != old.nodeports:
-            nat.append((NODEPORTS, state.nodeports))
-        nat.extend(touched.items())
-        filt = [(SERVICES, state.reject)] if state.reject != old.reject else []
-        if not nat and not filt and not gone:
+            # the dispatch chains are edited, not rewritten: their per-port rules match disjoint
+            # addresses and ports, so a removed rule is deleted (-D) and a new one inserted after
+            # the head of LBCORE-SERVICES (-I; the tail's NodePort jumps stay last) or appended.
+            # Rewriting LBCORE-SERVICES would flush and parse again one rule per service port.
+            head = len(renderer.services_head()) + 1
+            for key in sorted(old_keys | set(new_plans)):
+                before, after = old.rules.get(key), state.rules.get(key)
+                for attr, table, add in (("services", "nat", f"-I {SERVICES} {head} "),
+                                          ("nodeports", "nat", f"-A {NODEPORTS} "),
+                                          ("reject", "filter", f"-A {SERVICES} ")):
+                    was = getattr(before, attr) if before is not None else ()
+                    now = getattr(after, attr) if after is not None else ()
+                    if was == now:
+                        continue
+                    kept = set(now)
+                    edits[table].extend(["-D" + line[2:] for line in was if line not in kept])
+                    kept = set(was)
+                    edits[table].extend([add + line.split(" ", 2)[2] for line in now if line not in kept])
+        if not nat and not edits["nat"] and not edits["filter"] and not gone:
             return "", state
-        # chains are deleted after the rules that jumped to them were rewritten, in one commit
-        return _restore_text(nat, filt, delete_nat=gone), state
+        # chains are deleted after the rules that jumped to them were removed, in one commit
+        return _restore_text(nat, [], delete_nat=gone, edits=edits), state
 
     def _existing(self, tool: str) -> tuple[set[str], set[str], set[tuple[str, str]]]:
         """``LBCORE-*`` chains present now in nat and filter (from an earlier run, perhaps), and

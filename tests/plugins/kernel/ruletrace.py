@@ -164,13 +164,30 @@ class RuleSet:
                         raise TraceError(f"-X of missing chain {tokens[1]!r}")
                     del table[tokens[1]]
                     continue
-                if tokens[0] not in ("-A", "-I"):
+                if tokens[0] not in ("-A", "-I", "-D"):
                     raise TraceError(f"unknown command {tokens[0]!r}: {line}")
                 if tokens[1] not in table:
                     raise TraceError(f"rule in undeclared chain {tokens[1]!r}: {line}")
+                position = 0
+                if tokens[0] == "-I" and tokens[2].isdigit():
+                    # -I CHAIN N: the rule becomes the N-th; kept as the -A line a full render writes
+                    position = int(tokens[2]) - 1
+                    if position > len(table[tokens[1]]):
+                        raise TraceError(f"-I position {tokens[2]} past the end of {tokens[1]!r}")
+                    spec = line.split(" ", 3)[3]
+                    line, tokens = f"-A {tokens[1]} {spec}", [tokens[0], tokens[1], *tokens[3:]]
+                if tokens[0] == "-D":
+                    # -D CHAIN spec: the first rule with that spec, or the commit fails
+                    spec = line.split(" ", 2)[2]
+                    rules = table[tokens[1]]
+                    found = [i for i, r in enumerate(rules) if r.line.split(" ", 2)[2] == spec]
+                    if not found:
+                        raise TraceError(f"-D of a rule {tokens[1]!r} does not hold: {line}")
+                    del rules[found[0]]
+                    continue
                 rule = _parse_rule(tokens[2:], line)
                 if tokens[0] == "-I":
-                    table[tokens[1]].insert(0, rule)
+                    table[tokens[1]].insert(position, rule)
                 else:
                     table[tokens[1]].append(rule)
         return self

@@ -154,6 +154,46 @@ def test_a_full_sync_puts_back_a_removed_jump_rule_and_never_doubles_one(namespa
     assert not [line for line in listing("iptables", a) if "LBCORE" in line]
 
 
+def saved_chain(netns: str, table: str, chain: str) -> list[str]:
+    """The rules of ``chain`` in the order the kernel holds them, without ``-A CHAIN``."""
+    out = subprocess.run(["ip", "netns", "exec", netns, "iptables-save", "-t", table], capture_output=True,
+                         text=True, check=True).stdout
+    return [line.split(" ", 2)[2] for line in out.splitlines() if line.startswith(f"-A {chain} ")]
+
+
+def test_a_changed_port_edits_the_dispatch_chains_in_place(namespaces):
+    """A partial sync that changes one port's dispatch rules deletes and inserts those rules
+    (-D, -I after the head) instead of rewriting LBCORE-SERVICES: the kernel ends with the rules a
+    full sync writes, the fixed head first and the NodePort jump last."""
+    a, b = namespaces
+    state = many(40, endpoints=2)
+    keys = sorted(state.service_ports)
+    ports = dict(state.service_ports)
+    ports[keys[3]] = dataclasses.replace(ports[keys[3]], port=81)  # a ClusterIP port changes
+    ports[keys[10]] = dataclasses.replace(ports[keys[10]], endpoints=())  # nat rule -> filter REJECT
+    del ports[keys[20]]  # a NodePort service goes: its nat and NODEPORTS rules are deleted
+    after = Snapshot(version=2, service_ports=ports, node_name=state.node_name)
+    changed = frozenset(state.service_ports[keys[i]].service for i in (3, 10, 20))
+    options = {"cluster_cidr": POD_CIDR, "node_addresses": ["192.168.5.1"]}
+    update = IptablesFrontend(options, RuntimeContext()).render_update(state, after, changed)
+    assert ":LBCORE-SERVICES" not in update and ":LBCORE-NODEPORTS" not in update
+    assert sum(line.startswith("-D LBCORE-SERVICES ") for line in update.splitlines()) == 3
+    incremental = IptablesFrontend({**options, "netns": a}, RuntimeContext())
+    incremental.start()
+    incremental.sync(state, frozenset())
+    incremental.sync(after, changed)
+    IptablesFrontend({**options, "netns": b}, RuntimeContext()).sync(after, frozenset())
+    for table, chain in (("nat", "LBCORE-SERVICES"), ("nat", "LBCORE-NODEPORTS"), ("filter", "LBCORE-SERVICES")):
+        held, fresh = saved_chain(a, table, chain), saved_chain(b, table, chain)
+        assert sorted(held) == sorted(fresh), (table, chain)
+        if (table, chain) == ("nat", "LBCORE-SERVICES"):
+            fixed = [i for i, rule in enumerate(fresh) if rule.endswith(("LBCORE-NODEPORTS", "-j RETURN"))]
+            assert [held[i] for i in fixed] == [fresh[i] for i in fixed]  # same places
+            assert fixed[-1] == len(held) - 1 and fixed[0] == 0
+    assert "--dport 81 -j LBCORE-SVC-" in "\n".join(saved_chain(a, "nat", "LBCORE-SERVICES"))
+    incremental.stop()
+
+
 @pytest.mark.parametrize("selection", ["vmap", "inline", "map"])
 @pytest.mark.parametrize("kind", sorted(FRONTENDS))
 def test_dual_stack_and_every_option_load_into_the_kernel(kind, namespaces, selection):
