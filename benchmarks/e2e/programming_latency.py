@@ -769,7 +769,9 @@ def run_latency(frontend: str, seed: Seed, args: argparse.Namespace, workdir: Pa
         netns = None
         if frontend in KERNEL:
             netns = stack.enter_context(network_namespace(f"lbcore-bench-{os.getpid()}"))
-            spec["options"].update(netns=netns, conntrack_cleanup=False)
+            # a first load of 10,000 services (one nft transaction of 545,000 lines for cascade)
+            # outlasts the default 60 s per command on a loaded machine, and then fails for ever
+            spec["options"].update(netns=netns, conntrack_cleanup=False, timeout=900)
         else:
             ready = multiprocessing.Event()
             pods = [(pod_ip(i * PODS_PER_SERVICE + j), f"{service_name(i)}-{j}")
