@@ -12,6 +12,8 @@ against it. docs/api.md is the reference.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import functools
 import hmac
 import ipaddress
@@ -47,6 +49,7 @@ from lbcore.runtime.store import (
     StoreError,
     Unauthorized,
     Watch,
+    label_filter,
 )
 
 log = logging.getLogger("lbcore.runtime.admin_api")
@@ -439,6 +442,45 @@ def _truthy(value: str | None) -> bool:
     return value is not None and value.lower() in ("true", "1", "yes")
 
 
+# what a list with ``continue`` and no ``limit`` reads: the rest of the list, in one chunk
+_NO_LIMIT = 2**31
+
+
+def _page_query(query: Mapping[str, str]) -> tuple[int, str | None] | None:
+    """A list's ``limit`` and ``continue``, or None for the whole list at once (no ``limit``
+    above 0, no ``continue``, as the API server reads them)."""
+    raw, token = query.get("limit"), query.get("continue") or None
+    try:
+        limit = int(raw) if raw else 0
+    except ValueError:
+        raise BadRequest(f"limit: {raw!r} is not an integer") from None
+    if token is not None and query.get("resourceVersion"):
+        raise BadRequest("resourceVersion: must be empty with continue (the list's own is used)")
+    if limit <= 0:
+        return None if token is None else (_NO_LIMIT, token)
+    return min(limit, _NO_LIMIT), token
+
+
+def _continue_token(revision: int, after: tuple[str, str]) -> str:
+    """The opaque ``continue`` of a chunked list: its revision and the last key it gave."""
+    text = json.dumps({"rv": revision, "after": list(after)}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _continue_key(token: str) -> tuple[tuple[str, str], int]:
+    """What :func:`_continue_token` holds. :raises BadRequest: a token it did not make."""
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        ns, name = data["after"]
+        revision = data["rv"]
+        if not (isinstance(ns, str) and isinstance(name, str) and type(revision) is int
+                and revision >= 0):
+            raise ValueError
+    except (ValueError, TypeError, KeyError, binascii.Error):
+        raise BadRequest(f"continue: {token!r} is not a continue token of this server") from None
+    return (ns, name), revision
+
+
 # fields a fieldSelector may name beside metadata.name and metadata.namespace, by kind (the
 # API server's field label conversions; kubectl describe finds a service's Events by these)
 SELECTABLE_FIELDS: dict[str, tuple[str, ...]] = {
@@ -774,12 +816,19 @@ class _AdminAPI:
         if _truthy(query.get("watch")):
             return await self._watch(request, kind, namespace, fields)
         as_table = _table_version(request)
+        page = _page_query(query)
         if as_table is not None:
             body = await self._build(
                 self._table_body, request, kind, namespace, query.get("labelSelector") or None,
-                fields, as_table,
+                fields, as_table, page,
             )
             return web.Response(body=body, headers={"Content-Type": _table_type(as_table)})
+        if page is not None:
+            body = await self._build(
+                self._list_body, kind, namespace, query.get("labelSelector") or None, fields,
+                page,
+            )
+            return web.Response(body=body, content_type="application/json")
         # on a worker thread, each object on its own: a list of 50,000 pods neither stalls the
         # loop (/healthz, writes) nor holds the GIL in one long call
         body = await self._build(
@@ -799,15 +848,61 @@ class _AdminAPI:
         dumps = functools.partial(json.dumps, separators=(",", ":"))
         return [dumps(o) for o in items if fields is None or fields(o)], rv
 
+    def _chunk(
+        self, kind: str, namespace: str | None, selector: str | None,
+        fields: Callable[[Mapping[str, Any]], bool] | None, page: tuple[int, str | None],
+    ) -> tuple[list[str], str, str | None]:
+        """One chunk of a list asked for with ``limit`` (and ``continue``): up to ``limit``
+        matching objects as JSON text, the resourceVersion every chunk of the list is read at,
+        and the ``continue`` token of the rest (None: nothing is left). Called on a worker
+        thread."""
+        limit, token = page
+        after, at = _continue_key(token) if token else (None, None)
+        matches = label_filter(selector)
+        texts: list[str] = []
+        more = True
+        while more and len(texts) < limit:
+            # a filter may leave out most rows: read at least a few hundred at a time
+            want = limit - len(texts) if matches is None and fields is None else max(limit, 256)
+            try:
+                rows, at, more = self.store.list_chunk(kind, namespace, after, want, at)
+            except Gone:
+                raise Gone(
+                    f"continue: the list was read at resourceVersion {at}, older than the "
+                    f"history kept ({self.store.oldest_resource_version}); list again without "
+                    "continue"
+                ) from None
+            for i, (ns, name, text) in enumerate(rows):
+                after = (ns, name)
+                if matches is not None or fields is not None:
+                    obj = jsontext.loads(text)
+                    if (matches is not None and not matches(obj)) or (
+                            fields is not None and not fields(obj)):
+                        continue
+                texts.append(text)
+                if len(texts) == limit:
+                    more = more or i + 1 < len(rows)
+                    break
+        return texts, str(at), _continue_token(at, after) if more and after else None
+
     def _table_body(
         self, request: web.Request, kind: str, namespace: str | None, selector: str | None,
         fields: Callable[[Mapping[str, Any]], bool] | None, version: str,
+        page: tuple[int, str | None] | None = None,
     ) -> bytes:
-        """The list as a ``Table`` (:mod:`lbcore.model.tables`), as kubectl get asks for it."""
-        items, rv = self.store.list(kind, namespace, selector)
-        shown = [o for o in items if fields is None or fields(o)]
-        return json.dumps(self._table(request, kind, shown, rv, version),
-                          separators=(",", ":")).encode()
+        """The list as a ``Table`` (:mod:`lbcore.model.tables`), as kubectl get asks for it
+        (in chunks: kubectl asks for 500 rows at a time)."""
+        token = None
+        if page is None:
+            items, rv = self.store.list(kind, namespace, selector)
+            shown = [o for o in items if fields is None or fields(o)]
+        else:
+            texts, rv, token = self._chunk(kind, namespace, selector, fields, page)
+            shown = [jsontext.loads(text) for text in texts]
+        table = self._table(request, kind, shown, rv, version)
+        if token is not None:
+            table["metadata"]["continue"] = token
+        return json.dumps(table, separators=(",", ":")).encode()
 
     @staticmethod
     def _table(request: web.Request, kind: str, items: Sequence[Mapping[str, Any]], rv: str,
@@ -828,13 +923,21 @@ class _AdminAPI:
     def _list_body(
         self, kind: str, namespace: str | None, selector: str | None,
         fields: Callable[[Mapping[str, Any]], bool] | None,
+        page: tuple[int, str | None] | None = None,
     ) -> bytes:
-        """The ``{kind}List`` as JSON bytes."""
-        texts, rv = self._list_texts(kind, namespace, selector, fields)
+        """The ``{kind}List`` as JSON bytes: whole, or the chunk ``page`` asks for."""
+        metadata: dict[str, str] = {}
+        if page is None:
+            texts, metadata["resourceVersion"] = self._list_texts(kind, namespace, selector, fields)
+        else:
+            texts, metadata["resourceVersion"], token = self._chunk(
+                kind, namespace, selector, fields, page)
+            if token is not None:
+                metadata["continue"] = token
         head = json.dumps({
             "kind": f"{kind}List",
             "apiVersion": kind_for(kind).api_version,
-            "metadata": {"resourceVersion": rv},
+            "metadata": metadata,
         }, separators=(",", ":"))
         return f'{head[:-1]},"items":[{",".join(texts)}]}}'.encode()
 

@@ -303,6 +303,8 @@ class _Staged:
     previous_json: str | None
     admission: Admission | None = None
     release: dict[str, Any] | None = None  # a deleted Service's addresses, given back at commit
+    # a deleted object as its DELETED event shows it: at the deletion's resourceVersion
+    deleted: dict[str, Any] | None = None
     future: asyncio.Future[None] | None = None  # what a grouped writer awaits
 
     def settle(self, error: BaseException | None = None) -> None:
@@ -593,16 +595,22 @@ class Store:
         previous: dict[str, Any] | None, rv: int, admission: Admission | None = None,
         release: dict[str, Any] | None = None,
     ) -> _Staged:
-        """Queue one change (``obj`` None deletes) for the next commit, under the lock. Outside
-        :meth:`grouped` it is committed at once (with any write queued before it); inside, the
-        commit runs when the event loop next turns, for every write queued by then."""
-        after = obj if obj is not None else previous
-        assert after is not None
+        """Queue one change (``obj`` None deletes ``previous``) for the next commit, under the
+        lock. Outside :meth:`grouped` it is committed at once (with any write queued before
+        it); inside, the commit runs when the event loop next turns, for every write queued by
+        then. The history keeps the object before the change as well: a list read in chunks
+        undoes later changes with it."""
+        deleted = None
+        if obj is None:
+            assert previous is not None
+            deleted = copy.deepcopy(previous)
+            deleted["metadata"]["resourceVersion"] = str(rv)
+        after = obj if obj is not None else deleted
         entry = _Staged(
             rv, typ, kind, namespace, name, obj, previous,
             jsontext.dumps(after),
             None if previous is None else jsontext.dumps(previous),
-            admission, release,
+            admission, release=release, deleted=deleted,
         )
         self._staged.append(entry)
         self._overlay[(kind, namespace, name)] = None if obj is None else entry.after_json
@@ -651,7 +659,7 @@ class Store:
         for entry in batch:
             if entry.obj is None:
                 self._parsed.pop((entry.kind, entry.namespace, entry.name), None)
-            after = entry.obj if entry.obj is not None else entry.previous
+            after = entry.obj if entry.obj is not None else entry.deleted
             assert after is not None
             size = len(entry.after_json) + len(entry.previous_json or "")
             self._publish(_Change(entry.rv, entry.type, entry.kind, entry.namespace, entry.name,
@@ -882,12 +890,9 @@ class Store:
                 return old
             if kind == "Namespace":
                 old = self._terminate(old)
-            rv = self._next_rv()
-            gone = copy.deepcopy(old)
-            gone["metadata"]["resourceVersion"] = str(rv)
-            entry = self._stage(kind, namespace, name, "DELETED", None, gone, rv,
+            entry = self._stage(kind, namespace, name, "DELETED", None, old, self._next_rv(),
                                 release=old if kind == "Service" else None)
-            result: dict[str, Any] = jsontext.loads(entry.previous_json or "null")
+            result: dict[str, Any] = jsontext.loads(entry.after_json)
             return result
 
     def _terminate(self, namespace: dict[str, Any]) -> dict[str, Any]:
@@ -1060,6 +1065,56 @@ class Store:
 
     # -- change notification -------------------------------------------------------------------
 
+    def list_chunk(
+        self, kind: str, namespace: str | None, after: tuple[str, str] | None, limit: int,
+        revision: int | None = None,
+    ) -> tuple[list[tuple[str, str, str]], int, bool]:
+        """One chunk of a list in pieces (``limit``/``continue``): up to ``limit`` objects of
+        ``kind`` whose (namespace, name) comes after ``after``, in :meth:`list`'s order, as they
+        were at ``revision`` (None: now), as ``(namespace, name, JSON text)``; the revision they
+        are at; and whether more objects follow.
+
+        Every chunk of one list is read at the first chunk's revision, as the API server reads
+        etcd's snapshot: what changed since is undone from the history kept for watches.
+
+        :raises Gone: ``revision`` is older than that history (:attr:`oldest_resource_version`).
+        """
+        _served(kind)
+        if limit < 1:
+            raise ValueError(f"limit: must be at least 1, got {limit}")
+        where, args = "kind = ?", [kind]
+        if namespace is not None:
+            where, args = where + " AND namespace = ?", args + [namespace]
+        if after is not None:
+            where, args = where + " AND (namespace, name) > (?, ?)", args + list(after)
+        with self._lock:
+            now = self._revision
+            at = now if revision is None else revision
+            if at < self.oldest_resource_version:
+                raise _too_old(at, self.oldest_resource_version)
+            # each object changed since ``at`` as it was then (None: it did not exist), from the
+            # earliest change after ``at``: the state before it is the one at ``at``
+            then: dict[tuple[str, str], str | None] = {}
+            for typ, ns, name, body, previous in self._db.execute(
+                    f"SELECT type, namespace, name, body, previous FROM history "
+                    f"WHERE {where} AND rv > ? ORDER BY rv DESC", (*args, at)):
+                then[(ns, name)] = None if typ == "ADDED" else (previous or body)
+            # enough current rows that, with every changed one left out, ``limit`` remain
+            fetch = limit + len(then) + 1
+            rows = self._db.execute(
+                f"SELECT namespace, name, body FROM objects WHERE {where} "
+                "ORDER BY namespace, name LIMIT ?", (*args, fetch),
+            ).fetchall()
+        exhausted = len(rows) < fetch
+        last = (rows[-1][0], rows[-1][1]) if rows else None
+        merged = [row for row in rows if (row[0], row[1]) not in then]
+        # a changed object beyond the last row read is not known to be in this chunk yet
+        merged += [(ns, name, text) for (ns, name), text in then.items()
+                   if text is not None and (exhausted or (ns, name) <= last)]  # type: ignore[operator]
+        merged.sort(key=lambda row: (row[0], row[1]))
+        # fewer than ``limit`` left out of ``fetch`` rows: a chunk short of rows is the last
+        return merged[:limit], at, len(merged) > limit
+
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Call ``callback({"type", "object"})`` after each committed change, in the writing
         thread, in commit order. Returns the function that unsubscribes."""
@@ -1143,6 +1198,17 @@ class Store:
 
 def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
     return (obj.get("metadata") or {}).get("labels") or {}
+
+
+def label_filter(label_selector: Any) -> Callable[[Mapping[str, Any]], bool] | None:
+    """Whether an object's labels match a selector (as :meth:`Store.list` filters), or None
+    when the selector takes every object.
+
+    :raises BadRequest: the selector does not parse."""
+    matches = _selector(label_selector)
+    if matches is None:
+        return None
+    return lambda obj: matches(_labels(obj))
 
 
 def _required_text(label_selector: Any) -> list[str]:

@@ -173,6 +173,8 @@ class KubernetesOptions:
     backoff_initial: float = option(0.8, duration=True, least=0.001)
     backoff_max: float = option(30.0, duration=True, least=0.001)
     unhealthy_after: float = option(10.0, duration=True, least=0.001)
+    # objects per list request (client-go's pager reads 500 at a time); 0: a list in one answer
+    list_chunk_size: int = option(500, least=0)
 
 
 class KubernetesSource(Source):
@@ -194,6 +196,7 @@ class KubernetesSource(Source):
         self.backoff_initial = opts.backoff_initial
         self.backoff_max = opts.backoff_max
         self.unhealthy_after = opts.unhealthy_after
+        self.list_chunk_size = opts.list_chunk_size
         self.log = context.log.getChild("kubernetes")
         self.synced = asyncio.Event()  # set once every kind has been listed into the sink
         # what the reflectors have done, for logs and tests: kind -> count
@@ -449,19 +452,45 @@ class KubernetesSource(Source):
     def _list(
         self, kind: str, list_function: Callable[..., Any]
     ) -> tuple[list[Mapping[str, Any]], str]:
-        response = list_function(
-            _preload_content=False,
-            _request_timeout=(self.connect_timeout, self.read_timeout),
-        )
-        _check_status(response, f"list {kind}")
-        body = json.loads(response.data)
+        """Every object of ``kind`` and the list's resourceVersion, read ``list_chunk_size``
+        at a time (so that neither side builds 100,000 pods in one answer); the server reads
+        every chunk at the first one's resourceVersion. When it no longer can (410 on a
+        ``continue``), the list is read again in one answer, as client-go's pager does."""
+        from kubernetes.client.exceptions import ApiException
+
         items: list[Mapping[str, Any]] = []
-        for obj in body.get("items") or []:
-            # list items may omit kind and apiVersion; the sink needs them
-            obj.setdefault("kind", kind)
-            obj.setdefault("apiVersion", lbcore.kind_for(kind).api_version)
-            items.append(obj)
-        rv = str(body["metadata"]["resourceVersion"])
+        token: str | None = None
+        rv = ""
+        limit = self.list_chunk_size
+        while True:
+            paging: dict[str, Any] = {"limit": limit} if limit else {}
+            if token:
+                paging["_continue"] = token
+            try:
+                response = list_function(
+                    _preload_content=False,
+                    _request_timeout=(self.connect_timeout, self.read_timeout),
+                    **paging,
+                )
+            except ApiException as exc:
+                if not (token and exc.status == 410):
+                    raise
+                self.log.info("list %s: its continue expired (%s); listing in one answer",
+                              kind, _one_line(exc))
+                items, token, limit = [], None, 0
+                continue
+            _check_status(response, f"list {kind}")
+            body = json.loads(response.data)
+            for obj in body.get("items") or []:
+                # list items may omit kind and apiVersion; the sink needs them
+                obj.setdefault("kind", kind)
+                obj.setdefault("apiVersion", lbcore.kind_for(kind).api_version)
+                items.append(obj)
+            metadata = body.get("metadata") or {}
+            rv = rv if token else str(metadata["resourceVersion"])
+            token = metadata.get("continue") or None
+            if not token or not limit:
+                break
         self.lists[kind] += 1
         self.resource_versions[kind] = rv
         self.log.debug("list %s: %d objects at resourceVersion %s", kind, len(items), rv)

@@ -81,6 +81,9 @@ def endpoint_slice(name: str, service_name: str, ips: list[str]) -> dict[str, An
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}
 
 
+# the first lists of every kind: each reflector thread imports and builds its API client, slow
+# on a loaded machine
+FIRST_SYNC = 30.0
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.3, "connect_timeout": 1, "read_timeout": 5,
         "watch_timeout": 30}
 
@@ -123,7 +126,7 @@ def test_endpointslices_mode_lists_then_follows_adds_changes_and_deletes(admin):
     kinds = ("Service", "EndpointSlice")
 
     async def scenario(source: KubernetesSource, sink: DictSink) -> None:
-        await asyncio.wait_for(source.synced.wait(), 10)
+        await asyncio.wait_for(source.synced.wait(), FIRST_SYNC)
         await converged(sink, store, kinds)
         assert ("Pod", "default", "ignored") not in sink.objects
         store.create(service("api", app="api"))
@@ -148,7 +151,7 @@ def test_pods_mode_follows_services_and_pods_in_one_namespace(admin):
     kinds = ("Service", "Pod")
 
     async def scenario(source: KubernetesSource, sink: DictSink) -> None:
-        await asyncio.wait_for(source.synced.wait(), 10)
+        await asyncio.wait_for(source.synced.wait(), FIRST_SYNC)
         await wait_until(lambda: set(sink.objects) == {
             ("Service", "default", "web"), ("Pod", "default", "web-a")})
         store.create(pod("web-b", "10.0.0.2"))
@@ -170,7 +173,7 @@ def test_converges_after_server_restart_with_changes_made_while_it_was_down(admi
     kinds = ("Service", "EndpointSlice")
 
     async def scenario(source: KubernetesSource, sink: DictSink) -> None:
-        await asyncio.wait_for(source.synced.wait(), 10)
+        await asyncio.wait_for(source.synced.wait(), FIRST_SYNC)
         await converged(sink, store, kinds)
         await wait_until(lambda: all(source.watches[k] >= 1 for k in kinds))
         await asyncio.to_thread(admin.stop)  # in the middle of both watches
@@ -199,7 +202,7 @@ def test_relists_on_410_gone_when_history_was_compacted_while_away(serve_admin):
         kinds = ("Service", "EndpointSlice")
 
         async def scenario(source: KubernetesSource, sink: DictSink) -> None:
-            await asyncio.wait_for(source.synced.wait(), 10)
+            await asyncio.wait_for(source.synced.wait(), FIRST_SYNC)
             await converged(sink, store, kinds)
             await asyncio.to_thread(server.stop)
             seen = source.resource_versions["Service"]
@@ -223,7 +226,7 @@ def test_retries_with_backoff_until_the_server_comes_up(store: Store, serve_admi
         await asyncio.sleep(0.5)
         assert not source.synced.is_set()
         await asyncio.to_thread(server.start)
-        await asyncio.wait_for(source.synced.wait(), 10)
+        await asyncio.wait_for(source.synced.wait(), FIRST_SYNC)
         await converged(sink, store, ("Service",))
 
     run_source({"server": server.url, **FAST}, scenario)
@@ -270,7 +273,7 @@ def test_a_watch_ended_by_its_server_timeout_is_resumed_without_listing(admin):
     store = admin.store
 
     async def scenario(source: KubernetesSource, sink: DictSink) -> None:
-        await asyncio.wait_for(source.synced.wait(), 10)
+        await asyncio.wait_for(source.synced.wait(), FIRST_SYNC)
         await wait_until(lambda: source.watches["Service"] >= 3, timeout=10)
         store.create(service("late"))
         await converged(sink, store, ("Service",))
@@ -284,7 +287,7 @@ def test_bearer_token_is_sent_with_every_request(store: Store, serve_admin):
     store.create(service("web"))
 
     async def scenario(source: KubernetesSource, sink: DictSink) -> None:
-        await asyncio.wait_for(source.synced.wait(), 10)
+        await asyncio.wait_for(source.synced.wait(), FIRST_SYNC)
         assert ("Service", "default", "web") in sink.objects
 
     run_source({"server": server.url, "token": "s3cret", **FAST}, scenario)
@@ -334,7 +337,7 @@ def test_reads_server_and_token_from_a_kubeconfig(store: Store, serve_admin, tmp
     assert configuration.auth_settings()["BearerToken"]["value"] == "Bearer s3cret"
 
     async def scenario(source: KubernetesSource, sink: DictSink) -> None:
-        await asyncio.wait_for(source.synced.wait(), 10)
+        await asyncio.wait_for(source.synced.wait(), FIRST_SYNC)
         assert ("Service", "default", "web") in sink.objects
 
     run_source({"kubeconfig": str(kubeconfig), **FAST}, scenario)
@@ -345,7 +348,7 @@ def test_a_watch_broken_mid_stream_resumes_after_the_last_event_it_handed_over(
     server = serve_admin(store, bookmark_interval=60)  # a quiet stream: the read times out
 
     async def scenario(source: KubernetesSource, sink: DictSink) -> None:
-        await asyncio.wait_for(source.synced.wait(), 10)
+        await asyncio.wait_for(source.synced.wait(), FIRST_SYNC)
         for name in ("a", "b", "c"):
             store.create(service(name))
         await converged(sink, store, ("Service",))
@@ -369,7 +372,7 @@ def test_like_kube_proxy_it_leaves_out_services_of_another_proxy_and_headless_sl
     store.create(endpoint_slice("mine-1", "mine", ["10.0.0.1"]))
 
     async def scenario(source: KubernetesSource, sink: DictSink) -> None:
-        await asyncio.wait_for(source.synced.wait(), 10)
+        await asyncio.wait_for(source.synced.wait(), FIRST_SYNC)
         await wait_until(lambda: set(sink.objects) == {
             ("Service", "default", "mine"), ("EndpointSlice", "default", "mine-1")})
         mine = store.get("Service", "default", "mine")
@@ -402,7 +405,7 @@ def test_routes_ingresses_and_tls_secrets_are_followed_where_the_server_serves_t
     _routing_objects(store)
 
     async def scenario(source: KubernetesSource, sink: DictSink) -> None:
-        await asyncio.wait_for(source.synced.wait(), 10)
+        await asyncio.wait_for(source.synced.wait(), FIRST_SYNC)
         assert source.kinds == ("Service", "EndpointSlice", "Route", "Ingress", "Secret")
         await wait_until(lambda: {k[:3:2] for k in sink.objects} >= {
             ("Route", "web"), ("Ingress", "web"), ("Secret", "tls")})
@@ -422,10 +425,84 @@ def test_routes_false_follows_no_route_kind(admin):
     _routing_objects(admin.store)
 
     async def scenario(source: KubernetesSource, sink: DictSink) -> None:
-        await asyncio.wait_for(source.synced.wait(), 10)
+        await asyncio.wait_for(source.synced.wait(), FIRST_SYNC)
         assert source.kinds == ("Service", "EndpointSlice")
         assert not [k for k in sink.objects if k[0] in ("Route", "Ingress", "Secret")]
 
     run_source({"server": admin.url, "routes": False, **FAST}, scenario)
     with pytest.raises(ConfigError, match="routes: invalid value 'yes': must be one of auto, true, false"):
         KubernetesSource({"routes": "yes"}, RuntimeContext())
+
+
+def _counting_lists(monkeypatch: pytest.MonkeyPatch, after_first: Callable[[], None] = lambda: None
+                    ) -> list[dict[str, Any]]:
+    """Record the paging arguments of every list request the source makes (watches are not
+    recorded); ``after_first`` runs once, after the first chunk of the first Pod list is
+    read."""
+    calls: list[dict[str, Any]] = []
+    real = KubernetesSource._list_function
+
+    def counted(self: KubernetesSource, api_client: Any, kind: str) -> Callable[..., Any]:
+        function = real(self, api_client, kind)
+
+        def call(**kw: Any) -> Any:
+            if kw.get("watch"):
+                return function(**kw)
+            calls.append({"kind": kind, **{k: kw[k] for k in ("limit", "_continue") if k in kw}})
+            answer = function(**kw)
+            if kind == "Pod" and sum(c["kind"] == "Pod" for c in calls) == 1:
+                after_first()
+            return answer
+        return call
+
+    monkeypatch.setattr(KubernetesSource, "_list_function", counted)
+    return calls
+
+
+def test_lists_are_read_in_chunks_of_list_chunk_size(admin, monkeypatch):
+    store = admin.store
+    store.create(service("web"))
+    for i in range(7):
+        store.create(pod(f"web-{i}", f"10.0.0.{i + 1}"))
+    calls = _counting_lists(monkeypatch)
+    kinds = ("Service", "Pod")
+
+    async def scenario(source: KubernetesSource, sink: DictSink) -> None:
+        await asyncio.wait_for(source.synced.wait(), FIRST_SYNC)
+        await converged(sink, store, kinds)
+
+    run_source({"server": admin.url, "mode": "pods", "list_chunk_size": 3, **FAST}, scenario)
+    pods = [c for c in calls if c["kind"] == "Pod"]
+    assert [c["limit"] for c in pods] == [3, 3, 3]
+    assert "_continue" not in pods[0] and pods[1]["_continue"] and pods[2]["_continue"]
+    assert [c for c in calls if c["kind"] == "Service"] == [{"kind": "Service", "limit": 3}]
+
+
+def test_a_list_whose_continue_expired_is_read_again_in_one_answer(serve_admin, monkeypatch,
+                                                                    caplog):
+    # the store keeps 3 changes of history: 5 writes after the first chunk make its continue
+    # too old (410 Expired), and the source reads the list again without chunks
+    with Store(None, history=3) as store:
+        admin = serve_admin(store)
+        store.create(service("web"))
+        for i in range(4):
+            store.create(pod(f"web-{i}", f"10.0.0.{i + 1}"))
+
+        def write() -> None:
+            for i in range(4, 9):
+                store.create(pod(f"web-{i}", f"10.0.0.{i + 1}"))
+
+        calls = _counting_lists(monkeypatch, after_first=write)
+        kinds = ("Service", "Pod")
+
+        async def scenario(source: KubernetesSource, sink: DictSink) -> None:
+            await asyncio.wait_for(source.synced.wait(), FIRST_SYNC)
+            await converged(sink, store, kinds)
+            assert len([k for k in sink.objects if k[0] == "Pod"]) == 9
+
+        with caplog.at_level(logging.INFO, logger="lbcore"):
+            run_source({"server": admin.url, "mode": "pods", "list_chunk_size": 2, **FAST},
+                       scenario)
+        pods = [c for c in calls if c["kind"] == "Pod"]
+        assert pods[1].get("_continue") and "limit" not in pods[2]
+        assert any("continue expired" in r.getMessage() for r in caplog.records)
