@@ -8,7 +8,10 @@ first holder that reaches it, so that an object two holders share is counted wit
 (the parsed objects the store's parse cache shares with the endpoints controller and
 ``ClusterState``, for instance). C allocations that objects do not report (the socket engine's
 tables, SQLite's page cache) are not counted; the RSS beside the walk's total says how much they
-and the allocator's overhead are.
+and the allocator's overhead are. Before the walk it reports the two allocators (Python's
+small-object arenas: bytes in use, in free blocks, in unused pools; glibc's heaps: in use and
+free), then what a full collection finds among the objects the daemon froze at start and the
+RSS after it and after ``malloc_trim``: where the bytes beside the walk are.
 
     python3 benchmarks/e2e/memory_profile.py /work/s19seeds/seed-1000.db --services 1000
 
@@ -20,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import gc
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -69,6 +74,71 @@ def rss() -> int:
     return 0
 
 
+def pymalloc_stats() -> dict[str, int]:
+    """Python's small-object allocator (objects up to 512 bytes), from ``sys._debugmallocstats``:
+    the bytes of its arenas, the bytes in their blocks in use and free, and in their unused
+    pools. An arena goes back to the system only when none of its blocks is in use."""
+    import os
+
+    with tempfile.TemporaryFile() as out:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(out.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read().decode()
+    found = {}
+    for key, pattern in (("arenas", r"# arenas allocated current\s*=\s*([\d,]+)"),
+                         ("in_use", r"# bytes in allocated blocks\s*=\s*([\d,]+)"),
+                         ("free_blocks", r"# bytes in available blocks\s*=\s*([\d,]+)"),
+                         ("unused_pools", r"unused pools \* \d+ bytes\s*=\s*([\d,]+)")):
+        match = re.search(pattern, text)
+        found[key] = int(match.group(1).replace(",", "")) if match else 0
+    found["arena_bytes"] = found["arenas"] * 2**20
+    return found
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def glibc_stats() -> dict[str, int]:
+    """The C allocator's view (glibc's ``mallinfo2``, every arena): the bytes of its heaps,
+    of its own mmaps, in use and free inside the heaps; empty without glibc."""
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (AttributeError, OSError):
+        return {}
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return {"heap": info.arena, "mmapped": info.hblkhd, "in_use": info.uordblks,
+            "free": info.fordblks}
+
+
+def allocators() -> dict[str, Any]:
+    """Where the RSS beside the walk is: the two allocators, then what the cyclic collector
+    frees of the objects the daemon froze at start (garbage frozen with them), and the RSS
+    after that collection and after ``malloc_trim``."""
+    from lbcore.runtime.daemon import give_back_free_memory
+
+    found: dict[str, Any] = {"rss": rss(), "pymalloc": pymalloc_stats(), "glibc": glibc_stats()}
+    found["frozen"] = gc.get_freeze_count()
+    gc.unfreeze()
+    found["frozen_garbage"] = gc.collect()
+    found["rss_after_collect"] = rss()
+    give_back_free_memory()
+    found["rss_after_trim"] = rss()
+    found["pymalloc_after"] = pymalloc_stats()
+    found["glibc_after"] = glibc_stats()
+    return found
+
+
 def holders(daemon: Any) -> list[tuple[str, Callable[[], list[Any]]]]:
     """(label, the roots it holds), in attribution order."""
     store = daemon.store
@@ -78,11 +148,11 @@ def holders(daemon: Any) -> list[tuple[str, Callable[[], list[Any]]]]:
 
     def parsed_fields() -> list[Any]:
         # the parsed objects without their bodies, counted first
-        return [obj for _version, obj in store._parsed.values()]
+        return list(store._parsed.values())
 
     def bodies() -> list[Any]:
         # the Kubernetes-shaped dict (``raw``), or its JSON text (``body``)
-        return [getattr(obj, "body", None) or obj.raw for _v, obj in store._parsed.values()]
+        return [getattr(obj, "body", None) or obj.raw for obj in store._parsed.values()]
 
     def cache_keys() -> list[Any]:
         return [store._parsed]
@@ -143,6 +213,7 @@ async def run(config: Any, services: int, timeout: float) -> dict[str, Any]:
         await asyncio.sleep(2)
         gc.collect()
         rss_now = rss()
+        kept = allocators()  # before the walk, whose own bytes would be counted
         walker = Walker(stop=[daemon.config, asyncio.get_running_loop()])
         rows = {}
         began = time.monotonic()
@@ -152,7 +223,8 @@ async def run(config: Any, services: int, timeout: float) -> dict[str, Any]:
                 "listed_seconds": listed_at[0] if listed_at else float("nan"),
                 "controller_seconds": controller_at, "rss": rss_now,
                 "walked_bytes": sum(rows.values()), "objects": walker.objects,
-                "walk_seconds": time.monotonic() - began, "holders": rows}
+                "walk_seconds": time.monotonic() - began, "holders": rows,
+                "allocators": kept}
     finally:
         await daemon.stop()
 
@@ -200,6 +272,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {label} | {size / 2**20:.1f} | {size / objects:,.0f} |")
     print(f"| walked, in all | {result['walked_bytes'] / 2**20:.1f} | "
           f"{result['walked_bytes'] / objects:,.0f} |")
+    kept = result["allocators"]
+
+    def mib(n: int) -> str:
+        return f"{n / 2**20:,.0f} MiB"
+
+    for when, py, c in (("before the walk", kept["pymalloc"], kept["glibc"]),
+                        ("after that collection and malloc_trim", kept["pymalloc_after"],
+                         kept["glibc_after"])):
+        print(f"pymalloc {when}: {py['arenas']:,} arenas ({mib(py['arena_bytes'])}), blocks in use "
+              f"{mib(py['in_use'])}, free blocks {mib(py['free_blocks'])}, unused pools "
+              f"{mib(py['unused_pools'])}")
+        if c:
+            print(f"glibc malloc {when}: heaps {mib(c['heap'])} (in use {mib(c['in_use'])}, free "
+                  f"{mib(c['free'])}), its own mmaps {mib(c['mmapped'])}")
+    print(f"frozen at start: {kept['frozen']:,} objects, of which a full collection frees "
+          f"{kept['frozen_garbage']:,}; RSS {mib(kept['rss'])} -> {mib(kept['rss_after_collect'])} "
+          f"after it -> {mib(kept['rss_after_trim'])} after malloc_trim")
     return 0
 
 

@@ -170,14 +170,25 @@ class _Stored:
 
     ``body`` is that dict, or (objects read by :func:`parse_stored`, which a daemon keeps by
     the hundred thousand) its compact JSON text, about a tenth of the dict's size; ``raw``
-    gives the dict either way.
+    gives the dict either way. An object read by :func:`parse_stored` also knows its
+    ``resource_version``, so that its holders need not keep the version beside it.
     """
 
-    __slots__ = ()
+    __slots__ = ("_version",)  # set by parse_stored only; not a field: equality ignores it
+    _version: str
     kind: ClassVar[str]
     namespace: str
     name: str
     body: Mapping[str, Any] | str
+
+    @property
+    def resource_version(self) -> str:
+        """``metadata.resourceVersion`` of an object read by :func:`parse_stored` ("" for
+        others, and for a copy made by ``dataclasses.replace``)."""
+        try:
+            return self._version
+        except AttributeError:
+            return ""
 
     @property
     def raw(self) -> Mapping[str, Any]:
@@ -1068,6 +1079,9 @@ def parse_stored(obj: Mapping[str, Any], text: str | None = None) -> Object:
     # the dataclass is frozen for its holders; this is its construction, finished
     object.__setattr__(parsed, "body", json.dumps(obj, separators=(",", ":"))
                        if text is None else text)
+    meta = obj.get("metadata")
+    version = meta.get("resourceVersion") if isinstance(meta, Mapping) else None
+    object.__setattr__(parsed, "_version", str(version or ""))
     return parsed
 
 

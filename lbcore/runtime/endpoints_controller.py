@@ -54,7 +54,14 @@ from lbcore.model.endpoints import (
     reconcile_endpoint_slices,
     wants_endpoints,
 )
-from lbcore.model.objects import SERVICE_NAME_LABEL, Endpoints, EndpointSlice, Pod, Service
+from lbcore.model.objects import (
+    SERVICE_NAME_LABEL,
+    Endpoints,
+    EndpointSlice,
+    Object,
+    Pod,
+    Service,
+)
 from lbcore.runtime.logs import event
 from lbcore.runtime.store import (
     AlreadyExists,
@@ -79,16 +86,29 @@ def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return meta if isinstance(meta, Mapping) else {}
 
 
-def _managed_slice(obj: Mapping[str, Any]) -> str | None:
+def _identity(obj: Mapping[str, Any] | Object) -> tuple[Any, str, str]:
+    """(kind, namespace, name) of a stored dict or of an object the store parsed."""
+    if isinstance(obj, Object):
+        return obj.kind, obj.namespace or "default", obj.name
+    meta = _meta(obj)
+    return obj.get("kind"), meta.get("namespace") or "default", str(meta.get("name") or "")
+
+
+def _managed_slice(obj: Mapping[str, Any] | Object) -> str | None:
     """``namespace/service`` of a slice this controller manages, else None."""
-    labels = _meta(obj).get("labels") or {}
+    if isinstance(obj, Object):
+        labels: Mapping[str, Any] = getattr(obj, "labels", {})
+    else:
+        labels = _meta(obj).get("labels") or {}
     if labels.get(MANAGED_BY_LABEL) not in (MANAGED_BY, MIRRORED_BY) or not labels.get(
             SERVICE_NAME_LABEL):
         return None
-    return f"{_meta(obj).get('namespace') or 'default'}/{labels[SERVICE_NAME_LABEL]}"
+    return f"{_identity(obj)[1]}/{labels[SERVICE_NAME_LABEL]}"
 
 
-def _version(obj: Mapping[str, Any]) -> int:
+def _version(obj: Mapping[str, Any] | Object) -> int:
+    if isinstance(obj, Object):
+        return int(obj.resource_version or 0)
     return int(_meta(obj).get("resourceVersion") or 0)
 
 
@@ -176,10 +196,11 @@ class EndpointsController:
 
     def _list(self) -> None:
         for kind in ("Service", "Pod", "Endpoints", "EndpointSlice"):
-            items, rv = self.store.list_shared(kind)
+            items, rv = self.store.list_parsed(kind)
             self._listed_at[kind] = int(rv)
             for obj in items:
-                obj.setdefault("kind", kind)
+                if not isinstance(obj, Object):  # one the store could not parse
+                    obj.setdefault("kind", kind)
                 self._observe("ADDED", obj)
 
     def _drain(self) -> None:
@@ -195,10 +216,8 @@ class EndpointsController:
 
     # -- what the store holds -------------------------------------------------------------------
 
-    def _observe(self, typ: str, obj: dict[str, Any]) -> None:
-        kind = obj.get("kind")
-        meta = _meta(obj)
-        namespace, name = meta.get("namespace") or "default", str(meta.get("name") or "")
+    def _observe(self, typ: str, obj: dict[str, Any] | Object) -> None:
+        kind, namespace, name = _identity(obj)
         key = f"{namespace}/{name}"
         deleted = typ == "DELETED"
         if kind == "Pod":
@@ -230,20 +249,20 @@ class EndpointsController:
                 self._endpoints[key] = self._kept(obj)
                 self._dirty.add(key)
 
-    def _kept(self, obj: Mapping[str, Any]) -> _Kept:
+    def _kept(self, obj: Mapping[str, Any] | Object) -> _Kept:
         try:
             return _version(obj), self.store.parse(obj)
         except ValidationError:
             return _version(obj), obj
 
-    def _parse(self, obj: Mapping[str, Any]) -> Any:
+    def _parse(self, obj: Mapping[str, Any] | Object) -> Any:
         try:
             return self.store.parse(obj)
         except ValidationError as exc:
             event(log, "object skipped: it cannot be read", logging.WARNING, error=str(exc))
             return None
 
-    def _observe_pod(self, namespace: str, name: str, obj: dict[str, Any] | None) -> None:
+    def _observe_pod(self, namespace: str, name: str, obj: dict[str, Any] | Object | None) -> None:
         key = f"{namespace}/{name}"
         idx = self._index[namespace]
         pod = self._parse(obj) if obj is not None else None
@@ -262,7 +281,8 @@ class EndpointsController:
                 touched = set(removed) | set(idx.selectors_matching(name))
         self._dirty.update(f"{namespace}/{s}" for s in touched)
 
-    def _observe_service(self, namespace: str, name: str, obj: dict[str, Any] | None) -> None:
+    def _observe_service(self, namespace: str, name: str,
+                         obj: dict[str, Any] | Object | None) -> None:
         key = f"{namespace}/{name}"
         idx = self._index[namespace]
         service = self._parse(obj) if obj is not None else None

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lbcore.model.objects import Object
 from lbcore.model.snapshot import Snapshot
 
 
@@ -84,13 +85,15 @@ class SourceSink(abc.ABC):
     """Where a source sends what it learns. Implemented by the runtime's ``ClusterState``.
 
     Objects are Kubernetes-shaped dicts (``apiVersion``, ``kind``, ``metadata``, ...) of the kinds
-    Service, Pod, Endpoints and EndpointSlice. Methods are called on the daemon's event-loop
+    Service, Pod, Endpoints and EndpointSlice, or objects the embedded store parsed already
+    (``Store.list_parsed``, which the ``local`` source lists with), taken as they are. Methods
+    are called on the daemon's event-loop
     thread; a source working in another thread hands calls over with
     ``loop.call_soon_threadsafe``.
     """
 
     @abc.abstractmethod
-    def upsert(self, obj: Mapping[str, Any]) -> None:
+    def upsert(self, obj: Mapping[str, Any] | Object) -> None:
         """An object was added or modified."""
 
     @abc.abstractmethod
@@ -98,7 +101,7 @@ class SourceSink(abc.ABC):
         """An object was deleted."""
 
     @abc.abstractmethod
-    def replace(self, kind: str, objects: list[Mapping[str, Any]]) -> None:
+    def replace(self, kind: str, objects: Sequence[Mapping[str, Any] | Object]) -> None:
         """A full list of ``kind`` (after a list or relist): anything else of that kind is gone."""
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,7 +45,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from lbcore.errors import ValidationError
 from lbcore.model.kinds import KINDS
-from lbcore.model.objects import parse_admitted
+from lbcore.model.objects import Object, parse_admitted
 from lbcore.model.snapshot import Snapshot
 from lbcore.runtime.interfaces import Frontend, SourceSink
 from lbcore.runtime.logs import event
@@ -149,7 +149,9 @@ class FrontendHealth:
         return out
 
 
-def _key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
+def _key(obj: Mapping[str, Any] | Object) -> tuple[str, str, str]:
+    if isinstance(obj, Object):
+        return obj.kind, obj.namespace or "default", obj.name
     meta = obj.get("metadata") or {}
     return str(obj.get("kind", "")), meta.get("namespace") or "default", str(meta.get("name", ""))
 
@@ -225,16 +227,19 @@ class ClusterState(SourceSink):
 
     # -- SourceSink -------------------------------------------------------------------------
 
-    def upsert(self, obj: Mapping[str, Any]) -> None:
+    def upsert(self, obj: Mapping[str, Any] | Object) -> None:
         kind, namespace, name = _key(obj)
         if kind not in self._keys:
             return
         self.metrics.events.labels(kind, "upsert").inc()
-        version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        if isinstance(obj, Object):  # parsed already (the embedded store's list_parsed)
+            version = obj.resource_version
+        else:
+            version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
         if version and self._keys[kind].get((namespace, name)) == version:
             return  # the same version again (a relist): nothing changed
         try:
-            parsed = self._parse(obj)
+            parsed = obj if isinstance(obj, Object) else self._parse(obj)
         except ValidationError as exc:  # one unreadable object must not stop the source
             self.metrics.rejected.labels(kind).inc()
             event(
@@ -247,7 +252,8 @@ class ClusterState(SourceSink):
             )
             return
         self.table.apply(parsed)
-        self._keys[kind][(namespace, name)] = version
+        # the parsed object's own string when it has one: one copy of it per object
+        self._keys[kind][(namespace, name)] = parsed.resource_version or version
         self._changed()
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
@@ -260,7 +266,7 @@ class ClusterState(SourceSink):
         self.table.delete(kind, namespace, name)
         self._changed()
 
-    def replace(self, kind: str, objects: list[Mapping[str, Any]]) -> None:
+    def replace(self, kind: str, objects: Sequence[Mapping[str, Any] | Object]) -> None:
         if kind not in self._keys:
             return
         keep = {(_key(o)[1], _key(o)[2]) for o in objects}

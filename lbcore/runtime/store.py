@@ -31,6 +31,7 @@ and in-process listeners (:meth:`Store.subscribe`) are called after each commit.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import contextvars
 import copy
@@ -39,7 +40,6 @@ import logging
 import sqlite3
 import threading
 import uuid
-import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -337,13 +337,6 @@ _GROUP: contextvars.ContextVar[list[_Staged] | None] = contextvars.ContextVar(
 )
 
 
-class _Rows(list[dict[str, Any]]):
-    """A list :meth:`Store.list_shared` hands out, remembered weakly with its revision."""
-
-    __slots__ = ("__weakref__", "revision")
-    revision: int
-
-
 def _own(obj: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``obj`` that a write may change at its top and in its metadata (admission
     copies the rest before it changes anything)."""
@@ -416,10 +409,9 @@ class Store:
         # (resourceVersion, text), which Store.parse also takes rather than encode the object
         self._namespace_texts: dict[str, tuple[int, str]] = {}
         self._recent_texts: dict[tuple[str, str, str], tuple[int, str]] = {}
-        # (kind, namespace, name) -> (resourceVersion, the object parsed): see parse()
-        self._parsed: dict[tuple[str, str, str], tuple[str, Object]] = {}
-        self._shared: dict[tuple[str, str | None], weakref.ref[_Rows]] = {}
-        self._shared_lock = threading.Lock()
+        # (kind, namespace, name) -> the object parsed (it knows its resourceVersion): parse()
+        self._parsed: dict[tuple[str, str, str], Object] = {}
+        self._list_lock = threading.Lock()  # list_parsed's, one reader at a time
         self._watchers: set[Watch] = set()
         self._listeners: list[Callable[[Event], None]] = []
         self.commits = 0  # transactions that committed writes since the store opened
@@ -961,58 +953,71 @@ class Store:
                 required: Sequence[str] = ()) -> tuple[Sequence[str], int]:
         """The JSON text of the objects :meth:`list` gives (holding each string of
         ``required``), and the revision they are at."""
+        rows, revision = self._rows(kind, namespace, required, "body")
+        return [body for (body,) in rows], revision
+
+    def _rows(self, kind: str, namespace: str | None, required: Sequence[str] = (),
+              columns: str = "body") -> tuple[Sequence[tuple[Any, ...]], int]:
+        """``columns`` of the rows :meth:`list` reads, in its order, and the revision."""
         where = " AND instr(body, ?) > 0" * len(required)
         with self._lock:
             if namespace is None:
                 rows = self._db.execute(
-                    f"SELECT body FROM objects WHERE kind = ?{where} ORDER BY namespace, name",
+                    f"SELECT {columns} FROM objects WHERE kind = ?{where} ORDER BY namespace, name",
                     (kind, *required),
                 )
             else:
                 rows = self._db.execute(
-                    f"SELECT body FROM objects WHERE kind = ? AND namespace = ?{where} "
+                    f"SELECT {columns} FROM objects WHERE kind = ? AND namespace = ?{where} "
                     "ORDER BY name",
                     (kind, namespace, *required),
                 )
-            return [body for (body,) in rows], self._revision
+            return rows.fetchall(), self._revision
 
-    def list_shared(
-        self, kind: str, namespace: str | None = None
-    ) -> tuple[Sequence[dict[str, Any]], str]:
-        """As :meth:`list` without a selector, for readers that only read what they get and
-        read them through :meth:`parse`: a caller that lists the kind at the revision of a list
-        another caller still holds gets the same list and the same objects, decoded once (the
-        endpoints controller and the local source list every object at start); each object is
-        parsed as it is decoded, with the JSON text it was read from as its ``body`` (no
-        encoding again), so that :meth:`parse` has it. Neither the list nor its objects may be
-        changed."""
+    def list_parsed(self, kind: str, namespace: str | None = None
+                    ) -> tuple[Sequence[Object | dict[str, Any]], str]:
+        """The objects of ``kind`` (in ``namespace``, or all) as :meth:`parse` reads them, in
+        :meth:`list`'s order, and the list's resourceVersion; an object that cannot be parsed
+        is given as its dict (the reader's :meth:`parse` says why).
+
+        For the readers of every object at start (the endpoints controller and the local
+        source): they get the same parsed objects (one per version, as :meth:`parse` gives),
+        and nobody holds the decoded dicts. A row is decoded only when its version is not
+        parsed yet, and its dict is dropped as soon as it is parsed (the row's text is the
+        object's ``body``), so that a start over 130,000 objects holds one dict at a time
+        rather than all of them (about 5 kB each) while it builds what it keeps: those
+        dicts, freed afterwards, left Python's allocator about 400 MB of free blocks scattered
+        among the kept objects, which it never gave back."""
         _served(kind)
-        with self._shared_lock:  # a second caller waits for the first one's decoding
-            ref = self._shared.get((kind, namespace))
-            rows = ref() if ref is not None else None
-            if rows is not None and rows.revision == self._revision:
-                return rows, str(rows.revision)
-            bodies, revision = self._bodies(kind, namespace)
-            rows = _Rows()
-            rows.revision = revision
-            for text in bodies:
+        with self._list_lock:  # a second reader waits, then finds the first one's objects
+            rows, revision = self._rows(kind, namespace, columns="namespace, name, rv, body")
+            items: builtins.list[Object | dict[str, Any]] = []
+            parsed = self._parsed
+            for row_namespace, name, rv, text in rows:
+                known = parsed.get((kind, row_namespace or "default", name))
+                if known is not None and known.resource_version == str(rv):
+                    items.append(known)
+                    continue
                 obj = jsontext.loads(text)
-                rows.append(obj)
-                with contextlib.suppress(ValidationError):  # the reader's parse says why
-                    self._parse(obj, text)
-            self._shared[(kind, namespace)] = weakref.ref(rows)
-            return rows, str(revision)
+                try:
+                    items.append(self._parse(obj, text))
+                except ValidationError:
+                    items.append(obj)
+            return items, str(revision)
 
-    def parse(self, obj: Mapping[str, Any]) -> Object:
+    def parse(self, obj: Mapping[str, Any] | Object) -> Object:
         """:func:`lbcore.model.objects.parse_stored` of a stored object, parsed once per
         resourceVersion: the endpoints controller and the local source's ``ClusterState`` see
         every version of every object, and the second one gets the object the first parsed
         (parsed objects are not changed by those who hold them), so the daemon parses and
         keeps one copy of each. Only the latest version of each object is remembered; a
-        deletion forgets it.
+        deletion forgets it. An object already parsed (from :meth:`list_parsed`) is given
+        back as it is.
 
         :raises ValidationError: as ``parse_stored``.
         """
+        if isinstance(obj, Object):
+            return obj
         return self._parse(obj)
 
     def _parse(self, obj: Mapping[str, Any], text: str | None = None) -> Object:
@@ -1022,8 +1027,8 @@ class Store:
         key = (str(obj.get("kind")), str(meta.get("namespace") or "default"),
                str(meta.get("name") or ""))
         known = self._parsed.get(key)
-        if known is not None and version and known[0] == version:
-            return known[1]
+        if known is not None and version and known.resource_version == version:
+            return known
         if text is None:
             # the text the store committed this version as, when it still has it
             committed = self._committed_text((key[0], str(meta.get("namespace") or ""), key[2]))
@@ -1031,7 +1036,7 @@ class Store:
                 text = committed[1]
         parsed = parse_stored(obj, text)
         if version:
-            self._parsed[key] = (version, parsed)
+            self._parsed[key] = parsed
         return parsed
 
     def list_json(self, kind: str, namespace: str | None = None) -> tuple[Sequence[str], str]:

@@ -69,7 +69,7 @@ class LocalSource(Source):
         unsubscribe: Callable[[], None] = self.context.store.subscribe(on_commit)
         try:
             listed_at: dict[str, int] = {}
-            # the same objects as the endpoints controller's list, when it lists at once;
+            # the objects the store parsed (the endpoints controller's too), no decoded dict;
             # decoded and parsed on a worker thread, so the admin API answers meanwhile; every
             # kind is listed before the sink gets any, so that no sync sees the services of a
             # list without the pods or slices of it (a frontend would drop their endpoints)
@@ -87,7 +87,7 @@ class LocalSource(Source):
             unsubscribe()
 
     def _list_all(self) -> list[tuple[str, Any, str]]:
-        return [(kind, *self.context.store.list_shared(kind, self.namespace))
+        return [(kind, *self.context.store.list_parsed(kind, self.namespace))
                 for kind in self.kinds]
 
     def _apply(self, sink: SourceSink, event: Mapping[str, Any], listed_at: Mapping[str, int]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from lbcore.errors import ConfigError, ValidationError
+from lbcore.runtime import jsontext
 from lbcore.runtime.store import (
     AlreadyExists,
     BadRequest,
@@ -725,24 +727,51 @@ def test_parse_keeps_the_text_the_store_committed_rather_than_encoding_again(sto
     assert other.body is not committed[1] and other.raw == stale
 
 
-def test_list_shared_decodes_once_per_revision_while_a_reader_holds_it(store):
+def test_list_parsed_gives_the_parsed_objects_in_list_order_and_decodes_each_version_once(
+        store, monkeypatch):
     store.create(pod("p", {"app": "a"}))
-    held, rv = store.list_shared("Pod")
-    again, rv_again = store.list_shared("Pod")
-    assert again is held and rv_again == rv and again[0] is held[0]
-    store.create(pod("q", {"app": "a"}, ip="10.0.0.2"))
-    newer, rv_newer = store.list_shared("Pod")
-    assert newer is not held and int(rv_newer) == int(rv) + 1
-    assert [o["metadata"]["name"] for o in newer] == ["p", "q"]
-    # the same as list() gives
-    assert newer == store.list("Pod")[0]
+    store.create(pod("q", {"app": "b"}, ip="10.0.0.2"))
+    decoded: list[str] = []
+    loads = jsontext.loads
+    monkeypatch.setattr(jsontext, "loads", lambda text: decoded.append(text) or loads(text))
+    held, rv = store.list_parsed("Pod")
+    assert len(decoded) == 2
+    assert [o.name for o in held] == ["p", "q"] and rv == str(store.revision)
+    listed = store.list("Pod")[0]
+    assert [o.raw for o in held] == listed
+    assert [o.resource_version for o in held] == [o["metadata"]["resourceVersion"] for o in listed]
+    decoded.clear()
+    # a second reader (the other of the daemon's two) gets the same objects, decoding nothing
+    again, rv_again = store.list_parsed("Pod")
+    assert rv_again == rv and all(a is b for a, b in zip(again, held, strict=True))
+    assert decoded == []
+    assert store.parse(again[0]) is again[0]  # a parsed object is given back as it is
+    assert store.parse(store.get("Pod", "default", "p")) is held[0]
+    # a new version is decoded and parsed again, the others not
+    updated = store.get("Pod", "default", "q")
+    updated["metadata"]["labels"] = {"app": "c"}
+    store.update(updated)
+    decoded.clear()
+    newer, rv_newer = store.list_parsed("Pod")
+    assert int(rv_newer) == int(rv) + 1 and len(decoded) == 1
+    assert newer[0] is held[0] and newer[1] is not held[1] and newer[1].labels == {"app": "c"}
+    assert [o.name for o in store.list_parsed("Pod", "other")[0]] == []
 
 
-def test_list_shared_parses_each_object_once_with_its_stored_text_as_body(store):
+def test_list_parsed_keeps_the_stored_text_as_body_and_gives_an_unreadable_object_as_its_dict(
+        store):
     store.create(pod("p", {"app": "a"}))
     bodies, _ = store.list_json("Pod")
-    held, _ = store.list_shared("Pod")
-    parsed = store._parsed[("Pod", "default", "p")][1]
-    assert store.parse(held[0]) is parsed  # parsed as it was listed
-    assert parsed.body == bodies[0] and parsed.raw == held[0]
-    assert parsed.labels == {"app": "a"} and parsed.uid == held[0]["metadata"]["uid"]
+    held, _ = store.list_parsed("Pod")
+    assert held[0] is store._parsed[("Pod", "default", "p")]
+    assert held[0].body == bodies[0] and held[0].uid == held[0].raw["metadata"]["uid"]
+    # a row no parse can read (written by hand: admission would refuse it)
+    broken = {**held[0].raw, "metadata": {**held[0].raw["metadata"], "name": "broken"},
+              "spec": {"containers": [{"name": "c", "ports": [{"containerPort": "x"}]}]}}
+    with store._lock:
+        store._db.execute("INSERT INTO objects (kind, namespace, name, rv, body) VALUES "
+                          "('Pod', 'default', 'broken', 1, ?)", (json.dumps(broken),))
+    items, _ = store.list_parsed("Pod")
+    assert items[0] == broken and items[1] is held[0]
+    with pytest.raises(ValidationError):
+        store.parse(items[0])

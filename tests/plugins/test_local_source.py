@@ -20,6 +20,15 @@ from lbcore.runtime.store import Store
 KINDS = tuple(k.kind for k in lbcore.KINDS)
 
 
+def as_dict(obj: Any) -> dict[str, Any]:
+    """A sink's object as a dict: the local source lists objects the store parsed (their
+    ``raw`` is the stored dict) and follows commits with dicts."""
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    assert obj.resource_version == obj.raw["metadata"]["resourceVersion"]
+    return dict(obj.raw)
+
+
 class DictSink(SourceSink):
     """Keeps what it is told; ``on_replace`` lets a test write to the store mid-listing."""
 
@@ -29,8 +38,9 @@ class DictSink(SourceSink):
         self.on_replace = on_replace
 
     def upsert(self, obj: Mapping[str, Any]) -> None:
+        obj = as_dict(obj)
         meta = obj["metadata"]
-        self.objects[(obj["kind"], meta["namespace"], meta["name"])] = dict(obj)
+        self.objects[(obj["kind"], meta["namespace"], meta["name"])] = obj
         self.upserts += 1
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
@@ -40,8 +50,9 @@ class DictSink(SourceSink):
         for key in [k for k in self.objects if k[0] == kind]:
             del self.objects[key]
         for obj in objects:
+            obj = as_dict(obj)
             meta = obj["metadata"]
-            self.objects[(kind, meta["namespace"], meta["name"])] = dict(obj)
+            self.objects[(kind, meta["namespace"], meta["name"])] = obj
         if self.on_replace:
             self.on_replace(kind)
 
