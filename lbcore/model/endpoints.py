@@ -201,7 +201,9 @@ class EndpointTracker:
         self._pods: dict[str, Pod] = {}
         self._pods_by_node: defaultdict[str, set[str]] = defaultdict(set)
         # service key -> pod key -> that pod's endpoint per service port (None: not on that port)
-        # sort key first, so that reading a service's endpoints is one sort of its members
+        # sort key first, so that reading a service's endpoints is one sort of its members;
+        # kept only for the services whose endpoints come from their pods (a selector, and no
+        # EndpointSlices or Endpoints object, which would be a second copy of them: _on_pods)
         self._members: dict[str, dict[str, _Member]] = {}
         self._slices: dict[str, EndpointSlice] = {}
         self._slices_by_service: defaultdict[str, dict[str, EndpointSlice]] = defaultdict(dict)
@@ -264,17 +266,30 @@ class EndpointTracker:
         idx = self._index[service.namespace]
         if service.selector:
             idx.set_selector(service.name, selector_from_map(service.selector))
-            members = {}
-            for pod_name in idx.matching(service.name):
-                pod = self._pods[f"{service.namespace}/{pod_name}"]
-                per_port = pod_endpoints(service, pod, self.node_zones)
-                if any(ep is not None for ep in per_port):
-                    members[pod.key] = (_member_key(per_port, pod.key), per_port)
-            self._members[key] = members
         else:
             idx.remove_selector(service.name)
-            self._members.pop(key, None)
+        self._follow_pods(key)
         return {key}
+
+    def _on_pods(self, key: str) -> bool:
+        """Whether service ``key``'s endpoints come from the pods its selector picks: it has
+        neither EndpointSlices nor an Endpoints object (see :meth:`endpoints`)."""
+        return not self._slices_by_service.get(key) and key not in self._endpoints_objects
+
+    def _follow_pods(self, key: str) -> None:
+        """Compute the members of service ``key`` from its pods when its endpoints come from
+        them, else forget them (the slices or the Endpoints object say the same)."""
+        service = self._services.get(key)
+        if service is None or not service.selector or not self._on_pods(key):
+            self._members.pop(key, None)
+            return
+        members = {}
+        for pod_name in self._index[service.namespace].matching(service.name):
+            pod = self._pods[f"{service.namespace}/{pod_name}"]
+            per_port = pod_endpoints(service, pod, self.node_zones)
+            if any(ep is not None for ep in per_port):
+                members[pod.key] = (_member_key(per_port, pod.key), per_port)
+        self._members[key] = members
 
     def remove_service(self, namespace: str, name: str) -> set[str]:
         """Forget a service."""
@@ -310,8 +325,7 @@ class EndpointTracker:
         changed = set()
         for sname in services:
             skey = f"{ns}/{sname}"
-            if self._refresh_member(skey, pod, pod_key) and not self._slices_by_service.get(skey) \
-                    and skey not in self._endpoints_objects:
+            if self._on_pods(skey) and self._refresh_member(skey, pod, pod_key):
                 changed.add(skey)
         return changed
 
@@ -366,6 +380,7 @@ class EndpointTracker:
         owner = self._slice_owner(eps)
         if owner:
             self._slices_by_service[owner][eps.key] = eps
+            self._members.pop(owner, None)  # its endpoints come from its slices now
             self._cache.pop(owner, None)
             if owner in self._services:
                 changed.add(owner)
@@ -381,12 +396,14 @@ class EndpointTracker:
         by_service.pop(eps.key, None)
         if not by_service:
             del self._slices_by_service[owner]
+            self._follow_pods(owner)
         self._cache.pop(owner, None)
         return {owner} if owner in self._services else set()
 
     def set_endpoints_object(self, ep: Endpoints) -> set[str]:
         """Add or replace a v1 Endpoints object (it carries its service's name)."""
         self._endpoints_objects[ep.key] = ep
+        self._members.pop(ep.key, None)
         self._cache.pop(ep.key, None)
         # a service with EndpointSlices takes its endpoints from them: this changes nothing
         return {ep.key} if ep.key in self._services and not self._slices_by_service.get(ep.key) \
@@ -397,6 +414,7 @@ class EndpointTracker:
         key = f"{namespace}/{name}"
         if self._endpoints_objects.pop(key, None) is None:
             return set()
+        self._follow_pods(key)
         self._cache.pop(key, None)
         return {key} if key in self._services and not self._slices_by_service.get(key) else set()
 

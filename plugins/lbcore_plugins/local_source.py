@@ -74,7 +74,9 @@ class LocalSource(Source):
             # kind is listed before the sink gets any, so that no sync sees the services of a
             # list without the pods or slices of it (a frontend would drop their endpoints)
             lists = await asyncio.to_thread(self._list_all)
-            for kind, items, rv in lists:
+            # pods last: a service whose EndpointSlices (or Endpoints) the sink has takes its
+            # endpoints from them, so the sink computes none from its pods only to drop them
+            for kind, items, rv in sorted(lists, key=lambda listed: listed[0] == "Pod"):
                 sink.replace(kind, items)
                 listed_at[kind] = int(rv)
             del lists

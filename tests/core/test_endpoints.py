@@ -188,6 +188,44 @@ def test_selectorless_service_takes_endpoints_from_an_endpoints_object() -> None
         ("127.0.0.7:9000", True), ("127.0.0.8:9000", False)]
 
 
+def web_slice(name: str, address: str) -> EndpointSlice:
+    return EndpointSlice.from_dict({
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4", "ports": [{"name": "", "port": 8080}],
+        "endpoints": [{"addresses": [address], "conditions": {"ready": True}}]})
+
+
+def test_a_service_with_slices_or_an_endpoints_object_keeps_no_endpoints_of_its_pods() -> None:
+    # the slices (or Endpoints) a controller wrote from the pods are what the service serves:
+    # the tracker does not keep a second copy of them computed from the pods, and computes
+    # it again from the pods as they are when the service loses them
+    t = EndpointTracker()
+    t.set_service(svc(selector={"app": "web"}))
+    t.set_pod(pod("a", "127.0.0.1"))
+    assert addresses(t) == ["127.0.0.1:8080"] and t._members
+    assert t.set_endpoint_slice(web_slice("web-1", "127.0.0.9")) == {"default/web"}
+    assert not t._members
+    assert t.set_pod(pod("b", "127.0.0.2")) == set()  # the slices say what the service serves
+    assert addresses(t) == ["127.0.0.9:8080"] and not t._members
+    assert t.set_endpoint_slice(web_slice("web-2", "127.0.0.8")) == {"default/web"}
+    assert t.remove_endpoint_slice("default", "web-1") == {"default/web"}
+    assert addresses(t) == ["127.0.0.8:8080"] and not t._members
+    assert t.remove_endpoint_slice("default", "web-2") == {"default/web"}
+    assert addresses(t) == ["127.0.0.1:8080", "127.0.0.2:8080"]  # b came while it had slices
+    ep = Endpoints.from_dict({"kind": "Endpoints", "metadata": {"name": "web"}, "subsets": [
+        {"addresses": [{"ip": "127.0.0.7"}], "ports": [{"port": 9000}]}]})
+    assert t.set_endpoints_object(ep) == {"default/web"} and not t._members
+    assert t.remove_pod("default", "a") == set()
+    assert addresses(t) == ["127.0.0.7:9000"]
+    assert t.remove_endpoints_object("default", "web") == {"default/web"}
+    assert addresses(t) == ["127.0.0.2:8080"]
+    # a slice known before its service: the service never computes its pods' endpoints
+    t.set_endpoint_slice(web_slice("web-3", "127.0.0.6"))
+    t.set_service(svc(selector={"app": "web"}, ports=[{"port": 81, "targetPort": 8080}]))
+    assert addresses(t) == ["127.0.0.6:8080"] and not t._members
+
+
 def test_incremental_result_equals_a_full_recomputation() -> None:
     t = EndpointTracker()
     services = [svc(f"s{i}", selector={"app": f"a{i % 3}"}) for i in range(6)]
