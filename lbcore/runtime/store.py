@@ -58,7 +58,7 @@ from lbcore.errors import (
 from lbcore.model.admission import Admission, ServiceAllocators, admit, for_subresource
 from lbcore.model.allocators import DEFAULT_NODE_PORT_RANGE
 from lbcore.model.kinds import ALL_KINDS, Kind, find_kind
-from lbcore.model.objects import Object, format_timestamp, parse_stored
+from lbcore.model.objects import Object, StoredText, format_timestamp, parse_stored
 from lbcore.runtime import jsontext
 from lbcore.runtime.config import LOOPBACK_SERVICE_CIDR
 
@@ -352,6 +352,11 @@ def _own(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 # how many objects' committed texts (besides the namespaces') the store keeps for its reads
 RECENT_TEXTS = 1024
+# the kinds whose parsed objects (parse()) keep their JSON text: the endpoints controller
+# compares its slices and Endpoints with what it would write at every reconcile of their
+# service; the others read theirs from the store when asked (StoredText): nothing the daemon
+# runs reads a pod's or a service's text, 0.5 kB each that 100,000 pods would keep
+KEPT_TEXTS = frozenset({"EndpointSlice", "Endpoints"})
 # the namespaces every cluster has; the first three cannot be deleted, as in Kubernetes
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 UNDELETABLE_NAMESPACES = ("default", "kube-system", "kube-public")
@@ -412,6 +417,7 @@ class Store:
         # (kind, namespace, name) -> the object parsed (it knows its resourceVersion): parse()
         self._parsed: dict[tuple[str, str, str], Object] = {}
         self._list_lock = threading.Lock()  # list_parsed's, one reader at a time
+        self._stored_text = StoredText(self._text_at)  # the body of what parse() gives
         self._watchers: set[Watch] = set()
         self._listeners: list[Callable[[Event], None]] = []
         self.commits = 0  # transactions that committed writes since the store opened
@@ -1034,10 +1040,33 @@ class Store:
             committed = self._committed_text((key[0], str(meta.get("namespace") or ""), key[2]))
             if committed is not None and str(committed[0]) == version:
                 text = committed[1]
-        parsed = parse_stored(obj, text)
+        parsed = parse_stored(obj, text, None if key[0] in KEPT_TEXTS else self._stored_text)
         if version:
             self._parsed[key] = parsed
         return parsed
+
+    def _text_at(self, obj: Object) -> str:
+        """The JSON text of a parsed object at its resourceVersion (its ``raw``, when its
+        ``body`` is this store's :class:`StoredText`): the committed text the store remembers,
+        the object's row, or its history.
+
+        :raises NotFound: that version is neither the object's row nor in the history kept."""
+        key = (obj.kind, obj.namespace, obj.name)
+        version = obj.resource_version
+        with self._lock:
+            known = self._committed_text(key)
+            if known is not None and str(known[0]) == version:
+                return known[1]
+            for (text,) in self._db.execute(
+                    "SELECT body FROM objects WHERE kind = ? AND namespace = ? AND name = ? "
+                    "AND rv = ?", (*key, version)):
+                return str(text)
+            for (text,) in self._db.execute(
+                    "SELECT body FROM history WHERE rv = ? AND kind = ? AND namespace = ? "
+                    "AND name = ? AND type != 'DELETED'", (version, *key)):
+                return str(text)
+        raise NotFound(f'{_plural(obj.kind)} "{obj.name}" at resourceVersion {version} is no '
+                       "longer stored", kind=_plural(obj.kind), name=obj.name)
 
     def list_json(self, kind: str, namespace: str | None = None) -> tuple[Sequence[str], str]:
         """As :meth:`list` without a selector, each object as the JSON text it is stored as,

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from lbcore.errors import ConfigError, ValidationError
+from lbcore.model.objects import StoredText
 from lbcore.runtime import jsontext
 from lbcore.runtime.store import (
     AlreadyExists,
@@ -714,9 +715,16 @@ def test_parse_gives_one_object_per_version_and_forgets_deleted_ones(store):
     assert ("Pod", "default", "p") not in store._parsed
 
 
+def endpoints(name: str, ip: str = "10.0.0.1") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": name, "namespace": "default"},
+            "subsets": [{"addresses": [{"ip": ip}], "ports": [{"port": 80}]}]}
+
+
 def test_parse_keeps_the_text_the_store_committed_rather_than_encoding_again(store):
-    created = store.create(pod("p", {"app": "a"}))
-    committed = store._recent_texts[("Pod", "default", "p")]
+    # Endpoints and EndpointSlices keep their text (the endpoints controller reads them often)
+    created = store.create(endpoints("p"))
+    committed = store._recent_texts[("Endpoints", "default", "p")]
     assert committed[0] == int(created["metadata"]["resourceVersion"])
     parsed = store.parse(created)
     assert parsed.body is committed[1]
@@ -758,13 +766,31 @@ def test_list_parsed_gives_the_parsed_objects_in_list_order_and_decodes_each_ver
     assert [o.name for o in store.list_parsed("Pod", "other")[0]] == []
 
 
+def test_a_parsed_pod_reads_its_text_from_the_store_at_its_version(tmp_path):
+    with Store(tmp_path / "s.db", service_cidr="127.10.0.0/24", history=2) as store:
+        created = store.create(pod("p", {"app": "a"}))
+        parsed = store.parse(created)
+        assert isinstance(parsed.body, StoredText)  # no text kept beside the fields
+        assert parsed.raw == created and parsed.to_dict() == created
+        store._recent_texts.clear()
+        assert parsed.raw == created  # from its row
+        newer = store.get("Pod", "default", "p")
+        newer["metadata"]["labels"] = {"app": "b"}
+        store.update(newer)
+        assert parsed.raw == created  # from the history, its row being newer
+        for ip in ("10.0.0.2", "10.0.0.3"):  # two more changes: the history keeps two
+            store.create(pod(f"q{ip}", {"app": "a"}, ip=ip))
+        with pytest.raises(NotFound, match=r'pods "p" at resourceVersion \d+ is no longer stored'):
+            _ = parsed.raw
+
+
 def test_list_parsed_keeps_the_stored_text_as_body_and_gives_an_unreadable_object_as_its_dict(
         store):
     store.create(pod("p", {"app": "a"}))
     bodies, _ = store.list_json("Pod")
     held, _ = store.list_parsed("Pod")
     assert held[0] is store._parsed[("Pod", "default", "p")]
-    assert held[0].body == bodies[0] and held[0].uid == held[0].raw["metadata"]["uid"]
+    assert json.loads(bodies[0]) == held[0].raw and held[0].uid == held[0].raw["metadata"]["uid"]
     # a row no parse can read (written by hand: admission would refuse it)
     broken = {**held[0].raw, "metadata": {**held[0].raw["metadata"], "name": "broken"},
               "spec": {"containers": [{"name": "c", "ports": [{"containerPort": "x"}]}]}}
