@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,48 @@ def _str_map(value: Any) -> Mapping[str, str]:
     if not value:
         return _EMPTY
     return MappingProxyType({_interned(k): _interned(v) for k, v in value.items()})
+
+
+class _SharedMap(dict):  # type: ignore[type-arg]
+    """A dict that several read-only views share (it can be weakly referenced)."""
+
+    __slots__ = ("__weakref__",)
+
+
+# the items of a labels or selector map -> the one dict the objects with those items share
+_SHARED_MAPS: weakref.WeakValueDictionary[Any, _SharedMap] = weakref.WeakValueDictionary()
+
+
+def _shared_map(value: Any) -> Mapping[str, str]:
+    """As :func:`_str_map`, the dict behind the read-only view shared by every object whose map
+    has the same items (the pods of a service have the same labels: 100,000 pods keep a few
+    thousand dicts, not 100,000); a shared dict goes when the last object holding it does."""
+    if not value:
+        return _EMPTY
+    items = tuple((_interned(k), _interned(v)) for k, v in value.items())
+    try:
+        shared = _SHARED_MAPS.get(items)
+        if shared is None:
+            shared = _SHARED_MAPS.setdefault(items, _SharedMap(items))
+    except TypeError:  # a value that cannot be hashed (admission lets none through)
+        return MappingProxyType(dict(items))
+    return MappingProxyType(shared)
+
+
+_TIMESTAMPS: dict[str, _dt.datetime] = {}  # recent ones: objects made in the same second
+
+
+def _timestamp(value: Any) -> _dt.datetime | None:
+    """:func:`parse_timestamp` of an object's timestamp, the same datetime for the same text
+    (of the last few thousand): 100,000 objects are made in a few hundred seconds."""
+    if type(value) is not str:
+        return parse_timestamp(value)
+    stamp = _TIMESTAMPS.get(value)
+    if stamp is None:
+        if len(_TIMESTAMPS) >= 4096:
+            _TIMESTAMPS.clear()
+        stamp = _TIMESTAMPS[value] = parse_timestamp(value)  # type: ignore[assignment]
+    return stamp
 
 
 def _family(ip: str) -> str:
@@ -375,24 +418,24 @@ class Service(_Stored):
         return cls(
             namespace=_interned(meta["namespace"]),
             name=meta.get("name", ""),
-            labels=_str_map(meta.get("labels")),
+            labels=_shared_map(meta.get("labels")),
             annotations=_str_map(meta.get("annotations")),
-            selector=_str_map(selector) if selector else None,
-            type=spec.get("type", "ClusterIP"),
-            cluster_ip=spec.get("clusterIP") or None,
-            cluster_ips=tuple(spec.get("clusterIPs") or ()),
+            selector=_shared_map(selector) if selector else None,
+            type=_interned(spec.get("type", "ClusterIP")),
+            cluster_ip=_interned(spec.get("clusterIP") or None),
+            cluster_ips=tuple(_interned(ip) for ip in spec.get("clusterIPs") or ()),
             ports=ports,
-            session_affinity=spec.get("sessionAffinity", "None"),
+            session_affinity=_interned(spec.get("sessionAffinity", "None")),
             affinity_timeout=int(timeout),
-            external_traffic_policy=spec.get("externalTrafficPolicy"),
-            internal_traffic_policy=spec.get("internalTrafficPolicy"),
-            ip_families=tuple(spec.get("ipFamilies") or ()),
-            ip_family_policy=spec.get("ipFamilyPolicy"),
+            external_traffic_policy=_interned(spec.get("externalTrafficPolicy")),
+            internal_traffic_policy=_interned(spec.get("internalTrafficPolicy")),
+            ip_families=tuple(_interned(f) for f in spec.get("ipFamilies") or ()),
+            ip_family_policy=_interned(spec.get("ipFamilyPolicy")),
             external_ips=tuple(spec.get("externalIPs") or ()),
             load_balancer_ips=tuple(i["ip"] for i in ingress if isinstance(i, Mapping) and i.get("ip")),
             external_name=spec.get("externalName"),
             publish_not_ready_addresses=bool(spec.get("publishNotReadyAddresses", False)),
-            created=parse_timestamp(meta.get("creationTimestamp")),
+            created=_timestamp(meta.get("creationTimestamp")),
             uid=meta.get("uid") or None,
             body=svc,
         )
@@ -464,8 +507,8 @@ class Pod(_Stored):
     def _wrap(cls, pod: dict[str, Any]) -> Pod:
         meta, spec = pod["metadata"], pod.get("spec") or {}
         status = pod.get("status") or {}
-        pod_ip = status.get("podIP") or None
-        ips = tuple(e["ip"] for e in status.get("podIPs") or [] if isinstance(e, Mapping))
+        pod_ip = _interned(status.get("podIP") or None)
+        ips = tuple(_interned(e["ip"]) for e in status.get("podIPs") or [] if isinstance(e, Mapping))
         ready_cond = next((c for c in status.get("conditions") or []
                            if isinstance(c, Mapping) and c.get("type") == "Ready"), None)
         if ready_cond is None:
@@ -479,7 +522,7 @@ class Pod(_Stored):
         return cls(
             namespace=_interned(meta["namespace"]),
             name=meta.get("name", ""),
-            labels=_str_map(meta.get("labels")),
+            labels=_shared_map(meta.get("labels")),
             annotations=_str_map(meta.get("annotations")),
             node_name=_interned(spec.get("nodeName") or None),
             pod_ip=pod_ip,
@@ -488,7 +531,7 @@ class Pod(_Stored):
             ready=ready,
             terminating=bool(meta.get("deletionTimestamp")),
             container_ports=ports,
-            created=parse_timestamp(meta.get("creationTimestamp")),
+            created=_timestamp(meta.get("creationTimestamp")),
             uid=meta.get("uid") or None,
             hostname=spec.get("hostname") or None,
             subdomain=spec.get("subdomain") or None,
@@ -549,7 +592,8 @@ def _default_ports(entries: Any) -> None:
 def _target(ref: Any, namespace: str) -> str | None:
     if not isinstance(ref, Mapping) or not ref.get("name"):
         return None
-    return f"{ref.get('namespace') or namespace}/{ref['name']}"
+    # interned: a pod's slice and Endpoints entries name it with one string
+    return sys.intern(f"{ref.get('namespace') or namespace}/{ref['name']}")
 
 
 def default_endpoint_slice(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -578,29 +622,29 @@ class EndpointSlice(_Stored):
     @classmethod
     def _wrap(cls, eps: dict[str, Any]) -> EndpointSlice:
         meta = eps["metadata"]
-        ns = meta["namespace"]
+        ns = _interned(meta["namespace"])
         endpoints = []
         for ep in eps.get("endpoints") or []:
             cond = ep.get("conditions") or {}
             # EndpointConditions: an unknown ready/serving is read as true
             ready = cond.get("ready") is not False
             endpoints.append(SliceEndpoint(
-                addresses=tuple(ep.get("addresses") or ()),
+                addresses=tuple(_interned(a) for a in ep.get("addresses") or ()),
                 ready=ready,
                 serving=cond.get("serving", ready) is not False,
                 terminating=bool(cond.get("terminating", False)),
-                node_name=ep.get("nodeName"),
-                zone=ep.get("zone"),
+                node_name=_interned(ep.get("nodeName")),
+                zone=_interned(ep.get("zone")),
                 target=_target(ep.get("targetRef"), ns),
             ))
         return cls(
             namespace=ns,
             name=meta.get("name", ""),
-            labels=_str_map(meta.get("labels")),
-            address_type=eps.get("addressType", "IPv4"),
+            labels=_shared_map(meta.get("labels")),
+            address_type=_interned(eps.get("addressType", "IPv4")),
             endpoints=tuple(endpoints),
             ports=_ports(eps.get("ports")),
-            created=parse_timestamp(meta.get("creationTimestamp")),
+            created=_timestamp(meta.get("creationTimestamp")),
             body=eps,
         )
 
@@ -657,10 +701,11 @@ class Endpoints(_Stored):
     @classmethod
     def _wrap(cls, ep: dict[str, Any]) -> Endpoints:
         meta = ep["metadata"]
-        ns = meta["namespace"]
+        ns = _interned(meta["namespace"])
 
         def addresses(entries: Any) -> tuple[EndpointAddress, ...]:
-            return tuple(EndpointAddress(a["ip"], a.get("nodeName"), _target(a.get("targetRef"), ns))
+            return tuple(EndpointAddress(_interned(a["ip"]), _interned(a.get("nodeName")),
+                                         _target(a.get("targetRef"), ns))
                          for a in entries or [] if isinstance(a, Mapping))
 
         subsets = tuple(
@@ -668,8 +713,8 @@ class Endpoints(_Stored):
                            _ports(s.get("ports")))
             for s in ep.get("subsets") or [] if isinstance(s, Mapping)
         )
-        return cls(ns, meta.get("name", ""), _str_map(meta.get("labels")), subsets,
-                   parse_timestamp(meta.get("creationTimestamp")), ep)
+        return cls(ns, meta.get("name", ""), _shared_map(meta.get("labels")), subsets,
+                   _timestamp(meta.get("creationTimestamp")), ep)
 
 
 
@@ -722,9 +767,9 @@ class Secret(_Stored):
     @classmethod
     def _wrap(cls, secret: dict[str, Any]) -> Secret:
         meta = secret["metadata"]
-        return cls(meta["namespace"], meta.get("name", ""), _str_map(meta.get("labels")),
+        return cls(meta["namespace"], meta.get("name", ""), _shared_map(meta.get("labels")),
                    secret.get("type") or "Opaque", _decoded(secret.get("data")),
-                   parse_timestamp(meta.get("creationTimestamp")), secret)
+                   _timestamp(meta.get("creationTimestamp")), secret)
 
 
 # --- Ingress (networking.k8s.io/v1) ----------------------------------------------------------
@@ -817,12 +862,12 @@ class Ingress(_Stored):
                     for t in spec.get("tls") or [] if isinstance(t, Mapping))
         return cls(
             namespace=meta["namespace"], name=meta.get("name", ""),
-            uid=str(meta.get("uid") or ""), labels=_str_map(meta.get("labels")),
+            uid=str(meta.get("uid") or ""), labels=_shared_map(meta.get("labels")),
             annotations=annotations,
             ingress_class=spec.get("ingressClassName") or annotations.get(
                 INGRESS_CLASS_ANNOTATION) or None,
             default_backend=_ingress_backend(spec.get("defaultBackend")),
-            rules=rules, tls=tls, created=parse_timestamp(meta.get("creationTimestamp")),
+            rules=rules, tls=tls, created=_timestamp(meta.get("creationTimestamp")),
             body=ing,
         )
 
@@ -921,7 +966,7 @@ class Route(_Stored):
         target = port.get("targetPort") if isinstance(port, Mapping) else None
         return cls(
             namespace=meta["namespace"], name=meta.get("name", ""),
-            uid=str(meta.get("uid") or ""), labels=_str_map(meta.get("labels")),
+            uid=str(meta.get("uid") or ""), labels=_shared_map(meta.get("labels")),
             annotations=_str_map(meta.get("annotations")),
             host=str(spec.get("host") or "").lower(), path=str(spec.get("path") or ""),
             to=_route_backend(spec.get("to")),
@@ -936,7 +981,7 @@ class Route(_Stored):
                 destination_ca_certificate=str(tls.get("destinationCACertificate") or ""),
                 insecure_edge_termination_policy=str(tls.get("insecureEdgeTerminationPolicy") or ""),
             ) if isinstance(tls, Mapping) else None,
-            created=parse_timestamp(meta.get("creationTimestamp")),
+            created=_timestamp(meta.get("creationTimestamp")),
             body=route,
         )
 

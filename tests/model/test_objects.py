@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ import pytest
 import lbcore
 from lbcore.cli.demo import SERVICE_MANIFEST
 from lbcore.errors import ValidationError
-from lbcore.model.objects import Endpoints, EndpointSlice, Pod, Service
+from lbcore.model import objects
+from lbcore.model.objects import Endpoints, EndpointSlice, Pod, Service, parse_stored
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -223,3 +225,26 @@ def test_yaml_that_does_not_parse_is_a_validation_error_naming_file_line_and_col
     with pytest.raises(lbcore.ValidationError,
                        match="^error parsing <string>: line 2, column 3: mapping values"):
         lbcore.load_manifests("a: b\n c: : d\n")
+
+
+def test_stored_objects_share_equal_labels_timestamps_and_addresses_read_only() -> None:
+    def stored(name: str, labels: dict[str, str]) -> Pod:
+        return parse_stored({"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": name, "namespace": "default", "labels": labels, "resourceVersion": "1",
+            "creationTimestamp": "2026-12-07T08:57:55Z"},
+            "spec": {"nodeName": "n"}, "status": {"podIP": "10.1.0.1"}})
+
+    a, b = stored("a", {"app": "web"}), stored("b", {"app": "web"})
+    c = stored("c", {"app": "db"})
+    assert a.labels == b.labels == {"app": "web"} and c.labels == {"app": "db"}
+    referents = [*gc.get_referents(a.labels), *gc.get_referents(b.labels)]  # the views' dicts
+    assert referents[0] is referents[1] and referents[0] is not gc.get_referents(c.labels)[0]
+    with pytest.raises(TypeError):
+        a.labels["app"] = "other"  # type: ignore[index]
+    assert a.created is b.created and a.pod_ip is b.pod_ip is a.pod_ips[0]
+    # the shared dict goes with the last object that holds it
+    key = (("app", "db"),)
+    assert key in objects._SHARED_MAPS
+    del c, referents
+    gc.collect()
+    assert key not in objects._SHARED_MAPS
