@@ -94,10 +94,12 @@ class EventRecorder:
         next_sweep = time.monotonic()
         try:
             while True:
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), timeout=min(60.0, self.ttl))
-                except TimeoutError:
-                    item = None
+                # asyncio.timeout, not wait_for: a stop that cancels wait_for (3.11) as a record
+                # comes in waited for the timeout's end, up to a minute
+                item = None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(60.0, self.ttl)):
+                        item = await self._queue.get()
                 if item is not None:
                     try:
                         self._write(item)
