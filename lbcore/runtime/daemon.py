@@ -3,7 +3,8 @@
 Start order: plugins, the data directory (created if needed, then locked: one daemon per
 data dir, :func:`lock_data_dir`), the soft open-files limit raised to the hard one, the store
 (``data_dir/lbcore.db``) and its endpoints controller (Endpoints and EndpointSlices of every
-Service with a selector, :mod:`lbcore.runtime.endpoints_controller`), the frontends (each
+Service with a selector, :mod:`lbcore.runtime.endpoints_controller`; it lists once the first
+full sync is done), the frontends (each
 ``start()`` checks its prerequisites and fails with a message saying what is missing), the
 admin API, then the sync loop and the source. The address
 the admin API listens on is written to ``data_dir/admin-address`` so that the CLI finds it.
@@ -61,6 +62,8 @@ log = logging.getLogger("lbcore.runtime.daemon")
 ADDRESS_FILE = "admin-address"
 # the longest the collector stays paused at start (a source that cannot list, a stuck sync)
 GC_PAUSE_MAX = 600.0
+# at most this long the endpoints controller waits for the first full sync before it lists
+CONTROLLER_WAIT_MAX = 120.0
 TOKEN_FILE = "token"
 DB_FILE = "lbcore.db"
 LOCK_FILE = "lbcore.lock"
@@ -228,10 +231,13 @@ class Daemon:
         from lbcore.runtime.store import Store
 
         self.store = Store(data_dir / DB_FILE, list(config.service_cidrs), config.node_port_range)
-        # the store behaves like a small cluster: Endpoints and EndpointSlices from its pods
+        # the store behaves like a small cluster: Endpoints and EndpointSlices from its pods;
+        # the controller lists once the frontends are programmed (see _first_full_sync)
         self.endpoints_controller = EndpointsController(self.store)
-        self._tasks.append(asyncio.create_task(self.endpoints_controller.run(),
-                                               name="lbcore-endpoints-controller"))
+        self._tasks.append(asyncio.create_task(
+            self.endpoints_controller.run(
+                after=lambda: self._first_full_sync(CONTROLLER_WAIT_MAX)),
+            name="lbcore-endpoints-controller"))
         # Events about services, as a cluster's components record them (kubectl describe)
         self.events = EventRecorder(self.store, instance=config.node_name)
         self._tasks.append(asyncio.create_task(self.events.run(), name="lbcore-events"))
@@ -387,18 +393,32 @@ class Daemon:
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise StartError(f"admin_tls: cannot use the certificate: {exc}") from None
 
+    async def _first_full_sync(self, cap: float | None = None) -> None:
+        """Until the source has listed and a sync that carries its lists is done, or ``cap``
+        seconds. The endpoints controller lists after it: over a store of 100,000 pods its
+        list and first pass (which writes nothing when the stored slices are in line) took a
+        third of the interpreter's time before the first full sync, and the data path reads
+        the stored slices, not the controller."""
+
+        # asyncio.timeout, not wait_for: wait_for (3.11) drops a cancellation that comes as
+        # the wait ends, and the stop that cancelled would wait for the controller for ever
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(cap):
+                while self.state is None:  # made later in _start
+                    await asyncio.sleep(0.05)
+                listed = getattr(self.source, "synced", None)
+                if isinstance(listed, asyncio.Event):
+                    await listed.wait()
+                version = self.state.table.version
+                while self.state.synced_version < version:
+                    await asyncio.sleep(0.05)
+
     async def _give_back_after_start(self) -> None:
         """The start decodes every stored object (at 100,000 pods, several hundred MB that are
         freed once parsed) between what it keeps; once the first full sync and the endpoints
         controller's first pass are done, give the allocator's free pages back to the kernel
         (glibc keeps them otherwise), once."""
-        assert self.state is not None
-        listed = getattr(self.source, "synced", None)
-        if isinstance(listed, asyncio.Event):
-            await listed.wait()
-        version = self.state.table.version
-        while self.state.synced_version < version:
-            await asyncio.sleep(0.5)
+        await self._first_full_sync()
         if self.endpoints_controller is not None:
             await self.endpoints_controller.synced.wait()
         before = resident_bytes()

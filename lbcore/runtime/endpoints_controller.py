@@ -11,7 +11,10 @@ How it runs:
 
 - it subscribes to the store's commits before it lists Services, Pods, Endpoints and
   EndpointSlices, and skips events its lists already hold (every change carries the store's
-  revision), so nothing is lost or seen twice;
+  revision), so nothing is lost or seen twice; the daemon has it list once the frontends'
+  first full sync is done (``run(after=...)``): the data path reads the stored slices, which
+  the controller only brings in line, so at start the two do not share the interpreter's one
+  lock while the frontends are programmed;
 - a commit only queues the event (the writer never waits for the controller); the controller's
   task on the daemon's event loop drains the queue, keeps a :class:`~lbcore.SelectorIndex` per
   namespace, and marks dirty only the services that selected a changed pod before or select it
@@ -37,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from lbcore.core._selectors import SelectorIndex, selector_from_map
@@ -167,8 +170,12 @@ class EndpointsController:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """List, reconcile every service, then follow the store's commits until cancelled."""
+    async def run(self, after: Callable[[], Awaitable[Any]] | None = None) -> None:
+        """List, reconcile every service, then follow the store's commits until cancelled.
+
+        :param after: what to await before the lists are read (the commits meanwhile are kept
+            and applied after them).
+        """
         loop = asyncio.get_running_loop()
 
         def on_commit(change: dict[str, Any]) -> None:
@@ -178,6 +185,8 @@ class EndpointsController:
 
         unsubscribe: Callable[[], None] = self.store.subscribe(on_commit)
         try:
+            if after is not None:
+                await after()
             # lists of many thousands of pods are parsed on a worker thread, so that the admin
             # API goes on answering meanwhile (nothing else touches this controller's state)
             await asyncio.to_thread(self._list)
