@@ -41,7 +41,7 @@ import sqlite3
 import threading
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -1070,32 +1070,39 @@ class Store:
 
     def list_json(self, kind: str, namespace: str | None = None) -> tuple[Sequence[str], str]:
         """As :meth:`list` without a selector, each object as the JSON text it is stored as,
-        so that a large list is answered without parsing it (and from any thread).
-
-        A store in a file is read through a connection of its own, in one read transaction
-        (WAL gives it a snapshot, the revision included), so that a list of 50,000 objects
-        never holds the lock writers take."""
+        so that a large list is answered without parsing it (and from any thread), read as
+        :meth:`_snapshot` reads."""
         _served(kind)
         args: tuple[str, ...] = (kind,)
         query = "SELECT body FROM objects WHERE kind = ? ORDER BY namespace, name"
         if namespace is not None:
             query = "SELECT body FROM objects WHERE kind = ? AND namespace = ? ORDER BY name"
             args = (kind, namespace)
+        with self._snapshot() as (db, revision):
+            rows = db.execute(query, args).fetchall()
+        return [body for (body,) in rows], str(revision)
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[tuple[sqlite3.Connection, int]]:
+        """A connection to read committed state from, and the revision that state is at.
+
+        A store in a file is read through a connection of its own, in one read transaction
+        (WAL gives it a snapshot, the revision included), so that a list of 50,000 objects
+        never holds the lock writers take; one in memory is read under that lock."""
         if self.path is None:
             with self._lock:
-                rows = self._db.execute(query, args).fetchall()
-                return [body for (body,) in rows], str(self._revision)
+                yield self._db, self._revision
+            return
         reader = sqlite3.connect(
             self.path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None
         )
         try:
             reader.execute("BEGIN")
-            rows = reader.execute(query, args).fetchall()
             revision = reader.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
+            yield reader, int(revision[0]) if revision else 0
             reader.execute("COMMIT")
         finally:
             reader.close()
-        return [body for (body,) in rows], str(int(revision[0]) if revision else 0)
 
     # -- change notification -------------------------------------------------------------------
 
@@ -1121,21 +1128,20 @@ class Store:
             where, args = where + " AND namespace = ?", args + [namespace]
         if after is not None:
             where, args = where + " AND (namespace, name) > (?, ?)", args + list(after)
-        with self._lock:
-            now = self._revision
+        with self._snapshot() as (db, now):
             at = now if revision is None else revision
-            if at < self.oldest_resource_version:
-                raise _too_old(at, self.oldest_resource_version)
+            if at < now - self.history:
+                raise _too_old(at, now - self.history)
             # each object changed since ``at`` as it was then (None: it did not exist), from the
             # earliest change after ``at``: the state before it is the one at ``at``
             then: dict[tuple[str, str], str | None] = {}
-            for typ, ns, name, body, previous in self._db.execute(
+            for typ, ns, name, body, previous in db.execute(
                     f"SELECT type, namespace, name, body, previous FROM history "
                     f"WHERE {where} AND rv > ? ORDER BY rv DESC", (*args, at)):
                 then[(ns, name)] = None if typ == "ADDED" else (previous or body)
             # enough current rows that, with every changed one left out, ``limit`` remain
             fetch = limit + len(then) + 1
-            rows = self._db.execute(
+            rows = db.execute(
                 f"SELECT namespace, name, body FROM objects WHERE {where} "
                 "ORDER BY namespace, name LIMIT ?", (*args, fetch),
             ).fetchall()

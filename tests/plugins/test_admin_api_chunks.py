@@ -77,9 +77,18 @@ def test_chunks_give_the_whole_list_in_order_at_one_resource_version(admin):
     assert names(items) == [("a", f"p{i}") for i in range(7)] and chunks == 3
 
 
-def test_writes_between_chunks_do_not_show_in_the_list(admin):
+@pytest.fixture(params=["memory", "file"])
+def any_admin(request, tmp_path, serve_admin):
+    """The admin API of a store in memory (read under the writers' lock) and of one in a file
+    (read through a connection of its own, in a snapshot)."""
+    with Store(None if request.param == "memory" else tmp_path / "store.db") as store:
+        yield serve_admin(store)
+
+
+def test_writes_between_chunks_do_not_show_in_the_list(any_admin):
     # deleted, changed and created objects on both sides of the point reached: the list is
     # the state when its first chunk was read
+    admin = any_admin
     for i in range(20):
         admin.store.create(pod(f"p{i:02d}"))
     before, rv = admin.store.list("Pod")
