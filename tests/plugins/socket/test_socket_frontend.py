@@ -862,3 +862,21 @@ def test_add_listeners_removes_those_added_when_one_cannot_be(backends, make_fro
     assert fe.stats()["listeners"] == 0
     with pytest.raises(OSError):  # the first listener's socket was closed with it
         socket.create_connection((sp.cluster_ips[0], 8080), timeout=2).close()
+
+
+def test_the_engine_reads_endpoint_addresses_and_refuses_what_is_not_one():
+    from lbcore_plugins._proxy_c import Engine
+
+    engine = Engine(workers=1)
+    engine.set_service("t", [("127.0.0.9", 8080, 1, True), ("::1", 8081, 1, True),
+                             ("2001:db8::7", 8082, 1, False)], "round_robin")
+    assert [e["address"] for e in engine.service_endpoints("t")] == [
+        "127.0.0.9:8080", "[::1]:8081", "[2001:db8::7]:8082"]
+    for ip, port, problem in [("01.2.3.4", 80, "endpoint ip: '01.2.3.4'"),
+                              ("127.0.0.1\x00", 80, "endpoint ip: '127.0.0.1\\x00'"),
+                              ("fe80::1%eth0", 80, "endpoint ip: 'fe80::1%eth0'"),
+                              ("web", 80, "endpoint ip: 'web'"),
+                              ("127.0.0.1", 0, "endpoint port: 0")]:
+        with pytest.raises(ConfigError) as raised:
+            engine.set_service("u", [(ip, port, 1, True)], "round_robin")
+        assert str(raised.value).startswith(problem)
