@@ -505,3 +505,15 @@ def test_the_sync_that_retries_a_failed_frontend_is_logged_at_info(caplog):
     done = [r for r in caplog.records if r.getMessage().startswith("sync done")]
     assert len(done) == 2 and all(r.levelno == logging.INFO for r in done)
     assert bad.calls[1][2] == {"default/web"}
+
+
+def test_a_replace_counts_every_listed_object_as_an_upsert():
+    state = make_state(RecordingFrontend())
+    state.replace("Pod", [pod(i) for i in range(5)])
+    state.replace("Pod", [pod(i) for i in range(3)])  # two deleted, three the same again
+    def counted(op: str) -> float | None:
+        return state.metrics.registry.get_sample_value(
+            "lbcore_source_events_total", {"kind": "Pod", "op": op})
+
+    assert (counted("upsert"), counted("delete")) == (8, 2)
+    assert sorted(o.name for o in state.table.list("Pod")) == ["web-0", "web-1", "web-2"]
