@@ -440,6 +440,17 @@ class CommandRunner:
                 f"deleting {len(chains)} chains and {len(sets)} sets of {family} {table}{where}: {exc}"
             ) from exc
 
+    def delete_elements(self, family: str, table: str, elements: Sequence[tuple[str, str]]) -> None:
+        """Delete set and map ``elements`` ((name, key as nft writes it)) in one batch of their
+        own, sent by name (nft would first read every chain of the ruleset)."""
+        if self._nft is None:
+            raise RuleApplyError("no libnftables context is open")
+        try:
+            self._nft.delete_elements(family, table, elements, self.timeout)
+        except OSError as exc:
+            where = f" in network namespace {self.netns}" if self.netns else ""
+            raise RuleApplyError(f"deleting {len(elements)} elements of {family} {table}{where}: {exc}") from exc
+
     def close(self) -> None:
         """Free the libnftables context, if one is open (the next :meth:`nft` opens another)."""
         if self._nft is not None:

@@ -33,7 +33,11 @@ NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
 NFNL_SUBSYS_NFTABLES = 10
-NFT_MSG_DELCHAIN, NFT_MSG_DELSET = 5, 11
+NFT_MSG_DELCHAIN, NFT_MSG_DELSET, NFT_MSG_DELSETELEM = 5, 11, 14
+NLA_F_NESTED = 0x8000
+# NFTA_SET_ELEM_LIST_{TABLE,SET,ELEMENTS}, NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY, NFTA_DATA_VALUE
+ELEM_LIST_TABLE, ELEM_LIST_SET, ELEM_LIST_ELEMENTS, LIST_ELEM, ELEM_KEY, DATA_VALUE = 1, 2, 3, 1, 1, 1
+PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132}
 NFT_MSG_NEWRULE, NFT_MSG_GETRULE = 6, 7
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN = 1, 2
 NFTA_TABLE, NFTA_CHAIN_NAME, NFTA_SET_NAME = 1, 3, 2  # NFTA_CHAIN_TABLE == NFTA_SET_TABLE == 1
@@ -95,6 +99,46 @@ def deletion_batch(family: str, table: str, chains: Iterable[str], sets: Iterabl
             seq += 1
             payload = _attr(NFTA_TABLE, table) + _attr(attr, name)
             parts.append(_message(NFNL_SUBSYS_NFTABLES << 8 | kind, NLM_F_REQUEST | NLM_F_ACK, seq, fam, 0, payload))
+    parts.append(_message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 1, 0, NFNL_SUBSYS_NFTABLES))
+    return b"".join(parts), len(parts) - 2
+
+
+def _nested(kind: int, payload: bytes) -> bytes:
+    return struct.pack("=HH", 4 + len(payload), kind | NLA_F_NESTED) + payload + b"\0" * (-len(payload) % 4)
+
+
+def element_key(text: str) -> bytes:
+    """The kernel's bytes of a concatenated set key as nft writes it (``10.0.0.1 . tcp . 80``):
+    each part (an address, a protocol name, a port) in network order, padded to 4 bytes."""
+    out = b""
+    for part in text.split(" . "):
+        part = part.strip()
+        if part in PROTOCOLS:
+            value = bytes([PROTOCOLS[part]])
+        elif part.isdigit():
+            value = struct.pack("!H", int(part))
+        else:
+            value = socket.inet_pton(socket.AF_INET6 if ":" in part else socket.AF_INET, part)
+        out += value + b"\0" * (-len(value) % 4)
+    return out
+
+
+def element_deletion_batch(
+    family: str, table: str, elements: Iterable[tuple[str, str]], seq: int
+) -> tuple[bytes, int]:
+    """One nf_tables batch that deletes ``elements`` ((set or map name, key text as nft writes
+    it)) of ``family table``, one message per set; returns it and how many messages it holds."""
+    fam = FAMILIES[family]
+    by_set: dict[str, list[bytes]] = {}
+    for name, key in elements:
+        value = element_key(key)
+        data = struct.pack("=HH", 4 + len(value), DATA_VALUE) + value
+        by_set.setdefault(name, []).append(_nested(LIST_ELEM, _nested(ELEM_KEY, data)))
+    parts = [_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES)]
+    for name, items in by_set.items():
+        seq += 1
+        payload = _attr(ELEM_LIST_TABLE, table) + _attr(ELEM_LIST_SET, name) + _nested(ELEM_LIST_ELEMENTS, b"".join(items))
+        parts.append(_message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK, seq, fam, 0, payload))
     parts.append(_message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 1, 0, NFNL_SUBSYS_NFTABLES))
     return b"".join(parts), len(parts) - 2
 
@@ -216,18 +260,33 @@ class NftContext:
         """Delete empty ``chains`` and ``sets`` of ``family table`` that nothing refers to, in one
         batch (all or none); raises ``OSError`` with the kernel's error (``EBUSY``: still in use)."""
         chains, sets = list(chains), list(sets)
+        if chains or sets:
+            self._batch(lambda seq: deletion_batch(family, table, chains, sets, seq), timeout)
+
+    def _batch(self, make: Callable[[int], tuple[bytes, int]], timeout: float) -> None:
+        """Send the batch ``make(first sequence number)`` returns from the context's thread
+        (whose netlink socket belongs to the namespace) and wait for every acknowledgement."""
 
         def work() -> None:
             if self._sock is None:  # opened here, so it belongs to the namespace
                 self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
                 self._sock.bind((0, 0))
             self._sock.settimeout(timeout)
-            batch, acks = deletion_batch(family, table, chains, sets, self._seq)
+            batch, acks = make(self._seq)
             self._seq += acks + 2
             _send_batch(self._sock, batch, acks)
 
-        if chains or sets:
-            self._call(work, None)
+        self._call(work, None)
+
+    def delete_elements(
+        self, family: str, table: str, elements: Iterable[tuple[str, str]], timeout: float = 60.0
+    ) -> None:
+        """Delete ``elements`` ((set or map name, key as nft writes it)) of ``family table`` in
+        one batch (all or none); raises ``OSError`` with the kernel's error (``ENOENT``: an
+        element is not there). nft would first read every chain of the ruleset."""
+        elements = list(elements)
+        if elements:
+            self._batch(lambda seq: element_deletion_batch(family, table, elements, seq), timeout)
 
     def count_rules(self, family: str, table: str, chain: str, timeout: float = 60.0) -> int:
         """How many rules chain ``chain`` of ``family table`` holds (0 when the table or the

@@ -335,6 +335,66 @@ def test_endpoint_removal_deletes_its_chain_outside_the_nft_script(namespaces, m
     fresh.stop()
 
 
+@pytest.mark.parametrize("selection", ["cascade", "maps"])
+def test_removed_elements_go_by_name_before_a_script_that_deletes_nothing(namespaces, monkeypatch, selection):
+    """With chains per service, a partial sync that moves a port, empties one and removes a
+    NodePort service deletes their map elements by name (nft would read every chain first), and
+    its script deletes nothing; ``maps`` keeps them in its one transaction. Either way the
+    kernel ends where a full sync does."""
+    a, b = namespaces
+    before = many(30, endpoints=3)
+    keys = sorted(before.service_ports)
+    ports = dict(before.service_ports)
+    ports[keys[3]] = dataclasses.replace(ports[keys[3]], port=81)
+    ports[keys[5]] = dataclasses.replace(ports[keys[5]], endpoints=())
+    del ports[keys[10]]
+    after = Snapshot(version=2, service_ports=ports, node_name=before.node_name)
+    changed = frozenset(before.service_ports[keys[i]].service for i in (3, 5, 10))
+    options = {"cluster_cidr": POD_CIDR, "endpoint_selection": selection}
+    fe = NftablesFrontend({**options, "netns": a}, RuntimeContext())
+    fe.start()
+    fe.sync(before, frozenset())
+    if not fe.runner.deletes_by_name:
+        pytest.skip("libnftables not available")
+    scripts: list[str] = []
+    run = fe.runner.nft
+    monkeypatch.setattr(fe.runner, "nft", lambda script: (scripts.append(script), run(script))[1])
+    fe.sync(after, changed)
+    assert len(scripts) == 1
+    assert ("delete element" in scripts[0]) == (selection == "maps")
+    fresh = NftablesFrontend({**options, "netns": b}, RuntimeContext())
+    fresh.sync(after, frozenset())
+    assert listing("nftables", a) == listing("nftables", b)
+    # and back: the elements come again, the moved port's old key is gone for good
+    fe.sync(before, changed)
+    fresh = NftablesFrontend({**options, "netns": b}, RuntimeContext())
+    fresh.sync(before, frozenset())  # a new frontend replaces the table
+    assert listing("nftables", a) == listing("nftables", b)
+    fe.stop()
+    fresh.stop()
+
+
+def test_a_missing_element_fails_the_sync_and_the_next_one_replaces_the_table(namespaces):
+    a, _ = namespaces
+    before = many(10, endpoints=2)
+    key = sorted(before.service_ports)[2]
+    ports = dict(before.service_ports)
+    del ports[key]
+    after = Snapshot(version=2, service_ports=ports, node_name=before.node_name)
+    fe = NftablesFrontend({"netns": a, "cluster_cidr": POD_CIDR}, RuntimeContext())
+    fe.start()
+    fe.sync(before, frozenset())
+    if not fe.runner.deletes_by_name:
+        pytest.skip("libnftables not available")
+    subprocess.run(["ip", "netns", "exec", a, "nft", "flush", "map", "inet", "lbcore", "service-ips-v4"], check=True)
+    with pytest.raises(RuleApplyError, match="deleting 1 elements"):
+        fe.sync(after, frozenset({before.service_ports[key].service}))
+    fe.sync(after, frozenset())  # the state was dropped: a whole new table
+    assert any("service-ips-v4" in line for line in listing("nftables", a))
+    assert sum(line.startswith("10.96.") for line in listing("nftables", a)) == len(ports)
+    fe.stop()
+
+
 def test_a_closed_library_context_hands_over_to_the_nft_command(namespaces):
     a, _ = namespaces
     runner = CommandRunner(a)

@@ -133,15 +133,27 @@ def test_unchanged_snapshot_needs_no_transaction():
     assert fe().render_update(s, s, frozenset(s.services)) == ""
 
 
-def test_deletions_leave_the_script_only_when_it_deletes_no_element():
+def test_deletions_leave_the_script_and_elements_only_when_asked():
     from lbcore_plugins.nftables import _split_deletions
 
     t = "inet lbcore"
     script = f"flush chain {t} svc\nflush chain {t} gone\ndelete chain {t} gone\ndelete set {t} aff\n"
-    assert _split_deletions(script) == (f"flush chain {t} svc\nflush chain {t} gone\n", (["gone"], ["aff"]))
+    kept = f"flush chain {t} svc\nflush chain {t} gone\n"
+    assert _split_deletions(script) == (kept, (["gone"], ["aff"]), [])
     with_element = f"delete element {t} service-ips-v4 {{ 10.96.0.1 . tcp . 80 }}\n{script}"
-    assert _split_deletions(with_element) == (with_element, ([], []))
-    assert _split_deletions(f"delete chain {t} gone\n") == ("", (["gone"], []))
+    assert _split_deletions(with_element) == (with_element, ([], []), [])
+    assert _split_deletions(with_element, elements=True) == (
+        kept, (["gone"], ["aff"]), [("service-ips-v4", "10.96.0.1 . tcp . 80")])
+    assert _split_deletions(f"delete chain {t} gone\n") == ("", (["gone"], []), [])
+
+
+def test_element_keys_are_encoded_as_nft_pads_concatenations():
+    from lbcore_plugins.nftlib import element_key
+
+    assert element_key("10.96.0.1 . tcp . 80") == bytes([10, 96, 0, 1, 6, 0, 0, 0, 0, 80, 0, 0])
+    assert element_key("udp . 30001") == bytes([17, 0, 0, 0, 0x75, 0x31, 0, 0])
+    assert element_key("fd00::1 . sctp . 443") == bytes([0xfd] + [0] * 14 + [1]) + bytes(
+        [132, 0, 0, 0, 1, 187, 0, 0])
 
 
 def reached_endpoints(text: str, verdict_key: str) -> tuple[set[str], bool]:
