@@ -883,7 +883,8 @@ class _AdminAPI:
                 if len(texts) == limit:
                     more = more or i + 1 < len(rows)
                     break
-        return texts, str(at), _continue_token(at, after) if more and after else None
+        token = _continue_token(at, after) if more and after and at is not None else None
+        return texts, str(at), token
 
     def _table_body(
         self, request: web.Request, kind: str, namespace: str | None, selector: str | None,

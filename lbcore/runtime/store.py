@@ -1109,7 +1109,7 @@ class Store:
     def list_chunk(
         self, kind: str, namespace: str | None, after: tuple[str, str] | None, limit: int,
         revision: int | None = None,
-    ) -> tuple[list[tuple[str, str, str]], int, bool]:
+    ) -> tuple[Sequence[tuple[str, str, str]], int, bool]:
         """One chunk of a list in pieces (``limit``/``continue``): up to ``limit`` objects of
         ``kind`` whose (namespace, name) comes after ``after``, in :meth:`list`'s order, as they
         were at ``revision`` (None: now), as ``(namespace, name, JSON text)``; the revision they
