@@ -160,8 +160,7 @@ def add_routes(
     """
     api = _AdminAPI(store, token, bookmark_interval)
     names = {"localhost", socket.gethostname().lower(), *(h.lower() for h in allowed_hosts)}
-    app.middlewares.append(_same_site_only(frozenset(names)))
-    app.middlewares.append(_warning_headers)
+    app.middlewares.append(_admin_middleware(frozenset(names)))
     app[_WATCHES] = api.watches
     app.on_shutdown.append(api.end_watches)
     add = app.router.add_route
@@ -194,6 +193,12 @@ def add_routes(
                 if subresource is None:
                     add("DELETE", path, api.remove)
                 add("*", path, api.not_allowed)
+
+
+@functools.cache
+def _prefix_of(route: str) -> str:
+    """The served prefix (a key of :data:`SERVED`) a route's path starts with."""
+    return next(p for p in SERVED if route.startswith(p + "/"))
 
 
 def _too_large(size: int) -> RequestEntityTooLarge:
@@ -352,18 +357,6 @@ def _construct_yaml_map(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Any:
 _BoundedYAMLLoader.add_constructor("tag:yaml.org,2002:map", _construct_yaml_map)
 
 
-@web.middleware
-async def _warning_headers(request: web.Request, handler: Callable[..., Awaitable[Any]]) -> Any:
-    """Each warning a request earned, as the API server sends it: ``Warning: 299 - "text"``
-    (kubectl prints ``Warning: text``)."""
-    response = await handler(request)
-    for text in request.get(_WARNINGS, ()):
-        if not response.prepared:
-            quoted = text.replace("\\", "\\\\").replace('"', '\\"')
-            response.headers.add("Warning", f'299 - "{quoted}"')
-    return response
-
-
 def _status_response(error: StoreError) -> web.Response:
     return web.json_response(error.status(), status=error.code)
 
@@ -409,17 +402,26 @@ def _cross_site_problem(request: web.Request, names: frozenset[str]) -> str | No
     return None
 
 
-def _same_site_only(names: frozenset[str]) -> Any:
+def _admin_middleware(names: frozenset[str]) -> Any:
+    """The middleware of every request: refuses one that may come from a web page
+    (:func:`_cross_site_problem`), and sends each warning a request earned as the API server
+    does, ``Warning: 299 - "text"`` (kubectl prints ``Warning: text``). One middleware, not
+    one per duty: aiohttp wraps each in a coroutine of its own, on every request."""
     @web.middleware
-    async def same_site_only(
+    async def admin_middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         problem = _cross_site_problem(request, names)
         if problem is not None:
             return _status_response(Forbidden(problem))
-        return await handler(request)
+        response = await handler(request)
+        for text in request.get(_WARNINGS, ()):
+            if not response.prepared:
+                quoted = text.replace("\\", "\\\\").replace('"', '\\"')
+                response.headers.add("Warning", f'299 - "{quoted}"')
+        return response
 
-    return same_site_only
+    return admin_middleware
 
 
 def _handles_errors(handler: Callable[[Any, web.Request], Awaitable[web.StreamResponse]]) -> Any:
@@ -666,8 +668,9 @@ class _AdminAPI:
     def _kind(self, request: web.Request) -> str:
         info = request.match_info
         resource = info["resource"]
-        prefix = next(p for p in SERVED if request.path.startswith(p + "/"))
-        served = SERVED[prefix].get(resource)
+        route = info.route.resource
+        assert route is not None  # every route served here belongs to a resource
+        served = SERVED[_prefix_of(route.canonical)].get(resource)
         subresource = info.get("subresource")
         if (served is None
                 # a cluster-scoped kind is not found inside a namespace; a namespaced one's
