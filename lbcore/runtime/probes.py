@@ -27,7 +27,7 @@ from typing import Any
 
 from lbcore.runtime import jsontext
 from lbcore.runtime.logs import event
-from lbcore.runtime.store import Conflict, NotFound
+from lbcore.runtime.store import Conflict, NotFound, call_in_loop
 
 log = logging.getLogger("lbcore.runtime.probes")
 
@@ -202,10 +202,9 @@ class ReadinessProber:
         pod = change.get("object") or {}
         if pod.get("kind") != "Pod" or self._loop is None:
             return
-        if change.get("type") == "DELETED":
-            self._loop.call_soon_threadsafe(self._forget, pod)
-        else:
-            self._loop.call_soon_threadsafe(self._follow, pod)
+        # at once when the write was made on the loop (the admin API's are): no wake-up
+        call_in_loop(self._loop, self._forget if change.get("type") == "DELETED" else self._follow,
+                     pod)
 
     def _forget(self, pod: Mapping[str, Any]) -> None:
         meta = pod.get("metadata") or {}

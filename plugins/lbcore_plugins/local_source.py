@@ -13,6 +13,7 @@ Options:
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -60,11 +61,15 @@ class LocalSource(Source):
 
     async def run(self, sink: SourceSink) -> None:
         loop = asyncio.get_running_loop()
-        changes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        changes: deque[dict[str, Any]] = deque()
+        arrived = asyncio.Event()
 
         def on_commit(event: dict[str, Any]) -> None:
-            # called in the writing thread, which may or may not be the loop's
-            loop.call_soon_threadsafe(changes.put_nowait, event)
+            # called in the writing thread, which may or may not be the loop's; the changes of
+            # a group commit come one after the other and wake the loop once, for all of them
+            changes.append(event)
+            if len(changes) == 1:  # the first since the loop last emptied the queue
+                loop.call_soon_threadsafe(arrived.set)
 
         unsubscribe: Callable[[], None] = self.context.store.subscribe(on_commit)
         try:
@@ -83,8 +88,10 @@ class LocalSource(Source):
             self.synced.set()
             self.context.log.info("source local: listed %s", ", ".join(self.kinds))
             while True:
-                event = await changes.get()
-                self._apply(sink, event, listed_at)
+                await arrived.wait()
+                arrived.clear()  # before taking: a change appended meanwhile sets it again
+                while changes:
+                    self._apply(sink, changes.popleft(), listed_at)
         finally:
             unsubscribe()
 
