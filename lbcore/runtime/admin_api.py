@@ -1003,7 +1003,7 @@ class _AdminAPI:
                                     "BOOKMARK", "ERROR"):
                                 event = {"type": event["type"], "object": self._table(
                                     request, kind, [event["object"]], "", as_table)}
-                            lines.append(jsontext.dumps_bytes(event) + b"\n")
+                            lines.append(self._event_line(event, as_table is None))
                         if lines:
                             await response.write(b"".join(lines))
             except TimeoutError:
@@ -1050,6 +1050,24 @@ class _AdminAPI:
             chunks.append("".join(part).encode())
         return chunks, rv
 
+    def _event_line(self, event: Mapping[str, Any], as_stored: bool) -> bytes:
+        """A watch event as a line of JSON; the object of an ADDED or MODIFIED event (as
+        stored, ``as_stored``) in the text the store committed it as, when it has it."""
+        typ = event["type"]
+        text = (self.store.committed_json(event["object"])
+                if as_stored and typ in ("ADDED", "MODIFIED") else None)
+        if text is None:
+            return jsontext.dumps_bytes(event) + b"\n"
+        return f'{{"type":"{typ}","object":{text}}}\n'.encode()
+
+    def _object_response(self, obj: Mapping[str, Any], status: int = 200,
+                         as_stored: bool = True) -> web.Response:
+        """An object the store answered with, in the text it committed it as when it has it
+        (``as_stored``: the object is as stored, not a dry run's), else encoded."""
+        text = self.store.committed_json(obj) if as_stored else None
+        body = jsontext.dumps_bytes(obj) if text is None else text.encode()
+        return web.Response(body=body, status=status, content_type="application/json")
+
     @staticmethod
     async def _send(response: web.StreamResponse, event: Mapping[str, Any]) -> None:
         await response.write(jsontext.dumps_bytes(event) + b"\n")
@@ -1062,9 +1080,9 @@ class _AdminAPI:
             raise MethodNotAllowed(f"POST: {kind_for(kind).plural} are created in a namespace")
         obj = self._object(request, await self._body(request), kind)
         dry_run = self._dry_run(request)
-        return _json_response(
+        return self._object_response(
             await self.store.grouped(lambda: self.store.create(obj, dry_run=dry_run)),
-            status=201)
+            status=201, as_stored=not dry_run)
 
     # -- item ----------------------------------------------------------------------------------
 
@@ -1079,7 +1097,7 @@ class _AdminAPI:
             rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
             body = self._table(request, kind, [obj], rv, as_table)
             return _json_as(body, _table_type(as_table))
-        return _json_response(obj)
+        return self._object_response(obj)
 
     @_handles_errors
     async def replace(self, request: web.Request) -> web.StreamResponse:
@@ -1088,8 +1106,8 @@ class _AdminAPI:
         obj = self._object(request, await self._body(request), kind)
         subresource = request.match_info.get("subresource")
         dry_run = self._dry_run(request)
-        return _json_response(await self.store.grouped(lambda: self.store.update(
-            obj, subresource=subresource, dry_run=dry_run)))
+        return self._object_response(await self.store.grouped(lambda: self.store.update(
+            obj, subresource=subresource, dry_run=dry_run)), as_stored=not dry_run)
 
     @_handles_errors
     async def patch(self, request: web.Request) -> web.StreamResponse:
@@ -1104,8 +1122,9 @@ class _AdminAPI:
         body = await self._body(request, PATCH_TYPES)
         if content_type == "application/apply-patch+yaml" and subresource is None:
             obj = self._object(request, body, kind)
-            return _json_response(
-                await self.store.grouped(lambda: self.store.apply(obj, dry_run=dry_run)))
+            return self._object_response(
+                await self.store.grouped(lambda: self.store.apply(obj, dry_run=dry_run)),
+                as_stored=not dry_run)
 
         # a merge patch's fields are the patched object's only unknown ones (the stored object
         # has none, and lists are replaced whole, so the paths are the same): check the patch
@@ -1139,7 +1158,8 @@ class _AdminAPI:
             return self.store.update(self._object(request, patched, kind, fields_checked=merge),
                                      subresource=subresource, dry_run=dry_run)
 
-        return _json_response(await self.store.grouped(patch_and_update))
+        return self._object_response(await self.store.grouped(patch_and_update),
+                                     as_stored=not dry_run)
 
     @_handles_errors
     async def remove(self, request: web.Request) -> web.StreamResponse:

@@ -551,6 +551,29 @@ class Store:
             return self._namespace_texts.get(key[2])
         return self._recent_texts.get(key)
 
+    def _text_of(self, key: tuple[str, str, str], obj: Mapping[str, Any]) -> str | None:
+        """The text the store committed ``obj`` as, when it remembers its key at ``obj``'s
+        resourceVersion (``obj`` as read, not changed since: the old object of a write is)."""
+        known = self._committed_text(key)
+        meta = obj.get("metadata")
+        if known is not None and isinstance(meta, Mapping) and \
+                str(known[0]) == meta.get("resourceVersion"):
+            return known[1]
+        return None
+
+    def committed_json(self, obj: Mapping[str, Any]) -> str | None:
+        """The JSON text the store committed ``obj`` as, if ``obj`` is an object as the store
+        returned or published it (unchanged) and the store still remembers that version's
+        text (every namespace's, the last :data:`RECENT_TEXTS` others'); else None. An answer
+        or a watch event sends it rather than encode the object again."""
+        kind = obj.get("kind")
+        meta = obj.get("metadata")
+        if not isinstance(kind, str) or not isinstance(meta, Mapping):
+            return None
+        key = (kind, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        with self._lock:
+            return self._text_of(key, obj)
+
     def _remember(self, key: tuple[str, str, str], known: tuple[int, str] | None) -> None:
         """Keep (or with ``None`` forget) the committed text of an object. Under the lock."""
         kind, _, name = key
@@ -604,14 +627,16 @@ class Store:
             deleted = copy.deepcopy(previous)
             deleted["metadata"]["resourceVersion"] = str(rv)
         after = obj if obj is not None else deleted
+        key = (kind, namespace, name)
         entry = _Staged(
             rv, typ, kind, namespace, name, obj, previous,
             jsontext.dumps(after),
-            None if previous is None else jsontext.dumps(previous),
+            None if previous is None else (self._text_of(key, previous)
+                                           or jsontext.dumps(previous)),
             admission, release=release, deleted=deleted,
         )
         self._staged.append(entry)
-        self._overlay[(kind, namespace, name)] = None if obj is None else entry.after_json
+        self._overlay[key] = None if obj is None else entry.after_json
         group = _GROUP.get()
         if group is None:
             self._flush()

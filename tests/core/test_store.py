@@ -735,6 +735,24 @@ def test_parse_keeps_the_text_the_store_committed_rather_than_encoding_again(sto
     assert other.body is not committed[1] and other.raw == stale
 
 
+def test_committed_json_is_the_text_of_the_version_committed_and_the_history_reuses_it(store):
+    created = store.create(pod("p", {"app": "a"}))
+    text = store.committed_json(created)
+    assert text is not None and json.loads(text) == created
+    changed = copy.deepcopy(created)
+    changed["metadata"]["labels"] = {"app": "b"}
+    updated = store.update(changed)
+    assert store.committed_json(created) is None  # an older version: its text is not kept
+    assert json.loads(store.committed_json(updated)) == updated
+    # the history row's previous object is the text committed before, not a second encoding
+    previous = store._db.execute("SELECT previous FROM history WHERE rv = ?",
+                                 (int(updated["metadata"]["resourceVersion"]),)).fetchone()[0]
+    assert previous == text
+    gone = store.delete("Pod", "default", "p")
+    assert store.committed_json(updated) is None and store.committed_json(gone) is None
+    assert store.committed_json({"kind": "Pod"}) is None and store.committed_json({}) is None
+
+
 def test_list_parsed_gives_the_parsed_objects_in_list_order_and_decodes_each_version_once(
         store, monkeypatch):
     store.create(pod("p", {"app": "a"}))

@@ -183,6 +183,36 @@ def test_merge_patch_and_apply_patch(admin):
     assert (code, status["reason"]) == (422, "Invalid")  # a Service needs a spec
 
 
+def test_a_write_is_answered_and_watched_in_the_text_committed_and_a_dry_run_as_it_would_be(
+        admin):
+    store = admin.store
+    base = f"{admin.url}/api/v1/namespaces/default/services"
+    code, created = call("POST", base, service("web"))
+    assert code == 201
+    start = created["metadata"]["resourceVersion"]
+
+    def patch(labels: dict[str, str], query: str = "") -> bytes:
+        request = urllib.request.Request(
+            f"{base}/web{query}", method="PATCH",
+            data=json.dumps({"metadata": {"labels": labels}}).encode())
+        request.add_header("Content-Type", "application/merge-patch+json")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.read()
+
+    # a dry run answers with the object it would store, under the stored version
+    dry = json.loads(patch({"tier": "dry"}, "?dryRun=All"))
+    assert dry["metadata"]["labels"] == {"tier": "dry"}
+    assert call("GET", f"{base}/web")[1] == created
+    answer = patch({"tier": "front"})
+    stored = store.get("Service", "default", "web")
+    assert answer == store.committed_json(stored).encode()
+    assert json.loads(answer) == stored and stored["metadata"]["labels"] == {"tier": "front"}
+    with urllib.request.urlopen(f"{base}?watch=true&resourceVersion={start}&timeoutSeconds=1",
+                                timeout=10) as response:
+        lines = [line for line in response if line.strip()]
+    assert lines == [b'{"type":"MODIFIED","object":' + answer + b"}\n"]
+
+
 def test_writes_need_the_bearer_token_and_reads_do_not(store: Store, serve_admin):
     server = serve_admin(store, token="s3cret")
     base = f"{server.url}/api/v1/namespaces/default/services"
