@@ -39,6 +39,8 @@ DEFAULT_RULES_CHECK_PERIOD = 2.0
 DEFAULT_SYNC_PERIOD = 3600.0
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# the daemon's event loop: uvloop when it is installed (auto), or the one named
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 KEYS = (
     "source",
@@ -57,6 +59,7 @@ KEYS = (
     "log_format",
     "log_level",
     "keep_rules_on_exit",
+    "event_loop",
 )
 
 
@@ -113,6 +116,7 @@ class Config:
     log_format: str = "text"
     log_level: str = "info"
     keep_rules_on_exit: bool = False
+    event_loop: str = "auto"
     path: Path | None = None
 
     @property
@@ -452,6 +456,8 @@ def config_from_mapping(data: Mapping[str, Any], path: Path | None = None) -> Co
         values["log_level"] = parse_choice("log_level", data["log_level"], LOG_LEVELS)
     if "keep_rules_on_exit" in data:
         values["keep_rules_on_exit"] = parse_bool("keep_rules_on_exit", data["keep_rules_on_exit"])
+    if "event_loop" in data:
+        values["event_loop"] = parse_choice("event_loop", data["event_loop"], EVENT_LOOPS)
     return Config(**values)
 
 

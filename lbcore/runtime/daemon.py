@@ -33,7 +33,7 @@ import secrets
 import signal
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -318,6 +318,7 @@ class Daemon:
             frontends=",".join(self.frontends) or "none",
             data_dir=str(data_dir),
             open_files=limit,
+            event_loop=event_loop_name(asyncio.get_running_loop()),
         )
 
     async def _resume_gc_when_started(self, cap: float = GC_PAUSE_MAX) -> None:
@@ -596,7 +597,33 @@ class _BacklogMetrics:
         yield writes
 
 
+def event_loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, None]], None]:
+    """What runs the daemon's main coroutine for the config's ``event_loop``: ``uvloop.run``
+    (uvloop, or auto when uvloop is installed) or ``asyncio.run``. On uvloop each admin API
+    request costs the loop less (its transports, callbacks and futures are compiled): see
+    docs/benchmarks/programming_latency.md, "Writes through the admin API".
+
+    :raises ConfigError: ``uvloop`` was asked for and is not installed."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise ConfigError(
+                    "event_loop: 'uvloop' is not installed; install it "
+                    "(pip install 'lbcore[uvloop]') or set event_loop: asyncio"
+                ) from None
+        else:
+            return uvloop.run
+    return asyncio.run
+
+
+def event_loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """``uvloop`` or ``asyncio``: which event loop ``loop`` is."""
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
 def run(config: Config) -> int:
     """Run the daemon in this process until SIGTERM/SIGINT; the exit status."""
-    asyncio.run(Daemon(config).run_until_signal())
+    event_loop_runner(config.event_loop)(Daemon(config).run_until_signal())
     return 0

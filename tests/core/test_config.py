@@ -62,6 +62,7 @@ data_dir: ~/lb
 log_format: JSON
 log_level: debug
 keep_rules_on_exit: true
+event_loop: asyncio
 """
     )
     c = load_config(f)
@@ -79,6 +80,7 @@ keep_rules_on_exit: true
     assert c.data_dir == Path.home() / "lb"
     assert c.log_format == "json" and c.log_level == "debug"
     assert c.keep_rules_on_exit is True
+    assert c.event_loop == "asyncio"
 
 
 @pytest.mark.parametrize(
@@ -117,6 +119,8 @@ keep_rules_on_exit: true
         ({"log_format": "xml"}, "log_format: invalid value 'xml': must be one of text, json"),
         ({"log_level": "loud"}, "log_level: invalid value 'loud'"),
         ({"keep_rules_on_exit": "yes"}, "keep_rules_on_exit: invalid value 'yes'"),
+        ({"event_loop": "trio"},
+         "event_loop: invalid value 'trio': must be one of auto, uvloop, asyncio"),
     ],
 )
 def test_every_key_is_validated_and_the_error_names_it(data, message):

@@ -18,7 +18,8 @@ import yaml
 
 from lbcore.cli.demo import free_service_cidr, node_address_of
 from lbcore.runtime.config import config_from_mapping
-from lbcore.runtime.daemon import Daemon, read_or_create_token
+from lbcore.errors import ConfigError
+from lbcore.runtime.daemon import Daemon, event_loop_runner, read_or_create_token
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -204,6 +205,42 @@ def test_json_logs_are_one_object_per_line(tmp_path):
     messages = [r["msg"] for r in records]
     assert "daemon started" in messages and messages[-1] == "daemon stopped"
     assert all({"time", "level", "msg"} <= set(r) for r in records)
+
+
+@pytest.mark.parametrize("choice", ["auto", "asyncio"])
+def test_the_daemon_runs_on_the_event_loop_its_config_names_and_answers_writes(tmp_path, choice):
+    try:
+        import uvloop  # noqa: F401
+        installed = True
+    except ImportError:
+        installed = False
+    expected = "uvloop" if choice == "auto" and installed else "asyncio"
+    d = RunningDaemon(tmp_path, {"frontends": [], "log_format": "json", "event_loop": choice})
+    try:
+        d.cli("create", "-f", "examples/my-service.yaml")
+        url = d.url + "/api/v1/namespaces/default/services/my-service"
+        request = urllib.request.Request(
+            url, method="PATCH", data=b'{"metadata":{"labels":{"tier":"front"}}}',
+            headers={"Content-Type": "application/merge-patch+json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = json.loads(response.read())
+        status, body = d.get("/api/v1/namespaces/default/services/my-service")
+        assert status == 200 and json.loads(body) == answer
+        assert answer["metadata"]["labels"] == {"tier": "front"}
+    finally:
+        code, output = d.stop()
+    assert code == 0, output
+    records = [json.loads(line) for line in output.strip().splitlines()]
+    started = next(r for r in records if r["msg"] == "daemon started")
+    assert started["event_loop"] == expected
+
+
+def test_event_loop_uvloop_without_uvloop_installed_is_a_config_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
+    with pytest.raises(ConfigError, match=r"event_loop: 'uvloop' is not installed"):
+        event_loop_runner("uvloop")
+    assert event_loop_runner("auto") is asyncio.run
+    assert event_loop_runner("asyncio") is asyncio.run
 
 
 def test_unknown_frontend_exits_1_with_one_line_listing_the_available(tmp_path):
