@@ -243,7 +243,8 @@ class DaemonProcess:
     the monotonic time each one was read."""
 
     def __init__(self, workdir: Path, db: Path | None, frontends: list[dict[str, Any]],
-                 min_sync_period: str | None = None, service_cidr: str = SERVICE_CIDR):
+                 min_sync_period: str | None = None, service_cidr: str = SERVICE_CIDR,
+                 settings: dict[str, Any] | None = None):
         self.data_dir = workdir / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if db is not None:
@@ -258,6 +259,7 @@ class DaemonProcess:
         }
         if min_sync_period is not None:
             config["min_sync_period"] = min_sync_period
+        config.update(settings or {})  # further config keys (event_loop, ...)
         self.config_path = workdir / "lbcore.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         env = dict(os.environ, LBCORE_DATA_DIR=str(self.data_dir))

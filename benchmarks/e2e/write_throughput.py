@@ -258,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                    "programming_latency.py (kernel frontends are not run here)")
     p.add_argument("--service-cidr", default=SERVICE_CIDR)
     p.add_argument("--seed-cache", type=Path, default=None)
+    p.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default=None,
+                   help="the daemon's event_loop setting (default: the daemon's own, auto)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
 
@@ -270,12 +272,16 @@ def main(argv: list[str] | None = None) -> int:
         cache.mkdir(parents=True, exist_ok=True)
         seed = seeded(cache, args.services, log, args.service_cidr)
         specs = [json.loads(json.dumps(FRONTENDS[f])) for f in args.frontends.split(",") if f]
-        daemon = DaemonProcess(work / "daemon", seed.path, specs, None, args.service_cidr)
+        settings = {} if args.event_loop is None else {"event_loop": args.event_loop}
+        daemon = DaemonProcess(work / "daemon", seed.path, specs, None, args.service_cidr,
+                               settings)
         report: dict[str, Any] = {"services": seed.services, "pods": seed.pods}
         try:
             daemon.wait_started()
             daemon.wait_full_sync(seed.services, 900)
-            log(f"lbcore run: {seed.services} services, {seed.pods} pods, "
+            started = daemon.wait_for_line(lambda r: r.get("msg") == "daemon started", 5)
+            loop_name = started[1].get("event_loop", "?") if started else "?"
+            log(f"lbcore run ({loop_name}): {seed.services} services, {seed.pods} pods, "
                 f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
             metrics = Metrics(daemon.url)
             metrics.start()
