@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from lbcore.cli.demo import free_service_cidr, node_address_of
-from lbcore.runtime.config import config_from_mapping
 from lbcore.errors import ConfigError
+from lbcore.runtime.config import config_from_mapping
 from lbcore.runtime.daemon import Daemon, event_loop_runner, read_or_create_token
 
 ROOT = Path(__file__).resolve().parents[2]
