@@ -19,6 +19,10 @@ docs/benchmarks/programming_latency.md keeps the latest figures.
    endpoints controller has not taken) and ``lbcore_watch_queue`` (changes waiting for watch
    clients). A backlog that keeps up stays small and ends near 0; one that does not grows with
    time. After the load, the time until the controller's queue is empty again.
+4. **The HTTP layer alone**, the peer of the write path: the same clients and PATCHes against an
+   aiohttp app (on asyncio's loop, then on uvloop) that answers each with a body of the size of
+   the daemon's answers and does nothing else, for half the time: what the admin API's server
+   costs, and answers per second, on this machine at that moment.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import json
 import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -155,6 +160,7 @@ async def load(url: str, clients: int, services: int, kind: str, seconds: float,
     latencies: list[float] = []
     errors: list[str] = []
     seen: dict[int, float] = {}
+    answer_bytes = [0]  # the size of an answer, for the HTTP layer's peer
     # each client writes the pods of its own services, round robin
     per_client = max(1, services // clients)
     stop_at = 0.0
@@ -177,6 +183,7 @@ async def load(url: str, clients: int, services: int, kind: str, seconds: float,
                     errors.append(f"{status} {data[:200]!r}")
                     continue
                 latencies.append(now - sent)
+                answer_bytes[0] = len(data)
                 found = RV.search(data)
                 if found:
                     acked[int(found.group(1))] = now
@@ -232,7 +239,74 @@ async def load(url: str, clients: int, services: int, kind: str, seconds: float,
         "watch_events": len(lags), "watch_missing": len(acked) - len(lags),
         "watch_lag_p50": percentile(lags, 0.5), "watch_lag_p99": percentile(lags, 0.99),
         "watch_lag_max": max(lags) if lags else float("nan"),
+        "answer_bytes": answer_bytes[0],
     }
+
+
+# the peer for the HTTP layer: an aiohttp app (the admin API's server, its settings) that answers
+# each PATCH with a fixed body of a pod's size, and does nothing else
+FLOOR_SERVER = """
+import asyncio, sys
+from aiohttp import web
+BODY = b"x" * int(sys.argv[2])
+async def answer(request):
+    await request.read()
+    return web.Response(body=BODY, content_type="application/json")
+async def main():
+    app = web.Application()
+    app.router.add_route("PATCH", "/api/v1/namespaces/{namespace}/pods/{name}", answer)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    print(runner.addresses[0][1], flush=True)
+    await asyncio.Event().wait()
+if sys.argv[1] == "uvloop":
+    import uvloop
+    uvloop.run(main())
+else:
+    asyncio.run(main())
+"""
+
+
+def http_floor(loop_name: str, clients: int, seconds: float, body_size: int) -> dict[str, Any]:
+    """The same clients and PATCHes against :data:`FLOOR_SERVER` on ``loop_name``: what the
+    HTTP layer alone answers per second on this machine now, and its CPU time per request."""
+    server = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER, loop_name, str(body_size)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        address = f"127.0.0.1:{port}"
+        body = write_body("labels", 0, "floor")
+
+        async def run() -> int:
+            stop_at = time.monotonic() + seconds
+
+            async def client() -> int:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                done = 0
+                request = patch_request(address, "/api/v1/namespaces/default/pods/p", body)
+                try:
+                    while time.monotonic() < stop_at:
+                        status, _ = await http_request(reader, writer, request)
+                        done += status == 200
+                finally:
+                    writer.close()
+                return done
+
+            return sum(await asyncio.gather(*(client() for _ in range(clients))))
+
+        cpu0 = cpu_seconds(server.pid)
+        started = time.monotonic()
+        answered = asyncio.run(run())
+        elapsed = time.monotonic() - started
+        cpu = cpu_seconds(server.pid) - cpu0
+        return {"loop": loop_name, "requests_per_second": answered / elapsed,
+                "cpu_ms_per_request": 1e3 * cpu / answered if answered else None,
+                "cpu_share": cpu / elapsed, "load_average": os.getloadavg()}
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 def queue_summary(samples: list[tuple[float, dict[str, float]]], start: float, end: float,
@@ -344,7 +418,26 @@ def main(argv: list[str] | None = None) -> int:
                         f"{result['writes_per_commit']:.1f} per commit")
             metrics.stop()
             report["runs"] = runs
+            floors = []
+            for loop_name in ("asyncio", "uvloop"):
+                try:
+                    floor = http_floor(loop_name, args.clients, args.seconds / 2,
+                                       runs[-1].get("answer_bytes") or 2000)
+                except (OSError, ValueError, AssertionError) as exc:  # uvloop not installed
+                    log(f"  HTTP layer alone on {loop_name}: not measured ({exc})")
+                    continue
+                floors.append(floor)
+                log(f"  HTTP layer alone ({loop_name}, an aiohttp app answering each PATCH "
+                    f"with a body of the same size, {args.clients} clients): "
+                    f"{floor['requests_per_second']:.0f} answers/s, "
+                    f"{floor['cpu_ms_per_request']:.2f} ms of CPU per answer, "
+                    f"{100 * floor['cpu_share']:.0f}% of a core; load average "
+                    f"{' '.join(f'{x:.1f}' for x in floor['load_average'])}")
+            report["http_floor"] = floors
             one, many = runs
+            for floor in floors:
+                log(f"RATIO {args.clients} clients / the HTTP layer alone on {floor['loop']}: "
+                    f"{many['writes_per_second'] / floor['requests_per_second']:.2f}x")
             log(f"RATIO {args.clients} clients / 1 client: "
                 f"{many['writes_per_second'] / one['writes_per_second']:.2f}x; "
                 f"{args.clients} clients / target {TARGET:.0f}/s: "
