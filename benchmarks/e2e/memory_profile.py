@@ -170,7 +170,6 @@ def holders(daemon: Any) -> list[tuple[str, Callable[[], list[Any]]]]:
         ("ClusterState: ports, change log", lambda: [
             table._port_infos, table._ports_map, table._log, table._changed_at, table._carried,
             table._dirty]),
-        ("ClusterState: versions seen", lambda: [state._keys]),
         ("snapshot", lambda: [state.snapshot]),
         ("frontends", lambda: list(daemon.frontends.values())),
         ("store: the rest (watches, overlay, shared lists)", lambda: [store]),

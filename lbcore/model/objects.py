@@ -215,11 +215,11 @@ class _Stored:
     ``body`` is that dict, or (objects read by :func:`parse_stored`, which a daemon keeps by
     the hundred thousand) its compact JSON text, about a tenth of the dict's size, or a
     :class:`StoredText` that reads that text from the store holding the object; ``raw``
-    gives the dict in every case. An object read by :func:`parse_stored` also knows its
-    ``resource_version``, so that its holders need not keep the version beside it.
+    gives the dict in every case. An object read by :func:`parse_stored` (or
+    :func:`parse_admitted`) also knows its ``resource_version``, so that its holders need not keep the version beside it.
     """
 
-    __slots__ = ("_version",)  # set by parse_stored only; not a field: equality ignores it
+    __slots__ = ("_version",)  # set by parse_stored and parse_admitted; not a field
     _version: str
     kind: ClassVar[str]
     namespace: str
@@ -228,8 +228,9 @@ class _Stored:
 
     @property
     def resource_version(self) -> str:
-        """``metadata.resourceVersion`` of an object read by :func:`parse_stored` ("" for
-        others, and for a copy made by ``dataclasses.replace``)."""
+        """``metadata.resourceVersion`` of an object read by :func:`parse_stored` or
+        :func:`parse_admitted` ("" for others, and for a copy made by
+        ``dataclasses.replace``)."""
         try:
             return self._version
         except AttributeError:
@@ -1116,13 +1117,18 @@ def parse_admitted(obj: Mapping[str, Any] | Object) -> Object:
         says what was in the way.
     """
     try:
-        return parse_object(obj, validate=False)
+        parsed = parse_object(obj, validate=False)
     except ValidationError:
         raise
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         assert isinstance(obj, Mapping)  # parsed objects are returned as they are
         raise ValidationError(str(obj.get("kind")), _name_of(obj), [Cause(
             "", "FieldValueInvalid", f"cannot be read: {type(exc).__name__}: {exc}")]) from None
+    if parsed is not obj:  # read from a dict: it knows its version, as parse_stored's do
+        meta = obj.get("metadata")  # type: ignore[union-attr]
+        version = meta.get("resourceVersion") if isinstance(meta, Mapping) else None
+        object.__setattr__(parsed, "_version", str(version or ""))
+    return parsed
 
 
 def parse_stored(obj: Mapping[str, Any], text: str | None = None,

@@ -149,6 +149,9 @@ class FrontendHealth:
         return out
 
 
+_KINDS = frozenset(k.kind for k in KINDS)
+
+
 def _key(obj: Mapping[str, Any] | Object) -> tuple[str, str, str]:
     if isinstance(obj, Object):
         return obj.kind, obj.namespace or "default", obj.name
@@ -209,8 +212,6 @@ class ClusterState(SourceSink):
         self._clock = clock
         self._parse = parse
         self._health = {name: FrontendHealth(name) for name in self.frontends}
-        # kind -> (namespace, name) -> resourceVersion ("" when the source gives none)
-        self._keys: dict[str, dict[tuple[str, str], str]] = {k.kind: {} for k in KINDS}
         self._version = 0
         self._requested = asyncio.Event()
         self._syncing = False
@@ -229,7 +230,7 @@ class ClusterState(SourceSink):
 
     def upsert(self, obj: Mapping[str, Any] | Object) -> None:
         kind, namespace, name = _key(obj)
-        if kind not in self._keys:
+        if kind not in _KINDS:
             return
         self.metrics.events.labels(kind, "upsert").inc()
         self._upsert(obj, kind, namespace, name)
@@ -240,8 +241,11 @@ class ClusterState(SourceSink):
             version = obj.resource_version
         else:
             version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
-        if version and self._keys[kind].get((namespace, name)) == version:
-            return  # the same version again (a relist): nothing changed
+        if version:
+            # the table's object knows the version it was parsed at (no second table of them)
+            held = self.table.get(kind, namespace, name)
+            if held is not None and held.resource_version == version:
+                return  # the same version again (a relist): nothing changed
         try:
             parsed = obj if isinstance(obj, Object) else self._parse(obj)
         except ValidationError as exc:  # one unreadable object must not stop the source
@@ -256,26 +260,23 @@ class ClusterState(SourceSink):
             )
             return
         self.table.apply(parsed)
-        # the parsed object's own string when it has one: one copy of it per object
-        self._keys[kind][(namespace, name)] = parsed.resource_version or version
         self._changed()
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
-        if kind not in self._keys:
+        if kind not in _KINDS:
             return
         self.metrics.events.labels(kind, "delete").inc()
-        if (namespace, name) not in self._keys[kind]:
+        if self.table.delete(kind, namespace, name) is None:
             return
-        del self._keys[kind][(namespace, name)]
-        self.table.delete(kind, namespace, name)
         self._changed()
 
     def replace(self, kind: str, objects: Sequence[Mapping[str, Any] | Object]) -> None:
-        if kind not in self._keys:
+        if kind not in _KINDS:
             return
         keys = [_key(o) for o in objects]
         keep = {(namespace, name) for _, namespace, name in keys}
-        for namespace, name in sorted(set(self._keys[kind]) - keep):
+        held = {(o.namespace, o.name) for o in self.table.list(kind)}
+        for namespace, name in sorted(held - keep):
             self.delete(kind, namespace, name)
         # counted once for the list (a label lookup per object was a tenth of a restart's
         # replace at 100,000 pods)

@@ -517,3 +517,31 @@ def test_a_replace_counts_every_listed_object_as_an_upsert():
 
     assert (counted("upsert"), counted("delete")) == (8, 2)
     assert sorted(o.name for o in state.table.list("Pod")) == ["web-0", "web-1", "web-2"]
+
+
+def test_objects_the_store_parsed_are_taken_as_they_are_and_known_by_their_version():
+    from lbcore.runtime.store import Store
+
+    with Store(None, service_cidr="127.10.0.0/16") as store:
+        store.create(service("a", "127.10.0.1"))
+        store.create(pod(1))
+        state = make_state(parse=store.parse)
+        services, _ = store.list_parsed("Service")
+        state.replace("Service", services)
+        state.replace("Pod", store.list_parsed("Pod")[0])
+        held = state.table.get("Service", "default", "a")
+        assert held is services[0] and held.resource_version == services[0].resource_version
+        version = state.table.version
+        # a relist at the same versions, as dicts or parsed: nothing changes
+        state.replace("Service", store.list("Service")[0])
+        state.replace("Service", store.list_parsed("Service")[0])
+        assert state.table.version == version
+        changed = store.get("Service", "default", "a")
+        changed["spec"]["ports"][0]["port"] = 81
+        updated = store.update(changed)
+        state.upsert(updated)
+        assert state.table.version == version + 1
+        assert state.table.get("Service", "default", "a").resource_version == \
+            updated["metadata"]["resourceVersion"] != held.resource_version
+        state.replace("Pod", [])
+        assert state.table.get("Pod", "default", "web-1") is None
