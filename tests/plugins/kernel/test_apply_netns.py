@@ -310,6 +310,22 @@ def test_deletion_batch_is_all_or_nothing_and_names_the_kernel_error(namespaces)
         ctx.close()
 
 
+def _recording_frontend(netns: str, options: dict, before: Snapshot,
+                        monkeypatch: pytest.MonkeyPatch) -> tuple[NftablesFrontend, list[str]]:
+    """An nftables frontend in ``netns`` synced to ``before``, and the nft scripts it runs from
+    then on; skips where libnftables cannot delete elements by name."""
+    fe = NftablesFrontend({**options, "netns": netns}, RuntimeContext())
+    fe.start()
+    fe.sync(before, frozenset())
+    if not fe.runner.deletes_by_name:
+        fe.stop()
+        pytest.skip("libnftables not available")
+    scripts: list[str] = []
+    run = fe.runner.nft
+    monkeypatch.setattr(fe.runner, "nft", lambda script: (scripts.append(script), run(script))[1])
+    return fe, scripts
+
+
 def test_endpoint_removal_deletes_its_chain_outside_the_nft_script(namespaces, monkeypatch):
     a, b = namespaces
     before = many(20, endpoints=3)
@@ -318,14 +334,7 @@ def test_endpoint_removal_deletes_its_chain_outside_the_nft_script(namespaces, m
     ports = dict(before.service_ports)
     ports[key] = dataclasses.replace(sp, endpoints=sp.endpoints[1:])
     after = Snapshot(version=2, service_ports=ports, node_name=before.node_name)
-    fe = NftablesFrontend({"netns": a, "cluster_cidr": POD_CIDR}, RuntimeContext())
-    fe.start()
-    fe.sync(before, frozenset())
-    if not fe.runner.deletes_by_name:
-        pytest.skip("libnftables not available")
-    scripts: list[str] = []
-    run = fe.runner.nft
-    monkeypatch.setattr(fe.runner, "nft", lambda script: (scripts.append(script), run(script))[1])
+    fe, scripts = _recording_frontend(a, {"cluster_cidr": POD_CIDR}, before, monkeypatch)
     fe.sync(after, frozenset({sp.service}))
     assert scripts and not any("delete" in script for script in scripts)
     fresh = NftablesFrontend({"netns": b, "cluster_cidr": POD_CIDR}, RuntimeContext())
@@ -351,14 +360,7 @@ def test_removed_elements_go_by_name_before_a_script_that_deletes_nothing(namesp
     after = Snapshot(version=2, service_ports=ports, node_name=before.node_name)
     changed = frozenset(before.service_ports[keys[i]].service for i in (3, 5, 10))
     options = {"cluster_cidr": POD_CIDR, "endpoint_selection": selection}
-    fe = NftablesFrontend({**options, "netns": a}, RuntimeContext())
-    fe.start()
-    fe.sync(before, frozenset())
-    if not fe.runner.deletes_by_name:
-        pytest.skip("libnftables not available")
-    scripts: list[str] = []
-    run = fe.runner.nft
-    monkeypatch.setattr(fe.runner, "nft", lambda script: (scripts.append(script), run(script))[1])
+    fe, scripts = _recording_frontend(a, options, before, monkeypatch)
     fe.sync(after, changed)
     assert len(scripts) == 1
     assert ("delete element" in scripts[0]) == (selection == "maps")
