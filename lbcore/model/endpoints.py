@@ -242,6 +242,13 @@ class EndpointTracker:
         """The EndpointSlices labelled with service ``namespace/name``, in name order."""
         return sorted(self._slices_by_service.get(key, {}).values(), key=lambda s: s.name)
 
+    def services_without_slices(self) -> list[str]:
+        """``namespace/name`` of the services that have endpoints and no EndpointSlice, whose
+        endpoints therefore come from their Endpoints object or their pods (see
+        :meth:`endpoints`); ExternalName services have none."""
+        return [key for key, service in self._services.items()
+                if service.type != "ExternalName" and not self._slices_by_service.get(key)]
+
     def pod(self, key: str) -> Pod | None:
         """The tracked pod ``namespace/name``."""
         return self._pods.get(key)

@@ -266,6 +266,11 @@ class ServiceTable:
             raise KeyError(f'service "{key}" not found')
         return self._tracker.endpoints(key)
 
+    def services_without_slices(self) -> list[str]:
+        """``namespace/name`` of the services whose endpoints come from their Endpoints object
+        or their pods, having no EndpointSlice (ExternalName services have no endpoints)."""
+        return self._tracker.services_without_slices()
+
     def selected_pods(self, namespace: str, name: str) -> _Names:
         """``namespace/name`` of the pods a service's selector picks."""
         return self._tracker.selected_pods(f"{namespace}/{name}")

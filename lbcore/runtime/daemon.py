@@ -48,7 +48,14 @@ from lbcore.runtime import tls
 from lbcore.runtime.admin_server import IDLE_TIMEOUT, AdminServer, raise_open_files_limit
 from lbcore.runtime.config import Config, format_host, resolve_plugins
 from lbcore.runtime.events import AllocationEvents, EventRecorder, FrontendEvents
-from lbcore.runtime.interfaces import Frontend, FrontendUnavailable, RuntimeContext, Source
+from lbcore.runtime.interfaces import (
+    Frontend,
+    FrontendUnavailable,
+    RuntimeContext,
+    Source,
+    all_listed_event,
+    synced_event,
+)
 from lbcore.runtime.logs import event
 from lbcore.runtime.observers import UnservedNodePorts, all_of
 from lbcore.runtime.probes import ReadinessProber
@@ -285,6 +292,7 @@ class Daemon:
             ),
             # over the embedded store, one parse of each object for it and the controller
             parse=self.store.parse if config.source.name == "local" else parse_admitted,
+            listed=synced_event(self.source),
         )
         await self._serve_admin(config)
         self._tasks.append(asyncio.create_task(self.state.run(), name="lbcore-sync"))
@@ -326,11 +334,11 @@ class Daemon:
         is done (at most ``cap`` seconds), freeze what the start made and resume the collector."""
         assert self.state is not None
         state = self.state
-        listed = [self.endpoints_controller.synced, getattr(self.source, "synced", None)]
+        listed = [self.endpoints_controller.synced, all_listed_event(self.source)]
 
         async def started() -> None:
             for flag in listed:
-                if isinstance(flag, asyncio.Event):
+                if flag is not None:
                     await flag.wait()
             while state.busy or not state.synced_once.is_set():
                 await asyncio.sleep(0.05)
@@ -407,21 +415,20 @@ class Daemon:
             async with asyncio.timeout(cap):
                 while self.state is None:  # made later in _start
                     await asyncio.sleep(0.05)
-                listed = getattr(self.source, "synced", None)
-                if isinstance(listed, asyncio.Event):
+                listed = synced_event(self.source)
+                if listed is not None:
                     await listed.wait()
-                version = self.state.table.version
-                while self.state.synced_version < version:
-                    await asyncio.sleep(0.05)
+                await self.state.wait_synced()
 
     async def _give_back_after_start(self) -> None:
         """The start decodes every stored object (at 100,000 pods, several hundred MB that are
         freed once parsed) between what it keeps; once the first full sync and the endpoints
-        controller's first pass are done, give the allocator's free pages back to the kernel
-        (glibc keeps them otherwise), once."""
+        controller's first pass are done and the source has listed every kind, give the
+        allocator's free pages back to the kernel (glibc keeps them otherwise), once."""
         await self._first_full_sync()
-        if self.endpoints_controller is not None:
-            await self.endpoints_controller.synced.wait()
+        for flag in (self.endpoints_controller.synced, all_listed_event(self.source)):
+            if flag is not None:
+                await flag.wait()
         before = resident_bytes()
         if await asyncio.get_running_loop().run_in_executor(None, give_back_free_memory):
             event(log, "free memory given back after the start", rss_before=before,

@@ -51,7 +51,7 @@ from lbcore.model.service_table import ServiceTable
 from lbcore.model.snapshot import ServicePortInfo, Snapshot
 from lbcore.model.topology import Traffic, policy_is_local
 from lbcore.plugins import registered
-from lbcore.runtime.interfaces import Frontend, RuntimeContext, Source
+from lbcore.runtime.interfaces import Frontend, RuntimeContext, Source, synced_event
 from lbcore.runtime.sources import run_source_forever
 from lbcore.runtime.state import ClusterState
 
@@ -388,6 +388,7 @@ class LiveCluster:
         state = ClusterState(
             ServiceTable(allocate=False), {"live": self._frontend},
             node_name=self.node_name or "localhost", min_sync_period=self._min_sync_period,
+            listed=synced_event(self.source),
         )
         tasks = [
             asyncio.create_task(state.run(), name="lbcore-live-sync"),
@@ -407,8 +408,8 @@ class LiveCluster:
         """Ready once the source has listed every kind and a sync carried those lists. The
         built-in sources say when they have listed with a ``synced`` event; a source without
         one is taken as ready at the first sync."""
-        listed = getattr(self.source, "synced", None)
-        if isinstance(listed, asyncio.Event):
+        listed = synced_event(self.source)
+        if listed is not None:
             await listed.wait()
         self._frontend.ready_at = state.table.version
         state.request_sync()

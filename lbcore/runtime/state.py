@@ -168,6 +168,9 @@ class ClusterState(SourceSink):
     :param parse: how an object is read (``parse_admitted``; the daemon over its embedded store
         gives ``Store.parse``, which shares one parse of each object version with the
         endpoints controller).
+    :param listed: the source's ``synced`` event: :meth:`run` syncs nothing before it is set, so
+        that no frontend is handed a table still filling (a first sync of an empty table would
+        take away every rule a kernel frontend kept from the previous run). None: at once.
     """
 
     def __init__(
@@ -188,6 +191,7 @@ class ClusterState(SourceSink):
         check_period: float = 2.0,
         resync_period: float = 3600.0,
         parse: Callable[[Mapping[str, Any]], Any] = parse_admitted,
+        listed: asyncio.Event | None = None,
     ):
         if getattr(table, "allocate", False):
             raise ValueError("ClusterState takes admitted objects: give it ServiceTable(allocate=False)")
@@ -211,6 +215,7 @@ class ClusterState(SourceSink):
         self._own_executor = executor is None
         self._clock = clock
         self._parse = parse
+        self._listed = listed
         self._health = {name: FrontendHealth(name) for name in self.frontends}
         self._version = 0
         self._requested = asyncio.Event()
@@ -224,7 +229,9 @@ class ClusterState(SourceSink):
         self.syncs = 0
         self.events = 0
         self.synced_once = asyncio.Event()
-        self.synced_version = 0  # the table's version the last sync that ended carried
+        # the table's version the frontends reflect: the last sync that ended carried it, or
+        # what came after it changed no service
+        self.synced_version = 0
 
     # -- SourceSink -------------------------------------------------------------------------
 
@@ -290,6 +297,14 @@ class ClusterState(SourceSink):
         self.metrics.events.labels(kind, "upsert").inc(listed)
         self._changed()
 
+    def slices_suffice(self) -> bool:
+        return not self.table.services_without_slices()
+
+    async def wait_synced(self) -> None:
+        version = self.table.version
+        while self.synced_version < version:
+            await asyncio.sleep(0.05)
+
     def _changed(self) -> None:
         self.events += 1
         # an object that changed no service's ports or endpoints (a pod of a service whose
@@ -297,6 +312,8 @@ class ClusterState(SourceSink):
         # not start the min_sync_period clock ahead of the change that matters
         if self.table.changed_since(self._version) or not self.synced_once.is_set():
             self.request_sync()
+        elif not self.busy:  # the frontends have what this changes: nothing
+            self.synced_version = self.table.version
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -311,8 +328,10 @@ class ClusterState(SourceSink):
 
     async def run(self) -> None:
         """Sync on request, once per ``min_sync_period`` on average with bursts of
-        ``burst_syncs``, retrying failed frontends."""
+        ``burst_syncs``, retrying failed frontends; the first once the source has listed."""
         try:
+            if self._listed is not None:
+                await self._listed.wait()
             while True:
                 await self._wait_for_work()
                 tokens = self._refill()
@@ -387,6 +406,8 @@ class ClusterState(SourceSink):
                 if health.rules_missing_since is not None:
                     await self._check(name, frontend)
         duration = self._clock() - started
+        if not self.table.changed_since(version):  # what came meanwhile changed nothing
+            version = self.table.version
         self.synced_version = max(self.synced_version, version)
         self._record(snapshot, changed, duration, handed)
         if self.on_sync_done is not None:

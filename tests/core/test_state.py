@@ -407,6 +407,52 @@ def test_first_sync_of_an_empty_state_still_reaches_every_frontend():
     assert frontend.calls[0][1].services == frozenset() and frontend.calls[0][2] == frozenset()
 
 
+def test_no_sync_runs_before_the_source_has_listed():
+    """A restart must not hand a kernel frontend a table still filling: its first sync would
+    take away the rules the previous run left."""
+    frontend = RecordingFrontend()
+
+    async def main() -> None:
+        listed = asyncio.Event()
+        state = make_state(frontend, min_sync_period=0.0, listed=listed)
+
+        async def body() -> None:
+            state.request_sync()
+            state.upsert(service())
+            for _ in range(50):  # every chance to sync, were it allowed
+                await asyncio.sleep(0)
+            assert not frontend.calls
+            state.upsert(pod(1))
+            listed.set()
+            await _until(lambda: frontend.calls)
+
+        await _run(state, body)
+
+    asyncio.run(main())
+    assert len(frontend.calls) == 1
+    assert len(frontend.calls[0][1].service_ports["default/web:"].endpoints) == 1
+
+
+def test_slices_suffice_once_every_service_with_endpoints_has_a_slice():
+    state = make_state()
+    assert state.slices_suffice()  # no service
+    state.upsert(service())
+    assert not state.slices_suffice()  # its endpoints would come from its pods
+    state.upsert(endpoint_slice("10.0.0.1"))
+    assert state.slices_suffice()
+    external = service("ext", ip="")
+    external["spec"] = {"type": "ExternalName", "externalName": "example.org"}
+    state.upsert(external)
+    assert state.slices_suffice()  # an ExternalName service has no endpoints
+    selectorless = service("api", ip="127.10.0.6")
+    del selectorless["spec"]["selector"]
+    state.upsert(selectorless)
+    assert not state.slices_suffice()  # an Endpoints object written by hand would say them
+    state.delete("Service", "default", "api")
+    state.delete("EndpointSlice", "default", "web-abc")
+    assert not state.slices_suffice()
+
+
 class CanaryFrontend(RecordingFrontend):
     """A frontend whose canary a test removes (``gone``); its next full sync puts it back."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,7 +15,9 @@ from lbcore_plugins.local_source import LocalSource
 import lbcore
 from lbcore.errors import ConfigError
 from lbcore.plugins import get_plugin_manager, registered
+from lbcore.model.service_table import ServiceTable
 from lbcore.runtime.interfaces import RuntimeContext, SourceSink
+from lbcore.runtime.state import ClusterState
 from lbcore.runtime.store import Store
 
 KINDS = tuple(k.kind for k in lbcore.KINDS)
@@ -35,12 +38,14 @@ class DictSink(SourceSink):
     def __init__(self, on_replace: Callable[[str], None] | None = None) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.upserts = 0
+        self.given: Counter[tuple[str, str, str, str]] = Counter()  # (kind, ns, name, rv)
         self.on_replace = on_replace
 
     def upsert(self, obj: Mapping[str, Any]) -> None:
         obj = as_dict(obj)
         meta = obj["metadata"]
         self.objects[(obj["kind"], meta["namespace"], meta["name"])] = obj
+        self.given[(obj["kind"], meta["namespace"], meta["name"], meta["resourceVersion"])] += 1
         self.upserts += 1
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
@@ -53,6 +58,7 @@ class DictSink(SourceSink):
             obj = as_dict(obj)
             meta = obj["metadata"]
             self.objects[(kind, meta["namespace"], meta["name"])] = obj
+            self.given[(kind, meta["namespace"], meta["name"], meta["resourceVersion"])] += 1
         if self.on_replace:
             self.on_replace(kind)
 
@@ -126,23 +132,85 @@ def test_lists_every_kind_then_follows_creates_updates_and_deletes(store):
 
 
 def test_writes_during_the_listing_are_neither_lost_nor_applied_twice(store):
-    """Every kind is listed before the sink gets the lists; a write made while they are handed
-    over arrives once, as an event, whether its kind's list was handed over yet or not."""
+    """A write made while the lists are handed over arrives once, whether its kind's list was
+    handed over yet (then as an event) or not (then in the list, read later)."""
     store.create(service("web"))
 
     def write_while_listing(kind: str) -> None:
         if kind == "Service":
-            store.create(pod("listed"))  # the Pod list is not handed over yet
+            store.create(pod("listed"))  # the Pod list is not read yet
         if kind == "EndpointSlice":
-            store.create(service("after"))  # the Service list was
+            store.create(service("after"))  # the Service list was handed over
 
     sink = DictSink(on_replace=write_while_listing)
 
     async def scenario(source: LocalSource) -> None:
         await wait_until(lambda: versions(sink) == state(store))
-        assert sink.upserts == 2  # "listed" and "after", each once
+        assert sink.upserts == 1  # "after"
+        assert set(sink.given.values()) == {1}  # every version once
 
     run(store, sink, scenario)
+
+
+class OrderSink(ClusterState):
+    """The daemon's sink, recording each list it is given, whether the source had said it was
+    synced by then, and how many syncs had run."""
+
+    def __init__(self) -> None:
+        super().__init__(ServiceTable(allocate=False), {})
+        self.source: LocalSource | None = None
+        self.lists: list[tuple[str, bool, int]] = []
+
+    def replace(self, kind: str, objects: Any) -> None:
+        assert self.source is not None
+        self.lists.append((kind, self.source.synced.is_set(), self.syncs))
+        super().replace(kind, objects)
+
+
+def listing_order(store: Store) -> list[tuple[str, bool, int]]:
+    sink = OrderSink()
+
+    async def main() -> None:
+        source = sink.source = LocalSource({}, RuntimeContext(store=store))
+        tasks = [asyncio.create_task(source.run(sink)), asyncio.create_task(sink.run())]
+        try:
+            await wait_until(lambda: len(sink.lists) == len(KINDS))
+        finally:
+            for task in tasks:
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+
+    asyncio.run(main())
+    return sink.lists
+
+
+def endpoint_slice(service_name: str) -> dict[str, Any]:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"{service_name}-1",
+                         "labels": {"kubernetes.io/service-name": service_name}},
+            "addressType": "IPv4", "ports": [{"port": 80, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": True}}]}
+
+
+def test_synced_before_endpoints_and_pods_when_every_service_has_slices(store):
+    """Endpoints objects and pods change nothing on the data path then: the daemon's first
+    sync (held until ``synced``) does not wait for them, and runs before they are listed."""
+    store.create(service("web"))
+    store.create(pod("web-a"))
+    store.create(endpoint_slice("web"))
+    order = listing_order(store)
+    assert [kind for kind, _, _ in order[-2:]] == ["Endpoints", "Pod"]
+    assert not any(synced for _, synced, _ in order[:-2])
+    assert all(synced and syncs >= 1 for _, synced, syncs in order[-2:])
+
+
+def test_synced_after_every_list_when_a_service_has_no_slice(store):
+    store.create(service("web"))
+    store.create(pod("web-a"))  # web's endpoints come from it
+    order = listing_order(store)
+    assert [kind for kind, _, _ in order[-2:]] == ["Endpoints", "Pod"]
+    assert not any(synced for _, synced, _ in order)
 
 
 def test_writes_from_another_thread_arrive(store):

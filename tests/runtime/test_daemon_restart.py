@@ -9,11 +9,14 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from lbcore.hookspecs import hookimpl
 from lbcore.model.kinds import KINDS
 from lbcore.model.objects import parse_admitted
 from lbcore.model.service_table import ServiceTable
+from lbcore.plugins import get_plugin_manager
 from lbcore.runtime.config import config_from_mapping
 from lbcore.runtime.daemon import Daemon
+from lbcore.runtime.store import Store
 
 CIDR = "127.73.0.0/16"
 
@@ -78,18 +81,21 @@ def ports_of(snapshot: Any) -> dict[str, Any]:
     return dict(snapshot.service_ports)
 
 
+async def first_run(tmp_path: Path) -> dict[str, Any]:
+    """The snapshot of a daemon that stored OBJECTS and settled (its controller wrote slices)."""
+    daemon = Daemon(config(tmp_path))
+    await daemon.start()
+    try:
+        for obj in OBJECTS:
+            daemon.store.create(obj)
+        await settled(daemon)
+        assert daemon.store.list("EndpointSlice")[0], "the controller wrote no slices"
+        return ports_of(daemon.state.snapshot)  # type: ignore[union-attr]
+    finally:
+        await daemon.stop()
+
+
 def test_a_restart_programs_the_snapshot_the_store_was_written_with(tmp_path: Path) -> None:
-    async def first() -> dict[str, Any]:
-        daemon = Daemon(config(tmp_path))
-        await daemon.start()
-        try:
-            for obj in OBJECTS:
-                daemon.store.create(obj)
-            await settled(daemon)
-            assert daemon.store.list("EndpointSlice")[0], "the controller wrote no slices"
-            return ports_of(daemon.state.snapshot)  # type: ignore[union-attr]
-        finally:
-            await daemon.stop()
 
     async def restarted() -> tuple[dict[str, Any], dict[str, Any]]:
         daemon = Daemon(config(tmp_path))
@@ -106,12 +112,55 @@ def test_a_restart_programs_the_snapshot_the_store_was_written_with(tmp_path: Pa
         finally:
             await daemon.stop()
 
-    before = asyncio.run(first())
+    before = asyncio.run(first_run(tmp_path))
     after, fresh = asyncio.run(restarted())
     assert {key.split(":")[0] for key in before} >= {"default/web", "default/api", "default/ext"}
     assert any(info.endpoints for info in before.values())
     assert after == before
     assert fresh == before
+
+
+class SyncObserver:
+    """A plugin that keeps the service ports of every sync's snapshot, as the daemon runs them."""
+
+    def __init__(self) -> None:
+        self.snapshots: list[dict[str, Any]] = []
+
+    @hookimpl
+    def lbcore_sync_done(self, snapshot: Any, changed: Any, duration: Any, errors: Any) -> None:
+        self.snapshots.append(ports_of(snapshot))
+
+
+def test_a_restart_runs_no_sync_before_the_first_whole_one(tmp_path: Path) -> None:
+    """No sync hands the frontends a table still filling (it would take away the rules a kernel
+    frontend kept), nor one without the endpoints of a service whose slices are stored but
+    whose pods are not listed yet; one service has no slice, so the pods come first there."""
+
+    async def restarted(observer: SyncObserver, without_slice: bool) -> None:
+        if without_slice:  # removed before the daemon starts: as if the controller had not run
+            with Store(tmp_path / "lbcore.db") as store:
+                for body in store.list("EndpointSlice", "default")[0]:
+                    if body["metadata"]["labels"]["kubernetes.io/service-name"] == "api":
+                        store.delete("EndpointSlice", "default", body["metadata"]["name"])
+        daemon = Daemon(config(tmp_path))
+        pm = get_plugin_manager()
+        pm.register(observer, name="restart-sync-observer")
+        try:
+            await daemon.start()
+            try:
+                await settled(daemon)
+            finally:
+                await daemon.stop()
+        finally:
+            pm.unregister(name="restart-sync-observer")
+
+    before = asyncio.run(first_run(tmp_path))
+    assert any(info.endpoints for info in before.values())
+    for without_slice in (False, True):
+        observer = SyncObserver()
+        asyncio.run(restarted(observer, without_slice))
+        assert observer.snapshots, "no sync ran"
+        assert observer.snapshots[0] == before, f"without_slice={without_slice}"
 
 
 def test_the_endpoints_controller_lists_once_the_first_full_sync_is_done(tmp_path: Path) -> None:
