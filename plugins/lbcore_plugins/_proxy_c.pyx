@@ -44,6 +44,8 @@ import threading
 from lbcore import ConfigError, balancers
 
 
+cdef object _MISSING = object()  # what dict.get gives for a missing key (None is a value)
+
 SPLICE_MODES = {"never": 0, "auto": 1, "always": 2}
 COUNTERS = (
     "accepted", "closed", "connect_failed", "retried", "rejected", "idle_closed", "spliced",
@@ -1270,7 +1272,8 @@ cdef class Engine:
     cdef Config cfg
     cdef object threads
     cdef dict services
-    cdef dict owned       # key -> (Balancer, AffinityTable, timeout, capacity) the Services borrow
+    cdef dict owned       # key -> what its Service borrows: the Balancer (or None), or with
+                          # ClientIP affinity (Balancer, AffinityTable, timeout, capacity)
     cdef dict listeners
     cdef int next_listener
     cdef bint is_running
@@ -1552,7 +1555,7 @@ cdef class Engine:
         n = len(keys)
         npicks = len(chosen)
         with self.lock:
-            old = self.owned.get(key)
+            old = self._owned(key)
             if affinity_timeout > 0:
                 if old is not None and old[1] is not None and old[2:] == (affinity_timeout,
                                                                          affinity_capacity):
@@ -1666,7 +1669,9 @@ cdef class Engine:
                 s.affinity_epoch = epoch
                 pthread_mutex_unlock(&s.lock)
             # no worker can reach the previous balancer or table now: let them go
-            self.owned[key] = (bal, table, affinity_timeout, affinity_capacity)
+            # without affinity the balancer alone: no tuple and numbers per service port
+            self.owned[key] = (bal if table is None else
+                               (bal, table, affinity_timeout, affinity_capacity))
             for q in gone:
                 ep_decref(<Endpoint*><uintptr_t>q)
             free(old_eps)
@@ -1676,9 +1681,23 @@ cdef class Engine:
             free(old_bidx)
             free(old_down)
 
+    cdef tuple _owned(self, str key):
+        """``(Balancer, AffinityTable, timeout, capacity)`` of service port ``key`` (None for
+        what it lacks), or None when the engine has no table of that name."""
+        held = self.owned.get(key, _MISSING)
+        if held is _MISSING:
+            return None
+        return held if type(held) is tuple else (held, None, 0.0, 0)
+
     cdef Balancer _balancer(self, str algorithm, list rows, dict options):
-        """A new balancer over ``rows`` (never an update in place: workers may be picking)."""
-        names = [f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip, port, _, _ in rows]
+        """A new balancer over ``rows`` (never an update in place: workers may be picking).
+
+        Backends are named ``ip:port`` as UTF-8 bytes, the identity a balancer hashes a str
+        name to (so picks are those of a balancer given the str names): one object per
+        endpoint that the balancer keeps as both its backend and its name, not a str and the
+        bytes it would make of it."""
+        names = [(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}").encode()
+                 for ip, port, _, _ in rows]
         weights = [float(w) for _, _, w, _ in rows]
         if algorithm == "jump" or len(set(weights)) == 1 or not any(weights):
             weights = None  # jump has no weights
@@ -1780,7 +1799,7 @@ cdef class Engine:
                     bindings = (<AffinityTable>s.affinity).used
                     clock = (mono() - s.affinity_epoch) * 1000.0
                 pthread_mutex_unlock(&s.lock)
-            bal, table = self.owned[key][:2]
+            bal, table = self._owned(key)[:2]
         return {
             "algorithm": bal.name if bal is not None else None,
             "endpoints": neps,
@@ -1797,7 +1816,7 @@ cdef class Engine:
         cdef AffinityTable table
         with self.lock:
             p = self.services.get(key, 0)
-            table = self.owned[key][1] if p != 0 else None
+            table = self._owned(key)[1] if p != 0 else None
             if table is None:
                 raise KeyError(f"service port: {key!r} has no affinity table")
             s = <Service*>p

@@ -14,8 +14,8 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any
 
-from lbcore import ConfigError, RuntimeContext, Snapshot, hookimpl
-from lbcore_plugins.socket_frontend import Listen, ProxyFrontend, endpoint_table, proxied_ports
+from lbcore import ConfigError, RuntimeContext, ServicePortInfo, Snapshot, Traffic, hookimpl
+from lbcore_plugins.socket_frontend import Listen, ProxyFrontend, proxied_ports
 
 NODE_PORT_TYPES = ("NodePort", "LoadBalancer")
 
@@ -50,6 +50,7 @@ class NodePortFrontend(ProxyFrontend):
     """
 
     serves_node_ports = True
+    traffic: Traffic = "external"
 
     name = "nodeport"
     extra_options = ("addresses",)
@@ -66,22 +67,21 @@ class NodePortFrontend(ProxyFrontend):
         else:
             self.addresses = local_addresses()
 
+    def node(self, snapshot: Snapshot) -> str | None:
+        return self.context.node_name or snapshot.node_name
+
     def wanted(
         self, snapshot: Snapshot, services: frozenset[str] | None = None
-    ) -> tuple[list[Listen], dict[str, tuple[tuple[str, int, int, bool], ...]], dict[str, float]]:
+    ) -> tuple[list[Listen], dict[str, ServicePortInfo]]:
         listeners: list[Listen] = []
-        tables: dict[str, tuple[tuple[str, int, int, bool], ...]] = {}
-        affinity: dict[str, float] = {}
-        node = self.context.node_name or snapshot.node_name
+        tables: dict[str, ServicePortInfo] = {}
         for sp in proxied_ports(snapshot, services):
             if sp.type not in NODE_PORT_TYPES or not sp.node_port:
                 continue
             table = f"nodeport/{sp.key}"
-            tables[table] = endpoint_table(sp, "external", node)
-            if sp.session_affinity == "ClientIP":
-                affinity[table] = float(sp.affinity_timeout)
+            tables[table] = sp
             listeners.extend(Listen(a, sp.node_port, sp.protocol, table) for a in self.addresses)
-        return listeners, tables, affinity
+        return listeners, tables
 
 
 @hookimpl

@@ -276,7 +276,7 @@ def bind_listener(
     return [sock.detach() for sock in socks]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Listen:
     """One listener the frontend wants: where, and which endpoint table it serves."""
 
@@ -295,29 +295,49 @@ class ProxyFrontend(Frontend):
     services in ``changed``: their tables and listeners are rebuilt, every other one is left
     as it is, so a sync costs what changed, not what the snapshot holds. After a sync that
     failed, and after :meth:`stop`, the next sync compares everything.
+
+    What a table was last programmed from is kept as the snapshot's own
+    :class:`~lbcore.ServicePortInfo` (immutable, its endpoints shared with the snapshot), not
+    as rows built from it: a table is programmed again when its service port differs from that
+    one in any field (compared by identity first), and the rows, made only then, go to the
+    engine and are not kept.
     """
 
     extra_options: tuple[str, ...] = ()
+    #: the traffic a table's endpoints take (``lbcore.endpoints_for``)
+    traffic: Traffic = "internal"
 
     def __init__(self, options: Mapping[str, Any], context: RuntimeContext):
         super().__init__(options, context)
         self.settings = ProxyOptions.from_options(self.options, self.extra_options)
         self.engine: Any = None
         self._listeners: dict[Listen, int] = {}
-        self._tables: dict[str, tuple[Any, ...]] = {}
-        self._tables_of: dict[str, set[str]] = {}  # service -> its tables in the engine
-        self._listens_of: dict[str, set[Listen]] = {}  # table -> its listeners in the engine
+        # table -> the service port it was last programmed from (the snapshot's object)
+        self._tables: dict[str, ServicePortInfo] = {}
+        self._tables_of: dict[str, tuple[str, ...]] = {}  # service -> its tables in the engine
+        self._listens_of: dict[str, tuple[Listen, ...]] = {}  # table -> its listeners
+        self._node: str | None = None  # the node the tables were made for
         self._whole = True  # the next sync compares every service, not only ``changed``
 
     # -- what a snapshot asks for (subclasses) ---------------------------------------------
 
     def wanted(
         self, snapshot: Snapshot, services: frozenset[str] | None = None
-    ) -> tuple[list[Listen], dict[str, tuple[tuple[str, int, int, bool], ...]], dict[str, float]]:
-        """``(listeners, endpoint rows per table, affinity seconds per table)`` for the ports
-        of ``services`` (``namespace/name``), or of every service when None. A table is named
-        ``<kind>/<ServicePortInfo.key>`` (:func:`table_service` reads the service back)."""
+    ) -> tuple[list[Listen], dict[str, ServicePortInfo]]:
+        """``(listeners, the service port of each table)`` for the ports of ``services``
+        (``namespace/name``), or of every service when None. A table is named
+        ``<kind>/<ServicePortInfo.key>`` (:func:`table_service` reads the service back); its
+        rows are :meth:`rows` of its service port."""
         raise NotImplementedError
+
+    def node(self, snapshot: Snapshot) -> str | None:
+        """The node whose view of the endpoints the tables take (``Local`` policies)."""
+        return snapshot.node_name
+
+    def rows(self, sp: ServicePortInfo, node: str | None) -> tuple[tuple[str, int, int, bool], ...]:
+        """The ``(ip, port, weight, pickable)`` rows of ``sp``'s table (:func:`endpoint_table`
+        for this frontend's kind of traffic)."""
+        return endpoint_table(sp, self.traffic, node)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -336,35 +356,57 @@ class ProxyFrontend(Frontend):
         if self.engine is None:
             self.start()
         whole, self._whole = self._whole, True  # until this sync has worked
+        node = self.node(snapshot)
+        same_node = node == self._node
+        if not same_node:  # every table is made again for another node (or the first time)
+            whole = True
         scope = None if whole else changed
-        listeners, tables, affinity = self.wanted(snapshot, scope)
+        listeners, tables = self.wanted(snapshot, scope)
         if scope is None:
             held_tables = set(self._tables)
         else:
             held_tables = {t for service in scope for t in self._tables_of.get(service, ())}
         held_listens = {lst for t in held_tables for lst in self._listens_of.get(t, ())}
         opts = self.settings
-        for table, rows in tables.items():
-            state = (rows, affinity.get(table, 0.0))
-            if self._tables.get(table) != state:
-                self.engine.set_service(
-                    table,
-                    list(rows),
-                    opts.algorithm,
-                    state[1],
-                    opts.affinity_capacity,
-                    dict(opts.algorithm_options),
-                    opts.hash_key,
-                )
-                self._tables[table] = state
-                self._tables_of.setdefault(table_service(table), set()).add(table)
+        serving: set[str] = set()  # the tables with an endpoint that takes new connections
+        for table, sp in tables.items():
+            held = self._tables.get(table)
+            if held is not None and same_node and (held is sp or held == sp):
+                if held is not sp:  # the snapshot's object from now on, not the previous one
+                    self._tables[table] = sp
+                if endpoints_for(sp, self.traffic, node):
+                    serving.add(table)
+                continue
+            rows = self.rows(sp, node)
+            self.engine.set_service(
+                table,
+                list(rows),
+                opts.algorithm,
+                float(sp.affinity_timeout) if sp.session_affinity == "ClientIP" else 0.0,
+                opts.affinity_capacity,
+                dict(opts.algorithm_options),
+                opts.hash_key,
+            )
+            self._tables[table] = sp
+            if held is None:
+                service = table_service(table)
+                self._tables_of[service] = (*self._tables_of.get(service, ()), table)
+            if any(row[3] for row in rows):
+                serving.add(table)
+        self._node = node  # every table in scope is now made for it
         # a port with no endpoint to take a new connection is not listened on, so clients are
         # refused as kube-proxy refuses them: TCP gets ECONNREFUSED, UDP an ICMP port unreachable
-        listeners = [lst for lst in listeners if any(row[3] for row in tables.get(lst.table, ()))]
+        listeners = [lst for lst in listeners if lst.table in serving]
         wanted = set(listeners)
-        for listen in held_listens - wanted:
+        gone = held_listens - wanted
+        for listen in gone:
             self.engine.remove_listener(self._listeners.pop(listen))
-            self._listens_of[listen.table].discard(listen)
+        for table in {listen.table for listen in gone}:
+            kept = tuple(lst for lst in self._listens_of[table] if lst not in gone)
+            if kept:
+                self._listens_of[table] = kept
+            else:
+                del self._listens_of[table]
         failures = []
         bound: list[tuple[Listen, list[int]]] = []
         for listen in listeners:
@@ -390,14 +432,16 @@ class ProxyFrontend(Frontend):
             for listen, fds in bound])
         for (listen, _fds), ident in zip(bound, ids, strict=True):
             self._listeners[listen] = ident
-            self._listens_of.setdefault(listen.table, set()).add(listen)
+            self._listens_of[listen.table] = (*self._listens_of.get(listen.table, ()), listen)
         for table in held_tables - tables.keys():
             self.engine.remove_service(table)
             del self._tables[table]
             self._listens_of.pop(table, None)
             service = table_service(table)
-            self._tables_of[service].discard(table)
-            if not self._tables_of[service]:
+            others = tuple(t for t in self._tables_of[service] if t != table)
+            if others:
+                self._tables_of[service] = others
+            else:
                 del self._tables_of[service]
         if failures:
             self.context.log.error("%s: cannot listen on %s", self.name, "; ".join(failures))
@@ -415,6 +459,7 @@ class ProxyFrontend(Frontend):
         self._tables.clear()
         self._tables_of.clear()
         self._listens_of.clear()
+        self._node = None
         self._whole = True
 
     # -- introspection -----------------------------------------------------------------------
@@ -473,20 +518,17 @@ class SocketFrontend(ProxyFrontend):
 
     def wanted(
         self, snapshot: Snapshot, services: frozenset[str] | None = None
-    ) -> tuple[list[Listen], dict[str, tuple[tuple[str, int, int, bool], ...]], dict[str, float]]:
+    ) -> tuple[list[Listen], dict[str, ServicePortInfo]]:
         listeners: list[Listen] = []
-        tables: dict[str, tuple[tuple[str, int, int, bool], ...]] = {}
-        affinity: dict[str, float] = {}
+        tables: dict[str, ServicePortInfo] = {}
         for sp in proxied_ports(snapshot, services):
             ips = [ip for ip in sp.cluster_ips if ip and ip != "None"]
             if not ips:
                 continue
             table = f"cluster/{sp.key}"
-            tables[table] = endpoint_table(sp, "internal", snapshot.node_name)
-            if sp.session_affinity == "ClientIP":
-                affinity[table] = float(sp.affinity_timeout)
+            tables[table] = sp
             listeners.extend(Listen(ip, sp.port, sp.protocol, table) for ip in ips)
-        return listeners, tables, affinity
+        return listeners, tables
 
 
 @hookimpl

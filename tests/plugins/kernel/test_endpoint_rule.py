@@ -56,8 +56,11 @@ def picker_answer(sp: ServicePortInfo, traffic: str) -> set[str]:
 def socket_answer(sp: ServicePortInfo, traffic: str) -> set[str]:
     cls = SocketFrontend if traffic == "internal" else NodePortFrontend
     options = {} if traffic == "internal" else {"addresses": [NODE_IP]}
-    _, tables, _ = cls(options, RuntimeContext(node_name=NODE)).wanted(snap(sp, node_name=NODE))
-    (rows,) = tables.values()
+    frontend = cls(options, RuntimeContext(node_name=NODE))
+    snapshot = snap(sp, node_name=NODE)
+    _, tables = frontend.wanted(snapshot)
+    (table_sp,) = tables.values()
+    rows = frontend.rows(table_sp, frontend.node(snapshot))
     return {f"{ip}:{port}" for ip, port, _, pickable in rows if pickable}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import gc
 import hashlib
 import os
 import shutil
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import threading
 import time
+import types
 
 import pytest
 from lbcore_plugins import socket_frontend
@@ -721,6 +723,87 @@ def test_after_a_failed_sync_the_next_one_compares_every_service(backends, make_
     fe.sync(snapshot(service_port("alpha", [b.endpoint()], ip=ip_a),
                      service_port("beta", [b.endpoint()], ip=ip_b), version=3), frozenset())
     assert (tag_of((ip_a, 8080)), tag_of((ip_b, 8080))) == ("B", "B")
+
+
+def test_an_endpoint_changed_in_one_field_only_is_programmed_again(backends, make_frontend):
+    a, b = backends("A"), backends("B")
+    ip = cluster_ip()
+    fe = make_frontend(algorithm="weighted_round_robin")
+    fe.sync(snapshot(service_port("web", [a.endpoint(), b.endpoint()], ip=ip)), frozenset())
+    assert collections.Counter(tag_of((ip, 8080)) for _ in range(40)) == {"A": 20, "B": 20}
+    # the same addresses, one weight differs: a new snapshot's endpoints, compared by value
+    fe.sync(snapshot(service_port("web", [a.endpoint(weight=3), b.endpoint()], ip=ip),
+                     version=2), frozenset({"default/web"}))
+    assert collections.Counter(tag_of((ip, 8080)) for _ in range(40)) == {"A": 30, "B": 10}
+
+
+def test_a_service_port_rebuilt_equal_is_not_programmed_again(backends, make_frontend):
+    a, b = backends("A"), backends("B")
+    ip = cluster_ip()
+    fe = make_frontend()
+    fe.sync(snapshot(service_port("web", [a.endpoint(), b.endpoint()], ip=ip)), frozenset())
+    counting = fe.engine = CountingEngine(fe.engine)
+    # new objects, equal in every field: named changed, and after a failed sync (every table
+    # compared), neither programs the table again, and the listener stays
+    rebuilt = snapshot(service_port("web", [a.endpoint(), b.endpoint()], ip=ip), version=2)
+    fe.sync(rebuilt, frozenset({"default/web"}))
+    fe._whole = True
+    fe.sync(rebuilt, frozenset())
+    assert counting.set_services == []
+    assert {tag_of((ip, 8080)) for _ in range(4)} == {"A", "B"}
+    # a field beside the endpoints that the table takes (affinity) programs it again
+    fe.sync(snapshot(service_port("web", [a.endpoint(), b.endpoint()], ip=ip,
+                                  session_affinity="ClientIP"), version=3),
+            frozenset({"default/web"}))
+    assert counting.set_services == ["cluster/default/web:"]
+    assert len({tag_of((ip, 8080)) for _ in range(8)}) == 1
+
+
+def test_another_node_programs_every_table_again(backends, make_frontend):
+    a, b = backends("A"), backends("B")
+    ip = cluster_ip()
+    sp = service_port("web", [a.endpoint(node_name="node-a"), b.endpoint(node_name="node-b")],
+                      ip=ip, internal_traffic_policy="Local")
+    fe = make_frontend()
+    fe.sync(snapshot(sp, node="node-a"), frozenset())
+    assert {tag_of((ip, 8080)) for _ in range(4)} == {"A"}
+    # the same service port object, nothing named changed: the node alone changes the table
+    fe.sync(snapshot(sp, version=2, node="node-b"), frozenset())
+    assert {tag_of((ip, 8080)) for _ in range(4)} == {"B"}
+
+
+def reached_beyond(root: object, shared: object) -> int:
+    """How many objects ``root`` reaches (not through modules, classes or functions) that
+    ``shared`` does not."""
+    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType,
+            types.MethodType, types.CodeType, types.FrameType)
+
+    def walk(start: object, seen: set[int]) -> set[int]:
+        stack = [start]
+        while stack:
+            obj = stack.pop()
+            if id(obj) in seen or isinstance(obj, skip):
+                continue
+            seen.add(id(obj))
+            stack.extend(gc.get_referents(obj))
+        return seen
+
+    held = walk(shared, set())
+    return len(walk(root, set(held))) - len(held)
+
+
+def test_the_frontend_keeps_no_copy_of_the_snapshots_endpoints(make_frontend):
+    """What the frontend and its engine keep per endpoint, beyond the snapshot's own objects:
+    the balancer's name of it (``ip:port`` bytes) and nothing else, no row or record."""
+    reached = {}
+    for n in (20, 120):
+        eps = [EndpointInfo(f"127.66.{k // 200}.{k % 200 + 1}", 8080) for k in range(n)]
+        snap = snapshot(service_port("web", eps))
+        fe = make_frontend()
+        fe.sync(snap, frozenset())
+        reached[n] = reached_beyond(fe, snap)
+        fe.stop()
+    assert (reached[120] - reached[20]) / 100 <= 1, reached
 
 
 def test_ten_thousand_connections_leak_no_file_descriptor(backends, make_frontend):
