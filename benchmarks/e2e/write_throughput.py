@@ -147,7 +147,8 @@ def write_body(kind: str, n: int, unique: str) -> bytes:
     and is no write to count), or the readiness of pass ``n`` over the pods."""
     if kind == "labels":
         return b'{"metadata":{"labels":{"bench-rev":"%s"}}}' % unique.encode()
-    status = b"True" if n % 2 == 0 else b"False"
+    # the seed's pods are ready: the first pass turns them not ready, so every write changes one
+    status = b"False" if n % 2 == 0 else b"True"
     return b'{"status":{"conditions":[{"type":"Ready","status":"%s"}]}}' % status
 
 
@@ -175,7 +176,11 @@ async def load(url: str, clients: int, services: int, kind: str, seconds: float,
                 pod = f"{service_name(i % services)}-{done % PODS_PER_SERVICE}"
                 body = write_body(kind, done // (per_client * PODS_PER_SERVICE),
                                   f"{run}-{c}-{done}")
-                request = patch_request(host_port, f"/api/v1/namespaces/default/pods/{pod}", body)
+                # readiness is the pod's status: written through its subresource, as a kubelet
+                # writes it (the main resource keeps the stored status: nothing would change)
+                path = f"/api/v1/namespaces/default/pods/{pod}" + (
+                    "/status" if kind == "readiness" else "")
+                request = patch_request(host_port, path, body)
                 sent = time.monotonic()
                 status, data = await http_request(reader, writer, request)
                 now = time.monotonic()

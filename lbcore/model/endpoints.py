@@ -19,10 +19,14 @@ after, and work per service is proportional to that one pod, not to the service'
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from socket import AF_INET, AF_INET6, inet_pton
-from typing import Any
+from typing import Any, NamedTuple
+
+import orjson
 
 from lbcore.core._selectors import SelectorIndex, selector_from_map
 from lbcore.model.objects import (
@@ -44,7 +48,9 @@ __all__ = [
     "SKIP_MIRROR_LABEL",
     "EndpointTracker",
     "PortEndpoints",
+    "StoredSlice",
     "endpoint_fields",
+    "endpoints_digest",
     "endpoints_from_endpoints_object",
     "endpoints_from_pods",
     "endpoints_from_slices",
@@ -53,6 +59,7 @@ __all__ = [
     "pod_endpoints",
     "reconcile_endpoint_slices",
     "resolve_target_port",
+    "slice_digest",
     "wants_endpoints",
 ]
 
@@ -533,10 +540,10 @@ def _slice_ports(ports: tuple[tuple[str, int, str, str | None], ...]) -> list[di
     return out
 
 
-def _group_of(body: Mapping[str, Any]) -> _SliceGroup:
-    ports = tuple((p.get("name") or "", int(p.get("port") or 0), p.get("protocol") or "TCP",
-                   p.get("appProtocol")) for p in body.get("ports") or [])
-    return str(body.get("addressType") or "IPv4"), ports
+def _group_of(stored: EndpointSlice) -> _SliceGroup:
+    ports = tuple((p.name or "", int(p.port or 0), p.protocol or "TCP", p.app_protocol)
+                  for p in stored.ports)
+    return str(stored.address_type or "IPv4"), ports
 
 
 def _managed_labels(service: Service, base: Mapping[str, str] | None = None,
@@ -583,37 +590,87 @@ def _slice_body(service: Service, group: _SliceGroup, endpoints: Iterable[dict[s
             "ports": _slice_ports(group[1])}
 
 
-def _same_slice(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    ma, mb = a.get("metadata") or {}, b.get("metadata") or {}
-    return (a.get("addressType") == b.get("addressType")
-            and (a.get("endpoints") or []) == (b.get("endpoints") or [])
-            and (a.get("ports") or []) == (b.get("ports") or [])
-            and (ma.get("labels") or {}) == (mb.get("labels") or {})
-            and (ma.get("ownerReferences") or []) == (mb.get("ownerReferences") or []))
+def _digest(fields: Any) -> bytes:
+    """A digest of JSON-shaped ``fields`` (keys sorted): equal digests, equal fields. Their
+    canonical text is stricter than ``==`` (``1`` is not ``true`` nor ``1.0`` there, and what
+    orjson refuses, an integer beyond 64 bits, is written by the standard library): at worst
+    a write that changes nothing, never a change left unwritten."""
+    try:
+        text = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # orjson.JSONEncodeError
+        text = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.blake2b(text, digest_size=16).digest()
+
+
+def slice_digest(body: Mapping[str, Any]) -> bytes:
+    """What a reconcile compares of an EndpointSlice, as a digest: its address type,
+    endpoints, ports, labels and owner references; two slices with the same digest need no
+    write from one to the other (the rest of the metadata is the API server's). A controller
+    keeps it beside the parsed slice (:class:`StoredSlice`), not the slice's text."""
+    meta = body.get("metadata") or {}
+    return _digest((body.get("addressType"), body.get("endpoints") or [],
+                    body.get("ports") or [], meta.get("labels") or {},
+                    meta.get("ownerReferences") or []))
+
+
+def endpoints_digest(body: Mapping[str, Any]) -> bytes:
+    """What a reconcile compares of a v1 Endpoints object, as a digest: its subsets, labels
+    and annotations (as :func:`slice_digest` for a slice)."""
+    meta = body.get("metadata") or {}
+    return _digest((body.get("subsets") or [], meta.get("labels") or {},
+                    meta.get("annotations") or {}))
+
+
+class StoredSlice(NamedTuple):
+    """A stored EndpointSlice as the reconcilers read it: the slice as parsed, whose fields
+    give its address type, ports and endpoints' addresses, and :func:`slice_digest` of its
+    body, computed once per stored version. The body itself (``raw``) is read only for a
+    slice that is rewritten: the text of 10,000 slices is neither kept nor read at each
+    reconcile."""
+
+    slice: EndpointSlice
+    digest: bytes
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> StoredSlice:
+        """A slice as stored (admitted and defaulted), read from its dict."""
+        return cls(EndpointSlice.from_server(dict(body)), slice_digest(body))
+
+    def body(self) -> Mapping[str, Any]:
+        """The slice as stored (read from its store when the parsed slice keeps no text)."""
+        return self.slice.raw
+
+
+# what a reconciler is given of the slices stored, and what it deletes of them (as given)
+_Existing = Mapping[str, Any] | StoredSlice
+_Writes = tuple[list[dict[str, Any]], list[dict[str, Any]], list[_Existing]]
 
 
 def reconcile_endpoint_slices(
-    service: Service, pods: Iterable[Pod], existing: Iterable[Mapping[str, Any]],
+    service: Service, pods: Iterable[Pod], existing: Iterable[_Existing],
     max_endpoints: int = MAX_ENDPOINTS_PER_SLICE,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """The EndpointSlice writes that bring a service's managed slices (``existing``, as stored)
-    to what its selected ``pods`` make: ``(create, update, delete)``.
+) -> _Writes:
+    """The EndpointSlice writes that bring a service's managed slices (``existing``, each as
+    stored or as a :class:`StoredSlice`) to what its selected ``pods`` make:
+    ``(create, update, delete)``.
 
     As Kubernetes' reconciler: endpoints are grouped by address type and by their resolved
     ports; an endpoint stays in the slice that holds it, changed ones are rewritten in place,
     new ones fill slices that are rewritten anyway, then one existing slice with room, then new
     slices of at most ``max_endpoints``; a slice left empty is deleted; a service with no
     endpoint keeps one empty slice per address type (the placeholder), with no ports.
-    Slices to create have ``metadata.generateName``; the others carry their stored metadata.
+    Slices to create have ``metadata.generateName``; the others carry their stored metadata;
+    those to delete are the entries of ``existing``. A slice is compared by its
+    :func:`slice_digest`: only one that is rewritten has its body read.
     """
     return _reconcile(service, _slice_endpoints(service, pods), existing, max_endpoints,
                       _managed_labels(service), placeholder=True)
 
 
 def mirror_endpoint_slices(
-    service: Service, endpoints: Endpoints, existing: Iterable[Mapping[str, Any]],
+    service: Service, endpoints: Endpoints, existing: Iterable[_Existing],
     max_endpoints: int = MAX_ENDPOINTS_PER_SLICE,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+) -> _Writes:
     """The writes that bring the slices mirrored from a user's ``Endpoints`` of a service
     without selector to it, as Kubernetes' EndpointSliceMirroring controller: ``addresses``
     ready, ``notReadyAddresses`` not, the Endpoints' labels, ``managed-by`` the mirroring
@@ -635,55 +692,63 @@ def mirror_endpoint_slices(
     return _reconcile(service, desired, existing, max_endpoints, labels, placeholder=False)
 
 
+def _holds(service: Service, group: _SliceGroup, eps: Iterable[dict[str, Any]],
+           stored: StoredSlice, labels: dict[str, str]) -> bool:
+    """Whether ``stored`` is what the slice of ``eps`` would be written as (by digest)."""
+    return slice_digest(_slice_body(service, group, eps, None, labels)) == stored.digest
+
+
 def _reconcile(
     service: Service, desired: dict[_SliceGroup, dict[str, dict[str, Any]]],
-    existing: Iterable[Mapping[str, Any]], max_endpoints: int, labels: dict[str, str],
+    existing: Iterable[_Existing], max_endpoints: int, labels: dict[str, str],
     placeholder: bool,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+) -> _Writes:
     create: list[dict[str, Any]] = []
     update: list[dict[str, Any]] = []
-    empties: list[Mapping[str, Any]] = []  # stored slices left without an endpoint
-    by_group: dict[_SliceGroup, list[Mapping[str, Any]]] = {}
-    for body in existing:
-        by_group.setdefault(_group_of(body), []).append(body)
+    empties: list[tuple[StoredSlice, _Existing]] = []  # stored slices left without an endpoint
+    by_group: dict[_SliceGroup, list[tuple[StoredSlice, _Existing]]] = {}
+    for given in existing:
+        stored = given if isinstance(given, StoredSlice) else StoredSlice.of(given)
+        by_group.setdefault(_group_of(stored.slice), []).append((stored, given))
     kept = 0
     for group, slices in by_group.items():
         wanted = desired.get(group, {})
-        changed: list[tuple[Mapping[str, Any], list[dict[str, Any]]]] = []
-        unchanged: list[tuple[Mapping[str, Any], list[dict[str, Any]]]] = []
-        for body in slices:
+        # (the stored slice, as given, its endpoints)
+        changed: list[tuple[StoredSlice, _Existing, list[dict[str, Any]]]] = []
+        unchanged: list[tuple[StoredSlice, _Existing, list[dict[str, Any]]]] = []
+        for stored, given in slices:
             eps = []
-            for ep in body.get("endpoints") or []:
-                ip = (ep.get("addresses") or [None])[0]
+            for ep in stored.slice.endpoints:
+                ip = ep.addresses[0] if ep.addresses else None
                 if ip in wanted:
                     eps.append(wanted.pop(ip))
-            target = _slice_body(service, group, eps, body, labels)
-            (unchanged if _same_slice(target, body) else changed).append((body, eps))
+            same = _holds(service, group, eps, stored, labels)
+            (unchanged if same else changed).append((stored, given, eps))
         # new endpoints: slices being rewritten anyway, then one unchanged slice with room
         rest = list(wanted.values())
-        for _, eps in changed:
+        for _, _, eps in changed:
             while rest and len(eps) < max_endpoints:
                 eps.append(rest.pop())
         if rest:
-            roomy = sorted((u for u in unchanged if max_endpoints - len(u[1]) >= len(rest)),
-                           key=lambda u: -len(u[1]))
+            roomy = sorted((u for u in unchanged if max_endpoints - len(u[2]) >= len(rest)),
+                           key=lambda u: -len(u[2]))
             if roomy:
                 unchanged.remove(roomy[0])
-                roomy[0][1].extend(rest)
+                roomy[0][2].extend(rest)
                 changed.append(roomy[0])
                 rest = []
         desired[group] = {ep["addresses"][0]: ep for ep in rest}
-        for body, eps in changed:
+        for stored, given, eps in changed:
             if eps:
-                update.append(_slice_body(service, group, eps, body, labels))
+                update.append(_slice_body(service, group, eps, stored.body(), labels))
                 kept += 1
             else:
-                empties.append(body)
-        for body, eps in unchanged:
+                empties.append((stored, given))
+        for stored, given, eps in unchanged:
             if eps:
                 kept += 1
             else:
-                empties.append(body)
+                empties.append((stored, given))
     for group, wanted in desired.items():
         rest = _ordered_endpoints(wanted.values())
         for i in range(0, len(rest), max_endpoints):
@@ -692,15 +757,14 @@ def _reconcile(
         # no endpoint at all: one empty slice per address type (an existing empty one if any)
         for family in _address_families(service):
             empty: _SliceGroup = (family, ())
-            reuse = next((b for b in empties if _group_of(b)[0] == family), None)
+            reuse = next((e for e in empties if _group_of(e[0].slice)[0] == family), None)
             if reuse is None:
                 create.append(_slice_body(service, empty, (), None, labels))
                 continue
             empties.remove(reuse)
-            body = _slice_body(service, empty, (), reuse, labels)
-            if not _same_slice(body, reuse):
-                update.append(body)
-    delete = [dict(b) for b in empties]
+            if not _holds(service, empty, (), reuse[0], labels):
+                update.append(_slice_body(service, empty, (), reuse[0].body(), labels))
+    delete = [given for _, given in empties]
     return create, update, delete
 
 

@@ -563,6 +563,7 @@ class EndpointPort:
     name: str
     port: int | None
     protocol: str
+    app_protocol: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -579,7 +580,8 @@ class SliceEndpoint:
 
 
 def _ports(entries: Any) -> tuple[EndpointPort, ...]:
-    return tuple(EndpointPort(p.get("name") or "", p.get("port"), p.get("protocol", "TCP"))
+    return tuple(EndpointPort(p.get("name") or "", p.get("port"), p.get("protocol", "TCP"),
+                              _interned(p.get("appProtocol")))
                  for p in entries or [] if isinstance(p, Mapping))
 
 

@@ -24,7 +24,11 @@ How it runs:
   :func:`lbcore.model.endpoints.endpoints_object` (Kubernetes' rules: ready, serving and
   terminating conditions, at most 100 endpoints per slice, a placeholder slice for a service
   without endpoints), and written through the store's normal write path, so admission runs
-  once, resourceVersions advance and watches see every change;
+  once, resourceVersions advance and watches see every change. What it holds of each stored
+  slice and Endpoints is the store's parsed object (no text) and the digest of what a
+  reconcile compares (:func:`lbcore.model.endpoints.slice_digest`, ``endpoints_digest``): a
+  reconcile that writes nothing reads nothing from the store, and one that rewrites a slice
+  reads that slice's text (for its metadata) once;
 - slices it manages carry ``endpointslice.kubernetes.io/managed-by`` and Endpoints it manages
   ``endpointslice.kubernetes.io/skip-mirror``; it never touches others, so a service without a
   selector keeps the Endpoints and EndpointSlices users write, as in Kubernetes. A managed
@@ -51,10 +55,13 @@ from lbcore.model.endpoints import (
     MAX_ENDPOINTS_PER_SLICE,
     MIRRORED_BY,
     SKIP_MIRROR_LABEL,
+    StoredSlice,
     endpoint_fields,
+    endpoints_digest,
     endpoints_object,
     mirror_endpoint_slices,
     reconcile_endpoint_slices,
+    slice_digest,
     wants_endpoints,
 )
 from lbcore.model.objects import (
@@ -115,16 +122,16 @@ def _version(obj: Mapping[str, Any] | Object) -> int:
     return int(_meta(obj).get("resourceVersion") or 0)
 
 
-# What the controller keeps of a stored EndpointSlice or Endpoints: its resourceVersion and the
-# object as the store parsed it, which ClusterState holds too (its body is compact JSON text,
-# about a sixth of the dict's size), or the dict when it cannot be parsed.
-_Kept = tuple[int, Any]
+# What the controller keeps of a stored EndpointSlice or Endpoints: its resourceVersion, the
+# object as the store parsed it, which ClusterState holds too (it keeps no text: the store reads
+# it when asked), or the dict when it cannot be parsed, and the digest of what a reconcile
+# compares of it (slice_digest, endpoints_digest): a reconcile that writes nothing reads no text.
+_Kept = tuple[int, Any, bytes]
 
 
-def _body(kept: _Kept) -> Mapping[str, Any]:
-    """The stored dict of a kept object (decoded from its JSON text: only for a write)."""
+def _name(kept: _Kept) -> str:
     obj = kept[1]
-    return obj.raw if isinstance(obj, EndpointSlice | Endpoints) else obj
+    return obj.name if isinstance(obj, Object) else str(_meta(obj).get("name") or "")
 
 
 def _labels(kept: _Kept) -> Mapping[str, str]:
@@ -259,10 +266,21 @@ class EndpointsController:
                 self._dirty.add(key)
 
     def _kept(self, obj: Mapping[str, Any] | Object) -> _Kept:
+        """What to keep of a stored slice or Endpoints: the digest comes from the dict when
+        the store gave one (a commit, a write), else from the text of the parsed object's
+        version (a list)."""
         try:
-            return _version(obj), self.store.parse(obj)
+            parsed: Any = self.store.parse(obj)
         except ValidationError:
-            return _version(obj), obj
+            parsed = obj
+        try:
+            body = obj.raw if isinstance(obj, Object) else obj
+        except NotFound:
+            # that version went from the store since the list: the commit of the one that
+            # replaced it follows; until then, compared as unknown
+            return _version(obj), parsed, b""
+        digest = slice_digest if _identity(obj)[0] == "EndpointSlice" else endpoints_digest
+        return _version(obj), parsed, digest(body)
 
     def _parse(self, obj: Mapping[str, Any] | Object) -> Any:
         try:
@@ -353,17 +371,23 @@ class EndpointsController:
             service, parsed, existing, self.max_endpoints_per_slice))
 
     def _write_slices(self, key: str, managed_by: str, plan: Callable[
-            [list[Mapping[str, Any]]], tuple[list[dict[str, Any]], ...]]) -> None:
+            [list[StoredSlice]], tuple[list[Any], ...]]) -> None:
         """Write what ``plan`` says for the slices ``managed_by`` holds; delete the slices the
         other manager of this controller left (a service that gained or lost its selector)."""
-        mine: list[Mapping[str, Any]] = []
-        others: list[Mapping[str, Any]] = []
+        mine: list[StoredSlice] = []
+        others: list[str] = []
         for kept in self._slices.get(key, {}).values():
-            is_mine = _labels(kept).get(MANAGED_BY_LABEL) == managed_by
-            (mine if is_mine else others).append(_body(kept))
+            if (isinstance(kept[1], EndpointSlice)
+                    and _labels(kept).get(MANAGED_BY_LABEL) == managed_by):
+                mine.append(StoredSlice(kept[1], kept[2]))
+            else:  # the other manager's, or one that cannot be read: written anew
+                others.append(_name(kept))
         create, update, delete = plan(mine)
-        for body in [*others, *delete]:
-            self._delete_slice(key, body)
+        for stale in delete:
+            assert isinstance(stale, StoredSlice)  # as given
+            others.append(stale.slice.name)
+        for name in others:
+            self._delete_slice(key, name)
         for body in update:
             self._write_slice(key, self.store.update(body))
         for body in create:
@@ -373,14 +397,12 @@ class EndpointsController:
         self.writes += 1
         self._slices[key][stored["metadata"]["name"]] = self._kept(stored)
 
-    def _delete_slice(self, key: str, body: Mapping[str, Any]) -> None:
-        meta = _meta(body)
-        name = str(meta.get("name"))
+    def _delete_slice(self, key: str, name: str) -> None:
         self._slices[key].pop(name, None)
         if not self._slices[key]:
             del self._slices[key]
         try:
-            self.store.delete("EndpointSlice", str(meta.get("namespace")), name)
+            self.store.delete("EndpointSlice", key.partition("/")[0], name)
             self.writes += 1
         except NotFound:
             pass
@@ -388,14 +410,9 @@ class EndpointsController:
     def _write_endpoints(self, key: str, desired: dict[str, Any]) -> None:
         kept = self._endpoints.get(key)
         if kept is not None:
-            stored = _body(kept)
-            meta = _meta(stored)
-            if ((stored.get("subsets") or []) == (desired.get("subsets") or [])
-                    and (meta.get("labels") or {}) == desired["metadata"]["labels"]
-                    and (meta.get("annotations") or {}) == desired["metadata"].get(
-                        "annotations", {})):
+            if endpoints_digest(desired) == kept[2]:
                 return
-            desired["metadata"]["resourceVersion"] = meta.get("resourceVersion")
+            desired["metadata"]["resourceVersion"] = str(kept[0])
             written = self.store.update(desired)
         else:
             written = self.store.create(desired)
@@ -405,7 +422,7 @@ class EndpointsController:
     def _remove(self, key: str) -> None:
         """The service is gone or has no selector: delete what this controller wrote for it."""
         for kept in list(self._slices.get(key, {}).values()):
-            self._delete_slice(key, _body(kept))
+            self._delete_slice(key, _name(kept))
         stored = self._endpoints.get(key)
         if stored is not None and _managed_endpoints(stored):
             namespace, _, name = key.partition("/")

@@ -352,11 +352,6 @@ def _own(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 # how many objects' committed texts (besides the namespaces') the store keeps for its reads
 RECENT_TEXTS = 1024
-# the kinds whose parsed objects (parse()) keep their JSON text: the endpoints controller
-# compares its slices and Endpoints with what it would write at every reconcile of their
-# service; the others read theirs from the store when asked (StoredText): nothing the daemon
-# runs reads a pod's or a service's text, 0.5 kB each that 100,000 pods would keep
-KEPT_TEXTS = frozenset({"EndpointSlice", "Endpoints"})
 # the namespaces every cluster has; the first three cannot be deleted, as in Kubernetes
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 UNDELETABLE_NAMESPACES = ("default", "kube-system", "kube-public")
@@ -411,7 +406,7 @@ class Store:
         # the committed text of objects read or written lately (a PATCH reads its object twice,
         # and every write into a namespace reads the namespace): every Namespace, and the
         # last RECENT_TEXTS others; each entry is replaced or dropped by the commit that changes it
-        # (resourceVersion, text), which Store.parse also takes rather than encode the object
+        # (resourceVersion, text), which the parsed objects' raw reads first (StoredText)
         self._namespace_texts: dict[str, tuple[int, str]] = {}
         self._recent_texts: dict[tuple[str, str, str], tuple[int, str]] = {}
         # (kind, namespace, name) -> the object parsed (it knows its resourceVersion): parse()
@@ -1014,8 +1009,8 @@ class Store:
         For the readers of every object at start (the endpoints controller and the local
         source): they get the same parsed objects (one per version, as :meth:`parse` gives),
         and nobody holds the decoded dicts. A row is decoded only when its version is not
-        parsed yet, and its dict is dropped as soon as it is parsed (the row's text is the
-        object's ``body``), so that a start over 130,000 objects holds one dict at a time
+        parsed yet, and its dict is dropped as soon as it is parsed (the object keeps no text:
+        its ``raw`` reads the row when asked), so that a start over 130,000 objects holds one dict at a time
         rather than all of them (about 5 kB each) while it builds what it keeps: those
         dicts, freed afterwards, left Python's allocator about 400 MB of free blocks scattered
         among the kept objects, which it never gave back."""
@@ -1031,7 +1026,7 @@ class Store:
                     continue
                 obj = jsontext.loads(text)
                 try:
-                    items.append(self._parse(obj, text))
+                    items.append(self._parse(obj))
                 except ValidationError:
                     items.append(obj)
             return items, str(revision)
@@ -1051,7 +1046,7 @@ class Store:
             return obj
         return self._parse(obj)
 
-    def _parse(self, obj: Mapping[str, Any], text: str | None = None) -> Object:
+    def _parse(self, obj: Mapping[str, Any]) -> Object:
         meta = obj.get("metadata")
         meta = meta if isinstance(meta, Mapping) else {}
         version = str(meta.get("resourceVersion") or "")
@@ -1060,12 +1055,10 @@ class Store:
         known = self._parsed.get(key)
         if known is not None and version and known.resource_version == version:
             return known
-        if text is None:
-            # the text the store committed this version as, when it still has it
-            committed = self._committed_text((key[0], str(meta.get("namespace") or ""), key[2]))
-            if committed is not None and str(committed[0]) == version:
-                text = committed[1]
-        parsed = parse_stored(obj, text, None if key[0] in KEPT_TEXTS else self._stored_text)
+        # no text kept beside the fields: the store reads it when asked (StoredText). Nothing
+        # the daemon runs reads a pod's or a service's; the endpoints controller compares its
+        # slices and Endpoints by digest, and reads a slice's text only to rewrite it
+        parsed = parse_stored(obj, stored=self._stored_text)
         if version:
             self._parsed[key] = parsed
         return parsed

@@ -721,18 +721,30 @@ def endpoints(name: str, ip: str = "10.0.0.1") -> dict[str, Any]:
             "subsets": [{"addresses": [{"ip": ip}], "ports": [{"port": 80}]}]}
 
 
-def test_parse_keeps_the_text_the_store_committed_rather_than_encoding_again(store):
-    # Endpoints and EndpointSlices keep their text (the endpoints controller reads them often)
-    created = store.create(endpoints("p"))
-    committed = store._recent_texts[("Endpoints", "default", "p")]
-    assert committed[0] == int(created["metadata"]["resourceVersion"])
-    parsed = store.parse(created)
-    assert parsed.body is committed[1]
-    assert parsed.raw == created
-    # a version the store no longer remembers the text of is encoded from the object
-    stale = {**created, "metadata": {**created["metadata"], "resourceVersion": "999"}}
-    other = store.parse(stale)
-    assert other.body is not committed[1] and other.raw == stale
+def endpoint_slice(name: str, ip: str = "10.0.0.1") -> dict[str, Any]:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4", "endpoints": [{"addresses": [ip]}],
+            "ports": [{"port": 80, "appProtocol": "http"}]}
+
+
+@pytest.mark.parametrize("make", [endpoints, endpoint_slice])
+def test_parsed_endpoints_and_slices_keep_no_text_and_read_their_own_version(tmp_path, make):
+    with Store(tmp_path / "s.db", history=10) as store:
+        created = store.create(make("p"))
+        parsed = store.parse(created)
+        assert isinstance(parsed.body, StoredText)  # fields only, as pods and services
+        assert parsed.raw == created  # the text the store committed, still remembered
+        store._recent_texts.clear()
+        assert parsed.raw == created  # from its row
+        changed = make("p", ip="10.0.0.2")
+        changed["metadata"]["resourceVersion"] = created["metadata"]["resourceVersion"]
+        updated = store.update(changed)
+        newer = store.parse(updated)
+        store._recent_texts.clear()
+        assert parsed.raw == created  # from the history: its row holds the newer version
+        assert newer.raw == updated and newer is not parsed
 
 
 def test_committed_json_is_the_text_of_the_version_committed_and_the_history_reuses_it(store):

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from lbcore.model.endpoints import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    StoredSlice,
     endpoints_object,
     reconcile_endpoint_slices,
+    slice_digest,
     wants_endpoints,
 )
-from lbcore.model.objects import Pod, Service
+from lbcore.model.objects import Pod, Service, StoredText, parse_stored
 
 
 def svc(**spec: Any) -> Service:
@@ -183,3 +186,57 @@ def test_endpoints_of_a_service_without_selector_are_mirrored_into_slices() -> N
         {"addresses": ["10.0.0.2"], "conditions": {"ready": True}, "nodeName": "n1"}]
     empty = Endpoints.from_dict({"kind": "Endpoints", "metadata": {"name": "web"}})
     assert mirror_endpoint_slices(service, empty, []) == ([], [], [])  # no placeholder
+
+
+def stored_slices(bodies: list[dict[str, Any]], reads: list[str]) -> list[StoredSlice]:
+    """Slices as a controller holds them: parsed, without their text (``raw`` reads it, and
+    each read is counted), with the digest of their body."""
+    texts = {b["metadata"]["name"]: json.dumps(b) for b in bodies}
+
+    def read(obj: Any) -> str:
+        reads.append(obj.name)
+        return texts[obj.name]
+
+    where = StoredText(read)
+    return [StoredSlice(parse_stored(b, stored=where), slice_digest(b)) for b in bodies]
+
+
+def test_stored_slices_are_compared_by_digest_and_read_only_when_rewritten() -> None:
+    pods = [pod(f"p{i}", f"10.0.{i // 250}.{i % 250 + 1}") for i in range(250)]
+    bodies = named(reconcile_endpoint_slices(svc(), pods, [])[0])
+    reads: list[str] = []
+    stored = stored_slices(bodies, reads)
+    assert reconcile_endpoint_slices(svc(), pods, stored) == ([], [], [])
+    assert reads == []  # nothing changed: no text read
+    # one pod less: the slice that held it is rewritten from its stored body, the others not
+    create, update, delete = reconcile_endpoint_slices(svc(), pods[1:], stored)
+    assert (create, delete) == ([], [])
+    assert reads == [bodies[0]["metadata"]["name"]]
+    assert [b["metadata"] for b in update] == [bodies[0]["metadata"]]
+    assert ips(update[0]) == ips(bodies[0])[1:]
+    # every pod gone: one slice becomes the placeholder, the others are deleted (as given)
+    create, [placeholder], delete = reconcile_endpoint_slices(svc(), [], stored)
+    assert create == [] and placeholder["endpoints"] == placeholder["ports"] == []
+    assert all(isinstance(s, StoredSlice) for s in delete)
+    assert sorted([placeholder["metadata"]["name"], *(s.slice.name for s in delete)]) == [
+        b["metadata"]["name"] for b in bodies]
+
+
+def test_a_change_the_parsed_slice_does_not_show_is_still_rewritten() -> None:
+    pods = [pod("a", "10.0.0.1")]
+    [body] = named(reconcile_endpoint_slices(svc(), pods, [])[0])
+    changed = json.loads(json.dumps(body))
+    changed["endpoints"][0]["targetRef"]["uid"] = "another"  # the parsed slice has no uid
+    assert parse_stored(changed).endpoints == parse_stored(body).endpoints
+    _, [update], _ = reconcile_endpoint_slices(svc(), pods, [changed])
+    assert update["endpoints"] == body["endpoints"]
+
+
+def test_a_slice_with_an_app_protocol_is_not_rewritten() -> None:
+    service = svc(ports=[{"name": "web", "port": 80, "targetPort": 8080, "appProtocol": "http"}])
+    pods = [pod("a", "10.0.0.1")]
+    [body] = named(reconcile_endpoint_slices(service, pods, [])[0])
+    assert body["ports"] == [{"name": "web", "port": 8080, "protocol": "TCP",
+                              "appProtocol": "http"}]
+    assert reconcile_endpoint_slices(service, pods, [body]) == ([], [], [])
+    assert reconcile_endpoint_slices(service, pods, stored_slices([body], [])) == ([], [], [])
