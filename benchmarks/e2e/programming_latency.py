@@ -339,6 +339,12 @@ class DaemonProcess:
         raise RuntimeError(f"no full sync of {services} services within {timeout:.0f} s: "
                            f"{self.output()[-3000:]}")
 
+    def wait_start_done(self, timeout: float) -> float | None:
+        """Seconds from process start to the end of the daemon's start (every list, the
+        endpoints controller's first pass: the daemon freezes what it made then), or None."""
+        done = self.wait_for_line(lambda r: r.get("msg") == "start objects frozen", timeout)
+        return None if done is None else done[0] - self.started_at
+
     def wait_ready(self, timeout: float) -> None:
         """Until ``/readyz`` answers 200 (a first sync is done; an empty one logs nothing)."""
         host, _, port = self.url.removeprefix("http://").rpartition(":")
@@ -801,9 +807,13 @@ def run_latency(frontend: str, seed: Seed, args: argparse.Namespace, workdir: Pa
         daemon.wait_started()
         at, _ = daemon.wait_full_sync(seed.services, args.start_timeout)
         result.start_seconds = at - daemon.started_at
+        # the changes measure the steady state: after the rest of the start (the lists the data
+        # path does not wait for, the endpoints controller's first pass), which a pod's change
+        # waits for (the controller writes the slice the data path reads)
+        done = daemon.wait_start_done(args.start_timeout)
         result.rss = daemon.rss()["VmRSS"]
-        log(f"  {frontend}: first full sync {result.start_seconds:.1f} s after start, "
-            f"RSS {result.rss / 2**20:.0f} MiB")
+        log(f"  {frontend}: first full sync {result.start_seconds:.1f} s after start, start done "
+            f"{'?' if done is None else f'{done:.1f}'} s after, RSS {result.rss / 2**20:.0f} MiB")
         cluster_ips = cluster_ips_of(daemon.url, probes)
         client = AdminClient(daemon.url)
         stack.callback(client.close)
@@ -876,11 +886,9 @@ def run_memory(seed: Seed, args: argparse.Namespace, workdir: Path,
         out["first_full_sync_cpu_seconds"] = record.get("cpu_seconds")
         out["rss_at_sync"] = daemon.rss()["VmRSS"]
         # the rest of the start: the lists the data path did not wait for (Endpoints, pods)
-        # and the endpoints controller's first pass; the daemon freezes what it made then
-        frozen = daemon.wait_for_line(lambda r: r.get("msg") == "start objects frozen",
-                                      args.start_timeout)
-        if frozen is not None:
-            out["start_done_seconds"] = frozen[0] - daemon.started_at
+        # and the endpoints controller's first pass
+        out["start_done_seconds"] = daemon.wait_start_done(args.start_timeout)
+        if out["start_done_seconds"] is not None:
             log(f"  start done (every list and the endpoints controller's first pass) "
                 f"{out['start_done_seconds']:.1f} s after start")
         time.sleep(args.settle)  # then steady state

@@ -332,23 +332,34 @@ class ServiceTable:
 
         Only services changed since the previous snapshot are rebuilt.
         """
+        removed = False
         for key in self._dirty:
-            for info in self._port_infos.pop(key, ()):
-                self._ports_map.pop(info.key, None)
+            old = self._port_infos.get(key, ())
             infos = self._port_infos_of(key)
+            # replaced in place: a dict that had entries removed is copied entry by entry
+            # below, 20 times slower than a compact one (6 ms at 30,000 ports, every sync)
+            for info in infos:
+                self._ports_map[info.key] = info
+            for gone in {info.key for info in old} - {info.key for info in infos}:
+                del self._ports_map[gone]
+                removed = True
             if infos:
                 self._port_infos[key] = infos
-                for info in infos:
-                    self._ports_map[info.key] = info
+            elif old:
+                del self._port_infos[key]
+                removed = True
         self._dirty.clear()
+        ports, by_service = dict(self._ports_map), dict(self._port_infos)
+        if removed:  # the copies are compact: keep them, and later copies are fast again
+            self._ports_map, self._port_infos = dict(ports), dict(by_service)
         for kind in self._unserved_changed & set(_CARRIED):
             self._carried[kind] = MappingProxyType(
                 {f"{ns}/{name}": obj for (ns, name), obj in self._objects[kind].items()})
         self._unserved_changed.clear()
         addresses = tuple(str(ipaddress.ip_address(a)) for a in node_addresses)
         return Snapshot(version=self._version,
-                        service_ports=MappingProxyType(dict(self._ports_map)),
-                        by_service=MappingProxyType(dict(self._port_infos)),
+                        service_ports=MappingProxyType(ports),
+                        by_service=MappingProxyType(by_service),
                         node_name=node_name,
                         node_addresses=addresses,
                         **{field: self._carried[kind] for kind, field in _CARRIED.items()})

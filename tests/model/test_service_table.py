@@ -76,6 +76,14 @@ def test_snapshot_ports_of_and_services_agree_with_a_scan_as_services_change(
     check(second)
     assert [sp.port_name for sp in second.ports_of("default/two")] == ["a"]
     assert "default/gone" not in second.services and "default/gone" in first.services
+    # a snapshot is never changed by later ones (the table keeps its own maps)
+    seeded.apply(service("two", ports=[{"name": "a", "port": 80}, {"name": "b", "port": 81}]))
+    seeded.apply(service("gone"))
+    third = seeded.snapshot()
+    check(third)
+    assert [sp.port_name for sp in third.ports_of("default/two")] == ["a", "b"]
+    assert [sp.port_name for sp in second.ports_of("default/two")] == ["a"]
+    assert "default/two:b" not in second.service_ports and "default/gone" not in second.services
     # a snapshot made by hand has no index: the same answers, by a scan
     by_hand = lbcore.Snapshot(service_ports=second.service_ports)
     assert by_hand.by_service is None and by_hand.services == second.services
