@@ -72,6 +72,7 @@ from lbcore.model.objects import (
     Pod,
     Service,
 )
+from lbcore.runtime import jsontext
 from lbcore.runtime.logs import event
 from lbcore.runtime.store import (
     AlreadyExists,
@@ -211,12 +212,22 @@ class EndpointsController:
             unsubscribe()
 
     def _list(self) -> None:
-        for kind in ("Service", "Pod", "Endpoints", "EndpointSlice"):
+        for kind in ("Service", "Pod"):
             items, rv = self.store.list_parsed(kind)
             self._listed_at[kind] = int(rv)
             for obj in items:
                 if not isinstance(obj, Object):  # one the store could not parse
                     obj.setdefault("kind", kind)
+                self._observe("ADDED", obj)
+        # Endpoints and slices as their texts: each is decoded once for its digest (the
+        # parsed objects, which the store's parse gives back as ClusterState holds them, keep
+        # no text), and the decoded dict dropped at once
+        for kind in ("Endpoints", "EndpointSlice"):
+            texts, rv = self.store.list_json(kind)
+            self._listed_at[kind] = int(rv)
+            for text in texts:
+                obj = jsontext.loads(text)
+                obj.setdefault("kind", kind)
                 self._observe("ADDED", obj)
 
     def _drain(self) -> None:
@@ -266,20 +277,14 @@ class EndpointsController:
                 self._dirty.add(key)
 
     def _kept(self, obj: Mapping[str, Any] | Object) -> _Kept:
-        """What to keep of a stored slice or Endpoints: the digest comes from the dict when
-        the store gave one (a commit, a write), else from the text of the parsed object's
-        version (a list)."""
+        """What to keep of a stored slice or Endpoints, from its dict (listed, committed or
+        written): the parsed object (or the dict, when it cannot be parsed) and its digest."""
         try:
             parsed: Any = self.store.parse(obj)
         except ValidationError:
             parsed = obj
-        try:
-            body = obj.raw if isinstance(obj, Object) else obj
-        except NotFound:
-            # that version went from the store since the list: the commit of the one that
-            # replaced it follows; until then, compared as unknown
-            return _version(obj), parsed, b""
-        digest = slice_digest if _identity(obj)[0] == "EndpointSlice" else endpoints_digest
+        body = obj.raw if isinstance(obj, Object) else obj  # a dict, but for a caller's object
+        digest = slice_digest if body.get("kind") == "EndpointSlice" else endpoints_digest
         return _version(obj), parsed, digest(body)
 
     def _parse(self, obj: Mapping[str, Any] | Object) -> Any:
