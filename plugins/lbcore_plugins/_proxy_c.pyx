@@ -574,7 +574,7 @@ cdef void connect_backend(Worker* w, Conn* c) noexcept nogil:
             w.counters[C_REJECTED] += 1
             conn_close(w, c, True)
             return
-        fd = socket(ep.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+        fd = socket(ep.addr.sin6_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
         if fd < 0:
             if errno == EMFILE or errno == ENFILE or errno == ENOBUFS or errno == ENOMEM:
                 out_of_descriptors(w, c.listener)
@@ -890,7 +890,7 @@ cdef Flow* flow_new(Worker* w, ListenSock* ls, sockaddr_storage* client, socklen
     if ep == NULL:
         forget_unused(w, owner)
         return NULL
-    fd = socket(ep.addr.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+    fd = socket(ep.addr.sin6_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
     if fd < 0:
         ep_release(ls.listener.svc, ep)
         forget_unused(w, owner)
@@ -1227,7 +1227,7 @@ def pipe_max_size() -> int:
 cdef str format_address(Endpoint* ep):
     cdef sockaddr_in* a4
     cdef sockaddr_in6* a6
-    if ep.addr.ss_family == AF_INET:
+    if ep.addr.sin6_family == AF_INET:
         a4 = <sockaddr_in*>&ep.addr
         return f"{ipaddress.IPv4Address((<char*>&a4.sin_addr)[:4])}:{ntohs(a4.sin_port)}"
     a6 = <sockaddr_in6*>&ep.addr

@@ -1326,7 +1326,7 @@ cdef void backend_for(HttpWorker* hw, Worker* w, HConn* c) noexcept nogil:
                 free(b)
             answer(hw, c, 503, "out of memory\n", NULL, 0)
             return
-        fd = socket(ep.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+        fd = socket(ep.addr.sin6_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
         if fd < 0:
             free(b.buf)
             free(b)
@@ -1941,7 +1941,7 @@ cdef void tunnel_connect(HttpWorker* hw, Worker* w, HConn* c) noexcept nogil:
             return
         c.picked = ep
         b = <HBack*>calloc(1, sizeof(HBack))
-        fd = socket(ep.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+        fd = socket(ep.addr.sin6_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
         if b == NULL or fd < 0:
             free(b)
             if fd >= 0:
