@@ -171,8 +171,9 @@ def holders(daemon: Any) -> list[tuple[str, Callable[[], list[Any]]]]:
             table._port_infos, table._ports_map, table._log, table._changed_at, table._carried,
             table._dirty]),
         ("snapshot", lambda: [state.snapshot]),
-        ("frontends", lambda: list(daemon.frontends.values())),
+        # the store before the frontends, whose RuntimeContext reaches it
         ("store: the rest (watches, overlay, shared lists)", lambda: [store]),
+        ("frontends", lambda: list(daemon.frontends.values())),
         ("daemon: the rest (events, probes, route status, admin API)", lambda: [daemon]),
     ]
 

@@ -92,6 +92,7 @@ else:
 COMPILED: bool = not NO_EXTENSIONS
 
 __all__ = [
+    "POSITIONAL",
     "Balancer",
     "BoundedLoad",
     "JumpHash",
@@ -125,6 +126,12 @@ assert set(OPTIONS) == set(ALGORITHMS)
 
 # algorithms whose picks depend on the key only: consistent across processes and restarts
 CONSISTENT: frozenset[str] = frozenset({"ring_hash", "maglev", "jump", "rendezvous"})
+# algorithms whose picks, on a balancer as built (not updated), depend on the backends'
+# positions and weights, not on their names (jump's slots follow the order given): a caller that
+# builds a new balancer for every change (never ``update``) may name the backends by position,
+# with names shared by every balancer
+POSITIONAL: frozenset[str] = frozenset(
+    {"round_robin", "weighted_round_robin", "random", "least_conn", "jump"})
 
 
 def builtin() -> list[str]:

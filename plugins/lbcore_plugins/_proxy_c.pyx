@@ -45,6 +45,14 @@ from lbcore import ConfigError, balancers
 
 
 cdef object _MISSING = object()  # what dict.get gives for a missing key (None is a value)
+_POSITIONS = []  # b"0", b"1", ...: backend names by position, shared by every balancer
+
+
+cdef list position_names(Py_ssize_t n):
+    """The first ``n`` names by position (made once, then shared)."""
+    while len(_POSITIONS) < n:
+        _POSITIONS.append(str(len(_POSITIONS)).encode())
+    return _POSITIONS[:n]
 
 SPLICE_MODES = {"never": 0, "auto": 1, "always": 2}
 COUNTERS = (
@@ -1692,12 +1700,16 @@ cdef class Engine:
     cdef Balancer _balancer(self, str algorithm, list rows, dict options):
         """A new balancer over ``rows`` (never an update in place: workers may be picking).
 
-        Backends are named ``ip:port`` as UTF-8 bytes, the identity a balancer hashes a str
-        name to (so picks are those of a balancer given the str names): one object per
-        endpoint that the balancer keeps as both its backend and its name, not a str and the
-        bytes it would make of it."""
-        names = [(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}").encode()
-                 for ip, port, _, _ in rows]
+        An algorithm whose picks do not depend on the backends' names
+        (``lbcore.balancers.POSITIONAL``) gets their positions, names every balancer shares:
+        no object per endpoint. Any other gets ``ip:port`` as UTF-8 bytes, the identity a
+        balancer hashes a str name to (so picks are those of a balancer given the str names):
+        one object per endpoint that the balancer keeps as both its backend and its name."""
+        if algorithm in balancers.POSITIONAL:
+            names = position_names(len(rows))
+        else:
+            names = [(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}").encode()
+                     for ip, port, _, _ in rows]
         weights = [float(w) for _, _, w, _ in rows]
         if algorithm == "jump" or len(set(weights)) == 1 or not any(weights):
             weights = None  # jump has no weights

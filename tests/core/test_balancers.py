@@ -97,6 +97,27 @@ def test_consistent_picks_do_not_depend_on_the_order_of_backends(algorithm):
 
 
 @pytest.mark.parametrize("algorithm", ALL)
+def test_positional_algorithms_pick_the_same_positions_whatever_the_names(algorithm):
+    """``POSITIONAL`` says which algorithms a caller may give names by position (the socket
+    engine does): with the same seed, weights and connection counts, other names give the
+    same picks; every other built-in algorithm's picks depend on the names."""
+    weights = [1.0, 2.0, 1.0, 3.0, 1.0, 1.0, 2.0, 1.0]
+    if algorithm == "jump":
+        weights = [1.0] * 8
+    made = [balancers.create(algorithm, backends, weights, seed=11)
+            for backends in (names(8), [f"10.9.{k}.1:80" for k in range(8)])]
+    picks: list[list[int]] = [[], []]
+    for b, out in zip(made, picks, strict=True):
+        for k in KEYS[:2_000]:
+            i = b.pick(int(k))
+            out.append(i)
+            b.acquire(i)  # least_conn picks by the counts too
+            if len(out) % 3 == 0:
+                b.release(out[-2])
+    assert (picks[0] == picks[1]) == (algorithm in balancers.POSITIONAL), algorithm
+
+
+@pytest.mark.parametrize("algorithm", ALL)
 def test_pick_retry_zero_is_pick_and_retries_reach_other_backends(algorithm):
     b = balancers.create(algorithm, names(4), seed=1)
     if algorithm in balancers.CONSISTENT:
