@@ -15,6 +15,7 @@ are only parsed (:func:`lbcore.model.objects.parse_admitted`), never judged agai
 from __future__ import annotations
 
 import bisect
+import builtins
 import ipaddress
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
@@ -266,7 +267,7 @@ class ServiceTable:
             raise KeyError(f'service "{key}" not found')
         return self._tracker.endpoints(key)
 
-    def services_without_slices(self) -> list[str]:
+    def services_without_slices(self) -> builtins.list[str]:  # list: the method above
         """``namespace/name`` of the services whose endpoints come from their Endpoints object
         or their pods, having no EndpointSlice (ExternalName services have no endpoints)."""
         return self._tracker.services_without_slices()

@@ -14,8 +14,8 @@ from lbcore_plugins.local_source import LocalSource
 
 import lbcore
 from lbcore.errors import ConfigError
-from lbcore.plugins import get_plugin_manager, registered
 from lbcore.model.service_table import ServiceTable
+from lbcore.plugins import get_plugin_manager, registered
 from lbcore.runtime.interfaces import RuntimeContext, SourceSink
 from lbcore.runtime.state import ClusterState
 from lbcore.runtime.store import Store
