@@ -796,6 +796,33 @@ def test_list_parsed_gives_the_parsed_objects_in_list_order_and_decodes_each_ver
     assert [o.name for o in store.list_parsed("Pod", "other")[0]] == []
 
 
+def test_list_parsed_of_a_file_reads_in_batches_at_one_revision(tmp_path, monkeypatch):
+    """A file store is listed a batch of rows at a time, in one read transaction: a write
+    between two batches shows neither in the list nor in its resourceVersion."""
+    from lbcore.runtime import store as store_module
+
+    monkeypatch.setattr(store_module, "LIST_BATCH", 3)
+    with Store(tmp_path / "s.db", service_cidr="127.10.0.0/24") as store:
+        for i in range(8):
+            store.create(pod(f"p{i}", {"app": "a"}, ip=f"10.0.0.{i + 1}"))
+        listed, revision = store.list("Pod")
+        batches: list[int] = []
+        parse_rows = store._parse_rows
+
+        def write_between_batches(kind: str, rows: Any, items: Any) -> None:
+            batches.append(len(rows))
+            parse_rows(kind, rows, items)
+            if len(batches) == 1:
+                store.create(pod("late", {"app": "a"}, ip="10.0.0.99"))
+                store.delete("Pod", "default", "p7")
+
+        monkeypatch.setattr(store, "_parse_rows", write_between_batches)
+        held, rv = store.list_parsed("Pod")
+        assert batches == [3, 3, 2]
+        assert rv == revision and int(rv) < store.revision
+        assert [o.raw for o in held] == listed
+
+
 def test_a_parsed_pod_reads_its_text_from_the_store_at_its_version(tmp_path):
     with Store(tmp_path / "s.db", service_cidr="127.10.0.0/24", history=2) as store:
         created = store.create(pod("p", {"app": "a"}))
