@@ -146,13 +146,16 @@ def holders(daemon: Any) -> list[tuple[str, Callable[[], list[Any]]]]:
     state = daemon.state
     table = state.table
 
+    def parsed() -> list[Any]:  # what the parse cache holds, by kind then key
+        return [obj for objects in store._parsed.values() for obj in objects.values()]
+
     def parsed_fields() -> list[Any]:
-        # the parsed objects without their bodies, counted first
-        return list(store._parsed.values())
+        # the parsed objects without their bodies, counted first (their key strings with them)
+        return parsed()
 
     def bodies() -> list[Any]:
         # the Kubernetes-shaped dict (``raw``), or its JSON text (``body``)
-        return [getattr(obj, "body", None) or obj.raw for obj in store._parsed.values()]
+        return [getattr(obj, "body", None) or obj.raw for obj in parsed()]
 
     def cache_keys() -> list[Any]:
         return [store._parsed]

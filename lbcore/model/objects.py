@@ -219,8 +219,10 @@ class _Stored:
     :func:`parse_admitted`) also knows its ``resource_version``, so that its holders need not keep the version beside it.
     """
 
-    __slots__ = ("_version",)  # set by parse_stored and parse_admitted; not a field
+    # not fields: _version is set by parse_stored and parse_admitted, _key by the first ``key``
+    __slots__ = ("_version", "_key")
     _version: str
+    _key: str
     kind: ClassVar[str]
     namespace: str
     name: str
@@ -268,8 +270,15 @@ class _Stored:
 
     @property
     def key(self) -> str:
-        """``namespace/name``."""
-        return f"{self.namespace}/{self.name}"
+        """``namespace/name``: made on first use, then kept, and interned, so that what holds
+        objects by key (the store's parse cache, the endpoint tracker, the endpoints controller,
+        the target references of slices and Endpoints) shares one string per object."""
+        try:
+            return self._key
+        except AttributeError:
+            key = sys.intern(f"{self.namespace}/{self.name}")
+            object.__setattr__(self, "_key", key)  # a cache of two fields, not a change
+            return key
 
     def to_dict(self) -> dict[str, Any]:
         """The defaulted Kubernetes-shaped dict (a copy)."""
@@ -465,6 +474,30 @@ class ContainerPort:
     protocol: str
 
 
+# recent port lists -> their one tuple: the pods of a workload declare the same ports
+_CONTAINER_PORTS: dict[tuple[tuple[str, int, str], ...], tuple[ContainerPort, ...]] = {}
+
+
+def _container_ports(spec: Mapping[str, Any]) -> tuple[ContainerPort, ...]:
+    """The ports the containers of a pod ``spec`` declare, the same tuple for the same ports
+    (of the last few thousand lists): 100,000 pods keep a few thousand, not 100,000."""
+    items = tuple((cp.get("name") or "", int(cp["containerPort"]), cp.get("protocol", "TCP"))
+                  for c in spec.get("containers") or [] for cp in (c or {}).get("ports") or [])
+    if not items:
+        return ()
+    try:
+        ports = _CONTAINER_PORTS.get(items)
+    except TypeError:  # a name that cannot be hashed (admission lets none through)
+        return tuple(ContainerPort(*item) for item in items)
+    if ports is None:
+        if len(_CONTAINER_PORTS) >= 4096:
+            _CONTAINER_PORTS.clear()
+        ports = _CONTAINER_PORTS[items] = tuple(
+            ContainerPort(_interned(name), port, _interned(protocol))
+            for name, port, protocol in items)
+    return ports
+
+
 def default_pod(obj: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of a Pod dict with the defaults that matter here (namespace, port protocols)."""
     pod = _plain(obj)
@@ -516,10 +549,6 @@ class Pod(_Stored):
             ready = pod_ip is not None
         else:
             ready = str(ready_cond.get("status")) == "True"
-        ports = tuple(
-            ContainerPort(cp.get("name") or "", int(cp["containerPort"]), cp.get("protocol", "TCP"))
-            for c in spec.get("containers") or [] for cp in (c or {}).get("ports") or []
-        )
         return cls(
             namespace=_interned(meta["namespace"]),
             name=meta.get("name", ""),
@@ -531,7 +560,7 @@ class Pod(_Stored):
             phase=_interned(status.get("phase")),
             ready=ready,
             terminating=bool(meta.get("deletionTimestamp")),
-            container_ports=ports,
+            container_ports=_container_ports(spec),
             created=_timestamp(meta.get("creationTimestamp")),
             uid=meta.get("uid") or None,
             hostname=spec.get("hostname") or None,
@@ -595,7 +624,7 @@ def _default_ports(entries: Any) -> None:
 def _target(ref: Any, namespace: str) -> str | None:
     if not isinstance(ref, Mapping) or not ref.get("name"):
         return None
-    # interned: a pod's slice and Endpoints entries name it with one string
+    # interned: a pod's slice and Endpoints entries name it with one string, its ``key``
     return sys.intern(f"{ref.get('namespace') or namespace}/{ref['name']}")
 
 

@@ -79,7 +79,7 @@ class ServiceTable:
                  allocate: bool = True, node_zones: Mapping[str, str] | None = None) -> None:
         self.allocate = allocate
         self.allocators = ServiceAllocators(service_cidr, node_port_range)
-        self._objects: dict[str, dict[tuple[str, str], Any]] = {k.kind: {} for k in KINDS}
+        self._objects: dict[str, dict[str, Any]] = {k.kind: {} for k in KINDS}  # by kind, key
         self._tracker = EndpointTracker(node_zones)
         self._version = 0
         self._changed_at: dict[str, int] = {}  # service key -> version of its last change
@@ -167,7 +167,7 @@ class ServiceTable:
             if admission is not None:
                 admission.undo()
             raise
-        self._objects[obj.kind][(obj.namespace, obj.name)] = obj
+        self._objects[obj.kind][obj.key] = obj
         if admission is not None:
             admission.commit()
         self._record(changed)
@@ -193,8 +193,8 @@ class ServiceTable:
         items = self._objects.get(kind) if isinstance(kind, str) else None
         if items is None:
             return None
-        key = (str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
-        stored: Object | None = items.get(key)
+        stored: Object | None = items.get(
+            f"{meta.get('namespace') or 'default'}/{meta.get('name') or ''}")
         return stored
 
     def apply_all(self, source: Any) -> list[Object]:
@@ -212,7 +212,7 @@ class ServiceTable:
     def delete(self, kind: str, namespace: str, name: str) -> Object | None:
         """Remove an object; returns it, or None when there was none."""
         kind = kind_for(kind).kind
-        obj = self._objects[kind].pop((namespace, name), None)
+        obj = self._objects[kind].pop(f"{namespace}/{name}", None)
         if obj is None:
             return None
         changed: Iterable[str]
@@ -240,7 +240,7 @@ class ServiceTable:
 
     def get(self, kind: str, namespace: str, name: str) -> Object | None:
         """The stored object, or None."""
-        result: Object | None = self._objects[kind_for(kind).kind].get((namespace, name))
+        result: Object | None = self._objects[kind_for(kind).kind].get(f"{namespace}/{name}")
         return result
 
     def list(self, kind: str, namespace: str | None = None,
@@ -252,8 +252,8 @@ class ServiceTable:
         elif isinstance(selector, Mapping):
             selector = selector_from_map(selector) if selector else None
         items = self._objects[kind_for(kind).kind]
-        out = [obj for (ns, _), obj in items.items()
-               if (namespace is None or ns == namespace)
+        out = [obj for obj in items.values()
+               if (namespace is None or obj.namespace == namespace)
                and (selector is None or selector.matches(obj.labels))]
         return sorted(out, key=lambda o: (o.namespace, o.name))
 
@@ -281,7 +281,7 @@ class ServiceTable:
 
         :raises KeyError: no such service.
         """
-        service = self._objects["Service"].get((namespace, name))
+        service = self._objects["Service"].get(f"{namespace}/{name}")
         if service is None:
             raise KeyError(f'service "{namespace}/{name}" not found')
         return _describe_service(service, endpoint_slices=self.endpoint_slices(namespace, name))
@@ -354,8 +354,7 @@ class ServiceTable:
         if removed:  # the copies are compact: keep them, and later copies are fast again
             self._ports_map, self._port_infos = dict(ports), dict(by_service)
         for kind in self._unserved_changed & set(_CARRIED):
-            self._carried[kind] = MappingProxyType(
-                {f"{ns}/{name}": obj for (ns, name), obj in self._objects[kind].items()})
+            self._carried[kind] = MappingProxyType(dict(self._objects[kind]))
         self._unserved_changed.clear()
         addresses = tuple(str(ipaddress.ip_address(a)) for a in node_addresses)
         return Snapshot(version=self._version,

@@ -295,9 +295,9 @@ class EndpointsController:
             return None
 
     def _observe_pod(self, namespace: str, name: str, obj: dict[str, Any] | Object | None) -> None:
-        key = f"{namespace}/{name}"
         idx = self._index[namespace]
         pod = self._parse(obj) if obj is not None else None
+        key = pod.key if pod is not None else f"{namespace}/{name}"  # the pod's: one string
         if pod is None:
             if self._pods.pop(key, None) is None:
                 return

@@ -40,7 +40,7 @@ import logging
 import sqlite3
 import threading
 import uuid
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -411,8 +411,9 @@ class Store:
         # (resourceVersion, text), which the parsed objects' raw reads first (StoredText)
         self._namespace_texts: dict[str, tuple[int, str]] = {}
         self._recent_texts: dict[tuple[str, str, str], tuple[int, str]] = {}
-        # (kind, namespace, name) -> the object parsed (it knows its resourceVersion): parse()
-        self._parsed: dict[tuple[str, str, str], Object] = {}
+        # kind -> namespace/name -> the object parse() gave (it knows its resourceVersion),
+        # keyed by the object's own key string, which its other holders share
+        self._parsed: defaultdict[str, dict[str, Object]] = defaultdict(dict)
         self._list_lock = threading.Lock()  # list_parsed's, one reader at a time
         self._stored_text = StoredText(self._text_at)  # the body of what parse() gives
         self._watchers: set[Watch] = set()
@@ -678,7 +679,7 @@ class Store:
                 self._allocators.release(entry.release)
         for entry in batch:
             if entry.obj is None:
-                self._parsed.pop((entry.kind, entry.namespace, entry.name), None)
+                self._parsed[entry.kind].pop(f"{entry.namespace}/{entry.name}", None)
             after = entry.obj if entry.obj is not None else entry.deleted
             assert after is not None
             size = len(entry.after_json) + len(entry.previous_json or "")
@@ -1038,9 +1039,9 @@ class Store:
                     items: builtins.list[Object | dict[str, Any]]) -> None:
         """Append to ``items`` what :meth:`list_parsed` gives for each ``(namespace, name, rv,
         text)`` row."""
-        parsed = self._parsed
+        parsed = self._parsed[kind]
         for row_namespace, name, rv, text in rows:
-            known = parsed.get((kind, row_namespace or "default", name))
+            known = parsed.get(f"{row_namespace or 'default'}/{name}")
             if known is not None and known.resource_version == str(rv):
                 items.append(known)
                 continue
@@ -1069,9 +1070,8 @@ class Store:
         meta = obj.get("metadata")
         meta = meta if isinstance(meta, Mapping) else {}
         version = str(meta.get("resourceVersion") or "")
-        key = (str(obj.get("kind")), str(meta.get("namespace") or "default"),
-               str(meta.get("name") or ""))
-        known = self._parsed.get(key)
+        kind_parsed = self._parsed[str(obj.get("kind"))]
+        known = kind_parsed.get(f"{meta.get('namespace') or 'default'}/{meta.get('name') or ''}")
         if known is not None and version and known.resource_version == version:
             return known
         # no text kept beside the fields: the store reads it when asked (StoredText). Nothing
@@ -1079,7 +1079,7 @@ class Store:
         # slices and Endpoints by digest, and reads a slice's text only to rewrite it
         parsed = parse_stored(obj, stored=self._stored_text)
         if version:
-            self._parsed[key] = parsed
+            kind_parsed[parsed.key] = parsed
         return parsed
 
     def _text_at(self, obj: Object) -> str:

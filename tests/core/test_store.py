@@ -712,7 +712,7 @@ def test_parse_gives_one_object_per_version_and_forgets_deleted_ones(store):
     second = store.parse(updated)
     assert second is not first and second.labels == {"app": "b"}
     store.delete("Pod", "default", "p")
-    assert ("Pod", "default", "p") not in store._parsed
+    assert "default/p" not in store._parsed["Pod"]
 
 
 def endpoints(name: str, ip: str = "10.0.0.1") -> dict[str, Any]:
@@ -846,7 +846,7 @@ def test_list_parsed_keeps_the_stored_text_as_body_and_gives_an_unreadable_objec
     store.create(pod("p", {"app": "a"}))
     bodies, _ = store.list_json("Pod")
     held, _ = store.list_parsed("Pod")
-    assert held[0] is store._parsed[("Pod", "default", "p")]
+    assert held[0] is store._parsed["Pod"]["default/p"]
     assert json.loads(bodies[0]) == held[0].raw and held[0].uid == held[0].raw["metadata"]["uid"]
     # a row no parse can read (written by hand: admission would refuse it)
     broken = {**held[0].raw, "metadata": {**held[0].raw["metadata"], "name": "broken"},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 from pathlib import Path
@@ -248,3 +249,28 @@ def test_stored_objects_share_equal_labels_timestamps_and_addresses_read_only() 
     del c, referents
     gc.collect()
     assert key not in objects._SHARED_MAPS
+
+
+def test_pods_declaring_the_same_ports_share_them_and_objects_share_one_key_string() -> None:
+    def stored(name: str, ports: list[dict[str, Any]]) -> Pod:
+        return parse_stored({"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": name, "namespace": "default", "resourceVersion": "1"},
+            "spec": {"containers": [{"name": "c", "ports": ports}]}})
+
+    web = [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    a, b = stored("a", web), stored("b", [dict(p) for p in web])
+    c = stored("c", [{"name": "http", "containerPort": 8081, "protocol": "TCP"}])
+    assert a.container_ports is b.container_ports
+    assert a.container_ports == (objects.ContainerPort("http", 8080, "TCP"),)
+    assert c.container_ports == (objects.ContainerPort("http", 8081, "TCP"),)
+    assert c.container_port("http", "TCP") == 8081 and stored("d", []).container_ports == ()
+    # the key is made once and interned: a slice's reference to the pod is the same string
+    assert a.key == "default/a" and a.key is a.key
+    eps = parse_stored({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                        "metadata": {"name": "s", "namespace": "default", "resourceVersion": "2"},
+                        "addressType": "IPv4", "endpoints": [{
+                            "addresses": ["10.1.0.1"],
+                            "targetRef": {"kind": "Pod", "namespace": "default", "name": "a"}}]})
+    assert eps.endpoints[0].target is a.key
+    # a copy with another name has its own key
+    assert dataclasses.replace(a, name="e").key == "default/e"
