@@ -100,15 +100,25 @@ _BY_NAME: Mapping[str, Kind] = MappingProxyType(
     {name: k for k in ALL_KINDS for name in k.names})
 
 
+# every name find_kind has found a kind by, as given (a finite set: the names above in any
+# case, qualified or not): every write asks for its kind several times
+_FOUND: dict[str, Kind] = {}
+
+
 def find_kind(name: str) -> Kind | None:
     """The kind called ``name`` (``Service``, ``service``, ``services``, ``svc``; also qualified
     by its group or version and group, ``endpointslices.discovery.k8s.io``), or None."""
     if not isinstance(name, str):
         return None
+    found = _FOUND.get(name)
+    if found is not None:
+        return found
     base, _, qualifier = name.lower().partition(".")
     found = _BY_NAME.get(base)
     if found is None or qualifier not in ("", found.group, f"{found.version}.{found.group}".rstrip(".")):
         return None
+    if len(_FOUND) < 4096:  # the case variants of a name are many; what is kept stays bounded
+        _FOUND[name] = found
     return found
 
 

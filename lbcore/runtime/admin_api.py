@@ -370,6 +370,18 @@ def _host_name(host: str) -> str:
     return host.rstrip(".").lower()
 
 
+@functools.lru_cache(maxsize=256)  # a client sends the same Host on every request
+def _host_allowed(host: str, names: frozenset[str]) -> bool:
+    """Whether a ``Host`` header names an IP address (which DNS cannot rebind) or one of
+    ``names``."""
+    name = _host_name(host)
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return name in names
+    return True
+
+
 def _cross_site_problem(request: web.Request, names: frozenset[str]) -> str | None:
     """Why a request may come from a web page rather than a client of this server, or None.
 
@@ -378,16 +390,11 @@ def _cross_site_problem(request: web.Request, names: frozenset[str]) -> str | No
     client of this API (lbcore, kubectl, the official client) sends one.
     """
     host = request.headers.get("Host")
-    if host is not None:
-        name = _host_name(host)
-        try:
-            ipaddress.ip_address(name)
-        except ValueError:
-            if name not in names:
-                return (
-                    f"Host: {host!r} is not an IP address, localhost or this server's name; "
-                    "reach the admin API by address"
-                )
+    if host is not None and not _host_allowed(host, names):
+        return (
+            f"Host: {host!r} is not an IP address, localhost or this server's name; "
+            "reach the admin API by address"
+        )
     origin = request.headers.get("Origin")
     if origin is not None:
         try:
@@ -1131,9 +1138,10 @@ class _AdminAPI:
         # alone, not the whole object it makes
         merge = content_type not in (JSON_PATCH, STRATEGIC_MERGE_PATCH) and isinstance(body, dict)
 
-        def patch_and_update() -> dict[str, Any]:
-            # read and write in one step of the loop: no other write comes between them
-            current = self.store.get(kind, *self._where(request))
+        def patched_of(current: dict[str, Any]) -> dict[str, Any]:
+            # the stored object as read for this write (read and written in one step: no other
+            # write comes between them); it is left as it is, the patched object may share
+            # values with it
             if merge:
                 self._validate_fields(request, body, kind_for(kind))
             try:
@@ -1149,17 +1157,17 @@ class _AdminAPI:
                 raise UnprocessablePatch(str(exc)) from None
             except PatchError as exc:
                 raise BadRequest(f"body: {exc}") from None
-            # the patch's own resourceVersion (if any) is a precondition; else last write wins
+            # the patch's own resourceVersion (if any) is a precondition; else last write wins.
+            # (A merge patch without metadata keeps the stored metadata: a copy is changed.)
             meta = patched.get("metadata")
-            if not isinstance(meta, dict):
-                meta = patched["metadata"] = {}
+            meta = patched["metadata"] = dict(meta) if isinstance(meta, dict) else {}
             meta["resourceVersion"] = (meta.get("resourceVersion")
                                        or current["metadata"]["resourceVersion"])
-            return self.store.update(self._object(request, patched, kind, fields_checked=merge),
-                                     subresource=subresource, dry_run=dry_run)
+            return self._object(request, patched, kind, fields_checked=merge)
 
-        return self._object_response(await self.store.grouped(patch_and_update),
-                                     as_stored=not dry_run)
+        return self._object_response(await self.store.grouped(lambda: self.store.update_with(
+            kind, *self._where(request), patched_of, subresource=subresource,
+            dry_run=dry_run)), as_stored=not dry_run)
 
     @_handles_errors
     async def remove(self, request: web.Request) -> web.StreamResponse:

@@ -40,7 +40,7 @@ import logging
 import sqlite3
 import threading
 import uuid
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -405,12 +405,14 @@ class Store:
         self._lock = threading.RLock()
         self._staged: list[_Staged] = []  # admitted writes waiting for their group's commit
         self._overlay: dict[tuple[str, str, str], str | None] = {}  # their bodies (None: deleted)
-        # the committed text of objects read or written lately (a PATCH reads its object twice,
-        # and every write into a namespace reads the namespace): every Namespace, and the
+        # the committed text of objects read or written lately (a write reads its object, and
+        # every write into a namespace reads the namespace): every Namespace, and the
         # last RECENT_TEXTS others; each entry is replaced or dropped by the commit that changes it
         # (resourceVersion, text), which the parsed objects' raw reads first (StoredText)
         self._namespace_texts: dict[str, tuple[int, str]] = {}
-        self._recent_texts: dict[tuple[str, str, str], tuple[int, str]] = {}
+        # (an OrderedDict: dropping the oldest of a dict that keeps taking new keys scans the
+        # slots its earlier deletions left, on every write)
+        self._recent_texts: OrderedDict[tuple[str, str, str], tuple[int, str]] = OrderedDict()
         # kind -> namespace/name -> the object parse() gave (it knows its resourceVersion),
         # keyed by the object's own key string, which its other holders share
         self._parsed: defaultdict[str, dict[str, Object]] = defaultdict(dict)
@@ -583,7 +585,7 @@ class Store:
             return
         texts[which] = known
         if len(self._recent_texts) > RECENT_TEXTS:
-            del self._recent_texts[next(iter(self._recent_texts))]
+            self._recent_texts.popitem(last=False)
 
     @property
     def revision(self) -> int:
@@ -701,9 +703,12 @@ class Store:
                         (e.kind, e.namespace, e.name),
                     )
                 else:
+                    # an upsert changes a stored row in place (REPLACE would delete it and
+                    # insert it again under a new rowid, rewriting the key's index entry)
                     db.execute(
-                        "INSERT OR REPLACE INTO objects (kind, namespace, name, rv, body) "
-                        "VALUES (?, ?, ?, ?, ?)",
+                        "INSERT INTO objects (kind, namespace, name, rv, body) "
+                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, namespace, name) "
+                        "DO UPDATE SET rv = excluded.rv, body = excluded.body",
                         (e.kind, e.namespace, e.name, e.rv, e.after_json),
                     )
             db.executemany(
@@ -713,7 +718,8 @@ class Store:
                  for e in batch],
             )
             db.execute("DELETE FROM history WHERE rv <= ?", (last - self.history,))
-            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('revision', ?)", (last,))
+            db.execute("INSERT INTO meta (key, value) VALUES ('revision', ?) "
+                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (last,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -835,6 +841,31 @@ class Store:
             old = self._load(kind, namespace, name)
             if old is None:
                 raise NotFound(f'{_plural(kind)} "{name}" not found', kind=_plural(kind), name=name)
+            return self._update(_own(obj), old, subresource, dry_run)
+
+    def update_with(self, kind: str, namespace: str, name: str,
+                    change: Callable[[dict[str, Any]], Mapping[str, Any]], *,
+                    subresource: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """Replace a stored object with what ``change`` makes of it (a PATCH), read and
+        written in one step: no other write comes between. The same as :meth:`update` of
+        ``change(get(kind, namespace, name))``, with the object read (and decoded) once.
+
+        :param change: given the stored object, which it must leave as it is; what it returns
+            may share values with it (the update copies before it changes anything).
+        :raises NotFound: no such object. Else as :meth:`update`, and what ``change`` raises.
+        """
+        _served(kind)
+        with self._lock:
+            current = self._load(kind, namespace, name)
+            if current is None:
+                raise NotFound(f'{_plural(kind)} "{name}" not found', kind=_plural(kind), name=name)
+            obj = change(current)
+            key = _identity(obj)
+            # the object it names is the one updated, as update() takes it
+            old = current if key == (kind, namespace, name) else self._load(*key)
+            if old is None:
+                raise NotFound(f'{_plural(key[0])} "{key[2]}" not found', kind=_plural(key[0]),
+                               name=key[2])
             return self._update(_own(obj), old, subresource, dry_run)
 
     def _update(self, obj: dict[str, Any], old: dict[str, Any], subresource: str | None = None,

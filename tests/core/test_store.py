@@ -229,6 +229,77 @@ def test_update_of_a_missing_object_is_404(store):
         store.update(service("web"))
 
 
+def test_update_with_reads_the_object_once_and_writes_what_the_change_makes(store):
+    created = store.create(pod("p", {"app": "web"}))
+    events = []
+    store.subscribe(events.append)
+    seen, given = [], []
+
+    def relabel(current):
+        seen.append(copy.deepcopy(current))
+        given.append(current)
+        # shares every value but the top and the metadata with what it was given
+        return {**current, "metadata": {**current["metadata"], "labels": {"app": "api"}}}
+
+    updated = store.update_with("Pod", "default", "p", relabel)
+    assert seen == [created] and given == seen  # as read, and left as it was
+    assert updated["metadata"]["labels"] == {"app": "api"}
+    assert updated["metadata"]["uid"] == created["metadata"]["uid"]
+    assert int(updated["metadata"]["resourceVersion"]) > int(created["metadata"]["resourceVersion"])
+    assert store.get("Pod", "default", "p") == updated
+    # the version before the change, as the history and the event keep it, is the stored one
+    assert [e["type"] for e in events] == ["MODIFIED"]
+    assert events[0]["object"] == updated
+
+
+def test_update_with_raises_what_update_raises(store):
+    with pytest.raises(NotFound):
+        store.update_with("Pod", "default", "missing", lambda current: current)
+    store.create(pod("p", {"app": "web"}))
+    with pytest.raises(BadRequest):
+        store.update_with("Nothing", "default", "p", lambda current: current)
+
+    def stale(current):
+        return {**current, "metadata": {**current["metadata"], "resourceVersion": "1",
+                                        "labels": {"app": "api"}}}
+
+    store.update(pod("p", {"app": "db"}))
+    with pytest.raises(Conflict):
+        store.update_with("Pod", "default", "p", stale)
+    revision = store.revision
+    # a change that leaves the object as it is stores nothing
+    unchanged = store.update_with("Pod", "default", "p", lambda current: current)
+    assert store.revision == revision
+    assert unchanged == store.get("Pod", "default", "p")
+    # the main resource keeps the stored status; its subresource takes it, and a bad one is
+    # refused with its cause, nothing stored
+    def bad_ip(current):
+        return {**current, "status": {**current["status"], "podIP": "10.0.0.256"}}
+
+    assert store.update_with("Pod", "default", "p", bad_ip)["status"]["podIP"] == "10.0.0.1"
+    assert store.revision == revision
+    with pytest.raises(Invalid) as err:
+        store.update_with("Pod", "default", "p", bad_ip, subresource="status")
+    assert "status.podIP" in [c["field"] for c in err.value.status()["details"]["causes"]]
+    assert store.revision == revision
+
+
+def test_an_object_rewritten_keeps_one_row_under_its_key(tmp_path: Path):
+    with Store(tmp_path / "s.db", service_cidr="127.10.0.0/24") as s:
+        s.create(pod("p", {"app": "web"}))
+        for n in range(3):
+            s.update(pod("p", {"app": f"v{n}"}))
+        rows = s._db.execute(
+            "SELECT rv, body FROM objects WHERE kind = 'Pod' AND name = 'p'").fetchall()
+        assert len(rows) == 1
+        assert rows[0][0] == s.revision
+        assert json.loads(rows[0][1])["metadata"]["labels"] == {"app": "v2"}
+        assert s._db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone() == (
+            s.revision,)
+    with Store(tmp_path / "s.db", service_cidr="127.10.0.0/24") as s:
+        assert s.get("Pod", "default", "p")["metadata"]["labels"] == {"app": "v2"}
+
+
 def test_generation_counts_spec_changes_only(store):
     svc = store.create(service("web"))
     svc["metadata"]["labels"] = {"a": "b"}

@@ -68,6 +68,11 @@ def test_group_qualified_names_and_unknown_names() -> None:
     assert find_kind("services.v1") is kind_for("svc")
     assert find_kind("services.apps") is None
     assert find_kind("eps") is None  # not one of kubectl's names
+    # asked again (the answers found are kept): the same answers
+    assert find_kind("endpointslices.discovery.k8s.io") is kind_for("EndpointSlice")
+    assert find_kind("services.apps") is None
+    assert find_kind("eps") is None
+    assert [find_kind(n) for n in ("Pod", "pod", "PODS", "po")] == [kind_for("Pod")] * 4
     with pytest.raises(UnknownKind, match="unknown kind 'deployments'") as err:
         kind_for("deployments")
     assert isinstance(err.value, ValueError)

@@ -276,6 +276,25 @@ def test_pod_ip_must_be_valid() -> None:
     assert [c.field for c in info.value.causes] == ["status.podIP"]
 
 
+@pytest.mark.parametrize("value", [
+    "0.0.0.0", "1.2.3.4", "10.0.0.255", "255.255.255.255", "249.250.199.100", "127.0.0.256",
+    "256.1.1.1", "01.2.3.4", "1.2.3.04", "000.1.1.1", "1.2.3", "1.2.3.4.5", "1..3.4",
+    "1.2.3.-1", " 1.2.3.4", "1.2.3.4 ", "1.2.3.4\n", "\uff11.2.3.4", "1.2.3.\u0664", "::1",
+    "2001:db8::ffff", "::ffff:1.2.3.4", "1.2.3.4/32", "", "a.b.c.d",
+])
+def test_an_ip_address_is_valid_exactly_when_ipaddress_takes_it(value: str) -> None:
+    import ipaddress
+
+    from lbcore.model.validation import is_valid_ip
+
+    try:
+        ipaddress.ip_address(value)
+        expected = True
+    except ValueError:
+        expected = False
+    assert (is_valid_ip(value) == []) is expected
+
+
 def test_pod_label_values_are_validated() -> None:
     obj = pod()
     obj["metadata"]["labels"] = {"name": "my app"}
