@@ -156,6 +156,7 @@ class EndpointsController:
 
     def __init__(self, store: Store, max_endpoints_per_slice: int = MAX_ENDPOINTS_PER_SLICE):
         self.store = store
+        store.slices_kept = True
         self.max_endpoints_per_slice = max_endpoints_per_slice
         self._events: deque[dict[str, Any]] = deque()
         self._wakeup = asyncio.Event()

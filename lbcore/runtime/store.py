@@ -396,6 +396,9 @@ class Store:
             raise ValueError(f"history: must be at least 1, got {history}")
         self.path = None if path is None else Path(path)
         self.history = int(history)
+        # set by an endpoints controller that keeps this store's EndpointSlices (the daemon's):
+        # then what reads the store takes endpoints from those slices, as kube-proxy does
+        self.slices_kept = False
         self.service_cidrs = [service_cidr] if isinstance(service_cidr, str) else list(service_cidr)
         self.node_port_range = (int(node_port_range[0]), int(node_port_range[1]))
         try:

@@ -85,6 +85,8 @@ def test_picks_raise_service_gone_while_the_service_is_deleted_and_follow_it_bac
         assert picker.endpoints == ()  # nothing stale left behind the error
         cluster.store.apply(service())
         wait_until(lambda: not picker.gone, what="back")
+        # its endpoints come with the slices the endpoints controller writes for it again
+        wait_until(lambda: picker.eligible, what="endpoints of the service back")
         assert picker.pick(*CLIENT).target in {"default/web-0", "default/web-1", "default/web-2"}
 
 

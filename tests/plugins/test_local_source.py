@@ -287,3 +287,28 @@ def test_registered_under_its_name_through_the_entry_point(monkeypatch):
         assert registered("lbcore_register_sources")["local"] is LocalSource
     finally:
         get_plugin_manager.cache_clear()
+
+
+def test_pods_are_not_followed_when_an_endpoints_controller_keeps_the_slices(store):
+    # the daemon's store: its endpoints controller turns pods into EndpointSlices, which the
+    # data path reads, as kube-proxy does
+    from lbcore.runtime.endpoints_controller import EndpointsController
+
+    store.create(service("web"))
+    store.create(pod("web-a"))
+    assert LocalSource({}, RuntimeContext(store=store)).kinds == KINDS
+    EndpointsController(store)
+    assert store.slices_kept
+    assert LocalSource({}, RuntimeContext(store=store)).kinds == tuple(
+        k for k in KINDS if k != "Pod")
+    named = LocalSource({"kinds": ["Service", "Pod"]}, RuntimeContext(store=store))
+    assert named.kinds == ("Service", "Pod")  # asked for: followed
+    sink = DictSink()
+
+    async def scenario(source: LocalSource) -> None:
+        store.create(pod("web-b"))
+        store.create(service("db"))
+        await wait_until(lambda: ("Service", "default", "db") in sink.objects)
+        assert {k for k, _, _ in sink.objects} == {"Service"}
+
+    run(store, sink, scenario)
