@@ -100,7 +100,8 @@ class LocalSource(Source):
             # the data path and the first sync (held until ``synced``) need not wait for them:
             # at 100,000 pods they are two thirds of a restart's parsing
             first = [kind for kind in self.kinds if kind not in AFTER_SLICES]
-            for kinds in (first, [kind for kind in self.kinds if kind in AFTER_SLICES]):
+            after = [kind for kind in self.kinds if kind in AFTER_SLICES]
+            for kinds in (first, after):
                 if not kinds:
                     continue
                 # the objects the store parsed (the endpoints controller's too), no decoded
@@ -112,11 +113,11 @@ class LocalSource(Source):
                     sink.replace(kind, items)
                     listed_at[kind] = int(rv)
                 del lists
-                if kinds is first and sink.slices_suffice() and not self.synced.is_set():
+                if kinds is first and after and sink.slices_suffice() and not self.synced.is_set():
                     self.synced.set()
                     self.context.log.info(
                         "source local: listed %s; every service has EndpointSlices: synced "
-                        "before %s", ", ".join(kinds), ", ".join(AFTER_SLICES))
+                        "before %s", ", ".join(kinds), ", ".join(after))
                     await sink.wait_synced()  # alone, not sharing the interpreter with a list
             self.synced.set()
             self.all_listed.set()
