@@ -14,9 +14,8 @@ SIGTERM and SIGINT stop everything in the reverse order; frontends get
 Python's cyclic garbage collector is paused from the start until the source and the endpoints
 controller have listed everything and the sync that follows is done; then every object made so
 far is frozen (``gc.freeze``: never scanned again, still freed when no longer referenced) and
-the collector resumes, collecting its youngest generation every :data:`GC_YOUNG_THRESHOLD`
-allocations rather than 700 (Python's thresholds are back when the daemon stops). A full
-collection scans every tracked object: at 10,000 services and 100,000 pods, 2 to 8 s each on the event loop, a dozen of them while the store is read, and one
+the collector resumes. A full collection scans every tracked object: at 10,000 services and
+100,000 pods, 2 to 8 s each on the event loop, a dozen of them while the store is read, and one
 every few minutes afterwards, each a pause that every change waiting for a sync shares. The
 start makes no garbage cycles worth collecting (those collections found none).
 """
@@ -70,12 +69,6 @@ log = logging.getLogger("lbcore.runtime.daemon")
 ADDRESS_FILE = "admin-address"
 # the longest the collector stays paused at start (a source that cannot list, a stuck sync)
 GC_PAUSE_MAX = 600.0
-# the collector's youngest generation is collected after this many allocations (not Python's
-# 700) once the start is done: a write through the admin API allocates and frees a few
-# thousand objects, almost all freed by their reference count before any collection; at 700,
-# one collection every 20 writes, each scanning the objects alive at that moment, took about
-# 4 % of the daemon's CPU under a stream of writes, at 10,000 about 0.6 %
-GC_YOUNG_THRESHOLD = 10_000
 # at most this long the endpoints controller waits for the first full sync before it lists
 CONTROLLER_WAIT_MAX = 120.0
 TOKEN_FILE = "token"
@@ -218,7 +211,6 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._source_ok = False
         self._gc_paused = False  # by this daemon, until its start is done (module docstring)
-        self._gc_threshold: tuple[int, ...] | None = None  # the thresholds before it set its own
 
     # -- start ----------------------------------------------------------------------------
 
@@ -361,9 +353,6 @@ class Daemon:
         self._gc_paused = False
         if freeze:
             gc.freeze()
-            if self._gc_threshold is None:
-                self._gc_threshold = gc.get_threshold()
-                gc.set_threshold(GC_YOUNG_THRESHOLD, *self._gc_threshold[1:])
         gc.enable()
         if freeze:
             event(log, "start objects frozen", objects=gc.get_freeze_count())
@@ -554,9 +543,6 @@ class Daemon:
             os.close(self._lock_fd)
             self._lock_fd = None
         self._resume_gc(freeze=False)  # stopped before its start was done
-        if self._gc_threshold is not None:  # the process's own, back
-            gc.set_threshold(*self._gc_threshold)
-            self._gc_threshold = None
 
 
 class _SourceMetrics:
