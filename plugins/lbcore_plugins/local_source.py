@@ -14,7 +14,7 @@ full sync from 13.9 s to 8.2 s.
 Pods are not followed when an endpoints controller keeps the store's EndpointSlices (the
 daemon's store, ``Store.slices_kept``): the data path then takes every service's endpoints from
 its slices, as kube-proxy does, and nothing it does depends on a pod. At 10,000 services and
-100,000 pods that is 30 MiB the sink does not keep (its selector index and pod tables) and the
+100,000 pods that is 37 MiB the sink does not keep (its selector index and pod tables) and the
 pods' list it does not apply at start.
 
 Options:
