@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import gc
 import json
+import os
 import re
 import shutil
 import sys
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from programming_latency import FRONTENDS, KERNEL, all_frontends, network_namespace
 
 _SKIP = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
          types.CodeType, types.FrameType, asyncio.AbstractEventLoop)
@@ -236,7 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("db", type=Path, help="a store file (a seed of programming_latency.py)")
     p.add_argument("--services", type=int, required=True, help="services the store holds")
-    p.add_argument("--frontends", default="socket", help="comma-separated (socket only unprivileged)")
+    p.add_argument("--frontends", default="socket",
+                   help="comma-separated names of programming_latency.py (socket, nftables-maps, "
+                        "nftables-cascade, iptables); the kernel ones as root, in a network "
+                        "namespace of their own")
     p.add_argument("--service-cidr", default="127.55.0.0/16",
                    help="the CIDR the seed's ClusterIPs were given (programming_latency.py's)")
     p.add_argument("--timeout", type=float, default=900.0)
@@ -247,12 +253,20 @@ def main(argv: list[str] | None = None) -> int:
     from lbcore.runtime.logs import setup_logging
 
     setup_logging("json", "warning")
-    with tempfile.TemporaryDirectory(prefix="lbcore-memprof-") as tmp:
+    names = tuple(name for name in args.frontends.split(",") if name)
+    unknown = [name for name in names if name not in FRONTENDS]
+    if unknown:
+        p.error(f"--frontends: {', '.join(unknown)}: not one of {', '.join(FRONTENDS)}")
+    with tempfile.TemporaryDirectory(prefix="lbcore-memprof-") as tmp, contextlib.ExitStack() as stack:
         data = Path(tmp) / "data"
         data.mkdir()
         shutil.copyfile(args.db, data / "lbcore.db")
-        frontends = [{"name": name, "options": {"workers": 1} if name == "socket" else {}}
-                     for name in args.frontends.split(",") if name]
+        netns = None
+        if any(name in KERNEL for name in names):
+            if os.geteuid() != 0:
+                p.error(f"--frontends: {args.frontends}: the kernel frontends need root")
+            netns = stack.enter_context(network_namespace(f"lbcore-memprof-{os.getpid()}"))
+        frontends = all_frontends(netns, names)
         path = Path(tmp) / "lbcore.yaml"
         path.write_text(yaml.safe_dump({
             "admin_address": "127.0.0.1:0", "data_dir": str(data),

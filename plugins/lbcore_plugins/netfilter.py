@@ -354,6 +354,11 @@ class RuleApplyError(RuntimeError):
     """A kernel tool refused what it was given; the message has its command and its stderr."""
 
 
+#: scripts longer than this run in a child ``nft`` (see :meth:`CommandRunner.nft`); a partial
+#: sync of a few services is a few kB, a whole table of 1,000 services about 1 MB
+CHILD_SCRIPT_CHARS = 256 * 1024
+
+
 class CommandRunner:
     """Runs iptables/nft/conntrack, inside ``ip netns exec NAME`` when ``netns`` is set; nft
     scripts (:meth:`nft`) run in this process through libnftables when it loads."""
@@ -369,9 +374,13 @@ class CommandRunner:
         """Run ``script`` as ``nft -f`` does (one transaction); a refusal raises
         :class:`RuleApplyError`. The first call opens a libnftables context in the namespace
         (see :mod:`lbcore_plugins.nftlib`); when that fails, this and later calls run
-        ``nft -f -``."""
+        ``nft -f -``. A script longer than :data:`CHILD_SCRIPT_CHARS` (a whole table, say)
+        runs in ``nft -f -`` too: what libnftables allocates to parse it (about 600 MiB for
+        10,000 services in ``maps`` form) would stay in this process after it returns, free in
+        the context thread's malloc arena and in the context's cache, while a child gives it
+        back when it exits; the child's start (15 to 20 ms) is small beside such a script."""
         self._open_context()
-        if self._nft is None:
+        if self._nft is None or len(script) > CHILD_SCRIPT_CHARS:
             self.run(["nft", "-f", "-"], input=script)
             return
         where = f" in network namespace {self.netns}" if self.netns else ""

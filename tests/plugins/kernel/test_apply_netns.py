@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from kernel_snapshots import POD_CIDR, many, port, snap
-from lbcore_plugins import nftlib
+from lbcore_plugins import netfilter, nftlib
 from lbcore_plugins.iptables import IptablesFrontend
 from lbcore_plugins.netfilter import CommandRunner, RuleApplyError
 from lbcore_plugins.nftables import NftablesFrontend
@@ -264,6 +264,31 @@ def test_without_libnftables_scripts_go_through_the_nft_command(namespaces, monk
     runner.nft("add table inet lbtest\n")
     assert runner.in_process is False
     assert "lbtest" in tables(a)
+
+
+def test_a_script_longer_than_the_limit_runs_in_the_nft_command(namespaces):
+    """A whole large table runs in a child nft, which gives back the memory its parse took; a
+    short script runs in the library context."""
+    a, _ = namespaces
+    runner = CommandRunner(a)
+    commands: list[list[str]] = []
+    run = runner.run
+    runner.run = lambda args, **kw: commands.append(list(args)) or run(args, **kw)  # type: ignore[method-assign]
+    elements = ", ".join(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(40_000))
+    long_script = f"add table inet lbtest\nadd set inet lbtest s {{ type ipv4_addr; elements = {{ {elements} }} }}\n"
+    assert len(long_script) > netfilter.CHILD_SCRIPT_CHARS
+    try:
+        runner.nft("add table inet lbshort\n")
+        assert commands == []
+        runner.nft(long_script)
+        assert commands == [["nft", "-f", "-"]]
+        with pytest.raises(RuleApplyError, match="No such file or directory"):
+            runner.nft(long_script.replace("add set inet lbtest s", "add set inet nosuch s"))
+    finally:
+        runner.close()
+    listed = subprocess.run(["ip", "netns", "exec", a, "nft", "list", "set", "inet", "lbtest", "s"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "10.0.156.63" in listed and "lbshort" in tables(a)
 
 
 @pytest.mark.parametrize("selection", ["cascade", "inline"])
