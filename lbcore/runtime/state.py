@@ -17,7 +17,10 @@ whose service takes its endpoints from EndpointSlices) asks for no sync, and a s
 no frontend a change takes no token.
 
 A sync takes one snapshot and gives it to every frontend with the services that changed since
-that frontend's last successful sync. A frontend that raises is retried with exponential backoff
+that frontend's last successful sync. The frontends sync at the same time, each in a thread of its
+own, so a sync takes as long as its slowest frontend rather than all of them one after the other
+(at 10,000 services a full iptables restore takes 20 s, a whole nftables table 5 s); each
+frontend is still called from one thread at a time. A frontend that raises is retried with exponential backoff
 (1 s, 2 s, 4 s, ... up to a minute), gets a full sync when it recovers, is reported unhealthy in
 :meth:`ClusterState.health`, and never stops the others.
 
@@ -163,7 +166,9 @@ class ClusterState(SourceSink):
     """The service model fed by one source, synced to the frontends on a bounded frequency.
 
     :param table: a ``ServiceTable(..., allocate=False)``: it takes objects as admitted.
-    :param frontends: name -> started :class:`~lbcore.runtime.interfaces.Frontend`, in sync order.
+    :param frontends: name -> started :class:`~lbcore.runtime.interfaces.Frontend`.
+    :param executor: where every frontend is called, one call at a time if it has one thread;
+        None (the default): a thread per frontend, so that frontends sync at the same time.
     :param on_sync_done: called as ``lbcore_sync_done`` is, after every sync.
     :param parse: how an object is read (``parse_admitted``; the daemon over its embedded store
         gives ``Store.parse``, which shares one parse of each object version with the
@@ -209,10 +214,13 @@ class ClusterState(SourceSink):
         self.backoff_max = backoff_max
         self.metrics = metrics or SyncMetrics()
         self.on_sync_done = on_sync_done
-        # Frontends are called from one thread at a time, never on the event loop's thread, so a
-        # slow iptables-restore does not stall the admin API.
-        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="lbcore-sync")
-        self._own_executor = executor is None
+        # Each frontend is called from one thread at a time, never on the event loop's thread, so
+        # a slow iptables-restore stalls neither the admin API nor the other frontends.
+        self._executors: dict[str, Executor] = {
+            name: executor or ThreadPoolExecutor(1, thread_name_prefix=f"lbcore-sync-{name}")
+            for name in self.frontends
+        }
+        self._own_executors = executor is None
         self._clock = clock
         self._parse = parse
         self._listed = listed
@@ -340,8 +348,9 @@ class ClusterState(SourceSink):
                 self._requested.clear()
                 await self.sync()
         finally:
-            if self._own_executor:
-                self._executor.shutdown(wait=False)
+            if self._own_executors:
+                for pool in self._executors.values():
+                    pool.shutdown(wait=False)
 
     def _refill(self) -> float:
         """The tokens in the bucket now (one more per ``min_sync_period`` since the last look,
@@ -380,10 +389,9 @@ class ClusterState(SourceSink):
         version = self._version
         snapshot = self.table.snapshot(self.node_name, self.node_addresses)
         previous, self.snapshot = self.snapshot, snapshot
-        loop = asyncio.get_running_loop()
         errors: dict[str, str] = {}
-        handed = False  # whether any frontend was given a change (a retry may be, with none new)
-        for name, frontend in self.frontends.items():
+        todos: dict[str, frozenset[str]] = {}
+        for name in self.frontends:
             health = self._health[name]
             health.pending |= changed
             if health.retry_at is not None and self._clock() < health.retry_at:
@@ -392,19 +400,16 @@ class ClusterState(SourceSink):
             if not health.synced or not health.healthy:
                 # first sync, or a recovery after a failure that may have left things half done
                 health.pending |= snapshot.services | previous.services
-            todo = frozenset(health.pending)
-            if todo and not handed:
-                # only a sync that hands a frontend some change takes a token
-                self._tokens = max(0.0, self._refill() - 1)
-                handed = True
-            try:
-                await loop.run_in_executor(self._executor, frontend.sync, snapshot, todo)
-            except Exception as exc:
-                errors[name] = self._failed(health, exc)
-            else:
-                self._succeeded(health)
-                if health.rules_missing_since is not None:
-                    await self._check(name, frontend)
+            todos[name] = frozenset(health.pending)
+        # only a sync that hands a frontend some change takes a token (a retry may be, with
+        # none new)
+        handed = any(todos.values())
+        if handed:
+            self._tokens = max(0.0, self._refill() - 1)
+        failures = await asyncio.gather(
+            *[self._sync_frontend(name, snapshot, todo) for name, todo in todos.items()]
+        )
+        errors.update({name: error for name, error in zip(todos, failures, strict=True) if error})
         duration = self._clock() - started
         if not self.table.changed_since(version):  # what came meanwhile changed nothing
             version = self.table.version
@@ -419,6 +424,21 @@ class ClusterState(SourceSink):
                 event(log, "sync observer failed", logging.WARNING, error=repr(exc))
         self.synced_once.set()
         return errors
+
+    async def _sync_frontend(self, name: str, snapshot: Snapshot, todo: frozenset[str]) -> str | None:
+        """Give ``snapshot`` and ``todo`` to one frontend; its error, or None."""
+        health = self._health[name]
+        frontend = self.frontends[name]
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._executors[name], frontend.sync, snapshot, todo
+            )
+        except Exception as exc:
+            return self._failed(health, exc)
+        self._succeeded(health)
+        if health.rules_missing_since is not None:
+            await self._check(name, frontend)
+        return None
 
     # -- checks: rules that heal ----------------------------------------------------------
 
@@ -438,11 +458,11 @@ class ClusterState(SourceSink):
                 if not health.synced or not health.healthy:
                     continue  # a failed frontend's retry is a full sync already
                 if resync:
-                    await loop.run_in_executor(self._executor, frontend.resync)
+                    await loop.run_in_executor(self._executors[name], frontend.resync)
                     self.metrics.resyncs.labels(name, "period").inc()
                     wanted = True
                 elif not await self._check(name, frontend):
-                    await loop.run_in_executor(self._executor, frontend.resync)
+                    await loop.run_in_executor(self._executors[name], frontend.resync)
                     self.metrics.resyncs.labels(name, "missing").inc()
                     wanted = True
             if wanted:
@@ -452,7 +472,7 @@ class ClusterState(SourceSink):
         """Run ``frontend.check()``; record what it found; whether the rules are in place."""
         health = self._health[name]
         try:
-            problem = await asyncio.get_running_loop().run_in_executor(self._executor, frontend.check)
+            problem = await asyncio.get_running_loop().run_in_executor(self._executors[name], frontend.check)
         except Exception as exc:
             problem = f"the check failed: {type(exc).__name__}: {exc}"
         if problem is None:

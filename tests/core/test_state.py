@@ -135,6 +135,43 @@ def test_events_spread_over_a_sync_and_its_period_join_one_sync_at_its_end():
     asyncio.run(_run(state, body))
 
 
+def test_frontends_sync_at_the_same_time_each_from_one_thread():
+    """A slow frontend (an iptables restore of 10,000 services) does not hold the others back:
+    the first frontend's sync waits for the second's, which with the frontends called one after
+    the other would never come."""
+    slow, fast = RecordingFrontend("slow"), RecordingFrontend("fast")
+    fast_synced = threading.Event()
+    waited: list[bool] = []
+    threads: dict[str, set[str]] = {"slow": set(), "fast": set()}
+
+    def slow_sync(snapshot: Snapshot, changed: frozenset[str]) -> None:
+        threads["slow"].add(threading.current_thread().name)
+        waited.append(fast_synced.wait(10))  # bounded: False when the frontends ran in turn
+        RecordingFrontend.sync(slow, snapshot, changed)
+
+    def fast_sync(snapshot: Snapshot, changed: frozenset[str]) -> None:
+        threads["fast"].add(threading.current_thread().name)
+        RecordingFrontend.sync(fast, snapshot, changed)
+        fast_synced.set()
+
+    slow.sync, fast.sync = slow_sync, fast_sync  # type: ignore[method-assign]
+    state = make_state(slow, fast, min_sync_period=0.01)
+
+    async def body():
+        state.upsert(service())
+        await _until(lambda: len(slow.calls) == 1)
+        fast_synced.clear()
+        state.upsert(service("api", "127.10.0.6", "api"))
+        await _until(lambda: len(slow.calls) == 2, timeout=30)
+
+    asyncio.run(_run(state, body))
+    assert waited == [True, True]
+    assert [c[2] for c in fast.calls] == [{"default/web"}, {"default/api"}]
+    assert state.syncs == 2
+    # each frontend keeps its own thread: never two of its calls at once
+    assert len(threads["slow"]) == 1 and len(threads["fast"]) == 1 and threads["slow"] != threads["fast"]
+
+
 def test_failing_frontend_backs_off_exponentially_and_does_not_stop_others(caplog):
     bad, good = RecordingFrontend("bad"), RecordingFrontend("good")
     bad.failing = "iptables-restore: exit status 1"
