@@ -375,7 +375,7 @@ class CommandRunner:
         :class:`RuleApplyError`. The first call opens a libnftables context in the namespace
         (see :mod:`lbcore_plugins.nftlib`); when that fails, this and later calls run
         ``nft -f -``. A script longer than :data:`CHILD_SCRIPT_CHARS` (a whole table, say)
-        runs in ``nft -f -`` too: what libnftables allocates to parse it (about 600 MiB for
+        runs in ``nft -f -`` too: what libnftables allocates to parse it (about 400 MiB for
         10,000 services in ``maps`` form) would stay in this process after it returns, free in
         the context thread's malloc arena and in the context's cache, while a child gives it
         back when it exits; the child's start (15 to 20 ms) is small beside such a script."""
