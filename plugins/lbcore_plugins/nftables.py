@@ -641,7 +641,13 @@ def _maps_table_text(
     renderer: NftRenderer, objects: Iterable[PortObjects], families: Iterable[int]
 ) -> tuple[str, int]:
     """The whole table in the ``maps`` form: per-port elements (each shared one once), the
-    pick chains, the chains and sets of ClientIP affinity ports; and the pick chains' slots."""
+    pick chains, the chains and sets of ClientIP affinity ports; and the pick chains' slots.
+
+    The maps and sets are declared empty in the table's block and their elements added after
+    it, in the same transaction: a rule that names a verdict map makes the kernel walk the
+    map's elements to check for loops when it binds, and then it has none (the commit checks
+    them once). At 10,000 services nft loads the table in 2.8-3.2 s this way, 3.4-3.8 s with
+    the elements inside the block."""
     fams = sorted(families)
     decls = renderer.maps_mode_maps(fams)
     elements, sets, chains = _gather(objects, decls)
@@ -649,18 +655,18 @@ def _maps_table_text(
         elements[name] = list(dict.fromkeys(elements[name]))  # two services may share an endpoint
     slots = PICK_SLOTS
     out = [f"table {FAMILY} {TABLE} {{"]
+    adds = []
     for name, decl in decls.items():
         kind, _, body = decl.partition(": ")
-        out.append(f"\t{kind} {name} {{\n\t\t{body}")
+        out.append(f"\t{kind} {name} {{\n\t\t{body}\n\t}}")
         if elements[name]:
-            joined = ",\n\t\t\t".join(elements[name])
+            joined = ",\n\t".join(elements[name])
             if name.startswith(("service-ips-", "service-nodeports-")):
                 slots = max([slots, *map(int, _MANY_SLOTS.findall(joined))])
-            out.append(f"\t\telements = {{ {joined} }}")
-        out.append("\t}")
+            adds.append(f"add element {FAMILY} {TABLE} {name} {{ {joined} }}\n")
     base = renderer.base_chains(fams)
     base.update(renderer.pick_chains(slots))
-    return _close_table(out, sets, base, chains), slots
+    return _close_table(out, sets, base, chains) + "".join(adds), slots
 
 
 def _set_and_chain_lines(t: str, before: PortObjects, after: PortObjects) -> list[str]:

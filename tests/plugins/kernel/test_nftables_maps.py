@@ -22,10 +22,10 @@ def fe(**options: object) -> NftablesFrontend:
 
 
 def elements(text: str, name: str) -> list[str]:
-    """The elements of map or set ``name`` in a rendered table."""
-    block = re.search(rf"\t(?:map|set) {re.escape(name)} {{\n(.*?)\n\t}}", text, re.S)
-    assert block, name
-    found = re.search(r"elements = \{ (.*) \}", block.group(1), re.S)
+    """The elements of map or set ``name`` in a rendered table (declared in the table's block,
+    its elements added after it)."""
+    assert re.search(rf"\t(?:map|set) {re.escape(name)} {{\n", text), name
+    found = re.search(rf"^add element inet lbcore {re.escape(name)} \{{ (.*?) \}}$", text, re.S | re.M)
     return [item.strip() for item in found.group(1).split(",")] if found else []
 
 
